@@ -1,0 +1,98 @@
+# moeq build. One binary (./moeq), one test runner (build/*/moeq-tests),
+# a release build and an ASan+UBSan build of both.
+#
+#   make            build ./moeq
+#   make test       build and run every test, release and ASan+UBSan
+#   make demo       the pipeline on an embedded default
+#   make fuzz       time-bounded libFuzzer run of the GGUF reader
+#   make deps       install the Debian packages the build needs (root)
+
+CC      ?= cc
+FUZZCC  ?= clang
+CSTD     = -std=c11 -D_GNU_SOURCE
+WARN     = -Wall -Wextra -Werror
+OPT     ?= -O2
+CFLAGS_COMMON = $(CSTD) $(WARN) -g -pthread -Isrc $(shell pkg-config --cflags libpcre2-8 libmicrohttpd jansson 2>/dev/null)
+LDLIBS   = -lpcre2-8 -lmicrohttpd -ljansson -lm -lpthread
+
+# Per-ISA kernel files are compiled with their own target flags; everything
+# else stays baseline x86-64 so the binary runs anywhere and picks kernels at
+# run time.
+ISA_avx2   = -mavx2 -mfma -mf16c
+ISA_avx512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16
+
+SRC_LIB   = $(wildcard src/*.c)
+SRC_TOOLS = $(filter-out tools/moeq.c,$(wildcard tools/*.c))
+SRC_TESTS = $(wildcard tests/*.c)
+HDRS      = $(wildcard src/*.h tools/*.h tests/*.h)
+
+REL  = build/release
+ASAN = build/asan
+
+OBJ_REL_LIB    = $(patsubst %.c,$(REL)/%.o,$(SRC_LIB) $(SRC_TOOLS))
+OBJ_ASAN_LIB   = $(patsubst %.c,$(ASAN)/%.o,$(SRC_LIB) $(SRC_TOOLS))
+OBJ_REL_TESTS  = $(patsubst %.c,$(REL)/%.o,$(SRC_TESTS))
+OBJ_ASAN_TESTS = $(patsubst %.c,$(ASAN)/%.o,$(SRC_TESTS))
+
+SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+.PHONY: all test test-release test-asan demo fuzz deps clean bench check-long check-deps
+
+all: check-deps moeq
+
+check-deps:
+	@sh .ci/deps.sh --check
+
+moeq: $(REL)/tools/moeq.o $(OBJ_REL_LIB)
+	$(CC) $(CFLAGS_COMMON) $(OPT) -o $@ $^ $(LDLIBS)
+
+$(REL)/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(OPT) $(ISA_$(patsubst kernels_%,%,$(basename $(notdir $<)))) -c -o $@ $<
+
+$(ASAN)/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -O1 $(SAN) $(ISA_$(patsubst kernels_%,%,$(basename $(notdir $<)))) -c -o $@ $<
+
+$(REL)/moeq-tests: $(OBJ_REL_TESTS) $(OBJ_REL_LIB)
+	$(CC) $(CFLAGS_COMMON) $(OPT) -o $@ $^ $(LDLIBS)
+
+$(ASAN)/moeq: $(ASAN)/tools/moeq.o $(OBJ_ASAN_LIB)
+	$(CC) $(CFLAGS_COMMON) $(SAN) -o $@ $^ $(LDLIBS)
+
+$(ASAN)/moeq-tests: $(OBJ_ASAN_TESTS) $(OBJ_ASAN_LIB)
+	$(CC) $(CFLAGS_COMMON) $(SAN) -o $@ $^ $(LDLIBS)
+
+test: check-deps moeq $(REL)/moeq-tests $(ASAN)/moeq $(ASAN)/moeq-tests
+	@sh tests/run.sh
+
+test-release: check-deps moeq $(REL)/moeq-tests
+	@MOEQ_SUITES=release sh tests/run.sh
+
+test-asan: check-deps $(ASAN)/moeq $(ASAN)/moeq-tests
+	@MOEQ_SUITES=asan sh tests/run.sh
+
+demo: check-deps moeq
+	@sh tools/demo.sh
+
+bench: check-deps moeq
+	@sh bench/run_all.sh
+
+check-long: check-deps moeq $(REL)/moeq-tests
+	@MOEQ_LONG=1 MOEQ_SUITES=release sh tests/run.sh
+
+# libFuzzer harness for the GGUF reader, time-bounded (FUZZ_SECONDS).
+FUZZ_SECONDS ?= 60
+build/fuzz/fuzz_gguf: tests/fuzz/fuzz_gguf.c $(SRC_LIB) $(HDRS)
+	@mkdir -p build/fuzz
+	$(FUZZCC) $(CSTD) -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ tests/fuzz/fuzz_gguf.c $(filter-out src/kernels_%.c,$(SRC_LIB)) $(LDLIBS)
+
+fuzz: build/fuzz/fuzz_gguf
+	@mkdir -p build/fuzz/corpus
+	build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build/fuzz/corpus tests/corpus
+
+deps:
+	@sh .ci/deps.sh --install
+
+clean:
+	rm -rf build moeq

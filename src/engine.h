@@ -1,0 +1,105 @@
+/*
+ * engine.h: the narrow public API of the inference engine.
+ *
+ * An engine is a loaded model (weights mmap'd, tokenizer, thread pool); a
+ * session is one mutable inference timeline with its own KV cells. The CLI,
+ * the server and the tools (perplexity, imatrix, bench) use only this
+ * header: they never see tensors.
+ */
+#ifndef MOEQ_ENGINE_H
+#define MOEQ_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct moeq_engine  moeq_engine;
+typedef struct moeq_session moeq_session;
+
+struct moeq_engine_params {
+    const char *model_path;
+    int n_threads;      /* <= 0: all cores */
+    int n_ctx;          /* per session; <= 0: the model's training context */
+    int n_seq;          /* sessions that may exist at once (server --parallel) */
+    int type_k, type_v; /* KV cache types: MOEQ_TYPE_F16 (default) or MOEQ_TYPE_Q8_0 */
+    int n_batch;        /* prompt tokens per forward batch (default 512) */
+};
+
+struct moeq_model_info {
+    char     arch[32];
+    char     name[128];
+    int      n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim;
+    int      n_expert, n_expert_used, n_ff_exp;
+    double   rope_base, rms_eps;
+    uint64_t n_params, weight_bytes;
+    int32_t  bos, eos, eot, pad;
+    int      add_bos;
+};
+
+/* Load and validate a model; NULL with a one-line message in err. */
+moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, size_t errlen);
+void         moeq_engine_close(moeq_engine *e);
+const struct moeq_model_info *moeq_engine_info(const moeq_engine *e);
+
+/* ---- tokenizer (see tokenizer.h for the implementation) ---- */
+
+/* Tokenize; control tokens in text are recognized only with parse_special.
+ * Returns the count (may exceed max: call again with a larger buffer). */
+int  moeq_tokenize(const moeq_engine *e, const char *text, size_t len,
+                   int parse_special, int32_t *out, int max);
+/* Bytes of a token's text (not NUL-terminated); returns length or -1. */
+int  moeq_token_piece(const moeq_engine *e, int32_t tok, char *buf, int cap);
+/* End-of-generation token (eos, eot, im_end)? */
+int  moeq_token_is_eog(const moeq_engine *e, int32_t tok);
+
+struct moeq_chat_msg { const char *role, *content; };
+/* Render messages with the model's chat template (ChatML family); returns a
+ * malloc'd string or NULL with err set (unknown role). */
+char *moeq_chat_render(const moeq_engine *e, const struct moeq_chat_msg *msgs, int n,
+                       int add_generation_prompt, char *err, size_t errlen);
+
+/* ---- sessions ---- */
+
+moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen);
+void          moeq_session_free(moeq_session *s);
+int           moeq_session_n_past(const moeq_session *s);
+int           moeq_session_n_ctx(const moeq_session *s);
+
+/* Keep the longest common prefix of the cached tokens and tokens[0..n);
+ * returns how many cached tokens were kept (prefix reuse). */
+int moeq_session_sync(moeq_session *s, const int32_t *tokens, int n);
+
+/*
+ * Append n tokens and run the forward pass. The logits of the last token
+ * are then available from moeq_session_logits; when all_logits is non-NULL
+ * it receives n x n_vocab floats (every position). Returns 0, or -1 with err
+ * set (context full: "context of N tokens is full").
+ */
+int moeq_session_eval(moeq_session *s, const int32_t *tokens, int n,
+                      float *all_logits, char *err, size_t errlen);
+const float *moeq_session_logits(const moeq_session *s);
+
+/* One decode step for several sessions at once (one token each), reading
+ * the weights once for all of them. */
+int moeq_engine_decode(moeq_engine *e, moeq_session **ss, const int32_t *tokens, int n,
+                       char *err, size_t errlen);
+
+/* ---- sampling ---- */
+
+struct moeq_sampler {
+    float    temp;      /* <= 0: greedy */
+    int      top_k;     /* <= 0: off */
+    float    top_p;     /* >= 1: off */
+    float    min_p;     /* <= 0: off */
+    uint64_t rng;       /* state, seeded by the caller */
+};
+int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab);
+
+/* ---- activation statistics (imatrix) ----
+ * When set, called for every matmul input during eval: the weight's tensor
+ * name, the expert id (-1 for dense weights), and n_rows rows of n_cols
+ * floats (the activations that multiply that weight). */
+typedef void (*moeq_act_hook)(void *ud, const char *tensor, int expert,
+                              const float *x, int n_rows, int n_cols);
+void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud);
+
+#endif

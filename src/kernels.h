@@ -1,0 +1,50 @@
+/*
+ * kernels.h: dot products and matmuls directly on quantized weights.
+ *
+ * Activations are quantized once per row to the weight type's partner
+ * format (Q8_K for K- and i-quants, Q8_0 for Q4_0/Q8_0/IQ4_NL, plain f32 for
+ * F32/F16/BF16 weights) and the kernels work on integer dot products as ggml
+ * does. Every type has a scalar reference kernel (kernels.c) and AVX2 /
+ * AVX-512 twins (kernels_avx2.c, kernels_avx512.c) tested against it; the
+ * best one for this CPU is chosen at run time. A kernel knows nothing of
+ * GGUF or models.
+ */
+#ifndef MOEQ_KERNELS_H
+#define MOEQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum moeq_isa { MOEQ_ISA_SCALAR = 0, MOEQ_ISA_AVX2 = 1, MOEQ_ISA_AVX512 = 2, MOEQ_ISA_COUNT };
+
+/* Best ISA this CPU and build support (MOEQ_ISA env var can lower it). */
+int         moeq_isa_best(void);
+const char *moeq_isa_name(int isa);
+
+/* Activation format for weights of wtype: MOEQ_TYPE_Q8_K, _Q8_0 or _F32. */
+int    moeq_act_type(int wtype);
+/* Bytes of one activation row of n elements for wtype. */
+size_t moeq_act_row_size(int wtype, int64_t n);
+/* Quantize n floats into wtype's activation format. */
+void   moeq_quantize_act(int wtype, const float *x, void *y, int64_t n);
+
+/* s = dot(weight row w of n elements, activation row a). */
+typedef void (*moeq_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
+
+/* Kernel for wtype at the best ISA, or at a given ISA (NULL if unsupported
+ * by the CPU or not written for that ISA: callers fall back to scalar). */
+moeq_vec_dot_fn moeq_vec_dot(int wtype);
+moeq_vec_dot_fn moeq_vec_dot_isa(int wtype, int isa);
+
+/*
+ * out[c * out_stride + r] = dot(W row r, A row c) for r in [0, n_rows),
+ * c in [0, n_cols): W rows of type wtype, K elements each, w_stride bytes
+ * apart; A rows in wtype's activation format, a_stride bytes apart. The
+ * tiled kernel reads each weight row once for all columns.
+ */
+void moeq_gemm(int wtype, int64_t K,
+               const void *W, size_t w_stride, int64_t n_rows,
+               const void *A, size_t a_stride, int64_t n_cols,
+               float *out, size_t out_stride);
+
+#endif

@@ -1,0 +1,90 @@
+/*
+ * quants.h: the ggml tensor types moeq reads and writes.
+ *
+ * One traits table (name, ggml id, elements per block, bytes per block,
+ * dequantize, quantize) drives every generic path: GGUF size checks, info,
+ * dump, quantize and the engine's fallbacks. Block layouts live in
+ * quants_blocks.h and are bit-identical to ggml's (each size is asserted).
+ * Type ids are ggml's, because they are what GGUF files store.
+ */
+#ifndef MOEQ_QUANTS_H
+#define MOEQ_QUANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum moeq_type {
+    MOEQ_TYPE_F32     = 0,
+    MOEQ_TYPE_F16     = 1,
+    MOEQ_TYPE_Q4_0    = 2,
+    MOEQ_TYPE_Q8_0    = 8,
+    MOEQ_TYPE_Q2_K    = 10,
+    MOEQ_TYPE_Q3_K    = 11,
+    MOEQ_TYPE_Q4_K    = 12,
+    MOEQ_TYPE_Q5_K    = 13,
+    MOEQ_TYPE_Q6_K    = 14,
+    MOEQ_TYPE_Q8_K    = 15, /* activations only; never stored in a file we write */
+    MOEQ_TYPE_IQ2_XXS = 16,
+    MOEQ_TYPE_IQ2_XS  = 17,
+    MOEQ_TYPE_IQ3_XXS = 18,
+    MOEQ_TYPE_IQ4_NL  = 20,
+    MOEQ_TYPE_IQ3_S   = 21,
+    MOEQ_TYPE_IQ2_S   = 22,
+    MOEQ_TYPE_IQ4_XS  = 23,
+    MOEQ_TYPE_BF16    = 30,
+    MOEQ_TYPE_COUNT   = 31  /* one past the largest id in the table */
+};
+
+/* Dequantize n values (a multiple of the block size) from src to dst. */
+typedef void (*moeq_dequant_fn)(const void *src, float *dst, int64_t n);
+
+/*
+ * Quantize nrows rows of n_per_row floats from src into dst (rows are
+ * contiguous, each row_size bytes). imatrix is NULL or n_per_row importance
+ * weights shared by every row. Returns bytes written.
+ */
+typedef size_t (*moeq_quant_fn)(const float *src, void *dst, int64_t nrows,
+                                int64_t n_per_row, const float *imatrix);
+
+struct moeq_type_traits {
+    const char     *name;       /* ggml's name: "Q4_K", "IQ2_S", ... */
+    int             type;       /* ggml type id */
+    int             blck_size;  /* elements per block */
+    size_t          type_size;  /* bytes per block */
+    int             quantized;  /* 0 for F32/F16/BF16 */
+    moeq_dequant_fn to_float;
+    moeq_quant_fn   quantize;   /* NULL where moeq cannot produce the type */
+};
+
+/* Traits for a ggml type id, or NULL for an id moeq does not know. */
+const struct moeq_type_traits *moeq_type_traits(int type);
+
+/* Type id for a name ("q4_k" and "Q4_K" both work), or -1. */
+int moeq_type_from_name(const char *name);
+
+/* Name for an id, or "?" for an unknown one. */
+const char *moeq_type_name(int type);
+
+/*
+ * Bytes of a row of n elements of type; 0 when the type is unknown or n is
+ * not a multiple of the block size.
+ */
+size_t moeq_row_size(int type, int64_t n);
+
+/*
+ * Bytes of a tensor with element count nelem and row length ne0; returns 0
+ * (and sets *ok = 0) on an unknown type, a row length not divisible by the
+ * block size, or overflow.
+ */
+uint64_t moeq_tensor_nbytes(int type, uint64_t ne0, uint64_t nelem, int *ok);
+
+/* Dequantize n values; returns -1 for a type with no dequantizer. */
+int moeq_dequantize(int type, const void *src, float *dst, int64_t n);
+
+/* IEEE half and bfloat16 conversions, round-to-nearest-even as ggml does. */
+float    moeq_f16_to_f32(uint16_t h);
+uint16_t moeq_f32_to_f16(float f);
+float    moeq_bf16_to_f32(uint16_t h);
+uint16_t moeq_f32_to_bf16(float f);
+
+#endif

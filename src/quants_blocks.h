@@ -1,0 +1,143 @@
+/*
+ * quants_blocks.h: ggml block layouts (internal to quants, kernels, engine).
+ *
+ * Each struct carries ggml's name and is asserted to ggml's byte size, since
+ * GGUF files store these blocks verbatim and a wrong size silently shifts
+ * every block after the first. Also declares the codebook grids and sign
+ * tables of the i-quants (format constants, defined in quants_tables.c) and
+ * the per-format dequantizers and quantizers the traits table points at.
+ */
+#ifndef MOEQ_QUANTS_BLOCKS_H
+#define MOEQ_QUANTS_BLOCKS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+typedef uint16_t ggml_half;
+
+#define QK4_0  32
+#define QK8_0  32
+#define QK4_NL 32
+#define QK_K   256
+#define K_SCALE_SIZE 12
+
+typedef struct { ggml_half d; uint8_t qs[QK4_0 / 2]; } block_q4_0;
+typedef struct { ggml_half d; int8_t  qs[QK8_0]; } block_q8_0;
+
+/* 2-bit: 16 sub-blocks of 16, 4-bit scale and 4-bit min per sub-block */
+typedef struct {
+    uint8_t scales[QK_K / 16];
+    uint8_t qs[QK_K / 4];
+    ggml_half d;
+    ggml_half dmin;
+} block_q2_K;
+
+/* 3-bit: low 2 bits in qs, high bit in hmask, 16 6-bit scales packed in 12 bytes */
+typedef struct {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12];
+    ggml_half d;
+} block_q3_K;
+
+/* 4-bit: 8 sub-blocks of 32, 6-bit scales and mins packed in 12 bytes */
+typedef struct {
+    ggml_half d;
+    ggml_half dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+
+typedef struct {
+    ggml_half d;
+    ggml_half dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t  scales[QK_K / 16];
+    ggml_half d;
+} block_q6_K;
+
+/* activations for K- and i-quant dot products */
+typedef struct {
+    float   d;
+    int8_t  qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
+
+typedef struct { ggml_half d; uint16_t qs[QK_K / 8]; } block_iq2_xxs;
+typedef struct { ggml_half d; uint16_t qs[QK_K / 8]; uint8_t scales[QK_K / 32]; } block_iq2_xs;
+typedef struct {
+    ggml_half d;
+    uint8_t qs[QK_K / 4];
+    uint8_t qh[QK_K / 32];
+    uint8_t scales[QK_K / 32];
+} block_iq2_s;
+typedef struct { ggml_half d; uint8_t qs[3 * QK_K / 8]; } block_iq3_xxs;
+typedef struct {
+    ggml_half d;
+    uint8_t qs[QK_K / 4];
+    uint8_t qh[QK_K / 32];
+    uint8_t signs[QK_K / 8];
+    uint8_t scales[QK_K / 64];
+} block_iq3_s;
+typedef struct { ggml_half d; uint8_t qs[QK4_NL / 2]; } block_iq4_nl;
+typedef struct {
+    ggml_half d;
+    uint16_t scales_h;
+    uint8_t  scales_l[QK_K / 64];
+    uint8_t  qs[QK_K / 2];
+} block_iq4_xs;
+
+_Static_assert(sizeof(block_q4_0)    == 18,  "block_q4_0 size");
+_Static_assert(sizeof(block_q8_0)    == 34,  "block_q8_0 size");
+_Static_assert(sizeof(block_q2_K)    == 84,  "block_q2_K size");
+_Static_assert(sizeof(block_q3_K)    == 110, "block_q3_K size");
+_Static_assert(sizeof(block_q4_K)    == 144, "block_q4_K size");
+_Static_assert(sizeof(block_q5_K)    == 176, "block_q5_K size");
+_Static_assert(sizeof(block_q6_K)    == 210, "block_q6_K size");
+_Static_assert(sizeof(block_q8_K)    == 292, "block_q8_K size");
+_Static_assert(sizeof(block_iq2_xxs) == 66,  "block_iq2_xxs size");
+_Static_assert(sizeof(block_iq2_xs)  == 74,  "block_iq2_xs size");
+_Static_assert(sizeof(block_iq2_s)   == 82,  "block_iq2_s size");
+_Static_assert(sizeof(block_iq3_xxs) == 98,  "block_iq3_xxs size");
+_Static_assert(sizeof(block_iq3_s)   == 110, "block_iq3_s size");
+_Static_assert(sizeof(block_iq4_nl)  == 18,  "block_iq4_nl size");
+_Static_assert(sizeof(block_iq4_xs)  == 136, "block_iq4_xs size");
+
+/* Codebooks and sign tables of the i-quants: ggml format constants. */
+extern const uint64_t iq2xxs_grid[256];
+extern const uint64_t iq2xs_grid[512];
+extern const uint64_t iq2s_grid[1024];
+extern const uint32_t iq3xxs_grid[256];
+extern const uint32_t iq3s_grid[512];
+extern const uint8_t  ksigns_iq2xs[128];
+extern const uint8_t  kmask_iq2xs[8];
+extern const int8_t   kvalues_iq4nl[16];
+
+/* Per-format dequantizers (quants_dequant.c). */
+void dequantize_row_f32(const void *x, float *y, int64_t n);
+void dequantize_row_f16(const void *x, float *y, int64_t n);
+void dequantize_row_bf16(const void *x, float *y, int64_t n);
+void dequantize_row_q4_0(const void *x, float *y, int64_t n);
+void dequantize_row_q8_0(const void *x, float *y, int64_t n);
+void dequantize_row_q2_K(const void *x, float *y, int64_t n);
+void dequantize_row_q3_K(const void *x, float *y, int64_t n);
+void dequantize_row_q4_K(const void *x, float *y, int64_t n);
+void dequantize_row_q5_K(const void *x, float *y, int64_t n);
+void dequantize_row_q6_K(const void *x, float *y, int64_t n);
+void dequantize_row_q8_K(const void *x, float *y, int64_t n);
+void dequantize_row_iq2_xxs(const void *x, float *y, int64_t n);
+void dequantize_row_iq2_xs(const void *x, float *y, int64_t n);
+void dequantize_row_iq2_s(const void *x, float *y, int64_t n);
+void dequantize_row_iq3_xxs(const void *x, float *y, int64_t n);
+void dequantize_row_iq3_s(const void *x, float *y, int64_t n);
+void dequantize_row_iq4_nl(const void *x, float *y, int64_t n);
+void dequantize_row_iq4_xs(const void *x, float *y, int64_t n);
+
+#endif

@@ -1,0 +1,56 @@
+/*
+ * test.h: the one test runner's registration and check macros.
+ *
+ * TEST(name) { ... } registers a test through a constructor, so test files
+ * never edit a shared table. CHECK records a failure and goes on; REQUIRE
+ * ends the test; SKIP ends it as skipped (used when ../shared is absent).
+ * Each test runs in its own forked process with a time limit, so a crash
+ * or hang is one failed test, not a dead suite.
+ */
+#ifndef MOEQ_TEST_H
+#define MOEQ_TEST_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+typedef void (*test_fn)(void);
+void test_register(const char *name, const char *file, test_fn fn);
+void test_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void test_end_now(void) __attribute__((noreturn));
+
+#define TEST(name)                                                        \
+    static void test_##name(void);                                        \
+    __attribute__((constructor)) static void test_reg_##name(void)        \
+    { test_register(#name, __FILE__, test_##name); }                      \
+    static void test_##name(void)
+
+#define CHECK(cond) do { if (!(cond)) test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond); } while (0)
+#define CHECKF(cond, ...) do { if (!(cond)) test_fail(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+#define REQUIRE(cond) do { if (!(cond)) { test_fail(__FILE__, __LINE__, "REQUIRE(%s)", #cond); test_end_now(); } } while (0)
+#define REQUIREF(cond, ...) do { if (!(cond)) { test_fail(__FILE__, __LINE__, __VA_ARGS__); test_end_now(); } } while (0)
+#define SKIP(...) test_skip(__VA_ARGS__)
+
+/* Helpers shared by tests (tests/util.c). */
+/* ../shared path (MOEQ_SHARED or ../shared beside the repo), NULL if absent. */
+const char *test_shared_dir(void);
+/* Path under ../shared, or SKIP when ../shared or the file is absent. */
+const char *test_shared_path(const char *rel);
+/* A fresh temporary directory for this test (removed by the runner). */
+const char *test_tmpdir(void);
+/* Path inside the test's temporary directory (static buffer ring). */
+const char *test_tmp(const char *name);
+/* The moeq binary under test (MOEQ_BIN, default ./moeq). */
+const char *test_moeq_bin(void);
+/* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
+ * NULL); returns the exit status (or 128+signal). */
+int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Read a whole file (malloc'd) or NULL; *n receives its size. */
+void *test_read_file(const char *path, size_t *n);
+/* Whether a slow test should run (MOEQ_LONG set). */
+int test_long(void);
+
+#endif

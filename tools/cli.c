@@ -1,0 +1,89 @@
+/*
+ * cli.c: helpers shared by the subcommands: error printing with the
+ * "moeq:" prefix and strict number parsing (a trailing character is an
+ * error, not silently ignored).
+ */
+#include "cmd.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "moeq: %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see 'moeq %s --help')\n", cmd);
+    return 2;
+}
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "moeq: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_parse_i64(const char *s, int64_t *out)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_f64(const char *s, double *out)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_size(const char *s, uint64_t *out)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || v < 0) return -1;
+    double mul = 1;
+    char unit = (char)toupper((unsigned char)*end);
+    if (unit) {
+        const char *units = "KMGT";
+        const char *u = strchr(units, unit);
+        if (!u) return -1;
+        end++;
+        int binary = 0;
+        if (*end == 'i' || *end == 'I') { binary = 1; end++; }
+        if (*end == 'B' || *end == 'b') end++;
+        if (*end) return -1;
+        /* llama.cpp-style tools treat "16G" as GiB; so do we. */
+        (void)binary;
+        for (const char *p = units; p <= u; p++) mul *= 1024.0;
+    }
+    double r = v * mul;
+    if (r >= 1.8e19) return -1;
+    *out = (uint64_t)r;
+    return 0;
+}
+
+int cli_is_help(const char *arg)
+{
+    return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));
+}

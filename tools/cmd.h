@@ -1,0 +1,27 @@
+/*
+ * cmd.h: the subcommands of the moeq binary and the small helpers they
+ * share (usage errors, number parsing). Each subcommand lives in its own
+ * tools/cmd_NAME.c and returns the process exit status: 0 success, 1 an
+ * error (one line on stderr prefixed "moeq: "), 2 a usage error.
+ */
+#ifndef MOEQ_CMD_H
+#define MOEQ_CMD_H
+
+#include <stdint.h>
+
+int cmd_info(int argc, char **argv);
+int cmd_dump(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+
+/* Print "moeq: CMD: message" and return 2 (usage error). */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print "moeq: message" to stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Parse an integer / float / size ("16G", "512M", "1.5GiB"); 0 ok, -1 bad. */
+int cli_parse_i64(const char *s, int64_t *out);
+int cli_parse_f64(const char *s, double *out);
+int cli_parse_size(const char *s, uint64_t *out);
+/* True when argv[i] is "-h" or "--help". */
+int cli_is_help(const char *arg);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * moeq.c: the single binary. Dispatches to one subcommand per file
+ * (tools/cmd_*.c); "moeq help" lists them.
+ */
+#include "cmd.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    { "help",  NULL,      "list the commands" },
+};
+
+static void help(FILE *out)
+{
+    fprintf(out, "usage: moeq COMMAND [options]   (moeq COMMAND --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) { help(stderr); return 2; }
+    if (!strcmp(argv[1], "help") || cli_is_help(argv[1])) {
+        if (argc > 2 && strcmp(argv[1], "help") == 0) {
+            for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+                if (commands[i].fn && !strcmp(commands[i].name, argv[2])) {
+                    char *hargv[] = { argv[2], "--help", NULL };
+                    return commands[i].fn(2, hargv);
+                }
+        }
+        help(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (commands[i].fn && !strcmp(commands[i].name, argv[1]))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moeq: unknown command '%s' (see 'moeq help')\n", argv[1]);
+    return 2;
+}
