@@ -4,12 +4,16 @@
  * These are the reference decoders: the SIMD kernels and the quantizers are
  * tested against them, and `moeq dump` and the engine's fallback paths use
  * them directly. Each must give bit for bit what ggml gives, so the float
- * arithmetic follows ggml's order exactly: a block's (or sub-block's) scale
- * is first formed as a float (e.g. d * 6-bit scale), and only then is it
- * multiplied by the integer quant, and an offset is subtracted last. Float
- * multiplication is not associative, so d * (scale * q) would differ in the
- * last bit for some inputs. The build uses -std=c11, which keeps GCC from
- * contracting a*b - c into a fused multiply-add, as ggml's reference does.
+ * arithmetic follows ggml's order: a block's (or sub-block's) scale is first
+ * formed as a float (e.g. d * 6-bit scale), then multiplied by the quant,
+ * and a min is subtracted last. For these formats that order is in fact
+ * forgiving: an f16 scale (11 significant bits) times the small integers
+ * involved (sub-scale, quant, grid magnitude, non-linear level) stays
+ * within float's 24 bits, so every product is exact and the only rounding
+ * is the final subtraction, which a fused multiply-add would round the same
+ * way. The tests confirm it (reassociating Q6_K's or IQ2_XXS's products
+ * leaves every reference vector unchanged); keeping ggml's order anyway
+ * makes the equivalence obvious rather than argued.
  *
  * Layouts are read as little-endian bytes (GGUF stores blocks verbatim and
  * moeq targets x86-64); multi-byte packed fields are assembled from bytes

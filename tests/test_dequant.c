@@ -11,6 +11,7 @@
  * bit with the reference's own dequantization.
  */
 #include "test.h"
+#include "gguf.h"
 #include "quants.h"
 #include "quants_blocks.h"
 
@@ -506,3 +507,65 @@ TEST(dequant_multiple_blocks)
     for (int i = 0; i < 3; i++)
         CHECKF(y[256 * i] == (float)((i + 1) * k4_sc[0] * (i + 1)), "block %d: %g", i, (double)y[256 * i]);
 }
+
+/* ------------------------------------------------ reference vectors */
+
+/*
+ * Decode one tensor of ../shared/testvectors/dequant/TYPE.gguf and compare
+ * it bit for bit with the reference's own dequantization of it.
+ */
+static void check_vector(const char *type, const char *tensor)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "testvectors/dequant/%s.gguf", type);
+    const char *gpath = test_shared_path(rel);
+    char err[512];
+    gguf_file *f = gguf_open(gpath, err, sizeof err);
+    REQUIREF(f != NULL, "%s", err);
+
+    int64_t ti = gguf_find_tensor(f, tensor);
+    REQUIREF(ti >= 0, "%s: no tensor %s", gpath, tensor);
+    const gguf_tensor *t = &f->tensors[ti];
+    CHECKF(t->type == (uint32_t)moeq_type_from_name(type), "%s: %s has type %u", gpath, tensor, t->type);
+    uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    REQUIRE(n == 65536);
+    REQUIRE(t->nbytes == moeq_row_size((int)t->type, (int64_t)n));
+
+    snprintf(rel, sizeof rel, "testvectors/dequant/%s__%s.f32", type, tensor);
+    size_t wn = 0;
+    float *want = test_read_file(test_shared_path(rel), &wn);
+    REQUIREF(want != NULL && wn == n * sizeof(float), "%s: %zu bytes", rel, wn);
+
+    float *got = malloc(n * sizeof(float));
+    REQUIRE(got != NULL);
+    REQUIRE(moeq_dequantize((int)t->type, t->data, got, (int64_t)n) == 0);
+    char what[128];
+    snprintf(what, sizeof what, "%s %s", type, tensor);
+    check_same(got, want, (int)n, what);
+    free(got);
+    free(want);
+    gguf_close(f);
+}
+
+static void check_type_vectors(const char *type)
+{
+    check_vector(type, "blk.0.attn_q.weight");
+    check_vector(type, "blk.1.attn_output.weight");
+}
+
+TEST(dequant_ref_f16)     { check_type_vectors("F16"); }
+TEST(dequant_ref_bf16)    { check_type_vectors("BF16"); }
+TEST(dequant_ref_q4_0)    { check_type_vectors("Q4_0"); }
+TEST(dequant_ref_q8_0)    { check_type_vectors("Q8_0"); }
+TEST(dequant_ref_q2_K)    { check_type_vectors("Q2_K"); }
+TEST(dequant_ref_q3_K)    { check_type_vectors("Q3_K"); }
+TEST(dequant_ref_q4_K)    { check_type_vectors("Q4_K"); }
+TEST(dequant_ref_q5_K)    { check_type_vectors("Q5_K"); }
+TEST(dequant_ref_q6_K)    { check_type_vectors("Q6_K"); }
+TEST(dequant_ref_iq2_xxs) { check_type_vectors("IQ2_XXS"); }
+TEST(dequant_ref_iq2_xs)  { check_type_vectors("IQ2_XS"); }
+TEST(dequant_ref_iq2_s)   { check_type_vectors("IQ2_S"); }
+TEST(dequant_ref_iq3_xxs) { check_type_vectors("IQ3_XXS"); }
+TEST(dequant_ref_iq3_s)   { check_type_vectors("IQ3_S"); }
+TEST(dequant_ref_iq4_nl)  { check_type_vectors("IQ4_NL"); }
+TEST(dequant_ref_iq4_xs)  { check_type_vectors("IQ4_XS"); }
