@@ -15,6 +15,7 @@ struct command {
 
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
+    { "synth", cmd_synth, "write a synthesized qwen3moe GGUF (any shape, deterministic)" },
 };
 
 static void help(FILE *out)
