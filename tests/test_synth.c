@@ -237,7 +237,7 @@ TEST(synth_deterministic)
 
 TEST(synth_recipe_asym_types)
 {
-    const char *p = synth("asym.gguf", "--recipe asym-2bitexp");
+    const char *p = synth("asym.gguf", "--recipe asym-2bitexp --mode direct");
     gguf_file *f = open_or_die(p);
     check_layout(f, 2, 256, 256, 128, 64, 256, 8, 512);
     CHECK(u64_of(f, "general.file_type") == 26);
@@ -267,7 +267,7 @@ TEST(synth_recipe_asym_types)
     }
     /* a later flag changes one group of the recipe */
     gguf_close(f);
-    p = synth("asym2.gguf", "--recipe asym-2bitexp --type-attn-v Q8_0 --type-exp-down IQ4_XS");
+    p = synth("asym2.gguf", "--recipe asym-2bitexp --type-attn-v Q8_0 --type-exp-down IQ4_XS --mode direct");
     f = open_or_die(p);
     CHECK(tensor(f, "blk.1.attn_v.weight")->type == MOEQ_TYPE_Q8_0);
     CHECK(tensor(f, "blk.1.attn_k.weight")->type == MOEQ_TYPE_Q4_K);
@@ -280,7 +280,7 @@ TEST(synth_fallback_types)
 {
     /* n_embd 64: K/i-quant blocks do not divide it; 48 is not even a
      * multiple of 32, so the 32-blocks fall back to F16 */
-    const char *p = synth("fb.gguf", "--n-embd 64 --head-dim 16 --ff-exp 256 --type Q4_K --type-experts IQ2_S --type-embd IQ4_XS");
+    const char *p = synth("fb.gguf", "--n-embd 64 --head-dim 16 --ff-exp 256 --type Q4_K --type-experts IQ2_S --type-embd IQ4_XS --mode direct");
     gguf_file *f = open_or_die(p);
     CHECK(tensor(f, "blk.0.attn_q.weight")->type == MOEQ_TYPE_Q8_0);
     CHECK(tensor(f, "blk.0.attn_output.weight")->type == MOEQ_TYPE_Q8_0); /* row 4*16 */
@@ -288,7 +288,7 @@ TEST(synth_fallback_types)
     CHECK(tensor(f, "blk.0.ffn_down_exps.weight")->type == MOEQ_TYPE_IQ2_S); /* row 256 */
     CHECK(tensor(f, "token_embd.weight")->type == MOEQ_TYPE_IQ4_NL);
     gguf_close(f);
-    p = synth("fb2.gguf", "--n-embd 48 --head-dim 8 --heads 6 --kv-heads 2 --type Q8_0");
+    p = synth("fb2.gguf", "--n-embd 48 --head-dim 8 --heads 6 --kv-heads 2 --type Q8_0 --mode direct");
     f = open_or_die(p);
     CHECK(tensor(f, "blk.0.attn_q.weight")->type == MOEQ_TYPE_F16);
     CHECK(tensor(f, "blk.0.ffn_down_exps.weight")->type == MOEQ_TYPE_Q8_0);
@@ -299,7 +299,7 @@ TEST(synth_preset_qwen3_30b_a3b_metadata)
 {
     /* the preset's shape, cut to one layer, two experts and a small
      * vocabulary so the file stays a few MB */
-    const char *p = synth("q3.gguf", "--preset qwen3-30b-a3b --layers 1 --experts 2 --experts-used 2 --vocab 1024 --recipe asym-2bitexp");
+    const char *p = synth("q3.gguf", "--preset qwen3-30b-a3b --layers 1 --experts 2 --experts-used 2 --vocab 1024 --recipe asym-2bitexp --mode direct");
     gguf_file *f = open_or_die(p);
     check_layout(f, 1, 2048, 4096, 512, 128, 768, 2, 1024);
     CHECK(u64_of(f, "qwen3moe.context_length") == 262144);
@@ -481,17 +481,17 @@ TEST(synth_quantize_path_matches_f32)
         const struct moeq_type_traits *tr = moeq_type_traits(types[ti]);
         if (!tr->quantize) continue;
         if (!fr) {
-            const char *ref = synth("qref.gguf", "");
+            const char *ref = synth("qref.gguf", "--layers 1");
             char refp[4096];
             snprintf(refp, sizeof refp, "%s", ref);
             fr = open_or_die(refp);
         }
         char args[128], fn[64];
-        snprintf(args, sizeof args, "--mode quantize --type-attn %s", tr->name);
+        snprintf(args, sizeof args, "--layers 1 --mode quantize --type-attn-q %s", tr->name);
         snprintf(fn, sizeof fn, "q_%s.gguf", tr->name);
         gguf_file *fq = open_or_die(synth(fn, args));
-        const gguf_tensor *tq = tensor(fq, "blk.1.attn_q.weight");
-        const gguf_tensor *tf = tensor(fr, "blk.1.attn_q.weight");
+        const gguf_tensor *tq = tensor(fq, "blk.0.attn_q.weight");
+        const gguf_tensor *tf = tensor(fr, "blk.0.attn_q.weight");
         REQUIRE((int)tq->type == types[ti]);
         uint8_t *buf = malloc(tq->nbytes);
         REQUIRE(buf);
@@ -503,6 +503,50 @@ TEST(synth_quantize_path_matches_f32)
     }
     if (fr) gguf_close(fr);
     if (!tested) SKIP("no type has a quantizer yet");
+}
+
+/* Direct mode rounds the linear types' float weights: the result is a
+ * quantization of the F32 model, with the error each format allows. This
+ * also proves every bit of the block packing (a misplaced bit is a large
+ * error). */
+TEST(synth_direct_round_matches_f32)
+{
+    const char *ref = synth("rref.gguf", "--layers 1");
+    char refp[4096];
+    snprintf(refp, sizeof refp, "%s", ref);
+    gguf_file *fr = open_or_die(refp);
+    static const struct { const char *type; double max_rel; } types[] = {
+        /* limits about 1.25x the errors measured when this was written */
+        { "Q8_0", 0.01 }, { "Q6_K", 0.03 }, { "Q5_K", 0.06 }, { "Q4_K", 0.12 },
+        { "Q4_0", 0.15 }, { "IQ4_NL", 0.125 }, { "IQ4_XS", 0.125 }, { "Q3_K", 0.23 },
+        { "Q2_K", 0.45 },
+    };
+    static const char *const names[] = {
+        "token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_output.weight",
+        "blk.0.ffn_gate_exps.weight", "blk.0.ffn_down_exps.weight", "output.weight",
+    };
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        char args[128], fn[64];
+        snprintf(args, sizeof args, "--layers 1 --mode direct --type %s", types[ti].type);
+        snprintf(fn, sizeof fn, "r_%s.gguf", types[ti].type);
+        gguf_file *fq = open_or_die(synth(fn, args));
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            uint64_t n;
+            float *a = tensor_f32(fr, names[k], &n);
+            float *b = tensor_f32(fq, names[k], &n);
+            double se = 0, sa = 0;
+            for (uint64_t i = 0; i < n; i++) {
+                se += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+                sa += (double)a[i] * a[i];
+            }
+            double rel = sqrt(se / sa);
+            CHECKF(rel < types[ti].max_rel, "%s %s: relative rms error %.4f (limit %.2f)",
+                   types[ti].type, names[k], rel, types[ti].max_rel);
+            free(a); free(b);
+        }
+        gguf_close(fq);
+    }
+    gguf_close(fr);
 }
 
 /* ------------------------------------------------------------ the CLI */
