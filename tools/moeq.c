@@ -15,6 +15,8 @@ struct command {
 
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
+    { "info",  cmd_info,  "show a GGUF file: metadata, tensors, group summary, bits per weight" },
+    { "dump",  cmd_dump,  "write one tensor dequantized as little-endian f32" },
 };
 
 static void help(FILE *out)
