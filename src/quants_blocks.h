@@ -152,5 +152,11 @@ size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n_per_r
 size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
 size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
 size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+/* Per-format i-quant quantizers (quants_iq.c), moeq_quant_fn signature. */
+size_t quantize_iq2_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+size_t quantize_iq2_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+size_t quantize_iq2_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+size_t quantize_iq3_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+size_t quantize_iq3_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
 
 #endif
