@@ -271,19 +271,27 @@ static uint64_t pow2_at_least(uint64_t n)
 /* ------------------------------------------------------- pre-tokenizers */
 
 /*
- * The qwen2 pre-tokenizer, as in Qwen2/Qwen3's tokenizer.json except that
- * the case-insensitive group (?i:'s|'t|...) is spelled out with classes: in
- * UCP mode (?i) would also fold U+017F (long s) into 's', which the
- * reference does not.
+ * The qwen2 pre-tokenizer, as in Qwen2/Qwen3's tokenizer.json, with two
+ * spellings changed so that PCRE2 splits as the reference (and the
+ * tokenizers library) do:
+ * - (?i:'s|'t|...) is spelled out with classes: in UCP mode (?i) would also
+ *   fold U+017F (long s) into 's';
+ * - \s is the Unicode White_Space property written out (WS below): PCRE2's
+ *   \s also matches U+180E, which Unicode stopped calling a space in 6.3.
+ * One difference remains: letters and digits come from PCRE2's Unicode
+ * tables (Unicode 14 in PCRE2 10.42), so characters assigned later
+ * (Kawi, CJK extension H, ...) are not letters here but are in the
+ * reference's tables.
  */
+#define WS_CHARS "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 static const char *const RE_QWEN2 =
     "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
     "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
     "|\\p{N}"
-    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
-    "|\\s*[\\r\\n]+"
-    "|\\s+(?!\\S)"
-    "|\\s+";
+    "| ?[^" WS_CHARS "\\p{L}\\p{N}]+[\\r\\n]*"
+    "|[" WS_CHARS "]*[\\r\\n]+"
+    "|[" WS_CHARS "]+(?![^" WS_CHARS "])"
+    "|[" WS_CHARS "]+";
 
 static const char *pre_regex(const char *pre)
 {
@@ -420,12 +428,15 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
 
     /* End-of-generation tokens: the ids the metadata names plus the turn
      * enders the reference recognizes by their text (it does the same,
-     * because converters rarely write eot). The first of these found also
-     * serves as eot when the metadata names none. */
+     * because converters rarely write eot). The first of the four turn
+     * enders at the top that exists serves as eot when the metadata names
+     * none. */
     {
         static const char *const eog_names[] = {
             "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
             "<|end_of_text|>", "<|eom_id|>", "<EOT>",
+            /* Fill-in-the-middle markers end a completion too. */
+            "<|fim_pad|>", "<|repo_name|>", "<|fim_repo|>", "<|file_sep|>",
         };
         for (size_t k = 0; k < sizeof eog_names / sizeof eog_names[0]; k++) {
             int32_t id = str_find(t, eog_names[k], strlen(eog_names[k]));

@@ -29,9 +29,12 @@ static const char *const MERGES[] = {
     "1 2",          /* 6: never applies: the pre-tokenizer splits digits */
     "a ,",          /* 7: never applies: letters and punctuation are split */
     ", a",          /* 8: applies: one word ",a" */
+    "\xC4\xA0 \xC3\xA1", /* 9: "Ġ á": space + first byte of U+180E (E1 A0 8E) */
 };
-static const char *const EXTRA[] = { "bc", "ab", "abc", "aa", "\xC4\xA0h", "\xC4\xA0hi", "12", "a,", ",a" };
-enum { ID_BC = 256, ID_AB, ID_ABC, ID_AA, ID_GH, ID_GHI, ID_12, ID_A_COMMA, ID_COMMA_A,
+static const char *const EXTRA[] = { "bc", "ab", "abc", "aa", "\xC4\xA0h", "\xC4\xA0hi", "12", "a,", ",a",
+                                     "\xC4\xA0\xC3\xA1" };
+#define N_MERGES 10
+enum { ID_BC = 256, ID_AB, ID_ABC, ID_AA, ID_GH, ID_GHI, ID_12, ID_A_COMMA, ID_COMMA_A, ID_SP_E1,
        ID_IM_START, ID_IM_END, ID_EOT, ID_THINK, ID_X, ID_XY, N_VOCAB };
 static const char *const SPECIAL[] = { "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "<x>", "<x><y>" };
 static const int SPECIAL_TYPE[] = { MOEQ_TOKEN_CONTROL, MOEQ_TOKEN_CONTROL, MOEQ_TOKEN_CONTROL,
@@ -51,7 +54,7 @@ static void vocab_fill(gguf_str *toks, int32_t *types, gguf_str *merges)
         toks[b] = (gguf_str){ g_bytes[b], strlen(g_bytes[b]) };
         types[b] = MOEQ_TOKEN_NORMAL;
     }
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < N_MERGES; i++) {
         toks[256 + i] = (gguf_str){ EXTRA[i], strlen(EXTRA[i]) };
         types[256 + i] = MOEQ_TOKEN_NORMAL;
         merges[i] = (gguf_str){ MERGES[i], strlen(MERGES[i]) };
@@ -64,12 +67,12 @@ static void vocab_fill(gguf_str *toks, int32_t *types, gguf_str *merges)
 
 static moeq_tokenizer *tiny_vocab(void)
 {
-    static gguf_str toks[N_VOCAB], merges[9];
+    static gguf_str toks[N_VOCAB], merges[N_MERGES];
     static int32_t types[N_VOCAB];
     vocab_fill(toks, types, merges);
     struct moeq_vocab_desc d = {
         .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
-        .n_merges = 9, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
+        .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
         .pad = ID_EOT, .chat_template = "{{ '<|im_start|>' }}",
     };
     char err[256];
@@ -131,6 +134,8 @@ TEST(tok_merges_by_rank)
     EXPECT_IDS(t, "a,", 0, 'a', ',');                /* letter word, then punctuation */
     EXPECT_IDS(t, ",a", 0, ID_COMMA_A);              /* [^\r\n\p{L}\p{N}]?\p{L}+ */
     EXPECT_IDS(t, "it's", 0, 'i', 't', '\'', 's');
+    /* U+180E is not White_Space: " \u180E" is one punctuation-like word. */
+    EXPECT_IDS(t, " \xE1\xA0\x8Ex", 0, ID_SP_E1, 0xA0, 0x8E, 'x');
     moeq_tokenizer_free(t);
 }
 
@@ -244,7 +249,7 @@ struct vocab_gguf_opts {
 
 static gbuf vocab_gguf(const struct vocab_gguf_opts *o)
 {
-    static gguf_str toks[N_VOCAB], merges[9];
+    static gguf_str toks[N_VOCAB], merges[N_MERGES];
     static int32_t types[N_VOCAB];
     vocab_fill(toks, types, merges);
     gbuf b = { 0 };
@@ -260,8 +265,8 @@ static gbuf vocab_gguf(const struct vocab_gguf_opts *o)
     gb_u32(&b, GGUF_TYPE_INT32); gb_u64(&b, (uint64_t)nt);
     for (int i = 0; i < nt; i++) gb_u32(&b, (uint32_t)types[i % N_VOCAB]);
     gb_kv(&b, "tokenizer.ggml.merges", GGUF_TYPE_ARRAY);
-    gb_u32(&b, GGUF_TYPE_STRING); gb_u64(&b, 9);
-    for (int i = 0; i < 9; i++) gb_str(&b, i == 0 && o->merge0 ? o->merge0 : MERGES[i]);
+    gb_u32(&b, GGUF_TYPE_STRING); gb_u64(&b, N_MERGES);
+    for (int i = 0; i < N_MERGES; i++) gb_str(&b, i == 0 && o->merge0 ? o->merge0 : MERGES[i]);
     gb_kv(&b, "tokenizer.ggml.eos_token_id", GGUF_TYPE_UINT32); gb_u32(&b, (uint32_t)(o->eos ? o->eos : ID_IM_END));
     gb_kv(&b, "tokenizer.ggml.add_bos_token", GGUF_TYPE_BOOL); gb_u8(&b, 0);
     gb_kv(&b, "tokenizer.chat_template", GGUF_TYPE_STRING); gb_str(&b, "{{ '<|im_start|>' }}<think>");
@@ -450,6 +455,8 @@ TEST(tok_reference_qwen3_vocab)
     moeq_tokenizer_specials(t, &sp);
     CHECK(sp.eos == 151645 && sp.pad == 151643 && !sp.add_bos);
     CHECK(moeq_tokenizer_is_eog(t, 151645) && moeq_tokenizer_is_eog(t, 151643));
+    CHECK(moeq_tokenizer_is_eog(t, 151662) && moeq_tokenizer_is_eog(t, 151663) && moeq_tokenizer_is_eog(t, 151664));
+    CHECK(!moeq_tokenizer_is_eog(t, 151644) && !moeq_tokenizer_is_eog(t, 151667) && !moeq_tokenizer_is_eog(t, 198));
     CHECK(moeq_tokenizer_chat_kind(t) == MOEQ_CHAT_QWEN3);
     /* Special parsing on the rendered chat; <think> is USER_DEFINED and
      * is split out even without it. */
