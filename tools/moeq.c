@@ -18,6 +18,7 @@ static const struct command commands[] = {
     { "info",  cmd_info,  "show a GGUF file: metadata, tensors, group summary, bits per weight" },
     { "dump",  cmd_dump,  "write one tensor dequantized as little-endian f32" },
     { "quantize", cmd_quantize, "quantize a GGUF (llama-quantize compatible; --recipe asym-2bitexp)" },
+    { "tokenize", cmd_tokenize, "print the token ids of a text" },
 };
 
 static void help(FILE *out)
