@@ -19,6 +19,7 @@ static const struct command commands[] = {
     { "dump",  cmd_dump,  "write one tensor dequantized as little-endian f32" },
     { "quantize", cmd_quantize, "quantize a GGUF (llama-quantize compatible; --recipe asym-2bitexp)" },
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
+    { "synth", cmd_synth, "write a synthesized qwen3moe GGUF (any shape, deterministic)" },
 };
 
 static void help(FILE *out)
