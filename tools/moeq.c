@@ -15,6 +15,7 @@ struct command {
 
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
+    { "kbench", cmd_kbench, "time the matmul kernels per type and ISA" },
 };
 
 static void help(FILE *out)
