@@ -93,6 +93,7 @@ typedef struct gguf_file {
     uint64_t       alignment;
     uint64_t       data_offset;        /* file offset of the data section */
     int            mapped;
+    struct gguf_index *index;          /* private: hash lookups by name */
 } gguf_file;
 
 /*
