@@ -175,13 +175,15 @@ int gguf_writer_begin_data(gguf_writer *w);
 int gguf_writer_write(gguf_writer *w, const void *data, size_t n);
 
 /* Check every tensor was written in full, flush, fsync and rename. Frees w.
- * On failure the temporary file is removed and the target left untouched. */
+ * On failure the temporary file is removed, the target left untouched, and
+ * the message is available from gguf_writer_error(NULL) on this thread. */
 int gguf_writer_finish(gguf_writer *w);
 
 /* Remove the temporary file and free w. */
 void gguf_writer_abort(gguf_writer *w);
 
-/* Last error message of a writer call that returned -1. */
+/* Last error message of a writer call that returned -1; with w NULL, the
+ * message of this thread's last failed gguf_writer_finish. */
 const char *gguf_writer_error(const gguf_writer *w);
 
 #endif
