@@ -18,6 +18,7 @@
 #include "engine.h"
 
 #include "engine_internal.h"
+#include "kernels.h"
 #include "model.h"
 #include "pool.h"
 #include "quants.h"
@@ -92,25 +93,40 @@ static void quantize_q8_0(const float *x, block_q8_0 *y, int n)
 /* ------------------------------------------------------------ matmul */
 
 /*
- * Activations for a weight type. Until the quantized kernels are in, every
- * weight is multiplied in f32: a weight row is dequantized into the
- * thread's scratch and dotted with f32 activation rows, so the activation
- * "format" is f32 itself and needs no copy.
+ * Activations in the weight type's partner format (kernels.h): f32 rows
+ * are used in place; Q8_0 / Q8_K rows are quantized once into the buffer
+ * of that format and shared by every weight that takes the same format.
  */
 struct act {
     const void *data;
     size_t      stride;  /* bytes between rows */
 };
 
+struct actq_job { const float *X; uint8_t *dst; size_t stride; int K, wtype; };
+
+static void actq_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct actq_job *j = ctx;
+    for (int64_t r = b; r < end; r++)
+        moeq_quantize_act(j->wtype, j->X + (size_t)r * j->K, j->dst + (size_t)r * j->stride, j->K);
+}
+
 static struct act act_prepare(moeq_engine *e, int wtype, const float *X, int n, int K)
 {
-    (void)e; (void)wtype; (void)n;
-    struct act a = { X, (size_t)K * sizeof(float) };
+    int at = moeq_act_type(wtype);
+    if (at == MOEQ_TYPE_F32) {
+        struct act a = { X, (size_t)K * sizeof(float) };
+        return a;
+    }
+    struct actq_job j = { X, e->actq[at == MOEQ_TYPE_Q8_K], moeq_act_row_size(wtype, K), K, wtype };
+    moeq_pool_for(e->pool, n, 16, actq_task, &j);
+    struct act a = { j.dst, j.stride };
     return a;
 }
 
-/* Row r of a weight (expert x) as floats, in the thread's scratch unless
- * already f32. */
+/* Row r of a weight (expert x) as floats (embedding lookup), in tmp
+ * unless already f32. */
 static const float *weight_row_f32(const struct moeq_weight *w, int x, int64_t r, float *tmp)
 {
     const uint8_t *src = w->data + (size_t)x * w->expert_stride + (size_t)r * w->row_size;
@@ -128,31 +144,13 @@ static const float *weight_row_f32(const struct moeq_weight *w, int x, int64_t r
     }
 }
 
-static inline float dot_f32(const float *a, const float *b, int64_t n)
-{
-    /* four partial sums: the compiler vectorizes this without -ffast-math */
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i]; s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2]; s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
-}
-
 /* Y[c * ldy + r] = W_x[r] . A[c] for r in [r0, r1), c in [0, n). */
 static void rows_kernel(moeq_engine *e, int tid, const struct moeq_weight *w, int x,
                         int64_t r0, int64_t r1, struct act a, int n, float *Y, size_t ldy)
 {
-    float *tmp = e->rowbuf + (size_t)tid * e->rowbuf_len;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *wr = weight_row_f32(w, x, r, tmp);
-        for (int c = 0; c < n; c++) {
-            const float *ac = (const float *)((const uint8_t *)a.data + (size_t)c * a.stride);
-            Y[(size_t)c * ldy + r] = dot_f32(wr, ac, w->n_in);
-        }
-    }
+    (void)e; (void)tid;
+    const uint8_t *W = w->data + (size_t)x * w->expert_stride + (size_t)r0 * w->row_size;
+    moeq_gemm(w->type, w->n_in, W, w->row_size, r1 - r0, a.data, a.stride, n, Y + r0, ldy);
 }
 
 struct mm_job {
@@ -180,14 +178,40 @@ static void call_hook(moeq_engine *e, const struct moeq_weight *w, int expert,
     if (e->hook && n > 0) e->hook(e->hook_ud, w->name, expert, X, n, (int)w->n_in);
 }
 
+/* Y (n rows of w->n_out, ldy apart) = W . A (n prepared rows). */
+static void matmul_act(moeq_engine *e, const struct moeq_weight *w, struct act a, int n,
+                       float *Y, size_t ldy)
+{
+    struct mm_job j = { e, w, a, n, Y, ldy };
+    int64_t chunks = (w->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
+    moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
+}
+
 /* Y (n rows of w->n_out, ldy apart) = W . X (n rows of w->n_in, contiguous). */
 static void matmul(moeq_engine *e, const struct moeq_weight *w, const float *X, int n,
                    float *Y, size_t ldy)
 {
     call_hook(e, w, -1, X, n);
-    struct mm_job j = { e, w, act_prepare(e, w->type, X, n, (int)w->n_in), n, Y, ldy };
-    int64_t chunks = (w->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
-    moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
+    matmul_act(e, w, act_prepare(e, w->type, X, n, (int)w->n_in), n, Y, ldy);
+}
+
+/* Several weights over the same input (q, k, v): the input is quantized
+ * once per activation format, not once per weight. */
+static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, float *const *Ys,
+                          const size_t *ldys, int nw, const float *X, int n)
+{
+    struct act prepared[3];
+    int have[3] = { 0, 0, 0 }; /* by format: f32, q8_0, q8_K */
+    for (int i = 0; i < nw; i++) {
+        call_hook(e, ws[i], -1, X, n);
+        int at = moeq_act_type(ws[i]->type);
+        int slot = at == MOEQ_TYPE_F32 ? 0 : at == MOEQ_TYPE_Q8_0 ? 1 : 2;
+        if (!have[slot]) {
+            prepared[slot] = act_prepare(e, ws[i]->type, X, n, (int)ws[i]->n_in);
+            have[slot] = 1;
+        }
+        matmul_act(e, ws[i], prepared[slot], n, Ys[i], ldys[i]);
+    }
 }
 
 /* ------------------------------------------------------------ RoPE */
@@ -322,7 +346,8 @@ struct moe_task { int expert, r0, r1; };
 struct moe_job {
     moeq_engine *e;
     const struct moeq_layer *l;
-    struct act a;       /* gathered inputs (up/gate) or hidden rows (down) */
+    struct act a;       /* gathered inputs for gate (phase 0), hidden rows (phase 1) */
+    struct act a_up;    /* gathered inputs for up (phase 0) */
     int phase;          /* 0: gate+up -> hidden, 1: down */
 };
 
@@ -336,9 +361,11 @@ static void moe_task_fn(void *ctx, int64_t b, int64_t end, int tid)
         int x = t->expert, off = e->ex_off[x], cnt = e->ex_count[x];
         struct act a = { (const uint8_t *)j->a.data + (size_t)off * j->a.stride, j->a.stride };
         if (j->phase == 0) {
+            struct act au = { (const uint8_t *)j->a_up.data + (size_t)off * j->a_up.stride,
+                              j->a_up.stride };
             float *G = e->hg + (size_t)off * F, *U = e->hu + (size_t)off * F;
             rows_kernel(e, tid, &j->l->gate_exps, x, t->r0, t->r1, a, cnt, G, (size_t)F);
-            rows_kernel(e, tid, &j->l->up_exps, x, t->r0, t->r1, a, cnt, U, (size_t)F);
+            rows_kernel(e, tid, &j->l->up_exps, x, t->r0, t->r1, au, cnt, U, (size_t)F);
             for (int c = 0; c < cnt; c++)
                 for (int r = t->r0; r < t->r1; r++)
                     G[(size_t)c * F + r] = silu(G[(size_t)c * F + r]) * U[(size_t)c * F + r];
@@ -419,7 +446,9 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
             call_hook(e, &l->gate_exps, x, X, e->ex_count[x]);
             call_hook(e, &l->up_exps, x, X, e->ex_count[x]);
         }
-    struct moe_job j = { e, l, act_prepare(e, l->gate_exps.type, e->xg, n_slots, E), 0 };
+    struct moe_job j = { e, l, act_prepare(e, l->gate_exps.type, e->xg, n_slots, E), { 0, 0 }, 0 };
+    j.a_up = moeq_act_type(l->up_exps.type) == moeq_act_type(l->gate_exps.type)
+           ? j.a : act_prepare(e, l->up_exps.type, e->xg, n_slots, E);
     int nt = moe_make_tasks(e, F);
     moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
 
@@ -447,8 +476,10 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 {
     const int E = e->m->hp.n_embd, F = e->m->hp.n_ff;
-    matmul(e, &l->gate, e->xn, n, e->hg, (size_t)F);
-    matmul(e, &l->up, e->xn, n, e->hu, (size_t)F);
+    const struct moeq_weight *gu[2] = { &l->gate, &l->up };
+    float *gu_out[2] = { e->hg, e->hu };
+    const size_t gu_ld[2] = { (size_t)F, (size_t)F };
+    matmul_shared(e, gu, gu_out, gu_ld, 2, e->xn, n);
     for (size_t i = 0; i < (size_t)n * F; i++) e->hg[i] = silu(e->hg[i]) * e->hu[i];
     matmul(e, &l->down, e->hg, n, e->tmp, (size_t)E);
     for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
@@ -478,9 +509,10 @@ static void forward(moeq_engine *e, int n)
         const struct moeq_layer *l = &m->layers[il];
         for (int t = 0; t < n; t++)
             rmsnorm(e->xn + (size_t)t * E, e->x + (size_t)t * E, l->attn_norm, E, hp->rms_eps);
-        matmul(e, &l->wq, e->xn, n, e->q, (size_t)nq);
-        matmul(e, &l->wk, e->xn, n, e->k, (size_t)nkv);
-        matmul(e, &l->wv, e->xn, n, e->v, (size_t)nkv);
+        const struct moeq_weight *qkv[3] = { &l->wq, &l->wk, &l->wv };
+        float *qkv_out[3] = { e->q, e->k, e->v };
+        const size_t qkv_ld[3] = { (size_t)nq, (size_t)nkv, (size_t)nkv };
+        matmul_shared(e, qkv, qkv_out, qkv_ld, 3, e->xn, n);
         for (int t = 0; t < n; t++) {
             const float *cs = e->rope + (size_t)t * HD;
             for (int h = 0; h < hp->n_head; h++) {
@@ -527,6 +559,8 @@ static void output_logits(moeq_engine *e, const int *rows, int n_out, float *dst
 static int weight_supported(const struct moeq_weight *w)
 {
     if (!w->data) return 1;
+    if (!moeq_vec_dot(w->type) || moeq_act_row_size(w->type, w->n_in) == 0) return 0;
+    /* the embedding rows are looked up, not multiplied */
     if (w->type == MOEQ_TYPE_F32 || w->type == MOEQ_TYPE_F16) return 1;
     const struct moeq_type_traits *t = moeq_type_traits(w->type);
     return t && t->to_float;
@@ -651,6 +685,13 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->bsess = xcalloc(cap, sizeof *e->bsess, &oom);
     e->out_rows = xcalloc(cap, sizeof *e->out_rows, &oom);
     e->rowbuf = xcalloc((size_t)e->n_threads * e->rowbuf_len, sizeof(float), &oom);
+    {
+        /* widest activation row of each quantized format */
+        int64_t k32 = (maxk + 31) / 32 * 32, k256 = (maxk + 255) / 256 * 256;
+        size_t rows = slots > cap ? slots : cap;
+        e->actq[0] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q8_0, k32), &oom);
+        e->actq[1] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q4_K, k256), &oom);
+    }
     e->scores = xcalloc((size_t)e->n_threads * e->n_ctx, sizeof(float), &oom);
     e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);
     if (hp->moe) {
@@ -684,7 +725,7 @@ void moeq_engine_close(moeq_engine *e)
     if (e->pool) moeq_pool_free(e->pool);
     void *bufs[] = { e->x, e->xn, e->tmp, e->q, e->k, e->v, e->att, e->rope, e->hg, e->hu,
                      e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->scores,
-                     e->logits_tmp, e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
+                     e->logits_tmp, e->actq[0], e->actq[1], e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
                      e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     moeq_model_free(e->m);

@@ -39,6 +39,7 @@ struct moeq_engine {
     float *att;                  /* [cap][n_head*hd] attention output */
     float *rope;                 /* [cap][head_dim] cos/sin pairs */
     float *hg, *hu;              /* [slots][n_ff] gate -> hidden, up */
+    uint8_t *actq[2];            /* [slots] activation rows in Q8_0 / Q8_K */
     float *rowbuf;               /* [n_threads][rowbuf_len] dequantized weight row */
     size_t rowbuf_len;
     float *scores;               /* [n_threads][n_ctx] attention scores */
