@@ -18,10 +18,12 @@
  *      scales fixed, each sub-block tries its integer scale (and min) codes
  *      in a small neighbourhood and keeps the best after re-rounding its
  *      codes; then the super-block scales are refit to those codes and the
- *      pass repeats while the weighted error drops.
- * Stage 3 only accepts a change that lowers the weighted error of the block,
- * so the result is never worse (in that error) than stages 1-2 alone, which
- * make the choices ggml makes.
+ *      pass repeats while the error drops.
+ * Stages 1-2 make the choices ggml makes (bit for bit when built with
+ * MOEQ_KQ_PLAIN). Stage 3 judges by the importance alone (qw, the mean
+ * squared activation: the error the layer's output sees), or by the
+ * fallback weights without an imatrix, and only accepts a change that
+ * lowers it, so the result is never worse in that error than ggml's choice.
  *
  * Rows are independent and all scratch is on the stack: the functions are
  * pure and may run from many threads at once.
@@ -42,28 +44,41 @@ enum { KQ_REFINE = 1 };
 #endif
 
 #define GROUP_EPS 1e-15f
+/* Search effort of the refinement (stage 3 radius and passes; candidate
+ * density of stage 1 as a multiple of ggml's). Chosen on tiny-a tensors:
+ * these keep most of the error reduction at a fraction of the cost of
+ * wider searches (radius 2 for the asymmetric formats and denser scans
+ * gain under 1% more). */
 #ifndef KQ_RA
-#define KQ_RA 2
+#define KQ_RA 1        /* (ls, lm) neighbourhood of asymmetric formats */
 #endif
 #ifndef KQ_RS
-#define KQ_RS 2
+#define KQ_RS 2        /* ls neighbourhood of symmetric formats */
 #endif
 #ifndef KQ_PASSES
-#define KQ_PASSES 3
+#define KQ_PASSES 2
+#endif
+#ifndef KQ_SYMW
+#define KQ_SYMW 18     /* fit_sym scans +-KQ_SYMW/20 around nmax */
+#endif
+#ifndef KQ_SYMHALF
+#define KQ_SYMHALF 0   /* 1: also the half steps of that scan */
+#endif
+#ifndef KQ_NLSUB
+#define KQ_NLSUB 1     /* fit_nl scan steps per code unit */
 #endif
 #ifndef KQ_DENS
-#define KQ_DENS 2
+#define KQ_DENS 1      /* fit_asym scan density */
 #endif
 
 /* ------------------------------------------------------------ helpers */
 
 /* Round to nearest, ties to even, for |v| < 2^22: adding 1.5*2^23 puts the
- * integer in the low mantissa bits. Clamped so a huge or NaN ratio yields a
- * bounded integer that the caller's clamp then handles. */
+ * integer in the low mantissa bits. Outside that range (or for NaN) the
+ * result is some bounded integer, never undefined behaviour; every caller
+ * clamps it to its code range. */
 static inline int iround(float v)
 {
-    if (!(v > -4000000.f)) v = -4000000.f;
-    if (v > 4000000.f) v = 4000000.f;
     float t = v + 12582912.f;
     int32_t i;
     memcpy(&i, &t, 4);
@@ -143,10 +158,10 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
     int8_t T[QK_K];
     /* ggml's grid is 0.1 steps over +-0.9; the refined search adds the half
      * steps between them and a wider reach. */
-    const int lo = KQ_REFINE ? -24 : -18, hi = KQ_REFINE ? 24 : 18;
+    const int lo = KQ_REFINE ? -KQ_SYMW : -18, hi = KQ_REFINE ? KQ_SYMW : 18;
     for (int side = 0; side < 2; side++) {
         for (int is = lo; is <= hi; is++) {
-            if (!KQ_REFINE && (is & 1)) continue;
+            if ((!KQ_REFINE || KQ_SYMHALF == 0) && (is & 1)) continue;
             float target = side == 0 ? -(nmax + 0.05f * is) : (nmax - 1 + 0.05f * is);
             float iscale = target / max;
             float sxl = 0, sll = 0;
@@ -263,6 +278,8 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
     int steps = KQ_REFINE ? KQ_DENS * nstep : nstep;
     float dstep = KQ_REFINE ? rdelta / KQ_DENS : rdelta;
     for (int is = 0; is <= steps; is++) {
+        /* like ggml, later candidates round from the best min found so far
+         * (min tracks -m), which lets the scan follow the fit */
         float iscale = (rmin + dstep * is + nmax) / (max - min);
         double sl = 0, sll = 0, sxl = 0;
         for (int i = 0; i < n; i++) {
@@ -273,7 +290,7 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
         double ts, tm;
         if (!asym_solve(sw, sx, sl, sll, sxl, &ts, &tm)) continue;
         double e = asym_err(sw, sx, sx2, sl, sll, sxl, ts, tm);
-        if (e < best) { best = e; s = ts; m = tm; memcpy(L, T, (size_t)n); }
+        if (e < best) { best = e; s = ts; m = tm; min = (float)-tm; memcpy(L, T, (size_t)n); }
     }
 
     /* single-code moves toward the residual, each refitting (s, m) */
@@ -339,7 +356,7 @@ static float fit_pos(int n, int nmax, const float *v, const float *w, uint8_t *L
     {
         float s = 1 / iscale;
         for (int i = 0; i < n; i++) {
-            int l = iround(iscale * v[i]);
+            int l = clampi(iround(iscale * v[i]), 0, nmax);
             float d = v[i] - s * l;
             best_mse += w[i] * d * d;
         }
@@ -348,8 +365,7 @@ static float fit_pos(int n, int nmax, const float *v, const float *w, uint8_t *L
         if (is == 0) continue;
         float ti = (0.1f * is + nmax) / max, ts = 1 / ti, mse = 0;
         for (int i = 0; i < n; i++) {
-            int l = iround(ti * v[i]);
-            if (l > nmax) l = nmax;
+            int l = clampi(iround(ti * v[i]), 0, nmax);
             float d = v[i] - ts * l;
             mse += w[i] * d * d;
         }
@@ -357,8 +373,7 @@ static float fit_pos(int n, int nmax, const float *v, const float *w, uint8_t *L
     }
     float sxl = 0, sll = 0;
     for (int i = 0; i < n; i++) {
-        int l = iround(iscale * v[i]);
-        if (l > nmax) l = nmax;
+        int l = clampi(iround(iscale * v[i]), 0, nmax);
         L[i] = (uint8_t)l;
         sxl += w[i] * v[i] * l;
         sll += w[i] * l * l;
@@ -759,7 +774,7 @@ static float fit_nl(int n, const float *x, const float *w, uint8_t *L)
     }
     d = sqq > 0 ? sqx / sqq : 0;
     float best = d * sqx, bqx = sqx, bqq = sqq;
-    const int ntry = 7, sub = KQ_REFINE ? 2 : 1;
+    const int ntry = 7, sub = KQ_REFINE ? KQ_NLSUB : 1;
     for (int k = -ntry * sub; k <= ntry * sub; k++) {
         for (int side = 0; side < 2; side++) {
             float ti = ((float)k / sub + (side ? kv[15] : kv[0])) / max;
@@ -908,7 +923,7 @@ static void quant_sym_block(const struct sym_shape *sh, const float *x, const fl
 
     if (KQ_REFINE) {
         int8_t T[32];
-        const int R = KQ_RS;
+        const int R = sh->nl ? 1 : KQ_RS;  /* IQ4 codes re-pick slowly; 1 suffices */
         for (int pass = 0; pass < KQ_PASSES; pass++) {
             for (int j = 0; j < sh->nsub; j++) {
                 const float *xs = x + j * len, *ws = wf + j * len;
@@ -1064,9 +1079,9 @@ size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n, co
             if (KQ_REFINE && best_d != 0) {
                 /* the stored scale and its fp16 neighbours, codes re-picked */
                 uint16_t h0 = moeq_f32_to_f16(best_d);
-                for (int k = -2; k <= 3; k++) {
+                for (int k = -1; k <= 2; k++) {
                     float c;
-                    if (k <= 2) {
+                    if (k <= 1) {
                         c = moeq_f16_to_f32((uint16_t)(h0 + k));
                         if (c != c || isinf(c) || (c > 0) != (best_d > 0) || c == 0) continue;
                     } else {

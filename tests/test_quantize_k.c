@@ -285,7 +285,7 @@ static float *imatrix_lookup(const uint8_t *buf, size_t len, const char *name, i
  * model's tensor) with the reference imatrix and compare our
  * imatrix-weighted RMSE with that of the reference quantizer's blocks
  * (TYPE__NAME.f32, the reference's own decode). Ours must not be worse than
- * the reference by more than 0.5%.
+ * the reference by more than 0.2% (it measures 0.5-5% better; BF16 equal).
  */
 TEST(kquant_vs_reference)
 {
@@ -325,7 +325,7 @@ TEST(kquant_vs_reference)
                         wrmse(x, y, NULL, nrows, n) / wrmse(x, ref, NULL, nrows, n),
                         100.0 * same / ((double)nrows * n));
             }
-            CHECKF(ours <= theirs * 1.005 + 1e-12, "%s %s: weighted RMSE %.6g vs reference %.6g",
+            CHECKF(ours <= theirs * 1.002 + 1e-12, "%s %s: weighted RMSE %.6g vs reference %.6g",
                    tensors[t], moeq_type_name(type), ours, theirs);
             free(ref);
         }
