@@ -16,6 +16,7 @@
 #include "quants.h"
 #include "quants_blocks.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -488,18 +489,24 @@ static moeq_vec_dot_fn scalar_vec_dot(int wtype)
 
 /* ------------------------------------------------------------ dispatch */
 
+/* F16C straight from cpuid: not every compiler's __builtin_cpu_supports
+ * knows it. The AVX2 check below already implies the OS saves ymm state. */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static int cpu_isa(void)
 {
     __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
+        return MOEQ_ISA_SCALAR;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("avx512vnni"))
         return MOEQ_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return MOEQ_ISA_AVX2;
-    return MOEQ_ISA_SCALAR;
+    return MOEQ_ISA_AVX2;
 }
 
 /* Whether the ISA file is linked in and the CPU runs it. */
