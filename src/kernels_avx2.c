@@ -247,20 +247,37 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     store_sums(acc, NC, s, ss);
 }
 
-/* -------------------------------------------------------------- Q8_0 */
+/* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+/* The 32 signed weights of one block (see kernels_avx512.c). */
+AI __m256i load_w32(const uint8_t *blk, const int kind)
 {
-    const block_q8_0 *x = w;
+    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
+    return _mm256_shuffle_epi8(tab, nib);
+}
+
+AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+              const int kind)
+{
+    const uint8_t *x = w;
+    const size_t bsize = kind == 0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     __m256 acc[NC_MAX];
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < n / QK8_0; b++) {
         /* |w| times the activation carrying w's sign; |w| <= 128 and
          * |x| <= 127, so a pair sum stays under 32767 */
-        __m256i wq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const uint8_t *blk = x + b * bsize;
+        __m256i wq = load_w32(blk, kind);
         __m256i wabs = _mm256_abs_epi8(wq);
-        const float dw = h2f(x[b].d);
+        ggml_half dh;
+        memcpy(&dh, blk, 2);
+        const float dw = h2f(dh);
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
             const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + (size_t)c * as) + b;
@@ -271,6 +288,70 @@ AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC,
     }
     store_sums(acc, NC, s, ss);
 }
+
+AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 0); }
+AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 1); }
+AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 2); }
+
+/* ------------------------------------- the other 256-element formats */
+
+/*
+ * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ4_XS: the scalar reference
+ * unpacks a block into signed bytes and integer scales and mins, and the
+ * vector code does the rest (|q| <= 127, so maddubs pairs stay in range).
+ */
+AI void k_unpacked(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                   int wtype, size_t bsize)
+{
+    const uint8_t *x = w;
+    moeq_unpack_fn unpack = moeq_unpack_for(wtype);
+    struct moeq_unpacked u;
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        unpack(x + b * bsize, &u);
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(u.q + 32 * j));
+            __m256i wabs = _mm256_abs_epi8(q);
+            __m256i sc = scale_pair(u.sc[2 * j], u.sc[2 * j + 1]);
+#pragma GCC unroll 8
+            for (int c = 0; c < NC; c++) {
+                const block_q8_K *y = q8k_col(a, as, c, b);
+                __m256i xq = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(y->qs + 32 * j)), q);
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xq), sc));
+            }
+        }
+        int16_t mn16[16];
+        for (int g = 0; g < 16; g++) mn16[g] = (int16_t)u.mn[g];
+        __m256i mins = _mm256_loadu_si256((const __m256i *)mn16);
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(u.d * y->d), acc[c]);
+            if (u.dmin != 0) {
+                __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-u.dmin * y->d), acc[c]);
+            }
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+#define UNPACKED(name, TYPE, blk)                                                           \
+    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
+                     float *s, size_t ss)                                                   \
+    { k_unpacked(n, w, a, as, NC, s, ss, MOEQ_TYPE_##TYPE, sizeof(blk)); }
+
+UNPACKED(q2_K, Q2_K, block_q2_K)
+UNPACKED(q3_K, Q3_K, block_q3_K)
+UNPACKED(iq2_xxs, IQ2_XXS, block_iq2_xxs)
+UNPACKED(iq2_xs, IQ2_XS, block_iq2_xs)
+UNPACKED(iq3_xxs, IQ3_XXS, block_iq3_xxs)
+UNPACKED(iq4_xs, IQ4_XS, block_iq4_xs)
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -348,6 +429,14 @@ KERNEL(q8_0)
 KERNEL(f32)
 KERNEL(f16)
 KERNEL(bf16)
+KERNEL(q4_0)
+KERNEL(iq4_nl)
+KERNEL(q2_K)
+KERNEL(q3_K)
+KERNEL(iq2_xxs)
+KERNEL(iq2_xs)
+KERNEL(iq3_xxs)
+KERNEL(iq4_xs)
 
 moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
 {
@@ -361,6 +450,14 @@ moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
     case MOEQ_TYPE_F32:   return dot_f32;
     case MOEQ_TYPE_F16:   return dot_f16;
     case MOEQ_TYPE_BF16:  return dot_bf16;
+    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
+    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
     default:              return NULL;
     }
 }
@@ -377,6 +474,14 @@ moeq_row_fn moeq_avx2_row(int wtype)
     case MOEQ_TYPE_F32:   return row_f32;
     case MOEQ_TYPE_F16:   return row_f16;
     case MOEQ_TYPE_BF16:  return row_bf16;
+    case MOEQ_TYPE_Q4_0:    return row_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return row_q2_K;
+    case MOEQ_TYPE_Q3_K:    return row_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
     default:              return NULL;
     }
 }
