@@ -421,3 +421,38 @@ TEST(engine_open_errors)
     CHECK(strstr(err, voc) != NULL);
     CHECK(strstr(err, "token_embd.weight") != NULL || strstr(err, "key") != NULL);
 }
+
+/* Greedy generation on tiny-a F16 reproduces the reference's 32 tokens. */
+TEST(engine_tiny_a_greedy_continuation)
+{
+    const char *path = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
+    size_t np, nc;
+    char *prompt = test_read_file(test_shared_path("models/tiny-a/ref/greedy-prompt.txt"), &np);
+    char *want = test_read_file(test_shared_path("models/tiny-a/ref/greedy-continuation.txt"), &nc);
+    REQUIRE(prompt && want);
+    moeq_engine *e = open_model(path, 128, 1, 0, 0, 64);
+    REQUIRE(moeq_engine_info(e)->has_vocab);
+    int32_t tok[64];
+    int n = moeq_tokenize(e, prompt, np, 0, tok, 64);
+    REQUIRE(n > 0 && n < 64);
+    char err[256];
+    moeq_session *s = moeq_session_new(e, err, sizeof err);
+    REQUIRE(s);
+    REQUIRE(moeq_session_eval(s, tok, n, NULL, err, sizeof err) == 0);
+    struct moeq_sampler g = { .temp = 0 };
+    char out[1024];
+    size_t len = 0;
+    for (int i = 0; i < 32; i++) {
+        int32_t t = moeq_sample(&g, moeq_session_logits(s), 8192);
+        int k = moeq_token_piece(e, t, out + len, (int)(sizeof out - len));
+        REQUIRE(k >= 0 && len + (size_t)k < sizeof out);
+        len += (size_t)k;
+        REQUIRE(moeq_session_eval(s, &t, 1, NULL, err, sizeof err) == 0);
+    }
+    out[len] = 0;
+    CHECKF(len == nc && memcmp(out, want, nc) == 0, "got \"%s\"", out);
+    moeq_session_free(s);
+    moeq_engine_close(e);
+    free(prompt);
+    free(want);
+}
