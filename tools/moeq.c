@@ -16,6 +16,8 @@ struct command {
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
+    { "run",   cmd_run,   "generate text, or chat (no prompt)" },
+    { "bench", cmd_bench, "prompt and generation speed (tokens/s), peak RSS" },
 };
 
 static void help(FILE *out)
