@@ -17,7 +17,7 @@
 #include "kernels.h"
 
 /* Columns one row-kernel call handles at most. */
-#define MOEQ_GEMM_NC 8
+#define MOEQ_GEMM_NC 16
 
 /* s[c * s_stride] = dot(w, a + c * a_stride) for c in [0, nc), nc in 1..MOEQ_GEMM_NC. */
 typedef void (*moeq_row_fn)(int64_t n, const void *w, const void *a, size_t a_stride,

@@ -18,6 +18,7 @@ static const struct command commands[] = {
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
     { "run",   cmd_run,   "generate text, or chat (no prompt)" },
     { "bench", cmd_bench, "prompt and generation speed (tokens/s), peak RSS" },
+    { "kbench", cmd_kbench, "time the matmul kernels per type and ISA" },
 };
 
 static void help(FILE *out)
