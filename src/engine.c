@@ -23,6 +23,7 @@
 #include "pool.h"
 #include "quants.h"
 #include "quants_blocks.h"
+#include "tokenizer.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -610,6 +611,16 @@ static void fill_info(moeq_engine *e)
     }
     int b = 0;
     in->add_bos = gguf_get_bool(m->file, "tokenizer.ggml.add_bos_token", &b) == 0 ? b : 0;
+    if (e->tok) {
+        struct moeq_token_specials sp;
+        moeq_tokenizer_specials(e->tok, &sp);
+        in->bos = sp.bos;
+        in->eos = sp.eos;
+        in->eot = sp.eot;
+        in->pad = sp.pad;
+        in->add_bos = sp.add_bos;
+    }
+    in->has_vocab = e->tok != NULL;
 }
 
 moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, size_t errlen)
@@ -625,6 +636,17 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         seterr(err, errlen, "%s: tensor %s: type %s is not supported by the engine",
                p->model_path, bad->name, moeq_type_name(bad->type));
         goto fail;
+    }
+    /* A file without tokenizer metadata still runs (benchmarks, synthetic
+     * models); one with broken metadata is refused. */
+    if (gguf_find_kv(e->m->file, "tokenizer.ggml.model")) {
+        e->tok = moeq_tokenizer_load(e->m->file, err, errlen);
+        if (!e->tok) goto fail;
+        if (moeq_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
+            seterr(err, errlen, "%s: the vocabulary has %d tokens but token_embd.weight only %d rows",
+                   p->model_path, moeq_tokenizer_n_vocab(e->tok), hp->n_vocab);
+            goto fail;
+        }
     }
     e->n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
     e->n_seq = p->n_seq > 0 ? p->n_seq : 1;
@@ -728,6 +750,7 @@ void moeq_engine_close(moeq_engine *e)
                      e->logits_tmp, e->actq[0], e->actq[1], e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
                      e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    moeq_tokenizer_free(e->tok);
     moeq_model_free(e->m);
     free(e);
 }
@@ -881,4 +904,38 @@ int moeq_engine_decode(moeq_engine *e, moeq_session **ss, const int32_t *tokens,
         done += c;
     }
     return 0;
+}
+
+/* ------------------------------------------------------------ tokenizer */
+
+int moeq_tokenize(const moeq_engine *e, const char *text, size_t len, int parse_special,
+                  int32_t *out, int max)
+{
+    if (!e->tok) return -1;
+    return moeq_tokenizer_encode(e->tok, text, len, parse_special, out, max);
+}
+
+int moeq_token_piece(const moeq_engine *e, int32_t tok, char *buf, int cap)
+{
+    if (!e->tok) return -1;
+    return moeq_tokenizer_piece(e->tok, tok, buf, cap);
+}
+
+int moeq_token_is_eog(const moeq_engine *e, int32_t tok)
+{
+    if (e->tok) return moeq_tokenizer_is_eog(e->tok, tok);
+    return tok >= 0 && (tok == e->info.eos || tok == e->info.eot);
+}
+
+char *moeq_chat_render(const moeq_engine *e, const struct moeq_chat_msg *msgs, int n,
+                       int add_generation_prompt, char *err, size_t errlen)
+{
+    _Static_assert(sizeof(struct moeq_chat_msg) == sizeof(struct moeq_tok_msg),
+                   "chat message layouts must agree");
+    if (!e->tok) {
+        seterr(err, errlen, "the model has no tokenizer");
+        return NULL;
+    }
+    return moeq_tokenizer_chat_render(e->tok, (const struct moeq_tok_msg *)msgs, n,
+                                      add_generation_prompt, err, errlen);
 }

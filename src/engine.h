@@ -33,6 +33,7 @@ struct moeq_model_info {
     uint64_t n_params, weight_bytes;
     int32_t  bos, eos, eot, pad;
     int      add_bos;
+    int      has_vocab; /* 0: no tokenizer metadata (tokenize returns -1) */
 };
 
 /* Load and validate a model; NULL with a one-line message in err. */
@@ -43,7 +44,8 @@ const struct moeq_model_info *moeq_engine_info(const moeq_engine *e);
 /* ---- tokenizer (see tokenizer.h for the implementation) ---- */
 
 /* Tokenize; control tokens in text are recognized only with parse_special.
- * Returns the count (may exceed max: call again with a larger buffer). */
+ * Returns the count (may exceed max: call again with a larger buffer), -1
+ * when the model has no vocabulary. */
 int  moeq_tokenize(const moeq_engine *e, const char *text, size_t len,
                    int parse_special, int32_t *out, int max);
 /* Bytes of a token's text (not NUL-terminated); returns length or -1. */

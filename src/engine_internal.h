@@ -19,6 +19,7 @@ struct moeq_engine {
     int                    n_threads, n_ctx, n_seq, n_batch, type_k, type_v;
     int                    cap;        /* tokens per forward batch: max(n_batch, n_seq) */
     int                    n_sessions; /* sessions alive */
+    struct moeq_tokenizer *tok;        /* NULL when the file has no vocabulary */
     moeq_act_hook          hook;
     void                  *hook_ud;
 

@@ -421,3 +421,98 @@ TEST(engine_open_errors)
     CHECK(strstr(err, voc) != NULL);
     CHECK(strstr(err, "token_embd.weight") != NULL || strstr(err, "key") != NULL);
 }
+
+/* Greedy generation on tiny-a F16 reproduces the reference's 32 tokens. */
+TEST(engine_tiny_a_greedy_continuation)
+{
+    const char *path = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
+    size_t np, nc;
+    char *prompt = test_read_file(test_shared_path("models/tiny-a/ref/greedy-prompt.txt"), &np);
+    char *want = test_read_file(test_shared_path("models/tiny-a/ref/greedy-continuation.txt"), &nc);
+    REQUIRE(prompt && want);
+    moeq_engine *e = open_model(path, 128, 1, 0, 0, 64);
+    REQUIRE(moeq_engine_info(e)->has_vocab);
+    int32_t tok[64];
+    int n = moeq_tokenize(e, prompt, np, 0, tok, 64);
+    REQUIRE(n > 0 && n < 64);
+    char err[256];
+    moeq_session *s = moeq_session_new(e, err, sizeof err);
+    REQUIRE(s);
+    REQUIRE(moeq_session_eval(s, tok, n, NULL, err, sizeof err) == 0);
+    struct moeq_sampler g = { .temp = 0 };
+    char out[1024];
+    size_t len = 0;
+    for (int i = 0; i < 32; i++) {
+        int32_t t = moeq_sample(&g, moeq_session_logits(s), 8192);
+        int k = moeq_token_piece(e, t, out + len, (int)(sizeof out - len));
+        REQUIRE(k >= 0 && len + (size_t)k < sizeof out);
+        len += (size_t)k;
+        REQUIRE(moeq_session_eval(s, &t, 1, NULL, err, sizeof err) == 0);
+    }
+    out[len] = 0;
+    CHECKF(len == nc && memcmp(out, want, nc) == 0, "got \"%s\"", out);
+    moeq_session_free(s);
+    moeq_engine_close(e);
+    free(prompt);
+    free(want);
+}
+
+/* moeq run --dump-logits: the prompt's logits, every position, as the
+ * reference's (the prompt text tokenizes to the reference tokens). */
+TEST(engine_cli_run_dump_logits)
+{
+    const char *model = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
+    const char *prompt = test_shared_path("models/tiny-a/ref/logits-prompt.txt");
+    int32_t *tok;
+    float *ref;
+    int n = load_ref(&tok, &ref);
+    const char *out = test_tmp("logits.bin");
+    char *log = NULL;
+    int rc = test_run(&log, "%s run -m %s -f %s -n 0 -t 2 --dump-logits %s", test_moeq_bin(),
+                      model, prompt, out);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "prompt: 64 tokens"));
+    size_t nb;
+    float *lg = test_read_file(out, &nb);
+    REQUIRE(lg);
+    REQUIREF(nb == (size_t)n * 8192 * 4, "dump has %zu bytes", nb);
+    double md;
+    int same;
+    compare(lg, ref, n, 8192, &md, &same);
+    CHECKF(md < 0.01 && same == n, "max diff %g, same argmax %d", md, same);
+    free(lg);
+    free(log);
+    free(tok);
+    free(ref);
+}
+
+TEST(engine_cli_run_and_bench)
+{
+    const char *model = test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
+    char *log = NULL;
+    int rc = test_run(&log, "%s run -m %s -p 'The history of the city' -n 8 --temp 0 -t 2 -ctk q8_0",
+                      test_moeq_bin(), model);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "The history of the city") && strstr(log, "generation: 8 tokens"));
+    free(log);
+    /* chat from standard input, two turns, then end of input */
+    rc = test_run(&log, "printf 'Hello\\nMore\\n' | %s run -m %s -n 4 --seed 1 -t 2",
+                  test_moeq_bin(), model);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "> ") && strstr(log, "generation:"));
+    free(log);
+    rc = test_run(&log, "%s bench -m %s -p 16 -n 4 -r 2 -t 2", test_moeq_bin(), model);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "| pp16 |") && strstr(log, "| tg4 |") && strstr(log, "peak RSS"));
+    free(log);
+    /* usage and file errors */
+    CHECK(test_run(NULL, "%s run -p hi", test_moeq_bin()) == 2);
+    CHECK(test_run(NULL, "%s run -m %s -p hi --temp x", test_moeq_bin(), model) == 2);
+    CHECK(test_run(NULL, "%s run -m %s -p hi -ctk q4_0", test_moeq_bin(), model) == 2);
+    CHECK(test_run(&log, "%s run -m /nonexistent.gguf -p hi", test_moeq_bin()) == 1);
+    CHECK(log && strstr(log, "moeq: /nonexistent.gguf"));
+    free(log);
+    CHECK(test_run(NULL, "%s bench -m %s -p 0 -n 0", test_moeq_bin(), model) == 2);
+    CHECK(test_run(NULL, "%s run --help", test_moeq_bin()) == 0);
+    CHECK(test_run(NULL, "%s bench --help", test_moeq_bin()) == 0);
+}

@@ -18,6 +18,8 @@ int cmd_perplexity(int argc, char **argv);
 int cmd_imatrix(int argc, char **argv);
 int cmd_fit(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_kbench(int argc, char **argv);
 
 /* Print "moeq: CMD: message" and return 2 (usage error). */
