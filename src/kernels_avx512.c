@@ -2,8 +2,8 @@
  * kernels_avx512.c: AVX-512 (F/BW/VL/DQ + VNNI) twins of the scalar
  * kernels in kernels.c, one row kernel per type.
  *
- * Every kernel computes one weight row against up to MOEQ_GEMM_NC
- * activation columns. Per super-block the weight side is unpacked once into
+ * Every kernel computes one weight row against a group of activation
+ * columns (up to MOEQ_GEMM_NC at once). Per super-block the weight side is unpacked once into
  * registers: four 64-byte vectors of unsigned 8-bit magnitudes, a 64-bit
  * sign mask per vector where the format has explicit signs, and a vector of
  * per-lane integer scales. Each column then costs, per 64 weights, a load,
@@ -62,88 +62,237 @@ AI __m512i block_isum(const block_q8_K *y, const __m512i wv[4], const __mmask64 
     return isum;
 }
 
+/*
+ * The batch variant for the formats with explicit signs (IQ2_S, IQ3_S),
+ * used when a row meets 4 or more columns: the signs go on the weights
+ * once per row, shifted by off into 0..2*off so they stay unsigned; per
+ * column, maddubs makes int16 pair sums (at most 2 * 86 * 127) and dpwssd
+ * scales them (sc2 holds each scale in both 16-bit halves). The offset
+ * comes back out through the bsums: off16 is -off * scale per 16 values.
+ * That is two instructions per 64 weights and column instead of three.
+ */
+AI __m512i block_isum_offset(const block_q8_K *y, const __m512i wu[4], const __m512i sc2[4], __m256i off16)
+{
+    __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off16);
+    __m512i isum = _mm512_zextsi256_si512(corr);
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64 * k));
+        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(wu[k], q), sc2[k]);
+    }
+    return isum;
+}
+
+/* Weights with their signs applied, plus off (see block_isum_offset). */
+AI void sign_offset(const __m512i wv[4], const __mmask64 sg[4], const __m512i sc[4], int off,
+                    __m512i wu[4], __m512i sc2[4])
+{
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        wu[k] = _mm512_add_epi8(_mm512_mask_sub_epi8(wv[k], sg[k], _mm512_setzero_si512(), wv[k]),
+                                _mm512_set1_epi8((char)off));
+        sc2[k] = _mm512_or_si512(sc[k], _mm512_slli_epi32(sc[k], 16));
+    }
+}
+
 AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
 {
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = _mm512_reduce_add_ps(acc[c]);
 }
 
-/* ------------------------------------------------------------- IQ2_S */
+/* ------------------------------------------------------- IQ2_S / IQ3_S */
+
+/*
+ * These two pay most for unpacking (32 or 64 codebook lookups per block),
+ * so a row that meets many columns is unpacked once into a small table of
+ * decoded blocks (struct dec_signed, weights already signed and offset) and
+ * every group of 16 columns then streams through that table from L1. A row
+ * meeting 1..3 columns (decode) uses the direct kernel instead.
+ */
+struct dec_signed {
+    __m512i wu[4];   /* signed weights + off, as unsigned bytes */
+    __m512i sc2[4];  /* per-lane scale in both 16-bit halves */
+    __m256i off16;   /* -off * scale for each of the 16 bsums */
+    float   d;
+};
+
+/* Blocks decoded per pass: 16 * 608 bytes of stack, rows up to 4096 in one go. */
+#define DEC_BLOCKS 16
+
+AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
+    __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+    ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        /* grid index: 8 low bits from qs, 2 high bits from qh. Eight
+         * scalar loads beat a gather here, and beat building the
+         * indices in a vector and storing them for the loads. */
+        const uint8_t *q8 = xb->qs + 8 * k;
+        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
+        wv[k] = _mm512_set_epi64(
+            (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)],
+            (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
+        sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
+        sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
+    }
+    *ls_out = ls;   /* the 16 per-16 scales as bytes */
+}
+
+/* Byte g selects g/2: one per-32 scale for each of the 16 bsums. */
+static const uint8_t pairs16[16] = { 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7 };
+
+AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+{
+    const __m512i bit8 = _mm512_set1_epi32(256);
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from
+         * qh; here the gather wins over scalar loads */
+        __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
+        __mmask16 h = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
+        idx = _mm512_mask_or_epi32(idx, h, idx, bit8);
+        wv[k] = _mm512_i32gather_epi32(idx, (const void *)iq3s_grid, 4);
+        sg[k] = load_u64(xb->signs + 8 * k);
+        int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
+        sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
+    }
+    uint32_t s4;
+    memcpy(&s4, xb->scales, 4);
+    __m128i sv = _mm_cvtsi32_si128((int)s4), m4 = _mm_set1_epi8(0x0f);
+    __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(sv, m4), _mm_and_si128(_mm_srli_epi16(sv, 4), m4));
+    ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+    *ls_out = _mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)pairs16));  /* per 16 */
+}
+
+/* The direct kernel: unpack per block, signs on the activations. */
+AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                 const int three)
+{
+    __m512 acc[MOEQ_GEMM_NC];
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m512i wv[4], sc[4];
+        __mmask64 sg[4];
+        __m128i ls;
+        float d;
+        if (three) {
+            const block_iq3_s *xb = (const block_iq3_s *)w + b;
+            iq3_s_unpack(xb, wv, sg, sc, &ls);
+            d = h2f(xb->d);
+        } else {
+            const block_iq2_s *xb = (const block_iq2_s *)w + b;
+            iq2_s_unpack(xb, wv, sg, sc, &ls);
+            d = h2f(xb->d) * 0.125f;
+        }
+#pragma GCC unroll 16
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m512i isum = block_isum(y, wv, sg, sc, 1);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
 
 AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq2_s *x = w;
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq2_s *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 sg[4];
-        __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
-        __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
-        ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++) {
-            /* grid index: 8 low bits from qs, 2 high bits from qh. Eight
-             * scalar loads beat a gather here, and beat building the
-             * indices in a vector and storing them for the loads. */
-            const uint8_t *q8 = xb->qs + 8 * k;
-            uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
-            wv[k] = _mm512_set_epi64(
-                (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
-                (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)],
-                (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
-                (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
-            sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
-            sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
-        }
-        const float d = h2f(xb->d) * 0.125f;
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
-        }
-    }
-    store_sums(acc, NC, s, ss);
-}
-
-/* ------------------------------------------------------------- IQ3_S */
-
+{ k_signed(n, w, a, as, NC, s, ss, 0); }
 AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_signed(n, w, a, as, NC, s, ss, 1); }
+
+/* Decode blocks [b0, b0 + cnt) of a row into the table. */
+static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct dec_signed *db)
 {
-    const block_iq3_s *x = w;
+    for (int i = 0; i < cnt; i++) {
+        __m512i wv[4], sc[4];
+        __mmask64 sg[4];
+        __m128i ls;
+        int off;
+        if (three) {
+            const block_iq3_s *xb = (const block_iq3_s *)w + b0 + i;
+            iq3_s_unpack(xb, wv, sg, sc, &ls);
+            db[i].d = h2f(xb->d);
+            off = 15;   /* grid values are at most 15 */
+        } else {
+            const block_iq2_s *xb = (const block_iq2_s *)w + b0 + i;
+            iq2_s_unpack(xb, wv, sg, sc, &ls);
+            db[i].d = h2f(xb->d) * 0.125f;
+            off = 43;   /* grid values are at most 43 */
+        }
+        sign_offset(wv, sg, sc, off, db[i].wu, db[i].sc2);
+        db[i].off16 = _mm256_mullo_epi16(_mm256_cvtepu8_epi16(ls), _mm256_set1_epi16((short)-off));
+    }
+}
+
+/* NC columns against cnt decoded blocks; adds to s when add is set. */
+AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t as, int64_t b0,
+                    const int NC, float *s, size_t ss, int add)
+{
     __m512 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    const __m512i bit8 = _mm512_set1_epi32(256);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq3_s *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 sg[4];
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++) {
-            /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from qh */
-            __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
-            __mmask16 h = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
-            idx = _mm512_mask_or_epi32(idx, h, idx, bit8);
-            wv[k] = _mm512_i32gather_epi32(idx, (const void *)iq3s_grid, 4);
-            sg[k] = load_u64(xb->signs + 8 * k);
-            int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
-            sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
-        }
-        const float d = h2f(xb->d);
+    for (int i = 0; i < cnt; i++) {
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+            const block_q8_K *y = q8k_col(a, as, c, b0 + i);
+            __m512i isum = block_isum_offset(y, db[i].wu, db[i].sc2, db[i].off16);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(db[i].d * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    for (int c = 0; c < NC; c++) {
+        float t = _mm512_reduce_add_ps(acc[c]);
+        s[(size_t)c * ss] = add ? s[(size_t)c * ss] + t : t;
+    }
 }
+
+static void row_signed(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss,
+                       int three)
+{
+    if (nc < 4) {   /* too few columns to repay the table */
+        if (nc == 1)      k_signed(n, w, a, as, 1, s, ss, three);
+        else if (nc == 2) k_signed(n, w, a, as, 2, s, ss, three);
+        else              k_signed(n, w, a, as, 3, s, ss, three);
+        return;
+    }
+    struct dec_signed db[DEC_BLOCKS];
+    int64_t nb = n / QK_K;
+    for (int64_t b0 = 0; b0 < nb; b0 += DEC_BLOCKS) {
+        int cnt = (int)(nb - b0 < DEC_BLOCKS ? nb - b0 : DEC_BLOCKS);
+        decode_signed(w, b0, cnt, three, db);
+        const uint8_t *ac = a;
+        float *sc = s;
+        for (int left = nc; left > 0;) {
+            int done = left >= 16 ? 16 : left > 8 ? 8 : left;
+            switch (done) {
+            case 1: cols_signed(db, cnt, ac, as, b0, 1, sc, ss, b0 > 0); break;
+            case 2: cols_signed(db, cnt, ac, as, b0, 2, sc, ss, b0 > 0); break;
+            case 3: cols_signed(db, cnt, ac, as, b0, 3, sc, ss, b0 > 0); break;
+            case 4: cols_signed(db, cnt, ac, as, b0, 4, sc, ss, b0 > 0); break;
+            case 5: cols_signed(db, cnt, ac, as, b0, 5, sc, ss, b0 > 0); break;
+            case 6: cols_signed(db, cnt, ac, as, b0, 6, sc, ss, b0 > 0); break;
+            case 7: cols_signed(db, cnt, ac, as, b0, 7, sc, ss, b0 > 0); break;
+            case 8: cols_signed(db, cnt, ac, as, b0, 8, sc, ss, b0 > 0); break;
+            default: cols_signed(db, cnt, ac, as, b0, 16, sc, ss, b0 > 0); break;
+            }
+            ac += (size_t)done * as;
+            sc += (size_t)done * ss;
+            left -= done;
+        }
+    }
+}
+
+static void row_iq2_s(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss)
+{ row_signed(n, w, a, as, nc, s, ss, 0); }
+static void row_iq3_s(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss)
+{ row_signed(n, w, a, as, nc, s, ss, 1); }
+static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a) { k_iq2_s(n, w, a, 0, 1, s, 0); }
+static void dot_iq3_s(int64_t n, float *s, const void *w, const void *a) { k_iq3_s(n, w, a, 0, 1, s, 0); }
 
 /* ------------------------------------------------------- Q4_K / Q5_K */
 
@@ -481,8 +630,6 @@ AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC,
 
 _Static_assert(MOEQ_GEMM_NC == 16, "row kernels are instantiated for up to 16 columns");
 
-KERNEL(iq2_s)
-KERNEL(iq3_s)
 KERNEL(q4_K)
 KERNEL(q5_K)
 KERNEL(q6_K)
