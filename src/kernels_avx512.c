@@ -45,54 +45,39 @@ static const uint8_t spread16[4][16] = {
 
 /*
  * The per-column inner step shared by the 256-element formats: the block
- * sum of sub-block-scaled integer dot products, as 16 int32 lanes.
+ * sum of sub-block-scaled integer dot products, as 16 int32 lanes. Two
+ * dpbusd results are saturating-packed into one vector of int16 partial
+ * sums (exact: every partial sum fits in 16 bits, at most 4 * 63 * 127),
+ * and one dpwssd scales and adds both, so 64 weights cost 1.5 multiplies.
+ * packs interleaves per 128-bit lane; the scale vectors are packed the same
+ * way (pack_scales), so every partial sum meets its own scale.
  */
 AI __m512i block_isum(const block_q8_K *y, const __m512i wv[4], const __mmask64 sg[4],
-                      const __m512i sc[4], int has_signs)
+                      const __m512i sc16[2], int has_signs)
 {
     const __m512i zero = _mm512_setzero_si512();
     __m512i isum = zero;
 #pragma GCC unroll 16
-    for (int k = 0; k < 4; k++) {
-        __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64 * k));
-        if (has_signs) q = _mm512_mask_sub_epi8(q, sg[k], zero, q);
-        __m512i dp = _mm512_dpbusd_epi32(zero, wv[k], q);
-        isum = _mm512_dpwssd_epi32(isum, dp, sc[k]);
+    for (int h = 0; h < 2; h++) {
+        __m512i q0 = _mm512_loadu_si512((const void *)(y->qs + 128 * h));
+        __m512i q1 = _mm512_loadu_si512((const void *)(y->qs + 128 * h + 64));
+        if (has_signs) {
+            q0 = _mm512_mask_sub_epi8(q0, sg[2 * h], zero, q0);
+            q1 = _mm512_mask_sub_epi8(q1, sg[2 * h + 1], zero, q1);
+        }
+        __m512i p = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, wv[2 * h], q0),
+                                       _mm512_dpbusd_epi32(zero, wv[2 * h + 1], q1));
+        isum = _mm512_dpwssd_epi32(isum, p, sc16[h]);
     }
     return isum;
 }
 
-/*
- * The batch variant for the formats with explicit signs (IQ2_S, IQ3_S),
- * used when a row meets 4 or more columns: the signs go on the weights
- * once per row, shifted by off into 0..2*off so they stay unsigned; per
- * column, maddubs makes int16 pair sums (at most 2 * 86 * 127) and dpwssd
- * scales them (sc2 holds each scale in both 16-bit halves). The offset
- * comes back out through the bsums: off16 is -off * scale per 16 values.
- * That is two instructions per 64 weights and column instead of three.
- */
-AI __m512i block_isum_offset(const block_q8_K *y, const __m512i wu[4], const __m512i sc2[4], __m256i off16)
+/* Per-dword scales of the four 64-weight vectors, packed as block_isum
+ * packs the partial sums (scales fit in 16 bits). */
+AI void pack_scales(const __m512i sc[4], __m512i sc16[2])
 {
-    __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off16);
-    __m512i isum = _mm512_zextsi256_si512(corr);
-#pragma GCC unroll 16
-    for (int k = 0; k < 4; k++) {
-        __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64 * k));
-        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(wu[k], q), sc2[k]);
-    }
-    return isum;
-}
-
-/* Weights with their signs applied, plus off (see block_isum_offset). */
-AI void sign_offset(const __m512i wv[4], const __mmask64 sg[4], const __m512i sc[4], int off,
-                    __m512i wu[4], __m512i sc2[4])
-{
-#pragma GCC unroll 16
-    for (int k = 0; k < 4; k++) {
-        wu[k] = _mm512_add_epi8(_mm512_mask_sub_epi8(wv[k], sg[k], _mm512_setzero_si512(), wv[k]),
-                                _mm512_set1_epi8((char)off));
-        sc2[k] = _mm512_or_si512(sc[k], _mm512_slli_epi32(sc[k], 16));
-    }
+    sc16[0] = _mm512_packs_epi32(sc[0], sc[1]);
+    sc16[1] = _mm512_packs_epi32(sc[2], sc[3]);
 }
 
 AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
@@ -106,18 +91,18 @@ AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
 /*
  * These two pay most for unpacking (32 or 64 codebook lookups per block),
  * so a row that meets many columns is unpacked once into a small table of
- * decoded blocks (struct dec_signed, weights already signed and offset) and
- * every group of 16 columns then streams through that table from L1. A row
- * meeting 1..3 columns (decode) uses the direct kernel instead.
+ * decoded blocks (struct dec_signed) and every group of 16 columns then
+ * streams through that table from L1. A row meeting 1..3 columns (decode)
+ * unpacks per block instead.
  */
 struct dec_signed {
-    __m512i wu[4];   /* signed weights + off, as unsigned bytes */
-    __m512i sc2[4];  /* per-lane scale in both 16-bit halves */
-    __m256i off16;   /* -off * scale for each of the 16 bsums */
-    float   d;
+    __m512i  wv[4];    /* grid magnitudes */
+    __m512i  sc16[2];  /* scales, packed as block_isum wants them */
+    uint64_t sg[4];    /* sign bits, one per weight */
+    float    d;
 };
 
-/* Blocks decoded per pass: 16 * 608 bytes of stack, rows up to 4096 in one go. */
+/* Blocks decoded per pass: 16 * 448 bytes of stack, rows up to 4096 in one go. */
 #define DEC_BLOCKS 16
 
 AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
@@ -191,10 +176,12 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
             iq2_s_unpack(xb, wv, sg, sc, &ls);
             d = h2f(xb->d) * 0.125f;
         }
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
+            __m512i isum = block_isum(y, wv, sg, sc16, 1);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
         }
     }
@@ -210,23 +197,20 @@ AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC
 static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct dec_signed *db)
 {
     for (int i = 0; i < cnt; i++) {
-        __m512i wv[4], sc[4];
+        __m512i sc[4];
         __mmask64 sg[4];
         __m128i ls;
-        int off;
         if (three) {
             const block_iq3_s *xb = (const block_iq3_s *)w + b0 + i;
-            iq3_s_unpack(xb, wv, sg, sc, &ls);
+            iq3_s_unpack(xb, db[i].wv, sg, sc, &ls);
             db[i].d = h2f(xb->d);
-            off = 15;   /* grid values are at most 15 */
         } else {
             const block_iq2_s *xb = (const block_iq2_s *)w + b0 + i;
-            iq2_s_unpack(xb, wv, sg, sc, &ls);
+            iq2_s_unpack(xb, db[i].wv, sg, sc, &ls);
             db[i].d = h2f(xb->d) * 0.125f;
-            off = 43;   /* grid values are at most 43 */
         }
-        sign_offset(wv, sg, sc, off, db[i].wu, db[i].sc2);
-        db[i].off16 = _mm256_mullo_epi16(_mm256_cvtepu8_epi16(ls), _mm256_set1_epi16((short)-off));
+        pack_scales(sc, db[i].sc16);
+        for (int k = 0; k < 4; k++) db[i].sg[k] = sg[k];
     }
 }
 
@@ -238,10 +222,11 @@ AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t 
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     for (int i = 0; i < cnt; i++) {
+        const __mmask64 sg[4] = { db[i].sg[0], db[i].sg[1], db[i].sg[2], db[i].sg[3] };
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b0 + i);
-            __m512i isum = block_isum_offset(y, db[i].wu, db[i].sc2, db[i].off16);
+            __m512i isum = block_isum(y, db[i].wv, sg, db[i].sc16, 1);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(db[i].d * y->d), acc[c]);
         }
     }
@@ -361,10 +346,12 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
         /* mins as 16 int16 lanes, one per bsum (two per sub-block of 32) */
         __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)mins_pairs)));
         const float d = h2f(x4->d), dmin = h2f(x4->dmin);
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc, 0);
+            __m512i isum = block_isum(y, wv, none, sc16, 0);
             __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(msum)),
@@ -388,7 +375,6 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
-    const __m512i lo16 = _mm512_set1_epi32(0xffff);
     for (int64_t b = 0; b < n / QK_K; b++) {
         const block_q6_K *xb = x + b;
         __m512i wv[4], sc[4];
@@ -408,14 +394,16 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
         __m128i sc8 = _mm_loadu_si128((const __m128i *)xb->scales);
 #pragma GCC unroll 16
         for (int k = 0; k < 4; k++)
-            sc[k] = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k]))), lo16);
+            sc[k] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k])));
         /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
         __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
         const float d = h2f(xb->d);
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc, 0);
+            __m512i isum = block_isum(y, wv, none, sc16, 0);
             __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off);
             isum = _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
