@@ -35,6 +35,13 @@ static inline int round_int(float x)
 
 static inline float f16(ggml_half h) { return moeq_f16_to_f32(h); }
 
+/* max(m, |v|) as a plain compare: fmaxf's NaN rules make it a libm call. */
+static inline float amax_step(float m, float v)
+{
+    float a = fabsf(v);
+    return a > m ? a : m;
+}
+
 /* ------------------------------------------------- activation formats */
 
 int moeq_act_type(int wtype)
@@ -68,7 +75,7 @@ static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n)
 {
     for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
         float amax = 0;
-        for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK8_0; j++) amax = amax_step(amax, x[j]);
         float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
         y[b].d = moeq_f32_to_f16(d);
         for (int j = 0; j < QK8_0; j++) {
@@ -88,7 +95,7 @@ static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
 {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float amax = 0;
-        for (int j = 0; j < QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK_K; j++) amax = amax_step(amax, x[j]);
         if (amax == 0) {
             memset(&y[b], 0, sizeof y[b]);
             continue;
