@@ -118,11 +118,13 @@ AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
          * indices in a vector and storing them for the loads. */
         const uint8_t *q8 = xb->qs + 8 * k;
         uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
-        wv[k] = _mm512_set_epi64(
-            (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
-            (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)],
+        __m256i lo = _mm256_set_epi64x(
             (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
             (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
+        __m256i hi = _mm256_set_epi64x(
+            (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)]);
+        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
         sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
         sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
     }
@@ -134,15 +136,23 @@ static const uint8_t pairs16[16] = { 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7
 
 AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
 {
-    const __m512i bit8 = _mm512_set1_epi32(256);
 #pragma GCC unroll 16
     for (int k = 0; k < 4; k++) {
         /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from
-         * qh; here the gather wins over scalar loads */
-        __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
-        __mmask16 h = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
-        idx = _mm512_mask_or_epi32(idx, h, idx, bit8);
-        wv[k] = _mm512_i32gather_epi32(idx, (const void *)iq3s_grid, 4);
+         * qh; scalar loads into two 256-bit halves beat a gather */
+        const uint8_t *q = xb->qs + 16 * k;
+        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
+        __m256i lo = _mm256_set_epi32(
+            (int)iq3s_grid[q[7] | (h0 << 1 & 256)], (int)iq3s_grid[q[6] | (h0 << 2 & 256)],
+            (int)iq3s_grid[q[5] | (h0 << 3 & 256)], (int)iq3s_grid[q[4] | (h0 << 4 & 256)],
+            (int)iq3s_grid[q[3] | (h0 << 5 & 256)], (int)iq3s_grid[q[2] | (h0 << 6 & 256)],
+            (int)iq3s_grid[q[1] | (h0 << 7 & 256)], (int)iq3s_grid[q[0] | (h0 << 8 & 256)]);
+        __m256i hi = _mm256_set_epi32(
+            (int)iq3s_grid[q[15] | (h1 << 1 & 256)], (int)iq3s_grid[q[14] | (h1 << 2 & 256)],
+            (int)iq3s_grid[q[13] | (h1 << 3 & 256)], (int)iq3s_grid[q[12] | (h1 << 4 & 256)],
+            (int)iq3s_grid[q[11] | (h1 << 5 & 256)], (int)iq3s_grid[q[10] | (h1 << 6 & 256)],
+            (int)iq3s_grid[q[9] | (h1 << 7 & 256)], (int)iq3s_grid[q[8] | (h1 << 8 & 256)]);
+        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
         sg[k] = load_u64(xb->signs + 8 * k);
         int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
         sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
