@@ -18,6 +18,7 @@
 
 #include <cpuid.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -533,11 +534,17 @@ static int cpu_isa(void)
     return MOEQ_ISA_AVX2;
 }
 
+/*
+ * CPU detection and the MOEQ_ISA override run once, on first use, under
+ * pthread_once: kernels are looked up from pool threads, and the first use
+ * (not load time) is when a test or tool has set MOEQ_ISA.
+ */
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+static int isa_hw, isa_best;
+
 /* Whether the ISA file is linked in and the CPU runs it. */
-static int isa_usable(int isa)
+static int isa_linked(int isa, int hw)
 {
-    static int hw = -1;
-    if (hw < 0) hw = cpu_isa();
     if (isa == MOEQ_ISA_SCALAR) return 1;
     if (isa > hw) return 0;
     if (isa == MOEQ_ISA_AVX2) return moeq_avx2_vec_dot != NULL;
@@ -545,13 +552,12 @@ static int isa_usable(int isa)
     return 0;
 }
 
-int moeq_isa_best(void)
+static void isa_init(void)
 {
-    static int best = -1;
-    if (best >= 0) return best;
+    isa_hw = cpu_isa();
     int b = MOEQ_ISA_SCALAR;
     for (int i = MOEQ_ISA_AVX2; i < MOEQ_ISA_COUNT; i++)
-        if (isa_usable(i)) b = i;
+        if (isa_linked(i, isa_hw)) b = i;
     /* MOEQ_ISA may only lower the choice: forcing an ISA the CPU lacks
      * would crash on the first kernel call. */
     const char *env = getenv("MOEQ_ISA");
@@ -559,8 +565,19 @@ int moeq_isa_best(void)
         for (int i = 0; i < MOEQ_ISA_COUNT; i++)
             if (!strcmp(env, moeq_isa_name(i)) && i < b) b = i;
     }
-    best = b;
-    return best;
+    isa_best = b;
+}
+
+static int isa_usable(int isa)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_linked(isa, isa_hw);
+}
+
+int moeq_isa_best(void)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_best;
 }
 
 const char *moeq_isa_name(int isa)
