@@ -2,8 +2,8 @@
  * kernels_avx512.c: AVX-512 (F/BW/VL/DQ + VNNI) twins of the scalar
  * kernels in kernels.c, one row kernel per type.
  *
- * Every kernel computes one weight row against up to MOEQ_GEMM_NC
- * activation columns. Per super-block the weight side is unpacked once into
+ * Every kernel computes one weight row against a group of activation
+ * columns (up to MOEQ_GEMM_NC at once). Per super-block the weight side is unpacked once into
  * registers: four 64-byte vectors of unsigned 8-bit magnitudes, a 64-bit
  * sign mask per vector where the format has explicit signs, and a vector of
  * per-lane integer scales. Each column then costs, per 64 weights, a load,
@@ -45,21 +45,39 @@ static const uint8_t spread16[4][16] = {
 
 /*
  * The per-column inner step shared by the 256-element formats: the block
- * sum of sub-block-scaled integer dot products, as 16 int32 lanes.
+ * sum of sub-block-scaled integer dot products, as 16 int32 lanes. Two
+ * dpbusd results are saturating-packed into one vector of int16 partial
+ * sums (exact: every partial sum fits in 16 bits, at most 4 * 63 * 127),
+ * and one dpwssd scales and adds both, so 64 weights cost 1.5 multiplies.
+ * packs interleaves per 128-bit lane; the scale vectors are packed the same
+ * way (pack_scales), so every partial sum meets its own scale.
  */
 AI __m512i block_isum(const block_q8_K *y, const __m512i wv[4], const __mmask64 sg[4],
-                      const __m512i sc[4], int has_signs)
+                      const __m512i sc16[2], int has_signs)
 {
     const __m512i zero = _mm512_setzero_si512();
     __m512i isum = zero;
 #pragma GCC unroll 16
-    for (int k = 0; k < 4; k++) {
-        __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64 * k));
-        if (has_signs) q = _mm512_mask_sub_epi8(q, sg[k], zero, q);
-        __m512i dp = _mm512_dpbusd_epi32(zero, wv[k], q);
-        isum = _mm512_dpwssd_epi32(isum, dp, sc[k]);
+    for (int h = 0; h < 2; h++) {
+        __m512i q0 = _mm512_loadu_si512((const void *)(y->qs + 128 * h));
+        __m512i q1 = _mm512_loadu_si512((const void *)(y->qs + 128 * h + 64));
+        if (has_signs) {
+            q0 = _mm512_mask_sub_epi8(q0, sg[2 * h], zero, q0);
+            q1 = _mm512_mask_sub_epi8(q1, sg[2 * h + 1], zero, q1);
+        }
+        __m512i p = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, wv[2 * h], q0),
+                                       _mm512_dpbusd_epi32(zero, wv[2 * h + 1], q1));
+        isum = _mm512_dpwssd_epi32(isum, p, sc16[h]);
     }
     return isum;
+}
+
+/* Per-dword scales of the four 64-weight vectors, packed as block_isum
+ * packs the partial sums (scales fit in 16 bits). */
+AI void pack_scales(const __m512i sc[4], __m512i sc16[2])
+{
+    sc16[0] = _mm512_packs_epi32(sc[0], sc[1]);
+    sc16[1] = _mm512_packs_epi32(sc[2], sc[3]);
 }
 
 AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
@@ -68,82 +86,208 @@ AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = _mm512_reduce_add_ps(acc[c]);
 }
 
-/* ------------------------------------------------------------- IQ2_S */
+/* ------------------------------------------------------- IQ2_S / IQ3_S */
+
+/*
+ * These two pay most for unpacking (32 or 64 codebook lookups per block),
+ * so a row that meets many columns is unpacked once into a small table of
+ * decoded blocks (struct dec_signed) and every group of 16 columns then
+ * streams through that table from L1. A row meeting 1..3 columns (decode)
+ * unpacks per block instead.
+ */
+struct dec_signed {
+    __m512i  wv[4];    /* grid magnitudes */
+    __m512i  sc16[2];  /* scales, packed as block_isum wants them */
+    uint64_t sg[4];    /* sign bits, one per weight */
+    float    d;
+};
+
+/* Blocks decoded per pass: 16 * 448 bytes of stack, rows up to 4096 in one go. */
+#define DEC_BLOCKS 16
+
+AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
+    __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+    ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        /* grid index: 8 low bits from qs, 2 high bits from qh. Eight
+         * scalar loads beat a gather here, and beat building the
+         * indices in a vector and storing them for the loads. */
+        const uint8_t *q8 = xb->qs + 8 * k;
+        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
+        __m256i lo = _mm256_set_epi64x(
+            (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
+        __m256i hi = _mm256_set_epi64x(
+            (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)]);
+        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
+        sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
+    }
+    *ls_out = ls;   /* the 16 per-16 scales as bytes */
+}
+
+/* Byte g selects g/2: one per-32 scale for each of the 16 bsums. */
+static const uint8_t pairs16[16] = { 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7 };
+
+AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+{
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from
+         * qh; scalar loads into two 256-bit halves beat a gather */
+        const uint8_t *q = xb->qs + 16 * k;
+        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
+        __m256i lo = _mm256_set_epi32(
+            (int)iq3s_grid[q[7] | (h0 << 1 & 256)], (int)iq3s_grid[q[6] | (h0 << 2 & 256)],
+            (int)iq3s_grid[q[5] | (h0 << 3 & 256)], (int)iq3s_grid[q[4] | (h0 << 4 & 256)],
+            (int)iq3s_grid[q[3] | (h0 << 5 & 256)], (int)iq3s_grid[q[2] | (h0 << 6 & 256)],
+            (int)iq3s_grid[q[1] | (h0 << 7 & 256)], (int)iq3s_grid[q[0] | (h0 << 8 & 256)]);
+        __m256i hi = _mm256_set_epi32(
+            (int)iq3s_grid[q[15] | (h1 << 1 & 256)], (int)iq3s_grid[q[14] | (h1 << 2 & 256)],
+            (int)iq3s_grid[q[13] | (h1 << 3 & 256)], (int)iq3s_grid[q[12] | (h1 << 4 & 256)],
+            (int)iq3s_grid[q[11] | (h1 << 5 & 256)], (int)iq3s_grid[q[10] | (h1 << 6 & 256)],
+            (int)iq3s_grid[q[9] | (h1 << 7 & 256)], (int)iq3s_grid[q[8] | (h1 << 8 & 256)]);
+        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        sg[k] = load_u64(xb->signs + 8 * k);
+        int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
+        sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
+    }
+    uint32_t s4;
+    memcpy(&s4, xb->scales, 4);
+    __m128i sv = _mm_cvtsi32_si128((int)s4), m4 = _mm_set1_epi8(0x0f);
+    __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(sv, m4), _mm_and_si128(_mm_srli_epi16(sv, 4), m4));
+    ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+    *ls_out = _mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)pairs16));  /* per 16 */
+}
+
+/* The direct kernel: unpack per block, signs on the activations. */
+AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                 const int three)
+{
+    __m512 acc[MOEQ_GEMM_NC];
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m512i wv[4], sc[4];
+        __mmask64 sg[4];
+        __m128i ls;
+        float d;
+        if (three) {
+            const block_iq3_s *xb = (const block_iq3_s *)w + b;
+            iq3_s_unpack(xb, wv, sg, sc, &ls);
+            d = h2f(xb->d);
+        } else {
+            const block_iq2_s *xb = (const block_iq2_s *)w + b;
+            iq2_s_unpack(xb, wv, sg, sc, &ls);
+            d = h2f(xb->d) * 0.125f;
+        }
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
+#pragma GCC unroll 16
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m512i isum = block_isum(y, wv, sg, sc16, 1);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
 
 AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq2_s *x = w;
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq2_s *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 sg[4];
-        __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
-        __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
-        ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++) {
-            /* grid index: 8 low bits from qs, 2 high bits from qh. Eight
-             * scalar loads beat a gather here, and beat building the
-             * indices in a vector and storing them for the loads. */
-            const uint8_t *q8 = xb->qs + 8 * k;
-            uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
-            wv[k] = _mm512_set_epi64(
-                (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
-                (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)],
-                (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
-                (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
-            sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
-            sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
-        }
-        const float d = h2f(xb->d) * 0.125f;
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
-        }
-    }
-    store_sums(acc, NC, s, ss);
-}
-
-/* ------------------------------------------------------------- IQ3_S */
-
+{ k_signed(n, w, a, as, NC, s, ss, 0); }
 AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_signed(n, w, a, as, NC, s, ss, 1); }
+
+/* Decode blocks [b0, b0 + cnt) of a row into the table. */
+static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct dec_signed *db)
 {
-    const block_iq3_s *x = w;
+    for (int i = 0; i < cnt; i++) {
+        __m512i sc[4];
+        __mmask64 sg[4];
+        __m128i ls;
+        if (three) {
+            const block_iq3_s *xb = (const block_iq3_s *)w + b0 + i;
+            iq3_s_unpack(xb, db[i].wv, sg, sc, &ls);
+            db[i].d = h2f(xb->d);
+        } else {
+            const block_iq2_s *xb = (const block_iq2_s *)w + b0 + i;
+            iq2_s_unpack(xb, db[i].wv, sg, sc, &ls);
+            db[i].d = h2f(xb->d) * 0.125f;
+        }
+        pack_scales(sc, db[i].sc16);
+        for (int k = 0; k < 4; k++) db[i].sg[k] = sg[k];
+    }
+}
+
+/* NC columns against cnt decoded blocks; adds to s when add is set. */
+AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t as, int64_t b0,
+                    const int NC, float *s, size_t ss, int add)
+{
     __m512 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    const __m512i bit8 = _mm512_set1_epi32(256);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq3_s *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 sg[4];
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++) {
-            /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from qh */
-            __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
-            __mmask16 h = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
-            idx = _mm512_mask_or_epi32(idx, h, idx, bit8);
-            wv[k] = _mm512_i32gather_epi32(idx, (const void *)iq3s_grid, 4);
-            sg[k] = load_u64(xb->signs + 8 * k);
-            int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
-            sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
-        }
-        const float d = h2f(xb->d);
+    for (int i = 0; i < cnt; i++) {
+        const __mmask64 sg[4] = { db[i].sg[0], db[i].sg[1], db[i].sg[2], db[i].sg[3] };
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+            const block_q8_K *y = q8k_col(a, as, c, b0 + i);
+            __m512i isum = block_isum(y, db[i].wv, sg, db[i].sc16, 1);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(db[i].d * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    for (int c = 0; c < NC; c++) {
+        float t = _mm512_reduce_add_ps(acc[c]);
+        s[(size_t)c * ss] = add ? s[(size_t)c * ss] + t : t;
+    }
 }
+
+static void row_signed(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss,
+                       int three)
+{
+    if (nc < 4) {   /* too few columns to repay the table */
+        if (nc == 1)      k_signed(n, w, a, as, 1, s, ss, three);
+        else if (nc == 2) k_signed(n, w, a, as, 2, s, ss, three);
+        else              k_signed(n, w, a, as, 3, s, ss, three);
+        return;
+    }
+    struct dec_signed db[DEC_BLOCKS];
+    int64_t nb = n / QK_K;
+    for (int64_t b0 = 0; b0 < nb; b0 += DEC_BLOCKS) {
+        int cnt = (int)(nb - b0 < DEC_BLOCKS ? nb - b0 : DEC_BLOCKS);
+        decode_signed(w, b0, cnt, three, db);
+        const uint8_t *ac = a;
+        float *sc = s;
+        for (int left = nc; left > 0;) {
+            int done = left >= 16 ? 16 : left > 8 ? 8 : left;
+            switch (done) {
+            case 1: cols_signed(db, cnt, ac, as, b0, 1, sc, ss, b0 > 0); break;
+            case 2: cols_signed(db, cnt, ac, as, b0, 2, sc, ss, b0 > 0); break;
+            case 3: cols_signed(db, cnt, ac, as, b0, 3, sc, ss, b0 > 0); break;
+            case 4: cols_signed(db, cnt, ac, as, b0, 4, sc, ss, b0 > 0); break;
+            case 5: cols_signed(db, cnt, ac, as, b0, 5, sc, ss, b0 > 0); break;
+            case 6: cols_signed(db, cnt, ac, as, b0, 6, sc, ss, b0 > 0); break;
+            case 7: cols_signed(db, cnt, ac, as, b0, 7, sc, ss, b0 > 0); break;
+            case 8: cols_signed(db, cnt, ac, as, b0, 8, sc, ss, b0 > 0); break;
+            default: cols_signed(db, cnt, ac, as, b0, 16, sc, ss, b0 > 0); break;
+            }
+            ac += (size_t)done * as;
+            sc += (size_t)done * ss;
+            left -= done;
+        }
+    }
+}
+
+static void row_iq2_s(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss)
+{ row_signed(n, w, a, as, nc, s, ss, 0); }
+static void row_iq3_s(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss)
+{ row_signed(n, w, a, as, nc, s, ss, 1); }
+static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a) { k_iq2_s(n, w, a, 0, 1, s, 0); }
+static void dot_iq3_s(int64_t n, float *s, const void *w, const void *a) { k_iq3_s(n, w, a, 0, 1, s, 0); }
 
 /* ------------------------------------------------------- Q4_K / Q5_K */
 
@@ -212,10 +356,12 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
         /* mins as 16 int16 lanes, one per bsum (two per sub-block of 32) */
         __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)mins_pairs)));
         const float d = h2f(x4->d), dmin = h2f(x4->dmin);
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc, 0);
+            __m512i isum = block_isum(y, wv, none, sc16, 0);
             __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(msum)),
@@ -239,7 +385,6 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
-    const __m512i lo16 = _mm512_set1_epi32(0xffff);
     for (int64_t b = 0; b < n / QK_K; b++) {
         const block_q6_K *xb = x + b;
         __m512i wv[4], sc[4];
@@ -259,14 +404,16 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
         __m128i sc8 = _mm_loadu_si128((const __m128i *)xb->scales);
 #pragma GCC unroll 16
         for (int k = 0; k < 4; k++)
-            sc[k] = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k]))), lo16);
+            sc[k] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k])));
         /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
         __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
         const float d = h2f(xb->d);
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc, 0);
+            __m512i isum = block_isum(y, wv, none, sc16, 0);
             __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off);
             isum = _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
@@ -481,8 +628,6 @@ AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC,
 
 _Static_assert(MOEQ_GEMM_NC == 16, "row kernels are instantiated for up to 16 columns");
 
-KERNEL(iq2_s)
-KERNEL(iq3_s)
 KERNEL(q4_K)
 KERNEL(q5_K)
 KERNEL(q6_K)

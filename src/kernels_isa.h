@@ -4,7 +4,7 @@
  * kernels_avx512.c. Internal to the kernels; nothing else includes it.
  *
  * Each ISA file exports two lookups. A "row kernel" computes one weight row
- * against up to MOEQ_GEMM_NC activation columns, so that the expensive part
+ * against a panel of activation columns, so that the expensive part
  * of a quantized dot product (unpacking codebooks, nibbles and scales of the
  * weight blocks) is paid once per row and reused for every column. vec_dot
  * is the same kernel with one column. The lookups are declared weak: a build
@@ -16,10 +16,11 @@
 
 #include "kernels.h"
 
-/* Columns one row-kernel call handles at most. */
+/* Columns a row kernel keeps in registers at once. */
 #define MOEQ_GEMM_NC 16
 
-/* s[c * s_stride] = dot(w, a + c * a_stride) for c in [0, nc), nc in 1..MOEQ_GEMM_NC. */
+/* s[c * s_stride] = dot(w, a + c * a_stride) for c in [0, nc), any nc >= 1:
+ * the kernel walks the columns in groups it chooses. */
 typedef void (*moeq_row_fn)(int64_t n, const void *w, const void *a, size_t a_stride,
                             int nc, float *s, size_t s_stride);
 

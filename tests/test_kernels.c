@@ -256,20 +256,26 @@ TEST(kernels_gemm_matches_vec_dot)
                 fill_act(x, K, c == 7 ? FILL_EXTREME : FILL_RANDOM);
                 moeq_quantize_act(type, x, a + c * as, K);
             }
-            for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
-            moeq_gemm_isa(isa, type, K, w, ws, R, a, as, C, out, R + 3);
             moeq_vec_dot_fn dot = moeq_vec_dot_isa(type, isa);
             if (!dot) dot = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
-            for (int c = 0; c < C; c++) {
-                for (int r = 0; r < R; r++) {
-                    float s;
-                    dot(K, &s, w + r * ws, a + c * as);
-                    double mag = block_magnitude(type, K, w + r * ws, a + c * as);
-                    CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
-                           "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
-                           moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+            /* small column counts take other paths than large ones */
+            static const int ncols[] = { 1, 2, 3, 5, C };
+            for (int ni = 0; ni < 5; ni++) {
+                int nc = ncols[ni];
+                for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
+                moeq_gemm_isa(isa, type, K, w, ws, R, a, as, nc, out, R + 3);
+                for (int c = 0; c < nc; c++) {
+                    for (int r = 0; r < R; r++) {
+                        float s;
+                        dot(K, &s, w + r * ws, a + c * as);
+                        double mag = block_magnitude(type, K, w + r * ws, a + c * as);
+                        CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
+                               "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
+                               moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+                    }
+                    for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
                 }
-                for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
+                CHECK(nc == C || out[nc * (R + 3)] == -12345.f);
             }
         }
     }
