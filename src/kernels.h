@@ -47,4 +47,11 @@ void moeq_gemm(int wtype, int64_t K,
                const void *A, size_t a_stride, int64_t n_cols,
                float *out, size_t out_stride);
 
+/* moeq_gemm with the kernels of a given ISA (scalar where that ISA has none,
+ * or where the CPU lacks it): for tests and benchmarks. */
+void moeq_gemm_isa(int isa, int wtype, int64_t K,
+                   const void *W, size_t w_stride, int64_t n_rows,
+                   const void *A, size_t a_stride, int64_t n_cols,
+                   float *out, size_t out_stride);
+
 #endif

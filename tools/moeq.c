@@ -15,6 +15,7 @@ struct command {
 
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
+    { "tokenize", cmd_tokenize, "print the token ids of a text" },
 };
 
 static void help(FILE *out)

@@ -1,0 +1,618 @@
+/*
+ * kernels.c: activation quantization, the scalar reference dot product of
+ * every weight type, run-time ISA dispatch and the tiled gemm driver.
+ *
+ * The scalar kernels are the definition the SIMD twins are tested against,
+ * so they favour plainness over speed: each quantized type has an unpack
+ * step that turns one 256-element super-block into signed 8-bit values, an
+ * integer scale per 16 elements and (for the types with mins) an integer
+ * min per 16 elements; one shared integer dot product then does the rest.
+ * The sums are exact integers, so only the final float scaling depends on
+ * the order of operations, which keeps scalar and SIMD results within
+ * float rounding of each other.
+ */
+#include "kernels.h"
+#include "kernels_isa.h"
+#include "quants.h"
+#include "quants_blocks.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ helpers */
+
+/* Round to nearest, ties to even, for |x| < 2^22 (the range activation
+ * quantization produces): adding 1.5*2^23 pushes the fraction out. */
+static inline int round_int(float x)
+{
+    float v = x + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static inline float f16(ggml_half h) { return moeq_f16_to_f32(h); }
+
+/* ------------------------------------------------- activation formats */
+
+int moeq_act_type(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_F32: case MOEQ_TYPE_F16: case MOEQ_TYPE_BF16:
+        return MOEQ_TYPE_F32;
+    case MOEQ_TYPE_Q4_0: case MOEQ_TYPE_Q8_0: case MOEQ_TYPE_IQ4_NL:
+        return MOEQ_TYPE_Q8_0;
+    default:
+        return MOEQ_TYPE_Q8_K;
+    }
+}
+
+size_t moeq_act_row_size(int wtype, int64_t n)
+{
+    switch (moeq_act_type(wtype)) {
+    case MOEQ_TYPE_F32:  return (size_t)n * sizeof(float);
+    case MOEQ_TYPE_Q8_0: return n % QK8_0 ? 0 : (size_t)(n / QK8_0) * sizeof(block_q8_0);
+    default:             return n % QK_K ? 0 : (size_t)(n / QK_K) * sizeof(block_q8_K);
+    }
+}
+
+/*
+ * Q8_0: 32 values per block, d = amax/127 stored as half. The values are
+ * rounded against the unrounded d, as ggml does, so the stored half d and
+ * the integers can disagree by half a half-ulp; both sides of every test
+ * use the stored d, so this only costs accuracy, never consistency.
+ */
+static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n)
+{
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        float amax = 0;
+        for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
+        y[b].d = moeq_f32_to_f16(d);
+        for (int j = 0; j < QK8_0; j++) {
+            int v = round_int(x[j] * id);
+            y[b].qs[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+}
+
+/*
+ * Q8_K: 256 values per block, float d = amax/127. The range is kept to
+ * [-127, 127] (never -128) so a SIMD kernel may flip an activation's sign
+ * without overflow. bsums hold the sum of each 16 values: kernels use them
+ * for the min / offset terms of the weight formats.
+ */
+static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
+{
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        float amax = 0;
+        for (int j = 0; j < QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        if (amax == 0) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        float id = 127.f / amax;
+        for (int j = 0; j < QK_K; j++) {
+            int v = round_int(x[j] * id);
+            y[b].qs[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+        for (int g = 0; g < QK_K / 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += y[b].qs[16 * g + j];
+            y[b].bsums[g] = (int16_t)s;
+        }
+        y[b].d = amax / 127.f;
+    }
+}
+
+void moeq_quantize_act(int wtype, const float *x, void *y, int64_t n)
+{
+    switch (moeq_act_type(wtype)) {
+    case MOEQ_TYPE_F32:  memcpy(y, x, (size_t)n * sizeof(float)); break;
+    case MOEQ_TYPE_Q8_0: quantize_act_q8_0(x, y, n); break;
+    default:             quantize_act_q8_K(x, y, n); break;
+    }
+}
+
+/* -------------------------------------------- float weights (scalar) */
+
+static void dot_f32(int64_t n, float *s, const void *w, const void *a)
+{
+    const float *x = w, *y = a;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += x[i] * y[i];
+    *s = sum;
+}
+
+static void dot_f16(int64_t n, float *s, const void *w, const void *a)
+{
+    const uint16_t *x = w;
+    const float *y = a;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += moeq_f16_to_f32(x[i]) * y[i];
+    *s = sum;
+}
+
+static void dot_bf16(int64_t n, float *s, const void *w, const void *a)
+{
+    const uint16_t *x = w;
+    const float *y = a;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += moeq_bf16_to_f32(x[i]) * y[i];
+    *s = sum;
+}
+
+/* ---------------------------------- 32-element types against Q8_0 */
+
+static void dot_q4_0(int64_t n, float *s, const void *w, const void *a)
+{
+    const block_q4_0 *x = w;
+    const block_q8_0 *y = a;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        int isum = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += ((x[b].qs[j] & 0xf) - 8) * y[b].qs[j];
+            isum += ((x[b].qs[j] >> 4) - 8) * y[b].qs[j + 16];
+        }
+        sum += f16(x[b].d) * f16(y[b].d) * (float)isum;
+    }
+    *s = sum;
+}
+
+static void dot_q8_0(int64_t n, float *s, const void *w, const void *a)
+{
+    const block_q8_0 *x = w;
+    const block_q8_0 *y = a;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        int isum = 0;
+        for (int j = 0; j < QK8_0; j++) isum += x[b].qs[j] * y[b].qs[j];
+        sum += f16(x[b].d) * f16(y[b].d) * (float)isum;
+    }
+    *s = sum;
+}
+
+static void dot_iq4_nl(int64_t n, float *s, const void *w, const void *a)
+{
+    const block_iq4_nl *x = w;
+    const block_q8_0 *y = a;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK4_NL; b++) {
+        int isum = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += kvalues_iq4nl[x[b].qs[j] & 0xf] * y[b].qs[j];
+            isum += kvalues_iq4nl[x[b].qs[j] >> 4] * y[b].qs[j + 16];
+        }
+        sum += f16(x[b].d) * f16(y[b].d) * (float)isum;
+    }
+    *s = sum;
+}
+
+/* ------------------------------ 256-element types against Q8_K */
+
+/*
+ * One unpacked super-block: value i is d * sc[i/16] * q[i] - dmin * mn[i/16].
+ * d folds in the type's constant factor (1/8 for the IQ2 scales, ...), so
+ * sc and mn stay small integers and the whole block sum is one integer.
+ */
+struct unpacked {
+    int8_t q[QK_K];
+    int    sc[QK_K / 16];
+    int    mn[QK_K / 16];
+    float  d, dmin;
+};
+
+typedef void (*unpack_fn)(const void *blk, struct unpacked *u);
+
+static void unpack_q2_K(const void *blk, struct unpacked *u)
+{
+    const block_q2_K *x = blk;
+    for (int e = 0; e < QK_K; e++)
+        u->q[e] = (int8_t)((x->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3);
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = x->scales[g] & 0xf;
+        u->mn[g] = x->scales[g] >> 4;
+    }
+    u->d = f16(x->d);
+    u->dmin = f16(x->dmin);
+}
+
+static void unpack_q3_K(const void *blk, struct unpacked *u)
+{
+    const block_q3_K *x = blk;
+    for (int e = 0; e < QK_K; e++) {
+        int lo = (x->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        int hi = (x->hmask[e % 32] >> (e / 32)) & 1;
+        u->q[e] = (int8_t)(lo - (hi ? 0 : 4));
+    }
+    /* 16 six-bit scales: low nibbles in bytes 0..7, high pairs in 8..11 */
+    for (int g = 0; g < 16; g++) {
+        int lo = g < 8 ? x->scales[g] & 0xf : x->scales[g - 8] >> 4;
+        int hi = (x->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+        u->sc[g] = (lo | hi << 4) - 32;
+        u->mn[g] = 0;
+    }
+    u->d = f16(x->d);
+    u->dmin = 0;
+}
+
+/* The 6-bit scale and min of sub-block j (of 8) in Q4_K / Q5_K. */
+static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4;
+        *mn = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    }
+}
+
+static void unpack_q4_K(const void *blk, struct unpacked *u)
+{
+    const block_q4_K *x = blk;
+    for (int e = 0; e < QK_K; e++) {
+        uint8_t b = x->qs[(e / 64) * 32 + e % 32];
+        u->q[e] = (int8_t)((e / 32) % 2 ? b >> 4 : b & 0xf);
+    }
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(x->scales, j, &sc, &mn);
+        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
+        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
+    }
+    u->d = f16(x->d);
+    u->dmin = f16(x->dmin);
+}
+
+static void unpack_q5_K(const void *blk, struct unpacked *u)
+{
+    const block_q5_K *x = blk;
+    for (int e = 0; e < QK_K; e++) {
+        uint8_t b = x->qs[(e / 64) * 32 + e % 32];
+        int lo = (e / 32) % 2 ? b >> 4 : b & 0xf;
+        int hi = (x->qh[e % 32] >> (e / 32)) & 1;
+        u->q[e] = (int8_t)(lo | hi << 4);
+    }
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(x->scales, j, &sc, &mn);
+        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
+        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
+    }
+    u->d = f16(x->d);
+    u->dmin = f16(x->dmin);
+}
+
+static void unpack_q6_K(const void *blk, struct unpacked *u)
+{
+    const block_q6_K *x = blk;
+    for (int e = 0; e < QK_K; e++) {
+        int h = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+        uint8_t b = x->ql[h * 64 + (quarter & 1) * 32 + l];
+        int lo = quarter >> 1 ? b >> 4 : b & 0xf;
+        int hi = (x->qh[h * 32 + l] >> (2 * quarter)) & 3;
+        u->q[e] = (int8_t)((lo | hi << 4) - 32);
+    }
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = x->scales[g];
+        u->mn[g] = 0;
+    }
+    u->d = f16(x->d);
+    u->dmin = 0;
+}
+
+/* Eight grid bytes with the signs of bit j of sgn applied to byte j. */
+static void put_signed8(int8_t *q, const uint8_t *grid, uint8_t sgn)
+{
+    for (int j = 0; j < 8; j++)
+        q[j] = (int8_t)(sgn >> j & 1 ? -grid[j] : grid[j]);
+}
+
+static void unpack_iq2_xxs(const void *blk, struct unpacked *u)
+{
+    const block_iq2_xxs *x = blk;
+    for (int ib = 0; ib < 8; ib++) {
+        uint32_t idx, sg;
+        memcpy(&idx, x->qs + 4 * ib, 4);
+        memcpy(&sg, x->qs + 4 * ib + 2, 4);
+        for (int l = 0; l < 4; l++)
+            put_signed8(u->q + 32 * ib + 8 * l, (const uint8_t *)&iq2xxs_grid[(idx >> 8 * l) & 0xff],
+                        ksigns_iq2xs[(sg >> 7 * l) & 127]);
+        /* scale (0.5 + s) / 4 = (2s + 1) / 8 */
+        u->sc[2 * ib] = u->sc[2 * ib + 1] = 2 * (int)(sg >> 28) + 1;
+    }
+    memset(u->mn, 0, sizeof u->mn);
+    u->d = f16(x->d) * 0.125f;
+    u->dmin = 0;
+}
+
+static void unpack_iq2_xs(const void *blk, struct unpacked *u)
+{
+    const block_iq2_xs *x = blk;
+    for (int k = 0; k < 32; k++)
+        put_signed8(u->q + 8 * k, (const uint8_t *)&iq2xs_grid[x->qs[k] & 511],
+                    ksigns_iq2xs[x->qs[k] >> 9]);
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
+        u->mn[g] = 0;
+    }
+    u->d = f16(x->d) * 0.125f;
+    u->dmin = 0;
+}
+
+static void unpack_iq2_s(const void *blk, struct unpacked *u)
+{
+    const block_iq2_s *x = blk;
+    const uint8_t *signs = x->qs + QK_K / 8;
+    for (int k = 0; k < 32; k++) {
+        int idx = x->qs[k] | ((x->qh[k / 4] >> (2 * (k % 4))) & 3) << 8;
+        put_signed8(u->q + 8 * k, (const uint8_t *)&iq2s_grid[idx], signs[k]);
+    }
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
+        u->mn[g] = 0;
+    }
+    u->d = f16(x->d) * 0.125f;
+    u->dmin = 0;
+}
+
+static void unpack_iq3_xxs(const void *blk, struct unpacked *u)
+{
+    const block_iq3_xxs *x = blk;
+    const uint8_t *ss = x->qs + QK_K / 4;
+    for (int ib = 0; ib < 8; ib++) {
+        uint32_t sg;
+        memcpy(&sg, ss + 4 * ib, 4);
+        for (int l = 0; l < 4; l++) {
+            uint8_t g8[8];
+            memcpy(g8, &iq3xxs_grid[x->qs[8 * ib + 2 * l]], 4);
+            memcpy(g8 + 4, &iq3xxs_grid[x->qs[8 * ib + 2 * l + 1]], 4);
+            put_signed8(u->q + 32 * ib + 8 * l, g8, ksigns_iq2xs[(sg >> 7 * l) & 127]);
+        }
+        /* scale (0.5 + s) / 2 = (2s + 1) / 4 */
+        u->sc[2 * ib] = u->sc[2 * ib + 1] = 2 * (int)(sg >> 28) + 1;
+    }
+    memset(u->mn, 0, sizeof u->mn);
+    u->d = f16(x->d) * 0.25f;
+    u->dmin = 0;
+}
+
+static void unpack_iq3_s(const void *blk, struct unpacked *u)
+{
+    const block_iq3_s *x = blk;
+    for (int k = 0; k < 32; k++) {  /* k-th group of 8 values: two grid entries */
+        uint8_t g8[8];
+        int i0 = 2 * k, i1 = 2 * k + 1;
+        int idx0 = x->qs[i0] | ((x->qh[i0 / 8] >> (i0 % 8)) & 1) << 8;
+        int idx1 = x->qs[i1] | ((x->qh[i1 / 8] >> (i1 % 8)) & 1) << 8;
+        memcpy(g8, &iq3s_grid[idx0], 4);
+        memcpy(g8 + 4, &iq3s_grid[idx1], 4);
+        put_signed8(u->q + 8 * k, g8, x->signs[k]);
+    }
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = 2 * ((x->scales[g / 4] >> 4 * ((g / 2) % 2)) & 0xf) + 1;
+        u->mn[g] = 0;
+    }
+    u->d = f16(x->d);
+    u->dmin = 0;
+}
+
+static void unpack_iq4_xs(const void *blk, struct unpacked *u)
+{
+    const block_iq4_xs *x = blk;
+    for (int ib = 0; ib < 8; ib++) {
+        for (int j = 0; j < 16; j++) {
+            u->q[32 * ib + j]      = kvalues_iq4nl[x->qs[16 * ib + j] & 0xf];
+            u->q[32 * ib + j + 16] = kvalues_iq4nl[x->qs[16 * ib + j] >> 4];
+        }
+        int ls = ((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | ((x->scales_h >> 2 * ib) & 3) << 4;
+        u->sc[2 * ib] = u->sc[2 * ib + 1] = ls - 32;
+    }
+    memset(u->mn, 0, sizeof u->mn);
+    u->d = f16(x->d);
+    u->dmin = 0;
+}
+
+/* The shared Q8_K dot over a row of super-blocks of bsize bytes each. */
+static float dot_unpacked(int64_t n, const void *w, size_t bsize, unpack_fn unpack, const void *a)
+{
+    const uint8_t *x = w;
+    const block_q8_K *y = a;
+    struct unpacked u;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        unpack(x + b * bsize, &u);
+        int isum = 0, msum = 0;
+        for (int g = 0; g < 16; g++) {
+            int gs = 0;
+            for (int j = 0; j < 16; j++) gs += u.q[16 * g + j] * y[b].qs[16 * g + j];
+            isum += u.sc[g] * gs;
+            msum += u.mn[g] * y[b].bsums[g];
+        }
+        sum += y[b].d * (u.d * (float)isum - u.dmin * (float)msum);
+    }
+    return sum;
+}
+
+#define DOT_K(name, blk)                                                          \
+    static void dot_##name(int64_t n, float *s, const void *w, const void *a)    \
+    { *s = dot_unpacked(n, w, sizeof(blk), unpack_##name, a); }
+
+DOT_K(q2_K, block_q2_K)
+DOT_K(q3_K, block_q3_K)
+DOT_K(q4_K, block_q4_K)
+DOT_K(q5_K, block_q5_K)
+DOT_K(q6_K, block_q6_K)
+DOT_K(iq2_xxs, block_iq2_xxs)
+DOT_K(iq2_xs, block_iq2_xs)
+DOT_K(iq2_s, block_iq2_s)
+DOT_K(iq3_xxs, block_iq3_xxs)
+DOT_K(iq3_s, block_iq3_s)
+DOT_K(iq4_xs, block_iq4_xs)
+
+static moeq_vec_dot_fn scalar_vec_dot(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_F32:     return dot_f32;
+    case MOEQ_TYPE_F16:     return dot_f16;
+    case MOEQ_TYPE_BF16:    return dot_bf16;
+    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
+    case MOEQ_TYPE_Q8_0:    return dot_q8_0;
+    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
+    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
+    case MOEQ_TYPE_Q4_K:    return dot_q4_K;
+    case MOEQ_TYPE_Q5_K:    return dot_q5_K;
+    case MOEQ_TYPE_Q6_K:    return dot_q6_K;
+    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
+    case MOEQ_TYPE_IQ2_S:   return dot_iq2_s;
+    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
+    case MOEQ_TYPE_IQ3_S:   return dot_iq3_s;
+    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
+    default:                return NULL;
+    }
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+static int cpu_isa(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return MOEQ_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return MOEQ_ISA_AVX2;
+    return MOEQ_ISA_SCALAR;
+}
+
+/* Whether the ISA file is linked in and the CPU runs it. */
+static int isa_usable(int isa)
+{
+    static int hw = -1;
+    if (hw < 0) hw = cpu_isa();
+    if (isa == MOEQ_ISA_SCALAR) return 1;
+    if (isa > hw) return 0;
+    if (isa == MOEQ_ISA_AVX2) return moeq_avx2_vec_dot != NULL;
+    if (isa == MOEQ_ISA_AVX512) return moeq_avx512_vec_dot != NULL;
+    return 0;
+}
+
+int moeq_isa_best(void)
+{
+    static int best = -1;
+    if (best >= 0) return best;
+    int b = MOEQ_ISA_SCALAR;
+    for (int i = MOEQ_ISA_AVX2; i < MOEQ_ISA_COUNT; i++)
+        if (isa_usable(i)) b = i;
+    /* MOEQ_ISA may only lower the choice: forcing an ISA the CPU lacks
+     * would crash on the first kernel call. */
+    const char *env = getenv("MOEQ_ISA");
+    if (env && *env) {
+        for (int i = 0; i < MOEQ_ISA_COUNT; i++)
+            if (!strcmp(env, moeq_isa_name(i)) && i < b) b = i;
+    }
+    best = b;
+    return best;
+}
+
+const char *moeq_isa_name(int isa)
+{
+    switch (isa) {
+    case MOEQ_ISA_SCALAR: return "scalar";
+    case MOEQ_ISA_AVX2:   return "avx2";
+    case MOEQ_ISA_AVX512: return "avx512";
+    default:              return "?";
+    }
+}
+
+moeq_vec_dot_fn moeq_vec_dot_isa(int wtype, int isa)
+{
+    if (isa < 0 || isa >= MOEQ_ISA_COUNT || !isa_usable(isa)) return NULL;
+    switch (isa) {
+    case MOEQ_ISA_SCALAR: return scalar_vec_dot(wtype);
+    case MOEQ_ISA_AVX2:   return moeq_avx2_vec_dot(wtype);
+    case MOEQ_ISA_AVX512: return moeq_avx512_vec_dot(wtype);
+    default:              return NULL;
+    }
+}
+
+moeq_vec_dot_fn moeq_vec_dot(int wtype)
+{
+    for (int isa = moeq_isa_best(); isa > MOEQ_ISA_SCALAR; isa--) {
+        moeq_vec_dot_fn f = moeq_vec_dot_isa(wtype, isa);
+        if (f) return f;
+    }
+    return scalar_vec_dot(wtype);
+}
+
+static moeq_row_fn row_kernel_isa(int wtype, int isa)
+{
+    if (!isa_usable(isa)) return NULL;
+    switch (isa) {
+    case MOEQ_ISA_AVX2:   return moeq_avx2_row ? moeq_avx2_row(wtype) : NULL;
+    case MOEQ_ISA_AVX512: return moeq_avx512_row ? moeq_avx512_row(wtype) : NULL;
+    default:              return NULL;
+    }
+}
+
+/* ---------------------------------------------------------------- gemm */
+
+/*
+ * Columns are taken in panels small enough that a panel of activation rows
+ * stays in L2 while every weight row streams past it once; within a panel a
+ * row kernel handles MOEQ_GEMM_NC columns per call, unpacking each weight
+ * block once for all of them. Without a row kernel, the vec_dot loop keeps
+ * the same order, so a weight row is still read from memory once per panel.
+ */
+#define GEMM_PANEL_BYTES (256 * 1024)
+
+void moeq_gemm_isa(int isa, int wtype, int64_t K,
+                   const void *W, size_t w_stride, int64_t n_rows,
+                   const void *A, size_t a_stride, int64_t n_cols,
+                   float *out, size_t out_stride)
+{
+    moeq_row_fn row = row_kernel_isa(wtype, isa);
+    moeq_vec_dot_fn dot = moeq_vec_dot_isa(wtype, isa);
+    if (!dot) dot = scalar_vec_dot(wtype);
+    if (!dot || n_rows <= 0 || n_cols <= 0) return;
+
+    size_t arow = moeq_act_row_size(wtype, K);
+    int64_t panel = arow ? (int64_t)(GEMM_PANEL_BYTES / arow) : n_cols;
+    if (panel < MOEQ_GEMM_NC) panel = MOEQ_GEMM_NC;
+    panel -= panel % MOEQ_GEMM_NC;
+
+    const uint8_t *w = W, *a = A;
+    for (int64_t c0 = 0; c0 < n_cols; c0 += panel) {
+        int64_t c1 = c0 + panel < n_cols ? c0 + panel : n_cols;
+        for (int64_t r = 0; r < n_rows; r++) {
+            const uint8_t *wr = w + (size_t)r * w_stride;
+            if (row) {
+                for (int64_t c = c0; c < c1; c += MOEQ_GEMM_NC) {
+                    int nc = (int)(c1 - c < MOEQ_GEMM_NC ? c1 - c : MOEQ_GEMM_NC);
+                    row(K, wr, a + (size_t)c * a_stride, a_stride, nc,
+                        out + (size_t)c * out_stride + r, out_stride);
+                }
+            } else {
+                for (int64_t c = c0; c < c1; c++)
+                    dot(K, out + (size_t)c * out_stride + r, wr, a + (size_t)c * a_stride);
+            }
+        }
+    }
+}
+
+void moeq_gemm(int wtype, int64_t K,
+               const void *W, size_t w_stride, int64_t n_rows,
+               const void *A, size_t a_stride, int64_t n_cols,
+               float *out, size_t out_stride)
+{
+    moeq_gemm_isa(moeq_isa_best(), wtype, K, W, w_stride, n_rows, A, a_stride, n_cols,
+                  out, out_stride);
+}

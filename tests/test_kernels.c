@@ -1,0 +1,286 @@
+/*
+ * Kernels: activation quantization, the scalar reference dot product of
+ * every type against a float reference, every SIMD kernel against its
+ * scalar reference (random, all-max and extreme-scale blocks), the gemm
+ * driver against the vec_dot loop, and the MOEQ_ISA override.
+ */
+#include "test.h"
+#include "kernels.h"
+#include "quants.h"
+#include "quants_blocks.h"
+
+#include <stdint.h>
+
+static const int all_types[] = {
+    MOEQ_TYPE_F32, MOEQ_TYPE_F16, MOEQ_TYPE_BF16, MOEQ_TYPE_Q4_0, MOEQ_TYPE_Q8_0,
+    MOEQ_TYPE_Q2_K, MOEQ_TYPE_Q3_K, MOEQ_TYPE_Q4_K, MOEQ_TYPE_Q5_K, MOEQ_TYPE_Q6_K,
+    MOEQ_TYPE_IQ2_XXS, MOEQ_TYPE_IQ2_XS, MOEQ_TYPE_IQ2_S, MOEQ_TYPE_IQ3_XXS,
+    MOEQ_TYPE_IQ3_S, MOEQ_TYPE_IQ4_NL, MOEQ_TYPE_IQ4_XS,
+};
+#define N_TYPES ((int)(sizeof all_types / sizeof all_types[0]))
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float rnd_unit(void) { return (float)((rnd() >> 11) * (1.0 / 9007199254740992.0)); }
+static float rnd_sym(void) { return 2.f * rnd_unit() - 1.f; }
+
+enum fill { FILL_RANDOM, FILL_MAX, FILL_EXTREME };
+
+/* Byte offsets of the half-float scale fields of one block. */
+static int half_fields(int type, int *off)
+{
+    switch (type) {
+    case MOEQ_TYPE_Q2_K: off[0] = 80; off[1] = 82; return 2;
+    case MOEQ_TYPE_Q3_K: off[0] = 108; return 1;
+    case MOEQ_TYPE_Q4_K: case MOEQ_TYPE_Q5_K: off[0] = 0; off[1] = 2; return 2;
+    case MOEQ_TYPE_Q6_K: off[0] = 208; return 1;
+    default: off[0] = 0; return 1;
+    }
+}
+
+/*
+ * A valid random row: quant bytes random (or all 0xff), half scales set to
+ * sane values (or the largest / smallest normal half for FILL_EXTREME).
+ */
+static void fill_row(int type, void *row, int64_t n, enum fill mode)
+{
+    const struct moeq_type_traits *t = moeq_type_traits(type);
+    uint8_t *p = row;
+    if (!t->quantized) {
+        for (int64_t i = 0; i < n; i++) {
+            float v = mode == FILL_MAX ? (i % 2 ? -1.f : 1.f) * 60000.f
+                    : mode == FILL_EXTREME ? rnd_sym() * 1e4f : rnd_sym();
+            if (type == MOEQ_TYPE_F32) memcpy(p + 4 * i, &v, 4);
+            else {
+                uint16_t h = type == MOEQ_TYPE_F16 ? moeq_f32_to_f16(v) : moeq_f32_to_bf16(v);
+                memcpy(p + 2 * i, &h, 2);
+            }
+        }
+        return;
+    }
+    int64_t nb = n / t->blck_size;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *blk = p + b * t->type_size;
+        for (size_t j = 0; j < t->type_size; j++) blk[j] = mode == FILL_MAX ? 0xff : (uint8_t)rnd();
+        int off[2], nf = half_fields(type, off);
+        for (int f = 0; f < nf; f++) {
+            float d;
+            if (mode == FILL_EXTREME) d = (b + f) % 2 ? 65504.f : 6.1035156e-05f;
+            else if (mode == FILL_MAX) d = 0.5f;
+            else d = (0.001f + 0.05f * rnd_unit()) * (rnd() & 1 ? -1.f : 1.f);
+            uint16_t h = moeq_f32_to_f16(d);
+            memcpy(blk + off[f], &h, 2);
+        }
+    }
+}
+
+static void fill_act(float *x, int64_t n, enum fill mode)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (mode == FILL_MAX) x[i] = (rnd() & 1) ? 3.f : -3.f;
+        else if (mode == FILL_EXTREME) x[i] = rnd_sym() * (i % 64 == 0 ? 1e6f : 1e-3f);
+        else x[i] = rnd_sym() * (1.f + 3.f * rnd_unit());
+    }
+}
+
+/* The activation row as floats, as the integer kernels see it. */
+static void act_to_float(int wtype, const void *a, float *x, int64_t n)
+{
+    int at = moeq_act_type(wtype);
+    if (at == MOEQ_TYPE_F32) { memcpy(x, a, (size_t)n * 4); return; }
+    if (at == MOEQ_TYPE_Q8_0) {
+        const block_q8_0 *y = a;
+        for (int64_t i = 0; i < n; i++) x[i] = moeq_f16_to_f32(y[i / 32].d) * y[i / 32].qs[i % 32];
+        return;
+    }
+    const block_q8_K *y = a;
+    for (int64_t i = 0; i < n; i++) x[i] = y[i / 256].d * y[i / 256].qs[i % 256];
+}
+
+/*
+ * Sum of |partial dot| over the row's blocks, by the scalar kernel: the
+ * scale against which a different summation order of the blocks is judged.
+ */
+static double block_magnitude(int type, int64_t n, const void *w, const void *a)
+{
+    const struct moeq_type_traits *t = moeq_type_traits(type);
+    moeq_vec_dot_fn dot = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
+    int64_t bn = t->quantized ? (t->blck_size < 32 ? 32 : t->blck_size) : 1;
+    size_t wb = moeq_row_size(type, bn), ab = moeq_act_row_size(type, bn);
+    double mag = 0;
+    for (int64_t i = 0; i < n / bn; i++) {
+        float s;
+        dot(bn, &s, (const uint8_t *)w + i * wb, (const uint8_t *)a + i * ab);
+        mag += fabs(s);
+    }
+    return mag;
+}
+
+TEST(kernels_act_q8_K_and_q8_0)
+{
+    enum { N = 512 };
+    float x[N], back[N];
+    for (int i = 0; i < N; i++) x[i] = rnd_sym() * (i + 1);
+    block_q8_K yk[N / 256];
+    REQUIRE(moeq_act_row_size(MOEQ_TYPE_Q4_K, N) == sizeof yk);
+    moeq_quantize_act(MOEQ_TYPE_IQ2_S, x, yk, N);
+    for (int b = 0; b < N / 256; b++)
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) {
+                CHECK(yk[b].qs[16 * g + j] >= -127);
+                s += yk[b].qs[16 * g + j];
+            }
+            CHECK(s == yk[b].bsums[g]);
+        }
+    act_to_float(MOEQ_TYPE_Q4_K, yk, back, N);
+    for (int i = 0; i < N; i++) CHECKF(fabsf(back[i] - x[i]) <= yk[i / 256].d * 0.5001f, "q8_K %d", i);
+
+    block_q8_0 y0[N / 32];
+    REQUIRE(moeq_act_row_size(MOEQ_TYPE_Q8_0, N) == sizeof y0);
+    moeq_quantize_act(MOEQ_TYPE_Q4_0, x, y0, N);
+    act_to_float(MOEQ_TYPE_Q8_0, y0, back, N);
+    for (int i = 0; i < N; i++) {
+        float d = moeq_f16_to_f32(y0[i / 32].d);
+        CHECKF(fabsf(back[i] - x[i]) <= d * 0.51f + fabsf(x[i]) * 2e-3f, "q8_0 %d", i);
+    }
+
+    /* an all-zero row gives zero scales and zero sums, not nan */
+    memset(x, 0, sizeof x);
+    moeq_quantize_act(MOEQ_TYPE_Q6_K, x, yk, N);
+    CHECK(yk[0].d == 0 && yk[1].bsums[3] == 0 && yk[1].qs[7] == 0);
+    CHECK(moeq_act_type(MOEQ_TYPE_F16) == MOEQ_TYPE_F32);
+    CHECK(moeq_act_type(MOEQ_TYPE_IQ4_NL) == MOEQ_TYPE_Q8_0);
+    CHECK(moeq_act_type(MOEQ_TYPE_IQ4_XS) == MOEQ_TYPE_Q8_K);
+}
+
+/* Every scalar kernel equals the dot of the dequantized row with the
+ * dequantized activations, accumulated in double. */
+TEST(kernels_scalar_matches_float_reference)
+{
+    enum { N = 1024 };
+    static uint8_t w[N * 4], a[N * 4];
+    static float x[N], wf[N], af[N];
+    int checked = 0;
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int type = all_types[ti];
+        moeq_vec_dot_fn dot = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
+        REQUIREF(dot != NULL, "%s: no scalar kernel", moeq_type_name(type));
+        for (int mode = 0; mode < 3; mode++) {
+            fill_row(type, w, N, (enum fill)mode);
+            fill_act(x, N, (enum fill)mode);
+            moeq_quantize_act(type, x, a, N);
+            const struct moeq_type_traits *t = moeq_type_traits(type);
+            if (type == MOEQ_TYPE_F32) memcpy(wf, w, sizeof wf);
+            else if (type == MOEQ_TYPE_F16)
+                for (int i = 0; i < N; i++) wf[i] = moeq_f16_to_f32(((uint16_t *)w)[i]);
+            else if (type == MOEQ_TYPE_BF16)
+                for (int i = 0; i < N; i++) wf[i] = moeq_bf16_to_f32(((uint16_t *)w)[i]);
+            else if (!t->to_float || moeq_dequantize(type, w, wf, N) != 0)
+                continue;       /* dequantizer not in this build yet */
+            act_to_float(type, a, af, N);
+            double ref = 0, mag = 0;
+            for (int i = 0; i < N; i++) {
+                ref += (double)wf[i] * af[i];
+                mag += fabs((double)wf[i] * af[i]);
+            }
+            float s = 0;
+            dot(N, &s, w, a);
+            CHECKF(fabs(s - ref) <= 2e-5 * mag + 1e-30, "%s mode %d: kernel %.9g ref %.9g (mag %.3g)",
+                   moeq_type_name(type), mode, s, ref, mag);
+            checked++;
+        }
+    }
+    if (checked == 0) SKIP("no dequantizers in this build");
+}
+
+/* Every SIMD kernel equals its scalar reference up to summation order. */
+TEST(kernels_simd_matches_scalar)
+{
+    static uint8_t w[4096 * 4], a[4096 * 4];
+    static float x[4096];
+    static const int64_t lens[] = { 256, 512, 4096 };
+    int tested = 0;
+    for (int isa = MOEQ_ISA_AVX2; isa < MOEQ_ISA_COUNT; isa++) {
+        if (moeq_vec_dot_isa(MOEQ_TYPE_F32, isa) == NULL && moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, isa) == NULL &&
+            moeq_vec_dot_isa(MOEQ_TYPE_IQ2_S, isa) == NULL)
+            continue;   /* CPU or build lacks this ISA */
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            int type = all_types[ti];
+            moeq_vec_dot_fn simd = moeq_vec_dot_isa(type, isa);
+            moeq_vec_dot_fn ref = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
+            if (!simd) continue;
+            for (int li = 0; li < 3; li++)
+                for (int mode = 0; mode < 3; mode++)
+                    for (int rep = 0; rep < 4; rep++) {
+                        int64_t n = lens[li];
+                        fill_row(type, w, n, (enum fill)mode);
+                        fill_act(x, n, (enum fill)((mode + rep) % 3));
+                        moeq_quantize_act(type, x, a, n);
+                        float s1 = 0, s2 = 0;
+                        ref(n, &s1, w, a);
+                        simd(n, &s2, w, a);
+                        double mag = block_magnitude(type, n, w, a);
+                        CHECKF(fabs((double)s1 - s2) <= 1e-5 * mag + 1e-30,
+                               "%s %s n=%lld mode %d: scalar %.9g simd %.9g (mag %.3g)",
+                               moeq_isa_name(isa), moeq_type_name(type), (long long)n, mode,
+                               s1, s2, mag);
+                        tested++;
+                    }
+        }
+    }
+    if (!tested) SKIP("no SIMD kernels for this CPU");
+}
+
+/* moeq_gemm (every ISA, ragged column counts) equals the vec_dot loop. */
+TEST(kernels_gemm_matches_vec_dot)
+{
+    enum { K = 512, R = 5, C = 19 };
+    static uint8_t w[R * K * 4], a[C * K * 4];
+    static float x[K], out[C * (R + 3)];
+    for (int isa = 0; isa < MOEQ_ISA_COUNT; isa++) {
+        if (isa > 0 && moeq_vec_dot_isa(MOEQ_TYPE_F32, isa) == NULL &&
+            moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, isa) == NULL && moeq_vec_dot_isa(MOEQ_TYPE_IQ2_S, isa) == NULL)
+            continue;
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            int type = all_types[ti];
+            size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
+            for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, r == 3 ? FILL_MAX : FILL_RANDOM);
+            for (int c = 0; c < C; c++) {
+                fill_act(x, K, c == 7 ? FILL_EXTREME : FILL_RANDOM);
+                moeq_quantize_act(type, x, a + c * as, K);
+            }
+            for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
+            moeq_gemm_isa(isa, type, K, w, ws, R, a, as, C, out, R + 3);
+            moeq_vec_dot_fn dot = moeq_vec_dot_isa(type, isa);
+            if (!dot) dot = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
+            for (int c = 0; c < C; c++) {
+                for (int r = 0; r < R; r++) {
+                    float s;
+                    dot(K, &s, w + r * ws, a + c * as);
+                    double mag = block_magnitude(type, K, w + r * ws, a + c * as);
+                    CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
+                           "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
+                           moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+                }
+                for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
+            }
+        }
+    }
+}
+
+TEST(kernels_isa_env_lowers_choice)
+{
+    setenv("MOEQ_ISA", "scalar", 1);
+    CHECK(moeq_isa_best() == MOEQ_ISA_SCALAR);
+    CHECK(moeq_vec_dot(MOEQ_TYPE_IQ2_S) == moeq_vec_dot_isa(MOEQ_TYPE_IQ2_S, MOEQ_ISA_SCALAR));
+    CHECK(strcmp(moeq_isa_name(MOEQ_ISA_AVX512), "avx512") == 0);
+    CHECK(moeq_vec_dot_isa(MOEQ_TYPE_Q8_K, MOEQ_ISA_SCALAR) == NULL);
+    CHECK(moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, 7) == NULL);
+}
