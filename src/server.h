@@ -230,7 +230,6 @@ struct srv_config {
     int         timeout_s;  /* idle connection timeout */
     size_t      max_body;   /* request body limit in bytes */
     const char *alias;      /* model id in responses */
-    json_t     *model_meta; /* extra fields for /v1/models (borrowed, may be NULL) */
 };
 
 typedef struct srv srv;
@@ -238,8 +237,9 @@ typedef struct srv srv;
 /* Bind and serve; /health answers 503 until srv_attach. NULL with err. */
 srv *srv_start(const struct srv_config *c, char *err, size_t errlen);
 int  srv_port(const srv *s);
-/* Attach a loaded model: create the slots and start the scheduler. */
-int  srv_attach(srv *s, const struct srv_backend *be, char *err, size_t errlen);
+/* Attach a loaded model: create the slots and start the scheduler. meta
+ * (borrowed, may be NULL) is shown as "meta" in /v1/models. */
+int  srv_attach(srv *s, const struct srv_backend *be, const json_t *meta, char *err, size_t errlen);
 /* Stop accepting, cancel running work, close connections, free. */
 void srv_stop(srv *s);
 

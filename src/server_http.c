@@ -639,7 +639,6 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
     s->host = strdup(c->host ? c->host : "127.0.0.1");
     s->api_key = c->api_key && *c->api_key ? strdup(c->api_key) : NULL;
     s->alias = strdup(c->alias && *c->alias ? c->alias : "moeq");
-    s->meta = c->model_meta ? json_deep_copy(c->model_meta) : NULL;
     s->parallel = c->parallel > 0 ? c->parallel : 1;
     s->queue = c->queue >= 0 ? c->queue : 0;
     s->timeout_s = c->timeout_s > 0 ? c->timeout_s : 600;
@@ -685,9 +684,10 @@ fail:
 
 int srv_port(const srv *s) { return s->port; }
 
-int srv_attach(srv *s, const struct srv_backend *be, char *err, size_t errlen)
+int srv_attach(srv *s, const struct srv_backend *be, const json_t *meta, char *err, size_t errlen)
 {
     s->be = *be;
+    s->meta = meta ? json_deep_copy(meta) : NULL;
     s->sched = srv_sched_new(&s->be, s->parallel, s->queue, err, errlen);
     if (!s->sched) return -1;
     atomic_store(&s->ready, 1);

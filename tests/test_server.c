@@ -632,7 +632,7 @@ static void env_start(struct http_env *e, const char *key, int parallel, int que
     REQUIREF(e->s, "srv_start: %s", err);
     e->port = srv_port(e->s);
     REQUIRE(e->port > 0);
-    if (attach) REQUIREF(srv_attach(e->s, &e->be, err, sizeof err) == 0, "attach: %s", err);
+    if (attach) REQUIREF(srv_attach(e->s, &e->be, NULL, err, sizeof err) == 0, "attach: %s", err);
 }
 
 static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
@@ -707,7 +707,7 @@ TEST(server_http_endpoints)
     CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"a\"}", NULL, &o) == 503);
     free(o);
     char err[256];
-    REQUIRE(srv_attach(e.s, &e.be, err, sizeof err) == 0);
+    REQUIRE(srv_attach(e.s, &e.be, NULL, err, sizeof err) == 0);
     CHECK(http(&e, "GET", "/health", NULL, NULL, &o) == 200 && strstr(o, "\"ok\""));
     free(o);
 

@@ -16,6 +16,7 @@ struct command {
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
+    { "serve", cmd_serve, "OpenAI-compatible HTTP server (chat, completions, streaming, several users)" },
 };
 
 static void help(FILE *out)
