@@ -81,6 +81,7 @@ struct srv_gen {
     int      n_stop;
     int      stream, include_usage;
     int      logprobs, top_logprobs;
+    int      ignore_eos;          /* llama-server extension: never sample an end token */
 };
 
 /*

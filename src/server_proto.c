@@ -321,6 +321,7 @@ int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t
         return rc;
 
     if ((rc = get_bool(body, "stream", &g->stream, err, errlen))) return rc;
+    if ((rc = get_bool(body, "ignore_eos", &g->ignore_eos, err, errlen))) return rc;
     const json_t *so = field(body, "stream_options");
     if (so) {
         if (!json_is_object(so)) return fail(err, errlen, "'stream_options' must be an object");

@@ -81,6 +81,9 @@ struct srv_sched {
     void         **dec_sess;     /* scratch for decode */
     int32_t       *dec_tok;
     int           *dec_slot;
+    int32_t       *eog;          /* end-of-generation token ids (for ignore_eos) */
+    int            n_eog;
+    float         *masked;       /* n_vocab scratch: logits with the ends removed */
 };
 
 static double now_s(void)
@@ -267,16 +270,34 @@ static void slot_start(srv_sched *s, struct slot *sl, srv_job *j)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Slot fields belong to this thread; metrics read these copies. */
+static void publish_gauges(srv_sched *s)
+{
+    int active = 0;
+    uint64_t kv = 0;
+    for (int i = 0; i < s->n_slots; i++) {
+        if (s->slots[i].job) active++;
+        kv += (uint64_t)s->slots[i].n_cache;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.active = active;
+    s->st.kv_used = kv;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The counters and gauges change before the job's reader wakes, so what
+ * it reads next from /metrics already counts this job. */
 static void slot_end(srv_sched *s, struct slot *sl, const char *finish, int status, const char *err)
 {
     srv_job *j = sl->job;
     if (!j) return;
-    job_finish(j, finish, status, err);
+    sl->job = NULL;
+    sl->last_used = ++s->tick;
     pthread_mutex_lock(&s->mu);
     if (finish) s->st.finished++; else if (atomic_load(&j->cancelled)) s->st.cancelled++;
     pthread_mutex_unlock(&s->mu);
-    sl->job = NULL;
-    sl->last_used = ++s->tick;
+    publish_gauges(s);
+    job_finish(j, finish, status, err);
     srv_job_release(j);
 }
 
@@ -312,6 +333,11 @@ static void slot_token(srv_sched *s, struct slot *sl, const float *logits)
 {
     srv_job *j = sl->job;
     const struct srv_backend *be = &s->be;
+    if (j->g.ignore_eos && s->n_eog) {
+        memcpy(s->masked, logits, (size_t)be->n_vocab * sizeof *s->masked);
+        for (int i = 0; i < s->n_eog; i++) s->masked[s->eog[i]] = -INFINITY;
+        logits = s->masked;
+    }
     int32_t tok = be->sample(be->ud, sl->sess, &j->g.sp, &j->rng, logits);
     if (tok < 0 || tok >= be->n_vocab) {
         slot_end(s, sl, NULL, 500, "sampling failed");
@@ -432,21 +458,6 @@ static int step_decode(srv_sched *s)
     return 1;
 }
 
-/* Slot fields belong to this thread; metrics read these copies. */
-static void publish_gauges(srv_sched *s)
-{
-    int active = 0;
-    uint64_t kv = 0;
-    for (int i = 0; i < s->n_slots; i++) {
-        if (s->slots[i].job) active++;
-        kv += (uint64_t)s->slots[i].n_cache;
-    }
-    pthread_mutex_lock(&s->mu);
-    s->st.active = active;
-    s->st.kv_used = kv;
-    pthread_mutex_unlock(&s->mu);
-}
-
 static void *sched_main(void *arg)
 {
     srv_sched *s = arg;
@@ -535,6 +546,12 @@ srv_sched *srv_sched_new(const struct srv_backend *be, int n_slots, int queue_ma
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    /* The end tokens, found once, so ignore_eos costs a copy per token. */
+    s->masked = malloc((size_t)(be->n_vocab > 0 ? be->n_vocab : 1) * sizeof *s->masked);
+    s->eog = malloc(16 * sizeof *s->eog);
+    if (!s->masked || !s->eog) { snprintf(err, errlen, "out of memory"); goto fail; }
+    for (int t = 0; t < be->n_vocab && s->n_eog < 16; t++)
+        if (be->is_eog(be->ud, t)) s->eog[s->n_eog++] = t;
     for (int i = 0; i < n_slots; i++) {
         s->slots[i].cache = malloc((size_t)(be->n_ctx > 0 ? be->n_ctx : 1) * sizeof(int32_t));
         if (!s->slots[i].cache) { snprintf(err, errlen, "out of memory"); goto fail; }
@@ -575,6 +592,8 @@ void srv_sched_free(srv_sched *s)
     free(s->dec_sess);
     free(s->dec_tok);
     free(s->dec_slot);
+    free(s->eog);
+    free(s->masked);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

@@ -561,6 +561,15 @@ TEST(server_sched_finish_and_prefix_reuse)
     CHECK(!strcmp(job_result(j, text, sizeof text, &u), "stop"));
     CHECK(!strcmp(text, "defgh"));
     srv_job_release(j);
+
+    /* ignore_eos: the end token is never sampled; the runner-up ('.')
+     * comes instead and the alphabet starts again. */
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":\"#x\",\"ignore_eos\":true,\"max_tokens\":5,\"temperature\":0}",
+                  &g, err, sizeof err) == 0);
+    j = srv_sched_submit(s, &g);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "length"));
+    CHECKF(!strcmp(text, "yz.ab"), "'%s'", text);
+    srv_job_release(j);
     srv_sched_free(s);
 }
 
