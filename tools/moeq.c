@@ -25,6 +25,7 @@ static const struct command commands[] = {
     { "run",   cmd_run,   "generate text, or chat (no prompt)" },
     { "bench", cmd_bench, "prompt and generation speed (tokens/s), peak RSS" },
     { "kbench", cmd_kbench, "time the matmul kernels per type and ISA" },
+    { "serve", cmd_serve, "OpenAI-compatible HTTP server (chat, completions, streaming, several users)" },
 };
 
 static void help(FILE *out)
