@@ -12,7 +12,7 @@
 # and of a synthesized model; with LLAMA_QUANTIZE=/path/to/llama-quantize the
 # reference on the same input and threads, and the ratio.
 #
-#   sh bench/quantize.sh [THREADS]     (results: bench/out/quantize.md)
+#   sh bench/quantize.sh [THREADS]     (results: a section of bench/RESULTS.md)
 set -e
 cd "$(dirname "$0")/.."
 T=${1:-$(nproc)}
@@ -98,4 +98,6 @@ nw=$($M info "$OUT/synth-src.gguf" | sed -n 's/.*, \([0-9]*\) parameters.*/\1/p'
 printf '| synth 4x2048x768x32 F32 (%s weights) -> asym-2bitexp | %.2f s | - | - |\n' "$nw" "$ts" >> "$R"
 echo >> "$R"
 echo "Produced by \`sh bench/quantize.sh $T\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))." >> "$R"
+{ echo "## Quantization (bench/quantize.sh)"; echo; cat "$R"; } > "$R.section"
+sh bench/section.sh quantize "$R.section"
 cat "$R"
