@@ -620,6 +620,13 @@ static moeq_row_fn row_kernel_isa(int wtype, int isa)
     }
 }
 
+static moeq_rows_fn rows_kernel_isa(int wtype, int isa)
+{
+    if (!isa_usable(isa)) return NULL;
+    if (isa == MOEQ_ISA_AVX512 && moeq_avx512_rows) return moeq_avx512_rows(wtype);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- gemm */
 
 /*
@@ -641,6 +648,13 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
     moeq_vec_dot_fn dot = moeq_vec_dot_isa(wtype, isa);
     if (!dot) dot = scalar_vec_dot(wtype);
     if (!dot || n_rows <= 0 || n_cols <= 0) return;
+
+    /* decode: one column against many rows */
+    moeq_rows_fn rows = n_cols == 1 ? rows_kernel_isa(wtype, isa) : NULL;
+    if (rows) {
+        rows(K, W, w_stride, n_rows, A, out);
+        return;
+    }
 
     size_t arow = moeq_act_row_size(wtype, K);
     int64_t panel = arow ? (int64_t)(GEMM_PANEL_BYTES / arow) : n_cols;

@@ -167,7 +167,7 @@ AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
 
 /* The direct kernel: unpack per block, signs on the activations. */
 AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                 const int three)
+                 const int three, __m512 *keep)
 {
     __m512 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
@@ -195,13 +195,14 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    if (keep) *keep = acc[0];   /* one column: the caller reduces */
+    else store_sums(acc, NC, s, ss);
 }
 
 AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_signed(n, w, a, as, NC, s, ss, 0); }
+{ k_signed(n, w, a, as, NC, s, ss, 0, NULL); }
 AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_signed(n, w, a, as, NC, s, ss, 1); }
+{ k_signed(n, w, a, as, NC, s, ss, 1, NULL); }
 
 /* Decode blocks [b0, b0 + cnt) of a row into the table. */
 static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct dec_signed *db)
@@ -250,9 +251,9 @@ static void row_signed(int64_t n, const void *w, const void *a, size_t as, int n
                        int three)
 {
     if (nc < 4) {   /* too few columns to repay the table */
-        if (nc == 1)      k_signed(n, w, a, as, 1, s, ss, three);
-        else if (nc == 2) k_signed(n, w, a, as, 2, s, ss, three);
-        else              k_signed(n, w, a, as, 3, s, ss, three);
+        if (nc == 1)      k_signed(n, w, a, as, 1, s, ss, three, NULL);
+        else if (nc == 2) k_signed(n, w, a, as, 2, s, ss, three, NULL);
+        else              k_signed(n, w, a, as, 3, s, ss, three, NULL);
         return;
     }
     struct dec_signed db[DEC_BLOCKS];
@@ -322,7 +323,7 @@ static const uint8_t spread32[4][16] = {
 static const uint8_t mins_pairs[16] = { 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15 };
 
 AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                const int five)
+                const int five, __m512 *keep)
 {
     const uint8_t *x = w;
     const size_t bsize = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
@@ -368,17 +369,19 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
                                      _mm512_set1_ps(-dmin * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    if (keep) *keep = acc[0];   /* one column: the caller reduces */
+    else store_sums(acc, NC, s, ss);
 }
 
 AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
+{ k_q45_K(n, w, a, as, NC, s, ss, 0, NULL); }
 AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+{ k_q45_K(n, w, a, as, NC, s, ss, 1, NULL); }
 
 /* -------------------------------------------------------------- Q6_K */
 
-AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+AI void k_q6_K_keep(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                   __m512 *keep)
 {
     const block_q6_K *x = w;
     __m512 acc[MOEQ_GEMM_NC];
@@ -419,8 +422,12 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    if (keep) *keep = acc[0];   /* one column: the caller reduces */
+    else store_sums(acc, NC, s, ss);
 }
+
+AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_q6_K_keep(n, w, a, as, NC, s, ss, NULL); }
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
@@ -595,6 +602,40 @@ AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, 
 AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
 { k_float(n, w, a, as, NC, s, ss, 2); }
 
+/* ------------------------------------------------- one column, many rows */
+
+/*
+ * Decode (one activation column) walks many short rows; reducing four
+ * rows' accumulators together and calling once per row group saves most
+ * of the fixed cost per row, which matters for rows of 1..3 blocks.
+ */
+AI void reduce4(const __m512 acc[4], float *s)
+{
+    __m256 y[4];
+    for (int j = 0; j < 4; j++)
+        y[j] = _mm256_add_ps(_mm512_castps512_ps256(acc[j]),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)));
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(y[0], y[1]), _mm256_hadd_ps(y[2], y[3]));
+    _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+#define ROWS(name, call)                                                                    \
+    static void rows_##name(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, \
+                            float *s)                                                       \
+    {                                                                                       \
+        const uint8_t *wr = w;                                                              \
+        int64_t r = 0;                                                                      \
+        for (; r + 4 <= nr; r += 4) {                                                       \
+            __m512 acc[4];                                                                  \
+            for (int j = 0; j < 4; j++) {                                                   \
+                const void *wj = wr + (size_t)(r + j) * ws;                                 \
+                call;                                                                       \
+            }                                                                               \
+            reduce4(acc, s + r);                                                            \
+        }                                                                                   \
+        for (; r < nr; r++) dot_##name(n, s + r, wr + (size_t)r * ws, a);                   \
+    }
+
 /* ------------------------------------------------------------ tables */
 
 /*
@@ -643,6 +684,24 @@ KERNEL(iq2_xxs)
 KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
+
+ROWS(iq2_s, k_signed(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
+ROWS(iq3_s, k_signed(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
+ROWS(q4_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
+ROWS(q5_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
+ROWS(q6_K, k_q6_K_keep(n, wj, a, 0, 1, NULL, 0, &acc[j]))
+
+moeq_rows_fn moeq_avx512_rows(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_IQ2_S: return rows_iq2_s;
+    case MOEQ_TYPE_IQ3_S: return rows_iq3_s;
+    case MOEQ_TYPE_Q4_K:  return rows_q4_K;
+    case MOEQ_TYPE_Q5_K:  return rows_q5_K;
+    case MOEQ_TYPE_Q6_K:  return rows_q6_K;
+    default:              return NULL;
+    }
+}
 
 moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype)
 {
