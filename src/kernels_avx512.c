@@ -3,18 +3,22 @@
  * kernels in kernels.c, one row kernel per type.
  *
  * Every kernel computes one weight row against a group of activation
- * columns (up to MOEQ_GEMM_NC at once). Per super-block the weight side is unpacked once into
- * registers: four 64-byte vectors of unsigned 8-bit magnitudes, a 64-bit
- * sign mask per vector where the format has explicit signs, and a vector of
- * per-lane integer scales. Each column then costs, per 64 weights, a load,
- * a masked negate of the activations (the signs go on the activation side
- * because VNNI's dpbusd multiplies unsigned by signed bytes), one dpbusd
- * into a fresh accumulator, and one dpwssd that multiplies each 4-byte
- * partial sum by its sub-block scale and adds it to the block's sum. That
- * last trick relies on every partial sum fitting in 16 bits (true for all
- * formats here: at most 4 * 63 * 127) and on the scale lanes having a zero
- * upper half. Q8_K activations never hold -128, so the negate is exact.
- * Mins and constant offsets (Q4_K, Q5_K, Q6_K) use the activations' bsums.
+ * columns (up to MOEQ_GEMM_NC at once). Per super-block the weight side is
+ * unpacked once into registers: four 64-byte vectors of unsigned 8-bit
+ * values, a 64-bit sign mask per vector where the format has explicit
+ * signs, and per-lane integer scales. Each column then costs, per 64
+ * weights, a load, a masked negate of the activations (the signs go on the
+ * activation side because VNNI's dpbusd multiplies unsigned by signed
+ * bytes) and one dpbusd; pairs of dpbusd results are packed to int16 and
+ * one dpwssd applies the sub-block scales to both (block_isum). That relies
+ * on every 4-byte partial sum fitting in 16 bits, true for all formats but
+ * IQ4_XS, which multiplies in 32 bits instead. Q8_K activations never hold
+ * -128, so the negate is exact. Mins and constant offsets (Q2_K, Q3_K,
+ * Q4_K, Q5_K, Q6_K) come back through the activations' bsums.
+ *
+ * IQ2_S / IQ3_S, whose unpacking is dearest, decode a row once per panel
+ * into a table that all column groups stream through; the one-column case
+ * (decode) walks rows in fours with a joint reduction.
  */
 #include "kernels_isa.h"
 #include "quants.h"
