@@ -115,13 +115,26 @@ static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
     }
 }
 
+static int isa_usable(int isa);
+
+void moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n)
+{
+    int at = moeq_act_type(wtype);
+    if (at == MOEQ_TYPE_F32) {
+        memcpy(y, x, (size_t)n * sizeof(float));
+        return;
+    }
+    moeq_actq_fn f = NULL;
+    if (isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_actq) f = moeq_avx512_actq(at);
+    if (isa == MOEQ_ISA_AVX2 && isa_usable(isa) && moeq_avx2_actq) f = moeq_avx2_actq(at);
+    if (f) f(x, y, n);
+    else if (at == MOEQ_TYPE_Q8_0) quantize_act_q8_0(x, y, n);
+    else quantize_act_q8_K(x, y, n);
+}
+
 void moeq_quantize_act(int wtype, const float *x, void *y, int64_t n)
 {
-    switch (moeq_act_type(wtype)) {
-    case MOEQ_TYPE_F32:  memcpy(y, x, (size_t)n * sizeof(float)); break;
-    case MOEQ_TYPE_Q8_0: quantize_act_q8_0(x, y, n); break;
-    default:             quantize_act_q8_K(x, y, n); break;
-    }
+    moeq_quantize_act_isa(moeq_isa_best(), wtype, x, y, n);
 }
 
 /* -------------------------------------------- float weights (scalar) */

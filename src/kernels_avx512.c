@@ -754,6 +754,60 @@ AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, 
 AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
 { k_float(n, w, a, as, NC, s, ss, 2); }
 
+/* ---------------------------------------------- activation quantization */
+
+/*
+ * Same arithmetic as kernels.c, in the same order, so the bytes match the
+ * scalar code exactly: amax, id = 127 / amax (Q8_0: 1 / (amax / 127)), round
+ * to nearest even (the default MXCSR mode of cvtps2dq), saturate to int8.
+ */
+static void actq_q8_K(const float *x, void *vy, int64_t n)
+{
+    block_q8_K *y = vy;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < QK_K; j += 16)
+            m = _mm512_max_ps(m, _mm512_and_ps(_mm512_loadu_ps(x + j), absmask));
+        float amax = _mm512_reduce_max_ps(m);
+        if (amax == 0) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        const __m512 id = _mm512_set1_ps(127.f / amax);
+        for (int g = 0; g < QK_K / 16; g++) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), id));
+            v = _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * g), _mm512_cvtepi32_epi8(v));
+            y[b].bsums[g] = (int16_t)_mm512_reduce_add_epi32(v);
+        }
+        y[b].d = amax / 127.f;
+    }
+}
+
+static void actq_q8_0(const float *x, void *vy, int64_t n)
+{
+    block_q8_0 *y = vy;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
+        float d = amax / 127.f, idf = d > 0 ? 1.f / d : 0.f;
+        y[b].d = (ggml_half)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m512 id = _mm512_set1_ps(idf);
+        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+        __m512i q0 = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), hi), lo);
+        __m512i q1 = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)), hi), lo);
+        _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
+    }
+}
+
+moeq_actq_fn moeq_avx512_actq(int act_type)
+{
+    return act_type == MOEQ_TYPE_Q8_K ? actq_q8_K : act_type == MOEQ_TYPE_Q8_0 ? actq_q8_0 : NULL;
+}
+
 /* ------------------------------------------------- one column, many rows */
 
 /*
