@@ -848,12 +848,12 @@ AI void reduce4(const __m512 acc[4], float *s)
  * One instantiation per column count (1..8 and 16), so the accumulators
  * live in registers; 9..15 columns take a 8-column pass and a second one.
  */
-#define KERNEL(name)                                                                      \
+#define KERNEL_G(name, G)                                                                 \
     static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,   \
                            float *s, size_t ss)                                           \
     {                                                                                     \
         while (nc > 0) {                                                                  \
-            int done = nc >= 16 ? 16 : nc > 8 ? 8 : nc;                                   \
+            int done = nc >= 16 && G >= 16 ? 16 : nc > 8 && G >= 8 ? 8 : nc < G ? nc : G; \
             switch (done) {                                                               \
             case 1: k_##name(n, w, a, as, 1, s, ss); break;                               \
             case 2: k_##name(n, w, a, as, 2, s, ss); break;                               \
@@ -873,15 +873,22 @@ AI void reduce4(const __m512 acc[4], float *s)
     static void dot_##name(int64_t n, float *s, const void *w, const void *a)            \
     { k_##name(n, w, a, 0, 1, s, 0); }
 
+#define KERNEL(name) KERNEL_G(name, 16)
+#define FLOAT_G 4
+
+
+
 _Static_assert(MOEQ_GEMM_NC == 16, "row kernels are instantiated for up to 16 columns");
 
 KERNEL(q4_K)
 KERNEL(q5_K)
 KERNEL(q6_K)
 KERNEL(q8_0)
-KERNEL(f32)
-KERNEL(f16)
-KERNEL(bf16)
+/* Float activation rows are often a multiple of 4 KiB apart, so more than
+ * a few column streams at once alias in the 8-way L1: four at a time. */
+KERNEL_G(f32, FLOAT_G)
+KERNEL_G(f16, FLOAT_G)
+KERNEL_G(bf16, FLOAT_G)
 KERNEL(q4_0)
 KERNEL(iq4_nl)
 KERNEL(q2_K)
