@@ -115,13 +115,26 @@ static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
     }
 }
 
+static int isa_usable(int isa);
+
+void moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n)
+{
+    int at = moeq_act_type(wtype);
+    if (at == MOEQ_TYPE_F32) {
+        memcpy(y, x, (size_t)n * sizeof(float));
+        return;
+    }
+    moeq_actq_fn f = NULL;
+    if (isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_actq) f = moeq_avx512_actq(at);
+    if (isa == MOEQ_ISA_AVX2 && isa_usable(isa) && moeq_avx2_actq) f = moeq_avx2_actq(at);
+    if (f) f(x, y, n);
+    else if (at == MOEQ_TYPE_Q8_0) quantize_act_q8_0(x, y, n);
+    else quantize_act_q8_K(x, y, n);
+}
+
 void moeq_quantize_act(int wtype, const float *x, void *y, int64_t n)
 {
-    switch (moeq_act_type(wtype)) {
-    case MOEQ_TYPE_F32:  memcpy(y, x, (size_t)n * sizeof(float)); break;
-    case MOEQ_TYPE_Q8_0: quantize_act_q8_0(x, y, n); break;
-    default:             quantize_act_q8_K(x, y, n); break;
-    }
+    moeq_quantize_act_isa(moeq_isa_best(), wtype, x, y, n);
 }
 
 /* -------------------------------------------- float weights (scalar) */
@@ -620,6 +633,13 @@ static moeq_row_fn row_kernel_isa(int wtype, int isa)
     }
 }
 
+static moeq_rows_fn rows_kernel_isa(int wtype, int isa)
+{
+    if (!isa_usable(isa)) return NULL;
+    if (isa == MOEQ_ISA_AVX512 && moeq_avx512_rows) return moeq_avx512_rows(wtype);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- gemm */
 
 /*
@@ -641,6 +661,13 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
     moeq_vec_dot_fn dot = moeq_vec_dot_isa(wtype, isa);
     if (!dot) dot = scalar_vec_dot(wtype);
     if (!dot || n_rows <= 0 || n_cols <= 0) return;
+
+    /* decode: one column against many rows */
+    moeq_rows_fn rows = n_cols == 1 ? rows_kernel_isa(wtype, isa) : NULL;
+    if (rows) {
+        rows(K, W, w_stride, n_rows, A, out);
+        return;
+    }
 
     size_t arow = moeq_act_row_size(wtype, K);
     int64_t panel = arow ? (int64_t)(GEMM_PANEL_BYTES / arow) : n_cols;

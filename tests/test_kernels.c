@@ -340,3 +340,25 @@ TEST(kernels_kbench_cli)
     CHECK(rc == 0 && out && strstr(out, "usage: moeq kbench"));
     free(out);
 }
+
+/* Every ISA quantizes activations to the same bytes as the scalar code. */
+TEST(kernels_act_quant_same_bytes_every_isa)
+{
+    enum { N = 1024 };
+    static float x[N];
+    static uint8_t ref[N * 2], got[N * 2];
+    static const int wt[] = { MOEQ_TYPE_Q4_K, MOEQ_TYPE_Q8_0 };
+    for (int isa = MOEQ_ISA_AVX2; isa < MOEQ_ISA_COUNT; isa++)
+        for (int t = 0; t < 2; t++)
+            for (int mode = 0; mode < 4; mode++) {
+                if (mode < 3) fill_act(x, N, (enum fill)mode);
+                else for (int i = 0; i < N; i++) x[i] = i < 300 ? 0.f : (float)(i % 7) - 3.f; /* zero blocks, exact halves */
+                size_t bytes = moeq_act_row_size(wt[t], N);
+                memset(ref, 0x55, sizeof ref);
+                memset(got, 0xaa, sizeof got);
+                moeq_quantize_act_isa(MOEQ_ISA_SCALAR, wt[t], x, ref, N);
+                moeq_quantize_act_isa(isa, wt[t], x, got, N);
+                CHECKF(memcmp(ref, got, bytes) == 0, "%s %s mode %d: bytes differ", moeq_isa_name(isa),
+                       moeq_type_name(moeq_act_type(wt[t])), mode);
+            }
+}
