@@ -787,7 +787,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->pool = moeq_pool_new(p->n_threads);
     e->n_threads = moeq_pool_size(e->pool);
     e->cap = e->n_batch > e->n_seq ? e->n_batch : e->n_seq;
-    if (e->cap > e->n_ctx * e->n_seq) e->cap = e->n_ctx * e->n_seq;
+    if ((int64_t)e->cap > (int64_t)e->n_ctx * e->n_seq) e->cap = e->n_ctx * e->n_seq;
 
     const int E = hp->n_embd, HD = hp->head_dim;
     const int nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
