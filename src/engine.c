@@ -79,7 +79,7 @@ static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* Q8_0 row quantization of the KV cache (ggml's block layout: a half
  * scale amax/127 and 32 rounded int8). */
-static void quantize_q8_0(const float *x, block_q8_0 *y, int n)
+static void kv_quantize_q8_0(const float *x, block_q8_0 *y, int n)
 {
     for (int b = 0; b < n / QK8_0; b++) {
         const float *xb = x + b * QK8_0;
@@ -336,7 +336,7 @@ static void kv_store(int type, uint8_t *dst, const float *x, int n)
         uint16_t *h = (uint16_t *)dst;
         for (int i = 0; i < n; i++) h[i] = moeq_f32_to_f16(x[i]);
     } else {
-        quantize_q8_0(x, (block_q8_0 *)dst, n);
+        kv_quantize_q8_0(x, (block_q8_0 *)dst, n);
     }
 }
 

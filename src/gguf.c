@@ -865,6 +865,23 @@ static int kv_store(gguf_writer *w, const char *key, const gguf_value *v, int re
 int gguf_writer_add_kv(gguf_writer *w, const char *key, const gguf_value *v) { return kv_store(w, key, v, 0); }
 int gguf_writer_set_kv(gguf_writer *w, const char *key, const gguf_value *v) { return kv_store(w, key, v, 1); }
 
+int gguf_writer_add_kvs_from(gguf_writer *w, const gguf_file *f)
+{
+    if (!w || !f) return -1;
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        gguf_str k = f->kv[i].key;
+        if (memchr(k.s, 0, (size_t)k.n)) return werr(w, "key %llu of %s holds a NUL byte", (unsigned long long)i, f->path);
+        char *key = malloc((size_t)k.n + 1);
+        if (!key) return werr(w, "out of memory");
+        memcpy(key, k.s, (size_t)k.n);
+        key[k.n] = 0;
+        int rc = gguf_writer_add_kv(w, key, &f->kv[i].val);
+        free(key);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 int gguf_writer_remove_kv(gguf_writer *w, const char *key)
 {
     if (!w) return -1;

@@ -157,6 +157,9 @@ int gguf_writer_add_arr_str(gguf_writer *w, const char *key,
 /* Numeric array of element type etype from n packed native values. */
 int gguf_writer_add_arr(gguf_writer *w, const char *key, uint32_t etype,
                         const void *v, uint64_t n);
+/* Add every key/value of f, in f's order (the usual start of a rewrite:
+ * quantize copies the source's metadata, then edits a few keys). */
+int gguf_writer_add_kvs_from(gguf_writer *w, const gguf_file *f);
 /* Replace the value of an already added key (e.g. general.file_type);
  * adds it when absent. */
 int gguf_writer_set_kv(gguf_writer *w, const char *key, const gguf_value *v);

@@ -16,6 +16,7 @@
 #include "quants.h"
 #include "quants_blocks.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,21 +193,12 @@ static void dot_iq4_nl(int64_t n, float *s, const void *w, const void *a)
 
 /* ------------------------------ 256-element types against Q8_K */
 
-/*
- * One unpacked super-block: value i is d * sc[i/16] * q[i] - dmin * mn[i/16].
- * d folds in the type's constant factor (1/8 for the IQ2 scales, ...), so
- * sc and mn stay small integers and the whole block sum is one integer.
- */
-struct unpacked {
-    int8_t q[QK_K];
-    int    sc[QK_K / 16];
-    int    mn[QK_K / 16];
-    float  d, dmin;
-};
+/* struct moeq_unpacked (kernels_isa.h): value i is d * sc[i/16] * q[i] -
+ * dmin * mn[i/16]; d folds in the type's constant factor (1/8 for the IQ2
+ * scales, ...), so sc and mn stay small integers and the whole block sum is
+ * one integer. */
 
-typedef void (*unpack_fn)(const void *blk, struct unpacked *u);
-
-static void unpack_q2_K(const void *blk, struct unpacked *u)
+static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q2_K *x = blk;
     for (int e = 0; e < QK_K; e++)
@@ -219,7 +211,7 @@ static void unpack_q2_K(const void *blk, struct unpacked *u)
     u->dmin = f16(x->dmin);
 }
 
-static void unpack_q3_K(const void *blk, struct unpacked *u)
+static void unpack_q3_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q3_K *x = blk;
     for (int e = 0; e < QK_K; e++) {
@@ -250,7 +242,7 @@ static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
     }
 }
 
-static void unpack_q4_K(const void *blk, struct unpacked *u)
+static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q4_K *x = blk;
     for (int e = 0; e < QK_K; e++) {
@@ -267,7 +259,7 @@ static void unpack_q4_K(const void *blk, struct unpacked *u)
     u->dmin = f16(x->dmin);
 }
 
-static void unpack_q5_K(const void *blk, struct unpacked *u)
+static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q5_K *x = blk;
     for (int e = 0; e < QK_K; e++) {
@@ -286,7 +278,7 @@ static void unpack_q5_K(const void *blk, struct unpacked *u)
     u->dmin = f16(x->dmin);
 }
 
-static void unpack_q6_K(const void *blk, struct unpacked *u)
+static void unpack_q6_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q6_K *x = blk;
     for (int e = 0; e < QK_K; e++) {
@@ -311,7 +303,7 @@ static void put_signed8(int8_t *q, const uint8_t *grid, uint8_t sgn)
         q[j] = (int8_t)(sgn >> j & 1 ? -grid[j] : grid[j]);
 }
 
-static void unpack_iq2_xxs(const void *blk, struct unpacked *u)
+static void unpack_iq2_xxs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_xxs *x = blk;
     for (int ib = 0; ib < 8; ib++) {
@@ -329,7 +321,7 @@ static void unpack_iq2_xxs(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq2_xs(const void *blk, struct unpacked *u)
+static void unpack_iq2_xs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_xs *x = blk;
     for (int k = 0; k < 32; k++)
@@ -343,7 +335,7 @@ static void unpack_iq2_xs(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq2_s(const void *blk, struct unpacked *u)
+static void unpack_iq2_s(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_s *x = blk;
     const uint8_t *signs = x->qs + QK_K / 8;
@@ -359,7 +351,7 @@ static void unpack_iq2_s(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq3_xxs(const void *blk, struct unpacked *u)
+static void unpack_iq3_xxs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq3_xxs *x = blk;
     const uint8_t *ss = x->qs + QK_K / 4;
@@ -380,7 +372,7 @@ static void unpack_iq3_xxs(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq3_s(const void *blk, struct unpacked *u)
+static void unpack_iq3_s(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq3_s *x = blk;
     for (int k = 0; k < 32; k++) {  /* k-th group of 8 values: two grid entries */
@@ -400,7 +392,7 @@ static void unpack_iq3_s(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq4_xs(const void *blk, struct unpacked *u)
+static void unpack_iq4_xs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq4_xs *x = blk;
     for (int ib = 0; ib < 8; ib++) {
@@ -417,11 +409,11 @@ static void unpack_iq4_xs(const void *blk, struct unpacked *u)
 }
 
 /* The shared Q8_K dot over a row of super-blocks of bsize bytes each. */
-static float dot_unpacked(int64_t n, const void *w, size_t bsize, unpack_fn unpack, const void *a)
+static float dot_unpacked(int64_t n, const void *w, size_t bsize, moeq_unpack_fn unpack, const void *a)
 {
     const uint8_t *x = w;
     const block_q8_K *y = a;
-    struct unpacked u;
+    struct moeq_unpacked u;
     float sum = 0;
     for (int64_t b = 0; b < n / QK_K; b++) {
         unpack(x + b * bsize, &u);
@@ -453,6 +445,24 @@ DOT_K(iq3_xxs, block_iq3_xxs)
 DOT_K(iq3_s, block_iq3_s)
 DOT_K(iq4_xs, block_iq4_xs)
 
+moeq_unpack_fn moeq_unpack_for(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_Q2_K:    return unpack_q2_K;
+    case MOEQ_TYPE_Q3_K:    return unpack_q3_K;
+    case MOEQ_TYPE_Q4_K:    return unpack_q4_K;
+    case MOEQ_TYPE_Q5_K:    return unpack_q5_K;
+    case MOEQ_TYPE_Q6_K:    return unpack_q6_K;
+    case MOEQ_TYPE_IQ2_XXS: return unpack_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return unpack_iq2_xs;
+    case MOEQ_TYPE_IQ2_S:   return unpack_iq2_s;
+    case MOEQ_TYPE_IQ3_XXS: return unpack_iq3_xxs;
+    case MOEQ_TYPE_IQ3_S:   return unpack_iq3_s;
+    case MOEQ_TYPE_IQ4_XS:  return unpack_iq4_xs;
+    default:                return NULL;
+    }
+}
+
 static moeq_vec_dot_fn scalar_vec_dot(int wtype)
 {
     switch (wtype) {
@@ -479,18 +489,24 @@ static moeq_vec_dot_fn scalar_vec_dot(int wtype)
 
 /* ------------------------------------------------------------ dispatch */
 
+/* F16C straight from cpuid: not every compiler's __builtin_cpu_supports
+ * knows it. The AVX2 check below already implies the OS saves ymm state. */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static int cpu_isa(void)
 {
     __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
+        return MOEQ_ISA_SCALAR;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("avx512vnni"))
         return MOEQ_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return MOEQ_ISA_AVX2;
-    return MOEQ_ISA_SCALAR;
+    return MOEQ_ISA_AVX2;
 }
 
 /* Whether the ISA file is linked in and the CPU runs it. */

@@ -17,11 +17,27 @@
 #include "kernels.h"
 
 /* Columns one row-kernel call handles at most. */
-#define MOEQ_GEMM_NC 8
+#define MOEQ_GEMM_NC 16
 
 /* s[c * s_stride] = dot(w, a + c * a_stride) for c in [0, nc), nc in 1..MOEQ_GEMM_NC. */
 typedef void (*moeq_row_fn)(int64_t n, const void *w, const void *a, size_t a_stride,
                             int nc, float *s, size_t s_stride);
+
+/*
+ * One 256-element super-block unpacked by the scalar reference (kernels.c):
+ * value i is d * sc[i/16] * q[i] - dmin * mn[i/16]. The SIMD files use it
+ * for the formats that have no hand-written unpack, so that even those get
+ * vector dot products and a once-per-row unpack in gemm.
+ */
+struct moeq_unpacked {
+    int8_t  q[256];
+    int32_t sc[16];
+    int32_t mn[16];
+    float   d, dmin;
+};
+typedef void (*moeq_unpack_fn)(const void *blk, struct moeq_unpacked *u);
+/* Unpacker for a 256-element weight type, or NULL. */
+moeq_unpack_fn moeq_unpack_for(int wtype);
 
 moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype) __attribute__((weak));
 moeq_row_fn     moeq_avx2_row(int wtype) __attribute__((weak));

@@ -392,9 +392,11 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
     t->n_vocab = nv;
     t->types = malloc((size_t)nv);
     t->eog = calloc((size_t)nv, 1);
-    /* Room for the vocabulary, the merges' extra strings and 256 bytes at
-     * a load factor under 1/2. */
-    t->tmap_mask = pow2_at_least(2 * ((uint64_t)nv + 256 + (uint64_t)d->n_merges)) - 1;
+    /* Room for every string there can be at a load factor of at most 1/2:
+     * the vocabulary, 256 bytes, and three per merge in the worst case (a
+     * broken vocabulary whose merges name only unknown strings). The
+     * probe loops rely on the table never filling up. */
+    t->tmap_mask = pow2_at_least(2 * ((uint64_t)nv + 256 + 3 * (uint64_t)d->n_merges)) - 1;
     t->tmap = malloc((t->tmap_mask + 1) * sizeof *t->tmap);
     t->mmap_mask = pow2_at_least(2 * (uint64_t)d->n_merges + 2) - 1;
     t->mmap = malloc((t->mmap_mask + 1) * sizeof *t->mmap);

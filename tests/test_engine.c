@@ -456,3 +456,63 @@ TEST(engine_tiny_a_greedy_continuation)
     free(prompt);
     free(want);
 }
+
+/* moeq run --dump-logits: the prompt's logits, every position, as the
+ * reference's (the prompt text tokenizes to the reference tokens). */
+TEST(engine_cli_run_dump_logits)
+{
+    const char *model = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
+    const char *prompt = test_shared_path("models/tiny-a/ref/logits-prompt.txt");
+    int32_t *tok;
+    float *ref;
+    int n = load_ref(&tok, &ref);
+    const char *out = test_tmp("logits.bin");
+    char *log = NULL;
+    int rc = test_run(&log, "%s run -m %s -f %s -n 0 -t 2 --dump-logits %s", test_moeq_bin(),
+                      model, prompt, out);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "prompt: 64 tokens"));
+    size_t nb;
+    float *lg = test_read_file(out, &nb);
+    REQUIRE(lg);
+    REQUIREF(nb == (size_t)n * 8192 * 4, "dump has %zu bytes", nb);
+    double md;
+    int same;
+    compare(lg, ref, n, 8192, &md, &same);
+    CHECKF(md < 0.01 && same == n, "max diff %g, same argmax %d", md, same);
+    free(lg);
+    free(log);
+    free(tok);
+    free(ref);
+}
+
+TEST(engine_cli_run_and_bench)
+{
+    const char *model = test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
+    char *log = NULL;
+    int rc = test_run(&log, "%s run -m %s -p 'The history of the city' -n 8 --temp 0 -t 2 -ctk q8_0",
+                      test_moeq_bin(), model);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "The history of the city") && strstr(log, "generation: 8 tokens"));
+    free(log);
+    /* chat from standard input, two turns, then end of input */
+    rc = test_run(&log, "printf 'Hello\\nMore\\n' | %s run -m %s -n 4 --seed 1 -t 2",
+                  test_moeq_bin(), model);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "> ") && strstr(log, "generation:"));
+    free(log);
+    rc = test_run(&log, "%s bench -m %s -p 16 -n 4 -r 2 -t 2", test_moeq_bin(), model);
+    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
+    CHECK(log && strstr(log, "| pp16 |") && strstr(log, "| tg4 |") && strstr(log, "peak RSS"));
+    free(log);
+    /* usage and file errors */
+    CHECK(test_run(NULL, "%s run -p hi", test_moeq_bin()) == 2);
+    CHECK(test_run(NULL, "%s run -m %s -p hi --temp x", test_moeq_bin(), model) == 2);
+    CHECK(test_run(NULL, "%s run -m %s -p hi -ctk q4_0", test_moeq_bin(), model) == 2);
+    CHECK(test_run(&log, "%s run -m /nonexistent.gguf -p hi", test_moeq_bin()) == 1);
+    CHECK(log && strstr(log, "moeq: /nonexistent.gguf"));
+    free(log);
+    CHECK(test_run(NULL, "%s bench -m %s -p 0 -n 0", test_moeq_bin(), model) == 2);
+    CHECK(test_run(NULL, "%s run --help", test_moeq_bin()) == 0);
+    CHECK(test_run(NULL, "%s bench --help", test_moeq_bin()) == 0);
+}

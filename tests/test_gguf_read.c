@@ -102,6 +102,20 @@ TEST(gguf_read_every_truncation)
         gguf_close(f);
         free(p);
     }
+    /* the same through gguf_open (mmap of a file of each length) */
+    const char *path = test_tmp("cut.gguf");
+    for (size_t len = 0; len < b.n; len++) {
+        FILE *fp = fopen(path, "wb");
+        REQUIRE(fp);
+        REQUIRE(len == 0 || fwrite(b.p, 1, len, fp) == len);
+        fclose(fp);
+        err[0] = 0;
+        f = gguf_open(path, err, sizeof err);
+        CHECKF((f == NULL) == (len < end), "file of %zu bytes: %s", len, f ? "opened" : err);
+        CHECKF(f || (!strncmp(err, path, strlen(path)) && strstr(err, ": byte ") && !strchr(err, '\n')),
+               "file of %zu bytes: bad error '%s'", len, err);
+        gguf_close(f);
+    }
     free(b.p);
 }
 

@@ -21,11 +21,7 @@ static int copy_gguf(const gguf_file *f, const char *dst, char *err, size_t errl
     gguf_writer *w = gguf_writer_open(dst, f->path, err, errlen);
     if (!w) return -1;
     gguf_writer_set_version(w, f->version);
-    for (uint64_t i = 0; i < f->n_kv; i++) {
-        char key[512];
-        snprintf(key, sizeof key, "%.*s", (int)f->kv[i].key.n, f->kv[i].key.s);
-        if (gguf_writer_add_kv(w, key, &f->kv[i].val)) goto fail;
-    }
+    if (gguf_writer_add_kvs_from(w, f)) goto fail;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         char name[512];
         const gguf_tensor *t = &f->tensors[i];

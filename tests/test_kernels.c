@@ -284,3 +284,53 @@ TEST(kernels_isa_env_lowers_choice)
     CHECK(moeq_vec_dot_isa(MOEQ_TYPE_Q8_K, MOEQ_ISA_SCALAR) == NULL);
     CHECK(moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, 7) == NULL);
 }
+
+/* Long rows: the activation panel holds fewer columns than the call, so
+ * the gemm walks several panels; still equal to the vec_dot loop. */
+TEST(kernels_gemm_several_panels)
+{
+    enum { K = 8192, R = 3, C = 37 };
+    static const int types[] = { MOEQ_TYPE_Q4_K, MOEQ_TYPE_IQ2_S, MOEQ_TYPE_F16, MOEQ_TYPE_Q8_0 };
+    static float x[K], out[C * R];
+    for (int ti = 0; ti < 4; ti++) {
+        int type = types[ti];
+        size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
+        uint8_t *w = malloc(ws * R), *a = malloc(as * C);
+        REQUIRE(w && a);
+        for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, FILL_RANDOM);
+        for (int c = 0; c < C; c++) {
+            fill_act(x, K, FILL_RANDOM);
+            moeq_quantize_act(type, x, a + c * as, K);
+        }
+        moeq_gemm(type, K, w, ws, R, a, as, C, out, R);
+        moeq_vec_dot_fn dot = moeq_vec_dot(type);
+        for (int c = 0; c < C; c++)
+            for (int r = 0; r < R; r++) {
+                float s;
+                dot(K, &s, w + r * ws, a + c * as);
+                double mag = block_magnitude(type, K, w + r * ws, a + c * as);
+                CHECKF(fabs((double)s - out[c * R + r]) <= 1e-5 * mag + 1e-30, "%s r%d c%d: gemm %.9g dot %.9g",
+                       moeq_type_name(type), r, c, out[c * R + r], s);
+            }
+        free(w);
+        free(a);
+    }
+}
+
+TEST(kernels_kbench_cli)
+{
+    char *out = NULL;
+    int rc = test_run(&out, "%s kbench --types q4_k,iq2_s -k 256 --cols 3 --mb 1 -r 1", test_moeq_bin());
+    CHECKF(rc == 0, "kbench exit %d: %s", rc, out ? out : "");
+    CHECK(out && strstr(out, "Q4_K") && strstr(out, "IQ2_S") && strstr(out, "scalar"));
+    free(out);
+    rc = test_run(&out, "%s kbench --types q9_z", test_moeq_bin());
+    CHECK(rc == 2 && out && strstr(out, "moeq: kbench:"));
+    free(out);
+    rc = test_run(&out, "%s kbench -k 100", test_moeq_bin());
+    CHECK(rc == 2);
+    free(out);
+    rc = test_run(&out, "%s kbench --help", test_moeq_bin());
+    CHECK(rc == 0 && out && strstr(out, "usage: moeq kbench"));
+    free(out);
+}

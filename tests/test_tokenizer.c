@@ -9,6 +9,7 @@
 #include "gguf_build.h"
 #include "tokenizer.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -139,6 +140,32 @@ TEST(tok_merges_by_rank)
     moeq_tokenizer_free(t);
 }
 
+/* Merges whose parts or result are not tokens (a broken vocabulary): the
+ * chain still merges through them, and a leftover non-token falls back to
+ * its bytes, as in the reference. */
+TEST(tok_unknown_merge_parts)
+{
+    static gguf_str toks[N_VOCAB + 1];
+    static int32_t types[N_VOCAB + 1];
+    static gguf_str merges0[N_MERGES];
+    vocab_fill(toks, types, merges0);
+    toks[N_VOCAB] = (gguf_str){ "xyz", 3 };
+    types[N_VOCAB] = MOEQ_TOKEN_NORMAL;
+    const gguf_str merges[] = { { "x y", 3 }, { "xy z", 4 }, { "q r", 3 }, { "qr s", 4 } };
+    struct moeq_vocab_desc d = {
+        .n_tokens = N_VOCAB + 1, .tokens = toks, .types = types, .n_merges = 4, .merges = merges,
+        .bos = -1, .eos = -1, .eot = -1, .eom = -1, .pad = -1,
+    };
+    char err[256];
+    moeq_tokenizer *t = moeq_tokenizer_new(&d, err, sizeof err);
+    REQUIREF(t, "%s", err);
+    EXPECT_IDS(t, "xyz", 0, N_VOCAB);     /* through "xy", which is no token */
+    EXPECT_IDS(t, "xy", 0, 'x', 'y');     /* "xy" left over: its bytes */
+    EXPECT_IDS(t, "qrs", 0, 'q', 'r', 's');
+    CHECK(moeq_tokenizer_chat_kind(t) == MOEQ_CHAT_CHATML);  /* no template */
+    moeq_tokenizer_free(t);
+}
+
 TEST(tok_count_exceeds_buffer)
 {
     moeq_tokenizer *t = tiny_vocab();
@@ -232,6 +259,42 @@ TEST(tok_roundtrip_any_bytes)
             buf[i] = (v & 3) == 0 ? pool[(v >> 2) % (sizeof pool - 1)] : (char)(v >> 8);
         }
         check_roundtrip(t, buf, n, it & 1);
+    }
+    moeq_tokenizer_free(t);
+}
+
+/* One tokenizer, several threads: the same ids as one thread gets. */
+struct mt_job {
+    const moeq_tokenizer *t;
+    const char *text;
+    size_t len;
+    int32_t ids[4096];
+    int n;
+};
+
+static void *mt_run(void *p)
+{
+    struct mt_job *j = p;
+    for (int rep = 0; rep < 50; rep++)
+        j->n = moeq_tokenizer_encode(j->t, j->text, j->len, rep & 1, j->ids, 4096);
+    return NULL;
+}
+
+TEST(tok_threads_share_a_tokenizer)
+{
+    moeq_tokenizer *t = tiny_vocab();
+    static const char text[] = "<|im_start|>user\nabc, hi 12 aaa <x><y> it's\xff\xc3 done<|im_end|>\n";
+    static struct mt_job jobs[4];
+    int32_t ref[4096];
+    int nref = enc(t, text, sizeof text - 1, 1, ref, 4096);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (struct mt_job){ .t = t, .text = text, .len = sizeof text - 1 };
+        REQUIRE(pthread_create(&th[i], NULL, mt_run, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(ids_eq(jobs[i].ids, jobs[i].n, ref, nref));
     }
     moeq_tokenizer_free(t);
 }

@@ -1,0 +1,487 @@
+/*
+ * kernels_avx2.c: AVX2 + FMA + F16C twins of the scalar kernels in
+ * kernels.c, one row kernel per type.
+ *
+ * Same plan as the AVX-512 file, on 32 weights at a time and without VNNI:
+ * the weight side of a block is unpacked once per row into unsigned byte
+ * magnitudes, sign masks and int16 scale vectors; per column, maddubs
+ * multiplies magnitudes by (sign-flipped) activations into int16 pair
+ * sums (at most 2 * 63 * 127, so never saturating), and madd multiplies
+ * each pair by its sub-block scale into int32. With 16 vector registers,
+ * a call handles up to 4 columns at a time; 5..8 columns take two passes.
+ */
+#include "kernels_isa.h"
+#include "quants.h"
+#include "quants_blocks.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+#define NC_MAX 4
+
+AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
+
+AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
+{
+    return (const block_q8_K *)((const uint8_t *)a + (size_t)c * as) + b;
+}
+
+AI float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 0xff in byte i where bit i of bits is set. */
+AI __m256i bits_to_mask(uint32_t bits)
+{
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll,
+                                           0x0101010101010101ll, 0);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+}
+
+/* Two int16 scale halves: lanes 0..7 (bytes 0..15) s0, lanes 8..15 s1. */
+AI __m256i scale_pair(int s0, int s1)
+{
+    return _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
+}
+
+AI void store_sums(const __m256 *acc, int NC, float *s, size_t ss)
+{
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = hsum8(acc[c]);
+}
+
+/*
+ * One 32-weight step for every column: w unsigned magnitudes, m sign mask
+ * (all-zero when the format has no signs), sc int16 scales; adds into the
+ * int32 block sums of each column.
+ */
+AI void step32(const void *a, size_t as, int64_t b, int j, const int NC, __m256i w, __m256i m,
+               __m256i sc, __m256i *isum, const int has_signs)
+{
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; c++) {
+        const block_q8_K *y = q8k_col(a, as, c, b);
+        __m256i q = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * j));
+        if (has_signs) q = _mm256_sub_epi8(_mm256_xor_si256(q, m), m);
+        isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), sc));
+    }
+}
+
+/* ------------------------------------------------------------- IQ2_S */
+
+AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{
+    const block_iq2_s *x = w;
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_iq2_s *xb = x + b;
+        const uint8_t *signs = xb->qs + QK_K / 8;
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = xb->qs + 4 * j;
+            uint32_t h = xb->qh[j];
+            __m256i wv = _mm256_set_epi64x((long long)iq2s_grid[q[3] | (h << 2 & 0x300)],
+                                           (long long)iq2s_grid[q[2] | (h << 4 & 0x300)],
+                                           (long long)iq2s_grid[q[1] | (h << 6 & 0x300)],
+                                           (long long)iq2s_grid[q[0] | (h << 8 & 0x300)]);
+            uint32_t sb;
+            memcpy(&sb, signs + 4 * j, 4);
+            __m256i sc = scale_pair(2 * (xb->scales[j] & 0xf) + 1, 2 * (xb->scales[j] >> 4) + 1);
+            step32(a, as, b, j, NC, wv, bits_to_mask(sb), sc, isum, 1);
+        }
+        const float d = h2f(xb->d) * 0.125f;
+        for (int c = 0; c < NC; c++)
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * q8k_col(a, as, c, b)->d), acc[c]);
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+/* ------------------------------------------------------------- IQ3_S */
+
+AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{
+    const block_iq3_s *x = w;
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_iq3_s *xb = x + b;
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = xb->qs + 8 * j;
+            uint32_t h = xb->qh[j];
+            __m256i wv = _mm256_set_epi32((int)iq3s_grid[q[7] | (h << 1 & 256)], (int)iq3s_grid[q[6] | (h << 2 & 256)],
+                                          (int)iq3s_grid[q[5] | (h << 3 & 256)], (int)iq3s_grid[q[4] | (h << 4 & 256)],
+                                          (int)iq3s_grid[q[3] | (h << 5 & 256)], (int)iq3s_grid[q[2] | (h << 6 & 256)],
+                                          (int)iq3s_grid[q[1] | (h << 7 & 256)], (int)iq3s_grid[q[0] | (h << 8 & 256)]);
+            uint32_t sb;
+            memcpy(&sb, xb->signs + 4 * j, 4);
+            int ls = 2 * ((xb->scales[j / 2] >> 4 * (j % 2)) & 0xf) + 1;
+            step32(a, as, b, j, NC, wv, bits_to_mask(sb), _mm256_set1_epi16((short)ls), isum, 1);
+        }
+        const float d = h2f(xb->d);
+        for (int c = 0; c < NC; c++)
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * q8k_col(a, as, c, b)->d), acc[c]);
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+/* ------------------------------------------------------- Q4_K / Q5_K */
+
+/* Scales (bytes 0..7) and mins (bytes 8..15): see kernels_avx512.c. */
+AI void k4_scales(const uint8_t *q, uint8_t out[16])
+{
+    uint32_t u0, u1, u2, v[4];
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    v[0] = u0 & 0x3f3f3f3fu;
+    v[1] = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+    v[2] = u1 & 0x3f3f3f3fu;
+    v[3] = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
+    memcpy(out, v, 16);
+}
+
+static const uint8_t mins_pairs[16] = { 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15 };
+
+AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                const int five)
+{
+    const uint8_t *x = w;
+    const size_t bsize = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1), zero = _mm256_setzero_si256();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q5_K *x5 = (const block_q5_K *)(x + b * bsize);
+        const block_q4_K *x4 = (const block_q4_K *)(x + b * bsize);
+        const uint8_t *qs = five ? x5->qs : x4->qs;
+        uint8_t scmn[16];
+        k4_scales(x4->scales, scmn);
+        __m256i hb = five ? _mm256_loadu_si256((const __m256i *)x5->qh) : zero;
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) {
+                /* the 5th bit of element e is bit e/32 of qh[e % 32] */
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * p), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * p + 1), one), 4));
+            }
+            step32(a, as, b, 2 * p, NC, lo, zero, _mm256_set1_epi16(scmn[2 * p]), isum, 0);
+            step32(a, as, b, 2 * p + 1, NC, hi, zero, _mm256_set1_epi16(scmn[2 * p + 1]), isum, 0);
+        }
+        __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)scmn),
+                                                             _mm_loadu_si128((const __m128i *)mins_pairs)));
+        const float d = h2f(x4->d), dmin = h2f(x4->dmin);
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * y->d), acc[c]);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-dmin * y->d), acc[c]);
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
+AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+
+/* -------------------------------------------------------------- Q6_K */
+
+AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{
+    const block_q6_K *x = w;
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), zero = _mm256_setzero_si256();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q6_K *xb = x + b;
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(xb->qh + 32 * h));
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(xb->ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(xb->ql + 64 * h + 32));
+            /* quarters of 32: low nibbles of l0, l1, then high nibbles;
+             * qh bits at shifts 0, 2, 4, 6 */
+            __m256i w0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            __m256i w1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            __m256i w2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                         _mm256_and_si256(qh, _mm256_set1_epi8(0x30)));
+            __m256i w3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30)));
+            const int8_t *sc = xb->scales + 8 * h;
+            step32(a, as, b, 4 * h + 0, NC, w0, zero, scale_pair(sc[0], sc[1]), isum, 0);
+            step32(a, as, b, 4 * h + 1, NC, w1, zero, scale_pair(sc[2], sc[3]), isum, 0);
+            step32(a, as, b, 4 * h + 2, NC, w2, zero, scale_pair(sc[4], sc[5]), isum, 0);
+            step32(a, as, b, 4 * h + 3, NC, w3, zero, scale_pair(sc[6], sc[7]), isum, 0);
+        }
+        /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
+        __m256i off = _mm256_sub_epi16(zero, _mm256_slli_epi16(
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)xb->scales)), 5));
+        const float d = h2f(xb->d);
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[c], corr)),
+                                     _mm256_set1_ps(d * y->d), acc[c]);
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+/* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
+
+/* The 32 signed weights of one block (see kernels_avx512.c). */
+AI __m256i load_w32(const uint8_t *blk, const int kind)
+{
+    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
+    return _mm256_shuffle_epi8(tab, nib);
+}
+
+AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+              const int kind)
+{
+    const uint8_t *x = w;
+    const size_t bsize = kind == 0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        /* |w| times the activation carrying w's sign; |w| <= 128 and
+         * |x| <= 127, so a pair sum stays under 32767 */
+        const uint8_t *blk = x + b * bsize;
+        __m256i wq = load_w32(blk, kind);
+        __m256i wabs = _mm256_abs_epi8(wq);
+        ggml_half dh;
+        memcpy(&dh, blk, 2);
+        const float dw = h2f(dh);
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) {
+            const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + (size_t)c * as) + b;
+            __m256i q = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y->qs), wq);
+            __m256i dp = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, q), ones);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_set1_ps(dw * h2f(y->d)), acc[c]);
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 0); }
+AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 1); }
+AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 2); }
+
+/* ------------------------------------- the other 256-element formats */
+
+/*
+ * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ4_XS: the scalar reference
+ * unpacks a block into signed bytes and integer scales and mins, and the
+ * vector code does the rest (|q| <= 127, so maddubs pairs stay in range).
+ */
+AI void k_unpacked(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                   int wtype, size_t bsize)
+{
+    const uint8_t *x = w;
+    moeq_unpack_fn unpack = moeq_unpack_for(wtype);
+    struct moeq_unpacked u;
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        unpack(x + b * bsize, &u);
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(u.q + 32 * j));
+            __m256i wabs = _mm256_abs_epi8(q);
+            __m256i sc = scale_pair(u.sc[2 * j], u.sc[2 * j + 1]);
+#pragma GCC unroll 8
+            for (int c = 0; c < NC; c++) {
+                const block_q8_K *y = q8k_col(a, as, c, b);
+                __m256i xq = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(y->qs + 32 * j)), q);
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xq), sc));
+            }
+        }
+        int16_t mn16[16];
+        for (int g = 0; g < 16; g++) mn16[g] = (int16_t)u.mn[g];
+        __m256i mins = _mm256_loadu_si256((const __m256i *)mn16);
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(u.d * y->d), acc[c]);
+            if (u.dmin != 0) {
+                __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-u.dmin * y->d), acc[c]);
+            }
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+#define UNPACKED(name, TYPE, blk)                                                           \
+    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
+                     float *s, size_t ss)                                                   \
+    { k_unpacked(n, w, a, as, NC, s, ss, MOEQ_TYPE_##TYPE, sizeof(blk)); }
+
+UNPACKED(q2_K, Q2_K, block_q2_K)
+UNPACKED(q3_K, Q3_K, block_q3_K)
+UNPACKED(iq2_xxs, IQ2_XXS, block_iq2_xxs)
+UNPACKED(iq2_xs, IQ2_XS, block_iq2_xs)
+UNPACKED(iq3_xxs, IQ3_XXS, block_iq3_xxs)
+UNPACKED(iq4_xs, IQ4_XS, block_iq4_xs)
+
+/* ----------------------------------------------------- F32 / F16 / BF16 */
+
+AI __m256 load8_f(const void *w, int64_t i, const int kind)
+{
+    if (kind == 0) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    if (kind == 1) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+AI float load1_f(const void *w, int64_t i, const int kind)
+{
+    if (kind == 0) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    return kind == 1 ? _cvtsh_ss(h) : moeq_bf16_to_f32(h);
+}
+
+AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                const int kind)
+{
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv = load8_f(w, i, kind);
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) {
+            const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
+            acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(y + i), acc[c]);
+        }
+    }
+    for (int c = 0; c < NC; c++) {
+        const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
+        float t = hsum8(acc[c]);
+        for (int64_t j = i; j < n; j++) t += load1_f(w, j, kind) * y[j];
+        s[(size_t)c * ss] = t;
+    }
+}
+
+AI void k_f32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_float(n, w, a, as, NC, s, ss, 0); }
+AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_float(n, w, a, as, NC, s, ss, 1); }
+AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_float(n, w, a, as, NC, s, ss, 2); }
+
+/* ------------------------------------------------------------ tables */
+
+#define KERNEL(name)                                                                      \
+    static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,   \
+                           float *s, size_t ss)                                           \
+    {                                                                                     \
+        while (nc > 0) {                                                                  \
+            switch (nc) {                                                                 \
+            case 1: k_##name(n, w, a, as, 1, s, ss); break;                               \
+            case 2: k_##name(n, w, a, as, 2, s, ss); break;                               \
+            case 3: k_##name(n, w, a, as, 3, s, ss); break;                               \
+            default: k_##name(n, w, a, as, 4, s, ss); break;                              \
+            }                                                                             \
+            a = (const uint8_t *)a + NC_MAX * as;                                         \
+            s += NC_MAX * ss;                                                             \
+            nc -= NC_MAX;                                                                 \
+        }                                                                                 \
+    }                                                                                     \
+    static void dot_##name(int64_t n, float *s, const void *w, const void *a)            \
+    { k_##name(n, w, a, 0, 1, s, 0); }
+
+KERNEL(iq2_s)
+KERNEL(iq3_s)
+KERNEL(q4_K)
+KERNEL(q5_K)
+KERNEL(q6_K)
+KERNEL(q8_0)
+KERNEL(f32)
+KERNEL(f16)
+KERNEL(bf16)
+KERNEL(q4_0)
+KERNEL(iq4_nl)
+KERNEL(q2_K)
+KERNEL(q3_K)
+KERNEL(iq2_xxs)
+KERNEL(iq2_xs)
+KERNEL(iq3_xxs)
+KERNEL(iq4_xs)
+
+moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_IQ2_S: return dot_iq2_s;
+    case MOEQ_TYPE_IQ3_S: return dot_iq3_s;
+    case MOEQ_TYPE_Q4_K:  return dot_q4_K;
+    case MOEQ_TYPE_Q5_K:  return dot_q5_K;
+    case MOEQ_TYPE_Q6_K:  return dot_q6_K;
+    case MOEQ_TYPE_Q8_0:  return dot_q8_0;
+    case MOEQ_TYPE_F32:   return dot_f32;
+    case MOEQ_TYPE_F16:   return dot_f16;
+    case MOEQ_TYPE_BF16:  return dot_bf16;
+    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
+    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
+    default:              return NULL;
+    }
+}
+
+moeq_row_fn moeq_avx2_row(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_IQ2_S: return row_iq2_s;
+    case MOEQ_TYPE_IQ3_S: return row_iq3_s;
+    case MOEQ_TYPE_Q4_K:  return row_q4_K;
+    case MOEQ_TYPE_Q5_K:  return row_q5_K;
+    case MOEQ_TYPE_Q6_K:  return row_q6_K;
+    case MOEQ_TYPE_Q8_0:  return row_q8_0;
+    case MOEQ_TYPE_F32:   return row_f32;
+    case MOEQ_TYPE_F16:   return row_f16;
+    case MOEQ_TYPE_BF16:  return row_bf16;
+    case MOEQ_TYPE_Q4_0:    return row_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return row_q2_K;
+    case MOEQ_TYPE_Q3_K:    return row_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
+    default:              return NULL;
+    }
+}
