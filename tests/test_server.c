@@ -701,7 +701,8 @@ static void sse_text(const char *sse, char *out, size_t cap)
 
 static const char *err_msg(json_t *j)
 {
-    return json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    return m ? m : "";
 }
 
 TEST(server_http_endpoints)
@@ -1056,4 +1057,44 @@ TEST(server_http_shutdown_mid_stream)
     CHECK(st == 200);
     CHECKF(o && strstr(o, "shutting down") && strstr(o, "data: [DONE]"), "%s", o);
     free(o);
+}
+
+/* Beyond the slots and the queue, requests are refused with 503 at once;
+ * the ones admitted finish normally. */
+TEST(server_http_queue_full)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 1, 1, 10000, 10, 1);
+    FILE *fp = fopen(test_tmp("slow.json"), "w");
+    fputs("{\"prompt\":\"~a\",\"max_tokens\":60,\"temperature\":0}", fp);
+    fclose(fp);
+    /* One takes the slot, one waits. */
+    test_run(NULL, "for i in 1 2; do (curl -sS -m 30 -o %s/bg$i.txt -w '%%{http_code}' --data-binary @%s "
+                   "http://127.0.0.1:%d/v1/completions > %s/st$i.txt 2>/dev/null &) ; sleep 0.15; done",
+             test_tmpdir(), test_tmp("slow.json"), e.port, test_tmpdir());
+    char *o;
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"~a\",\"max_tokens\":2}", NULL, &o) == 503);
+    json_t *j = json_of(o);
+    CHECKF(j && strstr(err_msg(j), "busy"), "%s", o ? o : "(none)");
+    CHECK(j && !strcmp(json_string_value(json_object_get(json_object_get(j, "error"), "type")), "unavailable_error"));
+    json_decref(j);
+    free(o);
+    /* Both admitted requests complete. */
+    int ok = 0;
+    for (int t = 0; t < 100 && ok < 2; t++) {
+        usleep(100000);
+        ok = 0;
+        for (int i = 1; i <= 2; i++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "st%d.txt", i);
+            size_t n;
+            char *st = test_read_file(test_tmp(nm), &n);
+            if (st && !strcmp(st, "200")) ok++;
+            free(st);
+        }
+    }
+    CHECK(ok == 2);
+    CHECK(metric_value(&e, "moeq_requests_rejected_total") == 1);
+    srv_stop(e.s);
 }
