@@ -268,6 +268,16 @@ TEST(serve_e2e_endpoints_and_bad_input)
     CHECK(metric(&s, "moeq_prompt_tokens_cached_total", auth) > 0);
     free(plain);
 
+    /* Sampling with a seed is reproducible. */
+    const char *seeded = "{\"prompt\":\"Seeds\",\"max_tokens\":12,\"temperature\":1.5,\"top_k\":0,\"top_p\":1,"
+                         "\"min_p\":0,\"seed\":77,\"ignore_eos\":true}";
+    char *o1 = NULL, *o2 = NULL;
+    CHECK(http(&s, "POST", "/v1/completions", seeded, auth, &o1) == 200);
+    CHECK(http(&s, "POST", "/v1/completions", seeded, auth, &o2) == 200);
+    char *t1 = response_text(o1), *t2 = response_text(o2);
+    CHECKF(t1 && t2 && strlen(t1) > 0 && !strcmp(t1, t2), "seeded: '%s' vs '%s'", t1 ? t1 : "", t2 ? t2 : "");
+    free(t1); free(t2); free(o1); free(o2);
+
     /* Completions with a stop string taken from the greedy output: the
      * text ends right before its first occurrence, finish "stop". */
     CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0,"
