@@ -97,7 +97,7 @@ static uint8_t grid_byte(int lat, int p, int k)
  * final passes (quality). Distances are in codebook units, so "shell" means
  * all grid points at the same squared distance.
  */
-static const int lat_shells_near[LAT_COUNT] = { 2, 2, 1, 2, 2 };
+static const int lat_shells_near[LAT_COUNT] = { 2, 2, 2, 2, 2 };
 static const int lat_shells_wide[LAT_COUNT] = { 4, 4, 3, 4, 4 };
 
 static void lattice_build(int lat)
@@ -469,7 +469,7 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
     float D = smax / 31, Fbest = FLT_MAX;
     for (int k = 0; k <= 40; k++) {
         float Dc = smax / 31 * (0.70f + 0.01f * k);
-        for (int pass = 0; pass < 2; pass++) {
+        for (int pass = 0; pass < 2 && Dc > 0; pass++) {
             float num = 0, den = 0, F = 0;
             for (int b = 0; b < nsub; b++) {
                 int l = (int)lrintf(0.5f * (sbest[b] / Dc - 1));
