@@ -6,9 +6,9 @@
  * the weight side of a block is unpacked once per row into unsigned byte
  * magnitudes, sign masks and int16 scale vectors; per column, maddubs
  * multiplies magnitudes by (sign-flipped) activations into int16 pair
- * sums (at most 2 * 63 * 127, so never saturating), and madd multiplies
+ * sums (at most 2 * 127 * 127, so never saturating), and madd multiplies
  * each pair by its sub-block scale into int32. With 16 vector registers,
- * a call handles up to 4 columns at a time; 5..8 columns take two passes.
+ * a row kernel walks its columns four at a time.
  */
 #include "kernels_isa.h"
 #include "quants.h"
