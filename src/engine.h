@@ -5,6 +5,11 @@
  * session is one mutable inference timeline with its own KV cells. The CLI,
  * the server and the tools (perplexity, imatrix, bench) use only this
  * header: they never see tensors.
+ *
+ * An engine and its sessions are used by one thread at a time (the engine
+ * runs its own worker pool inside each call). Weights stay in the file's
+ * mapping; the KV cache lives in the sessions; all scratch is allocated at
+ * open, so eval, decode and sampling allocate nothing.
  */
 #ifndef MOEQ_ENGINE_H
 #define MOEQ_ENGINE_H
@@ -20,7 +25,7 @@ struct moeq_engine_params {
     int n_threads;      /* <= 0: all cores */
     int n_ctx;          /* per session; <= 0: the model's training context */
     int n_seq;          /* sessions that may exist at once (server --parallel) */
-    int type_k, type_v; /* KV cache types: MOEQ_TYPE_F16 (default) or MOEQ_TYPE_Q8_0 */
+    int type_k, type_v; /* KV cache types: MOEQ_TYPE_F16 (0 also means F16) or MOEQ_TYPE_Q8_0 */
     int n_batch;        /* prompt tokens per forward batch (default 512) */
 };
 
@@ -33,6 +38,7 @@ struct moeq_model_info {
     uint64_t n_params, weight_bytes;
     int32_t  bos, eos, eot, pad;
     int      add_bos;
+    int      has_vocab; /* 0: no tokenizer metadata (tokenize returns -1) */
 };
 
 /* Load and validate a model; NULL with a one-line message in err. */
@@ -43,7 +49,8 @@ const struct moeq_model_info *moeq_engine_info(const moeq_engine *e);
 /* ---- tokenizer (see tokenizer.h for the implementation) ---- */
 
 /* Tokenize; control tokens in text are recognized only with parse_special.
- * Returns the count (may exceed max: call again with a larger buffer). */
+ * Returns the count (may exceed max: call again with a larger buffer), -1
+ * when the model has no vocabulary. */
 int  moeq_tokenize(const moeq_engine *e, const char *text, size_t len,
                    int parse_special, int32_t *out, int max);
 /* Bytes of a token's text (not NUL-terminated); returns length or -1. */
@@ -64,8 +71,10 @@ void          moeq_session_free(moeq_session *s);
 int           moeq_session_n_past(const moeq_session *s);
 int           moeq_session_n_ctx(const moeq_session *s);
 
-/* Keep the longest common prefix of the cached tokens and tokens[0..n);
- * returns how many cached tokens were kept (prefix reuse). */
+/* Keep the longest common prefix of the cached tokens and tokens[0..n),
+ * but at most n-1 so that the caller always evaluates at least one token
+ * and gets fresh logits; returns how many were kept (prefix reuse). The
+ * caller then evaluates tokens[kept..n). */
 int moeq_session_sync(moeq_session *s, const int32_t *tokens, int n);
 
 /*
@@ -76,23 +85,38 @@ int moeq_session_sync(moeq_session *s, const int32_t *tokens, int n);
  */
 int moeq_session_eval(moeq_session *s, const int32_t *tokens, int n,
                       float *all_logits, char *err, size_t errlen);
+/* Logits of the last evaluated token (n_vocab floats), NULL when none are
+ * valid (fresh session, or sync dropped cached tokens). */
 const float *moeq_session_logits(const moeq_session *s);
 
-/* One decode step for several sessions at once (one token each), reading
- * the weights once for all of them. */
+/* One decode step for several distinct sessions at once (one token
+ * each), reading the weights once for all of them; each session's logits
+ * are then available. Returns 0 or -1 with err set (context full). */
 int moeq_engine_decode(moeq_engine *e, moeq_session **ss, const int32_t *tokens, int n,
                        char *err, size_t errlen);
 
 /* ---- sampling ---- */
 
+struct moeq_candidate { int32_t id; float logit, p; };
+
+/*
+ * Filters apply in llama.cpp's order: top-k, top-p, min-p (on the
+ * temperature-1 distribution), then temperature. Zero-initialize, set the
+ * fields, and call moeq_sampler_free when done: the candidate buffer is
+ * grown once to the vocabulary and reused, so sampling allocates nothing
+ * per token.
+ */
 struct moeq_sampler {
     float    temp;      /* <= 0: greedy */
     int      top_k;     /* <= 0: off */
     float    top_p;     /* >= 1: off */
     float    min_p;     /* <= 0: off */
-    uint64_t rng;       /* state, seeded by the caller */
+    uint64_t rng;       /* splitmix64 state, seeded by the caller */
+    struct moeq_candidate *work; /* internal */
+    int      work_cap;           /* internal */
 };
 int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab);
+void    moeq_sampler_free(struct moeq_sampler *sp);
 
 /* ---- activation statistics (imatrix) ----
  * When set, called for every matmul input during eval: the weight's tensor

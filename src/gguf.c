@@ -646,3 +646,528 @@ void gguf_close(gguf_file *f)
     free(f->path);
     free(f);
 }
+
+/* ================================================================= writer */
+
+struct wtensor {
+    char    *name;
+    uint32_t type, n_dims;
+    uint64_t ne[GGUF_MAX_DIMS];
+    uint64_t nbytes, offset;
+};
+
+struct gguf_writer {
+    char           *path, *tmp;
+    FILE           *fp;
+    uint32_t        version;
+    uint64_t        alignment;
+    gguf_kv        *kv;             /* keys and values owned by the writer */
+    uint64_t        n_kv, cap_kv;
+    struct wtensor *t;
+    uint64_t        n_t, cap_t;
+    int             in_data;        /* header written; only data from here */
+    uint64_t        cur, cur_done;  /* tensor being written, bytes of it so far */
+    char            err[512];
+};
+
+__attribute__((format(printf, 2, 3)))
+static int werr(gguf_writer *w, const char *fmt, ...)
+{
+    int n = snprintf(w->err, sizeof w->err, "%s: ", w->path ? w->path : "(writer)");
+    if (n < 0 || (size_t)n >= sizeof w->err) n = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->err + n, sizeof w->err - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The message of the last gguf_writer_finish that failed on this thread:
+ * finish frees the writer, so its error has to outlive it. */
+static _Thread_local char finish_err[512];
+
+const char *gguf_writer_error(const gguf_writer *w) { return w ? w->err : finish_err; }
+
+/* Deep copy of a value into writer-owned memory. */
+static int value_copy(gguf_value *dst, const gguf_value *src, int depth)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->type = src->type;
+    if (src->type >= GGUF_TYPE_COUNT || depth > GGUF_MAX_NESTING) return -1;
+    if (src->type == GGUF_TYPE_STRING) {
+        char *s = malloc(src->v.str.n ? (size_t)src->v.str.n : 1);
+        if (!s) return -1;
+        if (src->v.str.n) memcpy(s, src->v.str.s, (size_t)src->v.str.n);
+        dst->v.str.s = s;
+        dst->v.str.n = src->v.str.n;
+        return 0;
+    }
+    if (src->type != GGUF_TYPE_ARRAY) { dst->v = src->v; return 0; }
+    uint32_t et = src->v.arr.type;
+    uint64_t n = src->v.arr.n;
+    if (et >= GGUF_TYPE_COUNT) return -1;
+    dst->v.arr.type = et;
+    size_t esz = gguf_type_size(et);
+    if (esz) {
+        if (n && !src->v.arr.data) return -1;
+        if (n > SIZE_MAX / esz) return -1;
+        void *d = malloc(n ? (size_t)n * esz : 1);
+        if (!d) return -1;
+        if (n) memcpy(d, src->v.arr.data, (size_t)n * esz);
+        dst->v.arr.data = d;
+        dst->v.arr.n = n;
+        return 0;
+    }
+    if (n && !src->v.arr.items) return -1;
+    if (n) {
+        dst->v.arr.items = calloc((size_t)n, sizeof(gguf_value));
+        if (!dst->v.arr.items) return -1;
+    }
+    /* Items not yet copied are zeroed (type UINT8): safe to free. */
+    dst->v.arr.n = n;
+    for (uint64_t i = 0; i < n; i++) {
+        if (src->v.arr.items[i].type != et) return -1;
+        if (value_copy(&dst->v.arr.items[i], &src->v.arr.items[i], depth + 1)) return -1;
+    }
+    return 0;
+}
+
+static void value_free_owned(gguf_value *v)
+{
+    if (v->type == GGUF_TYPE_STRING) {
+        free((void *)v->v.str.s);
+    } else if (v->type == GGUF_TYPE_ARRAY) {
+        if (v->v.arr.items)
+            for (uint64_t i = 0; i < v->v.arr.n; i++) value_free_owned(&v->v.arr.items[i]);
+        free(v->v.arr.items);
+        free((void *)v->v.arr.data);
+    }
+    memset(v, 0, sizeof *v);
+}
+
+static int64_t writer_find_kv(const gguf_writer *w, const char *key)
+{
+    size_t n = strlen(key);
+    for (uint64_t i = 0; i < w->n_kv; i++)
+        if (w->kv[i].key.n == n && !memcmp(w->kv[i].key.s, key, n)) return (int64_t)i;
+    return -1;
+}
+
+gguf_writer *gguf_writer_open(const char *path, const char *refuse_path,
+                              char *err, size_t errlen)
+{
+    if (refuse_path) {
+        struct stat a, b;
+        int same = strcmp(path, refuse_path) == 0;
+        if (!same && stat(path, &a) == 0 && stat(refuse_path, &b) == 0)
+            same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+        if (same) {
+            snprintf(err, errlen, "%s: refusing to overwrite the input file", path);
+            return NULL;
+        }
+    }
+    gguf_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->path = strdup(path))) {
+        free(w);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    w->version = 3;
+    w->alignment = GGUF_DEFAULT_ALIGNMENT;
+    /* The temporary file lives beside the target so the final rename is
+     * atomic (same filesystem). */
+    const char *slash = strrchr(path, '/');
+    size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
+    const char *base = slash ? slash + 1 : path;
+    size_t tl = dirlen + strlen(base) + 32;
+    w->tmp = malloc(tl);
+    if (!w->tmp) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        free(w->path); free(w);
+        return NULL;
+    }
+    snprintf(w->tmp, tl, "%.*s.%s.tmp.XXXXXX", (int)dirlen, path, base);
+    int fd = mkstemp(w->tmp);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot create a temporary file in %s%.*s: %s", path,
+                 dirlen ? "" : ".", (int)dirlen, path, strerror(errno));
+        free(w->tmp); free(w->path); free(w);
+        return NULL;
+    }
+    /* mkstemp makes the file 0600; give the result the usual umask mode. */
+    mode_t um = umask(0);
+    umask(um);
+    if (fchmod(fd, 0666 & ~um) != 0) { /* not fatal: the data is what matters */ }
+    w->fp = fdopen(fd, "wb");
+    if (!w->fp) {
+        snprintf(err, errlen, "%s: %s", w->tmp, strerror(errno));
+        close(fd);
+        unlink(w->tmp);
+        free(w->tmp); free(w->path); free(w);
+        return NULL;
+    }
+    setvbuf(w->fp, NULL, _IOFBF, 1 << 20);
+    return w;
+}
+
+void gguf_writer_set_version(gguf_writer *w, uint32_t version)
+{
+    if (w && !w->in_data && (version == 2 || version == 3)) w->version = version;
+}
+
+static int check_alignment_value(gguf_writer *w, const gguf_value *v, uint64_t *out)
+{
+    if (v->type != GGUF_TYPE_UINT32)
+        return werr(w, "general.alignment must be u32, not %s", gguf_type_name(v->type));
+    uint64_t a = v->v.u64;
+    if (a == 0 || (a & (a - 1)) || a > UINT32_MAX)
+        return werr(w, "general.alignment %llu is not a nonzero power of two", (unsigned long long)a);
+    *out = a;
+    return 0;
+}
+
+static int kv_store(gguf_writer *w, const char *key, const gguf_value *v, int replace)
+{
+    if (!w) return -1;
+    if (w->in_data) return werr(w, "key '%s' added after the tensor data began", key);
+    if (!key || !*key) return werr(w, "empty key");
+    uint64_t align = w->alignment;
+    if (!strcmp(key, "general.alignment") && check_alignment_value(w, v, &align)) return -1;
+    int64_t at = writer_find_kv(w, key);
+    if (at >= 0 && !replace) return werr(w, "duplicate key '%s'", key);
+    gguf_value copy;
+    if (value_copy(&copy, v, 0)) {
+        value_free_owned(&copy);
+        return werr(w, "key '%s': invalid value (or out of memory)", key);
+    }
+    if (at >= 0) {
+        value_free_owned(&w->kv[at].val);
+        w->kv[at].val = copy;
+    } else {
+        if (w->n_kv == w->cap_kv) {
+            uint64_t cap = w->cap_kv ? w->cap_kv * 2 : 32;
+            gguf_kv *nk = realloc(w->kv, (size_t)cap * sizeof *nk);
+            if (!nk) { value_free_owned(&copy); return werr(w, "out of memory"); }
+            w->kv = nk;
+            w->cap_kv = cap;
+        }
+        char *k = strdup(key);
+        if (!k) { value_free_owned(&copy); return werr(w, "out of memory"); }
+        w->kv[w->n_kv].key.s = k;
+        w->kv[w->n_kv].key.n = strlen(k);
+        w->kv[w->n_kv].val = copy;
+        w->n_kv++;
+    }
+    w->alignment = align;
+    return 0;
+}
+
+int gguf_writer_add_kv(gguf_writer *w, const char *key, const gguf_value *v) { return kv_store(w, key, v, 0); }
+int gguf_writer_set_kv(gguf_writer *w, const char *key, const gguf_value *v) { return kv_store(w, key, v, 1); }
+
+int gguf_writer_add_kvs_from(gguf_writer *w, const gguf_file *f)
+{
+    if (!w || !f) return -1;
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        gguf_str k = f->kv[i].key;
+        if (memchr(k.s, 0, (size_t)k.n)) return werr(w, "key %llu of %s holds a NUL byte", (unsigned long long)i, f->path);
+        char *key = malloc((size_t)k.n + 1);
+        if (!key) return werr(w, "out of memory");
+        memcpy(key, k.s, (size_t)k.n);
+        key[k.n] = 0;
+        int rc = gguf_writer_add_kv(w, key, &f->kv[i].val);
+        free(key);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+int gguf_writer_remove_kv(gguf_writer *w, const char *key)
+{
+    if (!w) return -1;
+    if (w->in_data) return werr(w, "key '%s' removed after the tensor data began", key);
+    int64_t at = writer_find_kv(w, key);
+    if (at < 0) return werr(w, "no key '%s' to remove", key);
+    free((void *)w->kv[at].key.s);
+    value_free_owned(&w->kv[at].val);
+    memmove(&w->kv[at], &w->kv[at + 1], (size_t)(w->n_kv - (uint64_t)at - 1) * sizeof *w->kv);
+    w->n_kv--;
+    if (!strcmp(key, "general.alignment")) w->alignment = GGUF_DEFAULT_ALIGNMENT;
+    return 0;
+}
+
+int gguf_writer_add_u32(gguf_writer *w, const char *key, uint32_t v)
+{
+    gguf_value x = { .type = GGUF_TYPE_UINT32, .v.u64 = v };
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int gguf_writer_add_i32(gguf_writer *w, const char *key, int32_t v)
+{
+    gguf_value x = { .type = GGUF_TYPE_INT32, .v.i64 = v };
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int gguf_writer_add_u64(gguf_writer *w, const char *key, uint64_t v)
+{
+    gguf_value x = { .type = GGUF_TYPE_UINT64, .v.u64 = v };
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int gguf_writer_add_f32(gguf_writer *w, const char *key, float v)
+{
+    gguf_value x = { .type = GGUF_TYPE_FLOAT32, .v.f64 = v };
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int gguf_writer_add_bool(gguf_writer *w, const char *key, int v)
+{
+    gguf_value x = { .type = GGUF_TYPE_BOOL, .v.u64 = v != 0 };
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int gguf_writer_add_str(gguf_writer *w, const char *key, const char *v)
+{
+    gguf_value x = { .type = GGUF_TYPE_STRING, .v.str = { v ? v : "", v ? strlen(v) : 0 } };
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int gguf_writer_add_arr_str(gguf_writer *w, const char *key, const char *const *v, uint64_t n)
+{
+    if (!w) return -1;
+    gguf_value *items = n ? calloc((size_t)n, sizeof *items) : NULL;
+    if (n && !items) return werr(w, "out of memory");
+    for (uint64_t i = 0; i < n; i++) {
+        items[i].type = GGUF_TYPE_STRING;
+        items[i].v.str.s = v[i] ? v[i] : "";
+        items[i].v.str.n = v[i] ? strlen(v[i]) : 0;
+    }
+    gguf_value x = { .type = GGUF_TYPE_ARRAY };
+    x.v.arr.type = GGUF_TYPE_STRING;
+    x.v.arr.n = n;
+    x.v.arr.items = items;
+    int rc = gguf_writer_add_kv(w, key, &x);
+    free(items);
+    return rc;
+}
+
+int gguf_writer_add_arr(gguf_writer *w, const char *key, uint32_t etype, const void *v, uint64_t n)
+{
+    if (!w) return -1;
+    if (!gguf_type_size(etype))
+        return werr(w, "key '%s': gguf_writer_add_arr takes numeric types, not %s", key, gguf_type_name(etype));
+    gguf_value x = { .type = GGUF_TYPE_ARRAY };
+    x.v.arr.type = etype;
+    x.v.arr.n = n;
+    x.v.arr.data = v;
+    return gguf_writer_add_kv(w, key, &x);
+}
+
+int64_t gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type,
+                               uint32_t n_dims, const uint64_t *ne)
+{
+    if (!w) return -1;
+    if (w->in_data) return werr(w, "tensor '%s' added after the tensor data began", name);
+    if (!name) return werr(w, "tensor without a name");
+    if (n_dims < 1 || n_dims > GGUF_MAX_DIMS)
+        return werr(w, "tensor '%s': n_dims %u not in 1..%d", name, n_dims, GGUF_MAX_DIMS);
+    const struct moeq_type_traits *tr = moeq_type_traits((int)type);
+    if (!tr) return werr(w, "tensor '%s': unknown type id %u", name, type);
+    struct wtensor t = { .type = type, .n_dims = n_dims, .ne = { 1, 1, 1, 1 } };
+    uint64_t nelem = 1;
+    for (uint32_t d = 0; d < n_dims; d++) {
+        if (ne[d] == 0 || ne[d] > (uint64_t)INT64_MAX / nelem)
+            return werr(w, "tensor '%s': bad dimension %llu", name, (unsigned long long)ne[d]);
+        t.ne[d] = ne[d];
+        nelem *= ne[d];
+    }
+    int ok;
+    t.nbytes = moeq_tensor_nbytes((int)type, t.ne[0], nelem, &ok);
+    if (!ok)
+        return werr(w, "tensor '%s': row length %llu does not fit %s blocks of %d", name,
+                    (unsigned long long)t.ne[0], tr->name, tr->blck_size);
+    for (uint64_t i = 0; i < w->n_t; i++)
+        if (!strcmp(w->t[i].name, name)) return werr(w, "duplicate tensor name '%s'", name);
+    if (w->n_t == w->cap_t) {
+        uint64_t cap = w->cap_t ? w->cap_t * 2 : 64;
+        struct wtensor *nt = realloc(w->t, (size_t)cap * sizeof *nt);
+        if (!nt) return werr(w, "out of memory");
+        w->t = nt;
+        w->cap_t = cap;
+    }
+    if (!(t.name = strdup(name))) return werr(w, "out of memory");
+    w->t[w->n_t] = t;
+    return (int64_t)w->n_t++;
+}
+
+/* ---- serialization */
+
+static void put(gguf_writer *w, const void *p, size_t n) { if (n) fwrite(p, 1, n, w->fp); }
+static void put_u32(gguf_writer *w, uint32_t v) { put(w, &v, 4); }
+static void put_u64(gguf_writer *w, uint64_t v) { put(w, &v, 8); }
+static void put_str(gguf_writer *w, gguf_str s) { put_u64(w, s.n); put(w, s.s, (size_t)s.n); }
+
+static void put_zeros(gguf_writer *w, uint64_t n)
+{
+    static const uint8_t zeros[256];
+    while (n) {
+        size_t k = n < sizeof zeros ? (size_t)n : sizeof zeros;
+        put(w, zeros, k);
+        n -= k;
+    }
+}
+
+/* Encode a scalar of type t from the decoded value (the inverse of
+ * decode_scalar, so a read value writes back to the same bytes). */
+static void put_scalar(gguf_writer *w, uint32_t t, const gguf_value *v)
+{
+    uint8_t b[8];
+    switch (t) {
+    case GGUF_TYPE_UINT8: case GGUF_TYPE_BOOL: b[0] = (uint8_t)v->v.u64; break;
+    case GGUF_TYPE_INT8:   b[0] = (uint8_t)(int8_t)v->v.i64; break;
+    case GGUF_TYPE_UINT16: { uint16_t x = (uint16_t)v->v.u64; memcpy(b, &x, 2); break; }
+    case GGUF_TYPE_INT16:  { int16_t x = (int16_t)v->v.i64; memcpy(b, &x, 2); break; }
+    case GGUF_TYPE_UINT32: { uint32_t x = (uint32_t)v->v.u64; memcpy(b, &x, 4); break; }
+    case GGUF_TYPE_INT32:  { int32_t x = (int32_t)v->v.i64; memcpy(b, &x, 4); break; }
+    case GGUF_TYPE_UINT64: memcpy(b, &v->v.u64, 8); break;
+    case GGUF_TYPE_INT64:  memcpy(b, &v->v.i64, 8); break;
+    case GGUF_TYPE_FLOAT32: { float x = (float)v->v.f64; memcpy(b, &x, 4); break; }
+    case GGUF_TYPE_FLOAT64: memcpy(b, &v->v.f64, 8); break;
+    default: return;
+    }
+    put(w, b, gguf_type_size(t));
+}
+
+static void put_value(gguf_writer *w, const gguf_value *v)
+{
+    if (v->type == GGUF_TYPE_STRING) { put_str(w, v->v.str); return; }
+    if (v->type != GGUF_TYPE_ARRAY) { put_scalar(w, v->type, v); return; }
+    put_u32(w, v->v.arr.type);
+    put_u64(w, v->v.arr.n);
+    size_t esz = gguf_type_size(v->v.arr.type);
+    if (esz) { put(w, v->v.arr.data, (size_t)(v->v.arr.n * esz)); return; }
+    for (uint64_t i = 0; i < v->v.arr.n; i++) {
+        const gguf_value *it = &v->v.arr.items[i];
+        if (it->type == GGUF_TYPE_STRING) put_str(w, it->v.str);
+        else put_value(w, it);   /* nested array: its own type and count */
+    }
+}
+
+static uint64_t pad_to(uint64_t x, uint64_t a) { return (a - x % a) % a; }
+
+int gguf_writer_begin_data(gguf_writer *w)
+{
+    if (!w) return -1;
+    if (w->in_data) return 0;
+    uint64_t off = 0;
+    for (uint64_t i = 0; i < w->n_t; i++) {
+        w->t[i].offset = off;
+        uint64_t p = pad_to(w->t[i].nbytes, w->alignment);
+        if (w->t[i].nbytes > UINT64_MAX - p || off > UINT64_MAX - (w->t[i].nbytes + p))
+            return werr(w, "tensor data size overflows");
+        off += w->t[i].nbytes + p;
+    }
+    put(w, MAGIC, 4);
+    put_u32(w, w->version);
+    put_u64(w, w->n_t);
+    put_u64(w, w->n_kv);
+    for (uint64_t i = 0; i < w->n_kv; i++) {
+        put_str(w, w->kv[i].key);
+        put_u32(w, w->kv[i].val.type);
+        put_value(w, &w->kv[i].val);
+    }
+    for (uint64_t i = 0; i < w->n_t; i++) {
+        const struct wtensor *t = &w->t[i];
+        put_str(w, (gguf_str){ t->name, strlen(t->name) });
+        put_u32(w, t->n_dims);
+        for (uint32_t d = 0; d < t->n_dims; d++) put_u64(w, t->ne[d]);
+        put_u32(w, t->type);
+        put_u64(w, t->offset);
+    }
+    long pos = ftell(w->fp);
+    if (pos < 0 || ferror(w->fp)) return werr(w, "write failed: %s", strerror(errno));
+    put_zeros(w, pad_to((uint64_t)pos, w->alignment));
+    if (ferror(w->fp)) return werr(w, "write failed: %s", strerror(errno));
+    w->in_data = 1;
+    w->cur = 0;
+    w->cur_done = 0;
+    /* Zero-byte tensors cannot exist (dimensions are >= 1), so nothing to skip. */
+    return 0;
+}
+
+int gguf_writer_write(gguf_writer *w, const void *data, size_t n)
+{
+    if (!w) return -1;
+    if (!w->in_data && gguf_writer_begin_data(w)) return -1;
+    const uint8_t *p = data;
+    while (n) {
+        if (w->cur >= w->n_t) return werr(w, "%zu bytes written past the last tensor", n);
+        const struct wtensor *t = &w->t[w->cur];
+        uint64_t left = t->nbytes - w->cur_done;
+        size_t k = n < left ? n : (size_t)left;
+        put(w, p, k);
+        p += k;
+        n -= k;
+        w->cur_done += k;
+        if (w->cur_done == t->nbytes) {
+            put_zeros(w, pad_to(t->nbytes, w->alignment));
+            w->cur++;
+            w->cur_done = 0;
+        }
+    }
+    if (ferror(w->fp)) return werr(w, "write failed: %s", strerror(errno));
+    return 0;
+}
+
+static void writer_free(gguf_writer *w)
+{
+    for (uint64_t i = 0; i < w->n_kv; i++) {
+        free((void *)w->kv[i].key.s);
+        value_free_owned(&w->kv[i].val);
+    }
+    free(w->kv);
+    for (uint64_t i = 0; i < w->n_t; i++) free(w->t[i].name);
+    free(w->t);
+    free(w->tmp);
+    free(w->path);
+    free(w);
+}
+
+void gguf_writer_abort(gguf_writer *w)
+{
+    if (!w) return;
+    if (w->fp) fclose(w->fp);
+    unlink(w->tmp);
+    writer_free(w);
+}
+
+int gguf_writer_finish(gguf_writer *w)
+{
+    if (!w) return -1;
+    int rc = -1;
+    if (!w->in_data && gguf_writer_begin_data(w)) goto fail;
+    if (w->cur < w->n_t) {
+        werr(w, "tensor '%s' has %llu of %llu bytes written", w->t[w->cur].name,
+             (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes);
+        goto fail;
+    }
+    if (fflush(w->fp) != 0 || ferror(w->fp)) { werr(w, "write failed: %s", strerror(errno)); goto fail; }
+    if (fsync(fileno(w->fp)) != 0) { werr(w, "fsync failed: %s", strerror(errno)); goto fail; }
+    FILE *fp = w->fp;
+    w->fp = NULL;
+    if (fclose(fp) != 0) { werr(w, "close failed: %s", strerror(errno)); goto fail; }
+    if (rename(w->tmp, w->path) != 0) { werr(w, "cannot rename %s: %s", w->tmp, strerror(errno)); goto fail; }
+    /* Make the rename itself durable. */
+    const char *slash = strrchr(w->path, '/');
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - w->path) + (slash == w->path) : 1,
+             slash ? w->path : ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { (void)fsync(dfd); close(dfd); }
+    writer_free(w);
+    return 0;
+fail:
+    snprintf(finish_err, sizeof finish_err, "%s", w->err);
+    gguf_writer_abort(w);
+    return rc;
+}

@@ -157,6 +157,9 @@ int gguf_writer_add_arr_str(gguf_writer *w, const char *key,
 /* Numeric array of element type etype from n packed native values. */
 int gguf_writer_add_arr(gguf_writer *w, const char *key, uint32_t etype,
                         const void *v, uint64_t n);
+/* Add every key/value of f, in f's order (the usual start of a rewrite:
+ * quantize copies the source's metadata, then edits a few keys). */
+int gguf_writer_add_kvs_from(gguf_writer *w, const gguf_file *f);
 /* Replace the value of an already added key (e.g. general.file_type);
  * adds it when absent. */
 int gguf_writer_set_kv(gguf_writer *w, const char *key, const gguf_value *v);
@@ -175,13 +178,15 @@ int gguf_writer_begin_data(gguf_writer *w);
 int gguf_writer_write(gguf_writer *w, const void *data, size_t n);
 
 /* Check every tensor was written in full, flush, fsync and rename. Frees w.
- * On failure the temporary file is removed and the target left untouched. */
+ * On failure the temporary file is removed, the target left untouched, and
+ * the message is available from gguf_writer_error(NULL) on this thread. */
 int gguf_writer_finish(gguf_writer *w);
 
 /* Remove the temporary file and free w. */
 void gguf_writer_abort(gguf_writer *w);
 
-/* Last error message of a writer call that returned -1. */
+/* Last error message of a writer call that returned -1; with w NULL, the
+ * message of this thread's last failed gguf_writer_finish. */
 const char *gguf_writer_error(const gguf_writer *w);
 
 #endif

@@ -6,7 +6,7 @@
  * the IQ4_NL non-linear levels are part of the GGUF block formats: a file
  * written by any implementation indexes these exact tables, so they are
  * data, not code. Their little-endian bytes are checked against published
- * sha256 sums in tests/test_dequant.c.
+ * sha256 sums in tests/test_tables.c.
  */
 #include "quants_blocks.h"
 

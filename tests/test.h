@@ -52,5 +52,8 @@ int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 
 void *test_read_file(const char *path, size_t *n);
 /* Whether a slow test should run (MOEQ_LONG set). */
 int test_long(void);
+/* Whether this is the sanitizer suite (MOEQ_SUITE=asan): whole-model runs
+ * that take minutes there are checked by the release suite instead. */
+int test_sanitized(void);
 
 #endif

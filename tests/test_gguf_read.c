@@ -8,48 +8,9 @@
 #include "gguf_build.h"
 #include "quants.h"
 
-/* A small valid v3 file: one key of every value type (including an array
- * of arrays and an array of strings), alignment 64, two tensors. */
-static gbuf build_sample(void)
-{
-    gbuf b = {0};
-    gb_header(&b, 3, 2, 17);
-    gb_kv(&b, "general.architecture", GGUF_TYPE_STRING); gb_str(&b, "qwen3moe");
-    gb_kv(&b, "general.alignment", GGUF_TYPE_UINT32); gb_u32(&b, 64);
-    gb_kv(&b, "t.u8", GGUF_TYPE_UINT8); gb_u8(&b, 200);
-    gb_kv(&b, "t.i8", GGUF_TYPE_INT8); gb_u8(&b, 0xfe);
-    gb_kv(&b, "t.u16", GGUF_TYPE_UINT16); gb_u16(&b, 60000);
-    gb_kv(&b, "t.i16", GGUF_TYPE_INT16); gb_u16(&b, (uint16_t)-300);
-    gb_kv(&b, "t.u32", GGUF_TYPE_UINT32); gb_u32(&b, 4000000000u);
-    gb_kv(&b, "t.i32", GGUF_TYPE_INT32); gb_u32(&b, (uint32_t)-70000);
-    gb_kv(&b, "t.f32", GGUF_TYPE_FLOAT32); gb_f32(&b, 1.5f);
-    gb_kv(&b, "t.bool", GGUF_TYPE_BOOL); gb_u8(&b, 1);
-    gb_kv(&b, "t.u64", GGUF_TYPE_UINT64); gb_u64(&b, 1ull << 40);
-    gb_kv(&b, "t.i64", GGUF_TYPE_INT64); gb_u64(&b, (uint64_t)-5);
-    gb_kv(&b, "t.f64", GGUF_TYPE_FLOAT64); gb_f64(&b, -2.25);
-    gb_kv(&b, "t.arr_i32", GGUF_TYPE_ARRAY); gb_u32(&b, GGUF_TYPE_INT32); gb_u64(&b, 3);
-    gb_u32(&b, 1); gb_u32(&b, (uint32_t)-2); gb_u32(&b, 3);
-    gb_kv(&b, "t.arr_str", GGUF_TYPE_ARRAY); gb_u32(&b, GGUF_TYPE_STRING); gb_u64(&b, 2);
-    gb_str(&b, "hello"); gb_str(&b, "");
-    /* [[1.0, 2.0], []] of f32 */
-    gb_kv(&b, "t.arr_arr", GGUF_TYPE_ARRAY); gb_u32(&b, GGUF_TYPE_ARRAY); gb_u64(&b, 2);
-    gb_u32(&b, GGUF_TYPE_FLOAT32); gb_u64(&b, 2); gb_f32(&b, 1.0f); gb_f32(&b, 2.0f);
-    gb_u32(&b, GGUF_TYPE_FLOAT32); gb_u64(&b, 0);
-    gb_kv(&b, "t.empty", GGUF_TYPE_STRING); gb_str(&b, "");
-    uint64_t ne_a[2] = { 4, 2 }, ne_b[1] = { 32 };
-    gb_tinfo(&b, "a.weight", 2, ne_a, 0, 0);       /* F32, 32 bytes */
-    gb_tinfo(&b, "b.weight", 1, ne_b, 8, 64);      /* Q8_0, 34 bytes */
-    gb_pad(&b, 64);
-    for (int i = 0; i < 8; i++) gb_f32(&b, (float)i);
-    gb_pad(&b, 64);
-    for (int i = 0; i < 34; i++) gb_u8(&b, (uint8_t)i);
-    gb_pad(&b, 64);
-    return b;
-}
-
 TEST(gguf_read_sample_values)
 {
-    gbuf b = build_sample();
+    gbuf b = gb_sample();
     char err[256];
     gguf_file *f = gguf_open_buffer(b.p, b.n, "sample.gguf", err, sizeof err);
     REQUIREF(f, "open failed: %s", err);
@@ -120,7 +81,7 @@ TEST(gguf_read_sample_values)
  * an exact-size heap block so ASan flags any read past it. */
 TEST(gguf_read_every_truncation)
 {
-    gbuf b = build_sample();
+    gbuf b = gb_sample();
     char err[512];
     gguf_file *f = gguf_open_buffer(b.p, b.n, "full.gguf", err, sizeof err);
     REQUIREF(f != NULL, "full file failed: %s", err);
@@ -140,6 +101,20 @@ TEST(gguf_read_every_truncation)
         }
         gguf_close(f);
         free(p);
+    }
+    /* the same through gguf_open (mmap of a file of each length) */
+    const char *path = test_tmp("cut.gguf");
+    for (size_t len = 0; len < b.n; len++) {
+        FILE *fp = fopen(path, "wb");
+        REQUIRE(fp);
+        REQUIRE(len == 0 || fwrite(b.p, 1, len, fp) == len);
+        fclose(fp);
+        err[0] = 0;
+        f = gguf_open(path, err, sizeof err);
+        CHECKF((f == NULL) == (len < end), "file of %zu bytes: %s", len, f ? "opened" : err);
+        CHECKF(f || (!strncmp(err, path, strlen(path)) && strstr(err, ": byte ") && !strchr(err, '\n')),
+               "file of %zu bytes: bad error '%s'", len, err);
+        gguf_close(f);
     }
     free(b.p);
 }

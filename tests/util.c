@@ -97,3 +97,9 @@ void *test_read_file(const char *path, size_t *n)
 }
 
 int test_long(void) { const char *e = getenv("MOEQ_LONG"); return e && *e && *e != '0'; }
+
+int test_sanitized(void)
+{
+    const char *s = getenv("MOEQ_SUITE");
+    return s && strcmp(s, "asan") == 0;
+}

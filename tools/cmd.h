@@ -7,12 +7,22 @@
 #ifndef MOEQ_CMD_H
 #define MOEQ_CMD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 int cmd_info(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_imatrix(int argc, char **argv);
+int cmd_fit(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_kbench(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* Print "moeq: CMD: message" and return 2 (usage error). */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -22,6 +32,9 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_parse_i64(const char *s, int64_t *out);
 int cli_parse_f64(const char *s, double *out);
 int cli_parse_size(const char *s, uint64_t *out);
+/* Read a whole file into a NUL-terminated malloc'd buffer; NULL with err
+ * set ("PATH: reason"). */
+char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 

@@ -1,0 +1,1061 @@
+/*
+ * engine.c: the qwen3moe / qwen3 forward pass, the KV cache and sessions.
+ *
+ * One forward batch is a list of tokens, each with its own session and
+ * position: a prompt chunk (one session, consecutive positions) and a
+ * multi-session decode step (one token per session) are the same code. Per
+ * layer: RMSNorm, q/k/v projections, per-head RMSNorm of q and k, NeoX RoPE
+ * (YaRN when the file asks), K/V written to each token's session cache,
+ * causal grouped-query attention over that session's cells, output
+ * projection and residual; then RMSNorm and either the routed experts
+ * (softmax over all experts, top-k, renormalized weights, SwiGLU, weighted
+ * sum) or a dense SwiGLU FFN, and the residual.
+ *
+ * The batch's tokens are grouped by expert so each expert's weights are
+ * read once per batch. All scratch is sized when the engine opens, so eval
+ * and decode allocate nothing.
+ */
+#include "engine.h"
+
+#include "engine_internal.h"
+#include "kernels.h"
+#include "model.h"
+#include "pool.h"
+#include "quants.h"
+#include "quants_blocks.h"
+#include "tokenizer.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Weight rows handed to a thread at a time: big enough to amortize the
+ * activation reads, small enough that 16 threads share one expert. */
+#define ROW_CHUNK 32
+
+/* ------------------------------------------------------------ helpers */
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* IEEE half -> float by table: the KV cache and F16 weights are read
+ * through it in the inner loops, where the bit-twiddling conversion costs
+ * more than the multiply-add it feeds. */
+static float f16_table[65536];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+static void f16_table_init(void)
+{
+    for (uint32_t i = 0; i < 65536; i++) f16_table[i] = moeq_f16_to_f32((uint16_t)i);
+}
+static inline float h2f(uint16_t h) { return f16_table[h]; }
+
+static void *xcalloc(size_t n, size_t size, int *oom)
+{
+    if (n == 0 || size == 0) n = size = 1;
+    void *p = calloc(n, size);
+    if (!p) *oom = 1;
+    return p;
+}
+
+static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float s = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
+}
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Q8_0 row quantization of the KV cache (ggml's block layout: a half
+ * scale amax/127 and 32 rounded int8). */
+static void kv_quantize_q8_0(const float *x, block_q8_0 *y, int n)
+{
+    for (int b = 0; b < n / QK8_0; b++) {
+        const float *xb = x + b * QK8_0;
+        float amax = 0;
+        for (int i = 0; i < QK8_0; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        y[b].d = moeq_f32_to_f16(d);
+        for (int i = 0; i < QK8_0; i++) y[b].qs[i] = (int8_t)roundf(xb[i] * id);
+    }
+}
+
+/* ------------------------------------------------------------ matmul */
+
+/*
+ * Activations in the weight type's partner format (kernels.h): f32 rows
+ * are used in place; Q8_0 / Q8_K rows are quantized once into the buffer
+ * of that format and shared by every weight that takes the same format.
+ */
+struct act {
+    const void *data;
+    size_t      stride;  /* bytes between rows */
+};
+
+struct actq_job { const float *X; uint8_t *dst; size_t stride; int K, wtype; };
+
+static void actq_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct actq_job *j = ctx;
+    for (int64_t r = b; r < end; r++)
+        moeq_quantize_act(j->wtype, j->X + (size_t)r * j->K, j->dst + (size_t)r * j->stride, j->K);
+}
+
+static struct act act_prepare(moeq_engine *e, int wtype, const float *X, int n, int K)
+{
+    int at = moeq_act_type(wtype);
+    if (at == MOEQ_TYPE_F32) {
+        struct act a = { X, (size_t)K * sizeof(float) };
+        return a;
+    }
+    struct actq_job j = { X, e->actq[at == MOEQ_TYPE_Q8_K], moeq_act_row_size(wtype, K), K, wtype };
+    moeq_pool_for(e->pool, n, 16, actq_task, &j);
+    struct act a = { j.dst, j.stride };
+    return a;
+}
+
+/* Row r of a weight (expert x) as floats (embedding lookup), in tmp
+ * unless already f32. */
+static const float *weight_row_f32(const struct moeq_weight *w, int x, int64_t r, float *tmp)
+{
+    const uint8_t *src = w->data + (size_t)x * w->expert_stride + (size_t)r * w->row_size;
+    switch (w->type) {
+    case MOEQ_TYPE_F32:
+        return (const float *)src;
+    case MOEQ_TYPE_F16: {
+        const uint16_t *h = (const uint16_t *)src;
+        for (int64_t i = 0; i < w->n_in; i++) tmp[i] = h2f(h[i]);
+        return tmp;
+    }
+    default:
+        moeq_dequantize(w->type, src, tmp, w->n_in);
+        return tmp;
+    }
+}
+
+/* Y[c * ldy + r] = W_x[r] . A[c] for r in [r0, r1), c in [0, n). */
+static void rows_kernel(moeq_engine *e, int tid, const struct moeq_weight *w, int x,
+                        int64_t r0, int64_t r1, struct act a, int n, float *Y, size_t ldy)
+{
+    (void)e; (void)tid;
+    const uint8_t *W = w->data + (size_t)x * w->expert_stride + (size_t)r0 * w->row_size;
+    moeq_gemm(w->type, w->n_in, W, w->row_size, r1 - r0, a.data, a.stride, n, Y + r0, ldy);
+}
+
+struct mm_job {
+    moeq_engine *e;
+    const struct moeq_weight *w;
+    struct act a;
+    int n;
+    float *Y;
+    size_t ldy;
+};
+
+static void mm_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    struct mm_job *j = ctx;
+    for (int64_t c = b; c < end; c++) {
+        int64_t r0 = c * ROW_CHUNK, r1 = r0 + ROW_CHUNK;
+        if (r1 > j->w->n_out) r1 = j->w->n_out;
+        rows_kernel(j->e, tid, j->w, 0, r0, r1, j->a, j->n, j->Y, j->ldy);
+    }
+}
+
+static void call_hook(moeq_engine *e, const struct moeq_weight *w, int expert,
+                      const float *X, int n)
+{
+    if (e->hook && n > 0) e->hook(e->hook_ud, w->name, expert, X, n, (int)w->n_in);
+}
+
+/* Y (n rows of w->n_out, ldy apart) = W . A (n prepared rows). */
+static void matmul_act(moeq_engine *e, const struct moeq_weight *w, struct act a, int n,
+                       float *Y, size_t ldy)
+{
+    struct mm_job j = { e, w, a, n, Y, ldy };
+    int64_t chunks = (w->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
+    moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
+}
+
+/* Y (n rows of w->n_out, ldy apart) = W . X (n rows of w->n_in, contiguous). */
+static void matmul(moeq_engine *e, const struct moeq_weight *w, const float *X, int n,
+                   float *Y, size_t ldy)
+{
+    call_hook(e, w, -1, X, n);
+    matmul_act(e, w, act_prepare(e, w->type, X, n, (int)w->n_in), n, Y, ldy);
+}
+
+/* Several weights over the same input (q, k, v): the input is quantized
+ * once per activation format, not once per weight. */
+static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, float *const *Ys,
+                          const size_t *ldys, int nw, const float *X, int n)
+{
+    struct act prepared[3];
+    int have[3] = { 0, 0, 0 }; /* by format: f32, q8_0, q8_K */
+    for (int i = 0; i < nw; i++) {
+        call_hook(e, ws[i], -1, X, n);
+        int at = moeq_act_type(ws[i]->type);
+        int slot = at == MOEQ_TYPE_F32 ? 0 : at == MOEQ_TYPE_Q8_0 ? 1 : 2;
+        if (!have[slot]) {
+            prepared[slot] = act_prepare(e, ws[i]->type, X, n, (int)ws[i]->n_in);
+            have[slot] = 1;
+        }
+        matmul_act(e, ws[i], prepared[slot], n, Ys[i], ldys[i]);
+    }
+}
+
+/* ------------------------------------------------------------ RoPE */
+
+/* cos/sin pairs for one position over head_dim/2 frequencies, NeoX
+ * layout, with ggml's YaRN ramp between interpolation and extrapolation. */
+static void rope_table(const struct moeq_hparams *hp, int pos, float *cs)
+{
+    const int d = hp->head_dim;
+    float corr[2] = { 0, 0 };
+    if (hp->yarn_ext_factor != 0) {
+        /* dimensions where the wavelength crosses beta_fast / beta_slow
+         * rotations over the original context */
+        double lo = d * log(hp->n_ctx_orig / (hp->yarn_beta_fast * 2 * M_PI)) / (2 * log(hp->rope_base));
+        double hi = d * log(hp->n_ctx_orig / (hp->yarn_beta_slow * 2 * M_PI)) / (2 * log(hp->rope_base));
+        corr[0] = fmaxf(0.0f, floorf((float)lo));
+        corr[1] = fminf((float)(d - 1), ceilf((float)hi));
+    }
+    for (int i = 0; i < d / 2; i++) {
+        double theta_ex = pos * pow(hp->rope_base, -2.0 * i / d);
+        double theta = hp->rope_freq_scale * theta_ex;
+        float mscale = hp->yarn_attn_factor;
+        if (hp->yarn_ext_factor != 0) {
+            float y = (i - corr[0]) / fmaxf(0.001f, corr[1] - corr[0]);
+            float ramp = (1 - fminf(1, fmaxf(0, y))) * hp->yarn_ext_factor;
+            theta = theta * (1 - ramp) + theta_ex * ramp;
+            mscale *= 1.0f + 0.1f * logf(1.0f / hp->rope_freq_scale);
+        }
+        cs[2 * i] = (float)cos(theta) * mscale;
+        cs[2 * i + 1] = (float)sin(theta) * mscale;
+    }
+}
+
+static void rope_apply(float *x, const float *cs, int d)
+{
+    const int h = d / 2;
+    for (int i = 0; i < h; i++) {
+        float c = cs[2 * i], s = cs[2 * i + 1];
+        float x0 = x[i], x1 = x[i + h];
+        x[i] = x0 * c - x1 * s;
+        x[i + h] = x0 * s + x1 * c;
+    }
+}
+
+/* ------------------------------------------------------------ attention */
+
+struct attn_job {
+    moeq_engine *e;
+    int layer, n;
+};
+
+/*
+ * The attention inner loops: scores[p] = scale * q . K[p] over a head's
+ * cached positions, and out += sum_p w[p] * V[p]. Scalar versions work
+ * everywhere; the AVX2 twins (compiled for that target only, chosen at run
+ * time with the kernels' ISA choice) convert halves with F16C and int8
+ * with sign extension, 8 lanes at a time.
+ */
+static void scores_f16(const uint8_t *k, size_t stride, int npos, const float *q, int d,
+                       float scale, float *sc)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
+        float s = 0;
+        for (int i = 0; i < d; i++) s += q[i] * h2f(h[i]);
+        sc[p] = s * scale;
+    }
+}
+
+static void scores_q8_0(const uint8_t *k, size_t stride, int npos, const float *q, int d,
+                        float scale, float *sc)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
+        float s = 0;
+        for (int j = 0; j < d / QK8_0; j++) {
+            float t = 0;
+            for (int i = 0; i < QK8_0; i++) t += q[j * QK8_0 + i] * b[j].qs[i];
+            s += t * h2f(b[j].d);
+        }
+        sc[p] = s * scale;
+    }
+}
+
+static void accum_f16(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
+        for (int i = 0; i < d; i++) out[i] += w[p] * h2f(h[i]);
+    }
+}
+
+static void accum_q8_0(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
+        for (int j = 0; j < d / QK8_0; j++) {
+            float wd = w[p] * h2f(b[j].d);
+            for (int i = 0; i < QK8_0; i++) out[j * QK8_0 + i] += wd * b[j].qs[i];
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX2_TARGET static inline float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+AVX2_TARGET static inline __m256 load_i8x8(const int8_t *p)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* d is a multiple of 16 here (checked by attn_pick). */
+AVX2_TARGET static void scores_f16_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
+                                        int d, float scale, float *sc)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int i = 0; i < d; i += 16) {
+            __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+            __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8)));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, a1);
+        }
+        sc[p] = hsum8(_mm256_add_ps(a0, a1)) * scale;
+    }
+}
+
+AVX2_TARGET static void scores_q8_0_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
+                                         int d, float scale, float *sc)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
+        __m256 acc = _mm256_setzero_ps();
+        for (int j = 0; j < d / QK8_0; j++) {
+            const float *qj = q + j * QK8_0;
+            __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qj), load_i8x8(b[j].qs));
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8), load_i8x8(b[j].qs + 8), t);
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 16), load_i8x8(b[j].qs + 16), t);
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 24), load_i8x8(b[j].qs + 24), t);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[j].d)), t, acc);
+        }
+        sc[p] = hsum8(acc) * scale;
+    }
+}
+
+AVX2_TARGET static void accum_f16_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
+                                       int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
+        __m256 wp = _mm256_set1_ps(w[p]);
+        for (int i = 0; i < d; i += 8) {
+            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(wp, x, _mm256_loadu_ps(out + i)));
+        }
+    }
+}
+
+AVX2_TARGET static void accum_q8_0_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
+                                        int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
+        for (int j = 0; j < d / QK8_0; j++) {
+            __m256 wd = _mm256_set1_ps(w[p] * h2f(b[j].d));
+            float *o = out + j * QK8_0;
+            for (int i = 0; i < QK8_0; i += 8)
+                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wd, load_i8x8(b[j].qs + i), _mm256_loadu_ps(o + i)));
+        }
+    }
+}
+#define HAVE_AVX2_ATTN 1
+#endif
+
+static void attn_pick(moeq_engine *e)
+{
+    int d = e->m->hp.head_dim;
+    e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16 : scores_q8_0;
+    e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16 : accum_q8_0;
+#ifdef HAVE_AVX2_ATTN
+    if (moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
+        e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16_avx2 : scores_q8_0_avx2;
+        e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16_avx2 : accum_q8_0_avx2;
+    }
+#else
+    (void)d;
+#endif
+}
+
+static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    struct attn_job *j = ctx;
+    moeq_engine *e = j->e;
+    const struct moeq_hparams *hp = &e->m->hp;
+    const int HD = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
+    const int nq = nh * HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    float *sc = e->scores + (size_t)tid * e->n_ctx;
+    for (int64_t it = b; it < end; it++) {
+        int t = (int)(it / nh), h = (int)(it % nh), g = h / group;
+        moeq_session *s = e->bsess[t];
+        int npos = e->bpos[t] + 1;
+        const float *q = e->q + (size_t)t * nq + (size_t)h * HD;
+        const uint8_t *kbase = s->k + (size_t)j->layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
+        const uint8_t *vbase = s->v + (size_t)j->layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
+        e->kv_scores(kbase, e->k_row_bytes, npos, q, HD, scale, sc);
+        float mx = -INFINITY;
+        for (int p = 0; p < npos; p++) mx = sc[p] > mx ? sc[p] : mx;
+        float sum = 0;
+        for (int p = 0; p < npos; p++) {
+            sc[p] = expf(sc[p] - mx);
+            sum += sc[p];
+        }
+        float inv = 1.0f / sum;
+        for (int p = 0; p < npos; p++) sc[p] *= inv;
+        float *out = e->att + (size_t)t * nq + (size_t)h * HD;
+        memset(out, 0, (size_t)HD * sizeof *out);
+        e->kv_accum(vbase, e->v_row_bytes, npos, sc, HD, out);
+    }
+}
+
+static void kv_store(int type, uint8_t *dst, const float *x, int n)
+{
+    if (type == MOEQ_TYPE_F16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (int i = 0; i < n; i++) h[i] = moeq_f32_to_f16(x[i]);
+    } else {
+        kv_quantize_q8_0(x, (block_q8_0 *)dst, n);
+    }
+}
+
+/* ------------------------------------------------------------ MoE */
+
+struct moe_task { int expert, r0, r1; };
+
+struct moe_job {
+    moeq_engine *e;
+    const struct moeq_layer *l;
+    struct act a;       /* gathered inputs for gate (phase 0), hidden rows (phase 1) */
+    struct act a_up;    /* gathered inputs for up (phase 0) */
+    int phase;          /* 0: gate+up -> hidden, 1: down */
+};
+
+static void moe_task_fn(void *ctx, int64_t b, int64_t end, int tid)
+{
+    struct moe_job *j = ctx;
+    moeq_engine *e = j->e;
+    const int F = e->m->hp.n_ff_exp, E = e->m->hp.n_embd;
+    for (int64_t i = b; i < end; i++) {
+        const struct moe_task *t = &e->tasks[i];
+        int x = t->expert, off = e->ex_off[x], cnt = e->ex_count[x];
+        struct act a = { (const uint8_t *)j->a.data + (size_t)off * j->a.stride, j->a.stride };
+        if (j->phase == 0) {
+            struct act au = { (const uint8_t *)j->a_up.data + (size_t)off * j->a_up.stride,
+                              j->a_up.stride };
+            float *G = e->hg + (size_t)off * F, *U = e->hu + (size_t)off * F;
+            rows_kernel(e, tid, &j->l->gate_exps, x, t->r0, t->r1, a, cnt, G, (size_t)F);
+            rows_kernel(e, tid, &j->l->up_exps, x, t->r0, t->r1, au, cnt, U, (size_t)F);
+            for (int c = 0; c < cnt; c++)
+                for (int r = t->r0; r < t->r1; r++)
+                    G[(size_t)c * F + r] = silu(G[(size_t)c * F + r]) * U[(size_t)c * F + r];
+        } else {
+            float *D = e->dout + (size_t)off * E;
+            rows_kernel(e, tid, &j->l->down_exps, x, t->r0, t->r1, a, cnt, D, (size_t)E);
+        }
+    }
+}
+
+/* Tasks over (active expert, chunk of rows of n_rows). */
+static int moe_make_tasks(moeq_engine *e, int n_rows)
+{
+    int nt = 0;
+    for (int x = 0; x < e->m->hp.n_expert; x++) {
+        if (!e->ex_count[x]) continue;
+        for (int r = 0; r < n_rows; r += ROW_CHUNK) {
+            e->tasks[nt].expert = x;
+            e->tasks[nt].r0 = r;
+            e->tasks[nt].r1 = r + ROW_CHUNK < n_rows ? r + ROW_CHUNK : n_rows;
+            nt++;
+        }
+    }
+    return nt;
+}
+
+/* x += MoE(xn) for n tokens. */
+static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
+{
+    const struct moeq_hparams *hp = &e->m->hp;
+    const int E = hp->n_embd, F = hp->n_ff_exp, NX = hp->n_expert, K = hp->n_expert_used;
+
+    /* router: softmax over all experts, top-k, renormalize the k weights */
+    matmul(e, &l->router, e->xn, n, e->rlog, (size_t)NX);
+    memset(e->ex_count, 0, (size_t)NX * sizeof *e->ex_count);
+    for (int t = 0; t < n; t++) {
+        float *p = e->rlog + (size_t)t * NX;
+        float mx = p[0];
+        for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
+        float sum = 0;
+        for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
+        for (int x = 0; x < NX; x++) p[x] /= sum;
+        int *sel = e->sel + (size_t)t * K;
+        float *w = e->selw + (size_t)t * K, wsum = 0;
+        for (int k = 0; k < K; k++) {
+            /* repeated arg-max: k is small; ties go to the lower id */
+            int best = -1;
+            for (int x = 0; x < NX; x++) {
+                int taken = 0;
+                for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
+                if (!taken && (best < 0 || p[x] > p[best])) best = x;
+            }
+            sel[k] = best;
+            w[k] = p[best];
+            wsum += p[best];
+            e->ex_count[best]++;
+        }
+        for (int k = 0; k < K; k++) w[k] /= wsum;
+    }
+
+    /* group the (token, slot) pairs by expert: each expert's rows are
+     * contiguous, so its weights are read once for all its tokens */
+    int acc = 0;
+    for (int x = 0; x < NX; x++) { e->ex_off[x] = acc; acc += e->ex_count[x]; e->ex_fill[x] = 0; }
+    for (int t = 0; t < n; t++)
+        for (int k = 0; k < K; k++) {
+            int x = e->sel[(size_t)t * K + k];
+            int slot = e->ex_off[x] + e->ex_fill[x]++;
+            e->slot_of[(size_t)t * K + k] = slot;
+            memcpy(e->xg + (size_t)slot * E, e->xn + (size_t)t * E, (size_t)E * sizeof(float));
+        }
+    int n_slots = n * K;
+
+    if (e->hook)
+        for (int x = 0; x < NX; x++) {
+            if (!e->ex_count[x]) continue;
+            const float *X = e->xg + (size_t)e->ex_off[x] * E;
+            call_hook(e, &l->gate_exps, x, X, e->ex_count[x]);
+            call_hook(e, &l->up_exps, x, X, e->ex_count[x]);
+        }
+    struct moe_job j = { e, l, act_prepare(e, l->gate_exps.type, e->xg, n_slots, E), { 0, 0 }, 0 };
+    j.a_up = moeq_act_type(l->up_exps.type) == moeq_act_type(l->gate_exps.type)
+           ? j.a : act_prepare(e, l->up_exps.type, e->xg, n_slots, E);
+    int nt = moe_make_tasks(e, F);
+    moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
+
+    if (e->hook)
+        for (int x = 0; x < NX; x++)
+            if (e->ex_count[x])
+                call_hook(e, &l->down_exps, x, e->hg + (size_t)e->ex_off[x] * F, e->ex_count[x]);
+    j.a = act_prepare(e, l->down_exps.type, e->hg, n_slots, F);
+    j.phase = 1;
+    nt = moe_make_tasks(e, E);
+    moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
+
+    /* weighted sum in selection order, so the result does not depend on
+     * which other tokens share the batch */
+    for (int t = 0; t < n; t++) {
+        float *xr = e->x + (size_t)t * E;
+        for (int k = 0; k < K; k++) {
+            float w = e->selw[(size_t)t * K + k];
+            const float *d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
+            for (int i = 0; i < E; i++) xr[i] += w * d[i];
+        }
+    }
+}
+
+static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
+{
+    const int E = e->m->hp.n_embd, F = e->m->hp.n_ff;
+    const struct moeq_weight *gu[2] = { &l->gate, &l->up };
+    float *gu_out[2] = { e->hg, e->hu };
+    const size_t gu_ld[2] = { (size_t)F, (size_t)F };
+    matmul_shared(e, gu, gu_out, gu_ld, 2, e->xn, n);
+    for (size_t i = 0; i < (size_t)n * F; i++) e->hg[i] = silu(e->hg[i]) * e->hu[i];
+    matmul(e, &l->down, e->hg, n, e->tmp, (size_t)E);
+    for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
+}
+
+/* ------------------------------------------------------------ forward */
+
+/*
+ * Run the model over the batch in e->btok / bsess / bpos (n tokens, n <=
+ * e->cap). Leaves the final hidden states (before output_norm) in e->x.
+ */
+static void forward(moeq_engine *e, int n)
+{
+    const moeq_model *m = e->m;
+    const struct moeq_hparams *hp = &m->hp;
+    const int E = hp->n_embd, HD = hp->head_dim;
+    const int nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
+
+    /* embeddings */
+    for (int t = 0; t < n; t++) {
+        const float *row = weight_row_f32(&m->tok_embd, 0, e->btok[t], e->rowbuf);
+        memcpy(e->x + (size_t)t * E, row, (size_t)E * sizeof(float));
+        rope_table(hp, e->bpos[t], e->rope + (size_t)t * HD);
+    }
+
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct moeq_layer *l = &m->layers[il];
+        for (int t = 0; t < n; t++)
+            rmsnorm(e->xn + (size_t)t * E, e->x + (size_t)t * E, l->attn_norm, E, hp->rms_eps);
+        const struct moeq_weight *qkv[3] = { &l->wq, &l->wk, &l->wv };
+        float *qkv_out[3] = { e->q, e->k, e->v };
+        const size_t qkv_ld[3] = { (size_t)nq, (size_t)nkv, (size_t)nkv };
+        matmul_shared(e, qkv, qkv_out, qkv_ld, 3, e->xn, n);
+        for (int t = 0; t < n; t++) {
+            const float *cs = e->rope + (size_t)t * HD;
+            for (int h = 0; h < hp->n_head; h++) {
+                float *q = e->q + (size_t)t * nq + (size_t)h * HD;
+                rmsnorm(q, q, l->q_norm, HD, hp->rms_eps);
+                rope_apply(q, cs, HD);
+            }
+            for (int h = 0; h < hp->n_head_kv; h++) {
+                float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
+                rmsnorm(k, k, l->k_norm, HD, hp->rms_eps);
+                rope_apply(k, cs, HD);
+            }
+            moeq_session *s = e->bsess[t];
+            size_t p = (size_t)e->bpos[t];
+            kv_store(e->type_k, s->k + (size_t)il * e->kv_layer_bytes_k + p * e->k_row_bytes,
+                     e->k + (size_t)t * nkv, nkv);
+            kv_store(e->type_v, s->v + (size_t)il * e->kv_layer_bytes_v + p * e->v_row_bytes,
+                     e->v + (size_t)t * nkv, nkv);
+        }
+        struct attn_job aj = { e, il, n };
+        moeq_pool_for(e->pool, (int64_t)n * hp->n_head, 1, attn_task, &aj);
+        matmul(e, &l->wo, e->att, n, e->tmp, (size_t)E);
+        for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
+
+        for (int t = 0; t < n; t++)
+            rmsnorm(e->xn + (size_t)t * E, e->x + (size_t)t * E, l->ffn_norm, E, hp->rms_eps);
+        if (hp->moe) moe_ffn(e, l, n);
+        else dense_ffn(e, l, n);
+    }
+}
+
+/* Logits of the batch rows rows[0..n_out) into dst (n_out x n_vocab). */
+static void output_logits(moeq_engine *e, const int *rows, int n_out, float *dst)
+{
+    const int E = e->m->hp.n_embd;
+    for (int i = 0; i < n_out; i++)
+        rmsnorm(e->xn + (size_t)i * E, e->x + (size_t)rows[i] * E, e->m->output_norm, E,
+                e->m->hp.rms_eps);
+    matmul(e, &e->m->output, e->xn, n_out, dst, (size_t)e->m->hp.n_vocab);
+}
+
+/* ------------------------------------------------------------ engine */
+
+static int weight_supported(const struct moeq_weight *w)
+{
+    if (!w->data) return 1;
+    if (!moeq_vec_dot(w->type) || moeq_act_row_size(w->type, w->n_in) == 0) return 0;
+    /* the embedding rows are looked up, not multiplied */
+    if (w->type == MOEQ_TYPE_F32 || w->type == MOEQ_TYPE_F16) return 1;
+    const struct moeq_type_traits *t = moeq_type_traits(w->type);
+    return t && t->to_float;
+}
+
+static const struct moeq_weight *unsupported_weight(const moeq_model *m)
+{
+    if (!weight_supported(&m->tok_embd)) return &m->tok_embd;
+    if (!weight_supported(&m->output)) return &m->output;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const struct moeq_layer *l = &m->layers[il];
+        const struct moeq_weight *ws[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->router,
+            &l->gate_exps, &l->up_exps, &l->down_exps, &l->gate, &l->up, &l->down };
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (!weight_supported(ws[i])) return ws[i];
+    }
+    return NULL;
+}
+
+static void fill_info(moeq_engine *e)
+{
+    const moeq_model *m = e->m;
+    const struct moeq_hparams *hp = &m->hp;
+    struct moeq_model_info *in = &e->info;
+    snprintf(in->arch, sizeof in->arch, "%s", hp->arch);
+    if (gguf_get_str(m->file, "general.name", in->name, sizeof in->name) != 0) in->name[0] = 0;
+    in->n_vocab = hp->n_vocab;
+    in->n_ctx_train = hp->n_ctx_train;
+    in->n_embd = hp->n_embd;
+    in->n_layer = hp->n_layer;
+    in->n_head = hp->n_head;
+    in->n_head_kv = hp->n_head_kv;
+    in->head_dim = hp->head_dim;
+    in->n_expert = hp->n_expert;
+    in->n_expert_used = hp->n_expert_used;
+    in->n_ff_exp = hp->moe ? hp->n_ff_exp : hp->n_ff;
+    in->rope_base = hp->rope_base;
+    in->rms_eps = hp->rms_eps;
+    in->n_params = m->n_params;
+    in->weight_bytes = m->weight_bytes;
+    const char *keys[4] = { "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                            "tokenizer.ggml.eot_token_id", "tokenizer.ggml.padding_token_id" };
+    int32_t *dst[4] = { &in->bos, &in->eos, &in->eot, &in->pad };
+    for (int i = 0; i < 4; i++) {
+        uint64_t v;
+        *dst[i] = gguf_get_u64(m->file, keys[i], &v) == 0 && v < (uint64_t)hp->n_vocab ? (int32_t)v : -1;
+    }
+    int b = 0;
+    in->add_bos = gguf_get_bool(m->file, "tokenizer.ggml.add_bos_token", &b) == 0 ? b : 0;
+    if (e->tok) {
+        struct moeq_token_specials sp;
+        moeq_tokenizer_specials(e->tok, &sp);
+        in->bos = sp.bos;
+        in->eos = sp.eos;
+        in->eot = sp.eot;
+        in->pad = sp.pad;
+        in->add_bos = sp.add_bos;
+    }
+    in->has_vocab = e->tok != NULL;
+}
+
+moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, size_t errlen)
+{
+    pthread_once(&f16_once, f16_table_init);
+    moeq_engine *e = calloc(1, sizeof *e);
+    if (!e) { seterr(err, errlen, "out of memory"); return NULL; }
+    e->m = moeq_model_load(p->model_path, err, errlen);
+    if (!e->m) { free(e); return NULL; }
+    const struct moeq_hparams *hp = &e->m->hp;
+    const struct moeq_weight *bad = unsupported_weight(e->m);
+    if (bad) {
+        seterr(err, errlen, "%s: tensor %s: type %s is not supported by the engine",
+               p->model_path, bad->name, moeq_type_name(bad->type));
+        goto fail;
+    }
+    /* A file without tokenizer metadata still runs (benchmarks, synthetic
+     * models); one with broken metadata is refused. */
+    if (gguf_find_kv(e->m->file, "tokenizer.ggml.model")) {
+        e->tok = moeq_tokenizer_load(e->m->file, err, errlen);
+        if (!e->tok) goto fail;
+        if (moeq_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
+            seterr(err, errlen, "%s: the vocabulary has %d tokens but token_embd.weight only %d rows",
+                   p->model_path, moeq_tokenizer_n_vocab(e->tok), hp->n_vocab);
+            goto fail;
+        }
+    }
+    e->n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
+    e->n_seq = p->n_seq > 0 ? p->n_seq : 1;
+    e->n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    e->type_k = p->type_k ? p->type_k : MOEQ_TYPE_F16;
+    e->type_v = p->type_v ? p->type_v : MOEQ_TYPE_F16;
+    /* MOEQ_TYPE_F32 is 0, which reads as "default": F16 */
+    for (int i = 0; i < 2; i++) {
+        int t = i ? e->type_v : e->type_k;
+        if (t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0) {
+            seterr(err, errlen, "KV cache type %s is not supported (f16 or q8_0)", moeq_type_name(t));
+            goto fail;
+        }
+        if (t == MOEQ_TYPE_Q8_0 && hp->head_dim % QK8_0) {
+            seterr(err, errlen, "%s: head size %d is not a multiple of 32, needed for a q8_0 KV cache",
+                   p->model_path, hp->head_dim);
+            goto fail;
+        }
+    }
+    if (e->n_ctx > (1 << 24)) {
+        seterr(err, errlen, "context of %d tokens is too large", e->n_ctx);
+        goto fail;
+    }
+    e->pool = moeq_pool_new(p->n_threads);
+    e->n_threads = moeq_pool_size(e->pool);
+    e->cap = e->n_batch > e->n_seq ? e->n_batch : e->n_seq;
+    if ((int64_t)e->cap > (int64_t)e->n_ctx * e->n_seq) e->cap = e->n_ctx * e->n_seq;
+
+    const int E = hp->n_embd, HD = hp->head_dim;
+    const int nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
+    const int K = hp->moe ? hp->n_expert_used : 1;
+    const int F = hp->moe ? hp->n_ff_exp : hp->n_ff;
+    const size_t cap = (size_t)e->cap, slots = cap * (size_t)K;
+    int maxk = E > nq ? E : nq;
+    if (F > maxk) maxk = F;
+    e->rowbuf_len = (size_t)maxk;
+
+    e->k_row_bytes = moeq_row_size(e->type_k, nkv);
+    e->v_row_bytes = moeq_row_size(e->type_v, nkv);
+    e->k_head_bytes = moeq_row_size(e->type_k, HD);
+    e->v_head_bytes = moeq_row_size(e->type_v, HD);
+    e->kv_layer_bytes_k = e->k_row_bytes * (size_t)e->n_ctx;
+    e->kv_layer_bytes_v = e->v_row_bytes * (size_t)e->n_ctx;
+
+    int oom = 0;
+    e->x = xcalloc(cap * E, sizeof(float), &oom);
+    e->xn = xcalloc(cap * (size_t)maxk, sizeof(float), &oom);
+    e->tmp = xcalloc(cap * E, sizeof(float), &oom);
+    e->q = xcalloc(cap * nq, sizeof(float), &oom);
+    e->k = xcalloc(cap * nkv, sizeof(float), &oom);
+    e->v = xcalloc(cap * nkv, sizeof(float), &oom);
+    e->att = xcalloc(cap * nq, sizeof(float), &oom);
+    e->rope = xcalloc(cap * HD, sizeof(float), &oom);
+    e->hg = xcalloc(slots * F, sizeof(float), &oom);
+    e->hu = xcalloc(slots * F, sizeof(float), &oom);
+    e->btok = xcalloc(cap, sizeof *e->btok, &oom);
+    e->bpos = xcalloc(cap, sizeof *e->bpos, &oom);
+    e->bsess = xcalloc(cap, sizeof *e->bsess, &oom);
+    e->out_rows = xcalloc(cap, sizeof *e->out_rows, &oom);
+    e->rowbuf = xcalloc((size_t)e->n_threads * e->rowbuf_len, sizeof(float), &oom);
+    {
+        /* widest activation row of each quantized format */
+        int64_t k32 = (maxk + 31) / 32 * 32, k256 = (maxk + 255) / 256 * 256;
+        size_t rows = slots > cap ? slots : cap;
+        e->actq[0] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q8_0, k32), &oom);
+        e->actq[1] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q4_K, k256), &oom);
+    }
+    e->scores = xcalloc((size_t)e->n_threads * e->n_ctx, sizeof(float), &oom);
+    e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);
+    if (hp->moe) {
+        int NX = hp->n_expert;
+        e->rlog = xcalloc(cap * NX, sizeof(float), &oom);
+        e->sel = xcalloc(slots, sizeof *e->sel, &oom);
+        e->selw = xcalloc(slots, sizeof *e->selw, &oom);
+        e->slot_of = xcalloc(slots, sizeof *e->slot_of, &oom);
+        e->ex_count = xcalloc((size_t)NX, sizeof *e->ex_count, &oom);
+        e->ex_off = xcalloc((size_t)NX, sizeof *e->ex_off, &oom);
+        e->ex_fill = xcalloc((size_t)NX, sizeof *e->ex_fill, &oom);
+        e->xg = xcalloc(slots * E, sizeof(float), &oom);
+        e->dout = xcalloc(slots * E, sizeof(float), &oom);
+        int maxr = F > E ? F : E;
+        e->tasks = xcalloc((size_t)NX * ((maxr + ROW_CHUNK - 1) / ROW_CHUNK), sizeof *e->tasks, &oom);
+    }
+    if (oom) {
+        seterr(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
+        goto fail;
+    }
+    attn_pick(e);
+    fill_info(e);
+    return e;
+fail:
+    moeq_engine_close(e);
+    return NULL;
+}
+
+void moeq_engine_close(moeq_engine *e)
+{
+    if (!e) return;
+    if (e->pool) moeq_pool_free(e->pool);
+    void *bufs[] = { e->x, e->xn, e->tmp, e->q, e->k, e->v, e->att, e->rope, e->hg, e->hu,
+                     e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->scores,
+                     e->logits_tmp, e->actq[0], e->actq[1], e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
+                     e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    moeq_tokenizer_free(e->tok);
+    moeq_model_free(e->m);
+    free(e);
+}
+
+const struct moeq_model_info *moeq_engine_info(const moeq_engine *e) { return &e->info; }
+
+void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud)
+{
+    e->hook = fn;
+    e->hook_ud = ud;
+}
+
+const moeq_model *moeq_engine_model(const moeq_engine *e) { return e->m; }
+
+/* ------------------------------------------------------------ sessions */
+
+moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
+{
+    if (e->n_sessions >= e->n_seq) {
+        seterr(err, errlen, "all %d sessions are in use", e->n_seq);
+        return NULL;
+    }
+    moeq_session *s = calloc(1, sizeof *s);
+    int oom = !s;
+    if (s) {
+        s->e = e;
+        size_t nl = (size_t)e->m->hp.n_layer;
+        s->k = xcalloc(nl, e->kv_layer_bytes_k, &oom);
+        s->v = xcalloc(nl, e->kv_layer_bytes_v, &oom);
+        s->tokens = xcalloc((size_t)e->n_ctx, sizeof *s->tokens, &oom);
+        s->logits = xcalloc((size_t)e->m->hp.n_vocab, sizeof *s->logits, &oom);
+    }
+    if (oom) {
+        seterr(err, errlen, "out of memory for a KV cache of %d tokens", e->n_ctx);
+        moeq_session_free(s);
+        return NULL;
+    }
+    /* Touch the whole cache now, as llama.cpp clears its KV buffer: memory
+     * runs out at start rather than mid-answer, and resident memory is what
+     * `moeq fit` predicts from the first token on. */
+    memset(s->k, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_k);
+    memset(s->v, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_v);
+    e->n_sessions++;
+    return s;
+}
+
+void moeq_session_free(moeq_session *s)
+{
+    if (!s) return;
+    if (s->k && s->v && s->tokens && s->logits) s->e->n_sessions--;
+    free(s->k);
+    free(s->v);
+    free(s->tokens);
+    free(s->logits);
+    free(s);
+}
+
+int moeq_session_n_past(const moeq_session *s) { return s->n_past; }
+int moeq_session_n_ctx(const moeq_session *s) { return s->e->n_ctx; }
+
+int moeq_session_sync(moeq_session *s, const int32_t *tokens, int n)
+{
+    int k = 0;
+    while (k < s->n_past && k < n && s->tokens[k] == tokens[k]) k++;
+    /* keep at least one token to evaluate, so the logits are fresh */
+    if (n > 0 && k >= n) k = n - 1;
+    if (k != s->n_past) s->logits_valid = 0;
+    s->n_past = k;
+    return k;
+}
+
+int moeq_session_eval(moeq_session *s, const int32_t *tokens, int n,
+                      float *all_logits, char *err, size_t errlen)
+{
+    moeq_engine *e = s->e;
+    const int V = e->m->hp.n_vocab;
+    if (n <= 0) return 0;
+    if (n > e->n_ctx - s->n_past) {
+        seterr(err, errlen, "context of %d tokens is full", e->n_ctx);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V) {
+            seterr(err, errlen, "token id %d is outside the vocabulary of %d", tokens[i], V);
+            return -1;
+        }
+    for (int done = 0; done < n;) {
+        int c = n - done < e->cap ? n - done : e->cap;
+        for (int i = 0; i < c; i++) {
+            e->btok[i] = tokens[done + i];
+            e->bpos[i] = s->n_past + i;
+            e->bsess[i] = s;
+            s->tokens[s->n_past + i] = tokens[done + i];
+        }
+        forward(e, c);
+        s->n_past += c;
+        done += c;
+        if (all_logits) {
+            for (int i = 0; i < c; i++) e->out_rows[i] = i;
+            output_logits(e, e->out_rows, c, all_logits + (size_t)(done - c) * V);
+            if (done == n) memcpy(s->logits, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
+        } else if (done == n) {
+            e->out_rows[0] = c - 1;
+            output_logits(e, e->out_rows, 1, s->logits);
+        }
+    }
+    s->logits_valid = 1;
+    return 0;
+}
+
+const float *moeq_session_logits(const moeq_session *s) { return s->logits_valid ? s->logits : NULL; }
+
+int moeq_engine_decode(moeq_engine *e, moeq_session **ss, const int32_t *tokens, int n,
+                       char *err, size_t errlen)
+{
+    const int V = e->m->hp.n_vocab;
+    for (int i = 0; i < n; i++) {
+        if (ss[i]->e != e) {
+            seterr(err, errlen, "session %d belongs to another engine", i);
+            return -1;
+        }
+        if (ss[i]->n_past >= e->n_ctx) {
+            seterr(err, errlen, "context of %d tokens is full", e->n_ctx);
+            return -1;
+        }
+        if (tokens[i] < 0 || tokens[i] >= V) {
+            seterr(err, errlen, "token id %d is outside the vocabulary of %d", tokens[i], V);
+            return -1;
+        }
+        for (int j = 0; j < i; j++)
+            if (ss[j] == ss[i]) {
+                seterr(err, errlen, "session appears twice in one decode batch");
+                return -1;
+            }
+    }
+    for (int done = 0; done < n;) {
+        int c = n - done;
+        if (c > e->cap) c = e->cap;
+        if (c > e->n_seq) c = e->n_seq;
+        for (int i = 0; i < c; i++) {
+            moeq_session *s = ss[done + i];
+            e->btok[i] = tokens[done + i];
+            e->bpos[i] = s->n_past;
+            e->bsess[i] = s;
+            s->tokens[s->n_past] = tokens[done + i];
+            e->out_rows[i] = i;
+        }
+        forward(e, c);
+        output_logits(e, e->out_rows, c, e->logits_tmp);
+        for (int i = 0; i < c; i++) {
+            moeq_session *s = ss[done + i];
+            s->n_past++;
+            memcpy(s->logits, e->logits_tmp + (size_t)i * V, (size_t)V * sizeof(float));
+            s->logits_valid = 1;
+        }
+        done += c;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ tokenizer */
+
+int moeq_tokenize(const moeq_engine *e, const char *text, size_t len, int parse_special,
+                  int32_t *out, int max)
+{
+    if (!e->tok) return -1;
+    return moeq_tokenizer_encode(e->tok, text, len, parse_special, out, max);
+}
+
+int moeq_token_piece(const moeq_engine *e, int32_t tok, char *buf, int cap)
+{
+    if (!e->tok) return -1;
+    return moeq_tokenizer_piece(e->tok, tok, buf, cap);
+}
+
+int moeq_token_is_eog(const moeq_engine *e, int32_t tok)
+{
+    if (e->tok) return moeq_tokenizer_is_eog(e->tok, tok);
+    return tok >= 0 && (tok == e->info.eos || tok == e->info.eot);
+}
+
+char *moeq_chat_render(const moeq_engine *e, const struct moeq_chat_msg *msgs, int n,
+                       int add_generation_prompt, char *err, size_t errlen)
+{
+    _Static_assert(sizeof(struct moeq_chat_msg) == sizeof(struct moeq_tok_msg),
+                   "chat message layouts must agree");
+    if (!e->tok) {
+        seterr(err, errlen, "the model has no tokenizer");
+        return NULL;
+    }
+    return moeq_tokenizer_chat_render(e->tok, (const struct moeq_tok_msg *)msgs, n,
+                                      add_generation_prompt, err, errlen);
+}

@@ -1,0 +1,79 @@
+/*
+ * engine_internal.h: the engine's and session's state, shared by engine.c,
+ * sample.c and the engine's tests. Not for the CLI or the server, which
+ * see only engine.h.
+ */
+#ifndef MOEQ_ENGINE_INTERNAL_H
+#define MOEQ_ENGINE_INTERNAL_H
+
+#include "engine.h"
+#include "model.h"
+#include "pool.h"
+
+struct moe_task;
+
+/* Attention inner loops over one head's cached positions (engine.c). */
+typedef void (*moeq_kv_scores_fn)(const uint8_t *k, size_t stride, int npos, const float *q,
+                                  int d, float scale, float *scores);
+typedef void (*moeq_kv_accum_fn)(const uint8_t *v, size_t stride, int npos, const float *w,
+                                 int d, float *out);
+
+struct moeq_engine {
+    moeq_model            *m;
+    struct moeq_model_info info;
+    moeq_pool             *pool;
+    int                    n_threads, n_ctx, n_seq, n_batch, type_k, type_v;
+    int                    cap;        /* tokens per forward batch: max(n_batch, n_seq) */
+    int                    n_sessions; /* sessions alive */
+    struct moeq_tokenizer *tok;        /* NULL when the file has no vocabulary */
+    moeq_act_hook          hook;
+    void                  *hook_ud;
+
+    /* KV cache geometry (per session: n_layer x n_ctx rows) */
+    size_t k_row_bytes, v_row_bytes;   /* one position, all KV heads */
+    size_t k_head_bytes, v_head_bytes; /* one KV head */
+    size_t kv_layer_bytes_k, kv_layer_bytes_v;
+    moeq_kv_scores_fn kv_scores;       /* for type_k and the CPU */
+    moeq_kv_accum_fn  kv_accum;        /* for type_v and the CPU */
+
+    /* scratch, sized once at open (cap tokens; slots = cap * n_expert_used) */
+    int32_t       *btok;         /* [cap] batch tokens */
+    int           *bpos;         /* [cap] their positions */
+    moeq_session **bsess;        /* [cap] their sessions */
+    int           *out_rows;     /* [cap] rows whose logits are wanted */
+    float *x;                    /* [cap][n_embd] residual stream */
+    float *xn;                   /* [cap][max(n_embd, n_q, n_ff)] normed input */
+    float *tmp;                  /* [cap][n_embd] projection output */
+    float *q, *k, *v;            /* [cap][n_head*hd], [cap][n_head_kv*hd] x2 */
+    float *att;                  /* [cap][n_head*hd] attention output */
+    float *rope;                 /* [cap][head_dim] cos/sin pairs */
+    float *hg, *hu;              /* [slots][n_ff] gate -> hidden, up */
+    uint8_t *actq[2];            /* [slots] activation rows in Q8_0 / Q8_K */
+    float *rowbuf;               /* [n_threads][rowbuf_len] dequantized weight row */
+    size_t rowbuf_len;
+    float *scores;               /* [n_threads][n_ctx] attention scores */
+    float *logits_tmp;           /* [n_seq][n_vocab] decode logits */
+    /* MoE routing */
+    float *rlog;                 /* [cap][n_expert] router logits -> probs */
+    int   *sel;                  /* [slots] selected experts per token */
+    float *selw;                 /* [slots] their weights */
+    int   *slot_of;              /* [slots] (token, k) -> grouped row */
+    int   *ex_count, *ex_off, *ex_fill; /* [n_expert] */
+    float *xg;                   /* [slots][n_embd] inputs grouped by expert */
+    float *dout;                 /* [slots][n_embd] expert outputs */
+    struct moe_task *tasks;
+};
+
+struct moeq_session {
+    moeq_engine *e;
+    uint8_t     *k, *v;          /* [n_layer][n_ctx] rows of type_k / type_v */
+    int32_t     *tokens;         /* [n_ctx] tokens in the cache */
+    int          n_past;
+    float       *logits;         /* [n_vocab] of the last evaluated token */
+    int          logits_valid;
+};
+
+/* The bound model (tensor names and shapes for tools such as imatrix). */
+const moeq_model *moeq_engine_model(const moeq_engine *e);
+
+#endif

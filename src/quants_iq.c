@@ -1,0 +1,588 @@
+/*
+ * quants_iq.c: encoders for the lattice i-quants IQ2_XXS, IQ2_XS, IQ2_S,
+ * IQ3_XXS and IQ3_S.
+ *
+ * All five formats store, per 256-weight super-block, one fp16 scale d, a
+ * 4-bit scale ls per sub-block (16 or 32 weights), and for each group of 8
+ * (IQ2) or 4 (IQ3) weights an index into a fixed codebook of unsigned
+ * magnitude vectors plus sign bits (7-bit even-parity patterns for the XXS/XS
+ * types and IQ3_XXS, free 8-bit patterns for IQ2_S and IQ3_S). A weight
+ * decodes to D * (2*ls + 1) * grid_byte * sign, with D = d/8 (IQ2), d/4
+ * (IQ3_XXS) or d (IQ3_S).
+ *
+ * The search follows the structure of ggml's imatrix-aware quantizers
+ * (importance weights w = imatrix * sqrt(sigma^2 + x^2), or ggml's fallback
+ * weighting without an imatrix; signs absorbed first, with the cheapest
+ * element flipped where parity demands it; a scan over candidate sub-block
+ * scales with nearest-codeword lookup plus neighbour lists for points off
+ * the grid), with three changes that lower the weighted error without
+ * touching the format:
+ *   - it searches with the codebooks' true magnitudes (8/25/43 for IQ2,
+ *     4..52,62 for IQ3_XXS) instead of idealised odd integers;
+ *   - the super-block scale d is chosen by a search over many candidates of
+ *     a quadratic model of every sub-block's error, not max_scale/31;
+ *   - after d is fixed (and rounded to fp16), every sub-block picks its
+ *     4-bit scale among neighbouring values by the true error of a full
+ *     codeword search at that exact scale, with a longer neighbour list, and
+ *     d is refitted by least squares; the last pass runs at the stored d.
+ *
+ * The lattice tables (codeword -> grid index map, neighbour lists) are
+ * built once per codebook under pthread_once, so the quantizers are pure
+ * and thread-safe.
+ */
+#include "quants.h"
+#include "quants_blocks.h"
+
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ====================================================== lattice tables */
+
+#define LAT_MAXDIM 8
+#define LAT_MAXLEV 8
+
+enum { LAT_IQ2XXS, LAT_IQ2XS, LAT_IQ2S, LAT_IQ3XXS, LAT_IQ3S, LAT_COUNT };
+
+struct lattice {
+    int      ndim;               /* coordinates per codeword: 8 or 4 */
+    int      nlev;               /* distinct magnitudes per coordinate */
+    int      npoints;            /* codebook entries */
+    float    lev[LAT_MAXLEV];    /* the magnitudes (grid bytes), ascending */
+    float    thr[LAT_MAXLEV];    /* midpoints between successive magnitudes */
+    int      ncodes;             /* nlev^ndim: every per-coordinate rounding */
+    uint8_t *pt;                 /* npoints x ndim magnitude indices */
+    uint8_t *po;                 /* the same as offsets k*nlev + index into a cost table */
+    int32_t *map;                /* code -> grid index, or -(1 + list offset) */
+    uint16_t *nbr;               /* lists: n_near, n_wide, then n_wide indices */
+};
+
+static struct lattice lattices[LAT_COUNT];
+static pthread_once_t lattice_once[LAT_COUNT] = {
+    PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT
+};
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        /* Only reachable at table build time (a few hundred KiB). */
+        fprintf(stderr, "moeq: out of memory building i-quant tables\n");
+        exit(1);
+    }
+    return p;
+}
+
+static uint8_t grid_byte(int lat, int p, int k)
+{
+    switch (lat) {
+    case LAT_IQ2XXS: return (uint8_t)(iq2xxs_grid[p] >> (8 * k));
+    case LAT_IQ2XS:  return (uint8_t)(iq2xs_grid[p]  >> (8 * k));
+    case LAT_IQ2S:   return (uint8_t)(iq2s_grid[p]   >> (8 * k));
+    case LAT_IQ3XXS: return (uint8_t)(iq3xxs_grid[p] >> (8 * k));
+    default:         return (uint8_t)(iq3s_grid[p]   >> (8 * k));
+    }
+}
+
+/*
+ * How many distance shells around an off-grid rounding its neighbour lists
+ * hold: the short list serves the scale scan (speed), the long one the
+ * final passes (quality). Distances are in codebook units, so "shell" means
+ * all grid points at the same squared distance.
+ */
+static const int lat_shells_near[LAT_COUNT] = { 2, 2, 1, 2, 2 };
+static const int lat_shells_wide[LAT_COUNT] = { 4, 4, 3, 4, 4 };
+
+static void lattice_build(int lat)
+{
+    struct lattice *L = &lattices[lat];
+    const int npoints = lat == LAT_IQ2XXS ? 256 : lat == LAT_IQ2XS ? 512 :
+                        lat == LAT_IQ2S ? 1024 : lat == LAT_IQ3XXS ? 256 : 512;
+    const int ndim = lat <= LAT_IQ2S ? 8 : 4;
+
+    /* The distinct magnitudes, read from the codebook itself. */
+    int seen[256] = {0};
+    for (int p = 0; p < npoints; p++)
+        for (int k = 0; k < ndim; k++) seen[grid_byte(lat, p, k)] = 1;
+    int nlev = 0, levidx[256];
+    for (int v = 0; v < 256; v++) {
+        levidx[v] = -1;
+        if (!seen[v]) continue;
+        if (nlev == LAT_MAXLEV) { fprintf(stderr, "moeq: i-quant codebook has too many levels\n"); exit(1); }
+        levidx[v] = nlev;
+        L->lev[nlev++] = (float)v;
+    }
+    for (int l = 0; l + 1 < nlev; l++) L->thr[l] = 0.5f * (L->lev[l] + L->lev[l + 1]);
+    for (int l = nlev - 1; l < LAT_MAXLEV; l++) L->thr[l] = FLT_MAX;
+
+    int ncodes = 1;
+    for (int k = 0; k < ndim; k++) ncodes *= nlev;
+    L->ndim = ndim; L->nlev = nlev; L->npoints = npoints; L->ncodes = ncodes;
+
+    L->pt = xmalloc((size_t)npoints * ndim);
+    L->po = xmalloc((size_t)npoints * ndim);
+    L->map = xmalloc((size_t)ncodes * sizeof(int32_t));
+    for (int c = 0; c < ncodes; c++) L->map[c] = INT32_MIN;
+    for (int p = 0; p < npoints; p++) {
+        int code = 0;
+        for (int k = ndim - 1; k >= 0; k--) {
+            int l = levidx[grid_byte(lat, p, k)];
+            L->pt[p * ndim + k] = (uint8_t)l;
+            L->po[p * ndim + k] = (uint8_t)(k * nlev + l);
+            code = code * nlev + l;
+        }
+        L->map[code] = p;
+    }
+
+    /* Neighbour lists for every rounding that is not a codeword. */
+    const int shells_near = lat_shells_near[lat], shells_wide = lat_shells_wide[lat];
+    int *dist = xmalloc((size_t)npoints * sizeof(int));
+    size_t cap = 4096, used = 0;
+    uint16_t *nbr = xmalloc(cap * sizeof(uint16_t));
+    int lv[LAT_MAXDIM];
+    for (int c = 0; c < ncodes; c++) {
+        if (L->map[c] >= 0) continue;
+        int rest = c;
+        for (int k = 0; k < ndim; k++) { lv[k] = (int)L->lev[rest % nlev]; rest /= nlev; }
+        for (int p = 0; p < npoints; p++) {
+            int d2 = 0;
+            for (int k = 0; k < ndim; k++) {
+                int df = (int)L->lev[L->pt[p * ndim + k]] - lv[k];
+                d2 += df * df;
+            }
+            dist[p] = d2;
+        }
+        /* the shells_wide smallest distinct distances */
+        int bound[16] = {0}, nb = 0, last = -1;
+        while (nb < shells_wide) {
+            int m = INT32_MAX;
+            for (int p = 0; p < npoints; p++)
+                if (dist[p] > last && dist[p] < m) m = dist[p];
+            if (m == INT32_MAX) break;
+            bound[nb++] = last = m;
+        }
+        int dnear = bound[(shells_near < nb ? shells_near : nb) - 1], dwide = bound[nb - 1];
+        int n_near = 0, n_wide = 0;
+        for (int p = 0; p < npoints; p++) {
+            if (dist[p] <= dnear) n_near++;
+            if (dist[p] <= dwide) n_wide++;
+        }
+        if (used + 2 + (size_t)n_wide > cap) {
+            while (used + 2 + (size_t)n_wide > cap) cap *= 2;
+            uint16_t *grown = realloc(nbr, cap * sizeof(uint16_t));
+            if (!grown) { fprintf(stderr, "moeq: out of memory building i-quant tables\n"); exit(1); }
+            nbr = grown;
+        }
+        L->map[c] = -(int32_t)(used + 1);
+        nbr[used++] = (uint16_t)n_near;
+        nbr[used++] = (uint16_t)n_wide;
+        /* near points first, so the short list is a prefix of the long one */
+        for (int p = 0; p < npoints; p++) if (dist[p] <= dnear) nbr[used++] = (uint16_t)p;
+        for (int p = 0; p < npoints; p++) if (dist[p] > dnear && dist[p] <= dwide) nbr[used++] = (uint16_t)p;
+    }
+    free(dist);
+    L->nbr = nbr;
+}
+
+static void build_iq2xxs(void) { lattice_build(LAT_IQ2XXS); }
+static void build_iq2xs(void)  { lattice_build(LAT_IQ2XS); }
+static void build_iq2s(void)   { lattice_build(LAT_IQ2S); }
+static void build_iq3xxs(void) { lattice_build(LAT_IQ3XXS); }
+static void build_iq3s(void)   { lattice_build(LAT_IQ3S); }
+
+static const struct lattice *lattice_get(int lat)
+{
+    static void (*const build[LAT_COUNT])(void) = {
+        build_iq2xxs, build_iq2xs, build_iq2s, build_iq3xxs, build_iq3s
+    };
+    pthread_once(&lattice_once[lat], build[lat]);
+    return &lattices[lat];
+}
+
+/* ====================================================== codeword search */
+
+/*
+ * The codeword minimising sum w[k] * (a[k] - s*grid[k])^2 for one group.
+ * Rounds each coordinate to its nearest magnitude; if that combination is
+ * a codeword it is optimal, otherwise the best of the neighbour list wins.
+ * Threshold comparisons (not float-to-int casts) keep NaN input in range.
+ * NDIM and NLEV are compile-time constants at each call site (8 x 3 for
+ * IQ2, 4 x 8 for IQ3) so the loops unroll: this is the hot path.
+ */
+static inline __attribute__((always_inline))
+int lattice_nearest_k(const struct lattice *L, const float *a, const float *w,
+                      float s, float id, int wide, const int NDIM, const int NLEV)
+{
+    int code = 0;
+    for (int k = NDIM - 1; k >= 0; k--) {
+        float t = a[k] * id;
+        int l = 0;
+        for (int j = 0; j < NLEV - 1; j++) l += t > L->thr[j];
+        code = code * NLEV + l;
+    }
+    int32_t m = L->map[code];
+    if (m >= 0) return m;
+
+    const uint16_t *list = L->nbr + (-m - 1);
+    const int n = wide ? list[1] : list[0];
+    list += 2;
+    float cost[LAT_MAXDIM * LAT_MAXLEV];
+    for (int k = 0; k < NDIM; k++)
+        for (int l = 0; l < NLEV; l++) {
+            float df = a[k] - s * L->lev[l];
+            cost[k * NLEV + l] = w[k] * df * df;
+        }
+    float best = FLT_MAX;
+    int besti = list[0];
+    for (int j = 0; j < n; j++) {
+        const uint8_t *po = L->po + (size_t)list[j] * NDIM;
+        /* two partial sums: the adds are a latency chain otherwise */
+        float e0 = 0, e1 = 0;
+#pragma GCC unroll 8
+        for (int k = 0; k < NDIM; k += 2) { e0 += cost[po[k]]; e1 += cost[po[k + 1]]; }
+        float e = e0 + e1;
+        if (e < best) { best = e; besti = list[j]; }
+    }
+    return besti;
+}
+
+/*
+ * Assign every group of a sub-block of n weights at scale s; returns the
+ * weighted sums sum(w*a*q) and sum(w*q*q) of the chosen magnitudes q.
+ */
+static inline __attribute__((always_inline))
+void sub_assign_k(const struct lattice *L, const float *a, const float *w, int n, float s,
+                  int wide, uint16_t *idx, float *sqx, float *sq2, const int NDIM, const int NLEV)
+{
+    const float id = s > 0 ? 1.0f / s : 0.0f;
+    float sx = 0, s2 = 0;
+    for (int g = 0; g < n / NDIM; g++) {
+        const float *ag = a + g * NDIM, *wg = w + g * NDIM;
+        int p = lattice_nearest_k(L, ag, wg, s, id, wide, NDIM, NLEV);
+        idx[g] = (uint16_t)p;
+        const uint8_t *pt = L->pt + (size_t)p * NDIM;
+        for (int k = 0; k < NDIM; k++) {
+            float q = L->lev[pt[k]];
+            sx += wg[k] * ag[k] * q;
+            s2 += wg[k] * q * q;
+        }
+    }
+    *sqx = sx; *sq2 = s2;
+}
+
+static void sub_assign(const struct lattice *L, const float *a, const float *w, int n,
+                       float s, int wide, uint16_t *idx, float *sqx, float *sq2)
+{
+    if (L->ndim == 8 && L->nlev == 3) sub_assign_k(L, a, w, n, s, wide, idx, sqx, sq2, 8, 3);
+    else if (L->ndim == 4 && L->nlev == 8) sub_assign_k(L, a, w, n, s, wide, idx, sqx, sq2, 4, 8);
+    else {
+        /* not reached with ggml's codebooks; kept generic for safety */
+        fprintf(stderr, "moeq: unexpected i-quant codebook shape\n");
+        abort();
+    }
+}
+
+/* ====================================================== super-block search */
+
+struct iq_spec {
+    int   lat;          /* codebook */
+    int   sub;          /* weights per 4-bit scale: 16 or 32 */
+    int   even;         /* signs are 7-bit even-parity patterns */
+    float c;            /* D = d * c: value = D * (2*ls+1) * grid_byte */
+    float sigma_mul;    /* sigma^2 = sigma_mul * mean(x^2), as ggml per type */
+    float fb_sigma;     /* no imatrix: w = fb_sigma * sigma^2 + x^2 */
+    float scan_span;    /* scale scan covers top*(1 +- scan_span) */
+};
+
+static const struct iq_spec spec_iq2_xxs = { LAT_IQ2XXS, 32, 1, 0.125f, 1.0f, 0.25f, 0.12f };
+static const struct iq_spec spec_iq2_xs  = { LAT_IQ2XS,  16, 1, 0.125f, 1.0f, 0.25f, 0.14f };
+static const struct iq_spec spec_iq2_s   = { LAT_IQ2S,   16, 0, 0.125f, 2.0f, 0.25f, 0.18f };
+static const struct iq_spec spec_iq3_xxs = { LAT_IQ3XXS, 32, 1, 0.25f,  2.0f, 0.0f,  0.20f };
+static const struct iq_spec spec_iq3_s   = { LAT_IQ3S,   32, 0, 1.0f,   2.0f, 0.0f,  0.12f };
+
+/* Scale candidates each side of the start in the per-sub-block scan. */
+#define SCAN_HALF 2
+
+/* One encoded super-block, before packing into a format's bit layout. */
+struct sb_out {
+    uint16_t d;               /* fp16 */
+    uint8_t  ls[16];          /* 4-bit scale per sub-block */
+    uint16_t idx[64];         /* codeword per group */
+    uint8_t  signs[32];       /* sign bits per 8 weights (bit set = negative) */
+};
+
+/* Error of a sub-block at scale s relative to sum(w*a*a): -2 s sqx + s^2 sq2. */
+static inline float rel_err(float s, float sqx, float sq2) { return s * (s * sq2 - 2 * sqx); }
+
+static void quant_superblock(const struct iq_spec *sp, const float *x, const float *qw,
+                             struct sb_out *out)
+{
+    const struct lattice *L = lattice_get(sp->lat);
+    const int sub = sp->sub, nsub = QK_K / sub, ngs = sub / L->ndim;
+    float w[QK_K], a[QK_K];
+
+    memset(out, 0, sizeof *out);
+
+    float sumx2 = 0;
+    for (int i = 0; i < QK_K; i++) sumx2 += x[i] * x[i];
+    if (!(sumx2 > 0) || !isfinite(sumx2)) return;   /* zero (or unusable) block: d = 0 */
+    const float sigma2 = sp->sigma_mul * sumx2 / QK_K;
+
+    for (int i = 0; i < QK_K; i++) {
+        w[i] = qw ? qw[i] * sqrtf(sigma2 + x[i] * x[i]) : sp->fb_sigma * sigma2 + x[i] * x[i];
+        if (!(w[i] >= 0)) w[i] = 0;
+    }
+    /* A sub-block whose weights are all zero still needs some guidance. */
+    for (int b = 0; b < nsub; b++) {
+        float sw = 0;
+        for (int i = 0; i < sub; i++) sw += w[b * sub + i];
+        if (!(sw > 0))
+            for (int i = 0; i < sub; i++) w[b * sub + i] = sigma2 + x[b * sub + i] * x[b * sub + i];
+    }
+
+    /* Absorb signs. With even-parity sign patterns one weight per 8 may have
+     * to keep the wrong sign: pick the one where that costs least to first
+     * order (smallest w*|x|); its magnitude becomes negative, so the search
+     * pushes it to the smallest level. */
+    for (int g = 0; g < QK_K / 8; g++) {
+        uint8_t sg = 0;
+        for (int k = 0; k < 8; k++) {
+            int i = 8 * g + k;
+            a[i] = fabsf(x[i]);
+            if (x[i] < 0) sg |= (uint8_t)(1u << k);
+        }
+        if (sp->even && (__builtin_popcount(sg) & 1)) {
+            int kmin = 0;
+            float cmin = FLT_MAX;
+            for (int k = 0; k < 8; k++) {
+                float cst = w[8 * g + k] * a[8 * g + k];
+                if (cst < cmin) { cmin = cst; kmin = k; }
+            }
+            a[8 * g + kmin] = -a[8 * g + kmin];
+            sg ^= (uint8_t)(1u << kmin);
+        }
+        out->signs[g] = sg;
+    }
+
+    /* Per sub-block: the best free scale s_b and its curvature A_b. A few
+     * candidates mapping the largest magnitude onto the top level (and
+     * around it) suffice: the passes below re-decide every codeword at the
+     * real scales, so this only has to land near the right scale. */
+    float sbest[16], curv[16];
+    uint16_t idx_tmp[8];
+    const float top = L->lev[L->nlev - 1];
+    for (int b = 0; b < nsub; b++) {
+        const float *ab = a + b * sub, *wb = w + b * sub;
+        float amax = 0;
+        for (int i = 0; i < sub; i++) if (ab[i] > amax) amax = ab[i];
+        sbest[b] = 0; curv[b] = 0;
+        if (!(amax > 1e-30f) || !isfinite(amax)) continue;
+        float best = 0, bs = 0, bq2 = 0;
+        for (int is = -SCAN_HALF; is <= SCAN_HALF; is++) {
+            float s = amax / (top * (1.0f + sp->scan_span * is / SCAN_HALF));
+            float sqx, sq2;
+            sub_assign(L, ab, wb, sub, s, 0, idx_tmp, &sqx, &sq2);
+            if (sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2) {
+                best = sqx * sqx / sq2; bs = sqx / sq2; bq2 = sq2;
+            }
+        }
+        /* settle: re-round once at the fitted scale */
+        if (bs > 0) {
+            float sqx, sq2;
+            sub_assign(L, ab, wb, sub, bs, 0, idx_tmp, &sqx, &sq2);
+            if (sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2) { bs = sqx / sq2; bq2 = sq2; }
+        }
+        sbest[b] = bs; curv[b] = bq2;
+    }
+
+    float smax = 0;
+    for (int b = 0; b < nsub; b++) if (sbest[b] > smax) smax = sbest[b];
+    if (!(smax > 0)) return;
+
+    /* Super-block scale: minimise sum_b A_b (D*(2 ls_b + 1) - s_b)^2 over
+     * many starting points, each polished by one least-squares refit. */
+    float D = smax / 31, Fbest = FLT_MAX;
+    for (int k = 0; k <= 40; k++) {
+        float Dc = smax / 31 * (0.70f + 0.01f * k);
+        for (int pass = 0; pass < 2; pass++) {
+            float num = 0, den = 0, F = 0;
+            for (int b = 0; b < nsub; b++) {
+                int l = (int)lrintf(0.5f * (sbest[b] / Dc - 1));
+                l = l < 0 ? 0 : l > 15 ? 15 : l;
+                float m = (float)(2 * l + 1), df = Dc * m - sbest[b];
+                F += curv[b] * df * df;
+                num += curv[b] * m * sbest[b]; den += curv[b] * m * m;
+            }
+            if (F < Fbest) { Fbest = F; D = Dc; }
+            if (!(den > 0)) break;
+            Dc = num / den;
+        }
+    }
+
+    /* Two passes at real scales. Each sub-block takes the 4-bit scale
+     * (nearest to its free optimum, or one either side) whose codeword
+     * search gives the lowest true error. The first pass uses the short
+     * neighbour lists and ends with a least-squares refit of D; the second
+     * runs at the stored fp16 d with the long lists, so the codewords are
+     * the best found for exactly what decodes. */
+    uint16_t idx_best[8];
+    for (int pass = 0; pass < 2; pass++) {
+        const int last = pass == 1;
+        if (last) {
+            float dh = D / sp->c;
+            if (dh > 65504.0f) dh = 65504.0f;       /* stay finite in fp16 */
+            out->d = moeq_f32_to_f16(dh);
+            D = moeq_f16_to_f32(out->d) * sp->c;
+            if (!(D > 0) || !isfinite(D)) { memset(out, 0, sizeof *out); return; }
+        }
+        float num = 0, den = 0;
+        for (int b = 0; b < nsub; b++) {
+            const float *ab = a + b * sub, *wb = w + b * sub;
+            int l0 = (int)lrintf(0.5f * (sbest[b] / D - 1));
+            l0 = l0 < 0 ? 0 : l0 > 15 ? 15 : l0;
+            float ebest = FLT_MAX, bx = 0, b2 = 0;
+            int lbest = l0;
+            for (int l = l0 - 1; l <= l0 + 1; l++) {
+                if (l < 0 || l > 15) continue;
+                float s = D * (float)(2 * l + 1), sqx, sq2;
+                sub_assign(L, ab, wb, sub, s, last, idx_tmp, &sqx, &sq2);
+                float e = rel_err(s, sqx, sq2);
+                if (e < ebest) {
+                    ebest = e; lbest = l; bx = sqx; b2 = sq2;
+                    memcpy(idx_best, idx_tmp, (size_t)ngs * sizeof(uint16_t));
+                }
+            }
+            out->ls[b] = (uint8_t)lbest;
+            memcpy(out->idx + b * ngs, idx_best, (size_t)ngs * sizeof(uint16_t));
+            float m = (float)(2 * lbest + 1);
+            num += m * bx; den += m * m * b2;
+            sbest[b] = D * m;   /* the next pass starts from this choice */
+        }
+        if (!last && den > 0 && num > 0) D = num / den;
+    }
+}
+
+/* ====================================================== format packing */
+
+static void pack_iq2_xxs(const struct sb_out *o, block_iq2_xxs *y)
+{
+    y->d = o->d;
+    for (int ib = 0; ib < QK_K / 32; ib++) {
+        uint32_t q0 = 0, q1 = 0;
+        for (int k = 0; k < 4; k++) {
+            q0 |= (uint32_t)(o->idx[4 * ib + k] & 0xff) << (8 * k);
+            q1 |= (uint32_t)(o->signs[4 * ib + k] & 0x7f) << (7 * k);
+        }
+        q1 |= (uint32_t)o->ls[ib] << 28;
+        memcpy(&y->qs[4 * ib], &q0, 4);
+        memcpy(&y->qs[4 * ib + 2], &q1, 4);
+    }
+}
+
+static void pack_iq2_xs(const struct sb_out *o, block_iq2_xs *y)
+{
+    y->d = o->d;
+    for (int g = 0; g < QK_K / 8; g++)
+        y->qs[g] = (uint16_t)((o->idx[g] & 511) | ((o->signs[g] & 0x7f) << 9));
+    for (int j = 0; j < QK_K / 32; j++)
+        y->scales[j] = (uint8_t)(o->ls[2 * j] | (o->ls[2 * j + 1] << 4));
+}
+
+static void pack_iq2_s(const struct sb_out *o, block_iq2_s *y)
+{
+    memset(y, 0, sizeof *y);
+    y->d = o->d;
+    for (int g = 0; g < QK_K / 8; g++) {
+        y->qs[g] = (uint8_t)(o->idx[g] & 0xff);
+        y->qh[g / 4] |= (uint8_t)(((o->idx[g] >> 8) & 3) << (2 * (g % 4)));
+        y->qs[QK_K / 8 + g] = o->signs[g];
+    }
+    for (int j = 0; j < QK_K / 32; j++)
+        y->scales[j] = (uint8_t)(o->ls[2 * j] | (o->ls[2 * j + 1] << 4));
+}
+
+static void pack_iq3_xxs(const struct sb_out *o, block_iq3_xxs *y)
+{
+    y->d = o->d;
+    for (int g = 0; g < QK_K / 4; g++) y->qs[g] = (uint8_t)(o->idx[g] & 0xff);
+    for (int ib = 0; ib < QK_K / 32; ib++) {
+        uint32_t v = (uint32_t)o->ls[ib] << 28;
+        for (int k = 0; k < 4; k++) v |= (uint32_t)(o->signs[4 * ib + k] & 0x7f) << (7 * k);
+        memcpy(&y->qs[QK_K / 4 + 4 * ib], &v, 4);
+    }
+}
+
+static void pack_iq3_s(const struct sb_out *o, block_iq3_s *y)
+{
+    memset(y, 0, sizeof *y);
+    y->d = o->d;
+    for (int g = 0; g < QK_K / 4; g++) {
+        y->qs[g] = (uint8_t)(o->idx[g] & 0xff);
+        y->qh[g / 8] |= (uint8_t)(((o->idx[g] >> 8) & 1) << (g % 8));
+    }
+    memcpy(y->signs, o->signs, QK_K / 8);
+    for (int j = 0; j < QK_K / 64; j++)
+        y->scales[j] = (uint8_t)(o->ls[2 * j] | (o->ls[2 * j + 1] << 4));
+}
+
+/* ====================================================== row entry points */
+
+typedef void (*pack_fn)(const struct sb_out *o, void *y);
+
+static size_t quant_rows(const struct iq_spec *sp, pack_fn pack, size_t block_bytes,
+                         const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                         const float *imatrix)
+{
+    if (nrows <= 0 || n_per_row <= 0 || n_per_row % QK_K) return 0;
+    const int64_t nb = n_per_row / QK_K;
+    uint8_t *out = dst;
+    struct sb_out o;
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *x = src + r * n_per_row;
+        for (int64_t ib = 0; ib < nb; ib++) {
+            quant_superblock(sp, x + ib * QK_K, imatrix ? imatrix + ib * QK_K : NULL, &o);
+            pack(&o, out);
+            out += block_bytes;
+        }
+    }
+    return (size_t)(nrows * nb) * block_bytes;
+}
+
+static void pk_iq2_xxs(const struct sb_out *o, void *y) { pack_iq2_xxs(o, y); }
+static void pk_iq2_xs(const struct sb_out *o, void *y)  { pack_iq2_xs(o, y); }
+static void pk_iq2_s(const struct sb_out *o, void *y)   { pack_iq2_s(o, y); }
+static void pk_iq3_xxs(const struct sb_out *o, void *y) { pack_iq3_xxs(o, y); }
+static void pk_iq3_s(const struct sb_out *o, void *y)   { pack_iq3_s(o, y); }
+
+size_t quantize_iq2_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                        const float *imatrix)
+{
+    return quant_rows(&spec_iq2_xxs, pk_iq2_xxs, sizeof(block_iq2_xxs), src, dst, nrows, n_per_row, imatrix);
+}
+
+size_t quantize_iq2_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                       const float *imatrix)
+{
+    return quant_rows(&spec_iq2_xs, pk_iq2_xs, sizeof(block_iq2_xs), src, dst, nrows, n_per_row, imatrix);
+}
+
+size_t quantize_iq2_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                      const float *imatrix)
+{
+    return quant_rows(&spec_iq2_s, pk_iq2_s, sizeof(block_iq2_s), src, dst, nrows, n_per_row, imatrix);
+}
+
+size_t quantize_iq3_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                        const float *imatrix)
+{
+    return quant_rows(&spec_iq3_xxs, pk_iq3_xxs, sizeof(block_iq3_xxs), src, dst, nrows, n_per_row, imatrix);
+}
+
+size_t quantize_iq3_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                      const float *imatrix)
+{
+    return quant_rows(&spec_iq3_s, pk_iq3_s, sizeof(block_iq3_s), src, dst, nrows, n_per_row, imatrix);
+}

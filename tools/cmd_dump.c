@@ -1,0 +1,174 @@
+/*
+ * cmd_dump.c: `moeq dump FILE TENSOR [-o OUT]`: one tensor, dequantized to
+ * little-endian f32, written to OUT (a temporary file renamed at the end,
+ * so a failed dump never leaves half a file) or to stdout.
+ *
+ * Works a chunk of rows at a time so a large tensor never needs its whole
+ * f32 copy in memory.
+ */
+#include "cmd.h"
+#include "gguf.h"
+#include "quants.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CHUNK_ELEMS (1u << 20)  /* f32 values converted per step (4 MiB) */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moeq dump FILE TENSOR [-o OUT]\n"
+            "\n"
+            "Write tensor TENSOR of the GGUF file FILE dequantized, as little-endian\n"
+            "f32 values in ggml order (ne0 fastest), to OUT or to stdout.\n"
+            "\n"
+            "  -o OUT   output file (written to a temporary file, then renamed)\n");
+}
+
+/* F32/F16/BF16 are converted here when the traits table has no to_float
+ * for them, so dump works for unquantized files on its own. */
+static int to_f32(int type, const void *src, float *dst, int64_t n)
+{
+    if (moeq_dequantize(type, src, dst, n) == 0) return 0;
+    const uint8_t *p = src;
+    switch (type) {
+    case MOEQ_TYPE_F32:
+        memcpy(dst, src, (size_t)n * 4);
+        return 0;
+    case MOEQ_TYPE_F16:
+        for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = moeq_f16_to_f32(h); }
+        return 0;
+    case MOEQ_TYPE_BF16:
+        for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = moeq_bf16_to_f32(h); }
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+int cmd_dump(int argc, char **argv)
+{
+    const char *path = NULL, *name = NULL, *out_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (cli_is_help(argv[i])) { usage(stdout); return 0; }
+        if (!strcmp(argv[i], "-o")) {
+            if (i + 1 >= argc) return cli_usage_error("dump", "-o needs a file name");
+            out_path = argv[++i];
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return cli_usage_error("dump", "unknown option '%s'", argv[i]);
+        } else if (!path) {
+            path = argv[i];
+        } else if (!name) {
+            name = argv[i];
+        } else {
+            return cli_usage_error("dump", "unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!path || !name) return cli_usage_error("dump", "need FILE and TENSOR");
+    if (!out_path && isatty(STDOUT_FILENO)) {
+        cli_error("dump: refusing to write binary f32 to a terminal (use -o OUT or a pipe)");
+        return 1;
+    }
+
+    char err[1024];
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    if (!f) { cli_error("%s", err); return 1; }
+    int64_t ti = gguf_find_tensor(f, name);
+    if (ti < 0) {
+        cli_error("%s: no tensor named '%s' (see 'moeq info %s')", path, name, path);
+        gguf_close(f);
+        return 1;
+    }
+    const gguf_tensor *t = &f->tensors[ti];
+    const struct moeq_type_traits *tr = moeq_type_traits((int)t->type);
+    int rc = 1;
+    float *buf = NULL;
+    FILE *out = stdout;
+    char *tmp = NULL;
+
+    /* Probe the conversion on one block before creating any output. */
+    float probe[256];
+    if ((uint64_t)tr->blck_size > sizeof probe / sizeof probe[0] ||
+        to_f32((int)t->type, t->data, probe, tr->blck_size) != 0) {
+        cli_error("%s: tensor '%s': no dequantizer for type %s in this build", path, name, tr->name);
+        goto done;
+    }
+
+    if (out_path) {
+        struct stat a, b;
+        if (!strcmp(out_path, path) ||
+            (stat(out_path, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)) {
+            cli_error("%s: refusing to overwrite the input file", out_path);
+            goto done;
+        }
+        size_t tl = strlen(out_path) + 16;
+        tmp = malloc(tl);
+        if (!tmp) { cli_error("out of memory"); goto done; }
+        snprintf(tmp, tl, "%s.tmp.XXXXXX", out_path);
+        int fd = mkstemp(tmp);
+        if (fd < 0) {
+            cli_error("%s: cannot create a temporary file beside it: %s", out_path, strerror(errno));
+            free(tmp); tmp = NULL;
+            goto done;
+        }
+        mode_t um = umask(0);
+        umask(um);
+        (void)fchmod(fd, 0666 & ~um);
+        out = fdopen(fd, "wb");
+        if (!out) {
+            cli_error("%s: %s", tmp, strerror(errno));
+            close(fd);
+            goto done;
+        }
+    }
+
+    /* Whole rows per chunk keep every conversion call on block boundaries. */
+    uint64_t nelem = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    uint64_t row = t->ne[0];
+    uint64_t rows_per = row >= CHUNK_ELEMS ? 1 : CHUNK_ELEMS / row;
+    uint64_t row_bytes = t->nbytes / (nelem / row);
+    buf = malloc((size_t)(rows_per * row) * sizeof(float));
+    if (!buf) { cli_error("out of memory"); goto done; }
+    for (uint64_t r = 0; r < nelem / row; r += rows_per) {
+        uint64_t nr = nelem / row - r < rows_per ? nelem / row - r : rows_per;
+        const uint8_t *src = (const uint8_t *)t->data + r * row_bytes;
+        if (to_f32((int)t->type, src, buf, (int64_t)(nr * row)) != 0) {
+            cli_error("%s: tensor '%s': dequantization failed", path, name);
+            goto done;
+        }
+        if (fwrite(buf, sizeof(float), (size_t)(nr * row), out) != nr * row) {
+            cli_error("%s: write failed: %s", out_path ? out_path : "stdout", strerror(errno));
+            goto done;
+        }
+    }
+    if (fflush(out) != 0) {
+        cli_error("%s: write failed: %s", out_path ? out_path : "stdout", strerror(errno));
+        goto done;
+    }
+    if (out_path) {
+        if (fsync(fileno(out)) != 0 || fclose(out) != 0) {
+            out = NULL;
+            cli_error("%s: write failed: %s", out_path, strerror(errno));
+            goto done;
+        }
+        out = NULL;
+        if (rename(tmp, out_path) != 0) {
+            cli_error("%s: cannot rename %s: %s", out_path, tmp, strerror(errno));
+            goto done;
+        }
+        free(tmp);
+        tmp = NULL;
+    }
+    rc = 0;
+done:
+    if (out_path && out) fclose(out);
+    if (tmp) { unlink(tmp); free(tmp); }
+    free(buf);
+    gguf_close(f);
+    return rc;
+}

@@ -1,0 +1,390 @@
+/*
+ * cmd_run.c: `moeq run`, text generation on the CPU engine.
+ *
+ * With a prompt (-p or -f) it evaluates the prompt and streams the
+ * continuation to stdout as tokens come; --chat wraps the prompt in the
+ * model's chat template first; --dump-logits writes the logits of every
+ * prompt position. Without a prompt it is an interactive multi-turn chat:
+ * the conversation is re-rendered each turn and synced against the
+ * session, so only the new turn is evaluated (prefix reuse). Ctrl-C stops
+ * the answer being generated, not the program (a second Ctrl-C at the
+ * input prompt, or end of input, ends it). Speeds go to stderr at the end.
+ */
+#include "cmd.h"
+#include "engine.h"
+#include "quants.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void usage(FILE *o)
+{
+    fprintf(o,
+        "usage: moeq run -m FILE [-p TEXT | -f FILE] [options]\n"
+        "\n"
+        "Generate text. Without -p/-f: an interactive chat using the model's template.\n"
+        "\n"
+        "  -m, --model FILE      GGUF model\n"
+        "  -p, --prompt TEXT     prompt\n"
+        "  -f, --file FILE       read the prompt from FILE\n"
+        "  -n, --n-predict N     tokens to generate (default 128; -1: until end or context full)\n"
+        "  -c, --ctx-size N      context size (default 4096; 0: the model's)\n"
+        "  -t, --threads N       threads (default: all cores)\n"
+        "  -b, --batch-size N    prompt tokens per batch (default 512)\n"
+        "  --temp T              temperature (default 0.8; 0: greedy)\n"
+        "  --top-k N             top-k (default 40; 0: off)\n"
+        "  --top-p P             top-p (default 0.95; 1: off)\n"
+        "  --min-p P             min-p (default 0.05; 0: off)\n"
+        "  --seed N              sampling seed (default: from the clock)\n"
+        "  -ctk, --cache-type-k T  KV cache type of K: f16 (default) or q8_0\n"
+        "  -ctv, --cache-type-v T  KV cache type of V: f16 (default) or q8_0\n"
+        "  --chat                wrap the prompt in the chat template as a user message\n"
+        "  --dump-logits FILE    write the logits of every prompt position (little-endian\n"
+        "                        f32, n_tokens x n_vocab)\n"
+        "  -h, --help            this help\n");
+}
+
+static volatile sig_atomic_t g_generating, g_stop;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    if (g_generating) {
+        g_stop = 1;
+    } else {
+        static const char msg[] = "\n";
+        ssize_t r = write(2, msg, 1);
+        (void)r;
+        _exit(130);
+    }
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *b = malloc(cap + 1);
+    while (b) {
+        if (len == cap) {
+            char *nb = realloc(b, cap * 2 + 1);
+            if (!nb) { free(b); b = NULL; break; }
+            b = nb;
+            cap *= 2;
+        }
+        size_t r = fread(b + len, 1, cap - len, f);
+        len += r;
+        if (r == 0) {
+            if (ferror(f)) { free(b); b = NULL; errno = EIO; }
+            break;
+        }
+    }
+    fclose(f);
+    if (b) b[len] = 0;
+    *n = len;
+    return b;
+}
+
+struct stats {
+    long   n_prompt, n_gen;
+    double t_prompt, t_gen;
+};
+
+struct run {
+    moeq_engine        *e;
+    moeq_session       *s;
+    struct moeq_sampler sp;
+    struct stats        st;
+    int                 n_predict;
+    char                err[512];
+};
+
+/* Tokenize text (+ BOS when the model wants it); malloc'd, count in *n. */
+static int32_t *tokenize(struct run *r, const char *text, size_t len, int add_bos, int *n)
+{
+    const struct moeq_model_info *in = moeq_engine_info(r->e);
+    int k = moeq_tokenize(r->e, text, len, 1, NULL, 0);
+    if (k < 0) return NULL;
+    int extra = add_bos && in->add_bos && in->bos >= 0;
+    int32_t *t = malloc(((size_t)k + 1) * sizeof *t);
+    if (!t) return NULL;
+    if (extra) t[0] = in->bos;
+    moeq_tokenize(r->e, text, len, 1, t + extra, k);
+    *n = k + extra;
+    return t;
+}
+
+/* Evaluate tokens[0..n) after syncing the session to them (prefix reuse). */
+static int eval_prompt(struct run *r, const int32_t *tok, int n)
+{
+    int kept = moeq_session_sync(r->s, tok, n);
+    double t0 = now_s();
+    if (moeq_session_eval(r->s, tok + kept, n - kept, NULL, r->err, sizeof r->err) != 0) return -1;
+    r->st.t_prompt += now_s() - t0;
+    r->st.n_prompt += n - kept;
+    return 0;
+}
+
+/* Sample and stream up to n_predict tokens; the answer's text is appended
+ * to *answer when non-NULL. Returns 0, or -1 on an engine error. */
+static int generate(struct run *r, char **answer, size_t *alen)
+{
+    char piece[256];
+    g_stop = 0;
+    g_generating = 1;
+    int rc = 0;
+    double t0 = now_s();
+    for (int i = 0; r->n_predict < 0 || i < r->n_predict; i++) {
+        if (g_stop) break;
+        const float *lg = moeq_session_logits(r->s);
+        int32_t t = moeq_sample(&r->sp, lg, moeq_engine_info(r->e)->n_vocab);
+        if (moeq_token_is_eog(r->e, t)) break;
+        int k = moeq_token_piece(r->e, t, piece, (int)sizeof piece);
+        if (k > 0 && k <= (int)sizeof piece) {
+            fwrite(piece, 1, (size_t)k, stdout);
+            fflush(stdout);
+            if (answer) {
+                char *na = realloc(*answer, *alen + (size_t)k + 1);
+                if (na) {
+                    memcpy(na + *alen, piece, (size_t)k);
+                    *alen += (size_t)k;
+                    na[*alen] = 0;
+                    *answer = na;
+                }
+            }
+        }
+        if (moeq_session_n_past(r->s) >= moeq_session_n_ctx(r->s)) {
+            fprintf(stderr, "\nmoeq: context of %d tokens is full\n", moeq_session_n_ctx(r->s));
+            break;
+        }
+        if (moeq_session_eval(r->s, &t, 1, NULL, r->err, sizeof r->err) != 0) { rc = -1; break; }
+        r->st.n_gen++;
+    }
+    r->st.t_gen += now_s() - t0;
+    g_generating = 0;
+    return rc;
+}
+
+/* Prompt logits, every position, chunk by chunk. */
+static int dump_logits(struct run *r, const int32_t *tok, int n, const char *path)
+{
+    const int V = moeq_engine_info(r->e)->n_vocab;
+    const int chunk = 64;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        snprintf(r->err, sizeof r->err, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    float *buf = malloc((size_t)chunk * V * sizeof *buf);
+    if (!buf) { fclose(f); snprintf(r->err, sizeof r->err, "out of memory"); return -1; }
+    moeq_session_sync(r->s, tok, 0);
+    int rc = 0;
+    double t0 = now_s();
+    for (int done = 0; done < n && rc == 0;) {
+        int c = n - done < chunk ? n - done : chunk;
+        if (moeq_session_eval(r->s, tok + done, c, buf, r->err, sizeof r->err) != 0) rc = -1;
+        else if (fwrite(buf, sizeof(float), (size_t)c * V, f) != (size_t)c * V) {
+            snprintf(r->err, sizeof r->err, "%s: write failed", path);
+            rc = -1;
+        }
+        done += c;
+    }
+    r->st.t_prompt += now_s() - t0;
+    r->st.n_prompt += n;
+    free(buf);
+    if (fclose(f) != 0 && rc == 0) {
+        snprintf(r->err, sizeof r->err, "%s: write failed", path);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void print_stats(const struct stats *st)
+{
+    fprintf(stderr, "\nprompt: %ld tokens in %.2f s (%.2f tokens/s)\n", st->n_prompt, st->t_prompt,
+            st->t_prompt > 0 ? st->n_prompt / st->t_prompt : 0.0);
+    fprintf(stderr, "generation: %ld tokens in %.2f s (%.2f tokens/s)\n", st->n_gen, st->t_gen,
+            st->t_gen > 0 ? st->n_gen / st->t_gen : 0.0);
+}
+
+/* Interactive chat: history re-rendered every turn; the session keeps the
+ * common prefix. */
+static int chat_loop(struct run *r)
+{
+    struct moeq_chat_msg *msgs = NULL;
+    int n_msgs = 0, rc = 0;
+    char line[8192];
+    fprintf(stderr, "moeq chat: type a message, Ctrl-C stops an answer, Ctrl-D quits.\n");
+    for (;;) {
+        fprintf(stderr, "\n> ");
+        if (!fgets(line, sizeof line, stdin)) break;
+        size_t L = strlen(line);
+        while (L && (line[L - 1] == '\n' || line[L - 1] == '\r')) line[--L] = 0;
+        if (!L) continue;
+        struct moeq_chat_msg *nm = realloc(msgs, (size_t)(n_msgs + 2) * sizeof *nm);
+        char *content = strdup(line);
+        if (!nm || !content) { free(content); if (nm) msgs = nm; rc = 1; cli_error("out of memory"); break; }
+        msgs = nm;
+        msgs[n_msgs].role = "user";
+        msgs[n_msgs].content = content;
+        n_msgs++;
+        char *text = moeq_chat_render(r->e, msgs, n_msgs, 1, r->err, sizeof r->err);
+        if (!text) { cli_error("%s", r->err); rc = 1; break; }
+        int n = 0;
+        int32_t *tok = tokenize(r, text, strlen(text), 1, &n);
+        free(text);
+        if (!tok) { cli_error("tokenization failed"); rc = 1; break; }
+        if (n >= moeq_session_n_ctx(r->s)) {
+            free(tok);
+            cli_error("the conversation (%d tokens) does not fit the context of %d; start anew with a larger -c",
+                      n, moeq_session_n_ctx(r->s));
+            rc = 1;
+            break;
+        }
+        int erc = eval_prompt(r, tok, n);
+        free(tok);
+        if (erc != 0) { cli_error("%s", r->err); rc = 1; break; }
+        char *answer = NULL;
+        size_t alen = 0;
+        if (generate(r, &answer, &alen) != 0) { free(answer); cli_error("%s", r->err); rc = 1; break; }
+        putchar('\n');
+        msgs[n_msgs].role = "assistant";
+        msgs[n_msgs].content = answer ? answer : strdup("");
+        n_msgs++;
+    }
+    for (int i = 0; i < n_msgs; i++) free((void *)msgs[i].content);
+    free(msgs);
+    return rc;
+}
+
+static int parse_kv_type(const char *s, int *out)
+{
+    int t = moeq_type_from_name(s);
+    if (t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0) return -1;
+    *out = t;
+    return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL;
+    int64_t n_predict = 128, n_ctx = 4096, n_threads = 0, n_batch = 512, top_k = 40, seed = -1;
+    double temp = 0.8, top_p = 0.95, min_p = 0.05;
+    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16, chat = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (cli_is_help(a)) { usage(stdout); return 0; }
+        if (!strcmp(a, "--chat")) { chat = 1; continue; }
+        if (i + 1 >= argc) return cli_usage_error("run", "option %s needs a value", a);
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
+        else if (!strcmp(a, "--dump-logits")) dump = v;
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) bad = cli_parse_i64(v, &n_predict) || n_predict < -1 || n_predict > (1 << 30);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) bad = cli_parse_i64(v, &n_ctx) || n_ctx < 0 || n_ctx > (1 << 24);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = cli_parse_i64(v, &n_threads) || n_threads < 0 || n_threads > 1024;
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) bad = cli_parse_i64(v, &n_batch) || n_batch < 1 || n_batch > 65536;
+        else if (!strcmp(a, "--top-k")) bad = cli_parse_i64(v, &top_k) || top_k < 0;
+        else if (!strcmp(a, "--seed")) bad = cli_parse_i64(v, &seed);
+        else if (!strcmp(a, "--temp")) bad = cli_parse_f64(v, &temp) || temp < 0;
+        else if (!strcmp(a, "--top-p")) bad = cli_parse_f64(v, &top_p) || top_p < 0 || top_p > 1;
+        else if (!strcmp(a, "--min-p")) bad = cli_parse_f64(v, &min_p) || min_p < 0 || min_p > 1;
+        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) bad = parse_kv_type(v, &tk);
+        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) bad = parse_kv_type(v, &tv);
+        else return cli_usage_error("run", "unknown option %s", a);
+        if (bad) return cli_usage_error("run", "bad value '%s' for %s", v, a);
+    }
+    if (!model) return cli_usage_error("run", "-m FILE is required");
+    if (prompt && file) return cli_usage_error("run", "give -p or -f, not both");
+    if (dump && !prompt && !file) return cli_usage_error("run", "--dump-logits needs a prompt (-p or -f)");
+
+    char *text = NULL;
+    size_t tlen = 0;
+    if (file) {
+        text = slurp(file, &tlen);
+        if (!text) { cli_error("%s: %s", file, strerror(errno)); return 1; }
+    } else if (prompt) {
+        text = strdup(prompt);
+        tlen = strlen(prompt);
+    }
+
+    struct run r;
+    memset(&r, 0, sizeof r);
+    struct moeq_engine_params p = { .model_path = model, .n_threads = (int)n_threads,
+                                    .n_ctx = (int)n_ctx, .n_seq = 1, .type_k = tk, .type_v = tv,
+                                    .n_batch = (int)n_batch };
+    r.e = moeq_engine_open(&p, r.err, sizeof r.err);
+    if (!r.e) { free(text); cli_error("%s", r.err); return 1; }
+    int rc = 0;
+    int32_t *tok = NULL;
+    if (!moeq_engine_info(r.e)->has_vocab) { cli_error("%s: the model has no tokenizer", model); rc = 1; goto out; }
+    r.s = moeq_session_new(r.e, r.err, sizeof r.err);
+    if (!r.s) { cli_error("%s", r.err); rc = 1; goto out; }
+    r.n_predict = (int)n_predict;
+    r.sp.temp = (float)temp;
+    r.sp.top_k = (int)top_k;
+    r.sp.top_p = (float)top_p;
+    r.sp.min_p = (float)min_p;
+    r.sp.rng = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+
+    if (!text) {
+        rc = chat_loop(&r);
+        print_stats(&r.st);
+        goto out;
+    }
+    if (chat) {
+        struct moeq_chat_msg m = { "user", text };
+        char *rendered = moeq_chat_render(r.e, &m, 1, 1, r.err, sizeof r.err);
+        if (!rendered) { cli_error("%s", r.err); rc = 1; goto out; }
+        free(text);
+        text = rendered;
+        tlen = strlen(text);
+    }
+    int n = 0;
+    tok = tokenize(&r, text, tlen, 1, &n);
+    if (!tok) { cli_error("tokenization failed"); rc = 1; goto out; }
+    if (n == 0) { cli_error("the prompt is empty"); rc = 1; goto out; }
+    if (n > moeq_session_n_ctx(r.s)) {
+        cli_error("the prompt has %d tokens, more than the context of %d (use -c)", n, moeq_session_n_ctx(r.s));
+        rc = 1;
+        goto out;
+    }
+    if (dump) {
+        if (dump_logits(&r, tok, n, dump) != 0) { cli_error("%s", r.err); rc = 1; goto out; }
+    } else if (eval_prompt(&r, tok, n) != 0) {
+        cli_error("%s", r.err);
+        rc = 1;
+        goto out;
+    }
+    if (!chat) { fwrite(text, 1, tlen, stdout); fflush(stdout); }
+    if (n_predict != 0 && generate(&r, NULL, NULL) != 0) { cli_error("%s", r.err); rc = 1; }
+    putchar('\n');
+    print_stats(&r.st);
+out:
+    free(tok);
+    free(text);
+    moeq_sampler_free(&r.sp);
+    moeq_session_free(r.s);
+    moeq_engine_close(r.e);
+    return rc;
+}
