@@ -264,35 +264,152 @@ struct attn_job {
     int layer, n;
 };
 
-static float kv_dot(int type, const uint8_t *row, const float *q, int d)
+/*
+ * The attention inner loops: scores[p] = scale * q . K[p] over a head's
+ * cached positions, and out += sum_p w[p] * V[p]. Scalar versions work
+ * everywhere; the AVX2 twins (compiled for that target only, chosen at run
+ * time with the kernels' ISA choice) convert halves with F16C and int8
+ * with sign extension, 8 lanes at a time.
+ */
+static void scores_f16(const uint8_t *k, size_t stride, int npos, const float *q, int d,
+                       float scale, float *sc)
 {
-    float s = 0;
-    if (type == MOEQ_TYPE_F16) {
-        const uint16_t *h = (const uint16_t *)row;
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
+        float s = 0;
         for (int i = 0; i < d; i++) s += q[i] * h2f(h[i]);
-    } else {
-        const block_q8_0 *b = (const block_q8_0 *)row;
-        for (int k = 0; k < d / QK8_0; k++) {
-            float t = 0;
-            for (int i = 0; i < QK8_0; i++) t += q[k * QK8_0 + i] * b[k].qs[i];
-            s += t * h2f(b[k].d);
-        }
+        sc[p] = s * scale;
     }
-    return s;
 }
 
-static void kv_axpy(int type, const uint8_t *row, float p, float *out, int d)
+static void scores_q8_0(const uint8_t *k, size_t stride, int npos, const float *q, int d,
+                        float scale, float *sc)
 {
-    if (type == MOEQ_TYPE_F16) {
-        const uint16_t *h = (const uint16_t *)row;
-        for (int i = 0; i < d; i++) out[i] += p * h2f(h[i]);
-    } else {
-        const block_q8_0 *b = (const block_q8_0 *)row;
-        for (int k = 0; k < d / QK8_0; k++) {
-            float pd = p * h2f(b[k].d);
-            for (int i = 0; i < QK8_0; i++) out[k * QK8_0 + i] += pd * b[k].qs[i];
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
+        float s = 0;
+        for (int j = 0; j < d / QK8_0; j++) {
+            float t = 0;
+            for (int i = 0; i < QK8_0; i++) t += q[j * QK8_0 + i] * b[j].qs[i];
+            s += t * h2f(b[j].d);
+        }
+        sc[p] = s * scale;
+    }
+}
+
+static void accum_f16(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
+        for (int i = 0; i < d; i++) out[i] += w[p] * h2f(h[i]);
+    }
+}
+
+static void accum_q8_0(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
+        for (int j = 0; j < d / QK8_0; j++) {
+            float wd = w[p] * h2f(b[j].d);
+            for (int i = 0; i < QK8_0; i++) out[j * QK8_0 + i] += wd * b[j].qs[i];
         }
     }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX2_TARGET static inline float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+AVX2_TARGET static inline __m256 load_i8x8(const int8_t *p)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* d is a multiple of 16 here (checked by attn_pick). */
+AVX2_TARGET static void scores_f16_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
+                                        int d, float scale, float *sc)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int i = 0; i < d; i += 16) {
+            __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+            __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8)));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, a1);
+        }
+        sc[p] = hsum8(_mm256_add_ps(a0, a1)) * scale;
+    }
+}
+
+AVX2_TARGET static void scores_q8_0_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
+                                         int d, float scale, float *sc)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
+        __m256 acc = _mm256_setzero_ps();
+        for (int j = 0; j < d / QK8_0; j++) {
+            const float *qj = q + j * QK8_0;
+            __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qj), load_i8x8(b[j].qs));
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8), load_i8x8(b[j].qs + 8), t);
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 16), load_i8x8(b[j].qs + 16), t);
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 24), load_i8x8(b[j].qs + 24), t);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[j].d)), t, acc);
+        }
+        sc[p] = hsum8(acc) * scale;
+    }
+}
+
+AVX2_TARGET static void accum_f16_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
+                                       int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
+        __m256 wp = _mm256_set1_ps(w[p]);
+        for (int i = 0; i < d; i += 8) {
+            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(wp, x, _mm256_loadu_ps(out + i)));
+        }
+    }
+}
+
+AVX2_TARGET static void accum_q8_0_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
+                                        int d, float *out)
+{
+    for (int p = 0; p < npos; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
+        for (int j = 0; j < d / QK8_0; j++) {
+            __m256 wd = _mm256_set1_ps(w[p] * h2f(b[j].d));
+            float *o = out + j * QK8_0;
+            for (int i = 0; i < QK8_0; i += 8)
+                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wd, load_i8x8(b[j].qs + i), _mm256_loadu_ps(o + i)));
+        }
+    }
+}
+#define HAVE_AVX2_ATTN 1
+#endif
+
+static void attn_pick(moeq_engine *e)
+{
+    int d = e->m->hp.head_dim;
+    e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16 : scores_q8_0;
+    e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16 : accum_q8_0;
+#ifdef HAVE_AVX2_ATTN
+    if (moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
+        e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16_avx2 : scores_q8_0_avx2;
+        e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16_avx2 : accum_q8_0_avx2;
+    }
+#else
+    (void)d;
+#endif
 }
 
 static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
@@ -311,22 +428,19 @@ static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
         const float *q = e->q + (size_t)t * nq + (size_t)h * HD;
         const uint8_t *kbase = s->k + (size_t)j->layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
         const uint8_t *vbase = s->v + (size_t)j->layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
+        e->kv_scores(kbase, e->k_row_bytes, npos, q, HD, scale, sc);
         float mx = -INFINITY;
-        for (int p = 0; p < npos; p++) {
-            float v = kv_dot(e->type_k, kbase + (size_t)p * e->k_row_bytes, q, HD) * scale;
-            sc[p] = v;
-            if (v > mx) mx = v;
-        }
+        for (int p = 0; p < npos; p++) mx = sc[p] > mx ? sc[p] : mx;
         float sum = 0;
         for (int p = 0; p < npos; p++) {
             sc[p] = expf(sc[p] - mx);
             sum += sc[p];
         }
+        float inv = 1.0f / sum;
+        for (int p = 0; p < npos; p++) sc[p] *= inv;
         float *out = e->att + (size_t)t * nq + (size_t)h * HD;
         memset(out, 0, (size_t)HD * sizeof *out);
-        float inv = 1.0f / sum;
-        for (int p = 0; p < npos; p++)
-            kv_axpy(e->type_v, vbase + (size_t)p * e->v_row_bytes, sc[p] * inv, out, HD);
+        e->kv_accum(vbase, e->v_row_bytes, npos, sc, HD, out);
     }
 }
 
@@ -673,7 +787,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->pool = moeq_pool_new(p->n_threads);
     e->n_threads = moeq_pool_size(e->pool);
     e->cap = e->n_batch > e->n_seq ? e->n_batch : e->n_seq;
-    if (e->cap > e->n_ctx * e->n_seq) e->cap = e->n_ctx * e->n_seq;
+    if ((int64_t)e->cap > (int64_t)e->n_ctx * e->n_seq) e->cap = e->n_ctx * e->n_seq;
 
     const int E = hp->n_embd, HD = hp->head_dim;
     const int nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
@@ -734,6 +848,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         seterr(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
         goto fail;
     }
+    attn_pick(e);
     fill_info(e);
     return e;
 fail:
@@ -788,6 +903,11 @@ moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
         moeq_session_free(s);
         return NULL;
     }
+    /* Touch the whole cache now, as llama.cpp clears its KV buffer: memory
+     * runs out at start rather than mid-answer, and resident memory is what
+     * `moeq fit` predicts from the first token on. */
+    memset(s->k, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_k);
+    memset(s->v, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_v);
     e->n_sessions++;
     return s;
 }

@@ -12,6 +12,12 @@
 
 struct moe_task;
 
+/* Attention inner loops over one head's cached positions (engine.c). */
+typedef void (*moeq_kv_scores_fn)(const uint8_t *k, size_t stride, int npos, const float *q,
+                                  int d, float scale, float *scores);
+typedef void (*moeq_kv_accum_fn)(const uint8_t *v, size_t stride, int npos, const float *w,
+                                 int d, float *out);
+
 struct moeq_engine {
     moeq_model            *m;
     struct moeq_model_info info;
@@ -27,6 +33,8 @@ struct moeq_engine {
     size_t k_row_bytes, v_row_bytes;   /* one position, all KV heads */
     size_t k_head_bytes, v_head_bytes; /* one KV head */
     size_t kv_layer_bytes_k, kv_layer_bytes_v;
+    moeq_kv_scores_fn kv_scores;       /* for type_k and the CPU */
+    moeq_kv_accum_fn  kv_accum;        /* for type_v and the CPU */
 
     /* scratch, sized once at open (cap tokens; slots = cap * n_expert_used) */
     int32_t       *btok;         /* [cap] batch tokens */

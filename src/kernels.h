@@ -25,8 +25,10 @@ const char *moeq_isa_name(int isa);
 int    moeq_act_type(int wtype);
 /* Bytes of one activation row of n elements for wtype. */
 size_t moeq_act_row_size(int wtype, int64_t n);
-/* Quantize n floats into wtype's activation format. */
+/* Quantize n floats into wtype's activation format (same bytes at every ISA). */
 void   moeq_quantize_act(int wtype, const float *x, void *y, int64_t n);
+/* The same with a given ISA's code (scalar where it has none): for tests. */
+void   moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n);
 
 /* s = dot(weight row w of n elements, activation row a). */
 typedef void (*moeq_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);

@@ -55,6 +55,7 @@ struct lattice {
     float    thr[LAT_MAXLEV];    /* midpoints between successive magnitudes */
     int      ncodes;             /* nlev^ndim: every per-coordinate rounding */
     uint8_t *pt;                 /* npoints x ndim magnitude indices */
+    uint8_t *po;                 /* the same as offsets k*nlev + index into a cost table */
     int32_t *map;                /* code -> grid index, or -(1 + list offset) */
     uint16_t *nbr;               /* lists: n_near, n_wide, then n_wide indices */
 };
@@ -122,6 +123,7 @@ static void lattice_build(int lat)
     L->ndim = ndim; L->nlev = nlev; L->npoints = npoints; L->ncodes = ncodes;
 
     L->pt = xmalloc((size_t)npoints * ndim);
+    L->po = xmalloc((size_t)npoints * ndim);
     L->map = xmalloc((size_t)ncodes * sizeof(int32_t));
     for (int c = 0; c < ncodes; c++) L->map[c] = INT32_MIN;
     for (int p = 0; p < npoints; p++) {
@@ -129,6 +131,7 @@ static void lattice_build(int lat)
         for (int k = ndim - 1; k >= 0; k--) {
             int l = levidx[grid_byte(lat, p, k)];
             L->pt[p * ndim + k] = (uint8_t)l;
+            L->po[p * ndim + k] = (uint8_t)(k * nlev + l);
             code = code * nlev + l;
         }
         L->map[code] = p;
@@ -153,7 +156,7 @@ static void lattice_build(int lat)
             dist[p] = d2;
         }
         /* the shells_wide smallest distinct distances */
-        int bound[8] = {0}, nb = 0, last = -1;
+        int bound[16] = {0}, nb = 0, last = -1;
         while (nb < shells_wide) {
             int m = INT32_MAX;
             for (int p = 0; p < npoints; p++)
@@ -205,19 +208,20 @@ static const struct lattice *lattice_get(int lat)
  * The codeword minimising sum w[k] * (a[k] - s*grid[k])^2 for one group.
  * Rounds each coordinate to its nearest magnitude; if that combination is
  * a codeword it is optimal, otherwise the best of the neighbour list wins.
- * The comparisons (not float-to-int casts) keep NaN input in range.
+ * Threshold comparisons (not float-to-int casts) keep NaN input in range.
+ * NDIM and NLEV are compile-time constants at each call site (8 x 3 for
+ * IQ2, 4 x 8 for IQ3) so the loops unroll: this is the hot path.
  */
-static int lattice_nearest(const struct lattice *L, const float *a, const float *w,
-                           float s, int wide)
+static inline __attribute__((always_inline))
+int lattice_nearest_k(const struct lattice *L, const float *a, const float *w,
+                      float s, float id, int wide, const int NDIM, const int NLEV)
 {
-    const int ndim = L->ndim, nlev = L->nlev;
-    const float id = s > 0 ? 1.0f / s : 0.0f;
     int code = 0;
-    for (int k = ndim - 1; k >= 0; k--) {
+    for (int k = NDIM - 1; k >= 0; k--) {
         float t = a[k] * id;
         int l = 0;
-        while (l < nlev - 1 && t > L->thr[l]) l++;
-        code = code * nlev + l;
+        for (int j = 0; j < NLEV - 1; j++) l += t > L->thr[j];
+        code = code * NLEV + l;
     }
     int32_t m = L->map[code];
     if (m >= 0) return m;
@@ -226,17 +230,20 @@ static int lattice_nearest(const struct lattice *L, const float *a, const float 
     const int n = wide ? list[1] : list[0];
     list += 2;
     float cost[LAT_MAXDIM * LAT_MAXLEV];
-    for (int k = 0; k < ndim; k++)
-        for (int l = 0; l < nlev; l++) {
+    for (int k = 0; k < NDIM; k++)
+        for (int l = 0; l < NLEV; l++) {
             float df = a[k] - s * L->lev[l];
-            cost[k * LAT_MAXLEV + l] = w[k] * df * df;
+            cost[k * NLEV + l] = w[k] * df * df;
         }
     float best = FLT_MAX;
     int besti = list[0];
     for (int j = 0; j < n; j++) {
-        const uint8_t *pt = L->pt + (size_t)list[j] * ndim;
-        float e = 0;
-        for (int k = 0; k < ndim; k++) e += cost[k * LAT_MAXLEV + pt[k]];
+        const uint8_t *po = L->po + (size_t)list[j] * NDIM;
+        /* two partial sums: the adds are a latency chain otherwise */
+        float e0 = 0, e1 = 0;
+#pragma GCC unroll 8
+        for (int k = 0; k < NDIM; k += 2) { e0 += cost[po[k]]; e1 += cost[po[k + 1]]; }
+        float e = e0 + e1;
         if (e < best) { best = e; besti = list[j]; }
     }
     return besti;
@@ -246,23 +253,36 @@ static int lattice_nearest(const struct lattice *L, const float *a, const float 
  * Assign every group of a sub-block of n weights at scale s; returns the
  * weighted sums sum(w*a*q) and sum(w*q*q) of the chosen magnitudes q.
  */
-static void sub_assign(const struct lattice *L, const float *a, const float *w, int n,
-                       float s, int wide, uint16_t *idx, float *sqx, float *sq2)
+static inline __attribute__((always_inline))
+void sub_assign_k(const struct lattice *L, const float *a, const float *w, int n, float s,
+                  int wide, uint16_t *idx, float *sqx, float *sq2, const int NDIM, const int NLEV)
 {
-    const int ndim = L->ndim;
+    const float id = s > 0 ? 1.0f / s : 0.0f;
     float sx = 0, s2 = 0;
-    for (int g = 0; g < n / ndim; g++) {
-        const float *ag = a + g * ndim, *wg = w + g * ndim;
-        int p = lattice_nearest(L, ag, wg, s, wide);
+    for (int g = 0; g < n / NDIM; g++) {
+        const float *ag = a + g * NDIM, *wg = w + g * NDIM;
+        int p = lattice_nearest_k(L, ag, wg, s, id, wide, NDIM, NLEV);
         idx[g] = (uint16_t)p;
-        const uint8_t *pt = L->pt + (size_t)p * ndim;
-        for (int k = 0; k < ndim; k++) {
+        const uint8_t *pt = L->pt + (size_t)p * NDIM;
+        for (int k = 0; k < NDIM; k++) {
             float q = L->lev[pt[k]];
             sx += wg[k] * ag[k] * q;
             s2 += wg[k] * q * q;
         }
     }
     *sqx = sx; *sq2 = s2;
+}
+
+static void sub_assign(const struct lattice *L, const float *a, const float *w, int n,
+                       float s, int wide, uint16_t *idx, float *sqx, float *sq2)
+{
+    if (L->ndim == 8 && L->nlev == 3) sub_assign_k(L, a, w, n, s, wide, idx, sqx, sq2, 8, 3);
+    else if (L->ndim == 4 && L->nlev == 8) sub_assign_k(L, a, w, n, s, wide, idx, sqx, sq2, 4, 8);
+    else {
+        /* not reached with ggml's codebooks; kept generic for safety */
+        fprintf(stderr, "moeq: unexpected i-quant codebook shape\n");
+        abort();
+    }
 }
 
 /* ====================================================== super-block search */
@@ -274,15 +294,17 @@ struct iq_spec {
     float c;            /* D = d * c: value = D * (2*ls+1) * grid_byte */
     float sigma_mul;    /* sigma^2 = sigma_mul * mean(x^2), as ggml per type */
     float fb_sigma;     /* no imatrix: w = fb_sigma * sigma^2 + x^2 */
-    int   nscan;        /* scale candidates each side of the start */
-    float scan_step;    /* relative step between candidates */
+    float scan_span;    /* scale scan covers top*(1 +- scan_span) */
 };
 
-static const struct iq_spec spec_iq2_xxs = { LAT_IQ2XXS, 32, 1, 0.125f, 1.0f, 0.25f, 6, 0.02f };
-static const struct iq_spec spec_iq2_xs  = { LAT_IQ2XS,  16, 1, 0.125f, 1.0f, 0.25f, 7, 0.02f };
-static const struct iq_spec spec_iq2_s   = { LAT_IQ2S,   16, 0, 0.125f, 2.0f, 0.25f, 9, 0.02f };
-static const struct iq_spec spec_iq3_xxs = { LAT_IQ3XXS, 32, 1, 0.25f,  2.0f, 0.0f, 15, 0.0133f };
-static const struct iq_spec spec_iq3_s   = { LAT_IQ3S,   32, 0, 1.0f,   2.0f, 0.0f,  9, 0.0133f };
+static const struct iq_spec spec_iq2_xxs = { LAT_IQ2XXS, 32, 1, 0.125f, 1.0f, 0.25f, 0.12f };
+static const struct iq_spec spec_iq2_xs  = { LAT_IQ2XS,  16, 1, 0.125f, 1.0f, 0.25f, 0.14f };
+static const struct iq_spec spec_iq2_s   = { LAT_IQ2S,   16, 0, 0.125f, 2.0f, 0.25f, 0.18f };
+static const struct iq_spec spec_iq3_xxs = { LAT_IQ3XXS, 32, 1, 0.25f,  2.0f, 0.0f,  0.20f };
+static const struct iq_spec spec_iq3_s   = { LAT_IQ3S,   32, 0, 1.0f,   2.0f, 0.0f,  0.12f };
+
+/* Scale candidates each side of the start in the per-sub-block scan. */
+#define SCAN_HALF 2
 
 /* One encoded super-block, before packing into a format's bit layout. */
 struct sb_out {
@@ -345,7 +367,10 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         out->signs[g] = sg;
     }
 
-    /* Per sub-block: the best free scale s_b and its curvature A_b. */
+    /* Per sub-block: the best free scale s_b and its curvature A_b. A few
+     * candidates mapping the largest magnitude onto the top level (and
+     * around it) suffice: the passes below re-decide every codeword at the
+     * real scales, so this only has to land near the right scale. */
     float sbest[16], curv[16];
     uint16_t idx_tmp[8];
     const float top = L->lev[L->nlev - 1];
@@ -356,20 +381,19 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         sbest[b] = 0; curv[b] = 0;
         if (!(amax > 1e-30f) || !isfinite(amax)) continue;
         float best = 0, bs = 0, bq2 = 0;
-        for (int is = -sp->nscan; is <= sp->nscan; is++) {
-            float s = amax / (top * (1.0f + is * sp->scan_step));
+        for (int is = -SCAN_HALF; is <= SCAN_HALF; is++) {
+            float s = amax / (top * (1.0f + sp->scan_span * is / SCAN_HALF));
             float sqx, sq2;
             sub_assign(L, ab, wb, sub, s, 0, idx_tmp, &sqx, &sq2);
             if (sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2) {
                 best = sqx * sqx / sq2; bs = sqx / sq2; bq2 = sq2;
             }
         }
-        /* settle: re-round at the fitted scale until it stops improving */
-        for (int it = 0; it < 2 && bs > 0; it++) {
+        /* settle: re-round once at the fitted scale */
+        if (bs > 0) {
             float sqx, sq2;
             sub_assign(L, ab, wb, sub, bs, 0, idx_tmp, &sqx, &sq2);
-            if (!(sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2 * 1.000001f)) break;
-            best = sqx * sqx / sq2; bs = sqx / sq2; bq2 = sq2;
+            if (sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2) { bs = sqx / sq2; bq2 = sq2; }
         }
         sbest[b] = bs; curv[b] = bq2;
     }
@@ -398,15 +422,19 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         }
     }
 
-    /* Final passes at real scales: each sub-block takes the 4-bit scale
-     * (nearest and its neighbours) whose full codeword search gives the
-     * lowest true error, then D is refitted. The last pass runs at the
-     * stored fp16 d so the codewords match what decodes. */
+    /* Two passes at real scales. Each sub-block takes the 4-bit scale
+     * (nearest to its free optimum, or one either side) whose codeword
+     * search gives the lowest true error. The first pass uses the short
+     * neighbour lists and ends with a least-squares refit of D; the second
+     * runs at the stored fp16 d with the long lists, so the codewords are
+     * the best found for exactly what decodes. */
     uint16_t idx_best[8];
-    for (int pass = 0; pass < 3; pass++) {
-        const int last = pass == 2;
+    for (int pass = 0; pass < 2; pass++) {
+        const int last = pass == 1;
         if (last) {
-            out->d = moeq_f32_to_f16(D / sp->c);
+            float dh = D / sp->c;
+            if (dh > 65504.0f) dh = 65504.0f;       /* stay finite in fp16 */
+            out->d = moeq_f32_to_f16(dh);
             D = moeq_f16_to_f32(out->d) * sp->c;
             if (!(D > 0) || !isfinite(D)) { memset(out, 0, sizeof *out); return; }
         }
@@ -419,8 +447,8 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
             int lbest = l0;
             for (int l = l0 - 1; l <= l0 + 1; l++) {
                 if (l < 0 || l > 15) continue;
-                float s = D * (2 * l + 1), sqx, sq2;
-                sub_assign(L, ab, wb, sub, s, 1, idx_tmp, &sqx, &sq2);
+                float s = D * (float)(2 * l + 1), sqx, sq2;
+                sub_assign(L, ab, wb, sub, s, last, idx_tmp, &sqx, &sq2);
                 float e = rel_err(s, sqx, sq2);
                 if (e < ebest) {
                     ebest = e; lbest = l; bx = sqx; b2 = sq2;
@@ -431,7 +459,7 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
             memcpy(out->idx + b * ngs, idx_best, (size_t)ngs * sizeof(uint16_t));
             float m = (float)(2 * lbest + 1);
             num += m * bx; den += m * m * b2;
-            sbest[b] = D * m;   /* steer the next pass's nearest scale */
+            sbest[b] = D * m;   /* the next pass starts from this choice */
         }
         if (!last && den > 0 && num > 0) D = num / den;
     }

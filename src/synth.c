@@ -17,15 +17,18 @@
  * Every value is a function of (seed, tensor name, row, column) only, so a
  * file's bytes never depend on the thread count, and an F32 model and a
  * quantized model of the same seed hold the same underlying weights
- * wherever the quantized one was produced by quantizing.
+ * wherever the quantized one was quantized or rounded from them.
  *
- * Quantized tensors take one of two paths. "quantize" generates the float
- * rows and runs the type's quantizer (moeq_type_traits()->quantize).
- * "direct" writes valid blocks without floats: random quant indices
- * (levels, grid points, signs) and block/sub-block scales fitted to the
- * row and column scale profile, so outlier channels still show up as large
- * sub-block scales. Direct synthesis costs a few operations per byte,
- * which is what lets the full 30B-A3B shape stream in minutes.
+ * Quantized tensors take one of three paths. "quantize" generates the float
+ * rows and runs the type's quantizer (moeq_type_traits()->quantize): the
+ * best quality, but the search-based quantizers manage well under a
+ * million weights a second. The direct paths cost a few operations per
+ * weight, which is what lets the full 30B-A3B shape stream in two minutes:
+ * "round" rounds the float rows of the linear types to the nearest levels
+ * with max-based scales (no search); "random" writes the grid types'
+ * blocks without floats, random grid points and signs under block and
+ * sub-block scales fitted to the row and column scale profile, so outlier
+ * channels still show up as large sub-block scales.
  */
 #include "synth.h"
 
@@ -309,6 +312,26 @@ static inline float unit_z(uint64_t r)
     return z * 0.98f; /* the tail adds variance 8/256; keep the total near 1 */
 }
 
+/* exp for the scale factors, from IEEE operations only (no libm), so the
+ * same seed gives the same bytes on every platform: e^x = 2^k * e^r with
+ * |r| <= ln2/2 and a degree-11 Taylor polynomial (error far below a
+ * float's ulp). Arguments here are within +-10. */
+static float det_expf(float xf)
+{
+    double x = xf;
+    if (x > 80) x = 80;
+    if (x < -80) x = -80;
+    const double ln2 = 0.69314718055994530942;
+    double kd = x / ln2;
+    int k = (int)(kd < 0 ? kd - 0.5 : kd + 0.5);
+    double r = x - (double)k * ln2;
+    double p = 1.0, term = 1.0;
+    for (int i = 1; i <= 11; i++) { term *= r / (double)i; p += term; }
+    double two_k = 1.0;
+    for (int i = 0; i < (k < 0 ? -k : k); i++) two_k *= 2.0;
+    return (float)(k < 0 ? p / two_k : p * two_k);
+}
+
 static inline float unit_u(uint64_t r) { return (float)(r >> 40) * (1.0f / 16777216.0f); }
 
 static uint64_t name_hash(const char *s)
@@ -457,7 +480,7 @@ static void tgen_init(struct tgen *g, const struct model_ctx *m, const struct tp
                       t->role == ROLE_READ || t->role == ROLE_ROUTER;
     double ss = 0;
     for (uint64_t i = 0; i < ne0; i++) {
-        float s = expf(0.3f * unit_z(hash3(g->id, 0x636f6c, i)));
+        float s = det_expf(0.3f * unit_z(hash3(g->id, 0x636f6c, i)));
         if (reads_resid && ne0 == (uint64_t)c->n_embd)
             s *= t->role == ROLE_EMBD ? 0.5f * (1.0f + m->outlier[i]) : m->outlier[i];
         g->col[i] = s;
@@ -515,8 +538,8 @@ static void tgen_free(struct tgen *g, int n_threads)
 static float row_scale(const struct tgen *g, uint64_t r)
 {
     uint64_t e = r / g->t->ne[1];
-    float s = expf(0.2f * unit_z(hash3(g->id, 0x726f77, r)));
-    if (g->t->n_dims == 3) s *= expf(0.15f * unit_z(hash3(g->id, 0x657870, e)));
+    float s = det_expf(0.2f * unit_z(hash3(g->id, 0x726f77, r)));
+    if (g->t->n_dims == 3) s *= det_expf(0.15f * unit_z(hash3(g->id, 0x657870, e)));
     return s;
 }
 
@@ -529,7 +552,7 @@ static void gen_row(const struct tgen *g, uint64_t r, float *out)
     uint64_t s = hash3(g->id, 0x76616c, r);
     if (t->role == ROLE_NORM || t->role == ROLE_QKNORM) {
         for (uint64_t i = 0; i < ne0; i++) {
-            float v = expf(g->std * unit_z(rng_next(&s)));
+            float v = det_expf(g->std * unit_z(rng_next(&s)));
             /* trained models damp their massive-activation channels */
             if (t->role == ROLE_NORM && m->outlier[i] > 1.0f) v *= 0.5f;
             out[i] = v;

@@ -256,20 +256,26 @@ TEST(kernels_gemm_matches_vec_dot)
                 fill_act(x, K, c == 7 ? FILL_EXTREME : FILL_RANDOM);
                 moeq_quantize_act(type, x, a + c * as, K);
             }
-            for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
-            moeq_gemm_isa(isa, type, K, w, ws, R, a, as, C, out, R + 3);
             moeq_vec_dot_fn dot = moeq_vec_dot_isa(type, isa);
             if (!dot) dot = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
-            for (int c = 0; c < C; c++) {
-                for (int r = 0; r < R; r++) {
-                    float s;
-                    dot(K, &s, w + r * ws, a + c * as);
-                    double mag = block_magnitude(type, K, w + r * ws, a + c * as);
-                    CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
-                           "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
-                           moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+            /* small column counts take other paths than large ones */
+            static const int ncols[] = { 1, 2, 3, 5, C };
+            for (int ni = 0; ni < 5; ni++) {
+                int nc = ncols[ni];
+                for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
+                moeq_gemm_isa(isa, type, K, w, ws, R, a, as, nc, out, R + 3);
+                for (int c = 0; c < nc; c++) {
+                    for (int r = 0; r < R; r++) {
+                        float s;
+                        dot(K, &s, w + r * ws, a + c * as);
+                        double mag = block_magnitude(type, K, w + r * ws, a + c * as);
+                        CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
+                               "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
+                               moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+                    }
+                    for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
                 }
-                for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
+                CHECK(nc == C || out[nc * (R + 3)] == -12345.f);
             }
         }
     }
@@ -333,4 +339,26 @@ TEST(kernels_kbench_cli)
     rc = test_run(&out, "%s kbench --help", test_moeq_bin());
     CHECK(rc == 0 && out && strstr(out, "usage: moeq kbench"));
     free(out);
+}
+
+/* Every ISA quantizes activations to the same bytes as the scalar code. */
+TEST(kernels_act_quant_same_bytes_every_isa)
+{
+    enum { N = 1024 };
+    static float x[N];
+    static uint8_t ref[N * 2], got[N * 2];
+    static const int wt[] = { MOEQ_TYPE_Q4_K, MOEQ_TYPE_Q8_0 };
+    for (int isa = MOEQ_ISA_AVX2; isa < MOEQ_ISA_COUNT; isa++)
+        for (int t = 0; t < 2; t++)
+            for (int mode = 0; mode < 4; mode++) {
+                if (mode < 3) fill_act(x, N, (enum fill)mode);
+                else for (int i = 0; i < N; i++) x[i] = i < 300 ? 0.f : (float)(i % 7) - 3.f; /* zero blocks, exact halves */
+                size_t bytes = moeq_act_row_size(wt[t], N);
+                memset(ref, 0x55, sizeof ref);
+                memset(got, 0xaa, sizeof got);
+                moeq_quantize_act_isa(MOEQ_ISA_SCALAR, wt[t], x, ref, N);
+                moeq_quantize_act_isa(isa, wt[t], x, got, N);
+                CHECKF(memcmp(ref, got, bytes) == 0, "%s %s mode %d: bytes differ", moeq_isa_name(isa),
+                       moeq_type_name(moeq_act_type(wt[t])), mode);
+            }
 }

@@ -81,14 +81,16 @@ static void roundtrip(int type, const float *x, float *y, int nrows, int ncols, 
  * on make_data(seed 7), times 1.05: with the imatrix, and unweighted
  * without one. The reference quantizer's algorithm lands 12-16% above our
  * imatrix values on this data, so the bounds catch a search that regressed
- * to it or worse.
+ * to it or worse. (Without an imatrix the IQ3 types weight by x^2, as
+ * ggml does; that objective is met twice as well as by the reference, but
+ * the unweighted error shown here is 5-7% above the reference's.)
  */
 static const struct { int type; double bound_imat, bound_plain; } bounds[] = {
-    { MOEQ_TYPE_IQ2_XXS, 0.1476, 0.2201 },
-    { MOEQ_TYPE_IQ2_XS,  0.0966, 0.1327 },
-    { MOEQ_TYPE_IQ2_S,   0.0830, 0.1050 },
-    { MOEQ_TYPE_IQ3_XXS, 0.0364, 0.0749 },
-    { MOEQ_TYPE_IQ3_S,   0.0239, 0.0415 },
+    { MOEQ_TYPE_IQ2_XXS, 0.1478, 0.2200 },
+    { MOEQ_TYPE_IQ2_XS,  0.0965, 0.1329 },
+    { MOEQ_TYPE_IQ2_S,   0.0826, 0.1052 },
+    { MOEQ_TYPE_IQ3_XXS, 0.0364, 0.0754 },
+    { MOEQ_TYPE_IQ3_S,   0.0239, 0.0411 },
 };
 
 TEST(iq_roundtrip_error_bounds)

@@ -10,8 +10,10 @@
  * scale (overall and per column); bad flags exit 2.
  */
 #include "test.h"
+#include "engine.h"
 #include "gguf.h"
 #include "quants.h"
+#include "tokenizer.h"
 
 #include <stdint.h>
 
@@ -265,8 +267,13 @@ TEST(synth_recipe_asym_types)
         }
         CHECKF(found, "unexpected tensor %.*s", (int)t->name.n, t->name.s);
     }
-    /* a later flag changes one group of the recipe */
     gguf_close(f);
+    /* moeq info reads it and sees the recipe's groups */
+    char *o = NULL;
+    CHECK(test_run(&o, "%s info %s", test_moeq_bin(), p) == 0);
+    CHECKF(o && strstr(o, "IQ2_S") && strstr(o, "IQ3_S") && strstr(o, "Q6_K"), "info: %s", o ? o : "");
+    free(o);
+    /* a later flag changes one group of the recipe */
     p = synth("asym2.gguf", "--recipe asym-2bitexp --type-attn-v Q8_0 --type-exp-down IQ4_XS --mode direct");
     f = open_or_die(p);
     CHECK(tensor(f, "blk.1.attn_v.weight")->type == MOEQ_TYPE_Q8_0);
@@ -547,6 +554,102 @@ TEST(synth_direct_round_matches_f32)
         gguf_close(fq);
     }
     gguf_close(fr);
+}
+
+/* ------------------------------------------------------ through the engine */
+
+struct expert_use { long rows[2][16]; };
+
+static void count_experts(void *ud, const char *tensor, int expert, const float *x, int n_rows, int n_cols)
+{
+    (void)x; (void)n_cols;
+    struct expert_use *u = ud;
+    int layer = -1;
+    if (expert < 0 || expert >= 16 || !strstr(tensor, "ffn_gate_exps")) return;
+    if (sscanf(tensor, "blk.%d.", &layer) != 1 || layer < 0 || layer > 1) return;
+    u->rows[layer][expert] += n_rows;
+}
+
+/* Our loader, tokenizer and engine take a synthesized model: the text
+ * tokenizes into merged tokens and back, the control tokens and template
+ * work, logits are finite and of a trained model's spread, and routing
+ * favours a few experts. */
+static void check_engine(const char *path, int check_routing)
+{
+    char err[512] = "";
+    gguf_file *f = open_or_die(path);
+    moeq_tokenizer *tk = moeq_tokenizer_load(f, err, sizeof err);
+    REQUIREF(tk, "tokenizer: %s", err);
+    char tmpl[1024];
+    enum moeq_chat_kind kind;
+    CHECK(gguf_get_str(f, "tokenizer.chat_template", tmpl, sizeof tmpl) == 0 &&
+          moeq_chat_detect(tmpl, &kind) == 0 && kind == MOEQ_CHAT_CHATML);
+    gguf_close(f);
+    const char *text = "The river town wakes before the sun. Bakers open their doors at four, "
+                       "and the smell of warm bread drifts down the narrow streets toward the water. "
+                       "Children run between the stalls while their parents compare prices.";
+    int32_t tok[256];
+    int n = moeq_tokenizer_encode(tk, text, strlen(text), 0, tok, 256);
+    REQUIRE(n > 0 && n <= 256);
+    /* 253 merges in the tiny vocabulary: about 2.3 bytes a token */
+    CHECKF(n < (int)strlen(text) / 2, "%d tokens for %zu bytes: merges not used", n, strlen(text));
+    char back[1024];
+    int len = 0;
+    for (int i = 0; i < n; i++) {
+        int k = moeq_tokenizer_piece(tk, tok[i], back + len, (int)sizeof back - len);
+        REQUIRE(k >= 0);
+        len += k;
+    }
+    CHECK(len == (int)strlen(text) && !memcmp(back, text, (size_t)len));
+    int32_t sp[4];
+    CHECK(moeq_tokenizer_encode(tk, "<|im_end|>", 10, 1, sp, 4) == 1 && moeq_tokenizer_is_eog(tk, sp[0]));
+    struct moeq_token_specials spc;
+    moeq_tokenizer_specials(tk, &spc);
+    CHECK(spc.eos == sp[0] && spc.add_bos == 0);
+    moeq_tokenizer_free(tk);
+
+    struct moeq_engine_params ep = { .model_path = path, .n_threads = 2, .n_ctx = 512, .n_seq = 1,
+                                     .type_k = MOEQ_TYPE_F16, .type_v = MOEQ_TYPE_F16, .n_batch = 64 };
+    moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
+    REQUIREF(e, "open %s: %s", path, err);
+
+    struct expert_use use;
+    memset(&use, 0, sizeof use);
+    moeq_engine_set_act_hook(e, count_experts, &use);
+    moeq_session *s = moeq_session_new(e, err, sizeof err);
+    REQUIREF(s, "%s", err);
+    int nv = moeq_engine_info(e)->n_vocab;
+    float *lg = malloc((size_t)n * (size_t)nv * sizeof *lg);
+    REQUIRE(lg);
+    REQUIREF(moeq_session_eval(s, tok, n, lg, err, sizeof err) == 0, "%s", err);
+    for (int t = 0; t < n; t += 7) {
+        double m = 0, v = 0;
+        for (int i = 0; i < nv; i++) { CHECK(isfinite(lg[(size_t)t * nv + i])); m += lg[(size_t)t * nv + i]; }
+        m /= nv;
+        for (int i = 0; i < nv; i++) v += (lg[(size_t)t * nv + i] - m) * (lg[(size_t)t * nv + i] - m);
+        double sd = sqrt(v / nv);
+        CHECKF(sd > 0.5 && sd < 20, "%s: position %d: logit std %.2f", path, t, sd);
+    }
+    if (check_routing) {
+        for (int l = 0; l < 2; l++) {
+            long mx = 0, tot = 0;
+            for (int x = 0; x < 16; x++) { tot += use.rows[l][x]; if (use.rows[l][x] > mx) mx = use.rows[l][x]; }
+            CHECKF(tot == 2L * n, "layer %d: %ld expert rows for %d tokens", l, tot, n);
+            CHECKF(mx > 2 * tot / 16, "layer %d: busiest expert %ld of %ld rows", l, mx, tot);
+        }
+    }
+    free(lg);
+    moeq_session_free(s);
+    moeq_engine_close(e);
+}
+
+TEST(synth_runs_in_engine)
+{
+    char f32[4096];
+    snprintf(f32, sizeof f32, "%s", synth("eng.gguf", "--experts 16"));
+    check_engine(f32, 1);
+    /* the recipe, quantized (direct) */
+    check_engine(synth("eng_asym.gguf", "--experts 16 --recipe asym-2bitexp --mode direct"), 1);
 }
 
 /* ------------------------------------------------------------ the CLI */

@@ -159,6 +159,7 @@ int cmd_imatrix(int argc, char **argv)
     int32_t *tokens = NULL;
     float *logits = NULL;
 
+    col.im->chunk_size = n_ctx; /* weight of legacy .dat data when merging */
     for (int i = 0; i < n_in; i++) {
         if (moeq_imatrix_load(col.im, in_files[i], err, sizeof err) != 0) { cli_error("imatrix: %s", err); goto out; }
         fprintf(stderr, "moeq: imatrix: merged %s\n", in_files[i]);
@@ -213,7 +214,10 @@ int cmd_imatrix(int argc, char **argv)
         int erc = moeq_session_eval(s, ct, (int)n_ctx, no_ppl ? NULL : logits, err, sizeof err);
         ct[0] = saved;
         if (erc != 0) { cli_error("imatrix: %s", err); goto out; }
-        if (col.failed) { cli_error("imatrix: %s", col.err); goto out; }
+        if (col.failed) {
+            cli_error("imatrix: %s: %s (is an --in-file from a different model?)", model, col.err);
+            goto out;
+        }
         done++;
         col.im->chunk_count++;
         for (int64_t k = 0; k < col.im->n_entries && k < col.touched_cap; k++)
