@@ -3,7 +3,7 @@
 #
 #   sh bench/serve.sh [MODEL|tiny|mid]
 #
-# MODEL is a GGUF file; "tiny" (the default) and "mid" synthesize one into a
+# MODEL is a GGUF file; "mid" (the default) and "tiny" synthesize one into a
 # temporary folder: `moeq synth --preset tiny`, or a 0.83 B-parameter
 # 64-expert Q4_K model (446 MiB, about 20 s to write) whose decode is
 # memory-bound like the real ones.
@@ -18,13 +18,12 @@
 # of requests, a time limit on each, the server stopped on exit.
 #
 # Environment: MOEQ_BIN (default ./moeq), THREADS (default: all cores),
-# REQS, MAXTOK, USERS (default "1 2 4 8"), RESULTS (default bench/RESULTS.md).
+# REQS, MAXTOK, USERS (default "1 2 4 8").
 set -eu
 bin=${MOEQ_BIN:-./moeq}
 reqs=${REQS:-8}
 maxtok=${MAXTOK:-32}
 users_list=${USERS:-"1 2 4 8"}
-results=${RESULTS:-bench/RESULTS.md}
 threads=${THREADS:-0}
 [ -x "$bin" ] || { echo "bench/serve.sh: $bin not built (run make)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "bench/serve.sh: curl is needed" >&2; exit 1; }
@@ -37,7 +36,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-model=${1:-tiny}
+model=${1:-mid}
 case $model in
   tiny)
     model=$dir/tiny.gguf
@@ -137,14 +136,13 @@ pid=
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 section=$dir/section.md
 {
-  echo "<!-- serve:begin -->"
   echo "## moeq serve: load test (bench/serve.sh)"
   echo
-  echo "$(date -u +%Y-%m-%d), $(nproc) cores ($cpu), model ${1:-tiny}: $(basename "$model")" \
-       "($(wc -c <"$model") bytes), server --parallel $max_users -c 1024 -t $threads (0 = all cores)."
-  echo "Each user sends $reqs /v1/completions requests in a row, $maxtok generated tokens each"
-  echo "(greedy, ignore_eos), over loopback with curl; latency is the whole request."
-  echo "Load average before the run: $load (the machine is shared, so expect noise)."
+  echo "Model ${1:-mid} ($(basename "$model"), $(wc -c <"$model") bytes); server --parallel $max_users -c 1024"
+  echo "-t $threads (0 = all cores) on $(nproc) cores ($cpu). Each user sends $reqs /v1/completions"
+  echo "requests in a row, $maxtok generated tokens each (greedy, ignore_eos), over loopback with"
+  echo "curl; latency is the whole request. Load average before the run: $load (a shared machine"
+  echo "is noisy)."
   echo
   cat "$table"
   echo
@@ -153,16 +151,8 @@ section=$dir/section.md
   echo '```'
   echo "$metrics"
   echo '```'
-  echo "<!-- serve:end -->"
+  echo
+  echo "Command: \`REQS=$reqs MAXTOK=$maxtok THREADS=$threads USERS=\"$users_list\" sh bench/serve.sh ${1:-mid}\`, $(date -u '+%Y-%m-%d %H:%M UTC')."
 } >"$section"
-if [ -f "$results" ] && grep -q '<!-- serve:begin -->' "$results"; then
-  awk -v sec="$section" '
-    /<!-- serve:begin -->/ { while ((getline l < sec) > 0) print l; skip = 1; next }
-    /<!-- serve:end -->/ { skip = 0; next }
-    !skip { print }' "$results" >"$dir/results.new"
-  cp "$dir/results.new" "$results"
-else
-  [ -f "$results" ] || printf '# moeq benchmark results\n' >"$results"
-  { echo; cat "$section"; } >>"$results"
-fi
-echo "bench/serve.sh: wrote the serve section of $results"
+sh "$(dirname "$0")/section.sh" serve "$section"
+echo "bench/serve.sh: wrote the serve section of $(dirname "$0")/RESULTS.md"

@@ -11,9 +11,12 @@
  */
 #include "test.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -439,6 +442,36 @@ TEST(serve_e2e_disconnect_and_sigterm)
     char *got = test_read_file(test_tmp("sig.txt"), &n);
     CHECKF(got && (strstr(got, "shutting down") || strstr(got, "[DONE]")), "%s", got ? got : "(none)");
     free(got);
+}
+
+/* A client that stops reading a stream is cut after --timeout once the
+ * server's writes block, and its generation is cancelled. */
+TEST(serve_e2e_slow_reader_times_out)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 8192 -np 1 --timeout 2");
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s.port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    const char *body = "{\"prompt\":\"x\",\"max_tokens\":8000,\"stream\":true,\"ignore_eos\":true,\"temperature\":0}";
+    char req[512];
+    snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    REQUIRE(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    /* Never read. */
+    int cancelled = 0;
+    for (int i = 0; i < 600 && !cancelled; i++) {
+        usleep(100000);
+        cancelled = metric(&s, "moeq_requests_cancelled_total", NULL) == 1 && metric(&s, "moeq_requests_processing", NULL) == 0;
+    }
+    CHECK(cancelled);
+    CHECKF(metric(&s, "moeq_generated_tokens_total", NULL) < 8000, "generated %lld", metric(&s, "moeq_generated_tokens_total", NULL));
+    close(fd);
+    CHECK(server_stop(&s) == 0);
 }
 
 TEST(serve_e2e_usage_errors)

@@ -1154,3 +1154,45 @@ TEST(server_parse_mutations)
     }
     CHECK(accepted > 100 && refused > 1000);
 }
+
+/* Three conversations fill three slots; each follow-up lands in the slot
+ * holding its own history (the longest common prefix), not the least
+ * recently used one, and evaluates only its new tokens. */
+TEST(server_sched_prefix_picks_own_slot)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    char err[256], text[300];
+    struct srv_usage u;
+    srv_sched *s = srv_sched_new(&be, 3, 4, err, sizeof err);
+    REQUIRE(s);
+    static const char *first[3] = { "alpha conversation", "beta conversation", "gamma conversation" };
+    char hist[3][200];
+    for (int i = 0; i < 3; i++) {
+        srv_job *j = submit_completion(s, &be, first[i], 4);
+        REQUIRE(j);
+        const char *fin = job_result(j, text, sizeof text, &u);
+        srv_job_release(j);
+        /* The slot holds the prompt and the decoded tokens: after
+         * "length" the last sampled token was never decoded; after an end
+         * token every text token was. */
+        int kept_text = (int)strlen(text) - (!strcmp(fin, "length") ? 1 : 0);
+        snprintf(hist[i], sizeof hist[i], "%s%.*s", first[i], kept_text, text);
+    }
+    /* Follow-ups in the order beta, alpha, gamma (alpha is the least
+     * recently used slot when beta's comes). */
+    static const int order[3] = { 1, 0, 2 };
+    for (int k = 0; k < 3; k++) {
+        int i = order[k];
+        char p[256];
+        snprintf(p, sizeof p, "%s and more", hist[i]);
+        long long before = atomic_load(&f.evaluated);
+        srv_job *j = submit_completion(s, &be, p, 2);
+        REQUIRE(j);
+        job_result(j, text, sizeof text, &u);
+        srv_job_release(j);
+        CHECKF(u.cached == (int)strlen(hist[i]), "conversation %d: cached %d of %zu", i, u.cached, strlen(hist[i]));
+        CHECK(atomic_load(&f.evaluated) - before == (long long)(strlen(p) - strlen(hist[i])));
+    }
+    srv_sched_free(s);
+}
