@@ -5,6 +5,11 @@
  * session is one mutable inference timeline with its own KV cells. The CLI,
  * the server and the tools (perplexity, imatrix, bench) use only this
  * header: they never see tensors.
+ *
+ * An engine and its sessions are used by one thread at a time (the engine
+ * runs its own worker pool inside each call). Weights stay in the file's
+ * mapping; the KV cache lives in the sessions; all scratch is allocated at
+ * open, so eval, decode and sampling allocate nothing.
  */
 #ifndef MOEQ_ENGINE_H
 #define MOEQ_ENGINE_H

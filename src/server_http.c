@@ -616,6 +616,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
 }
 
+/* A small send buffer per connection: a client that stops reading a
+ * stream then blocks the writes within ~64 KiB instead of letting the
+ * kernel absorb megabytes, so the idle timeout ends it (and its job). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls; (void)socket_context;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int sz = 64 * 1024;
+    if (ci) setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode tc)
 {
     (void)cls; (void)c; (void)tc;
@@ -669,6 +682,7 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->timeout_s,
                             MHD_OPTION_CONNECTION_LIMIT, limit,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                             MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s port %d (in use, or not an address of this machine)", s->host, c->port);

@@ -259,7 +259,9 @@ static void slot_start(srv_sched *s, struct slot *sl, srv_job *j)
     int kept = s->be.session_sync(s->be.ud, sl->sess, g->prompt, g->n_prompt);
     if (kept >= g->n_prompt) kept = s->be.session_sync(s->be.ud, sl->sess, g->prompt, g->n_prompt - 1);
     if (kept < 0) kept = 0;
-    if (kept > sl->n_cache) kept = sl->n_cache;  /* never trust more than we fed it */
+    /* The engine's answer is the truth (it kept a common prefix of what it
+     * holds and the prompt); the slot's copy follows it. */
+    memcpy(sl->cache, g->prompt, (size_t)kept * sizeof *sl->cache);
     sl->n_cache = kept;
     sl->n_eval = kept;
     pthread_mutex_lock(&j->mu);

@@ -11,9 +11,12 @@
  */
 #include "test.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -268,19 +271,34 @@ TEST(serve_e2e_endpoints_and_bad_input)
     CHECK(metric(&s, "moeq_prompt_tokens_cached_total", auth) > 0);
     free(plain);
 
+    /* Sampling with a seed is reproducible. */
+    const char *seeded = "{\"prompt\":\"Seeds\",\"max_tokens\":12,\"temperature\":1.5,\"top_k\":0,\"top_p\":1,"
+                         "\"min_p\":0,\"seed\":77,\"ignore_eos\":true}";
+    char *o1 = NULL, *o2 = NULL;
+    CHECK(http(&s, "POST", "/v1/completions", seeded, auth, &o1) == 200);
+    CHECK(http(&s, "POST", "/v1/completions", seeded, auth, &o2) == 200);
+    char *t1 = response_text(o1), *t2 = response_text(o2);
+    CHECKF(t1 && t2 && strlen(t1) > 0 && !strcmp(t1, t2), "seeded: '%s' vs '%s'", t1 ? t1 : "", t2 ? t2 : "");
+    free(t1); free(t2); free(o1); free(o2);
+
     /* Completions with a stop string taken from the greedy output: the
      * text ends right before its first occurrence, finish "stop". */
-    CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0}", auth, &o) == 200);
+    CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0,"
+               "\"ignore_eos\":true}", auth, &o) == 200);
     char *full = response_text(o);
     free(o);
     REQUIRE(full);
     size_t fl = strlen(full);
-    if (fl >= 8) {
-        char stop[8];
-        snprintf(stop, sizeof stop, "%.3s", full + fl / 2);
+    /* A stop string of two printable ASCII characters from the second
+     * half (a tiny model's text may hold anything else). */
+    size_t at = fl / 2;
+    while (at + 1 < fl && !(full[at] > ' ' && full[at] < 127 && full[at + 1] > ' ' && full[at + 1] < 127)) at++;
+    REQUIREF(at + 1 < fl, "no ASCII pair in '%s'", full);
+    {
+        char stop[3] = { full[at], full[at + 1], 0 };
         char *first = strstr(full, stop);
-        json_t *req = json_pack("{s:s,s:i,s:i,s:[s]}", "prompt", "Once upon a time", "max_tokens", 24, "temperature", 0,
-                                "stop", stop);
+        json_t *req = json_pack("{s:s,s:i,s:i,s:b,s:[s]}", "prompt", "Once upon a time", "max_tokens", 24, "temperature", 0,
+                                "ignore_eos", 1, "stop", stop);
         char *rb = json_dumps(req, JSON_COMPACT);
         json_decref(req);
         CHECK(http(&s, "POST", "/v1/completions", rb, auth, &o) == 200);
@@ -424,6 +442,36 @@ TEST(serve_e2e_disconnect_and_sigterm)
     char *got = test_read_file(test_tmp("sig.txt"), &n);
     CHECKF(got && (strstr(got, "shutting down") || strstr(got, "[DONE]")), "%s", got ? got : "(none)");
     free(got);
+}
+
+/* A client that stops reading a stream is cut after --timeout once the
+ * server's writes block, and its generation is cancelled. */
+TEST(serve_e2e_slow_reader_times_out)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 8192 -np 1 --timeout 2");
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s.port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    const char *body = "{\"prompt\":\"x\",\"max_tokens\":8000,\"stream\":true,\"ignore_eos\":true,\"temperature\":0}";
+    char req[512];
+    snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    REQUIRE(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    /* Never read. */
+    int cancelled = 0;
+    for (int i = 0; i < 600 && !cancelled; i++) {
+        usleep(100000);
+        cancelled = metric(&s, "moeq_requests_cancelled_total", NULL) == 1 && metric(&s, "moeq_requests_processing", NULL) == 0;
+    }
+    CHECK(cancelled);
+    CHECKF(metric(&s, "moeq_generated_tokens_total", NULL) < 8000, "generated %lld", metric(&s, "moeq_generated_tokens_total", NULL));
+    close(fd);
+    CHECK(server_stop(&s) == 0);
 }
 
 TEST(serve_e2e_usage_errors)

@@ -701,7 +701,8 @@ static void sse_text(const char *sse, char *out, size_t cap)
 
 static const char *err_msg(json_t *j)
 {
-    return json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    return m ? m : "";
 }
 
 TEST(server_http_endpoints)
@@ -1056,4 +1057,142 @@ TEST(server_http_shutdown_mid_stream)
     CHECK(st == 200);
     CHECKF(o && strstr(o, "shutting down") && strstr(o, "data: [DONE]"), "%s", o);
     free(o);
+}
+
+/* Beyond the slots and the queue, requests are refused with 503 at once;
+ * the ones admitted finish normally. */
+TEST(server_http_queue_full)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 1, 1, 10000, 10, 1);
+    FILE *fp = fopen(test_tmp("slow.json"), "w");
+    fputs("{\"prompt\":\"~a\",\"max_tokens\":60,\"temperature\":0}", fp);
+    fclose(fp);
+    /* One takes the slot, one waits. */
+    test_run(NULL, "for i in 1 2; do (curl -sS -m 30 -o %s/bg$i.txt -w '%%{http_code}' --data-binary @%s "
+                   "http://127.0.0.1:%d/v1/completions > %s/st$i.txt 2>/dev/null &) ; sleep 0.15; done",
+             test_tmpdir(), test_tmp("slow.json"), e.port, test_tmpdir());
+    char *o;
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"~a\",\"max_tokens\":2}", NULL, &o) == 503);
+    json_t *j = json_of(o);
+    CHECKF(j && strstr(err_msg(j), "busy"), "%s", o ? o : "(none)");
+    CHECK(j && !strcmp(json_string_value(json_object_get(json_object_get(j, "error"), "type")), "unavailable_error"));
+    json_decref(j);
+    free(o);
+    /* Both admitted requests complete. */
+    int ok = 0;
+    for (int t = 0; t < 100 && ok < 2; t++) {
+        usleep(100000);
+        ok = 0;
+        for (int i = 1; i <= 2; i++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "st%d.txt", i);
+            size_t n;
+            char *st = test_read_file(test_tmp(nm), &n);
+            if (st && !strcmp(st, "200")) ok++;
+            free(st);
+        }
+    }
+    CHECK(ok == 2);
+    CHECK(metric_value(&e, "moeq_requests_rejected_total") == 1);
+    srv_stop(e.s);
+}
+
+/* Random damage to valid bodies: every outcome is a clean 0 or 400, and
+ * an accepted request always fits the context. (Run under ASan by make
+ * test, this is the parser's fuzz test.) */
+TEST(server_parse_mutations)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    static const struct { int kind; const char *body; } seeds[] = {
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}],"
+                    "\"max_tokens\":7,\"temperature\":0.5,\"top_k\":5,\"stop\":[\"ab\",\"c\"],\"stream\":true,"
+                    "\"stream_options\":{\"include_usage\":true},\"logprobs\":true,\"top_logprobs\":3,\"seed\":1}" },
+        { SRV_COMPLETION, "{\"prompt\":[1,2,3,4],\"max_tokens\":300,\"logprobs\":2,\"stop\":\"x\",\"min_p\":0.1}" },
+        { SRV_COMPLETION, "{\"prompt\":\"hello there\",\"top_p\":0.9,\"ignore_eos\":true}" },
+    };
+    uint64_t rng = 12345;
+    int accepted = 0, refused = 0;
+    for (size_t si = 0; si < sizeof seeds / sizeof seeds[0]; si++) {
+        size_t n = strlen(seeds[si].body);
+        char *buf = malloc(n + 1);
+        for (int it = 0; it < 3000; it++) {
+            memcpy(buf, seeds[si].body, n + 1);
+            size_t len = n;
+            int edits = 1 + (int)(rng % 3);
+            for (int e = 0; e < edits; e++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                size_t pos = (size_t)(rng >> 33) % len;
+                switch ((rng >> 20) % 4) {
+                case 0: buf[pos] = (char)(rng >> 40); break;                    /* any byte */
+                case 1: buf[pos] = "{}[]\",:0-9.aetn\\ "[(rng >> 40) % 17]; break; /* JSON-ish */
+                case 2: len = pos; break;                                        /* truncate */
+                default: memmove(buf + pos, buf + pos + 1, len - pos); len--;    /* delete */
+                }
+                if (len == 0) break;
+            }
+            char err[512] = "";
+            json_t *j = srv_parse_body(buf, len, err, sizeof err);
+            if (!j) { refused++; CHECK(err[0] != 0); continue; }
+            struct srv_gen g;
+            int rc = srv_parse_gen(&be, seeds[si].kind, j, &g, err, sizeof err);
+            json_decref(j);
+            CHECKF(rc == 0 || rc == 400, "rc %d", rc);
+            if (rc == 0) {
+                accepted++;
+                CHECK(g.n_prompt > 0 && g.max_tokens >= 1 && g.n_prompt + g.max_tokens <= FK_CTX);
+                CHECK(g.n_stop >= 0 && g.n_stop <= SRV_MAX_STOP && g.top_logprobs <= SRV_MAX_TOP_LOGPROBS);
+                srv_gen_free(&g);
+            } else {
+                refused++;
+                CHECK(err[0] != 0);
+            }
+        }
+        free(buf);
+    }
+    CHECK(accepted > 100 && refused > 1000);
+}
+
+/* Three conversations fill three slots; each follow-up lands in the slot
+ * holding its own history (the longest common prefix), not the least
+ * recently used one, and evaluates only its new tokens. */
+TEST(server_sched_prefix_picks_own_slot)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    char err[256], text[300];
+    struct srv_usage u;
+    srv_sched *s = srv_sched_new(&be, 3, 4, err, sizeof err);
+    REQUIRE(s);
+    static const char *first[3] = { "alpha conversation", "beta conversation", "gamma conversation" };
+    char hist[3][200];
+    for (int i = 0; i < 3; i++) {
+        srv_job *j = submit_completion(s, &be, first[i], 4);
+        REQUIRE(j);
+        const char *fin = job_result(j, text, sizeof text, &u);
+        srv_job_release(j);
+        /* The slot holds the prompt and the decoded tokens: after
+         * "length" the last sampled token was never decoded; after an end
+         * token every text token was. */
+        int kept_text = (int)strlen(text) - (!strcmp(fin, "length") ? 1 : 0);
+        snprintf(hist[i], sizeof hist[i], "%s%.*s", first[i], kept_text, text);
+    }
+    /* Follow-ups in the order beta, alpha, gamma (alpha is the least
+     * recently used slot when beta's comes). */
+    static const int order[3] = { 1, 0, 2 };
+    for (int k = 0; k < 3; k++) {
+        int i = order[k];
+        char p[256];
+        snprintf(p, sizeof p, "%s and more", hist[i]);
+        long long before = atomic_load(&f.evaluated);
+        srv_job *j = submit_completion(s, &be, p, 2);
+        REQUIRE(j);
+        job_result(j, text, sizeof text, &u);
+        srv_job_release(j);
+        CHECKF(u.cached == (int)strlen(hist[i]), "conversation %d: cached %d of %zu", i, u.cached, strlen(hist[i]));
+        CHECK(atomic_load(&f.evaluated) - before == (long long)(strlen(p) - strlen(hist[i])));
+    }
+    srv_sched_free(s);
 }

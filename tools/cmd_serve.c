@@ -256,8 +256,9 @@ int cmd_serve(int argc, char **argv)
     char err[512];
     srv *s = srv_start(&c, err, sizeof err);
     if (!s) { cli_error("serve: %s", err); return 1; }
-    fprintf(stderr, "moeq: serve: listening on http://%s:%d (loading %s)\n",
-            strchr(host, ':') ? "[::]" : host, srv_port(s), model);
+    int v6 = strchr(host, ':') != NULL;
+    fprintf(stderr, "moeq: serve: listening on http://%s%s%s:%d (loading %s)\n",
+            v6 ? "[" : "", host, v6 ? "]" : "", srv_port(s), model);
 
     struct loader *L = calloc(1, sizeof *L);
     if (!L) { srv_stop(s); cli_error("serve: out of memory"); return 1; }

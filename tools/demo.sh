@@ -85,5 +85,5 @@ awk -v a="$ppl_a" -v q="$ppl_q" 'BEGIN { if (q > 0) printf "  PPL asym vs Q4_K_M
 printf '\nmemory fit, full Qwen3-30B-A3B shape in asym-2bitexp, 16K context:\n'
 sed 's/^/  /' "$OUT/fit.txt"
 printf '\nchat (asym model, greedy): Write one sentence about the sea.\n  -> '
-tr '\n' ' ' < "$OUT/chat.txt"; echo
+LC_ALL=C tr -c '[:print:]' ' ' < "$OUT/chat.txt"; echo
 printf '\ndone in %ss; files in %s/\n' "$(( $(date +%s) - start ))" "$OUT"
