@@ -84,8 +84,45 @@ AI void pack_scales(const __m512i sc[4], __m512i sc16[2])
     sc16[1] = _mm512_packs_epi32(sc[2], sc[3]);
 }
 
+/*
+ * Horizontal sums of 16 accumulators at once, with exactly the additions
+ * of _mm512_reduce_add_ps (256-bit halves, 128-bit halves, lanes 0+2 and
+ * 1+3, then those two) so results match the one-column path bit for bit;
+ * pairing vectors in each shuffle halves the work, which matters for
+ * short rows (one block of 256 per row costs about as much as its sums).
+ */
+AI void store_sums16(const __m512 *acc, float *s, size_t ss)
+{
+    __m512 y[8], z[4];
+#pragma GCC unroll 16
+    for (int p = 0; p < 8; p++) {
+        __m512 lo = _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 hi = _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
+        y[p] = _mm512_add_ps(hi, lo);     /* [A.lo+hi (256) | B.lo+hi (256)] */
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++) {
+        __m512 lo = _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512 hi = _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1));
+        z[q] = _mm512_add_ps(hi, lo);     /* 128-bit lane i: column 4q + i, 4 partial sums */
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++) {
+        __m512 t = _mm512_add_ps(z[q], _mm512_permute_ps(z[q], _MM_SHUFFLE(1, 0, 3, 2)));
+        __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, _MM_SHUFFLE(2, 3, 0, 1)));
+        s[(size_t)(4 * q + 0) * ss] = _mm_cvtss_f32(_mm512_castps512_ps128(u));
+        s[(size_t)(4 * q + 1) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 1));
+        s[(size_t)(4 * q + 2) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 2));
+        s[(size_t)(4 * q + 3) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 3));
+    }
+}
+
 AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
 {
+    if (NC == 16) {
+        store_sums16(acc, s, ss);
+        return;
+    }
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = _mm512_reduce_add_ps(acc[c]);
 }
