@@ -182,20 +182,17 @@ AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
 #pragma GCC unroll 16
     for (int k = 0; k < 4; k++) {
         /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from
-         * qh; scalar loads into two 256-bit halves beat a gather */
-        const uint8_t *q = xb->qs + 16 * k;
-        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
-        __m256i lo = _mm256_set_epi32(
-            (int)iq3s_grid[q[7] | (h0 << 1 & 256)], (int)iq3s_grid[q[6] | (h0 << 2 & 256)],
-            (int)iq3s_grid[q[5] | (h0 << 3 & 256)], (int)iq3s_grid[q[4] | (h0 << 4 & 256)],
-            (int)iq3s_grid[q[3] | (h0 << 5 & 256)], (int)iq3s_grid[q[2] | (h0 << 6 & 256)],
-            (int)iq3s_grid[q[1] | (h0 << 7 & 256)], (int)iq3s_grid[q[0] | (h0 << 8 & 256)]);
-        __m256i hi = _mm256_set_epi32(
-            (int)iq3s_grid[q[15] | (h1 << 1 & 256)], (int)iq3s_grid[q[14] | (h1 << 2 & 256)],
-            (int)iq3s_grid[q[13] | (h1 << 3 & 256)], (int)iq3s_grid[q[12] | (h1 << 4 & 256)],
-            (int)iq3s_grid[q[11] | (h1 << 5 & 256)], (int)iq3s_grid[q[10] | (h1 << 6 & 256)],
-            (int)iq3s_grid[q[9] | (h1 << 7 & 256)], (int)iq3s_grid[q[8] | (h1 << 8 & 256)]);
-        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+         * qh (a 16-bit mask); indices built in a vector, then scalar loads
+         * into two 256-bit halves (beats a gather) */
+        union { __m256i v; uint16_t u[16]; } ix;
+        __m256i lo8 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
+        __mmask16 hm = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
+        ix.v = _mm256_mask_add_epi16(lo8, hm, lo8, _mm256_set1_epi16(256));
+#define G3(i) (int)iq3s_grid[ix.u[i]]
+        wv[k] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set_epi32(G3(7), G3(6), G3(5), G3(4), G3(3), G3(2), G3(1), G3(0))),
+            _mm256_set_epi32(G3(15), G3(14), G3(13), G3(12), G3(11), G3(10), G3(9), G3(8)), 1);
+#undef G3
         sg[k] = load_u64(xb->signs + 8 * k);
         int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
         sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
