@@ -198,11 +198,38 @@ static void matmul(moeq_engine *e, const struct moeq_weight *w, const float *X, 
 
 /* Several weights over the same input (q, k, v): the input is quantized
  * once per activation format, not once per weight. */
+struct multi_job {
+    moeq_engine *e;
+    int nw, n;
+    const struct moeq_weight *w[3];
+    struct act a[3];
+    float *Y[3];
+    size_t ldy[3];
+    int64_t first[4];   /* first chunk index of each weight; first[nw] = total */
+};
+
+static void multi_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    struct multi_job *j = ctx;
+    for (int64_t c = b; c < end; c++) {
+        int i = 0;
+        while (c >= j->first[i + 1]) i++;
+        int64_t r0 = (c - j->first[i]) * ROW_CHUNK, r1 = r0 + ROW_CHUNK;
+        if (r1 > j->w[i]->n_out) r1 = j->w[i]->n_out;
+        rows_kernel(j->e, tid, j->w[i], 0, r0, r1, j->a[i], j->n, j->Y[i], j->ldy[i]);
+    }
+}
+
+/* Up to three weights over the same input (q, k, v; gate, up) in one
+ * parallel pass: the input is quantized once per activation format, and
+ * the threads are woken once rather than once per weight. */
 static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, float *const *Ys,
                           const size_t *ldys, int nw, const float *X, int n)
 {
     struct act prepared[3];
     int have[3] = { 0, 0, 0 }; /* by format: f32, q8_0, q8_K */
+    struct multi_job j = { .e = e, .nw = nw, .n = n };
+    j.first[0] = 0;
     for (int i = 0; i < nw; i++) {
         call_hook(e, ws[i], -1, X, n);
         int at = moeq_act_type(ws[i]->type);
@@ -211,8 +238,13 @@ static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, f
             prepared[slot] = act_prepare(e, ws[i]->type, X, n, (int)ws[i]->n_in);
             have[slot] = 1;
         }
-        matmul_act(e, ws[i], prepared[slot], n, Ys[i], ldys[i]);
+        j.w[i] = ws[i];
+        j.a[i] = prepared[slot];
+        j.Y[i] = Ys[i];
+        j.ldy[i] = ldys[i];
+        j.first[i + 1] = j.first[i] + (ws[i]->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
     }
+    moeq_pool_for(e->pool, j.first[nw], 1, multi_task, &j);
 }
 
 /* ------------------------------------------------------------ RoPE */

@@ -126,7 +126,6 @@ void moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t 
     }
     moeq_actq_fn f = NULL;
     if (isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_actq) f = moeq_avx512_actq(at);
-    if (isa == MOEQ_ISA_AVX2 && isa_usable(isa) && moeq_avx2_actq) f = moeq_avx2_actq(at);
     if (f) f(x, y, n);
     else if (at == MOEQ_TYPE_Q8_0) quantize_act_q8_0(x, y, n);
     else quantize_act_q8_K(x, y, n);
@@ -214,10 +213,19 @@ static void dot_iq4_nl(int64_t n, float *s, const void *w, const void *a)
 
 /* ------------------------------ 256-element types against Q8_K */
 
-/* struct moeq_unpacked (kernels_isa.h): value i is d * sc[i/16] * q[i] -
- * dmin * mn[i/16]; d folds in the type's constant factor (1/8 for the IQ2
- * scales, ...), so sc and mn stay small integers and the whole block sum is
- * one integer. */
+/*
+ * One unpacked super-block: value i is d * sc[i/16] * q[i] - dmin * mn[i/16].
+ * d folds in the type's constant factor (1/8 for the IQ2 scales, ...), so
+ * sc and mn stay small integers and the whole block sum is one integer.
+ */
+struct moeq_unpacked {
+    int8_t  q[QK_K];
+    int32_t sc[QK_K / 16];
+    int32_t mn[QK_K / 16];
+    float   d, dmin;
+};
+
+typedef void (*moeq_unpack_fn)(const void *blk, struct moeq_unpacked *u);
 
 static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
 {
@@ -482,24 +490,6 @@ DOT_K(iq2_s, block_iq2_s)
 DOT_K(iq3_xxs, block_iq3_xxs)
 DOT_K(iq3_s, block_iq3_s)
 DOT_K(iq4_xs, block_iq4_xs)
-
-moeq_unpack_fn moeq_unpack_for(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_Q2_K:    return unpack_q2_K;
-    case MOEQ_TYPE_Q3_K:    return unpack_q3_K;
-    case MOEQ_TYPE_Q4_K:    return unpack_q4_K;
-    case MOEQ_TYPE_Q5_K:    return unpack_q5_K;
-    case MOEQ_TYPE_Q6_K:    return unpack_q6_K;
-    case MOEQ_TYPE_IQ2_XXS: return unpack_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return unpack_iq2_xs;
-    case MOEQ_TYPE_IQ2_S:   return unpack_iq2_s;
-    case MOEQ_TYPE_IQ3_XXS: return unpack_iq3_xxs;
-    case MOEQ_TYPE_IQ3_S:   return unpack_iq3_s;
-    case MOEQ_TYPE_IQ4_XS:  return unpack_iq4_xs;
-    default:                return NULL;
-    }
-}
 
 static moeq_vec_dot_fn scalar_vec_dot(int wtype)
 {

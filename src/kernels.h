@@ -42,7 +42,9 @@ moeq_vec_dot_fn moeq_vec_dot_isa(int wtype, int isa);
  * out[c * out_stride + r] = dot(W row r, A row c) for r in [0, n_rows),
  * c in [0, n_cols): W rows of type wtype, K elements each, w_stride bytes
  * apart; A rows in wtype's activation format, a_stride bytes apart. The
- * tiled kernel reads each weight row once for all columns.
+ * tiled kernel reads each weight row once for all columns. A column's
+ * result is bit-identical whatever n_cols is (at a given ISA), so batching
+ * sessions or tokens never changes logits.
  */
 void moeq_gemm(int wtype, int64_t K,
                const void *W, size_t w_stride, int64_t n_rows,

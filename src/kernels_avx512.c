@@ -106,8 +106,10 @@ struct dec_signed {
     float    d;
 };
 
-/* Blocks decoded per pass: 16 * 448 bytes of stack, rows up to 4096 in one go. */
-#define DEC_BLOCKS 16
+/* Most blocks the table holds (32 * 448 bytes of stack): rows up to 8192.
+ * Longer rows take the direct kernel, so that a row is always reduced once
+ * and its result does not depend on the path. */
+#define DEC_BLOCKS 32
 
 AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
 {
@@ -229,9 +231,10 @@ static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct 
     }
 }
 
-/* NC columns against cnt decoded blocks; adds to s when add is set. */
-AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t as, int64_t b0,
-                    const int NC, float *s, size_t ss, int add)
+/* NC columns against a row's cnt decoded blocks; the same arithmetic, in
+ * the same order, as k_signed. */
+AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t as,
+                    const int NC, float *s, size_t ss)
 {
     __m512 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
@@ -240,50 +243,56 @@ AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t 
         const __mmask64 sg[4] = { db[i].sg[0], db[i].sg[1], db[i].sg[2], db[i].sg[3] };
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b0 + i);
+            const block_q8_K *y = q8k_col(a, as, c, i);
             __m512i isum = block_isum(y, db[i].wv, sg, db[i].sc16, 1);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(db[i].d * y->d), acc[c]);
         }
     }
-    for (int c = 0; c < NC; c++) {
-        float t = _mm512_reduce_add_ps(acc[c]);
-        s[(size_t)c * ss] = add ? s[(size_t)c * ss] + t : t;
-    }
+    store_sums(acc, NC, s, ss);
 }
 
 static void row_signed(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss,
                        int three)
 {
-    if (nc < 4) {   /* too few columns to repay the table */
-        if (nc == 1)      k_signed(n, w, a, as, 1, s, ss, three, NULL);
-        else if (nc == 2) k_signed(n, w, a, as, 2, s, ss, three, NULL);
-        else              k_signed(n, w, a, as, 3, s, ss, three, NULL);
-        return;
-    }
-    struct dec_signed db[DEC_BLOCKS];
     int64_t nb = n / QK_K;
-    for (int64_t b0 = 0; b0 < nb; b0 += DEC_BLOCKS) {
-        int cnt = (int)(nb - b0 < DEC_BLOCKS ? nb - b0 : DEC_BLOCKS);
-        decode_signed(w, b0, cnt, three, db);
-        const uint8_t *ac = a;
-        float *sc = s;
+    if (nc < 4 || nb > DEC_BLOCKS) {   /* too few columns to repay the table, or a long row */
         for (int left = nc; left > 0;) {
             int done = left >= 16 ? 16 : left > 8 ? 8 : left;
             switch (done) {
-            case 1: cols_signed(db, cnt, ac, as, b0, 1, sc, ss, b0 > 0); break;
-            case 2: cols_signed(db, cnt, ac, as, b0, 2, sc, ss, b0 > 0); break;
-            case 3: cols_signed(db, cnt, ac, as, b0, 3, sc, ss, b0 > 0); break;
-            case 4: cols_signed(db, cnt, ac, as, b0, 4, sc, ss, b0 > 0); break;
-            case 5: cols_signed(db, cnt, ac, as, b0, 5, sc, ss, b0 > 0); break;
-            case 6: cols_signed(db, cnt, ac, as, b0, 6, sc, ss, b0 > 0); break;
-            case 7: cols_signed(db, cnt, ac, as, b0, 7, sc, ss, b0 > 0); break;
-            case 8: cols_signed(db, cnt, ac, as, b0, 8, sc, ss, b0 > 0); break;
-            default: cols_signed(db, cnt, ac, as, b0, 16, sc, ss, b0 > 0); break;
+            case 1: k_signed(n, w, a, as, 1, s, ss, three, NULL); break;
+            case 2: k_signed(n, w, a, as, 2, s, ss, three, NULL); break;
+            case 3: k_signed(n, w, a, as, 3, s, ss, three, NULL); break;
+            case 4: k_signed(n, w, a, as, 4, s, ss, three, NULL); break;
+            case 5: k_signed(n, w, a, as, 5, s, ss, three, NULL); break;
+            case 6: k_signed(n, w, a, as, 6, s, ss, three, NULL); break;
+            case 7: k_signed(n, w, a, as, 7, s, ss, three, NULL); break;
+            case 8: k_signed(n, w, a, as, 8, s, ss, three, NULL); break;
+            default: k_signed(n, w, a, as, 16, s, ss, three, NULL); break;
             }
-            ac += (size_t)done * as;
-            sc += (size_t)done * ss;
+            a = (const uint8_t *)a + (size_t)done * as;
+            s += (size_t)done * ss;
             left -= done;
         }
+        return;
+    }
+    struct dec_signed db[DEC_BLOCKS];
+    decode_signed(w, 0, (int)nb, three, db);
+    for (int left = nc; left > 0;) {
+        int done = left >= 16 ? 16 : left > 8 ? 8 : left;
+        switch (done) {
+        case 1: cols_signed(db, (int)nb, a, as, 1, s, ss); break;
+        case 2: cols_signed(db, (int)nb, a, as, 2, s, ss); break;
+        case 3: cols_signed(db, (int)nb, a, as, 3, s, ss); break;
+        case 4: cols_signed(db, (int)nb, a, as, 4, s, ss); break;
+        case 5: cols_signed(db, (int)nb, a, as, 5, s, ss); break;
+        case 6: cols_signed(db, (int)nb, a, as, 6, s, ss); break;
+        case 7: cols_signed(db, (int)nb, a, as, 7, s, ss); break;
+        case 8: cols_signed(db, (int)nb, a, as, 8, s, ss); break;
+        default: cols_signed(db, (int)nb, a, as, 16, s, ss); break;
+        }
+        a = (const uint8_t *)a + (size_t)done * as;
+        s += (size_t)done * ss;
+        left -= done;
     }
 }
 
@@ -817,12 +826,19 @@ moeq_actq_fn moeq_avx512_actq(int act_type)
  */
 AI void reduce4(const __m512 acc[4], float *s)
 {
-    __m256 y[4];
-    for (int j = 0; j < 4; j++)
-        y[j] = _mm256_add_ps(_mm512_castps512_ps256(acc[j]),
-                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)));
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(y[0], y[1]), _mm256_hadd_ps(y[2], y[3]));
-    _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    /* the same additions in the same order as _mm512_reduce_add_ps (halves
+     * of 256, then of 128, then lanes 0+2 and 1+3, then those two), four
+     * rows side by side, so a row's result never depends on its neighbours
+     * or on the path (tested: gemm results are bit-identical for any
+     * column count) */
+    __m128 q[4];
+    for (int j = 0; j < 4; j++) {
+        __m256 y = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)),
+                                 _mm512_castps512_ps256(acc[j]));
+        q[j] = _mm_add_ps(_mm256_extractf128_ps(y, 1), _mm256_castps256_ps128(y));
+    }
+    _MM_TRANSPOSE4_PS(q[0], q[1], q[2], q[3]);   /* q[i] = lane i of each row */
+    _mm_storeu_ps(s, _mm_add_ps(_mm_add_ps(q[0], q[2]), _mm_add_ps(q[1], q[3])));
 }
 
 #define ROWS(name, call)                                                                    \

@@ -24,22 +24,6 @@
 typedef void (*moeq_row_fn)(int64_t n, const void *w, const void *a, size_t a_stride,
                             int nc, float *s, size_t s_stride);
 
-/*
- * One 256-element super-block unpacked by the scalar reference (kernels.c):
- * value i is d * sc[i/16] * q[i] - dmin * mn[i/16]. The SIMD files use it
- * for the formats that have no hand-written unpack, so that even those get
- * vector dot products and a once-per-row unpack in gemm.
- */
-struct moeq_unpacked {
-    int8_t  q[256];
-    int32_t sc[16];
-    int32_t mn[16];
-    float   d, dmin;
-};
-typedef void (*moeq_unpack_fn)(const void *blk, struct moeq_unpacked *u);
-/* Unpacker for a 256-element weight type, or NULL. */
-moeq_unpack_fn moeq_unpack_for(int wtype);
-
 /* s[r] = dot(w + r * w_stride, a) for r in [0, nr): the decode shape (one
  * column), where fixed costs per row matter. Optional per type. */
 typedef void (*moeq_rows_fn)(int64_t n, const void *w, size_t w_stride, int64_t nr,
@@ -54,7 +38,6 @@ moeq_row_fn     moeq_avx2_row(int wtype) __attribute__((weak));
 moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype) __attribute__((weak));
 moeq_row_fn     moeq_avx512_row(int wtype) __attribute__((weak));
 moeq_rows_fn    moeq_avx512_rows(int wtype) __attribute__((weak));
-moeq_actq_fn    moeq_avx2_actq(int act_type) __attribute__((weak));
 moeq_actq_fn    moeq_avx512_actq(int act_type) __attribute__((weak));
 
 #endif

@@ -208,6 +208,9 @@ static void put(gguf_writer *w, const char *name, int nd, uint64_t a, uint64_t b
     REQUIRE(gguf_writer_add_tensor(w, name, MOEQ_TYPE_F32, (uint32_t)nd, ne) >= 0);
 }
 
+/* Faults save() can write, for the loader's error tests. */
+static enum { OK, BAD_KV_HEADS, NO_K_NORM, BAD_DOWN_SHAPE, BAD_ROPE_TYPE, USED_GT_COUNT } sabotage;
+
 static void save(const struct rm *m, const char *path)
 {
     char err[256], k[128], n[128];
@@ -221,20 +224,20 @@ static void save(const struct rm *m, const char *path)
     U32("context_length", m->ctx);
     U32("embedding_length", m->E);
     U32("attention.head_count", m->H);
-    U32("attention.head_count_kv", m->HKV);
+    U32("attention.head_count_kv", sabotage == BAD_KV_HEADS ? 3 : m->HKV);
     U32("attention.key_length", m->D);
     U32("attention.value_length", m->D);
     F32("attention.layer_norm_rms_epsilon", m->eps);
     F32("rope.freq_base", m->base);
     if (m->factor > 0) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-        gguf_writer_add_str(w, k, "yarn");
+        gguf_writer_add_str(w, k, sabotage == BAD_ROPE_TYPE ? "longrope" : "yarn");
         F32("rope.scaling.factor", m->factor);
         U32("rope.scaling.original_context_length", m->ctx_orig);
     }
     if (m->moe) {
         U32("expert_count", m->X);
-        U32("expert_used_count", m->XU);
+        U32("expert_used_count", sabotage == USED_GT_COUNT ? m->X + 1 : m->XU);
         U32("expert_feed_forward_length", m->F);
     } else {
         U32("feed_forward_length", m->F);
@@ -253,13 +256,15 @@ static void save(const struct rm *m, const char *path)
         T("attn_v", 2, E, kv, 1);
         T("attn_output", 2, q, E, 1);
         T("attn_q_norm", 1, m->D, 1, 1);
-        T("attn_k_norm", 1, m->D, 1, 1);
+        if (sabotage == NO_K_NORM && l == 1) snprintf(n, sizeof n, "blk.1.attn_k_nrm.weight"), put(w, n, 1, m->D, 1, 1);
+        else T("attn_k_norm", 1, m->D, 1, 1);
         T("ffn_norm", 1, E, 1, 1);
         if (m->moe) {
             T("ffn_gate_inp", 2, E, m->X, 1);
             T("ffn_gate_exps", 3, E, m->F, m->X);
             T("ffn_up_exps", 3, E, m->F, m->X);
-            T("ffn_down_exps", 3, m->F, E, m->X);
+            if (sabotage == BAD_DOWN_SHAPE) T("ffn_down_exps", 3, E, m->F, m->X);
+            else T("ffn_down_exps", 3, m->F, E, m->X);
         } else {
             T("ffn_gate", 2, E, m->F, 1);
             T("ffn_up", 2, E, m->F, 1);
@@ -459,4 +464,36 @@ TEST(engine_moe_matches_reference)
 {
     check_against_reference(1, 0);
     check_against_reference(1, 2.0f);
+}
+
+/* The loader names the file and the key or tensor at fault. */
+TEST(engine_model_errors_name_the_field)
+{
+    struct { int fault; const char *want; } cases[] = {
+        { BAD_KV_HEADS, "head_count_kv" },
+        { NO_K_NORM, "missing tensor blk.1.attn_k_norm.weight" },
+        { BAD_DOWN_SHAPE, "blk.0.ffn_down_exps.weight has shape" },
+        { BAD_ROPE_TYPE, "rope.scaling.type" },
+        { USED_GT_COUNT, "expert_used_count" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct rm m = { .moe = 1, .V = 32, .E = 64, .L = 2, .H = 4, .HKV = 2, .D = 32, .F = 32,
+                        .X = 4, .XU = 2, .ctx = 64, .ctx_orig = 16, .base = 10000, .factor = 2,
+                        .eps = 1e-5f };
+        build(&m);
+        char name[32];
+        snprintf(name, sizeof name, "bad%zu.gguf", i);
+        const char *path = test_tmp(name);
+        sabotage = cases[i].fault;
+        save(&m, path);
+        sabotage = OK;
+        free_rm(&m);
+        struct moeq_engine_params p = { .model_path = path, .n_threads = 1, .n_ctx = 16 };
+        char err[512] = "";
+        moeq_engine *e = moeq_engine_open(&p, err, sizeof err);
+        CHECKF(e == NULL, "case %zu opened", i);
+        CHECKF(strstr(err, cases[i].want) && strstr(err, path), "case %zu: '%s'", i, err);
+        printf("  %s\n", err);
+        moeq_engine_close(e);
+    }
 }

@@ -362,3 +362,49 @@ TEST(kernels_act_quant_same_bytes_every_isa)
                        moeq_type_name(moeq_act_type(wt[t])), mode);
             }
 }
+
+/*
+ * A column's result never depends on how many columns are computed with
+ * it (decode of one session vs a batch of sessions, prefill vs decode):
+ * gemm outputs are bit-identical for 1, 2, 3, 4, 5, 17 and 33 columns, at
+ * every ISA, for short rows and for rows longer than the IQ2_S/IQ3_S table.
+ */
+TEST(kernels_gemm_bit_identical_for_any_column_count)
+{
+    static const int ks[] = { 768, 12288 };
+    static const int ncs[] = { 1, 2, 3, 4, 5, 17, 33 };
+    enum { R = 6, CMAX = 33 };
+    for (int ki = 0; ki < 2; ki++) {
+        int K = ks[ki];
+        float *x = malloc(sizeof(float) * K), *ref = malloc(sizeof(float) * R * CMAX),
+              *out = malloc(sizeof(float) * R * CMAX);
+        uint8_t *w = malloc((size_t)R * K * 4), *a = malloc((size_t)CMAX * K * 4);
+        REQUIRE(x && ref && out && w && a);
+        for (int isa = 0; isa < MOEQ_ISA_COUNT; isa++) {
+            if (isa > 0 && moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, isa) == NULL) continue;
+            for (int ti = 0; ti < N_TYPES; ti++) {
+                int type = all_types[ti];
+                if (K % moeq_type_traits(type)->blck_size) continue;
+                if (ki == 1 && type != MOEQ_TYPE_IQ2_S && type != MOEQ_TYPE_IQ3_S && type != MOEQ_TYPE_Q4_K)
+                    continue;   /* the long row is for the table's limit */
+                size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
+                for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, FILL_RANDOM);
+                for (int c = 0; c < CMAX; c++) {
+                    fill_act(x, K, FILL_RANDOM);
+                    moeq_quantize_act(type, x, a + c * as, K);
+                }
+                moeq_gemm_isa(isa, type, K, w, ws, R, a, as, CMAX, ref, R);
+                for (int ni = 0; ni < 7; ni++) {
+                    int nc = ncs[ni];
+                    /* columns [c0, c0 + nc) of the same activations */
+                    int c0 = (CMAX - nc) / 2;
+                    moeq_gemm_isa(isa, type, K, w, ws, R, a + c0 * as, as, nc, out, R);
+                    CHECKF(memcmp(out, ref + c0 * R, sizeof(float) * R * nc) == 0,
+                           "%s %s K=%d: %d columns differ from %d", moeq_isa_name(isa),
+                           moeq_type_name(type), K, nc, CMAX);
+                }
+            }
+        }
+        free(x); free(ref); free(out); free(w); free(a);
+    }
+}

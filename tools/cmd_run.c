@@ -142,7 +142,7 @@ static int eval_prompt(struct run *r, const int32_t *tok, int n)
 static int generate(struct run *r, char **answer, size_t *alen)
 {
     char piece[256];
-    g_stop = 0;
+    if (!g_generating) g_stop = 0;
     g_generating = 1;
     int rc = 0;
     double t0 = now_s();
@@ -253,12 +253,16 @@ static int chat_loop(struct run *r)
             rc = 1;
             break;
         }
+        /* Ctrl-C while the turn is read in stops this answer too */
+        g_stop = 0;
+        g_generating = 1;
         int erc = eval_prompt(r, tok, n);
         free(tok);
         if (erc != 0) { cli_error("%s", r->err); rc = 1; break; }
         char *answer = NULL;
         size_t alen = 0;
-        if (generate(r, &answer, &alen) != 0) { free(answer); cli_error("%s", r->err); rc = 1; break; }
+        if (!g_stop && generate(r, &answer, &alen) != 0) { free(answer); cli_error("%s", r->err); rc = 1; break; }
+        g_generating = 0;
         putchar('\n');
         msgs[n_msgs].role = "assistant";
         msgs[n_msgs].content = answer ? answer : strdup("");
