@@ -501,7 +501,7 @@ TEST(serve_e2e_openai_node_client)
 {
     if (test_run(NULL, "node --version >/dev/null 2>&1") != 0) SKIP("node is absent");
     if (access("build/npm/node_modules/openai/package.json", R_OK) != 0 &&
-        test_run(NULL, "mkdir -p build/npm && cd build/npm && timeout 120 npm install --prefix . --no-audit --no-fund "
+        test_run(NULL, "mkdir -p build/npm && cd build/npm && timeout 60 npm install --prefix . --no-audit --no-fund "
                        "--loglevel=error openai >/dev/null 2>&1") != 0)
         SKIP("the openai npm package could not be installed");
     if (access("build/npm/node_modules/openai/package.json", R_OK) != 0) SKIP("openai npm package absent");
