@@ -84,8 +84,45 @@ AI void pack_scales(const __m512i sc[4], __m512i sc16[2])
     sc16[1] = _mm512_packs_epi32(sc[2], sc[3]);
 }
 
+/*
+ * Horizontal sums of 16 accumulators at once, with exactly the additions
+ * of _mm512_reduce_add_ps (256-bit halves, 128-bit halves, lanes 0+2 and
+ * 1+3, then those two) so results match the one-column path bit for bit;
+ * pairing vectors in each shuffle halves the work, which matters for
+ * short rows (one block of 256 per row costs about as much as its sums).
+ */
+AI void store_sums16(const __m512 *acc, float *s, size_t ss)
+{
+    __m512 y[8], z[4];
+#pragma GCC unroll 16
+    for (int p = 0; p < 8; p++) {
+        __m512 lo = _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 hi = _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
+        y[p] = _mm512_add_ps(hi, lo);     /* [A.lo+hi (256) | B.lo+hi (256)] */
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++) {
+        __m512 lo = _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512 hi = _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1));
+        z[q] = _mm512_add_ps(hi, lo);     /* 128-bit lane i: column 4q + i, 4 partial sums */
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++) {
+        __m512 t = _mm512_add_ps(z[q], _mm512_permute_ps(z[q], _MM_SHUFFLE(1, 0, 3, 2)));
+        __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, _MM_SHUFFLE(2, 3, 0, 1)));
+        s[(size_t)(4 * q + 0) * ss] = _mm_cvtss_f32(_mm512_castps512_ps128(u));
+        s[(size_t)(4 * q + 1) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 1));
+        s[(size_t)(4 * q + 2) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 2));
+        s[(size_t)(4 * q + 3) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 3));
+    }
+}
+
 AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
 {
+    if (NC == 16) {
+        store_sums16(acc, s, ss);
+        return;
+    }
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = _mm512_reduce_add_ps(acc[c]);
 }
@@ -145,20 +182,17 @@ AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
 #pragma GCC unroll 16
     for (int k = 0; k < 4; k++) {
         /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from
-         * qh; scalar loads into two 256-bit halves beat a gather */
-        const uint8_t *q = xb->qs + 16 * k;
-        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
-        __m256i lo = _mm256_set_epi32(
-            (int)iq3s_grid[q[7] | (h0 << 1 & 256)], (int)iq3s_grid[q[6] | (h0 << 2 & 256)],
-            (int)iq3s_grid[q[5] | (h0 << 3 & 256)], (int)iq3s_grid[q[4] | (h0 << 4 & 256)],
-            (int)iq3s_grid[q[3] | (h0 << 5 & 256)], (int)iq3s_grid[q[2] | (h0 << 6 & 256)],
-            (int)iq3s_grid[q[1] | (h0 << 7 & 256)], (int)iq3s_grid[q[0] | (h0 << 8 & 256)]);
-        __m256i hi = _mm256_set_epi32(
-            (int)iq3s_grid[q[15] | (h1 << 1 & 256)], (int)iq3s_grid[q[14] | (h1 << 2 & 256)],
-            (int)iq3s_grid[q[13] | (h1 << 3 & 256)], (int)iq3s_grid[q[12] | (h1 << 4 & 256)],
-            (int)iq3s_grid[q[11] | (h1 << 5 & 256)], (int)iq3s_grid[q[10] | (h1 << 6 & 256)],
-            (int)iq3s_grid[q[9] | (h1 << 7 & 256)], (int)iq3s_grid[q[8] | (h1 << 8 & 256)]);
-        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+         * qh (a 16-bit mask); indices built in a vector, then scalar loads
+         * into two 256-bit halves (beats a gather) */
+        union { __m256i v; uint16_t u[16]; } ix;
+        __m256i lo8 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
+        __mmask16 hm = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
+        ix.v = _mm256_mask_add_epi16(lo8, hm, lo8, _mm256_set1_epi16(256));
+#define G3(i) (int)iq3s_grid[ix.u[i]]
+        wv[k] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set_epi32(G3(7), G3(6), G3(5), G3(4), G3(3), G3(2), G3(1), G3(0))),
+            _mm256_set_epi32(G3(15), G3(14), G3(13), G3(12), G3(11), G3(10), G3(9), G3(8)), 1);
+#undef G3
         sg[k] = load_u64(xb->signs + 8 * k);
         int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
         sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
