@@ -348,6 +348,17 @@ int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t
         if (echo) return fail(err, errlen, "'echo' is not supported");
     }
 
+    /* Features a client would rely on and that we do not have are refused
+     * rather than silently ignored. */
+    const json_t *tools = field(body, "tools"), *rf = field(body, "response_format");
+    if (tools && !(json_is_array(tools) && json_array_size(tools) == 0))
+        return fail(err, errlen, "'tools' is not supported (no tool calls)");
+    if (rf) {
+        const json_t *ty = json_object_get(rf, "type");
+        if (!json_is_object(rf) || !json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0)
+            return fail(err, errlen, "'response_format' other than {\"type\":\"text\"} is not supported");
+    }
+
     if ((rc = parse_stop(body, g, err, errlen))) goto bad;
 
     if (kind == SRV_CHAT) {

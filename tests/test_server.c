@@ -204,7 +204,8 @@ TEST(server_parse_chat)
                    "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"},{\"type\":\"text\",\"text\":\"!\"}]}],"
                    "\"max_tokens\":7,\"temperature\":0,\"top_k\":5,\"top_p\":0.5,\"min_p\":0.1,\"seed\":42,"
                    "\"stop\":[\"ab\",\"\",\"cd\"],\"stream\":true,\"stream_options\":{\"include_usage\":true},"
-                   "\"logprobs\":true,\"top_logprobs\":3,\"n\":1,\"frequency_penalty\":0}",
+                   "\"logprobs\":true,\"top_logprobs\":3,\"n\":1,\"frequency_penalty\":0,\"tools\":[],"
+                   "\"response_format\":{\"type\":\"text\"}}",
                    &g, err, sizeof err);
     REQUIREF(rc == 0, "rc %d: %s", rc, err);
     const char *want = "system:be brief\nuser:hi!\nassistant:";
@@ -290,6 +291,8 @@ TEST(server_parse_errors)
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{\"include_usage\":true}}", "only allowed" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":\"s\"}", "'seed' must be an integer" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":3}", "'model' must be a string" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "'tools' is not supported" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_object\"}}", "'response_format'" },
         { SRV_COMPLETION, "{\"prompt\":3}", "'prompt' must be" },
         { SRV_COMPLETION, "{\"prompt\":\"\"}", "the prompt is empty" },
         { SRV_COMPLETION, "{\"prompt\":[\"a\",\"b\"]}", "n = 1 only" },
