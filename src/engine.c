@@ -935,6 +935,11 @@ moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
         moeq_session_free(s);
         return NULL;
     }
+    /* Touch the whole cache now, as llama.cpp clears its KV buffer: memory
+     * runs out at start rather than mid-answer, and resident memory is what
+     * `moeq fit` predicts from the first token on. */
+    memset(s->k, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_k);
+    memset(s->v, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_v);
     e->n_sessions++;
     return s;
 }

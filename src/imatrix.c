@@ -214,7 +214,10 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
                 goto fail;
             }
         }
-        /* stored values are mean * ncall: keep them as sums with count ncall */
+        /* stored values are mean * ncall. Scaled by the chunk size (tokens
+         * per call, when known) they become raw sums over ncall * chunk
+         * tokens, so they merge with token-counted data at the right weight */
+        const double cs = im->chunk_size > 0 ? (double)im->chunk_size : 1.0;
         struct moeq_imatrix_entry *e = moeq_imatrix_find(im, name);
         if (!e) e = moeq_imatrix_get(im, name, nval, 1, r->err, r->errlen);
         if (!e) goto fail;
@@ -225,8 +228,8 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         }
         for (int64_t m = 0; m < e->n_mat; m++) {
             for (int64_t j = 0; j < e->n_per_row; j++)
-                e->sums[m * e->n_per_row + j] += tmp[m * e->n_per_row + j];
-            e->counts[m] += ncall;
+                e->sums[m * e->n_per_row + j] += tmp[m * e->n_per_row + j] * cs;
+            e->counts[m] += ncall * cs;
         }
         e->ncall += ncall;
     }

@@ -63,7 +63,8 @@ void moeq_imatrix_add_dataset(struct moeq_imatrix *im, const char *name);
 
 /*
  * Load path (legacy .dat or GGUF, detected by its magic) and merge it into
- * im. Returns 0, or -1 with a one-line message naming the file and field.
+ * im. Legacy data carries no chunk size: set im->chunk_size first (tokens
+ * per evaluation call) so it merges with GGUF data at its true weight. Returns 0, or -1 with a one-line message naming the file and field.
  */
 int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size_t errlen);
 

@@ -16,7 +16,9 @@
 #include "quants.h"
 #include "quants_blocks.h"
 
+#include <cpuid.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +35,13 @@ static inline int round_int(float x)
 }
 
 static inline float f16(ggml_half h) { return moeq_f16_to_f32(h); }
+
+/* max(m, |v|) as a plain compare: fmaxf's NaN rules make it a libm call. */
+static inline float amax_step(float m, float v)
+{
+    float a = fabsf(v);
+    return a > m ? a : m;
+}
 
 /* ------------------------------------------------- activation formats */
 
@@ -67,7 +76,7 @@ static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n)
 {
     for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
         float amax = 0;
-        for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK8_0; j++) amax = amax_step(amax, x[j]);
         float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
         y[b].d = moeq_f32_to_f16(d);
         for (int j = 0; j < QK8_0; j++) {
@@ -87,7 +96,7 @@ static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
 {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float amax = 0;
-        for (int j = 0; j < QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK_K; j++) amax = amax_step(amax, x[j]);
         if (amax == 0) {
             memset(&y[b], 0, sizeof y[b]);
             continue;
@@ -106,13 +115,25 @@ static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
     }
 }
 
+static int isa_usable(int isa);
+
+void moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n)
+{
+    int at = moeq_act_type(wtype);
+    if (at == MOEQ_TYPE_F32) {
+        memcpy(y, x, (size_t)n * sizeof(float));
+        return;
+    }
+    moeq_actq_fn f = NULL;
+    if (isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_actq) f = moeq_avx512_actq(at);
+    if (f) f(x, y, n);
+    else if (at == MOEQ_TYPE_Q8_0) quantize_act_q8_0(x, y, n);
+    else quantize_act_q8_K(x, y, n);
+}
+
 void moeq_quantize_act(int wtype, const float *x, void *y, int64_t n)
 {
-    switch (moeq_act_type(wtype)) {
-    case MOEQ_TYPE_F32:  memcpy(y, x, (size_t)n * sizeof(float)); break;
-    case MOEQ_TYPE_Q8_0: quantize_act_q8_0(x, y, n); break;
-    default:             quantize_act_q8_K(x, y, n); break;
-    }
+    moeq_quantize_act_isa(moeq_isa_best(), wtype, x, y, n);
 }
 
 /* -------------------------------------------- float weights (scalar) */
@@ -197,20 +218,23 @@ static void dot_iq4_nl(int64_t n, float *s, const void *w, const void *a)
  * d folds in the type's constant factor (1/8 for the IQ2 scales, ...), so
  * sc and mn stay small integers and the whole block sum is one integer.
  */
-struct unpacked {
-    int8_t q[QK_K];
-    int    sc[QK_K / 16];
-    int    mn[QK_K / 16];
-    float  d, dmin;
+struct moeq_unpacked {
+    int8_t  q[QK_K];
+    int32_t sc[QK_K / 16];
+    int32_t mn[QK_K / 16];
+    float   d, dmin;
 };
 
-typedef void (*unpack_fn)(const void *blk, struct unpacked *u);
+typedef void (*moeq_unpack_fn)(const void *blk, struct moeq_unpacked *u);
 
-static void unpack_q2_K(const void *blk, struct unpacked *u)
+static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q2_K *x = blk;
-    for (int e = 0; e < QK_K; e++)
-        u->q[e] = (int8_t)((x->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3);
+    /* element 128h + 32s + l sits in bits 2s..2s+1 of qs[32h + l] */
+    for (int h = 0; h < 2; h++)
+        for (int sh = 0; sh < 4; sh++)
+            for (int l = 0; l < 32; l++)
+                u->q[128 * h + 32 * sh + l] = (int8_t)((x->qs[32 * h + l] >> 2 * sh) & 3);
     for (int g = 0; g < 16; g++) {
         u->sc[g] = x->scales[g] & 0xf;
         u->mn[g] = x->scales[g] >> 4;
@@ -219,14 +243,18 @@ static void unpack_q2_K(const void *blk, struct unpacked *u)
     u->dmin = f16(x->dmin);
 }
 
-static void unpack_q3_K(const void *blk, struct unpacked *u)
+static void unpack_q3_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q3_K *x = blk;
-    for (int e = 0; e < QK_K; e++) {
-        int lo = (x->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        int hi = (x->hmask[e % 32] >> (e / 32)) & 1;
-        u->q[e] = (int8_t)(lo - (hi ? 0 : 4));
-    }
+    /* low bits as in Q2_K; the high bit of element e is bit e/32 of
+     * hmask[e % 32], and a clear high bit means "minus 4" */
+    for (int h = 0; h < 2; h++)
+        for (int sh = 0; sh < 4; sh++)
+            for (int l = 0; l < 32; l++) {
+                int lo = (x->qs[32 * h + l] >> 2 * sh) & 3;
+                int hi = (x->hmask[l] >> (4 * h + sh)) & 1;
+                u->q[128 * h + 32 * sh + l] = (int8_t)(lo - 4 + 4 * hi);
+            }
     /* 16 six-bit scales: low nibbles in bytes 0..7, high pairs in 8..11 */
     for (int g = 0; g < 16; g++) {
         int lo = g < 8 ? x->scales[g] & 0xf : x->scales[g - 8] >> 4;
@@ -250,13 +278,15 @@ static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
     }
 }
 
-static void unpack_q4_K(const void *blk, struct unpacked *u)
+static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q4_K *x = blk;
-    for (int e = 0; e < QK_K; e++) {
-        uint8_t b = x->qs[(e / 64) * 32 + e % 32];
-        u->q[e] = (int8_t)((e / 32) % 2 ? b >> 4 : b & 0xf);
-    }
+    /* 32 bytes per 64 elements: low nibbles first, then high nibbles */
+    for (int p = 0; p < 4; p++)
+        for (int l = 0; l < 32; l++) {
+            u->q[64 * p + l]      = (int8_t)(x->qs[32 * p + l] & 0xf);
+            u->q[64 * p + 32 + l] = (int8_t)(x->qs[32 * p + l] >> 4);
+        }
     for (int j = 0; j < 8; j++) {
         int sc, mn;
         scale_min_k4(x->scales, j, &sc, &mn);
@@ -267,15 +297,15 @@ static void unpack_q4_K(const void *blk, struct unpacked *u)
     u->dmin = f16(x->dmin);
 }
 
-static void unpack_q5_K(const void *blk, struct unpacked *u)
+static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q5_K *x = blk;
-    for (int e = 0; e < QK_K; e++) {
-        uint8_t b = x->qs[(e / 64) * 32 + e % 32];
-        int lo = (e / 32) % 2 ? b >> 4 : b & 0xf;
-        int hi = (x->qh[e % 32] >> (e / 32)) & 1;
-        u->q[e] = (int8_t)(lo | hi << 4);
-    }
+    /* as Q4_K, plus a 5th bit: bit e/32 of qh[e % 32] */
+    for (int p = 0; p < 4; p++)
+        for (int l = 0; l < 32; l++) {
+            u->q[64 * p + l]      = (int8_t)((x->qs[32 * p + l] & 0xf) | ((x->qh[l] >> 2 * p) & 1) << 4);
+            u->q[64 * p + 32 + l] = (int8_t)((x->qs[32 * p + l] >> 4) | ((x->qh[l] >> (2 * p + 1)) & 1) << 4);
+        }
     for (int j = 0; j < 8; j++) {
         int sc, mn;
         scale_min_k4(x->scales, j, &sc, &mn);
@@ -286,15 +316,21 @@ static void unpack_q5_K(const void *blk, struct unpacked *u)
     u->dmin = f16(x->dmin);
 }
 
-static void unpack_q6_K(const void *blk, struct unpacked *u)
+static void unpack_q6_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q6_K *x = blk;
-    for (int e = 0; e < QK_K; e++) {
-        int h = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
-        uint8_t b = x->ql[h * 64 + (quarter & 1) * 32 + l];
-        int lo = quarter >> 1 ? b >> 4 : b & 0xf;
-        int hi = (x->qh[h * 32 + l] >> (2 * quarter)) & 3;
-        u->q[e] = (int8_t)((lo | hi << 4) - 32);
+    /* per half of 128: quarters 0/1 are the low nibbles of ql[0..31] /
+     * ql[32..63], quarters 2/3 their high nibbles; qh holds the top two
+     * bits of quarter k at bit 2k; values are stored +32 */
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+        int8_t *q = u->q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            q[l]      = (int8_t)(((ql[l] & 0xf)      | (qh[l] & 3) << 4) - 32);
+            q[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (qh[l] >> 2 & 3) << 4) - 32);
+            q[l + 64] = (int8_t)(((ql[l] >> 4)       | (qh[l] >> 4 & 3) << 4) - 32);
+            q[l + 96] = (int8_t)(((ql[l + 32] >> 4)  | (qh[l] >> 6 & 3) << 4) - 32);
+        }
     }
     for (int g = 0; g < 16; g++) {
         u->sc[g] = x->scales[g];
@@ -307,11 +343,13 @@ static void unpack_q6_K(const void *blk, struct unpacked *u)
 /* Eight grid bytes with the signs of bit j of sgn applied to byte j. */
 static void put_signed8(int8_t *q, const uint8_t *grid, uint8_t sgn)
 {
-    for (int j = 0; j < 8; j++)
-        q[j] = (int8_t)(sgn >> j & 1 ? -grid[j] : grid[j]);
+    for (int j = 0; j < 8; j++) {
+        int neg = -(sgn >> j & 1);              /* 0 or -1 */
+        q[j] = (int8_t)((grid[j] ^ neg) - neg);
+    }
 }
 
-static void unpack_iq2_xxs(const void *blk, struct unpacked *u)
+static void unpack_iq2_xxs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_xxs *x = blk;
     for (int ib = 0; ib < 8; ib++) {
@@ -329,7 +367,7 @@ static void unpack_iq2_xxs(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq2_xs(const void *blk, struct unpacked *u)
+static void unpack_iq2_xs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_xs *x = blk;
     for (int k = 0; k < 32; k++)
@@ -343,7 +381,7 @@ static void unpack_iq2_xs(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq2_s(const void *blk, struct unpacked *u)
+static void unpack_iq2_s(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_s *x = blk;
     const uint8_t *signs = x->qs + QK_K / 8;
@@ -359,7 +397,7 @@ static void unpack_iq2_s(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq3_xxs(const void *blk, struct unpacked *u)
+static void unpack_iq3_xxs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq3_xxs *x = blk;
     const uint8_t *ss = x->qs + QK_K / 4;
@@ -380,7 +418,7 @@ static void unpack_iq3_xxs(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq3_s(const void *blk, struct unpacked *u)
+static void unpack_iq3_s(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq3_s *x = blk;
     for (int k = 0; k < 32; k++) {  /* k-th group of 8 values: two grid entries */
@@ -400,7 +438,7 @@ static void unpack_iq3_s(const void *blk, struct unpacked *u)
     u->dmin = 0;
 }
 
-static void unpack_iq4_xs(const void *blk, struct unpacked *u)
+static void unpack_iq4_xs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq4_xs *x = blk;
     for (int ib = 0; ib < 8; ib++) {
@@ -417,11 +455,11 @@ static void unpack_iq4_xs(const void *blk, struct unpacked *u)
 }
 
 /* The shared Q8_K dot over a row of super-blocks of bsize bytes each. */
-static float dot_unpacked(int64_t n, const void *w, size_t bsize, unpack_fn unpack, const void *a)
+static float dot_unpacked(int64_t n, const void *w, size_t bsize, moeq_unpack_fn unpack, const void *a)
 {
     const uint8_t *x = w;
     const block_q8_K *y = a;
-    struct unpacked u;
+    struct moeq_unpacked u;
     float sum = 0;
     for (int64_t b = 0; b < n / QK_K; b++) {
         unpack(x + b * bsize, &u);
@@ -479,25 +517,37 @@ static moeq_vec_dot_fn scalar_vec_dot(int wtype)
 
 /* ------------------------------------------------------------ dispatch */
 
+/* F16C straight from cpuid: not every compiler's __builtin_cpu_supports
+ * knows it. The AVX2 check below already implies the OS saves ymm state. */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static int cpu_isa(void)
 {
     __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
+        return MOEQ_ISA_SCALAR;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("avx512vnni"))
         return MOEQ_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return MOEQ_ISA_AVX2;
-    return MOEQ_ISA_SCALAR;
+    return MOEQ_ISA_AVX2;
 }
 
+/*
+ * CPU detection and the MOEQ_ISA override run once, on first use, under
+ * pthread_once: kernels are looked up from pool threads, and the first use
+ * (not load time) is when a test or tool has set MOEQ_ISA.
+ */
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+static int isa_hw, isa_best;
+
 /* Whether the ISA file is linked in and the CPU runs it. */
-static int isa_usable(int isa)
+static int isa_linked(int isa, int hw)
 {
-    static int hw = -1;
-    if (hw < 0) hw = cpu_isa();
     if (isa == MOEQ_ISA_SCALAR) return 1;
     if (isa > hw) return 0;
     if (isa == MOEQ_ISA_AVX2) return moeq_avx2_vec_dot != NULL;
@@ -505,13 +555,12 @@ static int isa_usable(int isa)
     return 0;
 }
 
-int moeq_isa_best(void)
+static void isa_init(void)
 {
-    static int best = -1;
-    if (best >= 0) return best;
+    isa_hw = cpu_isa();
     int b = MOEQ_ISA_SCALAR;
     for (int i = MOEQ_ISA_AVX2; i < MOEQ_ISA_COUNT; i++)
-        if (isa_usable(i)) b = i;
+        if (isa_linked(i, isa_hw)) b = i;
     /* MOEQ_ISA may only lower the choice: forcing an ISA the CPU lacks
      * would crash on the first kernel call. */
     const char *env = getenv("MOEQ_ISA");
@@ -519,8 +568,19 @@ int moeq_isa_best(void)
         for (int i = 0; i < MOEQ_ISA_COUNT; i++)
             if (!strcmp(env, moeq_isa_name(i)) && i < b) b = i;
     }
-    best = b;
-    return best;
+    isa_best = b;
+}
+
+static int isa_usable(int isa)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_linked(isa, isa_hw);
+}
+
+int moeq_isa_best(void)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_best;
 }
 
 const char *moeq_isa_name(int isa)
@@ -563,14 +623,22 @@ static moeq_row_fn row_kernel_isa(int wtype, int isa)
     }
 }
 
+static moeq_rows_fn rows_kernel_isa(int wtype, int isa)
+{
+    if (!isa_usable(isa)) return NULL;
+    if (isa == MOEQ_ISA_AVX512 && moeq_avx512_rows) return moeq_avx512_rows(wtype);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- gemm */
 
 /*
  * Columns are taken in panels small enough that a panel of activation rows
- * stays in L2 while every weight row streams past it once; within a panel a
- * row kernel handles MOEQ_GEMM_NC columns per call, unpacking each weight
- * block once for all of them. Without a row kernel, the vec_dot loop keeps
- * the same order, so a weight row is still read from memory once per panel.
+ * stays in L2 while every weight row streams past it once; a row kernel
+ * takes the whole panel and unpacks each weight block once for a group of
+ * columns (IQ2_S / IQ3_S: once for the whole panel). Without a row kernel,
+ * the vec_dot loop keeps the same order, so a weight row is still read
+ * from memory once per panel.
  */
 #define GEMM_PANEL_BYTES (256 * 1024)
 
@@ -584,6 +652,13 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
     if (!dot) dot = scalar_vec_dot(wtype);
     if (!dot || n_rows <= 0 || n_cols <= 0) return;
 
+    /* decode: one column against many rows */
+    moeq_rows_fn rows = n_cols == 1 ? rows_kernel_isa(wtype, isa) : NULL;
+    if (rows) {
+        rows(K, W, w_stride, n_rows, A, out);
+        return;
+    }
+
     size_t arow = moeq_act_row_size(wtype, K);
     int64_t panel = arow ? (int64_t)(GEMM_PANEL_BYTES / arow) : n_cols;
     if (panel < MOEQ_GEMM_NC) panel = MOEQ_GEMM_NC;
@@ -595,11 +670,8 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
         for (int64_t r = 0; r < n_rows; r++) {
             const uint8_t *wr = w + (size_t)r * w_stride;
             if (row) {
-                for (int64_t c = c0; c < c1; c += MOEQ_GEMM_NC) {
-                    int nc = (int)(c1 - c < MOEQ_GEMM_NC ? c1 - c : MOEQ_GEMM_NC);
-                    row(K, wr, a + (size_t)c * a_stride, a_stride, nc,
-                        out + (size_t)c * out_stride + r, out_stride);
-                }
+                row(K, wr, a + (size_t)c0 * a_stride, a_stride, (int)(c1 - c0),
+                    out + (size_t)c0 * out_stride + r, out_stride);
             } else {
                 for (int64_t c = c0; c < c1; c++)
                     dot(K, out + (size_t)c * out_stride + r, wr, a + (size_t)c * a_stride);

@@ -25,8 +25,10 @@ const char *moeq_isa_name(int isa);
 int    moeq_act_type(int wtype);
 /* Bytes of one activation row of n elements for wtype. */
 size_t moeq_act_row_size(int wtype, int64_t n);
-/* Quantize n floats into wtype's activation format. */
+/* Quantize n floats into wtype's activation format (same bytes at every ISA). */
 void   moeq_quantize_act(int wtype, const float *x, void *y, int64_t n);
+/* The same with a given ISA's code (scalar where it has none): for tests. */
+void   moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n);
 
 /* s = dot(weight row w of n elements, activation row a). */
 typedef void (*moeq_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
@@ -40,7 +42,9 @@ moeq_vec_dot_fn moeq_vec_dot_isa(int wtype, int isa);
  * out[c * out_stride + r] = dot(W row r, A row c) for r in [0, n_rows),
  * c in [0, n_cols): W rows of type wtype, K elements each, w_stride bytes
  * apart; A rows in wtype's activation format, a_stride bytes apart. The
- * tiled kernel reads each weight row once for all columns.
+ * tiled kernel reads each weight row once for all columns. A column's
+ * result is bit-identical whatever n_cols is (at a given ISA), so batching
+ * sessions or tokens never changes logits.
  */
 void moeq_gemm(int wtype, int64_t K,
                const void *W, size_t w_stride, int64_t n_rows,

@@ -6,9 +6,9 @@
  * the weight side of a block is unpacked once per row into unsigned byte
  * magnitudes, sign masks and int16 scale vectors; per column, maddubs
  * multiplies magnitudes by (sign-flipped) activations into int16 pair
- * sums (at most 2 * 63 * 127, so never saturating), and madd multiplies
+ * sums (at most 2 * 127 * 127, so never saturating), and madd multiplies
  * each pair by its sub-block scale into int32. With 16 vector registers,
- * a call handles up to 4 columns at a time; 5..8 columns take two passes.
+ * a row kernel walks its columns four at a time.
  */
 #include "kernels_isa.h"
 #include "quants.h"
@@ -247,20 +247,37 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     store_sums(acc, NC, s, ss);
 }
 
-/* -------------------------------------------------------------- Q8_0 */
+/* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+/* The 32 signed weights of one block (see kernels_avx512.c). */
+AI __m256i load_w32(const uint8_t *blk, const int kind)
 {
-    const block_q8_0 *x = w;
+    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
+    return _mm256_shuffle_epi8(tab, nib);
+}
+
+AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+              const int kind)
+{
+    const uint8_t *x = w;
+    const size_t bsize = kind == 0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     __m256 acc[NC_MAX];
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < n / QK8_0; b++) {
         /* |w| times the activation carrying w's sign; |w| <= 128 and
          * |x| <= 127, so a pair sum stays under 32767 */
-        __m256i wq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const uint8_t *blk = x + b * bsize;
+        __m256i wq = load_w32(blk, kind);
         __m256i wabs = _mm256_abs_epi8(wq);
-        const float dw = h2f(x[b].d);
+        ggml_half dh;
+        memcpy(&dh, blk, 2);
+        const float dw = h2f(dh);
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
             const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + (size_t)c * as) + b;
@@ -271,6 +288,163 @@ AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC,
     }
     store_sums(acc, NC, s, ss);
 }
+
+AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 0); }
+AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 1); }
+AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 2); }
+
+/* ------------------------------------- the other 256-element formats */
+
+/*
+ * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ4_XS: each format unpacks 32
+ * weights at a time into unsigned values, a sign mask and int16 scales,
+ * and the shared step32 does the rest. Q3_K values are stored +4 (0..7)
+ * and corrected through the bsums; IQ4_XS magnitudes reach 127, so maddubs
+ * pairs reach 2 * 127 * 127, still inside int16.
+ */
+enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
+
+/* Eight sign bytes of four 7-bit sign indices (parity gives the 8th bit). */
+AI uint32_t ksigns4(uint32_t s)
+{
+    return (uint32_t)ksigns_iq2xs[s & 127] | (uint32_t)ksigns_iq2xs[(s >> 7) & 127] << 8 |
+           (uint32_t)ksigns_iq2xs[(s >> 14) & 127] << 16 | (uint32_t)ksigns_iq2xs[(s >> 21) & 127] << 24;
+}
+
+/* The 16 signed six-bit scales of a Q3_K block, as 4 words of 4 bytes. */
+AI void q3_scales(const uint8_t *q, uint32_t out[4])
+{
+    uint32_t u0, u1, u2;
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    out[0] = (u0 & 0x0f0f0f0fu) | ((u2 & 0x03030303u) << 4);
+    out[1] = (u1 & 0x0f0f0f0fu) | (((u2 >> 2) & 0x03030303u) << 4);
+    out[2] = ((u0 >> 4) & 0x0f0f0f0fu) | (((u2 >> 4) & 0x03030303u) << 4);
+    out[3] = ((u1 >> 4) & 0x0f0f0f0fu) | (((u2 >> 6) & 0x03030303u) << 4);
+}
+
+AI int byte_of(const uint32_t *w4, int i) { return (int)((w4[i / 4] >> (8 * (i % 4))) & 0xff); }
+
+AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+              const int T)
+{
+    __m256 acc[NC_MAX];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i zero = _mm256_setzero_si256(), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m256i isum[NC_MAX];
+        for (int c = 0; c < NC; c++) isum[c] = zero;
+        __m256i bs16 = zero;   /* Q2_K mins / Q3_K -4 * scale, per bsum */
+        float d = 0, dmin = 0;
+        if (T == V_Q2_K) {
+            const block_q2_K *x = (const block_q2_K *)w + b;
+            for (int j = 0; j < 8; j++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * (j / 4)));
+                __m256i wv = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (j % 4)), m3);
+                step32(a, as, b, j, NC, wv, zero,
+                       scale_pair(x->scales[2 * j] & 0xf, x->scales[2 * j + 1] & 0xf), isum, 0);
+            }
+            __m128i s8 = _mm_loadu_si128((const __m128i *)x->scales);
+            bs16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(0x0f)));
+            d = h2f(x->d);
+            dmin = h2f(x->dmin);
+        } else if (T == V_Q3_K) {
+            const block_q3_K *x = (const block_q3_K *)w + b;
+            uint32_t sc4[4];
+            q3_scales(x->scales, sc4);
+            __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
+            for (int j = 0; j < 8; j++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * (j / 4)));
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (j % 4)), m3);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hm, j), one);
+                step32(a, as, b, j, NC, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)), zero,
+                       scale_pair(byte_of(sc4, 2 * j) - 32, byte_of(sc4, 2 * j + 1) - 32), isum, 0);
+            }
+            __m128i s8 = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)sc4), _mm_set1_epi8(32));
+            bs16 = _mm256_sub_epi16(zero, _mm256_slli_epi16(_mm256_cvtepi8_epi16(s8), 2));
+            d = h2f(x->d);
+        } else if (T == V_IQ2_XXS) {
+            const block_iq2_xxs *x = (const block_iq2_xxs *)w + b;
+            const uint8_t *q = (const uint8_t *)x->qs;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *p = q + 8 * j;
+                uint32_t sg;
+                memcpy(&sg, p + 4, 4);
+                __m256i wv = _mm256_set_epi64x((long long)iq2xxs_grid[p[3]], (long long)iq2xxs_grid[p[2]],
+                                               (long long)iq2xxs_grid[p[1]], (long long)iq2xxs_grid[p[0]]);
+                step32(a, as, b, j, NC, wv, bits_to_mask(ksigns4(sg)),
+                       _mm256_set1_epi16((short)(2 * (sg >> 28) + 1)), isum, 1);
+            }
+            d = h2f(x->d) * 0.125f;
+        } else if (T == V_IQ2_XS) {
+            const block_iq2_xs *x = (const block_iq2_xs *)w + b;
+            for (int j = 0; j < 8; j++) {
+                const uint16_t *q = x->qs + 4 * j;
+                __m256i wv = _mm256_set_epi64x((long long)iq2xs_grid[q[3] & 511], (long long)iq2xs_grid[q[2] & 511],
+                                               (long long)iq2xs_grid[q[1] & 511], (long long)iq2xs_grid[q[0] & 511]);
+                uint32_t sb = (uint32_t)ksigns_iq2xs[q[0] >> 9] | (uint32_t)ksigns_iq2xs[q[1] >> 9] << 8 |
+                              (uint32_t)ksigns_iq2xs[q[2] >> 9] << 16 | (uint32_t)ksigns_iq2xs[q[3] >> 9] << 24;
+                step32(a, as, b, j, NC, wv, bits_to_mask(sb),
+                       scale_pair(2 * (x->scales[j] & 0xf) + 1, 2 * (x->scales[j] >> 4) + 1), isum, 1);
+            }
+            d = h2f(x->d) * 0.125f;
+        } else if (T == V_IQ3_XXS) {
+            const block_iq3_xxs *x = (const block_iq3_xxs *)w + b;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = x->qs + 8 * j;
+                uint32_t sg;
+                memcpy(&sg, x->qs + QK_K / 4 + 4 * j, 4);
+                __m256i wv = _mm256_set_epi32((int)iq3xxs_grid[q[7]], (int)iq3xxs_grid[q[6]], (int)iq3xxs_grid[q[5]],
+                                              (int)iq3xxs_grid[q[4]], (int)iq3xxs_grid[q[3]], (int)iq3xxs_grid[q[2]],
+                                              (int)iq3xxs_grid[q[1]], (int)iq3xxs_grid[q[0]]);
+                step32(a, as, b, j, NC, wv, bits_to_mask(ksigns4(sg)),
+                       _mm256_set1_epi16((short)(2 * (sg >> 28) + 1)), isum, 1);
+            }
+            d = h2f(x->d) * 0.25f;
+        } else {  /* V_IQ4_XS */
+            const block_iq4_xs *x = (const block_iq4_xs *)w + b;
+            const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
+            for (int j = 0; j < 8; j++) {
+                __m128i q = _mm_loadu_si128((const __m128i *)(x->qs + 16 * j));
+                __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(0x0f)),
+                                               _mm_and_si128(q, _mm_set1_epi8(0x0f)));
+                __m256i val = _mm256_shuffle_epi8(tab, nib);
+                int ls = ((x->scales_l[j / 2] >> 4 * (j % 2)) & 0xf) | ((x->scales_h >> 2 * j) & 3) << 4;
+                step32(a, as, b, j, NC, _mm256_abs_epi8(val), _mm256_cmpgt_epi8(zero, val),
+                       _mm256_set1_epi16((short)(ls - 32)), isum, 1);
+            }
+            d = h2f(x->d);
+        }
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m256i is = isum[c];
+            if (T == V_Q3_K)
+                is = _mm256_add_epi32(is, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), bs16));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(d * y->d), acc[c]);
+            if (T == V_Q2_K) {
+                __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), bs16);
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-dmin * y->d), acc[c]);
+            }
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+#define VKERNEL(name, T)                                                                    \
+    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
+                     float *s, size_t ss)                                                   \
+    { k_vec(n, w, a, as, NC, s, ss, T); }
+
+VKERNEL(q2_K, V_Q2_K)
+VKERNEL(q3_K, V_Q3_K)
+VKERNEL(iq2_xxs, V_IQ2_XXS)
+VKERNEL(iq2_xs, V_IQ2_XS)
+VKERNEL(iq3_xxs, V_IQ3_XXS)
+VKERNEL(iq4_xs, V_IQ4_XS)
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -348,6 +522,14 @@ KERNEL(q8_0)
 KERNEL(f32)
 KERNEL(f16)
 KERNEL(bf16)
+KERNEL(q4_0)
+KERNEL(iq4_nl)
+KERNEL(q2_K)
+KERNEL(q3_K)
+KERNEL(iq2_xxs)
+KERNEL(iq2_xs)
+KERNEL(iq3_xxs)
+KERNEL(iq4_xs)
 
 moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
 {
@@ -361,6 +543,14 @@ moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
     case MOEQ_TYPE_F32:   return dot_f32;
     case MOEQ_TYPE_F16:   return dot_f16;
     case MOEQ_TYPE_BF16:  return dot_bf16;
+    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
+    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
     default:              return NULL;
     }
 }
@@ -377,6 +567,14 @@ moeq_row_fn moeq_avx2_row(int wtype)
     case MOEQ_TYPE_F32:   return row_f32;
     case MOEQ_TYPE_F16:   return row_f16;
     case MOEQ_TYPE_BF16:  return row_bf16;
+    case MOEQ_TYPE_Q4_0:    return row_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return row_q2_K;
+    case MOEQ_TYPE_Q3_K:    return row_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
     default:              return NULL;
     }
 }

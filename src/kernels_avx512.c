@@ -2,19 +2,23 @@
  * kernels_avx512.c: AVX-512 (F/BW/VL/DQ + VNNI) twins of the scalar
  * kernels in kernels.c, one row kernel per type.
  *
- * Every kernel computes one weight row against up to MOEQ_GEMM_NC
- * activation columns. Per super-block the weight side is unpacked once into
- * registers: four 64-byte vectors of unsigned 8-bit magnitudes, a 64-bit
- * sign mask per vector where the format has explicit signs, and a vector of
- * per-lane integer scales. Each column then costs, per 64 weights, a load,
- * a masked negate of the activations (the signs go on the activation side
- * because VNNI's dpbusd multiplies unsigned by signed bytes), one dpbusd
- * into a fresh accumulator, and one dpwssd that multiplies each 4-byte
- * partial sum by its sub-block scale and adds it to the block's sum. That
- * last trick relies on every partial sum fitting in 16 bits (true for all
- * formats here: at most 4 * 63 * 127) and on the scale lanes having a zero
- * upper half. Q8_K activations never hold -128, so the negate is exact.
- * Mins and constant offsets (Q4_K, Q5_K, Q6_K) use the activations' bsums.
+ * Every kernel computes one weight row against a group of activation
+ * columns (up to MOEQ_GEMM_NC at once). Per super-block the weight side is
+ * unpacked once into registers: four 64-byte vectors of unsigned 8-bit
+ * values, a 64-bit sign mask per vector where the format has explicit
+ * signs, and per-lane integer scales. Each column then costs, per 64
+ * weights, a load, a masked negate of the activations (the signs go on the
+ * activation side because VNNI's dpbusd multiplies unsigned by signed
+ * bytes) and one dpbusd; pairs of dpbusd results are packed to int16 and
+ * one dpwssd applies the sub-block scales to both (block_isum). That relies
+ * on every 4-byte partial sum fitting in 16 bits, true for all formats but
+ * IQ4_XS, which multiplies in 32 bits instead. Q8_K activations never hold
+ * -128, so the negate is exact. Mins and constant offsets (Q2_K, Q3_K,
+ * Q4_K, Q5_K, Q6_K) come back through the activations' bsums.
+ *
+ * IQ2_S / IQ3_S, whose unpacking is dearest, decode a row once per panel
+ * into a table that all column groups stream through; the one-column case
+ * (decode) walks rows in fours with a joint reduction.
  */
 #include "kernels_isa.h"
 #include "quants.h"
@@ -45,105 +49,293 @@ static const uint8_t spread16[4][16] = {
 
 /*
  * The per-column inner step shared by the 256-element formats: the block
- * sum of sub-block-scaled integer dot products, as 16 int32 lanes.
+ * sum of sub-block-scaled integer dot products, as 16 int32 lanes. Two
+ * dpbusd results are saturating-packed into one vector of int16 partial
+ * sums (exact: every partial sum fits in 16 bits, at most 4 * 63 * 127),
+ * and one dpwssd scales and adds both, so 64 weights cost 1.5 multiplies.
+ * packs interleaves per 128-bit lane; the scale vectors are packed the same
+ * way (pack_scales), so every partial sum meets its own scale.
  */
 AI __m512i block_isum(const block_q8_K *y, const __m512i wv[4], const __mmask64 sg[4],
-                      const __m512i sc[4], int has_signs)
+                      const __m512i sc16[2], int has_signs)
 {
     const __m512i zero = _mm512_setzero_si512();
     __m512i isum = zero;
 #pragma GCC unroll 16
-    for (int k = 0; k < 4; k++) {
-        __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64 * k));
-        if (has_signs) q = _mm512_mask_sub_epi8(q, sg[k], zero, q);
-        __m512i dp = _mm512_dpbusd_epi32(zero, wv[k], q);
-        isum = _mm512_dpwssd_epi32(isum, dp, sc[k]);
+    for (int h = 0; h < 2; h++) {
+        __m512i q0 = _mm512_loadu_si512((const void *)(y->qs + 128 * h));
+        __m512i q1 = _mm512_loadu_si512((const void *)(y->qs + 128 * h + 64));
+        if (has_signs) {
+            q0 = _mm512_mask_sub_epi8(q0, sg[2 * h], zero, q0);
+            q1 = _mm512_mask_sub_epi8(q1, sg[2 * h + 1], zero, q1);
+        }
+        __m512i p = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, wv[2 * h], q0),
+                                       _mm512_dpbusd_epi32(zero, wv[2 * h + 1], q1));
+        isum = _mm512_dpwssd_epi32(isum, p, sc16[h]);
     }
     return isum;
 }
 
+/* Per-dword scales of the four 64-weight vectors, packed as block_isum
+ * packs the partial sums (scales fit in 16 bits). */
+AI void pack_scales(const __m512i sc[4], __m512i sc16[2])
+{
+    sc16[0] = _mm512_packs_epi32(sc[0], sc[1]);
+    sc16[1] = _mm512_packs_epi32(sc[2], sc[3]);
+}
+
+/*
+ * Horizontal sums of 16 accumulators at once, with exactly the additions
+ * of _mm512_reduce_add_ps (256-bit halves, 128-bit halves, lanes 0+2 and
+ * 1+3, then those two) so results match the one-column path bit for bit;
+ * pairing vectors in each shuffle halves the work, which matters for
+ * short rows (one block of 256 per row costs about as much as its sums).
+ */
+AI void store_sums16(const __m512 *acc, float *s, size_t ss)
+{
+    __m512 y[8], z[4];
+#pragma GCC unroll 16
+    for (int p = 0; p < 8; p++) {
+        __m512 lo = _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 hi = _mm512_shuffle_f32x4(acc[2 * p], acc[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
+        y[p] = _mm512_add_ps(hi, lo);     /* [A.lo+hi (256) | B.lo+hi (256)] */
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++) {
+        __m512 lo = _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512 hi = _mm512_shuffle_f32x4(y[2 * q], y[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1));
+        z[q] = _mm512_add_ps(hi, lo);     /* 128-bit lane i: column 4q + i, 4 partial sums */
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++) {
+        __m512 t = _mm512_add_ps(z[q], _mm512_permute_ps(z[q], _MM_SHUFFLE(1, 0, 3, 2)));
+        __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, _MM_SHUFFLE(2, 3, 0, 1)));
+        s[(size_t)(4 * q + 0) * ss] = _mm_cvtss_f32(_mm512_castps512_ps128(u));
+        s[(size_t)(4 * q + 1) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 1));
+        s[(size_t)(4 * q + 2) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 2));
+        s[(size_t)(4 * q + 3) * ss] = _mm_cvtss_f32(_mm512_extractf32x4_ps(u, 3));
+    }
+}
+
 AI void store_sums(const __m512 *acc, int NC, float *s, size_t ss)
 {
+    if (NC == 16) {
+        store_sums16(acc, s, ss);
+        return;
+    }
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = _mm512_reduce_add_ps(acc[c]);
 }
 
-/* ------------------------------------------------------------- IQ2_S */
+/* ------------------------------------------------------- IQ2_S / IQ3_S */
+
+/*
+ * These two pay most for unpacking (32 or 64 codebook lookups per block),
+ * so a row that meets many columns is unpacked once into a small table of
+ * decoded blocks (struct dec_signed) and every group of 16 columns then
+ * streams through that table from L1. A row meeting 1..3 columns (decode)
+ * unpacks per block instead.
+ */
+struct dec_signed {
+    __m512i  wv[4];    /* grid magnitudes */
+    __m512i  sc16[2];  /* scales, packed as block_isum wants them */
+    uint64_t sg[4];    /* sign bits, one per weight */
+    float    d;
+};
+
+/* Most blocks the table holds (32 * 448 bytes of stack): rows up to 8192.
+ * Longer rows take the direct kernel, so that a row is always reduced once
+ * and its result does not depend on the path. */
+#define DEC_BLOCKS 32
+
+AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
+    __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+    ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        /* grid index: 8 low bits from qs, 2 high bits from qh. Eight
+         * scalar loads beat a gather here, and beat building the
+         * indices in a vector and storing them for the loads. */
+        const uint8_t *q8 = xb->qs + 8 * k;
+        uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
+        __m256i lo = _mm256_set_epi64x(
+            (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
+        __m256i hi = _mm256_set_epi64x(
+            (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
+            (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)]);
+        wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
+        sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
+    }
+    *ls_out = ls;   /* the 16 per-16 scales as bytes */
+}
+
+/* Byte g selects g/2: one per-32 scale for each of the 16 bsums. */
+static const uint8_t pairs16[16] = { 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7 };
+
+AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+{
+#pragma GCC unroll 16
+    for (int k = 0; k < 4; k++) {
+        /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from
+         * qh (a 16-bit mask); indices built in a vector, then scalar loads
+         * into two 256-bit halves (beats a gather) */
+        union { __m256i v; uint16_t u[16]; } ix;
+        __m256i lo8 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
+        __mmask16 hm = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
+        ix.v = _mm256_mask_add_epi16(lo8, hm, lo8, _mm256_set1_epi16(256));
+#define G3(i) (int)iq3s_grid[ix.u[i]]
+        wv[k] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set_epi32(G3(7), G3(6), G3(5), G3(4), G3(3), G3(2), G3(1), G3(0))),
+            _mm256_set_epi32(G3(15), G3(14), G3(13), G3(12), G3(11), G3(10), G3(9), G3(8)), 1);
+#undef G3
+        sg[k] = load_u64(xb->signs + 8 * k);
+        int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
+        sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
+    }
+    uint32_t s4;
+    memcpy(&s4, xb->scales, 4);
+    __m128i sv = _mm_cvtsi32_si128((int)s4), m4 = _mm_set1_epi8(0x0f);
+    __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(sv, m4), _mm_and_si128(_mm_srli_epi16(sv, 4), m4));
+    ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+    *ls_out = _mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)pairs16));  /* per 16 */
+}
+
+/* The direct kernel: unpack per block, signs on the activations. */
+AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                 const int three, __m512 *keep)
+{
+    __m512 acc[MOEQ_GEMM_NC];
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m512i wv[4], sc[4];
+        __mmask64 sg[4];
+        __m128i ls;
+        float d;
+        if (three) {
+            const block_iq3_s *xb = (const block_iq3_s *)w + b;
+            iq3_s_unpack(xb, wv, sg, sc, &ls);
+            d = h2f(xb->d);
+        } else {
+            const block_iq2_s *xb = (const block_iq2_s *)w + b;
+            iq2_s_unpack(xb, wv, sg, sc, &ls);
+            d = h2f(xb->d) * 0.125f;
+        }
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
+#pragma GCC unroll 16
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m512i isum = block_isum(y, wv, sg, sc16, 1);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+        }
+    }
+    if (keep) *keep = acc[0];   /* one column: the caller reduces */
+    else store_sums(acc, NC, s, ss);
+}
 
 AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq2_s *x = w;
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq2_s *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 sg[4];
-        __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
-        __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
-        ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++) {
-            /* grid index: 8 low bits from qs, 2 high bits from qh. Eight
-             * scalar loads beat a gather here, and beat building the
-             * indices in a vector and storing them for the loads. */
-            const uint8_t *q8 = xb->qs + 8 * k;
-            uint32_t h0 = xb->qh[2 * k], h1 = xb->qh[2 * k + 1];
-            wv[k] = _mm512_set_epi64(
-                (long long)iq2s_grid[q8[7] | (h1 << 2 & 0x300)], (long long)iq2s_grid[q8[6] | (h1 << 4 & 0x300)],
-                (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)],
-                (long long)iq2s_grid[q8[3] | (h0 << 2 & 0x300)], (long long)iq2s_grid[q8[2] | (h0 << 4 & 0x300)],
-                (long long)iq2s_grid[q8[1] | (h0 << 6 & 0x300)], (long long)iq2s_grid[q8[0] | (h0 << 8 & 0x300)]);
-            sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
-            sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
-        }
-        const float d = h2f(xb->d) * 0.125f;
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
-        }
-    }
-    store_sums(acc, NC, s, ss);
-}
-
-/* ------------------------------------------------------------- IQ3_S */
-
+{ k_signed(n, w, a, as, NC, s, ss, 0, NULL); }
 AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_signed(n, w, a, as, NC, s, ss, 1, NULL); }
+
+/* Decode blocks [b0, b0 + cnt) of a row into the table. */
+static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct dec_signed *db)
 {
-    const block_iq3_s *x = w;
+    for (int i = 0; i < cnt; i++) {
+        __m512i sc[4];
+        __mmask64 sg[4];
+        __m128i ls;
+        if (three) {
+            const block_iq3_s *xb = (const block_iq3_s *)w + b0 + i;
+            iq3_s_unpack(xb, db[i].wv, sg, sc, &ls);
+            db[i].d = h2f(xb->d);
+        } else {
+            const block_iq2_s *xb = (const block_iq2_s *)w + b0 + i;
+            iq2_s_unpack(xb, db[i].wv, sg, sc, &ls);
+            db[i].d = h2f(xb->d) * 0.125f;
+        }
+        pack_scales(sc, db[i].sc16);
+        for (int k = 0; k < 4; k++) db[i].sg[k] = sg[k];
+    }
+}
+
+/* NC columns against a row's cnt decoded blocks; the same arithmetic, in
+ * the same order, as k_signed. */
+AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t as,
+                    const int NC, float *s, size_t ss)
+{
     __m512 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    const __m512i bit8 = _mm512_set1_epi32(256);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq3_s *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 sg[4];
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++) {
-            /* 16 grid entries of 4 bytes: 8 index bits from qs, the 9th from qh */
-            __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(xb->qs + 16 * k)));
-            __mmask16 h = (__mmask16)(xb->qh[2 * k] | (unsigned)xb->qh[2 * k + 1] << 8);
-            idx = _mm512_mask_or_epi32(idx, h, idx, bit8);
-            wv[k] = _mm512_i32gather_epi32(idx, (const void *)iq3s_grid, 4);
-            sg[k] = load_u64(xb->signs + 8 * k);
-            int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
-            sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
-        }
-        const float d = h2f(xb->d);
+    for (int i = 0; i < cnt; i++) {
+        const __mmask64 sg[4] = { db[i].sg[0], db[i].sg[1], db[i].sg[2], db[i].sg[3] };
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+            const block_q8_K *y = q8k_col(a, as, c, i);
+            __m512i isum = block_isum(y, db[i].wv, sg, db[i].sc16, 1);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(db[i].d * y->d), acc[c]);
         }
     }
     store_sums(acc, NC, s, ss);
 }
+
+static void row_signed(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss,
+                       int three)
+{
+    int64_t nb = n / QK_K;
+    if (nc < 4 || nb > DEC_BLOCKS) {   /* too few columns to repay the table, or a long row */
+        for (int left = nc; left > 0;) {
+            int done = left >= 16 ? 16 : left > 8 ? 8 : left;
+            switch (done) {
+            case 1: k_signed(n, w, a, as, 1, s, ss, three, NULL); break;
+            case 2: k_signed(n, w, a, as, 2, s, ss, three, NULL); break;
+            case 3: k_signed(n, w, a, as, 3, s, ss, three, NULL); break;
+            case 4: k_signed(n, w, a, as, 4, s, ss, three, NULL); break;
+            case 5: k_signed(n, w, a, as, 5, s, ss, three, NULL); break;
+            case 6: k_signed(n, w, a, as, 6, s, ss, three, NULL); break;
+            case 7: k_signed(n, w, a, as, 7, s, ss, three, NULL); break;
+            case 8: k_signed(n, w, a, as, 8, s, ss, three, NULL); break;
+            default: k_signed(n, w, a, as, 16, s, ss, three, NULL); break;
+            }
+            a = (const uint8_t *)a + (size_t)done * as;
+            s += (size_t)done * ss;
+            left -= done;
+        }
+        return;
+    }
+    struct dec_signed db[DEC_BLOCKS];
+    decode_signed(w, 0, (int)nb, three, db);
+    for (int left = nc; left > 0;) {
+        int done = left >= 16 ? 16 : left > 8 ? 8 : left;
+        switch (done) {
+        case 1: cols_signed(db, (int)nb, a, as, 1, s, ss); break;
+        case 2: cols_signed(db, (int)nb, a, as, 2, s, ss); break;
+        case 3: cols_signed(db, (int)nb, a, as, 3, s, ss); break;
+        case 4: cols_signed(db, (int)nb, a, as, 4, s, ss); break;
+        case 5: cols_signed(db, (int)nb, a, as, 5, s, ss); break;
+        case 6: cols_signed(db, (int)nb, a, as, 6, s, ss); break;
+        case 7: cols_signed(db, (int)nb, a, as, 7, s, ss); break;
+        case 8: cols_signed(db, (int)nb, a, as, 8, s, ss); break;
+        default: cols_signed(db, (int)nb, a, as, 16, s, ss); break;
+        }
+        a = (const uint8_t *)a + (size_t)done * as;
+        s += (size_t)done * ss;
+        left -= done;
+    }
+}
+
+static void row_iq2_s(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss)
+{ row_signed(n, w, a, as, nc, s, ss, 0); }
+static void row_iq3_s(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss)
+{ row_signed(n, w, a, as, nc, s, ss, 1); }
+static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a) { k_iq2_s(n, w, a, 0, 1, s, 0); }
+static void dot_iq3_s(int64_t n, float *s, const void *w, const void *a) { k_iq3_s(n, w, a, 0, 1, s, 0); }
 
 /* ------------------------------------------------------- Q4_K / Q5_K */
 
@@ -178,7 +370,7 @@ static const uint8_t spread32[4][16] = {
 static const uint8_t mins_pairs[16] = { 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15 };
 
 AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                const int five)
+                const int five, __m512 *keep)
 {
     const uint8_t *x = w;
     const size_t bsize = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
@@ -212,34 +404,37 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
         /* mins as 16 int16 lanes, one per bsum (two per sub-block of 32) */
         __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)mins_pairs)));
         const float d = h2f(x4->d), dmin = h2f(x4->dmin);
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc, 0);
+            __m512i isum = block_isum(y, wv, none, sc16, 0);
             __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(msum)),
                                      _mm512_set1_ps(-dmin * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    if (keep) *keep = acc[0];   /* one column: the caller reduces */
+    else store_sums(acc, NC, s, ss);
 }
 
 AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
+{ k_q45_K(n, w, a, as, NC, s, ss, 0, NULL); }
 AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+{ k_q45_K(n, w, a, as, NC, s, ss, 1, NULL); }
 
 /* -------------------------------------------------------------- Q6_K */
 
-AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+AI void k_q6_K_keep(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                   __m512 *keep)
 {
     const block_q6_K *x = w;
     __m512 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
-    const __m512i lo16 = _mm512_set1_epi32(0xffff);
     for (int64_t b = 0; b < n / QK_K; b++) {
         const block_q6_K *xb = x + b;
         __m512i wv[4], sc[4];
@@ -259,37 +454,64 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
         __m128i sc8 = _mm_loadu_si128((const __m128i *)xb->scales);
 #pragma GCC unroll 16
         for (int k = 0; k < 4; k++)
-            sc[k] = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k]))), lo16);
+            sc[k] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k])));
         /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
         __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
         const float d = h2f(xb->d);
+        __m512i sc16[2];
+        pack_scales(sc, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc, 0);
+            __m512i isum = block_isum(y, wv, none, sc16, 0);
             __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off);
             isum = _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
         }
     }
-    store_sums(acc, NC, s, ss);
+    if (keep) *keep = acc[0];   /* one column: the caller reduces */
+    else store_sums(acc, NC, s, ss);
 }
 
-/* -------------------------------------------------------------- Q8_0 */
+AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_q6_K_keep(n, w, a, as, NC, s, ss, NULL); }
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+/* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
+
+/*
+ * The 32 signed weights of one block: Q8_0 stores them, Q4_0 stores
+ * nibbles offset by 8, IQ4_NL nibbles indexing a 16-entry codebook (one
+ * byte shuffle). Low nibbles are elements 0..15, high nibbles 16..31.
+ */
+AI __m256i load_w32(const uint8_t *blk, const int kind)
 {
-    const block_q8_0 *x = w;
+    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
+    return _mm256_shuffle_epi8(tab, nib);
+}
+
+AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+              const int kind)
+{
+    const uint8_t *x = w;
+    const size_t bsize = kind == 0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     __m256 acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     const __m256i zero = _mm256_setzero_si256();
     for (int64_t b = 0; b < n / QK8_0; b++) {
         /* signed x signed: |w| as the unsigned operand, w's sign on the activation */
-        __m256i wq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const uint8_t *blk = x + b * bsize;
+        __m256i wq = load_w32(blk, kind);
         __mmask32 neg = _mm256_movepi8_mask(wq);
         __m256i wabs = _mm256_abs_epi8(wq);
-        const float dw = h2f(x[b].d);
+        ggml_half dh;
+        memcpy(&dh, blk, 2);
+        const float dw = h2f(dh);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + (size_t)c * as) + b;
@@ -299,7 +521,6 @@ AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC,
             acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_set1_ps(dw * h2f(y->d)), acc[c]);
         }
     }
-#pragma GCC unroll 16
     for (int c = 0; c < NC; c++) {
         __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[c]), _mm256_extractf128_ps(acc[c], 1));
         v = _mm_add_ps(v, _mm_movehl_ps(v, v));
@@ -307,6 +528,226 @@ AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC,
         s[(size_t)c * ss] = _mm_cvtss_f32(v);
     }
 }
+
+AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 0); }
+AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 1); }
+AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
+{ k_b32(n, w, a, as, NC, s, ss, 2); }
+
+/* ------------------------------------- the other 256-element formats */
+
+/*
+ * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ4_XS share one kernel: each
+ * format unpacks a block into the common register form (struct vblk) and
+ * the column loop is the same as for the formats above. Q3_K values are
+ * stored +4 (0..7, corrected through the bsums), the IQ2/IQ3 grids carry
+ * sign masks, and IQ4_XS codebook values reach 127, so its 4-byte partial
+ * sums can pass 16 bits: it multiplies them by the scales in 32 bits.
+ */
+enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
+
+struct vblk {
+    __m512i   wv[4];   /* unsigned values (magnitudes where sg is used) */
+    __mmask64 sg[4];   /* sign bits, one per weight */
+    __m512i   sc[4];   /* per-dword scales */
+    __m256i   bs16;    /* per-bsum factor: Q2_K mins, Q3_K -4 * scale */
+    float     d, dmin;
+};
+
+/* Eight sign bytes of four 7-bit sign indices (parity gives the 8th bit). */
+AI uint32_t ksigns4(uint32_t s)
+{
+    return (uint32_t)ksigns_iq2xs[s & 127] | (uint32_t)ksigns_iq2xs[(s >> 7) & 127] << 8 |
+           (uint32_t)ksigns_iq2xs[(s >> 14) & 127] << 16 | (uint32_t)ksigns_iq2xs[(s >> 21) & 127] << 24;
+}
+
+AI __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+
+AI __m512i blend_scales(int s0, int s1)
+{
+    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
+}
+
+/* Low two bits of Q2_K / Q3_K: element 128h + 32j + l is bits 2j..2j+1 of
+ * qs[32h + l]; vector k holds j = 2(k%2) (low half) and 2(k%2)+1 (high). */
+AI __m512i k_low2(const uint8_t *qs, int k)
+{
+    __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * (k / 2))));
+    q = _mm512_srli_epi16(q, 4 * (k % 2));
+    q = _mm512_mask_srli_epi16(q, 0xffff0000u, q, 2);
+    return _mm512_and_si512(q, _mm512_set1_epi8(3));
+}
+
+AI void vunpack(const int T, const void *w, int64_t b, struct vblk *v)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    if (T == V_Q2_K) {
+        const block_q2_K *x = (const block_q2_K *)w + b;
+        __m128i s8 = _mm_loadu_si128((const __m128i *)x->scales);
+        __m128i lo = _mm_and_si128(s8, m4);
+        for (int k = 0; k < 4; k++) {
+            v->wv[k] = k_low2(x->qs, k);
+            v->sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(lo, _mm_loadu_si128((const __m128i *)spread16[k])));
+        }
+        v->bs16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+        v->d = h2f(x->d);
+        v->dmin = h2f(x->dmin);
+    } else if (T == V_Q3_K) {
+        const block_q3_K *x = (const block_q3_K *)w + b;
+        /* the high bit of element e is bit e/32 of hmask[e % 32] */
+        __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x->hmask));
+        hm = _mm512_mask_srli_epi16(hm, 0xffff0000u, hm, 1);
+        for (int k = 0; k < 4; k++) {
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(hm, 2 * k), _mm512_set1_epi8(1));
+            v->wv[k] = _mm512_or_si512(k_low2(x->qs, k), _mm512_slli_epi16(hi, 2));
+        }
+        /* 16 six-bit scales: low nibbles from bytes 0..7, top pairs from 8..11 */
+        uint32_t u0, u1, u2;
+        memcpy(&u0, x->scales, 4);
+        memcpy(&u1, x->scales + 4, 4);
+        memcpy(&u2, x->scales + 8, 4);
+        uint32_t a0 = (u0 & 0x0f0f0f0fu) | ((u2 & 0x03030303u) << 4);
+        uint32_t a1 = (u1 & 0x0f0f0f0fu) | (((u2 >> 2) & 0x03030303u) << 4);
+        uint32_t a2 = ((u0 >> 4) & 0x0f0f0f0fu) | (((u2 >> 4) & 0x03030303u) << 4);
+        uint32_t a3 = ((u1 >> 4) & 0x0f0f0f0fu) | (((u2 >> 6) & 0x03030303u) << 4);
+        __m128i sc8 = _mm_sub_epi8(_mm_set_epi32((int)a3, (int)a2, (int)a1, (int)a0), _mm_set1_epi8(32));
+        for (int k = 0; k < 4; k++)
+            v->sc[k] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k])));
+        v->bs16 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 2));
+        v->d = h2f(x->d);
+        v->dmin = 0;
+    } else if (T == V_IQ2_XXS) {
+        const block_iq2_xxs *x = (const block_iq2_xxs *)w + b;
+        const uint8_t *q = (const uint8_t *)x->qs;
+        for (int k = 0; k < 4; k++) {
+            const uint8_t *p0 = q + 16 * k, *p1 = p0 + 8;
+            uint32_t s0, s1;
+            memcpy(&s0, p0 + 4, 4);
+            memcpy(&s1, p1 + 4, 4);
+            v->wv[k] = join256(
+                _mm256_set_epi64x((long long)iq2xxs_grid[p0[3]], (long long)iq2xxs_grid[p0[2]],
+                                  (long long)iq2xxs_grid[p0[1]], (long long)iq2xxs_grid[p0[0]]),
+                _mm256_set_epi64x((long long)iq2xxs_grid[p1[3]], (long long)iq2xxs_grid[p1[2]],
+                                  (long long)iq2xxs_grid[p1[1]], (long long)iq2xxs_grid[p1[0]]));
+            v->sg[k] = (uint64_t)ksigns4(s0) | (uint64_t)ksigns4(s1) << 32;
+            v->sc[k] = blend_scales(2 * (int)(s0 >> 28) + 1, 2 * (int)(s1 >> 28) + 1);
+        }
+        v->d = h2f(x->d) * 0.125f;
+        v->dmin = 0;
+    } else if (T == V_IQ2_XS) {
+        const block_iq2_xs *x = (const block_iq2_xs *)w + b;
+        __m128i s8 = _mm_loadl_epi64((const __m128i *)x->scales);
+        __m128i ls = _mm_unpacklo_epi8(_mm_and_si128(s8, m4), _mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+        ls = _mm_add_epi8(_mm_add_epi8(ls, ls), _mm_set1_epi8(1));
+        for (int k = 0; k < 4; k++) {
+            const uint16_t *q = x->qs + 8 * k;
+            v->wv[k] = join256(
+                _mm256_set_epi64x((long long)iq2xs_grid[q[3] & 511], (long long)iq2xs_grid[q[2] & 511],
+                                  (long long)iq2xs_grid[q[1] & 511], (long long)iq2xs_grid[q[0] & 511]),
+                _mm256_set_epi64x((long long)iq2xs_grid[q[7] & 511], (long long)iq2xs_grid[q[6] & 511],
+                                  (long long)iq2xs_grid[q[5] & 511], (long long)iq2xs_grid[q[4] & 511]));
+            uint64_t m = 0;
+            for (int j = 0; j < 8; j++) m |= (uint64_t)ksigns_iq2xs[q[j] >> 9] << (8 * j);
+            v->sg[k] = m;
+            v->sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
+        }
+        v->d = h2f(x->d) * 0.125f;
+        v->dmin = 0;
+    } else if (T == V_IQ3_XXS) {
+        const block_iq3_xxs *x = (const block_iq3_xxs *)w + b;
+        for (int k = 0; k < 4; k++) {
+            const uint8_t *q = x->qs + 16 * k;
+            uint32_t s0, s1;
+            memcpy(&s0, x->qs + QK_K / 4 + 8 * k, 4);
+            memcpy(&s1, x->qs + QK_K / 4 + 8 * k + 4, 4);
+#define G(i) (int)iq3xxs_grid[q[i]]
+            v->wv[k] = join256(_mm256_set_epi32(G(7), G(6), G(5), G(4), G(3), G(2), G(1), G(0)),
+                               _mm256_set_epi32(G(15), G(14), G(13), G(12), G(11), G(10), G(9), G(8)));
+#undef G
+            v->sg[k] = (uint64_t)ksigns4(s0) | (uint64_t)ksigns4(s1) << 32;
+            v->sc[k] = blend_scales(2 * (int)(s0 >> 28) + 1, 2 * (int)(s1 >> 28) + 1);
+        }
+        v->d = h2f(x->d) * 0.25f;
+        v->dmin = 0;
+    } else {  /* V_IQ4_XS */
+        const block_iq4_xs *x = (const block_iq4_xs *)w + b;
+        const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
+        const __m256i m4y = _mm256_set1_epi8(0x0f);
+        for (int k = 0; k < 4; k++) {
+            /* 32 bytes = two sub-blocks of 32: low nibbles are the first 16
+             * values of each, high nibbles the last 16 */
+            __m256i q = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * k));
+            __m512i z = join256(_mm256_and_si256(q, m4y), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4y));
+            z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+            __m512i val = _mm512_shuffle_epi8(tab, z);
+            v->sg[k] = _mm512_movepi8_mask(val);
+            v->wv[k] = _mm512_abs_epi8(val);
+            int ib0 = 2 * k, ib1 = 2 * k + 1;
+            int l0 = ((x->scales_l[k] & 0xf) | ((x->scales_h >> 2 * ib0) & 3) << 4) - 32;
+            int l1 = ((x->scales_l[k] >> 4) | ((x->scales_h >> 2 * ib1) & 3) << 4) - 32;
+            v->sc[k] = blend_scales(l0, l1);
+        }
+        v->d = h2f(x->d);
+        v->dmin = 0;
+    }
+}
+
+AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+              const int T)
+{
+    const int signs = T >= V_IQ2_XXS, wide = T == V_IQ4_XS;
+    __m512 acc[MOEQ_GEMM_NC];
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        struct vblk v;
+        vunpack(T, w, b, &v);
+        __m512i sc16[2];
+        if (!wide) pack_scales(v.sc, sc16);
+#pragma GCC unroll 16
+        for (int c = 0; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            __m512i isum;
+            if (wide) {
+                isum = zero;
+#pragma GCC unroll 16
+                for (int k = 0; k < 4; k++) {
+                    __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64 * k));
+                    q = _mm512_mask_sub_epi8(q, v.sg[k], zero, q);
+                    isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, v.wv[k], q), v.sc[k]));
+                }
+            } else {
+                isum = block_isum(y, v.wv, v.sg, sc16, signs);
+            }
+            if (T == V_Q3_K) {
+                __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), v.bs16);
+                isum = _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
+            }
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(v.d * y->d), acc[c]);
+            if (T == V_Q2_K) {
+                __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), v.bs16);
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(msum)),
+                                         _mm512_set1_ps(-v.dmin * y->d), acc[c]);
+            }
+        }
+    }
+    store_sums(acc, NC, s, ss);
+}
+
+#define VKERNEL(name, T)                                                                    \
+    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
+                     float *s, size_t ss)                                                   \
+    { k_vec(n, w, a, as, NC, s, ss, T); }
+
+VKERNEL(q2_K, V_Q2_K)
+VKERNEL(q3_K, V_Q3_K)
+VKERNEL(iq2_xxs, V_IQ2_XXS)
+VKERNEL(iq2_xs, V_IQ2_XS)
+VKERNEL(iq3_xxs, V_IQ3_XXS)
+VKERNEL(iq4_xs, V_IQ4_XS)
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -356,18 +797,113 @@ AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, 
 AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
 { k_float(n, w, a, as, NC, s, ss, 2); }
 
+/* ---------------------------------------------- activation quantization */
+
+/*
+ * Same arithmetic as kernels.c, in the same order, so the bytes match the
+ * scalar code exactly: amax, id = 127 / amax (Q8_0: 1 / (amax / 127)), round
+ * to nearest even (the default MXCSR mode of cvtps2dq), saturate to int8.
+ */
+static void actq_q8_K(const float *x, void *vy, int64_t n)
+{
+    block_q8_K *y = vy;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < QK_K; j += 16)
+            m = _mm512_max_ps(m, _mm512_and_ps(_mm512_loadu_ps(x + j), absmask));
+        float amax = _mm512_reduce_max_ps(m);
+        if (amax == 0) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        const __m512 id = _mm512_set1_ps(127.f / amax);
+        for (int g = 0; g < QK_K / 16; g++) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), id));
+            v = _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * g), _mm512_cvtepi32_epi8(v));
+            y[b].bsums[g] = (int16_t)_mm512_reduce_add_epi32(v);
+        }
+        y[b].d = amax / 127.f;
+    }
+}
+
+static void actq_q8_0(const float *x, void *vy, int64_t n)
+{
+    block_q8_0 *y = vy;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
+        float d = amax / 127.f, idf = d > 0 ? 1.f / d : 0.f;
+        y[b].d = (ggml_half)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m512 id = _mm512_set1_ps(idf);
+        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+        __m512i q0 = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), hi), lo);
+        __m512i q1 = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)), hi), lo);
+        _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
+    }
+}
+
+moeq_actq_fn moeq_avx512_actq(int act_type)
+{
+    return act_type == MOEQ_TYPE_Q8_K ? actq_q8_K : act_type == MOEQ_TYPE_Q8_0 ? actq_q8_0 : NULL;
+}
+
+/* ------------------------------------------------- one column, many rows */
+
+/*
+ * Decode (one activation column) walks many short rows; reducing four
+ * rows' accumulators together and calling once per row group saves most
+ * of the fixed cost per row, which matters for rows of 1..3 blocks.
+ */
+AI void reduce4(const __m512 acc[4], float *s)
+{
+    /* the same additions in the same order as _mm512_reduce_add_ps (halves
+     * of 256, then of 128, then lanes 0+2 and 1+3, then those two), four
+     * rows side by side, so a row's result never depends on its neighbours
+     * or on the path (tested: gemm results are bit-identical for any
+     * column count) */
+    __m128 q[4];
+    for (int j = 0; j < 4; j++) {
+        __m256 y = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)),
+                                 _mm512_castps512_ps256(acc[j]));
+        q[j] = _mm_add_ps(_mm256_extractf128_ps(y, 1), _mm256_castps256_ps128(y));
+    }
+    _MM_TRANSPOSE4_PS(q[0], q[1], q[2], q[3]);   /* q[i] = lane i of each row */
+    _mm_storeu_ps(s, _mm_add_ps(_mm_add_ps(q[0], q[2]), _mm_add_ps(q[1], q[3])));
+}
+
+#define ROWS(name, call)                                                                    \
+    static void rows_##name(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, \
+                            float *s)                                                       \
+    {                                                                                       \
+        const uint8_t *wr = w;                                                              \
+        int64_t r = 0;                                                                      \
+        for (; r + 4 <= nr; r += 4) {                                                       \
+            __m512 acc[4];                                                                  \
+            for (int j = 0; j < 4; j++) {                                                   \
+                const void *wj = wr + (size_t)(r + j) * ws;                                 \
+                call;                                                                       \
+            }                                                                               \
+            reduce4(acc, s + r);                                                            \
+        }                                                                                   \
+        for (; r < nr; r++) dot_##name(n, s + r, wr + (size_t)r * ws, a);                   \
+    }
+
 /* ------------------------------------------------------------ tables */
 
 /*
  * One instantiation per column count (1..8 and 16), so the accumulators
  * live in registers; 9..15 columns take a 8-column pass and a second one.
  */
-#define KERNEL(name)                                                                      \
+#define KERNEL_G(name, G)                                                                 \
     static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,   \
                            float *s, size_t ss)                                           \
     {                                                                                     \
         while (nc > 0) {                                                                  \
-            int done = nc >= 16 ? 16 : nc > 8 ? 8 : nc;                                   \
+            int done = nc >= 16 && G >= 16 ? 16 : nc > 8 && G >= 8 ? 8 : nc < G ? nc : G; \
             switch (done) {                                                               \
             case 1: k_##name(n, w, a, as, 1, s, ss); break;                               \
             case 2: k_##name(n, w, a, as, 2, s, ss); break;                               \
@@ -387,17 +923,48 @@ AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC,
     static void dot_##name(int64_t n, float *s, const void *w, const void *a)            \
     { k_##name(n, w, a, 0, 1, s, 0); }
 
+#define KERNEL(name) KERNEL_G(name, 16)
+#define FLOAT_G 4
+
+
+
 _Static_assert(MOEQ_GEMM_NC == 16, "row kernels are instantiated for up to 16 columns");
 
-KERNEL(iq2_s)
-KERNEL(iq3_s)
 KERNEL(q4_K)
 KERNEL(q5_K)
 KERNEL(q6_K)
 KERNEL(q8_0)
-KERNEL(f32)
-KERNEL(f16)
-KERNEL(bf16)
+/* Float activation rows are often a multiple of 4 KiB apart, so more than
+ * a few column streams at once alias in the 8-way L1: four at a time. */
+KERNEL_G(f32, FLOAT_G)
+KERNEL_G(f16, FLOAT_G)
+KERNEL_G(bf16, FLOAT_G)
+KERNEL(q4_0)
+KERNEL(iq4_nl)
+KERNEL(q2_K)
+KERNEL(q3_K)
+KERNEL(iq2_xxs)
+KERNEL(iq2_xs)
+KERNEL(iq3_xxs)
+KERNEL(iq4_xs)
+
+ROWS(iq2_s, k_signed(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
+ROWS(iq3_s, k_signed(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
+ROWS(q4_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
+ROWS(q5_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
+ROWS(q6_K, k_q6_K_keep(n, wj, a, 0, 1, NULL, 0, &acc[j]))
+
+moeq_rows_fn moeq_avx512_rows(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_IQ2_S: return rows_iq2_s;
+    case MOEQ_TYPE_IQ3_S: return rows_iq3_s;
+    case MOEQ_TYPE_Q4_K:  return rows_q4_K;
+    case MOEQ_TYPE_Q5_K:  return rows_q5_K;
+    case MOEQ_TYPE_Q6_K:  return rows_q6_K;
+    default:              return NULL;
+    }
+}
 
 moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype)
 {
@@ -411,6 +978,14 @@ moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype)
     case MOEQ_TYPE_F32:   return dot_f32;
     case MOEQ_TYPE_F16:   return dot_f16;
     case MOEQ_TYPE_BF16:  return dot_bf16;
+    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
+    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
     default:              return NULL;
     }
 }
@@ -427,6 +1002,14 @@ moeq_row_fn moeq_avx512_row(int wtype)
     case MOEQ_TYPE_F32:   return row_f32;
     case MOEQ_TYPE_F16:   return row_f16;
     case MOEQ_TYPE_BF16:  return row_bf16;
+    case MOEQ_TYPE_Q4_0:    return row_q4_0;
+    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
+    case MOEQ_TYPE_Q2_K:    return row_q2_K;
+    case MOEQ_TYPE_Q3_K:    return row_q3_K;
+    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
+    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
+    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
+    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
     default:              return NULL;
     }
 }

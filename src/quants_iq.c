@@ -15,16 +15,21 @@
  * weighting without an imatrix; signs absorbed first, with the cheapest
  * element flipped where parity demands it; a scan over candidate sub-block
  * scales with nearest-codeword lookup plus neighbour lists for points off
- * the grid), with three changes that lower the weighted error without
+ * the grid), with changes that lower the weighted error without
  * touching the format:
  *   - it searches with the codebooks' true magnitudes (8/25/43 for IQ2,
  *     4..52,62 for IQ3_XXS) instead of idealised odd integers;
  *   - the super-block scale d is chosen by a search over many candidates of
  *     a quadratic model of every sub-block's error, not max_scale/31;
- *   - after d is fixed (and rounded to fp16), every sub-block picks its
- *     4-bit scale among neighbouring values by the true error of a full
- *     codeword search at that exact scale, with a longer neighbour list, and
- *     d is refitted by least squares; the last pass runs at the stored d.
+ *   - every sub-block's codewords are searched again at its real 4-bit
+ *     scale, d is refitted by least squares, and a last pass at the stored
+ *     fp16 d, with longer neighbour lists, lets each sub-block take the
+ *     4-bit scale (nearest or one either side) with the lowest true error;
+ *   - with even-parity signs, which weight keeps the wrong sign is decided
+ *     again at the final scale among the cheapest few candidates.
+ * On tiny-a with its imatrix this gives 2-12% lower imatrix-weighted RMSE
+ * than the reference encoder in every tensor (3-8% over the model), at
+ * 1.3-2.6x its single-thread speed.
  *
  * The lattice tables (codeword -> grid index map, neighbour lists) are
  * built once per codebook under pthread_once, so the quantizers are pure
@@ -55,6 +60,7 @@ struct lattice {
     float    thr[LAT_MAXLEV];    /* midpoints between successive magnitudes */
     int      ncodes;             /* nlev^ndim: every per-coordinate rounding */
     uint8_t *pt;                 /* npoints x ndim magnitude indices */
+    uint8_t *po;                 /* the same as offsets k*nlev + index into a cost table */
     int32_t *map;                /* code -> grid index, or -(1 + list offset) */
     uint16_t *nbr;               /* lists: n_near, n_wide, then n_wide indices */
 };
@@ -92,7 +98,7 @@ static uint8_t grid_byte(int lat, int p, int k)
  * final passes (quality). Distances are in codebook units, so "shell" means
  * all grid points at the same squared distance.
  */
-static const int lat_shells_near[LAT_COUNT] = { 2, 2, 1, 2, 2 };
+static const int lat_shells_near[LAT_COUNT] = { 2, 2, 2, 2, 2 };
 static const int lat_shells_wide[LAT_COUNT] = { 4, 4, 3, 4, 4 };
 
 static void lattice_build(int lat)
@@ -122,6 +128,7 @@ static void lattice_build(int lat)
     L->ndim = ndim; L->nlev = nlev; L->npoints = npoints; L->ncodes = ncodes;
 
     L->pt = xmalloc((size_t)npoints * ndim);
+    L->po = xmalloc((size_t)npoints * ndim);
     L->map = xmalloc((size_t)ncodes * sizeof(int32_t));
     for (int c = 0; c < ncodes; c++) L->map[c] = INT32_MIN;
     for (int p = 0; p < npoints; p++) {
@@ -129,6 +136,7 @@ static void lattice_build(int lat)
         for (int k = ndim - 1; k >= 0; k--) {
             int l = levidx[grid_byte(lat, p, k)];
             L->pt[p * ndim + k] = (uint8_t)l;
+            L->po[p * ndim + k] = (uint8_t)(k * nlev + l);
             code = code * nlev + l;
         }
         L->map[code] = p;
@@ -153,7 +161,7 @@ static void lattice_build(int lat)
             dist[p] = d2;
         }
         /* the shells_wide smallest distinct distances */
-        int bound[8] = {0}, nb = 0, last = -1;
+        int bound[16] = {0}, nb = 0, last = -1;
         while (nb < shells_wide) {
             int m = INT32_MAX;
             for (int p = 0; p < npoints; p++)
@@ -205,19 +213,20 @@ static const struct lattice *lattice_get(int lat)
  * The codeword minimising sum w[k] * (a[k] - s*grid[k])^2 for one group.
  * Rounds each coordinate to its nearest magnitude; if that combination is
  * a codeword it is optimal, otherwise the best of the neighbour list wins.
- * The comparisons (not float-to-int casts) keep NaN input in range.
+ * Threshold comparisons (not float-to-int casts) keep NaN input in range.
+ * NDIM and NLEV are compile-time constants at each call site (8 x 3 for
+ * IQ2, 4 x 8 for IQ3) so the loops unroll: this is the hot path.
  */
-static int lattice_nearest(const struct lattice *L, const float *a, const float *w,
-                           float s, int wide)
+static inline __attribute__((always_inline))
+int lattice_nearest_k(const struct lattice *L, const float *a, const float *w,
+                      float s, float id, int wide, const int NDIM, const int NLEV)
 {
-    const int ndim = L->ndim, nlev = L->nlev;
-    const float id = s > 0 ? 1.0f / s : 0.0f;
     int code = 0;
-    for (int k = ndim - 1; k >= 0; k--) {
+    for (int k = NDIM - 1; k >= 0; k--) {
         float t = a[k] * id;
         int l = 0;
-        while (l < nlev - 1 && t > L->thr[l]) l++;
-        code = code * nlev + l;
+        for (int j = 0; j < NLEV - 1; j++) l += t > L->thr[j];
+        code = code * NLEV + l;
     }
     int32_t m = L->map[code];
     if (m >= 0) return m;
@@ -226,17 +235,20 @@ static int lattice_nearest(const struct lattice *L, const float *a, const float 
     const int n = wide ? list[1] : list[0];
     list += 2;
     float cost[LAT_MAXDIM * LAT_MAXLEV];
-    for (int k = 0; k < ndim; k++)
-        for (int l = 0; l < nlev; l++) {
+    for (int k = 0; k < NDIM; k++)
+        for (int l = 0; l < NLEV; l++) {
             float df = a[k] - s * L->lev[l];
-            cost[k * LAT_MAXLEV + l] = w[k] * df * df;
+            cost[k * NLEV + l] = w[k] * df * df;
         }
     float best = FLT_MAX;
     int besti = list[0];
     for (int j = 0; j < n; j++) {
-        const uint8_t *pt = L->pt + (size_t)list[j] * ndim;
-        float e = 0;
-        for (int k = 0; k < ndim; k++) e += cost[k * LAT_MAXLEV + pt[k]];
+        const uint8_t *po = L->po + (size_t)list[j] * NDIM;
+        /* two partial sums: the adds are a latency chain otherwise */
+        float e0 = 0, e1 = 0;
+#pragma GCC unroll 8
+        for (int k = 0; k < NDIM; k += 2) { e0 += cost[po[k]]; e1 += cost[po[k + 1]]; }
+        float e = e0 + e1;
         if (e < best) { best = e; besti = list[j]; }
     }
     return besti;
@@ -246,23 +258,36 @@ static int lattice_nearest(const struct lattice *L, const float *a, const float 
  * Assign every group of a sub-block of n weights at scale s; returns the
  * weighted sums sum(w*a*q) and sum(w*q*q) of the chosen magnitudes q.
  */
-static void sub_assign(const struct lattice *L, const float *a, const float *w, int n,
-                       float s, int wide, uint16_t *idx, float *sqx, float *sq2)
+static inline __attribute__((always_inline))
+void sub_assign_k(const struct lattice *L, const float *a, const float *w, int n, float s,
+                  int wide, uint16_t *idx, float *sqx, float *sq2, const int NDIM, const int NLEV)
 {
-    const int ndim = L->ndim;
+    const float id = s > 0 ? 1.0f / s : 0.0f;
     float sx = 0, s2 = 0;
-    for (int g = 0; g < n / ndim; g++) {
-        const float *ag = a + g * ndim, *wg = w + g * ndim;
-        int p = lattice_nearest(L, ag, wg, s, wide);
+    for (int g = 0; g < n / NDIM; g++) {
+        const float *ag = a + g * NDIM, *wg = w + g * NDIM;
+        int p = lattice_nearest_k(L, ag, wg, s, id, wide, NDIM, NLEV);
         idx[g] = (uint16_t)p;
-        const uint8_t *pt = L->pt + (size_t)p * ndim;
-        for (int k = 0; k < ndim; k++) {
+        const uint8_t *pt = L->pt + (size_t)p * NDIM;
+        for (int k = 0; k < NDIM; k++) {
             float q = L->lev[pt[k]];
             sx += wg[k] * ag[k] * q;
             s2 += wg[k] * q * q;
         }
     }
     *sqx = sx; *sq2 = s2;
+}
+
+static void sub_assign(const struct lattice *L, const float *a, const float *w, int n,
+                       float s, int wide, uint16_t *idx, float *sqx, float *sq2)
+{
+    if (L->ndim == 8 && L->nlev == 3) sub_assign_k(L, a, w, n, s, wide, idx, sqx, sq2, 8, 3);
+    else if (L->ndim == 4 && L->nlev == 8) sub_assign_k(L, a, w, n, s, wide, idx, sqx, sq2, 4, 8);
+    else {
+        /* not reached with ggml's codebooks; kept generic for safety */
+        fprintf(stderr, "moeq: unexpected i-quant codebook shape\n");
+        abort();
+    }
 }
 
 /* ====================================================== super-block search */
@@ -274,15 +299,17 @@ struct iq_spec {
     float c;            /* D = d * c: value = D * (2*ls+1) * grid_byte */
     float sigma_mul;    /* sigma^2 = sigma_mul * mean(x^2), as ggml per type */
     float fb_sigma;     /* no imatrix: w = fb_sigma * sigma^2 + x^2 */
-    int   nscan;        /* scale candidates each side of the start */
-    float scan_step;    /* relative step between candidates */
+    float scan_span;    /* scale scan covers top*(1 +- scan_span) */
 };
 
-static const struct iq_spec spec_iq2_xxs = { LAT_IQ2XXS, 32, 1, 0.125f, 1.0f, 0.25f, 6, 0.02f };
-static const struct iq_spec spec_iq2_xs  = { LAT_IQ2XS,  16, 1, 0.125f, 1.0f, 0.25f, 7, 0.02f };
-static const struct iq_spec spec_iq2_s   = { LAT_IQ2S,   16, 0, 0.125f, 2.0f, 0.25f, 9, 0.02f };
-static const struct iq_spec spec_iq3_xxs = { LAT_IQ3XXS, 32, 1, 0.25f,  2.0f, 0.0f, 15, 0.0133f };
-static const struct iq_spec spec_iq3_s   = { LAT_IQ3S,   32, 0, 1.0f,   2.0f, 0.0f,  9, 0.0133f };
+static const struct iq_spec spec_iq2_xxs = { LAT_IQ2XXS, 32, 1, 0.125f, 1.0f, 0.25f, 0.12f };
+static const struct iq_spec spec_iq2_xs  = { LAT_IQ2XS,  16, 1, 0.125f, 1.0f, 0.25f, 0.14f };
+static const struct iq_spec spec_iq2_s   = { LAT_IQ2S,   16, 0, 0.125f, 2.0f, 0.25f, 0.18f };
+static const struct iq_spec spec_iq3_xxs = { LAT_IQ3XXS, 32, 1, 0.25f,  2.0f, 0.0f,  0.20f };
+static const struct iq_spec spec_iq3_s   = { LAT_IQ3S,   32, 0, 1.0f,   2.0f, 0.0f,  0.12f };
+
+/* Scale candidates each side of the start in the per-sub-block scan. */
+#define SCAN_HALF 2
 
 /* One encoded super-block, before packing into a format's bit layout. */
 struct sb_out {
@@ -291,6 +318,71 @@ struct sb_out {
     uint16_t idx[64];         /* codeword per group */
     uint8_t  signs[32];       /* sign bits per 8 weights (bit set = negative) */
 };
+
+/*
+ * Even-parity sign patterns: where a group of 8 had an odd number of
+ * negative weights, the first-order choice of which weight keeps the wrong
+ * sign is revisited at the final scale. The next-cheapest candidates are
+ * tried with a full codeword search each; a better one replaces the choice.
+ */
+#define FLIP_TRIES 3
+static void sub_assign(const struct lattice *L, const float *a, const float *w, int n,
+                       float s, int wide, uint16_t *idx, float *sqx, float *sq2);
+static inline float rel_err(float s, float sqx, float sq2);
+
+static void repick_flips(const struct lattice *L, const struct iq_spec *sp, const float *x,
+                         const float *w, float *a, const int8_t *flipped, float D,
+                         struct sb_out *out)
+{
+    const int per = 8 / L->ndim;                 /* codewords per sign group */
+    for (int g = 0; g < QK_K / 8; g++) {
+        const int kf = flipped[g];
+        if (kf < 0) continue;
+        const float *xg = x + 8 * g, *wg = w + 8 * g;
+        float *ag = a + 8 * g;
+        const float s = D * (float)(2 * out->ls[8 * g / sp->sub] + 1);
+        float sqx, sq2;
+        uint16_t idx[2];
+        sub_assign(L, ag, wg, 8, s, 1, idx, &sqx, &sq2);
+        float ebest = rel_err(s, sqx, sq2);
+        int kbest = kf;
+        /* candidates by first-order cost w*|x|, cheapest first, skipping kf */
+        int order[8];
+        for (int k = 0; k < 8; k++) order[k] = k;
+        for (int i = 1; i < 8; i++)
+            for (int j = i; j > 0 && wg[order[j]] * fabsf(xg[order[j]]) < wg[order[j - 1]] * fabsf(xg[order[j - 1]]); j--) {
+                int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+            }
+        float alt[8];
+        uint16_t aidx[2], bidx[2] = { idx[0], idx[1] };
+        int tried = 0;
+        for (int o = 0; o < 8 && tried < FLIP_TRIES; o++) {
+            const int k = order[o];
+            if (k == kf) continue;
+            tried++;
+            for (int i = 0; i < 8; i++) alt[i] = fabsf(xg[i]);
+            alt[k] = -alt[k];
+            sub_assign(L, alt, wg, 8, s, 1, aidx, &sqx, &sq2);
+            float e = rel_err(s, sqx, sq2);   /* sum w a^2 is the same for every choice */
+            if (e < ebest) { ebest = e; kbest = k; bidx[0] = aidx[0]; bidx[1] = aidx[1]; }
+        }
+        if (kbest == kf) continue;
+        out->signs[g] ^= (uint8_t)((1u << kf) | (1u << kbest));
+        ag[kf] = -ag[kf];
+        ag[kbest] = -ag[kbest];
+        for (int c = 0; c < per; c++) out->idx[g * per + c] = bidx[c];
+    }
+}
+
+/* The 4-bit scale ls whose multiplier 2*ls+1 is nearest to r (r >= 0 and
+ * finite here; the comparisons keep anything else in range too). */
+static inline int scale_code(float r)
+{
+    float v = 0.5f * (r - 1.0f);
+    if (!(v > 0)) return 0;
+    if (v >= 15) return 15;
+    return (int)(v + 0.5f);
+}
 
 /* Error of a sub-block at scale s relative to sum(w*a*a): -2 s sqx + s^2 sq2. */
 static inline float rel_err(float s, float sqx, float sq2) { return s * (s * sq2 - 2 * sqx); }
@@ -311,7 +403,7 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
 
     for (int i = 0; i < QK_K; i++) {
         w[i] = qw ? qw[i] * sqrtf(sigma2 + x[i] * x[i]) : sp->fb_sigma * sigma2 + x[i] * x[i];
-        if (!(w[i] >= 0)) w[i] = 0;
+        if (!(w[i] >= 0) || !isfinite(w[i])) w[i] = 0;   /* a corrupt imatrix value */
     }
     /* A sub-block whose weights are all zero still needs some guidance. */
     for (int b = 0; b < nsub; b++) {
@@ -325,8 +417,10 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
      * to keep the wrong sign: pick the one where that costs least to first
      * order (smallest w*|x|); its magnitude becomes negative, so the search
      * pushes it to the smallest level. */
+    int8_t flipped[QK_K / 8];   /* weight kept with the wrong sign, or -1 */
     for (int g = 0; g < QK_K / 8; g++) {
         uint8_t sg = 0;
+        flipped[g] = -1;
         for (int k = 0; k < 8; k++) {
             int i = 8 * g + k;
             a[i] = fabsf(x[i]);
@@ -341,11 +435,15 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
             }
             a[8 * g + kmin] = -a[8 * g + kmin];
             sg ^= (uint8_t)(1u << kmin);
+            flipped[g] = (int8_t)kmin;
         }
         out->signs[g] = sg;
     }
 
-    /* Per sub-block: the best free scale s_b and its curvature A_b. */
+    /* Per sub-block: the best free scale s_b and its curvature A_b. A few
+     * candidates mapping the largest magnitude onto the top level (and
+     * around it) suffice: the passes below re-decide every codeword at the
+     * real scales, so this only has to land near the right scale. */
     float sbest[16], curv[16];
     uint16_t idx_tmp[8];
     const float top = L->lev[L->nlev - 1];
@@ -356,20 +454,19 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         sbest[b] = 0; curv[b] = 0;
         if (!(amax > 1e-30f) || !isfinite(amax)) continue;
         float best = 0, bs = 0, bq2 = 0;
-        for (int is = -sp->nscan; is <= sp->nscan; is++) {
-            float s = amax / (top * (1.0f + is * sp->scan_step));
+        for (int is = -SCAN_HALF; is <= SCAN_HALF; is++) {
+            float s = amax / (top * (1.0f + sp->scan_span * is / SCAN_HALF));
             float sqx, sq2;
             sub_assign(L, ab, wb, sub, s, 0, idx_tmp, &sqx, &sq2);
             if (sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2) {
                 best = sqx * sqx / sq2; bs = sqx / sq2; bq2 = sq2;
             }
         }
-        /* settle: re-round at the fitted scale until it stops improving */
-        for (int it = 0; it < 2 && bs > 0; it++) {
+        /* settle: re-round once at the fitted scale */
+        if (bs > 0) {
             float sqx, sq2;
             sub_assign(L, ab, wb, sub, bs, 0, idx_tmp, &sqx, &sq2);
-            if (!(sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2 * 1.000001f)) break;
-            best = sqx * sqx / sq2; bs = sqx / sq2; bq2 = sq2;
+            if (sq2 > 0 && sqx > 0 && sqx * sqx > best * sq2) { bs = sqx / sq2; bq2 = sq2; }
         }
         sbest[b] = bs; curv[b] = bq2;
     }
@@ -383,11 +480,11 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
     float D = smax / 31, Fbest = FLT_MAX;
     for (int k = 0; k <= 40; k++) {
         float Dc = smax / 31 * (0.70f + 0.01f * k);
-        for (int pass = 0; pass < 2; pass++) {
+        for (int pass = 0; pass < 2 && Dc > 0; pass++) {
             float num = 0, den = 0, F = 0;
+            const float inv = 1.0f / Dc;
             for (int b = 0; b < nsub; b++) {
-                int l = (int)lrintf(0.5f * (sbest[b] / Dc - 1));
-                l = l < 0 ? 0 : l > 15 ? 15 : l;
+                int l = scale_code(sbest[b] * inv);
                 float m = (float)(2 * l + 1), df = Dc * m - sbest[b];
                 F += curv[b] * df * df;
                 num += curv[b] * m * sbest[b]; den += curv[b] * m * m;
@@ -398,29 +495,34 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         }
     }
 
-    /* Final passes at real scales: each sub-block takes the 4-bit scale
-     * (nearest and its neighbours) whose full codeword search gives the
-     * lowest true error, then D is refitted. The last pass runs at the
-     * stored fp16 d so the codewords match what decodes. */
+    /* Two passes at real scales. The first gives every sub-block the
+     * 4-bit scale nearest its free optimum, re-searches its codewords there
+     * (short neighbour lists) and ends with a least-squares refit of D.
+     * The second runs at the stored fp16 d with the long lists and lets
+     * each sub-block take that scale or one either side, whichever gives
+     * the lowest true error, so the codewords are the best found for
+     * exactly what decodes. (Trying the neighbours in the first pass too
+     * buys 0.1% for 14% more time.) */
     uint16_t idx_best[8];
-    for (int pass = 0; pass < 3; pass++) {
-        const int last = pass == 2;
+    for (int pass = 0; pass < 2; pass++) {
+        const int last = pass == 1;
         if (last) {
-            out->d = moeq_f32_to_f16(D / sp->c);
+            float dh = D / sp->c;
+            if (dh > 65504.0f) dh = 65504.0f;       /* stay finite in fp16 */
+            out->d = moeq_f32_to_f16(dh);
             D = moeq_f16_to_f32(out->d) * sp->c;
             if (!(D > 0) || !isfinite(D)) { memset(out, 0, sizeof *out); return; }
         }
         float num = 0, den = 0;
         for (int b = 0; b < nsub; b++) {
             const float *ab = a + b * sub, *wb = w + b * sub;
-            int l0 = (int)lrintf(0.5f * (sbest[b] / D - 1));
-            l0 = l0 < 0 ? 0 : l0 > 15 ? 15 : l0;
+            int l0 = scale_code(sbest[b] / D);
             float ebest = FLT_MAX, bx = 0, b2 = 0;
             int lbest = l0;
-            for (int l = l0 - 1; l <= l0 + 1; l++) {
+            for (int l = l0 - last; l <= l0 + last; l++) {
                 if (l < 0 || l > 15) continue;
-                float s = D * (2 * l + 1), sqx, sq2;
-                sub_assign(L, ab, wb, sub, s, 1, idx_tmp, &sqx, &sq2);
+                float s = D * (float)(2 * l + 1), sqx, sq2;
+                sub_assign(L, ab, wb, sub, s, last, idx_tmp, &sqx, &sq2);
                 float e = rel_err(s, sqx, sq2);
                 if (e < ebest) {
                     ebest = e; lbest = l; bx = sqx; b2 = sq2;
@@ -431,10 +533,12 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
             memcpy(out->idx + b * ngs, idx_best, (size_t)ngs * sizeof(uint16_t));
             float m = (float)(2 * lbest + 1);
             num += m * bx; den += m * m * b2;
-            sbest[b] = D * m;   /* steer the next pass's nearest scale */
+            sbest[b] = D * m;   /* the next pass starts from this choice */
         }
         if (!last && den > 0 && num > 0) D = num / den;
     }
+
+    if (sp->even) repick_flips(L, sp, x, w, a, flipped, D, out);
 }
 
 /* ====================================================== format packing */

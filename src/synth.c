@@ -17,15 +17,18 @@
  * Every value is a function of (seed, tensor name, row, column) only, so a
  * file's bytes never depend on the thread count, and an F32 model and a
  * quantized model of the same seed hold the same underlying weights
- * wherever the quantized one was produced by quantizing.
+ * wherever the quantized one was quantized or rounded from them.
  *
- * Quantized tensors take one of two paths. "quantize" generates the float
- * rows and runs the type's quantizer (moeq_type_traits()->quantize).
- * "direct" writes valid blocks without floats: random quant indices
- * (levels, grid points, signs) and block/sub-block scales fitted to the
- * row and column scale profile, so outlier channels still show up as large
- * sub-block scales. Direct synthesis costs a few operations per byte,
- * which is what lets the full 30B-A3B shape stream in minutes.
+ * Quantized tensors take one of three paths. "quantize" generates the float
+ * rows and runs the type's quantizer (moeq_type_traits()->quantize): the
+ * best quality, but the search-based quantizers manage well under a
+ * million weights a second. The direct paths cost a few operations per
+ * weight, which is what lets the full 30B-A3B shape stream in two minutes:
+ * "round" rounds the float rows of the linear types to the nearest levels
+ * with max-based scales (no search); "random" writes the grid types'
+ * blocks without floats, random grid points and signs under block and
+ * sub-block scales fitted to the row and column scale profile, so outlier
+ * channels still show up as large sub-block scales.
  */
 #include "synth.h"
 
@@ -35,6 +38,7 @@
 #include "quants_blocks.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,30 +195,62 @@ int moeq_synth_tensor_type(const moeq_synth_cfg *c, int g, uint64_t ne0)
     return MOEQ_TYPE_F16;
 }
 
-static int group_is_expert(int g)
+/*
+ * How a tensor is produced: float rows written as F32/F16/BF16; float rows
+ * through the type's quantizer; float rows rounded to the nearest levels
+ * (linear types, direct mode); random blocks with fitted scales (grid
+ * types, direct mode).
+ */
+enum { PATH_FLOAT, PATH_QUANT, PATH_ROUND, PATH_RANDOM };
+
+static int rtn_type(int t);
+
+/* Row length and element count of group g in the whole model. */
+static uint64_t group_elems(const moeq_synth_cfg *c, int g, uint64_t *ne0)
 {
-    return g == SYNTH_G_EXP_GATE || g == SYNTH_G_EXP_UP || g == SYNTH_G_EXP_DOWN;
+    uint64_t E = (uint64_t)c->n_embd, Q = (uint64_t)c->n_head * c->head_dim,
+             KV = (uint64_t)c->n_head_kv * c->head_dim, F = (uint64_t)c->n_ff_exp,
+             X = (uint64_t)c->n_expert, V = (uint64_t)c->n_vocab, L = (uint64_t)c->n_layer;
+    switch (g) {
+    case SYNTH_G_EMBD: case SYNTH_G_OUTPUT: *ne0 = E; return E * V;
+    case SYNTH_G_ATTN_Q: *ne0 = E; return E * Q * L;
+    case SYNTH_G_ATTN_K: case SYNTH_G_ATTN_V: *ne0 = E; return E * KV * L;
+    case SYNTH_G_ATTN_OUT: *ne0 = Q; return Q * E * L;
+    case SYNTH_G_ROUTER: *ne0 = E; return E * X * L;
+    case SYNTH_G_EXP_GATE: case SYNTH_G_EXP_UP: *ne0 = E; return E * F * X * L;
+    case SYNTH_G_EXP_DOWN: *ne0 = F; return E * F * X * L;
+    default: *ne0 = E; return E * (2 * L + 1) + 2 * (uint64_t)c->head_dim * L; /* norms */
+    }
 }
 
-enum { PATH_FLOAT, PATH_QUANT, PATH_DIRECT };
+/* Quantized weights in the model: decides SYNTH_MODE_AUTO's path. */
+static uint64_t quantized_elems(const moeq_synth_cfg *c)
+{
+    uint64_t total = 0;
+    for (int g = 0; g < SYNTH_G_COUNT; g++) {
+        uint64_t ne0, n = group_elems(c, g, &ne0);
+        const struct moeq_type_traits *tr = moeq_type_traits(moeq_synth_tensor_type(c, g, ne0));
+        if (tr && tr->quantized) total += n;
+    }
+    return total;
+}
 
-static int tensor_path(const moeq_synth_cfg *c, int g, int type)
+static int tensor_path(const moeq_synth_cfg *c, int type)
 {
     const struct moeq_type_traits *tr = moeq_type_traits(type);
     if (!tr->quantized) return PATH_FLOAT;
-    if (!tr->quantize || c->mode == SYNTH_MODE_DIRECT) return PATH_DIRECT;
-    if (c->mode == SYNTH_MODE_AUTO && group_is_expert(g)) {
-        uint64_t routed = 3ull * (uint64_t)c->n_layer * (uint64_t)c->n_expert *
-                          (uint64_t)c->n_embd * (uint64_t)c->n_ff_exp;
-        if (routed > SYNTH_AUTO_DIRECT_ABOVE) return PATH_DIRECT;
-    }
-    return PATH_QUANT;
+    int direct = !tr->quantize || c->mode == SYNTH_MODE_DIRECT ||
+                 (c->mode == SYNTH_MODE_AUTO && quantized_elems(c) > SYNTH_AUTO_QUANTIZE_MAX);
+    if (!direct) return PATH_QUANT;
+    return rtn_type(type) ? PATH_ROUND : PATH_RANDOM;
 }
 
-const char *moeq_synth_path_name(const moeq_synth_cfg *c, int g, int type)
+const char *moeq_synth_path_name(const moeq_synth_cfg *c, int g)
 {
-    static const char *const names[] = { "float", "quantize", "direct" };
-    return names[tensor_path(c, g, type)];
+    static const char *const names[] = { "float", "quantize", "round", "random" };
+    uint64_t ne0;
+    group_elems(c, g, &ne0);
+    return names[tensor_path(c, moeq_synth_tensor_type(c, g, ne0))];
 }
 
 /* llama.cpp's general.file_type for a model mostly of type t. */
@@ -274,6 +310,26 @@ static inline float unit_z(uint64_t r)
     float z = ((float)s - 32766.0f) * (1.0f / 9459.13f);
     if ((r >> 56) == 0) z *= 3.0f;
     return z * 0.98f; /* the tail adds variance 8/256; keep the total near 1 */
+}
+
+/* exp for the scale factors, from IEEE operations only (no libm), so the
+ * same seed gives the same bytes on every platform: e^x = 2^k * e^r with
+ * |r| <= ln2/2 and a degree-11 Taylor polynomial (error far below a
+ * float's ulp). Arguments here are within +-10. */
+static float det_expf(float xf)
+{
+    double x = xf;
+    if (x > 80) x = 80;
+    if (x < -80) x = -80;
+    const double ln2 = 0.69314718055994530942;
+    double kd = x / ln2;
+    int k = (int)(kd < 0 ? kd - 0.5 : kd + 0.5);
+    double r = x - (double)k * ln2;
+    double p = 1.0, term = 1.0;
+    for (int i = 1; i <= 11; i++) { term *= r / (double)i; p += term; }
+    double two_k = 1.0;
+    for (int i = 0; i < (k < 0 ? -k : k); i++) two_k *= 2.0;
+    return (float)(k < 0 ? p / two_k : p * two_k);
 }
 
 static inline float unit_u(uint64_t r) { return (float)(r >> 40) * (1.0f / 16777216.0f); }
@@ -341,7 +397,7 @@ static int plan_tensors(const moeq_synth_cfg *c, struct tplan **out)
 #undef ADD
     for (int i = 0; i < k; i++) {
         p[i].type = moeq_synth_tensor_type(c, p[i].group, p[i].ne[0]);
-        p[i].path = tensor_path(c, p[i].group, p[i].type);
+        p[i].path = tensor_path(c, p[i].type);
     }
     *out = p;
     return k;
@@ -369,6 +425,7 @@ struct tgen {
     uint64_t rows;            /* ne[1] * ne[2] */
     size_t   row_bytes;
     const struct moeq_type_traits *tr;
+    _Atomic int failed;       /* the quantizer refused (e.g. needs an imatrix) */
     /* per-thread scratch for float rows */
     float  **scratch;
     int64_t  grain;
@@ -423,7 +480,7 @@ static void tgen_init(struct tgen *g, const struct model_ctx *m, const struct tp
                       t->role == ROLE_READ || t->role == ROLE_ROUTER;
     double ss = 0;
     for (uint64_t i = 0; i < ne0; i++) {
-        float s = expf(0.3f * unit_z(hash3(g->id, 0x636f6c, i)));
+        float s = det_expf(0.3f * unit_z(hash3(g->id, 0x636f6c, i)));
         if (reads_resid && ne0 == (uint64_t)c->n_embd)
             s *= t->role == ROLE_EMBD ? 0.5f * (1.0f + m->outlier[i]) : m->outlier[i];
         g->col[i] = s;
@@ -460,7 +517,7 @@ static void tgen_init(struct tgen *g, const struct model_ctx *m, const struct tp
     /* Float rows are generated in chunks of about 64K values per thread. */
     g->grain = (int64_t)(65536 / ne0);
     if (g->grain < 1) g->grain = 1;
-    if (t->path != PATH_DIRECT) {
+    if (t->path != PATH_RANDOM) {
         g->scratch = calloc((size_t)n_threads, sizeof *g->scratch);
         if (!g->scratch) { fprintf(stderr, "moeq: out of memory\n"); exit(1); }
         for (int i = 0; i < n_threads; i++) {
@@ -481,8 +538,8 @@ static void tgen_free(struct tgen *g, int n_threads)
 static float row_scale(const struct tgen *g, uint64_t r)
 {
     uint64_t e = r / g->t->ne[1];
-    float s = expf(0.2f * unit_z(hash3(g->id, 0x726f77, r)));
-    if (g->t->n_dims == 3) s *= expf(0.15f * unit_z(hash3(g->id, 0x657870, e)));
+    float s = det_expf(0.2f * unit_z(hash3(g->id, 0x726f77, r)));
+    if (g->t->n_dims == 3) s *= det_expf(0.15f * unit_z(hash3(g->id, 0x657870, e)));
     return s;
 }
 
@@ -495,7 +552,7 @@ static void gen_row(const struct tgen *g, uint64_t r, float *out)
     uint64_t s = hash3(g->id, 0x76616c, r);
     if (t->role == ROLE_NORM || t->role == ROLE_QKNORM) {
         for (uint64_t i = 0; i < ne0; i++) {
-            float v = expf(g->std * unit_z(rng_next(&s)));
+            float v = det_expf(g->std * unit_z(rng_next(&s)));
             /* trained models damp their massive-activation channels */
             if (t->role == ROLE_NORM && m->outlier[i] > 1.0f) v *= 0.5f;
             out[i] = v;
@@ -725,6 +782,262 @@ static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, co
     }
 }
 
+/* ------------------------------------------------ round-to-nearest blocks */
+
+/*
+ * The linear types (and the two 16-level IQ4 types) are cheap to quantize
+ * by plain rounding: per sub-block the scale that maps the largest
+ * magnitude onto the extreme level, scales rounded onto their own grid,
+ * values rounded to the nearest level. No search, so a few operations per
+ * value; the result is a real (if not optimal) quantization of the float
+ * weights, keeping per-column outliers and the embeddings' common
+ * direction that random blocks cannot carry.
+ */
+
+static int rtn_type(int t)
+{
+    switch (t) {
+    case MOEQ_TYPE_Q4_0: case MOEQ_TYPE_Q8_0: case MOEQ_TYPE_Q2_K: case MOEQ_TYPE_Q3_K:
+    case MOEQ_TYPE_Q4_K: case MOEQ_TYPE_Q5_K: case MOEQ_TYPE_Q6_K:
+    case MOEQ_TYPE_IQ4_NL: case MOEQ_TYPE_IQ4_XS:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The value of largest magnitude, with its sign. */
+static float signed_absmax(const float *x, int n)
+{
+    float m = 0, am = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > am) { am = a; m = x[i]; }
+    }
+    return m;
+}
+
+static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* Nearest of the 16 non-linear IQ4 levels to v (levels ascend). */
+static int nearest_kvalue(float v)
+{
+    int best = 0;
+    float bd = fabsf(v - (float)kvalues_iq4nl[0]);
+    for (int k = 1; k < 16; k++) {
+        float d = fabsf(v - (float)kvalues_iq4nl[k]);
+        if (d < bd) { bd = d; best = k; }
+    }
+    return best;
+}
+
+/* Symmetric integer levels q in [-nmax, nmax-1] for n values with scale d. */
+static void round_sym(const float *x, int n, float d, int lo, int hi, int *q)
+{
+    float id = d != 0 ? 1.0f / d : 0;
+    for (int i = 0; i < n; i++) q[i] = clampi((int)lrintf(x[i] * id), lo, hi);
+}
+
+/*
+ * Asymmetric sub-blocks (Q2_K, Q4_K, Q5_K): ns sub-blocks of w values,
+ * levels 0..nmax, y = d*sc*q - dmin*m, sc and m integers in [0, smax].
+ */
+static void round_asym(const float *x, int ns, int w, int nmax, int smax,
+                       float *d_out, float *dmin_out, int *sc, int *mn, int *q)
+{
+    float scale[16], mins[16], maxs = 0, maxm = 0;
+    for (int j = 0; j < ns; j++) {
+        float lo = 0, hi = 0;
+        for (int i = 0; i < w; i++) {
+            float v = x[j * w + i];
+            if (v < lo) lo = v;
+            if (v > hi) hi = v;
+        }
+        scale[j] = (hi - lo) / (float)nmax;
+        mins[j] = -lo;
+        if (scale[j] > maxs) maxs = scale[j];
+        if (mins[j] > maxm) maxm = mins[j];
+    }
+    float d = maxs / (float)smax, dmin = maxm / (float)smax;
+    for (int j = 0; j < ns; j++) {
+        sc[j] = d > 0 ? clampi((int)lrintf(scale[j] / d), 0, smax) : 0;
+        mn[j] = dmin > 0 ? clampi((int)lrintf(mins[j] / dmin), 0, smax) : 0;
+        float ds = d * (float)sc[j], off = dmin * (float)mn[j];
+        float id = ds > 0 ? 1.0f / ds : 0;
+        for (int i = 0; i < w; i++)
+            q[j * w + i] = clampi((int)lrintf((x[j * w + i] + off) * id), 0, nmax);
+    }
+    *d_out = d;
+    *dmin_out = dmin;
+}
+
+/* Q4_K/Q5_K: 8 six-bit scales and mins in 12 bytes. */
+static void pack_k4_scales(uint8_t *s, const int *sc, const int *mn)
+{
+    for (int j = 0; j < 4; j++) {
+        s[j] = (uint8_t)((sc[j] & 63) | (sc[j + 4] >> 4) << 6);
+        s[j + 4] = (uint8_t)((mn[j] & 63) | (mn[j + 4] >> 4) << 6);
+        s[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
+    }
+}
+
+/* Encode 256 (or 32) floats x as one block of type by rounding. */
+static void round_block(int type, const float *x, uint8_t *blk)
+{
+    int q[QK_K], sc[16], mn[16];
+    float d, dmin;
+    switch (type) {
+    case MOEQ_TYPE_Q8_0: {
+        block_q8_0 *b = (block_q8_0 *)blk;
+        float m = fabsf(signed_absmax(x, 32));
+        d = m / 127.0f;
+        round_sym(x, 32, d, -127, 127, q);
+        for (int i = 0; i < 32; i++) b->qs[i] = (int8_t)q[i];
+        put_f16((uint8_t *)&b->d, d);
+        break;
+    }
+    case MOEQ_TYPE_Q4_0: {
+        /* the extreme value maps to level -8, as ggml does */
+        block_q4_0 *b = (block_q4_0 *)blk;
+        d = signed_absmax(x, 32) / -8.0f;
+        round_sym(x, 32, d, -8, 7, q);
+        for (int i = 0; i < 16; i++) b->qs[i] = (uint8_t)((q[i] + 8) | (q[i + 16] + 8) << 4);
+        put_f16((uint8_t *)&b->d, d);
+        break;
+    }
+    case MOEQ_TYPE_IQ4_NL: {
+        block_iq4_nl *b = (block_iq4_nl *)blk;
+        d = signed_absmax(x, 32) / (float)kvalues_iq4nl[0];
+        float id = d != 0 ? 1.0f / d : 0;
+        for (int i = 0; i < 32; i++) q[i] = nearest_kvalue(x[i] * id);
+        for (int i = 0; i < 16; i++) b->qs[i] = (uint8_t)(q[i] | q[i + 16] << 4);
+        put_f16((uint8_t *)&b->d, d);
+        break;
+    }
+    case MOEQ_TYPE_IQ4_XS: {
+        /* sub-block scale s = absmax/-127 as an integer (ls-32) of d */
+        block_iq4_xs *b = (block_iq4_xs *)blk;
+        float s[8], smax = 0;
+        for (int j = 0; j < 8; j++) {
+            s[j] = signed_absmax(x + 32 * j, 32) / (float)kvalues_iq4nl[0];
+            if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
+        }
+        d = smax / -32.0f;
+        uint16_t h = 0;
+        memset(b->scales_l, 0, sizeof b->scales_l);
+        for (int j = 0; j < 8; j++) {
+            int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
+            float dl = d * (float)l, id = dl != 0 ? 1.0f / dl : 0;
+            for (int i = 0; i < 32; i++) q[32 * j + i] = nearest_kvalue(x[32 * j + i] * id);
+            int ls = l + 32;
+            b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
+            h |= (uint16_t)((ls >> 4) << (2 * j));
+            for (int i = 0; i < 16; i++)
+                b->qs[16 * j + i] = (uint8_t)(q[32 * j + i] | q[32 * j + 16 + i] << 4);
+        }
+        b->scales_h = h;
+        put_f16((uint8_t *)&b->d, d);
+        break;
+    }
+    case MOEQ_TYPE_Q2_K: {
+        block_q2_K *b = (block_q2_K *)blk;
+        round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
+        for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
+        /* 2-bit levels: byte l of each 128-half holds, at bits 2j, the
+         * value 32*j + l of that half */
+        memset(b->qs, 0, sizeof b->qs);
+        for (int n = 0; n < 2; n++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++)
+                    b->qs[32 * n + l] |= (uint8_t)(q[128 * n + 32 * j + l] << (2 * j));
+        put_f16((uint8_t *)&b->d, d);
+        put_f16((uint8_t *)&b->dmin, dmin);
+        break;
+    }
+    case MOEQ_TYPE_Q3_K: {
+        /* signed sub-block scales (6-bit, stored +32); levels -4..3 with
+         * the low two bits in qs (as Q2_K) and the third in hmask */
+        block_q3_K *b = (block_q3_K *)blk;
+        float s[16], smax = 0;
+        for (int j = 0; j < 16; j++) {
+            s[j] = signed_absmax(x + 16 * j, 16) / -4.0f;
+            if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
+        }
+        d = smax / -32.0f;
+        memset(b->scales, 0, sizeof b->scales);
+        for (int j = 0; j < 16; j++) {
+            int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
+            float dl = d * (float)l;
+            round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
+            int v = l + 32;
+            b->scales[j % 8] |= (uint8_t)((v & 15) << (4 * (j / 8)));
+            b->scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
+        }
+        memset(b->qs, 0, sizeof b->qs);
+        memset(b->hmask, 0, sizeof b->hmask);
+        for (int n = 0; n < 2; n++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    int L = q[128 * n + 32 * j + l] + 4;
+                    b->qs[32 * n + l] |= (uint8_t)((L & 3) << (2 * j));
+                    b->hmask[l] |= (uint8_t)((L >> 2) << (4 * n + j));
+                }
+        put_f16((uint8_t *)&b->d, d);
+        break;
+    }
+    case MOEQ_TYPE_Q4_K:
+    case MOEQ_TYPE_Q5_K: {
+        int q5 = type == MOEQ_TYPE_Q5_K;
+        round_asym(x, 8, 32, q5 ? 31 : 15, 63, &d, &dmin, sc, mn, q);
+        uint8_t *scales = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
+        uint8_t *qs = q5 ? ((block_q5_K *)blk)->qs : ((block_q4_K *)blk)->qs;
+        pack_k4_scales(scales, sc, mn);
+        /* byte l of 64-value group p: value 64p+l low nibble, 64p+32+l high */
+        for (int p = 0; p < 4; p++)
+            for (int l = 0; l < 32; l++)
+                qs[32 * p + l] = (uint8_t)((q[64 * p + l] & 15) | (q[64 * p + 32 + l] & 15) << 4);
+        if (q5) {
+            uint8_t *qh = ((block_q5_K *)blk)->qh;
+            memset(qh, 0, 32);
+            for (int p = 0; p < 4; p++)
+                for (int l = 0; l < 32; l++)
+                    qh[l] |= (uint8_t)((q[64 * p + l] >> 4) << (2 * p) | (q[64 * p + 32 + l] >> 4) << (2 * p + 1));
+        }
+        put_f16(blk, d);
+        put_f16(blk + 2, dmin);
+        break;
+    }
+    case MOEQ_TYPE_Q6_K: {
+        /* signed 8-bit sub-block scales; levels -32..31 stored +32 as a
+         * low nibble (ql) and two high bits (qh) */
+        block_q6_K *b = (block_q6_K *)blk;
+        float s[16], smax = 0;
+        for (int j = 0; j < 16; j++) {
+            s[j] = signed_absmax(x + 16 * j, 16) / -32.0f;
+            if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
+        }
+        d = smax / -128.0f;
+        for (int j = 0; j < 16; j++) {
+            int l = d != 0 ? clampi((int)lrintf(s[j] / d), -128, 127) : 0;
+            b->scales[j] = (int8_t)l;
+            round_sym(x + 16 * j, 16, d * (float)l, -32, 31, q + 16 * j);
+        }
+        for (int n = 0; n < 2; n++)
+            for (int l = 0; l < 32; l++) {
+                int q1 = q[128 * n + l] + 32, q2 = q[128 * n + l + 32] + 32;
+                int q3 = q[128 * n + l + 64] + 32, q4 = q[128 * n + l + 96] + 32;
+                b->ql[64 * n + l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
+                b->ql[64 * n + l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
+                b->qh[32 * n + l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
+            }
+        put_f16((uint8_t *)&b->d, d);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
 /* ---------------------------------------------------------- row workers */
 
 struct slab {
@@ -741,7 +1054,7 @@ static void slab_task(void *ctx, int64_t begin, int64_t end, int tid)
     uint64_t ne0 = t->ne[0];
     uint8_t *dst = sl->out + (size_t)begin * g->row_bytes;
 
-    if (t->path == PATH_DIRECT) {
+    if (t->path == PATH_RANDOM) {
         int bs = g->tr->blck_size;
         size_t bsz = g->tr->type_size;
         for (int64_t i = begin; i < end; i++) {
@@ -777,7 +1090,14 @@ static void slab_task(void *ctx, int64_t begin, int64_t end, int tid)
         for (size_t i = 0; i < count; i++) { uint16_t h = moeq_f32_to_bf16(f[i]); memcpy(dst + 2 * i, &h, 2); }
         break;
     default:
-        g->tr->quantize(f, dst, n, (int64_t)ne0, NULL);
+        if (t->path == PATH_ROUND) {
+            int bs = g->tr->blck_size;
+            size_t bsz = g->tr->type_size;
+            for (size_t c0 = 0; c0 < count; c0 += (size_t)bs, dst += bsz) round_block(t->type, f + c0, dst);
+        } else {
+            size_t got = g->tr->quantize(f, dst, n, (int64_t)ne0, NULL);
+            if (got != (size_t)n * g->row_bytes) atomic_store(&g->failed, 1);
+        }
         break;
     }
 }
@@ -907,11 +1227,17 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
             if (!buf) { fprintf(stderr, "moeq: out of memory\n"); exit(1); }
             buf_cap = need;
         }
-        int64_t grain = p[i].path == PATH_DIRECT ? (int64_t)(slab_rows / (uint64_t)(4 * nt) + 1) : g.grain;
+        int64_t grain = p[i].path == PATH_RANDOM ? (int64_t)(slab_rows / (uint64_t)(4 * nt) + 1) : g.grain;
         for (uint64_t r0 = 0; r0 < g.rows && !rc; r0 += slab_rows) {
             uint64_t n = g.rows - r0 < slab_rows ? g.rows - r0 : slab_rows;
             struct slab sl = { &g, buf, r0 };
             moeq_pool_for(pool, (int64_t)n, grain, slab_task, &sl);
+            if (atomic_load(&g.failed)) {
+                snprintf(err, errlen, "%s: the %s quantizer failed (it may need an importance matrix); "
+                         "use --mode direct", p[i].name, moeq_type_name(p[i].type));
+                rc = -1;
+                break;
+            }
             if (gguf_writer_write(w, buf, (size_t)n * g.row_bytes)) {
                 snprintf(err, errlen, "%s", gguf_writer_error(w));
                 rc = -1;

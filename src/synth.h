@@ -32,17 +32,24 @@ enum moeq_synth_group {
     SYNTH_G_COUNT
 };
 
-/* How quantized tensors are produced. */
+/*
+ * How quantized tensors are produced. "quantize" runs the type's quantizer
+ * on the float weights (the file is then a quantization of the F32 model
+ * of the same seed; the search-based quantizers manage well under a
+ * million weights a second per core). "direct" costs a few operations per
+ * weight: linear types (Q4_0, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS) round the
+ * same float weights to the nearest levels; grid types (IQ2_*, IQ3_*) get
+ * random grid points and signs with block and sub-block scales fitted to
+ * the weights' row and column scale profile (16/32-column resolution).
+ */
 enum moeq_synth_mode {
-    SYNTH_MODE_AUTO,     /* quantize the floats where a quantizer exists, except
-                            the routed experts of a huge model: synthesize blocks */
-    SYNTH_MODE_QUANTIZE, /* quantize the floats wherever a quantizer exists */
-    SYNTH_MODE_DIRECT,   /* synthesize every quantized tensor's blocks directly */
+    SYNTH_MODE_AUTO,     /* quantize when the model has at most
+                            SYNTH_AUTO_QUANTIZE_MAX quantized weights, else direct */
+    SYNTH_MODE_QUANTIZE, /* quantize wherever the type has a quantizer */
+    SYNTH_MODE_DIRECT,   /* direct everywhere */
 };
 
-/* Routed expert weights above which SYNTH_MODE_AUTO synthesizes the expert
- * blocks directly instead of generating and quantizing floats. */
-#define SYNTH_AUTO_DIRECT_ABOVE (1ull << 30)
+#define SYNTH_AUTO_QUANTIZE_MAX (1ull << 24)
 
 typedef struct {
     char     name[64];          /* general.name */
@@ -87,8 +94,9 @@ int moeq_synth_check(const moeq_synth_cfg *c, char *err, size_t errlen);
  */
 int moeq_synth_tensor_type(const moeq_synth_cfg *c, int g, uint64_t ne0);
 
-/* "float", "quantize" or "direct": how a tensor of this type and group is produced. */
-const char *moeq_synth_path_name(const moeq_synth_cfg *c, int g, int type);
+/* How group g is produced: "float", "quantize", "round" or "random" (see
+ * enum moeq_synth_mode). */
+const char *moeq_synth_path_name(const moeq_synth_cfg *c, int g);
 
 /*
  * Write the model to path with n_threads (<= 0: all cores). verbose prints

@@ -256,20 +256,26 @@ TEST(kernels_gemm_matches_vec_dot)
                 fill_act(x, K, c == 7 ? FILL_EXTREME : FILL_RANDOM);
                 moeq_quantize_act(type, x, a + c * as, K);
             }
-            for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
-            moeq_gemm_isa(isa, type, K, w, ws, R, a, as, C, out, R + 3);
             moeq_vec_dot_fn dot = moeq_vec_dot_isa(type, isa);
             if (!dot) dot = moeq_vec_dot_isa(type, MOEQ_ISA_SCALAR);
-            for (int c = 0; c < C; c++) {
-                for (int r = 0; r < R; r++) {
-                    float s;
-                    dot(K, &s, w + r * ws, a + c * as);
-                    double mag = block_magnitude(type, K, w + r * ws, a + c * as);
-                    CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
-                           "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
-                           moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+            /* small column counts take other paths than large ones */
+            static const int ncols[] = { 1, 2, 3, 5, C };
+            for (int ni = 0; ni < 5; ni++) {
+                int nc = ncols[ni];
+                for (int i = 0; i < C * (R + 3); i++) out[i] = -12345.f;
+                moeq_gemm_isa(isa, type, K, w, ws, R, a, as, nc, out, R + 3);
+                for (int c = 0; c < nc; c++) {
+                    for (int r = 0; r < R; r++) {
+                        float s;
+                        dot(K, &s, w + r * ws, a + c * as);
+                        double mag = block_magnitude(type, K, w + r * ws, a + c * as);
+                        CHECKF(fabs((double)s - out[c * (R + 3) + r]) <= 1e-5 * mag + 1e-30,
+                               "%s %s r%d c%d: gemm %.9g dot %.9g", moeq_isa_name(isa),
+                               moeq_type_name(type), r, c, out[c * (R + 3) + r], s);
+                    }
+                    for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
                 }
-                for (int r = R; r < R + 3; r++) CHECK(out[c * (R + 3) + r] == -12345.f);
+                CHECK(nc == C || out[nc * (R + 3)] == -12345.f);
             }
         }
     }
@@ -283,4 +289,122 @@ TEST(kernels_isa_env_lowers_choice)
     CHECK(strcmp(moeq_isa_name(MOEQ_ISA_AVX512), "avx512") == 0);
     CHECK(moeq_vec_dot_isa(MOEQ_TYPE_Q8_K, MOEQ_ISA_SCALAR) == NULL);
     CHECK(moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, 7) == NULL);
+}
+
+/* Long rows: the activation panel holds fewer columns than the call, so
+ * the gemm walks several panels; still equal to the vec_dot loop. */
+TEST(kernels_gemm_several_panels)
+{
+    enum { K = 8192, R = 3, C = 37 };
+    static const int types[] = { MOEQ_TYPE_Q4_K, MOEQ_TYPE_IQ2_S, MOEQ_TYPE_F16, MOEQ_TYPE_Q8_0 };
+    static float x[K], out[C * R];
+    for (int ti = 0; ti < 4; ti++) {
+        int type = types[ti];
+        size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
+        uint8_t *w = malloc(ws * R), *a = malloc(as * C);
+        REQUIRE(w && a);
+        for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, FILL_RANDOM);
+        for (int c = 0; c < C; c++) {
+            fill_act(x, K, FILL_RANDOM);
+            moeq_quantize_act(type, x, a + c * as, K);
+        }
+        moeq_gemm(type, K, w, ws, R, a, as, C, out, R);
+        moeq_vec_dot_fn dot = moeq_vec_dot(type);
+        for (int c = 0; c < C; c++)
+            for (int r = 0; r < R; r++) {
+                float s;
+                dot(K, &s, w + r * ws, a + c * as);
+                double mag = block_magnitude(type, K, w + r * ws, a + c * as);
+                CHECKF(fabs((double)s - out[c * R + r]) <= 1e-5 * mag + 1e-30, "%s r%d c%d: gemm %.9g dot %.9g",
+                       moeq_type_name(type), r, c, out[c * R + r], s);
+            }
+        free(w);
+        free(a);
+    }
+}
+
+TEST(kernels_kbench_cli)
+{
+    char *out = NULL;
+    int rc = test_run(&out, "%s kbench --types q4_k,iq2_s -k 256 --cols 3 --mb 1 -r 1", test_moeq_bin());
+    CHECKF(rc == 0, "kbench exit %d: %s", rc, out ? out : "");
+    CHECK(out && strstr(out, "Q4_K") && strstr(out, "IQ2_S") && strstr(out, "scalar"));
+    free(out);
+    rc = test_run(&out, "%s kbench --types q9_z", test_moeq_bin());
+    CHECK(rc == 2 && out && strstr(out, "moeq: kbench:"));
+    free(out);
+    rc = test_run(&out, "%s kbench -k 100", test_moeq_bin());
+    CHECK(rc == 2);
+    free(out);
+    rc = test_run(&out, "%s kbench --help", test_moeq_bin());
+    CHECK(rc == 0 && out && strstr(out, "usage: moeq kbench"));
+    free(out);
+}
+
+/* Every ISA quantizes activations to the same bytes as the scalar code. */
+TEST(kernels_act_quant_same_bytes_every_isa)
+{
+    enum { N = 1024 };
+    static float x[N];
+    static uint8_t ref[N * 2], got[N * 2];
+    static const int wt[] = { MOEQ_TYPE_Q4_K, MOEQ_TYPE_Q8_0 };
+    for (int isa = MOEQ_ISA_AVX2; isa < MOEQ_ISA_COUNT; isa++)
+        for (int t = 0; t < 2; t++)
+            for (int mode = 0; mode < 4; mode++) {
+                if (mode < 3) fill_act(x, N, (enum fill)mode);
+                else for (int i = 0; i < N; i++) x[i] = i < 300 ? 0.f : (float)(i % 7) - 3.f; /* zero blocks, exact halves */
+                size_t bytes = moeq_act_row_size(wt[t], N);
+                memset(ref, 0x55, sizeof ref);
+                memset(got, 0xaa, sizeof got);
+                moeq_quantize_act_isa(MOEQ_ISA_SCALAR, wt[t], x, ref, N);
+                moeq_quantize_act_isa(isa, wt[t], x, got, N);
+                CHECKF(memcmp(ref, got, bytes) == 0, "%s %s mode %d: bytes differ", moeq_isa_name(isa),
+                       moeq_type_name(moeq_act_type(wt[t])), mode);
+            }
+}
+
+/*
+ * A column's result never depends on how many columns are computed with
+ * it (decode of one session vs a batch of sessions, prefill vs decode):
+ * gemm outputs are bit-identical for 1, 2, 3, 4, 5, 17 and 33 columns, at
+ * every ISA, for short rows and for rows longer than the IQ2_S/IQ3_S table.
+ */
+TEST(kernels_gemm_bit_identical_for_any_column_count)
+{
+    static const int ks[] = { 768, 12288 };
+    static const int ncs[] = { 1, 2, 3, 4, 5, 17, 33 };
+    enum { R = 6, CMAX = 33 };
+    for (int ki = 0; ki < 2; ki++) {
+        int K = ks[ki];
+        float *x = malloc(sizeof(float) * K), *ref = malloc(sizeof(float) * R * CMAX),
+              *out = malloc(sizeof(float) * R * CMAX);
+        uint8_t *w = malloc((size_t)R * K * 4), *a = malloc((size_t)CMAX * K * 4);
+        REQUIRE(x && ref && out && w && a);
+        for (int isa = 0; isa < MOEQ_ISA_COUNT; isa++) {
+            if (isa > 0 && moeq_vec_dot_isa(MOEQ_TYPE_Q4_K, isa) == NULL) continue;
+            for (int ti = 0; ti < N_TYPES; ti++) {
+                int type = all_types[ti];
+                if (K % moeq_type_traits(type)->blck_size) continue;
+                if (ki == 1 && type != MOEQ_TYPE_IQ2_S && type != MOEQ_TYPE_IQ3_S && type != MOEQ_TYPE_Q4_K)
+                    continue;   /* the long row is for the table's limit */
+                size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
+                for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, FILL_RANDOM);
+                for (int c = 0; c < CMAX; c++) {
+                    fill_act(x, K, FILL_RANDOM);
+                    moeq_quantize_act(type, x, a + c * as, K);
+                }
+                moeq_gemm_isa(isa, type, K, w, ws, R, a, as, CMAX, ref, R);
+                for (int ni = 0; ni < 7; ni++) {
+                    int nc = ncs[ni];
+                    /* columns [c0, c0 + nc) of the same activations */
+                    int c0 = (CMAX - nc) / 2;
+                    moeq_gemm_isa(isa, type, K, w, ws, R, a + c0 * as, as, nc, out, R);
+                    CHECKF(memcmp(out, ref + c0 * R, sizeof(float) * R * nc) == 0,
+                           "%s %s K=%d: %d columns differ from %d", moeq_isa_name(isa),
+                           moeq_type_name(type), K, nc, CMAX);
+                }
+            }
+        }
+        free(x); free(ref); free(out); free(w); free(a);
+    }
 }

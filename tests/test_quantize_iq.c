@@ -81,14 +81,16 @@ static void roundtrip(int type, const float *x, float *y, int nrows, int ncols, 
  * on make_data(seed 7), times 1.05: with the imatrix, and unweighted
  * without one. The reference quantizer's algorithm lands 12-16% above our
  * imatrix values on this data, so the bounds catch a search that regressed
- * to it or worse.
+ * to it or worse. (Without an imatrix the IQ3 types weight by x^2, as
+ * ggml does; that objective is met twice as well as by the reference, but
+ * the unweighted error shown here is 5-7% above the reference's.)
  */
 static const struct { int type; double bound_imat, bound_plain; } bounds[] = {
-    { MOEQ_TYPE_IQ2_XXS, 0.1476, 0.2201 },
-    { MOEQ_TYPE_IQ2_XS,  0.0966, 0.1327 },
-    { MOEQ_TYPE_IQ2_S,   0.0830, 0.1050 },
-    { MOEQ_TYPE_IQ3_XXS, 0.0364, 0.0749 },
-    { MOEQ_TYPE_IQ3_S,   0.0239, 0.0415 },
+    { MOEQ_TYPE_IQ2_XXS, 0.1478, 0.2200 },
+    { MOEQ_TYPE_IQ2_XS,  0.0965, 0.1329 },
+    { MOEQ_TYPE_IQ2_S,   0.0826, 0.1052 },
+    { MOEQ_TYPE_IQ3_XXS, 0.0364, 0.0754 },
+    { MOEQ_TYPE_IQ3_S,   0.0239, 0.0411 },
 };
 
 TEST(iq_roundtrip_error_bounds)
@@ -189,6 +191,32 @@ TEST(iq_degenerate_rows)
             }
         }
     }
+}
+
+/*
+ * Values that came out of a format are representable in it, so encoding
+ * them again must land on (nearly) the same blocks: a search that misses
+ * the right scale or codeword shows up here at once. Measured: relative
+ * error 1e-6..8e-4 of the first round's output (the first round itself is
+ * near 0.1); bound 3e-3.
+ */
+TEST(iq_requantize_nearly_idempotent)
+{
+    enum { R = 32, C = 512 };
+    float *x = malloc(sizeof(float) * R * C), *y1 = malloc(sizeof(float) * R * C);
+    float *y2 = malloc(sizeof(float) * R * C);
+    REQUIRE(x && y1 && y2);
+    uint32_t s = 3;
+    for (int i = 0; i < R * C; i++) x[i] = (unif(&s) + unif(&s) - 1.0f) * 0.01f * (1 + i / C);
+    for (int k = 0; k < N_IQ; k++) {
+        roundtrip(iq_types[k], x, y1, R, C, NULL);
+        roundtrip(iq_types[k], y1, y2, R, C, NULL);
+        double e = 0, n = 0;
+        for (int i = 0; i < R * C; i++) { e += (y1[i] - y2[i]) * (y1[i] - y2[i]); n += y1[i] * y1[i]; }
+        CHECKF(e / n < 3e-3, "%s: re-encoding moved the values by %.3g (relative)",
+               moeq_type_name(iq_types[k]), e / n);
+    }
+    free(x); free(y1); free(y2);
 }
 
 /* ------------------------------------------------ thread safety */
@@ -292,8 +320,8 @@ static double wrmse(const float *x, const float *y, const float *imat, int nrows
  * The reference quantized blk.0.attn_q.weight and blk.1.attn_output.weight
  * of tiny-a (f16) with imatrix.dat into ../shared/testvectors/dequant; its
  * own dequantization of them is TYPE__NAME.f32. Ours, from the same f16
- * weights and imatrix, must not be worse in imatrix-weighted RMSE (1%
- * slack; measured: 2-6% better).
+ * weights and imatrix, must not be worse in imatrix-weighted RMSE
+ * (measured: 2.3-5.7% better, so no slack is needed).
  */
 static void vs_reference(const char *type_name)
 {
@@ -327,7 +355,7 @@ static void vs_reference(const char *type_name)
         double ours = wrmse(x, y, imat, nrows, ncols), ref = wrmse(x, yref, imat, nrows, ncols);
         printf("  %-8s %-26s imatrix-weighted RMSE ours %.6f ref %.6f (%.3f)\n",
                type_name, names[k], ours, ref, ours / ref);
-        CHECKF(ours <= ref * 1.01, "%s %s: weighted RMSE %.6f vs reference %.6f",
+        CHECKF(ours <= ref, "%s %s: weighted RMSE %.6f vs reference %.6f",
                type_name, names[k], ours, ref);
         free(x); free(y); free(imat); free(yref);
     }
@@ -342,7 +370,8 @@ TEST(iq_vs_reference_iq3_s)   { vs_reference("IQ3_S"); }
 
 /* ------------------------------------------------ speed (long only) */
 
-/* One-thread encode speed, printed for the record (MOEQ_LONG=1). */
+/* One-thread encode speed (thread CPU time, so a busy machine does not
+ * skew it), printed for the record (MOEQ_LONG=1). */
 TEST(iq_speed)
 {
     if (!test_long()) SKIP("set MOEQ_LONG=1 to measure");
@@ -355,9 +384,10 @@ TEST(iq_speed)
     for (int c = 0; c < C; c++) imat[c] = 0.05f + unif(&s) * 4;
     for (int k = 0; k < N_IQ; k++) {
         struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        moeq_type_traits(iq_types[k])->quantize(x, q, 1, C, imat);   /* builds the tables */
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
         moeq_type_traits(iq_types[k])->quantize(x, q, R, C, imat);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
         double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         printf("  %-8s %.2f M weights/s (one thread)\n", moeq_type_name(iq_types[k]), R * C / sec / 1e6);
         CHECK(sec > 0);

@@ -10,8 +10,10 @@
  * scale (overall and per column); bad flags exit 2.
  */
 #include "test.h"
+#include "engine.h"
 #include "gguf.h"
 #include "quants.h"
+#include "tokenizer.h"
 
 #include <stdint.h>
 
@@ -237,7 +239,7 @@ TEST(synth_deterministic)
 
 TEST(synth_recipe_asym_types)
 {
-    const char *p = synth("asym.gguf", "--recipe asym-2bitexp");
+    const char *p = synth("asym.gguf", "--recipe asym-2bitexp --mode direct");
     gguf_file *f = open_or_die(p);
     check_layout(f, 2, 256, 256, 128, 64, 256, 8, 512);
     CHECK(u64_of(f, "general.file_type") == 26);
@@ -265,9 +267,14 @@ TEST(synth_recipe_asym_types)
         }
         CHECKF(found, "unexpected tensor %.*s", (int)t->name.n, t->name.s);
     }
-    /* a later flag changes one group of the recipe */
     gguf_close(f);
-    p = synth("asym2.gguf", "--recipe asym-2bitexp --type-attn-v Q8_0 --type-exp-down IQ4_XS");
+    /* moeq info reads it and sees the recipe's groups */
+    char *o = NULL;
+    CHECK(test_run(&o, "%s info %s", test_moeq_bin(), p) == 0);
+    CHECKF(o && strstr(o, "IQ2_S") && strstr(o, "IQ3_S") && strstr(o, "Q6_K"), "info: %s", o ? o : "");
+    free(o);
+    /* a later flag changes one group of the recipe */
+    p = synth("asym2.gguf", "--recipe asym-2bitexp --type-attn-v Q8_0 --type-exp-down IQ4_XS --mode direct");
     f = open_or_die(p);
     CHECK(tensor(f, "blk.1.attn_v.weight")->type == MOEQ_TYPE_Q8_0);
     CHECK(tensor(f, "blk.1.attn_k.weight")->type == MOEQ_TYPE_Q4_K);
@@ -280,7 +287,7 @@ TEST(synth_fallback_types)
 {
     /* n_embd 64: K/i-quant blocks do not divide it; 48 is not even a
      * multiple of 32, so the 32-blocks fall back to F16 */
-    const char *p = synth("fb.gguf", "--n-embd 64 --head-dim 16 --ff-exp 256 --type Q4_K --type-experts IQ2_S --type-embd IQ4_XS");
+    const char *p = synth("fb.gguf", "--n-embd 64 --head-dim 16 --ff-exp 256 --type Q4_K --type-experts IQ2_S --type-embd IQ4_XS --mode direct");
     gguf_file *f = open_or_die(p);
     CHECK(tensor(f, "blk.0.attn_q.weight")->type == MOEQ_TYPE_Q8_0);
     CHECK(tensor(f, "blk.0.attn_output.weight")->type == MOEQ_TYPE_Q8_0); /* row 4*16 */
@@ -288,7 +295,7 @@ TEST(synth_fallback_types)
     CHECK(tensor(f, "blk.0.ffn_down_exps.weight")->type == MOEQ_TYPE_IQ2_S); /* row 256 */
     CHECK(tensor(f, "token_embd.weight")->type == MOEQ_TYPE_IQ4_NL);
     gguf_close(f);
-    p = synth("fb2.gguf", "--n-embd 48 --head-dim 8 --heads 6 --kv-heads 2 --type Q8_0");
+    p = synth("fb2.gguf", "--n-embd 48 --head-dim 8 --heads 6 --kv-heads 2 --type Q8_0 --mode direct");
     f = open_or_die(p);
     CHECK(tensor(f, "blk.0.attn_q.weight")->type == MOEQ_TYPE_F16);
     CHECK(tensor(f, "blk.0.ffn_down_exps.weight")->type == MOEQ_TYPE_Q8_0);
@@ -299,7 +306,7 @@ TEST(synth_preset_qwen3_30b_a3b_metadata)
 {
     /* the preset's shape, cut to one layer, two experts and a small
      * vocabulary so the file stays a few MB */
-    const char *p = synth("q3.gguf", "--preset qwen3-30b-a3b --layers 1 --experts 2 --experts-used 2 --vocab 1024 --recipe asym-2bitexp");
+    const char *p = synth("q3.gguf", "--preset qwen3-30b-a3b --layers 1 --experts 2 --experts-used 2 --vocab 1024 --recipe asym-2bitexp --mode direct");
     gguf_file *f = open_or_die(p);
     check_layout(f, 1, 2048, 4096, 512, 128, 768, 2, 1024);
     CHECK(u64_of(f, "qwen3moe.context_length") == 262144);
@@ -481,17 +488,17 @@ TEST(synth_quantize_path_matches_f32)
         const struct moeq_type_traits *tr = moeq_type_traits(types[ti]);
         if (!tr->quantize) continue;
         if (!fr) {
-            const char *ref = synth("qref.gguf", "");
+            const char *ref = synth("qref.gguf", "--layers 1");
             char refp[4096];
             snprintf(refp, sizeof refp, "%s", ref);
             fr = open_or_die(refp);
         }
         char args[128], fn[64];
-        snprintf(args, sizeof args, "--mode quantize --type-attn %s", tr->name);
+        snprintf(args, sizeof args, "--layers 1 --mode quantize --type-attn-q %s", tr->name);
         snprintf(fn, sizeof fn, "q_%s.gguf", tr->name);
         gguf_file *fq = open_or_die(synth(fn, args));
-        const gguf_tensor *tq = tensor(fq, "blk.1.attn_q.weight");
-        const gguf_tensor *tf = tensor(fr, "blk.1.attn_q.weight");
+        const gguf_tensor *tq = tensor(fq, "blk.0.attn_q.weight");
+        const gguf_tensor *tf = tensor(fr, "blk.0.attn_q.weight");
         REQUIRE((int)tq->type == types[ti]);
         uint8_t *buf = malloc(tq->nbytes);
         REQUIRE(buf);
@@ -503,6 +510,146 @@ TEST(synth_quantize_path_matches_f32)
     }
     if (fr) gguf_close(fr);
     if (!tested) SKIP("no type has a quantizer yet");
+}
+
+/* Direct mode rounds the linear types' float weights: the result is a
+ * quantization of the F32 model, with the error each format allows. This
+ * also proves every bit of the block packing (a misplaced bit is a large
+ * error). */
+TEST(synth_direct_round_matches_f32)
+{
+    const char *ref = synth("rref.gguf", "--layers 1");
+    char refp[4096];
+    snprintf(refp, sizeof refp, "%s", ref);
+    gguf_file *fr = open_or_die(refp);
+    static const struct { const char *type; double max_rel; } types[] = {
+        /* limits about 1.25x the errors measured when this was written */
+        { "Q8_0", 0.01 }, { "Q6_K", 0.03 }, { "Q5_K", 0.06 }, { "Q4_K", 0.12 },
+        { "Q4_0", 0.15 }, { "IQ4_NL", 0.125 }, { "IQ4_XS", 0.125 }, { "Q3_K", 0.23 },
+        { "Q2_K", 0.45 },
+    };
+    static const char *const names[] = {
+        "token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_output.weight",
+        "blk.0.ffn_gate_exps.weight", "blk.0.ffn_down_exps.weight", "output.weight",
+    };
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        char args[128], fn[64];
+        snprintf(args, sizeof args, "--layers 1 --mode direct --type %s", types[ti].type);
+        snprintf(fn, sizeof fn, "r_%s.gguf", types[ti].type);
+        gguf_file *fq = open_or_die(synth(fn, args));
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            uint64_t n;
+            float *a = tensor_f32(fr, names[k], &n);
+            float *b = tensor_f32(fq, names[k], &n);
+            double se = 0, sa = 0;
+            for (uint64_t i = 0; i < n; i++) {
+                se += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+                sa += (double)a[i] * a[i];
+            }
+            double rel = sqrt(se / sa);
+            CHECKF(rel < types[ti].max_rel, "%s %s: relative rms error %.4f (limit %.2f)",
+                   types[ti].type, names[k], rel, types[ti].max_rel);
+            free(a); free(b);
+        }
+        gguf_close(fq);
+    }
+    gguf_close(fr);
+}
+
+/* ------------------------------------------------------ through the engine */
+
+struct expert_use { long rows[2][16]; };
+
+static void count_experts(void *ud, const char *tensor, int expert, const float *x, int n_rows, int n_cols)
+{
+    (void)x; (void)n_cols;
+    struct expert_use *u = ud;
+    int layer = -1;
+    if (expert < 0 || expert >= 16 || !strstr(tensor, "ffn_gate_exps")) return;
+    if (sscanf(tensor, "blk.%d.", &layer) != 1 || layer < 0 || layer > 1) return;
+    u->rows[layer][expert] += n_rows;
+}
+
+/* Our loader, tokenizer and engine take a synthesized model: the text
+ * tokenizes into merged tokens and back, the control tokens and template
+ * work, logits are finite and of a trained model's spread, and routing
+ * favours a few experts. */
+static void check_engine(const char *path, int check_routing)
+{
+    char err[512] = "";
+    gguf_file *f = open_or_die(path);
+    moeq_tokenizer *tk = moeq_tokenizer_load(f, err, sizeof err);
+    REQUIREF(tk, "tokenizer: %s", err);
+    char tmpl[1024];
+    enum moeq_chat_kind kind;
+    CHECK(gguf_get_str(f, "tokenizer.chat_template", tmpl, sizeof tmpl) == 0 &&
+          moeq_chat_detect(tmpl, &kind) == 0 && kind == MOEQ_CHAT_CHATML);
+    gguf_close(f);
+    const char *text = "The river town wakes before the sun. Bakers open their doors at four, "
+                       "and the smell of warm bread drifts down the narrow streets toward the water. "
+                       "Children run between the stalls while their parents compare prices.";
+    int32_t tok[256];
+    int n = moeq_tokenizer_encode(tk, text, strlen(text), 0, tok, 256);
+    REQUIRE(n > 0 && n <= 256);
+    /* 253 merges in the tiny vocabulary: about 2.3 bytes a token */
+    CHECKF(n < (int)strlen(text) / 2, "%d tokens for %zu bytes: merges not used", n, strlen(text));
+    char back[1024];
+    int len = 0;
+    for (int i = 0; i < n; i++) {
+        int k = moeq_tokenizer_piece(tk, tok[i], back + len, (int)sizeof back - len);
+        REQUIRE(k >= 0);
+        len += k;
+    }
+    CHECK(len == (int)strlen(text) && !memcmp(back, text, (size_t)len));
+    int32_t sp[4];
+    CHECK(moeq_tokenizer_encode(tk, "<|im_end|>", 10, 1, sp, 4) == 1 && moeq_tokenizer_is_eog(tk, sp[0]));
+    struct moeq_token_specials spc;
+    moeq_tokenizer_specials(tk, &spc);
+    CHECK(spc.eos == sp[0] && spc.add_bos == 0);
+    moeq_tokenizer_free(tk);
+
+    struct moeq_engine_params ep = { .model_path = path, .n_threads = 2, .n_ctx = 512, .n_seq = 1,
+                                     .type_k = MOEQ_TYPE_F16, .type_v = MOEQ_TYPE_F16, .n_batch = 64 };
+    moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
+    REQUIREF(e, "open %s: %s", path, err);
+
+    struct expert_use use;
+    memset(&use, 0, sizeof use);
+    moeq_engine_set_act_hook(e, count_experts, &use);
+    moeq_session *s = moeq_session_new(e, err, sizeof err);
+    REQUIREF(s, "%s", err);
+    int nv = moeq_engine_info(e)->n_vocab;
+    float *lg = malloc((size_t)n * (size_t)nv * sizeof *lg);
+    REQUIRE(lg);
+    REQUIREF(moeq_session_eval(s, tok, n, lg, err, sizeof err) == 0, "%s", err);
+    for (int t = 0; t < n; t += 7) {
+        double m = 0, v = 0;
+        for (int i = 0; i < nv; i++) { CHECK(isfinite(lg[(size_t)t * nv + i])); m += lg[(size_t)t * nv + i]; }
+        m /= nv;
+        for (int i = 0; i < nv; i++) v += (lg[(size_t)t * nv + i] - m) * (lg[(size_t)t * nv + i] - m);
+        double sd = sqrt(v / nv);
+        CHECKF(sd > 0.5 && sd < 20, "%s: position %d: logit std %.2f", path, t, sd);
+    }
+    if (check_routing) {
+        for (int l = 0; l < 2; l++) {
+            long mx = 0, tot = 0;
+            for (int x = 0; x < 16; x++) { tot += use.rows[l][x]; if (use.rows[l][x] > mx) mx = use.rows[l][x]; }
+            CHECKF(tot == 2L * n, "layer %d: %ld expert rows for %d tokens", l, tot, n);
+            CHECKF(mx > 2 * tot / 16, "layer %d: busiest expert %ld of %ld rows", l, mx, tot);
+        }
+    }
+    free(lg);
+    moeq_session_free(s);
+    moeq_engine_close(e);
+}
+
+TEST(synth_runs_in_engine)
+{
+    char f32[4096];
+    snprintf(f32, sizeof f32, "%s", synth("eng.gguf", "--experts 16"));
+    check_engine(f32, 1);
+    /* the recipe, quantized (direct) */
+    check_engine(synth("eng_asym.gguf", "--experts 16 --recipe asym-2bitexp --mode direct"), 1);
 }
 
 /* ------------------------------------------------------------ the CLI */

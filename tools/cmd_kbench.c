@@ -132,7 +132,7 @@ int cmd_kbench(int argc, char **argv)
         int64_t rows = (int64_t)((uint64_t)mb * 1024 * 1024 / wrow);
         if (rows < 16) rows = 16;
         /* the gemm shape: a weight block small enough to be compute-bound */
-        int64_t grows = 256;
+        int64_t grows = rows < 256 ? rows : 256;
         uint8_t *w = malloc(wrow * (size_t)rows);
         uint8_t *a = malloc(arow * (size_t)cols);
         float *x = malloc(sizeof(float) * (size_t)K);

@@ -18,11 +18,16 @@ static const struct command commands[] = {
     { "info",  cmd_info,  "show a GGUF file: metadata, tensors, group summary, bits per weight" },
     { "dump",  cmd_dump,  "write one tensor dequantized as little-endian f32" },
     { "quantize", cmd_quantize, "quantize a GGUF (llama-quantize compatible; --recipe asym-2bitexp)" },
+    { "imatrix", cmd_imatrix, "compute an importance matrix over calibration text" },
+    { "perplexity", cmd_perplexity, "perplexity and KL-divergence (llama-perplexity method)" },
+    { "compare", cmd_compare, "quantization error of two files against a source, side by side" },
+    { "fit",   cmd_fit,   "predict memory use and the largest context that fits a budget" },
     { "tokenize", cmd_tokenize, "print the token ids of a text" },
     { "synth", cmd_synth, "write a synthesized qwen3moe GGUF (any shape, deterministic)" },
     { "run",   cmd_run,   "generate text, or chat (no prompt)" },
     { "bench", cmd_bench, "prompt and generation speed (tokens/s), peak RSS" },
     { "kbench", cmd_kbench, "time the matmul kernels per type and ISA" },
+    { "serve", cmd_serve, "OpenAI-compatible HTTP server (chat, completions, streaming, several users)" },
 };
 
 static void help(FILE *out)

@@ -1,0 +1,520 @@
+/*
+ * test_serve.c: `moeq serve` end to end, over real HTTP on loopback.
+ *
+ * Each test starts the binary under test (MOEQ_BIN) on a free port with a
+ * tiny model (a `moeq synth` model when that command exists, else
+ * ../shared/models/tiny-a/tiny-a-q8_0.gguf, skipping when neither is
+ * there), talks to it with curl (and with the official `openai` Node.js
+ * client when node and the package are available), and stops it with
+ * SIGTERM, which must end it with status 0. The server gets
+ * PR_SET_PDEATHSIG, so a test that dies early does not leave it running.
+ */
+#include "test.h"
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+struct server {
+    pid_t pid;
+    int   port;
+    char  log[4096];
+    char  model[4096];
+};
+
+/* A small model: synthesized when the binary can, else the shared one. */
+static const char *tiny_model(void)
+{
+    static char path[4096];
+    const char *p = test_tmp("tiny.gguf");
+    if (test_run(NULL, "%s synth -o %s --preset tiny >/dev/null 2>&1", test_moeq_bin(), p) == 0 &&
+        access(p, R_OK) == 0) {
+        snprintf(path, sizeof path, "%s", p);
+        return path;
+    }
+    return test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int http_raw(int port, const char *method, const char *path, const char *body, const char *extra, char **out);
+
+/* Start `moeq serve` with extra arguments; wait until it listens and the
+ * model is loaded (health 200). */
+static void server_start(struct server *s, const char *model, const char *args)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->log, sizeof s->log, "%s", test_tmp("serve.log"));
+    snprintf(s->model, sizeof s->model, "%s", model);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "exec %s serve -m '%s' --host 127.0.0.1 --port 0 -t 2 %s", test_moeq_bin(), model, args);
+    fflush(NULL);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); close(fd); }
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    s->pid = pid;
+    double t0 = now_s();
+    while (!s->port && now_s() - t0 < 30) {
+        usleep(50000);
+        size_t n;
+        char *log = test_read_file(s->log, &n);
+        char *p = log ? strstr(log, "listening on http://127.0.0.1:") : NULL;
+        if (p) s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+        free(log);
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) { s->pid = 0; break; }
+    }
+    REQUIREF(s->port > 0, "server did not start (see its log)");
+    int status = 0;
+    while (now_s() - t0 < 120) {
+        char *o = NULL;
+        status = http_raw(s->port, "GET", "/health", NULL, NULL, &o);
+        free(o);
+        if (status != 503) break;
+        usleep(100000);
+    }
+    REQUIREF(status == 200, "health %d after loading", status);
+}
+
+/* SIGTERM and wait; returns the exit status (or 128+signal, -1 if it had
+ * to be killed). */
+static int server_stop(struct server *s)
+{
+    if (!s->pid) return -1;
+    kill(s->pid, SIGTERM);
+    double t0 = now_s();
+    int st;
+    while (now_s() - t0 < 30) {
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(20000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    return -1;
+}
+
+static int http_raw(int port, const char *method, const char *path, const char *body, const char *extra, char **out)
+{
+    static int k;
+    char bf[64];
+    snprintf(bf, sizeof bf, "req%d.json", k++);
+    const char *bp = test_tmp(bf);
+    if (body) {
+        FILE *fp = fopen(bp, "wb");
+        fwrite(body, 1, strlen(body), fp);
+        fclose(fp);
+    }
+    char *o = NULL;
+    test_run(&o, "curl -sS -N -m 120 -X %s %s%s -H 'Content-Type: application/json' %s -w '\\n%%{http_code}' "
+             "http://127.0.0.1:%d%s",
+             method, body ? "--data-binary @" : "", body ? bp : "", extra ? extra : "", port, path);
+    int status = 0;
+    if (o) {
+        char *nl = strrchr(o, '\n');
+        if (nl) { status = atoi(nl + 1); *nl = 0; }
+    }
+    if (out) *out = o; else free(o);
+    return status;
+}
+
+static int http(struct server *s, const char *method, const char *path, const char *body, const char *extra, char **out)
+{
+    return http_raw(s->port, method, path, body, extra, out);
+}
+
+/* The text of a JSON completion response (chat or completions). */
+static char *response_text(const char *body)
+{
+    json_t *j = json_loads(body ? body : "", 0, NULL);
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    json_t *t = json_object_get(c, "text");
+    if (!t) t = json_object_get(json_object_get(c, "message"), "content");
+    char *r = json_is_string(t) ? strdup(json_string_value(t)) : NULL;
+    json_decref(j);
+    return r;
+}
+
+/* The concatenated text of an event stream, and whether it ended with
+ * [DONE] after its last data event. */
+static char *stream_text(const char *sse, int *done)
+{
+    size_t cap = 1 << 16;
+    char *out = calloc(1, cap);
+    char *copy = strdup(sse ? sse : ""), *save = NULL;
+    *done = 0;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!strcmp(line, "data: [DONE]")) { *done = 1; continue; }
+        if (strncmp(line, "data: {", 7) != 0) continue;
+        *done = 0;
+        json_t *j = json_loads(line + 6, 0, NULL);
+        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+        json_t *t = json_object_get(c, "text");
+        if (!t) t = json_object_get(json_object_get(c, "delta"), "content");
+        if (json_is_string(t)) strncat(out, json_string_value(t), cap - strlen(out) - 1);
+        json_decref(j);
+    }
+    free(copy);
+    return out;
+}
+
+static long long metric(struct server *s, const char *name, const char *auth)
+{
+    char *o = NULL;
+    long long v = -1;
+    if (http(s, "GET", "/metrics", NULL, auth, &o) == 200) {
+        char key[128];
+        snprintf(key, sizeof key, "\n%s ", name);
+        char *p = strstr(o, key);
+        if (p) v = (long long)atof(p + strlen(key));
+    }
+    free(o);
+    return v;
+}
+
+static double metric_f(struct server *s, const char *name, const char *auth)
+{
+    char *o = NULL;
+    double v = -1;
+    if (http(s, "GET", "/metrics", NULL, auth, &o) == 200) {
+        char key[128];
+        snprintf(key, sizeof key, "\n%s ", name);
+        char *p = strstr(o, key);
+        if (p) v = atof(p + strlen(key));
+    }
+    free(o);
+    return v;
+}
+
+static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
+
+/* ====================================================================== */
+
+TEST(serve_e2e_endpoints_and_bad_input)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 256 -np 2 --api-key k3y --max-body 65536 --timeout 30 --alias tiny");
+    const char *auth = "-H 'Authorization: Bearer k3y'";
+    char *o;
+
+    /* Auth: /health is open, the rest needs the key. */
+    CHECK(http(&s, "GET", "/health", NULL, NULL, &o) == 200 && strstr(o, "ok"));
+    free(o);
+    CHECK(http(&s, "GET", "/v1/models", NULL, NULL, &o) == 401);
+    free(o);
+    CHECK(http(&s, "POST", "/v1/chat/completions", "{}", "-H 'Authorization: Bearer nope'", &o) == 401);
+    free(o);
+    CHECK(http(&s, "GET", "/v1/models", NULL, auth, &o) == 200 && strstr(o, "\"id\":\"tiny\""));
+    free(o);
+
+    /* tokenize -> detokenize is the identity on plain text. */
+    CHECK(http(&s, "POST", "/tokenize", "{\"content\":\"Hello world, again.\"}", auth, &o) == 200);
+    json_t *j = json_loads(o, 0, NULL);
+    json_t *toks = json_object_get(j, "tokens");
+    CHECK(json_array_size(toks) > 0);
+    char *tb = json_dumps(json_pack("{s:O}", "tokens", toks), JSON_COMPACT);
+    json_decref(j);
+    free(o);
+    CHECK(http(&s, "POST", "/detokenize", tb, auth, &o) == 200 && strstr(o, "\"content\":\"Hello world, again.\""));
+    free(o);
+    free(tb);
+
+    /* Chat: plain and streamed answers agree (greedy). */
+    const char *chat = "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Hello\"}],"
+                       "\"max_tokens\":16,\"temperature\":0%s}";
+    char body[1024];
+    snprintf(body, sizeof body, chat, "");
+    CHECK(http(&s, "POST", "/v1/chat/completions", body, auth, &o) == 200);
+    char *plain = response_text(o);
+    REQUIREF(plain, "no text in %s", o);
+    j = json_loads(o, 0, NULL);
+    json_t *u = json_object_get(j, "usage");
+    CHECK(json_integer_value(json_object_get(u, "completion_tokens")) > 0);
+    CHECK(json_integer_value(json_object_get(u, "total_tokens")) ==
+          json_integer_value(json_object_get(u, "prompt_tokens")) + json_integer_value(json_object_get(u, "completion_tokens")));
+    const char *fin = json_string_value(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "finish_reason"));
+    CHECK(fin && (!strcmp(fin, "stop") || !strcmp(fin, "length")));
+    json_decref(j);
+    free(o);
+    snprintf(body, sizeof body, chat, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    CHECK(http(&s, "POST", "/v1/chat/completions", body, auth, &o) == 200);
+    int done;
+    char *streamed = stream_text(o, &done);
+    CHECKF(!strcmp(streamed, plain), "streamed '%s' vs plain '%s'", streamed, plain);
+    CHECK(done && strstr(o, "\"usage\":{"));
+    free(streamed);
+    free(o);
+    /* The second turn of that conversation reuses its cached prefix. */
+    CHECK(metric(&s, "moeq_prompt_tokens_cached_total", auth) > 0);
+    free(plain);
+
+    /* Sampling with a seed is reproducible. */
+    const char *seeded = "{\"prompt\":\"Seeds\",\"max_tokens\":12,\"temperature\":1.5,\"top_k\":0,\"top_p\":1,"
+                         "\"min_p\":0,\"seed\":77,\"ignore_eos\":true}";
+    char *o1 = NULL, *o2 = NULL;
+    CHECK(http(&s, "POST", "/v1/completions", seeded, auth, &o1) == 200);
+    CHECK(http(&s, "POST", "/v1/completions", seeded, auth, &o2) == 200);
+    char *t1 = response_text(o1), *t2 = response_text(o2);
+    CHECKF(t1 && t2 && strlen(t1) > 0 && !strcmp(t1, t2), "seeded: '%s' vs '%s'", t1 ? t1 : "", t2 ? t2 : "");
+    free(t1); free(t2); free(o1); free(o2);
+
+    /* Completions with a stop string taken from the greedy output: the
+     * text ends right before its first occurrence, finish "stop". */
+    CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0,"
+               "\"ignore_eos\":true}", auth, &o) == 200);
+    char *full = response_text(o);
+    free(o);
+    REQUIRE(full);
+    size_t fl = strlen(full);
+    /* A stop string of two printable ASCII characters from the second
+     * half (a tiny model's text may hold anything else). */
+    size_t at = fl / 2;
+    while (at + 1 < fl && !(full[at] > ' ' && full[at] < 127 && full[at + 1] > ' ' && full[at + 1] < 127)) at++;
+    REQUIREF(at + 1 < fl, "no ASCII pair in '%s'", full);
+    {
+        char stop[3] = { full[at], full[at + 1], 0 };
+        char *first = strstr(full, stop);
+        json_t *req = json_pack("{s:s,s:i,s:i,s:b,s:[s]}", "prompt", "Once upon a time", "max_tokens", 24, "temperature", 0,
+                                "ignore_eos", 1, "stop", stop);
+        char *rb = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        CHECK(http(&s, "POST", "/v1/completions", rb, auth, &o) == 200);
+        char *cut = response_text(o);
+        CHECKF(cut && strlen(cut) == (size_t)(first - full) && !strncmp(cut, full, strlen(cut)),
+               "stop '%s': '%s' from '%s'", stop, cut ? cut : "", full);
+        CHECK(strstr(o, "\"finish_reason\":\"stop\""));
+        free(cut);
+        free(o);
+        free(rb);
+    }
+    free(full);
+
+    /* Every bad input is a 4xx with a message, and the server goes on. */
+    static const struct { const char *path, *body; int status; const char *needle; } bad[] = {
+        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",", 400, "not valid JSON" },
+        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"warm\"}", 400, "'temperature'" },
+        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"pirate\",\"content\":\"x\"}]}", 400, "'pirate'" },
+        { "/v1/chat/completions", "{\"messages\":[]}", 400, "must not be empty" },
+        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", 400, "'n' must be 1" },
+        { "/v1/completions", "{\"prompt\":[1,-5]}", 400, "'prompt[1]'" },
+        { "/v1/embeddings", "{}", 404, "no such endpoint" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int st = http(&s, "POST", bad[i].path, bad[i].body, auth, &o);
+        CHECKF(st == bad[i].status && o && strstr(o, bad[i].needle) && strstr(o, "\"error\""),
+               "case %zu: %d %s", i, st, o ? o : "");
+        free(o);
+    }
+    /* A prompt longer than the context (256 here). */
+    size_t bl = 20000;
+    char *big = malloc(bl + 64);
+    strcpy(big, "{\"prompt\":\"");
+    for (size_t i = strlen(big); i < bl; i += 6) memcpy(big + i, "hello ", 6);
+    strcpy(big + bl, "\"}");
+    CHECK(http(&s, "POST", "/v1/completions", big, auth, &o) == 400 && strstr(o, "context holds 256"));
+    free(o);
+    /* A body over --max-body (64 KiB). */
+    char *huge = malloc(70000);
+    memset(huge, ' ', 69999);
+    huge[0] = '{';
+    huge[69998] = '}';
+    huge[69999] = 0;
+    CHECK(http(&s, "POST", "/v1/completions", huge, auth, &o) == 413 && strstr(o, "over the limit"));
+    free(o);
+    free(huge);
+    free(big);
+    CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Still there?\",\"max_tokens\":2}", auth, &o) == 200);
+    free(o);
+    CHECK(metric(&s, "moeq_requests_processing", auth) == 0);
+    CHECK(server_stop(&s) == 0);
+}
+
+/* N streaming clients at once get exactly what each gets alone, and the
+ * server batched them. */
+TEST(serve_e2e_concurrent_streams)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 512 -np 4");
+    enum { N = 4 };
+    static const char *prompts[N] = { "The river", "In 1999 the", "Music is", "A small dog" };
+    char *alone[N];
+    for (int i = 0; i < N; i++) {
+        char body[256], *o;
+        snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"stream\":true}", prompts[i]);
+        CHECK(http(&s, "POST", "/v1/completions", body, NULL, &o) == 200);
+        int done;
+        alone[i] = stream_text(o, &done);
+        CHECK(done);
+        free(o);
+    }
+    char script[8192];
+    size_t at = 0;
+    for (int i = 0; i < N; i++) {
+        char bf[32];
+        snprintf(bf, sizeof bf, "c%d.json", i);
+        FILE *fp = fopen(test_tmp(bf), "w");
+        fprintf(fp, "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"stream\":true}", prompts[i]);
+        fclose(fp);
+        at += (size_t)snprintf(script + at, sizeof script - at,
+                               "curl -sS -N -m 120 --data-binary @%s/c%d.json http://127.0.0.1:%d/v1/completions > %s/o%d.txt & ",
+                               test_tmpdir(), i, s.port, test_tmpdir(), i);
+    }
+    snprintf(script + at, sizeof script - at, "wait");
+    CHECK(test_run(NULL, "%s", script) == 0);
+    for (int i = 0; i < N; i++) {
+        char of[32];
+        snprintf(of, sizeof of, "o%d.txt", i);
+        size_t n;
+        char *got = test_read_file(test_tmp(of), &n);
+        int done;
+        char *t = stream_text(got, &done);
+        CHECKF(done && strlen(alone[i]) > 0 && !strcmp(t, alone[i]), "client %d: alone '%s' together '%s'", i, alone[i], t);
+        free(t);
+        free(got);
+        free(alone[i]);
+    }
+    double mean = metric_f(&s, "moeq_decode_batch_mean", NULL);
+    CHECKF(mean > 1.0, "mean decode batch %.3f", mean);
+    CHECK(server_stop(&s) == 0);
+}
+
+/* A client that goes away mid-stream frees its slot; SIGTERM with a stream
+ * running ends the stream and exits 0. */
+TEST(serve_e2e_disconnect_and_sigterm)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 2048 -np 1 --timeout 20");
+    const char *body = "{\"prompt\":\"Tell me a long story.\",\"max_tokens\":2000,\"temperature\":0,\"stream\":true,\"ignore_eos\":true}";
+    FILE *fp = fopen(test_tmp("long.json"), "w");
+    fputs(body, fp);
+    fclose(fp);
+    /* curl gives up after 0.7 s (exit 28), long before 2000 tokens. */
+    test_run(NULL, "curl -sS -N -m 0.7 --data-binary @%s http://127.0.0.1:%d/v1/completions >/dev/null", test_tmp("long.json"), s.port);
+    int freed = 0;
+    for (int i = 0; i < 100 && !freed; i++) {
+        usleep(50000);
+        freed = metric(&s, "moeq_requests_processing", NULL) == 0;
+    }
+    CHECK(freed);
+    long long gen = metric(&s, "moeq_generated_tokens_total", NULL);
+    usleep(300000);
+    CHECKF(metric(&s, "moeq_generated_tokens_total", NULL) == gen, "still generating after the client left");
+    /* The slot is usable again. */
+    char *o;
+    CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":3}", NULL, &o) == 200);
+    free(o);
+
+    /* SIGTERM while a stream runs: the stream ends, the server exits 0. */
+    test_run(NULL, "(curl -sS -N -m 60 --data-binary @%s http://127.0.0.1:%d/v1/completions > %s 2>&1 &) ; sleep 0.5",
+             test_tmp("long.json"), s.port, test_tmp("sig.txt"));
+    double t0 = now_s();
+    CHECK(server_stop(&s) == 0);
+    CHECKF(now_s() - t0 < 15, "stop took %.1fs", now_s() - t0);
+    usleep(300000);
+    size_t n;
+    char *got = test_read_file(test_tmp("sig.txt"), &n);
+    CHECKF(got && (strstr(got, "shutting down") || strstr(got, "[DONE]")), "%s", got ? got : "(none)");
+    free(got);
+}
+
+/* A client that stops reading a stream is cut after --timeout once the
+ * server's writes block, and its generation is cancelled. */
+TEST(serve_e2e_slow_reader_times_out)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 8192 -np 1 --timeout 2");
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s.port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    const char *body = "{\"prompt\":\"x\",\"max_tokens\":8000,\"stream\":true,\"ignore_eos\":true,\"temperature\":0}";
+    char req[512];
+    snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    REQUIRE(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    /* Never read. */
+    int cancelled = 0;
+    for (int i = 0; i < 600 && !cancelled; i++) {
+        usleep(100000);
+        cancelled = metric(&s, "moeq_requests_cancelled_total", NULL) == 1 && metric(&s, "moeq_requests_processing", NULL) == 0;
+    }
+    CHECK(cancelled);
+    CHECKF(metric(&s, "moeq_generated_tokens_total", NULL) < 8000, "generated %lld", metric(&s, "moeq_generated_tokens_total", NULL));
+    close(fd);
+    CHECK(server_stop(&s) == 0);
+}
+
+TEST(serve_e2e_usage_errors)
+{
+    char *o;
+    CHECK(test_run(&o, "%s serve", test_moeq_bin()) == 2);
+    free(o);
+    CHECK(test_run(&o, "%s serve -m x.gguf --port 99999", test_moeq_bin()) == 2);
+    free(o);
+    CHECK(test_run(&o, "%s serve -m x.gguf -ctk q4_0", test_moeq_bin()) == 2);
+    free(o);
+    CHECK(test_run(&o, "%s serve --help", test_moeq_bin()) == 0 && strstr(o, "--api-key"));
+    free(o);
+    /* A missing model: listening first, then a one-line error and exit 1. */
+    CHECK(test_run(&o, "%s serve -m %s --port 0", test_moeq_bin(), test_tmp("absent.gguf")) == 1);
+    CHECKF(o && strstr(o, "moeq: serve: ") && strstr(o, "absent.gguf"), "%s", o ? o : "");
+    free(o);
+    /* Not an address. */
+    CHECK(test_run(&o, "%s serve -m x.gguf --host example.com", test_moeq_bin()) == 1);
+    CHECK(o && strstr(o, "numeric"));
+    free(o);
+}
+
+/* The official OpenAI Node.js client. It is installed once into
+ * build/npm (ignored by git); without node or the registry, skip. */
+TEST(serve_e2e_openai_node_client)
+{
+    if (test_run(NULL, "node --version >/dev/null 2>&1") != 0) SKIP("node is absent");
+    if (access("build/npm/node_modules/openai/package.json", R_OK) != 0 &&
+        test_run(NULL, "mkdir -p build/npm && cd build/npm && timeout 60 npm install --prefix . --no-audit --no-fund "
+                       "--loglevel=error openai >/dev/null 2>&1") != 0)
+        SKIP("the openai npm package could not be installed");
+    if (access("build/npm/node_modules/openai/package.json", R_OK) != 0) SKIP("openai npm package absent");
+    if (access("tests/serve_openai.mjs", R_OK) != 0) SKIP("tests/serve_openai.mjs absent (run from the repo root)");
+    const char *model = tiny_model();
+    struct server s;
+    server_start(&s, model, "-c 512 -np 2 --api-key node-key");
+    char *o;
+    char cwd[4096];
+    REQUIRE(getcwd(cwd, sizeof cwd));
+    int rc = test_run(&o, "OPENAI_MODULE=%s/build/npm/node_modules/openai timeout 120 node tests/serve_openai.mjs "
+                          "http://127.0.0.1:%d node-key", cwd, s.port);
+    CHECKF(rc == 0 && o && strstr(o, "openai-client: ok"), "node: %d %s", rc, o ? o : "");
+    free(o);
+    CHECK(server_stop(&s) == 0);
+}

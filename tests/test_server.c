@@ -1,0 +1,1198 @@
+/*
+ * test_server.c: the server without a model. A fake backend stands in for
+ * the engine: its vocabulary is the 256 bytes plus an end token, and its
+ * "model" picks the next token from a hash of the whole token history, so
+ * a token routed to the wrong session, or a KV prefix reused wrongly,
+ * changes the output. Prompts starting with '#' switch it to a predictable
+ * mode (each letter is followed by the next one, 'z' by the end token) for
+ * the stop-string and finish-reason tests; '~' is the same alphabet
+ * without an end, for requests that must run long.
+ *
+ * Covered here: request validation, JSON and SSE shapes, stop strings
+ * across token boundaries and UTF-8 hold-back, the scheduler (batching,
+ * equality with one-at-a-time runs, prefix reuse, queue limit, cancel),
+ * and the HTTP layer over real loopback sockets with curl (every endpoint,
+ * auth, bad input, body limit, disconnect mid-stream, slow clients).
+ */
+#include "test.h"
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ======================================================================
+ * The fake backend
+ * ====================================================================== */
+
+#define FK_VOCAB 258
+#define FK_EOS   256
+#define FK_BOS   257
+#define FK_CTX   256
+
+struct fake_sess {
+    int32_t  toks[FK_CTX];
+    uint64_t hash[FK_CTX + 1];     /* hash[i]: hash of toks[0..i) */
+    int      n;
+    float    logits[FK_VOCAB];
+    int      valid;
+};
+
+struct fake {
+    int         delay_us;          /* per decode step / eval call */
+    atomic_int  max_batch, n_decode, n_sessions;
+    atomic_llong evaluated;        /* prompt tokens evaluated */
+};
+
+static int fk_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
+{
+    (void)ud; (void)parse_special;
+    for (size_t i = 0; i < len && (int)i < max; i++) out[i] = (unsigned char)text[i];
+    return (int)len;
+}
+
+static int fk_piece(void *ud, int32_t tok, char *buf, int cap)
+{
+    (void)ud;
+    if (tok < 0 || tok >= FK_VOCAB) return -1;
+    if (tok >= 256) return 0;
+    if (cap < 1) return 1;
+    buf[0] = (char)tok;
+    return 1;
+}
+
+static int fk_is_eog(void *ud, int32_t tok) { (void)ud; return tok == FK_EOS; }
+
+static char *fk_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+{
+    (void)ud; (void)err; (void)errlen;
+    size_t len = 16;
+    for (int i = 0; i < n; i++) len += strlen(m[i].role) + strlen(m[i].content) + 3;
+    char *s = malloc(len), *p = s;
+    for (int i = 0; i < n; i++) p += sprintf(p, "%s:%s\n", m[i].role, m[i].content);
+    strcpy(p, "assistant:");
+    return s;
+}
+
+static void *fk_new(void *ud, char *err, size_t errlen)
+{
+    (void)err; (void)errlen;
+    struct fake *f = ud;
+    atomic_fetch_add(&f->n_sessions, 1);
+    return calloc(1, sizeof(struct fake_sess));
+}
+
+static void fk_free(void *ud, void *s) { (void)ud; free(s); }
+
+static int fk_sync(void *ud, void *sp, const int32_t *t, int n)
+{
+    (void)ud;
+    struct fake_sess *s = sp;
+    int k = 0;
+    while (k < s->n && k < n - 1 && s->toks[k] == t[k]) k++;
+    if (k != s->n) s->valid = 0;
+    s->n = k;
+    return k;
+}
+
+/* The fake model: next token from the history. */
+static void fk_logits(struct fake_sess *s)
+{
+    for (int i = 0; i < FK_VOCAB; i++) s->logits[i] = 0;
+    int32_t next, last = s->toks[s->n - 1];
+    if (s->toks[0] == '#') {
+        next = last >= 'a' && last < 'z' ? last + 1 : last == 'z' ? FK_EOS : 'a';
+    } else if (s->toks[0] == '~') {
+        next = last >= 'a' && last < 'z' ? last + 1 : 'a';
+    } else {
+        uint64_t h = s->hash[s->n] * 0x9E3779B97F4A7C15ull;
+        next = 'a' + (int)((h >> 33) % 26);
+        if ((h >> 20) % 61 == 0) next = FK_EOS;
+    }
+    s->logits[next] = 10;
+    s->logits[next == FK_EOS ? '.' : next == 'z' ? 'a' : next + 1] = 8;
+    s->valid = 1;
+}
+
+static int fk_push(struct fake_sess *s, const int32_t *t, int n, char *err, size_t errlen)
+{
+    if (s->n + n > FK_CTX) { snprintf(err, errlen, "context of %d tokens is full", FK_CTX); return -1; }
+    for (int i = 0; i < n; i++) {
+        s->toks[s->n] = t[i];
+        s->hash[s->n + 1] = (s->hash[s->n] ^ (uint64_t)(t[i] + 1)) * 0x100000001B3ull;
+        s->n++;
+    }
+    fk_logits(s);
+    return 0;
+}
+
+static int fk_eval(void *ud, void *sp, const int32_t *t, int n, char *err, size_t errlen)
+{
+    struct fake *f = ud;
+    if (f->delay_us) usleep((useconds_t)f->delay_us);
+    atomic_fetch_add(&f->evaluated, n);
+    return fk_push(sp, t, n, err, errlen);
+}
+
+static const float *fk_get_logits(void *ud, void *sp)
+{
+    (void)ud;
+    struct fake_sess *s = sp;
+    return s->valid ? s->logits : NULL;
+}
+
+static int fk_decode(void *ud, void **ss, const int32_t *t, int n, char *err, size_t errlen)
+{
+    struct fake *f = ud;
+    if (f->delay_us) usleep((useconds_t)f->delay_us);
+    atomic_fetch_add(&f->n_decode, 1);
+    int m = atomic_load(&f->max_batch);
+    while (n > m && !atomic_compare_exchange_weak(&f->max_batch, &m, n)) {}
+    for (int i = 0; i < n; i++)
+        if (fk_push(ss[i], &t[i], 1, err, errlen)) return -1;
+    return 0;
+}
+
+static int32_t fk_sample(void *ud, void *s, const struct srv_sampling *p, uint64_t *rng, const float *lg)
+{
+    (void)ud; (void)s;
+    int best = 0;
+    for (int i = 1; i < FK_VOCAB; i++) if (lg[i] > lg[best]) best = i;
+    if (p->temp <= 0) return best;
+    /* Not the engine's sampler: enough to show that seeds reproduce. */
+    *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (*rng >> 40) % 3 ? best : (best == 'z' ? 'a' : best < 'z' && best >= 'a' ? best + 1 : best);
+}
+
+static struct srv_backend fake_backend(struct fake *f)
+{
+    struct srv_backend be = {
+        .ud = f, .n_vocab = FK_VOCAB, .n_ctx = FK_CTX, .n_batch = 16, .add_bos = 0, .bos = FK_BOS,
+        .tokenize = fk_tokenize, .piece = fk_piece, .is_eog = fk_is_eog, .chat_render = fk_render,
+        .session_new = fk_new, .session_free = fk_free, .session_sync = fk_sync, .session_eval = fk_eval,
+        .session_logits = fk_get_logits, .decode = fk_decode, .sample = fk_sample,
+    };
+    return be;
+}
+
+/* ======================================================================
+ * Requests
+ * ====================================================================== */
+
+static int parse(const struct srv_backend *be, enum srv_kind k, const char *body, struct srv_gen *g,
+                 char *err, size_t errlen)
+{
+    json_t *j = srv_parse_body(body, strlen(body), err, errlen);
+    if (!j) return 400;
+    int rc = srv_parse_gen(be, k, j, g, err, errlen);
+    json_decref(j);
+    return rc;
+}
+
+TEST(server_parse_chat)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    struct srv_gen g;
+    char err[512];
+    int rc = parse(&be, SRV_CHAT,
+                   "{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                   "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"},{\"type\":\"text\",\"text\":\"!\"}]}],"
+                   "\"max_tokens\":7,\"temperature\":0,\"top_k\":5,\"top_p\":0.5,\"min_p\":0.1,\"seed\":42,"
+                   "\"stop\":[\"ab\",\"\",\"cd\"],\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+                   "\"logprobs\":true,\"top_logprobs\":3,\"n\":1,\"frequency_penalty\":0}",
+                   &g, err, sizeof err);
+    REQUIREF(rc == 0, "rc %d: %s", rc, err);
+    const char *want = "system:be brief\nuser:hi!\nassistant:";
+    REQUIRE(g.n_prompt == (int)strlen(want));
+    for (int i = 0; i < g.n_prompt; i++) CHECK(g.prompt[i] == (unsigned char)want[i]);
+    CHECK(g.max_tokens == 7);
+    CHECK(g.sp.temp == 0 && g.sp.top_k == 5 && g.sp.top_p == 0.5f && fabsf(g.sp.min_p - 0.1f) < 1e-6f);
+    CHECK(g.has_seed && g.seed == 42);
+    CHECK(g.n_stop == 2 && !strcmp(g.stop[0], "ab") && !strcmp(g.stop[1], "cd"));
+    CHECK(g.stream && g.include_usage && g.logprobs && g.top_logprobs == 3);
+    srv_gen_free(&g);
+
+    /* Defaults: llama-server's sampling, the rest of the context. */
+    rc = parse(&be, SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"stop\":\"zz\"}", &g, err, sizeof err);
+    REQUIRE(rc == 0);
+    CHECK(g.max_tokens == FK_CTX - g.n_prompt);
+    CHECK(fabsf(g.sp.temp - 0.8f) < 1e-6f && g.sp.top_k == 40);
+    CHECK(!g.stream && !g.logprobs && g.n_stop == 1);
+    srv_gen_free(&g);
+
+    /* max_completion_tokens is the newer name; a huge one is clamped. */
+    rc = parse(&be, SRV_CHAT, "{\"messages\":[{\"role\":\"developer\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":null}],"
+               "\"max_completion_tokens\":100000}", &g, err, sizeof err);
+    REQUIREF(rc == 0, "%s", err);
+    CHECK(g.max_tokens == FK_CTX - g.n_prompt);
+    srv_gen_free(&g);
+}
+
+TEST(server_parse_completion)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    struct srv_gen g;
+    char err[512];
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":\"abc\",\"logprobs\":2,\"max_tokens\":3}", &g, err, sizeof err) == 0);
+    CHECK(g.n_prompt == 3 && g.prompt[2] == 'c' && g.logprobs && g.top_logprobs == 2);
+    srv_gen_free(&g);
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":[\"xy\"]}", &g, err, sizeof err) == 0);
+    CHECK(g.n_prompt == 2 && !g.logprobs);
+    srv_gen_free(&g);
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":[1,2,257]}", &g, err, sizeof err) == 0);
+    CHECK(g.n_prompt == 3 && g.prompt[2] == 257);
+    srv_gen_free(&g);
+    be.add_bos = 1;
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":\"q\"}", &g, err, sizeof err) == 0);
+    CHECK(g.n_prompt == 2 && g.prompt[0] == FK_BOS && g.prompt[1] == 'q');
+    srv_gen_free(&g);
+}
+
+TEST(server_parse_errors)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    char longp[FK_CTX + 64];
+    memset(longp, 'a', sizeof longp - 1);
+    longp[sizeof longp - 1] = 0;
+    char longreq[FK_CTX + 200];
+    snprintf(longreq, sizeof longreq, "{\"prompt\":\"%s\"}", longp);
+    static const struct { int kind; const char *body, *needle; } cases[] = {
+        { SRV_CHAT, "{\"messages\":[", "not valid JSON" },
+        { SRV_CHAT, "", "empty" },
+        { SRV_CHAT, "[1,2]", "JSON object" },
+        { SRV_CHAT, "{\"messages\":[],\"x\":1,\"x\":2}", "not valid JSON" },
+        { SRV_CHAT, "{}", "'messages' is required" },
+        { SRV_CHAT, "{\"messages\":{}}", "'messages' must be an array" },
+        { SRV_CHAT, "{\"messages\":[]}", "must not be empty" },
+        { SRV_CHAT, "{\"messages\":[3]}", "'messages[0]' must be an object" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", "'wizard'" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":1,\"content\":\"x\"}]}", "role' must be a string" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\"}]}", "content' is required" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "content' must be" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "type \\\"text\\\"" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"hot\"}", "'temperature' must be a number" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":7}", "'temperature' must be between" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":1.5}", "'max_tokens' must be an integer" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}", "'max_tokens' must be between" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":\"yes\"}", "'stream' must be true or false" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":5}", "'stop' must be" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",1]}", "'stop[1]'" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}", "'n' must be 1" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", "requires" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":50}", "'top_logprobs' must be between" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{\"include_usage\":true}}", "only allowed" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":\"s\"}", "'seed' must be an integer" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":3}", "'model' must be a string" },
+        { SRV_COMPLETION, "{\"prompt\":3}", "'prompt' must be" },
+        { SRV_COMPLETION, "{\"prompt\":\"\"}", "the prompt is empty" },
+        { SRV_COMPLETION, "{\"prompt\":[\"a\",\"b\"]}", "n = 1 only" },
+        { SRV_COMPLETION, "{\"prompt\":[1,99999]}", "'prompt[1]'" },
+        { SRV_COMPLETION, "{\"prompt\":\"a\",\"logprobs\":true}", "'logprobs' must be an integer" },
+        { SRV_COMPLETION, "{\"prompt\":\"a\",\"echo\":true}", "'echo'" },
+        { SRV_COMPLETION, NULL, "context holds 256" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct srv_gen g;
+        char err[512] = "";
+        const char *body = cases[i].body ? cases[i].body : longreq;
+        int rc = parse(&be, cases[i].kind, body, &g, err, sizeof err);
+        CHECKF(rc == 400, "case %zu (%s): rc %d", i, body, rc);
+        char *ej = srv_error_json(400, err);
+        CHECKF(strstr(ej, cases[i].needle) != NULL, "case %zu: message '%s' lacks '%s'", i, ej, cases[i].needle);
+        free(ej);
+        if (rc == 0) srv_gen_free(&g);
+    }
+}
+
+/* ======================================================================
+ * Generated text
+ * ====================================================================== */
+
+TEST(server_stop_across_tokens)
+{
+    char *stops[] = { "END", "xyz" };
+    struct srv_text t;
+    srv_text_init(&t, stops, 2);
+    CHECK(srv_text_push(&t, "Hello E", 7) == 0);
+    CHECK(t.ready == 6);                 /* "E" might start "END" */
+    CHECK(srv_text_push(&t, "N", 1) == 0);
+    CHECK(t.ready == 6);
+    CHECK(srv_text_push(&t, "Dless", 5) == 1);  /* "END" completed across three tokens */
+    CHECK(t.stopped && t.len == 6 && !memcmp(t.buf, "Hello ", 6) && t.ready == 6);
+    srv_text_free(&t);
+
+    /* A false start is released once it cannot match. */
+    srv_text_init(&t, stops, 2);
+    CHECK(srv_text_push(&t, "ab x", 4) == 0 && t.ready == 3);
+    CHECK(srv_text_push(&t, "y", 1) == 0 && t.ready == 3);
+    CHECK(srv_text_push(&t, "q", 1) == 0 && t.ready == 6);
+    srv_text_finish(&t);
+    CHECK(t.ready == 6 && !t.stopped);
+    srv_text_free(&t);
+
+    /* The earliest match wins, even inside one token. */
+    srv_text_init(&t, stops, 2);
+    CHECK(srv_text_push(&t, "..xyzEND", 8) == 1);
+    CHECK(t.len == 2);
+    srv_text_free(&t);
+}
+
+TEST(server_utf8_boundaries)
+{
+    struct srv_text t;
+    srv_text_init(&t, NULL, 0);
+    /* "é" = C3 A9 and "€" = E2 82 AC arriving byte by byte. */
+    CHECK(srv_text_push(&t, "a\xC3", 2) == 0 && t.ready == 1);
+    CHECK(srv_text_push(&t, "\xA9\xE2", 2) == 0 && t.ready == 3);
+    CHECK(srv_text_push(&t, "\x82", 1) == 0 && t.ready == 3);
+    CHECK(srv_text_push(&t, "\xAC", 1) == 0 && t.ready == 6);
+    srv_text_free(&t);
+
+    size_t n;
+    char *c = srv_utf8_clean("a\xC3(\xED\xA0\x80\xF4\x90\x80\x80\xC0\xAFz\xE2\x82\xAC", 16, &n);
+    /* a, bad C3, (, three bad bytes (surrogate), four bad (> U+10FFFF), two bad (overlong), z, € */
+    const char *want = "a\xEF\xBF\xBD(" "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"
+                       "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD" "\xEF\xBF\xBD\xEF\xBF\xBD" "z\xE2\x82\xAC";
+    CHECKF(n == strlen(want) && !strcmp(c, want), "got %zu bytes", n);
+    free(c);
+}
+
+/* ======================================================================
+ * Response shapes
+ * ====================================================================== */
+
+TEST(server_response_shapes)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    struct srv_usage u = { 5, 3, 2 };
+    struct srv_tokprob tp[2] = {
+        { .tok = 'h', .lp = -0.25f, .n_top = 2, .top_tok = { 'h', 'i' }, .top_lp = { -0.25f, -1.5f } },
+        { .tok = 'i', .lp = -0.5f, .n_top = 0 },
+    };
+    json_t *r = srv_response_json(SRV_CHAT, "chatcmpl-1", 1700000000, "m", "hi\xFF", 3, "length",
+                                  srv_logprobs_json(&be, SRV_CHAT, tp, 2, 0), &u);
+    REQUIRE(r);
+    CHECK(!strcmp(json_string_value(json_object_get(r, "object")), "chat.completion"));
+    json_t *ch = json_array_get(json_object_get(r, "choices"), 0);
+    CHECK(!strcmp(json_string_value(json_object_get(json_object_get(ch, "message"), "content")), "hi\xEF\xBF\xBD"));
+    CHECK(!strcmp(json_string_value(json_object_get(json_object_get(ch, "message"), "role")), "assistant"));
+    CHECK(!strcmp(json_string_value(json_object_get(ch, "finish_reason")), "length"));
+    json_t *us = json_object_get(r, "usage");
+    CHECK(json_integer_value(json_object_get(us, "total_tokens")) == 8);
+    CHECK(json_integer_value(json_object_get(json_object_get(us, "prompt_tokens_details"), "cached_tokens")) == 2);
+    json_t *c0 = json_array_get(json_object_get(json_object_get(ch, "logprobs"), "content"), 0);
+    CHECK(!strcmp(json_string_value(json_object_get(c0, "token")), "h"));
+    CHECK(json_real_value(json_object_get(c0, "logprob")) == -0.25);
+    CHECK(json_integer_value(json_array_get(json_object_get(c0, "bytes"), 0)) == 'h');
+    CHECK(json_array_size(json_object_get(c0, "top_logprobs")) == 2);
+    json_decref(r);
+
+    r = srv_response_json(SRV_COMPLETION, "cmpl-1", 1, "m", "xy", 2, "stop",
+                          srv_logprobs_json(&be, SRV_COMPLETION, tp, 2, 0), &u);
+    ch = json_array_get(json_object_get(r, "choices"), 0);
+    CHECK(!strcmp(json_string_value(json_object_get(r, "object")), "text_completion"));
+    CHECK(!strcmp(json_string_value(json_object_get(ch, "text")), "xy"));
+    json_t *lp = json_object_get(ch, "logprobs");
+    CHECK(json_array_size(json_object_get(lp, "tokens")) == 2);
+    CHECK(json_integer_value(json_array_get(json_object_get(lp, "text_offset"), 1)) == 1);
+    CHECK(json_real_value(json_object_get(json_array_get(json_object_get(lp, "top_logprobs"), 0), "i")) == -1.5);
+    json_decref(r);
+
+    /* SSE: one event per chunk, "data: " + compact JSON + blank line. */
+    char *ev = srv_sse_chunk(SRV_CHAT, "id1", 5, "m", "assistant", "", 0, NULL, NULL, 1, NULL);
+    REQUIRE(ev && !strncmp(ev, "data: {", 7));
+    size_t n = strlen(ev);
+    CHECK(n > 2 && ev[n - 1] == '\n' && ev[n - 2] == '\n' && !strchr(ev, '\n') == 0 && strchr(ev, '\n') == ev + n - 2);
+    json_t *j = json_loads(ev + 6, 0, NULL);
+    REQUIRE(j);
+    CHECK(!strcmp(json_string_value(json_object_get(j, "object")), "chat.completion.chunk"));
+    CHECK(json_is_null(json_object_get(j, "usage")));
+    json_t *d = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "delta");
+    CHECK(!strcmp(json_string_value(json_object_get(d, "role")), "assistant"));
+    CHECK(json_is_null(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "finish_reason")));
+    json_decref(j);
+    free(ev);
+    ev = srv_sse_chunk(SRV_CHAT, "id1", 5, "m", NULL, NULL, 0, NULL, NULL, 1, &u);
+    j = json_loads(ev + 6, 0, NULL);
+    CHECK(json_array_size(json_object_get(j, "choices")) == 0);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) == 3);
+    json_decref(j);
+    free(ev);
+    ev = srv_sse_chunk(SRV_COMPLETION, "id2", 5, "m", NULL, "a\nb", 3, "stop", NULL, 0, NULL);
+    j = json_loads(ev + 6, 0, NULL);
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    CHECK(!strcmp(json_string_value(json_object_get(c, "text")), "a\nb"));
+    CHECK(!strcmp(json_string_value(json_object_get(c, "finish_reason")), "stop"));
+    CHECK(json_object_get(j, "usage") == NULL);
+    json_decref(j);
+    free(ev);
+
+    char *e = srv_error_json(413, "too big");
+    j = json_loads(e, 0, NULL);
+    json_t *eo = json_object_get(j, "error");
+    CHECK(!strcmp(json_string_value(json_object_get(eo, "message")), "too big"));
+    CHECK(!strcmp(json_string_value(json_object_get(eo, "type")), "invalid_request_error"));
+    CHECK(json_integer_value(json_object_get(eo, "code")) == 413);
+    json_decref(j);
+    free(e);
+}
+
+/* ======================================================================
+ * Scheduler
+ * ====================================================================== */
+
+static srv_job *submit_completion(srv_sched *s, const struct srv_backend *be, const char *prompt, int max_tokens)
+{
+    char body[512], err[256];
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0}", prompt, max_tokens);
+    struct srv_gen g;
+    if (parse(be, SRV_COMPLETION, body, &g, err, sizeof err)) return NULL;
+    return srv_sched_submit(s, &g);
+}
+
+/* Wait for the job; copy its text; return the finish reason (static) or
+ * "error". */
+static const char *job_result(srv_job *j, char *text, size_t cap, struct srv_usage *u)
+{
+    struct srv_job_view v;
+    for (int i = 0; i < 600; i++) {
+        if (srv_job_wait(j, SIZE_MAX, 1 << 30, 100, &v)) break;
+        srv_job_unlock(j);
+    }
+    const char *r = !v.done ? "timeout" : v.err ? "error" : v.finish;
+    snprintf(text, cap, "%.*s", (int)v.ready, v.text);
+    if (u) *u = v.usage;
+    srv_job_unlock(j);
+    return r;
+}
+
+TEST(server_sched_batching_matches_sequential)
+{
+    static const char *prompts[6] = { "one", "two two", "three", "fourfour", "5", "six!" };
+    char seq[6][300], par[6][300];
+    const char *fin_seq[6], *fin_par[6];
+    struct fake f = { .delay_us = 2000 };
+    struct srv_backend be = fake_backend(&f);
+    char err[256];
+
+    srv_sched *s = srv_sched_new(&be, 1, 8, err, sizeof err);
+    REQUIRE(s);
+    for (int i = 0; i < 6; i++) {
+        srv_job *j = submit_completion(s, &be, prompts[i], 40);
+        REQUIRE(j);
+        fin_seq[i] = job_result(j, seq[i], sizeof seq[i], NULL);
+        srv_job_release(j);
+    }
+    srv_sched_free(s);
+    CHECK(atomic_load(&f.max_batch) == 1);
+
+    struct fake f2 = { .delay_us = 2000 };
+    be = fake_backend(&f2);
+    s = srv_sched_new(&be, 4, 8, err, sizeof err);
+    REQUIRE(s);
+    srv_job *jobs[6];
+    for (int i = 0; i < 6; i++) REQUIRE((jobs[i] = submit_completion(s, &be, prompts[i], 40)));
+    for (int i = 0; i < 6; i++) {
+        fin_par[i] = job_result(jobs[i], par[i], sizeof par[i], NULL);
+        srv_job_release(jobs[i]);
+        CHECKF(!strcmp(fin_par[i], fin_seq[i]) && !strcmp(par[i], seq[i]),
+               "prompt %d: '%s' (%s) alone vs '%s' (%s) batched", i, seq[i], fin_seq[i], par[i], fin_par[i]);
+        CHECK(strlen(par[i]) > 0);
+    }
+    struct srv_stats st;
+    srv_sched_stats(s, &st);
+    CHECK(st.finished == 6 && st.active == 0 && st.queued == 0);
+    CHECK(st.decode_rows > st.decode_steps);
+    srv_sched_free(s);
+    CHECKF(atomic_load(&f2.max_batch) >= 3, "max batch %d", atomic_load(&f2.max_batch));
+    CHECK(atomic_load(&f2.n_sessions) == 4);
+}
+
+TEST(server_sched_finish_and_prefix_reuse)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    char err[256], text[300];
+    struct srv_usage u;
+    srv_sched *s = srv_sched_new(&be, 2, 4, err, sizeof err);
+    REQUIRE(s);
+    /* '#' mode: "#...w" continues "xyz" and ends: finish "stop". */
+    srv_job *j = submit_completion(s, &be, "#w", 50);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "stop"));
+    CHECK(!strcmp(text, "xyz") && u.completion == 4 && u.prompt == 2);
+    srv_job_release(j);
+    /* max_tokens: "length". */
+    j = submit_completion(s, &be, "#a", 3);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "length"));
+    CHECK(!strcmp(text, "bcd") && u.completion == 3);
+    srv_job_release(j);
+
+    /* A second turn that extends the first reuses its tokens. */
+    /* The slot that ran "#w" (holding "#wxyz") shares "#" with "#a"; the
+     * empty one shares nothing. "#a" then leaves "#abc" (d was sampled,
+     * never decoded). */
+    CHECK(u.cached == 1);
+    long long before = atomic_load(&f.evaluated);
+    j = submit_completion(s, &be, "#abcdefghijklmnop", 2);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "length"));
+    srv_job_release(j);
+    CHECKF(u.cached == 4, "cached %d", u.cached);
+    long long mid = atomic_load(&f.evaluated);
+    j = submit_completion(s, &be, "#abcdefghijklmnopqrstu", 2);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "length"));
+    CHECK(!strcmp(text, "vw"));
+    srv_job_release(j);
+    CHECKF(u.cached == 18, "cached %d", u.cached);  /* prompt + the reply's decoded token */
+    CHECKF(atomic_load(&f.evaluated) - mid == 22 - 18, "evaluated %lld", atomic_load(&f.evaluated) - mid);
+    CHECK(mid - before == 17 - 4);
+
+    /* Stop strings: finish "stop" and the text ends before the match. */
+    struct srv_gen g;
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":\"#c\",\"stop\":[\"ij\"],\"temperature\":0}", &g, err, sizeof err) == 0);
+    j = srv_sched_submit(s, &g);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "stop"));
+    CHECK(!strcmp(text, "defgh"));
+    srv_job_release(j);
+
+    /* ignore_eos: the end token is never sampled; the runner-up ('.')
+     * comes instead and the alphabet starts again. */
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":\"#x\",\"ignore_eos\":true,\"max_tokens\":5,\"temperature\":0}",
+                  &g, err, sizeof err) == 0);
+    j = srv_sched_submit(s, &g);
+    CHECK(!strcmp(job_result(j, text, sizeof text, &u), "length"));
+    CHECKF(!strcmp(text, "yz.ab"), "'%s'", text);
+    srv_job_release(j);
+    srv_sched_free(s);
+}
+
+TEST(server_sched_queue_and_cancel)
+{
+    struct fake f = { .delay_us = 5000 };
+    struct srv_backend be = fake_backend(&f);
+    char err[256], text[300];
+    srv_sched *s = srv_sched_new(&be, 1, 2, err, sizeof err);
+    REQUIRE(s);
+    srv_job *a = submit_completion(s, &be, "~a", 200);
+    REQUIRE(a);
+    usleep(30000);   /* let the scheduler take it into the slot */
+    srv_job *b = submit_completion(s, &be, "#b", 5);
+    srv_job *c = submit_completion(s, &be, "#c", 5);
+    srv_job *d = submit_completion(s, &be, "#d", 5);
+    CHECK(b && c);
+    CHECK(d == NULL);    /* one running, two waiting: the queue is full */
+    /* Cancelling a waiting job ends it at once. */
+    srv_job_cancel(c);
+    CHECK(!strcmp(job_result(c, text, sizeof text, NULL), "error"));
+    srv_job_release(c);
+    /* Cancelling the running one frees the slot for b. */
+    srv_job_cancel(a);
+    CHECK(!strcmp(job_result(a, text, sizeof text, NULL), "error"));
+    CHECK(strlen(text) < 100);
+    srv_job_release(a);
+    CHECK(!strcmp(job_result(b, text, sizeof text, NULL), "length"));
+    CHECK(!strcmp(text, "cdefg"));
+    srv_job_release(b);
+    struct srv_stats st;
+    srv_sched_stats(s, &st);
+    CHECK(st.rejected == 1 && st.cancelled == 2 && st.finished == 1);
+
+    /* Shutdown ends waiting and running jobs with an error. */
+    a = submit_completion(s, &be, "~a", 200);
+    b = submit_completion(s, &be, "~b", 200);
+    usleep(20000);
+    srv_sched_stop(s);
+    CHECK(!strcmp(job_result(a, text, sizeof text, NULL), "error"));
+    CHECK(!strcmp(job_result(b, text, sizeof text, NULL), "error"));
+    CHECK(submit_completion(s, &be, "#a", 2) == NULL);
+    srv_job_release(a);
+    srv_job_release(b);
+    srv_sched_free(s);
+}
+
+/* ======================================================================
+ * HTTP over loopback
+ * ====================================================================== */
+
+struct http_env {
+    struct fake f;
+    struct srv_backend be;
+    srv *s;
+    int port;
+};
+
+static void env_start(struct http_env *e, const char *key, int parallel, int queue, int delay_us, int timeout_s,
+                      int attach)
+{
+    memset(e, 0, sizeof *e);
+    e->f.delay_us = delay_us;
+    e->be = fake_backend(&e->f);
+    struct srv_config c = { .host = "127.0.0.1", .port = 0, .parallel = parallel, .queue = queue,
+                            .api_key = key, .timeout_s = timeout_s, .max_body = 4096, .alias = "fake-model" };
+    char err[256];
+    e->s = srv_start(&c, err, sizeof err);
+    REQUIREF(e->s, "srv_start: %s", err);
+    e->port = srv_port(e->s);
+    REQUIRE(e->port > 0);
+    if (attach) REQUIREF(srv_attach(e->s, &e->be, NULL, err, sizeof err) == 0, "attach: %s", err);
+}
+
+static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
+
+/*
+ * One request with curl; the body (if any) goes through a file so no shell
+ * quoting is involved. Returns the HTTP status (0 if curl failed) and the
+ * response body in *out.
+ */
+static int http(struct http_env *e, const char *method, const char *path, const char *body,
+                const char *extra, char **out)
+{
+    static int k;
+    char bf[64];
+    snprintf(bf, sizeof bf, "body%d.json", k++);
+    const char *bp = test_tmp(bf);
+    if (body) {
+        FILE *fp = fopen(bp, "wb");
+        fwrite(body, 1, strlen(body), fp);
+        fclose(fp);
+    }
+    char *o = NULL;
+    test_run(&o, "curl -sS -m 20 -X %s %s%s%s -H 'Content-Type: application/json' %s -w '\\n%%{http_code}' "
+             "http://127.0.0.1:%d%s",
+             method, body ? "--data-binary @" : "", body ? bp : "", "", extra ? extra : "", e->port, path);
+    int status = 0;
+    if (o) {
+        char *nl = strrchr(o, '\n');
+        if (nl) { status = atoi(nl + 1); *nl = 0; }
+    }
+    if (out) *out = o; else free(o);
+    return status;
+}
+
+static json_t *json_of(const char *s)
+{
+    return s ? json_loads(s, 0, NULL) : NULL;
+}
+
+/* The text of an event stream: the concatenated deltas (chat) or texts
+ * (completions) of its data events. */
+static void sse_text(const char *sse, char *out, size_t cap)
+{
+    out[0] = 0;
+    char *copy = strdup(sse ? sse : ""), *save = NULL;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (strncmp(line, "data: {", 7) != 0) continue;
+        json_t *j = json_loads(line + 6, 0, NULL);
+        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+        json_t *t = json_object_get(c, "text");
+        if (!t) t = json_object_get(json_object_get(c, "delta"), "content");
+        if (json_is_string(t)) strncat(out, json_string_value(t), cap - strlen(out) - 1);
+        json_decref(j);
+    }
+    free(copy);
+}
+
+static const char *err_msg(json_t *j)
+{
+    const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    return m ? m : "";
+}
+
+TEST(server_http_endpoints)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 2, 4, 0, 10, 0);
+    char *o;
+    /* Loading: health 503, generation 503. */
+    CHECK(http(&e, "GET", "/health", NULL, NULL, &o) == 503);
+    free(o);
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"a\"}", NULL, &o) == 503);
+    free(o);
+    char err[256];
+    REQUIRE(srv_attach(e.s, &e.be, NULL, err, sizeof err) == 0);
+    CHECK(http(&e, "GET", "/health", NULL, NULL, &o) == 200 && strstr(o, "\"ok\""));
+    free(o);
+
+    CHECK(http(&e, "GET", "/v1/models", NULL, NULL, &o) == 200);
+    json_t *j = json_of(o);
+    CHECK(!strcmp(json_string_value(json_object_get(json_array_get(json_object_get(j, "data"), 0), "id")), "fake-model"));
+    json_decref(j);
+    free(o);
+
+    CHECK(http(&e, "POST", "/v1/chat/completions",
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"#hi\"}],\"temperature\":0,\"max_tokens\":5}",
+               NULL, &o) == 200);
+    j = json_of(o);
+    REQUIREF(j, "not JSON: %s", o);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    const char *content = json_string_value(json_object_get(json_object_get(ch, "message"), "content"));
+    CHECK(content && strlen(content) > 0);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens")) == (json_int_t)strlen("user:#hi\nassistant:"));
+    CHECK(!strncmp(json_string_value(json_object_get(j, "id")), "chatcmpl-", 9));
+    CHECK(!strcmp(json_string_value(json_object_get(j, "model")), "fake-model"));
+    json_decref(j);
+    free(o);
+
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#k\",\"max_tokens\":3,\"logprobs\":1,\"temperature\":0}", NULL, &o) == 200);
+    j = json_of(o);
+    ch = json_array_get(json_object_get(j, "choices"), 0);
+    CHECK(!strcmp(json_string_value(json_object_get(ch, "text")), "lmn"));
+    CHECK(!strcmp(json_string_value(json_object_get(ch, "finish_reason")), "length"));
+    CHECK(json_array_size(json_object_get(json_object_get(ch, "logprobs"), "tokens")) == 3);
+    json_decref(j);
+    free(o);
+
+    CHECK(http(&e, "POST", "/tokenize", "{\"content\":\"hey\",\"with_pieces\":true}", NULL, &o) == 200);
+    j = json_of(o);
+    CHECK(json_array_size(json_object_get(j, "tokens")) == 3);
+    CHECK(!strcmp(json_string_value(json_object_get(json_array_get(json_object_get(j, "tokens"), 1), "piece")), "e"));
+    json_decref(j);
+    free(o);
+    CHECK(http(&e, "POST", "/tokenize", "{\"content\":\"hey\"}", NULL, &o) == 200 && strstr(o, "[104,101,121]"));
+    free(o);
+    CHECK(http(&e, "POST", "/detokenize", "{\"tokens\":[104,105,256]}", NULL, &o) == 200 && strstr(o, "\"content\":\"hi\""));
+    free(o);
+
+    CHECK(http(&e, "GET", "/metrics", NULL, NULL, &o) == 200);
+    CHECK(strstr(o, "# TYPE moeq_requests_total counter") != NULL);
+    CHECK(strstr(o, "moeq_requests_total{endpoint=\"completions\",status=\"2xx\"} 1") != NULL);
+    char *gt = strstr(o, "\nmoeq_generated_tokens_total ");
+    CHECK(gt && atoi(gt + strlen("\nmoeq_generated_tokens_total ")) >= 4);
+    CHECK(strstr(o, "moeq_kv_cache_usage_ratio") != NULL && strstr(o, "moeq_generated_tokens_per_second") != NULL);
+    CHECK(strstr(o, "moeq_kv_cache_total_cells 512") != NULL);
+    free(o);
+    srv_stop(e.s);
+}
+
+TEST(server_http_streaming)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 2, 4, 0, 10, 1);
+    char *o;
+    CHECK(http(&e, "POST", "/v1/chat/completions",
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,\"temperature\":0,"
+               "\"max_tokens\":6,\"stream_options\":{\"include_usage\":true}}", "-N", &o) == 200);
+    REQUIRE(o);
+    /* Walk the events: role first, content, a finish chunk, usage, [DONE]. */
+    int n_ev = 0, saw_role = 0, saw_finish = 0, saw_usage = 0, done = 0;
+    char text[256] = "";
+    for (char *line = strtok(o, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: ", 6) != 0) { CHECKF(line[0] == ':', "stray line '%s'", line); continue; }
+        CHECK(!done);
+        if (!strcmp(line + 6, "[DONE]")) { done = 1; continue; }
+        json_t *j = json_loads(line + 6, 0, NULL);
+        REQUIREF(j, "bad event %s", line);
+        n_ev++;
+        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+        if (!c) {
+            saw_usage = 1;
+            CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) == 6);
+        } else {
+            CHECK(json_object_get(j, "usage") && json_is_null(json_object_get(j, "usage")));
+            json_t *d = json_object_get(c, "delta");
+            if (json_object_get(d, "role")) { CHECK(n_ev == 1); saw_role = 1; }
+            if (json_is_string(json_object_get(d, "content")))
+                strncat(text, json_string_value(json_object_get(d, "content")), sizeof text - strlen(text) - 1);
+            if (json_is_string(json_object_get(c, "finish_reason"))) {
+                saw_finish = 1;
+                CHECK(!strcmp(json_string_value(json_object_get(c, "finish_reason")), "length"));
+            }
+        }
+        json_decref(j);
+    }
+    CHECK(saw_role && saw_finish && saw_usage && done);
+    free(o);
+
+    /* The same request without streaming gives the same text. */
+    CHECK(http(&e, "POST", "/v1/chat/completions",
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":0,\"max_tokens\":6}", NULL, &o) == 200);
+    json_t *j = json_of(o);
+    const char *full = json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"), "content"));
+    CHECKF(full && !strcmp(full, text), "streamed '%s' vs '%s'", text, full ? full : "(null)");
+    json_decref(j);
+    free(o);
+
+    /* Completions stream with a stop string split over tokens. */
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#a\",\"stream\":true,\"stop\":\"fgh\",\"temperature\":0}", "-N", &o) == 200);
+    char st[256];
+    sse_text(o, st, sizeof st);
+    CHECKF(!strcmp(st, "bcde"), "streamed '%s'", st);
+    CHECK(strstr(o, "\"finish_reason\":\"stop\"") && strstr(o, "data: [DONE]"));
+    CHECK(!strstr(o, "\"usage\""));
+    free(o);
+    srv_stop(e.s);
+}
+
+TEST(server_http_bad_input_and_auth)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, "sekret", 1, 2, 0, 10, 1);
+    char *o;
+    const char *auth = "-H 'Authorization: Bearer sekret'";
+    /* /health needs no key; everything else does. */
+    CHECK(http(&e, "GET", "/health", NULL, NULL, &o) == 200);
+    free(o);
+    CHECK(http(&e, "GET", "/v1/models", NULL, NULL, &o) == 401);
+    json_t *j = json_of(o);
+    CHECK(j && !strcmp(json_string_value(json_object_get(json_object_get(j, "error"), "type")), "authentication_error"));
+    json_decref(j);
+    free(o);
+    CHECK(http(&e, "GET", "/metrics", NULL, "-H 'Authorization: Bearer wrong'", &o) == 401);
+    free(o);
+    CHECK(http(&e, "POST", "/tokenize", "{\"content\":\"a\"}", "-H 'Authorization: Bearer sekre'", &o) == 401);
+    free(o);
+    CHECK(http(&e, "GET", "/v1/models", NULL, auth, &o) == 200);
+    free(o);
+
+    static const struct { const char *path, *body; int status; const char *needle; } cases[] = {
+        { "/v1/chat/completions", "{\"messages\":", 400, "not valid JSON" },
+        { "/v1/chat/completions", "{\"messages\":[]}", 400, "must not be empty" },
+        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}", 400, "'bot'" },
+        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":\"9\"}", 400, "'max_tokens'" },
+        { "/v1/completions", "{\"prompt\":\"" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}", 400, "context holds" },
+        { "/tokenize", "{\"content\":5}", 400, "'content'" },
+        { "/detokenize", "{\"tokens\":[1,\"a\"]}", 400, "'tokens[1]'" },
+        { "/v1/nothing", "{}", 404, "no such endpoint" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st = http(&e, "POST", cases[i].path, cases[i].body, auth, &o);
+        CHECKF(st == cases[i].status, "case %zu: status %d, body %s", i, st, o);
+        j = json_of(o);
+        CHECKF(j && err_msg(j) && strstr(err_msg(j), cases[i].needle), "case %zu: %s", i, o);
+        json_decref(j);
+        free(o);
+    }
+    CHECK(http(&e, "GET", "/v1/chat/completions", NULL, auth, &o) == 405);
+    free(o);
+
+    /* Body over the limit (4096 here): 413 whether or not the length is
+     * announced. */
+    char *big = malloc(6000);
+    memset(big, ' ', 5999);
+    big[0] = '{';
+    big[5998] = '}';
+    big[5999] = 0;
+    CHECK(http(&e, "POST", "/v1/completions", big, auth, &o) == 413);
+    j = json_of(o);
+    CHECK(j && strstr(err_msg(j), "over the limit"));
+    json_decref(j);
+    free(o);
+    CHECK(http(&e, "POST", "/v1/completions", big, "-H 'Authorization: Bearer sekret' -H 'Transfer-Encoding: chunked'", &o) == 413);
+    free(o);
+    free(big);
+
+    /* After all that, it still serves. */
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#x\",\"temperature\":0}", auth, &o) == 200 && strstr(o, "\"text\":\"yz\""));
+    free(o);
+    srv_stop(e.s);
+}
+
+/* N streaming clients at once get what each gets alone. */
+TEST(server_http_concurrent_equals_sequential)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 4, 8, 3000, 10, 1);
+    enum { N = 6 };
+    static char alone[N][16384];
+    for (int i = 0; i < N; i++) {
+        char body[256], *o;
+        snprintf(body, sizeof body, "{\"prompt\":\"client %d says\",\"max_tokens\":24,\"temperature\":0,\"stream\":true}", i);
+        CHECK(http(&e, "POST", "/v1/completions", body, "-N", &o) == 200);
+        snprintf(alone[i], sizeof alone[i], "%s", o ? o : "");
+        free(o);
+    }
+    /* All at once, from background curls. */
+    char script[4096] = "";
+    size_t at = 0;
+    for (int i = 0; i < N; i++) {
+        char bf[32];
+        snprintf(bf, sizeof bf, "c%d.json", i);
+        FILE *fp = fopen(test_tmp(bf), "w");
+        fprintf(fp, "{\"prompt\":\"client %d says\",\"max_tokens\":24,\"temperature\":0,\"stream\":true}", i);
+        fclose(fp);
+        at += (size_t)snprintf(script + at, sizeof script - at,
+                               "curl -sS -N -m 30 --data-binary @%s/c%d.json http://127.0.0.1:%d/v1/completions > %s/o%d.txt & ",
+                               test_tmpdir(), i, e.port, test_tmpdir(), i);
+    }
+    snprintf(script + at, sizeof script - at, "wait");
+    CHECK(test_run(NULL, "%s", script) == 0);
+    for (int i = 0; i < N; i++) {
+        char of[32];
+        snprintf(of, sizeof of, "o%d.txt", i);
+        size_t n;
+        char *got = test_read_file(test_tmp(of), &n);
+        REQUIRE(got);
+        /* Compare the texts, not the ids. */
+        char ta[256], tb[256];
+        sse_text(alone[i], ta, sizeof ta);
+        sse_text(got, tb, sizeof tb);
+        CHECKF(strlen(ta) > 0 && !strcmp(ta, tb), "client %d: alone '%s' together '%s'", i, ta, tb);
+        CHECK(strstr(got, "data: [DONE]") != NULL);
+        free(got);
+    }
+    CHECKF(atomic_load(&e.f.max_batch) >= 2, "max batch %d", atomic_load(&e.f.max_batch));
+    srv_stop(e.s);
+}
+
+/* Open a raw connection to the server. */
+static int raw_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { close(fd); return -1; }
+    return fd;
+}
+
+static long long metric_value(struct http_env *e, const char *name)
+{
+    char *o;
+    long long v = -1;
+    if (http(e, "GET", "/metrics", NULL, NULL, &o) == 200) {
+        char key[128];
+        snprintf(key, sizeof key, "\n%s ", name);
+        char *p = strstr(o, key);
+        if (p) v = atoll(p + strlen(key));
+    }
+    free(o);
+    return v;
+}
+
+TEST(server_http_disconnect_and_timeouts)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 1, 2, 10000, 2, 1);
+    /* A stream of ~200 tokens at 10 ms each; the client leaves after a few. */
+    int fd = raw_connect(e.port);
+    REQUIRE(fd >= 0);
+    const char *body = "{\"prompt\":\"~a\",\"max_tokens\":250,\"stream\":true,\"temperature\":0}";
+    char req[512];
+    snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    REQUIRE(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    char buf[2048];
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    REQUIRE(r > 0);
+    buf[r] = 0;
+    CHECK(strstr(buf, "200") && strstr(buf, "text/event-stream"));
+    usleep(100000);
+    close(fd);
+    /* The job is cancelled and the slot is free well before 250 tokens. */
+    int freed = 0;
+    for (int i = 0; i < 40 && !freed; i++) {
+        usleep(50000);
+        freed = metric_value(&e, "moeq_requests_processing") == 0 && metric_value(&e, "moeq_requests_cancelled_total") == 1;
+    }
+    CHECK(freed);
+    CHECKF(metric_value(&e, "moeq_generated_tokens_total") < 150, "%lld tokens", metric_value(&e, "moeq_generated_tokens_total"));
+
+    /* The same for a plain (non-streamed) request. */
+    fd = raw_connect(e.port);
+    body = "{\"prompt\":\"~a\",\"max_tokens\":250,\"temperature\":0}";
+    snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    REQUIRE(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    usleep(200000);
+    close(fd);
+    freed = 0;
+    for (int i = 0; i < 40 && !freed; i++) {
+        usleep(50000);
+        freed = metric_value(&e, "moeq_requests_processing") == 0 && metric_value(&e, "moeq_requests_cancelled_total") == 2;
+    }
+    CHECK(freed);
+
+    /* A client that sends half its headers and stalls is dropped after
+     * the idle timeout (2 s here). */
+    fd = raw_connect(e.port);
+    REQUIRE(write(fd, "POST /v1/completions HTTP/1.1\r\nHost:", 36) == 36);
+    struct timeval tv = { .tv_sec = 6 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    time_t t0 = time(NULL);
+    r = read(fd, buf, sizeof buf);
+    CHECKF(r <= 0 && time(NULL) - t0 <= 5, "read %zd after %lds", r, (long)(time(NULL) - t0));
+    close(fd);
+
+    /* A plain request that takes longer than the idle timeout still gets
+     * its answer (the wait is not idleness). */
+    char *o;
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"~a\",\"max_tokens\":300,\"temperature\":0}", NULL, &o) == 200);
+    CHECK(o && strstr(o, "\"finish_reason\":\"length\""));
+    free(o);
+    srv_stop(e.s);
+}
+
+/* Shutdown with a stream in flight: the stream ends with an error event
+ * and [DONE], srv_stop returns. */
+static void *stop_later(void *arg)
+{
+    usleep(300000);
+    srv_stop(arg);
+    return NULL;
+}
+
+TEST(server_http_shutdown_mid_stream)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 1, 2, 10000, 5, 1);
+    pthread_t th;
+    pthread_create(&th, NULL, stop_later, e.s);
+    char *o;
+    int st = http(&e, "POST", "/v1/completions", "{\"prompt\":\"~a\",\"max_tokens\":250,\"stream\":true}", "-N", &o);
+    pthread_join(th, NULL);
+    CHECK(st == 200);
+    CHECKF(o && strstr(o, "shutting down") && strstr(o, "data: [DONE]"), "%s", o);
+    free(o);
+}
+
+/* Beyond the slots and the queue, requests are refused with 503 at once;
+ * the ones admitted finish normally. */
+TEST(server_http_queue_full)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 1, 1, 10000, 10, 1);
+    FILE *fp = fopen(test_tmp("slow.json"), "w");
+    fputs("{\"prompt\":\"~a\",\"max_tokens\":60,\"temperature\":0}", fp);
+    fclose(fp);
+    /* One takes the slot, one waits. */
+    test_run(NULL, "for i in 1 2; do (curl -sS -m 30 -o %s/bg$i.txt -w '%%{http_code}' --data-binary @%s "
+                   "http://127.0.0.1:%d/v1/completions > %s/st$i.txt 2>/dev/null &) ; sleep 0.15; done",
+             test_tmpdir(), test_tmp("slow.json"), e.port, test_tmpdir());
+    char *o;
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"~a\",\"max_tokens\":2}", NULL, &o) == 503);
+    json_t *j = json_of(o);
+    CHECKF(j && strstr(err_msg(j), "busy"), "%s", o ? o : "(none)");
+    CHECK(j && !strcmp(json_string_value(json_object_get(json_object_get(j, "error"), "type")), "unavailable_error"));
+    json_decref(j);
+    free(o);
+    /* Both admitted requests complete. */
+    int ok = 0;
+    for (int t = 0; t < 100 && ok < 2; t++) {
+        usleep(100000);
+        ok = 0;
+        for (int i = 1; i <= 2; i++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "st%d.txt", i);
+            size_t n;
+            char *st = test_read_file(test_tmp(nm), &n);
+            if (st && !strcmp(st, "200")) ok++;
+            free(st);
+        }
+    }
+    CHECK(ok == 2);
+    CHECK(metric_value(&e, "moeq_requests_rejected_total") == 1);
+    srv_stop(e.s);
+}
+
+/* Random damage to valid bodies: every outcome is a clean 0 or 400, and
+ * an accepted request always fits the context. (Run under ASan by make
+ * test, this is the parser's fuzz test.) */
+TEST(server_parse_mutations)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    static const struct { int kind; const char *body; } seeds[] = {
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}],"
+                    "\"max_tokens\":7,\"temperature\":0.5,\"top_k\":5,\"stop\":[\"ab\",\"c\"],\"stream\":true,"
+                    "\"stream_options\":{\"include_usage\":true},\"logprobs\":true,\"top_logprobs\":3,\"seed\":1}" },
+        { SRV_COMPLETION, "{\"prompt\":[1,2,3,4],\"max_tokens\":300,\"logprobs\":2,\"stop\":\"x\",\"min_p\":0.1}" },
+        { SRV_COMPLETION, "{\"prompt\":\"hello there\",\"top_p\":0.9,\"ignore_eos\":true}" },
+    };
+    uint64_t rng = 12345;
+    int accepted = 0, refused = 0;
+    for (size_t si = 0; si < sizeof seeds / sizeof seeds[0]; si++) {
+        size_t n = strlen(seeds[si].body);
+        char *buf = malloc(n + 1);
+        for (int it = 0; it < 3000; it++) {
+            memcpy(buf, seeds[si].body, n + 1);
+            size_t len = n;
+            int edits = 1 + (int)(rng % 3);
+            for (int e = 0; e < edits; e++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                size_t pos = (size_t)(rng >> 33) % len;
+                switch ((rng >> 20) % 4) {
+                case 0: buf[pos] = (char)(rng >> 40); break;                    /* any byte */
+                case 1: buf[pos] = "{}[]\",:0-9.aetn\\ "[(rng >> 40) % 17]; break; /* JSON-ish */
+                case 2: len = pos; break;                                        /* truncate */
+                default: memmove(buf + pos, buf + pos + 1, len - pos); len--;    /* delete */
+                }
+                if (len == 0) break;
+            }
+            char err[512] = "";
+            json_t *j = srv_parse_body(buf, len, err, sizeof err);
+            if (!j) { refused++; CHECK(err[0] != 0); continue; }
+            struct srv_gen g;
+            int rc = srv_parse_gen(&be, seeds[si].kind, j, &g, err, sizeof err);
+            json_decref(j);
+            CHECKF(rc == 0 || rc == 400, "rc %d", rc);
+            if (rc == 0) {
+                accepted++;
+                CHECK(g.n_prompt > 0 && g.max_tokens >= 1 && g.n_prompt + g.max_tokens <= FK_CTX);
+                CHECK(g.n_stop >= 0 && g.n_stop <= SRV_MAX_STOP && g.top_logprobs <= SRV_MAX_TOP_LOGPROBS);
+                srv_gen_free(&g);
+            } else {
+                refused++;
+                CHECK(err[0] != 0);
+            }
+        }
+        free(buf);
+    }
+    CHECK(accepted > 100 && refused > 1000);
+}
+
+/* Three conversations fill three slots; each follow-up lands in the slot
+ * holding its own history (the longest common prefix), not the least
+ * recently used one, and evaluates only its new tokens. */
+TEST(server_sched_prefix_picks_own_slot)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    char err[256], text[300];
+    struct srv_usage u;
+    srv_sched *s = srv_sched_new(&be, 3, 4, err, sizeof err);
+    REQUIRE(s);
+    static const char *first[3] = { "alpha conversation", "beta conversation", "gamma conversation" };
+    char hist[3][200];
+    for (int i = 0; i < 3; i++) {
+        srv_job *j = submit_completion(s, &be, first[i], 4);
+        REQUIRE(j);
+        const char *fin = job_result(j, text, sizeof text, &u);
+        srv_job_release(j);
+        /* The slot holds the prompt and the decoded tokens: after
+         * "length" the last sampled token was never decoded; after an end
+         * token every text token was. */
+        int kept_text = (int)strlen(text) - (!strcmp(fin, "length") ? 1 : 0);
+        snprintf(hist[i], sizeof hist[i], "%s%.*s", first[i], kept_text, text);
+    }
+    /* Follow-ups in the order beta, alpha, gamma (alpha is the least
+     * recently used slot when beta's comes). */
+    static const int order[3] = { 1, 0, 2 };
+    for (int k = 0; k < 3; k++) {
+        int i = order[k];
+        char p[256];
+        snprintf(p, sizeof p, "%s and more", hist[i]);
+        long long before = atomic_load(&f.evaluated);
+        srv_job *j = submit_completion(s, &be, p, 2);
+        REQUIRE(j);
+        job_result(j, text, sizeof text, &u);
+        srv_job_release(j);
+        CHECKF(u.cached == (int)strlen(hist[i]), "conversation %d: cached %d of %zu", i, u.cached, strlen(hist[i]));
+        CHECK(atomic_load(&f.evaluated) - before == (long long)(strlen(p) - strlen(hist[i])));
+    }
+    srv_sched_free(s);
+}

@@ -1,0 +1,201 @@
+/*
+ * cmd_fit.c: `moeq fit`, will this model and context fit this memory?
+ *
+ * Reads only the GGUF header (or a synth preset's shape, so the full
+ * Qwen3-30B-A3B can be checked without writing 11 GB) and predicts the
+ * engine's memory with src/engine_mem: weights, exact KV cache per layer,
+ * compute buffers, per-session buffers and runtime overhead. Prints a
+ * verdict against the budget (less a reserve for the OS) and the largest
+ * context that fits with F16 and with Q8_0 KV.
+ */
+#include "cmd.h"
+#include "engine_mem.h"
+#include "gguf.h"
+#include "pool.h"
+#include "quants.h"
+#include "synth.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: moeq fit (-m MODEL | --preset NAME [--recipe R]) [options]\n"
+        "\n"
+        "Predict the memory moeq run/serve needs and whether it fits a budget.\n"
+        "  -m FILE            GGUF model (only the header is read)\n"
+        "  --preset NAME      a synth shape instead (tiny, qwen3-30b-a3b)\n"
+        "  --recipe R         with --preset: asym-2bitexp, f32, f16, bf16 (default f32)\n"
+        "  -c N               context per session (default 4096)\n"
+        "  --parallel N       sessions (default 1)\n"
+        "  -ctk T, -ctv T     KV cache types f16 (default) or q8_0\n"
+        "  -b N               prompt batch (default 512)\n"
+        "  -t N               threads (default: all cores)\n"
+        "  --budget SIZE      memory budget, e.g. 16G (GiB; default 16G)\n"
+        "  --reserve SIZE     left for the OS and other programs (default 1G)\n"
+        "\nexample:\n"
+        "  moeq fit --preset qwen3-30b-a3b --recipe asym-2bitexp -c 16384 --budget 16G\n");
+}
+
+static int kv_type(const char *s)
+{
+    if (!strcmp(s, "f16") || !strcmp(s, "F16")) return MOEQ_TYPE_F16;
+    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MOEQ_TYPE_Q8_0;
+    return -1;
+}
+
+static uint64_t synth_tensor_bytes(const moeq_synth_cfg *c, int g, uint64_t ne0, uint64_t nel)
+{
+    int ok;
+    return moeq_tensor_nbytes(moeq_synth_tensor_type(c, g, ne0), ne0, nel, &ok);
+}
+
+/* Shape and weight bytes of a synth preset, tensor by tensor as synth
+ * writes them. */
+static int preset_shape(const char *preset, const char *recipe, struct moeq_mem_shape *s,
+                        int *ctx_train, char *name, size_t nlen)
+{
+    moeq_synth_cfg c;
+    if (moeq_synth_preset(&c, preset) != 0) return -1;
+    if (recipe && moeq_synth_recipe(&c, recipe) != 0) return -2;
+    memset(s, 0, sizeof *s);
+    s->n_layer = c.n_layer; s->n_embd = c.n_embd; s->n_head = c.n_head; s->n_head_kv = c.n_head_kv;
+    s->head_dim = c.head_dim; s->n_expert = c.n_expert; s->n_expert_used = c.n_expert_used;
+    s->n_ff = c.n_ff_exp; s->n_vocab = c.n_vocab; s->n_merges = c.n_vocab;
+    const uint64_t E = (uint64_t)c.n_embd, V = (uint64_t)c.n_vocab, HD = (uint64_t)c.head_dim;
+    const uint64_t nq = (uint64_t)c.n_head * HD, nkv = (uint64_t)c.n_head_kv * HD;
+    const uint64_t F = (uint64_t)c.n_ff_exp, X = (uint64_t)c.n_expert;
+    uint64_t b = synth_tensor_bytes(&c, SYNTH_G_EMBD, E, E * V) + synth_tensor_bytes(&c, SYNTH_G_OUTPUT, E, E * V) +
+                 synth_tensor_bytes(&c, SYNTH_G_NORM, E, E);
+    for (int l = 0; l < c.n_layer; l++) {
+        b += synth_tensor_bytes(&c, SYNTH_G_NORM, E, E) * 2 + synth_tensor_bytes(&c, SYNTH_G_NORM, HD, HD) * 2;
+        b += synth_tensor_bytes(&c, SYNTH_G_ATTN_Q, E, E * nq) + synth_tensor_bytes(&c, SYNTH_G_ATTN_K, E, E * nkv) +
+             synth_tensor_bytes(&c, SYNTH_G_ATTN_V, E, E * nkv) + synth_tensor_bytes(&c, SYNTH_G_ATTN_OUT, nq, nq * E);
+        b += synth_tensor_bytes(&c, SYNTH_G_ROUTER, E, E * X);
+        b += synth_tensor_bytes(&c, SYNTH_G_EXP_GATE, E, E * F * X) + synth_tensor_bytes(&c, SYNTH_G_EXP_UP, E, E * F * X) +
+             synth_tensor_bytes(&c, SYNTH_G_EXP_DOWN, F, F * E * X);
+    }
+    s->weight_bytes = b;
+    *ctx_train = c.n_ctx;
+    snprintf(name, nlen, "synth preset %s (%s)", preset, recipe ? recipe : "f32");
+    return 0;
+}
+
+static int file_shape(const char *path, struct moeq_mem_shape *s, int *ctx_train, char *name,
+                      size_t nlen, char *err, size_t errlen)
+{
+    gguf_file *f = gguf_open(path, err, errlen);
+    if (!f) return -1;
+    memset(s, 0, sizeof *s);
+    char arch[64] = "", key[160];
+    gguf_get_str(f, "general.architecture", arch, sizeof arch);
+    uint64_t v;
+#define GET(k, dst) do { snprintf(key, sizeof key, "%s." k, arch); if (gguf_get_u64(f, key, &v) == 0) dst = (int)v; } while (0)
+    GET("block_count", s->n_layer);
+    GET("embedding_length", s->n_embd);
+    GET("attention.head_count", s->n_head);
+    GET("attention.head_count_kv", s->n_head_kv);
+    GET("expert_count", s->n_expert);
+    GET("expert_used_count", s->n_expert_used);
+    GET("context_length", *ctx_train);
+    if (s->n_expert > 0) GET("expert_feed_forward_length", s->n_ff);
+    else GET("feed_forward_length", s->n_ff);
+    if (s->n_head_kv == 0) s->n_head_kv = s->n_head;
+    s->head_dim = s->n_head ? s->n_embd / s->n_head : 0;
+    GET("attention.key_length", s->head_dim);
+#undef GET
+    int64_t te = gguf_find_tensor(f, "token_embd.weight");
+    s->n_vocab = te >= 0 ? (int)f->tensors[te].ne[1] : 0;
+    const gguf_kv *m = gguf_find_kv(f, "tokenizer.ggml.merges");
+    s->n_merges = m && m->val.type == GGUF_TYPE_ARRAY ? (int)m->val.v.arr.n : 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++) s->weight_bytes += f->tensors[i].nbytes;
+    snprintf(name, nlen, "%s (%s)", path, arch);
+    gguf_close(f);
+    if (!s->n_layer || !s->n_embd || !s->n_head || !s->n_vocab) {
+        snprintf(err, errlen, "%s: missing hyperparameters (%s.block_count, embedding_length, "
+                 "attention.head_count) or token_embd.weight", path, arch);
+        return -1;
+    }
+    return 0;
+}
+
+static double gib(uint64_t b) { return (double)b / (1024.0 * 1024 * 1024); }
+
+int cmd_fit(int argc, char **argv)
+{
+    const char *model = NULL, *preset = NULL, *recipe = NULL;
+    int64_t n_ctx = 4096, n_par = 1, n_batch = 512, n_threads = 0;
+    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16;
+    uint64_t budget = 16ull << 30, reserve = 1ull << 30;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (cli_is_help(a)) { usage(stdout); return 0; }
+        if (i + 1 >= argc) return cli_usage_error("fit", "unknown argument or missing value: '%s'", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--preset")) preset = v;
+        else if (!strcmp(a, "--recipe")) recipe = v;
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { if (cli_parse_i64(v, &n_ctx) || n_ctx < 1) return cli_usage_error("fit", "bad -c '%s'", v); }
+        else if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) { if (cli_parse_i64(v, &n_par) || n_par < 1) return cli_usage_error("fit", "bad --parallel '%s'", v); }
+        else if (!strcmp(a, "-b")) { if (cli_parse_i64(v, &n_batch) || n_batch < 1) return cli_usage_error("fit", "bad -b '%s'", v); }
+        else if (!strcmp(a, "-t")) { if (cli_parse_i64(v, &n_threads)) return cli_usage_error("fit", "bad -t '%s'", v); }
+        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if ((tk = kv_type(v)) < 0) return cli_usage_error("fit", "KV type must be f16 or q8_0, not '%s'", v); }
+        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if ((tv = kv_type(v)) < 0) return cli_usage_error("fit", "KV type must be f16 or q8_0, not '%s'", v); }
+        else if (!strcmp(a, "--budget")) { if (cli_parse_size(v, &budget)) return cli_usage_error("fit", "bad --budget '%s'", v); }
+        else if (!strcmp(a, "--reserve")) { if (cli_parse_size(v, &reserve)) return cli_usage_error("fit", "bad --reserve '%s'", v); }
+        else return cli_usage_error("fit", "unknown argument '%s'", a);
+    }
+    if (!!model == !!preset) return cli_usage_error("fit", "give exactly one of -m MODEL or --preset NAME");
+    if (recipe && !preset) return cli_usage_error("fit", "--recipe goes with --preset");
+
+    struct moeq_mem_shape s;
+    int ctx_train = 0;
+    char name[512], err[512];
+    if (preset) {
+        int r = preset_shape(preset, recipe, &s, &ctx_train, name, sizeof name);
+        if (r == -1) return cli_usage_error("fit", "unknown preset '%s'", preset);
+        if (r == -2) return cli_usage_error("fit", "unknown recipe '%s'", recipe);
+    } else if (file_shape(model, &s, &ctx_train, name, sizeof name, err, sizeof err) != 0) {
+        cli_error("%s", err);
+        return 1;
+    }
+    if (ctx_train > 0 && n_ctx > ctx_train) {
+        cli_error("fit: context %lld exceeds the model's %d", (long long)n_ctx, ctx_train);
+        return 1;
+    }
+    if (n_threads <= 0) n_threads = moeq_ncores();
+    struct moeq_mem_opts o = { (int)n_ctx, (int)n_par, (int)n_batch, (int)n_threads, tk, tv };
+    struct moeq_mem_plan p;
+    if (moeq_mem_estimate(&s, &o, &p) != 0) {
+        cli_error("fit: %s: the shape cannot be planned", name);
+        return 1;
+    }
+    uint64_t avail = budget > reserve ? budget - reserve : 0;
+    printf("model     %s\n", name);
+    printf("shape     %d layers, n_embd %d, %d/%d heads x %d, %d experts (%d used) x %d, vocab %d\n",
+           s.n_layer, s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_expert, s.n_expert_used, s.n_ff, s.n_vocab);
+    printf("setting   context %lld x %lld session(s), KV %s/%s, batch %lld, %lld threads\n",
+           (long long)n_ctx, (long long)n_par, moeq_type_name(tk), moeq_type_name(tv),
+           (long long)n_batch, (long long)n_threads);
+    printf("weights   %8.3f GiB  (%.2f GB, mapped)\n", gib(p.weights), (double)p.weights / 1e9);
+    printf("kv cache  %8.3f GiB  (%d layers x %lld tokens x %d values x K+V, %lld session(s))\n",
+           gib(p.kv), s.n_layer, (long long)n_ctx, s.n_head_kv * s.head_dim, (long long)n_par);
+    printf("compute   %8.3f GiB\n", gib(p.compute));
+    printf("sessions  %8.3f GiB\n", gib(p.sessions));
+    printf("runtime   %8.3f GiB\n", gib(p.overhead));
+    printf("total     %8.3f GiB  (%.2f GB)\n", gib(p.total), (double)p.total / 1e9);
+    printf("budget    %8.3f GiB  less %.3f GiB reserve = %.3f GiB\n", gib(budget), gib(reserve), gib(avail));
+    int fits = p.total <= avail;
+    if (fits) printf("verdict   FITS (%.3f GiB to spare)\n", gib(avail - p.total));
+    else printf("verdict   DOES NOT FIT (%.3f GiB over)\n", gib(p.total - avail));
+    int limit = ctx_train > 0 ? ctx_train : 1 << 20;
+    struct moeq_mem_opts of = o, oq = o;
+    of.type_k = of.type_v = MOEQ_TYPE_F16;
+    oq.type_k = oq.type_v = MOEQ_TYPE_Q8_0;
+    int cf = moeq_mem_max_ctx(&s, &of, avail, limit), cq = moeq_mem_max_ctx(&s, &oq, avail, limit);
+    printf("max ctx   %d tokens with F16 KV, %d tokens with Q8_0 KV (per session, %lld session(s))\n",
+           cf, cq, (long long)n_par);
+    return 0;
+}

@@ -1,0 +1,267 @@
+/*
+ * cmd_imatrix.c: `moeq imatrix`, importance matrices from calibration text.
+ *
+ * Runs the model over the text in chunks of n_ctx tokens with the engine's
+ * activation hook installed: for every matmul weight the hook receives the
+ * input rows (for a routed expert tensor, only the tokens routed to that
+ * expert: the FFN-normed input for gate/up, the expert's SwiGLU output for
+ * down) and adds their squares per column into src/imatrix. The output is
+ * llama.cpp's legacy .dat or its GGUF imatrix format; --in-file merges
+ * earlier runs. Like llama-imatrix, output.weight is skipped unless
+ * --process-output, and each chunk's perplexity is reported unless --no-ppl.
+ */
+#include "cmd.h"
+#include "engine.h"
+#include "imatrix.h"
+#include "quants.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_IN_FILES 64
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: moeq imatrix -m MODEL -f TEXT [options]\n"
+        "\n"
+        "  -c N                  tokens per chunk (default 512)\n"
+        "  --chunks N            process at most N chunks\n"
+        "  --chunk N             skip the first N chunks\n"
+        "  -o FILE               output (default imatrix.dat; a .gguf name selects GGUF)\n"
+        "  --output-format F     dat or gguf\n"
+        "  --in-file F           merge an existing imatrix (repeatable; without -f just merge)\n"
+        "  --output-frequency N  save every N chunks (default 10)\n"
+        "  --process-output      also collect output.weight\n"
+        "  --no-ppl              do not compute perplexity per chunk\n"
+        "  -t N                  threads (default: all cores)\n"
+        "\nexample:\n"
+        "  moeq imatrix -m model-q8_0.gguf -f calibration.txt -c 512 -o imatrix.dat\n");
+}
+
+struct collector {
+    struct moeq_imatrix *im;
+    pthread_mutex_t mu;
+    int n_expert;
+    int process_output;
+    int failed;
+    char err[256];
+    unsigned char *touched;  /* per entry: seen in this run */
+    int64_t touched_cap;
+};
+
+static void hook(void *ud, const char *tensor, int expert, const float *x, int n_rows, int n_cols)
+{
+    struct collector *c = ud;
+    if (!c->process_output && strcmp(tensor, "output.weight") == 0) return;
+    pthread_mutex_lock(&c->mu);
+    int64_t n_mat = expert >= 0 ? c->n_expert : 1;
+    struct moeq_imatrix_entry *e = moeq_imatrix_get(c->im, tensor, n_cols, n_mat, c->err, sizeof c->err);
+    if (!e) {
+        c->failed = 1;
+    } else {
+        int64_t idx = e - c->im->entries;
+        if (idx >= c->touched_cap) {
+            int64_t cap = c->touched_cap ? c->touched_cap : 64;
+            while (cap <= idx) cap *= 2;
+            unsigned char *t = realloc(c->touched, (size_t)cap);
+            if (!t) { fprintf(stderr, "moeq: out of memory\n"); exit(1); }
+            memset(t + c->touched_cap, 0, (size_t)(cap - c->touched_cap));
+            c->touched = t;
+            c->touched_cap = cap;
+        }
+        c->touched[idx] = 1;
+        if (n_rows > 0) moeq_imatrix_add(e, expert >= 0 ? expert : 0, x, n_rows);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+static int save(const struct moeq_imatrix *im, const char *path, int gguf, int chunks)
+{
+    char err[512];
+    if (moeq_imatrix_save(im, path, gguf, err, sizeof err) != 0) {
+        cli_error("imatrix: %s", err);
+        return -1;
+    }
+    fprintf(stderr, "moeq: imatrix: saved %lld entries after %d chunks to %s\n",
+            (long long)im->n_entries, chunks, path);
+    return 0;
+}
+
+int cmd_imatrix(int argc, char **argv)
+{
+    const char *model = NULL, *text_path = NULL, *out_path = "imatrix.dat", *fmt = NULL;
+    const char *in_files[MAX_IN_FILES];
+    int n_in = 0, no_ppl = 0, process_output = 0;
+    int64_t n_ctx = 512, max_chunks = -1, skip = 0, out_freq = 10, n_threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (cli_is_help(a)) { usage(stdout); return 0; }
+        int has = i + 1 < argc;
+#define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("imatrix", "%s needs an integer", flag); continue; }
+        ARG_I64("-c", n_ctx);
+        ARG_I64("--chunks", max_chunks);
+        ARG_I64("--chunk", skip);
+        ARG_I64("--output-frequency", out_freq);
+        ARG_I64("-t", n_threads);
+#undef ARG_I64
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!has) return cli_usage_error("imatrix", "-m needs a file"); model = argv[++i]; }
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!has) return cli_usage_error("imatrix", "-f needs a file"); text_path = argv[++i]; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!has) return cli_usage_error("imatrix", "-o needs a file"); out_path = argv[++i]; }
+        else if (!strcmp(a, "--output-format")) { if (!has) return cli_usage_error("imatrix", "%s needs dat or gguf", a); fmt = argv[++i]; }
+        else if (!strcmp(a, "--in-file")) {
+            if (!has) return cli_usage_error("imatrix", "--in-file needs a file");
+            if (n_in >= MAX_IN_FILES) return cli_usage_error("imatrix", "too many --in-file");
+            in_files[n_in++] = argv[++i];
+        }
+        else if (!strcmp(a, "--no-ppl")) no_ppl = 1;
+        else if (!strcmp(a, "--process-output")) process_output = 1;
+        else return cli_usage_error("imatrix", "unknown argument '%s'", a);
+    }
+    if (fmt && strcmp(fmt, "dat") != 0 && strcmp(fmt, "gguf") != 0)
+        return cli_usage_error("imatrix", "--output-format must be dat or gguf, not '%s'", fmt);
+    int gguf = fmt ? strcmp(fmt, "gguf") == 0 : ends_with(out_path, ".gguf");
+    if (!text_path && n_in == 0) return cli_usage_error("imatrix", "-f TEXT (or --in-file to merge) is required");
+    if (text_path && !model) return cli_usage_error("imatrix", "-m MODEL is required with -f");
+    if (n_ctx < 8 || skip < 0 || out_freq < 0) return cli_usage_error("imatrix", "bad -c, --chunk or --output-frequency");
+    for (int i = 0; i < n_in; i++)
+        if (!strcmp(in_files[i], out_path)) {
+            cli_error("imatrix: output %s is also an --in-file; refusing to overwrite an input", out_path);
+            return 1;
+        }
+
+    char err[512];
+    struct collector col;
+    memset(&col, 0, sizeof col);
+    pthread_mutex_init(&col.mu, NULL);
+    col.im = moeq_imatrix_new();
+    col.process_output = process_output;
+    int rc = 1;
+    moeq_engine *e = NULL;
+    moeq_session *s = NULL;
+    int32_t *tokens = NULL;
+    float *logits = NULL;
+
+    col.im->chunk_size = n_ctx; /* weight of legacy .dat data when merging */
+    for (int i = 0; i < n_in; i++) {
+        if (moeq_imatrix_load(col.im, in_files[i], err, sizeof err) != 0) { cli_error("imatrix: %s", err); goto out; }
+        fprintf(stderr, "moeq: imatrix: merged %s\n", in_files[i]);
+    }
+    if (!text_path) {
+        rc = save(col.im, out_path, gguf, (int)col.im->chunk_count) ? 1 : 0;
+        goto out;
+    }
+
+    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, (int)(n_ctx < 512 ? n_ctx : 512) };
+    e = moeq_engine_open(&ep, err, sizeof err);
+    if (!e) { cli_error("%s", err); goto out; }
+    const struct moeq_model_info *mi = moeq_engine_info(e);
+    col.n_expert = mi->n_expert > 0 ? mi->n_expert : 1;
+    const int64_t n_loaded = col.im->n_entries;
+
+    size_t tlen;
+    char *text = cli_read_file(text_path, &tlen, err, sizeof err);
+    if (!text) { cli_error("imatrix: %s", err); goto out; }
+    if (tlen == 0) { free(text); cli_error("imatrix: %s is empty", text_path); goto out; }
+    int cap = (int)(tlen + 16 > (size_t)(1 << 30) ? (1 << 30) : tlen + 16);
+    tokens = malloc((size_t)cap * sizeof *tokens);
+    int got = tokens ? moeq_tokenize(e, text, tlen, 0, tokens, cap) : -1;
+    free(text);
+    if (got < 0 || got > cap) { cli_error("imatrix: cannot tokenize %s", text_path); goto out; }
+    int n_chunk = got / (int)n_ctx;
+    if (n_chunk - skip < 1) {
+        cli_error("imatrix: %s tokenizes to %d tokens: not enough for one chunk of %lld after skipping %lld",
+                  text_path, got, (long long)n_ctx, (long long)skip);
+        goto out;
+    }
+    int last = n_chunk;
+    if (max_chunks > 0 && skip + max_chunks < last) last = (int)(skip + max_chunks);
+
+    logits = malloc((size_t)n_ctx * (size_t)mi->n_vocab * sizeof *logits);
+    s = moeq_session_new(e, err, sizeof err);
+    if (!logits || !s) { cli_error("imatrix: %s", s ? "out of memory" : err); goto out; }
+    moeq_imatrix_add_dataset(col.im, text_path);
+    col.im->chunk_size = n_ctx;
+    moeq_engine_set_act_hook(e, hook, &col);
+    fprintf(stderr, "moeq: imatrix: %d tokens, chunks %lld..%d of %lld tokens\n", got, (long long)skip, last - 1, (long long)n_ctx);
+
+    double nll = 0;
+    long count = 0;
+    double t0 = now_s();
+    int done = 0;
+    for (int c = (int)skip; c < last; c++) {
+        int32_t *ct = tokens + (size_t)c * (size_t)n_ctx;
+        moeq_session_sync(s, NULL, 0);
+        int32_t saved = ct[0];
+        if (mi->add_bos) ct[0] = mi->bos;
+        int erc = moeq_session_eval(s, ct, (int)n_ctx, no_ppl ? NULL : logits, err, sizeof err);
+        ct[0] = saved;
+        if (erc != 0) { cli_error("imatrix: %s", err); goto out; }
+        if (col.failed) {
+            cli_error("imatrix: %s: %s (is an --in-file from a different model?)", model, col.err);
+            goto out;
+        }
+        done++;
+        col.im->chunk_count++;
+        for (int64_t k = 0; k < col.im->n_entries && k < col.touched_cap; k++)
+            if (col.touched[k]) col.im->entries[k].ncall++;
+        /* merged files must belong to this model: each of their entries is
+         * a weight this model multiplies (shape conflicts fail in the hook) */
+        if (done == 1)
+            for (int64_t k = 0; k < n_loaded; k++)
+                if (k >= col.touched_cap || !col.touched[k]) {
+                    cli_error("imatrix: %s has no weight %s from the merged imatrix (a different model?)",
+                              model, col.im->entries[k].name);
+                    goto out;
+                }
+        if (!no_ppl) {
+            for (int j = (int)n_ctx / 2; j < n_ctx - 1; j++) {
+                const float *row = logits + (size_t)j * mi->n_vocab;
+                float mx = row[0];
+                for (int v = 1; v < mi->n_vocab; v++) if (row[v] > mx) mx = row[v];
+                double se = 0;
+                for (int v = 0; v < mi->n_vocab; v++) se += expf(row[v] - mx);
+                nll += (double)mx + log(se) - row[ct[j + 1]];
+                count++;
+            }
+            printf("[%d]%.4f,", done, exp(nll / (double)count));
+            fflush(stdout);
+        }
+        double el = now_s() - t0;
+        fprintf(stderr, "\rmoeq: imatrix: chunk %d/%d  %.1fs  ETA %.1fs   ", done, last - (int)skip, el,
+                el / done * (last - (int)skip - done));
+        if (out_freq > 0 && done % out_freq == 0 && c + 1 < last) {
+            fprintf(stderr, "\n");
+            if (save(col.im, out_path, gguf, done) != 0) goto out;
+        }
+    }
+    fprintf(stderr, "\n");
+    if (!no_ppl) printf("\nFinal estimate: PPL = %.4f\n", exp(nll / (double)count));
+    rc = save(col.im, out_path, gguf, done) ? 1 : 0;
+out:
+    moeq_session_free(s);
+    moeq_engine_close(e);
+    moeq_imatrix_free(col.im);
+    free(col.touched);
+    pthread_mutex_destroy(&col.mu);
+    free(tokens);
+    free(logits);
+    return rc;
+}

@@ -1,0 +1,434 @@
+/*
+ * cmd_perplexity.c: `moeq perplexity`, the llama-perplexity method.
+ *
+ * The text is tokenized once and cut into chunks of n_ctx tokens; each
+ * chunk is evaluated from an empty cache and only its second half is
+ * scored (every scored token then sees at least n_ctx/2 tokens of
+ * context), so numbers are comparable with llama-perplexity's.
+ *
+ * --kl-divergence-base FILE stores the base model's log-probabilities of
+ * the scored positions in llama.cpp's format ("_logits_", n_ctx, n_vocab,
+ * n_chunk, the tokens, then per scored position two floats (scale, min)
+ * and n_vocab 16-bit quantized log-probabilities, padded); --kl-divergence
+ * reads such a file and compares the current model against it.
+ */
+#include "cmd.h"
+#include "engine.h"
+#include "quants.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: moeq perplexity -m MODEL -f TEXT [options]\n"
+        "\n"
+        "  -c N                    context (chunk) size, default 512\n"
+        "  --chunks N              evaluate at most N chunks\n"
+        "  -b N                    tokens per forward batch, default min(512, n_ctx)\n"
+        "  -t N                    threads (default: all cores)\n"
+        "  --kl-divergence-base F  store the model's log-probabilities in F (llama.cpp format)\n"
+        "  --kl-divergence         with --kl-divergence-base F: compare against F's model\n"
+        "\nexample:\n"
+        "  moeq perplexity -m model-asym.gguf -f wiki.test.raw -c 512 --chunks 20\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------- base log-probs */
+
+static inline int nearest_int(float v) { return (int)lrintf(v); }
+
+/* Encode the log-softmax of one row into nv uint16 (llama.cpp's layout)
+ * and return the NLL of tok. */
+static double encode_log_probs(int n_vocab, const float *logits, uint16_t *out, int tok)
+{
+    float mx = logits[0], mn = logits[0];
+    for (int i = 1; i < n_vocab; i++) {
+        if (logits[i] > mx) mx = logits[i];
+        if (logits[i] < mn) mn = logits[i];
+    }
+    if (mn < mx - 24) mn = mx - 24;
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++) sum += expf(logits[i] - mx);
+    const float lse = (float)log(sum);
+    const float min_log_prob = mn - mx - lse;
+    const float scale = (mx - mn) / 65535.f;
+    /* two floats (scale, min) in the first four uint16, as llama.cpp */
+    memcpy(out, &scale, 4);
+    memcpy(out + 2, &min_log_prob, 4);
+    uint16_t *q = out + 4;
+    if (scale > 0) {
+        const float inv = 1 / scale;
+        for (int i = 0; i < n_vocab; i++)
+            q[i] = logits[i] > mn ? (uint16_t)nearest_int(inv * (logits[i] - mn)) : 0;
+    } else {
+        memset(q, 0, (size_t)n_vocab * sizeof *q);
+    }
+    return (double)(mx + lse - logits[tok]);
+}
+
+struct kld_acc {
+    double sum_nll, sum_nll2, sum_nll_base, sum_nll_base2, sum_nll_nll_base;
+    double sum_kld, sum_kld2, sum_p_diff, sum_p_diff2, sum_p_diff4;
+    float  max_p_diff;
+    size_t n_same_top, count;
+};
+
+/* Compare one row of logits with the stored base log-probabilities. */
+static void kld_row(int n_vocab, const float *logits, const uint16_t *base, int tok,
+                    struct kld_acc *k, float *kld_out, float *pdiff_out)
+{
+    float mx = logits[0];
+    int imax = 0;
+    for (int i = 1; i < n_vocab; i++)
+        if (logits[i] > mx) { mx = logits[i]; imax = i; }
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++) sum += expf(logits[i] - mx);
+    const float lse = (float)log(sum);
+    float scale, min_lp;
+    memcpy(&scale, base, 4);
+    memcpy(&min_lp, base + 2, 4);
+    const uint16_t *q = base + 4;
+    const float nll = mx + lse - logits[tok];
+    const float nll_base = -(scale * q[tok] + min_lp);
+    k->sum_nll += nll; k->sum_nll2 += (double)nll * nll;
+    k->sum_nll_base += nll_base; k->sum_nll_base2 += (double)nll_base * nll_base;
+    k->sum_nll_nll_base += (double)nll * nll_base;
+    const float norm = mx + lse;
+    double kl = 0;
+    int imax_base = 0;
+    float best = -INFINITY;
+    for (int i = 0; i < n_vocab; i++) {
+        const float lpb = scale * q[i] + min_lp;
+        if (lpb > best) { best = lpb; imax_base = i; }
+        if (lpb > -16.f) kl += expf(lpb) * (lpb - logits[i] + norm);
+    }
+    k->sum_kld += kl; k->sum_kld2 += kl * kl;
+    k->count++;
+    if (imax == imax_base) k->n_same_top++;
+    const float pd = expf(-nll) - expf(-nll_base);
+    k->sum_p_diff += pd;
+    k->sum_p_diff2 += (double)pd * pd;
+    k->sum_p_diff4 += (double)pd * pd * pd * pd;
+    if (fabsf(pd) > k->max_p_diff) k->max_p_diff = fabsf(pd);
+    *kld_out = (float)kl;
+    *pdiff_out = pd;
+}
+
+static void mean_unc(double sum, double sum2, size_t n, double *m, double *u)
+{
+    *m = n ? sum / (double)n : 0;
+    double v = n ? sum2 / (double)n - *m * *m : 0;
+    *u = v > 0 && n > 10 ? sqrt(v / (double)(n - 1)) : 0;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static float percentile(const float *v, size_t n, double frac)
+{
+    if (frac <= 0) return v[0];
+    if (frac >= 1) return v[n - 1];
+    double p = frac * (double)(n - 1);
+    size_t ip = (size_t)p;
+    p -= (double)ip;
+    return (float)((1 - p) * v[ip] + p * v[ip + 1 < n ? ip + 1 : n - 1]);
+}
+
+static void print_kld_summary(const struct kld_acc *k, float *kv, float *pv, size_t n)
+{
+    double lp, lpu, lb, lbu;
+    mean_unc(k->sum_nll, k->sum_nll2, k->count, &lp, &lpu);
+    mean_unc(k->sum_nll_base, k->sum_nll_base2, k->count, &lb, &lbu);
+    double cov = k->count >= 10 ? (k->sum_nll_nll_base / (double)k->count - lp * lb) / (double)(k->count - 1) : 0;
+    double ratio = lp - lb, ratio_u = sqrt(fmax(0, lpu * lpu + lbu * lbu - 2 * cov));
+    printf("====== Perplexity statistics ======\n");
+    printf("Mean PPL(Q)                   : %10.6f ± %10.6f\n", exp(lp), exp(lp) * lpu);
+    printf("Mean PPL(base)                : %10.6f ± %10.6f\n", exp(lb), exp(lb) * lbu);
+    printf("Cor(ln(PPL(Q)), ln(PPL(base))): %6.2f%%\n", lpu * lbu > 0 ? 100.0 * cov / (lpu * lbu) : 0);
+    printf("Mean ln(PPL(Q)/PPL(base))     : %10.6f ± %10.6f\n", ratio, ratio_u);
+    printf("Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f\n", exp(ratio), exp(ratio) * ratio_u);
+    printf("Mean PPL(Q)-PPL(base)         : %10.6f\n", exp(lp) - exp(lb));
+    double km, ku;
+    mean_unc(k->sum_kld, k->sum_kld2, k->count, &km, &ku);
+    qsort(kv, n, sizeof *kv, cmp_float);
+    qsort(pv, n, sizeof *pv, cmp_float);
+    printf("\n====== KL divergence statistics ======\n");
+    printf("Mean    KLD: %10.6f ± %10.6f\n", km, ku);
+    printf("Maximum KLD: %10.6f\n", kv[n - 1]);
+    printf("99.9%%   KLD: %10.6f\n", percentile(kv, n, 0.999));
+    printf("99.0%%   KLD: %10.6f\n", percentile(kv, n, 0.990));
+    printf("90.0%%   KLD: %10.6f\n", percentile(kv, n, 0.900));
+    printf("Median  KLD: %10.6f\n", percentile(kv, n, 0.5));
+    printf("10.0%%   KLD: %10.6f\n", percentile(kv, n, 0.1));
+    printf("Minimum KLD: %10.6f\n", kv[0]);
+    double pm, pu, p2m, p2u;
+    mean_unc(k->sum_p_diff, k->sum_p_diff2, k->count, &pm, &pu);
+    mean_unc(k->sum_p_diff2, k->sum_p_diff4, k->count, &p2m, &p2u);
+    double rms = sqrt(p2m), rms_u = rms > 0 ? 0.5 / rms * p2u : 0;
+    double top = (double)k->n_same_top / (double)k->count;
+    printf("\n====== Token probability statistics ======\n");
+    printf("Mean    Δp: %6.3f ± %5.3f %%\n", 100 * pm, 100 * pu);
+    printf("Maximum Δp: %6.3f%%\n", 100 * pv[n - 1]);
+    printf("99.0%%   Δp: %6.3f%%\n", 100 * percentile(pv, n, 0.99));
+    printf("Median  Δp: %6.3f%%\n", 100 * percentile(pv, n, 0.5));
+    printf("1.0%%    Δp: %6.3f%%\n", 100 * percentile(pv, n, 0.01));
+    printf("Minimum Δp: %6.3f%%\n", 100 * pv[0]);
+    printf("RMS Δp    : %6.3f ± %5.3f %%\n", 100 * rms, 100 * rms_u);
+    printf("Same top p: %6.3f ± %5.3f %%\n", 100 * top,
+           k->count > 1 ? 100 * sqrt(top * (1 - top) / (double)(k->count - 1)) : 0);
+}
+
+/* ------------------------------------------------------------- main */
+
+int cmd_perplexity(int argc, char **argv)
+{
+    const char *model = NULL, *text_path = NULL, *kld_path = NULL;
+    int64_t n_ctx = 512, max_chunks = -1, n_batch = 0, n_threads = 0;
+    int kld_mode = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (cli_is_help(a)) { usage(stdout); return 0; }
+        int has = i + 1 < argc;
+#define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("perplexity", "%s needs an integer", flag); continue; }
+        ARG_I64("-c", n_ctx);
+        ARG_I64("--ctx-size", n_ctx);
+        ARG_I64("--chunks", max_chunks);
+        ARG_I64("-b", n_batch);
+        ARG_I64("-t", n_threads);
+#undef ARG_I64
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!has) return cli_usage_error("perplexity", "-m needs a file"); model = argv[++i]; }
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!has) return cli_usage_error("perplexity", "-f needs a file"); text_path = argv[++i]; }
+        else if (!strcmp(a, "--kl-divergence-base")) { if (!has) return cli_usage_error("perplexity", "%s needs a file", a); kld_path = argv[++i]; }
+        else if (!strcmp(a, "--kl-divergence")) kld_mode = 1;
+        else return cli_usage_error("perplexity", "unknown argument '%s'", a);
+    }
+    if (!model || !text_path) return cli_usage_error("perplexity", "-m MODEL and -f TEXT are required");
+    if (kld_mode && !kld_path) return cli_usage_error("perplexity", "--kl-divergence needs --kl-divergence-base FILE");
+    if (n_ctx < 8 || n_ctx > (1 << 20)) return cli_usage_error("perplexity", "-c must be in 8..1048576");
+    if (n_batch <= 0 || n_batch > n_ctx) n_batch = n_ctx < 512 ? n_ctx : 512;
+
+    char err[512], kld_tmp[4200] = "";
+    FILE *kf = NULL;
+    uint16_t *lp = NULL;
+    int32_t *tokens = NULL;
+    float *logits = NULL, *kld_vals = NULL, *pd_vals = NULL;
+    moeq_session *s = NULL;
+    int rc = 1;
+
+    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, (int)n_batch };
+    moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
+    if (!e) { cli_error("%s", err); return 1; }
+    const struct moeq_model_info *mi = moeq_engine_info(e);
+    const int n_vocab = mi->n_vocab;
+    const int nv = 2 * ((n_vocab + 1) / 2) + 4;
+    const int first = (int)n_ctx / 2;
+    const int n_scored = (int)n_ctx - 1 - first;
+    int n_tok = 0, n_chunk = 0;
+
+    if (kld_mode) {
+        /* the base file decides the tokens and chunks */
+        kf = fopen(kld_path, "rb");
+        if (!kf) { cli_error("perplexity: cannot open %s", kld_path); goto out; }
+        char magic[8];
+        uint32_t f_ctx;
+        int32_t f_vocab, f_chunk;
+        if (fread(magic, 1, 8, kf) != 8 || memcmp(magic, "_logits_", 8) != 0) {
+            cli_error("perplexity: %s: byte 0: not a log-probabilities file (no _logits_ magic)", kld_path);
+            goto out;
+        }
+        if (fread(&f_ctx, 4, 1, kf) != 1 || fread(&f_vocab, 4, 1, kf) != 1 || fread(&f_chunk, 4, 1, kf) != 1) {
+            cli_error("perplexity: %s: byte 8: truncated header", kld_path);
+            goto out;
+        }
+        if (f_vocab != n_vocab) {
+            cli_error("perplexity: %s: vocabulary of %d tokens, but %s has %d", kld_path, f_vocab, model, n_vocab);
+            goto out;
+        }
+        if (f_ctx < 8 || f_ctx > (1u << 20) || f_chunk < 1 || (int64_t)f_chunk * f_ctx > (1 << 28)) {
+            cli_error("perplexity: %s: byte 8: bad n_ctx %u or chunk count %d", kld_path, f_ctx, f_chunk);
+            goto out;
+        }
+        if ((int64_t)f_ctx != n_ctx)
+            fprintf(stderr, "moeq: perplexity: using n_ctx %u from %s\n", f_ctx, kld_path);
+        n_ctx = f_ctx;
+        n_tok = f_chunk * (int)f_ctx;
+        n_chunk = f_chunk;
+        if (max_chunks > 0 && max_chunks < n_chunk) n_chunk = (int)max_chunks;
+        tokens = malloc((size_t)n_tok * sizeof *tokens);
+        if (!tokens || fread(tokens, 4, (size_t)n_tok, kf) != (size_t)n_tok) {
+            cli_error("perplexity: %s: truncated token list", kld_path);
+            goto out;
+        }
+        for (int i = 0; i < n_tok; i++)
+            if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+                cli_error("perplexity: %s: token %d out of range (%d)", kld_path, i, tokens[i]);
+                goto out;
+            }
+    } else {
+        size_t tlen;
+        char *text = cli_read_file(text_path, &tlen, err, sizeof err);
+        if (!text) { cli_error("perplexity: %s", err); goto out; }
+        if (tlen == 0) { free(text); cli_error("perplexity: %s is empty", text_path); goto out; }
+        int cap = (int)(tlen + 16 > (size_t)(1 << 30) ? (1 << 30) : tlen + 16);
+        tokens = malloc((size_t)cap * sizeof *tokens);
+        int off = 0;
+        if (mi->add_bos && tokens) tokens[off++] = mi->bos;
+        int got = tokens ? moeq_tokenize(e, text, tlen, 0, tokens + off, cap - off) : -1;
+        free(text);
+        if (got < 0 || got > cap - off) { cli_error("perplexity: cannot tokenize %s", text_path); goto out; }
+        n_tok = off + got;
+        if (n_tok < 2 * n_ctx) {
+            cli_error("perplexity: %s tokenizes to %d tokens; at least %lld (2 x n_ctx) are needed",
+                      text_path, n_tok, (long long)(2 * n_ctx));
+            goto out;
+        }
+        n_chunk = n_tok / (int)n_ctx;
+        if (max_chunks > 0 && max_chunks < n_chunk) n_chunk = (int)max_chunks;
+        if (kld_path) {
+            snprintf(kld_tmp, sizeof kld_tmp, "%s.tmp", kld_path);
+            kf = fopen(kld_tmp, "wb");
+            if (!kf) { cli_error("perplexity: cannot create %s", kld_tmp); goto out; }
+            uint32_t c32 = (uint32_t)n_ctx;
+            int32_t v32 = n_vocab, ch32 = n_chunk;
+            if (fwrite("_logits_", 1, 8, kf) != 8 || fwrite(&c32, 4, 1, kf) != 1 || fwrite(&v32, 4, 1, kf) != 1 ||
+                fwrite(&ch32, 4, 1, kf) != 1 || fwrite(tokens, 4, (size_t)n_chunk * (size_t)n_ctx, kf) != (size_t)n_chunk * (size_t)n_ctx) {
+                cli_error("perplexity: writing %s failed", kld_path);
+                goto out;
+            }
+        }
+    }
+
+    const int n_scored2 = (int)n_ctx - 1 - (int)n_ctx / 2;
+    (void)n_scored;
+    logits = malloc((size_t)n_batch * (size_t)n_vocab * sizeof *logits);
+    float *scored = malloc((size_t)n_ctx * (size_t)n_vocab * sizeof *scored / 2 + (size_t)n_vocab * 4);
+    lp = malloc((size_t)n_scored2 * (size_t)nv * sizeof *lp);
+    if (kld_mode) {
+        kld_vals = malloc((size_t)n_chunk * (size_t)n_scored2 * sizeof *kld_vals);
+        pd_vals = malloc((size_t)n_chunk * (size_t)n_scored2 * sizeof *pd_vals);
+    }
+    s = moeq_session_new(e, err, sizeof err);
+    if (!logits || !scored || !lp || !s || (kld_mode && (!kld_vals || !pd_vals))) {
+        free(scored);
+        cli_error("perplexity: %s", s ? "out of memory" : err);
+        goto out;
+    }
+    fprintf(stderr, "moeq: perplexity: %d tokens, %d chunks of %lld, batch %lld, scoring the second half of each\n",
+            n_tok, n_chunk, (long long)n_ctx, (long long)n_batch);
+
+    double nll = 0, nll2 = 0;
+    long count = 0;
+    struct kld_acc k;
+    memset(&k, 0, sizeof k);
+    double t0 = now_s();
+    const int f0 = (int)n_ctx / 2;
+    if (kld_mode)
+        printf("\nchunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p\n");
+    for (int c = 0; c < n_chunk; c++) {
+        const int32_t *ct = tokens + (size_t)c * (size_t)n_ctx;
+        moeq_session_sync(s, NULL, 0);
+        for (int b = 0; b < n_ctx; b += (int)n_batch) {
+            int nb = (int)(n_ctx - b < n_batch ? n_ctx - b : n_batch);
+            int32_t saved = ct[b];
+            if (mi->add_bos && b == 0 && !kld_mode) {
+                /* llama-perplexity puts BOS at the start of every chunk */
+                ((int32_t *)ct)[0] = mi->bos;
+            }
+            int erc = moeq_session_eval(s, ct + b, nb, logits, err, sizeof err);
+            ((int32_t *)ct)[b] = saved;
+            if (erc != 0) { free(scored); cli_error("perplexity: %s", err); goto out; }
+            /* keep the rows of positions >= first */
+            for (int j = 0; j < nb; j++) {
+                int pos = b + j;
+                if (pos >= f0 && pos < n_ctx - 1)
+                    memcpy(scored + (size_t)(pos - f0) * n_vocab, logits + (size_t)j * n_vocab, (size_t)n_vocab * 4);
+            }
+        }
+        if (kld_mode) {
+            if (fread(lp, 2, (size_t)n_scored2 * nv, kf) != (size_t)n_scored2 * nv) {
+                free(scored);
+                cli_error("perplexity: %s: truncated log-probabilities at chunk %d", kld_path, c + 1);
+                goto out;
+            }
+            for (int j = 0; j < n_scored2; j++)
+                kld_row(n_vocab, scored + (size_t)j * n_vocab, lp + (size_t)j * nv, ct[f0 + j + 1], &k,
+                        kld_vals + (size_t)c * n_scored2 + j, pd_vals + (size_t)c * n_scored2 + j);
+            double lpm, lpu, lbm, lbu, km, ku;
+            mean_unc(k.sum_nll, k.sum_nll2, k.count, &lpm, &lpu);
+            mean_unc(k.sum_nll_base, k.sum_nll_base2, k.count, &lbm, &lbu);
+            mean_unc(k.sum_kld, k.sum_kld2, k.count, &km, &ku);
+            double p2m, p2u;
+            mean_unc(k.sum_p_diff2, k.sum_p_diff4, k.count, &p2m, &p2u);
+            double top = (double)k.n_same_top / (double)k.count;
+            printf("%4d    %9.4f ± %9.4f    %10.5f ± %10.5f    %10.5f ± %10.5f    %6.3f ± %6.3f %%    %6.3f ± %6.3f %%\n",
+                   c + 1, exp(lpm), exp(lpm) * lpu, lpm - lbm, sqrt(lpu * lpu + lbu * lbu), km, ku,
+                   100 * sqrt(p2m), p2m > 0 ? 100 * 0.5 / sqrt(p2m) * p2u : 0,
+                   100 * top, k.count > 1 ? 100 * sqrt(top * (1 - top) / (double)(k.count - 1)) : 0);
+        } else {
+            for (int j = 0; j < n_scored2; j++) {
+                const float *row = scored + (size_t)j * n_vocab;
+                double v;
+                if (kf) v = encode_log_probs(n_vocab, row, lp + (size_t)j * nv, ct[f0 + j + 1]);
+                else {
+                    float mx = row[0];
+                    for (int i = 1; i < n_vocab; i++) if (row[i] > mx) mx = row[i];
+                    double se = 0;
+                    for (int i = 0; i < n_vocab; i++) se += expf(row[i] - mx);
+                    v = (double)mx + log(se) - row[ct[f0 + j + 1]];
+                }
+                nll += v;
+                nll2 += v * v;
+                count++;
+            }
+            if (kf && fwrite(lp, 2, (size_t)n_scored2 * nv, kf) != (size_t)n_scored2 * nv) {
+                free(scored);
+                cli_error("perplexity: writing %s failed", kld_path);
+                goto out;
+            }
+            printf("[%d]%.4f,", c + 1, exp(nll / (double)count));
+        }
+        fflush(stdout);
+        if (c == 0) {
+            double dt = now_s() - t0;
+            fprintf(stderr, "moeq: perplexity: %.2f s per chunk, ETA %.1f s\n", dt, dt * (n_chunk - 1));
+        }
+    }
+    free(scored);
+    printf("\n");
+    if (kld_mode) {
+        if (k.count < 2) { cli_error("perplexity: too few tokens for statistics"); goto out; }
+        print_kld_summary(&k, kld_vals, pd_vals, (size_t)n_chunk * n_scored2);
+    } else {
+        double m = nll / (double)count, m2 = nll2 / (double)count - m * m;
+        double ppl = exp(m);
+        double unc = m2 > 0 && count > 1 ? sqrt(m2 / (double)(count - 1)) * ppl : 0;
+        printf("Final estimate: PPL = %.4f +/- %.5f\n", ppl, unc);
+    }
+    fprintf(stderr, "moeq: perplexity: %d chunks in %.1f s\n", n_chunk, now_s() - t0);
+    rc = 0;
+out:
+    if (kf && fclose(kf) != 0 && rc == 0) { cli_error("perplexity: writing %s failed", kld_path); rc = 1; }
+    if (kld_tmp[0]) {
+        /* the base file appears only when complete */
+        if (rc == 0 && rename(kld_tmp, kld_path) != 0) { cli_error("perplexity: cannot rename %s", kld_tmp); rc = 1; }
+        if (rc != 0) remove(kld_tmp);
+    }
+    moeq_session_free(s);
+    moeq_engine_close(e);
+    free(tokens); free(logits); free(lp); free(kld_vals); free(pd_vals);
+    return rc;
+}

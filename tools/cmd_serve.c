@@ -1,0 +1,306 @@
+/*
+ * cmd_serve.c: `moeq serve`, an OpenAI-compatible HTTP server for a model.
+ *
+ * This file owns the command line, the process (signals, the loader
+ * thread) and the adapter that presents an engine (engine.h) to the server
+ * module as a struct srv_backend. The server listens before the model is
+ * loaded, so /health can say 503 while loading and 200 after, as
+ * llama-server does; SIGINT/SIGTERM at any point stop it cleanly (exit 0).
+ */
+#include "cmd.h"
+#include "engine.h"
+#include "quants.h"
+#include "server.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: moeq serve -m MODEL [options]\n"
+        "OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models,\n"
+        "/health, /metrics, /tokenize, /detokenize.\n"
+        "  -m, --model FILE      the GGUF model (required)\n"
+        "  -c, --ctx-size N      context per parallel sequence (default 4096)\n"
+        "  --host ADDR           numeric address to bind (default 127.0.0.1)\n"
+        "  --port N              port (default 8080; 0 picks a free one)\n"
+        "  -np, --parallel N     sequences decoded together, one session each (default 1)\n"
+        "  --queue N             requests that may wait for a sequence (default 4 x parallel,\n"
+        "                        at least 8); beyond it the server answers 503\n"
+        "  -t, --threads N       threads (default: all cores)\n"
+        "  -b, --batch-size N    prompt tokens per evaluation step (default 512)\n"
+        "  -ctk, --cache-type-k T  KV cache type for K: f16 (default) or q8_0\n"
+        "  -ctv, --cache-type-v T  KV cache type for V: f16 (default) or q8_0\n"
+        "  --api-key KEY         require 'Authorization: Bearer KEY' (not for /health);\n"
+        "                        MOEQ_API_KEY in the environment does the same\n"
+        "  --timeout S           idle connection timeout in seconds (default 600)\n"
+        "  --max-body BYTES      request body limit (default 8M)\n"
+        "  --alias NAME          model id in responses (default: the file name)\n"
+        "  -ngl N                accepted for llama-server compatibility; ignored (CPU engine)\n"
+        "Sampling defaults when a request leaves them out: temperature 0.8, top_k 40,\n"
+        "top_p 0.95, min_p 0.05 (llama-server's).\n");
+}
+
+/* ======================================================================
+ * The engine as a server backend
+ * ====================================================================== */
+
+struct eng {
+    moeq_engine *e;
+    int n_vocab;
+    moeq_session **dec;          /* scratch for decode, n_seq long */
+};
+
+struct eng_sess {
+    moeq_session *s;
+    struct moeq_sampler sp;      /* keeps its candidate buffer between tokens */
+};
+
+static int be_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
+{
+    return moeq_tokenize(((struct eng *)ud)->e, text, len, parse_special, out, max);
+}
+
+static int be_piece(void *ud, int32_t tok, char *buf, int cap)
+{
+    return moeq_token_piece(((struct eng *)ud)->e, tok, buf, cap);
+}
+
+static int be_is_eog(void *ud, int32_t tok) { return moeq_token_is_eog(((struct eng *)ud)->e, tok); }
+
+static char *be_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+{
+    struct moeq_chat_msg *cm = calloc((size_t)n, sizeof *cm);
+    if (!cm) { snprintf(err, errlen, "out of memory"); return NULL; }
+    for (int i = 0; i < n; i++) { cm[i].role = m[i].role; cm[i].content = m[i].content; }
+    char *r = moeq_chat_render(((struct eng *)ud)->e, cm, n, 1, err, errlen);
+    free(cm);
+    return r;
+}
+
+static void *be_session_new(void *ud, char *err, size_t errlen)
+{
+    struct eng_sess *s = calloc(1, sizeof *s);
+    if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
+    s->s = moeq_session_new(((struct eng *)ud)->e, err, errlen);
+    if (!s->s) { free(s); return NULL; }
+    return s;
+}
+
+static void be_session_free(void *ud, void *sp)
+{
+    (void)ud;
+    struct eng_sess *s = sp;
+    moeq_sampler_free(&s->sp);
+    moeq_session_free(s->s);
+    free(s);
+}
+
+static int be_sync(void *ud, void *sp, const int32_t *t, int n)
+{
+    (void)ud;
+    return moeq_session_sync(((struct eng_sess *)sp)->s, t, n);
+}
+
+static int be_eval(void *ud, void *sp, const int32_t *t, int n, char *err, size_t errlen)
+{
+    (void)ud;
+    return moeq_session_eval(((struct eng_sess *)sp)->s, t, n, NULL, err, errlen);
+}
+
+static const float *be_logits(void *ud, void *sp)
+{
+    (void)ud;
+    return moeq_session_logits(((struct eng_sess *)sp)->s);
+}
+
+static int be_decode(void *ud, void **ss, const int32_t *t, int n, char *err, size_t errlen)
+{
+    struct eng *g = ud;
+    for (int i = 0; i < n; i++) g->dec[i] = ((struct eng_sess *)ss[i])->s;
+    return moeq_engine_decode(g->e, g->dec, t, n, err, errlen);
+}
+
+static int32_t be_sample(void *ud, void *sp, const struct srv_sampling *p, uint64_t *rng, const float *lg)
+{
+    struct eng_sess *s = sp;
+    s->sp.temp = p->temp;
+    s->sp.top_k = p->top_k;
+    s->sp.top_p = p->top_p;
+    s->sp.min_p = p->min_p;
+    s->sp.rng = *rng;
+    int32_t t = moeq_sample(&s->sp, lg, ((struct eng *)ud)->n_vocab);
+    *rng = s->sp.rng;
+    return t;
+}
+
+/* ======================================================================
+ * Loading in the background
+ * ====================================================================== */
+
+struct loader {
+    struct moeq_engine_params ep;
+    srv        *server;
+    struct eng  eng;
+    atomic_int  state;           /* 0 loading, 1 serving, -1 failed */
+    char        err[512];
+};
+
+static void *load_main(void *arg)
+{
+    struct loader *L = arg;
+    moeq_engine *e = moeq_engine_open(&L->ep, L->err, sizeof L->err);
+    if (!e) { atomic_store(&L->state, -1); return NULL; }
+    const struct moeq_model_info *mi = moeq_engine_info(e);
+    L->eng.e = e;
+    L->eng.n_vocab = mi->n_vocab;
+    L->eng.dec = calloc((size_t)L->ep.n_seq, sizeof *L->eng.dec);
+    /* The context each session really has (the engine may clamp it). */
+    moeq_session *probe = moeq_session_new(e, L->err, sizeof L->err);
+    if (!L->eng.dec || !probe) {
+        if (!L->eng.dec) snprintf(L->err, sizeof L->err, "out of memory");
+        atomic_store(&L->state, -1);
+        return NULL;
+    }
+    int n_ctx = moeq_session_n_ctx(probe);
+    moeq_session_free(probe);
+
+    struct srv_backend be = {
+        .ud = &L->eng, .n_vocab = mi->n_vocab, .n_ctx = n_ctx, .n_batch = L->ep.n_batch,
+        .add_bos = mi->add_bos, .bos = mi->bos,
+        .tokenize = be_tokenize, .piece = be_piece, .is_eog = be_is_eog, .chat_render = be_render,
+        .session_new = be_session_new, .session_free = be_session_free, .session_sync = be_sync,
+        .session_eval = be_eval, .session_logits = be_logits, .decode = be_decode, .sample = be_sample,
+    };
+    json_t *meta = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:I,s:I,s:i}", "arch", mi->arch, "name", mi->name,
+                             "n_ctx", n_ctx, "n_ctx_train", mi->n_ctx_train, "n_vocab", mi->n_vocab,
+                             "n_expert", mi->n_expert, "n_expert_used", mi->n_expert_used,
+                             "n_params", (json_int_t)mi->n_params, "size", (json_int_t)mi->weight_bytes,
+                             "parallel", L->ep.n_seq);
+    int rc = srv_attach(L->server, &be, meta, L->err, sizeof L->err);
+    json_decref(meta);
+    atomic_store(&L->state, rc == 0 ? 1 : -1);
+    return NULL;
+}
+
+static int kv_type(const char *s, int *out)
+{
+    if (!strcmp(s, "f16") || !strcmp(s, "F16")) { *out = MOEQ_TYPE_F16; return 0; }
+    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) { *out = MOEQ_TYPE_Q8_0; return 0; }
+    return -1;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("MOEQ_API_KEY"), *alias = NULL;
+    int64_t ctx = 4096, port = 8080, parallel = 1, threads = 0, timeout = 600, queue = -1, batch = 512;
+    uint64_t max_body = 8u << 20;
+    int type_k = MOEQ_TYPE_F16, type_v = MOEQ_TYPE_F16;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (cli_is_help(a)) { usage(stdout); return 0; }
+        if (i + 1 >= argc) return cli_usage_error("serve", "%s needs a value or is unknown", a);
+        const char *v = argv[++i];
+        int64_t *num = NULL, lo = 0, hi = 0;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--host")) host = v;
+        else if (!strcmp(a, "--api-key")) api_key = v;
+        else if (!strcmp(a, "--alias")) alias = v;
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { num = &ctx; lo = 16; hi = 1 << 22; }
+        else if (!strcmp(a, "--port")) { num = &port; lo = 0; hi = 65535; }
+        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { num = &parallel; lo = 1; hi = 256; }
+        else if (!strcmp(a, "--queue")) { num = &queue; lo = 0; hi = 100000; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { num = &threads; lo = 0; hi = 4096; }
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) { num = &batch; lo = 1; hi = 1 << 16; }
+        else if (!strcmp(a, "--timeout")) { num = &timeout; lo = 1; hi = 86400; }
+        else if (!strcmp(a, "-ngl") || !strcmp(a, "--n-gpu-layers")) { int64_t x; if (cli_parse_i64(v, &x)) return cli_usage_error("serve", "%s wants an integer, got '%s'", a, v); }
+        else if (!strcmp(a, "--max-body")) {
+            if (cli_parse_size(v, &max_body) || max_body < 1024)
+                return cli_usage_error("serve", "--max-body wants a size of at least 1024 bytes, got '%s'", v);
+        } else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) {
+            if (kv_type(v, &type_k)) return cli_usage_error("serve", "%s wants f16 or q8_0, got '%s'", a, v);
+        } else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) {
+            if (kv_type(v, &type_v)) return cli_usage_error("serve", "%s wants f16 or q8_0, got '%s'", a, v);
+        } else return cli_usage_error("serve", "unknown option '%s'", a);
+        if (num && (cli_parse_i64(v, num) || *num < lo || *num > hi))
+            return cli_usage_error("serve", "%s wants an integer in [%lld, %lld], got '%s'", a, (long long)lo,
+                                   (long long)hi, v);
+    }
+    if (!model) return cli_usage_error("serve", "-m MODEL is required");
+    if (queue < 0) queue = parallel * 4 > 8 ? parallel * 4 : 8;
+    if (!alias) {
+        const char *slash = strrchr(model, '/');
+        alias = slash ? slash + 1 : model;
+    }
+
+    /* Every thread started from here on inherits this mask, so the
+     * signals are taken only by sigtimedwait below. SIGPIPE: a client
+     * gone mid-write must not kill the server. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct srv_config c = { .host = host, .port = (int)port, .parallel = (int)parallel, .queue = (int)queue,
+                            .api_key = api_key, .timeout_s = (int)timeout, .max_body = (size_t)max_body,
+                            .alias = alias };
+    char err[512];
+    srv *s = srv_start(&c, err, sizeof err);
+    if (!s) { cli_error("serve: %s", err); return 1; }
+    int v6 = strchr(host, ':') != NULL;
+    fprintf(stderr, "moeq: serve: listening on http://%s%s%s:%d (loading %s)\n",
+            v6 ? "[" : "", host, v6 ? "]" : "", srv_port(s), model);
+
+    struct loader *L = calloc(1, sizeof *L);
+    if (!L) { srv_stop(s); cli_error("serve: out of memory"); return 1; }
+    L->server = s;
+    L->ep = (struct moeq_engine_params){ .model_path = model, .n_threads = (int)threads, .n_ctx = (int)ctx,
+                                         .n_seq = (int)parallel, .type_k = type_k, .type_v = type_v,
+                                         .n_batch = (int)batch };
+    pthread_t th;
+    if (pthread_create(&th, NULL, load_main, L) != 0) {
+        srv_stop(s);
+        free(L);
+        cli_error("serve: cannot start the loader thread");
+        return 1;
+    }
+
+    int rc = 0, announced = 0;
+    for (;;) {
+        struct timespec ts = { 0, 200 * 1000000L };
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if (sig == SIGINT || sig == SIGTERM) {
+            fprintf(stderr, "moeq: serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            break;
+        }
+        int st = atomic_load(&L->state);
+        if (st < 0) {
+            cli_error("serve: %s", L->err);
+            rc = 1;
+            break;
+        }
+        if (st == 1 && !announced) {
+            fprintf(stderr, "moeq: serve: model loaded, serving as '%s' with %d parallel sequence%s\n",
+                    alias, (int)parallel, parallel > 1 ? "s" : "");
+            announced = 1;
+        }
+    }
+    /* The loader cannot be interrupted mid-load; wait for it, then stop
+     * the server (which ends the running requests) before the engine
+     * goes. */
+    pthread_join(th, NULL);
+    srv_stop(s);
+    free(L->eng.dec);
+    if (L->eng.e) moeq_engine_close(L->eng.e);
+    free(L);
+    return rc;
+}
