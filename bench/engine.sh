@@ -3,7 +3,8 @@
 # reports them) and peak RSS with `moeq bench`, on the tiny models in
 # ../shared and on the full qwen3-30b-a3b shape in the asym-2bitexp recipe
 # (random weights from `moeq synth`: real speed and memory at real scale).
-# Results go to stdout as Markdown rows, ready for bench/RESULTS.md.
+# Results go to stdout as Markdown rows, for the engine section of
+# bench/RESULTS.md.
 #
 #   sh bench/engine.sh [-t THREADS] [-r REPS] [-p N] [-n N]
 #

@@ -852,7 +852,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->bpos = xcalloc(cap, sizeof *e->bpos, &oom);
     e->bsess = xcalloc(cap, sizeof *e->bsess, &oom);
     e->out_rows = xcalloc(cap, sizeof *e->out_rows, &oom);
-    e->rowbuf = xcalloc((size_t)e->n_threads * e->rowbuf_len, sizeof(float), &oom);
+    e->rowbuf = xcalloc(e->rowbuf_len, sizeof(float), &oom);
     {
         /* widest activation row of each quantized format */
         int64_t k32 = (maxk + 31) / 32 * 32, k256 = (maxk + 255) / 256 * 256;

@@ -119,9 +119,15 @@ int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab);
 void    moeq_sampler_free(struct moeq_sampler *sp);
 
 /* ---- activation statistics (imatrix) ----
- * When set, called for every matmul input during eval: the weight's tensor
- * name, the expert id (-1 for dense weights), and n_rows rows of n_cols
- * floats (the activations that multiply that weight). */
+ * When set, called for every matmul input during eval and decode, on the
+ * calling thread, before the matmul: the weight's GGUF tensor name
+ * ("blk.3.attn_q.weight", "blk.3.ffn_gate_inp.weight", "output.weight"),
+ * the expert id for the stacked expert tensors (ffn_*_exps, called once per
+ * expert with just the rows routed to it; -1 for every other weight), and
+ * n_rows rows of n_cols floats (the activations that multiply that weight;
+ * valid only during the call). q/k/v share one input and are reported once
+ * each; output.weight sees only the rows whose logits are computed (all of
+ * them when eval is given all_logits). */
 typedef void (*moeq_act_hook)(void *ud, const char *tensor, int expert,
                               const float *x, int n_rows, int n_cols);
 void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud);

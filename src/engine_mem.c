@@ -50,7 +50,7 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
     f += cap * nkv * 2;      /* k, v */
     f += cap * HD;           /* rope */
     f += slots * F * 2;      /* hg, hu */
-    f += threads * maxk;     /* rowbuf */
+    f += maxk;               /* rowbuf (one embedding row) */
     f += threads * n_ctx;    /* scores */
     f += n_seq * (uint64_t)s->n_vocab; /* logits_tmp */
     uint64_t bytes = f * 4 + cap * (4 + 4 + 8 + 4); /* btok, bpos, bsess, out_rows */

@@ -33,7 +33,7 @@ static void usage(FILE *o)
         "  -p, --prompt TEXT     prompt\n"
         "  -f, --file FILE       read the prompt from FILE\n"
         "  -n, --n-predict N     tokens to generate (default 128; -1: until end or context full)\n"
-        "  -c, --ctx-size N      context size (default 4096; 0: the model's)\n"
+        "  -c, --ctx-size N      context size (default 4096, at most the model's; 0: the model's)\n"
         "  -t, --threads N       threads (default: all cores)\n"
         "  -b, --batch-size N    prompt tokens per batch (default 512)\n"
         "  --temp T              temperature (default 0.8; 0: greedy)\n"
@@ -286,7 +286,7 @@ int cmd_run(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL;
     int64_t n_predict = 128, n_ctx = 4096, n_threads = 0, n_batch = 512, top_k = 40, seed = -1;
     double temp = 0.8, top_p = 0.95, min_p = 0.05;
-    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16, chat = 0;
+    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16, chat = 0, ctx_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
@@ -299,7 +299,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
         else if (!strcmp(a, "--dump-logits")) dump = v;
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) bad = cli_parse_i64(v, &n_predict) || n_predict < -1 || n_predict > (1 << 30);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) bad = cli_parse_i64(v, &n_ctx) || n_ctx < 0 || n_ctx > (1 << 24);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { bad = cli_parse_i64(v, &n_ctx) || n_ctx < 0 || n_ctx > (1 << 24); ctx_given = 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = cli_parse_i64(v, &n_threads) || n_threads < 0 || n_threads > 1024;
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) bad = cli_parse_i64(v, &n_batch) || n_batch < 1 || n_batch > 65536;
         else if (!strcmp(a, "--top-k")) bad = cli_parse_i64(v, &top_k) || top_k < 0;
@@ -332,6 +332,12 @@ int cmd_run(int argc, char **argv)
                                     .n_ctx = (int)n_ctx, .n_seq = 1, .type_k = tk, .type_v = tv,
                                     .n_batch = (int)n_batch };
     r.e = moeq_engine_open(&p, r.err, sizeof r.err);
+    if (r.e && !ctx_given && moeq_engine_info(r.e)->n_ctx_train < p.n_ctx) {
+        /* the default 4096 never exceeds what the model was trained for */
+        p.n_ctx = moeq_engine_info(r.e)->n_ctx_train;
+        moeq_engine_close(r.e);
+        r.e = moeq_engine_open(&p, r.err, sizeof r.err);
+    }
     if (!r.e) { free(text); cli_error("%s", r.err); return 1; }
     int rc = 0;
     int32_t *tok = NULL;
