@@ -29,7 +29,7 @@
  *     again at the final scale among the cheapest few candidates.
  * On tiny-a with its imatrix this gives 2-12% lower imatrix-weighted RMSE
  * than the reference encoder in every tensor (3-8% over the model), at
- * 1.3-2.6x its single-thread speed.
+ * 1.5-2.9x its single-thread speed.
  *
  * The lattice tables (codeword -> grid index map, neighbour lists) are
  * built once per codebook under pthread_once, so the quantizers are pure

@@ -142,7 +142,8 @@ TEST(iq_imatrix_lowers_weighted_error)
  * an all-zero row decodes to zeros, a row with one non-zero weight keeps
  * that weight's sign and rough size, a constant row stays near its value
  * (loosely: few codewords have four equal coordinates), huge and tiny magnitudes neither
- * overflow the fp16 scale nor produce NaN, NaN/inf input does not crash,
+ * overflow the fp16 scale nor produce NaN, NaN/inf input (or a corrupt
+ * imatrix with NaN, inf, negative and huge values) does not crash,
  * and a bad row length is refused (0 bytes).
  */
 TEST(iq_degenerate_rows)
@@ -158,8 +159,10 @@ TEST(iq_degenerate_rows)
     for (int i = 0; i < N; i++) x[5][i] = 1.0f;              /* constant */
     for (int i = 0; i < N; i++) x[6][i] = i < 256 ? 0.0f : 0.01f * ((i * 13) % 9 - 4); /* half zero */
     for (int i = 0; i < N; i++) x[7][i] = -0.02f;            /* constant negative */
-    float imat[N];
+    float imat[N], badimat[N];
     for (int i = 0; i < N; i++) imat[i] = i % 5 ? 1.0f : 0.0f; /* dead columns too */
+    for (int i = 0; i < N; i++)                              /* a corrupt imatrix */
+        badimat[i] = i % 7 == 0 ? NAN : i % 7 == 1 ? INFINITY : i % 7 == 2 ? -3.0f : 1e30f * (float)(i % 3);
 
     for (int k = 0; k < N_IQ; k++) {
         const int type = iq_types[k];
@@ -170,8 +173,8 @@ TEST(iq_degenerate_rows)
         REQUIRE(rs <= sizeof q);
         CHECK(t->quantize(x[0], q, 1, 300, NULL) == 0);      /* not a multiple of 256 */
         for (int r = 0; r < 8; r++) {
-            for (int pass = 0; pass < 2; pass++) {
-                REQUIRE(t->quantize(x[r], q, 1, N, pass ? imat : NULL) == rs);
+            for (int pass = 0; pass < 3; pass++) {
+                REQUIRE(t->quantize(x[r], q, 1, N, pass == 2 ? badimat : pass ? imat : NULL) == rs);
                 REQUIRE(moeq_dequantize(type, q, y, N) == 0);
                 int finite = 1;
                 for (int i = 0; i < N; i++) finite &= isfinite(y[i]) != 0;
