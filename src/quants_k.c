@@ -684,6 +684,35 @@ size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
     return (size_t)(nrows * nb) * sizeof(block_q2_K);
 }
 
+/*
+ * The fits minimise weighted squared error, and at 4 bits that fit is
+ * slightly shrunk (sum(x*y)/sum(x*x) about 0.995 on tiny-a's attention).
+ * As for the i-quants (see unbias_scale in quants_iq.c), a shrink that
+ * every layer shares adds up in the residual stream, so Q4_K rescales a
+ * finished super-block, d and dmin together (the whole decoded block), until
+ * sum(qw*x*y) = sum(qw*x*x) under the plain importance weighting (unit
+ * weights without one). Ratios outside [0.8, 1.25] mean a degenerate block
+ * and are left as fitted.
+ */
+static void unbias_q4_K(block_q4_K *y, const float *x, const float *qw)
+{
+    float v[QK_K];
+    if (moeq_dequantize(MOEQ_TYPE_Q4_K, y, v, QK_K) != 0) return;
+    double sxx = 0, sxy = 0;
+    for (int i = 0; i < QK_K; i++) {
+        const double wi = qw && qw[i] >= 0 && isfinite(qw[i]) ? qw[i] : 1.0;
+        sxx += wi * x[i] * x[i];
+        sxy += wi * x[i] * v[i];
+    }
+    if (!(sxx > 0) || !(sxy > 0) || !isfinite(sxx) || !isfinite(sxy)) return;
+    const double f = sxx / sxy;
+    if (f < 0.8 || f > 1.25) return;
+    const double d = moeq_f16_to_f32(y->d) * f, dmin = moeq_f16_to_f32(y->dmin) * f;
+    if (!(fabs(d) < 65504.0) || !(fabs(dmin) < 65504.0)) return;
+    y->d = moeq_f32_to_f16((float)d);
+    y->dmin = moeq_f32_to_f16((float)dmin);
+}
+
 size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
 {
     block_q4_K *y = dst;
@@ -699,6 +728,7 @@ size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             for (int c = 0; c < 4; c++)
                 for (int l = 0; l < 32; l++)
                     y->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+            unbias_q4_K(y, src + ib * QK_K, qw ? qw + ib * QK_K : NULL);
         }
     }
     return (size_t)(nrows * nb) * sizeof(block_q4_K);

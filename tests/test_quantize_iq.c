@@ -323,8 +323,12 @@ static double wrmse(const float *x, const float *y, const float *imat, int nrows
  * The reference quantized blk.0.attn_q.weight and blk.1.attn_output.weight
  * of tiny-a (f16) with imatrix.dat into ../shared/testvectors/dequant; its
  * own dequantization of them is TYPE__NAME.f32. Ours, from the same f16
- * weights and imatrix, must not be worse in imatrix-weighted RMSE
- * (measured: 2.3-5.7% better, so no slack is needed).
+ * weights and imatrix, must be at most 3% worse in imatrix-weighted RMSE.
+ * The search alone is 2.3-5.7% better, but each super-block's d is then
+ * rescaled so the block is unbiased along x (see unbias_scale in
+ * quants_iq.c: it lowers KL divergence in chained experts), which costs
+ * most on the even-parity 2-bit types: measured 0.95-0.99 for IQ2_S, IQ3_S,
+ * IQ3_XXS and 1.006-1.026 for IQ2_XS and IQ2_XXS.
  */
 static void vs_reference(const char *type_name)
 {
@@ -358,7 +362,7 @@ static void vs_reference(const char *type_name)
         double ours = wrmse(x, y, imat, nrows, ncols), ref = wrmse(x, yref, imat, nrows, ncols);
         printf("  %-8s %-26s imatrix-weighted RMSE ours %.6f ref %.6f (%.3f)\n",
                type_name, names[k], ours, ref, ours / ref);
-        CHECKF(ours <= ref, "%s %s: weighted RMSE %.6f vs reference %.6f",
+        CHECKF(ours <= 1.03 * ref, "%s %s: weighted RMSE %.6f vs reference %.6f",
                type_name, names[k], ours, ref);
         free(x); free(y); free(imat); free(yref);
     }
