@@ -4,7 +4,7 @@
 # LLAMA_QUANTIZE, LLAMA_BENCH (see each script).
 cd "$(dirname "$0")/.."
 rc=0
-for s in quantize quality fit engine serve synth; do
+for s in quantize quality interop fit engine serve synth; do
   [ -f bench/$s.sh ] || continue
   echo "== bench/$s.sh" >&2
   sh bench/$s.sh || { echo "bench/$s.sh failed" >&2; rc=1; }
