@@ -38,7 +38,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/moeq-engine-bench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT INT TERM
 
 # "mean" of a llama-bench / moeq bench row "| ... | 123.45 ± 1.23 |"
-tps() { sed -n "s/.*| $1 | \([0-9.]*\) ± .*/\1/p" | head -n 1; }
+tps() { sed -n "s/.*| *$1 *| *\([0-9.]*\) ± .*/\1/p" | head -n 1; }
 
 bench_one() {
   file=$1

@@ -73,9 +73,9 @@ echo "|---|---:|---:|---:|"
 ta=$(echo "$t1 - $t0" | bc); tq=$(echo "$t2 - $t1" | bc)
 ref_a="-"; ref_q="-"; ratio_a="-"; ratio_q="-"
 if [ -n "$LLAMA_QUANTIZE" ] && [ -x "$LLAMA_QUANTIZE" ]; then
-  cf="--custom-q ffn_gate_exps=iq2_s,ffn_up_exps=iq2_s,ffn_down_exps=iq3_s,attn_q=q4_k,attn_k=q4_k,attn_v=q4_k,attn_output=q4_k"
+  cf="--custom-q ffn_gate_exps=iq2_s,ffn_up_exps=iq2_s,ffn_down_exps=iq3_s,attn_q=q4_K,attn_k=q4_K,attn_v=q4_K,attn_output=q4_K"
   r0=$(now)
-  "$LLAMA_QUANTIZE" --allow-requantize --imatrix "$IM" $cf --token-embedding-type q6_k --output-tensor-type q6_k \
+  "$LLAMA_QUANTIZE" --allow-requantize --imatrix "$IM" $cf --token-embedding-type q6_K --output-tensor-type q6_K \
       "$Q8" "$OUT/ref-asym.gguf" IQ3_S "$T" > "$OUT/ref-asym.log" 2>&1
   r1=$(now)
   "$LLAMA_QUANTIZE" --allow-requantize --imatrix "$IM" "$Q8" "$OUT/ref-q4km.gguf" Q4_K_M "$T" > "$OUT/ref-q4km.log" 2>&1
