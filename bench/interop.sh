@@ -21,7 +21,7 @@ $M quantize -q --allow-requantize --imatrix "$TA/imatrix.dat" --recipe asym-2bit
 $M quantize -q --allow-requantize --imatrix "$TA/imatrix.dat" "$TA/tiny-a-q8_0.gguf" "$OUT/moeq-q4km.gguf" Q4_K_M "$T" > /dev/null 2>&1
 $M imatrix -m "$TA/tiny-a-f16.gguf" -f "$S/data/text/calibration_datav3.txt" -c 512 --chunks 32 --no-ppl -o "$OUT/moeq-imatrix.dat" -t "$T" 2> /dev/null
 "$LLAMA_QUANTIZE" --allow-requantize --imatrix "$OUT/moeq-imatrix.dat" "$TA/tiny-a-q8_0.gguf" "$OUT/ref-q4km-moeq-imatrix.gguf" Q4_K_M "$T" > "$OUT/ref-quantize.log" 2>&1
-ref_ppl() { "$LLAMA_PERPLEXITY" -m "$1" -f "$TXT" -c 512 --chunks 20 -t "$T" 2>&1 | sed -n 's/.*Final estimate: PPL[^=]*= \([0-9.]*\).*/\1/p'; }
+ref_ppl() { "$LLAMA_PERPLEXITY" -m "$1" -f "$TXT" -c 512 --chunks 20 -t "$T" 2>&1 | sed -n 's/.*Final estimate: PPL.* = \([0-9.]*\) +\/- .*/\1/p'; }
 our_ppl() { $M perplexity -m "$1" -f "$TXT" -c 512 --chunks 20 -t "$T" 2>/dev/null | sed -n 's/^Final estimate: PPL = \([0-9.]*\).*/\1/p'; }
 R=$OUT/interop.md
 {

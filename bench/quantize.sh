@@ -80,8 +80,9 @@ if [ -n "$LLAMA_QUANTIZE" ] && [ -x "$LLAMA_QUANTIZE" ]; then
   r1=$(now)
   "$LLAMA_QUANTIZE" --allow-requantize --imatrix "$IM" "$Q8" "$OUT/ref-q4km.gguf" Q4_K_M "$T" > "$OUT/ref-q4km.log" 2>&1
   r2=$(now)
-  ref_a=$(echo "$r1 - $r0" | bc); ref_q=$(echo "$r2 - $r1" | bc)
-  ratio_a=$(echo "scale=3; $ref_a / $ta" | bc); ratio_q=$(echo "scale=3; $ref_q / $tq" | bc)
+  ref_a=$(printf '%.2f s' "$(echo "$r1 - $r0" | bc)"); ref_q=$(printf '%.2f s' "$(echo "$r2 - $r1" | bc)")
+  ratio_a=$(awk -v r="$r1" -v s="$r0" -v t="$ta" 'BEGIN { printf "%.2f", (r - s) / t }')
+  ratio_q=$(awk -v r="$r2" -v s="$r1" -v t="$tq" 'BEGIN { printf "%.2f", (r - s) / t }')
 fi
 printf '| tiny-a Q8_0 -> asym-2bitexp | %.2f s | %s | %s |\n' "$ta" "$ref_a" "$ratio_a" >> "$R"
 printf '| tiny-a Q8_0 -> Q4_K_M | %.2f s | %s | %s |\n' "$tq" "$ref_q" "$ratio_q" >> "$R"
@@ -89,9 +90,12 @@ printf '| tiny-a Q8_0 -> Q4_K_M | %.2f s | %s | %s |\n' "$tq" "$ref_q" "$ratio_q
 # a synthesized model of a bigger shape (F32 source, 4 layers of 2048 x 768 x 32 experts)
 $M synth -o "$OUT/synth-src.gguf" --layers 4 --n-embd 2048 --heads 16 --kv-heads 4 --head-dim 128 \
    --experts 32 --experts-used 4 --ff-exp 768 --vocab 4096 > /dev/null 2>&1
-$M imatrix -m "$OUT/synth-src.gguf" -f data/calibration.txt -c 128 --no-ppl -o "$OUT/synth-im.gguf" -t "$T" > /dev/null 2>&1
+$M imatrix -m "$OUT/synth-src.gguf" -f "$S/data/text/calibration_datav3.txt" -c 512 --chunks 16 --no-ppl -o "$OUT/synth-im.gguf" -t "$T" > /dev/null 2>&1
 s0=$(now)
-$M quantize -q --imatrix "$OUT/synth-im.gguf" --recipe asym-2bitexp "$OUT/synth-src.gguf" "$OUT/synth-asym.gguf" "$T" > /dev/null 2>&1
+# the synthetic router keeps some experts cold: tensors whose experts were
+# never routed are dropped from the imatrix (llama-imatrix's rule), so allow
+# those to be quantized without importance data
+$M quantize -q --ignore-imatrix-rules --imatrix "$OUT/synth-im.gguf" --recipe asym-2bitexp "$OUT/synth-src.gguf" "$OUT/synth-asym.gguf" "$T" > /dev/null 2>&1
 s1=$(now)
 ts=$(echo "$s1 - $s0" | bc)
 nw=$($M info "$OUT/synth-src.gguf" | sed -n 's/.*, \([0-9]*\) parameters.*/\1/p' | tail -n 1)
