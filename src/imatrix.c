@@ -67,6 +67,25 @@ struct moeq_imatrix_entry *moeq_imatrix_find(const struct moeq_imatrix *im, cons
     return NULL;
 }
 
+struct moeq_imatrix_entry *moeq_imatrix_find_weight(const struct moeq_imatrix *im, const char *name)
+{
+    static const char *const pairs[][2] = {
+        { "ffn_gate_exps.weight", "ffn_up_exps.weight" },
+        { "ffn_up_exps.weight", "ffn_gate_exps.weight" },
+        { "ffn_gate.weight", "ffn_up.weight" },
+        { "ffn_up.weight", "ffn_gate.weight" },
+    };
+    struct moeq_imatrix_entry *e = moeq_imatrix_find(im, name);
+    for (size_t i = 0; !e && i < sizeof pairs / sizeof pairs[0]; i++) {
+        const char *hit = strstr(name, pairs[i][0]);
+        if (!hit) continue;
+        char alt[512];
+        snprintf(alt, sizeof alt, "%.*s%s", (int)(hit - name), name, pairs[i][1]);
+        e = moeq_imatrix_find(im, alt);
+    }
+    return e;
+}
+
 struct moeq_imatrix_entry *moeq_imatrix_get(struct moeq_imatrix *im, const char *name,
                                             int64_t n_per_row, int64_t n_mat,
                                             char *err, size_t errlen)

@@ -49,6 +49,14 @@ void moeq_imatrix_free(struct moeq_imatrix *im);
 /* Entry by tensor name, or NULL. */
 struct moeq_imatrix_entry *moeq_imatrix_find(const struct moeq_imatrix *im, const char *name);
 
+/*
+ * The entry whose statistics apply to weight `name`: its own, or, for
+ * ffn_gate/ffn_up (which multiply the same input, so tools that fuse them
+ * record only one; the reference stores ffn_up_exps for both) the
+ * sibling's, as llama-quantize falls back. NULL when neither exists.
+ */
+struct moeq_imatrix_entry *moeq_imatrix_find_weight(const struct moeq_imatrix *im, const char *name);
+
 /* Entry by name, created (zeroed) when absent; NULL on a shape conflict
  * with an existing entry (err set). */
 struct moeq_imatrix_entry *moeq_imatrix_get(struct moeq_imatrix *im, const char *name,

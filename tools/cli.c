@@ -6,6 +6,7 @@
 #include "cmd.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -112,4 +113,13 @@ char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen)
     buf[n] = 0;
     *len = n;
     return buf;
+}
+
+double cli_token_nll(const float *row, int n_vocab, int tok)
+{
+    float mx = row[0];
+    for (int i = 1; i < n_vocab; i++) if (row[i] > mx) mx = row[i];
+    double se = 0;
+    for (int i = 0; i < n_vocab; i++) se += expf(row[i] - mx);
+    return (double)mx + log(se) - row[tok];
 }

@@ -35,6 +35,8 @@ int cli_parse_size(const char *s, uint64_t *out);
 /* Read a whole file into a NUL-terminated malloc'd buffer; NULL with err
  * set ("PATH: reason"). */
 char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen);
+/* -log softmax(row)[tok] over n_vocab logits (max-shifted, double sum). */
+double cli_token_nll(const float *row, int n_vocab, int tok);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 

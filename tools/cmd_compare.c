@@ -112,12 +112,7 @@ int cmd_compare(int argc, char **argv)
         float *w = NULL;
         int64_t wl = 0;
         if (im) {
-            struct moeq_imatrix_entry *e = moeq_imatrix_find(im, name);
-            if (!e && strstr(name, "ffn_gate_exps")) {
-                char alt[512];
-                snprintf(alt, sizeof alt, "%.*sffn_up_exps.weight", (int)(strstr(name, "ffn_gate_exps") - name), name);
-                e = moeq_imatrix_find(im, alt);
-            }
+            struct moeq_imatrix_entry *e = moeq_imatrix_find_weight(im, name);
             if (e) {
                 int64_t nm = (int64_t)(s->ne[2] * s->ne[3]);
                 wl = (int64_t)s->ne[0] * nm;

@@ -233,12 +233,7 @@ int cmd_imatrix(int argc, char **argv)
                 }
         if (!no_ppl) {
             for (int j = (int)n_ctx / 2; j < n_ctx - 1; j++) {
-                const float *row = logits + (size_t)j * mi->n_vocab;
-                float mx = row[0];
-                for (int v = 1; v < mi->n_vocab; v++) if (row[v] > mx) mx = row[v];
-                double se = 0;
-                for (int v = 0; v < mi->n_vocab; v++) se += expf(row[v] - mx);
-                nll += (double)mx + log(se) - row[ct[j + 1]];
+                nll += cli_token_nll(logits + (size_t)j * mi->n_vocab, mi->n_vocab, ct[j + 1]);
                 count++;
             }
             printf("[%d]%.4f,", done, exp(nll / (double)count));

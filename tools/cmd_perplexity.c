@@ -383,13 +383,7 @@ int cmd_perplexity(int argc, char **argv)
                 const float *row = scored + (size_t)j * n_vocab;
                 double v;
                 if (kf) v = encode_log_probs(n_vocab, row, lp + (size_t)j * nv, ct[f0 + j + 1]);
-                else {
-                    float mx = row[0];
-                    for (int i = 1; i < n_vocab; i++) if (row[i] > mx) mx = row[i];
-                    double se = 0;
-                    for (int i = 0; i < n_vocab; i++) se += expf(row[i] - mx);
-                    v = (double)mx + log(se) - row[ct[f0 + j + 1]];
-                }
+                else v = cli_token_nll(row, n_vocab, ct[f0 + j + 1]);
                 nll += v;
                 nll2 += v * v;
                 count++;

@@ -151,30 +151,6 @@ static char *tensor_name(const gguf_tensor *t)
     return s;
 }
 
-/*
- * The imatrix entry for a weight. gate and up multiply the same input, so
- * tools that fuse them record only one (the reference stores ffn_up_exps
- * for both); fall back to the sibling as llama-quantize does.
- */
-static struct moeq_imatrix_entry *find_entry(struct moeq_imatrix *im, const char *name)
-{
-    struct moeq_imatrix_entry *e = moeq_imatrix_find(im, name);
-    static const char *const pairs[][2] = {
-        { "ffn_gate_exps.weight", "ffn_up_exps.weight" },
-        { "ffn_up_exps.weight", "ffn_gate_exps.weight" },
-        { "ffn_gate.weight", "ffn_up.weight" },
-        { "ffn_up.weight", "ffn_gate.weight" },
-    };
-    for (size_t i = 0; !e && i < sizeof pairs / sizeof pairs[0]; i++) {
-        const char *hit = strstr(name, pairs[i][0]);
-        if (!hit) continue;
-        char alt[512];
-        snprintf(alt, sizeof alt, "%.*s%s", (int)(hit - name), name, pairs[i][1]);
-        e = moeq_imatrix_find(im, alt);
-    }
-    return e;
-}
-
 static int is_source_type_ok(int type)
 {
     const struct moeq_type_traits *t = moeq_type_traits(type);
@@ -329,7 +305,7 @@ int cmd_quantize(int argc, char **argv)
         if (!pe[i].quantize) continue;
         const gguf_tensor *t = &f->tensors[i];
         if (im) {
-            struct moeq_imatrix_entry *e = find_entry(im, names[i]);
+            struct moeq_imatrix_entry *e = moeq_imatrix_find_weight(im, names[i]);
             if (e) {
                 im_matched++;
                 uint64_t n_mat = t->ne[2] * t->ne[3];
