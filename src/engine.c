@@ -179,13 +179,23 @@ static void call_hook(moeq_engine *e, const struct moeq_weight *w, int expert,
     if (e->hook && n > 0) e->hook(e->hook_ud, w->name, expert, X, n, (int)w->n_in);
 }
 
+/*
+ * Work this small (multiply-adds) runs on the calling thread: waking the
+ * pool costs about as much as a few microseconds of arithmetic, and a
+ * decoded token on a small model is dozens of such steps. The result is
+ * the same either way (the kernels do not depend on the split).
+ */
+#define INLINE_MACS 32768
+static inline int small_work(int64_t macs) { return macs < INLINE_MACS; }
+
 /* Y (n rows of w->n_out, ldy apart) = W . A (n prepared rows). */
 static void matmul_act(moeq_engine *e, const struct moeq_weight *w, struct act a, int n,
                        float *Y, size_t ldy)
 {
     struct mm_job j = { e, w, a, n, Y, ldy };
     int64_t chunks = (w->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
-    moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
+    if (small_work(w->n_out * w->n_in * n)) mm_task(&j, 0, chunks, 0);
+    else moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
 }
 
 /* Y (n rows of w->n_out, ldy apart) = W . X (n rows of w->n_in, contiguous). */
@@ -244,7 +254,10 @@ static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, f
         j.ldy[i] = ldys[i];
         j.first[i + 1] = j.first[i] + (ws[i]->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
     }
-    moeq_pool_for(e->pool, j.first[nw], 1, multi_task, &j);
+    int64_t macs = 0;
+    for (int i = 0; i < nw; i++) macs += ws[i]->n_out * ws[i]->n_in * n;
+    if (small_work(macs)) multi_task(&j, 0, j.first[nw], 0);
+    else moeq_pool_for(e->pool, j.first[nw], 1, multi_task, &j);
 }
 
 /* ------------------------------------------------------------ RoPE */
@@ -523,6 +536,42 @@ static void moe_task_fn(void *ctx, int64_t b, int64_t end, int tid)
     }
 }
 
+/*
+ * One active expert start to end: gate and up over all its rows, SwiGLU,
+ * the hidden rows quantized for down (into actq_h, at the expert's own
+ * slots, so experts running at once never share a buffer), then down.
+ * Used when there are enough active experts to keep every thread busy
+ * (decoding), where it needs one pool hand-off instead of two; the
+ * arithmetic is the same as the row-split path's.
+ */
+static void moe_whole_fn(void *ctx, int64_t b, int64_t end, int tid)
+{
+    struct moe_job *j = ctx;
+    moeq_engine *e = j->e;
+    const int F = e->m->hp.n_ff_exp, E = e->m->hp.n_embd;
+    const int dtype = j->l->down_exps.type;
+    const int dact = moeq_act_type(dtype);
+    const size_t hstride = dact == MOEQ_TYPE_F32 ? (size_t)F * sizeof(float)
+                                                 : moeq_act_row_size(dtype, F);
+    for (int64_t i = b; i < end; i++) {
+        int x = e->tasks[i].expert, off = e->ex_off[x], cnt = e->ex_count[x];
+        struct act a = { (const uint8_t *)j->a.data + (size_t)off * j->a.stride, j->a.stride };
+        struct act au = { (const uint8_t *)j->a_up.data + (size_t)off * j->a_up.stride, j->a_up.stride };
+        float *G = e->hg + (size_t)off * F, *U = e->hu + (size_t)off * F;
+        rows_kernel(e, tid, &j->l->gate_exps, x, 0, F, a, cnt, G, (size_t)F);
+        rows_kernel(e, tid, &j->l->up_exps, x, 0, F, au, cnt, U, (size_t)F);
+        for (size_t r = 0; r < (size_t)cnt * F; r++) G[r] = silu(G[r]) * U[r];
+        struct act h = { G, hstride };
+        if (dact != MOEQ_TYPE_F32) {
+            uint8_t *hq = e->actq_h + (size_t)off * hstride;
+            for (int c = 0; c < cnt; c++)
+                moeq_quantize_act(dtype, G + (size_t)c * F, hq + (size_t)c * hstride, F);
+            h.data = hq;
+        }
+        rows_kernel(e, tid, &j->l->down_exps, x, 0, E, h, cnt, e->dout + (size_t)off * E, (size_t)E);
+    }
+}
+
 /* Tasks over (active expert, chunk of rows of n_rows). */
 static int moe_make_tasks(moeq_engine *e, int n_rows)
 {
@@ -596,6 +645,15 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     struct moe_job j = { e, l, act_prepare(e, l->gate_exps.type, e->xg, n_slots, E), { 0, 0 }, 0 };
     j.a_up = moeq_act_type(l->up_exps.type) == moeq_act_type(l->gate_exps.type)
            ? j.a : act_prepare(e, l->up_exps.type, e->xg, n_slots, E);
+    int n_active = 0;
+    for (int x = 0; x < NX; x++) if (e->ex_count[x]) n_active++;
+    if (!e->hook && (e->n_threads == 1 || n_active >= 2 * e->n_threads) && n_slots <= 2 * n_active) {
+        n_active = 0;
+        for (int x = 0; x < NX; x++)
+            if (e->ex_count[x]) e->tasks[n_active++].expert = x;
+        moeq_pool_for(e->pool, n_active, 1, moe_whole_fn, &j);
+        goto combine;
+    }
     int nt = moe_make_tasks(e, F);
     moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
 
@@ -608,6 +666,7 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     nt = moe_make_tasks(e, E);
     moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
 
+combine:
     /* weighted sum in selection order, so the result does not depend on
      * which other tokens share the batch */
     for (int t = 0; t < n; t++) {
@@ -680,7 +739,10 @@ static void forward(moeq_engine *e, int n)
                      e->v + (size_t)t * nkv, nkv);
         }
         struct attn_job aj = { e, il, n };
-        moeq_pool_for(e->pool, (int64_t)n * hp->n_head, 1, attn_task, &aj);
+        int64_t span = 0;   /* positions attended, over the batch */
+        for (int t = 0; t < n; t++) span += e->bpos[t] + 1;
+        if (small_work(span * hp->n_head * HD * 2)) attn_task(&aj, 0, (int64_t)n * hp->n_head, 0);
+        else moeq_pool_for(e->pool, (int64_t)n * hp->n_head, 1, attn_task, &aj);
         matmul(e, &l->wo, e->att, n, e->tmp, (size_t)E);
         for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 
@@ -859,6 +921,10 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         size_t rows = slots > cap ? slots : cap;
         e->actq[0] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q8_0, k32), &oom);
         e->actq[1] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q4_K, k256), &oom);
+        /* expert hidden rows for down, in either format */
+        size_t h0 = moeq_act_row_size(MOEQ_TYPE_Q8_0, (F + 31) / 32 * 32);
+        size_t h1 = moeq_act_row_size(MOEQ_TYPE_Q4_K, (F + 255) / 256 * 256);
+        e->actq_h = xcalloc(slots, h0 > h1 ? h0 : h1, &oom);
     }
     e->scores = xcalloc((size_t)e->n_threads * e->n_ctx, sizeof(float), &oom);
     e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);
@@ -894,7 +960,7 @@ void moeq_engine_close(moeq_engine *e)
     if (e->pool) moeq_pool_free(e->pool);
     void *bufs[] = { e->x, e->xn, e->tmp, e->q, e->k, e->v, e->att, e->rope, e->hg, e->hu,
                      e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->scores,
-                     e->logits_tmp, e->actq[0], e->actq[1], e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
+                     e->logits_tmp, e->actq[0], e->actq[1], e->actq_h, e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
                      e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     moeq_tokenizer_free(e->tok);

@@ -49,6 +49,7 @@ struct moeq_engine {
     float *rope;                 /* [cap][head_dim] cos/sin pairs */
     float *hg, *hu;              /* [slots][n_ff] gate -> hidden, up */
     uint8_t *actq[2];            /* [slots] activation rows in Q8_0 / Q8_K */
+    uint8_t *actq_h;             /* [slots] expert hidden rows quantized for down */
     float *rowbuf;               /* [rowbuf_len] a dequantized embedding row */
     size_t rowbuf_len;
     float *scores;               /* [n_threads][n_ctx] attention scores */

@@ -58,6 +58,11 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
     const uint64_t rows = slots > cap ? slots : cap;
     bytes += rows * moeq_row_size(MOEQ_TYPE_Q8_0, (int64_t)k32);
     bytes += rows * (k256 / 256) * 292;   /* Q8_K activation rows */
+    {   /* expert hidden rows for down (actq_h), the wider format */
+        const uint64_t h0 = moeq_row_size(MOEQ_TYPE_Q8_0, (int64_t)((F + 31) / 32 * 32));
+        const uint64_t h1 = (F + 255) / 256 * 292;
+        bytes += slots * (h0 > h1 ? h0 : h1);
+    }
     if (moe) {
         const uint64_t NX = (uint64_t)s->n_expert;
         const uint64_t maxr = F > E ? F : E;
