@@ -641,6 +641,7 @@ static moeq_rows_fn rows_kernel_isa(int wtype, int isa)
  * from memory once per panel.
  */
 #define GEMM_PANEL_BYTES (256 * 1024)
+#define GEMM_TILE_MIN_COLS 8
 
 void moeq_gemm_isa(int isa, int wtype, int64_t K,
                    const void *W, size_t w_stride, int64_t n_rows,
@@ -651,6 +652,12 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
     moeq_vec_dot_fn dot = moeq_vec_dot_isa(wtype, isa);
     if (!dot) dot = scalar_vec_dot(wtype);
     if (!dot || n_rows <= 0 || n_cols <= 0) return;
+
+    /* prompt batches: a tile kernel where the ISA has one */
+    if (n_cols >= GEMM_TILE_MIN_COLS && isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_tile) {
+        moeq_tile_fn tile = moeq_avx512_tile(wtype);
+        if (tile && tile(K, W, w_stride, n_rows, A, a_stride, n_cols, out, out_stride)) return;
+    }
 
     /* decode: one column against many rows */
     moeq_rows_fn rows = n_cols == 1 ? rows_kernel_isa(wtype, isa) : NULL;

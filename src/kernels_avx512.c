@@ -205,84 +205,114 @@ AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
     *ls_out = _mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)pairs16));  /* per 16 */
 }
 
+/*
+ * One arithmetic for every path. A block's integer sum S_b (sub-block
+ * scales applied) is exact however it is grouped, so the float part is
+ * fixed per (row, column) as: acc = 0; for each block b in order,
+ * acc = fma((float)S_b, d_b * y_b.d, acc). The column-group kernel below,
+ * the four-row decode kernel and the 16-column tile all perform exactly
+ * these float operations, so a column's result does not depend on the
+ * path or on its neighbours.
+ */
+AI int32_t hsum_epi32(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+AI float fma_step(float acc, int32_t S, float p)
+{
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_cvtsi32_ss(_mm_setzero_ps(), S), _mm_set_ss(p), _mm_set_ss(acc)));
+}
+
+/* Four rows' (or columns') lane sums at once, exact (integer). */
+AI __m128i hsum4_epi32(__m512i i0, __m512i i1, __m512i i2, __m512i i3)
+{
+    __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(i0, i1), _mm512_unpackhi_epi32(i0, i1));
+    __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(i2, i3), _mm512_unpackhi_epi32(i2, i3));
+    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+AI float signed_unpack(const void *w, int64_t b, const int three, __m512i wv[4], __mmask64 sg[4],
+                       __m512i sc16[2])
+{
+    __m512i sc[4];
+    __m128i ls;
+    float d;
+    if (three) {
+        const block_iq3_s *xb = (const block_iq3_s *)w + b;
+        iq3_s_unpack(xb, wv, sg, sc, &ls);
+        d = h2f(xb->d);
+    } else {
+        const block_iq2_s *xb = (const block_iq2_s *)w + b;
+        iq2_s_unpack(xb, wv, sg, sc, &ls);
+        d = h2f(xb->d) * 0.125f;
+    }
+    pack_scales(sc, sc16);
+    return d;
+}
+
 /* The direct kernel: unpack per block, signs on the activations. */
 AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                 const int three, __m512 *keep)
+                 const int three)
 {
-    __m512 acc[MOEQ_GEMM_NC];
+    float acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int c = 0; c < NC; c++) acc[c] = 0;
     for (int64_t b = 0; b < n / QK_K; b++) {
-        __m512i wv[4], sc[4];
+        __m512i wv[4], sc16[2];
         __mmask64 sg[4];
-        __m128i ls;
-        float d;
-        if (three) {
-            const block_iq3_s *xb = (const block_iq3_s *)w + b;
-            iq3_s_unpack(xb, wv, sg, sc, &ls);
-            d = h2f(xb->d);
-        } else {
-            const block_iq2_s *xb = (const block_iq2_s *)w + b;
-            iq2_s_unpack(xb, wv, sg, sc, &ls);
-            d = h2f(xb->d) * 0.125f;
-        }
-        __m512i sc16[2];
-        pack_scales(sc, sc16);
+        float d = signed_unpack(w, b, three, wv, sg, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, sg, sc16, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
+            acc[c] = fma_step(acc[c], hsum_epi32(block_isum(y, wv, sg, sc16, 1)), d * y->d);
         }
     }
-    if (keep) *keep = acc[0];   /* one column: the caller reduces */
-    else store_sums(acc, NC, s, ss);
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
 AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_signed(n, w, a, as, NC, s, ss, 0, NULL); }
+{ k_signed(n, w, a, as, NC, s, ss, 0); }
 AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_signed(n, w, a, as, NC, s, ss, 1, NULL); }
+{ k_signed(n, w, a, as, NC, s, ss, 1); }
 
 /* Decode blocks [b0, b0 + cnt) of a row into the table. */
 static void decode_signed(const void *w, int64_t b0, int cnt, int three, struct dec_signed *db)
 {
     for (int i = 0; i < cnt; i++) {
-        __m512i sc[4];
         __mmask64 sg[4];
-        __m128i ls;
-        if (three) {
-            const block_iq3_s *xb = (const block_iq3_s *)w + b0 + i;
-            iq3_s_unpack(xb, db[i].wv, sg, sc, &ls);
-            db[i].d = h2f(xb->d);
-        } else {
-            const block_iq2_s *xb = (const block_iq2_s *)w + b0 + i;
-            iq2_s_unpack(xb, db[i].wv, sg, sc, &ls);
-            db[i].d = h2f(xb->d) * 0.125f;
-        }
-        pack_scales(sc, db[i].sc16);
+        db[i].d = signed_unpack(w, b0 + i, three, db[i].wv, sg, db[i].sc16);
         for (int k = 0; k < 4; k++) db[i].sg[k] = sg[k];
     }
 }
 
-/* NC columns against a row's cnt decoded blocks; the same arithmetic, in
- * the same order, as k_signed. */
+/* NC columns against a row's cnt decoded blocks; four columns' block sums
+ * are reduced together. */
 AI void cols_signed(const struct dec_signed *db, int cnt, const void *a, size_t as,
                     const int NC, float *s, size_t ss)
 {
-    __m512 acc[MOEQ_GEMM_NC];
+    float acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int c = 0; c < NC; c++) acc[c] = 0;
     for (int i = 0; i < cnt; i++) {
         const __mmask64 sg[4] = { db[i].sg[0], db[i].sg[1], db[i].sg[2], db[i].sg[3] };
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
+        int c = 0;
+        for (; c + 4 <= NC; c += 4) {
+            const block_q8_K *y0 = q8k_col(a, as, c, i), *y1 = q8k_col(a, as, c + 1, i);
+            const block_q8_K *y2 = q8k_col(a, as, c + 2, i), *y3 = q8k_col(a, as, c + 3, i);
+            __m128i S = hsum4_epi32(block_isum(y0, db[i].wv, sg, db[i].sc16, 1),
+                                    block_isum(y1, db[i].wv, sg, db[i].sc16, 1),
+                                    block_isum(y2, db[i].wv, sg, db[i].sc16, 1),
+                                    block_isum(y3, db[i].wv, sg, db[i].sc16, 1));
+            __m128 p = _mm_mul_ps(_mm_set1_ps(db[i].d), _mm_set_ps(y3->d, y2->d, y1->d, y0->d));
+            __m128 r = _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, _mm_loadu_ps(acc + c));
+            _mm_storeu_ps(acc + c, r);
+        }
+        for (; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, i);
-            __m512i isum = block_isum(y, db[i].wv, sg, db[i].sc16, 1);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(db[i].d * y->d), acc[c]);
+            acc[c] = fma_step(acc[c], hsum_epi32(block_isum(y, db[i].wv, sg, db[i].sc16, 1)), db[i].d * y->d);
         }
     }
-    store_sums(acc, NC, s, ss);
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
 static void row_signed(int64_t n, const void *w, const void *a, size_t as, int nc, float *s, size_t ss,
@@ -293,15 +323,15 @@ static void row_signed(int64_t n, const void *w, const void *a, size_t as, int n
         for (int left = nc; left > 0;) {
             int done = left >= 16 ? 16 : left > 8 ? 8 : left;
             switch (done) {
-            case 1: k_signed(n, w, a, as, 1, s, ss, three, NULL); break;
-            case 2: k_signed(n, w, a, as, 2, s, ss, three, NULL); break;
-            case 3: k_signed(n, w, a, as, 3, s, ss, three, NULL); break;
-            case 4: k_signed(n, w, a, as, 4, s, ss, three, NULL); break;
-            case 5: k_signed(n, w, a, as, 5, s, ss, three, NULL); break;
-            case 6: k_signed(n, w, a, as, 6, s, ss, three, NULL); break;
-            case 7: k_signed(n, w, a, as, 7, s, ss, three, NULL); break;
-            case 8: k_signed(n, w, a, as, 8, s, ss, three, NULL); break;
-            default: k_signed(n, w, a, as, 16, s, ss, three, NULL); break;
+            case 1: k_signed(n, w, a, as, 1, s, ss, three); break;
+            case 2: k_signed(n, w, a, as, 2, s, ss, three); break;
+            case 3: k_signed(n, w, a, as, 3, s, ss, three); break;
+            case 4: k_signed(n, w, a, as, 4, s, ss, three); break;
+            case 5: k_signed(n, w, a, as, 5, s, ss, three); break;
+            case 6: k_signed(n, w, a, as, 6, s, ss, three); break;
+            case 7: k_signed(n, w, a, as, 7, s, ss, three); break;
+            case 8: k_signed(n, w, a, as, 8, s, ss, three); break;
+            default: k_signed(n, w, a, as, 16, s, ss, three); break;
             }
             a = (const uint8_t *)a + (size_t)done * as;
             s += (size_t)done * ss;
@@ -336,6 +366,219 @@ static void row_iq3_s(int64_t n, const void *w, const void *a, size_t as, int nc
 { row_signed(n, w, a, as, nc, s, ss, 1); }
 static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a) { k_iq2_s(n, w, a, 0, 1, s, 0); }
 static void dot_iq3_s(int64_t n, float *s, const void *w, const void *a) { k_iq3_s(n, w, a, 0, 1, s, 0); }
+
+/* Decode (one column): four rows at a time, their block sums reduced
+ * together. */
+static void rows_signed(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s,
+                        const int three)
+{
+    const uint8_t *wr = w;
+    const int64_t nb = n / QK_K;
+    int64_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        __m128 acc = _mm_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q8_K *y = q8k_col(a, 0, 0, b);
+            __m512i is[4];
+            float d[4];
+            for (int j = 0; j < 4; j++) {
+                __m512i wv[4], sc16[2];
+                __mmask64 sg[4];
+                d[j] = signed_unpack(wr + (size_t)(r + j) * ws, b, three, wv, sg, sc16);
+                is[j] = block_isum(y, wv, sg, sc16, 1);
+            }
+            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
+            __m128 p = _mm_mul_ps(_mm_loadu_ps(d), _mm_set1_ps(y->d));
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, acc);
+        }
+        _mm_storeu_ps(s + r, acc);
+    }
+    for (; r < nr; r++) k_signed(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0, three);
+}
+
+static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_signed(n, w, ws, nr, a, s, 0); }
+static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_signed(n, w, ws, nr, a, s, 1); }
+
+/*
+ * The tile kernel for many columns (prompt batches). Sixteen columns sit
+ * in the 16 lanes of a vector: their activations are transposed once per
+ * call so that one 64-byte vector holds the same 4 bytes of every column,
+ * and stored as unsigned (a + 128, i.e. a ^ 0x80). Each weight row is
+ * unpacked once into signed bytes, and every 4 of them are broadcast
+ * against that vector by one dpbusd: 64 multiply-adds an instruction, with
+ * no per-column sign handling. The + 128 comes back out exactly through
+ * the sub-block's weight sum (-128 * sum w, the accumulator's start), and
+ * the sub-block scales are integer multiplies, so S_b is exact and the
+ * float steps are those of the kernels above.
+ */
+#define TILE_BLOCKS 16      /* rows up to 4096 (longer rows use the others) */
+#define TILE_COLS   64      /* columns transposed per pass (4 groups of 16) */
+
+struct tile_row {           /* one row's block, unpacked */
+    int8_t  w[QK_K];        /* signed weights */
+    int32_t ls[16];         /* scale of each 16 weights */
+    int32_t corr;           /* -128 * sum of ls * w: takes the + 128 back out */
+    float   d;
+};
+
+/* 16x16 transpose of 32-bit elements in place. */
+AI void transpose16x16(__m512i r[16])
+{
+    __m512i t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        u[4 * q + 0] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+    }
+    /* u[4q + m], 128-bit lane L: rows 4q..4q+3 of column 4L + m */
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512i v2 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i v3 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(3, 2, 3, 2));
+        r[m] = _mm512_shuffle_i32x4(v0, v2, _MM_SHUFFLE(2, 0, 2, 0));
+        r[4 + m] = _mm512_shuffle_i32x4(v0, v2, _MM_SHUFFLE(3, 1, 3, 1));
+        r[8 + m] = _mm512_shuffle_i32x4(v1, v3, _MM_SHUFFLE(2, 0, 2, 0));
+        r[12 + m] = _mm512_shuffle_i32x4(v1, v3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* Columns [c0, c0 + cnt) (cnt <= 16) of every block into group layout:
+ * at[b][g] = dword g of the 16 columns, unsigned; yd[b] = their scales
+ * (missing columns: zeros). */
+static void tile_transpose(const void *a, size_t as, int c0, int cnt, int nb,
+                           __m512i *at, __m512 *yd)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++) {
+        float dv[16];
+        for (int k = 0; k < 4; k++) {
+            __m512i r[16];
+            for (int c = 0; c < 16; c++)
+                r[c] = c < cnt ? _mm512_xor_si512(_mm512_loadu_si512(q8k_col(a, as, c0 + c, b)->qs + 64 * k), flip)
+                               : flip;
+            transpose16x16(r);
+            for (int j = 0; j < 16; j++) at[(size_t)b * 64 + 16 * k + j] = r[j];
+        }
+        for (int c = 0; c < 16; c++) dv[c] = c < cnt ? q8k_col(a, as, c0 + c, b)->d : 0.0f;
+        yd[b] = _mm512_loadu_ps(dv);
+    }
+}
+
+static void tile_unpack(const void *w, int64_t b, const int three, struct tile_row *t)
+{
+    __m512i wv[4], sc[4], sc16[2];
+    __mmask64 sg[4];
+    __m128i ls;
+    if (three) {
+        const block_iq3_s *xb = (const block_iq3_s *)w + b;
+        iq3_s_unpack(xb, wv, sg, sc, &ls);
+        t->d = h2f(xb->d);
+    } else {
+        const block_iq2_s *xb = (const block_iq2_s *)w + b;
+        iq2_s_unpack(xb, wv, sg, sc, &ls);
+        t->d = h2f(xb->d) * 0.125f;
+    }
+    const __m512i zero = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++)
+        _mm512_storeu_si512(t->w + 64 * k, _mm512_mask_sub_epi8(wv[k], sg[k], zero, wv[k]));
+    /* sum of ls * w: the block sum against activations of all ones */
+    pack_scales(sc, sc16);
+    block_q8_K ones;
+    memset(ones.qs, 1, sizeof ones.qs);
+    t->corr = -128 * hsum_epi32(block_isum(&ones, wv, sg, sc16, 1));
+    _mm512_storeu_si512(t->ls, _mm512_cvtepu8_epi32(ls));
+}
+
+/* Two rows (t0, t1 over nb blocks) against one group of 16 columns. */
+AI void tile_pair(const struct tile_row *t0, const struct tile_row *t1, int nb, const __m512i *at,
+                  const __m512 *yd, const int three, __m512 *acc0, __m512 *acc1)
+{
+    const int nsub = three ? 8 : 16, per = three ? 8 : 4;   /* dwords per sub-block */
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const int32_t *w0 = (const int32_t *)t0[b].w, *w1 = (const int32_t *)t1[b].w;
+        const __m512i *ab = at + (size_t)b * 64;
+        __m512i S0 = _mm512_set1_epi32(t0[b].corr), S1 = _mm512_set1_epi32(t1[b].corr);
+        for (int j = 0; j < nsub; j++) {
+            __m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int g = 0; g < per; g++) {
+                __m512i av = ab[per * j + g];
+                i0 = _mm512_dpbusd_epi32(i0, av, _mm512_set1_epi32(w0[per * j + g]));
+                i1 = _mm512_dpbusd_epi32(i1, av, _mm512_set1_epi32(w1[per * j + g]));
+            }
+            /* IQ3_S's ls holds each per-32 scale twice (per 16) */
+            S0 = _mm512_add_epi32(S0, _mm512_mullo_epi32(i0, _mm512_set1_epi32(t0[b].ls[(16 / nsub) * j])));
+            S1 = _mm512_add_epi32(S1, _mm512_mullo_epi32(i1, _mm512_set1_epi32(t1[b].ls[(16 / nsub) * j])));
+        }
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(_mm512_set1_ps(t0[b].d), yd[b]), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(_mm512_set1_ps(t1[b].d), yd[b]), a1);
+    }
+    *acc0 = a0;
+    *acc1 = a1;
+}
+
+static void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                        int64_t nc, float *out, size_t os, const int three)
+{
+    const int nb = (int)(K / QK_K);
+    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];    /* 64 KiB per group of 16 at the most */
+    __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
+    struct tile_row tr[2][TILE_BLOCKS];
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
+    for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
+        int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
+        int ng = (cols + 15) / 16;
+        for (int g = 0; g < ng; g++) {
+            int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g]);
+        }
+        for (int64_t r = 0; r < nr; r += 2) {
+            const int two = r + 1 < nr;
+            for (int b = 0; b < nb; b++) {
+                tile_unpack((const uint8_t *)W + (size_t)r * ws, b, three, &tr[0][b]);
+                if (two) tile_unpack((const uint8_t *)W + (size_t)(r + 1) * ws, b, three, &tr[1][b]);
+            }
+            for (int g = 0; g < ng; g++) {
+                int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+                __mmask16 m = (__mmask16)((1u << cnt) - 1);
+                __m512 acc0, acc1;
+                tile_pair(tr[0], two ? tr[1] : tr[0], nb, at[g], yd[g], three, &acc0, &acc1);
+                float *o = out + (size_t)(c0 + 16 * g) * os + r;
+                _mm512_mask_i32scatter_ps(o, m, idx, acc0, 4);
+                if (two) _mm512_mask_i32scatter_ps(o + 1, m, idx, acc1, 4);
+            }
+        }
+    }
+}
+
+static int tile_iq2_s(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                      int64_t nc, float *out, size_t os)
+{
+    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
+    tile_signed(K, W, ws, nr, A, as, nc, out, os, 0);
+    return 1;
+}
+
+static int tile_iq3_s(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                      int64_t nc, float *out, size_t os)
+{
+    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
+    tile_signed(K, W, ws, nr, A, as, nc, out, os, 1);
+    return 1;
+}
 
 /* ------------------------------------------------------- Q4_K / Q5_K */
 
@@ -948,8 +1191,6 @@ KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
-ROWS(iq2_s, k_signed(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
-ROWS(iq3_s, k_signed(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
 ROWS(q4_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
 ROWS(q5_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
 ROWS(q6_K, k_q6_K_keep(n, wj, a, 0, 1, NULL, 0, &acc[j]))
@@ -962,6 +1203,15 @@ moeq_rows_fn moeq_avx512_rows(int wtype)
     case MOEQ_TYPE_Q4_K:  return rows_q4_K;
     case MOEQ_TYPE_Q5_K:  return rows_q5_K;
     case MOEQ_TYPE_Q6_K:  return rows_q6_K;
+    default:              return NULL;
+    }
+}
+
+moeq_tile_fn moeq_avx512_tile(int wtype)
+{
+    switch (wtype) {
+    case MOEQ_TYPE_IQ2_S: return tile_iq2_s;
+    case MOEQ_TYPE_IQ3_S: return tile_iq3_s;
     default:              return NULL;
     }
 }

@@ -29,6 +29,12 @@ typedef void (*moeq_row_fn)(int64_t n, const void *w, const void *a, size_t a_st
 typedef void (*moeq_rows_fn)(int64_t n, const void *w, size_t w_stride, int64_t nr,
                              const void *a, float *s);
 
+/* out[c * os + r] for a whole gemm call (rows [0, nr), columns [0, nc)),
+ * for many columns at once; returns 0, having done nothing, for shapes it
+ * does not take. Results equal the row kernels' bit for bit. */
+typedef int (*moeq_tile_fn)(int64_t K, const void *w, size_t w_stride, int64_t nr,
+                            const void *a, size_t a_stride, int64_t nc, float *out, size_t os);
+
 /* Quantize n floats into an activation format (MOEQ_TYPE_Q8_K or _Q8_0),
  * bit-identical to the scalar code in kernels.c. */
 typedef void (*moeq_actq_fn)(const float *x, void *y, int64_t n);
@@ -39,5 +45,6 @@ moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype) __attribute__((weak));
 moeq_row_fn     moeq_avx512_row(int wtype) __attribute__((weak));
 moeq_rows_fn    moeq_avx512_rows(int wtype) __attribute__((weak));
 moeq_actq_fn    moeq_avx512_actq(int act_type) __attribute__((weak));
+moeq_tile_fn    moeq_avx512_tile(int wtype) __attribute__((weak));
 
 #endif
