@@ -388,7 +388,7 @@ static void rows_signed(int64_t n, const void *w, size_t ws, int64_t nr, const v
                 is[j] = block_isum(y, wv, sg, sc16, 1);
             }
             __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            __m128 p = _mm_mul_ps(_mm_loadu_ps(d), _mm_set1_ps(y->d));
+            __m128 p = _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), _mm_set1_ps(y->d));
             acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, acc);
         }
         _mm_storeu_ps(s + r, acc);
@@ -457,9 +457,9 @@ AI void transpose16x16(__m512i r[16])
  * at[b][g] = dword g of the 16 columns, unsigned; yd[b] = their scales
  * (missing columns: zeros). */
 static void tile_transpose(const void *a, size_t as, int c0, int cnt, int nb,
-                           __m512i *at, __m512 *yd)
+                           __m512i *at, __m512 *yd, int unsigned_acts)
 {
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i flip = _mm512_set1_epi8(unsigned_acts ? (char)0x80 : 0);
     for (int b = 0; b < nb; b++) {
         float dv[16];
         for (int k = 0; k < 4; k++) {
@@ -543,7 +543,7 @@ static void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const v
         int ng = (cols + 15) / 16;
         for (int g = 0; g < ng; g++) {
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g]);
+            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 1);
         }
         for (int64_t r = 0; r < nr; r += 2) {
             const int two = r + 1 < nr;
@@ -612,61 +612,265 @@ static const uint8_t spread32[4][16] = {
 /* Bytes 8 + g/2: the min of each 16-element bsum group. */
 static const uint8_t mins_pairs[16] = { 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15 };
 
-AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                const int five, __m512 *keep)
+/*
+ * As for IQ2_S / IQ3_S, one arithmetic for every path: per block the
+ * scaled integer sum S_b and the mins' sum M_b (sub-block mins times the
+ * activations' bsums) are exact, and the float steps per (row, column) are
+ * acc = fma((float)S_b, d * y.d, acc), then acc = fma((float)M_b,
+ * -dmin * y.d, acc), block by block.
+ */
+struct q45_blk {
+    __m512i wv[4];     /* unsigned values, 0..15 (0..31 for Q5_K) */
+    __m512i sc16[2];   /* scales, packed for block_isum */
+    __m256i mins;      /* one min per bsum (16 x int16) */
+    __m128i scmn;      /* scales (bytes 0..7), mins (8..15) */
+    float d, ndmin;    /* d and -dmin */
+};
+
+AI void q45_unpack(const void *w, int64_t b, const int five, struct q45_blk *k)
 {
-    const uint8_t *x = w;
     const size_t bsize = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    const block_q5_K *x5 = (const block_q5_K *)((const uint8_t *)w + b * bsize);
+    const block_q4_K *x4 = (const block_q4_K *)((const uint8_t *)w + b * bsize);
+    const uint8_t *qs = five ? x5->qs : x4->qs;
     const __m512i m4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(1);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        /* Q4_K and Q5_K share the header layout; Q5_K adds qh before qs */
-        const block_q5_K *x5 = (const block_q5_K *)(x + b * bsize);
-        const block_q4_K *x4 = (const block_q4_K *)(x + b * bsize);
-        const uint8_t *qs = five ? x5->qs : x4->qs;
-        __m128i scmn = k4_scales(x4->scales);
-        __m512i wv[4], sc[4];
-        __mmask64 none[4] = { 0, 0, 0, 0 };
-        __m512i hb = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x5->qh)) : m4;
+    __m128i scmn = k4_scales(x4->scales);
+    __m512i sc[4];
+    __m512i hb = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x5->qh)) : m4;
 #pragma GCC unroll 16
-        for (int p = 0; p < 4; p++) {
-            /* 32 bytes hold sub-block 2p (low nibbles) and 2p+1 (high) */
-            __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * p)));
-            q = _mm512_mask_srli_epi16(q, 0xffff0000u, q, 4);
-            wv[p] = _mm512_and_si512(q, m4);
-            if (five) {
-                /* the 5th bit of element e is bit e/32 of qh[e % 32] */
-                __m512i h = _mm512_mask_srli_epi16(hb, 0xffff0000u, hb, 1);
-                h = _mm512_and_si512(_mm512_srli_epi16(h, 2 * p), one);
-                wv[p] = _mm512_or_si512(wv[p], _mm512_slli_epi16(h, 4));
-            }
-            sc[p] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)spread32[p])));
+    for (int p = 0; p < 4; p++) {
+        /* 32 bytes hold sub-block 2p (low nibbles) and 2p+1 (high) */
+        __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * p)));
+        q = _mm512_mask_srli_epi16(q, 0xffff0000u, q, 4);
+        k->wv[p] = _mm512_and_si512(q, m4);
+        if (five) {
+            /* the 5th bit of element e is bit e/32 of qh[e % 32] */
+            __m512i h = _mm512_mask_srli_epi16(hb, 0xffff0000u, hb, 1);
+            h = _mm512_and_si512(_mm512_srli_epi16(h, 2 * p), one);
+            k->wv[p] = _mm512_or_si512(k->wv[p], _mm512_slli_epi16(h, 4));
         }
-        /* mins as 16 int16 lanes, one per bsum (two per sub-block of 32) */
-        __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)mins_pairs)));
-        const float d = h2f(x4->d), dmin = h2f(x4->dmin);
-        __m512i sc16[2];
-        pack_scales(sc, sc16);
+        sc[p] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)spread32[p])));
+    }
+    /* mins as 16 int16 lanes, one per bsum (two per sub-block of 32) */
+    k->mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)mins_pairs)));
+    k->scmn = scmn;
+    k->d = h2f(x4->d);
+    k->ndmin = -h2f(x4->dmin);
+    pack_scales(sc, k->sc16);
+}
+
+AI __m512i q45_msum(const block_q8_K *y, const struct q45_blk *k)
+{
+    return _mm512_zextsi256_si512(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), k->mins));
+}
+
+AI float q45_step(float acc, int32_t S, int32_t M, const struct q45_blk *k, float yd)
+{
+    acc = fma_step(acc, S, k->d * yd);
+    return fma_step(acc, M, k->ndmin * yd);
+}
+
+AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
+                const int five)
+{
+    float acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
+    for (int c = 0; c < NC; c++) acc[c] = 0;
+    const __mmask64 none[4] = { 0, 0, 0, 0 };
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        struct q45_blk k;
+        q45_unpack(w, b, five, &k);
+        int c = 0;
+        for (; c + 4 <= NC; c += 4) {
+            const block_q8_K *y0 = q8k_col(a, as, c, b), *y1 = q8k_col(a, as, c + 1, b);
+            const block_q8_K *y2 = q8k_col(a, as, c + 2, b), *y3 = q8k_col(a, as, c + 3, b);
+            __m128i S = hsum4_epi32(block_isum(y0, k.wv, none, k.sc16, 0), block_isum(y1, k.wv, none, k.sc16, 0),
+                                    block_isum(y2, k.wv, none, k.sc16, 0), block_isum(y3, k.wv, none, k.sc16, 0));
+            __m128i M = hsum4_epi32(q45_msum(y0, &k), q45_msum(y1, &k), q45_msum(y2, &k), q45_msum(y3, &k));
+            __m128 yd = _mm_set_ps(y3->d, y2->d, y1->d, y0->d);
+            __m128 r = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_set1_ps(k.d), yd), _mm_loadu_ps(acc + c));
+            r = _mm_fmadd_ps(_mm_cvtepi32_ps(M), _mm_mul_ps(_mm_set1_ps(k.ndmin), yd), r);
+            _mm_storeu_ps(acc + c, r);
+        }
+        for (; c < NC; c++) {
             const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc16, 0);
-            __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), mins);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(msum)),
-                                     _mm512_set1_ps(-dmin * y->d), acc[c]);
+            acc[c] = q45_step(acc[c], hsum_epi32(block_isum(y, k.wv, none, k.sc16, 0)),
+                              hsum_epi32(q45_msum(y, &k)), &k, y->d);
         }
     }
-    if (keep) *keep = acc[0];   /* one column: the caller reduces */
-    else store_sums(acc, NC, s, ss);
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
 AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0, NULL); }
+{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
 AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1, NULL); }
+{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+
+/* Decode (one column): four rows at a time, their block sums reduced
+ * together. */
+static void rows_q45(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s,
+                     const int five)
+{
+    const uint8_t *wr = w;
+    const int64_t nb = n / QK_K;
+    const __mmask64 none[4] = { 0, 0, 0, 0 };
+    int64_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        __m128 acc = _mm_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q8_K *y = q8k_col(a, 0, 0, b);
+            __m512i is[4], ms[4];
+            float d[4], nd[4];
+            for (int j = 0; j < 4; j++) {
+                struct q45_blk k;
+                q45_unpack(wr + (size_t)(r + j) * ws, b, five, &k);
+                is[j] = block_isum(y, k.wv, none, k.sc16, 0);
+                ms[j] = q45_msum(y, &k);
+                d[j] = k.d;
+                nd[j] = k.ndmin;
+            }
+            __m128 yd = _mm_set1_ps(y->d);
+            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
+            __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
+            /* (built in registers: a vector load of four scalar stores
+             * would stall on store forwarding) */
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), yd), acc);
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(M), _mm_mul_ps(_mm_setr_ps(nd[0], nd[1], nd[2], nd[3]), yd), acc);
+        }
+        _mm_storeu_ps(s + r, acc);
+    }
+    for (; r < nr; r++) k_q45_K(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0, five);
+}
+
+static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_q45(n, w, ws, nr, a, s, 0); }
+static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_q45(n, w, ws, nr, a, s, 1); }
+
+/*
+ * Tile kernel (many columns), as for IQ2_S / IQ3_S: the weights are
+ * unsigned already, so the transposed activations stay signed and no
+ * correction is needed; the mins meet the columns' bsums, summed per
+ * sub-block of 32 and laid out column-per-lane at transpose time.
+ */
+struct tile_q45 {
+    uint8_t w[QK_K];       /* values in element order */
+    int32_t sc[8], mn[8];
+    float   d, ndmin;
+};
+
+static void tile_q45_unpack(const void *w, int64_t b, const int five, struct tile_q45 *t)
+{
+    struct q45_blk k;
+    q45_unpack(w, b, five, &k);
+    /* wv[p]: bytes 0..31 sub-block 2p, 32..63 sub-block 2p + 1, elements in order */
+    for (int p = 0; p < 4; p++) _mm512_storeu_si512(t->w + 64 * p, k.wv[p]);
+    uint8_t sm[16];
+    _mm_storeu_si128((__m128i *)sm, k.scmn);
+    for (int j = 0; j < 8; j++) { t->sc[j] = sm[j]; t->mn[j] = sm[8 + j]; }
+    t->d = k.d;
+    t->ndmin = k.ndmin;
+}
+
+/* bsums of columns [c0, c0 + cnt), per sub-block of 32, one column per lane. */
+static void tile_bsums(const void *a, size_t as, int c0, int cnt, int nb, __m512i *bs)
+{
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 8; j++) {
+            int32_t v[16];
+            for (int c = 0; c < 16; c++) {
+                const block_q8_K *y = q8k_col(a, as, c0 + (c < cnt ? c : 0), b);
+                v[c] = c < cnt ? y->bsums[2 * j] + y->bsums[2 * j + 1] : 0;
+            }
+            bs[b * 8 + j] = _mm512_loadu_si512(v);
+        }
+}
+
+AI void tile_q45_pair(const struct tile_q45 *t0, const struct tile_q45 *t1, int nb, const __m512i *at,
+                      const __m512i *bs, const __m512 *yd, __m512 *acc0, __m512 *acc1)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const int32_t *w0 = (const int32_t *)t0[b].w, *w1 = (const int32_t *)t1[b].w;
+        const __m512i *ab = at + (size_t)b * 64;
+        __m512i S0 = _mm512_setzero_si512(), S1 = _mm512_setzero_si512();
+        __m512i M0 = _mm512_setzero_si512(), M1 = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {
+            __m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) {
+                __m512i av = ab[8 * j + g];
+                i0 = _mm512_dpbusd_epi32(i0, _mm512_set1_epi32(w0[8 * j + g]), av);
+                i1 = _mm512_dpbusd_epi32(i1, _mm512_set1_epi32(w1[8 * j + g]), av);
+            }
+            S0 = _mm512_add_epi32(S0, _mm512_mullo_epi32(i0, _mm512_set1_epi32(t0[b].sc[j])));
+            S1 = _mm512_add_epi32(S1, _mm512_mullo_epi32(i1, _mm512_set1_epi32(t1[b].sc[j])));
+            __m512i bj = bs[b * 8 + j];
+            M0 = _mm512_add_epi32(M0, _mm512_mullo_epi32(bj, _mm512_set1_epi32(t0[b].mn[j])));
+            M1 = _mm512_add_epi32(M1, _mm512_mullo_epi32(bj, _mm512_set1_epi32(t1[b].mn[j])));
+        }
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(_mm512_set1_ps(t0[b].d), yd[b]), a0);
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M0), _mm512_mul_ps(_mm512_set1_ps(t0[b].ndmin), yd[b]), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(_mm512_set1_ps(t1[b].d), yd[b]), a1);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M1), _mm512_mul_ps(_mm512_set1_ps(t1[b].ndmin), yd[b]), a1);
+    }
+    *acc0 = a0;
+    *acc1 = a1;
+}
+
+
+static void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                     int64_t nc, float *out, size_t os, const int five)
+{
+    const int nb = (int)(K / QK_K);
+    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
+    __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 8];
+    __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
+    struct tile_q45 tr[2][TILE_BLOCKS];
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
+    for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
+        int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
+        int ng = (cols + 15) / 16;
+        for (int g = 0; g < ng; g++) {
+            int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 0);
+            tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
+        }
+        for (int64_t r = 0; r < nr; r += 2) {
+            const int two = r + 1 < nr;
+            for (int b = 0; b < nb; b++) {
+                tile_q45_unpack((const uint8_t *)W + (size_t)r * ws, b, five, &tr[0][b]);
+                if (two) tile_q45_unpack((const uint8_t *)W + (size_t)(r + 1) * ws, b, five, &tr[1][b]);
+            }
+            for (int g = 0; g < ng; g++) {
+                int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+                __mmask16 m = (__mmask16)((1u << cnt) - 1);
+                __m512 acc0, acc1;
+                tile_q45_pair(tr[0], two ? tr[1] : tr[0], nb, at[g], bs[g], yd[g], &acc0, &acc1);
+                float *o = out + (size_t)(c0 + 16 * g) * os + r;
+                _mm512_mask_i32scatter_ps(o, m, idx, acc0, 4);
+                if (two) _mm512_mask_i32scatter_ps(o + 1, m, idx, acc1, 4);
+            }
+        }
+    }
+}
+
+static int tile_q4_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                     int64_t nc, float *out, size_t os)
+{
+    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
+    tile_q45(K, W, ws, nr, A, as, nc, out, os, 0);
+    return 1;
+}
+
+static int tile_q5_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                     int64_t nc, float *out, size_t os)
+{
+    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
+    tile_q45(K, W, ws, nr, A, as, nc, out, os, 1);
+    return 1;
+}
 
 /* -------------------------------------------------------------- Q6_K */
 
@@ -1191,8 +1395,6 @@ KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
-ROWS(q4_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 0, &acc[j]))
-ROWS(q5_K, k_q45_K(n, wj, a, 0, 1, NULL, 0, 1, &acc[j]))
 ROWS(q6_K, k_q6_K_keep(n, wj, a, 0, 1, NULL, 0, &acc[j]))
 
 moeq_rows_fn moeq_avx512_rows(int wtype)
@@ -1212,6 +1414,8 @@ moeq_tile_fn moeq_avx512_tile(int wtype)
     switch (wtype) {
     case MOEQ_TYPE_IQ2_S: return tile_iq2_s;
     case MOEQ_TYPE_IQ3_S: return tile_iq3_s;
+    case MOEQ_TYPE_Q4_K:  return tile_q4_K;
+    case MOEQ_TYPE_Q5_K:  return tile_q5_K;
     default:              return NULL;
     }
 }
