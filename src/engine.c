@@ -36,6 +36,11 @@
  * activation reads, small enough that 16 threads share one expert. */
 #define ROW_CHUNK 32
 
+/* With many columns the kernels transpose the activations once per call
+ * and unpack each weight row once per call, so a call should cover more
+ * rows: still 16+ chunks for a 2048-row matrix. */
+static inline int row_chunk(int n_cols) { return n_cols >= 16 ? 128 : ROW_CHUNK; }
+
 /* ------------------------------------------------------------ helpers */
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -158,7 +163,7 @@ struct mm_job {
     moeq_engine *e;
     const struct moeq_weight *w;
     struct act a;
-    int n;
+    int n, chunk;
     float *Y;
     size_t ldy;
 };
@@ -167,7 +172,7 @@ static void mm_task(void *ctx, int64_t b, int64_t end, int tid)
 {
     struct mm_job *j = ctx;
     for (int64_t c = b; c < end; c++) {
-        int64_t r0 = c * ROW_CHUNK, r1 = r0 + ROW_CHUNK;
+        int64_t r0 = c * j->chunk, r1 = r0 + j->chunk;
         if (r1 > j->w->n_out) r1 = j->w->n_out;
         rows_kernel(j->e, tid, j->w, 0, r0, r1, j->a, j->n, j->Y, j->ldy);
     }
@@ -192,8 +197,8 @@ static inline int small_work(int64_t macs) { return macs < INLINE_MACS; }
 static void matmul_act(moeq_engine *e, const struct moeq_weight *w, struct act a, int n,
                        float *Y, size_t ldy)
 {
-    struct mm_job j = { e, w, a, n, Y, ldy };
-    int64_t chunks = (w->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
+    struct mm_job j = { e, w, a, n, row_chunk(n), Y, ldy };
+    int64_t chunks = (w->n_out + j.chunk - 1) / j.chunk;
     if (small_work(w->n_out * w->n_in * n)) mm_task(&j, 0, chunks, 0);
     else moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
 }
@@ -224,7 +229,8 @@ static void multi_task(void *ctx, int64_t b, int64_t end, int tid)
     for (int64_t c = b; c < end; c++) {
         int i = 0;
         while (c >= j->first[i + 1]) i++;
-        int64_t r0 = (c - j->first[i]) * ROW_CHUNK, r1 = r0 + ROW_CHUNK;
+        const int chunk = row_chunk(j->n);
+        int64_t r0 = (c - j->first[i]) * chunk, r1 = r0 + chunk;
         if (r1 > j->w[i]->n_out) r1 = j->w[i]->n_out;
         rows_kernel(j->e, tid, j->w[i], 0, r0, r1, j->a[i], j->n, j->Y[i], j->ldy[i]);
     }
@@ -252,7 +258,7 @@ static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, f
         j.a[i] = prepared[slot];
         j.Y[i] = Ys[i];
         j.ldy[i] = ldys[i];
-        j.first[i + 1] = j.first[i] + (ws[i]->n_out + ROW_CHUNK - 1) / ROW_CHUNK;
+        j.first[i + 1] = j.first[i] + (ws[i]->n_out + row_chunk(n) - 1) / row_chunk(n);
     }
     int64_t macs = 0;
     for (int i = 0; i < nw; i++) macs += ws[i]->n_out * ws[i]->n_in * n;
@@ -578,10 +584,11 @@ static int moe_make_tasks(moeq_engine *e, int n_rows)
     int nt = 0;
     for (int x = 0; x < e->m->hp.n_expert; x++) {
         if (!e->ex_count[x]) continue;
-        for (int r = 0; r < n_rows; r += ROW_CHUNK) {
+        const int chunk = row_chunk(e->ex_count[x]);
+        for (int r = 0; r < n_rows; r += chunk) {
             e->tasks[nt].expert = x;
             e->tasks[nt].r0 = r;
-            e->tasks[nt].r1 = r + ROW_CHUNK < n_rows ? r + ROW_CHUNK : n_rows;
+            e->tasks[nt].r1 = r + chunk < n_rows ? r + chunk : n_rows;
             nt++;
         }
     }

@@ -529,8 +529,8 @@ AI void tile_pair(const struct tile_row *t0, const struct tile_row *t1, int nb, 
     *acc1 = a1;
 }
 
-static void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                        int64_t nc, float *out, size_t os, const int three)
+AI void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                    int64_t nc, float *out, size_t os, const int three)
 {
     const int nb = (int)(K / QK_K);
     __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];    /* 64 KiB per group of 16 at the most */
@@ -819,8 +819,8 @@ AI void tile_q45_pair(const struct tile_q45 *t0, const struct tile_q45 *t1, int 
 }
 
 
-static void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                     int64_t nc, float *out, size_t os, const int five)
+AI void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                 int64_t nc, float *out, size_t os, const int five)
 {
     const int nb = (int)(K / QK_K);
     __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
