@@ -505,6 +505,100 @@ static void kv_store(int type, uint8_t *dst, const float *x, int n)
     }
 }
 
+/* ------------------------------------------------------------ per token */
+
+/* Per-token steps of a batch (norms, routing, gathers) on the pool when
+ * the batch is long enough to repay the hand-off; each token's result is
+ * computed by the same code either way. */
+struct tok_job { moeq_engine *e; const struct moeq_layer *l; };
+
+static void per_token(moeq_engine *e, int n, moeq_task_fn fn, void *ctx)
+{
+    if (n < 32) fn(ctx, 0, n, 0);
+    else moeq_pool_for(e->pool, n, 8, fn, ctx);
+}
+
+/* softmax over all experts, top-k (ties to the lower id), renormalized */
+static void route_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct tok_job *j = ctx;
+    moeq_engine *e = j->e;
+    const int NX = e->m->hp.n_expert, K = e->m->hp.n_expert_used;
+    for (int64_t t = b; t < end; t++) {
+        float *p = e->rlog + (size_t)t * NX;
+        float mx = p[0];
+        for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
+        float sum = 0;
+        for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
+        for (int x = 0; x < NX; x++) p[x] /= sum;
+        int *sel = e->sel + (size_t)t * K;
+        float *w = e->selw + (size_t)t * K, wsum = 0;
+        for (int k = 0; k < K; k++) {
+            /* repeated arg-max: k is small */
+            int best = -1;
+            for (int x = 0; x < NX; x++) {
+                int taken = 0;
+                for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
+                if (!taken && (best < 0 || p[x] > p[best])) best = x;
+            }
+            sel[k] = best;
+            w[k] = p[best];
+            wsum += p[best];
+        }
+        for (int k = 0; k < K; k++) w[k] /= wsum;
+    }
+}
+
+/* each token's normed row to its K expert slots */
+static void gather_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct tok_job *j = ctx;
+    moeq_engine *e = j->e;
+    const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
+    for (int64_t t = b; t < end; t++)
+        for (int k = 0; k < K; k++)
+            memcpy(e->xg + (size_t)e->slot_of[(size_t)t * K + k] * E, e->xn + (size_t)t * E,
+                   (size_t)E * sizeof(float));
+}
+
+/* weighted sum of the expert outputs in selection order, so the result
+ * does not depend on which other tokens share the batch */
+static void combine_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct tok_job *j = ctx;
+    moeq_engine *e = j->e;
+    const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
+    for (int64_t t = b; t < end; t++) {
+        float *xr = e->x + (size_t)t * E;
+        for (int k = 0; k < K; k++) {
+            float w = e->selw[(size_t)t * K + k];
+            const float *d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
+            for (int i = 0; i < E; i++) xr[i] += w * d[i];
+        }
+    }
+}
+
+/* rmsnorm of every token's residual row into xn with weight w */
+struct norm_job { moeq_engine *e; const float *w; };
+
+static void norm_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct norm_job *j = ctx;
+    const int E = j->e->m->hp.n_embd;
+    for (int64_t t = b; t < end; t++)
+        rmsnorm(j->e->xn + (size_t)t * E, j->e->x + (size_t)t * E, j->w, E, j->e->m->hp.rms_eps);
+}
+
+static void norm_rows(moeq_engine *e, const float *w, int n)
+{
+    struct norm_job j = { e, w };
+    per_token(e, n, norm_task, &j);
+}
+
 /* ------------------------------------------------------------ MoE */
 
 struct moe_task { int expert, r0, r1; };
@@ -603,31 +697,10 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 
     /* router: softmax over all experts, top-k, renormalize the k weights */
     matmul(e, &l->router, e->xn, n, e->rlog, (size_t)NX);
+    struct tok_job rj = { e, l };
+    per_token(e, n, route_task, &rj);
     memset(e->ex_count, 0, (size_t)NX * sizeof *e->ex_count);
-    for (int t = 0; t < n; t++) {
-        float *p = e->rlog + (size_t)t * NX;
-        float mx = p[0];
-        for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
-        float sum = 0;
-        for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
-        for (int x = 0; x < NX; x++) p[x] /= sum;
-        int *sel = e->sel + (size_t)t * K;
-        float *w = e->selw + (size_t)t * K, wsum = 0;
-        for (int k = 0; k < K; k++) {
-            /* repeated arg-max: k is small; ties go to the lower id */
-            int best = -1;
-            for (int x = 0; x < NX; x++) {
-                int taken = 0;
-                for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
-                if (!taken && (best < 0 || p[x] > p[best])) best = x;
-            }
-            sel[k] = best;
-            w[k] = p[best];
-            wsum += p[best];
-            e->ex_count[best]++;
-        }
-        for (int k = 0; k < K; k++) w[k] /= wsum;
-    }
+    for (int i = 0; i < n * K; i++) e->ex_count[e->sel[i]]++;
 
     /* group the (token, slot) pairs by expert: each expert's rows are
      * contiguous, so its weights are read once for all its tokens */
@@ -636,10 +709,9 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     for (int t = 0; t < n; t++)
         for (int k = 0; k < K; k++) {
             int x = e->sel[(size_t)t * K + k];
-            int slot = e->ex_off[x] + e->ex_fill[x]++;
-            e->slot_of[(size_t)t * K + k] = slot;
-            memcpy(e->xg + (size_t)slot * E, e->xn + (size_t)t * E, (size_t)E * sizeof(float));
+            e->slot_of[(size_t)t * K + k] = e->ex_off[x] + e->ex_fill[x]++;
         }
+    per_token(e, n, gather_task, &rj);
     int n_slots = n * K;
 
     if (e->hook)
@@ -674,16 +746,7 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
 
 combine:
-    /* weighted sum in selection order, so the result does not depend on
-     * which other tokens share the batch */
-    for (int t = 0; t < n; t++) {
-        float *xr = e->x + (size_t)t * E;
-        for (int k = 0; k < K; k++) {
-            float w = e->selw[(size_t)t * K + k];
-            const float *d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
-            for (int i = 0; i < E; i++) xr[i] += w * d[i];
-        }
-    }
+    per_token(e, n, combine_task, &rj);
 }
 
 static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
@@ -720,8 +783,7 @@ static void forward(moeq_engine *e, int n)
 
     for (int il = 0; il < hp->n_layer; il++) {
         const struct moeq_layer *l = &m->layers[il];
-        for (int t = 0; t < n; t++)
-            rmsnorm(e->xn + (size_t)t * E, e->x + (size_t)t * E, l->attn_norm, E, hp->rms_eps);
+        norm_rows(e, l->attn_norm, n);
         const struct moeq_weight *qkv[3] = { &l->wq, &l->wk, &l->wv };
         float *qkv_out[3] = { e->q, e->k, e->v };
         const size_t qkv_ld[3] = { (size_t)nq, (size_t)nkv, (size_t)nkv };
@@ -753,8 +815,7 @@ static void forward(moeq_engine *e, int n)
         matmul(e, &l->wo, e->att, n, e->tmp, (size_t)E);
         for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 
-        for (int t = 0; t < n; t++)
-            rmsnorm(e->xn + (size_t)t * E, e->x + (size_t)t * E, l->ffn_norm, E, hp->rms_eps);
+        norm_rows(e, l->ffn_norm, n);
         if (hp->moe) moe_ffn(e, l, n);
         else dense_ffn(e, l, n);
     }
