@@ -18,7 +18,11 @@
  *
  * IQ2_S / IQ3_S, whose unpacking is dearest, decode a row once per panel
  * into a table that all column groups stream through; the one-column case
- * (decode) walks rows in fours with a joint reduction.
+ * (decode) walks rows in fours with a joint reduction. For prompt batches
+ * (8+ columns) IQ2_S, IQ3_S, Q4_K, Q5_K and Q6_K have tile kernels that
+ * put 16 columns in the lanes of a vector (see tile_signed). Those five
+ * formats reduce each block to an exact integer before any float step, so
+ * every path gives the same bits.
  */
 #include "kernels_isa.h"
 #include "quants.h"
@@ -874,54 +878,197 @@ static int tile_q5_K(int64_t K, const void *W, size_t ws, int64_t nr, const void
 
 /* -------------------------------------------------------------- Q6_K */
 
-AI void k_q6_K_keep(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                   __m512 *keep)
+struct q6_blk {
+    __m512i wv[4];     /* stored values, 0..63 (the weight + 32) */
+    __m512i sc16[2];   /* scales, packed for block_isum */
+    __m256i off;       /* -32 * scale per bsum */
+    __m128i sc8;       /* the 16 scales */
+    float d;
+};
+
+AI void q6_unpack(const block_q6_K *xb, struct q6_blk *k)
 {
-    const block_q6_K *x = w;
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_q6_K *xb = x + b;
-        __m512i wv[4], sc[4];
-        __mmask64 none[4] = { 0, 0, 0, 0 };
+    __m512i sc[4];
 #pragma GCC unroll 16
-        for (int h = 0; h < 2; h++) {
-            /* 64 ql bytes: low nibbles are elements 0..63 of this half,
-             * high nibbles 64..127; qh supplies 2 bits at shifts 0/2/4/6 */
-            __m512i ql = _mm512_loadu_si512((const void *)(xb->ql + 64 * h));
-            __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb->qh + 32 * h)));
-            qh = _mm512_mask_srli_epi16(qh, 0xffff0000u, qh, 2);
-            wv[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                        _mm512_slli_epi16(_mm512_and_si512(qh, m2), 4));
-            wv[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
-        }
-        __m128i sc8 = _mm_loadu_si128((const __m128i *)xb->scales);
-#pragma GCC unroll 16
-        for (int k = 0; k < 4; k++)
-            sc[k] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[k])));
-        /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
-        __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
-        const float d = h2f(xb->d);
-        __m512i sc16[2];
-        pack_scales(sc, sc16);
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
-            const block_q8_K *y = q8k_col(a, as, c, b);
-            __m512i isum = block_isum(y, wv, none, sc16, 0);
-            __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), off);
-            isum = _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y->d), acc[c]);
-        }
+    for (int h = 0; h < 2; h++) {
+        /* 64 ql bytes: low nibbles are elements 0..63 of this half,
+         * high nibbles 64..127; qh supplies 2 bits at shifts 0/2/4/6 */
+        __m512i ql = _mm512_loadu_si512((const void *)(xb->ql + 64 * h));
+        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb->qh + 32 * h)));
+        qh = _mm512_mask_srli_epi16(qh, 0xffff0000u, qh, 2);
+        k->wv[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                       _mm512_slli_epi16(_mm512_and_si512(qh, m2), 4));
+        k->wv[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                           _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
     }
-    if (keep) *keep = acc[0];   /* one column: the caller reduces */
-    else store_sums(acc, NC, s, ss);
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)xb->scales);
+#pragma GCC unroll 16
+    for (int i = 0; i < 4; i++)
+        sc[i] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[i])));
+    /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
+    k->off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
+    k->sc8 = sc8;
+    k->d = h2f(xb->d);
+    pack_scales(sc, k->sc16);
 }
 
+/* The block's exact integer sum against one column, as 16 lanes. */
+AI __m512i q6_isum(const block_q8_K *y, const struct q6_blk *k)
+{
+    const __mmask64 none[4] = { 0, 0, 0, 0 };
+    __m512i isum = block_isum(y, k->wv, none, k->sc16, 0);
+    __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), k->off);
+    return _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
+}
+
+/* One float step per block: acc = fma((float)S_b, d * y.d, acc). */
 AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q6_K_keep(n, w, a, as, NC, s, ss, NULL); }
+{
+    const block_q6_K *x = w;
+    float acc[MOEQ_GEMM_NC];
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; c++) acc[c] = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        struct q6_blk k;
+        q6_unpack(x + b, &k);
+        int c = 0;
+        for (; c + 4 <= NC; c += 4) {
+            const block_q8_K *y0 = q8k_col(a, as, c, b), *y1 = q8k_col(a, as, c + 1, b);
+            const block_q8_K *y2 = q8k_col(a, as, c + 2, b), *y3 = q8k_col(a, as, c + 3, b);
+            __m128i S = hsum4_epi32(q6_isum(y0, &k), q6_isum(y1, &k), q6_isum(y2, &k), q6_isum(y3, &k));
+            __m128 p = _mm_mul_ps(_mm_set1_ps(k.d), _mm_set_ps(y3->d, y2->d, y1->d, y0->d));
+            _mm_storeu_ps(acc + c, _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, _mm_loadu_ps(acc + c)));
+        }
+        for (; c < NC; c++) {
+            const block_q8_K *y = q8k_col(a, as, c, b);
+            acc[c] = fma_step(acc[c], hsum_epi32(q6_isum(y, &k)), k.d * y->d);
+        }
+    }
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
+}
+
+static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{
+    const uint8_t *wr = w;
+    const int64_t nb = n / QK_K;
+    int64_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        __m128 acc = _mm_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q8_K *y = q8k_col(a, 0, 0, b);
+            __m512i is[4];
+            float d[4];
+            for (int j = 0; j < 4; j++) {
+                struct q6_blk k;
+                q6_unpack((const block_q6_K *)(wr + (size_t)(r + j) * ws) + b, &k);
+                is[j] = q6_isum(y, &k);
+                d[j] = k.d;
+            }
+            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), _mm_set1_ps(y->d)), acc);
+        }
+        _mm_storeu_ps(s + r, acc);
+    }
+    for (; r < nr; r++) k_q6_K(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0);
+}
+
+/* Tile kernel: unsigned stored values against signed transposed
+ * activations; the +32 comes back out through 32 * bsum per sub-block of
+ * 16, laid out one column per lane at transpose time. */
+struct tile_q6 {
+    uint8_t w[QK_K];
+    int32_t sc[16];
+    float   d;
+};
+
+static void tile_q6_unpack(const void *w, int64_t b, struct tile_q6 *t)
+{
+    struct q6_blk k;
+    q6_unpack((const block_q6_K *)w + b, &k);
+    for (int p = 0; p < 4; p++) _mm512_storeu_si512(t->w + 64 * p, k.wv[p]);
+    _mm512_storeu_si512(t->sc, _mm512_cvtepi8_epi32(k.sc8));
+    t->d = k.d;
+}
+
+/* 32 * bsum of columns [c0, c0 + cnt) per sub-block of 16, a column per lane. */
+static void tile_bsums16(const void *a, size_t as, int c0, int cnt, int nb, __m512i *bs)
+{
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 16; j++) {
+            int32_t v[16];
+            for (int c = 0; c < 16; c++)
+                v[c] = c < cnt ? 32 * q8k_col(a, as, c0 + c, b)->bsums[j] : 0;
+            bs[b * 16 + j] = _mm512_loadu_si512(v);
+        }
+}
+
+AI void tile_q6_pair(const struct tile_q6 *t0, const struct tile_q6 *t1, int nb, const __m512i *at,
+                     const __m512i *bs, const __m512 *yd, __m512 *acc0, __m512 *acc1)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const int32_t *w0 = (const int32_t *)t0[b].w, *w1 = (const int32_t *)t1[b].w;
+        const __m512i *ab = at + (size_t)b * 64;
+        __m512i S0 = _mm512_setzero_si512(), S1 = _mm512_setzero_si512();
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            __m512i bj = bs[b * 16 + j];
+            __m512i i0 = _mm512_sub_epi32(_mm512_setzero_si512(), bj), i1 = i0;
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+                __m512i av = ab[4 * j + g];
+                i0 = _mm512_dpbusd_epi32(i0, _mm512_set1_epi32(w0[4 * j + g]), av);
+                i1 = _mm512_dpbusd_epi32(i1, _mm512_set1_epi32(w1[4 * j + g]), av);
+            }
+            S0 = _mm512_add_epi32(S0, _mm512_mullo_epi32(i0, _mm512_set1_epi32(t0[b].sc[j])));
+            S1 = _mm512_add_epi32(S1, _mm512_mullo_epi32(i1, _mm512_set1_epi32(t1[b].sc[j])));
+        }
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(_mm512_set1_ps(t0[b].d), yd[b]), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(_mm512_set1_ps(t1[b].d), yd[b]), a1);
+    }
+    *acc0 = a0;
+    *acc1 = a1;
+}
+
+static int tile_q6_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                     int64_t nc, float *out, size_t os)
+{
+    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
+    const int nb = (int)(K / QK_K);
+    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
+    __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 16];
+    __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
+    struct tile_q6 tr[2][TILE_BLOCKS];
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
+    for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
+        int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
+        int ng = (cols + 15) / 16;
+        for (int g = 0; g < ng; g++) {
+            int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 0);
+            tile_bsums16(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
+        }
+        for (int64_t r = 0; r < nr; r += 2) {
+            const int two = r + 1 < nr;
+            for (int b = 0; b < nb; b++) {
+                tile_q6_unpack((const uint8_t *)W + (size_t)r * ws, b, &tr[0][b]);
+                if (two) tile_q6_unpack((const uint8_t *)W + (size_t)(r + 1) * ws, b, &tr[1][b]);
+            }
+            for (int g = 0; g < ng; g++) {
+                int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+                __mmask16 m = (__mmask16)((1u << cnt) - 1);
+                __m512 acc0, acc1;
+                tile_q6_pair(tr[0], two ? tr[1] : tr[0], nb, at[g], bs[g], yd[g], &acc0, &acc1);
+                float *o = out + (size_t)(c0 + 16 * g) * os + r;
+                _mm512_mask_i32scatter_ps(o, m, idx, acc0, 4);
+                if (two) _mm512_mask_i32scatter_ps(o + 1, m, idx, acc1, 4);
+            }
+        }
+    }
+    return 1;
+}
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
@@ -1298,47 +1445,6 @@ moeq_actq_fn moeq_avx512_actq(int act_type)
     return act_type == MOEQ_TYPE_Q8_K ? actq_q8_K : act_type == MOEQ_TYPE_Q8_0 ? actq_q8_0 : NULL;
 }
 
-/* ------------------------------------------------- one column, many rows */
-
-/*
- * Decode (one activation column) walks many short rows; reducing four
- * rows' accumulators together and calling once per row group saves most
- * of the fixed cost per row, which matters for rows of 1..3 blocks.
- */
-AI void reduce4(const __m512 acc[4], float *s)
-{
-    /* the same additions in the same order as _mm512_reduce_add_ps (halves
-     * of 256, then of 128, then lanes 0+2 and 1+3, then those two), four
-     * rows side by side, so a row's result never depends on its neighbours
-     * or on the path (tested: gemm results are bit-identical for any
-     * column count) */
-    __m128 q[4];
-    for (int j = 0; j < 4; j++) {
-        __m256 y = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)),
-                                 _mm512_castps512_ps256(acc[j]));
-        q[j] = _mm_add_ps(_mm256_extractf128_ps(y, 1), _mm256_castps256_ps128(y));
-    }
-    _MM_TRANSPOSE4_PS(q[0], q[1], q[2], q[3]);   /* q[i] = lane i of each row */
-    _mm_storeu_ps(s, _mm_add_ps(_mm_add_ps(q[0], q[2]), _mm_add_ps(q[1], q[3])));
-}
-
-#define ROWS(name, call)                                                                    \
-    static void rows_##name(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, \
-                            float *s)                                                       \
-    {                                                                                       \
-        const uint8_t *wr = w;                                                              \
-        int64_t r = 0;                                                                      \
-        for (; r + 4 <= nr; r += 4) {                                                       \
-            __m512 acc[4];                                                                  \
-            for (int j = 0; j < 4; j++) {                                                   \
-                const void *wj = wr + (size_t)(r + j) * ws;                                 \
-                call;                                                                       \
-            }                                                                               \
-            reduce4(acc, s + r);                                                            \
-        }                                                                                   \
-        for (; r < nr; r++) dot_##name(n, s + r, wr + (size_t)r * ws, a);                   \
-    }
-
 /* ------------------------------------------------------------ tables */
 
 /*
@@ -1395,7 +1501,6 @@ KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
-ROWS(q6_K, k_q6_K_keep(n, wj, a, 0, 1, NULL, 0, &acc[j]))
 
 moeq_rows_fn moeq_avx512_rows(int wtype)
 {
@@ -1416,6 +1521,7 @@ moeq_tile_fn moeq_avx512_tile(int wtype)
     case MOEQ_TYPE_IQ3_S: return tile_iq3_s;
     case MOEQ_TYPE_Q4_K:  return tile_q4_K;
     case MOEQ_TYPE_Q5_K:  return tile_q5_K;
+    case MOEQ_TYPE_Q6_K:  return tile_q6_K;
     default:              return NULL;
     }
 }
