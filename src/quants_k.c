@@ -89,6 +89,37 @@ static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? 
 
 static inline float fp16_round(float v) { return moeq_f16_to_f32(moeq_f32_to_f16(v)); }
 
+/*
+ * Four-lane float vectors (GCC/Clang vector extensions: SSE2 on baseline
+ * x86-64, NEON on ARM, plain code elsewhere) for the inner loops that
+ * round a sub-block at one candidate scale: those loops are nearly all of
+ * the quantizers' time. Only +, -, * and bit selects are used, in an order
+ * the source fixes, so every build computes the same bits; sub-block
+ * lengths are multiples of 4.
+ *
+ * Codes are kept as floats here: clamping first and then rounding with the
+ * 1.5*2^23 trick gives the same integers as iround/clampi (ties to even),
+ * and a NaN input clamps to the low end.
+ */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+#define V4_ROUND 12582912.f
+
+static inline v4f v4_load(const float *p) { v4f v; memcpy(&v, p, sizeof v); return v; }
+static inline void v4_store(float *p, v4f v) { memcpy(p, &v, sizeof v); }
+static inline v4f v4_set(float a) { return (v4f){ a, a, a, a }; }
+static inline float v4_sum(v4f a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+static inline v4f v4_sel(v4i m, v4f a, v4f b) { return (v4f)((m & (v4i)a) | (~m & (v4i)b)); }
+/* round(v) clamped to [lo, hi]; NaN -> lo */
+static inline v4f v4_code(v4f v, v4f lo, v4f hi)
+{
+    v = v4_sel(v > lo, v, lo);
+    v = v4_sel(v < hi, v, hi);
+    const v4f r = v4_set(V4_ROUND);
+    return (v + r) - r;
+}
+
 static float sum_sq(const float *x, int n)
 {
     float s = 0;
@@ -244,54 +275,85 @@ static int asym_solve(double sw, double sx, double sl, double sll, double sxl,
 }
 
 /*
+ * Whether the least-squares (s, m) of asym_solve for these sums has an
+ * error below best, decided without dividing (the scan's hot path): at the
+ * optimum the error is sx2 less the explained part N/D, or sxl^2/sll when
+ * the min is clamped to 0.
+ */
+static inline int asym_beats(double sw, double sx, double sx2, double sl, double sll, double sxl,
+                             double best)
+{
+    double D = sw * sll - sl * sl;
+    if (!(D > 0)) return 0;
+    double c = sx2 - best;
+    if (sl * sxl - sll * sx >= 0)
+        return sw * sxl * sxl - 2 * sl * sx * sxl + sll * sx * sx > c * D;
+    return sll > 0 && sxl * sxl > c * sll;
+}
+
+/*
+ * Codes of one asymmetric candidate, round(iscale * (x - min)) in [0, nmax],
+ * into T, and their weighted sums: out = {sum w l, sum w l^2, sum w x l}.
+ */
+static inline void asym_round(int n, float nmax, float iscale, float min, const float *x,
+                              const float *w, const float *wx, float *T, float out[3])
+{
+    const v4f vi = v4_set(iscale), vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
+    v4f sl = lo, sll = lo, sxl = lo;
+    for (int i = 0; i < n; i += 4) {
+        v4f l = v4_code(vi * (v4_load(x + i) - vm), lo, hi);
+        v4_store(T + i, l);
+        v4f wl = v4_load(w + i) * l;
+        sl += wl; sll += wl * l; sxl += v4_load(wx + i) * l;
+    }
+    out[0] = v4_sum(sl); out[1] = v4_sum(sll); out[2] = v4_sum(sxl);
+}
+
+/*
  * Fit x ~ s*l - m, l in [0, nmax], s >= 0, m >= 0, minimising the weighted
  * squared error. Candidates: inverse scales (nmax + rmin + k*rdelta)/(max -
  * min) from the block's own min, each solved in closed form for (s, m); the
  * best then goes through single-code moves and (refined search) full
  * re-rounding at its own (s, m). Returns s, stores m in *mout.
+ *
+ * The candidates' sums are float (as ggml's): the error formula's
+ * cancellation leaves each error uncertain by about 1e-4 of itself, far
+ * below any difference that matters, and the single-code moves that follow
+ * work on double sums of the chosen codes.
  */
 static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L,
                       float *mout, float rmin, float rdelta, int nstep)
 {
     float min = x[0], max = x[0];
+    float wx[32], T[32], B[32], cs[3];
     double sw = 0, sx = 0, sx2 = 0;
     for (int i = 0; i < n; i++) {
         if (x[i] < min) min = x[i];
         if (x[i] > max) max = x[i];
+        wx[i] = w[i] * x[i];
         sw += w[i]; sx += (double)w[i] * x[i]; sx2 += (double)w[i] * x[i] * x[i];
     }
     if (min > 0) min = 0;
     if (max - min < 1e-10f) { memset(L, 0, (size_t)n); *mout = -min; return 0; }
 
-    uint8_t T[32];
+    const float fnmax = (float)nmax;
     double s = (max - min) / nmax, m = -min, best;
-    {
-        float iscale = nmax / (max - min);
-        double sl = 0, sll = 0, sxl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = clampi(iround(iscale * (x[i] - min)), 0, nmax);
-            L[i] = (uint8_t)l;
-            sl += (double)w[i] * l; sll += (double)w[i] * l * l; sxl += (double)w[i] * l * x[i];
-        }
-        best = asym_err(sw, sx, sx2, sl, sll, sxl, s, m);
-    }
+    asym_round(n, fnmax, nmax / (max - min), min, x, w, wx, B, cs);
+    best = asym_err(sw, sx, sx2, cs[0], cs[1], cs[2], s, m);
     int steps = KQ_REFINE ? KQ_DENS * nstep : nstep;
     float dstep = KQ_REFINE ? rdelta / KQ_DENS : rdelta;
     for (int is = 0; is <= steps; is++) {
         /* like ggml, later candidates round from the best min found so far
          * (min tracks -m), which lets the scan follow the fit */
         float iscale = (rmin + dstep * is + nmax) / (max - min);
-        double sl = 0, sll = 0, sxl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = clampi(iround(iscale * (x[i] - min)), 0, nmax);
-            T[i] = (uint8_t)l;
-            sl += (double)w[i] * l; sll += (double)w[i] * l * l; sxl += (double)w[i] * l * x[i];
-        }
+        asym_round(n, fnmax, iscale, min, x, w, wx, T, cs);
         double ts, tm;
-        if (!asym_solve(sw, sx, sl, sll, sxl, &ts, &tm)) continue;
-        double e = asym_err(sw, sx, sx2, sl, sll, sxl, ts, tm);
-        if (e < best) { best = e; s = ts; m = tm; min = (float)-tm; memcpy(L, T, (size_t)n); }
+        if (!asym_beats(sw, sx, sx2, cs[0], cs[1], cs[2], best)) continue;
+        if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) continue;
+        double e = asym_err(sw, sx, sx2, cs[0], cs[1], cs[2], ts, tm);
+        if (e < best) { best = e; s = ts; m = tm; min = (float)-tm; memcpy(B, T, (size_t)n * sizeof *T); }
     }
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)B[i];
 
     /* single-code moves toward the residual, each refitting (s, m) */
     double sl = 0, sll = 0, sxl = 0;
@@ -319,19 +381,13 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
 
     if (KQ_REFINE && s > 0) {
         for (int it = 0; it < 4; it++) {
-            double is = 1 / s;
-            double nl = 0, nll = 0, nxl = 0;
-            for (int i = 0; i < n; i++) {
-                int l = clampi(iround((float)((x[i] + m) * is)), 0, nmax);
-                T[i] = (uint8_t)l;
-                nl += (double)w[i] * l; nll += (double)w[i] * l * l; nxl += (double)w[i] * l * x[i];
-            }
+            asym_round(n, fnmax, (float)(1 / s), (float)-m, x, w, wx, T, cs);
             double ts, tm;
-            if (!asym_solve(sw, sx, nl, nll, nxl, &ts, &tm)) break;
-            double e = asym_err(sw, sx, sx2, nl, nll, nxl, ts, tm);
+            if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) break;
+            double e = asym_err(sw, sx, sx2, cs[0], cs[1], cs[2], ts, tm);
             if (!(e < best * (1 - 1e-9))) break;
             best = e; s = ts; m = tm;
-            memcpy(L, T, (size_t)n);
+            for (int i = 0; i < n; i++) L[i] = (uint8_t)T[i];
         }
     }
     *mout = (float)m;
@@ -539,23 +595,27 @@ struct asym_shape {
     enum wkind fallback;
 };
 
-/* Weighted error of one sub-block at (s, m) after rounding its codes. */
-static float asym_sub_err(const float *x, const float *w, int len, int nmax,
-                          float s, float m, uint8_t *L)
+/* Weighted error of one sub-block at (s, m) after rounding its codes (to
+ * T, as floats; all 0 when s <= 0). */
+static float asym_sub_err(const float *x, const float *w, int len, float nmax,
+                          float s, float m, float *T)
 {
-    float e = 0;
-    if (s <= 0) {
-        for (int i = 0; i < len; i++) { float r = x[i] + m; e += w[i] * r * r; }
-        return e;
+    const v4f vi = v4_set(s > 0 ? 1 / s : 0), vm = v4_set(m), vs = v4_set(s);
+    const v4f lo = v4_set(0), hi = v4_set(nmax);
+    v4f e = lo;
+    for (int i = 0; i < len; i += 4) {
+        v4f xv = v4_load(x + i);
+        v4f l = v4_code((xv + vm) * vi, lo, hi);
+        v4_store(T + i, l);
+        v4f r = vs * l - vm - xv;
+        e += v4_load(w + i) * r * r;
     }
-    float is = 1 / s;
-    for (int i = 0; i < len; i++) {
-        int l = clampi(iround((x[i] + m) * is), 0, nmax);
-        if (L) L[i] = (uint8_t)l;
-        float r = s * l - m - x[i];
-        e += w[i] * r * r;
-    }
-    return e;
+    return v4_sum(e);
+}
+
+static inline void codes_u8(const float *T, int n, uint8_t *L)
+{
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)T[i];
 }
 
 static void quant_asym_block(const struct asym_shape *sh, const float *x, const float *qw,
@@ -578,16 +638,15 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
     float d = fp16_round(fit_pos(sh->nsub, sh->smax, scales, sw, ls));
     float dmin = fp16_round(fit_pos(sh->nsub, sh->smax, mins, sw, lm));
 
-    float err[16];
+    float err[16], T[32];
     for (int j = 0; j < sh->nsub; j++) {
         float s = d * ls[j], m = dmin * lm[j];
         /* ggml leaves the codes of a zero-scale sub-block as fitted */
-        err[j] = asym_sub_err(x + j * len, wf + j * len, len, sh->nmax, s, m,
-                              s > 0 ? L + j * len : NULL);
+        err[j] = asym_sub_err(x + j * len, wf + j * len, len, (float)sh->nmax, s, m, T);
+        if (s > 0) codes_u8(T, len, L + j * len);
     }
 
     if (KQ_REFINE) {
-        uint8_t T[32];
         const int R = KQ_RA;
         for (int pass = 0; pass < KQ_PASSES; pass++) {
             /* each sub-block: best integer (ls, lm) near the current ones */
@@ -598,10 +657,10 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
                     if (a < 0 || a > sh->smax) continue;
                     for (int b = lm[j] - R; b <= lm[j] + R; b++) {
                         if (b < 0 || b > sh->smax || (a == ls[j] && b == lm[j])) continue;
-                        float e = asym_sub_err(xs, ws, len, sh->nmax, d * a, dmin * b, T);
+                        float e = asym_sub_err(xs, ws, len, (float)sh->nmax, d * a, dmin * b, T);
                         if (e < err[j]) {
                             err[j] = e; bls = a; blm = b;
-                            if (a > 0) memcpy(L + j * len, T, (size_t)len);
+                            if (a > 0) codes_u8(T, len, L + j * len);
                         }
                     }
                 }
@@ -632,16 +691,18 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
             float tot_old = 0, tot_new = 0, nerr[16];
             for (int j = 0; j < sh->nsub; j++) {
                 tot_old += err[j];
-                nerr[j] = asym_sub_err(x + j * len, wf + j * len, len, sh->nmax,
-                                       nd * ls[j], ndmin * lm[j], NULL);
+                nerr[j] = asym_sub_err(x + j * len, wf + j * len, len, (float)sh->nmax,
+                                       nd * ls[j], ndmin * lm[j], T);
                 tot_new += nerr[j];
             }
             if (!(tot_new < tot_old)) break;
             d = nd; dmin = ndmin;
             for (int j = 0; j < sh->nsub; j++) {
                 err[j] = nerr[j];
-                if (d * ls[j] > 0)
-                    asym_sub_err(x + j * len, wf + j * len, len, sh->nmax, d * ls[j], dmin * lm[j], L + j * len);
+                if (d * ls[j] > 0) {
+                    asym_sub_err(x + j * len, wf + j * len, len, (float)sh->nmax, d * ls[j], dmin * lm[j], T);
+                    codes_u8(T, len, L + j * len);
+                }
             }
         }
     }
