@@ -167,6 +167,22 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
 
 /* ------------------------------------------------- symmetric sub-block fit */
 
+/* Codes round(iscale * x) in [-nmax, nmax-1] into T and their sums
+ * out = {sum w x l, sum w l^2}. */
+static inline void sym_round(int n, int nmax, float iscale, const float *x, const float *w,
+                             const float *wx, float *T, float out[2])
+{
+    const v4f vi = v4_set(iscale), lo = v4_set((float)-nmax), hi = v4_set((float)(nmax - 1));
+    v4f sxl = v4_set(0), sll = sxl;
+    for (int i = 0; i < n; i += 4) {
+        v4f l = v4_code(vi * v4_load(x + i), lo, hi);
+        v4_store(T + i, l);
+        sxl += v4_load(wx + i) * l;
+        sll += v4_load(w + i) * l * l;
+    }
+    out[0] = v4_sum(sxl); out[1] = v4_sum(sll);
+}
+
 /*
  * Fit x ~ s*l, l integer in [-nmax, nmax-1], minimising sum w (x - s l)^2.
  * For fixed codes the best s is sum(wxl)/sum(wll) and the error drop is
@@ -185,49 +201,56 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
     }
     if (amax < GROUP_EPS) { memset(L, 0, (size_t)n); return 0; }
 
-    float best_xl = 0, best_ll = 0, best = -1;
-    int8_t T[QK_K];
+    float best = -1, cs[2], cxl[64], cll[64], ci[64];
+    float wx[32], T[32], B[32];
+    for (int i = 0; i < n; i++) wx[i] = w[i] * x[i];
     /* ggml's grid is 0.1 steps over +-0.9; the refined search adds the half
-     * steps between them and a wider reach. */
+     * steps between them and a wider reach. Candidates are independent:
+     * their sums first, the choice after (no branch in the hot loop). */
     const int lo = KQ_REFINE ? -KQ_SYMW : -18, hi = KQ_REFINE ? KQ_SYMW : 18;
+    int nc = 0;
     for (int side = 0; side < 2; side++) {
         for (int is = lo; is <= hi; is++) {
             if ((!KQ_REFINE || KQ_SYMHALF == 0) && (is & 1)) continue;
             float target = side == 0 ? -(nmax + 0.05f * is) : (nmax - 1 + 0.05f * is);
-            float iscale = target / max;
-            float sxl = 0, sll = 0;
-            for (int i = 0; i < n; i++) {
-                int l = clampi(iround(iscale * x[i]), -nmax, nmax - 1);
-                T[i] = (int8_t)l;
-                sxl += w[i] * x[i] * l;
-                sll += w[i] * l * l;
-            }
-            if (sll > 0 && (best < 0 || sxl * sxl > best * sll)) {
-                best = sxl * sxl / sll; best_xl = sxl; best_ll = sll;
-                memcpy(L, T, (size_t)n);
-            }
+            ci[nc] = target / max;
+            sym_round(n, nmax, ci[nc], x, w, wx, T, cs);
+            cxl[nc] = cs[0]; cll[nc] = cs[1]; nc++;
         }
     }
-    if (best < 0) { memset(L, 0, (size_t)n); return 0; }
-    float sxl = best_xl, sll = best_ll, s = sxl / sll;
+    int bc = -1;
+    for (int c = 0; c < nc; c++) {
+        if (cll[c] > 0 && (best < 0 || cxl[c] * cxl[c] > best * cll[c])) {
+            best = cxl[c] * cxl[c] / cll[c]; bc = c;
+        }
+    }
+    if (bc < 0) { memset(L, 0, (size_t)n); return 0; }
+    sym_round(n, nmax, ci[bc], x, w, wx, B, cs);
+    float sxl = cxl[bc], sll = cll[bc], s = sxl / sll;
 
     /* greedy: move the code whose weighted residual pulls hardest */
+    const v4f vlo = v4_set((float)-nmax), vhi = v4_set((float)(nmax - 1)), zero = v4_set(0);
     for (int iter = 0; iter < n * (2 * nmax - 1); iter++) {
+        float pull[32];
+        const v4f vs = v4_set(s);
+        for (int i = 0; i < n; i += 4) {
+            v4f l = v4_load(B + i), g = vs * v4_load(w + i) * (v4_load(x + i) - vs * l);
+            v4i movable = ((g > zero) & (l < vhi)) | ((g < zero) & (l > vlo));
+            v4_store(pull + i, v4_sel(movable, v4_sel(g < zero, -g, g), zero));
+        }
         float gbest = 0; int j = -1;
         for (int i = 0; i < n; i++) {
-            float g = s * w[i] * (x[i] - s * L[i]);
-            if ((g > 0 && L[i] < nmax - 1) || (g < 0 && L[i] > -nmax)) {
-                if (fabsf(g) > gbest) { gbest = fabsf(g); j = i; }
-            }
+            j = pull[i] > gbest ? i : j;
+            gbest = pull[i] > gbest ? pull[i] : gbest;
         }
         if (j < 0) break;
-        float g = s * w[j] * (x[j] - s * L[j]);
-        int d = g > 0 ? 1 : -1;
+        float g = s * w[j] * (x[j] - s * B[j]);
+        int d = g > 0 ? 1 : -1, lj = (int)B[j];
         float nxl = sxl + d * w[j] * x[j];
-        float nll = sll + w[j] * (2 * L[j] * d + 1);
+        float nll = sll + w[j] * (2 * lj * d + 1);
         if (nll > 0 && nxl * nxl > best * nll) {
             sxl = nxl; sll = nll; best = sxl * sxl / sll; s = sxl / sll;
-            L[j] = (int8_t)(L[j] + d);
+            B[j] = (float)(lj + d);
         } else {
             break;
         }
@@ -235,18 +258,14 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
 
     if (KQ_REFINE) {
         for (int it = 0; it < 4; it++) {
-            float is = 1 / s, nxl = 0, nll = 0;
-            for (int i = 0; i < n; i++) {
-                int l = clampi(iround(is * x[i]), -nmax, nmax - 1);
-                T[i] = (int8_t)l;
-                nxl += w[i] * x[i] * l;
-                nll += w[i] * l * l;
-            }
+            sym_round(n, nmax, 1 / s, x, w, wx, T, cs);
+            float nxl = cs[0], nll = cs[1];
             if (!(nll > 0 && nxl * nxl > best * nll * (1 + 1e-7f))) break;
             sxl = nxl; sll = nll; best = sxl * sxl / sll; s = sxl / sll;
-            memcpy(L, T, (size_t)n);
+            memcpy(B, T, (size_t)n * sizeof *T);
         }
     }
+    for (int i = 0; i < n; i++) L[i] = (int8_t)B[i];
     return s;
 }
 
@@ -943,11 +962,26 @@ static inline float code_val(const struct sym_shape *sh, int l)
     return sh->nl ? (float)kvalues_iq4nl[l] : (float)l;
 }
 
-/* Weighted error of one sub-block at scale s after choosing its codes. */
+/* Weighted error of one sub-block at scale s after choosing its codes
+ * (stored to L unless NULL). */
 static float sym_sub_err(const struct sym_shape *sh, const float *x, const float *w,
                          float s, int8_t *L)
 {
     float e = 0, is = s != 0 ? 1 / s : 0;
+    if (!sh->nl) {
+        const v4f vi = v4_set(is), vs = v4_set(s);
+        const v4f lo = v4_set((float)-sh->nmax), hi = v4_set((float)(sh->nmax - 1));
+        v4f ev = v4_set(0);
+        float T[32];
+        for (int i = 0; i < sh->sublen; i += 4) {
+            v4f xv = v4_load(x + i), l = v4_code(vi * xv, lo, hi);
+            v4_store(T + i, l);
+            v4f r = xv - vs * l;
+            ev += v4_load(w + i) * r * r;
+        }
+        if (L) for (int i = 0; i < sh->sublen; i++) L[i] = (int8_t)T[i];
+        return v4_sum(ev);
+    }
     for (int i = 0; i < sh->sublen; i++) {
         int l = sh->nl ? nl_index(is * x[i]) : clampi(iround(is * x[i]), -sh->nmax, sh->nmax - 1);
         if (L) L[i] = (int8_t)l;
