@@ -33,6 +33,9 @@
 
 #include <math.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* Build with -DMOEQ_KQ_PLAIN to skip the extra search of stages 1 and 3:
  * the blocks then reproduce ggml's choices, which is how the format and the
@@ -111,11 +114,16 @@ static inline void v4_store(float *p, v4f v) { memcpy(p, &v, sizeof v); }
 static inline v4f v4_set(float a) { return (v4f){ a, a, a, a }; }
 static inline float v4_sum(v4f a) { return (a[0] + a[1]) + (a[2] + a[3]); }
 static inline v4f v4_sel(v4i m, v4f a, v4f b) { return (v4f)((m & (v4i)a) | (~m & (v4i)b)); }
-/* round(v) clamped to [lo, hi]; NaN -> lo */
+/* round(v) clamped to [lo, hi]; NaN -> lo. SSE's maxps/minps are exactly
+ * these selects (second operand on NaN), in one instruction each. */
 static inline v4f v4_code(v4f v, v4f lo, v4f hi)
 {
+#ifdef __SSE2__
+    v = (v4f)_mm_min_ps(_mm_max_ps((__m128)v, (__m128)lo), (__m128)hi);
+#else
     v = v4_sel(v > lo, v, lo);
     v = v4_sel(v < hi, v, hi);
+#endif
     const v4f r = v4_set(V4_ROUND);
     return (v + r) - r;
 }
@@ -318,14 +326,31 @@ static inline void asym_round(int n, float nmax, float iscale, float min, const 
                               const float *w, const float *wx, float *T, float out[3])
 {
     const v4f vi = v4_set(iscale), vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
-    v4f sl = lo, sll = lo, sxl = lo;
-    for (int i = 0; i < n; i += 4) {
+    v4f sl = lo, sll = lo, sxl = lo, sl2 = lo, sll2 = lo, sxl2 = lo;
+    for (int i = 0; i < n; i += 8) {
         v4f l = v4_code(vi * (v4_load(x + i) - vm), lo, hi);
-        v4_store(T + i, l);
-        v4f wl = v4_load(w + i) * l;
+        v4f l2 = v4_code(vi * (v4_load(x + i + 4) - vm), lo, hi);
+        v4_store(T + i, l); v4_store(T + i + 4, l2);
+        v4f wl = v4_load(w + i) * l, wl2 = v4_load(w + i + 4) * l2;
         sl += wl; sll += wl * l; sxl += v4_load(wx + i) * l;
+        sl2 += wl2; sll2 += wl2 * l2; sxl2 += v4_load(wx + i + 4) * l2;
     }
-    out[0] = v4_sum(sl); out[1] = v4_sum(sll); out[2] = v4_sum(sxl);
+    out[0] = v4_sum(sl + sl2); out[1] = v4_sum(sll + sll2); out[2] = v4_sum(sxl + sxl2);
+}
+
+/* Weighted error sum w (s l - m - x)^2 of the codes T, computed directly. */
+static inline double asym_direct(int n, const float *x, const float *w, const float *T,
+                                 float s, float m)
+{
+    const v4f vs = v4_set(s), vm = v4_set(m);
+    v4f e = v4_set(0), e2 = e;
+    for (int i = 0; i < n; i += 8) {
+        v4f r = vs * v4_load(T + i) - vm - v4_load(x + i);
+        v4f r2 = vs * v4_load(T + i + 4) - vm - v4_load(x + i + 4);
+        e += v4_load(w + i) * r * r;
+        e2 += v4_load(w + i + 4) * r2 * r2;
+    }
+    return v4_sum(e + e2);
 }
 
 /*
@@ -335,10 +360,10 @@ static inline void asym_round(int n, float nmax, float iscale, float min, const 
  * best then goes through single-code moves and (refined search) full
  * re-rounding at its own (s, m). Returns s, stores m in *mout.
  *
- * The candidates' sums are float (as ggml's): the error formula's
- * cancellation leaves each error uncertain by about 1e-4 of itself, far
- * below any difference that matters, and the single-code moves that follow
- * work on double sums of the chosen codes.
+ * The candidates' sums are float (four lanes): they only screen, through
+ * the division-free error formula with a margin for its cancellation; a
+ * candidate that may win is judged by its error summed directly. The
+ * single-code moves work on double sums of the chosen codes.
  */
 static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L,
                       float *mout, float rmin, float rdelta, int nstep)
@@ -358,7 +383,12 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
     const float fnmax = (float)nmax;
     double s = (max - min) / nmax, m = -min, best;
     asym_round(n, fnmax, nmax / (max - min), min, x, w, wx, B, cs);
-    best = asym_err(sw, sx, sx2, cs[0], cs[1], cs[2], s, m);
+    best = asym_direct(n, x, w, B, (float)s, (float)m);
+    float bs[3] = { -1, -1, -1 };   /* sums of the best fitted codes */
+    /* float sums make the formula's error uncertain by a few 1e-7 of sx2:
+     * candidates within tol of the best are judged by their direct error
+     * (exact fits, as when re-quantizing, hinge on that) */
+    const double tol = 1e-5 * sx2;
     int steps = KQ_REFINE ? KQ_DENS * nstep : nstep;
     float dstep = KQ_REFINE ? rdelta / KQ_DENS : rdelta;
     for (int is = 0; is <= steps; is++) {
@@ -367,34 +397,48 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
         float iscale = (rmin + dstep * is + nmax) / (max - min);
         asym_round(n, fnmax, iscale, min, x, w, wx, T, cs);
         double ts, tm;
-        if (!asym_beats(sw, sx, sx2, cs[0], cs[1], cs[2], best)) continue;
+        if (!asym_beats(sw, sx, sx2, cs[0], cs[1], cs[2], best + tol)) continue;
+        /* neighbouring scales often round to the winner's codes again */
+        if (cs[0] == bs[0] && cs[1] == bs[1] && cs[2] == bs[2]) continue;
         if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) continue;
-        double e = asym_err(sw, sx, sx2, cs[0], cs[1], cs[2], ts, tm);
-        if (e < best) { best = e; s = ts; m = tm; min = (float)-tm; memcpy(B, T, (size_t)n * sizeof *T); }
+        double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
+        if (e < best) {
+            best = e; s = ts; m = tm; min = (float)-tm;
+            memcpy(bs, cs, sizeof bs);
+            memcpy(B, T, (size_t)n * sizeof *T);
+        }
     }
-    for (int i = 0; i < n; i++) L[i] = (uint8_t)B[i];
 
-    /* single-code moves toward the residual, each refitting (s, m) */
     double sl = 0, sll = 0, sxl = 0;
     for (int i = 0; i < n; i++) {
-        sl += (double)w[i] * L[i]; sll += (double)w[i] * L[i] * L[i]; sxl += (double)w[i] * L[i] * x[i];
+        sl += (double)w[i] * B[i]; sll += (double)w[i] * B[i] * B[i]; sxl += (double)w[i] * B[i] * x[i];
     }
+    /* single-code moves toward the residual, each refitting (s, m) */
+    const v4f zero = v4_set(0), top = v4_set(fnmax);
     int last_j = -1, last_d = 0;
     for (int it = 0; it < nmax * n; it++) {
-        float gmax = 0; int j = -1, d = 0;
-        for (int i = 0; i < n; i++) {
-            float g = x[i] - (float)s * L[i] + (float)m;
-            if (g > gmax && L[i] < nmax) { gmax = g; j = i; d = 1; }
-            else if (-g > gmax && L[i] > 0) { gmax = -g; j = i; d = -1; }
+        float pull[32];
+        const v4f vs = v4_set((float)s), vm = v4_set((float)m);
+        for (int i = 0; i < n; i += 4) {
+            v4f l = v4_load(B + i), g = v4_load(x + i) - vs * l + vm;
+            v4i up = (g > zero) & (l < top), down = (g < zero) & (l > zero);
+            v4_store(pull + i, v4_sel(up, g, v4_sel(down, -g, zero)));
         }
-        if (j < 0 || (j == last_j && d == -last_d)) break;
-        double nl = sl + w[j] * d, nll = sll + w[j] * (2.0 * L[j] * d + 1), nxl = sxl + (double)w[j] * x[j] * d;
+        float gmax = 0; int j = -1;
+        for (int i = 0; i < n; i++) {
+            j = pull[i] > gmax ? i : j;
+            gmax = pull[i] > gmax ? pull[i] : gmax;
+        }
+        if (j < 0) break;
+        int d = x[j] - (float)s * B[j] + (float)m > 0 ? 1 : -1, lj = (int)B[j];
+        if (j == last_j && d == -last_d) break;
+        double nl = sl + w[j] * d, nll = sll + w[j] * (2.0 * lj * d + 1), nxl = sxl + (double)w[j] * x[j] * d;
         double ts, tm;
         if (!asym_solve(sw, sx, nl, nll, nxl, &ts, &tm) || ts < 0) break;
         double e = asym_err(sw, sx, sx2, nl, nll, nxl, ts, tm);
         if (!(e < best)) break;
         best = e; s = ts; m = tm; sl = nl; sll = nll; sxl = nxl;
-        L[j] = (uint8_t)(L[j] + d);
+        B[j] = (float)(lj + d);
         last_j = j; last_d = d;
     }
 
@@ -403,12 +447,13 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
             asym_round(n, fnmax, (float)(1 / s), (float)-m, x, w, wx, T, cs);
             double ts, tm;
             if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) break;
-            double e = asym_err(sw, sx, sx2, cs[0], cs[1], cs[2], ts, tm);
+            double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
             if (!(e < best * (1 - 1e-9))) break;
             best = e; s = ts; m = tm;
-            for (int i = 0; i < n; i++) L[i] = (uint8_t)T[i];
+            memcpy(B, T, (size_t)n * sizeof *T);
         }
     }
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)B[i];
     *mout = (float)m;
     return (float)s;
 }
