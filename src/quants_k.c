@@ -358,18 +358,19 @@ static inline double asym_direct(int n, const float *x, const float *w, const fl
  * squared error. Candidates: inverse scales (nmax + rmin + k*rdelta)/(max -
  * min) from the block's own min, each solved in closed form for (s, m); the
  * best then goes through single-code moves and (refined search) full
- * re-rounding at its own (s, m). Returns s, stores m in *mout.
+ * re-rounding at its own (s, m). Codes go to B (as floats); returns s,
+ * stores m in *mout.
  *
  * The candidates' sums are float (four lanes): they only screen, through
  * the division-free error formula with a margin for its cancellation; a
  * candidate that may win is judged by its error summed directly. The
  * single-code moves work on double sums of the chosen codes.
  */
-static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L,
+static float fit_asym(int n, int nmax, const float *x, const float *w, float *B,
                       float *mout, float rmin, float rdelta, int nstep)
 {
     float min = x[0], max = x[0];
-    float wx[32], T[32], B[32], cs[3];
+    float wx[32], T[32], cs[3];
     double sw = 0, sx = 0, sx2 = 0;
     for (int i = 0; i < n; i++) {
         if (x[i] < min) min = x[i];
@@ -378,7 +379,7 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
         sw += w[i]; sx += (double)w[i] * x[i]; sx2 += (double)w[i] * x[i] * x[i];
     }
     if (min > 0) min = 0;
-    if (max - min < 1e-10f) { memset(L, 0, (size_t)n); *mout = -min; return 0; }
+    if (max - min < 1e-10f) { memset(B, 0, (size_t)n * sizeof *B); *mout = -min; return 0; }
 
     const float fnmax = (float)nmax;
     double s = (max - min) / nmax, m = -min, best;
@@ -453,7 +454,6 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
             memcpy(B, T, (size_t)n * sizeof *T);
         }
     }
-    for (int i = 0; i < n; i++) L[i] = (uint8_t)B[i];
     *mout = (float)m;
     return (float)s;
 }
@@ -677,16 +677,24 @@ static float asym_sub_err(const float *x, const float *w, int len, float nmax,
     return v4_sum(e);
 }
 
-static inline void codes_u8(const float *T, int n, uint8_t *L)
+/* Sums of codes T against weights w: out = {sum w l, sum w l^2, sum w x l}. */
+static inline void code_sums(int n, const float *x, const float *w, const float *T, double out[3])
 {
-    for (int i = 0; i < n; i++) L[i] = (uint8_t)T[i];
+    v4f sl = v4_set(0), sll = sl, sxl = sl;
+    for (int i = 0; i < n; i += 4) {
+        v4f l = v4_load(T + i), wl = v4_load(w + i) * l;
+        sl += wl; sll += wl * l; sxl += wl * v4_load(x + i);
+    }
+    out[0] = v4_sum(sl); out[1] = v4_sum(sll); out[2] = v4_sum(sxl);
 }
 
 static void quant_asym_block(const struct asym_shape *sh, const float *x, const float *qw,
                              float *pd, float *pdmin, uint8_t *ls, uint8_t *lm, uint8_t *L)
 {
     float w[QK_K], wf[QK_K], scales[16], mins[16], sw[16];
+    float Lf[QK_K], NT[QK_K], T[32];   /* codes as floats; trial codes */
     const int len = sh->sublen;
+    const float fnmax = (float)sh->nmax;
     float sigma2 = sh->sigma_mul * sum_sq(x, QK_K) / QK_K;
 
     for (int j = 0; j < sh->nsub; j++) {
@@ -696,22 +704,30 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
         float s = 0;
         for (int i = 0; i < len; i++) s += ws[i];
         sw[j] = s;
-        scales[j] = fit_asym(len, sh->nmax, xs, ws, L + j * len, &mins[j],
+        scales[j] = fit_asym(len, sh->nmax, xs, ws, Lf + j * len, &mins[j],
                              sh->rmin, sh->rdelta, sh->nstep);
     }
     float d = fp16_round(fit_pos(sh->nsub, sh->smax, scales, sw, ls));
     float dmin = fp16_round(fit_pos(sh->nsub, sh->smax, mins, sw, lm));
 
-    float err[16], T[32];
+    float err[16];
     for (int j = 0; j < sh->nsub; j++) {
         float s = d * ls[j], m = dmin * lm[j];
         /* ggml leaves the codes of a zero-scale sub-block as fitted */
-        err[j] = asym_sub_err(x + j * len, wf + j * len, len, (float)sh->nmax, s, m, T);
-        if (s > 0) codes_u8(T, len, L + j * len);
+        err[j] = asym_sub_err(x + j * len, wf + j * len, len, fnmax, s, m, T);
+        if (s > 0) memcpy(Lf + j * len, T, (size_t)len * sizeof *T);
     }
 
     if (KQ_REFINE) {
         const int R = KQ_RA;
+        /* per sub-block sum w and sum w x of the judging weights */
+        double cw[16], cx[16];
+        for (int j = 0; j < sh->nsub; j++) {
+            cw[j] = cx[j] = 0;
+            for (int i = 0; i < len; i++) {
+                cw[j] += wf[j * len + i]; cx[j] += (double)wf[j * len + i] * x[j * len + i];
+            }
+        }
         for (int pass = 0; pass < KQ_PASSES; pass++) {
             /* each sub-block: best integer (ls, lm) near the current ones */
             for (int j = 0; j < sh->nsub; j++) {
@@ -721,24 +737,23 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
                     if (a < 0 || a > sh->smax) continue;
                     for (int b = lm[j] - R; b <= lm[j] + R; b++) {
                         if (b < 0 || b > sh->smax || (a == ls[j] && b == lm[j])) continue;
-                        float e = asym_sub_err(xs, ws, len, (float)sh->nmax, d * a, dmin * b, T);
+                        float e = asym_sub_err(xs, ws, len, fnmax, d * a, dmin * b, T);
                         if (e < err[j]) {
                             err[j] = e; bls = a; blm = b;
-                            if (a > 0) codes_u8(T, len, L + j * len);
+                            if (a > 0) memcpy(Lf + j * len, T, (size_t)len * sizeof *T);
                         }
                     }
                 }
                 ls[j] = (uint8_t)bls; lm[j] = (uint8_t)blm;
             }
-            /* refit (d, dmin) to the integer structure: x ~ d*(ls*q) - dmin*lm */
+            /* refit (d, dmin) to the integer structure: x ~ d*(ls*q) - dmin*lm,
+             * from each sub-block's sums (ls and lm are constant in it) */
             double aa = 0, ab = 0, bb = 0, ax = 0, bx = 0;
             for (int j = 0; j < sh->nsub; j++) {
-                for (int i = 0; i < len; i++) {
-                    double wi = wf[j * len + i], a = (double)ls[j] * L[j * len + i], b = lm[j];
-                    double xi = x[j * len + i];
-                    aa += wi * a * a; ab += wi * a * b; bb += wi * b * b;
-                    ax += wi * a * xi; bx += wi * b * xi;
-                }
+                double q[3], a = ls[j], b = lm[j];
+                code_sums(len, x + j * len, wf + j * len, Lf + j * len, q);
+                aa += a * a * q[1]; ab += a * b * q[0]; bb += b * b * cw[j];
+                ax += a * q[2]; bx += b * cx[j];
             }
             double D = aa * bb - ab * ab;
             float nd, ndmin;
@@ -755,21 +770,19 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
             float tot_old = 0, tot_new = 0, nerr[16];
             for (int j = 0; j < sh->nsub; j++) {
                 tot_old += err[j];
-                nerr[j] = asym_sub_err(x + j * len, wf + j * len, len, (float)sh->nmax,
-                                       nd * ls[j], ndmin * lm[j], T);
+                nerr[j] = asym_sub_err(x + j * len, wf + j * len, len, fnmax,
+                                       nd * ls[j], ndmin * lm[j], NT + j * len);
                 tot_new += nerr[j];
             }
             if (!(tot_new < tot_old)) break;
             d = nd; dmin = ndmin;
             for (int j = 0; j < sh->nsub; j++) {
                 err[j] = nerr[j];
-                if (d * ls[j] > 0) {
-                    asym_sub_err(x + j * len, wf + j * len, len, (float)sh->nmax, d * ls[j], dmin * lm[j], T);
-                    codes_u8(T, len, L + j * len);
-                }
+                if (d * ls[j] > 0) memcpy(Lf + j * len, NT + j * len, (size_t)len * sizeof *NT);
             }
         }
     }
+    for (int i = 0; i < QK_K; i++) L[i] = (uint8_t)Lf[i];
     *pd = d; *pdmin = dmin;
 }
 
