@@ -114,6 +114,29 @@ static inline void v4_store(float *p, v4f v) { memcpy(p, &v, sizeof v); }
 static inline v4f v4_set(float a) { return (v4f){ a, a, a, a }; }
 static inline float v4_sum(v4f a) { return (a[0] + a[1]) + (a[2] + a[3]); }
 static inline v4f v4_sel(v4i m, v4f a, v4f b) { return (v4f)((m & (v4i)a) | (~m & (v4i)b)); }
+/* Index of the first largest element of p[0..n) if that is > 0, else -1
+ * (what a scalar "if (p[i] > best)" loop from best = 0 finds). */
+static inline int v4_argmax_pos(const float *p, int n)
+{
+    v4f m = v4_set(0);
+    for (int i = 0; i < n; i += 4) { v4f v = v4_load(p + i); m = v4_sel(v > m, v, m); }
+    float mx = m[0];
+    for (int k = 1; k < 4; k++) mx = m[k] > mx ? m[k] : mx;
+    if (!(mx > 0)) return -1;
+#ifdef __SSE2__
+    /* first match by bit mask: the exit of a search loop mispredicts */
+    const __m128 vmx = _mm_set1_ps(mx);
+    for (int i = 0; ; i += 4) {
+        int bits = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(p + i), vmx));
+        if (bits) return i + __builtin_ctz((unsigned)bits);
+    }
+#else
+    int j = 0;
+    while (p[j] != mx) j++;
+    return j;
+#endif
+}
+
 /* round(v) clamped to [lo, hi]; NaN -> lo. SSE's maxps/minps are exactly
  * these selects (second operand on NaN), in one instruction each. */
 static inline v4f v4_code(v4f v, v4f lo, v4f hi)
@@ -128,11 +151,13 @@ static inline v4f v4_code(v4f v, v4f lo, v4f hi)
     return (v + r) - r;
 }
 
+/* sum of x^2, n a multiple of 4 (four lanes: a 256-long chain of scalar
+ * additions showed in profiles) */
 static float sum_sq(const float *x, int n)
 {
-    float s = 0;
-    for (int i = 0; i < n; i++) s += x[i] * x[i];
-    return s;
+    v4f s = v4_set(0);
+    for (int i = 0; i < n; i += 4) { v4f v = v4_load(x + i); s += v * v; }
+    return v4_sum(s);
 }
 
 /*
@@ -149,22 +174,43 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
 {
     if (qw) {
         float s = 0;
+#ifdef __SSE2__
+        /* sqrtps rounds as sqrtf does; sqrtf's errno check kept the loop scalar */
+        for (int i = 0; i < n; i += 4) {
+            v4f v = v4_load(x + i);
+            v4f r = v4_load(qw + i) * (v4f)_mm_sqrt_ps((__m128)(v4_set(sigma2) + v * v));
+            v4_store(w + i, r);
+            s += (r[0] + r[1]) + (r[2] + r[3]);
+        }
+#else
         for (int i = 0; i < n; i++) {
             w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
             s += w[i];
         }
+#endif
         if (s > 0 && isfinite(s)) {
             if (wf) memcpy(wf, qw, (size_t)n * sizeof *wf);
             return;
         }
     }
     float av = sqrtf(sigma2);
-    for (int i = 0; i < n; i++) {
-        switch (fallback) {
-        case W_X2:        w[i] = x[i] * x[i]; break;
-        case W_RMS_ABS:   w[i] = av + fabsf(x[i]); break;
-        case W_SQRT_SIGMA: w[i] = sqrtf(sigma2 + x[i] * x[i]); break;
+    switch (fallback) {
+    case W_X2:
+        for (int i = 0; i < n; i++) w[i] = x[i] * x[i];
+        break;
+    case W_RMS_ABS:
+        for (int i = 0; i < n; i++) w[i] = av + fabsf(x[i]);
+        break;
+    case W_SQRT_SIGMA:
+#ifdef __SSE2__
+        for (int i = 0; i < n; i += 4) {
+            v4f v = v4_load(x + i);
+            v4_store(w + i, (v4f)_mm_sqrt_ps((__m128)(v4_set(sigma2) + v * v)));
         }
+#else
+        for (int i = 0; i < n; i++) w[i] = sqrtf(sigma2 + x[i] * x[i]);
+#endif
+        break;
     }
     /* all-zero sub-block with x^2 weights: uniform keeps fits defined */
     float s = 0;
@@ -175,7 +221,7 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
 
 /* ------------------------------------------------- symmetric sub-block fit */
 
-/* Codes round(iscale * x) in [-nmax, nmax-1] into T and their sums
+/* Codes round(iscale * x) in [-nmax, nmax-1] into T (unless NULL) and their sums
  * out = {sum w x l, sum w l^2}. */
 static inline void sym_round(int n, int nmax, float iscale, const float *x, const float *w,
                              const float *wx, float *T, float out[2])
@@ -184,7 +230,7 @@ static inline void sym_round(int n, int nmax, float iscale, const float *x, cons
     v4f sxl = v4_set(0), sll = sxl;
     for (int i = 0; i < n; i += 4) {
         v4f l = v4_code(vi * v4_load(x + i), lo, hi);
-        v4_store(T + i, l);
+        if (T) v4_store(T + i, l);
         sxl += v4_load(wx + i) * l;
         sll += v4_load(w + i) * l * l;
     }
@@ -222,7 +268,7 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
             if ((!KQ_REFINE || KQ_SYMHALF == 0) && (is & 1)) continue;
             float target = side == 0 ? -(nmax + 0.05f * is) : (nmax - 1 + 0.05f * is);
             ci[nc] = target / max;
-            sym_round(n, nmax, ci[nc], x, w, wx, T, cs);
+            sym_round(n, nmax, ci[nc], x, w, wx, NULL, cs);
             cxl[nc] = cs[0]; cll[nc] = cs[1]; nc++;
         }
     }
@@ -246,11 +292,7 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
             v4i movable = ((g > zero) & (l < vhi)) | ((g < zero) & (l > vlo));
             v4_store(pull + i, v4_sel(movable, v4_sel(g < zero, -g, g), zero));
         }
-        float gbest = 0; int j = -1;
-        for (int i = 0; i < n; i++) {
-            j = pull[i] > gbest ? i : j;
-            gbest = pull[i] > gbest ? pull[i] : gbest;
-        }
+        int j = v4_argmax_pos(pull, n);
         if (j < 0) break;
         float g = s * w[j] * (x[j] - s * B[j]);
         int d = g > 0 ? 1 : -1, lj = (int)B[j];
@@ -316,6 +358,47 @@ static inline int asym_beats(double sw, double sx, double sx2, double sl, double
     if (sl * sxl - sll * sx >= 0)
         return sw * sxl * sxl - 2 * sl * sx * sxl + sll * sx * sx > c * D;
     return sll > 0 && sxl * sxl > c * sll;
+}
+
+/* Codes round(iscale * (x - min)) in [0, nmax] into T. */
+static inline void asym_codes(int n, float nmax, float iscale, float min, const float *x, float *T)
+{
+    const v4f vi = v4_set(iscale), vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
+    for (int i = 0; i < n; i += 4) v4_store(T + i, v4_code(vi * (v4_load(x + i) - vm), lo, hi));
+}
+
+/* Four values of v4_sum at once, with the same additions. */
+static inline v4f v4_sum4(v4f a, v4f b, v4f c, v4f d)
+{
+    v4f p = __builtin_shufflevector(a, b, 0, 2, 4, 6) + __builtin_shufflevector(a, b, 1, 3, 5, 7);
+    v4f q = __builtin_shufflevector(c, d, 0, 2, 4, 6) + __builtin_shufflevector(c, d, 1, 3, 5, 7);
+    return __builtin_shufflevector(p, q, 0, 2, 4, 6) + __builtin_shufflevector(p, q, 1, 3, 5, 7);
+}
+
+/*
+ * The sums of asym_round (without the codes) for four candidate inverse
+ * scales sharing one min: sl[k], sll[k], sxl[k] for candidate k. Four
+ * independent chains keep the core busy where one candidate at a time
+ * waits on its own additions.
+ */
+static inline void asym_round4(int n, float nmax, const float is[4], float min, const float *x,
+                               const float *w, const float *wx, v4f *sl, v4f *sll, v4f *sxl)
+{
+    const v4f vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
+    const v4f i0 = v4_set(is[0]), i1 = v4_set(is[1]), i2 = v4_set(is[2]), i3 = v4_set(is[3]);
+    v4f a0 = lo, a1 = lo, a2 = lo, a3 = lo, b0 = lo, b1 = lo, b2 = lo, b3 = lo;
+    v4f c0 = lo, c1 = lo, c2 = lo, c3 = lo;
+    for (int i = 0; i < n; i += 4) {
+        const v4f xv = v4_load(x + i) - vm, wv = v4_load(w + i), wxv = v4_load(wx + i);
+        v4f l, wl;
+        l = v4_code(i0 * xv, lo, hi); wl = wv * l; a0 += wl; b0 += wl * l; c0 += wxv * l;
+        l = v4_code(i1 * xv, lo, hi); wl = wv * l; a1 += wl; b1 += wl * l; c1 += wxv * l;
+        l = v4_code(i2 * xv, lo, hi); wl = wv * l; a2 += wl; b2 += wl * l; c2 += wxv * l;
+        l = v4_code(i3 * xv, lo, hi); wl = wv * l; a3 += wl; b3 += wl * l; c3 += wxv * l;
+    }
+    *sl = v4_sum4(a0, a1, a2, a3);
+    *sll = v4_sum4(b0, b1, b2, b3);
+    *sxl = v4_sum4(c0, c1, c2, c3);
 }
 
 /*
@@ -392,22 +475,34 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, float *B,
     const double tol = 1e-5 * sx2;
     int steps = KQ_REFINE ? KQ_DENS * nstep : nstep;
     float dstep = KQ_REFINE ? rdelta / KQ_DENS : rdelta;
-    for (int is = 0; is <= steps; is++) {
-        /* like ggml, later candidates round from the best min found so far
-         * (min tracks -m), which lets the scan follow the fit */
-        float iscale = (rmin + dstep * is + nmax) / (max - min);
-        asym_round(n, fnmax, iscale, min, x, w, wx, T, cs);
-        double ts, tm;
-        if (!asym_beats(sw, sx, sx2, cs[0], cs[1], cs[2], best + tol)) continue;
-        /* neighbouring scales often round to the winner's codes again */
-        if (cs[0] == bs[0] && cs[1] == bs[1] && cs[2] == bs[2]) continue;
-        if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) continue;
-        double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
-        if (e < best) {
-            best = e; s = ts; m = tm; min = (float)-tm;
-            memcpy(bs, cs, sizeof bs);
-            memcpy(B, T, (size_t)n * sizeof *T);
+    /* like ggml, later candidates round from the best min found so far
+     * (min tracks -m), which lets the scan follow the fit. Candidates go
+     * in fours: after a new best, the rest of the four are rounded again
+     * from its min, so the choices are those of one at a time. */
+    for (int is = 0; is <= steps; ) {
+        float isc[4];
+        v4f vl, vll, vxl;
+        for (int k = 0; k < 4; k++) isc[k] = (rmin + dstep * (is + k) + nmax) / (max - min);
+        asym_round4(n, fnmax, isc, min, x, w, wx, &vl, &vll, &vxl);
+        int next = is + 4;
+        for (int k = 0; k < 4 && is + k <= steps; k++) {
+            const float c0 = vl[k], c1 = vll[k], c2 = vxl[k];
+            double ts, tm;
+            if (!asym_beats(sw, sx, sx2, c0, c1, c2, best + tol)) continue;
+            /* neighbouring scales often round to the winner's codes again */
+            if (c0 == bs[0] && c1 == bs[1] && c2 == bs[2]) continue;
+            if (!asym_solve(sw, sx, c0, c1, c2, &ts, &tm)) continue;
+            asym_codes(n, fnmax, isc[k], min, x, T);
+            double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
+            if (e < best) {
+                best = e; s = ts; m = tm; min = (float)-tm;
+                bs[0] = c0; bs[1] = c1; bs[2] = c2;
+                memcpy(B, T, (size_t)n * sizeof *T);
+                next = is + k + 1;
+                break;
+            }
         }
+        is = next;
     }
 
     double sl = 0, sll = 0, sxl = 0;
@@ -425,11 +520,7 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, float *B,
             v4i up = (g > zero) & (l < top), down = (g < zero) & (l > zero);
             v4_store(pull + i, v4_sel(up, g, v4_sel(down, -g, zero)));
         }
-        float gmax = 0; int j = -1;
-        for (int i = 0; i < n; i++) {
-            j = pull[i] > gmax ? i : j;
-            gmax = pull[i] > gmax ? pull[i] : gmax;
-        }
+        int j = v4_argmax_pos(pull, n);
         if (j < 0) break;
         int d = x[j] - (float)s * B[j] + (float)m > 0 ? 1 : -1, lj = (int)B[j];
         if (j == last_j && d == -last_d) break;
