@@ -360,47 +360,6 @@ static inline int asym_beats(double sw, double sx, double sx2, double sl, double
     return sll > 0 && sxl * sxl > c * sll;
 }
 
-/* Codes round(iscale * (x - min)) in [0, nmax] into T. */
-static inline void asym_codes(int n, float nmax, float iscale, float min, const float *x, float *T)
-{
-    const v4f vi = v4_set(iscale), vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
-    for (int i = 0; i < n; i += 4) v4_store(T + i, v4_code(vi * (v4_load(x + i) - vm), lo, hi));
-}
-
-/* Four values of v4_sum at once, with the same additions. */
-static inline v4f v4_sum4(v4f a, v4f b, v4f c, v4f d)
-{
-    v4f p = __builtin_shufflevector(a, b, 0, 2, 4, 6) + __builtin_shufflevector(a, b, 1, 3, 5, 7);
-    v4f q = __builtin_shufflevector(c, d, 0, 2, 4, 6) + __builtin_shufflevector(c, d, 1, 3, 5, 7);
-    return __builtin_shufflevector(p, q, 0, 2, 4, 6) + __builtin_shufflevector(p, q, 1, 3, 5, 7);
-}
-
-/*
- * The sums of asym_round (without the codes) for four candidate inverse
- * scales sharing one min: sl[k], sll[k], sxl[k] for candidate k. Four
- * independent chains keep the core busy where one candidate at a time
- * waits on its own additions.
- */
-static inline void asym_round4(int n, float nmax, const float is[4], float min, const float *x,
-                               const float *w, const float *wx, v4f *sl, v4f *sll, v4f *sxl)
-{
-    const v4f vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
-    const v4f i0 = v4_set(is[0]), i1 = v4_set(is[1]), i2 = v4_set(is[2]), i3 = v4_set(is[3]);
-    v4f a0 = lo, a1 = lo, a2 = lo, a3 = lo, b0 = lo, b1 = lo, b2 = lo, b3 = lo;
-    v4f c0 = lo, c1 = lo, c2 = lo, c3 = lo;
-    for (int i = 0; i < n; i += 4) {
-        const v4f xv = v4_load(x + i) - vm, wv = v4_load(w + i), wxv = v4_load(wx + i);
-        v4f l, wl;
-        l = v4_code(i0 * xv, lo, hi); wl = wv * l; a0 += wl; b0 += wl * l; c0 += wxv * l;
-        l = v4_code(i1 * xv, lo, hi); wl = wv * l; a1 += wl; b1 += wl * l; c1 += wxv * l;
-        l = v4_code(i2 * xv, lo, hi); wl = wv * l; a2 += wl; b2 += wl * l; c2 += wxv * l;
-        l = v4_code(i3 * xv, lo, hi); wl = wv * l; a3 += wl; b3 += wl * l; c3 += wxv * l;
-    }
-    *sl = v4_sum4(a0, a1, a2, a3);
-    *sll = v4_sum4(b0, b1, b2, b3);
-    *sxl = v4_sum4(c0, c1, c2, c3);
-}
-
 /*
  * Codes of one asymmetric candidate, round(iscale * (x - min)) in [0, nmax],
  * into T, and their weighted sums: out = {sum w l, sum w l^2, sum w x l}.
@@ -475,34 +434,22 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, float *B,
     const double tol = 1e-5 * sx2;
     int steps = KQ_REFINE ? KQ_DENS * nstep : nstep;
     float dstep = KQ_REFINE ? rdelta / KQ_DENS : rdelta;
-    /* like ggml, later candidates round from the best min found so far
-     * (min tracks -m), which lets the scan follow the fit. Candidates go
-     * in fours: after a new best, the rest of the four are rounded again
-     * from its min, so the choices are those of one at a time. */
-    for (int is = 0; is <= steps; ) {
-        float isc[4];
-        v4f vl, vll, vxl;
-        for (int k = 0; k < 4; k++) isc[k] = (rmin + dstep * (is + k) + nmax) / (max - min);
-        asym_round4(n, fnmax, isc, min, x, w, wx, &vl, &vll, &vxl);
-        int next = is + 4;
-        for (int k = 0; k < 4 && is + k <= steps; k++) {
-            const float c0 = vl[k], c1 = vll[k], c2 = vxl[k];
-            double ts, tm;
-            if (!asym_beats(sw, sx, sx2, c0, c1, c2, best + tol)) continue;
-            /* neighbouring scales often round to the winner's codes again */
-            if (c0 == bs[0] && c1 == bs[1] && c2 == bs[2]) continue;
-            if (!asym_solve(sw, sx, c0, c1, c2, &ts, &tm)) continue;
-            asym_codes(n, fnmax, isc[k], min, x, T);
-            double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
-            if (e < best) {
-                best = e; s = ts; m = tm; min = (float)-tm;
-                bs[0] = c0; bs[1] = c1; bs[2] = c2;
-                memcpy(B, T, (size_t)n * sizeof *T);
-                next = is + k + 1;
-                break;
-            }
+    for (int is = 0; is <= steps; is++) {
+        /* like ggml, later candidates round from the best min found so far
+         * (min tracks -m), which lets the scan follow the fit */
+        float iscale = (rmin + dstep * is + nmax) / (max - min);
+        asym_round(n, fnmax, iscale, min, x, w, wx, T, cs);
+        double ts, tm;
+        if (!asym_beats(sw, sx, sx2, cs[0], cs[1], cs[2], best + tol)) continue;
+        /* neighbouring scales often round to the winner's codes again */
+        if (cs[0] == bs[0] && cs[1] == bs[1] && cs[2] == bs[2]) continue;
+        if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) continue;
+        double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
+        if (e < best) {
+            best = e; s = ts; m = tm; min = (float)-tm;
+            memcpy(bs, cs, sizeof bs);
+            memcpy(B, T, (size_t)n * sizeof *T);
         }
-        is = next;
     }
 
     double sl = 0, sll = 0, sxl = 0;
