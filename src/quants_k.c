@@ -19,11 +19,13 @@
  *      in a small neighbourhood and keeps the best after re-rounding its
  *      codes; then the super-block scales are refit to those codes and the
  *      pass repeats while the error drops.
- * Stages 1-2 make the choices ggml makes (bit for bit when built with
- * MOEQ_KQ_PLAIN). Stage 3 judges by the importance alone (qw, the mean
- * squared activation: the error the layer's output sees), or by the
- * fallback weights without an imatrix, and only accepts a change that
- * lowers it, so the result is never worse in that error than ggml's choice.
+ * Stages 1-2 follow ggml's search (alone when built with MOEQ_KQ_PLAIN;
+ * the sums are accumulated differently here, in four float lanes, so
+ * near-ties may fall the other way). Stage 3 judges by the importance
+ * alone (qw, the mean squared activation: the error the layer's output
+ * sees), or by the fallback weights without an imatrix, and only accepts a
+ * change that lowers it, so the result is never worse in that error than
+ * the choice of stages 1-2.
  *
  * Rows are independent and all scratch is on the stack: the functions are
  * pure and may run from many threads at once.
@@ -33,12 +35,15 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef __SSE2__
+/* SSE2 forms of a few vector steps (same results as the generic code,
+ * which -DMOEQ_KQ_GENERIC selects to check that) */
+#if defined(__SSE2__) && !defined(MOEQ_KQ_GENERIC)
+#define KQ_SSE2 1
 #include <emmintrin.h>
 #endif
 
 /* Build with -DMOEQ_KQ_PLAIN to skip the extra search of stages 1 and 3:
- * the blocks then reproduce ggml's choices, which is how the format and the
+ * the blocks then follow ggml's choices, which is how the format and the
  * weighting were checked against reference files. */
 #ifdef MOEQ_KQ_PLAIN
 enum { KQ_REFINE = 0 };
@@ -97,13 +102,17 @@ static inline float fp16_round(float v) { return moeq_f16_to_f32(moeq_f32_to_f16
  * x86-64, NEON on ARM, plain code elsewhere) for the inner loops that
  * round a sub-block at one candidate scale: those loops are nearly all of
  * the quantizers' time. Only +, -, * and bit selects are used, in an order
- * the source fixes, so every build computes the same bits; sub-block
- * lengths are multiples of 4.
+ * the source fixes, and nothing is fused into FMAs (GCC's default for ISO
+ * C; Clang is told below), so every build computes the same bits;
+ * sub-block lengths are multiples of 4.
  *
  * Codes are kept as floats here: clamping first and then rounding with the
  * 1.5*2^23 trick gives the same integers as iround/clampi (ties to even),
  * and a NaN input clamps to the low end.
  */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v4i __attribute__((vector_size(16)));
 
@@ -123,7 +132,7 @@ static inline int v4_argmax_pos(const float *p, int n)
     float mx = m[0];
     for (int k = 1; k < 4; k++) mx = m[k] > mx ? m[k] : mx;
     if (!(mx > 0)) return -1;
-#ifdef __SSE2__
+#ifdef KQ_SSE2
     /* first match by bit mask: the exit of a search loop mispredicts */
     const __m128 vmx = _mm_set1_ps(mx);
     for (int i = 0; ; i += 4) {
@@ -141,7 +150,7 @@ static inline int v4_argmax_pos(const float *p, int n)
  * these selects (second operand on NaN), in one instruction each. */
 static inline v4f v4_code(v4f v, v4f lo, v4f hi)
 {
-#ifdef __SSE2__
+#ifdef KQ_SSE2
     v = (v4f)_mm_min_ps(_mm_max_ps((__m128)v, (__m128)lo), (__m128)hi);
 #else
     v = v4_sel(v > lo, v, lo);
@@ -165,7 +174,7 @@ static float sum_sq(const float *x, int n)
  * (ggml's form: importance times a magnitude term that keeps large weights
  * from being flattened). Without: the caller's fallback kind. A sub-block
  * whose importances are all zero (never-activated columns) gets the fallback
- * too, so a fit always has something to weigh.
+ * too, so a fit always has something to weigh. n is a multiple of 4.
  */
 enum wkind { W_X2, W_RMS_ABS, W_SQRT_SIGMA };
 
@@ -174,7 +183,7 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
 {
     if (qw) {
         float s = 0;
-#ifdef __SSE2__
+#ifdef KQ_SSE2
         /* sqrtps rounds as sqrtf does; sqrtf's errno check kept the loop scalar */
         for (int i = 0; i < n; i += 4) {
             v4f v = v4_load(x + i);
@@ -202,7 +211,7 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
         for (int i = 0; i < n; i++) w[i] = av + fabsf(x[i]);
         break;
     case W_SQRT_SIGMA:
-#ifdef __SSE2__
+#ifdef KQ_SSE2
         for (int i = 0; i < n; i += 4) {
             v4f v = v4_load(x + i);
             v4_store(w + i, (v4f)_mm_sqrt_ps((__m128)(v4_set(sigma2) + v * v)));
@@ -245,6 +254,7 @@ static inline void sym_round(int n, int nmax, float iscale, const float *x, cons
  * fraction); then a greedy pass moves single codes by one while that helps,
  * and a final alternation re-rounds all codes at the fitted scale.
  * Writes signed codes to L and returns s (0 for an all-zero input).
+ * n is a multiple of 4, at most 32.
  */
 static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
 {
@@ -255,7 +265,9 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
     }
     if (amax < GROUP_EPS) { memset(L, 0, (size_t)n); return 0; }
 
-    float best = -1, cs[2], cxl[64], cll[64], ci[64];
+    /* candidates: two sides of up to 2 * max(KQ_SYMW, 18) + 1 steps */
+    enum { NCAND = 2 * (2 * (KQ_SYMW > 18 ? KQ_SYMW : 18) + 1) };
+    float best = -1, cs[2], cxl[NCAND], cll[NCAND], ci[NCAND];
     float wx[32], T[32], B[32];
     for (int i = 0; i < n; i++) wx[i] = w[i] * x[i];
     /* ggml's grid is 0.1 steps over +-0.9; the refined search adds the half
@@ -401,7 +413,7 @@ static inline double asym_direct(int n, const float *x, const float *w, const fl
  * min) from the block's own min, each solved in closed form for (s, m); the
  * best then goes through single-code moves and (refined search) full
  * re-rounding at its own (s, m). Codes go to B (as floats); returns s,
- * stores m in *mout.
+ * stores m in *mout. n is 16 or 32.
  *
  * The candidates' sums are float (four lanes): they only screen, through
  * the division-free error formula with a margin for its cancellation; a
