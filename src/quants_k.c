@@ -19,11 +19,13 @@
  *      in a small neighbourhood and keeps the best after re-rounding its
  *      codes; then the super-block scales are refit to those codes and the
  *      pass repeats while the error drops.
- * Stages 1-2 make the choices ggml makes (bit for bit when built with
- * MOEQ_KQ_PLAIN). Stage 3 judges by the importance alone (qw, the mean
- * squared activation: the error the layer's output sees), or by the
- * fallback weights without an imatrix, and only accepts a change that
- * lowers it, so the result is never worse in that error than ggml's choice.
+ * Stages 1-2 follow ggml's search (alone when built with MOEQ_KQ_PLAIN;
+ * the sums are accumulated differently here, in four float lanes, so
+ * near-ties may fall the other way). Stage 3 judges by the importance
+ * alone (qw, the mean squared activation: the error the layer's output
+ * sees), or by the fallback weights without an imatrix, and only accepts a
+ * change that lowers it, so the result is never worse in that error than
+ * the choice of stages 1-2.
  *
  * Rows are independent and all scratch is on the stack: the functions are
  * pure and may run from many threads at once.
@@ -33,9 +35,15 @@
 
 #include <math.h>
 #include <string.h>
+/* SSE2 forms of a few vector steps (same results as the generic code,
+ * which -DMOEQ_KQ_GENERIC selects to check that) */
+#if defined(__SSE2__) && !defined(MOEQ_KQ_GENERIC)
+#define KQ_SSE2 1
+#include <emmintrin.h>
+#endif
 
 /* Build with -DMOEQ_KQ_PLAIN to skip the extra search of stages 1 and 3:
- * the blocks then reproduce ggml's choices, which is how the format and the
+ * the blocks then follow ggml's choices, which is how the format and the
  * weighting were checked against reference files. */
 #ifdef MOEQ_KQ_PLAIN
 enum { KQ_REFINE = 0 };
@@ -89,11 +97,76 @@ static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? 
 
 static inline float fp16_round(float v) { return moeq_f16_to_f32(moeq_f32_to_f16(v)); }
 
+/*
+ * Four-lane float vectors (GCC/Clang vector extensions: SSE2 on baseline
+ * x86-64, NEON on ARM, plain code elsewhere) for the inner loops that
+ * round a sub-block at one candidate scale: those loops are nearly all of
+ * the quantizers' time. Only +, -, * and bit selects are used, in an order
+ * the source fixes, and nothing is fused into FMAs (GCC's default for ISO
+ * C; Clang is told below), so every build computes the same bits;
+ * sub-block lengths are multiples of 4.
+ *
+ * Codes are kept as floats here: clamping first and then rounding with the
+ * 1.5*2^23 trick gives the same integers as iround/clampi (ties to even),
+ * and a NaN input clamps to the low end.
+ */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+#define V4_ROUND 12582912.f
+
+static inline v4f v4_load(const float *p) { v4f v; memcpy(&v, p, sizeof v); return v; }
+static inline void v4_store(float *p, v4f v) { memcpy(p, &v, sizeof v); }
+static inline v4f v4_set(float a) { return (v4f){ a, a, a, a }; }
+static inline float v4_sum(v4f a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+static inline v4f v4_sel(v4i m, v4f a, v4f b) { return (v4f)((m & (v4i)a) | (~m & (v4i)b)); }
+/* Index of the first largest element of p[0..n) if that is > 0, else -1
+ * (what a scalar "if (p[i] > best)" loop from best = 0 finds). */
+static inline int v4_argmax_pos(const float *p, int n)
+{
+    v4f m = v4_set(0);
+    for (int i = 0; i < n; i += 4) { v4f v = v4_load(p + i); m = v4_sel(v > m, v, m); }
+    float mx = m[0];
+    for (int k = 1; k < 4; k++) mx = m[k] > mx ? m[k] : mx;
+    if (!(mx > 0)) return -1;
+#ifdef KQ_SSE2
+    /* first match by bit mask: the exit of a search loop mispredicts */
+    const __m128 vmx = _mm_set1_ps(mx);
+    for (int i = 0; ; i += 4) {
+        int bits = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(p + i), vmx));
+        if (bits) return i + __builtin_ctz((unsigned)bits);
+    }
+#else
+    int j = 0;
+    while (p[j] != mx) j++;
+    return j;
+#endif
+}
+
+/* round(v) clamped to [lo, hi]; NaN -> lo. SSE's maxps/minps are exactly
+ * these selects (second operand on NaN), in one instruction each. */
+static inline v4f v4_code(v4f v, v4f lo, v4f hi)
+{
+#ifdef KQ_SSE2
+    v = (v4f)_mm_min_ps(_mm_max_ps((__m128)v, (__m128)lo), (__m128)hi);
+#else
+    v = v4_sel(v > lo, v, lo);
+    v = v4_sel(v < hi, v, hi);
+#endif
+    const v4f r = v4_set(V4_ROUND);
+    return (v + r) - r;
+}
+
+/* sum of x^2, n a multiple of 4 (four lanes: a 256-long chain of scalar
+ * additions showed in profiles) */
 static float sum_sq(const float *x, int n)
 {
-    float s = 0;
-    for (int i = 0; i < n; i++) s += x[i] * x[i];
-    return s;
+    v4f s = v4_set(0);
+    for (int i = 0; i < n; i += 4) { v4f v = v4_load(x + i); s += v * v; }
+    return v4_sum(s);
 }
 
 /*
@@ -101,7 +174,7 @@ static float sum_sq(const float *x, int n)
  * (ggml's form: importance times a magnitude term that keeps large weights
  * from being flattened). Without: the caller's fallback kind. A sub-block
  * whose importances are all zero (never-activated columns) gets the fallback
- * too, so a fit always has something to weigh.
+ * too, so a fit always has something to weigh. n is a multiple of 4.
  */
 enum wkind { W_X2, W_RMS_ABS, W_SQRT_SIGMA };
 
@@ -110,22 +183,43 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
 {
     if (qw) {
         float s = 0;
+#ifdef KQ_SSE2
+        /* sqrtps rounds as sqrtf does; sqrtf's errno check kept the loop scalar */
+        for (int i = 0; i < n; i += 4) {
+            v4f v = v4_load(x + i);
+            v4f r = v4_load(qw + i) * (v4f)_mm_sqrt_ps((__m128)(v4_set(sigma2) + v * v));
+            v4_store(w + i, r);
+            s += (r[0] + r[1]) + (r[2] + r[3]);
+        }
+#else
         for (int i = 0; i < n; i++) {
             w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
             s += w[i];
         }
+#endif
         if (s > 0 && isfinite(s)) {
             if (wf) memcpy(wf, qw, (size_t)n * sizeof *wf);
             return;
         }
     }
     float av = sqrtf(sigma2);
-    for (int i = 0; i < n; i++) {
-        switch (fallback) {
-        case W_X2:        w[i] = x[i] * x[i]; break;
-        case W_RMS_ABS:   w[i] = av + fabsf(x[i]); break;
-        case W_SQRT_SIGMA: w[i] = sqrtf(sigma2 + x[i] * x[i]); break;
+    switch (fallback) {
+    case W_X2:
+        for (int i = 0; i < n; i++) w[i] = x[i] * x[i];
+        break;
+    case W_RMS_ABS:
+        for (int i = 0; i < n; i++) w[i] = av + fabsf(x[i]);
+        break;
+    case W_SQRT_SIGMA:
+#ifdef KQ_SSE2
+        for (int i = 0; i < n; i += 4) {
+            v4f v = v4_load(x + i);
+            v4_store(w + i, (v4f)_mm_sqrt_ps((__m128)(v4_set(sigma2) + v * v)));
         }
+#else
+        for (int i = 0; i < n; i++) w[i] = sqrtf(sigma2 + x[i] * x[i]);
+#endif
+        break;
     }
     /* all-zero sub-block with x^2 weights: uniform keeps fits defined */
     float s = 0;
@@ -136,6 +230,22 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
 
 /* ------------------------------------------------- symmetric sub-block fit */
 
+/* Codes round(iscale * x) in [-nmax, nmax-1] into T (unless NULL) and their sums
+ * out = {sum w x l, sum w l^2}. */
+static inline void sym_round(int n, int nmax, float iscale, const float *x, const float *w,
+                             const float *wx, float *T, float out[2])
+{
+    const v4f vi = v4_set(iscale), lo = v4_set((float)-nmax), hi = v4_set((float)(nmax - 1));
+    v4f sxl = v4_set(0), sll = sxl;
+    for (int i = 0; i < n; i += 4) {
+        v4f l = v4_code(vi * v4_load(x + i), lo, hi);
+        if (T) v4_store(T + i, l);
+        sxl += v4_load(wx + i) * l;
+        sll += v4_load(w + i) * l * l;
+    }
+    out[0] = v4_sum(sxl); out[1] = v4_sum(sll);
+}
+
 /*
  * Fit x ~ s*l, l integer in [-nmax, nmax-1], minimising sum w (x - s l)^2.
  * For fixed codes the best s is sum(wxl)/sum(wll) and the error drop is
@@ -144,6 +254,7 @@ static void make_weights(const float *x, const float *qw, int n, float sigma2,
  * fraction); then a greedy pass moves single codes by one while that helps,
  * and a final alternation re-rounds all codes at the fitted scale.
  * Writes signed codes to L and returns s (0 for an all-zero input).
+ * n is a multiple of 4, at most 32.
  */
 static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
 {
@@ -154,49 +265,54 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
     }
     if (amax < GROUP_EPS) { memset(L, 0, (size_t)n); return 0; }
 
-    float best_xl = 0, best_ll = 0, best = -1;
-    int8_t T[QK_K];
+    /* candidates: two sides of up to 2 * max(KQ_SYMW, 18) + 1 steps */
+    enum { NCAND = 2 * (2 * (KQ_SYMW > 18 ? KQ_SYMW : 18) + 1) };
+    float best = -1, cs[2], cxl[NCAND], cll[NCAND], ci[NCAND];
+    float wx[32], T[32], B[32];
+    for (int i = 0; i < n; i++) wx[i] = w[i] * x[i];
     /* ggml's grid is 0.1 steps over +-0.9; the refined search adds the half
-     * steps between them and a wider reach. */
+     * steps between them and a wider reach. Candidates are independent:
+     * their sums first, the choice after (no branch in the hot loop). */
     const int lo = KQ_REFINE ? -KQ_SYMW : -18, hi = KQ_REFINE ? KQ_SYMW : 18;
+    int nc = 0;
     for (int side = 0; side < 2; side++) {
         for (int is = lo; is <= hi; is++) {
             if ((!KQ_REFINE || KQ_SYMHALF == 0) && (is & 1)) continue;
             float target = side == 0 ? -(nmax + 0.05f * is) : (nmax - 1 + 0.05f * is);
-            float iscale = target / max;
-            float sxl = 0, sll = 0;
-            for (int i = 0; i < n; i++) {
-                int l = clampi(iround(iscale * x[i]), -nmax, nmax - 1);
-                T[i] = (int8_t)l;
-                sxl += w[i] * x[i] * l;
-                sll += w[i] * l * l;
-            }
-            if (sll > 0 && (best < 0 || sxl * sxl > best * sll)) {
-                best = sxl * sxl / sll; best_xl = sxl; best_ll = sll;
-                memcpy(L, T, (size_t)n);
-            }
+            ci[nc] = target / max;
+            sym_round(n, nmax, ci[nc], x, w, wx, NULL, cs);
+            cxl[nc] = cs[0]; cll[nc] = cs[1]; nc++;
         }
     }
-    if (best < 0) { memset(L, 0, (size_t)n); return 0; }
-    float sxl = best_xl, sll = best_ll, s = sxl / sll;
+    int bc = -1;
+    for (int c = 0; c < nc; c++) {
+        if (cll[c] > 0 && (best < 0 || cxl[c] * cxl[c] > best * cll[c])) {
+            best = cxl[c] * cxl[c] / cll[c]; bc = c;
+        }
+    }
+    if (bc < 0) { memset(L, 0, (size_t)n); return 0; }
+    sym_round(n, nmax, ci[bc], x, w, wx, B, cs);
+    float sxl = cxl[bc], sll = cll[bc], s = sxl / sll;
 
     /* greedy: move the code whose weighted residual pulls hardest */
+    const v4f vlo = v4_set((float)-nmax), vhi = v4_set((float)(nmax - 1)), zero = v4_set(0);
     for (int iter = 0; iter < n * (2 * nmax - 1); iter++) {
-        float gbest = 0; int j = -1;
-        for (int i = 0; i < n; i++) {
-            float g = s * w[i] * (x[i] - s * L[i]);
-            if ((g > 0 && L[i] < nmax - 1) || (g < 0 && L[i] > -nmax)) {
-                if (fabsf(g) > gbest) { gbest = fabsf(g); j = i; }
-            }
+        float pull[32];
+        const v4f vs = v4_set(s);
+        for (int i = 0; i < n; i += 4) {
+            v4f l = v4_load(B + i), g = vs * v4_load(w + i) * (v4_load(x + i) - vs * l);
+            v4i movable = ((g > zero) & (l < vhi)) | ((g < zero) & (l > vlo));
+            v4_store(pull + i, v4_sel(movable, v4_sel(g < zero, -g, g), zero));
         }
+        int j = v4_argmax_pos(pull, n);
         if (j < 0) break;
-        float g = s * w[j] * (x[j] - s * L[j]);
-        int d = g > 0 ? 1 : -1;
+        float g = s * w[j] * (x[j] - s * B[j]);
+        int d = g > 0 ? 1 : -1, lj = (int)B[j];
         float nxl = sxl + d * w[j] * x[j];
-        float nll = sll + w[j] * (2 * L[j] * d + 1);
+        float nll = sll + w[j] * (2 * lj * d + 1);
         if (nll > 0 && nxl * nxl > best * nll) {
             sxl = nxl; sll = nll; best = sxl * sxl / sll; s = sxl / sll;
-            L[j] = (int8_t)(L[j] + d);
+            B[j] = (float)(lj + d);
         } else {
             break;
         }
@@ -204,18 +320,14 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
 
     if (KQ_REFINE) {
         for (int it = 0; it < 4; it++) {
-            float is = 1 / s, nxl = 0, nll = 0;
-            for (int i = 0; i < n; i++) {
-                int l = clampi(iround(is * x[i]), -nmax, nmax - 1);
-                T[i] = (int8_t)l;
-                nxl += w[i] * x[i] * l;
-                nll += w[i] * l * l;
-            }
+            sym_round(n, nmax, 1 / s, x, w, wx, T, cs);
+            float nxl = cs[0], nll = cs[1];
             if (!(nll > 0 && nxl * nxl > best * nll * (1 + 1e-7f))) break;
             sxl = nxl; sll = nll; best = sxl * sxl / sll; s = sxl / sll;
-            memcpy(L, T, (size_t)n);
+            memcpy(B, T, (size_t)n * sizeof *T);
         }
     }
+    for (int i = 0; i < n; i++) L[i] = (int8_t)B[i];
     return s;
 }
 
@@ -244,94 +356,152 @@ static int asym_solve(double sw, double sx, double sl, double sll, double sxl,
 }
 
 /*
+ * Whether the least-squares (s, m) of asym_solve for these sums has an
+ * error below best, decided without dividing (the scan's hot path): at the
+ * optimum the error is sx2 less the explained part N/D, or sxl^2/sll when
+ * the min is clamped to 0.
+ */
+static inline int asym_beats(double sw, double sx, double sx2, double sl, double sll, double sxl,
+                             double best)
+{
+    double D = sw * sll - sl * sl;
+    if (!(D > 0)) return 0;
+    double c = sx2 - best;
+    if (sl * sxl - sll * sx >= 0)
+        return sw * sxl * sxl - 2 * sl * sx * sxl + sll * sx * sx > c * D;
+    return sll > 0 && sxl * sxl > c * sll;
+}
+
+/*
+ * Codes of one asymmetric candidate, round(iscale * (x - min)) in [0, nmax],
+ * into T, and their weighted sums: out = {sum w l, sum w l^2, sum w x l}.
+ */
+static inline void asym_round(int n, float nmax, float iscale, float min, const float *x,
+                              const float *w, const float *wx, float *T, float out[3])
+{
+    const v4f vi = v4_set(iscale), vm = v4_set(min), lo = v4_set(0), hi = v4_set(nmax);
+    v4f sl = lo, sll = lo, sxl = lo, sl2 = lo, sll2 = lo, sxl2 = lo;
+    for (int i = 0; i < n; i += 8) {
+        v4f l = v4_code(vi * (v4_load(x + i) - vm), lo, hi);
+        v4f l2 = v4_code(vi * (v4_load(x + i + 4) - vm), lo, hi);
+        v4_store(T + i, l); v4_store(T + i + 4, l2);
+        v4f wl = v4_load(w + i) * l, wl2 = v4_load(w + i + 4) * l2;
+        sl += wl; sll += wl * l; sxl += v4_load(wx + i) * l;
+        sl2 += wl2; sll2 += wl2 * l2; sxl2 += v4_load(wx + i + 4) * l2;
+    }
+    out[0] = v4_sum(sl + sl2); out[1] = v4_sum(sll + sll2); out[2] = v4_sum(sxl + sxl2);
+}
+
+/* Weighted error sum w (s l - m - x)^2 of the codes T, computed directly. */
+static inline double asym_direct(int n, const float *x, const float *w, const float *T,
+                                 float s, float m)
+{
+    const v4f vs = v4_set(s), vm = v4_set(m);
+    v4f e = v4_set(0), e2 = e;
+    for (int i = 0; i < n; i += 8) {
+        v4f r = vs * v4_load(T + i) - vm - v4_load(x + i);
+        v4f r2 = vs * v4_load(T + i + 4) - vm - v4_load(x + i + 4);
+        e += v4_load(w + i) * r * r;
+        e2 += v4_load(w + i + 4) * r2 * r2;
+    }
+    return v4_sum(e + e2);
+}
+
+/*
  * Fit x ~ s*l - m, l in [0, nmax], s >= 0, m >= 0, minimising the weighted
  * squared error. Candidates: inverse scales (nmax + rmin + k*rdelta)/(max -
  * min) from the block's own min, each solved in closed form for (s, m); the
  * best then goes through single-code moves and (refined search) full
- * re-rounding at its own (s, m). Returns s, stores m in *mout.
+ * re-rounding at its own (s, m). Codes go to B (as floats); returns s,
+ * stores m in *mout. n is 16 or 32.
+ *
+ * The candidates' sums are float (four lanes): they only screen, through
+ * the division-free error formula with a margin for its cancellation; a
+ * candidate that may win is judged by its error summed directly. The
+ * single-code moves work on double sums of the chosen codes.
  */
-static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L,
+static float fit_asym(int n, int nmax, const float *x, const float *w, float *B,
                       float *mout, float rmin, float rdelta, int nstep)
 {
     float min = x[0], max = x[0];
+    float wx[32], T[32], cs[3];
     double sw = 0, sx = 0, sx2 = 0;
     for (int i = 0; i < n; i++) {
         if (x[i] < min) min = x[i];
         if (x[i] > max) max = x[i];
+        wx[i] = w[i] * x[i];
         sw += w[i]; sx += (double)w[i] * x[i]; sx2 += (double)w[i] * x[i] * x[i];
     }
     if (min > 0) min = 0;
-    if (max - min < 1e-10f) { memset(L, 0, (size_t)n); *mout = -min; return 0; }
+    if (max - min < 1e-10f) { memset(B, 0, (size_t)n * sizeof *B); *mout = -min; return 0; }
 
-    uint8_t T[32];
+    const float fnmax = (float)nmax;
     double s = (max - min) / nmax, m = -min, best;
-    {
-        float iscale = nmax / (max - min);
-        double sl = 0, sll = 0, sxl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = clampi(iround(iscale * (x[i] - min)), 0, nmax);
-            L[i] = (uint8_t)l;
-            sl += (double)w[i] * l; sll += (double)w[i] * l * l; sxl += (double)w[i] * l * x[i];
-        }
-        best = asym_err(sw, sx, sx2, sl, sll, sxl, s, m);
-    }
+    asym_round(n, fnmax, nmax / (max - min), min, x, w, wx, B, cs);
+    best = asym_direct(n, x, w, B, (float)s, (float)m);
+    float bs[3] = { -1, -1, -1 };   /* sums of the best fitted codes */
+    /* float sums make the formula's error uncertain by a few 1e-7 of sx2:
+     * candidates within tol of the best are judged by their direct error
+     * (exact fits, as when re-quantizing, hinge on that) */
+    const double tol = 1e-5 * sx2;
     int steps = KQ_REFINE ? KQ_DENS * nstep : nstep;
     float dstep = KQ_REFINE ? rdelta / KQ_DENS : rdelta;
     for (int is = 0; is <= steps; is++) {
         /* like ggml, later candidates round from the best min found so far
          * (min tracks -m), which lets the scan follow the fit */
         float iscale = (rmin + dstep * is + nmax) / (max - min);
-        double sl = 0, sll = 0, sxl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = clampi(iround(iscale * (x[i] - min)), 0, nmax);
-            T[i] = (uint8_t)l;
-            sl += (double)w[i] * l; sll += (double)w[i] * l * l; sxl += (double)w[i] * l * x[i];
-        }
+        asym_round(n, fnmax, iscale, min, x, w, wx, T, cs);
         double ts, tm;
-        if (!asym_solve(sw, sx, sl, sll, sxl, &ts, &tm)) continue;
-        double e = asym_err(sw, sx, sx2, sl, sll, sxl, ts, tm);
-        if (e < best) { best = e; s = ts; m = tm; min = (float)-tm; memcpy(L, T, (size_t)n); }
+        if (!asym_beats(sw, sx, sx2, cs[0], cs[1], cs[2], best + tol)) continue;
+        /* neighbouring scales often round to the winner's codes again */
+        if (cs[0] == bs[0] && cs[1] == bs[1] && cs[2] == bs[2]) continue;
+        if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) continue;
+        double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
+        if (e < best) {
+            best = e; s = ts; m = tm; min = (float)-tm;
+            memcpy(bs, cs, sizeof bs);
+            memcpy(B, T, (size_t)n * sizeof *T);
+        }
     }
 
-    /* single-code moves toward the residual, each refitting (s, m) */
     double sl = 0, sll = 0, sxl = 0;
     for (int i = 0; i < n; i++) {
-        sl += (double)w[i] * L[i]; sll += (double)w[i] * L[i] * L[i]; sxl += (double)w[i] * L[i] * x[i];
+        sl += (double)w[i] * B[i]; sll += (double)w[i] * B[i] * B[i]; sxl += (double)w[i] * B[i] * x[i];
     }
+    /* single-code moves toward the residual, each refitting (s, m) */
+    const v4f zero = v4_set(0), top = v4_set(fnmax);
     int last_j = -1, last_d = 0;
     for (int it = 0; it < nmax * n; it++) {
-        float gmax = 0; int j = -1, d = 0;
-        for (int i = 0; i < n; i++) {
-            float g = x[i] - (float)s * L[i] + (float)m;
-            if (g > gmax && L[i] < nmax) { gmax = g; j = i; d = 1; }
-            else if (-g > gmax && L[i] > 0) { gmax = -g; j = i; d = -1; }
+        float pull[32];
+        const v4f vs = v4_set((float)s), vm = v4_set((float)m);
+        for (int i = 0; i < n; i += 4) {
+            v4f l = v4_load(B + i), g = v4_load(x + i) - vs * l + vm;
+            v4i up = (g > zero) & (l < top), down = (g < zero) & (l > zero);
+            v4_store(pull + i, v4_sel(up, g, v4_sel(down, -g, zero)));
         }
-        if (j < 0 || (j == last_j && d == -last_d)) break;
-        double nl = sl + w[j] * d, nll = sll + w[j] * (2.0 * L[j] * d + 1), nxl = sxl + (double)w[j] * x[j] * d;
+        int j = v4_argmax_pos(pull, n);
+        if (j < 0) break;
+        int d = x[j] - (float)s * B[j] + (float)m > 0 ? 1 : -1, lj = (int)B[j];
+        if (j == last_j && d == -last_d) break;
+        double nl = sl + w[j] * d, nll = sll + w[j] * (2.0 * lj * d + 1), nxl = sxl + (double)w[j] * x[j] * d;
         double ts, tm;
         if (!asym_solve(sw, sx, nl, nll, nxl, &ts, &tm) || ts < 0) break;
         double e = asym_err(sw, sx, sx2, nl, nll, nxl, ts, tm);
         if (!(e < best)) break;
         best = e; s = ts; m = tm; sl = nl; sll = nll; sxl = nxl;
-        L[j] = (uint8_t)(L[j] + d);
+        B[j] = (float)(lj + d);
         last_j = j; last_d = d;
     }
 
     if (KQ_REFINE && s > 0) {
         for (int it = 0; it < 4; it++) {
-            double is = 1 / s;
-            double nl = 0, nll = 0, nxl = 0;
-            for (int i = 0; i < n; i++) {
-                int l = clampi(iround((float)((x[i] + m) * is)), 0, nmax);
-                T[i] = (uint8_t)l;
-                nl += (double)w[i] * l; nll += (double)w[i] * l * l; nxl += (double)w[i] * l * x[i];
-            }
+            asym_round(n, fnmax, (float)(1 / s), (float)-m, x, w, wx, T, cs);
             double ts, tm;
-            if (!asym_solve(sw, sx, nl, nll, nxl, &ts, &tm)) break;
-            double e = asym_err(sw, sx, sx2, nl, nll, nxl, ts, tm);
+            if (!asym_solve(sw, sx, cs[0], cs[1], cs[2], &ts, &tm)) break;
+            double e = asym_direct(n, x, w, T, (float)ts, (float)tm);
             if (!(e < best * (1 - 1e-9))) break;
             best = e; s = ts; m = tm;
-            memcpy(L, T, (size_t)n);
+            memcpy(B, T, (size_t)n * sizeof *T);
         }
     }
     *mout = (float)m;
@@ -539,30 +709,42 @@ struct asym_shape {
     enum wkind fallback;
 };
 
-/* Weighted error of one sub-block at (s, m) after rounding its codes. */
-static float asym_sub_err(const float *x, const float *w, int len, int nmax,
-                          float s, float m, uint8_t *L)
+/* Weighted error of one sub-block at (s, m) after rounding its codes (to
+ * T, as floats; all 0 when s <= 0). */
+static float asym_sub_err(const float *x, const float *w, int len, float nmax,
+                          float s, float m, float *T)
 {
-    float e = 0;
-    if (s <= 0) {
-        for (int i = 0; i < len; i++) { float r = x[i] + m; e += w[i] * r * r; }
-        return e;
+    const v4f vi = v4_set(s > 0 ? 1 / s : 0), vm = v4_set(m), vs = v4_set(s);
+    const v4f lo = v4_set(0), hi = v4_set(nmax);
+    v4f e = lo;
+    for (int i = 0; i < len; i += 4) {
+        v4f xv = v4_load(x + i);
+        v4f l = v4_code((xv + vm) * vi, lo, hi);
+        v4_store(T + i, l);
+        v4f r = vs * l - vm - xv;
+        e += v4_load(w + i) * r * r;
     }
-    float is = 1 / s;
-    for (int i = 0; i < len; i++) {
-        int l = clampi(iround((x[i] + m) * is), 0, nmax);
-        if (L) L[i] = (uint8_t)l;
-        float r = s * l - m - x[i];
-        e += w[i] * r * r;
+    return v4_sum(e);
+}
+
+/* Sums of codes T against weights w: out = {sum w l, sum w l^2, sum w x l}. */
+static inline void code_sums(int n, const float *x, const float *w, const float *T, double out[3])
+{
+    v4f sl = v4_set(0), sll = sl, sxl = sl;
+    for (int i = 0; i < n; i += 4) {
+        v4f l = v4_load(T + i), wl = v4_load(w + i) * l;
+        sl += wl; sll += wl * l; sxl += wl * v4_load(x + i);
     }
-    return e;
+    out[0] = v4_sum(sl); out[1] = v4_sum(sll); out[2] = v4_sum(sxl);
 }
 
 static void quant_asym_block(const struct asym_shape *sh, const float *x, const float *qw,
                              float *pd, float *pdmin, uint8_t *ls, uint8_t *lm, uint8_t *L)
 {
     float w[QK_K], wf[QK_K], scales[16], mins[16], sw[16];
+    float Lf[QK_K], NT[QK_K], T[32];   /* codes as floats; trial codes */
     const int len = sh->sublen;
+    const float fnmax = (float)sh->nmax;
     float sigma2 = sh->sigma_mul * sum_sq(x, QK_K) / QK_K;
 
     for (int j = 0; j < sh->nsub; j++) {
@@ -572,7 +754,7 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
         float s = 0;
         for (int i = 0; i < len; i++) s += ws[i];
         sw[j] = s;
-        scales[j] = fit_asym(len, sh->nmax, xs, ws, L + j * len, &mins[j],
+        scales[j] = fit_asym(len, sh->nmax, xs, ws, Lf + j * len, &mins[j],
                              sh->rmin, sh->rdelta, sh->nstep);
     }
     float d = fp16_round(fit_pos(sh->nsub, sh->smax, scales, sw, ls));
@@ -582,13 +764,20 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
     for (int j = 0; j < sh->nsub; j++) {
         float s = d * ls[j], m = dmin * lm[j];
         /* ggml leaves the codes of a zero-scale sub-block as fitted */
-        err[j] = asym_sub_err(x + j * len, wf + j * len, len, sh->nmax, s, m,
-                              s > 0 ? L + j * len : NULL);
+        err[j] = asym_sub_err(x + j * len, wf + j * len, len, fnmax, s, m, T);
+        if (s > 0) memcpy(Lf + j * len, T, (size_t)len * sizeof *T);
     }
 
     if (KQ_REFINE) {
-        uint8_t T[32];
         const int R = KQ_RA;
+        /* per sub-block sum w and sum w x of the judging weights */
+        double cw[16], cx[16];
+        for (int j = 0; j < sh->nsub; j++) {
+            cw[j] = cx[j] = 0;
+            for (int i = 0; i < len; i++) {
+                cw[j] += wf[j * len + i]; cx[j] += (double)wf[j * len + i] * x[j * len + i];
+            }
+        }
         for (int pass = 0; pass < KQ_PASSES; pass++) {
             /* each sub-block: best integer (ls, lm) near the current ones */
             for (int j = 0; j < sh->nsub; j++) {
@@ -598,24 +787,23 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
                     if (a < 0 || a > sh->smax) continue;
                     for (int b = lm[j] - R; b <= lm[j] + R; b++) {
                         if (b < 0 || b > sh->smax || (a == ls[j] && b == lm[j])) continue;
-                        float e = asym_sub_err(xs, ws, len, sh->nmax, d * a, dmin * b, T);
+                        float e = asym_sub_err(xs, ws, len, fnmax, d * a, dmin * b, T);
                         if (e < err[j]) {
                             err[j] = e; bls = a; blm = b;
-                            if (a > 0) memcpy(L + j * len, T, (size_t)len);
+                            if (a > 0) memcpy(Lf + j * len, T, (size_t)len * sizeof *T);
                         }
                     }
                 }
                 ls[j] = (uint8_t)bls; lm[j] = (uint8_t)blm;
             }
-            /* refit (d, dmin) to the integer structure: x ~ d*(ls*q) - dmin*lm */
+            /* refit (d, dmin) to the integer structure: x ~ d*(ls*q) - dmin*lm,
+             * from each sub-block's sums (ls and lm are constant in it) */
             double aa = 0, ab = 0, bb = 0, ax = 0, bx = 0;
             for (int j = 0; j < sh->nsub; j++) {
-                for (int i = 0; i < len; i++) {
-                    double wi = wf[j * len + i], a = (double)ls[j] * L[j * len + i], b = lm[j];
-                    double xi = x[j * len + i];
-                    aa += wi * a * a; ab += wi * a * b; bb += wi * b * b;
-                    ax += wi * a * xi; bx += wi * b * xi;
-                }
+                double q[3], a = ls[j], b = lm[j];
+                code_sums(len, x + j * len, wf + j * len, Lf + j * len, q);
+                aa += a * a * q[1]; ab += a * b * q[0]; bb += b * b * cw[j];
+                ax += a * q[2]; bx += b * cx[j];
             }
             double D = aa * bb - ab * ab;
             float nd, ndmin;
@@ -632,19 +820,19 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
             float tot_old = 0, tot_new = 0, nerr[16];
             for (int j = 0; j < sh->nsub; j++) {
                 tot_old += err[j];
-                nerr[j] = asym_sub_err(x + j * len, wf + j * len, len, sh->nmax,
-                                       nd * ls[j], ndmin * lm[j], NULL);
+                nerr[j] = asym_sub_err(x + j * len, wf + j * len, len, fnmax,
+                                       nd * ls[j], ndmin * lm[j], NT + j * len);
                 tot_new += nerr[j];
             }
             if (!(tot_new < tot_old)) break;
             d = nd; dmin = ndmin;
             for (int j = 0; j < sh->nsub; j++) {
                 err[j] = nerr[j];
-                if (d * ls[j] > 0)
-                    asym_sub_err(x + j * len, wf + j * len, len, sh->nmax, d * ls[j], dmin * lm[j], L + j * len);
+                if (d * ls[j] > 0) memcpy(Lf + j * len, NT + j * len, (size_t)len * sizeof *NT);
             }
         }
     }
+    for (int i = 0; i < QK_K; i++) L[i] = (uint8_t)Lf[i];
     *pd = d; *pdmin = dmin;
 }
 
@@ -882,11 +1070,26 @@ static inline float code_val(const struct sym_shape *sh, int l)
     return sh->nl ? (float)kvalues_iq4nl[l] : (float)l;
 }
 
-/* Weighted error of one sub-block at scale s after choosing its codes. */
+/* Weighted error of one sub-block at scale s after choosing its codes
+ * (stored to L unless NULL). */
 static float sym_sub_err(const struct sym_shape *sh, const float *x, const float *w,
                          float s, int8_t *L)
 {
     float e = 0, is = s != 0 ? 1 / s : 0;
+    if (!sh->nl) {
+        const v4f vi = v4_set(is), vs = v4_set(s);
+        const v4f lo = v4_set((float)-sh->nmax), hi = v4_set((float)(sh->nmax - 1));
+        v4f ev = v4_set(0);
+        float T[32];
+        for (int i = 0; i < sh->sublen; i += 4) {
+            v4f xv = v4_load(x + i), l = v4_code(vi * xv, lo, hi);
+            v4_store(T + i, l);
+            v4f r = xv - vs * l;
+            ev += v4_load(w + i) * r * r;
+        }
+        if (L) for (int i = 0; i < sh->sublen; i++) L[i] = (int8_t)T[i];
+        return v4_sum(ev);
+    }
     for (int i = 0; i < sh->sublen; i++) {
         int l = sh->nl ? nl_index(is * x[i]) : clampi(iround(is * x[i]), -sh->nmax, sh->nmax - 1);
         if (L) L[i] = (int8_t)l;
