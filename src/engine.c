@@ -82,6 +82,58 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
+/*
+ * g[i] = silu(g[i]) * u[i]: the expert hidden rows, a sizeable share of a
+ * prompt's time with a libm expf per element. The AVX-512 version computes
+ * exp(-x) as 2^k * p(r) (k = round(-x * log2 e), r = -x - k ln 2 in two
+ * steps, a degree-6 polynomial; a few ulp, like ggml's vector expf) with
+ * every element, tails included, through the same instructions, so a
+ * value does not depend on where it sits in the row.
+ */
+static void silu_mul_scalar(float *g, const float *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static void silu_mul_avx512(float *g, const float *u, size_t n)
+{
+    const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2hi = _mm512_set1_ps(0.693145752f),
+                 ln2lo = _mm512_set1_ps(1.42860677e-06f), one = _mm512_set1_ps(1.0f);
+    const __m512 c6 = _mm512_set1_ps(1.0f / 720), c5 = _mm512_set1_ps(1.0f / 120),
+                 c4 = _mm512_set1_ps(1.0f / 24), c3 = _mm512_set1_ps(1.0f / 6), c2 = _mm512_set1_ps(0.5f);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i), y = _mm512_maskz_loadu_ps(m, u + i);
+        __m512 nx = _mm512_sub_ps(_mm512_setzero_ps(), x);
+        /* clamp keeps k finite; exp(-x) saturates to 0 or inf through scalef */
+        nx = _mm512_min_ps(_mm512_max_ps(nx, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(104.0f));
+        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(nx, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(k, ln2hi, nx);
+        r = _mm512_fnmadd_ps(k, ln2lo, r);
+        __m512 p = _mm512_fmadd_ps(c6, r, c5);
+        p = _mm512_fmadd_ps(p, r, c4);
+        p = _mm512_fmadd_ps(p, r, c3);
+        p = _mm512_fmadd_ps(p, r, c2);
+        p = _mm512_fmadd_ps(p, r, one);
+        p = _mm512_fmadd_ps(p, r, one);
+        __m512 e = _mm512_scalef_ps(p, k);
+        __m512 s = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, y));
+    }
+}
+#endif
+
+static void (*silu_mul)(float *g, const float *u, size_t n) = silu_mul_scalar;
+
+static void silu_pick(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (moeq_isa_best() >= MOEQ_ISA_AVX512) silu_mul = silu_mul_avx512;
+#endif
+}
+
 /* Q8_0 row quantization of the KV cache (ggml's block layout: a half
  * scale amax/127 and 32 rounded int8). */
 static void kv_quantize_q8_0(const float *x, block_q8_0 *y, int n)
@@ -627,8 +679,7 @@ static void moe_task_fn(void *ctx, int64_t b, int64_t end, int tid)
             rows_kernel(e, tid, &j->l->gate_exps, x, t->r0, t->r1, a, cnt, G, (size_t)F);
             rows_kernel(e, tid, &j->l->up_exps, x, t->r0, t->r1, au, cnt, U, (size_t)F);
             for (int c = 0; c < cnt; c++)
-                for (int r = t->r0; r < t->r1; r++)
-                    G[(size_t)c * F + r] = silu(G[(size_t)c * F + r]) * U[(size_t)c * F + r];
+                silu_mul(G + (size_t)c * F + t->r0, U + (size_t)c * F + t->r0, (size_t)(t->r1 - t->r0));
         } else {
             float *D = e->dout + (size_t)off * E;
             rows_kernel(e, tid, &j->l->down_exps, x, t->r0, t->r1, a, cnt, D, (size_t)E);
@@ -660,7 +711,7 @@ static void moe_whole_fn(void *ctx, int64_t b, int64_t end, int tid)
         float *G = e->hg + (size_t)off * F, *U = e->hu + (size_t)off * F;
         rows_kernel(e, tid, &j->l->gate_exps, x, 0, F, a, cnt, G, (size_t)F);
         rows_kernel(e, tid, &j->l->up_exps, x, 0, F, au, cnt, U, (size_t)F);
-        for (size_t r = 0; r < (size_t)cnt * F; r++) G[r] = silu(G[r]) * U[r];
+        silu_mul(G, U, (size_t)cnt * F);
         struct act h = { G, hstride };
         if (dact != MOEQ_TYPE_F32) {
             uint8_t *hq = e->actq_h + (size_t)off * hstride;
@@ -756,7 +807,7 @@ static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     float *gu_out[2] = { e->hg, e->hu };
     const size_t gu_ld[2] = { (size_t)F, (size_t)F };
     matmul_shared(e, gu, gu_out, gu_ld, 2, e->xn, n);
-    for (size_t i = 0; i < (size_t)n * F; i++) e->hg[i] = silu(e->hg[i]) * e->hu[i];
+    silu_mul(e->hg, e->hu, (size_t)n * F);
     matmul(e, &l->down, e->hg, n, e->tmp, (size_t)E);
     for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 }
@@ -1015,6 +1066,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         goto fail;
     }
     attn_pick(e);
+    silu_pick();
     fill_info(e);
     return e;
 fail:
