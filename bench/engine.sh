@@ -14,8 +14,11 @@
 #   LLAMA_BENCH  a reference llama-bench binary: when set, it runs on the
 #                same files with the same threads and the ratio
 #                moeq / reference is reported per test
-#   BENCH_FULL   0 skips the full-size model (it needs ~12 GiB of disk,
+#   BENCH_FULL   0 skips the full-size models (~12 and ~20 GiB of disk,
 #                written to a temporary folder and deleted afterwards)
+#   FULL_DIR     keep the full-size files in this folder and reuse them
+#   FULL_REPS    repetitions at full size (default 2)
+#   BENCH_Q4K    0 skips the full-size Q4_K model
 set -eu
 bin=${MOEQ_BIN:-./moeq}
 shared=${MOEQ_SHARED:-../shared}
@@ -40,18 +43,27 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 # "mean" of a llama-bench / moeq bench row "| ... | 123.45 ± 1.23 |"
 tps() { sed -n "s/.*| *$1 *| *\([0-9.]*\) ± .*/\1/p" | head -n 1; }
 
+# Read a file once so that both engines start from the page cache.
+warm_file() { cat "$1" > /dev/null 2>&1 || true; }
+
 bench_one() {
-  file=$1
+  file=$1 r_reps=${2:-$reps}
   name=$(basename "$file")
-  out=$("$bin" bench -m "$file" -p "$pp" -n "$tg" -r "$reps" -t "$threads" 2>&1) || {
+  warm_file "$file"
+  out=$("$bin" bench -m "$file" -p "$pp" -n "$tg" -r "$r_reps" -t "$threads" 2>&1) || {
     echo "| $name | failed: $(echo "$out" | tail -n 1) |"; return; }
   rss=$(echo "$out" | sed -n 's/^peak RSS: //p')
+  refout=""
+  if [ -n "${LLAMA_BENCH:-}" ]; then
+    warm_file "$file"
+    refout=$("$LLAMA_BENCH" -m "$file" -p "$pp" -n "$tg" -r "$r_reps" -t "$threads" 2>/dev/null || true)
+  fi
   echo "$out" | grep -E "\| (pp|tg)[0-9]+ \|" | while IFS= read -r row; do
     test=$(echo "$row" | awk -F'|' '{ gsub(/ /, "", $6); print $6 }')
     val=$(echo "$row" | awk -F'|' '{ print $7 }' | sed 's/^ *//; s/ *$//')
     ref=""
     if [ -n "${LLAMA_BENCH:-}" ]; then
-      r=$("$LLAMA_BENCH" -m "$file" -p "$pp" -n "$tg" -r "$reps" -t "$threads" 2>/dev/null | tps "$test" || true)
+      r=$(echo "$refout" | tps "$test" || true)
       m=$(echo "$val" | sed 's/ ±.*//')
       [ -n "$r" ] && ref=" | $r | $(awk -v a="$m" -v b="$r" 'BEGIN { printf "%.2f", a / b }')"
     fi
@@ -73,12 +85,29 @@ for f in tiny-a-asym tiny-a-q4_k_m tiny-a-q8_0 tiny-a-f16; do
   [ -r "$p" ] && bench_one "$p"
 done
 if [ "${BENCH_FULL:-1}" != 0 ]; then
-  avail=$(df -Pk "$tmp" | awk 'NR==2 { print $4 }')
-  if [ "$avail" -lt 12582912 ]; then
-    echo "(full-size model skipped: need 12 GiB free in $tmp)"
+  # FULL_DIR keeps the full-size files between runs (they take minutes
+  # to write); by default they go to the temporary folder.
+  dir=${FULL_DIR:-$tmp}
+  mkdir -p "$dir"
+  avail=$(df -Pk "$dir" | awk 'NR==2 { print $4 }')
+  full=$dir/qwen3-30b-a3b-asym.gguf
+  q4k=$dir/qwen3-30b-a3b-q4k.gguf
+  if [ ! -s "$full" ] && [ "$avail" -lt 12582912 ]; then
+    echo "(full-size models skipped: need 12 GiB free in $dir)"
   else
-    full=$tmp/qwen3-30b-a3b-asym.gguf
-    "$bin" synth --preset qwen3-30b-a3b --recipe asym-2bitexp -o "$full" >/dev/null 2>&1
-    bench_one "$full"
+    [ -s "$full" ] || "$bin" synth --preset qwen3-30b-a3b --recipe asym-2bitexp -o "$full" >/dev/null 2>&1
+    bench_one "$full" "${FULL_REPS:-2}"
+    # A Q4_K_M-like mix: Q4_K, with Q6_K for attn_v, ffn_down_exps (in
+    # every layer: Q4_K_M does it in about half) and output.
+    if [ "${BENCH_Q4K:-1}" != 0 ]; then
+      avail=$(df -Pk "$dir" | awk 'NR==2 { print $4 }')
+      if [ -s "$q4k" ] || [ "$avail" -ge 20971520 ]; then
+        [ -s "$q4k" ] || "$bin" synth --preset qwen3-30b-a3b --type Q4_K --type-attn-v Q6_K \
+          --type-exp-down Q6_K --type-output Q6_K -o "$q4k" >/dev/null 2>&1
+        bench_one "$q4k" "${FULL_REPS:-2}"
+      else
+        echo "(full-size Q4_K model skipped: need 20 GiB free in $dir)"
+      fi
+    fi
   fi
 fi
