@@ -138,6 +138,40 @@ TEST(iq_imatrix_lowers_weighted_error)
 }
 
 /*
+ * Every super-block decodes unbiased along x under the imatrix weighting,
+ * sum(imat*x*y) = sum(imat*x*x) (unit weights without an imatrix), to fp16
+ * rounding of d: the property the KL divergence of chained experts depends
+ * on, so that a search tuned for lower RMSE cannot give it up unnoticed
+ * (without the rescale, blocks here range from 0.90 to 1.08).
+ */
+TEST(iq_blocks_unbiased)
+{
+    float *x = malloc(sizeof(float) * NROWS * NCOLS), *y = malloc(sizeof(float) * NROWS * NCOLS);
+    float imat[NCOLS];
+    REQUIRE(x && y);
+    make_data(x, imat, 5);
+    for (int k = 0; k < N_IQ; k++)
+        for (int with = 0; with <= 1; with++) {
+            roundtrip(iq_types[k], x, y, NROWS, NCOLS, with ? imat : NULL);
+            double lo = 2, hi = 0;
+            for (int b = 0; b < NROWS * NCOLS / QK_K; b++) {
+                double sxx = 0, sxy = 0;
+                for (int i = b * QK_K; i < (b + 1) * QK_K; i++) {
+                    double wi = with ? imat[i % NCOLS] : 1.0;
+                    sxx += wi * x[i] * x[i];
+                    sxy += wi * x[i] * y[i];
+                }
+                double g = sxy / sxx;
+                if (g < lo) lo = g;
+                if (g > hi) hi = g;
+            }
+            CHECKF(lo >= 0.998 && hi <= 1.002, "%s %s imatrix: block gain sum(w*x*y)/sum(w*x*x) in [%.4f, %.4f]",
+                   moeq_type_name(iq_types[k]), with ? "with" : "without", lo, hi);
+        }
+    free(x); free(y);
+}
+
+/*
  * Every block decodes to finite values, and degenerate input stays sane:
  * an all-zero row decodes to zeros, a row with one non-zero weight keeps
  * that weight's sign and rough size, a constant row stays near its value
@@ -323,15 +357,28 @@ static double wrmse(const float *x, const float *y, const float *imat, int nrows
  * The reference quantized blk.0.attn_q.weight and blk.1.attn_output.weight
  * of tiny-a (f16) with imatrix.dat into ../shared/testvectors/dequant; its
  * own dequantization of them is TYPE__NAME.f32. Ours, from the same f16
- * weights and imatrix, must be at most 3% worse in imatrix-weighted RMSE.
- * The search alone is 2.3-5.7% better, but each super-block's d is then
+ * weights and imatrix, must stay within the per-type bound below (the
+ * measured ratio ours/ref per tensor, rounded up by about half a percent).
+ * The search alone is 3-5% better, but each super-block's d is then
  * rescaled so the block is unbiased along x (see unbias_scale in
- * quants_iq.c: it lowers KL divergence in chained experts), which costs
- * most on the even-parity 2-bit types: measured 0.95-0.99 for IQ2_S, IQ3_S,
- * IQ3_XXS and 1.006-1.026 for IQ2_XS and IQ2_XXS.
+ * quants_iq.c: it lowers KL divergence in chained experts). The reference
+ * is not unbiased (sum qw*x*y / sum qw*x*x is 0.98 for its IQ2_XXS, 0.985
+ * for IQ2_XS, 1.00-1.02 for the others), and an unbiased block's error is
+ * the shrunk fit's times about 1/cos^2 of its angle to x, which costs most
+ * where the error is largest: measured 1.016-1.026 for IQ2_XXS and
+ * 1.006-1.014 for IQ2_XS, 0.95-0.994 for the others.
  */
+static const struct { const char *type; double bound; } vs_ref_bounds[] = {
+    { "IQ2_XXS", 1.030 }, { "IQ2_XS", 1.019 }, { "IQ2_S", 0.999 },
+    { "IQ3_XXS", 0.997 }, { "IQ3_S", 0.963 },
+};
+
 static void vs_reference(const char *type_name)
 {
+    double bound = 0;
+    for (size_t i = 0; i < sizeof vs_ref_bounds / sizeof vs_ref_bounds[0]; i++)
+        if (!strcmp(vs_ref_bounds[i].type, type_name)) bound = vs_ref_bounds[i].bound;
+    REQUIREF(bound > 0, "no bound for %s", type_name);
     static const char *names[2] = { "blk.0.attn_q.weight", "blk.1.attn_output.weight" };
     const int type = moeq_type_from_name(type_name);
     char err[512], rel[256];
@@ -362,8 +409,8 @@ static void vs_reference(const char *type_name)
         double ours = wrmse(x, y, imat, nrows, ncols), ref = wrmse(x, yref, imat, nrows, ncols);
         printf("  %-8s %-26s imatrix-weighted RMSE ours %.6f ref %.6f (%.3f)\n",
                type_name, names[k], ours, ref, ours / ref);
-        CHECKF(ours <= 1.03 * ref, "%s %s: weighted RMSE %.6f vs reference %.6f",
-               type_name, names[k], ours, ref);
+        CHECKF(ours <= bound * ref, "%s %s: weighted RMSE %.6f vs reference %.6f (bound %.3fx)",
+               type_name, names[k], ours, ref, bound);
         free(x); free(y); free(imat); free(yref);
     }
     gguf_close(src);
