@@ -504,33 +504,42 @@ static void tile_unpack(const void *w, int64_t b, const int three, struct tile_r
     _mm512_storeu_si512(t->ls, _mm512_cvtepu8_epi32(ls));
 }
 
-/* Two rows (t0, t1 over nb blocks) against one group of 16 columns. */
-AI void tile_pair(const struct tile_row *t0, const struct tile_row *t1, int nb, const __m512i *at,
-                  const __m512 *yd, const int three, __m512 *acc0, __m512 *acc1)
+/* Four rows (t[i] over nb blocks) against one group of 16 columns: the
+ * activation vectors are loaded once for the four. */
+AI void tile_quad(const struct tile_row *const t[4], int nb, const __m512i *at,
+                  const __m512 *yd, const int three, __m512 acc[4])
 {
     const int nsub = three ? 8 : 16, per = three ? 8 : 4;   /* dwords per sub-block */
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const int32_t *w0 = (const int32_t *)t0[b].w, *w1 = (const int32_t *)t1[b].w;
         const __m512i *ab = at + (size_t)b * 64;
-        __m512i S0 = _mm512_set1_epi32(t0[b].corr), S1 = _mm512_set1_epi32(t1[b].corr);
+        __m512i S[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) S[i] = _mm512_set1_epi32(t[i][b].corr);
         for (int j = 0; j < nsub; j++) {
-            __m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+            __m512i v[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) v[i] = _mm512_setzero_si512();
 #pragma GCC unroll 8
             for (int g = 0; g < per; g++) {
                 __m512i av = ab[per * j + g];
-                i0 = _mm512_dpbusd_epi32(i0, av, _mm512_set1_epi32(w0[per * j + g]));
-                i1 = _mm512_dpbusd_epi32(i1, av, _mm512_set1_epi32(w1[per * j + g]));
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    v[i] = _mm512_dpbusd_epi32(v[i], av, _mm512_set1_epi32(((const int32_t *)t[i][b].w)[per * j + g]));
             }
             /* IQ3_S's ls holds each per-32 scale twice (per 16) */
-            S0 = _mm512_add_epi32(S0, _mm512_mullo_epi32(i0, _mm512_set1_epi32(t0[b].ls[(16 / nsub) * j])));
-            S1 = _mm512_add_epi32(S1, _mm512_mullo_epi32(i1, _mm512_set1_epi32(t1[b].ls[(16 / nsub) * j])));
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].ls[(16 / nsub) * j])));
         }
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(_mm512_set1_ps(t0[b].d), yd[b]), a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(_mm512_set1_ps(t1[b].d), yd[b]), a1);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
     }
-    *acc0 = a0;
-    *acc1 = a1;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
 AI void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
@@ -539,7 +548,7 @@ AI void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void 
     const int nb = (int)(K / QK_K);
     __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];    /* 64 KiB per group of 16 at the most */
     __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
-    struct tile_row tr[2][TILE_BLOCKS];
+    struct tile_row tr[4][TILE_BLOCKS];
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
     for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
@@ -549,20 +558,20 @@ AI void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void 
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
             tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 1);
         }
-        for (int64_t r = 0; r < nr; r += 2) {
-            const int two = r + 1 < nr;
-            for (int b = 0; b < nb; b++) {
-                tile_unpack((const uint8_t *)W + (size_t)r * ws, b, three, &tr[0][b]);
-                if (two) tile_unpack((const uint8_t *)W + (size_t)(r + 1) * ws, b, three, &tr[1][b]);
-            }
+        for (int64_t r = 0; r < nr; r += 4) {
+            const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
+            const struct tile_row *t[4];
+            for (int i = 0; i < 4; i++) t[i] = tr[i < nrow ? i : 0];
+            for (int i = 0; i < nrow; i++)
+                for (int b = 0; b < nb; b++)
+                    tile_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, three, &tr[i][b]);
             for (int g = 0; g < ng; g++) {
                 int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
                 __mmask16 m = (__mmask16)((1u << cnt) - 1);
-                __m512 acc0, acc1;
-                tile_pair(tr[0], two ? tr[1] : tr[0], nb, at[g], yd[g], three, &acc0, &acc1);
+                __m512 acc[4];
+                tile_quad(t, nb, at[g], yd[g], three, acc);
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
-                _mm512_mask_i32scatter_ps(o, m, idx, acc0, 4);
-                if (two) _mm512_mask_i32scatter_ps(o + 1, m, idx, acc1, 4);
+                for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
             }
         }
     }
@@ -790,38 +799,44 @@ static void tile_bsums(const void *a, size_t as, int c0, int cnt, int nb, __m512
         }
 }
 
-AI void tile_q45_pair(const struct tile_q45 *t0, const struct tile_q45 *t1, int nb, const __m512i *at,
-                      const __m512i *bs, const __m512 *yd, __m512 *acc0, __m512 *acc1)
+AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *at,
+                      const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const int32_t *w0 = (const int32_t *)t0[b].w, *w1 = (const int32_t *)t1[b].w;
         const __m512i *ab = at + (size_t)b * 64;
-        __m512i S0 = _mm512_setzero_si512(), S1 = _mm512_setzero_si512();
-        __m512i M0 = _mm512_setzero_si512(), M1 = _mm512_setzero_si512();
+        __m512i S[4], M[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
         for (int j = 0; j < 8; j++) {
-            __m512i i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512();
+            __m512i v[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) v[i] = _mm512_setzero_si512();
 #pragma GCC unroll 8
             for (int g = 0; g < 8; g++) {
                 __m512i av = ab[8 * j + g];
-                i0 = _mm512_dpbusd_epi32(i0, _mm512_set1_epi32(w0[8 * j + g]), av);
-                i1 = _mm512_dpbusd_epi32(i1, _mm512_set1_epi32(w1[8 * j + g]), av);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[8 * j + g]), av);
             }
-            S0 = _mm512_add_epi32(S0, _mm512_mullo_epi32(i0, _mm512_set1_epi32(t0[b].sc[j])));
-            S1 = _mm512_add_epi32(S1, _mm512_mullo_epi32(i1, _mm512_set1_epi32(t1[b].sc[j])));
             __m512i bj = bs[b * 8 + j];
-            M0 = _mm512_add_epi32(M0, _mm512_mullo_epi32(bj, _mm512_set1_epi32(t0[b].mn[j])));
-            M1 = _mm512_add_epi32(M1, _mm512_mullo_epi32(bj, _mm512_set1_epi32(t1[b].mn[j])));
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
+                M[i] = _mm512_add_epi32(M[i], _mm512_mullo_epi32(bj, _mm512_set1_epi32(t[i][b].mn[j])));
+            }
         }
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(_mm512_set1_ps(t0[b].d), yd[b]), a0);
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M0), _mm512_mul_ps(_mm512_set1_ps(t0[b].ndmin), yd[b]), a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(_mm512_set1_ps(t1[b].d), yd[b]), a1);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M1), _mm512_mul_ps(_mm512_set1_ps(t1[b].ndmin), yd[b]), a1);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
+            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].ndmin), yd[b]), a[i]);
+        }
     }
-    *acc0 = a0;
-    *acc1 = a1;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
-
 
 AI void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
                  int64_t nc, float *out, size_t os, const int five)
@@ -830,7 +845,7 @@ AI void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
     __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
     __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 8];
     __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
-    struct tile_q45 tr[2][TILE_BLOCKS];
+    struct tile_q45 tr[4][TILE_BLOCKS];
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
     for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
@@ -841,20 +856,20 @@ AI void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
             tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 0);
             tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
         }
-        for (int64_t r = 0; r < nr; r += 2) {
-            const int two = r + 1 < nr;
-            for (int b = 0; b < nb; b++) {
-                tile_q45_unpack((const uint8_t *)W + (size_t)r * ws, b, five, &tr[0][b]);
-                if (two) tile_q45_unpack((const uint8_t *)W + (size_t)(r + 1) * ws, b, five, &tr[1][b]);
-            }
+        for (int64_t r = 0; r < nr; r += 4) {
+            const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
+            const struct tile_q45 *t[4];
+            for (int i = 0; i < 4; i++) t[i] = tr[i < nrow ? i : 0];
+            for (int i = 0; i < nrow; i++)
+                for (int b = 0; b < nb; b++)
+                    tile_q45_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, five, &tr[i][b]);
             for (int g = 0; g < ng; g++) {
                 int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
                 __mmask16 m = (__mmask16)((1u << cnt) - 1);
-                __m512 acc0, acc1;
-                tile_q45_pair(tr[0], two ? tr[1] : tr[0], nb, at[g], bs[g], yd[g], &acc0, &acc1);
+                __m512 acc[4];
+                tile_q45_quad(t, nb, at[g], bs[g], yd[g], acc);
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
-                _mm512_mask_i32scatter_ps(o, m, idx, acc0, 4);
-                if (two) _mm512_mask_i32scatter_ps(o + 1, m, idx, acc1, 4);
+                for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
             }
         }
     }
@@ -1003,32 +1018,39 @@ static void tile_bsums16(const void *a, size_t as, int c0, int cnt, int nb, __m5
         }
 }
 
-AI void tile_q6_pair(const struct tile_q6 *t0, const struct tile_q6 *t1, int nb, const __m512i *at,
-                     const __m512i *bs, const __m512 *yd, __m512 *acc0, __m512 *acc1)
+AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at,
+                     const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const int32_t *w0 = (const int32_t *)t0[b].w, *w1 = (const int32_t *)t1[b].w;
         const __m512i *ab = at + (size_t)b * 64;
-        __m512i S0 = _mm512_setzero_si512(), S1 = _mm512_setzero_si512();
-#pragma GCC unroll 16
+        __m512i S[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) S[i] = _mm512_setzero_si512();
         for (int j = 0; j < 16; j++) {
-            __m512i bj = bs[b * 16 + j];
-            __m512i i0 = _mm512_sub_epi32(_mm512_setzero_si512(), bj), i1 = i0;
+            __m512i nb32 = _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]);
+            __m512i v[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) v[i] = nb32;
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++) {
                 __m512i av = ab[4 * j + g];
-                i0 = _mm512_dpbusd_epi32(i0, _mm512_set1_epi32(w0[4 * j + g]), av);
-                i1 = _mm512_dpbusd_epi32(i1, _mm512_set1_epi32(w1[4 * j + g]), av);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[4 * j + g]), av);
             }
-            S0 = _mm512_add_epi32(S0, _mm512_mullo_epi32(i0, _mm512_set1_epi32(t0[b].sc[j])));
-            S1 = _mm512_add_epi32(S1, _mm512_mullo_epi32(i1, _mm512_set1_epi32(t1[b].sc[j])));
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
         }
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(_mm512_set1_ps(t0[b].d), yd[b]), a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(_mm512_set1_ps(t1[b].d), yd[b]), a1);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
     }
-    *acc0 = a0;
-    *acc1 = a1;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
 static int tile_q6_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
@@ -1039,7 +1061,7 @@ static int tile_q6_K(int64_t K, const void *W, size_t ws, int64_t nr, const void
     __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
     __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 16];
     __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
-    struct tile_q6 tr[2][TILE_BLOCKS];
+    struct tile_q6 tr[4][TILE_BLOCKS];
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
     for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
@@ -1050,20 +1072,20 @@ static int tile_q6_K(int64_t K, const void *W, size_t ws, int64_t nr, const void
             tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 0);
             tile_bsums16(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
         }
-        for (int64_t r = 0; r < nr; r += 2) {
-            const int two = r + 1 < nr;
-            for (int b = 0; b < nb; b++) {
-                tile_q6_unpack((const uint8_t *)W + (size_t)r * ws, b, &tr[0][b]);
-                if (two) tile_q6_unpack((const uint8_t *)W + (size_t)(r + 1) * ws, b, &tr[1][b]);
-            }
+        for (int64_t r = 0; r < nr; r += 4) {
+            const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
+            const struct tile_q6 *t[4];
+            for (int i = 0; i < 4; i++) t[i] = tr[i < nrow ? i : 0];
+            for (int i = 0; i < nrow; i++)
+                for (int b = 0; b < nb; b++)
+                    tile_q6_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, &tr[i][b]);
             for (int g = 0; g < ng; g++) {
                 int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
                 __mmask16 m = (__mmask16)((1u << cnt) - 1);
-                __m512 acc0, acc1;
-                tile_q6_pair(tr[0], two ? tr[1] : tr[0], nb, at[g], bs[g], yd[g], &acc0, &acc1);
+                __m512 acc[4];
+                tile_q6_quad(t, nb, at[g], bs[g], yd[g], acc);
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
-                _mm512_mask_i32scatter_ps(o, m, idx, acc0, 4);
-                if (two) _mm512_mask_i32scatter_ps(o + 1, m, idx, acc1, 4);
+                for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
             }
         }
     }
