@@ -31,15 +31,21 @@ now() { date +%s.%N; }
 echo "### Quantization quality per type (tiny-a blk.0.attn_q + blk.1.attn_output, tiny-a imatrix)"
 echo
 echo "Imatrix-weighted RMSE against the F16 weights; ratio = moeq / reference (< 1: moeq lower)."
+echo "moeq's default rescales i-quant and Q4_K blocks to be unbiased (lower KL divergence"
+echo "of the model, see bench/quality.sh); \`--min-error\` stops at the least weighted error."
 echo
-echo "| type | reference wRMSE | moeq wRMSE | ratio | reference RMSE | moeq RMSE | ratio |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| type | reference wRMSE | moeq wRMSE | ratio | moeq --min-error wRMSE | ratio | reference RMSE | moeq RMSE | ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 } > "$R"
 for t in Q4_0 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ4_NL IQ4_XS; do
   $M quantize -q --imatrix "$IM" --tensor-type 'blk\.0\.attn_q\.|blk\.1\.attn_output\.='"$t" \
      "$F16" "$OUT/$t.gguf" F16 "$T" > /dev/null 2>&1
+  $M quantize -q --min-error --imatrix "$IM" --tensor-type 'blk\.0\.attn_q\.|blk\.1\.attn_output\.='"$t" \
+     "$F16" "$OUT/$t-me.gguf" F16 "$T" > /dev/null 2>&1
   $M compare "$F16" "$S/testvectors/dequant/$t.gguf" "$OUT/$t.gguf" --imatrix "$IM" > "$OUT/$t.txt"
-  awk -v t="$t" '$1 == "all" { printf "| %s | %.4e | %.4e | %.4f | %.4e | %.4e | %.4f |\n", t, $4, $5, $7, $2, $3, $6 }' \
+  $M compare "$F16" "$S/testvectors/dequant/$t.gguf" "$OUT/$t-me.gguf" --imatrix "$IM" > "$OUT/$t-me.txt"
+  me=$(awk '$1 == "all" { printf "%.4e | %.4f", $5, $7 }' "$OUT/$t-me.txt")
+  awk -v t="$t" -v me="$me" '$1 == "all" { printf "| %s | %.4e | %.4e | %.4f | %s | %.4e | %.4e | %.4f |\n", t, $4, $5, $7, me, $2, $3, $6 }' \
      "$OUT/$t.txt" >> "$R"
 done
 

@@ -7,6 +7,7 @@
 #include "quants_blocks.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #define ROW(T, n, blk, sz, q, deq, quant) \
@@ -32,6 +33,11 @@ static const struct moeq_type_traits traits[MOEQ_TYPE_COUNT] = {
     ROW(IQ4_NL,  "IQ4_NL",  QK4_NL, sizeof(block_iq4_nl), 1, dequantize_row_iq4_nl, quantize_iq4_nl),
     ROW(IQ4_XS,  "IQ4_XS",  QK_K, sizeof(block_iq4_xs),  1, dequantize_row_iq4_xs, quantize_iq4_xs),
 };
+
+static _Atomic int quant_fit = MOEQ_FIT_UNBIASED;
+
+void moeq_quant_set_fit(int fit) { quant_fit = fit == MOEQ_FIT_MIN_ERROR ? fit : MOEQ_FIT_UNBIASED; }
+int  moeq_quant_fit(void) { return quant_fit; }
 
 const struct moeq_type_traits *moeq_type_traits(int type)
 {

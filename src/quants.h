@@ -56,6 +56,19 @@ struct moeq_type_traits {
     moeq_quant_fn   quantize;   /* NULL where moeq cannot produce the type */
 };
 
+/*
+ * What the quantizers minimise. MOEQ_FIT_UNBIASED (the default) minimises
+ * the importance-weighted squared error, then rescales each super-block of
+ * the i-quants and of Q4_K so the decoded block is unbiased along the
+ * weights: a little more error per tensor, but shrinkage no longer
+ * compounds through chained experts, so the model's KL divergence is
+ * lower. MOEQ_FIT_MIN_ERROR stops at the minimum weighted error (lowest
+ * per-tensor RMSE). Process-wide: set it before quantizing starts.
+ */
+enum moeq_fit { MOEQ_FIT_UNBIASED = 0, MOEQ_FIT_MIN_ERROR = 1 };
+void moeq_quant_set_fit(int fit);
+int  moeq_quant_fit(void);
+
 /* Traits for a ggml type id, or NULL for an id moeq does not know. */
 const struct moeq_type_traits *moeq_type_traits(int type);
 

@@ -675,6 +675,7 @@ static size_t quant_rows(int type, const struct iq_spec *sp, pack_fn pack, size_
 {
     if (nrows <= 0 || n_per_row <= 0 || n_per_row % QK_K) return 0;
     const int64_t nb = n_per_row / QK_K;
+    const int unbias = moeq_quant_fit() == MOEQ_FIT_UNBIASED;
     uint8_t *out = dst;
     struct sb_out o;
     for (int64_t r = 0; r < nrows; r++) {
@@ -683,7 +684,7 @@ static size_t quant_rows(int type, const struct iq_spec *sp, pack_fn pack, size_
             const float *qw = imatrix ? imatrix + ib * QK_K : NULL;
             quant_superblock(sp, x + ib * QK_K, qw, &o);
             pack(&o, out);
-            unbias_scale(type, pack, x + ib * QK_K, qw, &o, out);
+            if (unbias) unbias_scale(type, pack, x + ib * QK_K, qw, &o, out);
             out += block_bytes;
         }
     }

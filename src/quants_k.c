@@ -905,6 +905,7 @@ size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
 {
     block_q4_K *y = dst;
     const int64_t nb = n / QK_K;
+    const int unbias = moeq_quant_fit() == MOEQ_FIT_UNBIASED;
     uint8_t L[QK_K], ls[8], lm[8];
     for (int64_t r = 0; r < nrows; r++, src += n) {
         for (int64_t ib = 0; ib < nb; ib++, y++) {
@@ -916,7 +917,7 @@ size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             for (int c = 0; c < 4; c++)
                 for (int l = 0; l < 32; l++)
                     y->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
-            unbias_q4_K(y, src + ib * QK_K, qw ? qw + ib * QK_K : NULL);
+            if (unbias) unbias_q4_K(y, src + ib * QK_K, qw ? qw + ib * QK_K : NULL);
         }
     }
     return (size_t)(nrows * nb) * sizeof(block_q4_K);

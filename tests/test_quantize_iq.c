@@ -373,12 +373,19 @@ static const struct { const char *type; double bound; } vs_ref_bounds[] = {
     { "IQ3_XXS", 0.997 }, { "IQ3_S", 0.963 },
 };
 
+static void vs_reference_bound(const char *type_name, double bound);
+
 static void vs_reference(const char *type_name)
 {
     double bound = 0;
     for (size_t i = 0; i < sizeof vs_ref_bounds / sizeof vs_ref_bounds[0]; i++)
         if (!strcmp(vs_ref_bounds[i].type, type_name)) bound = vs_ref_bounds[i].bound;
     REQUIREF(bound > 0, "no bound for %s", type_name);
+    vs_reference_bound(type_name, bound);
+}
+
+static void vs_reference_bound(const char *type_name, double bound)
+{
     static const char *names[2] = { "blk.0.attn_q.weight", "blk.1.attn_output.weight" };
     const int type = moeq_type_from_name(type_name);
     char err[512], rel[256];
@@ -421,6 +428,18 @@ TEST(iq_vs_reference_iq2_xs)  { vs_reference("IQ2_XS"); }
 TEST(iq_vs_reference_iq2_s)   { vs_reference("IQ2_S"); }
 TEST(iq_vs_reference_iq3_xxs) { vs_reference("IQ3_XXS"); }
 TEST(iq_vs_reference_iq3_s)   { vs_reference("IQ3_S"); }
+
+/*
+ * With --min-error (no unbiasing rescale) the search alone is measured:
+ * below the reference's weighted RMSE for every i-quant, on both tensors.
+ */
+TEST(iq_vs_reference_min_error)
+{
+    static const char *types[] = { "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S" };
+    moeq_quant_set_fit(MOEQ_FIT_MIN_ERROR);
+    for (int i = 0; i < 5; i++) vs_reference_bound(types[i], 0.985);
+    moeq_quant_set_fit(MOEQ_FIT_UNBIASED);
+}
 
 /* ------------------------------------------------ speed (long only) */
 

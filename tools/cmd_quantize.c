@@ -52,6 +52,10 @@ static void usage(FILE *out)
         "  --output-tensor-type T    type of output.weight\n"
         "  --pure                    no mix rules: every weight gets TYPE's base type\n"
         "  --ignore-imatrix-rules    allow IQ2_* without importance data\n"
+        "  --min-error               stop at the least imatrix-weighted error per block;\n"
+        "                            by default i-quant and Q4_K blocks are then rescaled\n"
+        "                            to be unbiased (a little more error per tensor,\n"
+        "                            lower KL divergence of the model)\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
         "  -q, --quiet               no per-tensor lines\n"
         "\nexample:\n"
@@ -181,6 +185,7 @@ int cmd_quantize(int argc, char **argv)
         else if (!strcmp(a, "--pure")) pure = 1;
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
+        else if (!strcmp(a, "--min-error")) moeq_quant_set_fit(MOEQ_FIT_MIN_ERROR);
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
         else if (!strcmp(a, "--recipe")) { NEED_ARG(); recipe_name = argv[++i]; }
