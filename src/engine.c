@@ -304,60 +304,130 @@ static void rope_apply(float *x, const float *cs, int d)
 
 /* ------------------------------------------------------------ attention */
 
+/*
+ * Work is taken as items of (tile, KV head, chunk of that head's query
+ * heads): a tile is a run of batch tokens of one session at consecutive
+ * positions (a prompt chunk gives many, a multi-session decode step one per
+ * token). An item converts each cached K and V row of its KV head to f32
+ * once, a block of ATT_POS positions at a time into per-thread scratch, and
+ * uses it for all rows (token x query head) of the item.
+ *
+ * Bit-exactness: the output of a (token, head) must not depend on which
+ * other tokens share its batch. Each kernel below therefore computes every
+ * row's value with exactly the float operations a single-row call would:
+ * a dot product with a fixed lane layout and reduction tree, the softmax
+ * over positions in order, V accumulated in position order. Tiling only
+ * shares the loads and conversions (which are exact), never the rounding.
+ * The sequences are those of the per-(token, head) loops this replaced, so
+ * logits are unchanged too.
+ */
+#define ATT_ROWS 64   /* rows (token x head) per item, at most */
+#define ATT_POS  32   /* cached positions converted at a time */
+
+/* Heads per item and tokens per tile for a GQA group (engine_mem.c
+ * mirrors this to size the scratch). */
+static void attn_shape(int group, int cap, int *nh, int *tile)
+{
+    *nh = group < ATT_ROWS ? group : ATT_ROWS;
+    int t = ATT_ROWS / *nh;
+    *tile = t < cap ? t : cap;
+}
+
 struct attn_job {
     moeq_engine *e;
-    int layer, n;
+    int layer, ntiles;
+    int nh, nchunk;       /* query heads per item, items per (tile, KV head) */
 };
 
 /*
- * The attention inner loops: scores[p] = scale * q . K[p] over a head's
- * cached positions, and out += sum_p w[p] * V[p]. Scalar versions work
- * everywhere; the AVX2 twins (compiled for that target only, chosen at run
- * time with the kernels' ISA choice) convert halves with F16C and int8
- * with sign extension, 8 lanes at a time.
+ * Converters of n cached rows (one KV head each, stride bytes apart) to
+ * f32 rows of d values; Q8_0 leaves the int8 values as floats (exact) and
+ * the block scales in ds (d / 32 per row), so the kernels can apply the
+ * scale where the per-row arithmetic always did.
  */
-static void scores_f16(const uint8_t *k, size_t stride, int npos, const float *q, int d,
-                       float scale, float *sc)
+static void cvt_f16(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
 {
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
-        float s = 0;
-        for (int i = 0; i < d; i++) s += q[i] * h2f(h[i]);
-        sc[p] = s * scale;
+    (void)ds;
+    for (int p = 0; p < n; p++) {
+        const uint16_t *h = (const uint16_t *)(src + (size_t)p * stride);
+        for (int i = 0; i < d; i++) dst[(size_t)p * d + i] = h2f(h[i]);
     }
 }
 
-static void scores_q8_0(const uint8_t *k, size_t stride, int npos, const float *q, int d,
-                        float scale, float *sc)
+static void cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
-        float s = 0;
-        for (int j = 0; j < d / QK8_0; j++) {
-            float t = 0;
-            for (int i = 0; i < QK8_0; i++) t += q[j * QK8_0 + i] * b[j].qs[i];
-            s += t * h2f(b[j].d);
+    const int nb = d / QK8_0;
+    for (int p = 0; p < n; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
+        for (int j = 0; j < nb; j++) {
+            ds[p * nb + j] = h2f(b[j].d);
+            for (int i = 0; i < QK8_0; i++) dst[(size_t)p * d + j * QK8_0 + i] = (float)b[j].qs[i];
         }
-        sc[p] = s * scale;
     }
 }
 
-static void accum_f16(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+/*
+ * Scores: sc[r * ld + p] = scale * q[r] . k[p] for nr rows and np
+ * positions. Accumulation: out[r] += sum over p < np of w[r * ld + p] *
+ * v[p], in position order. The scalar kernels are the reference; the AVX2
+ * twins keep their own (different) fixed lane order, so one CPU always
+ * gives the same bits for a (token, head).
+ */
+static void scores_f16(const float *const *q, int nr, const float *k, const float *ks, int np,
+                       int d, float scale, float *sc, size_t ld)
 {
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
-        for (int i = 0; i < d; i++) out[i] += w[p] * h2f(h[i]);
-    }
-}
-
-static void accum_q8_0(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
-{
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
-        for (int j = 0; j < d / QK8_0; j++) {
-            float wd = w[p] * h2f(b[j].d);
-            for (int i = 0; i < QK8_0; i++) out[j * QK8_0 + i] += wd * b[j].qs[i];
+    (void)ks;
+    for (int r = 0; r < nr; r++)
+        for (int p = 0; p < np; p++) {
+            const float *kp = k + (size_t)p * d;
+            float s = 0;
+            for (int i = 0; i < d; i++) s += q[r][i] * kp[i];
+            sc[(size_t)r * ld + p] = s * scale;
         }
+}
+
+static void scores_q8_0(const float *const *q, int nr, const float *k, const float *ks, int np,
+                        int d, float scale, float *sc, size_t ld)
+{
+    const int nb = d / QK8_0;
+    for (int r = 0; r < nr; r++)
+        for (int p = 0; p < np; p++) {
+            const float *kp = k + (size_t)p * d;
+            float s = 0;
+            for (int j = 0; j < nb; j++) {
+                float t = 0;
+                for (int i = 0; i < QK8_0; i++) t += q[r][j * QK8_0 + i] * kp[j * QK8_0 + i];
+                s += t * ks[p * nb + j];
+            }
+            sc[(size_t)r * ld + p] = s * scale;
+        }
+}
+
+static void accum_f16(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                      const float *vs, int np, int d)
+{
+    (void)vs;
+    for (int r = 0; r < nr; r++) {
+        float *o = out[r];
+        const float *wr = w + (size_t)r * ld;
+        for (int p = 0; p < np; p++)
+            for (int i = 0; i < d; i++) o[i] += wr[p] * v[(size_t)p * d + i];
+    }
+}
+
+static void accum_q8_0(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                       const float *vs, int np, int d)
+{
+    const int nb = d / QK8_0;
+    for (int r = 0; r < nr; r++) {
+        float *o = out[r];
+        const float *wr = w + (size_t)r * ld;
+        for (int p = 0; p < np; p++)
+            for (int j = 0; j < nb; j++) {
+                float wd = wr[p] * vs[p * nb + j];
+                const float *vp = v + (size_t)p * d + j * QK8_0;
+                for (int i = 0; i < QK8_0; i++) o[j * QK8_0 + i] += wd * vp[i];
+            }
     }
 }
 
@@ -365,128 +435,338 @@ static void accum_q8_0(const uint8_t *v, size_t stride, int npos, const float *w
 #include <immintrin.h>
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
-AVX2_TARGET static inline float hsum8(__m256 v)
+/*
+ * Horizontal sums of four 8-lane vectors, each by the same tree:
+ * ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)). Results land in lanes
+ * 0 (a), 4 (b), 2 (c) and 6 (d). Every addition has the operands a
+ * one-vector reduction in this order would have, so the bits are the same
+ * whichever four vectors travel together.
+ */
+AVX2_TARGET static inline __m256 hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
 {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
+    __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    __m256 x = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    return _mm256_add_ps(x, _mm256_movehdup_ps(x));
 }
 
-AVX2_TARGET static inline __m256 load_i8x8(const int8_t *p)
+/* Store the four sums of hsum8x4 (rows r, r+1 x positions p, p+1) times
+ * scale, leaving out a second row or position that does not exist. */
+AVX2_TARGET static inline void store4(__m256 s, float scale, float *sc, size_t ld, int two_r, int two_p)
 {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-
-/* d is a multiple of 16 here (checked by attn_pick). */
-AVX2_TARGET static void scores_f16_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
-                                        int d, float scale, float *sc)
-{
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        for (int i = 0; i < d; i += 16) {
-            __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
-            __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8)));
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, a1);
-        }
-        sc[p] = hsum8(_mm256_add_ps(a0, a1)) * scale;
+    float t[8];
+    _mm256_storeu_ps(t, s);
+    sc[0] = t[0] * scale;
+    if (two_p) sc[1] = t[4] * scale;
+    if (two_r) {
+        sc[ld] = t[2] * scale;
+        if (two_p) sc[ld + 1] = t[6] * scale;
     }
 }
 
-AVX2_TARGET static void scores_q8_0_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
-                                         int d, float scale, float *sc)
+/* F16 K: two accumulators per dot product (even and odd 8-lane chunks),
+ * added before the reduction; d is a multiple of 16 (attn_pick). Two rows
+ * by two positions at a time: each q and k load feeds two FMAs. */
+AVX2_TARGET static void scores_f16_avx2(const float *const *q, int nr, const float *k,
+                                        const float *ks, int np, int d, float scale, float *sc,
+                                        size_t ld)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
-        __m256 acc = _mm256_setzero_ps();
-        for (int j = 0; j < d / QK8_0; j++) {
-            const float *qj = q + j * QK8_0;
-            __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qj), load_i8x8(b[j].qs));
-            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8), load_i8x8(b[j].qs + 8), t);
-            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 16), load_i8x8(b[j].qs + 16), t);
-            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 24), load_i8x8(b[j].qs + 24), t);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[j].d)), t, acc);
+    (void)ks;
+    for (int r = 0; r < nr; r += 2) {
+        const float *qa = q[r], *qb = q[r + 1 < nr ? r + 1 : r];
+        for (int p = 0; p < np; p += 2) {
+            const float *ka = k + (size_t)p * d, *kb = k + (size_t)(p + 1 < np ? p + 1 : p) * d;
+            __m256 aa0 = _mm256_setzero_ps(), ab0 = aa0, ba0 = aa0, bb0 = aa0;
+            __m256 aa1 = aa0, ab1 = aa0, ba1 = aa0, bb1 = aa0;
+            for (int i = 0; i < d; i += 16) {
+                __m256 x = _mm256_loadu_ps(qa + i), y = _mm256_loadu_ps(qb + i);
+                __m256 u = _mm256_loadu_ps(ka + i), v = _mm256_loadu_ps(kb + i);
+                aa0 = _mm256_fmadd_ps(x, u, aa0);
+                ab0 = _mm256_fmadd_ps(x, v, ab0);
+                ba0 = _mm256_fmadd_ps(y, u, ba0);
+                bb0 = _mm256_fmadd_ps(y, v, bb0);
+                x = _mm256_loadu_ps(qa + i + 8);
+                y = _mm256_loadu_ps(qb + i + 8);
+                u = _mm256_loadu_ps(ka + i + 8);
+                v = _mm256_loadu_ps(kb + i + 8);
+                aa1 = _mm256_fmadd_ps(x, u, aa1);
+                ab1 = _mm256_fmadd_ps(x, v, ab1);
+                ba1 = _mm256_fmadd_ps(y, u, ba1);
+                bb1 = _mm256_fmadd_ps(y, v, bb1);
+            }
+            __m256 s = hsum8x4(_mm256_add_ps(aa0, aa1), _mm256_add_ps(ab0, ab1),
+                               _mm256_add_ps(ba0, ba1), _mm256_add_ps(bb0, bb1));
+            store4(s, scale, sc + (size_t)r * ld + p, ld, r + 1 < nr, p + 1 < np);
         }
-        sc[p] = hsum8(acc) * scale;
     }
 }
 
-AVX2_TARGET static void accum_f16_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
-                                       int d, float *out)
+/* Q8_0 K: per 32-block an 8-lane product sum t (mul, then three FMAs),
+ * then acc += scale_block * t; one accumulator per dot product. */
+AVX2_TARGET static void scores_q8_0_avx2(const float *const *q, int nr, const float *k,
+                                         const float *ks, int np, int d, float scale, float *sc,
+                                         size_t ld)
 {
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
-        __m256 wp = _mm256_set1_ps(w[p]);
-        for (int i = 0; i < d; i += 8) {
-            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(wp, x, _mm256_loadu_ps(out + i)));
+    const int nb = d / QK8_0;
+    for (int r = 0; r < nr; r += 2) {
+        const float *qa = q[r], *qb = q[r + 1 < nr ? r + 1 : r];
+        for (int p = 0; p < np; p += 2) {
+            const int p1 = p + 1 < np ? p + 1 : p;
+            const float *ka = k + (size_t)p * d, *kb = k + (size_t)p1 * d;
+            const float *sa = ks + (size_t)p * nb, *sb = ks + (size_t)p1 * nb;
+            __m256 aa = _mm256_setzero_ps(), ab = aa, ba = aa, bb = aa;
+            for (int j = 0; j < nb; j++) {
+                const int o = j * QK8_0;
+                __m256 x = _mm256_loadu_ps(qa + o), y = _mm256_loadu_ps(qb + o);
+                __m256 u = _mm256_loadu_ps(ka + o), v = _mm256_loadu_ps(kb + o);
+                __m256 taa = _mm256_mul_ps(x, u), tab = _mm256_mul_ps(x, v);
+                __m256 tba = _mm256_mul_ps(y, u), tbb = _mm256_mul_ps(y, v);
+                for (int c = 8; c < QK8_0; c += 8) {
+                    x = _mm256_loadu_ps(qa + o + c);
+                    y = _mm256_loadu_ps(qb + o + c);
+                    u = _mm256_loadu_ps(ka + o + c);
+                    v = _mm256_loadu_ps(kb + o + c);
+                    taa = _mm256_fmadd_ps(x, u, taa);
+                    tab = _mm256_fmadd_ps(x, v, tab);
+                    tba = _mm256_fmadd_ps(y, u, tba);
+                    tbb = _mm256_fmadd_ps(y, v, tbb);
+                }
+                __m256 da = _mm256_set1_ps(sa[j]), db = _mm256_set1_ps(sb[j]);
+                aa = _mm256_fmadd_ps(da, taa, aa);
+                ab = _mm256_fmadd_ps(db, tab, ab);
+                ba = _mm256_fmadd_ps(da, tba, ba);
+                bb = _mm256_fmadd_ps(db, tbb, bb);
+            }
+            store4(hsum8x4(aa, ab, ba, bb), scale, sc + (size_t)r * ld + p, ld, r + 1 < nr,
+                   p + 1 < np);
         }
     }
 }
 
-AVX2_TARGET static void accum_q8_0_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
-                                        int d, float *out)
+/* out[r][i..i+8*NC) += w[r][p] * v[p][i..) for p in order, R rows at a
+ * time with the outputs held in registers across positions. */
+#define ACC_UNROLL _Pragma("GCC unroll 4")
+#define ACC_BLOCK(R, NC)                                                            \
+    do {                                                                            \
+        __m256 acc[R][NC];                                                          \
+        ACC_UNROLL for (int rr = 0; rr < (R); rr++)                                 \
+            ACC_UNROLL for (int c = 0; c < (NC); c++)                               \
+                acc[rr][c] = _mm256_loadu_ps(out[r + rr] + i + 8 * c);              \
+        for (int p = 0; p < np; p++) {                                              \
+            __m256 x[NC];                                                           \
+            ACC_UNROLL for (int c = 0; c < (NC); c++)                               \
+                x[c] = _mm256_loadu_ps(v + (size_t)p * d + i + 8 * c);              \
+            ACC_UNROLL for (int rr = 0; rr < (R); rr++) {                           \
+                __m256 wp = _mm256_set1_ps(WEIGHT(r + rr, p));                      \
+                ACC_UNROLL for (int c = 0; c < (NC); c++)                           \
+                    acc[rr][c] = _mm256_fmadd_ps(wp, x[c], acc[rr][c]);             \
+            }                                                                       \
+        }                                                                           \
+        ACC_UNROLL for (int rr = 0; rr < (R); rr++)                                 \
+            ACC_UNROLL for (int c = 0; c < (NC); c++)                               \
+                _mm256_storeu_ps(out[r + rr] + i + 8 * c, acc[rr][c]);              \
+    } while (0)
+
+/* F16 V: out = fma(w, v, out) per lane; d is a multiple of 16. */
+AVX2_TARGET static void accum_f16_avx2(float *const *out, int nr, const float *w, size_t ld,
+                                       const float *v, const float *vs, int np, int d)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
-        for (int j = 0; j < d / QK8_0; j++) {
-            __m256 wd = _mm256_set1_ps(w[p] * h2f(b[j].d));
-            float *o = out + j * QK8_0;
-            for (int i = 0; i < QK8_0; i += 8)
-                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wd, load_i8x8(b[j].qs + i), _mm256_loadu_ps(o + i)));
+    (void)vs;
+#define WEIGHT(row, p) w[(size_t)(row) * ld + (p)]
+    int r = 0;
+    for (; r + 3 <= nr; r += 3) {
+        int i = 0;
+        for (; i + 32 <= d; i += 32) ACC_BLOCK(3, 4);
+        for (; i < d; i += 16) ACC_BLOCK(3, 2);
+    }
+    for (; r < nr; r++) {
+        int i = 0;
+        for (; i + 32 <= d; i += 32) ACC_BLOCK(1, 4);
+        for (; i < d; i += 16) ACC_BLOCK(1, 2);
+    }
+#undef WEIGHT
+}
+
+/* Q8_0 V: the weight times the block scale first (one float multiply),
+ * then out = fma(that, int8 value, out) per lane; i walks whole blocks. */
+AVX2_TARGET static void accum_q8_0_avx2(float *const *out, int nr, const float *w, size_t ld,
+                                        const float *v, const float *vs, int np, int d)
+{
+    const int nb = d / QK8_0;
+#define WEIGHT(row, p) (w[(size_t)(row) * ld + (p)] * vs[(p) * nb + i / QK8_0])
+    int r = 0;
+    for (; r + 3 <= nr; r += 3)
+        for (int i = 0; i < d; i += 32) ACC_BLOCK(3, 4);
+    for (; r < nr; r++)
+        for (int i = 0; i < d; i += 32) ACC_BLOCK(1, 4);
+#undef WEIGHT
+}
+#undef ACC_BLOCK
+#undef ACC_UNROLL
+
+AVX2_TARGET static void cvt_f16_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
+                                     float *ds)
+{
+    (void)ds;
+    for (int p = 0; p < n; p++) {
+        const uint16_t *h = (const uint16_t *)(src + (size_t)p * stride);
+        for (int i = 0; i < d; i += 8)
+            _mm256_storeu_ps(dst + (size_t)p * d + i,
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    }
+}
+
+AVX2_TARGET static void cvt_q8_0_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
+                                      float *ds)
+{
+    const int nb = d / QK8_0;
+    for (int p = 0; p < n; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
+        for (int j = 0; j < nb; j++) {
+            ds[p * nb + j] = h2f(b[j].d);
+            for (int i = 0; i < QK8_0; i += 8) {
+                __m128i q8 = _mm_loadl_epi64((const __m128i *)(b[j].qs + i));
+                _mm256_storeu_ps(dst + (size_t)p * d + j * QK8_0 + i,
+                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+            }
         }
     }
 }
 #define HAVE_AVX2_ATTN 1
 #endif
 
-static void attn_pick(moeq_engine *e)
+/* The kernels for the cache types and the given ISA (at most the CPU's). */
+static void attn_pick(moeq_engine *e, int isa)
 {
-    int d = e->m->hp.head_dim;
-    e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16 : scores_q8_0;
-    e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16 : accum_q8_0;
+    const int d = e->m->hp.head_dim, k16 = e->type_k == MOEQ_TYPE_F16, v16 = e->type_v == MOEQ_TYPE_F16;
+    struct moeq_attn_ops *o = &e->attn;
+    o->cvt_k = k16 ? cvt_f16 : cvt_q8_0;
+    o->cvt_v = v16 ? cvt_f16 : cvt_q8_0;
+    o->scores = k16 ? scores_f16 : scores_q8_0;
+    o->accum = v16 ? accum_f16 : accum_q8_0;
 #ifdef HAVE_AVX2_ATTN
-    if (moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
-        e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16_avx2 : scores_q8_0_avx2;
-        e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16_avx2 : accum_q8_0_avx2;
+    if (isa >= MOEQ_ISA_AVX2 && moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
+        o->cvt_k = k16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
+        o->cvt_v = v16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
+        o->scores = k16 ? scores_f16_avx2 : scores_q8_0_avx2;
+        o->accum = v16 ? accum_f16_avx2 : accum_q8_0_avx2;
     }
 #else
-    (void)d;
+    (void)d; (void)isa;
 #endif
 }
 
+void moeq_engine_attn_isa(moeq_engine *e, int isa) { attn_pick(e, isa); }
+
+/*
+ * One item: tile tl, KV head g, query heads h0 .. h0+nh. Rows are token
+ * major (r = k * nh + head). buf is this thread's scratch: ATT_ROWS x
+ * n_ctx scores, then ATT_POS converted rows and their block scales.
+ */
+static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl, int g, int h0,
+                      int nh, float *buf)
+{
+    const struct moeq_hparams *hp = &e->m->hp;
+    const int HD = hp->head_dim, nq = hp->n_head * HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int nt = tl->nt, R = nt * nh, p0 = e->bpos[tl->t0], P = p0 + nt;
+    const size_t ld = (size_t)e->n_ctx;
+    float *sc = buf, *kv = buf + (size_t)e->attn_rows * ld, *kvs = kv + (size_t)ATT_POS * HD;
+    const float *qr[ATT_ROWS];
+    float *orow[ATT_ROWS];
+    for (int k = 0; k < nt; k++)
+        for (int hh = 0; hh < nh; hh++) {
+            size_t off = (size_t)(tl->t0 + k) * nq + (size_t)(h0 + hh) * HD;
+            qr[k * nh + hh] = e->q + off;
+            orow[k * nh + hh] = e->att + off;
+        }
+    moeq_session *s = e->bsess[tl->t0];
+    const uint8_t *kbase = s->k + (size_t)layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
+    const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
+
+    /* scores of every row against positions 0 .. P-1; a row's entries past
+     * its own position are computed but never read */
+    for (int pb = 0; pb < P; pb += ATT_POS) {
+        int np = P - pb < ATT_POS ? P - pb : ATT_POS;
+        e->attn.cvt_k(kbase + (size_t)pb * e->k_row_bytes, e->k_row_bytes, np, HD, kv, kvs);
+        e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
+    }
+    /* softmax of each row over the positions its token sees */
+    for (int r = 0; r < R; r++) {
+        float *w = sc + (size_t)r * ld;
+        int npos = p0 + r / nh + 1;
+        float mx = -INFINITY;
+        for (int p = 0; p < npos; p++) mx = w[p] > mx ? w[p] : mx;
+        float sum = 0;
+        for (int p = 0; p < npos; p++) {
+            w[p] = expf(w[p] - mx);
+            sum += w[p];
+        }
+        float inv = 1.0f / sum;
+        for (int p = 0; p < npos; p++) w[p] *= inv;
+        memset(orow[r], 0, (size_t)HD * sizeof(float));
+    }
+    /* out += w . V, block by block; tokens k >= kfull see the whole block,
+     * the earlier ones (the causal edge of the tile) only its start */
+    for (int pb = 0; pb < P; pb += ATT_POS) {
+        int np = P - pb < ATT_POS ? P - pb : ATT_POS;
+        e->attn.cvt_v(vbase + (size_t)pb * e->v_row_bytes, e->v_row_bytes, np, HD, kv, kvs);
+        int kfull = pb + np - 1 - p0;
+        if (kfull < 0) kfull = 0;
+        if (kfull < nt)
+            e->attn.accum(orow + kfull * nh, R - kfull * nh, sc + (size_t)kfull * nh * ld + pb, ld,
+                          kv, kvs, np, HD);
+        for (int k = 0; k < kfull && k < nt; k++) {
+            int m = p0 + k + 1 - pb;
+            if (m > 0)
+                e->attn.accum(orow + k * nh, nh, sc + (size_t)k * nh * ld + pb, ld, kv, kvs, m, HD);
+        }
+    }
+}
+
+/* Items are handed out latest tile first: those attend to the most
+ * positions, and finishing with the cheap ones balances the threads. */
 static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
 {
     struct attn_job *j = ctx;
     moeq_engine *e = j->e;
-    const struct moeq_hparams *hp = &e->m->hp;
-    const int HD = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    const int nq = nh * HD;
-    const float scale = 1.0f / sqrtf((float)HD);
-    float *sc = e->scores + (size_t)tid * e->n_ctx;
+    const int nkv = e->m->hp.n_head_kv, group = e->m->hp.n_head / nkv;
+    const int64_t per_tile = (int64_t)nkv * j->nchunk;
+    float *buf = e->attn_buf + (size_t)tid * e->attn_buf_len;
     for (int64_t it = b; it < end; it++) {
-        int t = (int)(it / nh), h = (int)(it % nh), g = h / group;
-        moeq_session *s = e->bsess[t];
-        int npos = e->bpos[t] + 1;
-        const float *q = e->q + (size_t)t * nq + (size_t)h * HD;
-        const uint8_t *kbase = s->k + (size_t)j->layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
-        const uint8_t *vbase = s->v + (size_t)j->layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
-        e->kv_scores(kbase, e->k_row_bytes, npos, q, HD, scale, sc);
-        float mx = -INFINITY;
-        for (int p = 0; p < npos; p++) mx = sc[p] > mx ? sc[p] : mx;
-        float sum = 0;
-        for (int p = 0; p < npos; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        float inv = 1.0f / sum;
-        for (int p = 0; p < npos; p++) sc[p] *= inv;
-        float *out = e->att + (size_t)t * nq + (size_t)h * HD;
-        memset(out, 0, (size_t)HD * sizeof *out);
-        e->kv_accum(vbase, e->v_row_bytes, npos, sc, HD, out);
+        int64_t x = (int64_t)j->ntiles * per_tile - 1 - it;
+        int tile = (int)(x / per_tile), rest = (int)(x % per_tile);
+        int g = rest / j->nchunk, h0 = (rest % j->nchunk) * j->nh;
+        int nh = group - h0 < j->nh ? group - h0 : j->nh;
+        attn_item(e, j->layer, &e->attn_tiles[tile], g, g * group + h0, nh, buf);
     }
+}
+
+/* Split the batch into tiles and size the items: whole GQA groups when
+ * there are enough items for the threads, smaller head chunks when not
+ * (a single decoded token still spreads over the pool). */
+static void attn_plan(moeq_engine *e, int n, struct attn_job *j)
+{
+    const int nkv = e->m->hp.n_head_kv, group = e->m->hp.n_head / nkv;
+    int nt = 0;
+    for (int t = 0; t < n; t++) {
+        struct moeq_attn_tile *last = nt ? &e->attn_tiles[nt - 1] : NULL;
+        if (last && last->nt < e->attn_tile && e->bsess[t] == e->bsess[last->t0] &&
+            e->bpos[t] == e->bpos[last->t0] + last->nt) {
+            last->nt++;
+        } else {
+            e->attn_tiles[nt].t0 = t;
+            e->attn_tiles[nt].nt = 1;
+            nt++;
+        }
+    }
+    j->ntiles = nt;
+    int want = 2 * e->n_threads, have = nt * nkv;
+    int split = have >= want ? 1 : (want + have - 1) / have;
+    int nh = (group + split - 1) / split;
+    if (nh > e->attn_nh) nh = e->attn_nh;
+    j->nh = nh;
+    j->nchunk = (group + nh - 1) / nh;
 }
 
 static void kv_store(int type, uint8_t *dst, const float *x, int n)
@@ -738,11 +1018,13 @@ static void forward(moeq_engine *e, int n)
             kv_store(e->type_v, s->v + (size_t)il * e->kv_layer_bytes_v + p * e->v_row_bytes,
                      e->v + (size_t)t * nkv, nkv);
         }
-        struct attn_job aj = { e, il, n };
+        struct attn_job aj = { .e = e, .layer = il };
+        attn_plan(e, n, &aj);
         int64_t span = 0;   /* positions attended, over the batch */
         for (int t = 0; t < n; t++) span += e->bpos[t] + 1;
-        if (small_work(span * hp->n_head * HD * 2)) attn_task(&aj, 0, (int64_t)n * hp->n_head, 0);
-        else moeq_pool_for(e->pool, (int64_t)n * hp->n_head, 1, attn_task, &aj);
+        int64_t items = (int64_t)aj.ntiles * hp->n_head_kv * aj.nchunk;
+        if (small_work(span * hp->n_head * HD * 2)) attn_task(&aj, 0, items, 0);
+        else moeq_pool_for(e->pool, items, 1, attn_task, &aj);
         matmul(e, &l->wo, e->att, n, e->tmp, (size_t)E);
         for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 
@@ -926,7 +1208,11 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         size_t h1 = moeq_act_row_size(MOEQ_TYPE_Q4_K, (F + 255) / 256 * 256);
         e->actq_h = xcalloc(slots, h0 > h1 ? h0 : h1, &oom);
     }
-    e->scores = xcalloc((size_t)e->n_threads * e->n_ctx, sizeof(float), &oom);
+    attn_shape(hp->n_head / hp->n_head_kv, e->cap, &e->attn_nh, &e->attn_tile);
+    e->attn_rows = e->attn_nh * e->attn_tile;
+    e->attn_buf_len = (size_t)e->attn_rows * e->n_ctx + (size_t)ATT_POS * HD + (size_t)ATT_POS * (HD / QK8_0 + 1);
+    e->attn_buf = xcalloc((size_t)e->n_threads * e->attn_buf_len, sizeof(float), &oom);
+    e->attn_tiles = xcalloc(cap, sizeof *e->attn_tiles, &oom);
     e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);
     if (hp->moe) {
         int NX = hp->n_expert;
@@ -946,7 +1232,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         seterr(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
         goto fail;
     }
-    attn_pick(e);
+    attn_pick(e, MOEQ_ISA_COUNT);
     fill_info(e);
     return e;
 fail:
@@ -959,7 +1245,7 @@ void moeq_engine_close(moeq_engine *e)
     if (!e) return;
     if (e->pool) moeq_pool_free(e->pool);
     void *bufs[] = { e->x, e->xn, e->tmp, e->q, e->k, e->v, e->att, e->rope, e->hg, e->hu,
-                     e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->scores,
+                     e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->attn_buf, e->attn_tiles,
                      e->logits_tmp, e->actq[0], e->actq[1], e->actq_h, e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
                      e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
