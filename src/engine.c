@@ -333,6 +333,11 @@ static void attn_shape(int group, int cap, int *nh, int *tile)
     *tile = t < cap ? t : cap;
 }
 
+/* Floats between an item's score rows: the context plus one cache line, so
+ * that rows a power of two apart do not all land in the same cache sets
+ * (the kernels write a column of rows at a time). */
+static size_t attn_ld(int n_ctx) { return ((size_t)n_ctx + 15) / 16 * 16 + 16; }
+
 struct attn_job {
     moeq_engine *e;
     int layer, ntiles;
@@ -464,145 +469,196 @@ AVX2_TARGET static inline void store4(__m256 s, float scale, float *sc, size_t l
     }
 }
 
+/*
+ * The SIMD kernels are written once (as macros) and compiled twice: for
+ * AVX2, and for AVX-512VL, which runs the very same 256-bit operations but
+ * has 32 registers, so more rows share each load. Same operations in the
+ * same order, so the same bits on either.
+ */
+#define UNROLL _Pragma("GCC unroll 8")
+/* Keep a loaded value in a register: the compiler would otherwise fold the
+ * load into each FMA that uses it, loading it again for every position. */
+#define IN_REG(x) __asm__("" : "+v"(x))
+
 /* F16 K: two accumulators per dot product (even and odd 8-lane chunks),
- * added before the reduction; d is a multiple of 16 (attn_pick). Two rows
- * by two positions at a time: each q and k load feeds two FMAs. */
-AVX2_TARGET static void scores_f16_avx2(const float *const *q, int nr, const float *k,
-                                        const float *ks, int np, int d, float scale, float *sc,
-                                        size_t ld)
-{
-    (void)ks;
-    for (int r = 0; r < nr; r += 2) {
-        const float *qa = q[r], *qb = q[r + 1 < nr ? r + 1 : r];
-        for (int p = 0; p < np; p += 2) {
-            const float *ka = k + (size_t)p * d, *kb = k + (size_t)(p + 1 < np ? p + 1 : p) * d;
-            __m256 aa0 = _mm256_setzero_ps(), ab0 = aa0, ba0 = aa0, bb0 = aa0;
-            __m256 aa1 = aa0, ab1 = aa0, ba1 = aa0, bb1 = aa0;
-            for (int i = 0; i < d; i += 16) {
-                __m256 x = _mm256_loadu_ps(qa + i), y = _mm256_loadu_ps(qb + i);
-                __m256 u = _mm256_loadu_ps(ka + i), v = _mm256_loadu_ps(kb + i);
-                aa0 = _mm256_fmadd_ps(x, u, aa0);
-                ab0 = _mm256_fmadd_ps(x, v, ab0);
-                ba0 = _mm256_fmadd_ps(y, u, ba0);
-                bb0 = _mm256_fmadd_ps(y, v, bb0);
-                x = _mm256_loadu_ps(qa + i + 8);
-                y = _mm256_loadu_ps(qb + i + 8);
-                u = _mm256_loadu_ps(ka + i + 8);
-                v = _mm256_loadu_ps(kb + i + 8);
-                aa1 = _mm256_fmadd_ps(x, u, aa1);
-                ab1 = _mm256_fmadd_ps(x, v, ab1);
-                ba1 = _mm256_fmadd_ps(y, u, ba1);
-                bb1 = _mm256_fmadd_ps(y, v, bb1);
-            }
-            __m256 s = hsum8x4(_mm256_add_ps(aa0, aa1), _mm256_add_ps(ab0, ab1),
-                               _mm256_add_ps(ba0, ba1), _mm256_add_ps(bb0, bb1));
-            store4(s, scale, sc + (size_t)r * ld + p, ld, r + 1 < nr, p + 1 < np);
-        }
-    }
+ * added before the reduction; d is a multiple of 16 (attn_pick). RB rows
+ * by two positions at a time; a missing row or position repeats the last
+ * one and is not stored. */
+#define DEF_SCORES_F16(NAME, TARGET, RB)                                                   \
+TARGET static void NAME(const float *const *q, int nr, const float *k, const float *ks,    \
+                        int np, int d, float scale, float *sc, size_t ld)                 \
+{                                                                                          \
+    (void)ks;                                                                              \
+    for (int r = 0; r < nr; r += (RB)) {                                                   \
+        const float *qr[RB];                                                               \
+        UNROLL for (int rr = 0; rr < (RB); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1]; \
+        for (int p = 0; p < np; p += 2) {                                                  \
+            const float *ka = k + (size_t)p * d;                                           \
+            const float *kb = k + (size_t)(p + 1 < np ? p + 1 : p) * d;                    \
+            __m256 e0[RB][2], e1[RB][2];                                                   \
+            UNROLL for (int rr = 0; rr < (RB); rr++)                                       \
+                e0[rr][0] = e0[rr][1] = e1[rr][0] = e1[rr][1] = _mm256_setzero_ps();       \
+            for (int i = 0; i < d; i += 16) {                                              \
+                __m256 u = _mm256_loadu_ps(ka + i), v = _mm256_loadu_ps(kb + i);           \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    __m256 x = _mm256_loadu_ps(qr[rr] + i);                                \
+                    IN_REG(x);                                                             \
+                    e0[rr][0] = _mm256_fmadd_ps(x, u, e0[rr][0]);                          \
+                    e0[rr][1] = _mm256_fmadd_ps(x, v, e0[rr][1]);                          \
+                }                                                                          \
+                u = _mm256_loadu_ps(ka + i + 8);                                           \
+                v = _mm256_loadu_ps(kb + i + 8);                                           \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    __m256 x = _mm256_loadu_ps(qr[rr] + i + 8);                            \
+                    IN_REG(x);                                                             \
+                    e1[rr][0] = _mm256_fmadd_ps(x, u, e1[rr][0]);                          \
+                    e1[rr][1] = _mm256_fmadd_ps(x, v, e1[rr][1]);                          \
+                }                                                                          \
+            }                                                                              \
+            UNROLL for (int rr = 0; rr < (RB); rr += 2) {                                  \
+                if (r + rr >= nr) break;                                                   \
+                __m256 s = hsum8x4(_mm256_add_ps(e0[rr][0], e1[rr][0]),                    \
+                                   _mm256_add_ps(e0[rr][1], e1[rr][1]),                    \
+                                   _mm256_add_ps(e0[rr + 1][0], e1[rr + 1][0]),            \
+                                   _mm256_add_ps(e0[rr + 1][1], e1[rr + 1][1]));           \
+                store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,      \
+                       p + 1 < np);                                                        \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
 }
 
 /* Q8_0 K: per 32-block an 8-lane product sum t (mul, then three FMAs),
- * then acc += scale_block * t; one accumulator per dot product. */
-AVX2_TARGET static void scores_q8_0_avx2(const float *const *q, int nr, const float *k,
-                                         const float *ks, int np, int d, float scale, float *sc,
-                                         size_t ld)
-{
-    const int nb = d / QK8_0;
-    for (int r = 0; r < nr; r += 2) {
-        const float *qa = q[r], *qb = q[r + 1 < nr ? r + 1 : r];
-        for (int p = 0; p < np; p += 2) {
-            const int p1 = p + 1 < np ? p + 1 : p;
-            const float *ka = k + (size_t)p * d, *kb = k + (size_t)p1 * d;
-            const float *sa = ks + (size_t)p * nb, *sb = ks + (size_t)p1 * nb;
-            __m256 aa = _mm256_setzero_ps(), ab = aa, ba = aa, bb = aa;
-            for (int j = 0; j < nb; j++) {
-                const int o = j * QK8_0;
-                __m256 x = _mm256_loadu_ps(qa + o), y = _mm256_loadu_ps(qb + o);
-                __m256 u = _mm256_loadu_ps(ka + o), v = _mm256_loadu_ps(kb + o);
-                __m256 taa = _mm256_mul_ps(x, u), tab = _mm256_mul_ps(x, v);
-                __m256 tba = _mm256_mul_ps(y, u), tbb = _mm256_mul_ps(y, v);
-                for (int c = 8; c < QK8_0; c += 8) {
-                    x = _mm256_loadu_ps(qa + o + c);
-                    y = _mm256_loadu_ps(qb + o + c);
-                    u = _mm256_loadu_ps(ka + o + c);
-                    v = _mm256_loadu_ps(kb + o + c);
-                    taa = _mm256_fmadd_ps(x, u, taa);
-                    tab = _mm256_fmadd_ps(x, v, tab);
-                    tba = _mm256_fmadd_ps(y, u, tba);
-                    tbb = _mm256_fmadd_ps(y, v, tbb);
-                }
-                __m256 da = _mm256_set1_ps(sa[j]), db = _mm256_set1_ps(sb[j]);
-                aa = _mm256_fmadd_ps(da, taa, aa);
-                ab = _mm256_fmadd_ps(db, tab, ab);
-                ba = _mm256_fmadd_ps(da, tba, ba);
-                bb = _mm256_fmadd_ps(db, tbb, bb);
-            }
-            store4(hsum8x4(aa, ab, ba, bb), scale, sc + (size_t)r * ld + p, ld, r + 1 < nr,
-                   p + 1 < np);
-        }
-    }
+ * then acc += block scale * t; one accumulator per dot product. */
+#define DEF_SCORES_Q8_0(NAME, TARGET, RB)                                                  \
+TARGET static void NAME(const float *const *q, int nr, const float *k, const float *ks,    \
+                        int np, int d, float scale, float *sc, size_t ld)                 \
+{                                                                                          \
+    const int nb = d / QK8_0;                                                              \
+    for (int r = 0; r < nr; r += (RB)) {                                                   \
+        const float *qr[RB];                                                               \
+        UNROLL for (int rr = 0; rr < (RB); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1]; \
+        for (int p = 0; p < np; p += 2) {                                                  \
+            const int p1 = p + 1 < np ? p + 1 : p;                                         \
+            const float *ka = k + (size_t)p * d, *kb = k + (size_t)p1 * d;                 \
+            const float *sa = ks + (size_t)p * nb, *sb = ks + (size_t)p1 * nb;             \
+            __m256 acc[RB][2];                                                             \
+            UNROLL for (int rr = 0; rr < (RB); rr++)                                       \
+                acc[rr][0] = acc[rr][1] = _mm256_setzero_ps();                             \
+            for (int j = 0; j < nb; j++) {                                                 \
+                const int o = j * QK8_0;                                                   \
+                __m256 t[RB][2];                                                           \
+                __m256 u = _mm256_loadu_ps(ka + o), v = _mm256_loadu_ps(kb + o);           \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    __m256 x = _mm256_loadu_ps(qr[rr] + o);                                \
+                    IN_REG(x);                                                             \
+                    t[rr][0] = _mm256_mul_ps(x, u);                                        \
+                    t[rr][1] = _mm256_mul_ps(x, v);                                        \
+                }                                                                          \
+                UNROLL for (int c = 8; c < QK8_0; c += 8) {                                \
+                    u = _mm256_loadu_ps(ka + o + c);                                       \
+                    v = _mm256_loadu_ps(kb + o + c);                                       \
+                    UNROLL for (int rr = 0; rr < (RB); rr++) {                             \
+                        __m256 x = _mm256_loadu_ps(qr[rr] + o + c);                        \
+                        IN_REG(x);                                                         \
+                        t[rr][0] = _mm256_fmadd_ps(x, u, t[rr][0]);                        \
+                        t[rr][1] = _mm256_fmadd_ps(x, v, t[rr][1]);                        \
+                    }                                                                      \
+                }                                                                          \
+                __m256 da = _mm256_set1_ps(sa[j]), db = _mm256_set1_ps(sb[j]);             \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    acc[rr][0] = _mm256_fmadd_ps(da, t[rr][0], acc[rr][0]);                \
+                    acc[rr][1] = _mm256_fmadd_ps(db, t[rr][1], acc[rr][1]);                \
+                }                                                                          \
+            }                                                                              \
+            UNROLL for (int rr = 0; rr < (RB); rr += 2) {                                  \
+                if (r + rr >= nr) break;                                                   \
+                __m256 s = hsum8x4(acc[rr][0], acc[rr][1], acc[rr + 1][0], acc[rr + 1][1]); \
+                store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,      \
+                       p + 1 < np);                                                        \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
 }
 
-/* out[r][i..i+8*NC) += w[r][p] * v[p][i..) for p in order, R rows at a
- * time with the outputs held in registers across positions. */
-#define ACC_UNROLL _Pragma("GCC unroll 4")
-#define ACC_BLOCK(R, NC)                                                            \
-    do {                                                                            \
-        __m256 acc[R][NC];                                                          \
-        ACC_UNROLL for (int rr = 0; rr < (R); rr++)                                 \
-            ACC_UNROLL for (int c = 0; c < (NC); c++)                               \
-                acc[rr][c] = _mm256_loadu_ps(out[r + rr] + i + 8 * c);              \
-        for (int p = 0; p < np; p++) {                                              \
-            __m256 x[NC];                                                           \
-            ACC_UNROLL for (int c = 0; c < (NC); c++)                               \
-                x[c] = _mm256_loadu_ps(v + (size_t)p * d + i + 8 * c);              \
-            ACC_UNROLL for (int rr = 0; rr < (R); rr++) {                           \
-                __m256 wp = _mm256_set1_ps(WEIGHT(r + rr, p));                      \
-                ACC_UNROLL for (int c = 0; c < (NC); c++)                           \
-                    acc[rr][c] = _mm256_fmadd_ps(wp, x[c], acc[rr][c]);             \
-            }                                                                       \
-        }                                                                           \
-        ACC_UNROLL for (int rr = 0; rr < (R); rr++)                                 \
-            ACC_UNROLL for (int c = 0; c < (NC); c++)                               \
-                _mm256_storeu_ps(out[r + rr] + i + 8 * c, acc[rr][c]);              \
+/* out[r + rr][i .. i + 8 NC) += weight(r + rr, p) * v[p][i ..) for p in
+ * order, R rows at a time, the outputs held in registers across positions. */
+#define ACC_BLOCK(R, NC, WEIGHT)                                                           \
+    do {                                                                                   \
+        __m256 acc[R][NC];                                                                 \
+        UNROLL for (int rr = 0; rr < (R); rr++)                                            \
+            UNROLL for (int c = 0; c < (NC); c++)                                          \
+                acc[rr][c] = _mm256_loadu_ps(out[r + rr] + i + 8 * c);                     \
+        for (int p = 0; p < np; p++) {                                                     \
+            __m256 x[NC];                                                                  \
+            UNROLL for (int c = 0; c < (NC); c++) {                                        \
+                x[c] = _mm256_loadu_ps(v + (size_t)p * d + i + 8 * c);                     \
+                IN_REG(x[c]);                                                              \
+            }                                                                              \
+            UNROLL for (int rr = 0; rr < (R); rr++) {                                      \
+                __m256 wp = _mm256_set1_ps(WEIGHT(r + rr, p));                             \
+                UNROLL for (int c = 0; c < (NC); c++)                                      \
+                    acc[rr][c] = _mm256_fmadd_ps(wp, x[c], acc[rr][c]);                    \
+            }                                                                              \
+        }                                                                                  \
+        UNROLL for (int rr = 0; rr < (R); rr++)                                            \
+            UNROLL for (int c = 0; c < (NC); c++)                                          \
+                _mm256_storeu_ps(out[r + rr] + i + 8 * c, acc[rr][c]);                     \
     } while (0)
 
 /* F16 V: out = fma(w, v, out) per lane; d is a multiple of 16. */
-AVX2_TARGET static void accum_f16_avx2(float *const *out, int nr, const float *w, size_t ld,
-                                       const float *v, const float *vs, int np, int d)
-{
-    (void)vs;
-#define WEIGHT(row, p) w[(size_t)(row) * ld + (p)]
-    int r = 0;
-    for (; r + 3 <= nr; r += 3) {
-        int i = 0;
-        for (; i + 32 <= d; i += 32) ACC_BLOCK(3, 4);
-        for (; i < d; i += 16) ACC_BLOCK(3, 2);
-    }
-    for (; r < nr; r++) {
-        int i = 0;
-        for (; i + 32 <= d; i += 32) ACC_BLOCK(1, 4);
-        for (; i < d; i += 16) ACC_BLOCK(1, 2);
-    }
-#undef WEIGHT
+#define W_F16(row, p) w[(size_t)(row) * ld + (p)]
+#define DEF_ACCUM_F16(NAME, TARGET, RB)                                                    \
+TARGET static void NAME(float *const *out, int nr, const float *w, size_t ld,              \
+                        const float *v, const float *vs, int np, int d)                    \
+{                                                                                          \
+    (void)vs;                                                                              \
+    int r = 0;                                                                             \
+    for (; r + (RB) <= nr; r += (RB)) {                                                    \
+        int i = 0;                                                                         \
+        for (; i + 32 <= d; i += 32) ACC_BLOCK(RB, 4, W_F16);                              \
+        for (; i < d; i += 16) ACC_BLOCK(RB, 2, W_F16);                                    \
+    }                                                                                      \
+    for (; r < nr; r++) {                                                                  \
+        int i = 0;                                                                         \
+        for (; i + 32 <= d; i += 32) ACC_BLOCK(1, 4, W_F16);                               \
+        for (; i < d; i += 16) ACC_BLOCK(1, 2, W_F16);                                     \
+    }                                                                                      \
 }
 
 /* Q8_0 V: the weight times the block scale first (one float multiply),
  * then out = fma(that, int8 value, out) per lane; i walks whole blocks. */
-AVX2_TARGET static void accum_q8_0_avx2(float *const *out, int nr, const float *w, size_t ld,
-                                        const float *v, const float *vs, int np, int d)
-{
-    const int nb = d / QK8_0;
-#define WEIGHT(row, p) (w[(size_t)(row) * ld + (p)] * vs[(p) * nb + i / QK8_0])
-    int r = 0;
-    for (; r + 3 <= nr; r += 3)
-        for (int i = 0; i < d; i += 32) ACC_BLOCK(3, 4);
-    for (; r < nr; r++)
-        for (int i = 0; i < d; i += 32) ACC_BLOCK(1, 4);
-#undef WEIGHT
+#define W_Q8_0(row, p) (w[(size_t)(row) * ld + (p)] * vs[(p) * nb + i / QK8_0])
+#define DEF_ACCUM_Q8_0(NAME, TARGET, RB)                                                   \
+TARGET static void NAME(float *const *out, int nr, const float *w, size_t ld,              \
+                        const float *v, const float *vs, int np, int d)                    \
+{                                                                                          \
+    const int nb = d / QK8_0;                                                              \
+    int r = 0;                                                                             \
+    for (; r + (RB) <= nr; r += (RB))                                                      \
+        for (int i = 0; i < d; i += 32) ACC_BLOCK(RB, 4, W_Q8_0);                          \
+    for (; r < nr; r++)                                                                    \
+        for (int i = 0; i < d; i += 32) ACC_BLOCK(1, 4, W_Q8_0);                           \
 }
+
+DEF_SCORES_F16(scores_f16_avx2, AVX2_TARGET, 2)
+DEF_SCORES_Q8_0(scores_q8_0_avx2, AVX2_TARGET, 2)
+DEF_ACCUM_F16(accum_f16_avx2, AVX2_TARGET, 3)
+DEF_ACCUM_Q8_0(accum_q8_0_avx2, AVX2_TARGET, 3)
+#define AVX512_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
+DEF_SCORES_F16(scores_f16_avx512, AVX512_TARGET, 4)
+DEF_SCORES_Q8_0(scores_q8_0_avx512, AVX512_TARGET, 4)
+DEF_ACCUM_F16(accum_f16_avx512, AVX512_TARGET, 4)
+DEF_ACCUM_Q8_0(accum_q8_0_avx512, AVX512_TARGET, 4)
+#undef DEF_SCORES_F16
+#undef DEF_SCORES_Q8_0
+#undef DEF_ACCUM_F16
+#undef DEF_ACCUM_Q8_0
 #undef ACC_BLOCK
-#undef ACC_UNROLL
+#undef W_F16
+#undef W_Q8_0
+#undef UNROLL
+#undef IN_REG
 
 AVX2_TARGET static void cvt_f16_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
                                      float *ds)
@@ -650,6 +706,10 @@ static void attn_pick(moeq_engine *e, int isa)
         o->cvt_v = v16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
         o->scores = k16 ? scores_f16_avx2 : scores_q8_0_avx2;
         o->accum = v16 ? accum_f16_avx2 : accum_q8_0_avx2;
+        if (isa >= MOEQ_ISA_AVX512 && moeq_isa_best() >= MOEQ_ISA_AVX512) {
+            o->scores = k16 ? scores_f16_avx512 : scores_q8_0_avx512;
+            o->accum = v16 ? accum_f16_avx512 : accum_q8_0_avx512;
+        }
     }
 #else
     (void)d; (void)isa;
@@ -659,9 +719,62 @@ static void attn_pick(moeq_engine *e, int isa)
 void moeq_engine_attn_isa(moeq_engine *e, int isa) { attn_pick(e, isa); }
 
 /*
+ * Softmax of nr rows (ld floats apart) over their first n entries, each
+ * row as a lone row always was: m = the largest entry, x = expf(x - m) in
+ * position order, their sum in position order, x *= 1 / sum. The maximum
+ * is found with four running maxima (the largest value is the same in any
+ * order; only the sign of a zero maximum could differ, and x - (+0) and
+ * x - (-0) have the same exponential), and the sums of four rows run side
+ * by side so that their additions overlap.
+ */
+static void softmax_rows(float *w, size_t ld, int nr, int n)
+{
+    for (int r = 0; r < nr; r++) {
+        float *x = w + (size_t)r * ld;
+        float m0 = -INFINITY, m1 = m0, m2 = m0, m3 = m0;
+        int p = 0;
+        for (; p + 4 <= n; p += 4) {
+            m0 = x[p] > m0 ? x[p] : m0;
+            m1 = x[p + 1] > m1 ? x[p + 1] : m1;
+            m2 = x[p + 2] > m2 ? x[p + 2] : m2;
+            m3 = x[p + 3] > m3 ? x[p + 3] : m3;
+        }
+        for (; p < n; p++) m0 = x[p] > m0 ? x[p] : m0;
+        m0 = m1 > m0 ? m1 : m0;
+        m2 = m3 > m2 ? m3 : m2;
+        const float mx = m2 > m0 ? m2 : m0;
+        for (p = 0; p < n; p++) x[p] = expf(x[p] - mx);
+    }
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        float *x0 = w + (size_t)r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int p = 0; p < n; p++) {
+            s0 += x0[p];
+            s1 += x1[p];
+            s2 += x2[p];
+            s3 += x3[p];
+        }
+        const float i0 = 1.0f / s0, i1 = 1.0f / s1, i2 = 1.0f / s2, i3 = 1.0f / s3;
+        for (int p = 0; p < n; p++) {
+            x0[p] *= i0;
+            x1[p] *= i1;
+            x2[p] *= i2;
+            x3[p] *= i3;
+        }
+    }
+    for (; r < nr; r++) {
+        float *x = w + (size_t)r * ld, sum = 0;
+        for (int p = 0; p < n; p++) sum += x[p];
+        const float inv = 1.0f / sum;
+        for (int p = 0; p < n; p++) x[p] *= inv;
+    }
+}
+
+/*
  * One item: tile tl, KV head g, query heads h0 .. h0+nh. Rows are token
- * major (r = k * nh + head). buf is this thread's scratch: ATT_ROWS x
- * n_ctx scores, then ATT_POS converted rows and their block scales.
+ * major (r = k * nh + head). buf is this thread's scratch: attn_rows x
+ * attn_ld scores, then ATT_POS converted rows and their block scales.
  */
 static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl, int g, int h0,
                       int nh, float *buf)
@@ -670,7 +783,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
     const int HD = hp->head_dim, nq = hp->n_head * HD;
     const float scale = 1.0f / sqrtf((float)HD);
     const int nt = tl->nt, R = nt * nh, p0 = e->bpos[tl->t0], P = p0 + nt;
-    const size_t ld = (size_t)e->n_ctx;
+    const size_t ld = e->attn_ld;
     float *sc = buf, *kv = buf + (size_t)e->attn_rows * ld, *kvs = kv + (size_t)ATT_POS * HD;
     const float *qr[ATT_ROWS];
     float *orow[ATT_ROWS];
@@ -692,20 +805,8 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
         e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
     }
     /* softmax of each row over the positions its token sees */
-    for (int r = 0; r < R; r++) {
-        float *w = sc + (size_t)r * ld;
-        int npos = p0 + r / nh + 1;
-        float mx = -INFINITY;
-        for (int p = 0; p < npos; p++) mx = w[p] > mx ? w[p] : mx;
-        float sum = 0;
-        for (int p = 0; p < npos; p++) {
-            w[p] = expf(w[p] - mx);
-            sum += w[p];
-        }
-        float inv = 1.0f / sum;
-        for (int p = 0; p < npos; p++) w[p] *= inv;
-        memset(orow[r], 0, (size_t)HD * sizeof(float));
-    }
+    for (int k = 0; k < nt; k++) softmax_rows(sc + (size_t)k * nh * ld, ld, nh, p0 + k + 1);
+    for (int r = 0; r < R; r++) memset(orow[r], 0, (size_t)HD * sizeof(float));
     /* out += w . V, block by block; tokens k >= kfull see the whole block,
      * the earlier ones (the causal edge of the tile) only its start */
     for (int pb = 0; pb < P; pb += ATT_POS) {
@@ -1210,7 +1311,8 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     }
     attn_shape(hp->n_head / hp->n_head_kv, e->cap, &e->attn_nh, &e->attn_tile);
     e->attn_rows = e->attn_nh * e->attn_tile;
-    e->attn_buf_len = (size_t)e->attn_rows * e->n_ctx + (size_t)ATT_POS * HD + (size_t)ATT_POS * (HD / QK8_0 + 1);
+    e->attn_ld = attn_ld(e->n_ctx);
+    e->attn_buf_len = (size_t)e->attn_rows * e->attn_ld + (size_t)ATT_POS * HD + (size_t)ATT_POS * (HD / QK8_0 + 1);
     e->attn_buf = xcalloc((size_t)e->n_threads * e->attn_buf_len, sizeof(float), &oom);
     e->attn_tiles = xcalloc(cap, sizeof *e->attn_tiles, &oom);
     e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);

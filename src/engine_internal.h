@@ -63,7 +63,7 @@ struct moeq_engine {
     size_t rowbuf_len;
     struct moeq_attn_tile *attn_tiles; /* [cap] the batch's attention tiles */
     float *attn_buf;             /* [n_threads][attn_buf_len] scores, converted K/V rows */
-    size_t attn_buf_len;
+    size_t attn_buf_len, attn_ld; /* floats per thread; between score rows (>= n_ctx) */
     float *logits_tmp;           /* [n_seq][n_vocab] decode logits */
     /* MoE routing */
     float *rlog;                 /* [cap][n_expert] router logits -> probs */

@@ -59,7 +59,8 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
         const uint64_t nh = group < 64 ? group : 64;
         uint64_t tile = 64 / nh;
         if (tile > cap) tile = cap;
-        f += threads * (nh * tile * n_ctx + 32 * HD + 32 * (HD / 32 + 1));
+        const uint64_t ld = (n_ctx + 15) / 16 * 16 + 16;   /* attn_ld */
+        f += threads * (nh * tile * ld + 32 * HD + 32 * (HD / 32 + 1));
         f += cap * 2;        /* attn_tiles: two ints a token */
     }
     f += n_seq * (uint64_t)s->n_vocab; /* logits_tmp */
