@@ -318,8 +318,8 @@ static void rope_apply(float *x, const float *cs, int d)
  * a dot product with a fixed lane layout and reduction tree, the softmax
  * over positions in order, V accumulated in position order. Tiling only
  * shares the loads and conversions (which are exact), never the rounding.
- * The sequences are those of the per-(token, head) loops this replaced, so
- * logits are unchanged too.
+ * The sequences are those of the per-(token, head) loops this replaced,
+ * except that the SIMD kernels take exponentials eight at a time (exp8).
  */
 #define ATT_ROWS 64   /* rows (token x head) per item, at most */
 #define ATT_POS  32   /* cached positions converted at a time */
@@ -369,6 +369,12 @@ static void cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float *dst
             for (int i = 0; i < QK8_0; i++) dst[(size_t)p * d + j * QK8_0 + i] = (float)b[j].qs[i];
         }
     }
+}
+
+/* x[p] = exp(x[p] - m): libm's expf, the reference. */
+static void exp_shift(float *x, int n, float m)
+{
+    for (int p = 0; p < n; p++) x[p] = expf(x[p] - m);
 }
 
 /*
@@ -660,6 +666,55 @@ DEF_ACCUM_Q8_0(accum_q8_0_avx512, AVX512_TARGET, 4)
 #undef UNROLL
 #undef IN_REG
 
+/*
+ * x[p] = exp(x[p] - m), eight at a time: 2^n e^r with n = round(y / ln 2),
+ * r = y - n ln 2 (ln 2 split in two so r is nearly exact, |r| <= ln 2 / 2)
+ * and e^r by its Taylor polynomial to r^7 (truncation below 1e-8
+ * relative), 2^n added to the exponent field. Within about an ulp of
+ * expf, and the same bits for a value wherever it sits in the row (a short
+ * tail goes through the same code in a padded buffer). y below -87.3
+ * (results that would be subnormal) gives 0; NaN stays NaN.
+ */
+AVX2_TARGET static inline __m256 exp8(__m256 y)
+{
+    const __m256 log2e = _mm256_set1_ps(1.44269504f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693145751953125f);   /* 12 significant bits */
+    const __m256 ln2_lo = _mm256_set1_ps(1.428606765330187e-06f);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(y, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, y);
+    r = _mm256_fnmadd_ps(n, ln2_lo, r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256 under = _mm256_cmp_ps(y, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+    __m256 big = _mm256_cmp_ps(y, _mm256_set1_ps(88.0f), _CMP_GT_OQ);
+    n = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    __m256 v = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    v = _mm256_andnot_ps(under, v);
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), big);
+    return _mm256_blendv_ps(v, y, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+}
+
+AVX2_TARGET static void exp_shift_avx2(float *x, int n, float m)
+{
+    const __m256 vm = _mm256_set1_ps(m);
+    int p = 0;
+    for (; p + 8 <= n; p += 8)
+        _mm256_storeu_ps(x + p, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + p), vm)));
+    if (p < n) {
+        float t[8] = { 0 };
+        memcpy(t, x + p, (size_t)(n - p) * sizeof *t);
+        _mm256_storeu_ps(t, exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vm)));
+        memcpy(x + p, t, (size_t)(n - p) * sizeof *t);
+    }
+}
+
 AVX2_TARGET static void cvt_f16_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
                                      float *ds)
 {
@@ -700,12 +755,14 @@ static void attn_pick(moeq_engine *e, int isa)
     o->cvt_v = v16 ? cvt_f16 : cvt_q8_0;
     o->scores = k16 ? scores_f16 : scores_q8_0;
     o->accum = v16 ? accum_f16 : accum_q8_0;
+    o->exp_shift = exp_shift;
 #ifdef HAVE_AVX2_ATTN
     if (isa >= MOEQ_ISA_AVX2 && moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
         o->cvt_k = k16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
         o->cvt_v = v16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
         o->scores = k16 ? scores_f16_avx2 : scores_q8_0_avx2;
         o->accum = v16 ? accum_f16_avx2 : accum_q8_0_avx2;
+        o->exp_shift = exp_shift_avx2;
         if (isa >= MOEQ_ISA_AVX512 && moeq_isa_best() >= MOEQ_ISA_AVX512) {
             o->scores = k16 ? scores_f16_avx512 : scores_q8_0_avx512;
             o->accum = v16 ? accum_f16_avx512 : accum_q8_0_avx512;
@@ -721,13 +778,14 @@ void moeq_engine_attn_isa(moeq_engine *e, int isa) { attn_pick(e, isa); }
 /*
  * Softmax of nr rows (ld floats apart) over their first n entries, each
  * row as a lone row always was: m = the largest entry, x = expf(x - m) in
- * position order, their sum in position order, x *= 1 / sum. The maximum
+ * position order, their sum in position order, x *= 1 / sum (expf is
+ * libm's in the scalar kernels, exp8 in the SIMD ones). The maximum
  * is found with four running maxima (the largest value is the same in any
  * order; only the sign of a zero maximum could differ, and x - (+0) and
  * x - (-0) have the same exponential), and the sums of four rows run side
  * by side so that their additions overlap.
  */
-static void softmax_rows(float *w, size_t ld, int nr, int n)
+static void softmax_rows(const moeq_engine *e, float *w, size_t ld, int nr, int n)
 {
     for (int r = 0; r < nr; r++) {
         float *x = w + (size_t)r * ld;
@@ -743,7 +801,7 @@ static void softmax_rows(float *w, size_t ld, int nr, int n)
         m0 = m1 > m0 ? m1 : m0;
         m2 = m3 > m2 ? m3 : m2;
         const float mx = m2 > m0 ? m2 : m0;
-        for (p = 0; p < n; p++) x[p] = expf(x[p] - mx);
+        e->attn.exp_shift(x, n, mx);
     }
     int r = 0;
     for (; r + 4 <= nr; r += 4) {
@@ -805,7 +863,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
         e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
     }
     /* softmax of each row over the positions its token sees */
-    for (int k = 0; k < nt; k++) softmax_rows(sc + (size_t)k * nh * ld, ld, nh, p0 + k + 1);
+    for (int k = 0; k < nt; k++) softmax_rows(e, sc + (size_t)k * nh * ld, ld, nh, p0 + k + 1);
     for (int r = 0; r < R; r++) memset(orow[r], 0, (size_t)HD * sizeof(float));
     /* out += w . V, block by block; tokens k >= kfull see the whole block,
      * the earlier ones (the causal edge of the tile) only its start */

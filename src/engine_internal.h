@@ -21,6 +21,7 @@ struct moeq_attn_ops {
                    int d, float scale, float *sc, size_t ld);
     void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
                   const float *vscales, int np, int d);
+    void (*exp_shift)(float *x, int n, float m);  /* x = exp(x - m), in place */
 };
 
 /* A run of batch tokens t0 .. t0+nt of one session at consecutive positions. */
