@@ -324,19 +324,29 @@ static void rope_apply(float *x, const float *cs, int d)
 #define ATT_ROWS 64   /* rows (token x head) per item, at most */
 #define ATT_POS  32   /* cached positions converted at a time */
 
-/* Heads per item and tokens per tile for a GQA group (engine_mem.c
- * mirrors this to size the scratch). */
-static void attn_shape(int group, int cap, int *nh, int *tile)
-{
-    *nh = group < ATT_ROWS ? group : ATT_ROWS;
-    int t = ATT_ROWS / *nh;
-    *tile = t < cap ? t : cap;
-}
-
 /* Floats between an item's score rows: the context plus one cache line, so
  * that rows a power of two apart do not all land in the same cache sets
  * (the kernels write a column of rows at a time). */
 static size_t attn_ld(int n_ctx) { return ((size_t)n_ctx + 15) / 16 * 16 + 16; }
+
+/* A thread's score rows hold at most this many floats (4 MiB): at long
+ * contexts tiles get fewer tokens, then items fewer heads, down to one
+ * row, which is what the per-head loops this replaced needed. */
+#define ATT_SCORES_MAX ((size_t)1 << 20)
+
+/* Heads per item and tokens per tile for a GQA group, a batch capacity and
+ * a context (engine_mem.c mirrors this to size the scratch). */
+static void attn_shape(int group, int cap, int n_ctx, int *nh, int *tile)
+{
+    const size_t ld = attn_ld(n_ctx);
+    size_t h = group < ATT_ROWS ? (size_t)group : ATT_ROWS;
+    if (h * ld > ATT_SCORES_MAX) h = ATT_SCORES_MAX / ld > 1 ? ATT_SCORES_MAX / ld : 1;
+    size_t t = ATT_ROWS / h;
+    if (t * h * ld > ATT_SCORES_MAX) t = ATT_SCORES_MAX / (h * ld) > 1 ? ATT_SCORES_MAX / (h * ld) : 1;
+    if (t > (size_t)cap) t = (size_t)cap;
+    *nh = (int)h;
+    *tile = (int)t;
+}
 
 struct attn_job {
     moeq_engine *e;
@@ -1367,7 +1377,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         size_t h1 = moeq_act_row_size(MOEQ_TYPE_Q4_K, (F + 255) / 256 * 256);
         e->actq_h = xcalloc(slots, h0 > h1 ? h0 : h1, &oom);
     }
-    attn_shape(hp->n_head / hp->n_head_kv, e->cap, &e->attn_nh, &e->attn_tile);
+    attn_shape(hp->n_head / hp->n_head_kv, e->cap, e->n_ctx, &e->attn_nh, &e->attn_tile);
     e->attn_rows = e->attn_nh * e->attn_tile;
     e->attn_ld = attn_ld(e->n_ctx);
     e->attn_buf_len = (size_t)e->attn_rows * e->attn_ld + (size_t)ATT_POS * HD + (size_t)ATT_POS * (HD / QK8_0 + 1);
