@@ -362,60 +362,151 @@ static void rope_apply(float *x, const float *cs, int d)
 
 /* ------------------------------------------------------------ attention */
 
+/*
+ * Work is taken as items of (tile, KV head, chunk of that head's query
+ * heads): a tile is a run of batch tokens of one session at consecutive
+ * positions (a prompt chunk gives many, a multi-session decode step one per
+ * token). An item converts each cached K and V row of its KV head to f32
+ * once, a block of ATT_POS positions at a time into per-thread scratch, and
+ * uses it for all rows (token x query head) of the item.
+ *
+ * Bit-exactness: the output of a (token, head) must not depend on which
+ * other tokens share its batch. Each kernel below therefore computes every
+ * row's value with exactly the float operations a single-row call would:
+ * a dot product with a fixed lane layout and reduction tree, the softmax
+ * over positions in order, V accumulated in position order. Tiling only
+ * shares the loads and conversions (which are exact), never the rounding.
+ * The sequences are those of the per-(token, head) loops this replaced,
+ * except that the SIMD kernels take exponentials eight at a time (exp8).
+ */
+#define ATT_ROWS 64   /* rows (token x head) per item, at most */
+#define ATT_POS  32   /* cached positions converted at a time */
+
+/* Floats between an item's score rows: the context plus one cache line, so
+ * that rows a power of two apart do not all land in the same cache sets
+ * (the kernels write a column of rows at a time). */
+static size_t attn_ld(int n_ctx) { return ((size_t)n_ctx + 15) / 16 * 16 + 16; }
+
+/* A thread's score rows hold at most this many floats (4 MiB): at long
+ * contexts tiles get fewer tokens, then items fewer heads, down to one
+ * row, which is what the per-head loops this replaced needed. */
+#define ATT_SCORES_MAX ((size_t)1 << 20)
+
+/* Heads per item and tokens per tile for a GQA group, a batch capacity and
+ * a context (engine_mem.c mirrors this to size the scratch). */
+static void attn_shape(int group, int cap, int n_ctx, int *nh, int *tile)
+{
+    const size_t ld = attn_ld(n_ctx);
+    size_t h = group < ATT_ROWS ? (size_t)group : ATT_ROWS;
+    if (h * ld > ATT_SCORES_MAX) h = ATT_SCORES_MAX / ld > 1 ? ATT_SCORES_MAX / ld : 1;
+    size_t t = ATT_ROWS / h;
+    if (t * h * ld > ATT_SCORES_MAX) t = ATT_SCORES_MAX / (h * ld) > 1 ? ATT_SCORES_MAX / (h * ld) : 1;
+    if (t > (size_t)cap) t = (size_t)cap;
+    *nh = (int)h;
+    *tile = (int)t;
+}
+
 struct attn_job {
     moeq_engine *e;
-    int layer, n;
+    int layer, ntiles;
+    int nh, nchunk;       /* query heads per item, items per (tile, KV head) */
 };
 
 /*
- * The attention inner loops: scores[p] = scale * q . K[p] over a head's
- * cached positions, and out += sum_p w[p] * V[p]. Scalar versions work
- * everywhere; the AVX2 twins (compiled for that target only, chosen at run
- * time with the kernels' ISA choice) convert halves with F16C and int8
- * with sign extension, 8 lanes at a time.
+ * Converters of n cached rows (one KV head each, stride bytes apart) to
+ * f32 rows of d values; Q8_0 leaves the int8 values as floats (exact) and
+ * the block scales in ds (d / 32 per row), so the kernels can apply the
+ * scale where the per-row arithmetic always did.
  */
-static void scores_f16(const uint8_t *k, size_t stride, int npos, const float *q, int d,
-                       float scale, float *sc)
+static void cvt_f16(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
 {
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
-        float s = 0;
-        for (int i = 0; i < d; i++) s += q[i] * h2f(h[i]);
-        sc[p] = s * scale;
+    (void)ds;
+    for (int p = 0; p < n; p++) {
+        const uint16_t *h = (const uint16_t *)(src + (size_t)p * stride);
+        for (int i = 0; i < d; i++) dst[(size_t)p * d + i] = h2f(h[i]);
     }
 }
 
-static void scores_q8_0(const uint8_t *k, size_t stride, int npos, const float *q, int d,
-                        float scale, float *sc)
+static void cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
-        float s = 0;
-        for (int j = 0; j < d / QK8_0; j++) {
-            float t = 0;
-            for (int i = 0; i < QK8_0; i++) t += q[j * QK8_0 + i] * b[j].qs[i];
-            s += t * h2f(b[j].d);
+    const int nb = d / QK8_0;
+    for (int p = 0; p < n; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
+        for (int j = 0; j < nb; j++) {
+            ds[p * nb + j] = h2f(b[j].d);
+            for (int i = 0; i < QK8_0; i++) dst[(size_t)p * d + j * QK8_0 + i] = (float)b[j].qs[i];
         }
-        sc[p] = s * scale;
     }
 }
 
-static void accum_f16(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+/* x[p] = exp(x[p] - m): libm's expf, the reference. */
+static void exp_shift(float *x, int n, float m)
 {
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
-        for (int i = 0; i < d; i++) out[i] += w[p] * h2f(h[i]);
-    }
+    for (int p = 0; p < n; p++) x[p] = expf(x[p] - m);
 }
 
-static void accum_q8_0(const uint8_t *v, size_t stride, int npos, const float *w, int d, float *out)
+/*
+ * Scores: sc[r * ld + p] = scale * q[r] . k[p] for nr rows and np
+ * positions. Accumulation: out[r] += sum over p < np of w[r * ld + p] *
+ * v[p], in position order. The scalar kernels are the reference; the AVX2
+ * twins keep their own (different) fixed lane order, so one CPU always
+ * gives the same bits for a (token, head).
+ */
+static void scores_f16(const float *const *q, int nr, const float *k, const float *ks, int np,
+                       int d, float scale, float *sc, size_t ld)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
-        for (int j = 0; j < d / QK8_0; j++) {
-            float wd = w[p] * h2f(b[j].d);
-            for (int i = 0; i < QK8_0; i++) out[j * QK8_0 + i] += wd * b[j].qs[i];
+    (void)ks;
+    for (int r = 0; r < nr; r++)
+        for (int p = 0; p < np; p++) {
+            const float *kp = k + (size_t)p * d;
+            float s = 0;
+            for (int i = 0; i < d; i++) s += q[r][i] * kp[i];
+            sc[(size_t)r * ld + p] = s * scale;
         }
+}
+
+static void scores_q8_0(const float *const *q, int nr, const float *k, const float *ks, int np,
+                        int d, float scale, float *sc, size_t ld)
+{
+    const int nb = d / QK8_0;
+    for (int r = 0; r < nr; r++)
+        for (int p = 0; p < np; p++) {
+            const float *kp = k + (size_t)p * d;
+            float s = 0;
+            for (int j = 0; j < nb; j++) {
+                float t = 0;
+                for (int i = 0; i < QK8_0; i++) t += q[r][j * QK8_0 + i] * kp[j * QK8_0 + i];
+                s += t * ks[p * nb + j];
+            }
+            sc[(size_t)r * ld + p] = s * scale;
+        }
+}
+
+static void accum_f16(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                      const float *vs, int np, int d)
+{
+    (void)vs;
+    for (int r = 0; r < nr; r++) {
+        float *o = out[r];
+        const float *wr = w + (size_t)r * ld;
+        for (int p = 0; p < np; p++)
+            for (int i = 0; i < d; i++) o[i] += wr[p] * v[(size_t)p * d + i];
+    }
+}
+
+static void accum_q8_0(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                       const float *vs, int np, int d)
+{
+    const int nb = d / QK8_0;
+    for (int r = 0; r < nr; r++) {
+        float *o = out[r];
+        const float *wr = w + (size_t)r * ld;
+        for (int p = 0; p < np; p++)
+            for (int j = 0; j < nb; j++) {
+                float wd = wr[p] * vs[p * nb + j];
+                const float *vp = v + (size_t)p * d + j * QK8_0;
+                for (int i = 0; i < QK8_0; i++) o[j * QK8_0 + i] += wd * vp[i];
+            }
     }
 }
 
@@ -423,128 +514,486 @@ static void accum_q8_0(const uint8_t *v, size_t stride, int npos, const float *w
 #include <immintrin.h>
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
-AVX2_TARGET static inline float hsum8(__m256 v)
+/*
+ * Horizontal sums of four 8-lane vectors, each by the same tree:
+ * ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)). Results land in lanes
+ * 0 (a), 4 (b), 2 (c) and 6 (d). Every addition has the operands a
+ * one-vector reduction in this order would have, so the bits are the same
+ * whichever four vectors travel together.
+ */
+AVX2_TARGET static inline __m256 hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
 {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
+    __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    __m256 x = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    return _mm256_add_ps(x, _mm256_movehdup_ps(x));
 }
 
-AVX2_TARGET static inline __m256 load_i8x8(const int8_t *p)
+/* Store the four sums of hsum8x4 (rows r, r+1 x positions p, p+1) times
+ * scale, leaving out a second row or position that does not exist. */
+AVX2_TARGET static inline void store4(__m256 s, float scale, float *sc, size_t ld, int two_r, int two_p)
 {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-
-/* d is a multiple of 16 here (checked by attn_pick). */
-AVX2_TARGET static void scores_f16_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
-                                        int d, float scale, float *sc)
-{
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(k + (size_t)p * stride);
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        for (int i = 0; i < d; i += 16) {
-            __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
-            __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8)));
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, a1);
-        }
-        sc[p] = hsum8(_mm256_add_ps(a0, a1)) * scale;
+    float t[8];
+    _mm256_storeu_ps(t, s);
+    sc[0] = t[0] * scale;
+    if (two_p) sc[1] = t[4] * scale;
+    if (two_r) {
+        sc[ld] = t[2] * scale;
+        if (two_p) sc[ld + 1] = t[6] * scale;
     }
 }
 
-AVX2_TARGET static void scores_q8_0_avx2(const uint8_t *k, size_t stride, int npos, const float *q,
-                                         int d, float scale, float *sc)
+/*
+ * The SIMD kernels are written once (as macros) and compiled twice: for
+ * AVX2, and for AVX-512VL, which runs the very same 256-bit operations but
+ * has 32 registers, so more rows share each load. Same operations in the
+ * same order, so the same bits on either.
+ */
+#define UNROLL _Pragma("GCC unroll 8")
+/* Keep a loaded value in a register: the compiler would otherwise fold the
+ * load into each FMA that uses it, loading it again for every position. */
+#define IN_REG(x) __asm__("" : "+v"(x))
+
+/* F16 K: two accumulators per dot product (even and odd 8-lane chunks),
+ * added before the reduction; d is a multiple of 16 (attn_pick). RB rows
+ * by two positions at a time; a missing row or position repeats the last
+ * one and is not stored. */
+#define DEF_SCORES_F16(NAME, TARGET, RB)                                                   \
+TARGET static void NAME(const float *const *q, int nr, const float *k, const float *ks,    \
+                        int np, int d, float scale, float *sc, size_t ld)                 \
+{                                                                                          \
+    (void)ks;                                                                              \
+    for (int r = 0; r < nr; r += (RB)) {                                                   \
+        const float *qr[RB];                                                               \
+        UNROLL for (int rr = 0; rr < (RB); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1]; \
+        for (int p = 0; p < np; p += 2) {                                                  \
+            const float *ka = k + (size_t)p * d;                                           \
+            const float *kb = k + (size_t)(p + 1 < np ? p + 1 : p) * d;                    \
+            __m256 e0[RB][2], e1[RB][2];                                                   \
+            UNROLL for (int rr = 0; rr < (RB); rr++)                                       \
+                e0[rr][0] = e0[rr][1] = e1[rr][0] = e1[rr][1] = _mm256_setzero_ps();       \
+            for (int i = 0; i < d; i += 16) {                                              \
+                __m256 u = _mm256_loadu_ps(ka + i), v = _mm256_loadu_ps(kb + i);           \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    __m256 x = _mm256_loadu_ps(qr[rr] + i);                                \
+                    IN_REG(x);                                                             \
+                    e0[rr][0] = _mm256_fmadd_ps(x, u, e0[rr][0]);                          \
+                    e0[rr][1] = _mm256_fmadd_ps(x, v, e0[rr][1]);                          \
+                }                                                                          \
+                u = _mm256_loadu_ps(ka + i + 8);                                           \
+                v = _mm256_loadu_ps(kb + i + 8);                                           \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    __m256 x = _mm256_loadu_ps(qr[rr] + i + 8);                            \
+                    IN_REG(x);                                                             \
+                    e1[rr][0] = _mm256_fmadd_ps(x, u, e1[rr][0]);                          \
+                    e1[rr][1] = _mm256_fmadd_ps(x, v, e1[rr][1]);                          \
+                }                                                                          \
+            }                                                                              \
+            UNROLL for (int rr = 0; rr < (RB); rr += 2) {                                  \
+                if (r + rr >= nr) break;                                                   \
+                __m256 s = hsum8x4(_mm256_add_ps(e0[rr][0], e1[rr][0]),                    \
+                                   _mm256_add_ps(e0[rr][1], e1[rr][1]),                    \
+                                   _mm256_add_ps(e0[rr + 1][0], e1[rr + 1][0]),            \
+                                   _mm256_add_ps(e0[rr + 1][1], e1[rr + 1][1]));           \
+                store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,      \
+                       p + 1 < np);                                                        \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+}
+
+/* Q8_0 K: per 32-block an 8-lane product sum t (mul, then three FMAs),
+ * then acc += block scale * t; one accumulator per dot product. */
+#define DEF_SCORES_Q8_0(NAME, TARGET, RB)                                                  \
+TARGET static void NAME(const float *const *q, int nr, const float *k, const float *ks,    \
+                        int np, int d, float scale, float *sc, size_t ld)                 \
+{                                                                                          \
+    const int nb = d / QK8_0;                                                              \
+    for (int r = 0; r < nr; r += (RB)) {                                                   \
+        const float *qr[RB];                                                               \
+        UNROLL for (int rr = 0; rr < (RB); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1]; \
+        for (int p = 0; p < np; p += 2) {                                                  \
+            const int p1 = p + 1 < np ? p + 1 : p;                                         \
+            const float *ka = k + (size_t)p * d, *kb = k + (size_t)p1 * d;                 \
+            const float *sa = ks + (size_t)p * nb, *sb = ks + (size_t)p1 * nb;             \
+            __m256 acc[RB][2];                                                             \
+            UNROLL for (int rr = 0; rr < (RB); rr++)                                       \
+                acc[rr][0] = acc[rr][1] = _mm256_setzero_ps();                             \
+            for (int j = 0; j < nb; j++) {                                                 \
+                const int o = j * QK8_0;                                                   \
+                __m256 t[RB][2];                                                           \
+                __m256 u = _mm256_loadu_ps(ka + o), v = _mm256_loadu_ps(kb + o);           \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    __m256 x = _mm256_loadu_ps(qr[rr] + o);                                \
+                    IN_REG(x);                                                             \
+                    t[rr][0] = _mm256_mul_ps(x, u);                                        \
+                    t[rr][1] = _mm256_mul_ps(x, v);                                        \
+                }                                                                          \
+                UNROLL for (int c = 8; c < QK8_0; c += 8) {                                \
+                    u = _mm256_loadu_ps(ka + o + c);                                       \
+                    v = _mm256_loadu_ps(kb + o + c);                                       \
+                    UNROLL for (int rr = 0; rr < (RB); rr++) {                             \
+                        __m256 x = _mm256_loadu_ps(qr[rr] + o + c);                        \
+                        IN_REG(x);                                                         \
+                        t[rr][0] = _mm256_fmadd_ps(x, u, t[rr][0]);                        \
+                        t[rr][1] = _mm256_fmadd_ps(x, v, t[rr][1]);                        \
+                    }                                                                      \
+                }                                                                          \
+                __m256 da = _mm256_set1_ps(sa[j]), db = _mm256_set1_ps(sb[j]);             \
+                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
+                    acc[rr][0] = _mm256_fmadd_ps(da, t[rr][0], acc[rr][0]);                \
+                    acc[rr][1] = _mm256_fmadd_ps(db, t[rr][1], acc[rr][1]);                \
+                }                                                                          \
+            }                                                                              \
+            UNROLL for (int rr = 0; rr < (RB); rr += 2) {                                  \
+                if (r + rr >= nr) break;                                                   \
+                __m256 s = hsum8x4(acc[rr][0], acc[rr][1], acc[rr + 1][0], acc[rr + 1][1]); \
+                store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,      \
+                       p + 1 < np);                                                        \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+}
+
+/* out[r + rr][i .. i + 8 NC) += weight(r + rr, p) * v[p][i ..) for p in
+ * order, R rows at a time, the outputs held in registers across positions. */
+#define ACC_BLOCK(R, NC, WEIGHT)                                                           \
+    do {                                                                                   \
+        __m256 acc[R][NC];                                                                 \
+        UNROLL for (int rr = 0; rr < (R); rr++)                                            \
+            UNROLL for (int c = 0; c < (NC); c++)                                          \
+                acc[rr][c] = _mm256_loadu_ps(out[r + rr] + i + 8 * c);                     \
+        for (int p = 0; p < np; p++) {                                                     \
+            __m256 x[NC];                                                                  \
+            UNROLL for (int c = 0; c < (NC); c++) {                                        \
+                x[c] = _mm256_loadu_ps(v + (size_t)p * d + i + 8 * c);                     \
+                IN_REG(x[c]);                                                              \
+            }                                                                              \
+            UNROLL for (int rr = 0; rr < (R); rr++) {                                      \
+                __m256 wp = _mm256_set1_ps(WEIGHT(r + rr, p));                             \
+                UNROLL for (int c = 0; c < (NC); c++)                                      \
+                    acc[rr][c] = _mm256_fmadd_ps(wp, x[c], acc[rr][c]);                    \
+            }                                                                              \
+        }                                                                                  \
+        UNROLL for (int rr = 0; rr < (R); rr++)                                            \
+            UNROLL for (int c = 0; c < (NC); c++)                                          \
+                _mm256_storeu_ps(out[r + rr] + i + 8 * c, acc[rr][c]);                     \
+    } while (0)
+
+/* F16 V: out = fma(w, v, out) per lane; d is a multiple of 16. */
+#define W_F16(row, p) w[(size_t)(row) * ld + (p)]
+#define DEF_ACCUM_F16(NAME, TARGET, RB)                                                    \
+TARGET static void NAME(float *const *out, int nr, const float *w, size_t ld,              \
+                        const float *v, const float *vs, int np, int d)                    \
+{                                                                                          \
+    (void)vs;                                                                              \
+    int r = 0;                                                                             \
+    for (; r + (RB) <= nr; r += (RB)) {                                                    \
+        int i = 0;                                                                         \
+        for (; i + 32 <= d; i += 32) ACC_BLOCK(RB, 4, W_F16);                              \
+        for (; i < d; i += 16) ACC_BLOCK(RB, 2, W_F16);                                    \
+    }                                                                                      \
+    for (; r < nr; r++) {                                                                  \
+        int i = 0;                                                                         \
+        for (; i + 32 <= d; i += 32) ACC_BLOCK(1, 4, W_F16);                               \
+        for (; i < d; i += 16) ACC_BLOCK(1, 2, W_F16);                                     \
+    }                                                                                      \
+}
+
+/* Q8_0 V: the weight times the block scale first (one float multiply),
+ * then out = fma(that, int8 value, out) per lane; i walks whole blocks. */
+#define W_Q8_0(row, p) (w[(size_t)(row) * ld + (p)] * vs[(p) * nb + i / QK8_0])
+#define DEF_ACCUM_Q8_0(NAME, TARGET, RB)                                                   \
+TARGET static void NAME(float *const *out, int nr, const float *w, size_t ld,              \
+                        const float *v, const float *vs, int np, int d)                    \
+{                                                                                          \
+    const int nb = d / QK8_0;                                                              \
+    int r = 0;                                                                             \
+    for (; r + (RB) <= nr; r += (RB))                                                      \
+        for (int i = 0; i < d; i += 32) ACC_BLOCK(RB, 4, W_Q8_0);                          \
+    for (; r < nr; r++)                                                                    \
+        for (int i = 0; i < d; i += 32) ACC_BLOCK(1, 4, W_Q8_0);                           \
+}
+
+DEF_SCORES_F16(scores_f16_avx2, AVX2_TARGET, 2)
+DEF_SCORES_Q8_0(scores_q8_0_avx2, AVX2_TARGET, 2)
+DEF_ACCUM_F16(accum_f16_avx2, AVX2_TARGET, 3)
+DEF_ACCUM_Q8_0(accum_q8_0_avx2, AVX2_TARGET, 3)
+#define AVX512_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
+DEF_SCORES_F16(scores_f16_avx512, AVX512_TARGET, 4)
+DEF_SCORES_Q8_0(scores_q8_0_avx512, AVX512_TARGET, 4)
+DEF_ACCUM_F16(accum_f16_avx512, AVX512_TARGET, 4)
+DEF_ACCUM_Q8_0(accum_q8_0_avx512, AVX512_TARGET, 4)
+#undef DEF_SCORES_F16
+#undef DEF_SCORES_Q8_0
+#undef DEF_ACCUM_F16
+#undef DEF_ACCUM_Q8_0
+#undef ACC_BLOCK
+#undef W_F16
+#undef W_Q8_0
+#undef UNROLL
+#undef IN_REG
+
+/*
+ * x[p] = exp(x[p] - m), eight at a time: 2^n e^r with n = round(y / ln 2),
+ * r = y - n ln 2 (ln 2 split in two so r is nearly exact, |r| <= ln 2 / 2)
+ * and e^r by its Taylor polynomial to r^7 (truncation below 1e-8
+ * relative), 2^n added to the exponent field. Within about an ulp of
+ * expf, and the same bits for a value wherever it sits in the row (a short
+ * tail goes through the same code in a padded buffer). y below -87.3
+ * (results that would be subnormal) gives 0; NaN stays NaN.
+ */
+AVX2_TARGET static inline __m256 exp8(__m256 y)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(k + (size_t)p * stride);
-        __m256 acc = _mm256_setzero_ps();
-        for (int j = 0; j < d / QK8_0; j++) {
-            const float *qj = q + j * QK8_0;
-            __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qj), load_i8x8(b[j].qs));
-            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 8), load_i8x8(b[j].qs + 8), t);
-            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 16), load_i8x8(b[j].qs + 16), t);
-            t = _mm256_fmadd_ps(_mm256_loadu_ps(qj + 24), load_i8x8(b[j].qs + 24), t);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[j].d)), t, acc);
-        }
-        sc[p] = hsum8(acc) * scale;
+    const __m256 log2e = _mm256_set1_ps(1.44269504f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693145751953125f);   /* 12 significant bits */
+    const __m256 ln2_lo = _mm256_set1_ps(1.428606765330187e-06f);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(y, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, y);
+    r = _mm256_fnmadd_ps(n, ln2_lo, r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256 under = _mm256_cmp_ps(y, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+    __m256 big = _mm256_cmp_ps(y, _mm256_set1_ps(88.0f), _CMP_GT_OQ);
+    n = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    __m256 v = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    v = _mm256_andnot_ps(under, v);
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), big);
+    return _mm256_blendv_ps(v, y, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+}
+
+AVX2_TARGET static void exp_shift_avx2(float *x, int n, float m)
+{
+    const __m256 vm = _mm256_set1_ps(m);
+    int p = 0;
+    for (; p + 8 <= n; p += 8)
+        _mm256_storeu_ps(x + p, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + p), vm)));
+    if (p < n) {
+        float t[8] = { 0 };
+        memcpy(t, x + p, (size_t)(n - p) * sizeof *t);
+        _mm256_storeu_ps(t, exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vm)));
+        memcpy(x + p, t, (size_t)(n - p) * sizeof *t);
     }
 }
 
-AVX2_TARGET static void accum_f16_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
-                                       int d, float *out)
+AVX2_TARGET static void cvt_f16_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
+                                     float *ds)
 {
-    for (int p = 0; p < npos; p++) {
-        const uint16_t *h = (const uint16_t *)(v + (size_t)p * stride);
-        __m256 wp = _mm256_set1_ps(w[p]);
-        for (int i = 0; i < d; i += 8) {
-            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(wp, x, _mm256_loadu_ps(out + i)));
-        }
+    (void)ds;
+    for (int p = 0; p < n; p++) {
+        const uint16_t *h = (const uint16_t *)(src + (size_t)p * stride);
+        for (int i = 0; i < d; i += 8)
+            _mm256_storeu_ps(dst + (size_t)p * d + i,
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
     }
 }
 
-AVX2_TARGET static void accum_q8_0_avx2(const uint8_t *v, size_t stride, int npos, const float *w,
-                                        int d, float *out)
+AVX2_TARGET static void cvt_q8_0_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
+                                      float *ds)
 {
-    for (int p = 0; p < npos; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(v + (size_t)p * stride);
-        for (int j = 0; j < d / QK8_0; j++) {
-            __m256 wd = _mm256_set1_ps(w[p] * h2f(b[j].d));
-            float *o = out + j * QK8_0;
-            for (int i = 0; i < QK8_0; i += 8)
-                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wd, load_i8x8(b[j].qs + i), _mm256_loadu_ps(o + i)));
+    const int nb = d / QK8_0;
+    for (int p = 0; p < n; p++) {
+        const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
+        for (int j = 0; j < nb; j++) {
+            ds[p * nb + j] = h2f(b[j].d);
+            for (int i = 0; i < QK8_0; i += 8) {
+                __m128i q8 = _mm_loadl_epi64((const __m128i *)(b[j].qs + i));
+                _mm256_storeu_ps(dst + (size_t)p * d + j * QK8_0 + i,
+                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+            }
         }
     }
 }
 #define HAVE_AVX2_ATTN 1
 #endif
 
-static void attn_pick(moeq_engine *e)
+/* The kernels for the cache types and the given ISA (at most the CPU's). */
+static void attn_pick(moeq_engine *e, int isa)
 {
-    int d = e->m->hp.head_dim;
-    e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16 : scores_q8_0;
-    e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16 : accum_q8_0;
+    const int d = e->m->hp.head_dim, k16 = e->type_k == MOEQ_TYPE_F16, v16 = e->type_v == MOEQ_TYPE_F16;
+    struct moeq_attn_ops *o = &e->attn;
+    o->cvt_k = k16 ? cvt_f16 : cvt_q8_0;
+    o->cvt_v = v16 ? cvt_f16 : cvt_q8_0;
+    o->scores = k16 ? scores_f16 : scores_q8_0;
+    o->accum = v16 ? accum_f16 : accum_q8_0;
+    o->exp_shift = exp_shift;
 #ifdef HAVE_AVX2_ATTN
-    if (moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
-        e->kv_scores = e->type_k == MOEQ_TYPE_F16 ? scores_f16_avx2 : scores_q8_0_avx2;
-        e->kv_accum = e->type_v == MOEQ_TYPE_F16 ? accum_f16_avx2 : accum_q8_0_avx2;
+    if (isa >= MOEQ_ISA_AVX2 && moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
+        o->cvt_k = k16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
+        o->cvt_v = v16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
+        o->scores = k16 ? scores_f16_avx2 : scores_q8_0_avx2;
+        o->accum = v16 ? accum_f16_avx2 : accum_q8_0_avx2;
+        o->exp_shift = exp_shift_avx2;
+        if (isa >= MOEQ_ISA_AVX512 && moeq_isa_best() >= MOEQ_ISA_AVX512) {
+            o->scores = k16 ? scores_f16_avx512 : scores_q8_0_avx512;
+            o->accum = v16 ? accum_f16_avx512 : accum_q8_0_avx512;
+        }
     }
 #else
-    (void)d;
+    (void)d; (void)isa;
 #endif
 }
 
+void moeq_engine_attn_isa(moeq_engine *e, int isa) { attn_pick(e, isa); }
+
+/*
+ * Softmax of nr rows (ld floats apart) over their first n entries, each
+ * row as a lone row always was: m = the largest entry, x = expf(x - m) in
+ * position order, their sum in position order, x *= 1 / sum (expf is
+ * libm's in the scalar kernels, exp8 in the SIMD ones). The maximum
+ * is found with four running maxima (the largest value is the same in any
+ * order; only the sign of a zero maximum could differ, and x - (+0) and
+ * x - (-0) have the same exponential), and the sums of four rows run side
+ * by side so that their additions overlap.
+ */
+static void softmax_rows(const moeq_engine *e, float *w, size_t ld, int nr, int n)
+{
+    for (int r = 0; r < nr; r++) {
+        float *x = w + (size_t)r * ld;
+        float m0 = -INFINITY, m1 = m0, m2 = m0, m3 = m0;
+        int p = 0;
+        for (; p + 4 <= n; p += 4) {
+            m0 = x[p] > m0 ? x[p] : m0;
+            m1 = x[p + 1] > m1 ? x[p + 1] : m1;
+            m2 = x[p + 2] > m2 ? x[p + 2] : m2;
+            m3 = x[p + 3] > m3 ? x[p + 3] : m3;
+        }
+        for (; p < n; p++) m0 = x[p] > m0 ? x[p] : m0;
+        m0 = m1 > m0 ? m1 : m0;
+        m2 = m3 > m2 ? m3 : m2;
+        const float mx = m2 > m0 ? m2 : m0;
+        e->attn.exp_shift(x, n, mx);
+    }
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        float *x0 = w + (size_t)r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int p = 0; p < n; p++) {
+            s0 += x0[p];
+            s1 += x1[p];
+            s2 += x2[p];
+            s3 += x3[p];
+        }
+        const float i0 = 1.0f / s0, i1 = 1.0f / s1, i2 = 1.0f / s2, i3 = 1.0f / s3;
+        for (int p = 0; p < n; p++) {
+            x0[p] *= i0;
+            x1[p] *= i1;
+            x2[p] *= i2;
+            x3[p] *= i3;
+        }
+    }
+    for (; r < nr; r++) {
+        float *x = w + (size_t)r * ld, sum = 0;
+        for (int p = 0; p < n; p++) sum += x[p];
+        const float inv = 1.0f / sum;
+        for (int p = 0; p < n; p++) x[p] *= inv;
+    }
+}
+
+/*
+ * One item: tile tl, KV head g, query heads h0 .. h0+nh. Rows are token
+ * major (r = k * nh + head). buf is this thread's scratch: attn_rows x
+ * attn_ld scores, then ATT_POS converted rows and their block scales.
+ */
+static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl, int g, int h0,
+                      int nh, float *buf)
+{
+    const struct moeq_hparams *hp = &e->m->hp;
+    const int HD = hp->head_dim, nq = hp->n_head * HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int nt = tl->nt, R = nt * nh, p0 = e->bpos[tl->t0], P = p0 + nt;
+    const size_t ld = e->attn_ld;
+    float *sc = buf, *kv = buf + (size_t)e->attn_rows * ld, *kvs = kv + (size_t)ATT_POS * HD;
+    const float *qr[ATT_ROWS];
+    float *orow[ATT_ROWS];
+    for (int k = 0; k < nt; k++)
+        for (int hh = 0; hh < nh; hh++) {
+            size_t off = (size_t)(tl->t0 + k) * nq + (size_t)(h0 + hh) * HD;
+            qr[k * nh + hh] = e->q + off;
+            orow[k * nh + hh] = e->att + off;
+        }
+    moeq_session *s = e->bsess[tl->t0];
+    const uint8_t *kbase = s->k + (size_t)layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
+    const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
+
+    /* scores of every row against positions 0 .. P-1; a row's entries past
+     * its own position are computed but never read */
+    for (int pb = 0; pb < P; pb += ATT_POS) {
+        int np = P - pb < ATT_POS ? P - pb : ATT_POS;
+        e->attn.cvt_k(kbase + (size_t)pb * e->k_row_bytes, e->k_row_bytes, np, HD, kv, kvs);
+        e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
+    }
+    /* softmax of each row over the positions its token sees */
+    for (int k = 0; k < nt; k++) softmax_rows(e, sc + (size_t)k * nh * ld, ld, nh, p0 + k + 1);
+    for (int r = 0; r < R; r++) memset(orow[r], 0, (size_t)HD * sizeof(float));
+    /* out += w . V, block by block; tokens k >= kfull see the whole block,
+     * the earlier ones (the causal edge of the tile) only its start */
+    for (int pb = 0; pb < P; pb += ATT_POS) {
+        int np = P - pb < ATT_POS ? P - pb : ATT_POS;
+        e->attn.cvt_v(vbase + (size_t)pb * e->v_row_bytes, e->v_row_bytes, np, HD, kv, kvs);
+        int kfull = pb + np - 1 - p0;
+        if (kfull < 0) kfull = 0;
+        if (kfull < nt)
+            e->attn.accum(orow + kfull * nh, R - kfull * nh, sc + (size_t)kfull * nh * ld + pb, ld,
+                          kv, kvs, np, HD);
+        for (int k = 0; k < kfull && k < nt; k++) {
+            int m = p0 + k + 1 - pb;
+            if (m > 0)
+                e->attn.accum(orow + k * nh, nh, sc + (size_t)k * nh * ld + pb, ld, kv, kvs, m, HD);
+        }
+    }
+}
+
+/* Items are handed out latest tile first: those attend to the most
+ * positions, and finishing with the cheap ones balances the threads. */
 static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
 {
     struct attn_job *j = ctx;
     moeq_engine *e = j->e;
-    const struct moeq_hparams *hp = &e->m->hp;
-    const int HD = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    const int nq = nh * HD;
-    const float scale = 1.0f / sqrtf((float)HD);
-    float *sc = e->scores + (size_t)tid * e->n_ctx;
+    const int nkv = e->m->hp.n_head_kv, group = e->m->hp.n_head / nkv;
+    const int64_t per_tile = (int64_t)nkv * j->nchunk;
+    float *buf = e->attn_buf + (size_t)tid * e->attn_buf_len;
     for (int64_t it = b; it < end; it++) {
-        int t = (int)(it / nh), h = (int)(it % nh), g = h / group;
-        moeq_session *s = e->bsess[t];
-        int npos = e->bpos[t] + 1;
-        const float *q = e->q + (size_t)t * nq + (size_t)h * HD;
-        const uint8_t *kbase = s->k + (size_t)j->layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
-        const uint8_t *vbase = s->v + (size_t)j->layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
-        e->kv_scores(kbase, e->k_row_bytes, npos, q, HD, scale, sc);
-        float mx = -INFINITY;
-        for (int p = 0; p < npos; p++) mx = sc[p] > mx ? sc[p] : mx;
-        float sum = 0;
-        for (int p = 0; p < npos; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        float inv = 1.0f / sum;
-        for (int p = 0; p < npos; p++) sc[p] *= inv;
-        float *out = e->att + (size_t)t * nq + (size_t)h * HD;
-        memset(out, 0, (size_t)HD * sizeof *out);
-        e->kv_accum(vbase, e->v_row_bytes, npos, sc, HD, out);
+        int64_t x = (int64_t)j->ntiles * per_tile - 1 - it;
+        int tile = (int)(x / per_tile), rest = (int)(x % per_tile);
+        int g = rest / j->nchunk, h0 = (rest % j->nchunk) * j->nh;
+        int nh = group - h0 < j->nh ? group - h0 : j->nh;
+        attn_item(e, j->layer, &e->attn_tiles[tile], g, g * group + h0, nh, buf);
     }
+}
+
+/* Split the batch into tiles and size the items: whole GQA groups when
+ * there are enough items for the threads, smaller head chunks when not
+ * (a single decoded token still spreads over the pool). */
+static void attn_plan(moeq_engine *e, int n, struct attn_job *j)
+{
+    const int nkv = e->m->hp.n_head_kv, group = e->m->hp.n_head / nkv;
+    int nt = 0;
+    for (int t = 0; t < n; t++) {
+        struct moeq_attn_tile *last = nt ? &e->attn_tiles[nt - 1] : NULL;
+        if (last && last->nt < e->attn_tile && e->bsess[t] == e->bsess[last->t0] &&
+            e->bpos[t] == e->bpos[last->t0] + last->nt) {
+            last->nt++;
+        } else {
+            e->attn_tiles[nt].t0 = t;
+            e->attn_tiles[nt].nt = 1;
+            nt++;
+        }
+    }
+    j->ntiles = nt;
+    int want = 2 * e->n_threads, have = nt * nkv;
+    int split = have >= want ? 1 : (want + have - 1) / have;
+    int nh = (group + split - 1) / split;
+    if (nh > e->attn_nh) nh = e->attn_nh;
+    j->nh = nh;
+    j->nchunk = (group + nh - 1) / nh;
 }
 
 static void kv_store(int type, uint8_t *dst, const float *x, int n)
@@ -858,11 +1307,13 @@ static void forward(moeq_engine *e, int n)
             kv_store(e->type_v, s->v + (size_t)il * e->kv_layer_bytes_v + p * e->v_row_bytes,
                      e->v + (size_t)t * nkv, nkv);
         }
-        struct attn_job aj = { e, il, n };
+        struct attn_job aj = { .e = e, .layer = il };
+        attn_plan(e, n, &aj);
         int64_t span = 0;   /* positions attended, over the batch */
         for (int t = 0; t < n; t++) span += e->bpos[t] + 1;
-        if (small_work(span * hp->n_head * HD * 2)) attn_task(&aj, 0, (int64_t)n * hp->n_head, 0);
-        else moeq_pool_for(e->pool, (int64_t)n * hp->n_head, 1, attn_task, &aj);
+        int64_t items = (int64_t)aj.ntiles * hp->n_head_kv * aj.nchunk;
+        if (small_work(span * hp->n_head * HD * 2)) attn_task(&aj, 0, items, 0);
+        else moeq_pool_for(e->pool, items, 1, attn_task, &aj);
         matmul(e, &l->wo, e->att, n, e->tmp, (size_t)E);
         for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 
@@ -1045,7 +1496,12 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         size_t h1 = moeq_act_row_size(MOEQ_TYPE_Q4_K, (F + 255) / 256 * 256);
         e->actq_h = xcalloc(slots, h0 > h1 ? h0 : h1, &oom);
     }
-    e->scores = xcalloc((size_t)e->n_threads * e->n_ctx, sizeof(float), &oom);
+    attn_shape(hp->n_head / hp->n_head_kv, e->cap, e->n_ctx, &e->attn_nh, &e->attn_tile);
+    e->attn_rows = e->attn_nh * e->attn_tile;
+    e->attn_ld = attn_ld(e->n_ctx);
+    e->attn_buf_len = (size_t)e->attn_rows * e->attn_ld + (size_t)ATT_POS * HD + (size_t)ATT_POS * (HD / QK8_0 + 1);
+    e->attn_buf = xcalloc((size_t)e->n_threads * e->attn_buf_len, sizeof(float), &oom);
+    e->attn_tiles = xcalloc(cap, sizeof *e->attn_tiles, &oom);
     e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);
     if (hp->moe) {
         int NX = hp->n_expert;
@@ -1065,7 +1521,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         seterr(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
         goto fail;
     }
-    attn_pick(e);
+    attn_pick(e, MOEQ_ISA_COUNT);
     silu_pick();
     fill_info(e);
     return e;
@@ -1079,7 +1535,7 @@ void moeq_engine_close(moeq_engine *e)
     if (!e) return;
     if (e->pool) moeq_pool_free(e->pool);
     void *bufs[] = { e->x, e->xn, e->tmp, e->q, e->k, e->v, e->att, e->rope, e->hg, e->hu,
-                     e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->scores,
+                     e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->attn_buf, e->attn_tiles,
                      e->logits_tmp, e->actq[0], e->actq[1], e->actq_h, e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
                      e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);

@@ -12,11 +12,20 @@
 
 struct moe_task;
 
-/* Attention inner loops over one head's cached positions (engine.c). */
-typedef void (*moeq_kv_scores_fn)(const uint8_t *k, size_t stride, int npos, const float *q,
-                                  int d, float scale, float *scores);
-typedef void (*moeq_kv_accum_fn)(const uint8_t *v, size_t stride, int npos, const float *w,
-                                 int d, float *out);
+/* Attention kernels (engine.c): cached K/V rows of one KV head converted
+ * to f32, scores of query rows against them, weighted V accumulation. */
+struct moeq_attn_ops {
+    void (*cvt_k)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
+    void (*cvt_v)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
+    void (*scores)(const float *const *q, int nr, const float *k, const float *kscales, int np,
+                   int d, float scale, float *sc, size_t ld);
+    void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                  const float *vscales, int np, int d);
+    void (*exp_shift)(float *x, int n, float m);  /* x = exp(x - m), in place */
+};
+
+/* A run of batch tokens t0 .. t0+nt of one session at consecutive positions. */
+struct moeq_attn_tile { int t0, nt; };
 
 struct moeq_engine {
     moeq_model            *m;
@@ -33,8 +42,9 @@ struct moeq_engine {
     size_t k_row_bytes, v_row_bytes;   /* one position, all KV heads */
     size_t k_head_bytes, v_head_bytes; /* one KV head */
     size_t kv_layer_bytes_k, kv_layer_bytes_v;
-    moeq_kv_scores_fn kv_scores;       /* for type_k and the CPU */
-    moeq_kv_accum_fn  kv_accum;        /* for type_v and the CPU */
+    struct moeq_attn_ops attn;         /* for type_k / type_v and the CPU */
+    int attn_nh, attn_tile;            /* query heads per item, tokens per tile (at most) */
+    int attn_rows;                     /* attn_nh * attn_tile: rows of an item, at most */
 
     /* scratch, sized once at open (cap tokens; slots = cap * n_expert_used) */
     int32_t       *btok;         /* [cap] batch tokens */
@@ -52,7 +62,9 @@ struct moeq_engine {
     uint8_t *actq_h;             /* [slots] expert hidden rows quantized for down */
     float *rowbuf;               /* [rowbuf_len] a dequantized embedding row */
     size_t rowbuf_len;
-    float *scores;               /* [n_threads][n_ctx] attention scores */
+    struct moeq_attn_tile *attn_tiles; /* [cap] the batch's attention tiles */
+    float *attn_buf;             /* [n_threads][attn_buf_len] scores, converted K/V rows */
+    size_t attn_buf_len, attn_ld; /* floats per thread; between score rows (>= n_ctx) */
     float *logits_tmp;           /* [n_seq][n_vocab] decode logits */
     /* MoE routing */
     float *rlog;                 /* [cap][n_expert] router logits -> probs */
@@ -73,6 +85,10 @@ struct moeq_session {
     float       *logits;         /* [n_vocab] of the last evaluated token */
     int          logits_valid;
 };
+
+/* Attention kernels of at most this ISA (enum moeq_isa; the CPU's best is
+ * the default): lets tests compare the scalar and SIMD paths. */
+void moeq_engine_attn_isa(moeq_engine *e, int isa);
 
 /* The bound model (tensor names and shapes for tools such as imatrix). */
 const moeq_model *moeq_engine_model(const moeq_engine *e);

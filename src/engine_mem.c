@@ -51,7 +51,33 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
     f += cap * HD;           /* rope */
     f += slots * F * 2;      /* hg, hu */
     f += maxk;               /* rowbuf (one embedding row) */
-    f += threads * n_ctx;    /* scores */
+    {   /* attention, per thread: an item's score rows (a GQA group's heads,
+         * at most 64, times a tile's tokens, fewer at long contexts: as
+         * attn_shape in engine.c) over the padded context, plus 32
+         * converted K/V rows and their block scales; and the batch's tiles */
+        const uint64_t group = (uint64_t)(s->n_head / s->n_head_kv), amax = 1u << 20;
+        const uint64_t ld = (n_ctx + 15) / 16 * 16 + 16;   /* attn_ld */
+        uint64_t nh = group < 64 ? group : 64;
+        if (nh * ld > amax) nh = amax / ld > 1 ? amax / ld : 1;
+        uint64_t tile = 64 / nh;
+        if (tile * nh * ld > amax) tile = amax / (nh * ld) > 1 ? amax / (nh * ld) : 1;
+        if (tile > cap) tile = cap;
+        f += threads * (nh * tile * ld + 32 * HD + 32 * (HD / 32 + 1));
+        f += cap * 2;        /* attn_tiles: two ints a token */
+    }
+    f += maxk;               /* rowbuf (one embedding row) */
+    {   /* attention: per thread, scores of an item's rows (a GQA group's
+         * heads, at most 64, times the tokens of a tile, at most cap) over
+         * the context, plus 32 converted K/V rows and their block scales;
+         * and the batch's tiles. As attn_shape in engine.c. */
+        const uint64_t group = (uint64_t)(s->n_head / s->n_head_kv);
+        const uint64_t nh = group < 64 ? group : 64;
+        uint64_t tile = 64 / nh;
+        if (tile > cap) tile = cap;
+        const uint64_t ld = (n_ctx + 15) / 16 * 16 + 16;   /* attn_ld */
+        f += threads * (nh * tile * ld + 32 * HD + 32 * (HD / 32 + 1));
+        f += cap * 2;        /* attn_tiles: two ints a token */
+    }
     f += n_seq * (uint64_t)s->n_vocab; /* logits_tmp */
     uint64_t bytes = f * 4 + cap * (4 + 4 + 8 + 4); /* btok, bpos, bsess, out_rows */
     const uint64_t k32 = (maxk + 31) / 32 * 32, k256 = (maxk + 255) / 256 * 256;
