@@ -1261,6 +1261,38 @@ static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 }
 
+/* Per-head RMSNorm and RoPE of q and k, and the token's K/V into its
+ * session's cache (each token writes its own cells). */
+struct qk_job { moeq_engine *e; const struct moeq_layer *l; int il; };
+
+static void qk_task(void *ctx, int64_t b, int64_t end, int tid)
+{
+    (void)tid;
+    struct qk_job *j = ctx;
+    moeq_engine *e = j->e;
+    const struct moeq_hparams *hp = &e->m->hp;
+    const int HD = hp->head_dim, nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
+    for (int64_t t = b; t < end; t++) {
+        const float *cs = e->rope + (size_t)t * HD;
+        for (int h = 0; h < hp->n_head; h++) {
+            float *q = e->q + (size_t)t * nq + (size_t)h * HD;
+            rmsnorm(q, q, j->l->q_norm, HD, hp->rms_eps);
+            rope_apply(q, cs, HD);
+        }
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
+            rmsnorm(k, k, j->l->k_norm, HD, hp->rms_eps);
+            rope_apply(k, cs, HD);
+        }
+        moeq_session *s = e->bsess[t];
+        size_t p = (size_t)e->bpos[t];
+        kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->k_row_bytes,
+                 e->k + (size_t)t * nkv, nkv);
+        kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->v_row_bytes,
+                 e->v + (size_t)t * nkv, nkv);
+    }
+}
+
 /* ------------------------------------------------------------ forward */
 
 /*
@@ -1288,25 +1320,8 @@ static void forward(moeq_engine *e, int n)
         float *qkv_out[3] = { e->q, e->k, e->v };
         const size_t qkv_ld[3] = { (size_t)nq, (size_t)nkv, (size_t)nkv };
         matmul_shared(e, qkv, qkv_out, qkv_ld, 3, e->xn, n);
-        for (int t = 0; t < n; t++) {
-            const float *cs = e->rope + (size_t)t * HD;
-            for (int h = 0; h < hp->n_head; h++) {
-                float *q = e->q + (size_t)t * nq + (size_t)h * HD;
-                rmsnorm(q, q, l->q_norm, HD, hp->rms_eps);
-                rope_apply(q, cs, HD);
-            }
-            for (int h = 0; h < hp->n_head_kv; h++) {
-                float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
-                rmsnorm(k, k, l->k_norm, HD, hp->rms_eps);
-                rope_apply(k, cs, HD);
-            }
-            moeq_session *s = e->bsess[t];
-            size_t p = (size_t)e->bpos[t];
-            kv_store(e->type_k, s->k + (size_t)il * e->kv_layer_bytes_k + p * e->k_row_bytes,
-                     e->k + (size_t)t * nkv, nkv);
-            kv_store(e->type_v, s->v + (size_t)il * e->kv_layer_bytes_v + p * e->v_row_bytes,
-                     e->v + (size_t)t * nkv, nkv);
-        }
+        struct qk_job qj = { e, l, il };
+        per_token(e, n, qk_task, &qj);
         struct attn_job aj = { .e = e, .layer = il };
         attn_plan(e, n, &aj);
         int64_t span = 0;   /* positions attended, over the batch */
