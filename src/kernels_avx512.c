@@ -32,6 +32,10 @@
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
+/* Decode of rows this long (in blocks) streams the weights from memory:
+ * one row after another (which the prefetchers follow) beats four rows
+ * side by side. Short rows stay in fours (they are contiguous anyway). */
+#define ROWS_BY_ROW (n / QK_K >= 4)
 
 AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
 
@@ -41,6 +45,21 @@ AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
 }
 
 AI uint64_t load_u64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* Decoding streams weights from memory a row at a time; asking for the
+ * bytes PREFETCH_BYTES ahead (past the row's end: the next row) keeps
+ * more of them in flight than the hardware prefetcher does. */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 1024
+#endif
+AI void prefetch_ahead(const void *w, int64_t b, size_t bsize)
+{
+    const char *p = (const char *)w + (size_t)b * bsize + PREFETCH_BYTES;
+    _mm_prefetch(p, _MM_HINT_T0);
+    if (bsize > 64) _mm_prefetch(p + 64, _MM_HINT_T0);
+    if (bsize > 128) _mm_prefetch(p + 128, _MM_HINT_T0);
+    if (bsize > 192) _mm_prefetch(p + 192, _MM_HINT_T0);
+}
 
 /* Byte i of vector k holds sub-block 4k + i/4: spreads 16 per-16 scales
  * over the 16 dword lanes of the k-th 64-weight vector. */
@@ -264,6 +283,7 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
     for (int64_t b = 0; b < n / QK_K; b++) {
         __m512i wv[4], sc16[2];
         __mmask64 sg[4];
+        prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s));
         float d = signed_unpack(w, b, three, wv, sg, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
@@ -401,9 +421,16 @@ static void rows_signed(int64_t n, const void *w, size_t ws, int64_t nr, const v
 }
 
 static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{ rows_signed(n, w, ws, nr, a, s, 0); }
+{
+    if (ROWS_BY_ROW) { for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
+    rows_signed(n, w, ws, nr, a, s, 0);
+}
+/* IQ3_S's unpacking (64 lookups a block) leaves no registers for four
+ * rows in flight: row by row is faster there. */
 static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{ rows_signed(n, w, ws, nr, a, s, 1); }
+{
+    for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 1);
+}
 
 /*
  * The tile kernel for many columns (prompt batches). Sixteen columns sit
@@ -692,6 +719,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     const __mmask64 none[4] = { 0, 0, 0, 0 };
     for (int64_t b = 0; b < n / QK_K; b++) {
         struct q45_blk k;
+        prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K));
         q45_unpack(w, b, five, &k);
         int c = 0;
         for (; c + 4 <= NC; c += 4) {
@@ -756,7 +784,10 @@ static void rows_q45(int64_t n, const void *w, size_t ws, int64_t nr, const void
 }
 
 static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{ rows_q45(n, w, ws, nr, a, s, 0); }
+{
+    if (ROWS_BY_ROW) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
+    rows_q45(n, w, ws, nr, a, s, 0);
+}
 static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
 { rows_q45(n, w, ws, nr, a, s, 1); }
 
@@ -946,6 +977,7 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     for (int c = 0; c < NC; c++) acc[c] = 0;
     for (int64_t b = 0; b < n / QK_K; b++) {
         struct q6_blk k;
+        prefetch_ahead(w, b, sizeof(block_q6_K));
         q6_unpack(x + b, &k);
         int c = 0;
         for (; c + 4 <= NC; c += 4) {
@@ -965,6 +997,7 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 
 static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
 {
+    if (ROWS_BY_ROW) { for (int64_t r = 0; r < nr; r++) k_q6_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0); return; }
     const uint8_t *wr = w;
     const int64_t nb = n / QK_K;
     int64_t r = 0;
