@@ -74,8 +74,13 @@ static void *xcalloc(size_t n, size_t size, int *oom)
 
 static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    /* four running sums in a fixed order: a quarter of the add latency */
+    double s4[4] = { 0, 0, 0, 0 };
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) s4[k] += (double)x[i + k] * x[i + k];
+    for (; i < n; i++) s4[0] += (double)x[i] * x[i];
+    double ss = (s4[0] + s4[1]) + (s4[2] + s4[3]);
     float s = (float)(1.0 / sqrt(ss / n + eps));
     for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
 }
@@ -1073,10 +1078,10 @@ static void combine_task(void *ctx, int64_t b, int64_t end, int tid)
     moeq_engine *e = j->e;
     const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
     for (int64_t t = b; t < end; t++) {
-        float *xr = e->x + (size_t)t * E;
+        float *restrict xr = e->x + (size_t)t * E;
         for (int k = 0; k < K; k++) {
             float w = e->selw[(size_t)t * K + k];
-            const float *d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
+            const float *restrict d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
             for (int i = 0; i < E; i++) xr[i] += w * d[i];
         }
     }
