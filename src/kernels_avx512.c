@@ -280,7 +280,29 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
     float acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = 0;
-    for (int64_t b = 0; b < n / QK_K; b++) {
+    int64_t b = 0;
+    if (NC == 1) {
+        /* one column: four blocks' sums reduced together, then the float
+         * steps in block order */
+        for (; b + 4 <= n / QK_K; b += 4) {
+            __m512i is[4];
+            float p[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512i wv[4], sc16[2];
+                __mmask64 sg[4];
+                prefetch_ahead(w, b + j, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s));
+                const block_q8_K *y = q8k_col(a, 0, 0, b + j);
+                float d = signed_unpack(w, b + j, three, wv, sg, sc16);
+                is[j] = block_isum(y, wv, sg, sc16, 1);
+                p[j] = d * y->d;
+            }
+            int32_t S[4];
+            _mm_storeu_si128((__m128i *)S, hsum4_epi32(is[0], is[1], is[2], is[3]));
+            for (int j = 0; j < 4; j++) acc[0] = fma_step(acc[0], S[j], p[j]);
+        }
+    }
+    for (; b < n / QK_K; b++) {
         __m512i wv[4], sc16[2];
         __mmask64 sg[4];
         prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s));
@@ -717,7 +739,33 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = 0;
     const __mmask64 none[4] = { 0, 0, 0, 0 };
-    for (int64_t b = 0; b < n / QK_K; b++) {
+    int64_t b = 0;
+    if (NC == 1) {
+        /* one column: four blocks' sums reduced together, then the float
+         * steps in block order */
+        for (; b + 4 <= n / QK_K; b += 4) {
+            __m512i is[4], ms[4];
+            float yd[4], dd[4], nd[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                struct q45_blk k;
+                prefetch_ahead(w, b + j, five ? sizeof(block_q5_K) : sizeof(block_q4_K));
+                q45_unpack(w, b + j, five, &k);
+                const block_q8_K *y = q8k_col(a, 0, 0, b + j);
+                is[j] = block_isum(y, k.wv, none, k.sc16, 0);
+                ms[j] = q45_msum(y, &k);
+                yd[j] = y->d; dd[j] = k.d; nd[j] = k.ndmin;
+            }
+            int32_t S[4], M[4];
+            _mm_storeu_si128((__m128i *)S, hsum4_epi32(is[0], is[1], is[2], is[3]));
+            _mm_storeu_si128((__m128i *)M, hsum4_epi32(ms[0], ms[1], ms[2], ms[3]));
+            for (int j = 0; j < 4; j++) {
+                acc[0] = fma_step(acc[0], S[j], dd[j] * yd[j]);
+                acc[0] = fma_step(acc[0], M[j], nd[j] * yd[j]);
+            }
+        }
+    }
+    for (; b < n / QK_K; b++) {
         struct q45_blk k;
         prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K));
         q45_unpack(w, b, five, &k);
@@ -975,7 +1023,28 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     float acc[MOEQ_GEMM_NC];
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = 0;
-    for (int64_t b = 0; b < n / QK_K; b++) {
+    int64_t b = 0;
+    if (NC == 1) {
+        /* one column: four blocks' sums reduced together, then the float
+         * steps in block order */
+        for (; b + 4 <= n / QK_K; b += 4) {
+            __m512i is[4];
+            float p[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                struct q6_blk k;
+                prefetch_ahead(w, b + j, sizeof(block_q6_K));
+                q6_unpack(x + b + j, &k);
+                const block_q8_K *y = q8k_col(a, 0, 0, b + j);
+                is[j] = q6_isum(y, &k);
+                p[j] = k.d * y->d;
+            }
+            int32_t S[4];
+            _mm_storeu_si128((__m128i *)S, hsum4_epi32(is[0], is[1], is[2], is[3]));
+            for (int j = 0; j < 4; j++) acc[0] = fma_step(acc[0], S[j], p[j]);
+        }
+    }
+    for (; b < n / QK_K; b++) {
         struct q6_blk k;
         prefetch_ahead(w, b, sizeof(block_q6_K));
         q6_unpack(x + b, &k);
