@@ -41,6 +41,17 @@
  * rows: still 16+ chunks for a 2048-row matrix. */
 static inline int row_chunk(int n_cols) { return n_cols >= 16 ? 128 : ROW_CHUNK; }
 
+/* Rows a task takes in a matmul of n_out rows: for a few columns
+ * (decoding) as long a run as still gives every thread four tasks, since
+ * each task streams its rows from memory and the prefetchers like long
+ * runs; for batches, row_chunk. */
+static inline int mm_chunk(const moeq_engine *e, int64_t n_out, int n_cols)
+{
+    if (n_cols >= 16) return row_chunk(n_cols);
+    int64_t c = n_out / (4 * (int64_t)e->n_threads) / ROW_CHUNK * ROW_CHUNK;
+    return c < ROW_CHUNK ? ROW_CHUNK : c > 512 ? 512 : (int)c;
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -254,7 +265,7 @@ static inline int small_work(int64_t macs) { return macs < INLINE_MACS; }
 static void matmul_act(moeq_engine *e, const struct moeq_weight *w, struct act a, int n,
                        float *Y, size_t ldy)
 {
-    struct mm_job j = { e, w, a, n, row_chunk(n), Y, ldy };
+    struct mm_job j = { e, w, a, n, mm_chunk(e, w->n_out, n), Y, ldy };
     int64_t chunks = (w->n_out + j.chunk - 1) / j.chunk;
     if (small_work(w->n_out * w->n_in * n)) mm_task(&j, 0, chunks, 0);
     else moeq_pool_for(e->pool, chunks, 1, mm_task, &j);
@@ -278,6 +289,7 @@ struct multi_job {
     float *Y[3];
     size_t ldy[3];
     int64_t first[4];   /* first chunk index of each weight; first[nw] = total */
+    int chunk[3];       /* rows per chunk of each weight */
 };
 
 static void multi_task(void *ctx, int64_t b, int64_t end, int tid)
@@ -286,7 +298,7 @@ static void multi_task(void *ctx, int64_t b, int64_t end, int tid)
     for (int64_t c = b; c < end; c++) {
         int i = 0;
         while (c >= j->first[i + 1]) i++;
-        const int chunk = row_chunk(j->n);
+        const int chunk = j->chunk[i];
         int64_t r0 = (c - j->first[i]) * chunk, r1 = r0 + chunk;
         if (r1 > j->w[i]->n_out) r1 = j->w[i]->n_out;
         rows_kernel(j->e, tid, j->w[i], 0, r0, r1, j->a[i], j->n, j->Y[i], j->ldy[i]);
@@ -315,7 +327,8 @@ static void matmul_shared(moeq_engine *e, const struct moeq_weight *const *ws, f
         j.a[i] = prepared[slot];
         j.Y[i] = Ys[i];
         j.ldy[i] = ldys[i];
-        j.first[i + 1] = j.first[i] + (ws[i]->n_out + row_chunk(n) - 1) / row_chunk(n);
+        j.chunk[i] = mm_chunk(e, ws[i]->n_out, n);
+        j.first[i + 1] = j.first[i] + (ws[i]->n_out + j.chunk[i] - 1) / j.chunk[i];
     }
     int64_t macs = 0;
     for (int i = 0; i < nw; i++) macs += ws[i]->n_out * ws[i]->n_in * n;
