@@ -35,7 +35,7 @@
 /* Decode of rows this long (in blocks) streams the weights from memory:
  * one row after another (which the prefetchers follow) beats four rows
  * side by side. Short rows stay in fours (they are contiguous anyway). */
-#define ROWS_BY_ROW (n / QK_K >= 4)
+#define ROWS_BY_ROW (n / QK_K >= 3)
 
 AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
 
