@@ -20,7 +20,7 @@
  * into a table that all column groups stream through; the one-column case
  * (decode) walks rows in fours with a joint reduction. For prompt batches
  * (8+ columns) IQ2_S, IQ3_S, Q4_K, Q5_K and Q6_K have tile kernels that
- * put 16 columns in the lanes of a vector (see tile_signed). Those five
+ * put 16 columns in the lanes of a vector (see tile_run). Those five
  * formats reduce each block to an exact integer before any float step, so
  * every path gives the same bits.
  */
@@ -591,57 +591,6 @@ AI void tile_quad(const struct tile_row *const t[4], int nb, const __m512i *at,
     for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
-AI void tile_signed(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                    int64_t nc, float *out, size_t os, const int three)
-{
-    const int nb = (int)(K / QK_K);
-    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];    /* 64 KiB per group of 16 at the most */
-    __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
-    struct tile_row tr[4][TILE_BLOCKS];
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
-    for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
-        int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
-        int ng = (cols + 15) / 16;
-        for (int g = 0; g < ng; g++) {
-            int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 1);
-        }
-        for (int64_t r = 0; r < nr; r += 4) {
-            const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
-            const struct tile_row *t[4];
-            for (int i = 0; i < 4; i++) t[i] = tr[i < nrow ? i : 0];
-            for (int i = 0; i < nrow; i++)
-                for (int b = 0; b < nb; b++)
-                    tile_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, three, &tr[i][b]);
-            for (int g = 0; g < ng; g++) {
-                int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-                __mmask16 m = (__mmask16)((1u << cnt) - 1);
-                __m512 acc[4];
-                tile_quad(t, nb, at[g], yd[g], three, acc);
-                float *o = out + (size_t)(c0 + 16 * g) * os + r;
-                for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
-            }
-        }
-    }
-}
-
-static int tile_iq2_s(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                      int64_t nc, float *out, size_t os)
-{
-    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
-    tile_signed(K, W, ws, nr, A, as, nc, out, os, 0);
-    return 1;
-}
-
-static int tile_iq3_s(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                      int64_t nc, float *out, size_t os)
-{
-    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
-    tile_signed(K, W, ws, nr, A, as, nc, out, os, 1);
-    return 1;
-}
-
 /* ------------------------------------------------------- Q4_K / Q5_K */
 
 /*
@@ -917,59 +866,6 @@ AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *
     for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
-AI void tile_q45(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                 int64_t nc, float *out, size_t os, const int five)
-{
-    const int nb = (int)(K / QK_K);
-    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
-    __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 8];
-    __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
-    struct tile_q45 tr[4][TILE_BLOCKS];
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
-    for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
-        int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
-        int ng = (cols + 15) / 16;
-        for (int g = 0; g < ng; g++) {
-            int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 0);
-            tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
-        }
-        for (int64_t r = 0; r < nr; r += 4) {
-            const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
-            const struct tile_q45 *t[4];
-            for (int i = 0; i < 4; i++) t[i] = tr[i < nrow ? i : 0];
-            for (int i = 0; i < nrow; i++)
-                for (int b = 0; b < nb; b++)
-                    tile_q45_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, five, &tr[i][b]);
-            for (int g = 0; g < ng; g++) {
-                int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-                __mmask16 m = (__mmask16)((1u << cnt) - 1);
-                __m512 acc[4];
-                tile_q45_quad(t, nb, at[g], bs[g], yd[g], acc);
-                float *o = out + (size_t)(c0 + 16 * g) * os + r;
-                for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
-            }
-        }
-    }
-}
-
-static int tile_q4_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                     int64_t nc, float *out, size_t os)
-{
-    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
-    tile_q45(K, W, ws, nr, A, as, nc, out, os, 0);
-    return 1;
-}
-
-static int tile_q5_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                     int64_t nc, float *out, size_t os)
-{
-    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
-    tile_q45(K, W, ws, nr, A, as, nc, out, os, 1);
-    return 1;
-}
-
 /* -------------------------------------------------------------- Q6_K */
 
 struct q6_blk {
@@ -1155,15 +1051,30 @@ AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at
     for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
-static int tile_q6_K(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
-                     int64_t nc, float *out, size_t os)
+/* ------------------------------------------------------- tile driver */
+
+/*
+ * One driver for the five tile kernels: per pass of up to TILE_COLS
+ * columns, transpose them (and lay out their bsums where the format needs
+ * them) once, then take the rows four at a time: unpack each row's blocks,
+ * run the format's four-row kernel against every group of 16 columns and
+ * scatter the sums to out[c * os + r].
+ */
+enum tile_kind { TK_IQ2_S, TK_IQ3_S, TK_Q4_K, TK_Q5_K, TK_Q6_K };
+
+AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                 int64_t nc, float *out, size_t os, const int kind)
 {
-    if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
     const int nb = (int)(K / QK_K);
-    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];
+    const int iq = kind == TK_IQ2_S || kind == TK_IQ3_S;
+    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];    /* 64 KiB per group of 16 at the most */
     __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 16];
     __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
-    struct tile_q6 tr[4][TILE_BLOCKS];
+    union {
+        struct tile_row iq[4][TILE_BLOCKS];
+        struct tile_q45 q45[4][TILE_BLOCKS];
+        struct tile_q6 q6[4][TILE_BLOCKS];
+    } tr;
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
     for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
@@ -1171,28 +1082,57 @@ static int tile_q6_K(int64_t K, const void *W, size_t ws, int64_t nr, const void
         int ng = (cols + 15) / 16;
         for (int g = 0; g < ng; g++) {
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], 0);
-            tile_bsums16(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
+            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], iq);
+            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
+            if (kind == TK_Q6_K) tile_bsums16(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
         }
         for (int64_t r = 0; r < nr; r += 4) {
             const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
-            const struct tile_q6 *t[4];
-            for (int i = 0; i < 4; i++) t[i] = tr[i < nrow ? i : 0];
-            for (int i = 0; i < nrow; i++)
-                for (int b = 0; b < nb; b++)
-                    tile_q6_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, &tr[i][b]);
+            for (int i = 0; i < nrow; i++) {
+                const uint8_t *wr = (const uint8_t *)W + (size_t)(r + i) * ws;
+                for (int b = 0; b < nb; b++) {
+                    if (iq) tile_unpack(wr, b, kind == TK_IQ3_S, &tr.iq[i][b]);
+                    else if (kind == TK_Q6_K) tile_q6_unpack(wr, b, &tr.q6[i][b]);
+                    else tile_q45_unpack(wr, b, kind == TK_Q5_K, &tr.q45[i][b]);
+                }
+            }
             for (int g = 0; g < ng; g++) {
                 int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
                 __mmask16 m = (__mmask16)((1u << cnt) - 1);
                 __m512 acc[4];
-                tile_q6_quad(t, nb, at[g], bs[g], yd[g], acc);
+                if (iq) {
+                    const struct tile_row *t[4];
+                    for (int i = 0; i < 4; i++) t[i] = tr.iq[i < nrow ? i : 0];
+                    tile_quad(t, nb, at[g], yd[g], kind == TK_IQ3_S, acc);
+                } else if (kind == TK_Q6_K) {
+                    const struct tile_q6 *t[4];
+                    for (int i = 0; i < 4; i++) t[i] = tr.q6[i < nrow ? i : 0];
+                    tile_q6_quad(t, nb, at[g], bs[g], yd[g], acc);
+                } else {
+                    const struct tile_q45 *t[4];
+                    for (int i = 0; i < 4; i++) t[i] = tr.q45[i < nrow ? i : 0];
+                    tile_q45_quad(t, nb, at[g], bs[g], yd[g], acc);
+                }
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
                 for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
             }
         }
     }
-    return 1;
 }
+
+#define TILE_ENTRY(name, kind)                                                                 \
+    static int tile_##name(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,     \
+                           size_t as, int64_t nc, float *out, size_t os)                       \
+    {                                                                                          \
+        if (K / QK_K > TILE_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;             \
+        tile_run(K, W, ws, nr, A, as, nc, out, os, kind);                                      \
+        return 1;                                                                              \
+    }
+TILE_ENTRY(iq2_s, TK_IQ2_S)
+TILE_ENTRY(iq3_s, TK_IQ3_S)
+TILE_ENTRY(q4_K, TK_Q4_K)
+TILE_ENTRY(q5_K, TK_Q5_K)
+TILE_ENTRY(q6_K, TK_Q6_K)
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
