@@ -7,6 +7,7 @@
 #include "quants_blocks.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -38,6 +39,21 @@ static _Atomic int quant_fit = MOEQ_FIT_UNBIASED;
 
 void moeq_quant_set_fit(int fit) { quant_fit = fit == MOEQ_FIT_MIN_ERROR ? fit : MOEQ_FIT_UNBIASED; }
 int  moeq_quant_fit(void) { return quant_fit; }
+
+double moeq_unbias_factor(int type, const void *blk, const float *x, const float *qw)
+{
+    float y[QK_K];
+    if (moeq_dequantize(type, blk, y, QK_K) != 0) return 0;
+    double sxx = 0, sxy = 0;
+    for (int i = 0; i < QK_K; i++) {
+        const double wi = qw && qw[i] >= 0 && isfinite(qw[i]) ? qw[i] : 1.0;
+        sxx += wi * x[i] * x[i];
+        sxy += wi * x[i] * y[i];
+    }
+    if (!(sxx > 0) || !(sxy > 0) || !isfinite(sxx) || !isfinite(sxy)) return 0;
+    const double f = sxx / sxy;
+    return f < 0.8 || f > 1.25 ? 0 : f;
+}
 
 const struct moeq_type_traits *moeq_type_traits(int type)
 {

@@ -141,6 +141,15 @@ void dequantize_row_iq4_nl(const void *x, float *y, int64_t n);
 void dequantize_row_iq4_xs(const void *x, float *y, int64_t n);
 
 /* Per-format quantizers (quants_k.c), moeq_quant_fn signature. */
+/*
+ * The factor f = sum(qw*x*x) / sum(qw*x*y) by which a finished super-block
+ * (QK_K values, decoded y, source x) is rescaled so that it is unbiased
+ * along x (unit weights where qw is NULL or invalid); see unbias_scale in
+ * quants_iq.c. 0 where the block does not decode or is degenerate: a ratio
+ * outside [0.8, 1.25] means nearly all weight on one value.
+ */
+double moeq_unbias_factor(int type, const void *blk, const float *x, const float *qw);
+
 size_t quantize_f16(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
 size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
 size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);

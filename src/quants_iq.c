@@ -649,19 +649,10 @@ typedef void (*pack_fn)(const struct sb_out *o, void *y);
 static void unbias_scale(int type, pack_fn pack, const float *x, const float *qw,
                          struct sb_out *o, void *blk)
 {
-    float y[QK_K];
-    if (o->d == 0 || moeq_dequantize(type, blk, y, QK_K) != 0) return;
-    double sxx = 0, sxy = 0;
-    for (int i = 0; i < QK_K; i++) {
-        const double wi = qw && qw[i] >= 0 && isfinite(qw[i]) ? qw[i] : 1.0;
-        sxx += wi * x[i] * x[i];
-        sxy += wi * x[i] * y[i];
-    }
-    if (!(sxx > 0) || !(sxy > 0) || !isfinite(sxx) || !isfinite(sxy)) return;
-    /* A usable block is within a few percent; a wild ratio means a
-     * degenerate block (nearly all weight on one value): left as searched. */
-    const double f = sxx / sxy;
-    if (f < 0.8 || f > 1.25) return;
+    if (o->d == 0) return;
+    /* 0: a degenerate block, left as searched */
+    const double f = moeq_unbias_factor(type, blk, x, qw);
+    if (f == 0) return;
     const double d = moeq_f16_to_f32(o->d) * f;
     if (!(d < 65504.0)) return;
     o->d = moeq_f32_to_f16((float)d);

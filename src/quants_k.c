@@ -884,17 +884,8 @@ size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
  */
 static void unbias_q4_K(block_q4_K *y, const float *x, const float *qw)
 {
-    float v[QK_K];
-    if (moeq_dequantize(MOEQ_TYPE_Q4_K, y, v, QK_K) != 0) return;
-    double sxx = 0, sxy = 0;
-    for (int i = 0; i < QK_K; i++) {
-        const double wi = qw && qw[i] >= 0 && isfinite(qw[i]) ? qw[i] : 1.0;
-        sxx += wi * x[i] * x[i];
-        sxy += wi * x[i] * v[i];
-    }
-    if (!(sxx > 0) || !(sxy > 0) || !isfinite(sxx) || !isfinite(sxy)) return;
-    const double f = sxx / sxy;
-    if (f < 0.8 || f > 1.25) return;
+    const double f = moeq_unbias_factor(MOEQ_TYPE_Q4_K, y, x, qw);
+    if (f == 0) return;
     const double d = moeq_f16_to_f32(y->d) * f, dmin = moeq_f16_to_f32(y->dmin) * f;
     if (!(fabs(d) < 65504.0) || !(fabs(dmin) < 65504.0)) return;
     y->d = moeq_f32_to_f16((float)d);
