@@ -98,56 +98,10 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
-/*
- * g[i] = silu(g[i]) * u[i]: the expert hidden rows, a sizeable share of a
- * prompt's time with a libm expf per element. The AVX-512 version computes
- * exp(-x) as 2^k * p(r) (k = round(-x * log2 e), r = -x - k ln 2 in two
- * steps, a degree-6 polynomial; a few ulp, like ggml's vector expf) with
- * every element, tails included, through the same instructions, so a
- * value does not depend on where it sits in the row.
- */
+/* g[i] = silu(g[i]) * u[i] (the SIMD twin is silu_mul_avx2). */
 static void silu_mul_scalar(float *g, const float *u, size_t n)
 {
     for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-__attribute__((target("avx512f"))) static void silu_mul_avx512(float *g, const float *u, size_t n)
-{
-    const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2hi = _mm512_set1_ps(0.693145752f),
-                 ln2lo = _mm512_set1_ps(1.42860677e-06f), one = _mm512_set1_ps(1.0f);
-    const __m512 c6 = _mm512_set1_ps(1.0f / 720), c5 = _mm512_set1_ps(1.0f / 120),
-                 c4 = _mm512_set1_ps(1.0f / 24), c3 = _mm512_set1_ps(1.0f / 6), c2 = _mm512_set1_ps(0.5f);
-    for (size_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-        __m512 x = _mm512_maskz_loadu_ps(m, g + i), y = _mm512_maskz_loadu_ps(m, u + i);
-        __m512 nx = _mm512_sub_ps(_mm512_setzero_ps(), x);
-        /* clamp keeps k finite; exp(-x) saturates to 0 or inf through scalef */
-        nx = _mm512_min_ps(_mm512_max_ps(nx, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(104.0f));
-        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(nx, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(k, ln2hi, nx);
-        r = _mm512_fnmadd_ps(k, ln2lo, r);
-        __m512 p = _mm512_fmadd_ps(c6, r, c5);
-        p = _mm512_fmadd_ps(p, r, c4);
-        p = _mm512_fmadd_ps(p, r, c3);
-        p = _mm512_fmadd_ps(p, r, c2);
-        p = _mm512_fmadd_ps(p, r, one);
-        p = _mm512_fmadd_ps(p, r, one);
-        __m512 e = _mm512_scalef_ps(p, k);
-        __m512 s = _mm512_div_ps(x, _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, y));
-    }
-}
-#endif
-
-static void (*silu_mul)(float *g, const float *u, size_t n) = silu_mul_scalar;
-
-static void silu_pick(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (moeq_isa_best() >= MOEQ_ISA_AVX512) silu_mul = silu_mul_avx512;
-#endif
 }
 
 /* Q8_0 row quantization of the KV cache (ggml's block layout: a half
@@ -801,6 +755,30 @@ AVX2_TARGET static void exp_shift_avx2(float *x, int n, float m)
     }
 }
 
+/*
+ * The expert hidden rows, g[i] = silu(g[i]) * u[i], a sizeable share of a
+ * prompt's time with a libm expf per element: exp8 eight at a time, the
+ * tail through the same code in a padded buffer, so a value does not
+ * depend on where it sits in the row.
+ */
+AVX2_TARGET static void silu_mul_avx2(float *g, const float *u, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    if (i < n) {
+        float tg[8] = { 0 }, tu[8] = { 0 };
+        memcpy(tg, g + i, (n - i) * sizeof *tg);
+        memcpy(tu, u + i, (n - i) * sizeof *tu);
+        silu_mul_avx2(tg, tu, 8);
+        memcpy(g + i, tg, (n - i) * sizeof *tg);
+    }
+}
+
 AVX2_TARGET static void cvt_f16_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
                                      float *ds)
 {
@@ -831,6 +809,14 @@ AVX2_TARGET static void cvt_q8_0_avx2(const uint8_t *src, size_t stride, int n, 
 }
 #define HAVE_AVX2_ATTN 1
 #endif
+
+static void silu_mul(float *g, const float *u, size_t n)
+{
+#ifdef HAVE_AVX2_ATTN
+    if (moeq_isa_best() >= MOEQ_ISA_AVX2) { silu_mul_avx2(g, u, n); return; }
+#endif
+    silu_mul_scalar(g, u, n);
+}
 
 /* The kernels for the cache types and the given ISA (at most the CPU's). */
 static void attn_pick(moeq_engine *e, int isa)
@@ -1555,7 +1541,6 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         goto fail;
     }
     attn_pick(e, MOEQ_ISA_COUNT);
-    silu_pick();
     fill_info(e);
     return e;
 fail:
