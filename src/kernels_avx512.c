@@ -816,17 +816,23 @@ static void tile_q45_unpack(const void *w, int64_t b, const int five, struct til
     t->ndmin = k.ndmin;
 }
 
-/* bsums of columns [c0, c0 + cnt), per sub-block of 32, one column per lane. */
-static void tile_bsums(const void *a, size_t as, int c0, int cnt, int nb, __m512i *bs)
+/* Activation sums of columns [c0, c0 + cnt) per sub-block of 16 * per
+ * elements, times mul, one column per lane (missing columns 0): Q4_K's
+ * mins meet them per 32 (per 2), Q6_K's +32 offset per 16 (per 1, mul 32). */
+AI void tile_bsums(const void *a, size_t as, int c0, int cnt, int nb, const int per, const int mul,
+                   __m512i *bs)
 {
+    const int nsub = 16 / per;
     for (int b = 0; b < nb; b++)
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < nsub; j++) {
             int32_t v[16];
             for (int c = 0; c < 16; c++) {
-                const block_q8_K *y = q8k_col(a, as, c0 + (c < cnt ? c : 0), b);
-                v[c] = c < cnt ? y->bsums[2 * j] + y->bsums[2 * j + 1] : 0;
+                int sum = 0;
+                if (c < cnt)
+                    for (int k = 0; k < per; k++) sum += q8k_col(a, as, c0 + c, b)->bsums[per * j + k];
+                v[c] = mul * sum;
             }
-            bs[b * 8 + j] = _mm512_loadu_si512(v);
+            bs[b * nsub + j] = _mm512_loadu_si512(v);
         }
 }
 
@@ -1007,18 +1013,6 @@ static void tile_q6_unpack(const void *w, int64_t b, struct tile_q6 *t)
     t->d = k.d;
 }
 
-/* 32 * bsum of columns [c0, c0 + cnt) per sub-block of 16, a column per lane. */
-static void tile_bsums16(const void *a, size_t as, int c0, int cnt, int nb, __m512i *bs)
-{
-    for (int b = 0; b < nb; b++)
-        for (int j = 0; j < 16; j++) {
-            int32_t v[16];
-            for (int c = 0; c < 16; c++)
-                v[c] = c < cnt ? 32 * q8k_col(a, as, c0 + c, b)->bsums[j] : 0;
-            bs[b * 16 + j] = _mm512_loadu_si512(v);
-        }
-}
-
 AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at,
                      const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
@@ -1086,8 +1080,8 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
         for (int g = 0; g < ng; g++) {
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
             tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], iq);
-            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
-            if (kind == TK_Q6_K) tile_bsums16(A, as, (int)c0 + 16 * g, cnt, nb, bs[g]);
+            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 2, 1, bs[g]);
+            if (kind == TK_Q6_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 1, 32, bs[g]);
         }
         for (int64_t r = 0; r < nr; r += 4) {
             const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
