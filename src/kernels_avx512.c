@@ -32,10 +32,10 @@
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
-/* Decode of rows this long (in blocks) streams the weights from memory:
+/* Decode of rows of three blocks or more streams the weights from memory:
  * one row after another (which the prefetchers follow) beats four rows
  * side by side. Short rows stay in fours (they are contiguous anyway). */
-#define ROWS_BY_ROW (n / QK_K >= 3)
+AI int decode_row_by_row(int64_t n) { return n / QK_K >= 3; }
 
 AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
 
@@ -447,7 +447,7 @@ static void rows_signed(int64_t n, const void *w, size_t ws, int64_t nr, const v
 
 static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
 {
-    if (ROWS_BY_ROW) { for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
+    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
     rows_signed(n, w, ws, nr, a, s, 0);
 }
 /* IQ3_S's unpacking (64 lookups a block) leaves no registers for four
@@ -785,7 +785,7 @@ static void rows_q45(int64_t n, const void *w, size_t ws, int64_t nr, const void
 
 static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
 {
-    if (ROWS_BY_ROW) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
+    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
     rows_q45(n, w, ws, nr, a, s, 0);
 }
 static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
@@ -971,7 +971,7 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 
 static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
 {
-    if (ROWS_BY_ROW) { for (int64_t r = 0; r < nr; r++) k_q6_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0); return; }
+    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q6_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0); return; }
     const uint8_t *wr = w;
     const int64_t nb = n / QK_K;
     int64_t r = 0;
