@@ -1228,28 +1228,25 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     struct moe_job j = { e, l, act_prepare(e, l->gate_exps.type, e->xg, n_slots, E), { 0, 0 }, 0 };
     j.a_up = moeq_act_type(l->up_exps.type) == moeq_act_type(l->gate_exps.type)
            ? j.a : act_prepare(e, l->up_exps.type, e->xg, n_slots, E);
+    /* the active experts in id order: the tasks of the one-pass path */
     int n_active = 0;
-    for (int x = 0; x < NX; x++) if (e->ex_count[x]) n_active++;
+    for (int x = 0; x < NX; x++)
+        if (e->ex_count[x]) e->tasks[n_active++].expert = x;
     if (!e->hook && (e->n_threads == 1 || n_active >= 2 * e->n_threads) && n_slots <= 2 * n_active) {
-        n_active = 0;
-        for (int x = 0; x < NX; x++)
-            if (e->ex_count[x]) e->tasks[n_active++].expert = x;
         moeq_pool_for(e->pool, n_active, 1, moe_whole_fn, &j);
-        goto combine;
+    } else {
+        int nt = moe_make_tasks(e, F);
+        moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
+
+        if (e->hook)
+            for (int x = 0; x < NX; x++)
+                if (e->ex_count[x])
+                    call_hook(e, &l->down_exps, x, e->hg + (size_t)e->ex_off[x] * F, e->ex_count[x]);
+        j.a = act_prepare(e, l->down_exps.type, e->hg, n_slots, F);
+        j.phase = 1;
+        nt = moe_make_tasks(e, E);
+        moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
     }
-    int nt = moe_make_tasks(e, F);
-    moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
-
-    if (e->hook)
-        for (int x = 0; x < NX; x++)
-            if (e->ex_count[x])
-                call_hook(e, &l->down_exps, x, e->hg + (size_t)e->ex_off[x] * F, e->ex_count[x]);
-    j.a = act_prepare(e, l->down_exps.type, e->hg, n_slots, F);
-    j.phase = 1;
-    nt = moe_make_tasks(e, E);
-    moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
-
-combine:
     per_token(e, n, combine_task, &rj);
 }
 
