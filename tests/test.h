@@ -56,4 +56,16 @@ int test_long(void);
  * that take minutes there are checked by the release suite instead. */
 int test_sanitized(void);
 
+/* HTTP helpers for the server tests (curl over loopback). */
+/* One request; the body (if any) goes through a file, so no shell quoting.
+ * Returns the HTTP status (0 if curl failed), the response body in *out. */
+int test_http(int port, const char *method, const char *path, const char *body, const char *extra,
+              int timeout_s, char **out);
+/* The concatenated texts (completions) or deltas (chat) of an event
+ * stream's data events (malloc'd); *done (if not NULL): whether it ended
+ * with [DONE] after its last data event. */
+char *test_sse_text(const char *sse, int *done);
+/* A /metrics value, or -1 when absent or the request fails. */
+double test_http_metric(int port, const char *name, const char *auth);
+
 #endif

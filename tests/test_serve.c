@@ -49,8 +49,6 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int http_raw(int port, const char *method, const char *path, const char *body, const char *extra, char **out);
-
 /* Start `moeq serve` with extra arguments; wait until it listens and the
  * model is loaded (health 200). */
 static void server_start(struct server *s, const char *model, const char *args)
@@ -86,7 +84,7 @@ static void server_start(struct server *s, const char *model, const char *args)
     int status = 0;
     while (now_s() - t0 < 120) {
         char *o = NULL;
-        status = http_raw(s->port, "GET", "/health", NULL, NULL, &o);
+        status = test_http(s->port, "GET", "/health", NULL, NULL, 120, &o);
         free(o);
         if (status != 503) break;
         usleep(100000);
@@ -115,33 +113,9 @@ static int server_stop(struct server *s)
     return -1;
 }
 
-static int http_raw(int port, const char *method, const char *path, const char *body, const char *extra, char **out)
-{
-    static int k;
-    char bf[64];
-    snprintf(bf, sizeof bf, "req%d.json", k++);
-    const char *bp = test_tmp(bf);
-    if (body) {
-        FILE *fp = fopen(bp, "wb");
-        fwrite(body, 1, strlen(body), fp);
-        fclose(fp);
-    }
-    char *o = NULL;
-    test_run(&o, "curl -sS -N -m 120 -X %s %s%s -H 'Content-Type: application/json' %s -w '\\n%%{http_code}' "
-             "http://127.0.0.1:%d%s",
-             method, body ? "--data-binary @" : "", body ? bp : "", extra ? extra : "", port, path);
-    int status = 0;
-    if (o) {
-        char *nl = strrchr(o, '\n');
-        if (nl) { status = atoi(nl + 1); *nl = 0; }
-    }
-    if (out) *out = o; else free(o);
-    return status;
-}
-
 static int http(struct server *s, const char *method, const char *path, const char *body, const char *extra, char **out)
 {
-    return http_raw(s->port, method, path, body, extra, out);
+    return test_http(s->port, method, path, body, extra, 120, out);
 }
 
 /* The text of a JSON completion response (chat or completions). */
@@ -156,55 +130,14 @@ static char *response_text(const char *body)
     return r;
 }
 
-/* The concatenated text of an event stream, and whether it ended with
- * [DONE] after its last data event. */
-static char *stream_text(const char *sse, int *done)
-{
-    size_t cap = 1 << 16;
-    char *out = calloc(1, cap);
-    char *copy = strdup(sse ? sse : ""), *save = NULL;
-    *done = 0;
-    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!strcmp(line, "data: [DONE]")) { *done = 1; continue; }
-        if (strncmp(line, "data: {", 7) != 0) continue;
-        *done = 0;
-        json_t *j = json_loads(line + 6, 0, NULL);
-        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
-        json_t *t = json_object_get(c, "text");
-        if (!t) t = json_object_get(json_object_get(c, "delta"), "content");
-        if (json_is_string(t)) strncat(out, json_string_value(t), cap - strlen(out) - 1);
-        json_decref(j);
-    }
-    free(copy);
-    return out;
-}
-
 static long long metric(struct server *s, const char *name, const char *auth)
 {
-    char *o = NULL;
-    long long v = -1;
-    if (http(s, "GET", "/metrics", NULL, auth, &o) == 200) {
-        char key[128];
-        snprintf(key, sizeof key, "\n%s ", name);
-        char *p = strstr(o, key);
-        if (p) v = (long long)atof(p + strlen(key));
-    }
-    free(o);
-    return v;
+    return (long long)test_http_metric(s->port, name, auth);
 }
 
 static double metric_f(struct server *s, const char *name, const char *auth)
 {
-    char *o = NULL;
-    double v = -1;
-    if (http(s, "GET", "/metrics", NULL, auth, &o) == 200) {
-        char key[128];
-        snprintf(key, sizeof key, "\n%s ", name);
-        char *p = strstr(o, key);
-        if (p) v = atof(p + strlen(key));
-    }
-    free(o);
-    return v;
+    return test_http_metric(s->port, name, auth);
 }
 
 static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
@@ -262,7 +195,7 @@ TEST(serve_e2e_endpoints_and_bad_input)
     snprintf(body, sizeof body, chat, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
     CHECK(http(&s, "POST", "/v1/chat/completions", body, auth, &o) == 200);
     int done;
-    char *streamed = stream_text(o, &done);
+    char *streamed = test_sse_text(o, &done);
     CHECKF(!strcmp(streamed, plain), "streamed '%s' vs plain '%s'", streamed, plain);
     CHECK(done && strstr(o, "\"usage\":{"));
     free(streamed);
@@ -368,7 +301,7 @@ TEST(serve_e2e_concurrent_streams)
         snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"stream\":true}", prompts[i]);
         CHECK(http(&s, "POST", "/v1/completions", body, NULL, &o) == 200);
         int done;
-        alone[i] = stream_text(o, &done);
+        alone[i] = test_sse_text(o, &done);
         CHECK(done);
         free(o);
     }
@@ -392,7 +325,7 @@ TEST(serve_e2e_concurrent_streams)
         size_t n;
         char *got = test_read_file(test_tmp(of), &n);
         int done;
-        char *t = stream_text(got, &done);
+        char *t = test_sse_text(got, &done);
         CHECKF(done && strlen(alone[i]) > 0 && !strcmp(t, alone[i]), "client %d: alone '%s' together '%s'", i, alone[i], t);
         free(t);
         free(got);

@@ -649,34 +649,10 @@ static void env_start(struct http_env *e, const char *key, int parallel, int que
 
 static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
 
-/*
- * One request with curl; the body (if any) goes through a file so no shell
- * quoting is involved. Returns the HTTP status (0 if curl failed) and the
- * response body in *out.
- */
 static int http(struct http_env *e, const char *method, const char *path, const char *body,
                 const char *extra, char **out)
 {
-    static int k;
-    char bf[64];
-    snprintf(bf, sizeof bf, "body%d.json", k++);
-    const char *bp = test_tmp(bf);
-    if (body) {
-        FILE *fp = fopen(bp, "wb");
-        fwrite(body, 1, strlen(body), fp);
-        fclose(fp);
-    }
-    char *o = NULL;
-    test_run(&o, "curl -sS -m 20 -X %s %s%s%s -H 'Content-Type: application/json' %s -w '\\n%%{http_code}' "
-             "http://127.0.0.1:%d%s",
-             method, body ? "--data-binary @" : "", body ? bp : "", "", extra ? extra : "", e->port, path);
-    int status = 0;
-    if (o) {
-        char *nl = strrchr(o, '\n');
-        if (nl) { status = atoi(nl + 1); *nl = 0; }
-    }
-    if (out) *out = o; else free(o);
-    return status;
+    return test_http(e->port, method, path, body, extra, 20, out);
 }
 
 static json_t *json_of(const char *s)
@@ -684,23 +660,6 @@ static json_t *json_of(const char *s)
     return s ? json_loads(s, 0, NULL) : NULL;
 }
 
-/* The text of an event stream: the concatenated deltas (chat) or texts
- * (completions) of its data events. */
-static void sse_text(const char *sse, char *out, size_t cap)
-{
-    out[0] = 0;
-    char *copy = strdup(sse ? sse : ""), *save = NULL;
-    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (strncmp(line, "data: {", 7) != 0) continue;
-        json_t *j = json_loads(line + 6, 0, NULL);
-        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
-        json_t *t = json_object_get(c, "text");
-        if (!t) t = json_object_get(json_object_get(c, "delta"), "content");
-        if (json_is_string(t)) strncat(out, json_string_value(t), cap - strlen(out) - 1);
-        json_decref(j);
-    }
-    free(copy);
-}
 
 static const char *err_msg(json_t *j)
 {
@@ -826,9 +785,9 @@ TEST(server_http_streaming)
 
     /* Completions stream with a stop string split over tokens. */
     CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#a\",\"stream\":true,\"stop\":\"fgh\",\"temperature\":0}", "-N", &o) == 200);
-    char st[256];
-    sse_text(o, st, sizeof st);
+    char *st = test_sse_text(o, NULL);
     CHECKF(!strcmp(st, "bcde"), "streamed '%s'", st);
+    free(st);
     CHECK(strstr(o, "\"finish_reason\":\"stop\"") && strstr(o, "data: [DONE]"));
     CHECK(!strstr(o, "\"usage\""));
     free(o);
@@ -940,10 +899,10 @@ TEST(server_http_concurrent_equals_sequential)
         char *got = test_read_file(test_tmp(of), &n);
         REQUIRE(got);
         /* Compare the texts, not the ids. */
-        char ta[256], tb[256];
-        sse_text(alone[i], ta, sizeof ta);
-        sse_text(got, tb, sizeof tb);
+        char *ta = test_sse_text(alone[i], NULL), *tb = test_sse_text(got, NULL);
         CHECKF(strlen(ta) > 0 && !strcmp(ta, tb), "client %d: alone '%s' together '%s'", i, ta, tb);
+        free(ta);
+        free(tb);
         CHECK(strstr(got, "data: [DONE]") != NULL);
         free(got);
     }
@@ -963,16 +922,7 @@ static int raw_connect(int port)
 
 static long long metric_value(struct http_env *e, const char *name)
 {
-    char *o;
-    long long v = -1;
-    if (http(e, "GET", "/metrics", NULL, NULL, &o) == 200) {
-        char key[128];
-        snprintf(key, sizeof key, "\n%s ", name);
-        char *p = strstr(o, key);
-        if (p) v = atoll(p + strlen(key));
-    }
-    free(o);
-    return v;
+    return (long long)test_http_metric(e->port, name, NULL);
 }
 
 TEST(server_http_disconnect_and_timeouts)

@@ -4,6 +4,8 @@
  */
 #include "test.h"
 
+#include <jansson.h>
+
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -102,4 +104,66 @@ int test_sanitized(void)
 {
     const char *s = getenv("MOEQ_SUITE");
     return s && strcmp(s, "asan") == 0;
+}
+
+int test_http(int port, const char *method, const char *path, const char *body, const char *extra,
+              int timeout_s, char **out)
+{
+    static int k;
+    char bf[64];
+    snprintf(bf, sizeof bf, "http%d.json", k++);
+    const char *bp = test_tmp(bf);
+    if (body) {
+        FILE *fp = fopen(bp, "wb");
+        if (fp) {
+            fwrite(body, 1, strlen(body), fp);
+            fclose(fp);
+        }
+    }
+    char *o = NULL;
+    test_run(&o, "curl -sS -N -m %d -X %s %s%s -H 'Content-Type: application/json' %s -w '\\n%%{http_code}' "
+             "http://127.0.0.1:%d%s",
+             timeout_s, method, body ? "--data-binary @" : "", body ? bp : "", extra ? extra : "", port, path);
+    int status = 0;
+    if (o) {
+        char *nl = strrchr(o, '\n');
+        if (nl) { status = atoi(nl + 1); *nl = 0; }
+    }
+    if (out) *out = o; else free(o);
+    return status;
+}
+
+char *test_sse_text(const char *sse, int *done)
+{
+    size_t cap = 1 << 16;
+    char *out = calloc(1, cap);
+    char *copy = strdup(sse ? sse : ""), *save = NULL;
+    if (done) *done = 0;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!strcmp(line, "data: [DONE]")) { if (done) *done = 1; continue; }
+        if (strncmp(line, "data: {", 7) != 0) continue;
+        if (done) *done = 0;
+        json_t *j = json_loads(line + 6, 0, NULL);
+        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+        json_t *t = json_object_get(c, "text");
+        if (!t) t = json_object_get(json_object_get(c, "delta"), "content");
+        if (json_is_string(t)) strncat(out, json_string_value(t), cap - strlen(out) - 1);
+        json_decref(j);
+    }
+    free(copy);
+    return out;
+}
+
+double test_http_metric(int port, const char *name, const char *auth)
+{
+    char *o = NULL;
+    double v = -1;
+    if (test_http(port, "GET", "/metrics", NULL, auth, 120, &o) == 200) {
+        char key[128];
+        snprintf(key, sizeof key, "\n%s ", name);
+        char *p = strstr(o, key);
+        if (p) v = atof(p + strlen(key));
+    }
+    free(o);
+    return v;
 }
