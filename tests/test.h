@@ -65,6 +65,10 @@ int test_http(int port, const char *method, const char *path, const char *body, 
  * stream's data events (malloc'd); *done (if not NULL): whether it ended
  * with [DONE] after its last data event. */
 char *test_sse_text(const char *sse, int *done);
+/* n POSTs to path at once (background curls, -N); out[i] receives response
+ * i's body (malloc'd, NULL if none). Returns 0 when every curl succeeded. */
+int test_http_concurrent(int port, const char *path, const char *const *bodies, int n, int timeout_s,
+                         char **out);
 /* A /metrics value, or -1 when absent or the request fails. */
 double test_http_metric(int port, const char *name, const char *auth);
 

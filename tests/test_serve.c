@@ -305,25 +305,16 @@ TEST(serve_e2e_concurrent_streams)
         CHECK(done);
         free(o);
     }
-    char script[8192];
-    size_t at = 0;
+    char bodies[N][256], *outs[N];
+    const char *bp[N];
     for (int i = 0; i < N; i++) {
-        char bf[32];
-        snprintf(bf, sizeof bf, "c%d.json", i);
-        FILE *fp = fopen(test_tmp(bf), "w");
-        fprintf(fp, "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"stream\":true}", prompts[i]);
-        fclose(fp);
-        at += (size_t)snprintf(script + at, sizeof script - at,
-                               "curl -sS -N -m 120 --data-binary @%s/c%d.json http://127.0.0.1:%d/v1/completions > %s/o%d.txt & ",
-                               test_tmpdir(), i, s.port, test_tmpdir(), i);
+        snprintf(bodies[i], sizeof bodies[i],
+                 "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"stream\":true}", prompts[i]);
+        bp[i] = bodies[i];
     }
-    snprintf(script + at, sizeof script - at, "wait");
-    CHECK(test_run(NULL, "%s", script) == 0);
+    CHECK(test_http_concurrent(s.port, "/v1/completions", bp, N, 120, outs) == 0);
     for (int i = 0; i < N; i++) {
-        char of[32];
-        snprintf(of, sizeof of, "o%d.txt", i);
-        size_t n;
-        char *got = test_read_file(test_tmp(of), &n);
+        char *got = outs[i];
         int done;
         char *t = test_sse_text(got, &done);
         CHECKF(done && strlen(alone[i]) > 0 && !strcmp(t, alone[i]), "client %d: alone '%s' together '%s'", i, alone[i], t);

@@ -878,25 +878,16 @@ TEST(server_http_concurrent_equals_sequential)
         free(o);
     }
     /* All at once, from background curls. */
-    char script[4096] = "";
-    size_t at = 0;
+    char bodies[N][256], *outs[N];
+    const char *bp[N];
     for (int i = 0; i < N; i++) {
-        char bf[32];
-        snprintf(bf, sizeof bf, "c%d.json", i);
-        FILE *fp = fopen(test_tmp(bf), "w");
-        fprintf(fp, "{\"prompt\":\"client %d says\",\"max_tokens\":24,\"temperature\":0,\"stream\":true}", i);
-        fclose(fp);
-        at += (size_t)snprintf(script + at, sizeof script - at,
-                               "curl -sS -N -m 30 --data-binary @%s/c%d.json http://127.0.0.1:%d/v1/completions > %s/o%d.txt & ",
-                               test_tmpdir(), i, e.port, test_tmpdir(), i);
+        snprintf(bodies[i], sizeof bodies[i],
+                 "{\"prompt\":\"client %d says\",\"max_tokens\":24,\"temperature\":0,\"stream\":true}", i);
+        bp[i] = bodies[i];
     }
-    snprintf(script + at, sizeof script - at, "wait");
-    CHECK(test_run(NULL, "%s", script) == 0);
+    CHECK(test_http_concurrent(e.port, "/v1/completions", bp, N, 30, outs) == 0);
     for (int i = 0; i < N; i++) {
-        char of[32];
-        snprintf(of, sizeof of, "o%d.txt", i);
-        size_t n;
-        char *got = test_read_file(test_tmp(of), &n);
+        char *got = outs[i];
         REQUIRE(got);
         /* Compare the texts, not the ids. */
         char *ta = test_sse_text(alone[i], NULL), *tb = test_sse_text(got, NULL);

@@ -167,3 +167,33 @@ double test_http_metric(int port, const char *name, const char *auth)
     free(o);
     return v;
 }
+
+int test_http_concurrent(int port, const char *path, const char *const *bodies, int n, int timeout_s,
+                         char **out)
+{
+    size_t cap = 256 + (size_t)n * (2 * strlen(test_tmpdir()) + strlen(path) + 128), at = 0;
+    char *script = malloc(cap);
+    if (!script) return -1;
+    for (int i = 0; i < n; i++) {
+        char bf[32];
+        snprintf(bf, sizeof bf, "c%d.json", i);
+        FILE *fp = fopen(test_tmp(bf), "w");
+        if (fp) {
+            fputs(bodies[i], fp);
+            fclose(fp);
+        }
+        at += (size_t)snprintf(script + at, cap - at,
+                               "curl -sS -N -m %d --data-binary @%s/c%d.json http://127.0.0.1:%d%s > %s/o%d.txt & ",
+                               timeout_s, test_tmpdir(), i, port, path, test_tmpdir(), i);
+    }
+    snprintf(script + at, cap - at, "wait");
+    int rc = test_run(NULL, "%s", script);
+    free(script);
+    for (int i = 0; i < n; i++) {
+        char of[32];
+        size_t len;
+        snprintf(of, sizeof of, "o%d.txt", i);
+        out[i] = test_read_file(test_tmp(of), &len);
+    }
+    return rc;
+}
