@@ -47,16 +47,14 @@ AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
 AI uint64_t load_u64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 /* Decoding streams weights from memory a row at a time; asking for the
- * bytes PREFETCH_BYTES ahead (past the row's end: the next row) keeps
- * more of them in flight than the hardware prefetcher does. */
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 1024
-#endif
-AI void prefetch_ahead(const void *w, int64_t b, size_t bsize)
+ * bytes `ahead` further on (past the row's end: the next row) keeps more of
+ * them in flight than the hardware prefetcher does. The K-quants decode
+ * about twice as fast as the i-quants, so they look further ahead
+ * (distances measured on the full-size shapes). */
+#define PREFETCH_IQ 1024
+#define PREFETCH_K  4096
+AI void prefetch_ahead(const void *w, int64_t b, size_t bsize, size_t ahead)
 {
-    /* the K-quants decode about twice as fast as the i-quants, so they
-     * need their bytes further ahead (measured on the full-size shapes) */
-    const size_t ahead = bsize >= sizeof(block_q4_K) ? 4 * PREFETCH_BYTES : PREFETCH_BYTES;
     const char *p = (const char *)w + (size_t)b * bsize + ahead;
     _mm_prefetch(p, _MM_HINT_T0);
     if (bsize > 64) _mm_prefetch(p + 64, _MM_HINT_T0);
@@ -294,7 +292,7 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
             for (int j = 0; j < 4; j++) {
                 __m512i wv[4], sc16[2];
                 __mmask64 sg[4];
-                prefetch_ahead(w, b + j, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s));
+                prefetch_ahead(w, b + j, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
                 const block_q8_K *y = q8k_col(a, 0, 0, b + j);
                 float d = signed_unpack(w, b + j, three, wv, sg, sc16);
                 is[j] = block_isum(y, wv, sg, sc16, 1);
@@ -308,7 +306,7 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
     for (; b < n / QK_K; b++) {
         __m512i wv[4], sc16[2];
         __mmask64 sg[4];
-        prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s));
+        prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
         float d = signed_unpack(w, b, three, wv, sg, sc16);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
@@ -701,7 +699,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 struct q45_blk k;
-                prefetch_ahead(w, b + j, five ? sizeof(block_q5_K) : sizeof(block_q4_K));
+                prefetch_ahead(w, b + j, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
                 q45_unpack(w, b + j, five, &k);
                 const block_q8_K *y = q8k_col(a, 0, 0, b + j);
                 is[j] = block_isum(y, k.wv, none, k.sc16, 0);
@@ -719,7 +717,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     }
     for (; b < n / QK_K; b++) {
         struct q45_blk k;
-        prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K));
+        prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
         q45_unpack(w, b, five, &k);
         int c = 0;
         for (; c + 4 <= NC; c += 4) {
@@ -938,7 +936,7 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 struct q6_blk k;
-                prefetch_ahead(w, b + j, sizeof(block_q6_K));
+                prefetch_ahead(w, b + j, sizeof(block_q6_K), PREFETCH_K);
                 q6_unpack(x + b + j, &k);
                 const block_q8_K *y = q8k_col(a, 0, 0, b + j);
                 is[j] = q6_isum(y, &k);
@@ -951,7 +949,7 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     }
     for (; b < n / QK_K; b++) {
         struct q6_blk k;
-        prefetch_ahead(w, b, sizeof(block_q6_K));
+        prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
         q6_unpack(x + b, &k);
         int c = 0;
         for (; c + 4 <= NC; c += 4) {
