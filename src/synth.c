@@ -36,6 +36,7 @@
 #include "pool.h"
 #include "quants.h"
 #include "quants_blocks.h"
+#include "quant_plan.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -58,6 +59,7 @@ int moeq_synth_preset(moeq_synth_cfg *c, const char *name)
     memset(c, 0, sizeof *c);
     c->seed = SYNTH_DEFAULT_SEED;
     c->file_type = -1;
+    c->mix_ftype = -1;
     c->mode = SYNTH_MODE_AUTO;
     set_all_types(c, MOEQ_TYPE_F32);
     c->rms_eps = 1e-6;
@@ -94,6 +96,7 @@ int moeq_synth_recipe(moeq_synth_cfg *c, const char *name)
         set_all_types(c, t);
         c->types[SYNTH_G_NORM] = c->types[SYNTH_G_ROUTER] = MOEQ_TYPE_F32;
         c->file_type = -1;
+        c->mix_ftype = -1;
         return 0;
     }
     if (!strcmp(name, "asym-2bitexp")) {
@@ -105,9 +108,27 @@ int moeq_synth_recipe(moeq_synth_cfg *c, const char *name)
         c->types[SYNTH_G_EMBD] = c->types[SYNTH_G_OUTPUT] = MOEQ_TYPE_Q6_K;
         c->types[SYNTH_G_NORM] = c->types[SYNTH_G_ROUTER] = MOEQ_TYPE_F32;
         c->file_type = 26; /* MOSTLY_IQ3_S: the recipe's base type, as the reference writes it */
+        c->mix_ftype = -1;
+        return 0;
+    }
+    const struct moeq_mix *mx = moeq_mix_find(name);
+    if (mx && moeq_type_traits(mx->base_type) && moeq_type_traits(mx->base_type)->quantized) {
+        /* the groups' types are the base type (for checks and the choice of
+         * path); plan_tensors applies the mix's per-tensor rules */
+        set_all_types(c, mx->base_type);
+        c->types[SYNTH_G_NORM] = c->types[SYNTH_G_ROUTER] = MOEQ_TYPE_F32;
+        c->file_type = c->mix_ftype = mx->ftype;
         return 0;
     }
     return -1;
+}
+
+static const struct moeq_mix *mix_of(const moeq_synth_cfg *c)
+{
+    if (c->mix_ftype < 0) return NULL;
+    for (const struct moeq_mix *m = moeq_mix_list(); m->name; m++)
+        if (m->ftype == c->mix_ftype) return m;
+    return NULL;
 }
 
 static const char *const group_names[SYNTH_G_COUNT] = {
@@ -359,6 +380,34 @@ struct tplan {
     uint64_t ne[3];
 };
 
+/* The types moeq quantize would give an F32 model of this shape under the
+ * mix (the same plan, so synth and quantize agree tensor by tensor). */
+static int apply_mix(const moeq_synth_cfg *c, const struct moeq_mix *mx, struct tplan *p, int n)
+{
+    struct moeq_plan_tensor *t = calloc((size_t)n, sizeof *t);
+    struct moeq_plan_entry *e = calloc((size_t)n, sizeof *e);
+    if (!t || !e) { fprintf(stderr, "moeq: out of memory\n"); exit(1); }
+    for (int i = 0; i < n; i++) {
+        t[i].name = p[i].name;
+        t[i].src_type = MOEQ_TYPE_F32;
+        t[i].n_dims = (uint32_t)p[i].n_dims;
+        t[i].ne[0] = p[i].ne[0]; t[i].ne[1] = p[i].ne[1]; t[i].ne[2] = p[i].ne[2]; t[i].ne[3] = 1;
+    }
+    struct moeq_plan_opts o = { .mix = mx, .token_embd_type = -1, .output_type = -1 };
+    struct moeq_model_shape sh = { c->n_layer, c->n_head, c->n_head_kv, c->n_expert, 1 };
+    char err[256];
+    int rc = moeq_plan(&o, &sh, t, n, e, err, sizeof err);
+    if (rc) fprintf(stderr, "moeq: synth: recipe %s: %s\n", mx->name, err);
+    else
+        for (int i = 0; i < n; i++)
+            if (p[i].group != SYNTH_G_NORM && p[i].group != SYNTH_G_ROUTER &&
+                c->types[p[i].group] == mx->base_type) /* not set by a --type flag */
+                p[i].type = e[i].type;
+    free(t);
+    free(e);
+    return rc;
+}
+
 static int plan_tensors(const moeq_synth_cfg *c, struct tplan **out)
 {
     int n = 2 + 12 * c->n_layer + 1;
@@ -395,10 +444,14 @@ static int plan_tensors(const moeq_synth_cfg *c, struct tplan **out)
     ADD("output_norm.weight", SYNTH_G_NORM, ROLE_NORM, -1, 1, E, 1, 1);
     ADD("output.weight", SYNTH_G_OUTPUT, ROLE_OUTPUT, -1, 2, E, V, 1);
 #undef ADD
-    for (int i = 0; i < k; i++) {
+    for (int i = 0; i < k; i++)
         p[i].type = moeq_synth_tensor_type(c, p[i].group, p[i].ne[0]);
-        p[i].path = tensor_path(c, p[i].type);
+    const struct moeq_mix *mx = mix_of(c);
+    if (mx && apply_mix(c, mx, p, k)) {
+        free(p);
+        return -1;
     }
+    for (int i = 0; i < k; i++) p[i].path = tensor_path(c, p[i].type);
     *out = p;
     return k;
 }
@@ -1169,6 +1222,22 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+uint64_t moeq_synth_weight_bytes(const moeq_synth_cfg *c)
+{
+    char err[64];
+    if (moeq_synth_check(c, err, sizeof err)) return 0;
+    struct tplan *p;
+    int np = plan_tensors(c, &p);
+    if (np < 0) return 0;
+    uint64_t b = 0;
+    for (int i = 0; i < np; i++) {
+        int ok;
+        b += moeq_tensor_nbytes(p[i].type, p[i].ne[0], p[i].ne[0] * p[i].ne[1] * p[i].ne[2], &ok);
+    }
+    free(p);
+    return b;
+}
+
 int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
                      int verbose, char *err, size_t errlen)
 {
@@ -1178,10 +1247,15 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
 
     struct tplan *p;
     int np = plan_tensors(c, &p);
+    if (np < 0) {
+        snprintf(err, errlen, "recipe's tensor plan failed");
+        return -1;
+    }
 
-    /* a fallback changes what the user asked for: say so, once per group */
+    /* a fallback changes what the user asked for: say so, once per group
+     * (a mix's types differ from its base type by design) */
     int noted[SYNTH_G_COUNT] = { 0 };
-    for (int i = 0; i < np; i++) {
+    for (int i = 0; i < np && c->mix_ftype < 0; i++) {
         int g = p[i].group;
         if (p[i].type != c->types[g] && !noted[g]) {
             noted[g] = 1;

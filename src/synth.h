@@ -66,6 +66,8 @@ typedef struct {
     uint64_t seed;
     int      types[SYNTH_G_COUNT];
     int      file_type;         /* general.file_type; -1: derived from the types */
+    int      mix_ftype;         /* a llama.cpp mix (e.g. Q4_K_M) whose per-tensor rules
+                                   pick the types, as moeq quantize would; -1: none */
     int      mode;              /* enum moeq_synth_mode */
 } moeq_synth_cfg;
 
@@ -73,8 +75,14 @@ typedef struct {
  * Every type is F32, the seed is the default. */
 int moeq_synth_preset(moeq_synth_cfg *c, const char *name);
 
-/* Set the types of a recipe ("asym-2bitexp", "f32", "f16", "bf16"); -1 when unknown. */
+/* Set the types of a recipe: "asym-2bitexp", "f32", "f16", "bf16", or the
+ * name of a quantize mix ("Q4_K_M", "Q8_0", ...: every tensor gets the type
+ * moeq quantize would give it, layer rules included); -1 when unknown. */
 int moeq_synth_recipe(moeq_synth_cfg *c, const char *name);
+
+/* Bytes of tensor data of the model c describes, tensor by tensor as
+ * moeq_synth_write lays it out; 0 when the configuration is invalid. */
+uint64_t moeq_synth_weight_bytes(const moeq_synth_cfg *c);
 
 /* Group name as used in flags ("embd", "attn-q", "exp-gate", ...). */
 const char *moeq_synth_group_name(int g);

@@ -283,6 +283,51 @@ TEST(synth_recipe_asym_types)
     gguf_close(f);
 }
 
+/* A quantize mix as recipe: every tensor gets the type, and with the
+ * quantize path the very bytes, that moeq quantize gives the F32 model of
+ * the same seed (8 layers, so Q4_K_M's per-layer rules pick both Q4_K and
+ * Q6_K for ffn_down_exps). */
+TEST(synth_recipe_mix_matches_quantize)
+{
+    char fp[4096], qp[4096], mp[4096];
+    snprintf(fp, sizeof fp, "%s", synth("mix_f32.gguf", "--layers 8"));
+    snprintf(mp, sizeof mp, "%s", synth("mix_q4km.gguf", "--layers 8 --recipe Q4_K_M --mode quantize"));
+    snprintf(qp, sizeof qp, "%s", test_tmp("mix_quant.gguf"));
+    char *o = NULL;
+    int rc = test_run(&o, "%s quantize %s %s Q4_K_M", test_moeq_bin(), fp, qp);
+    REQUIREF(rc == 0, "quantize: %s", o ? o : "");
+    free(o);
+    gguf_file *fm = open_or_die(mp), *fq = open_or_die(qp);
+    CHECK(u64_of(fm, "general.file_type") == 15);
+    REQUIRE(fm->n_tensors == fq->n_tensors);
+    int down_q4 = 0, down_q6 = 0;
+    for (uint64_t i = 0; i < fm->n_tensors; i++) {
+        const gguf_tensor *a = &fm->tensors[i];
+        char nm[128];
+        snprintf(nm, sizeof nm, "%.*s", (int)a->name.n, a->name.s);
+        const gguf_tensor *b = tensor(fq, nm);
+        CHECKF(a->type == b->type, "%.*s: synth %s, quantize %s", (int)a->name.n, a->name.s,
+               moeq_type_name((int)a->type), moeq_type_name((int)b->type));
+        if (a->type == b->type && a->nbytes == b->nbytes)
+            CHECKF(!memcmp(a->data, b->data, a->nbytes), "%.*s: bytes differ", (int)a->name.n, a->name.s);
+        if (strstr(nm, "ffn_down_exps")) {
+            down_q4 += a->type == MOEQ_TYPE_Q4_K;
+            down_q6 += a->type == MOEQ_TYPE_Q6_K;
+        }
+    }
+    CHECKF(down_q4 > 0 && down_q6 > 0, "ffn_down_exps: %d Q4_K, %d Q6_K", down_q4, down_q6);
+    gguf_close(fm);
+    gguf_close(fq);
+    /* a later --type flag sets its whole group */
+    gguf_file *f = open_or_die(synth("mix2.gguf", "--layers 8 --recipe Q4_K_M --type-exp-down Q5_K --mode direct"));
+    for (int l = 0; l < 8; l++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "blk.%d.ffn_down_exps.weight", l);
+        CHECK(tensor(f, nm)->type == MOEQ_TYPE_Q5_K);
+    }
+    gguf_close(f);
+}
+
 TEST(synth_fallback_types)
 {
     /* n_embd 64: K/i-quant blocks do not divide it; 48 is not even a

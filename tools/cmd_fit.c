@@ -27,7 +27,8 @@ static void usage(FILE *out)
         "Predict the memory moeq run/serve needs and whether it fits a budget.\n"
         "  -m FILE            GGUF model (only the header is read)\n"
         "  --preset NAME      a synth shape instead (tiny, qwen3-30b-a3b)\n"
-        "  --recipe R         with --preset: asym-2bitexp, f32, f16, bf16 (default f32)\n"
+        "  --recipe R         with --preset: asym-2bitexp, f32, f16, bf16 or a\n"
+        "                     quantize mix such as Q4_K_M (default f32)\n"
         "  -c N               context per session (default 4096)\n"
         "  --parallel N       sessions (default 1)\n"
         "  -ctk T, -ctv T     KV cache types f16 (default) or q8_0\n"
@@ -46,12 +47,6 @@ static int kv_type(const char *s)
     return -1;
 }
 
-static uint64_t synth_tensor_bytes(const moeq_synth_cfg *c, int g, uint64_t ne0, uint64_t nel)
-{
-    int ok;
-    return moeq_tensor_nbytes(moeq_synth_tensor_type(c, g, ne0), ne0, nel, &ok);
-}
-
 /* Shape and weight bytes of a synth preset, tensor by tensor as synth
  * writes them. */
 static int preset_shape(const char *preset, const char *recipe, struct moeq_mem_shape *s,
@@ -64,20 +59,7 @@ static int preset_shape(const char *preset, const char *recipe, struct moeq_mem_
     s->n_layer = c.n_layer; s->n_embd = c.n_embd; s->n_head = c.n_head; s->n_head_kv = c.n_head_kv;
     s->head_dim = c.head_dim; s->n_expert = c.n_expert; s->n_expert_used = c.n_expert_used;
     s->n_ff = c.n_ff_exp; s->n_vocab = c.n_vocab; s->n_merges = c.n_vocab;
-    const uint64_t E = (uint64_t)c.n_embd, V = (uint64_t)c.n_vocab, HD = (uint64_t)c.head_dim;
-    const uint64_t nq = (uint64_t)c.n_head * HD, nkv = (uint64_t)c.n_head_kv * HD;
-    const uint64_t F = (uint64_t)c.n_ff_exp, X = (uint64_t)c.n_expert;
-    uint64_t b = synth_tensor_bytes(&c, SYNTH_G_EMBD, E, E * V) + synth_tensor_bytes(&c, SYNTH_G_OUTPUT, E, E * V) +
-                 synth_tensor_bytes(&c, SYNTH_G_NORM, E, E);
-    for (int l = 0; l < c.n_layer; l++) {
-        b += synth_tensor_bytes(&c, SYNTH_G_NORM, E, E) * 2 + synth_tensor_bytes(&c, SYNTH_G_NORM, HD, HD) * 2;
-        b += synth_tensor_bytes(&c, SYNTH_G_ATTN_Q, E, E * nq) + synth_tensor_bytes(&c, SYNTH_G_ATTN_K, E, E * nkv) +
-             synth_tensor_bytes(&c, SYNTH_G_ATTN_V, E, E * nkv) + synth_tensor_bytes(&c, SYNTH_G_ATTN_OUT, nq, nq * E);
-        b += synth_tensor_bytes(&c, SYNTH_G_ROUTER, E, E * X);
-        b += synth_tensor_bytes(&c, SYNTH_G_EXP_GATE, E, E * F * X) + synth_tensor_bytes(&c, SYNTH_G_EXP_UP, E, E * F * X) +
-             synth_tensor_bytes(&c, SYNTH_G_EXP_DOWN, F, F * E * X);
-    }
-    s->weight_bytes = b;
+    s->weight_bytes = moeq_synth_weight_bytes(&c);
     *ctx_train = c.n_ctx;
     snprintf(name, nlen, "synth preset %s (%s)", preset, recipe ? recipe : "f32");
     return 0;

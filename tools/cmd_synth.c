@@ -39,7 +39,10 @@ static void usage(FILE *out)
         "types (F32 by default; applied in order):\n"
         "  --recipe NAME         asym-2bitexp: routed gate/up IQ2_S, down IQ3_S,\n"
         "                        attn q/k/v/output Q4_K, token_embd/output Q6_K,\n"
-        "                        norms and router F32; also f32, f16, bf16\n"
+        "                        norms and router F32; also f32, f16, bf16, or a\n"
+        "                        quantize mix (Q4_K_M, Q8_0, ...): each tensor gets\n"
+        "                        the type moeq quantize gives it, layer rules\n"
+        "                        included (a later --type flag sets a whole group)\n"
         "  --type T              every weight group (not norms, router)\n"
         "  --type-embd T  --type-output T  --type-norm T  --type-router T\n"
         "  --type-attn T  (q, k, v, output)  --type-attn-q T  --type-attn-k T\n"
@@ -107,6 +110,7 @@ int cmd_synth(int argc, char **argv)
     const char *cmd = "synth";
     const char *out = NULL, *preset = "tiny";
     int threads = 0, verbose = 0;
+    const char *mix_name = "";
 
     /* pass 1: help and the preset, which every other flag modifies */
     for (int i = 1; i < argc; i++) {
@@ -154,8 +158,9 @@ int cmd_synth(int argc, char **argv)
             continue;
         }
         if (!strcmp(a, "--recipe")) {
+            mix_name = val;
             if (moeq_synth_recipe(&c, val))
-                return cli_usage_error(cmd, "unknown recipe '%s' (asym-2bitexp, f32, f16, bf16)", val);
+                return cli_usage_error(cmd, "unknown recipe '%s' (asym-2bitexp, f32, f16, bf16, or a quantize mix such as Q4_K_M)", val);
             continue;
         }
         if (!strcmp(a, "--mode")) {
@@ -203,6 +208,8 @@ int cmd_synth(int argc, char **argv)
         fprintf(stderr, " %s=%s(%s)", moeq_synth_group_name(g), moeq_type_name(t),
                 moeq_synth_path_name(&c, g));
     }
+    if (c.mix_ftype >= 0)
+        fprintf(stderr, "; the %s mix's rules then pick each tensor's type (see moeq info)", mix_name);
     fputc('\n', stderr);
 
     struct timespec t0, t1;
