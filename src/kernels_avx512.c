@@ -109,6 +109,27 @@ AI void pack_scales(const __m512i sc[4], __m512i sc16[2])
 }
 
 /*
+ * The same layout straight from 16 per-16 scales widened to int16: the
+ * k-th 64-weight vector holds sub-block 4k + i/4 in dword i, so int16
+ * lane 8L + j of sc16[h] takes scale 8h + L (j < 4) or 8h + 4 + L. One
+ * permute per vector instead of four byte shuffles, four widenings and
+ * two packs.
+ */
+#define SP16(h, L) 8*(h)+(L), 8*(h)+(L), 8*(h)+(L), 8*(h)+(L), \
+                   8*(h)+4+(L), 8*(h)+4+(L), 8*(h)+4+(L), 8*(h)+4+(L)
+static const uint16_t sc16_idx[2][32] __attribute__((aligned(64))) = {
+    { SP16(0, 0), SP16(0, 1), SP16(0, 2), SP16(0, 3) },
+    { SP16(1, 0), SP16(1, 1), SP16(1, 2), SP16(1, 3) },
+};
+#undef SP16
+
+AI void scales16_packed(__m256i w16, __m512i sc16[2])
+{
+    sc16[0] = _mm512_permutexvar_epi16(_mm512_load_si512(sc16_idx[0]), _mm512_castsi256_si512(w16));
+    sc16[1] = _mm512_permutexvar_epi16(_mm512_load_si512(sc16_idx[1]), _mm512_castsi256_si512(w16));
+}
+
+/*
  * Horizontal sums of 16 accumulators at once, with exactly the additions
  * of _mm512_reduce_add_ps (256-bit halves, 128-bit halves, lanes 0+2 and
  * 1+3, then those two) so results match the one-column path bit for bit;
@@ -172,7 +193,7 @@ struct dec_signed {
  * and its result does not depend on the path. */
 #define DEC_BLOCKS 32
 
-AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m128i *ls_out)
 {
     const __m128i m4 = _mm_set1_epi8(0x0f);
     __m128i s8 = _mm_loadl_epi64((const __m128i *)xb->scales);
@@ -193,7 +214,6 @@ AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
             (long long)iq2s_grid[q8[5] | (h1 << 6 & 0x300)], (long long)iq2s_grid[q8[4] | (h1 << 8 & 0x300)]);
         wv[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
         sg[k] = load_u64(xb->qs + QK_K / 8 + 8 * k);
-        sc[k] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(ls, _mm_loadu_si128((const __m128i *)spread16[k])));
     }
     *ls_out = ls;   /* the 16 per-16 scales as bytes */
 }
@@ -201,7 +221,7 @@ AI void iq2_s_unpack(const block_iq2_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
 /* Byte g selects g/2: one per-32 scale for each of the 16 bsums. */
 static const uint8_t pairs16[16] = { 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7 };
 
-AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m512i sc[4], __m128i *ls_out)
+AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m128i *ls_out)
 {
 #pragma GCC unroll 16
     for (int k = 0; k < 4; k++) {
@@ -218,8 +238,6 @@ AI void iq3_s_unpack(const block_iq3_s *xb, __m512i wv[4], __mmask64 sg[4], __m5
             _mm256_set_epi32(G3(15), G3(14), G3(13), G3(12), G3(11), G3(10), G3(9), G3(8)), 1);
 #undef G3
         sg[k] = load_u64(xb->signs + 8 * k);
-        int s0 = 2 * (xb->scales[k] & 0xf) + 1, s1 = 2 * (xb->scales[k] >> 4) + 1;
-        sc[k] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(s0), _mm512_set1_epi32(s1));
     }
     uint32_t s4;
     memcpy(&s4, xb->scales, 4);
@@ -258,19 +276,18 @@ AI __m128i hsum4_epi32(__m512i i0, __m512i i1, __m512i i2, __m512i i3)
 AI float signed_unpack(const void *w, int64_t b, const int three, __m512i wv[4], __mmask64 sg[4],
                        __m512i sc16[2])
 {
-    __m512i sc[4];
     __m128i ls;
     float d;
     if (three) {
         const block_iq3_s *xb = (const block_iq3_s *)w + b;
-        iq3_s_unpack(xb, wv, sg, sc, &ls);
+        iq3_s_unpack(xb, wv, sg, &ls);
         d = h2f(xb->d);
     } else {
         const block_iq2_s *xb = (const block_iq2_s *)w + b;
-        iq2_s_unpack(xb, wv, sg, sc, &ls);
+        iq2_s_unpack(xb, wv, sg, &ls);
         d = h2f(xb->d) * 0.125f;
     }
-    pack_scales(sc, sc16);
+    scales16_packed(_mm256_cvtepu8_epi16(ls), sc16);
     return d;
 }
 
@@ -531,26 +548,35 @@ static void tile_transpose(const void *a, size_t as, int c0, int cnt, int nb,
 
 static void tile_unpack(const void *w, int64_t b, const int three, struct tile_row *t)
 {
-    __m512i wv[4], sc[4], sc16[2];
+    __m512i wv[4], sc16[2];
     __mmask64 sg[4];
     __m128i ls;
     if (three) {
         const block_iq3_s *xb = (const block_iq3_s *)w + b;
-        iq3_s_unpack(xb, wv, sg, sc, &ls);
+        iq3_s_unpack(xb, wv, sg, &ls);
         t->d = h2f(xb->d);
     } else {
         const block_iq2_s *xb = (const block_iq2_s *)w + b;
-        iq2_s_unpack(xb, wv, sg, sc, &ls);
+        iq2_s_unpack(xb, wv, sg, &ls);
         t->d = h2f(xb->d) * 0.125f;
     }
-    const __m512i zero = _mm512_setzero_si512();
-    for (int k = 0; k < 4; k++)
-        _mm512_storeu_si512(t->w + 64 * k, _mm512_mask_sub_epi8(wv[k], sg[k], zero, wv[k]));
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi8(1);
+    __m512i sw[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        sw[k] = _mm512_mask_sub_epi8(wv[k], sg[k], zero, wv[k]);
+        _mm512_storeu_si512(t->w + 64 * k, sw[k]);
+    }
     /* sum of ls * w: the block sum against activations of all ones */
-    pack_scales(sc, sc16);
-    block_q8_K ones;
-    memset(ones.qs, 1, sizeof ones.qs);
-    t->corr = -128 * hsum_epi32(block_isum(&ones, wv, sg, sc16, 1));
+    scales16_packed(_mm256_cvtepu8_epi16(ls), sc16);
+    __m512i isum = zero;
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m512i p = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, one, sw[2 * h]),
+                                       _mm512_dpbusd_epi32(zero, one, sw[2 * h + 1]));
+        isum = _mm512_dpwssd_epi32(isum, p, sc16[h]);
+    }
+    t->corr = -128 * hsum_epi32(isum);
     _mm512_storeu_si512(t->ls, _mm512_cvtepu8_epi32(ls));
 }
 
@@ -613,16 +639,26 @@ AI __m128i k4_scales(const uint8_t *q)
     return _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
 }
 
-/* Byte i of pattern p selects scale 2p + i/8: lanes 0..7 of the p-th
- * 64-weight vector belong to sub-block 2p, lanes 8..15 to 2p + 1. */
-static const uint8_t spread32[4][16] = {
-    { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1 },
-    { 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3 },
-    { 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5 },
-    { 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7 },
+/*
+ * Per-32 scales straight into block_isum's packed layout: the p-th
+ * 64-weight vector holds sub-block 2p in dwords 0..7 and 2p + 1 in 8..15,
+ * and packs puts dwords 4L..4L+3 of vectors 2h and 2h + 1 into 128-bit
+ * lane L, so int16 lane 8L + j of sc16[h] takes scale 4h + L/2 (j < 4) or
+ * 4h + 2 + L/2. The indices select from the 16 scales and mins widened to
+ * int16 (mins at 8..15); one permute per vector instead of four byte
+ * shuffles, four widenings and two packs.
+ */
+#define SP32(h, L) 4*(h)+(L)/2, 4*(h)+(L)/2, 4*(h)+(L)/2, 4*(h)+(L)/2, \
+                   4*(h)+2+(L)/2, 4*(h)+2+(L)/2, 4*(h)+2+(L)/2, 4*(h)+2+(L)/2
+static const uint16_t sc32_idx[2][32] __attribute__((aligned(64))) = {
+    { SP32(0, 0), SP32(0, 1), SP32(0, 2), SP32(0, 3) },
+    { SP32(1, 0), SP32(1, 1), SP32(1, 2), SP32(1, 3) },
 };
-/* Bytes 8 + g/2: the min of each 16-element bsum group. */
-static const uint8_t mins_pairs[16] = { 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15 };
+#undef SP32
+/* 8 + g/2: the min of each 16-element bsum group. */
+static const uint16_t mins_idx[16] __attribute__((aligned(32))) = {
+    8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15,
+};
 
 /*
  * As for IQ2_S / IQ3_S, one arithmetic for every path: per block the
@@ -647,7 +683,7 @@ AI void q45_unpack(const void *w, int64_t b, const int five, struct q45_blk *k)
     const uint8_t *qs = five ? x5->qs : x4->qs;
     const __m512i m4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(1);
     __m128i scmn = k4_scales(x4->scales);
-    __m512i sc[4];
+    __m256i sm16 = _mm256_cvtepu8_epi16(scmn);
     __m512i hb = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x5->qh)) : m4;
 #pragma GCC unroll 16
     for (int p = 0; p < 4; p++) {
@@ -661,14 +697,14 @@ AI void q45_unpack(const void *w, int64_t b, const int five, struct q45_blk *k)
             h = _mm512_and_si512(_mm512_srli_epi16(h, 2 * p), one);
             k->wv[p] = _mm512_or_si512(k->wv[p], _mm512_slli_epi16(h, 4));
         }
-        sc[p] = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)spread32[p])));
     }
     /* mins as 16 int16 lanes, one per bsum (two per sub-block of 32) */
-    k->mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scmn, _mm_loadu_si128((const __m128i *)mins_pairs)));
+    k->mins = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)mins_idx), sm16);
+    k->sc16[0] = _mm512_permutexvar_epi16(_mm512_load_si512(sc32_idx[0]), _mm512_castsi256_si512(sm16));
+    k->sc16[1] = _mm512_permutexvar_epi16(_mm512_load_si512(sc32_idx[1]), _mm512_castsi256_si512(sm16));
     k->scmn = scmn;
     k->d = h2f(x4->d);
     k->ndmin = -h2f(x4->dmin);
-    pack_scales(sc, k->sc16);
 }
 
 AI __m512i q45_msum(const block_q8_K *y, const struct q45_blk *k)
@@ -886,7 +922,6 @@ struct q6_blk {
 AI void q6_unpack(const block_q6_K *xb, struct q6_blk *k)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
-    __m512i sc[4];
 #pragma GCC unroll 16
     for (int h = 0; h < 2; h++) {
         /* 64 ql bytes: low nibbles are elements 0..63 of this half,
@@ -900,14 +935,12 @@ AI void q6_unpack(const block_q6_K *xb, struct q6_blk *k)
                                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
     }
     __m128i sc8 = _mm_loadu_si128((const __m128i *)xb->scales);
-#pragma GCC unroll 16
-    for (int i = 0; i < 4; i++)
-        sc[i] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)spread16[i])));
+    __m256i s16 = _mm256_cvtepi8_epi16(sc8);
+    scales16_packed(s16, k->sc16);
     /* weights are stored +32: subtract 32 * scale * bsum per sub-block */
-    k->off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
+    k->off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(s16, 5));
     k->sc8 = sc8;
     k->d = h2f(xb->d);
-    pack_scales(sc, k->sc16);
 }
 
 /* The block's exact integer sum against one column, as 16 lanes. */
