@@ -2,7 +2,8 @@
 # bench/engine.sh: engine speed (pp512, tg128 tokens/s as llama-bench
 # reports them) and peak RSS with `moeq bench`, on the tiny models in
 # ../shared and on the full qwen3-30b-a3b shape in the asym-2bitexp recipe
-# (random weights from `moeq synth`: real speed and memory at real scale).
+# and the Q4_K_M mix (random weights from `moeq synth`: real speed and
+# memory at real scale).
 # Results go to stdout as Markdown rows, for the engine section of
 # bench/RESULTS.md.
 #
@@ -14,11 +15,11 @@
 #   LLAMA_BENCH  a reference llama-bench binary: when set, it runs on the
 #                same files with the same threads and the ratio
 #                moeq / reference is reported per test
-#   BENCH_FULL   0 skips the full-size models (~12 and ~20 GiB of disk,
+#   BENCH_FULL   0 skips the full-size models (~11 and ~18 GiB of disk,
 #                written to a temporary folder and deleted afterwards)
 #   FULL_DIR     keep the full-size files in this folder and reuse them
 #   FULL_REPS    repetitions at full size (default 2)
-#   BENCH_Q4K    0 skips the full-size Q4_K model
+#   BENCH_Q4K    0 skips the full-size Q4_K_M model
 set -eu
 bin=${MOEQ_BIN:-./moeq}
 shared=${MOEQ_SHARED:-../shared}
@@ -91,22 +92,21 @@ if [ "${BENCH_FULL:-1}" != 0 ]; then
   mkdir -p "$dir"
   avail=$(df -Pk "$dir" | awk 'NR==2 { print $4 }')
   full=$dir/qwen3-30b-a3b-asym.gguf
-  q4k=$dir/qwen3-30b-a3b-q4k.gguf
+  q4k=$dir/qwen3-30b-a3b-q4_k_m.gguf
   if [ ! -s "$full" ] && [ "$avail" -lt 12582912 ]; then
     echo "(full-size models skipped: need 12 GiB free in $dir)"
   else
     [ -s "$full" ] || "$bin" synth --preset qwen3-30b-a3b --recipe asym-2bitexp -o "$full" >/dev/null 2>&1
     bench_one "$full" "${FULL_REPS:-2}"
-    # A Q4_K_M-like mix: Q4_K, with Q6_K for attn_v, ffn_down_exps (in
-    # every layer: Q4_K_M does it in about half) and output.
+    # Q4_K_M as moeq quantize (and llama-quantize) lays it out: Q4_K,
+    # Q6_K ffn_down_exps in half the layers, the MoE bumps of attention.
     if [ "${BENCH_Q4K:-1}" != 0 ]; then
       avail=$(df -Pk "$dir" | awk 'NR==2 { print $4 }')
-      if [ -s "$q4k" ] || [ "$avail" -ge 20971520 ]; then
-        [ -s "$q4k" ] || "$bin" synth --preset qwen3-30b-a3b --type Q4_K --type-attn-v Q6_K \
-          --type-exp-down Q6_K --type-output Q6_K -o "$q4k" >/dev/null 2>&1
+      if [ -s "$q4k" ] || [ "$avail" -ge 19922944 ]; then
+        [ -s "$q4k" ] || "$bin" synth --preset qwen3-30b-a3b --recipe Q4_K_M -o "$q4k" >/dev/null 2>&1
         bench_one "$q4k" "${FULL_REPS:-2}"
       else
-        echo "(full-size Q4_K model skipped: need 20 GiB free in $dir)"
+        echo "(full-size Q4_K_M model skipped: need 19 GiB free in $dir)"
       fi
     fi
   fi

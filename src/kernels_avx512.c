@@ -260,7 +260,29 @@ AI int32_t hsum_epi32(__m512i v) { return _mm512_reduce_add_epi32(v); }
 
 AI float fma_step(float acc, int32_t S, float p)
 {
-    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_cvtsi32_ss(_mm_setzero_ps(), S), _mm_set_ss(p), _mm_set_ss(acc)));
+    /* a scalar fma (one vfmadd231ss): building vectors around it put an
+     * insertps on the accumulator's dependency chain */
+    return __builtin_fmaf((float)S, p, acc);
+}
+
+/* Four blocks' float steps in block order, from their exact sums S and
+ * factors p (and, when M is given, the mins' sums M with factors q after
+ * each block's S step), exactly as fma_step would do them one by one.
+ * The sums stay in a vector: storing them to read back single lanes
+ * stalled on store forwarding. */
+AI float fma_steps4(float acc, __m128i S, __m128 p, const __m128i *M, __m128 q)
+{
+    const __m128 sf = _mm_cvtepi32_ps(S);
+    const __m128 mf = M ? _mm_cvtepi32_ps(*M) : sf;
+    __m128 a = _mm_set_ss(acc);
+    /* lane j moved to lane 0 (the immediate holds j in every field) */
+#define STEP(sel) do {                                                                 \
+        a = _mm_fmadd_ss(_mm_permute_ps(sf, sel), _mm_permute_ps(p, sel), a);          \
+        if (M) a = _mm_fmadd_ss(_mm_permute_ps(mf, sel), _mm_permute_ps(q, sel), a);   \
+    } while (0)
+    STEP(0x00); STEP(0x55); STEP(0xaa); STEP(0xff);
+#undef STEP
+    return _mm_cvtss_f32(a);
 }
 
 /* Four rows' (or columns') lane sums at once, exact (integer). */
@@ -315,9 +337,8 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
                 is[j] = block_isum(y, wv, sg, sc16, 1);
                 p[j] = d * y->d;
             }
-            int32_t S[4];
-            _mm_storeu_si128((__m128i *)S, hsum4_epi32(is[0], is[1], is[2], is[3]));
-            for (int j = 0; j < 4; j++) acc[0] = fma_step(acc[0], S[j], p[j]);
+            acc[0] = fma_steps4(acc[0], hsum4_epi32(is[0], is[1], is[2], is[3]),
+                                _mm_setr_ps(p[0], p[1], p[2], p[3]), NULL, _mm_setzero_ps());
         }
     }
     for (; b < n / QK_K; b++) {
@@ -742,13 +763,11 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
                 ms[j] = q45_msum(y, &k);
                 yd[j] = y->d; dd[j] = k.d; nd[j] = k.ndmin;
             }
-            int32_t S[4], M[4];
-            _mm_storeu_si128((__m128i *)S, hsum4_epi32(is[0], is[1], is[2], is[3]));
-            _mm_storeu_si128((__m128i *)M, hsum4_epi32(ms[0], ms[1], ms[2], ms[3]));
-            for (int j = 0; j < 4; j++) {
-                acc[0] = fma_step(acc[0], S[j], dd[j] * yd[j]);
-                acc[0] = fma_step(acc[0], M[j], nd[j] * yd[j]);
-            }
+            const __m128 y4 = _mm_setr_ps(yd[0], yd[1], yd[2], yd[3]);
+            const __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
+            acc[0] = fma_steps4(acc[0], hsum4_epi32(is[0], is[1], is[2], is[3]),
+                                _mm_mul_ps(_mm_setr_ps(dd[0], dd[1], dd[2], dd[3]), y4), &M,
+                                _mm_mul_ps(_mm_setr_ps(nd[0], nd[1], nd[2], nd[3]), y4));
         }
     }
     for (; b < n / QK_K; b++) {
@@ -823,7 +842,10 @@ static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const voi
     rows_q45(n, w, ws, nr, a, s, 0);
 }
 static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{ rows_q45(n, w, ws, nr, a, s, 1); }
+{
+    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 1); return; }
+    rows_q45(n, w, ws, nr, a, s, 1);
+}
 
 /*
  * Tile kernel (many columns), as for IQ2_S / IQ3_S: the weights are
@@ -975,9 +997,8 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
                 is[j] = q6_isum(y, &k);
                 p[j] = k.d * y->d;
             }
-            int32_t S[4];
-            _mm_storeu_si128((__m128i *)S, hsum4_epi32(is[0], is[1], is[2], is[3]));
-            for (int j = 0; j < 4; j++) acc[0] = fma_step(acc[0], S[j], p[j]);
+            acc[0] = fma_steps4(acc[0], hsum4_epi32(is[0], is[1], is[2], is[3]),
+                                _mm_setr_ps(p[0], p[1], p[2], p[3]), NULL, _mm_setzero_ps());
         }
     }
     for (; b < n / QK_K; b++) {
