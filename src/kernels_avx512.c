@@ -511,6 +511,7 @@ static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const vo
 struct tile_row {           /* one row's block, unpacked */
     int8_t  w[QK_K];        /* signed weights */
     int32_t ls[16];         /* scale of each 16 weights */
+    __m512i sc16[2];        /* the same, packed for block_isum (tile_few) */
     int32_t corr;           /* -128 * sum of ls * w: takes the + 128 back out */
     float   d;
 };
@@ -599,6 +600,50 @@ static void tile_unpack(const void *w, int64_t b, const int three, struct tile_r
     }
     t->corr = -128 * hsum_epi32(isum);
     _mm512_storeu_si512(t->ls, _mm512_cvtepu8_epi32(ls));
+    t->sc16[0] = sc16[0];
+    t->sc16[1] = sc16[1];
+}
+
+/*
+ * The last one to three columns of a call, against four unpacked rows:
+ * a group of 16 lanes would be mostly padding, so these go column by
+ * column as the decode kernel does (signed activations, signs from the
+ * table's weights), with the same exact block sums as tile_quad and the
+ * same float steps.
+ */
+AI void tile_few(const struct tile_row *const t[4], int nb, const void *A, size_t as, int c0,
+                 const int cnt, float *out, size_t os, int nrow)
+{
+    __m128 acc[3] = { _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps() };
+    for (int b = 0; b < nb; b++) {
+        __m512i is[3][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m512i wv[4];
+            __mmask64 sg[4];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                const __m512i w = _mm512_loadu_si512(t[i][b].w + 64 * k);
+                wv[k] = _mm512_abs_epi8(w);
+                sg[k] = _mm512_movepi8_mask(w);
+            }
+#pragma GCC unroll 3
+            for (int c = 0; c < cnt; c++)
+                is[c][i] = block_isum(q8k_col(A, as, c0 + c, b), wv, sg, t[i][b].sc16, 1);
+        }
+        const __m128 d4 = _mm_setr_ps(t[0][b].d, t[1][b].d, t[2][b].d, t[3][b].d);
+#pragma GCC unroll 3
+        for (int c = 0; c < cnt; c++) {
+            const __m128i S = hsum4_epi32(is[c][0], is[c][1], is[c][2], is[c][3]);
+            const __m128 p = _mm_mul_ps(d4, _mm_set1_ps(q8k_col(A, as, c0 + c, b)->d));
+            acc[c] = _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, acc[c]);
+        }
+    }
+    for (int c = 0; c < cnt; c++) {
+        float v[4];
+        _mm_storeu_ps(v, acc[c]);
+        for (int i = 0; i < nrow; i++) out[(size_t)(c0 + c) * os + i] = v[i];
+    }
 }
 
 /* Four rows (t[i] over nb blocks) against one group of 16 columns: the
@@ -1128,7 +1173,11 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
     for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
         int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
-        int ng = (cols + 15) / 16;
+        /* the last 1..3 columns go to tile_few (IQ: from the unpacked
+         * table) or the direct kernel (K-quants: cheap to unpack), not to a
+         * group of 16 lanes that would be mostly padding */
+        const int few = c0 + cols == nc && cols % 16 <= 3 ? cols % 16 : 0;
+        int ng = (cols - few + 15) / 16;
         for (int g = 0; g < ng; g++) {
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
             tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], iq);
@@ -1137,7 +1186,7 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
         }
         for (int64_t r = 0; r < nr; r += 4) {
             const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
-            for (int i = 0; i < nrow; i++) {
+            for (int i = 0; i < nrow && (ng || iq); i++) {
                 const uint8_t *wr = (const uint8_t *)W + (size_t)(r + i) * ws;
                 for (int b = 0; b < nb; b++) {
                     if (iq) tile_unpack(wr, b, kind == TK_IQ3_S, &tr.iq[i][b]);
@@ -1164,6 +1213,28 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
                 }
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
                 for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
+            }
+            if (few && !iq) {
+                const int cf = (int)c0 + 16 * ng;
+                const void *af = (const uint8_t *)A + (size_t)cf * as;
+                for (int i = 0; i < nrow; i++) {
+                    const uint8_t *wr = (const uint8_t *)W + (size_t)(r + i) * ws;
+                    float *o = out + (size_t)cf * os + r + i;
+#define FEW_K(NC) do {                                                          \
+                        if (kind == TK_Q6_K) k_q6_K(K, wr, af, as, NC, o, os);           \
+                        else k_q45_K(K, wr, af, as, NC, o, os, kind == TK_Q5_K);          \
+                    } while (0)
+                    if (few == 1) FEW_K(1); else if (few == 2) FEW_K(2); else FEW_K(3);
+#undef FEW_K
+                }
+            }
+            if (few && iq) {
+                const struct tile_row *t[4];
+                for (int i = 0; i < 4; i++) t[i] = tr.iq[i < nrow ? i : 0];
+                const int cf = (int)c0 + 16 * ng;
+                if (few == 1) tile_few(t, nb, A, as, cf, 1, out + r, os, nrow);
+                else if (few == 2) tile_few(t, nb, A, as, cf, 2, out + r, os, nrow);
+                else tile_few(t, nb, A, as, cf, 3, out + r, os, nrow);
             }
         }
     }

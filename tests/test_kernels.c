@@ -372,8 +372,10 @@ TEST(kernels_act_quant_same_bytes_every_isa)
 TEST(kernels_gemm_bit_identical_for_any_column_count)
 {
     static const int ks[] = { 768, 12288 };
-    static const int ncs[] = { 1, 2, 3, 4, 5, 17, 33 };
-    enum { R = 6, CMAX = 33 };
+    /* tile groups of 16, the leftover 1..3 columns of a call (tile_few),
+     * and more than one 64-column pass */
+    static const int ncs[] = { 1, 2, 3, 4, 5, 8, 16, 17, 18, 19, 20, 33, 66 };
+    enum { R = 6, CMAX = 67, NNC = sizeof ncs / sizeof ncs[0] };
     for (int ki = 0; ki < 2; ki++) {
         int K = ks[ki];
         float *x = malloc(sizeof(float) * K), *ref = malloc(sizeof(float) * R * CMAX),
@@ -394,7 +396,7 @@ TEST(kernels_gemm_bit_identical_for_any_column_count)
                     moeq_quantize_act(type, x, a + c * as, K);
                 }
                 moeq_gemm_isa(isa, type, K, w, ws, R, a, as, CMAX, ref, R);
-                for (int ni = 0; ni < 7; ni++) {
+                for (int ni = 0; ni < NNC; ni++) {
                     int nc = ncs[ni];
                     /* columns [c0, c0 + nc) of the same activations */
                     int c0 = (CMAX - nc) / 2;
