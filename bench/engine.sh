@@ -18,7 +18,8 @@
 #   BENCH_FULL   0 skips the full-size models (~11 and ~18 GiB of disk,
 #                written to a temporary folder and deleted afterwards)
 #   FULL_DIR     keep the full-size files in this folder and reuse them
-#   FULL_REPS    repetitions at full size (default 2)
+#   FULL_REPS    rounds at full size, moeq and reference alternating
+#                (default 3)
 #   BENCH_Q4K    0 skips the full-size Q4_K_M model
 set -eu
 bin=${MOEQ_BIN:-./moeq}
@@ -72,6 +73,45 @@ bench_one() {
   done
 }
 
+# Full-size files: ROUNDS rounds of one moeq run then one reference run,
+# so that a slow spell of this (shared) machine hits both engines alike;
+# each engine's mean ± standard deviation over the rounds, and the ratio
+# of the means.
+bench_rounds() {
+  file=$1 rounds=$2
+  name=$(basename "$file")
+  warm_file "$file"
+  : > "$tmp/m.txt"; : > "$tmp/r.txt"
+  i=0 rss=""
+  while [ "$i" -lt "$rounds" ]; do
+    out=$("$bin" bench -m "$file" -p "$pp" -n "$tg" -r 1 -t "$threads" 2>&1) || {
+      echo "| $name | failed: $(echo "$out" | tail -n 1) |"; return; }
+    rss=$(echo "$out" | sed -n 's/^peak RSS: //p')
+    for test in "pp$pp" "tg$tg"; do
+      echo "$test $(echo "$out" | tps "$test")" >> "$tmp/m.txt"
+    done
+    if [ -n "${LLAMA_BENCH:-}" ]; then
+      refout=$("$LLAMA_BENCH" -m "$file" -p "$pp" -n "$tg" -r 1 -t "$threads" 2>/dev/null || true)
+      for test in "pp$pp" "tg$tg"; do
+        echo "$test $(echo "$refout" | tps "$test")" >> "$tmp/r.txt"
+      done
+    fi
+    i=$((i + 1))
+  done
+  for test in "pp$pp" "tg$tg"; do
+    m=$(awk -v t="$test" '$1 == t && $2 != "" { s += $2; q += $2 * $2; n++ }
+      END { if (n) { mu = s / n; v = q / n - mu * mu; if (v < 0) v = 0;
+                     printf "%.2f ± %.2f %.4f", mu, sqrt(v * n / (n > 1 ? n - 1 : 1)), mu } }' "$tmp/m.txt")
+    ref=""
+    if [ -n "${LLAMA_BENCH:-}" ]; then
+      r=$(awk -v t="$test" '$1 == t && $2 != "" { s += $2; n++ } END { if (n) printf "%.2f", s / n }' "$tmp/r.txt")
+      mu=${m##* }
+      [ -n "$r" ] && ref=" | $r | $(awk -v a="$mu" -v b="$r" 'BEGIN { printf "%.2f", a / b }')"
+    fi
+    echo "| $name | $threads | $test | ${m% *} | $rss$ref |"
+  done
+}
+
 echo "moeq $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, $(date -u +%Y-%m-%d)"
 echo
 if [ -n "${LLAMA_BENCH:-}" ]; then
@@ -97,14 +137,14 @@ if [ "${BENCH_FULL:-1}" != 0 ]; then
     echo "(full-size models skipped: need 12 GiB free in $dir)"
   else
     [ -s "$full" ] || "$bin" synth --preset qwen3-30b-a3b --recipe asym-2bitexp -o "$full" >/dev/null 2>&1
-    bench_one "$full" "${FULL_REPS:-2}"
+    bench_rounds "$full" "${FULL_REPS:-3}"
     # Q4_K_M as moeq quantize (and llama-quantize) lays it out: Q4_K,
     # Q6_K ffn_down_exps in half the layers, the MoE bumps of attention.
     if [ "${BENCH_Q4K:-1}" != 0 ]; then
       avail=$(df -Pk "$dir" | awk 'NR==2 { print $4 }')
       if [ -s "$q4k" ] || [ "$avail" -ge 19922944 ]; then
         [ -s "$q4k" ] || "$bin" synth --preset qwen3-30b-a3b --recipe Q4_K_M -o "$q4k" >/dev/null 2>&1
-        bench_one "$q4k" "${FULL_REPS:-2}"
+        bench_rounds "$q4k" "${FULL_REPS:-3}"
       else
         echo "(full-size Q4_K_M model skipped: need 19 GiB free in $dir)"
       fi
