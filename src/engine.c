@@ -1176,12 +1176,22 @@ static void moe_whole_fn(void *ctx, int64_t b, int64_t end, int tid)
     }
 }
 
-/* Tasks over (active expert, chunk of rows of n_rows). */
+/* Tasks over (active expert, chunk of rows of n_rows), the experts with
+ * the most tokens first: the pool hands tasks out in order, so the big
+ * ones start early and the last to finish are small (less waiting at the
+ * end of the pass). Each task's result does not depend on the order. */
 static int moe_make_tasks(moeq_engine *e, int n_rows)
 {
-    int nt = 0;
+    int na = 0;
     for (int x = 0; x < e->m->hp.n_expert; x++) {
         if (!e->ex_count[x]) continue;
+        int i = na++;
+        for (; i > 0 && e->ex_count[e->ex_order[i - 1]] < e->ex_count[x]; i--) e->ex_order[i] = e->ex_order[i - 1];
+        e->ex_order[i] = x;
+    }
+    int nt = 0;
+    for (int k = 0; k < na; k++) {
+        const int x = e->ex_order[k];
         const int chunk = row_chunk(e->ex_count[x]);
         for (int r = 0; r < n_rows; r += chunk) {
             e->tasks[nt].expert = x;
@@ -1528,6 +1538,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         e->ex_count = xcalloc((size_t)NX, sizeof *e->ex_count, &oom);
         e->ex_off = xcalloc((size_t)NX, sizeof *e->ex_off, &oom);
         e->ex_fill = xcalloc((size_t)NX, sizeof *e->ex_fill, &oom);
+        e->ex_order = xcalloc((size_t)NX, sizeof *e->ex_order, &oom);
         e->xg = xcalloc(slots * E, sizeof(float), &oom);
         e->dout = xcalloc(slots * E, sizeof(float), &oom);
         int maxr = F > E ? F : E;
@@ -1552,7 +1563,7 @@ void moeq_engine_close(moeq_engine *e)
     void *bufs[] = { e->x, e->xn, e->tmp, e->q, e->k, e->v, e->att, e->rope, e->hg, e->hu,
                      e->btok, e->bpos, e->bsess, e->out_rows, e->rowbuf, e->attn_buf, e->attn_tiles,
                      e->logits_tmp, e->actq[0], e->actq[1], e->actq_h, e->rlog, e->sel, e->selw, e->slot_of, e->ex_count,
-                     e->ex_off, e->ex_fill, e->xg, e->dout, e->tasks };
+                     e->ex_off, e->ex_fill, e->ex_order, e->xg, e->dout, e->tasks };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     moeq_tokenizer_free(e->tok);
     moeq_model_free(e->m);

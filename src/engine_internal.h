@@ -72,6 +72,7 @@ struct moeq_engine {
     float *selw;                 /* [slots] their weights */
     int   *slot_of;              /* [slots] (token, k) -> grouped row */
     int   *ex_count, *ex_off, *ex_fill; /* [n_expert] */
+    int   *ex_order;                    /* [n_expert]: active experts, most tokens first */
     float *xg;                   /* [slots][n_embd] inputs grouped by expert */
     float *dout;                 /* [slots][n_embd] expert outputs */
     struct moe_task *tasks;

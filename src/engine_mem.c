@@ -94,7 +94,7 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
         const uint64_t maxr = F > E ? F : E;
         bytes += cap * NX * 4;                 /* rlog */
         bytes += slots * (4 + 4 + 4);          /* sel, selw, slot_of */
-        bytes += NX * 4 * 3;                   /* ex_count, ex_off, ex_fill */
+        bytes += NX * 4 * 4;                   /* ex_count, ex_off, ex_fill, ex_order */
         bytes += slots * E * 4 * 2;            /* xg, dout */
         bytes += NX * ((maxr + 15) / 16) * 16; /* tasks (upper bound) */
     }

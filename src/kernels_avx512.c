@@ -506,7 +506,7 @@ static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const vo
  * float steps are those of the kernels above.
  */
 #define TILE_BLOCKS 16      /* rows up to 4096 (longer rows use the others) */
-#define TILE_COLS   64      /* columns transposed per pass (4 groups of 16) */
+#define TILE_COLS   64      /* columns per pass at the longest rows (4 groups of 16) */
 
 struct tile_row {           /* one row's block, unpacked */
     int8_t  w[QK_K];        /* signed weights */
@@ -1148,8 +1148,8 @@ AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at
 /* ------------------------------------------------------- tile driver */
 
 /*
- * One driver for the five tile kernels: per pass of up to TILE_COLS
- * columns, transpose them (and lay out their bsums where the format needs
+ * One driver for the five tile kernels: per pass of up to 64 x 16 / blocks
+ * columns per row, transpose them (and lay out their bsums where the format needs
  * them) once, then take the rows four at a time: unpack each row's blocks,
  * run the format's four-row kernel against every group of 16 columns and
  * scatter the sums to out[c * os + r].
@@ -1161,9 +1161,14 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
 {
     const int nb = (int)(K / QK_K);
     const int iq = kind == TK_IQ2_S || kind == TK_IQ3_S;
-    __m512i at[TILE_COLS / 16][TILE_BLOCKS * 64];    /* 64 KiB per group of 16 at the most */
-    __m512i bs[TILE_COLS / 16][TILE_BLOCKS * 16];
-    __m512 yd[TILE_COLS / 16][TILE_BLOCKS];
+    /* transposed activations of one pass: 256 KiB, whatever the row
+     * length, so shorter rows take more columns per pass (each pass
+     * unpacks the rows again) */
+    enum { GB = (TILE_COLS / 16) * TILE_BLOCKS };    /* group-blocks per pass */
+    __m512i at[GB * 64];
+    __m512i bs[GB * 16];
+    __m512 yd[GB];
+    const int pass_cols = 16 * (GB / nb);
     union {
         struct tile_row iq[4][TILE_BLOCKS];
         struct tile_q45 q45[4][TILE_BLOCKS];
@@ -1171,8 +1176,8 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
     } tr;
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
-    for (int64_t c0 = 0; c0 < nc; c0 += TILE_COLS) {
-        int cols = nc - c0 < TILE_COLS ? (int)(nc - c0) : TILE_COLS;
+    for (int64_t c0 = 0; c0 < nc; c0 += pass_cols) {
+        int cols = nc - c0 < pass_cols ? (int)(nc - c0) : pass_cols;
         /* the last 1..3 columns go to tile_few (IQ: from the unpacked
          * table) or the direct kernel (K-quants: cheap to unpack), not to a
          * group of 16 lanes that would be mostly padding */
@@ -1180,9 +1185,9 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
         int ng = (cols - few + 15) / 16;
         for (int g = 0; g < ng; g++) {
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
-            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at[g], yd[g], iq);
-            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 2, 1, bs[g]);
-            if (kind == TK_Q6_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 1, 32, bs[g]);
+            tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at + (size_t)g * nb * 64, yd + (size_t)g * nb, iq);
+            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 2, 1, bs + (size_t)g * nb * 16);
+            if (kind == TK_Q6_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 1, 32, bs + (size_t)g * nb * 16);
         }
         for (int64_t r = 0; r < nr; r += 4) {
             const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
@@ -1201,15 +1206,15 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
                 if (iq) {
                     const struct tile_row *t[4];
                     for (int i = 0; i < 4; i++) t[i] = tr.iq[i < nrow ? i : 0];
-                    tile_quad(t, nb, at[g], yd[g], kind == TK_IQ3_S, acc);
+                    tile_quad(t, nb, at + (size_t)g * nb * 64, yd + (size_t)g * nb, kind == TK_IQ3_S, acc);
                 } else if (kind == TK_Q6_K) {
                     const struct tile_q6 *t[4];
                     for (int i = 0; i < 4; i++) t[i] = tr.q6[i < nrow ? i : 0];
-                    tile_q6_quad(t, nb, at[g], bs[g], yd[g], acc);
+                    tile_q6_quad(t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16, yd + (size_t)g * nb, acc);
                 } else {
                     const struct tile_q45 *t[4];
                     for (int i = 0; i < 4; i++) t[i] = tr.q45[i < nrow ? i : 0];
-                    tile_q45_quad(t, nb, at[g], bs[g], yd[g], acc);
+                    tile_q45_quad(t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16, yd + (size_t)g * nb, acc);
                 }
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
                 for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);

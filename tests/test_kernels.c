@@ -371,12 +371,12 @@ TEST(kernels_act_quant_same_bytes_every_isa)
  */
 TEST(kernels_gemm_bit_identical_for_any_column_count)
 {
-    static const int ks[] = { 768, 12288 };
+    static const int ks[] = { 768, 12288, 4096 };
     /* tile groups of 16, the leftover 1..3 columns of a call (tile_few),
-     * and more than one 64-column pass */
-    static const int ncs[] = { 1, 2, 3, 4, 5, 8, 16, 17, 18, 19, 20, 33, 66 };
+     * and more than one pass (64 columns at 16 blocks a row) */
+    static const int ncs[] = { 1, 2, 3, 4, 5, 8, 16, 17, 18, 19, 20, 33, 66, 67 };
     enum { R = 6, CMAX = 67, NNC = sizeof ncs / sizeof ncs[0] };
-    for (int ki = 0; ki < 2; ki++) {
+    for (int ki = 0; ki < 3; ki++) {
         int K = ks[ki];
         float *x = malloc(sizeof(float) * K), *ref = malloc(sizeof(float) * R * CMAX),
               *out = malloc(sizeof(float) * R * CMAX);
@@ -387,8 +387,9 @@ TEST(kernels_gemm_bit_identical_for_any_column_count)
             for (int ti = 0; ti < N_TYPES; ti++) {
                 int type = all_types[ti];
                 if (K % moeq_type_traits(type)->blck_size) continue;
-                if (ki == 1 && type != MOEQ_TYPE_IQ2_S && type != MOEQ_TYPE_IQ3_S && type != MOEQ_TYPE_Q4_K)
-                    continue;   /* the long row is for the table's limit */
+                if (ki >= 1 && type != MOEQ_TYPE_IQ2_S && type != MOEQ_TYPE_IQ3_S && type != MOEQ_TYPE_Q4_K &&
+                    type != MOEQ_TYPE_Q6_K)
+                    continue;   /* the long rows are for the tiles' limits */
                 size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
                 for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, FILL_RANDOM);
                 for (int c = 0; c < CMAX; c++) {
