@@ -900,7 +900,8 @@ static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const voi
  */
 struct tile_q45 {
     uint8_t w[QK_K];       /* values in element order */
-    int32_t sc[8], mn[8];
+    int32_t sc[8];
+    int32_t mnp[4];        /* mins in int16 pairs: mn[2k] | mn[2k + 1] << 16 */
     float   d, ndmin;
 };
 
@@ -912,28 +913,42 @@ static void tile_q45_unpack(const void *w, int64_t b, const int five, struct til
     for (int p = 0; p < 4; p++) _mm512_storeu_si512(t->w + 64 * p, k.wv[p]);
     uint8_t sm[16];
     _mm_storeu_si128((__m128i *)sm, k.scmn);
-    for (int j = 0; j < 8; j++) { t->sc[j] = sm[j]; t->mn[j] = sm[8 + j]; }
+    for (int j = 0; j < 8; j++) t->sc[j] = sm[j];
+    for (int k = 0; k < 4; k++) t->mnp[k] = sm[8 + 2 * k] | sm[9 + 2 * k] << 16;
     t->d = k.d;
     t->ndmin = k.ndmin;
 }
 
-/* Activation sums of columns [c0, c0 + cnt) per sub-block of 16 * per
- * elements, times mul, one column per lane (missing columns 0): Q4_K's
- * mins meet them per 32 (per 2), Q6_K's +32 offset per 16 (per 1, mul 32). */
-AI void tile_bsums(const void *a, size_t as, int c0, int cnt, int nb, const int per, const int mul,
-                   __m512i *bs)
+/* Q6_K: each column's activation sums per sub-block of 16, times 32 (the
+ * stored values' offset), one column per lane (missing columns 0). */
+AI void tile_bsums32(const void *a, size_t as, int c0, int cnt, int nb, __m512i *bs)
 {
-    const int nsub = 16 / per;
     for (int b = 0; b < nb; b++)
-        for (int j = 0; j < nsub; j++) {
+        for (int j = 0; j < 16; j++) {
+            int32_t v[16];
+            for (int c = 0; c < 16; c++) v[c] = c < cnt ? 32 * q8k_col(a, as, c0 + c, b)->bsums[j] : 0;
+            bs[b * 16 + j] = _mm512_loadu_si512(v);
+        }
+}
+
+/* Q4_K / Q5_K: each column's activation sums per sub-block of 32 in int16
+ * pairs (sub-blocks 2k, 2k + 1 in dword k; |sum| <= 32 * 127 fits), so
+ * one dpwssd applies two mins. */
+AI void tile_bsums_pairs(const void *a, size_t as, int c0, int cnt, int nb, __m512i *bs)
+{
+    for (int b = 0; b < nb; b++)
+        for (int k = 0; k < 4; k++) {
             int32_t v[16];
             for (int c = 0; c < 16; c++) {
-                int sum = 0;
-                if (c < cnt)
-                    for (int k = 0; k < per; k++) sum += q8k_col(a, as, c0 + c, b)->bsums[per * j + k];
-                v[c] = mul * sum;
+                int lo = 0, hi = 0;
+                if (c < cnt) {
+                    const int16_t *q = q8k_col(a, as, c0 + c, b)->bsums + 4 * k;
+                    lo = q[0] + q[1];
+                    hi = q[2] + q[3];
+                }
+                v[c] = (int32_t)((uint32_t)(uint16_t)lo | (uint32_t)(uint16_t)hi << 16);
             }
-            bs[b * nsub + j] = _mm512_loadu_si512(v);
+            bs[b * 4 + k] = _mm512_loadu_si512(v);
         }
 }
 
@@ -959,12 +974,15 @@ AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *
                 for (int i = 0; i < 4; i++)
                     v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[8 * j + g]), av);
             }
-            __m512i bj = bs[b * 8 + j];
 #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < 4; i++)
                 S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
-                M[i] = _mm512_add_epi32(M[i], _mm512_mullo_epi32(bj, _mm512_set1_epi32(t[i][b].mn[j])));
-            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            const __m512i bk = bs[b * 4 + k];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) M[i] = _mm512_dpwssd_epi32(M[i], bk, _mm512_set1_epi32(t[i][b].mnp[k]));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
@@ -1186,8 +1204,8 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
         for (int g = 0; g < ng; g++) {
             int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
             tile_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at + (size_t)g * nb * 64, yd + (size_t)g * nb, iq);
-            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 2, 1, bs + (size_t)g * nb * 16);
-            if (kind == TK_Q6_K) tile_bsums(A, as, (int)c0 + 16 * g, cnt, nb, 1, 32, bs + (size_t)g * nb * 16);
+            if (kind == TK_Q4_K || kind == TK_Q5_K) tile_bsums_pairs(A, as, (int)c0 + 16 * g, cnt, nb, bs + (size_t)g * nb * 16);
+            if (kind == TK_Q6_K) tile_bsums32(A, as, (int)c0 + 16 * g, cnt, nb, bs + (size_t)g * nb * 16);
         }
         for (int64_t r = 0; r < nr; r += 4) {
             const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
