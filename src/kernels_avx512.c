@@ -1337,6 +1337,158 @@ AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC,
 AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
 { k_b32(n, w, a, as, NC, s, ss, 2); }
 
+/*
+ * Tile kernel for Q8_0 / Q4_0 / IQ4_NL (many columns). The direct kernel
+ * above fixes these formats' arithmetic: eight float lanes per (row,
+ * column), lane L accumulating fma((float)dp_L, dw * dy, .) block by block,
+ * where dp_L is the exact sum of the products of weights 4L..4L+3, then
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). The tile keeps those
+ * eight lanes as eight vectors of 16 columns and ends with the same sums,
+ * so its results are the direct kernel's bit for bit. Activations are
+ * transposed as unsigned (+128) bytes; each dword's correction
+ * -128 * (its four weights) starts the dpbusd.
+ */
+struct tile_b32 {
+    int8_t  w[32];          /* signed weights */
+    int32_t corr[8];        /* -128 * sum of weights 4L..4L+3 */
+    float   d;
+};
+
+#define TB32_BLOCKS 128     /* rows up to 4096 */
+#define TB32_GB     256     /* group-blocks transposed per pass (128 KiB) */
+
+static void tile_b32_unpack(const void *w, int64_t b, const int kind, struct tile_b32 *t)
+{
+    const size_t bsize = kind == 0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    const uint8_t *blk = (const uint8_t *)w + b * bsize;
+    const __m256i q = load_w32(blk, kind);
+    _mm256_storeu_si256((__m256i *)t->w, q);
+    const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), q);
+    _mm256_storeu_si256((__m256i *)t->corr, _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
+    ggml_half dh;
+    memcpy(&dh, blk, 2);
+    t->d = h2f(dh);
+}
+
+/* Columns [c0, c0 + cnt) of every block of 32 (nb even): at[8b + L] =
+ * dword L of the 16 columns, unsigned; yd[b] = their scales (missing
+ * columns: zeros). Two blocks make one 16 x 16 transpose. */
+static void tile_b32_transpose(const void *a, size_t as, int c0, int cnt, int nb, __m512i *at, __m512 *yd)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b += 2) {
+        __m512i r[16];
+        float d0[16], d1[16];
+        for (int c = 0; c < 16; c++) {
+            if (c < cnt) {
+                const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + (size_t)(c0 + c) * as) + b;
+                const __m512i q = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)y[0].qs)),
+                    _mm256_loadu_si256((const __m256i *)y[1].qs), 1);
+                r[c] = _mm512_xor_si512(q, flip);
+                d0[c] = h2f(y[0].d);
+                d1[c] = h2f(y[1].d);
+            } else {
+                r[c] = flip;
+                d0[c] = d1[c] = 0.0f;
+            }
+        }
+        transpose16x16(r);
+        for (int j = 0; j < 16; j++) at[(size_t)b * 8 + j] = r[j];
+        yd[b] = _mm512_loadu_ps(d0);
+        yd[b + 1] = _mm512_loadu_ps(d1);
+    }
+}
+
+/* Two rows against one group of 16 columns. */
+AI void tile_b32_pair(const struct tile_b32 *const t[2], int nb, const __m512i *at, const __m512 *yd,
+                      __m512 out[2])
+{
+    __m512 acc[2][8];
+#pragma GCC unroll 8
+    for (int L = 0; L < 8; L++) acc[0][L] = acc[1][L] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512 p[2];
+#pragma GCC unroll 2
+        for (int i = 0; i < 2; i++) p[i] = _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]);
+#pragma GCC unroll 8
+        for (int L = 0; L < 8; L++) {
+            const __m512i av = at[(size_t)b * 8 + L];
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++) {
+                const __m512i v = _mm512_dpbusd_epi32(_mm512_set1_epi32(t[i][b].corr[L]), av,
+                                                      _mm512_set1_epi32(((const int32_t *)t[i][b].w)[L]));
+                acc[i][L] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), p[i], acc[i][L]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) {
+        const __m512 *l = acc[i];
+        out[i] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(l[0], l[4]), _mm512_add_ps(l[2], l[6])),
+                               _mm512_add_ps(_mm512_add_ps(l[1], l[5]), _mm512_add_ps(l[3], l[7])));
+    }
+}
+
+AI int tile_b32_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
+                    int64_t nc, float *out, size_t os, const int kind)
+{
+    const int nb = (int)(K / QK8_0);
+    if (K % (2 * QK8_0) || nb > TB32_BLOCKS || (int64_t)os * 16 > INT32_MAX / 4) return 0;
+    __m512i at[TB32_GB * 8];
+    __m512 yd[TB32_GB];
+    struct tile_b32 tr[2][TB32_BLOCKS];
+    const int pass_cols = 16 * (TB32_GB / nb);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
+    for (int64_t c0 = 0; c0 < nc; c0 += pass_cols) {
+        const int cols = nc - c0 < pass_cols ? (int)(nc - c0) : pass_cols;
+        /* the last 1..3 columns: the direct kernel, as for the K-quants */
+        const int few = c0 + cols == nc && cols % 16 <= 3 ? cols % 16 : 0;
+        const int ng = (cols - few + 15) / 16;
+        for (int g = 0; g < ng; g++) {
+            const int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+            tile_b32_transpose(A, as, (int)c0 + 16 * g, cnt, nb, at + (size_t)g * nb * 8, yd + (size_t)g * nb);
+        }
+        for (int64_t r = 0; r < nr; r += 2) {
+            const int nrow = nr - r < 2 ? (int)(nr - r) : 2;
+            for (int i = 0; i < nrow && ng; i++)
+                for (int b = 0; b < nb; b++) tile_b32_unpack((const uint8_t *)W + (size_t)(r + i) * ws, b, kind, &tr[i][b]);
+            const struct tile_b32 *t[2] = { tr[0], tr[nrow > 1 ? 1 : 0] };
+            for (int g = 0; g < ng; g++) {
+                const int cnt = cols - 16 * g < 16 ? cols - 16 * g : 16;
+                const __mmask16 m = (__mmask16)((1u << cnt) - 1);
+                __m512 acc[2];
+                tile_b32_pair(t, nb, at + (size_t)g * nb * 8, yd + (size_t)g * nb, acc);
+                float *o = out + (size_t)(c0 + 16 * g) * os + r;
+                for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
+            }
+            if (few) {
+                const int cf = (int)c0 + 16 * ng;
+                const void *af = (const uint8_t *)A + (size_t)cf * as;
+                for (int i = 0; i < nrow; i++) {
+                    const uint8_t *wr = (const uint8_t *)W + (size_t)(r + i) * ws;
+                    float *o = out + (size_t)cf * os + r + i;
+                    if (few == 1) k_b32(K, wr, af, as, 1, o, os, kind);
+                    else if (few == 2) k_b32(K, wr, af, as, 2, o, os, kind);
+                    else k_b32(K, wr, af, as, 3, o, os, kind);
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+static int tile_q8_0(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as, int64_t nc,
+                     float *out, size_t os)
+{ return tile_b32_run(K, W, ws, nr, A, as, nc, out, os, 0); }
+static int tile_q4_0(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as, int64_t nc,
+                     float *out, size_t os)
+{ return tile_b32_run(K, W, ws, nr, A, as, nc, out, os, 1); }
+static int tile_iq4_nl(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as, int64_t nc,
+                       float *out, size_t os)
+{ return tile_b32_run(K, W, ws, nr, A, as, nc, out, os, 2); }
+
 /* ------------------------------------- the other 256-element formats */
 
 /*
@@ -1729,6 +1881,9 @@ moeq_tile_fn moeq_avx512_tile(int wtype)
     case MOEQ_TYPE_Q4_K:  return tile_q4_K;
     case MOEQ_TYPE_Q5_K:  return tile_q5_K;
     case MOEQ_TYPE_Q6_K:  return tile_q6_K;
+    case MOEQ_TYPE_Q8_0:  return tile_q8_0;
+    case MOEQ_TYPE_Q4_0:  return tile_q4_0;
+    case MOEQ_TYPE_IQ4_NL: return tile_iq4_nl;
     default:              return NULL;
     }
 }

@@ -388,7 +388,7 @@ TEST(kernels_gemm_bit_identical_for_any_column_count)
                 int type = all_types[ti];
                 if (K % moeq_type_traits(type)->blck_size) continue;
                 if (ki >= 1 && type != MOEQ_TYPE_IQ2_S && type != MOEQ_TYPE_IQ3_S && type != MOEQ_TYPE_Q4_K &&
-                    type != MOEQ_TYPE_Q6_K)
+                    type != MOEQ_TYPE_Q6_K && type != MOEQ_TYPE_Q8_0)
                     continue;   /* the long rows are for the tiles' limits */
                 size_t ws = moeq_row_size(type, K), as = moeq_act_row_size(type, K);
                 for (int r = 0; r < R; r++) fill_row(type, w + r * ws, K, FILL_RANDOM);
