@@ -1189,10 +1189,14 @@ static int moe_make_tasks(moeq_engine *e, int n_rows)
         for (; i > 0 && e->ex_count[e->ex_order[i - 1]] < e->ex_count[x]; i--) e->ex_order[i] = e->ex_order[i - 1];
         e->ex_order[i] = x;
     }
+    /* with many experts active there are tasks enough for every thread
+     * in longer runs of rows: each tiled call transposes its expert's
+     * columns, so fewer calls transpose less */
+    const int wide = na >= 8 * e->n_threads;
     int nt = 0;
     for (int k = 0; k < na; k++) {
         const int x = e->ex_order[k];
-        const int chunk = row_chunk(e->ex_count[x]);
+        const int chunk = wide && e->ex_count[x] >= 16 ? 256 : row_chunk(e->ex_count[x]);
         for (int r = 0; r < n_rows; r += chunk) {
             e->tasks[nt].expert = x;
             e->tasks[nt].r0 = r;
