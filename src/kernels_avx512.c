@@ -295,6 +295,13 @@ AI __m128i hsum4_epi32(__m512i i0, __m512i i1, __m512i i2, __m512i i3)
     return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 }
 
+/* The five formats with exact integer block sums (decode loop, tiles). */
+enum tile_kind { TK_IQ2_S, TK_IQ3_S, TK_Q4_K, TK_Q5_K, TK_Q6_K };
+
+/* The one-column decode loop the five share (defined after the formats'
+ * unpackers, below q6_isum). */
+AI int64_t one_col4(const int kind, int64_t n, const void *w, const void *a, float *acc);
+
 AI float signed_unpack(const void *w, int64_t b, const int three, __m512i wv[4], __mmask64 sg[4],
                        __m512i sc16[2])
 {
@@ -321,26 +328,7 @@ AI void k_signed(int64_t n, const void *w, const void *a, size_t as, const int N
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = 0;
     int64_t b = 0;
-    if (NC == 1) {
-        /* one column: four blocks' sums reduced together, then the float
-         * steps in block order */
-        for (; b + 4 <= n / QK_K; b += 4) {
-            __m512i is[4];
-            float p[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                __m512i wv[4], sc16[2];
-                __mmask64 sg[4];
-                prefetch_ahead(w, b + j, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
-                const block_q8_K *y = q8k_col(a, 0, 0, b + j);
-                float d = signed_unpack(w, b + j, three, wv, sg, sc16);
-                is[j] = block_isum(y, wv, sg, sc16, 1);
-                p[j] = d * y->d;
-            }
-            acc[0] = fma_steps4(acc[0], hsum4_epi32(is[0], is[1], is[2], is[3]),
-                                _mm_setr_ps(p[0], p[1], p[2], p[3]), NULL, _mm_setzero_ps());
-        }
-    }
+    if (NC == 1) b = one_col4(three ? TK_IQ3_S : TK_IQ2_S, n, w, a, &acc[0]);
     for (; b < n / QK_K; b++) {
         __m512i wv[4], sc16[2];
         __mmask64 sg[4];
@@ -792,29 +780,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     for (int c = 0; c < NC; c++) acc[c] = 0;
     const __mmask64 none[4] = { 0, 0, 0, 0 };
     int64_t b = 0;
-    if (NC == 1) {
-        /* one column: four blocks' sums reduced together, then the float
-         * steps in block order */
-        for (; b + 4 <= n / QK_K; b += 4) {
-            __m512i is[4], ms[4];
-            float yd[4], dd[4], nd[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                struct q45_blk k;
-                prefetch_ahead(w, b + j, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
-                q45_unpack(w, b + j, five, &k);
-                const block_q8_K *y = q8k_col(a, 0, 0, b + j);
-                is[j] = block_isum(y, k.wv, none, k.sc16, 0);
-                ms[j] = q45_msum(y, &k);
-                yd[j] = y->d; dd[j] = k.d; nd[j] = k.ndmin;
-            }
-            const __m128 y4 = _mm_setr_ps(yd[0], yd[1], yd[2], yd[3]);
-            const __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
-            acc[0] = fma_steps4(acc[0], hsum4_epi32(is[0], is[1], is[2], is[3]),
-                                _mm_mul_ps(_mm_setr_ps(dd[0], dd[1], dd[2], dd[3]), y4), &M,
-                                _mm_mul_ps(_mm_setr_ps(nd[0], nd[1], nd[2], nd[3]), y4));
-        }
-    }
+    if (NC == 1) b = one_col4(five ? TK_Q5_K : TK_Q4_K, n, w, a, &acc[0]);
     for (; b < n / QK_K; b++) {
         struct q45_blk k;
         prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
@@ -1037,6 +1003,60 @@ AI __m512i q6_isum(const block_q8_K *y, const struct q6_blk *k)
     return _mm512_add_epi32(isum, _mm512_zextsi256_si512(corr));
 }
 
+/* One block of any of the five against one column: its exact sum S (and
+ * for Q4_K/Q5_K the mins' sum M), with the factors p = d * y.d and
+ * q = -dmin * y.d of its float steps. */
+AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m512i *S, __m512i *M,
+                  float *p, float *q)
+{
+    const block_q8_K *y = q8k_col(a, 0, 0, b);
+    if (kind == TK_IQ2_S || kind == TK_IQ3_S) {
+        const int three = kind == TK_IQ3_S;
+        __m512i wv[4], sc16[2];
+        __mmask64 sg[4];
+        prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
+        const float d = signed_unpack(w, b, three, wv, sg, sc16);
+        *S = block_isum(y, wv, sg, sc16, 1);
+        *p = d * y->d;
+    } else if (kind == TK_Q4_K || kind == TK_Q5_K) {
+        const int five = kind == TK_Q5_K;
+        const __mmask64 none[4] = { 0, 0, 0, 0 };
+        struct q45_blk k;
+        prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
+        q45_unpack(w, b, five, &k);
+        *S = block_isum(y, k.wv, none, k.sc16, 0);
+        *M = q45_msum(y, &k);
+        *p = k.d * y->d;
+        *q = k.ndmin * y->d;
+    } else {
+        struct q6_blk k;
+        prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
+        q6_unpack((const block_q6_K *)w + b, &k);
+        *S = q6_isum(y, &k);
+        *p = k.d * y->d;
+    }
+}
+
+/* One column, four blocks at a time: their sums reduced together, then
+ * the float steps in block order. Returns the blocks done (a multiple of
+ * four); the caller's block loop takes the rest. */
+AI int64_t one_col4(const int kind, int64_t n, const void *w, const void *a, float *acc)
+{
+    const int mins = kind == TK_Q4_K || kind == TK_Q5_K;
+    const int64_t nb4 = n / QK_K / 4 * 4;
+    for (int64_t b = 0; b < nb4; b += 4) {
+        __m512i is[4], ms[4] = { _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                                 _mm512_setzero_si512() };
+        float p[4], q[4] = { 0, 0, 0, 0 };
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) one_block(kind, w, b + j, a, &is[j], &ms[j], &p[j], &q[j]);
+        const __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
+        *acc = fma_steps4(*acc, hsum4_epi32(is[0], is[1], is[2], is[3]), _mm_setr_ps(p[0], p[1], p[2], p[3]),
+                          mins ? &M : NULL, _mm_setr_ps(q[0], q[1], q[2], q[3]));
+    }
+    return nb4;
+}
+
 /* One float step per block: acc = fma((float)S_b, d * y.d, acc). */
 AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
 {
@@ -1045,25 +1065,7 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 #pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = 0;
     int64_t b = 0;
-    if (NC == 1) {
-        /* one column: four blocks' sums reduced together, then the float
-         * steps in block order */
-        for (; b + 4 <= n / QK_K; b += 4) {
-            __m512i is[4];
-            float p[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                struct q6_blk k;
-                prefetch_ahead(w, b + j, sizeof(block_q6_K), PREFETCH_K);
-                q6_unpack(x + b + j, &k);
-                const block_q8_K *y = q8k_col(a, 0, 0, b + j);
-                is[j] = q6_isum(y, &k);
-                p[j] = k.d * y->d;
-            }
-            acc[0] = fma_steps4(acc[0], hsum4_epi32(is[0], is[1], is[2], is[3]),
-                                _mm_setr_ps(p[0], p[1], p[2], p[3]), NULL, _mm_setzero_ps());
-        }
-    }
+    if (NC == 1) b = one_col4(TK_Q6_K, n, w, a, &acc[0]);
     for (; b < n / QK_K; b++) {
         struct q6_blk k;
         prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
@@ -1172,7 +1174,6 @@ AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at
  * run the format's four-row kernel against every group of 16 columns and
  * scatter the sums to out[c * os + r].
  */
-enum tile_kind { TK_IQ2_S, TK_IQ3_S, TK_Q4_K, TK_Q5_K, TK_Q6_K };
 
 AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A, size_t as,
                  int64_t nc, float *out, size_t os, const int kind)
