@@ -6,13 +6,14 @@
 #   make demo       the pipeline on an embedded default
 #   make fuzz       time-bounded libFuzzer run of the GGUF reader
 #   make deps       install the Debian packages the build needs (root)
+#   make install    binary, man page and bash completion under PREFIX
 
 CC      ?= cc
 FUZZCC  ?= clang
 CSTD     = -std=c11 -D_GNU_SOURCE
 WARN     = -Wall -Wextra -Werror
 OPT     ?= -O2
-CFLAGS_COMMON = $(CSTD) $(WARN) -g -pthread -Isrc $(shell pkg-config --cflags libpcre2-8 libmicrohttpd jansson 2>/dev/null)
+CFLAGS_COMMON = $(CSTD) $(WARN) -g -pthread -Isrc -Ibuild $(shell pkg-config --cflags libpcre2-8 libmicrohttpd jansson 2>/dev/null)
 LDLIBS   = -lpcre2-8 -lmicrohttpd -ljansson -lm -lpthread
 
 # Per-ISA kernel files are compiled with their own target flags; everything
@@ -36,7 +37,21 @@ OBJ_ASAN_TESTS = $(patsubst %.c,$(ASAN)/%.o,$(SRC_TESTS))
 
 SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all test test-release test-asan demo fuzz deps clean bench check-long check-deps
+# The version lives in VERSION; the commit comes from git at build time.
+# build/version.h is rewritten only when either changes, so a plain rebuild
+# recompiles nothing.
+VERSION := $(shell cat VERSION)
+COMMIT  := $(shell git describe --always --dirty --abbrev=12 --exclude='*' 2>/dev/null || echo unknown)
+PREFIX  ?= /usr/local
+
+build/version.h: FORCE
+	@mkdir -p build
+	@printf '#define MOEQ_VERSION "%s"\n#define MOEQ_COMMIT "%s"\n' '$(VERSION)' '$(COMMIT)' > $@.new
+	@cmp -s $@.new $@ && rm -f $@.new || mv $@.new $@
+
+$(REL)/tools/moeq.o $(ASAN)/tools/moeq.o: build/version.h
+
+.PHONY: FORCE install all test test-release test-asan demo fuzz deps clean bench check-long check-deps
 
 all: check-deps moeq
 
@@ -93,6 +108,19 @@ fuzz: build/fuzz/fuzz_gguf
 
 deps:
 	@sh .ci/deps.sh --install
+
+# Man page and bash completion are generated from the binary's own --help
+# texts, so they cannot drift from the flags it parses.
+build/doc/moeq.1 build/doc/moeq.bash: moeq tools/gen_docs.sh
+	@sh tools/gen_docs.sh ./moeq build/doc
+
+install: moeq build/doc/moeq.1 build/doc/moeq.bash
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	    $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/doc/moeq
+	install -m 755 moeq $(DESTDIR)$(PREFIX)/bin/moeq
+	install -m 644 build/doc/moeq.1 $(DESTDIR)$(PREFIX)/share/man/man1/moeq.1
+	install -m 644 build/doc/moeq.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/moeq
+	install -m 644 LICENSE README.md $(DESTDIR)$(PREFIX)/share/doc/moeq/
 
 clean:
 	rm -rf build moeq

@@ -1,8 +1,13 @@
 #!/bin/sh
 # The Debian packages moeq builds against. `--check` (run by every make
 # target) installs what is missing when run as root, else names it in one
-# error; `--install` always runs apt-get.
-PKGS="libpcre2-dev libmicrohttpd-dev libjansson-dev pkg-config curl"
+# error; `--install` always runs apt-get. `--fuzz` does the same for what
+# `make fuzz` needs on top (clang and its libFuzzer runtime).
+# make and a C compiler come from build-essential: on a machine without
+# make, run `apt-get install build-essential` first (this script is then
+# run by `make deps` or any make target).
+PKGS="build-essential libpcre2-dev libmicrohttpd-dev libjansson-dev pkg-config curl"
+[ "$1" = "--fuzz" ] && PKGS="clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

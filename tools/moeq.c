@@ -1,8 +1,11 @@
 /*
  * moeq.c: the single binary. Dispatches to one subcommand per file
- * (tools/cmd_*.c); "moeq help" lists them.
+ * (tools/cmd_*.c); "moeq help" lists them, "moeq --version" prints the
+ * version (the VERSION file) and the git commit it was built from (both
+ * written into build/version.h by the Makefile).
  */
 #include "cmd.h"
+#include "version.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +18,7 @@ struct command {
 
 static const struct command commands[] = {
     { "help",  NULL,      "list the commands" },
+    { "version", NULL,    "print the version and the git commit (also --version, -v)" },
     { "info",  cmd_info,  "show a GGUF file: metadata, tensors, group summary, bits per weight" },
     { "dump",  cmd_dump,  "write one tensor dequantized as little-endian f32" },
     { "quantize", cmd_quantize, "quantize a GGUF (llama-quantize compatible; --recipe asym-2bitexp)" },
@@ -32,7 +36,8 @@ static const struct command commands[] = {
 
 static void help(FILE *out)
 {
-    fprintf(out, "usage: moeq COMMAND [options]   (moeq COMMAND --help for details)\n\ncommands:\n");
+    fprintf(out, "usage: moeq COMMAND [options]   (moeq COMMAND --help for details)\n"
+                 "       moeq --version\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].summary);
 }
@@ -40,6 +45,10 @@ static void help(FILE *out)
 int main(int argc, char **argv)
 {
     if (argc < 2) { help(stderr); return 2; }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-v") || !strcmp(argv[1], "version")) {
+        printf("moeq %s (commit %s)\n", MOEQ_VERSION, MOEQ_COMMIT);
+        return 0;
+    }
     if (!strcmp(argv[1], "help") || cli_is_help(argv[1])) {
         if (argc > 2 && strcmp(argv[1], "help") == 0) {
             for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
