@@ -77,6 +77,7 @@ static void emit_reasoning(struct moeq_chat_parser *p, const char *s, size_t k)
 
 static void consume(struct moeq_chat_parser *p, size_t k)
 {
+    if (!k) return;
     memmove(p->pend, p->pend + k, p->pn - k);
     p->pn -= k;
 }
