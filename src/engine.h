@@ -106,16 +106,34 @@ struct moeq_candidate { int32_t id; float logit, p; };
  * grown once to the vocabulary and reused, so sampling allocates nothing
  * per token.
  */
+struct moeq_logit_bias { int32_t id; float bias; };
+
 struct moeq_sampler {
     float    temp;      /* <= 0: greedy */
     int      top_k;     /* <= 0: off */
     float    top_p;     /* >= 1: off */
     float    min_p;     /* <= 0: off */
     uint64_t rng;       /* splitmix64 state, seeded by the caller */
+    /* Penalties over the last repeat_last_n tokens of the history given to
+     * moeq_sample_hist, applied before any filter as llama.cpp does: a token
+     * seen c times has its logit divided (if > 0) or multiplied (if < 0) by
+     * repeat_penalty, then lowered by c * frequency_penalty and, once, by
+     * presence_penalty. Then logit_bias adds its values (-inf bans). */
+    float    repeat_penalty;     /* <= 0 or 1: off */
+    int      repeat_last_n;      /* tokens looked back; 0: off, -1: the whole history */
+    float    frequency_penalty, presence_penalty;   /* 0: off */
+    const struct moeq_logit_bias *bias;  /* borrowed */
+    int      n_bias;
     struct moeq_candidate *work; /* internal */
     int      work_cap;           /* internal */
+    float   *adj;                /* internal: adjusted logits */
+    int32_t *seen;               /* internal: per-token counts, kept zero between calls */
+    int      adj_cap;            /* internal */
 };
 int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab);
+/* The same with the token history (prompt and output so far) for the penalties. */
+int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_vocab,
+                         const int32_t *hist, int n_hist);
 void    moeq_sampler_free(struct moeq_sampler *sp);
 
 /* ---- activation statistics (imatrix) ----

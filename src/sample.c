@@ -4,8 +4,14 @@
  * min-p on the untempered distribution, then temperature), drawn with a
  * seeded splitmix64 generator so a seed reproduces a run.
  *
- * The candidate list lives in the sampler's own buffer, grown once to the
- * vocabulary size, so sampling allocates nothing per token.
+ * Repetition, frequency and presence penalties and logit biases (llama.cpp's
+ * order: penalties, then biases, then the filters) work on a copy of the
+ * logits; only the tokens in the look-back window and the bias list are
+ * touched, through a per-token count array that is zeroed again after use.
+ *
+ * The candidate list, the logit copy and the counts live in the sampler's
+ * own buffers, grown once to the vocabulary size, so sampling allocates
+ * nothing per token.
  */
 #include "engine.h"
 
@@ -34,13 +40,69 @@ static int cmp_desc(const void *a, const void *b)
 void moeq_sampler_free(struct moeq_sampler *sp)
 {
     free(sp->work);
+    free(sp->adj);
+    free(sp->seen);
     sp->work = NULL;
-    sp->work_cap = 0;
+    sp->adj = NULL;
+    sp->seen = NULL;
+    sp->work_cap = sp->adj_cap = 0;
+}
+
+static int penalties_on(const struct moeq_sampler *sp)
+{
+    int rep = sp->repeat_penalty > 0 && sp->repeat_penalty != 1.0f;
+    return ((rep || sp->frequency_penalty != 0 || sp->presence_penalty != 0) && sp->repeat_last_n != 0) ||
+           (sp->bias && sp->n_bias > 0);
+}
+
+/* The penalized, biased logits in sp->adj; NULL when out of memory. */
+static const float *adjust(struct moeq_sampler *sp, const float *logits, int n_vocab,
+                           const int32_t *hist, int n_hist)
+{
+    if (sp->adj_cap < n_vocab) {
+        float *a = realloc(sp->adj, (size_t)n_vocab * sizeof *a);
+        if (!a) return NULL;
+        sp->adj = a;
+        int32_t *c = realloc(sp->seen, (size_t)n_vocab * sizeof *c);
+        if (!c) return NULL;
+        sp->seen = c;
+        memset(sp->seen, 0, (size_t)n_vocab * sizeof *c);
+        sp->adj_cap = n_vocab;
+    }
+    float *a = sp->adj;
+    memcpy(a, logits, (size_t)n_vocab * sizeof *a);
+    int n = sp->repeat_last_n < 0 || sp->repeat_last_n > n_hist ? n_hist : sp->repeat_last_n;
+    const int32_t *w = hist ? hist + (n_hist - n) : NULL;
+    if (w) {
+        for (int i = 0; i < n; i++) if (w[i] >= 0 && w[i] < n_vocab) sp->seen[w[i]]++;
+        const float rp = sp->repeat_penalty > 0 ? sp->repeat_penalty : 1.0f;
+        for (int i = 0; i < n; i++) {
+            int32_t t = w[i];
+            if (t < 0 || t >= n_vocab || !sp->seen[t]) continue;   /* each token once */
+            float c = (float)sp->seen[t];
+            if (a[t] > 0) a[t] /= rp; else a[t] *= rp;
+            a[t] -= c * sp->frequency_penalty + sp->presence_penalty;
+            sp->seen[t] = 0;
+        }
+    }
+    for (int i = 0; sp->bias && i < sp->n_bias; i++)
+        if (sp->bias[i].id >= 0 && sp->bias[i].id < n_vocab) a[sp->bias[i].id] += sp->bias[i].bias;
+    return a;
 }
 
 int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab)
 {
+    return moeq_sample_hist(sp, logits, n_vocab, NULL, 0);
+}
+
+int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_vocab,
+                         const int32_t *hist, int n_hist)
+{
     if (n_vocab <= 0) return -1;
+    if (penalties_on(sp)) {
+        const float *a = adjust(sp, logits, n_vocab, hist, n_hist);
+        if (a) logits = a;   /* out of memory: sample without them, never crash */
+    }
     int best = 0;
     for (int i = 1; i < n_vocab; i++)
         if (logits[i] > logits[best]) best = i;
