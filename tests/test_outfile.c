@@ -456,9 +456,10 @@ TEST(outfile_devices_fifos_and_sockets_are_never_replaced)
 
 /* ------------------------------------------------------------ long ones */
 
-/* Start `moeq synth` of a ~400 MB model writing out; returns once its
- * temporary file exists (the state waited for, polled). */
-static pid_t start_big_synth(const char *out, const char *base)
+/* Start the moeq binary with argv (argv[0] "moeq", NULL-terminated) and
+ * return once the temporary file of output base exists in the test's
+ * folder (the state waited for, polled). */
+static pid_t start_moeq(char *const argv[], const char *base)
 {
     fflush(NULL);
     pid_t pid = fork();
@@ -466,17 +467,25 @@ static pid_t start_big_synth(const char *out, const char *base)
     if (pid == 0) {
         int nul = open("/dev/null", O_WRONLY);
         if (nul < 0 || dup2(nul, 1) < 0 || dup2(nul, 2) < 0) _exit(126);
+        signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
-        execl(test_moeq_bin(), "moeq", "synth", "-o", out, "--layers", "8", "--experts", "64", (char *)NULL);
+        execv(test_moeq_bin(), argv);
         _exit(127);
     }
     for (;;) {
         if (count_temps(test_tmpdir(), base) > 0) return pid;
         int st;
-        REQUIREF(waitpid(pid, &st, WNOHANG) == 0, "synth ended before its temporary file was seen");
+        REQUIREF(waitpid(pid, &st, WNOHANG) == 0, "moeq %s ended before its temporary file was seen", argv[1]);
         struct timespec ts = { 0, 1000000 };
         nanosleep(&ts, NULL);
     }
+}
+
+/* `moeq synth` of a ~400 MB model to out. */
+static pid_t start_big_synth(const char *out, const char *base)
+{
+    char *argv[] = { "moeq", "synth", "-o", (char *)out, "--layers", "8", "--experts", "64", NULL };
+    return start_moeq(argv, base);
 }
 
 TEST(outfile_long_killed_synth_binary)
@@ -503,4 +512,27 @@ TEST(outfile_long_killed_synth_binary)
     free(o);
     CHECK(count_temps(test_tmpdir(), "big.gguf") == 0);
     CHECK(access(out, F_OK) == 0);
+}
+
+TEST(outfile_long_interrupted_run_dump_logits)
+{
+    if (!test_long() || test_sanitized()) SKIP("check-long only");
+    /* a model wide enough that the prompt's logits take seconds */
+    const char *m = test_tmp("wide.gguf");
+    char *o = NULL;
+    int rc = test_run(&o, "%s synth -o %s --layers 4 --n-embd 2048 --ff-exp 512 --experts 4", test_moeq_bin(), m);
+    REQUIREF(rc == 0, "%s", o);
+    free(o);
+    const char *p = test_tmp("p.txt");
+    REQUIRE(test_run(NULL, "head -c 800 data/calibration.txt > %s", p) == 0);
+    const char *out = test_tmp("l.bin");
+    char *argv[] = { "moeq", "run", "-m", (char *)m, "-f", (char *)p, "-n", "0", "-t", "1",
+                     "--dump-logits", (char *)out, NULL };
+    pid_t pid = start_moeq(argv, "l.bin");
+    REQUIRE(kill(pid, SIGINT) == 0);
+    int st = wait_status(pid);
+    /* run's own Ctrl-C handler ends it with 130, after removing the temp */
+    CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 130, "status %#x", st);
+    CHECK(count_temps(test_tmpdir(), "l.bin") == 0);
+    CHECK(access(out, F_OK) != 0);
 }
