@@ -10,13 +10,15 @@
  * later stages never re-check them.
  *
  * Writing: metadata and tensor infos are collected in memory, then the
- * header is written to a temporary file in the target folder, tensor data is
- * streamed after it (each tensor zero-padded to the alignment, as ggml does),
- * and the file is fsync'd and renamed over the target only when complete.
+ * header is written to the output (src/outfile: a temporary file in the
+ * target folder, never an input), tensor data is streamed after it (each
+ * tensor zero-padded to the alignment, as ggml does), and the file is
+ * fsync'd and renamed over the target only when complete.
  * The layout is ggml's own, so reading a file and writing it back unchanged
  * reproduces it byte for byte.
  */
 #include "gguf.h"
+#include "outfile.h"
 #include "quants.h"
 
 #include <errno.h>
@@ -657,8 +659,10 @@ struct wtensor {
 };
 
 struct gguf_writer {
-    char           *path, *tmp;
-    FILE           *fp;
+    char           *path;
+    moeq_outfile   *out;
+    FILE           *fp;             /* out's stream */
+    uint64_t        pos;            /* bytes written so far */
     uint32_t        version;
     uint64_t        alignment;
     gguf_kv        *kv;             /* keys and values owned by the writer */
@@ -753,19 +757,9 @@ static int64_t writer_find_kv(const gguf_writer *w, const char *key)
     return -1;
 }
 
-gguf_writer *gguf_writer_open(const char *path, const char *refuse_path,
-                              char *err, size_t errlen)
+gguf_writer *gguf_writer_open_inputs(const char *path, const char *const *inputs, int n_inputs,
+                                     char *err, size_t errlen)
 {
-    if (refuse_path) {
-        struct stat a, b;
-        int same = strcmp(path, refuse_path) == 0;
-        if (!same && stat(path, &a) == 0 && stat(refuse_path, &b) == 0)
-            same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
-        if (same) {
-            snprintf(err, errlen, "%s: refusing to overwrite the input file", path);
-            return NULL;
-        }
-    }
     gguf_writer *w = calloc(1, sizeof *w);
     if (!w || !(w->path = strdup(path))) {
         free(w);
@@ -774,40 +768,20 @@ gguf_writer *gguf_writer_open(const char *path, const char *refuse_path,
     }
     w->version = 3;
     w->alignment = GGUF_DEFAULT_ALIGNMENT;
-    /* The temporary file lives beside the target so the final rename is
-     * atomic (same filesystem). */
-    const char *slash = strrchr(path, '/');
-    size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
-    const char *base = slash ? slash + 1 : path;
-    size_t tl = dirlen + strlen(base) + 32;
-    w->tmp = malloc(tl);
-    if (!w->tmp) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        free(w->path); free(w);
+    w->out = moeq_outfile_open(path, inputs, n_inputs, err, errlen);
+    if (!w->out) {
+        free(w->path);
+        free(w);
         return NULL;
     }
-    snprintf(w->tmp, tl, "%.*s.%s.tmp.XXXXXX", (int)dirlen, path, base);
-    int fd = mkstemp(w->tmp);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: cannot create a temporary file in %s%.*s: %s", path,
-                 dirlen ? "" : ".", (int)dirlen, path, strerror(errno));
-        free(w->tmp); free(w->path); free(w);
-        return NULL;
-    }
-    /* mkstemp makes the file 0600; give the result the usual umask mode. */
-    mode_t um = umask(0);
-    umask(um);
-    if (fchmod(fd, 0666 & ~um) != 0) { /* not fatal: the data is what matters */ }
-    w->fp = fdopen(fd, "wb");
-    if (!w->fp) {
-        snprintf(err, errlen, "%s: %s", w->tmp, strerror(errno));
-        close(fd);
-        unlink(w->tmp);
-        free(w->tmp); free(w->path); free(w);
-        return NULL;
-    }
-    setvbuf(w->fp, NULL, _IOFBF, 1 << 20);
+    w->fp = moeq_outfile_fp(w->out);
     return w;
+}
+
+gguf_writer *gguf_writer_open(const char *path, const char *refuse_path,
+                              char *err, size_t errlen)
+{
+    return gguf_writer_open_inputs(path, &refuse_path, refuse_path ? 1 : 0, err, errlen);
 }
 
 void gguf_writer_set_version(gguf_writer *w, uint32_t version)
@@ -1002,7 +976,7 @@ int64_t gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type,
 
 /* ---- serialization */
 
-static void put(gguf_writer *w, const void *p, size_t n) { if (n) fwrite(p, 1, n, w->fp); }
+static void put(gguf_writer *w, const void *p, size_t n) { if (n) w->pos += fwrite(p, 1, n, w->fp); }
 static void put_u32(gguf_writer *w, uint32_t v) { put(w, &v, 4); }
 static void put_u64(gguf_writer *w, uint64_t v) { put(w, &v, 8); }
 static void put_str(gguf_writer *w, gguf_str s) { put_u64(w, s.n); put(w, s.s, (size_t)s.n); }
@@ -1084,10 +1058,8 @@ int gguf_writer_begin_data(gguf_writer *w)
         put_u32(w, t->type);
         put_u64(w, t->offset);
     }
-    long pos = ftell(w->fp);
-    if (pos < 0 || ferror(w->fp)) return werr(w, "write failed: %s", strerror(errno));
-    put_zeros(w, pad_to((uint64_t)pos, w->alignment));
-    if (ferror(w->fp)) return werr(w, "write failed: %s", strerror(errno));
+    put_zeros(w, pad_to(w->pos, w->alignment));
+    if (moeq_outfile_failed(w->out, w->err, sizeof w->err)) return -1;
     w->in_data = 1;
     w->cur = 0;
     w->cur_done = 0;
@@ -1115,7 +1087,7 @@ int gguf_writer_write(gguf_writer *w, const void *data, size_t n)
             w->cur_done = 0;
         }
     }
-    if (ferror(w->fp)) return werr(w, "write failed: %s", strerror(errno));
+    if (moeq_outfile_failed(w->out, w->err, sizeof w->err)) return -1;
     return 0;
 }
 
@@ -1128,7 +1100,6 @@ static void writer_free(gguf_writer *w)
     free(w->kv);
     for (uint64_t i = 0; i < w->n_t; i++) free(w->t[i].name);
     free(w->t);
-    free(w->tmp);
     free(w->path);
     free(w);
 }
@@ -1136,8 +1107,7 @@ static void writer_free(gguf_writer *w)
 void gguf_writer_abort(gguf_writer *w)
 {
     if (!w) return;
-    if (w->fp) fclose(w->fp);
-    unlink(w->tmp);
+    moeq_outfile_abort(w->out);
     writer_free(w);
 }
 
@@ -1151,19 +1121,9 @@ int gguf_writer_finish(gguf_writer *w)
              (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes);
         goto fail;
     }
-    if (fflush(w->fp) != 0 || ferror(w->fp)) { werr(w, "write failed: %s", strerror(errno)); goto fail; }
-    if (fsync(fileno(w->fp)) != 0) { werr(w, "fsync failed: %s", strerror(errno)); goto fail; }
-    FILE *fp = w->fp;
-    w->fp = NULL;
-    if (fclose(fp) != 0) { werr(w, "close failed: %s", strerror(errno)); goto fail; }
-    if (rename(w->tmp, w->path) != 0) { werr(w, "cannot rename %s: %s", w->tmp, strerror(errno)); goto fail; }
-    /* Make the rename itself durable. */
-    const char *slash = strrchr(w->path, '/');
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - w->path) + (slash == w->path) : 1,
-             slash ? w->path : ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { (void)fsync(dfd); close(dfd); }
+    moeq_outfile *out = w->out;
+    w->out = NULL;
+    if (moeq_outfile_commit(out, w->err, sizeof w->err) != 0) goto fail;
     writer_free(w);
     return 0;
 fail:

@@ -133,11 +133,15 @@ const char *gguf_type_name(uint32_t vtype);
 typedef struct gguf_writer gguf_writer;
 
 /*
- * Start writing path: data goes to a temporary file in the same folder,
- * renamed over path by gguf_writer_finish. Refuses (NULL, err set) when path
- * names the same file as refuse_path (the input), or the folder is not
- * writable.
+ * Start writing path through src/outfile (a temporary file in the same
+ * folder, renamed over path by gguf_writer_finish; a device or FIFO is
+ * written straight to). Refuses (NULL, err set) when path names the same
+ * file as any of the command's inputs[0..n_inputs) (NULL entries skipped),
+ * or the folder is not writable. gguf_writer_open is the one-input form
+ * (refuse_path may be NULL).
  */
+gguf_writer *gguf_writer_open_inputs(const char *path, const char *const *inputs, int n_inputs,
+                                     char *err, size_t errlen);
 gguf_writer *gguf_writer_open(const char *path, const char *refuse_path,
                               char *err, size_t errlen);
 

@@ -7,6 +7,7 @@
  */
 #include "imatrix.h"
 #include "gguf.h"
+#include "outfile.h"
 #include "quants.h"
 
 #include <errno.h>
@@ -15,8 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -370,7 +369,11 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
         fclose(fp);
         return load_gguf(im, path, err, errlen);
     }
-    if (fseek(fp, 0, SEEK_END) != 0) { fclose(fp); set_err(err, errlen, "%s: cannot seek", path); return -1; }
+    if (fseek(fp, 0, SEEK_END) != 0) {
+        set_err(err, errlen, "%s: cannot seek: %s", path, strerror(errno));
+        fclose(fp);
+        return -1;
+    }
     long sz = ftell(fp);
     if (sz < 4) {
         fclose(fp);
@@ -380,9 +383,9 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
     rewind(fp);
     uint8_t *buf = xcalloc((size_t)sz, 1);
     if (fread(buf, 1, (size_t)sz, fp) != (size_t)sz) {
+        set_err(err, errlen, "%s: cannot read: %s", path, ferror(fp) ? strerror(errno) : "the file shrank while read");
         fclose(fp);
         free(buf);
-        set_err(err, errlen, "%s: read error", path);
         return -1;
     }
     fclose(fp);
@@ -469,33 +472,23 @@ static int save_dat(const struct moeq_imatrix *im, FILE *fp)
     return ok ? 0 : -1;
 }
 
-static int write_dat_file(const struct moeq_imatrix *im, const char *path, char *err, size_t errlen)
+static int write_dat_file(const struct moeq_imatrix *im, const char *path, const char *const *inputs,
+                          int n_inputs, char *err, size_t errlen)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        set_err(err, errlen, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+    moeq_outfile *o = moeq_outfile_open(path, inputs, n_inputs, err, errlen);
+    if (!o) return -1;
+    if (save_dat(im, moeq_outfile_fp(o)) != 0) {
+        if (moeq_outfile_failed(o, err, errlen) == 0) set_err(err, errlen, "writing %s failed", path);
+        moeq_outfile_abort(o);
         return -1;
     }
-    FILE *fp = fdopen(fd, "wb");
-    if (!fp) { close(fd); unlink(tmp); set_err(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
-    int rc = save_dat(im, fp);
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) rc = -1;
-    if (fclose(fp) != 0) rc = -1;
-    /* mkstemp makes the file 0600; give it the usual permissions */
-    if (rc == 0 && chmod(tmp, 0644) != 0) rc = -1;
-    if (rc == 0 && rename(tmp, path) != 0) rc = -1;
-    if (rc != 0) {
-        set_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-    return rc;
+    return moeq_outfile_commit(o, err, errlen);
 }
 
-static int write_gguf_file(const struct moeq_imatrix *im, const char *path, char *err, size_t errlen)
+static int write_gguf_file(const struct moeq_imatrix *im, const char *path, const char *const *inputs,
+                           int n_inputs, char *err, size_t errlen)
 {
-    gguf_writer *w = gguf_writer_open(path, NULL, err, errlen);
+    gguf_writer *w = gguf_writer_open_inputs(path, inputs, n_inputs, err, errlen);
     if (!w) return -1;
     int ok = gguf_writer_add_str(w, "general.type", "imatrix") == 0;
     const char **ds = xcalloc((size_t)(im->n_datasets ? im->n_datasets : 1), sizeof *ds);
@@ -543,15 +536,15 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, char
         return -1;
     }
     if (gguf_writer_finish(w) != 0) {
-        set_err(err, errlen, "%s: write failed", path);
+        set_err(err, errlen, "%s", gguf_writer_error(NULL));
         return -1;
     }
     return 0;
 }
 
 int moeq_imatrix_save(const struct moeq_imatrix *im, const char *path, int gguf_format,
-                      char *err, size_t errlen)
+                      const char *const *inputs, int n_inputs, char *err, size_t errlen)
 {
-    return gguf_format ? write_gguf_file(im, path, err, errlen)
-                       : write_dat_file(im, path, err, errlen);
+    return gguf_format ? write_gguf_file(im, path, inputs, n_inputs, err, errlen)
+                       : write_dat_file(im, path, inputs, n_inputs, err, errlen);
 }

@@ -77,14 +77,15 @@ void moeq_imatrix_add_dataset(struct moeq_imatrix *im, const char *name);
 int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size_t errlen);
 
 /*
- * Write im to path (temp file + rename) as legacy .dat or GGUF. Matrices
+ * Write im to path (src/outfile: temp file + rename, refused when it is one
+ * of the command's inputs[0..n_inputs)) as legacy .dat or GGUF. Matrices
  * without data follow llama-imatrix's rule: when fewer than 5% of a
  * tensor's experts are missing they are stored with ones, else the tensor
  * is skipped. Each such case is reported on stderr by tensor and expert
  * id. Returns 0, or -1 with err set.
  */
 int moeq_imatrix_save(const struct moeq_imatrix *im, const char *path, int gguf_format,
-                      char *err, size_t errlen);
+                      const char *const *inputs, int n_inputs, char *err, size_t errlen);
 
 /*
  * Importance weights for expert `expert` (0 for a 2-D weight) of a weight

@@ -75,7 +75,7 @@ TEST(imatrix_dat_and_gguf_round_trip)
     char err[256];
     for (int fmt = 0; fmt < 2; fmt++) {
         const char *path = test_tmp(fmt ? "im.gguf" : "im.dat");
-        REQUIREF(moeq_imatrix_save(im, path, fmt, err, sizeof err) == 0, "%s", err);
+        REQUIREF(moeq_imatrix_save(im, path, fmt, NULL, 0, err, sizeof err) == 0, "%s", err);
         struct moeq_imatrix *back = moeq_imatrix_new();
         REQUIREF(moeq_imatrix_load(back, path, err, sizeof err) == 0, "%s", err);
         CHECK(back->n_entries == 2);
@@ -99,8 +99,8 @@ TEST(imatrix_merge_equals_single_run)
     moeq_imatrix_add(moeq_imatrix_get(r2, "w", 4, 1, err, sizeof err), 0, x + 8, 4);
     moeq_imatrix_add(moeq_imatrix_get(all, "w", 4, 1, err, sizeof err), 0, x, 6);
     const char *p1 = test_tmp("r1.gguf"), *p2 = test_tmp("r2.gguf");
-    REQUIRE(moeq_imatrix_save(r1, p1, 1, err, sizeof err) == 0);
-    REQUIRE(moeq_imatrix_save(r2, p2, 1, err, sizeof err) == 0);
+    REQUIRE(moeq_imatrix_save(r1, p1, 1, NULL, 0, err, sizeof err) == 0);
+    REQUIRE(moeq_imatrix_save(r2, p2, 1, NULL, 0, err, sizeof err) == 0);
     struct moeq_imatrix *m = moeq_imatrix_new();
     REQUIRE(moeq_imatrix_load(m, p1, err, sizeof err) == 0);
     REQUIRE(moeq_imatrix_load(m, p2, err, sizeof err) == 0);
@@ -127,7 +127,7 @@ TEST(imatrix_reference_dat_loads)
     CHECK(q->n_per_row == 256);
     /* a .dat written back from it loads to the same weights */
     const char *out = test_tmp("copy.dat");
-    REQUIREF(moeq_imatrix_save(im, out, 0, err, sizeof err) == 0, "%s", err);
+    REQUIREF(moeq_imatrix_save(im, out, 0, NULL, 0, err, sizeof err) == 0, "%s", err);
     struct moeq_imatrix *back = moeq_imatrix_new();
     REQUIRE(moeq_imatrix_load(back, out, err, sizeof err) == 0);
     CHECK(back->n_entries == im->n_entries);
@@ -150,7 +150,7 @@ TEST(imatrix_bad_files)
     /* a valid .dat cut short anywhere fails cleanly */
     struct moeq_imatrix *s = sample(3);
     const char *good = test_tmp("good.dat");
-    REQUIRE(moeq_imatrix_save(s, good, 0, err, sizeof err) == 0);
+    REQUIRE(moeq_imatrix_save(s, good, 0, NULL, 0, err, sizeof err) == 0);
     size_t n;
     char *buf = test_read_file(good, &n);
     REQUIRE(buf != NULL);

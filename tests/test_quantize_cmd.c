@@ -84,7 +84,7 @@ static void write_imatrix(const char *path, const char *name, int64_t n_per_row,
     free(x);
     e->ncall = 1;
     im->chunk_count = 1;
-    REQUIRE(moeq_imatrix_save(im, path, 0, err, sizeof err) == 0);
+    REQUIRE(moeq_imatrix_save(im, path, 0, NULL, 0, err, sizeof err) == 0);
     moeq_imatrix_free(im);
 }
 

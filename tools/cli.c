@@ -107,9 +107,9 @@ char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen)
             cap *= 2;
         }
     }
-    int bad = ferror(f);
+    int bad = ferror(f) ? errno : 0;
     fclose(f);
-    if (bad) { free(buf); snprintf(err, errlen, "%s: read error", path); return NULL; }
+    if (bad) { free(buf); snprintf(err, errlen, "%s: cannot read: %s", path, strerror(bad)); return NULL; }
     buf[n] = 0;
     *len = n;
     return buf;

@@ -1,20 +1,21 @@
 /*
  * cmd_dump.c: `moeq dump FILE TENSOR [-o OUT]`: one tensor, dequantized to
- * little-endian f32, written to OUT (a temporary file renamed at the end,
- * so a failed dump never leaves half a file) or to stdout.
+ * little-endian f32, written to OUT (through src/outfile: a temporary file
+ * renamed at the end, so a failed dump never leaves half a file, and never
+ * the input) or to stdout.
  *
  * Works a chunk of rows at a time so a large tensor never needs its whole
  * f32 copy in memory.
  */
 #include "cmd.h"
 #include "gguf.h"
+#include "outfile.h"
 #include "quants.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define CHUNK_ELEMS (1u << 20)  /* f32 values converted per step (4 MiB) */
@@ -89,7 +90,7 @@ int cmd_dump(int argc, char **argv)
     int rc = 1;
     float *buf = NULL;
     FILE *out = stdout;
-    char *tmp = NULL;
+    moeq_outfile *of = NULL;
 
     /* Probe the conversion on one block before creating any output. */
     float probe[256];
@@ -100,31 +101,9 @@ int cmd_dump(int argc, char **argv)
     }
 
     if (out_path) {
-        struct stat a, b;
-        if (!strcmp(out_path, path) ||
-            (stat(out_path, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)) {
-            cli_error("%s: refusing to overwrite the input file", out_path);
-            goto done;
-        }
-        size_t tl = strlen(out_path) + 16;
-        tmp = malloc(tl);
-        if (!tmp) { cli_error("out of memory"); goto done; }
-        snprintf(tmp, tl, "%s.tmp.XXXXXX", out_path);
-        int fd = mkstemp(tmp);
-        if (fd < 0) {
-            cli_error("%s: cannot create a temporary file beside it: %s", out_path, strerror(errno));
-            free(tmp); tmp = NULL;
-            goto done;
-        }
-        mode_t um = umask(0);
-        umask(um);
-        (void)fchmod(fd, 0666 & ~um);
-        out = fdopen(fd, "wb");
-        if (!out) {
-            cli_error("%s: %s", tmp, strerror(errno));
-            close(fd);
-            goto done;
-        }
+        of = moeq_outfile_open(out_path, &path, 1, err, sizeof err);
+        if (!of) { cli_error("dump: %s", err); goto done; }
+        out = moeq_outfile_fp(of);
     }
 
     /* Whole rows per chunk keep every conversion call on block boundaries. */
@@ -141,33 +120,19 @@ int cmd_dump(int argc, char **argv)
             cli_error("%s: tensor '%s': dequantization failed", path, name);
             goto done;
         }
-        if (fwrite(buf, sizeof(float), (size_t)(nr * row), out) != nr * row) {
-            cli_error("%s: write failed: %s", out_path ? out_path : "stdout", strerror(errno));
-            goto done;
-        }
+        if (fwrite(buf, sizeof(float), (size_t)(nr * row), out) != nr * row) break;
     }
-    if (fflush(out) != 0) {
-        cli_error("%s: write failed: %s", out_path ? out_path : "stdout", strerror(errno));
+    if (of) {
+        moeq_outfile *o = of;
+        of = NULL;
+        if (moeq_outfile_commit(o, err, sizeof err) != 0) { cli_error("dump: %s", err); goto done; }
+    } else if (fflush(out) != 0 || ferror(out)) {
+        cli_error("dump: writing stdout: %s", strerror(errno));
         goto done;
-    }
-    if (out_path) {
-        if (fsync(fileno(out)) != 0 || fclose(out) != 0) {
-            out = NULL;
-            cli_error("%s: write failed: %s", out_path, strerror(errno));
-            goto done;
-        }
-        out = NULL;
-        if (rename(tmp, out_path) != 0) {
-            cli_error("%s: cannot rename %s: %s", out_path, tmp, strerror(errno));
-            goto done;
-        }
-        free(tmp);
-        tmp = NULL;
     }
     rc = 0;
 done:
-    if (out_path && out) fclose(out);
-    if (tmp) { unlink(tmp); free(tmp); }
+    moeq_outfile_abort(of);
     free(buf);
     gguf_close(f);
     return rc;

@@ -13,6 +13,7 @@
 #include "cmd.h"
 #include "engine.h"
 #include "imatrix.h"
+#include "outfile.h"
 #include "quants.h"
 
 #include <math.h>
@@ -93,10 +94,12 @@ static int ends_with(const char *s, const char *suf)
     return n >= m && strcmp(s + n - m, suf) == 0;
 }
 
-static int save(const struct moeq_imatrix *im, const char *path, int gguf, int chunks)
+/* inputs[0..n_inputs): every file the command reads (never overwritten) */
+static int save(const struct moeq_imatrix *im, const char *path, int gguf, int chunks,
+                const char *const *inputs, int n_inputs)
 {
     char err[512];
-    if (moeq_imatrix_save(im, path, gguf, err, sizeof err) != 0) {
+    if (moeq_imatrix_save(im, path, gguf, inputs, n_inputs, err, sizeof err) != 0) {
         cli_error("imatrix: %s", err);
         return -1;
     }
@@ -141,13 +144,18 @@ int cmd_imatrix(int argc, char **argv)
     if (!text_path && n_in == 0) return cli_usage_error("imatrix", "-f TEXT (or --in-file to merge) is required");
     if (text_path && !model) return cli_usage_error("imatrix", "-m MODEL is required with -f");
     if (n_ctx < 8 || skip < 0 || out_freq < 0) return cli_usage_error("imatrix", "bad -c, --chunk or --output-frequency");
-    for (int i = 0; i < n_in; i++)
-        if (!strcmp(in_files[i], out_path)) {
-            cli_error("imatrix: output %s is also an --in-file; refusing to overwrite an input", out_path);
-            return 1;
-        }
-
+    /* the model, the text and every --in-file are inputs, never the output */
+    const char *inputs[MAX_IN_FILES + 2];
+    int n_inputs = 0;
+    inputs[n_inputs++] = model;
+    inputs[n_inputs++] = text_path;
+    for (int i = 0; i < n_in; i++) inputs[n_inputs++] = in_files[i];
     char err[512];
+    if (moeq_outfile_check(out_path, inputs, n_inputs, err, sizeof err) != 0) {
+        cli_error("imatrix: %s", err);
+        return 1;
+    }
+
     struct collector col;
     memset(&col, 0, sizeof col);
     pthread_mutex_init(&col.mu, NULL);
@@ -165,7 +173,7 @@ int cmd_imatrix(int argc, char **argv)
         fprintf(stderr, "moeq: imatrix: merged %s\n", in_files[i]);
     }
     if (!text_path) {
-        rc = save(col.im, out_path, gguf, (int)col.im->chunk_count) ? 1 : 0;
+        rc = save(col.im, out_path, gguf, (int)col.im->chunk_count, inputs, n_inputs) ? 1 : 0;
         goto out;
     }
 
@@ -244,12 +252,12 @@ int cmd_imatrix(int argc, char **argv)
                 el / done * (last - (int)skip - done));
         if (out_freq > 0 && done % out_freq == 0 && c + 1 < last) {
             fprintf(stderr, "\n");
-            if (save(col.im, out_path, gguf, done) != 0) goto out;
+            if (save(col.im, out_path, gguf, done, inputs, n_inputs) != 0) goto out;
         }
     }
     fprintf(stderr, "\n");
     if (!no_ppl) printf("\nFinal estimate: PPL = %.4f\n", exp(nll / (double)count));
-    rc = save(col.im, out_path, gguf, done) ? 1 : 0;
+    rc = save(col.im, out_path, gguf, done, inputs, n_inputs) ? 1 : 0;
 out:
     moeq_session_free(s);
     moeq_engine_close(e);

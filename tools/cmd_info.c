@@ -13,6 +13,7 @@
 #include "quants.h"
 #include "tensor_groups.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -367,7 +368,7 @@ int cmd_info(int argc, char **argv)
     } else {
         print_text(stdout, f, arch, s);
     }
-    if (fflush(stdout) != 0) { cli_error("writing the output failed"); rc = 1; }
+    if (fflush(stdout) != 0 || ferror(stdout)) { cli_error("writing stdout: %s", strerror(errno)); rc = 1; }
     free(s);
     gguf_close(f);
     return rc;

@@ -14,8 +14,10 @@
  */
 #include "cmd.h"
 #include "engine.h"
+#include "outfile.h"
 #include "quants.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,14 +223,20 @@ int cmd_perplexity(int argc, char **argv)
     if (n_ctx < 8 || n_ctx > (1 << 20)) return cli_usage_error("perplexity", "-c must be in 8..1048576");
     if (n_batch <= 0 || n_batch > n_ctx) n_batch = n_ctx < 512 ? n_ctx : 512;
 
-    char err[512], kld_tmp[4200] = "";
-    FILE *kf = NULL;
+    char err[512];
+    FILE *kf = NULL;          /* the base file, read (kld_mode) or written (through ko) */
+    moeq_outfile *ko = NULL;
+    const char *inputs[] = { model, text_path };
     uint16_t *lp = NULL;
     int32_t *tokens = NULL;
     float *logits = NULL, *kld_vals = NULL, *pd_vals = NULL;
     moeq_session *s = NULL;
     int rc = 1;
 
+    if (kld_path && !kld_mode && moeq_outfile_check(kld_path, inputs, 2, err, sizeof err) != 0) {
+        cli_error("perplexity: %s", err);
+        return 1;
+    }
     struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, (int)n_batch };
     moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
     if (!e) { cli_error("%s", err); return 1; }
@@ -242,7 +250,7 @@ int cmd_perplexity(int argc, char **argv)
     if (kld_mode) {
         /* the base file decides the tokens and chunks */
         kf = fopen(kld_path, "rb");
-        if (!kf) { cli_error("perplexity: cannot open %s", kld_path); goto out; }
+        if (!kf) { cli_error("perplexity: %s: cannot open: %s", kld_path, strerror(errno)); goto out; }
         char magic[8];
         uint32_t f_ctx;
         int32_t f_vocab, f_chunk;
@@ -299,14 +307,15 @@ int cmd_perplexity(int argc, char **argv)
         n_chunk = n_tok / (int)n_ctx;
         if (max_chunks > 0 && max_chunks < n_chunk) n_chunk = (int)max_chunks;
         if (kld_path) {
-            snprintf(kld_tmp, sizeof kld_tmp, "%s.tmp", kld_path);
-            kf = fopen(kld_tmp, "wb");
-            if (!kf) { cli_error("perplexity: cannot create %s", kld_tmp); goto out; }
+            ko = moeq_outfile_open(kld_path, inputs, 2, err, sizeof err);
+            if (!ko) { cli_error("perplexity: %s", err); goto out; }
+            kf = moeq_outfile_fp(ko);
             uint32_t c32 = (uint32_t)n_ctx;
             int32_t v32 = n_vocab, ch32 = n_chunk;
             if (fwrite("_logits_", 1, 8, kf) != 8 || fwrite(&c32, 4, 1, kf) != 1 || fwrite(&v32, 4, 1, kf) != 1 ||
                 fwrite(&ch32, 4, 1, kf) != 1 || fwrite(tokens, 4, (size_t)n_chunk * (size_t)n_ctx, kf) != (size_t)n_chunk * (size_t)n_ctx) {
-                cli_error("perplexity: writing %s failed", kld_path);
+                moeq_outfile_failed(ko, err, sizeof err);
+                cli_error("perplexity: %s", err);
                 goto out;
             }
         }
@@ -390,7 +399,8 @@ int cmd_perplexity(int argc, char **argv)
             }
             if (kf && fwrite(lp, 2, (size_t)n_scored2 * nv, kf) != (size_t)n_scored2 * nv) {
                 free(scored);
-                cli_error("perplexity: writing %s failed", kld_path);
+                moeq_outfile_failed(ko, err, sizeof err);
+                cli_error("perplexity: %s", err);
                 goto out;
             }
             printf("[%d]%.4f,", c + 1, exp(nll / (double)count));
@@ -415,11 +425,12 @@ int cmd_perplexity(int argc, char **argv)
     fprintf(stderr, "moeq: perplexity: %d chunks in %.1f s\n", n_chunk, now_s() - t0);
     rc = 0;
 out:
-    if (kf && fclose(kf) != 0 && rc == 0) { cli_error("perplexity: writing %s failed", kld_path); rc = 1; }
-    if (kld_tmp[0]) {
+    if (ko) {
         /* the base file appears only when complete */
-        if (rc == 0 && rename(kld_tmp, kld_path) != 0) { cli_error("perplexity: cannot rename %s", kld_tmp); rc = 1; }
-        if (rc != 0) remove(kld_tmp);
+        if (rc == 0 && moeq_outfile_commit(ko, err, sizeof err) != 0) { cli_error("perplexity: %s", err); rc = 1; }
+        else if (rc != 0) moeq_outfile_abort(ko);
+    } else if (kf) {
+        fclose(kf);
     }
     moeq_session_free(s);
     moeq_engine_close(e);

@@ -14,6 +14,7 @@
 #include "cmd.h"
 #include "gguf.h"
 #include "imatrix.h"
+#include "outfile.h"
 #include "pool.h"
 #include "quant_plan.h"
 #include "quants.h"
@@ -249,8 +250,9 @@ int cmd_quantize(int argc, char **argv)
         if (embd_type < 0) embd_type = moeq_type_from_name(rec->embd);
         if (out_type < 0) out_type = moeq_type_from_name(rec->out);
     }
-    if (!strcmp(in_path, out_path)) {
-        cli_error("quantize: output %s is the input file; refusing to overwrite it", out_path);
+    const char *inputs[] = { in_path, imatrix_path };
+    if (moeq_outfile_check(out_path, inputs, 2, err, sizeof err) != 0) {
+        cli_error("quantize: %s", err);
         rc = 1;
         goto out_rules;
     }
@@ -411,7 +413,7 @@ int cmd_quantize(int argc, char **argv)
     }
 
     /* ----------------------------------------------------------- write */
-    gguf_writer *w = gguf_writer_open(out_path, in_path, err, sizeof err);
+    gguf_writer *w = gguf_writer_open_inputs(out_path, inputs, 2, err, sizeof err);
     if (!w) { cli_error("%s", err); goto out_ie; }
     gguf_writer_set_version(w, f->version >= 3 ? 3 : f->version);
     int ok = 1;
@@ -540,7 +542,7 @@ int cmd_quantize(int argc, char **argv)
         goto out_ie;
     }
     if (gguf_writer_finish(w) != 0) {
-        cli_error("quantize: writing %s failed", out_path);
+        cli_error("quantize: %s", gguf_writer_error(NULL));
         free(acc); free(stats);
         goto out_ie;
     }

@@ -12,6 +12,7 @@
  */
 #include "cmd.h"
 #include "engine.h"
+#include "outfile.h"
 #include "quants.h"
 
 #include <errno.h>
@@ -60,6 +61,7 @@ static void on_sigint(int sig)
         static const char msg[] = "\n";
         ssize_t r = write(2, msg, 1);
         (void)r;
+        moeq_outfile_unlink_all(); /* a --dump-logits in progress leaves nothing */
         _exit(130);
     }
 }
@@ -177,18 +179,18 @@ static int generate(struct run *r, char **answer, size_t *alen)
     return rc;
 }
 
-/* Prompt logits, every position, chunk by chunk. */
-static int dump_logits(struct run *r, const int32_t *tok, int n, const char *path)
+/* Prompt logits, every position, chunk by chunk, to path (never one of
+ * inputs[0..n_inputs)). */
+static int dump_logits(struct run *r, const int32_t *tok, int n, const char *path,
+                       const char *const *inputs, int n_inputs)
 {
     const int V = moeq_engine_info(r->e)->n_vocab;
     const int chunk = 64;
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        snprintf(r->err, sizeof r->err, "%s: %s", path, strerror(errno));
-        return -1;
-    }
+    moeq_outfile *o = moeq_outfile_open(path, inputs, n_inputs, r->err, sizeof r->err);
+    if (!o) return -1;
+    FILE *f = moeq_outfile_fp(o);
     float *buf = malloc((size_t)chunk * V * sizeof *buf);
-    if (!buf) { fclose(f); snprintf(r->err, sizeof r->err, "out of memory"); return -1; }
+    if (!buf) { moeq_outfile_abort(o); snprintf(r->err, sizeof r->err, "out of memory"); return -1; }
     moeq_session_sync(r->s, tok, 0);
     int rc = 0;
     double t0 = now_s();
@@ -196,7 +198,7 @@ static int dump_logits(struct run *r, const int32_t *tok, int n, const char *pat
         int c = n - done < chunk ? n - done : chunk;
         if (moeq_session_eval(r->s, tok + done, c, buf, r->err, sizeof r->err) != 0) rc = -1;
         else if (fwrite(buf, sizeof(float), (size_t)c * V, f) != (size_t)c * V) {
-            snprintf(r->err, sizeof r->err, "%s: write failed", path);
+            moeq_outfile_failed(o, r->err, sizeof r->err);
             rc = -1;
         }
         done += c;
@@ -204,10 +206,8 @@ static int dump_logits(struct run *r, const int32_t *tok, int n, const char *pat
     r->st.t_prompt += now_s() - t0;
     r->st.n_prompt += n;
     free(buf);
-    if (fclose(f) != 0 && rc == 0) {
-        snprintf(r->err, sizeof r->err, "%s: write failed", path);
-        rc = -1;
-    }
+    if (rc != 0) moeq_outfile_abort(o);
+    else rc = moeq_outfile_commit(o, r->err, sizeof r->err);
     return rc;
 }
 
@@ -315,6 +315,11 @@ int cmd_run(int argc, char **argv)
     if (!model) return cli_usage_error("run", "-m FILE is required");
     if (prompt && file) return cli_usage_error("run", "give -p or -f, not both");
     if (dump && !prompt && !file) return cli_usage_error("run", "--dump-logits needs a prompt (-p or -f)");
+    const char *inputs[] = { model, file };
+    if (dump) {
+        char cerr[512];
+        if (moeq_outfile_check(dump, inputs, 2, cerr, sizeof cerr) != 0) { cli_error("run: %s", cerr); return 1; }
+    }
 
     char *text = NULL;
     size_t tlen = 0;
@@ -380,7 +385,7 @@ int cmd_run(int argc, char **argv)
         goto out;
     }
     if (dump) {
-        if (dump_logits(&r, tok, n, dump) != 0) { cli_error("%s", r.err); rc = 1; goto out; }
+        if (dump_logits(&r, tok, n, dump, inputs, 2) != 0) { cli_error("%s", r.err); rc = 1; goto out; }
     } else if (eval_prompt(&r, tok, n) != 0) {
         cli_error("%s", r.err);
         rc = 1;
