@@ -1,0 +1,146 @@
+/* Values that are not numbers (issue 11, item 2): the scan of every
+ * tensor type, `moeq info --check`, quantize refusing a NaN source and the
+ * engine refusing NaN norms and routers at open. Broken inputs are
+ * synthesized models with a few bytes patched. */
+#include "test.h"
+#include "finite.h"
+#include "gguf.h"
+#include "quants.h"
+#include "quants_blocks.h"
+
+#include <stdint.h>
+
+static const uint8_t F32_NAN[4] = { 0x00, 0x00, 0xc0, 0x7f };
+static const uint8_t F32_INF[4] = { 0x00, 0x00, 0x80, 0x7f };
+
+/* Overwrite n bytes at byte `at` of tensor `name`'s data in the file. */
+static void patch(const char *path, const char *name, uint64_t at, const void *bytes, size_t n)
+{
+    char err[256];
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    REQUIREF(f != NULL, "%s", err);
+    int64_t i = gguf_find_tensor(f, name);
+    REQUIREF(i >= 0, "no tensor %s", name);
+    REQUIRE(at + n <= f->tensors[i].nbytes);
+    long off = (long)((const uint8_t *)f->tensors[i].data - f->base + (ptrdiff_t)at);
+    gguf_close(f);
+    FILE *fp = fopen(path, "r+b");
+    REQUIRE(fp != NULL);
+    REQUIRE(fseek(fp, off, SEEK_SET) == 0);
+    REQUIRE(fwrite(bytes, 1, n, fp) == n);
+    REQUIRE(fclose(fp) == 0);
+}
+
+/* ------------------------------------------------------------ the scan */
+
+TEST(nonfinite_scan_every_type)
+{
+    enum { N = 4 * QK_K };
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = sinf(0.37f * (float)i) * (1.0f + (float)(i % 5));
+    const int types[] = { MOEQ_TYPE_F32, MOEQ_TYPE_F16, MOEQ_TYPE_BF16, MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q4_0,
+                          MOEQ_TYPE_Q2_K, MOEQ_TYPE_Q4_K, MOEQ_TYPE_Q6_K, MOEQ_TYPE_IQ4_XS, MOEQ_TYPE_IQ2_S };
+    static uint8_t buf[N * 4];
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        const struct moeq_type_traits *t = moeq_type_traits(types[k]);
+        REQUIRE(t != NULL);
+        if (types[k] == MOEQ_TYPE_F32) memcpy(buf, x, sizeof x);
+        else t->quantize(x, buf, 1, N, NULL);
+        CHECKF(moeq_first_nonfinite(types[k], buf, N, NULL) == -1, "%s: clean data flagged", t->name);
+        /* element 300 (block 1 of the K-quants, block 9 of the 32-blocks) */
+        const int64_t el = 300, blk = el / t->blck_size;
+        uint8_t *b = buf + (size_t)blk * t->type_size;
+        const uint16_t hnan = 0x7e00, hinf = 0xfc00;
+        if (types[k] == MOEQ_TYPE_F32) memcpy(buf + 4 * el, F32_INF, 4);
+        else if (types[k] == MOEQ_TYPE_F16) memcpy(buf + 2 * el, &hinf, 2);
+        else if (types[k] == MOEQ_TYPE_BF16) { uint16_t v = 0x7fc0; memcpy(buf + 2 * el, &v, 2); }
+        else if (types[k] == MOEQ_TYPE_Q2_K) memcpy(b + offsetof(block_q2_K, dmin), &hinf, 2);
+        else if (types[k] == MOEQ_TYPE_Q4_K) memcpy(b + offsetof(block_q4_K, dmin), &hnan, 2);
+        else if (types[k] == MOEQ_TYPE_Q6_K) memcpy(b + offsetof(block_q6_K, d), &hinf, 2);
+        else memcpy(b, &hnan, 2); /* d comes first in the other blocks */
+        float v = 0;
+        int64_t got = moeq_first_nonfinite(types[k], buf, N, &v);
+        const int64_t want = t->quantized ? blk * t->blck_size : el;
+        CHECKF(got == want, "%s: first bad element %lld, expected %lld", t->name, (long long)got, (long long)want);
+        CHECKF(!isfinite(v), "%s: reported value %g", t->name, (double)v);
+        /* and the dequantized block really holds non-numbers there */
+        float y[QK_K];
+        REQUIRE(moeq_dequantize(types[k], buf + (size_t)blk * t->type_size, y, t->blck_size) == 0);
+        CHECKF(!isfinite(y[want - blk * t->blck_size]), "%s: decoded value is finite", t->name);
+    }
+    float f[3] = { 1, NAN, 2 };
+    CHECK(moeq_first_nonfinite_f32(f, 3) == 1);
+    CHECK(moeq_first_nonfinite_f32(f, 1) == -1);
+}
+
+/* ----------------------------------------------------------- moeq info */
+
+TEST(nonfinite_info_check_names_tensor_and_element)
+{
+    const char *clean = test_synth("clean.gguf", NULL);
+    char *o = NULL;
+    int rc = test_run(&o, "%s info --check %s", test_moeq_bin(), clean);
+    CHECKF(rc == 0 && strstr(o, "check: every value of the 27 tensors is a number"), "rc %d: %s", rc, o);
+    free(o);
+
+    /* row 3, column 5 of expert 2 of an F32 expert tensor [256, 256, 8] */
+    const char *m = test_synth("nan.gguf", NULL);
+    patch(m, "blk.1.ffn_up_exps.weight", 4 * (2 * 256 * 256 + 3 * 256 + 5), F32_NAN, 4);
+    rc = test_run(&o, "%s info --check %s", test_moeq_bin(), m);
+    CHECKF(rc == 1, "rc %d", rc);
+    CHECKF(strstr(o, "nan.gguf: tensor blk.1.ffn_up_exps.weight: element 131845 (row 3, column 5, expert 2) is nan"),
+           "%s", o);
+    CHECKF(strstr(o, "1 of 27 tensors hold values that are not numbers"), "%s", o);
+    free(o);
+
+    /* a quantized tensor: the scale of block 3 of row 1 of a Q8_0 output */
+    const char *q = test_synth("q8.gguf", "--type-output Q8_0");
+    uint16_t inf = 0x7c00;
+    patch(q, "output.weight", (uint64_t)(256 / 32 + 3) * sizeof(block_q8_0), &inf, 2);
+    rc = test_run(&o, "%s info --check --json %s", test_moeq_bin(), q);
+    CHECKF(rc == 1 && strstr(o, "tensor output.weight: element 352 (row 1, column 96) is "), "rc %d: %s", rc, o);
+    free(o);
+}
+
+/* ------------------------------------------------------------ quantize */
+
+TEST(nonfinite_quantize_refuses_source)
+{
+    const char *m = test_synth("src.gguf", NULL);
+    patch(m, "blk.0.attn_q.weight", 4 * (7 * 256 + 9), F32_INF, 4);
+    const char *out = test_tmp("out.gguf");
+    char *o = NULL;
+    int rc = test_run(&o, "%s quantize -q %s %s Q8_0", test_moeq_bin(), m, out);
+    CHECKF(rc == 1, "rc %d: %s", rc, o);
+    CHECKF(strstr(o, "tensor blk.0.attn_q.weight: element 1801 (row 7, column 9) is inf"), "%s", o);
+    size_t n;
+    void *b = test_read_file(out, &n);
+    CHECKF(b == NULL, "an output of %zu bytes was written", n);
+    free(b);
+    free(o);
+    /* a copied (not quantized) tensor is refused as well */
+    const char *m2 = test_synth("src2.gguf", NULL);
+    patch(m2, "output_norm.weight", 4 * 17, F32_NAN, 4);
+    rc = test_run(&o, "%s quantize -q %s %s Q8_0", test_moeq_bin(), m2, out);
+    CHECKF(rc == 1 && strstr(o, "tensor output_norm.weight: element 17 is nan"), "rc %d: %s", rc, o);
+    free(o);
+}
+
+/* --------------------------------------------------------- engine open */
+
+TEST(nonfinite_engine_open_refuses_norm_and_router)
+{
+    const char *m = test_synth("norm.gguf", NULL);
+    patch(m, "blk.0.ffn_norm.weight", 4 * 7, F32_INF, 4);
+    char *o = NULL;
+    int rc = test_run(&o, "%s run -m %s -p hello -n 2", test_moeq_bin(), m);
+    CHECKF(rc == 1 && strstr(o, "norm.gguf: tensor blk.0.ffn_norm.weight: element 7 is inf"), "rc %d: %s", rc, o);
+    free(o);
+    const char *r = test_synth("router.gguf", "--type-router F16");
+    uint16_t nan = 0xfe00;
+    patch(r, "blk.1.ffn_gate_inp.weight", 2 * (256 * 3 + 10), &nan, 2);
+    rc = test_run(&o, "%s run -m %s -p hello -n 2", test_moeq_bin(), r);
+    CHECKF(rc == 1 && strstr(o, "tensor blk.1.ffn_gate_inp.weight: element 778 (row 3, column 10) is nan"),
+           "rc %d: %s", rc, o);
+    free(o);
+}
