@@ -1,7 +1,8 @@
 /* Values that are not numbers (issue 11, item 2): the scan of every
- * tensor type, `moeq info --check`, quantize refusing a NaN source and the
- * engine refusing NaN norms and routers at open. Broken inputs are
- * synthesized models with a few bytes patched. */
+ * tensor type, `moeq info --check`, quantize refusing a NaN source, the
+ * engine refusing NaN norms and routers at open, perplexity and run
+ * failing on NaN logits instead of printing nan or NUL bytes. Broken
+ * inputs are synthesized models with a few bytes patched. */
 #include "test.h"
 #include "finite.h"
 #include "gguf.h"
@@ -29,6 +30,15 @@ static void patch(const char *path, const char *name, uint64_t at, const void *b
     REQUIRE(fseek(fp, off, SEEK_SET) == 0);
     REQUIRE(fwrite(bytes, 1, n, fp) == n);
     REQUIRE(fclose(fp) == 0);
+}
+
+static void write_text(const char *path, int lines)
+{
+    FILE *f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    for (int i = 0; i < lines; i++)
+        fprintf(f, "The river town wakes before the sun, line %d. Bakers open their doors at four.\n", i);
+    fclose(f);
 }
 
 /* ------------------------------------------------------------ the scan */
@@ -142,5 +152,70 @@ TEST(nonfinite_engine_open_refuses_norm_and_router)
     rc = test_run(&o, "%s run -m %s -p hello -n 2", test_moeq_bin(), r);
     CHECKF(rc == 1 && strstr(o, "tensor blk.1.ffn_gate_inp.weight: element 778 (row 3, column 10) is nan"),
            "rc %d: %s", rc, o);
+    free(o);
+}
+
+/* ---------------------------------------------------------- perplexity */
+
+TEST(nonfinite_perplexity_nan_logit_fails)
+{
+    /* row 5 of the output matrix (not scanned at open): logit 5 is nan */
+    const char *m = test_synth("ppl.gguf", NULL);
+    patch(m, "output.weight", 4 * (5 * 256 + 11), F32_NAN, 4);
+    const char *text = test_tmp("text.txt");
+    write_text(text, 20);
+    char *o = NULL;
+    int rc = test_run(&o, "%s perplexity -m %s -f %s -c 16 --chunks 2 -t 1", test_moeq_bin(), m, text);
+    CHECKF(rc == 1, "rc %d: %s", rc, o);
+    CHECKF(strstr(o, "ppl.gguf: chunk 1, position 8: logit of token 5 is nan"), "%s", o);
+    CHECKF(!strstr(o, "Final estimate"), "%s", o);
+    free(o);
+}
+
+/* ----------------------------------------------------------------- run */
+
+/* Count of NUL bytes in the first n bytes of s. */
+static size_t n_nul(const char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += s[i] == 0;
+    return k;
+}
+
+TEST(nonfinite_run_never_prints_nul)
+{
+    /* one NaN weight of a dense matrix every token uses: every logit is
+     * nan, and greedy sampling used to pick token 0, the byte 0x00 */
+    const char *m = test_synth("run.gguf", NULL);
+    patch(m, "blk.1.attn_output.weight", 4 * 100, F32_NAN, 4);
+    const char *out = test_tmp("run.out");
+    char *o = NULL;
+    int rc = test_run(&o, "%s run -m %s -p hello -n 4 -t 1 --temp 0 > %s", test_moeq_bin(), m, out);
+    size_t n = 0;
+    char *b = test_read_file(out, &n);
+    REQUIRE(b != NULL);
+    CHECKF(n_nul(b, n) == 0, "%zu NUL bytes in the output", n_nul(b, n));
+    CHECKF(rc == 1 && strstr(o, "run: generated token 0: logit of token 0 is not a number"), "rc %d: %s", rc, o);
+    free(b);
+    free(o);
+    /* sampling (the default) on nan logits fails the same way */
+    rc = test_run(&o, "%s run -m %s -p hello -n 4 -t 1 --seed 3 > %s", test_moeq_bin(), m, out);
+    b = test_read_file(out, &n);
+    REQUIRE(b != NULL);
+    CHECKF(rc == 1 && n_nul(b, n) == 0, "rc %d, %zu NUL bytes: %s", rc, n_nul(b, n), o);
+    free(b);
+    free(o);
+    /* a prompt holding a NUL byte is echoed without it */
+    const char *clean = test_synth("clean.gguf", NULL);
+    const char *pf = test_tmp("prompt.txt");
+    FILE *f = fopen(pf, "wb");
+    REQUIRE(f != NULL);
+    fwrite("ab\0cd", 1, 5, f);
+    fclose(f);
+    rc = test_run(&o, "%s run -m %s -f %s -n 0 -t 1 > %s", test_moeq_bin(), clean, pf, out);
+    b = test_read_file(out, &n);
+    REQUIRE(b != NULL);
+    CHECKF(rc == 0 && n_nul(b, n) == 0 && n >= 4 && memcmp(b, "abcd", 4) == 0, "rc %d, %zu bytes: %s", rc, n, o);
+    free(b);
     free(o);
 }
