@@ -1,11 +1,13 @@
 /* Values that are not numbers (issue 11, item 2): the scan of every
  * tensor type, `moeq info --check`, quantize refusing a NaN source, the
  * engine refusing NaN norms and routers at open, perplexity and run
- * failing on NaN logits instead of printing nan or NUL bytes. Broken
+ * failing on NaN logits instead of printing nan or NUL bytes, and imatrix
+ * files that are never written unless moeq can read them back. Broken
  * inputs are synthesized models with a few bytes patched. */
 #include "test.h"
 #include "finite.h"
 #include "gguf.h"
+#include "imatrix.h"
 #include "quants.h"
 #include "quants_blocks.h"
 
@@ -218,4 +220,140 @@ TEST(nonfinite_run_never_prints_nul)
     CHECKF(rc == 0 && n_nul(b, n) == 0 && n >= 4 && memcmp(b, "abcd", 4) == 0, "rc %d, %zu bytes: %s", rc, n, o);
     free(b);
     free(o);
+}
+
+/* ------------------------------------------------------------- imatrix */
+
+/* A legacy .dat of one entry "w" of n values v with call count ncall. */
+static void write_dat(const char *path, int32_t ncall, int32_t n, float v, int32_t chunks)
+{
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f != NULL);
+    int32_t one = 1, len = 1;
+    fwrite(&one, 4, 1, f);
+    fwrite(&len, 4, 1, f);
+    fwrite("w", 1, 1, f);
+    fwrite(&ncall, 4, 1, f);
+    fwrite(&n, 4, 1, f);
+    for (int32_t i = 0; i < n; i++) { float x = v * (float)(i + 1); fwrite(&x, 4, 1, f); }
+    int32_t dl = 0;
+    fwrite(&chunks, 4, 1, f);
+    fwrite(&dl, 4, 1, f);
+    fclose(f);
+}
+
+TEST(nonfinite_imatrix_nan_sums_never_written)
+{
+    char err[512];
+    for (int fmt = 0; fmt < 2; fmt++) {
+        struct moeq_imatrix *im = moeq_imatrix_new();
+        struct moeq_imatrix_entry *e = moeq_imatrix_get(im, "blk.0.attn_q.weight", 4, 1, err, sizeof err);
+        REQUIRE(e != NULL);
+        float x[8] = { 1, 2, 3, 4, 5, NAN, 7, 8 };
+        moeq_imatrix_add(e, 0, x, 2);
+        const char *p = test_tmp(fmt ? "nan.gguf" : "nan.dat");
+        CHECKF(moeq_imatrix_save(im, p, fmt, err, sizeof err) == -1, "fmt %d: saved", fmt);
+        CHECKF(strstr(err, "entry blk.0.attn_q.weight: value 1 (matrix 0, column 1) is nan"), "%s", err);
+        size_t n;
+        void *b = test_read_file(p, &n);
+        CHECKF(b == NULL, "fmt %d: %zu bytes written", fmt, n);
+        free(b);
+        moeq_imatrix_free(im);
+    }
+    /* through the tool: activations of a model with a NaN weight */
+    const char *m = test_synth("im.gguf", NULL);
+    patch(m, "blk.0.attn_q.weight", 4 * 300, F32_NAN, 4);
+    const char *text = test_tmp("text.txt");
+    write_text(text, 4);
+    const char *out = test_tmp("im.dat");
+    char *o = NULL;
+    int rc = test_run(&o, "%s imatrix -m %s -f %s -c 16 --chunks 1 --no-ppl -t 1 -o %s", test_moeq_bin(), m, text, out);
+    CHECKF(rc == 1 && strstr(o, "is nan, not a finite sum of squares"), "rc %d: %s", rc, o);
+    size_t n;
+    void *b = test_read_file(out, &n);
+    CHECKF(b == NULL, "%zu bytes written", n);
+    free(b);
+    free(o);
+}
+
+TEST(nonfinite_imatrix_merged_counts_saturate)
+{
+    /* two runs of 1.5e9 calls each: the merged count exceeds int32, which
+     * used to wrap negative and make a file the loader refuses */
+    const char *a = test_tmp("a.dat"), *b = test_tmp("b.dat"), *c = test_tmp("c.dat"), *g = test_tmp("c.gguf");
+    write_dat(a, 1500000000, 4, 3e9f, 2000000000);
+    write_dat(b, 1500000000, 4, 3e9f, 2000000000);
+    char *o = NULL;
+    int rc = test_run(&o, "%s imatrix --in-file %s --in-file %s -o %s", test_moeq_bin(), a, b, c);
+    CHECKF(rc == 0, "rc %d: %s", rc, o);
+    free(o);
+    rc = test_run(&o, "%s imatrix --in-file %s --in-file %s -o %s", test_moeq_bin(), a, b, g);
+    CHECKF(rc == 0, "rc %d: %s", rc, o);
+    free(o);
+    char err[512];
+    for (int k = 0; k < 2; k++) {
+        struct moeq_imatrix *im = moeq_imatrix_new();
+        REQUIREF(moeq_imatrix_load(im, k ? g : c, err, sizeof err) == 0, "%s", err);
+        struct moeq_imatrix_entry *e = moeq_imatrix_find(im, "w");
+        REQUIRE(e != NULL);
+        if (!k) CHECKF(e->ncall == INT32_MAX, "ncall %lld", (long long)e->ncall);
+        CHECKF(im->chunk_count == (k ? 4000000000 : INT32_MAX), "chunks %lld", (long long)im->chunk_count);
+        /* the means (value / ncall = 2, 4, 6, 8) survive the saturation */
+        float w[4];
+        REQUIRE(moeq_imatrix_weights(e, 4, 1, 0, w) == 0);
+        for (int j = 0; j < 4; j++)
+            CHECKF(fabsf(w[j] - 2.0f * (float)(j + 1)) < 1e-3f * (float)(j + 1), "%s: w[%d] = %g",
+                   k ? "gguf" : "dat", j, (double)w[j]);
+        moeq_imatrix_free(im);
+    }
+}
+
+TEST(nonfinite_imatrix_count_printed_is_count_written)
+{
+    /* of two entries one has no data: one is written and "saved 1" said */
+    const char *a = test_tmp("a.dat"), *z = test_tmp("z.dat"), *out = test_tmp("out.dat");
+    write_dat(a, 10, 4, 1.0f, 10);
+    FILE *f = fopen(z, "wb");
+    REQUIRE(f != NULL);
+    int32_t hdr[] = { 1, 1 };
+    fwrite(hdr, 4, 2, f);
+    fwrite("v", 1, 1, f);
+    int32_t zero = 0, four = 4;
+    float zeros[4] = { 0, 0, 0, 0 };
+    fwrite(&zero, 4, 1, f);
+    fwrite(&four, 4, 1, f);
+    fwrite(zeros, 4, 4, f);
+    fclose(f);
+    char *o = NULL;
+    int rc = test_run(&o, "%s imatrix --in-file %s --in-file %s -o %s", test_moeq_bin(), a, z, out);
+    CHECKF(rc == 0 && strstr(o, "saved 1 entries"), "rc %d: %s", rc, o);
+    free(o);
+    char err[512];
+    struct moeq_imatrix *im = moeq_imatrix_new();
+    REQUIREF(moeq_imatrix_load(im, out, err, sizeof err) == 0, "%s", err);
+    CHECK(im->n_entries == 1);
+    moeq_imatrix_free(im);
+
+    /* nothing with data: refused, instead of "saved 1 entries" and a .dat
+     * of zero entries that no reader accepts */
+    rc = test_run(&o, "%s imatrix --in-file %s -o %s", test_moeq_bin(), z, test_tmp("empty.dat"));
+    CHECKF(rc == 1 && strstr(o, "none of the 1 entries has data to store; nothing written"), "rc %d: %s", rc, o);
+    CHECKF(!strstr(o, "saved"), "%s", o);
+    size_t n;
+    void *b = test_read_file(test_tmp("empty.dat"), &n);
+    CHECKF(b == NULL, "%zu bytes written", n);
+    free(b);
+    free(o);
+    /* the library call refuses the same for either format */
+    for (int fmt = 0; fmt < 2; fmt++) {
+        struct moeq_imatrix *e = moeq_imatrix_new();
+        REQUIRE(moeq_imatrix_get(e, "blk.0.ffn_up_exps.weight", 4, 8, err, sizeof err) != NULL);
+        CHECK(moeq_imatrix_n_storable(e) == 0);
+        const char *p = test_tmp(fmt ? "e.gguf" : "e.dat");
+        CHECK(moeq_imatrix_save(e, p, fmt, err, sizeof err) == -1 && strstr(err, "nothing written"));
+        b = test_read_file(p, &n);
+        CHECKF(b == NULL, "fmt %d: %zu bytes written", fmt, n);
+        free(b);
+        moeq_imatrix_free(e);
+    }
 }
