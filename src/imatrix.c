@@ -11,6 +11,7 @@
 #include "quants.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -409,24 +410,110 @@ static int64_t missing_mats(const struct moeq_imatrix_entry *e, unsigned char *m
 }
 
 /* llama-imatrix's rule: store a tensor with a few missing experts (filled
- * with ones), skip one with many (or with none at all). */
-static int entry_storable(const struct moeq_imatrix_entry *e, unsigned char *missing)
+ * with ones), skip one with many (or with none at all). Each case is
+ * reported on stderr when report is set. */
+static int entry_storable_report(const struct moeq_imatrix_entry *e, unsigned char *missing, int report)
 {
     int64_t nm = missing_mats(e, missing);
     if (nm == 0) return 1;
     if (nm == e->n_mat) {
-        fprintf(stderr, "moeq: imatrix: %s has no data - skipping\n", e->name);
+        if (report) fprintf(stderr, "moeq: imatrix: %s has no data - skipping\n", e->name);
         return 0;
     }
+    const int keep = e->n_mat > 1 && (double)nm < round(0.05 * (double)e->n_mat);
+    if (!report) return keep;
     fprintf(stderr, "moeq: imatrix: %s: %lld of %lld experts never routed:", e->name,
             (long long)nm, (long long)e->n_mat);
     for (int64_t m = 0; m < e->n_mat; m++)
         if (missing[m]) fprintf(stderr, " %lld", (long long)m);
-    if (e->n_mat > 1 && (double)nm < round(0.05 * (double)e->n_mat)) {
-        fprintf(stderr, " - storing them with ones\n");
-        return 1;
+    fprintf(stderr, keep ? " - storing them with ones\n" : " - skipping the tensor\n");
+    return keep;
+}
+
+static int entry_storable(const struct moeq_imatrix_entry *e, unsigned char *missing)
+{
+    return entry_storable_report(e, missing, 1);
+}
+
+int64_t moeq_imatrix_n_storable(const struct moeq_imatrix *im)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < im->n_entries; i++) {
+        unsigned char *missing = xcalloc((size_t)im->entries[i].n_mat, 1);
+        n += entry_storable_report(&im->entries[i], missing, 0);
+        free(missing);
     }
-    fprintf(stderr, " - skipping the tensor\n");
+    return n;
+}
+
+/* What the files store, computed in one place for the writers and the
+ * check before writing. The legacy call count is an int32: a merge of
+ * long runs can exceed it, so it saturates, and the stored values (mean
+ * times the stored count) keep every mean exact; only the weight of this
+ * file in a later merge is capped. Chunk counts saturate the same way. */
+static int32_t dat_ncall(const struct moeq_imatrix_entry *e)
+{
+    return e->ncall > INT32_MAX ? INT32_MAX : e->ncall > 0 ? (int32_t)e->ncall : 1;
+}
+
+static float dat_value(const struct moeq_imatrix_entry *e, int64_t m, int64_t j)
+{
+    const int32_t ncall = dat_ncall(e);
+    return e->counts[m] > 0 ? (float)(e->sums[m * e->n_per_row + j] / e->counts[m] * ncall)
+                            : (float)ncall; /* a missing expert stored with ones */
+}
+
+static float gguf_sum(const struct moeq_imatrix_entry *e, int64_t m, int64_t j)
+{
+    return e->counts[m] > 0 ? (float)e->sums[m * e->n_per_row + j] : 1.0f;
+}
+
+static float gguf_count(const struct moeq_imatrix_entry *e, int64_t m)
+{
+    return e->counts[m] > 0 ? (float)e->counts[m] : 1.0f;
+}
+
+static uint32_t saturate_u32(int64_t v, uint32_t max)
+{
+    return v < 0 ? 0 : (uint64_t)v > max ? max : (uint32_t)v;
+}
+
+/* Refuse to write what the loader would refuse to read: no entry at all
+ * (every one skipped for lack of data), or a stored value that is not a
+ * finite non-negative number (NaN activations, a sum beyond float range). */
+static int check_storable(const struct moeq_imatrix *im, const char *path, int gguf_format,
+                          char *err, size_t errlen)
+{
+    int64_t n_store = 0;
+    for (int64_t i = 0; i < im->n_entries; i++) {
+        const struct moeq_imatrix_entry *e = &im->entries[i];
+        unsigned char *missing = xcalloc((size_t)e->n_mat, 1);
+        int store = entry_storable_report(e, missing, 0);
+        free(missing);
+        if (!store) continue;
+        n_store++;
+        for (int64_t m = 0; m < e->n_mat; m++) {
+            const float c = gguf_count(e, m);
+            if (gguf_format && !(isfinite(c) && c >= 0)) {
+                set_err(err, errlen, "%s: entry %s: count of matrix %lld is %g; refusing to write it",
+                        path, e->name, (long long)m, (double)c);
+                return -1;
+            }
+            for (int64_t j = 0; j < e->n_per_row; j++) {
+                const float v = gguf_format ? gguf_sum(e, m, j) : dat_value(e, m, j);
+                if (isfinite(v) && v >= 0) continue;
+                set_err(err, errlen, "%s: entry %s: value %lld (matrix %lld, column %lld) is %g, "
+                        "not a finite sum of squares; refusing to write it",
+                        path, e->name, (long long)(m * e->n_per_row + j), (long long)m, (long long)j, (double)v);
+                return -1;
+            }
+        }
+    }
+    if (n_store == 0) {
+        set_err(err, errlen, "%s: none of the %lld entries has data to store; nothing written",
+                path, (long long)im->n_entries);
+        return -1;
+    }
     return 0;
 }
 
@@ -448,20 +535,18 @@ static int save_dat(const struct moeq_imatrix *im, FILE *fp)
         if (!store[i]) continue;
         const struct moeq_imatrix_entry *e = &im->entries[i];
         int32_t len = (int32_t)strlen(e->name);
-        int32_t ncall = (int32_t)(e->ncall > 0 ? e->ncall : 1);
+        int32_t ncall = dat_ncall(e);
         int32_t nval = (int32_t)(e->n_per_row * e->n_mat);
         free(vals);
         vals = xcalloc((size_t)nval, sizeof(float));
         for (int64_t m = 0; m < e->n_mat; m++)
             for (int64_t j = 0; j < e->n_per_row; j++)
-                vals[m * e->n_per_row + j] = e->counts[m] > 0
-                    ? (float)(e->sums[m * e->n_per_row + j] / e->counts[m] * ncall)
-                    : (float)ncall; /* a missing expert stored with ones */
+                vals[m * e->n_per_row + j] = dat_value(e, m, j);
         ok = fwrite(&len, 4, 1, fp) == 1 && fwrite(e->name, 1, (size_t)len, fp) == (size_t)len &&
              fwrite(&ncall, 4, 1, fp) == 1 && fwrite(&nval, 4, 1, fp) == 1 &&
              fwrite(vals, 4, (size_t)nval, fp) == (size_t)nval;
     }
-    int32_t chunks = (int32_t)im->chunk_count;
+    int32_t chunks = (int32_t)saturate_u32(im->chunk_count, INT32_MAX);
     const char *ds = im->n_datasets ? im->datasets[0] : "";
     int32_t dl = (int32_t)strlen(ds);
     ok = ok && fwrite(&chunks, 4, 1, fp) == 1 && fwrite(&dl, 4, 1, fp) == 1 &&
@@ -495,8 +580,8 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, cons
     for (int i = 0; i < im->n_datasets; i++) ds[i] = im->datasets[i];
     ok = ok && gguf_writer_add_arr_str(w, "imatrix.datasets", ds, (uint64_t)im->n_datasets) == 0;
     free(ds);
-    ok = ok && gguf_writer_add_u32(w, "imatrix.chunk_count", (uint32_t)im->chunk_count) == 0;
-    ok = ok && gguf_writer_add_u32(w, "imatrix.chunk_size", (uint32_t)im->chunk_size) == 0;
+    ok = ok && gguf_writer_add_u32(w, "imatrix.chunk_count", saturate_u32(im->chunk_count, UINT32_MAX)) == 0;
+    ok = ok && gguf_writer_add_u32(w, "imatrix.chunk_size", saturate_u32(im->chunk_size, UINT32_MAX)) == 0;
     unsigned char *store = xcalloc((size_t)(im->n_entries ? im->n_entries : 1), 1);
     for (int64_t i = 0; ok && i < im->n_entries; i++) {
         const struct moeq_imatrix_entry *e = &im->entries[i];
@@ -521,10 +606,10 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, cons
         buf = xcalloc((size_t)(e->n_per_row * e->n_mat), sizeof(float));
         for (int64_t m = 0; m < e->n_mat; m++)
             for (int64_t j = 0; j < e->n_per_row; j++)
-                buf[m * e->n_per_row + j] = e->counts[m] > 0 ? (float)e->sums[m * e->n_per_row + j] : 1.0f;
+                buf[m * e->n_per_row + j] = gguf_sum(e, m, j);
         ok = gguf_writer_write(w, buf, (size_t)(e->n_per_row * e->n_mat) * 4) == 0;
         for (int64_t m = 0; ok && m < e->n_mat; m++) {
-            float c = e->counts[m] > 0 ? (float)e->counts[m] : 1.0f;
+            float c = gguf_count(e, m);
             ok = gguf_writer_write(w, &c, 4) == 0;
         }
     }
@@ -545,6 +630,7 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, cons
 int moeq_imatrix_save(const struct moeq_imatrix *im, const char *path, int gguf_format,
                       const char *const *inputs, int n_inputs, char *err, size_t errlen)
 {
+    if (check_storable(im, path, gguf_format, err, errlen) != 0) return -1;
     return gguf_format ? write_gguf_file(im, path, inputs, n_inputs, err, errlen)
                        : write_dat_file(im, path, inputs, n_inputs, err, errlen);
 }

@@ -82,10 +82,16 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
  * without data follow llama-imatrix's rule: when fewer than 5% of a
  * tensor's experts are missing they are stored with ones, else the tensor
  * is skipped. Each such case is reported on stderr by tensor and expert
- * id. Returns 0, or -1 with err set.
+ * id. Refuses (nothing written) what the loader would refuse: no entry to
+ * store, or a value that is not a finite non-negative number. The legacy
+ * int32 call and chunk counts saturate instead of wrapping. Returns 0, or
+ * -1 with err set.
  */
 int moeq_imatrix_save(const struct moeq_imatrix *im, const char *path, int gguf_format,
                       const char *const *inputs, int n_inputs, char *err, size_t errlen);
+
+/* How many entries moeq_imatrix_save would write (the rule above). */
+int64_t moeq_imatrix_n_storable(const struct moeq_imatrix *im);
 
 /*
  * Importance weights for expert `expert` (0 for a 2-D weight) of a weight

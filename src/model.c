@@ -8,8 +8,18 @@
  * shape against those hyperparameters. The first problem ends the load with
  * one message "FILE: what is wrong (key or tensor)". Weights stay in the
  * mapping; only norm vectors that are not F32 are converted, once.
+ *
+ * Values that are not numbers are refused in what is small and read by
+ * every token: the norm vectors and the routers. The big matrices
+ * (embeddings, attention, experts) are not scanned here: even reading only
+ * their block scales touches every page of the mapping, so opening a model
+ * would read all of it from disk (tens of GB, more than the memory of the
+ * machines the engine is sized for, which page experts in as they are
+ * routed). `moeq info --check` and quantize scan them instead.
  */
 #include "model.h"
+
+#include "finite.h"
 
 #include "quants.h"
 
@@ -226,6 +236,16 @@ static void account(moeq_model *m, const gguf_tensor *t)
     m->weight_bytes += t->nbytes;
 }
 
+/* Refuse a tensor holding a NaN or an infinity (see the top of the file
+ * for which tensors are checked). */
+static int check_finite(struct loader *L, const gguf_tensor *t)
+{
+    char msg[256];
+    if (moeq_tensor_check_finite(t, msg, sizeof msg) == 0) return 0;
+    fail(L, "%s", msg);
+    return -1;
+}
+
 /* Bind a weight matrix of n_out rows x n_in, stacked n_expert times (1:
  * a plain 2-D weight). Returns -1 (failed) or 0; absent and optional: 0
  * with w->data NULL. */
@@ -264,7 +284,7 @@ static const float *bind_vector(struct loader *L, const char *name, int64_t n)
 {
     if (L->failed) return NULL;
     const gguf_tensor *t = find(L, name, 1);
-    if (!t || check_shape(L, t, name, n, 1, 1) != 0) return NULL;
+    if (!t || check_shape(L, t, name, n, 1, 1) != 0 || check_finite(L, t) != 0) return NULL;
     account(L->m, t);
     if (t->type == MOEQ_TYPE_F32 && ((uintptr_t)t->data % sizeof(float)) == 0)
         return (const float *)t->data;
@@ -324,7 +344,8 @@ static void bind_tensors(struct loader *L)
         l->k_norm = bind_vector(L, NAME("attn_k_norm"), HD);
         l->ffn_norm = bind_vector(L, NAME("ffn_norm"), E);
         if (hp->moe) {
-            bind_weight(L, &l->router, NAME("ffn_gate_inp"), E, hp->n_expert, 1, 1);
+            if (bind_weight(L, &l->router, NAME("ffn_gate_inp"), E, hp->n_expert, 1, 1) == 0)
+                check_finite(L, find(L, name, 1));
             bind_weight(L, &l->gate_exps, NAME("ffn_gate_exps"), E, hp->n_ff_exp, hp->n_expert, 1);
             bind_weight(L, &l->up_exps, NAME("ffn_up_exps"), E, hp->n_ff_exp, hp->n_expert, 1);
             bind_weight(L, &l->down_exps, NAME("ffn_down_exps"), hp->n_ff_exp, E, hp->n_expert, 1);

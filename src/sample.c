@@ -122,6 +122,7 @@ int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_voc
     int n = 0;
     for (int i = 0; i < n_vocab; i++)
         if (logits[i] >= floor_logit) { c[n].id = i; c[n].logit = logits[i]; n++; }
+    if (n == 0) return best; /* NaN logits compare false with everything */
     qsort(c, (size_t)n, sizeof *c, cmp_desc);
     if (sp->top_k > 0 && sp->top_k < n) n = sp->top_k;
 

@@ -52,6 +52,20 @@ const char *test_moeq_bin(void)
     return b && *b ? b : "./moeq";
 }
 
+const char *test_synth(const char *name, const char *args)
+{
+    const char *path = test_tmp(name);
+    char *out = NULL;
+    int rc = test_run(&out, "%s synth -o %s %s", test_moeq_bin(), path, args ? args : "");
+    if (rc != 0) {
+        test_fail(__FILE__, __LINE__, "moeq synth %s: exit %d: %s", args ? args : "", rc, out ? out : "");
+        free(out);
+        test_end_now();
+    }
+    free(out);
+    return path;
+}
+
 int test_run(char **out, const char *fmt, ...)
 {
     char cmd[8192];

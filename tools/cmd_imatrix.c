@@ -94,17 +94,26 @@ static int ends_with(const char *s, const char *suf)
     return n >= m && strcmp(s + n - m, suf) == 0;
 }
 
-/* inputs[0..n_inputs): every file the command reads (never overwritten) */
-static int save(const struct moeq_imatrix *im, const char *path, int gguf, int chunks,
+/* Save im; the count printed is the count written (entries without data
+ * are skipped). A periodic save with nothing to store yet is skipped with
+ * a note, since later chunks may route the missing experts; the final
+ * save fails instead. inputs[0..n_inputs): every file the command reads
+ * (never overwritten). */
+static int save(const struct moeq_imatrix *im, const char *path, int gguf, int chunks, int periodic,
                 const char *const *inputs, int n_inputs)
 {
     char err[512];
+    const int64_t n = moeq_imatrix_n_storable(im);
+    if (periodic && n == 0) {
+        fprintf(stderr, "moeq: imatrix: after %d chunks no entry has data to store yet; %s not written\n",
+                chunks, path);
+        return 0;
+    }
     if (moeq_imatrix_save(im, path, gguf, inputs, n_inputs, err, sizeof err) != 0) {
         cli_error("imatrix: %s", err);
         return -1;
     }
-    fprintf(stderr, "moeq: imatrix: saved %lld entries after %d chunks to %s\n",
-            (long long)im->n_entries, chunks, path);
+    fprintf(stderr, "moeq: imatrix: saved %lld entries after %d chunks to %s\n", (long long)n, chunks, path);
     return 0;
 }
 
@@ -173,7 +182,7 @@ int cmd_imatrix(int argc, char **argv)
         fprintf(stderr, "moeq: imatrix: merged %s\n", in_files[i]);
     }
     if (!text_path) {
-        rc = save(col.im, out_path, gguf, (int)col.im->chunk_count, inputs, n_inputs) ? 1 : 0;
+        rc = save(col.im, out_path, gguf, (int)col.im->chunk_count, 0, inputs, n_inputs) ? 1 : 0;
         goto out;
     }
 
@@ -252,12 +261,12 @@ int cmd_imatrix(int argc, char **argv)
                 el / done * (last - (int)skip - done));
         if (out_freq > 0 && done % out_freq == 0 && c + 1 < last) {
             fprintf(stderr, "\n");
-            if (save(col.im, out_path, gguf, done, inputs, n_inputs) != 0) goto out;
+            if (save(col.im, out_path, gguf, done, 1, inputs, n_inputs) != 0) goto out;
         }
     }
     fprintf(stderr, "\n");
     if (!no_ppl) printf("\nFinal estimate: PPL = %.4f\n", exp(nll / (double)count));
-    rc = save(col.im, out_path, gguf, done, inputs, n_inputs) ? 1 : 0;
+    rc = save(col.im, out_path, gguf, done, 0, inputs, n_inputs) ? 1 : 0;
 out:
     moeq_session_free(s);
     moeq_engine_close(e);

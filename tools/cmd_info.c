@@ -4,11 +4,14 @@
  * Prints the architecture and its hyperparameters (the ARCH.* keys), the
  * rest of the metadata (long arrays and strings abbreviated), a tensor table
  * (name, type, shape, bytes), the recipe-group summary and totals. --json
- * emits the same as one JSON object. Everything printed comes from a file
+ * emits the same as one JSON object. --check also reads every tensor's
+ * values and names each tensor holding a NaN or an infinity (exit status
+ * 1). Everything printed comes from a file
  * the reader has validated, but names and strings are still escaped: they
  * are arbitrary bytes and must not break the output.
  */
 #include "cmd.h"
+#include "finite.h"
 #include "gguf.h"
 #include "quants.h"
 #include "tensor_groups.h"
@@ -26,13 +29,15 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: moeq info FILE [--json]\n"
+            "usage: moeq info FILE [--json] [--check]\n"
             "\n"
             "Show a GGUF file: architecture and hyperparameters, metadata (long arrays\n"
             "abbreviated), tensors (name, type, shape, bytes), the tensor-group summary\n"
             "and totals (bytes, parameters, bits per weight).\n"
             "\n"
-            "  --json   print one JSON object instead of text\n");
+            "  --json   print one JSON object instead of text\n"
+            "  --check  also read every tensor's values; name each tensor holding a NaN\n"
+            "           or an infinity (and its first such element) and exit with 1\n");
 }
 
 /* ============================================================ text output */
@@ -331,10 +336,11 @@ static json_t *build_json(const gguf_file *f, const char *arch, const struct moe
 int cmd_info(int argc, char **argv)
 {
     const char *path = NULL;
-    int json = 0;
+    int json = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) { usage(stdout); return 0; }
         if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--check")) check = 1;
         else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("info", "unknown option '%s'", argv[i]);
         else if (path) return cli_usage_error("info", "more than one FILE");
         else path = argv[i];
@@ -367,6 +373,21 @@ int cmd_info(int argc, char **argv)
         json_decref(root);
     } else {
         print_text(stdout, f, arch, s);
+    }
+    if (check) {
+        uint64_t bad = 0;
+        for (uint64_t i = 0; i < f->n_tensors; i++) {
+            if (moeq_tensor_check_finite(&f->tensors[i], err, sizeof err) == 0) continue;
+            cli_error("%s: %s", path, err);
+            bad++;
+        }
+        if (bad) {
+            cli_error("%s: %llu of %llu tensors hold values that are not numbers", path,
+                      (unsigned long long)bad, (unsigned long long)f->n_tensors);
+            rc = 1;
+        } else if (!json) {
+            printf("\ncheck: every value of the %llu tensors is a number\n", (unsigned long long)f->n_tensors);
+        }
     }
     if (fflush(stdout) != 0 || ferror(stdout)) { cli_error("writing stdout: %s", strerror(errno)); rc = 1; }
     free(s);

@@ -15,6 +15,7 @@
 #include "cmd.h"
 #include "engine.h"
 #include "outfile.h"
+#include "finite.h"
 #include "quants.h"
 
 #include <errno.h>
@@ -194,6 +195,23 @@ static void print_kld_summary(const struct kld_acc *k, float *kv, float *pv, siz
            k->count > 1 ? 100 * sqrt(top * (1 - top) / (double)(k->count - 1)) : 0);
 }
 
+/* Logits that are not numbers would make every statistic nan: name the
+ * first one (chunk from 1, position in the chunk) and fail. */
+static int check_logits(const float *scored, int n_rows, int n_vocab, int chunk, int first_pos,
+                        const char *model)
+{
+    for (int j = 0; j < n_rows; j++) {
+        const float *row = scored + (size_t)j * n_vocab;
+        int64_t v = moeq_first_nonfinite_f32(row, n_vocab);
+        if (v < 0) continue;
+        cli_error("perplexity: %s: chunk %d, position %d: logit of token %lld is %s "
+                  "(the model computes values that are not numbers; see moeq info --check)",
+                  model, chunk, first_pos + j, (long long)v, isnan(row[v]) ? "nan" : row[v] > 0 ? "inf" : "-inf");
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------- main */
 
 int cmd_perplexity(int argc, char **argv)
@@ -367,6 +385,7 @@ int cmd_perplexity(int argc, char **argv)
                     memcpy(scored + (size_t)(pos - f0) * n_vocab, logits + (size_t)j * n_vocab, (size_t)n_vocab * 4);
             }
         }
+        if (check_logits(scored, n_scored2, n_vocab, c + 1, f0, model) != 0) { free(scored); goto out; }
         if (kld_mode) {
             if (fread(lp, 2, (size_t)n_scored2 * nv, kf) != (size_t)n_scored2 * nv) {
                 free(scored);

@@ -12,6 +12,7 @@
  * is renamed at the end, so a failure never leaves a partial OUT.
  */
 #include "cmd.h"
+#include "finite.h"
 #include "gguf.h"
 #include "imatrix.h"
 #include "outfile.h"
@@ -468,6 +469,12 @@ int cmd_quantize(int argc, char **argv)
     if (!acc || !stats) { cli_error("out of memory"); ok = 0; }
     for (int i = 0; ok && i < n; i++) {
         const gguf_tensor *t = &f->tensors[i];
+        /* a NaN or Inf would be written as all-zero blocks: refuse the source */
+        if (moeq_tensor_check_finite(t, err, sizeof err) != 0) {
+            cli_error("quantize: %s: %s; refusing to convert it", in_path, err);
+            ok = 0;
+            break;
+        }
         if (!pe[i].quantize) {
             ok = gguf_writer_write(w, t->data, (size_t)t->nbytes) == 0;
         } else {

@@ -9,10 +9,14 @@
  * session, so only the new turn is evaluated (prefix reuse). Ctrl-C stops
  * the answer being generated, not the program (a second Ctrl-C at the
  * input prompt, or end of input, ends it). Speeds go to stderr at the end.
+ * Text goes out without NUL bytes (a byte token may stand for one); logits
+ * that are not numbers stop generation with an error instead of a stream
+ * of whatever the sampler makes of them.
  */
 #include "cmd.h"
 #include "engine.h"
 #include "outfile.h"
+#include "finite.h"
 #include "quants.h"
 
 #include <errno.h>
@@ -139,6 +143,16 @@ static int eval_prompt(struct run *r, const int32_t *tok, int n)
     return 0;
 }
 
+/* Remove the NUL bytes of s[0..n) in place (they are not text, and a
+ * terminal or a pipe reading lines would mangle them); the new length. */
+static size_t drop_nul(char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i]) s[k++] = s[i];
+    return k;
+}
+
 /* Sample and stream up to n_predict tokens; the answer's text is appended
  * to *answer when non-NULL. Returns 0, or -1 on an engine error. */
 static int generate(struct run *r, char **answer, size_t *alen)
@@ -151,9 +165,18 @@ static int generate(struct run *r, char **answer, size_t *alen)
     for (int i = 0; r->n_predict < 0 || i < r->n_predict; i++) {
         if (g_stop) break;
         const float *lg = moeq_session_logits(r->s);
-        int32_t t = moeq_sample(&r->sp, lg, moeq_engine_info(r->e)->n_vocab);
+        const int n_vocab = moeq_engine_info(r->e)->n_vocab;
+        int64_t bad = moeq_first_nonfinite_f32(lg, n_vocab);
+        if (bad >= 0) {
+            snprintf(r->err, sizeof r->err, "run: generated token %d: logit of token %lld is not a number "
+                     "(the model computes NaN or Inf; see moeq info --check)", i, (long long)bad);
+            rc = -1;
+            break;
+        }
+        int32_t t = moeq_sample(&r->sp, lg, n_vocab);
         if (moeq_token_is_eog(r->e, t)) break;
         int k = moeq_token_piece(r->e, t, piece, (int)sizeof piece);
+        if (k > 0 && k <= (int)sizeof piece) k = (int)drop_nul(piece, (size_t)k);
         if (k > 0 && k <= (int)sizeof piece) {
             fwrite(piece, 1, (size_t)k, stdout);
             fflush(stdout);
@@ -391,7 +414,7 @@ int cmd_run(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    if (!chat) { fwrite(text, 1, tlen, stdout); fflush(stdout); }
+    if (!chat) { fwrite(text, 1, drop_nul(text, tlen), stdout); fflush(stdout); }
     if (n_predict != 0 && generate(&r, NULL, NULL) != 0) { cli_error("%s", r.err); rc = 1; }
     putchar('\n');
     print_stats(&r.st);
