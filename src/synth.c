@@ -1148,7 +1148,7 @@ static void slab_task(void *ctx, int64_t begin, int64_t end, int tid)
             size_t bsz = g->tr->type_size;
             for (size_t c0 = 0; c0 < count; c0 += (size_t)bs, dst += bsz) round_block(t->type, f + c0, dst);
         } else {
-            size_t got = g->tr->quantize(f, dst, n, (int64_t)ne0, NULL);
+            size_t got = g->tr->quantize(f, dst, n, (int64_t)ne0, NULL, NULL);
             if (got != (size_t)n * g->row_bytes) atomic_store(&g->failed, 1);
         }
         break;

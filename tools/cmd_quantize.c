@@ -82,6 +82,7 @@ struct qjob {
     float *f32;              /* [rows][ne0] scratch for the block */
     float *back;             /* [threads][ne0] scratch */
     const float *w;          /* importance weights or NULL */
+    const struct moeq_quant_params *qp;
     double *err2, *werr2, *wsum, *sum2; /* per thread */
     int failed;
 };
@@ -95,7 +96,7 @@ static void quant_rows(void *ctx, int64_t b, int64_t e, int tid)
     for (int64_t r = b; r < e; r++)
         st->to_float(j->src + r * j->src_row, j->f32 + r * j->ne0, j->ne0);
     if (dt->quantize) {
-        dt->quantize(x, j->dst + b * j->dst_row, e - b, j->ne0, j->w);
+        dt->quantize(x, j->dst + b * j->dst_row, e - b, j->ne0, j->w, j->qp);
     } else if (j->dst_type == MOEQ_TYPE_F32) {
         memcpy(j->dst + b * j->dst_row, x, (size_t)((e - b) * j->ne0) * 4);
     } else {
@@ -168,6 +169,7 @@ int cmd_quantize(int argc, char **argv)
     const char *imatrix_path = NULL, *recipe_name = NULL;
     int allow_requant = 0, pure = 0, dry_run = 0, ignore_rules = 0, quiet = 0;
     int embd_type = -1, out_type = -1;
+    struct moeq_quant_params qp = { .fit = MOEQ_FIT_UNBIASED };
     char *include[MAX_NAMES], *exclude[MAX_NAMES];
     int n_include = 0, n_exclude = 0;
     struct moeq_type_rule rules[MAX_RULES];
@@ -185,7 +187,7 @@ int cmd_quantize(int argc, char **argv)
         else if (!strcmp(a, "--pure")) pure = 1;
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
-        else if (!strcmp(a, "--min-error")) moeq_quant_set_fit(MOEQ_FIT_MIN_ERROR);
+        else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
         else if (!strcmp(a, "--recipe")) { NEED_ARG(); recipe_name = argv[++i]; }
@@ -494,7 +496,7 @@ int cmd_quantize(int argc, char **argv)
                 for (int64_t r0 = 0; ok && r0 < ne1; r0 += block) {
                     int64_t nr = ne1 - r0 < block ? ne1 - r0 : block;
                     struct qjob j = { pt[i].src_type, pe[i].type, ne0, msrc + (size_t)r0 * src_row,
-                                      src_row, dst_row, dst, f32, back, wts,
+                                      src_row, dst_row, dst, f32, back, wts, &qp,
                                       acc, acc + nth, acc + 2 * nth, acc + 3 * nth, 0 };
                     moeq_pool_for(pool, nr, 4, quant_rows, &j);
                     if (j.failed) { cli_error("quantize: no quantizer for %s", moeq_type_name(pe[i].type)); ok = 0; break; }
