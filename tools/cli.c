@@ -4,6 +4,7 @@
  * error, not silently ignored).
  */
 #include "cmd.h"
+#include "quant_plan.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -82,6 +83,18 @@ int cli_parse_size(const char *s, uint64_t *out)
     if (r >= 1.8e19) return -1;
     *out = (uint64_t)r;
     return 0;
+}
+
+const char *cli_recipe_names(char *buf, size_t n)
+{
+    size_t at = 0;
+    if (n) buf[0] = 0;
+    for (const struct moeq_recipe *r = moeq_recipe_list(); r->name && at < n; r++) {
+        int k = snprintf(buf + at, n - at, "%s%s", at ? ", " : "", r->name);
+        if (k < 0) break;
+        at += (size_t)k;
+    }
+    return buf;
 }
 
 int cli_is_help(const char *arg)

@@ -37,6 +37,9 @@ int cli_parse_size(const char *s, uint64_t *out);
 char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen);
 /* -log softmax(row)[tok] over n_vocab logits (max-shifted, double sum). */
 double cli_token_nll(const float *row, int n_vocab, int tok);
+/* The names of the recipes (quant_plan's table) as "a, b", for help and
+ * error messages; returns buf. */
+const char *cli_recipe_names(char *buf, size_t n);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 

@@ -63,14 +63,6 @@ static void usage(FILE *out)
         "      model-q8_0.gguf model-asym.gguf\n");
 }
 
-struct recipe { const char *name, *base; const char *rules[8]; const char *embd, *out; };
-static const struct recipe recipes[] = {
-    { "asym-2bitexp", "IQ3_S",
-      { "ffn_gate_exps=IQ2_S", "ffn_up_exps=IQ2_S", "ffn_down_exps=IQ3_S",
-        "attn_q=Q4_K", "attn_k=Q4_K", "attn_v=Q4_K", "attn_output=Q4_K", NULL },
-      "Q6_K", "Q6_K" },
-};
-
 /* ---------------------------------------------------------- row worker */
 
 struct qjob {
@@ -219,38 +211,26 @@ int cmd_quantize(int argc, char **argv)
 #undef NEED_ARG
     }
 
-    const struct recipe *rec = NULL;
-    if (recipe_name) {
-        for (size_t r = 0; r < sizeof recipes / sizeof recipes[0]; r++)
-            if (!strcmp(recipes[r].name, recipe_name)) rec = &recipes[r];
-        if (!rec) { rc = cli_usage_error("quantize", "unknown recipe '%s' (known: asym-2bitexp)", recipe_name); goto out_rules; }
+    const struct moeq_recipe *rec = NULL;
+    if (recipe_name && !(rec = moeq_recipe_find(recipe_name))) {
+        char known[256];
+        rc = cli_usage_error("quantize", "unknown recipe '%s' (known: %s)", recipe_name,
+                             cli_recipe_names(known, sizeof known));
+        goto out_rules;
     }
     if (n_pos < 2 || (n_pos < 3 && !rec)) { rc = cli_usage_error("quantize", "expected IN.gguf OUT.gguf TYPE [THREADS]"); goto out_rules; }
     const char *in_path = pos[0], *out_path = pos[1];
-    const char *type_name = n_pos >= 3 ? pos[2] : rec->base;
+    const char *rec_base = rec ? moeq_mix_of_ftype(rec->ftype)->name : NULL;
+    const char *type_name = n_pos >= 3 ? pos[2] : rec_base;
     int64_t nthreads = 0;
     /* with a recipe and no TYPE, a third positional that is a number is THREADS */
-    if (rec && n_pos == 3 && cli_parse_i64(pos[2], &nthreads) == 0) type_name = rec->base;
+    if (rec && n_pos == 3 && cli_parse_i64(pos[2], &nthreads) == 0) type_name = rec_base;
     else if (n_pos == 4 && (cli_parse_i64(pos[3], &nthreads) != 0 || nthreads < 1)) {
         rc = cli_usage_error("quantize", "THREADS must be a positive integer, got '%s'", pos[3]);
         goto out_rules;
     }
     const struct moeq_mix *mix = moeq_mix_find(type_name);
     if (!mix) { rc = cli_usage_error("quantize", "unknown type or mix '%s'", type_name); goto out_rules; }
-    if (rec) {
-        /* the recipe's rules come after any the user gave, so the user's win */
-        for (int k = 0; rec->rules[k]; k++) {
-            if (n_rules >= MAX_RULES) break;
-            if (moeq_type_rule_parse(rec->rules[k], &rules[n_rules], err, sizeof err) != 0) {
-                cli_error("quantize: %s", err);
-                rc = 1;
-                goto out_rules;
-            }
-            n_rules++;
-        }
-        if (embd_type < 0) embd_type = moeq_type_from_name(rec->embd);
-        if (out_type < 0) out_type = moeq_type_from_name(rec->out);
-    }
     if (!strcmp(in_path, out_path)) {
         cli_error("quantize: output %s is the input file; refusing to overwrite it", out_path);
         rc = 1;
@@ -298,7 +278,7 @@ int cmd_quantize(int argc, char **argv)
         pt[i].n_dims = t->n_dims;
         memcpy(pt[i].ne, t->ne, sizeof pt[i].ne);
     }
-    struct moeq_plan_opts po = { mix, pure, embd_type, out_type, im != NULL, rules, n_rules };
+    struct moeq_plan_opts po = { mix, pure, embd_type, out_type, im != NULL, rules, n_rules, rec };
     if (moeq_plan(&po, &shape, pt, n, pe, err, sizeof err) != 0) {
         cli_error("quantize: %s: %s", in_path, err);
         goto out_plan;
@@ -382,7 +362,8 @@ int cmd_quantize(int argc, char **argv)
                      (unsigned long long)t->ne[1], (unsigned long long)t->ne[2]);
             printf("%-36s %-8s %-8s %-20s %14llu%s%s\n", names[i], moeq_type_name(pt[i].src_type),
                    moeq_type_name(pe[i].type), shp, (unsigned long long)pe[i].nbytes,
-                   pe[i].fallback ? "  (row-length fallback)" : "", pe[i].rule >= 0 ? "  (rule)" : "");
+                   pe[i].fallback ? "  (row-length fallback)" : "",
+                   pe[i].rule >= 0 ? "  (rule)" : pe[i].recipe ? "  (recipe)" : "");
         }
     }
     for (int i = 0; i < n; i++)

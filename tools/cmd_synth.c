@@ -159,8 +159,10 @@ int cmd_synth(int argc, char **argv)
         }
         if (!strcmp(a, "--recipe")) {
             mix_name = val;
+            char known[256];
             if (moeq_synth_recipe(&c, val))
-                return cli_usage_error(cmd, "unknown recipe '%s' (asym-2bitexp, f32, f16, bf16, or a quantize mix such as Q4_K_M)", val);
+                return cli_usage_error(cmd, "unknown recipe '%s' (%s, f32, f16, bf16, or a quantize mix such as Q4_K_M)",
+                                       val, cli_recipe_names(known, sizeof known));
             continue;
         }
         if (!strcmp(a, "--mode")) {
