@@ -97,6 +97,24 @@ const char *cli_recipe_names(char *buf, size_t n)
     return buf;
 }
 
+void cli_print_recipes(FILE *out, const char *indent)
+{
+    for (const struct moeq_recipe *r = moeq_recipe_list(); r->name; r++) {
+        const struct moeq_mix *base = moeq_mix_of_ftype(r->ftype);
+        int col = fprintf(out, "%s%s:", indent, r->name);
+        for (int g = 0; g <= MOEQ_GROUP_COUNT; g++) {
+            char item[64];
+            if (g == MOEQ_GROUP_COUNT) snprintf(item, sizeof item, "other %s", base ? moeq_type_name(base->base_type) : "?");
+            else if (r->types[g] >= 0) snprintf(item, sizeof item, "%s %s", moeq_group_key(g), moeq_type_name(r->types[g]));
+            else continue;
+            int last = g == MOEQ_GROUP_COUNT;
+            if (col + 1 + (int)strlen(item) + 1 > 78) col = fprintf(out, "\n%s   ", indent);
+            col += fprintf(out, " %s%s", item, last ? "" : ",");
+        }
+        fputc('\n', out);
+    }
+}
+
 int cli_is_help(const char *arg)
 {
     return arg && (!strcmp(arg, "-h") || !strcmp(arg, "--help"));

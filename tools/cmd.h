@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 int cmd_info(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
@@ -40,6 +41,9 @@ double cli_token_nll(const float *row, int n_vocab, int tok);
 /* The names of the recipes (quant_plan's table) as "a, b", for help and
  * error messages; returns buf. */
 const char *cli_recipe_names(char *buf, size_t n);
+/* Each recipe as help lines: "INDENTname: group type, ..., other BASE",
+ * wrapped under INDENT plus four spaces. */
+void cli_print_recipes(FILE *out, const char *indent);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 

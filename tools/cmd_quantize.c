@@ -29,8 +29,9 @@ static void usage(FILE *out)
     fprintf(out,
         "\n  (Q3_K, Q4_K, Q5_K mean the _M mixes). With --recipe, TYPE may be omitted.\n"
         "\noptions:\n"
-        "  --recipe asym-2bitexp     routed gate/up IQ2_S, down IQ3_S, attention Q4_K,\n"
-        "                            token_embd/output Q6_K, base IQ3_S\n"
+        "  --recipe NAME             a type per tensor group, TYPE the base:\n");
+    cli_print_recipes(out, "                              ");
+    fprintf(out,
         "  --allow-requantize        allow quantizing already-quantized tensors (e.g. Q8_0)\n"
         "  --imatrix FILE            importance matrix (.dat or GGUF) steering every block\n"
         "  --include-weights NAME    use the imatrix only for these tensors (repeatable)\n"
