@@ -70,6 +70,37 @@ const struct moeq_mix *moeq_mix_find(const char *name)
 
 const struct moeq_mix *moeq_mix_list(void) { return mixes; }
 
+const struct moeq_mix *moeq_mix_of_ftype(int ftype)
+{
+    for (const struct moeq_mix *m = mixes; m->name; m++)
+        if (m->ftype == ftype) return m;
+    return NULL;
+}
+
+/* Every group is named (one left out would silently read 0, F32). */
+static const struct moeq_recipe recipes[] = {
+    /* routed experts at 2 bits (down, which writes the residual stream, at
+     * 3), attention at 4, embeddings and output at 6, the rest IQ3_S */
+    { "asym-2bitexp", MOEQ_FTYPE_IQ3_S,
+      { [MOEQ_GROUP_FFN_GATE_EXPS] = MOEQ_TYPE_IQ2_S, [MOEQ_GROUP_FFN_UP_EXPS] = MOEQ_TYPE_IQ2_S,
+        [MOEQ_GROUP_FFN_DOWN_EXPS] = MOEQ_TYPE_IQ3_S,
+        [MOEQ_GROUP_ATTN_Q] = MOEQ_TYPE_Q4_K, [MOEQ_GROUP_ATTN_K] = MOEQ_TYPE_Q4_K,
+        [MOEQ_GROUP_ATTN_V] = MOEQ_TYPE_Q4_K, [MOEQ_GROUP_ATTN_OUTPUT] = MOEQ_TYPE_Q4_K,
+        [MOEQ_GROUP_TOKEN_EMBD] = MOEQ_TYPE_Q6_K, [MOEQ_GROUP_OUTPUT] = MOEQ_TYPE_Q6_K,
+        [MOEQ_GROUP_NORM] = -1, [MOEQ_GROUP_ROUTER] = -1, [MOEQ_GROUP_OTHER] = -1 } },
+    { NULL, 0, { 0 } },
+};
+
+const struct moeq_recipe *moeq_recipe_find(const char *name)
+{
+    if (!name) return NULL;
+    for (const struct moeq_recipe *r = recipes; r->name; r++)
+        if (!strcmp(r->name, name)) return r;
+    return NULL;
+}
+
+const struct moeq_recipe *moeq_recipe_list(void) { return recipes; }
+
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -249,6 +280,9 @@ int moeq_plan(const struct moeq_plan_opts *o, const struct moeq_model_shape *sha
         if (strstr(t[i].name, "attn_v.weight")) c.n_attn_v++;
     const int base = o->mix->base_type;
     const int base_quantized = moeq_type_traits(base) && moeq_type_traits(base)->quantized;
+    const struct moeq_recipe *rp = o->recipe;
+    const int embd_type = o->token_embd_type >= 0 || !rp ? o->token_embd_type : rp->types[MOEQ_GROUP_TOKEN_EMBD];
+    const int output_type = o->output_type >= 0 || !rp ? o->output_type : rp->types[MOEQ_GROUP_OUTPUT];
     for (int i = 0; i < n; i++) {
         struct moeq_plan_entry *e = &out[i];
         memset(e, 0, sizeof *e);
@@ -266,11 +300,17 @@ int moeq_plan(const struct moeq_plan_opts *o, const struct moeq_model_shape *sha
                     break;
                 }
             }
+            const int g = moeq_tensor_group(t[i].name);
+            if (e->rule < 0 && o->recipe && g != MOEQ_GROUP_TOKEN_EMBD && g != MOEQ_GROUP_OUTPUT &&
+                o->recipe->types[g] >= 0) {
+                type = o->recipe->types[g];
+                e->recipe = 1;
+            }
             type = fit_row(type, t[i].ne[0], &e->fallback);
-            if (o->token_embd_type >= 0 && strcmp(t[i].name, "token_embd.weight") == 0)
-                type = o->token_embd_type;
-            if (o->output_type >= 0 && strcmp(t[i].name, "output.weight") == 0)
-                type = o->output_type;
+            if (embd_type >= 0 && strcmp(t[i].name, "token_embd.weight") == 0)
+                type = embd_type;
+            if (output_type >= 0 && strcmp(t[i].name, "output.weight") == 0)
+                type = output_type;
             const struct moeq_type_traits *tt = moeq_type_traits(type);
             if (!tt || t[i].ne[0] % (uint64_t)tt->blck_size) {
                 set_err(err, errlen, "tensor %s: row length %llu does not fit type %s",

@@ -2,8 +2,9 @@
  * quant_plan.h: which type each tensor gets when a model is quantized.
  *
  * Pure planning, no I/O: given the model's shape and the user's choices
- * (a named mix such as Q4_K_M, --tensor-type rules, --pure, embedding and
- * output overrides) it returns the type for every tensor, following
+ * (a named mix such as Q4_K_M, a named recipe such as asym-2bitexp,
+ * --tensor-type rules, --pure, embedding and output overrides) it returns
+ * the type for every tensor, following
  * llama.cpp's per-tensor rules for the mixes (with the MoE bumps of the
  * reference implementation: attn_k/attn_v to Q8_0 and attn_output to Q5_K
  * for models with >= 4 experts). The quantize command prints and executes
@@ -15,6 +16,8 @@
 #include <regex.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "tensor_groups.h"
 
 /* llama.cpp's file types (general.file_type), the ones moeq can produce. */
 enum moeq_ftype {
@@ -39,6 +42,26 @@ const struct moeq_mix *moeq_mix_find(const char *name);
 /* All mixes, terminated by a NULL name (for --help). */
 const struct moeq_mix *moeq_mix_list(void);
 
+/* Mix by llama.cpp file type, or NULL. */
+const struct moeq_mix *moeq_mix_of_ftype(int ftype);
+
+/*
+ * A named recipe: a type per tensor group over a base mix. The one table of
+ * recipes, read by quantize (--recipe, where it also gives the file type
+ * and base type when TYPE is omitted), synth (--recipe, group by group) and
+ * fit (through synth's presets).
+ */
+struct moeq_recipe {
+    const char *name;
+    int ftype;                    /* general.file_type; its mix is the base */
+    int types[MOEQ_GROUP_COUNT];  /* per enum moeq_group; -1: as the mix says */
+};
+
+/* Recipe by name (exact), or NULL. */
+const struct moeq_recipe *moeq_recipe_find(const char *name);
+/* All recipes, terminated by a NULL name (for --help and error messages). */
+const struct moeq_recipe *moeq_recipe_list(void);
+
 struct moeq_type_rule {
     char   *pattern;  /* POSIX extended regex, searched in the tensor name */
     regex_t re;
@@ -53,6 +76,9 @@ struct moeq_plan_opts {
     int  has_imatrix;
     const struct moeq_type_rule *rules;  /* first match wins */
     int  n_rules;
+    /* NULL, or group types applied where no rule matched (token_embd and
+     * output as the overrides above, where those are -1) */
+    const struct moeq_recipe *recipe;
 };
 
 struct moeq_model_shape {
@@ -73,6 +99,7 @@ struct moeq_plan_entry {
     int type;        /* output type */
     int fallback;    /* 1 when the row length forced a compatible type */
     int rule;        /* index of the --tensor-type rule that chose it, or -1 */
+    int recipe;      /* 1 when the recipe's group type chose it */
     uint64_t nbytes; /* output bytes */
 };
 

@@ -8,7 +8,6 @@
 
 #include <ctype.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #define ROW(T, n, blk, sz, q, deq, quant) \
@@ -35,10 +34,10 @@ static const struct moeq_type_traits traits[MOEQ_TYPE_COUNT] = {
     ROW(IQ4_XS,  "IQ4_XS",  QK_K, sizeof(block_iq4_xs),  1, dequantize_row_iq4_xs, quantize_iq4_xs),
 };
 
-static _Atomic int quant_fit = MOEQ_FIT_UNBIASED;
-
-void moeq_quant_set_fit(int fit) { quant_fit = fit == MOEQ_FIT_MIN_ERROR ? fit : MOEQ_FIT_UNBIASED; }
-int  moeq_quant_fit(void) { return quant_fit; }
+int moeq_quant_unbiased(const struct moeq_quant_params *qp)
+{
+    return !qp || qp->fit != MOEQ_FIT_MIN_ERROR;
+}
 
 double moeq_unbias_factor(int type, const void *blk, const float *x, const float *qw)
 {

@@ -39,12 +39,31 @@ enum moeq_type {
 typedef void (*moeq_dequant_fn)(const void *src, float *dst, int64_t n);
 
 /*
+ * What the quantizers minimise. MOEQ_FIT_UNBIASED (the default) minimises
+ * the importance-weighted squared error, then rescales each super-block of
+ * the i-quants and of Q4_K so the decoded block is unbiased along the
+ * weights: a little more error per tensor, but shrinkage no longer
+ * compounds through chained experts, so the model's KL divergence is
+ * lower. MOEQ_FIT_MIN_ERROR stops at the minimum weighted error (lowest
+ * per-tensor RMSE).
+ */
+enum moeq_fit { MOEQ_FIT_UNBIASED = 0, MOEQ_FIT_MIN_ERROR = 1 };
+
+/* How a quantizer searches, given with every call (NULL: the defaults,
+ * all fields zero). */
+struct moeq_quant_params {
+    int fit;   /* enum moeq_fit */
+};
+
+/*
  * Quantize nrows rows of n_per_row floats from src into dst (rows are
  * contiguous, each row_size bytes). imatrix is NULL or n_per_row importance
- * weights shared by every row. Returns bytes written.
+ * weights shared by every row; qp is NULL or the search parameters.
+ * Returns bytes written.
  */
 typedef size_t (*moeq_quant_fn)(const float *src, void *dst, int64_t nrows,
-                                int64_t n_per_row, const float *imatrix);
+                                int64_t n_per_row, const float *imatrix,
+                                const struct moeq_quant_params *qp);
 
 struct moeq_type_traits {
     const char     *name;       /* ggml's name: "Q4_K", "IQ2_S", ... */
@@ -55,19 +74,6 @@ struct moeq_type_traits {
     moeq_dequant_fn to_float;
     moeq_quant_fn   quantize;   /* NULL where moeq cannot produce the type */
 };
-
-/*
- * What the quantizers minimise. MOEQ_FIT_UNBIASED (the default) minimises
- * the importance-weighted squared error, then rescales each super-block of
- * the i-quants and of Q4_K so the decoded block is unbiased along the
- * weights: a little more error per tensor, but shrinkage no longer
- * compounds through chained experts, so the model's KL divergence is
- * lower. MOEQ_FIT_MIN_ERROR stops at the minimum weighted error (lowest
- * per-tensor RMSE). Process-wide: set it before quantizing starts.
- */
-enum moeq_fit { MOEQ_FIT_UNBIASED = 0, MOEQ_FIT_MIN_ERROR = 1 };
-void moeq_quant_set_fit(int fit);
-int  moeq_quant_fit(void);
 
 /* Traits for a ggml type id, or NULL for an id moeq does not know. */
 const struct moeq_type_traits *moeq_type_traits(int type);

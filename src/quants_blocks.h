@@ -150,22 +150,43 @@ void dequantize_row_iq4_xs(const void *x, float *y, int64_t n);
  */
 double moeq_unbias_factor(int type, const void *blk, const float *x, const float *qw);
 
-size_t quantize_f16(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q8_0(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+struct moeq_quant_params;
+/* Whether the quantizers rescale finished blocks to be unbiased (qp NULL,
+ * or fit MOEQ_FIT_UNBIASED: every fit but MOEQ_FIT_MIN_ERROR). */
+int moeq_quant_unbiased(const struct moeq_quant_params *qp);
+
+size_t quantize_f16(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q8_0(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
 /* Per-format i-quant quantizers (quants_iq.c), moeq_quant_fn signature. */
-size_t quantize_iq2_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_iq2_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_iq2_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_iq3_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
-size_t quantize_iq3_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
+size_t quantize_iq2_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_iq2_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_iq2_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_iq3_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
+size_t quantize_iq3_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                    const struct moeq_quant_params *qp);
 
 #endif

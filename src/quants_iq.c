@@ -662,11 +662,11 @@ static void unbias_scale(int type, pack_fn pack, const float *x, const float *qw
 
 static size_t quant_rows(int type, const struct iq_spec *sp, pack_fn pack, size_t block_bytes,
                          const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                         const float *imatrix)
+                         const float *imatrix, const struct moeq_quant_params *qp)
 {
     if (nrows <= 0 || n_per_row <= 0 || n_per_row % QK_K) return 0;
     const int64_t nb = n_per_row / QK_K;
-    const int unbias = moeq_quant_fit() == MOEQ_FIT_UNBIASED;
+    const int unbias = moeq_quant_unbiased(qp);
     uint8_t *out = dst;
     struct sb_out o;
     for (int64_t r = 0; r < nrows; r++) {
@@ -689,31 +689,31 @@ static void pk_iq3_xxs(const struct sb_out *o, void *y) { pack_iq3_xxs(o, y); }
 static void pk_iq3_s(const struct sb_out *o, void *y)   { pack_iq3_s(o, y); }
 
 size_t quantize_iq2_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                        const float *imatrix)
+                        const float *imatrix, const struct moeq_quant_params *qp)
 {
-    return quant_rows(MOEQ_TYPE_IQ2_XXS, &spec_iq2_xxs, pk_iq2_xxs, sizeof(block_iq2_xxs), src, dst, nrows, n_per_row, imatrix);
+    return quant_rows(MOEQ_TYPE_IQ2_XXS, &spec_iq2_xxs, pk_iq2_xxs, sizeof(block_iq2_xxs), src, dst, nrows, n_per_row, imatrix, qp);
 }
 
 size_t quantize_iq2_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                       const float *imatrix)
+                       const float *imatrix, const struct moeq_quant_params *qp)
 {
-    return quant_rows(MOEQ_TYPE_IQ2_XS, &spec_iq2_xs, pk_iq2_xs, sizeof(block_iq2_xs), src, dst, nrows, n_per_row, imatrix);
+    return quant_rows(MOEQ_TYPE_IQ2_XS, &spec_iq2_xs, pk_iq2_xs, sizeof(block_iq2_xs), src, dst, nrows, n_per_row, imatrix, qp);
 }
 
 size_t quantize_iq2_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                      const float *imatrix)
+                      const float *imatrix, const struct moeq_quant_params *qp)
 {
-    return quant_rows(MOEQ_TYPE_IQ2_S, &spec_iq2_s, pk_iq2_s, sizeof(block_iq2_s), src, dst, nrows, n_per_row, imatrix);
+    return quant_rows(MOEQ_TYPE_IQ2_S, &spec_iq2_s, pk_iq2_s, sizeof(block_iq2_s), src, dst, nrows, n_per_row, imatrix, qp);
 }
 
 size_t quantize_iq3_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                        const float *imatrix)
+                        const float *imatrix, const struct moeq_quant_params *qp)
 {
-    return quant_rows(MOEQ_TYPE_IQ3_XXS, &spec_iq3_xxs, pk_iq3_xxs, sizeof(block_iq3_xxs), src, dst, nrows, n_per_row, imatrix);
+    return quant_rows(MOEQ_TYPE_IQ3_XXS, &spec_iq3_xxs, pk_iq3_xxs, sizeof(block_iq3_xxs), src, dst, nrows, n_per_row, imatrix, qp);
 }
 
 size_t quantize_iq3_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                      const float *imatrix)
+                      const float *imatrix, const struct moeq_quant_params *qp)
 {
-    return quant_rows(MOEQ_TYPE_IQ3_S, &spec_iq3_s, pk_iq3_s, sizeof(block_iq3_s), src, dst, nrows, n_per_row, imatrix);
+    return quant_rows(MOEQ_TYPE_IQ3_S, &spec_iq3_s, pk_iq3_s, sizeof(block_iq3_s), src, dst, nrows, n_per_row, imatrix, qp);
 }

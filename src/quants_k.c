@@ -588,10 +588,12 @@ static size_t quant_rows_bf16(const float *src, void *dst, int64_t nrows, int64_
     return (size_t)(nrows * n) * 2;
 }
 
-size_t quantize_f16(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
-{ return quant_rows_f16(src, dst, nrows, n, qw); }
-size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
-{ return quant_rows_bf16(src, dst, nrows, n, qw); }
+size_t quantize_f16(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                    const struct moeq_quant_params *qp)
+{ (void)qp; return quant_rows_f16(src, dst, nrows, n, qw); }
+size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
+{ (void)qp; return quant_rows_bf16(src, dst, nrows, n, qw); }
 
 /* ============================================= single-scale linear blocks */
 
@@ -644,8 +646,10 @@ static float refine_linear(int n, int lo, int hi, const float *x, const float *w
 
 /* ================================================================ Q4_0 */
 
-size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_q4_0 *y = dst;
     const int64_t nb = n / QK4_0;
     float w[QK4_0], wf[QK4_0];
@@ -668,8 +672,10 @@ size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n, cons
 
 /* ================================================================ Q8_0 */
 
-size_t quantize_q8_0(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q8_0(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_q8_0 *y = dst;
     const int64_t nb = n / QK8_0;
     float w[QK8_0], wf[QK8_0];
@@ -850,8 +856,10 @@ static const struct asym_shape shape_q2_K = { 16, 16, 3, 15, -0.9f, 0.05f, 36, 0
 static const struct asym_shape shape_q4_K = { 8, 32, 15, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 static const struct asym_shape shape_q5_K = { 8, 32, 31, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 
-size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_q2_K *y = dst;
     const int64_t nb = n / QK_K;
     uint8_t L[QK_K], ls[16], lm[16];
@@ -892,11 +900,12 @@ static void unbias_q4_K(block_q4_K *y, const float *x, const float *qw)
     y->dmin = moeq_f32_to_f16((float)dmin);
 }
 
-size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
     block_q4_K *y = dst;
     const int64_t nb = n / QK_K;
-    const int unbias = moeq_quant_fit() == MOEQ_FIT_UNBIASED;
+    const int unbias = moeq_quant_unbiased(qp);
     uint8_t L[QK_K], ls[8], lm[8];
     for (int64_t r = 0; r < nrows; r++, src += n) {
         for (int64_t ib = 0; ib < nb; ib++, y++) {
@@ -914,8 +923,10 @@ size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
     return (size_t)(nrows * nb) * sizeof(block_q4_K);
 }
 
-size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_q5_K *y = dst;
     const int64_t nb = n / QK_K;
     uint8_t L[QK_K], ls[8], lm[8];
@@ -1190,8 +1201,10 @@ static const struct sym_shape shape_q3_K = { 16, 16, 0, 4, -32, 31, SUPER_FIT, 0
 static const struct sym_shape shape_q6_K = { 16, 16, 0, 32, -128, 127, SUPER_MAX, -128.f, 0.0f, W_X2, 1 };
 static const struct sym_shape shape_iq4_xs = { 8, 32, 1, 0, -32, 31, SUPER_MAX, -32.f, 2.0f, W_X2, 0 };
 
-size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_q3_K *y = dst;
     const int64_t nb = n / QK_K;
     int8_t L[QK_K], ls[16];
@@ -1227,8 +1240,10 @@ size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
     return (size_t)(nrows * nb) * sizeof(block_q3_K);
 }
 
-size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                     const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_q6_K *y = dst;
     const int64_t nb = n / QK_K;
     int8_t L[QK_K], ls[16];
@@ -1255,8 +1270,10 @@ size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
     return (size_t)(nrows * nb) * sizeof(block_q6_K);
 }
 
-size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                       const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_iq4_xs *y = dst;
     const int64_t nb = n / QK_K;
     int8_t L[QK_K], ls[8];
@@ -1280,8 +1297,10 @@ size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n, co
     return (size_t)(nrows * nb) * sizeof(block_iq4_xs);
 }
 
-size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw)
+size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
+                       const struct moeq_quant_params *qp)
 {
+    (void)qp;
     block_iq4_nl *y = dst;
     const int64_t nb = n / QK4_NL;
     const int8_t *kv = kvalues_iq4nl;

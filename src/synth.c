@@ -99,15 +99,25 @@ int moeq_synth_recipe(moeq_synth_cfg *c, const char *name)
         c->mix_ftype = -1;
         return 0;
     }
-    if (!strcmp(name, "asym-2bitexp")) {
-        c->types[SYNTH_G_EXP_GATE] = MOEQ_TYPE_IQ2_S;
-        c->types[SYNTH_G_EXP_UP]   = MOEQ_TYPE_IQ2_S;
-        c->types[SYNTH_G_EXP_DOWN] = MOEQ_TYPE_IQ3_S;
-        c->types[SYNTH_G_ATTN_Q] = c->types[SYNTH_G_ATTN_K] = MOEQ_TYPE_Q4_K;
-        c->types[SYNTH_G_ATTN_V] = c->types[SYNTH_G_ATTN_OUT] = MOEQ_TYPE_Q4_K;
-        c->types[SYNTH_G_EMBD] = c->types[SYNTH_G_OUTPUT] = MOEQ_TYPE_Q6_K;
-        c->types[SYNTH_G_NORM] = c->types[SYNTH_G_ROUTER] = MOEQ_TYPE_F32;
-        c->file_type = 26; /* MOSTLY_IQ3_S: the recipe's base type, as the reference writes it */
+    const struct moeq_recipe *rp = moeq_recipe_find(name);
+    if (rp) {
+        /* the recipe's group types; a group it leaves to the mix gets the
+         * mix's base type, norms and router stay F32 */
+        static const int group_of[SYNTH_G_COUNT] = {
+            [SYNTH_G_EMBD] = MOEQ_GROUP_TOKEN_EMBD, [SYNTH_G_OUTPUT] = MOEQ_GROUP_OUTPUT,
+            [SYNTH_G_ATTN_Q] = MOEQ_GROUP_ATTN_Q, [SYNTH_G_ATTN_K] = MOEQ_GROUP_ATTN_K,
+            [SYNTH_G_ATTN_V] = MOEQ_GROUP_ATTN_V, [SYNTH_G_ATTN_OUT] = MOEQ_GROUP_ATTN_OUTPUT,
+            [SYNTH_G_NORM] = MOEQ_GROUP_NORM, [SYNTH_G_ROUTER] = MOEQ_GROUP_ROUTER,
+            [SYNTH_G_EXP_GATE] = MOEQ_GROUP_FFN_GATE_EXPS, [SYNTH_G_EXP_UP] = MOEQ_GROUP_FFN_UP_EXPS,
+            [SYNTH_G_EXP_DOWN] = MOEQ_GROUP_FFN_DOWN_EXPS,
+        };
+        const struct moeq_mix *base = moeq_mix_of_ftype(rp->ftype);
+        for (int g = 0; g < SYNTH_G_COUNT; g++) {
+            int t = rp->types[group_of[g]];
+            if (t < 0) t = g == SYNTH_G_NORM || g == SYNTH_G_ROUTER || !base ? MOEQ_TYPE_F32 : base->base_type;
+            c->types[g] = t;
+        }
+        c->file_type = rp->ftype; /* the recipe's base mix, as the reference writes it */
         c->mix_ftype = -1;
         return 0;
     }
@@ -125,10 +135,7 @@ int moeq_synth_recipe(moeq_synth_cfg *c, const char *name)
 
 static const struct moeq_mix *mix_of(const moeq_synth_cfg *c)
 {
-    if (c->mix_ftype < 0) return NULL;
-    for (const struct moeq_mix *m = moeq_mix_list(); m->name; m++)
-        if (m->ftype == c->mix_ftype) return m;
-    return NULL;
+    return c->mix_ftype < 0 ? NULL : moeq_mix_of_ftype(c->mix_ftype);
 }
 
 static const char *const group_names[SYNTH_G_COUNT] = {
@@ -1148,7 +1155,7 @@ static void slab_task(void *ctx, int64_t begin, int64_t end, int tid)
             size_t bsz = g->tr->type_size;
             for (size_t c0 = 0; c0 < count; c0 += (size_t)bs, dst += bsz) round_block(t->type, f + c0, dst);
         } else {
-            size_t got = g->tr->quantize(f, dst, n, (int64_t)ne0, NULL);
+            size_t got = g->tr->quantize(f, dst, n, (int64_t)ne0, NULL, NULL);
             if (got != (size_t)n * g->row_bytes) atomic_store(&g->failed, 1);
         }
         break;

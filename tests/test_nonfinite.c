@@ -57,7 +57,7 @@ TEST(nonfinite_scan_every_type)
         const struct moeq_type_traits *t = moeq_type_traits(types[k]);
         REQUIRE(t != NULL);
         if (types[k] == MOEQ_TYPE_F32) memcpy(buf, x, sizeof x);
-        else t->quantize(x, buf, 1, N, NULL);
+        else t->quantize(x, buf, 1, N, NULL, NULL);
         CHECKF(moeq_first_nonfinite(types[k], buf, N, NULL) == -1, "%s: clean data flagged", t->name);
         /* element 300 (block 1 of the K-quants, block 9 of the 32-blocks) */
         const int64_t el = 300, blk = el / t->blck_size;

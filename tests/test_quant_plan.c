@@ -58,7 +58,7 @@ TEST(plan_q4_k_m_matches_reference_rules)
 {
     struct tlist l;
     build(&l, MOEQ_TYPE_Q8_0);
-    struct moeq_plan_opts o = { moeq_mix_find("Q4_K_M"), 0, -1, -1, 1, NULL, 0 };
+    struct moeq_plan_opts o = { moeq_mix_find("Q4_K_M"), 0, -1, -1, 1, NULL, 0, NULL };
     REQUIRE(o.mix != NULL);
     struct moeq_plan_entry e[64];
     char err[256];
@@ -93,7 +93,7 @@ TEST(plan_asym_recipe_spelled_out)
     struct moeq_type_rule rules[7];
     char err[256];
     for (int i = 0; i < 7; i++) REQUIRE(moeq_type_rule_parse(specs[i], &rules[i], err, sizeof err) == 0);
-    struct moeq_plan_opts o = { moeq_mix_find("IQ3_S"), 0, MOEQ_TYPE_Q6_K, MOEQ_TYPE_Q6_K, 1, rules, 7 };
+    struct moeq_plan_opts o = { moeq_mix_find("IQ3_S"), 0, MOEQ_TYPE_Q6_K, MOEQ_TYPE_Q6_K, 1, rules, 7, NULL };
     struct moeq_plan_entry e[64];
     REQUIRE(moeq_plan(&o, &tiny_shape, l.t, l.n, e, err, sizeof err) == 0);
     int counts[MOEQ_TYPE_COUNT] = {0};
@@ -107,6 +107,46 @@ TEST(plan_asym_recipe_spelled_out)
     for (int i = 0; i < 7; i++) moeq_type_rule_free(&rules[i]);
 }
 
+/* The recipe table gives the plan the recipe spelled out as rules gives
+ * (the acceptance run checks the same through the binary), and a user's
+ * rule still beats it. */
+TEST(plan_recipe_table_equals_spelled_out)
+{
+    struct tlist l;
+    build(&l, MOEQ_TYPE_Q8_0);
+    const struct moeq_recipe *rp = moeq_recipe_find("asym-2bitexp");
+    REQUIRE(rp && rp->ftype == MOEQ_FTYPE_IQ3_S && moeq_mix_of_ftype(rp->ftype));
+    CHECK(moeq_recipe_find("asym-9bit") == NULL);
+    const char *specs[] = { "ffn_gate_exps=IQ2_S", "ffn_up_exps=IQ2_S", "ffn_down_exps=IQ3_S",
+                            "attn_q=Q4_K", "attn_k=Q4_K", "attn_v=Q4_K", "attn_output=Q4_K" };
+    struct moeq_type_rule rules[7];
+    char err[256];
+    for (int i = 0; i < 7; i++) REQUIRE(moeq_type_rule_parse(specs[i], &rules[i], err, sizeof err) == 0);
+    const struct moeq_mix *mix = moeq_mix_of_ftype(rp->ftype);
+    struct moeq_plan_opts spelled = { mix, 0, MOEQ_TYPE_Q6_K, MOEQ_TYPE_Q6_K, 1, rules, 7, NULL };
+    struct moeq_plan_opts table = { mix, 0, -1, -1, 1, NULL, 0, rp };
+    struct moeq_plan_entry a[64], b[64];
+    REQUIRE(moeq_plan(&spelled, &tiny_shape, l.t, l.n, a, err, sizeof err) == 0);
+    REQUIRE(moeq_plan(&table, &tiny_shape, l.t, l.n, b, err, sizeof err) == 0);
+    for (int i = 0; i < l.n; i++) {
+        CHECKF(a[i].type == b[i].type && a[i].nbytes == b[i].nbytes && a[i].quantize == b[i].quantize,
+               "%s: %s vs %s", l.t[i].name, moeq_type_name(a[i].type), moeq_type_name(b[i].type));
+        CHECK(b[i].rule == -1);
+        CHECK(b[i].recipe == (a[i].rule >= 0));
+    }
+    /* a user's rule comes first; explicit overrides beat the recipe's */
+    struct moeq_type_rule r5;
+    REQUIRE(moeq_type_rule_parse("attn_q=Q5_K", &r5, err, sizeof err) == 0);
+    struct moeq_plan_opts mixed = { mix, 0, MOEQ_TYPE_Q8_0, -1, 1, &r5, 1, rp };
+    REQUIRE(moeq_plan(&mixed, &tiny_shape, l.t, l.n, b, err, sizeof err) == 0);
+    CHECK(type_of(&l, b, "blk.0.attn_q.weight") == MOEQ_TYPE_Q5_K);
+    CHECK(type_of(&l, b, "blk.0.attn_k.weight") == MOEQ_TYPE_Q4_K);
+    CHECK(type_of(&l, b, "token_embd.weight") == MOEQ_TYPE_Q8_0);
+    CHECK(type_of(&l, b, "output.weight") == MOEQ_TYPE_Q6_K);
+    moeq_type_rule_free(&r5);
+    for (int i = 0; i < 7; i++) moeq_type_rule_free(&rules[i]);
+}
+
 TEST(plan_first_rule_wins_and_pure)
 {
     struct tlist l;
@@ -115,7 +155,7 @@ TEST(plan_first_rule_wins_and_pure)
     char err[256];
     REQUIRE(moeq_type_rule_parse("blk\\.[01]\\.ffn_.*_exps=Q2_K", &rules[0], err, sizeof err) == 0);
     REQUIRE(moeq_type_rule_parse("_exps=Q5_K", &rules[1], err, sizeof err) == 0);
-    struct moeq_plan_opts o = { moeq_mix_find("Q4_K_M"), 1, -1, -1, 0, rules, 2 };
+    struct moeq_plan_opts o = { moeq_mix_find("Q4_K_M"), 1, -1, -1, 0, rules, 2, NULL };
     struct moeq_plan_entry e[64];
     REQUIRE(moeq_plan(&o, &tiny_shape, l.t, l.n, e, err, sizeof err) == 0);
     CHECK(type_of(&l, e, "blk.1.ffn_up_exps.weight") == MOEQ_TYPE_Q2_K);
@@ -133,7 +173,7 @@ TEST(plan_row_length_fallback)
     add(&l, "blk.0.attn_q.weight", MOEQ_TYPE_F32, 2, 96, 64, 1);
     add(&l, "blk.0.ffn_up.weight", MOEQ_TYPE_F32, 2, 100, 64, 1);
     struct moeq_model_shape s = { 1, 4, 4, 0, 0 };
-    struct moeq_plan_opts o = { moeq_mix_find("IQ3_S"), 1, -1, -1, 1, NULL, 0 };
+    struct moeq_plan_opts o = { moeq_mix_find("IQ3_S"), 1, -1, -1, 1, NULL, 0, NULL };
     struct moeq_plan_entry e[2];
     char err[256];
     REQUIRE(moeq_plan(&o, &s, l.t, l.n, e, err, sizeof err) == 0);

@@ -62,7 +62,8 @@ static double rel_err(const float *x, const float *y, const float *imat, int nro
 }
 
 /* Quantize with the traits' encoder and decode with the traits' decoder. */
-static void roundtrip(int type, const float *x, float *y, int nrows, int ncols, const float *imat)
+static void roundtrip_qp(int type, const float *x, float *y, int nrows, int ncols, const float *imat,
+                        const struct moeq_quant_params *qp)
 {
     const struct moeq_type_traits *t = moeq_type_traits(type);
     REQUIRE(t && t->quantize && t->to_float);
@@ -70,10 +71,15 @@ static void roundtrip(int type, const float *x, float *y, int nrows, int ncols, 
     void *q = malloc(rs * (size_t)nrows);
     REQUIRE(q != NULL);
     memset(q, 0xa5, rs * (size_t)nrows);
-    size_t wrote = t->quantize(x, q, nrows, ncols, imat);
+    size_t wrote = t->quantize(x, q, nrows, ncols, imat, qp);
     CHECKF(wrote == rs * (size_t)nrows, "%s: wrote %zu of %zu bytes", t->name, wrote, rs * (size_t)nrows);
     REQUIRE(moeq_dequantize(type, q, y, (int64_t)nrows * ncols) == 0);
     free(q);
+}
+
+static void roundtrip(int type, const float *x, float *y, int nrows, int ncols, const float *imat)
+{
+    roundtrip_qp(type, x, y, nrows, ncols, imat, NULL);
 }
 
 /*
@@ -205,10 +211,10 @@ TEST(iq_degenerate_rows)
         size_t rs = moeq_row_size(type, N);
         uint8_t q[1024];
         REQUIRE(rs <= sizeof q);
-        CHECK(t->quantize(x[0], q, 1, 300, NULL) == 0);      /* not a multiple of 256 */
+        CHECK(t->quantize(x[0], q, 1, 300, NULL, NULL) == 0);      /* not a multiple of 256 */
         for (int r = 0; r < 8; r++) {
             for (int pass = 0; pass < 3; pass++) {
-                REQUIRE(t->quantize(x[r], q, 1, N, pass == 2 ? badimat : pass ? imat : NULL) == rs);
+                REQUIRE(t->quantize(x[r], q, 1, N, pass == 2 ? badimat : pass ? imat : NULL, NULL) == rs);
                 REQUIRE(moeq_dequantize(type, q, y, N) == 0);
                 int finite = 1;
                 for (int i = 0; i < N; i++) finite &= isfinite(y[i]) != 0;
@@ -263,7 +269,7 @@ struct iq_job { int type; const float *x; uint8_t *q; };
 static void *iq_worker(void *arg)
 {
     struct iq_job *j = arg;
-    moeq_type_traits(j->type)->quantize(j->x, j->q, NROWS, NCOLS, NULL);
+    moeq_type_traits(j->type)->quantize(j->x, j->q, NROWS, NCOLS, NULL, NULL);
     return NULL;
 }
 
@@ -288,7 +294,7 @@ TEST(iq_threads_agree)
             REQUIRE(pthread_create(&th[i], NULL, iq_worker, &jobs[i]) == 0);
         }
         for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
-        moeq_type_traits(iq_types[k])->quantize(x, q[4], NROWS, NCOLS, NULL);
+        moeq_type_traits(iq_types[k])->quantize(x, q[4], NROWS, NCOLS, NULL, NULL);
         for (int i = 0; i < 4; i++)
             CHECKF(memcmp(q[i], q[4], bytes) == 0, "%s: thread %d differs", moeq_type_name(iq_types[k]), i);
         for (int i = 0; i < 5; i++) free(q[i]);
@@ -373,7 +379,7 @@ static const struct { const char *type; double bound; } vs_ref_bounds[] = {
     { "IQ3_XXS", 0.997 }, { "IQ3_S", 0.963 },
 };
 
-static void vs_reference_bound(const char *type_name, double bound);
+static void vs_reference_bound(const char *type_name, double bound, const struct moeq_quant_params *qp);
 
 static void vs_reference(const char *type_name)
 {
@@ -381,10 +387,10 @@ static void vs_reference(const char *type_name)
     for (size_t i = 0; i < sizeof vs_ref_bounds / sizeof vs_ref_bounds[0]; i++)
         if (!strcmp(vs_ref_bounds[i].type, type_name)) bound = vs_ref_bounds[i].bound;
     REQUIREF(bound > 0, "no bound for %s", type_name);
-    vs_reference_bound(type_name, bound);
+    vs_reference_bound(type_name, bound, NULL);
 }
 
-static void vs_reference_bound(const char *type_name, double bound)
+static void vs_reference_bound(const char *type_name, double bound, const struct moeq_quant_params *qp)
 {
     static const char *names[2] = { "blk.0.attn_q.weight", "blk.1.attn_output.weight" };
     const int type = moeq_type_from_name(type_name);
@@ -412,7 +418,7 @@ static void vs_reference_bound(const char *type_name, double bound)
         float *yref = test_read_file(test_shared_path(rel), &rn);
         REQUIREF(yref != NULL && rn == (size_t)n * sizeof(float), "%s: %zu bytes", rel, rn);
 
-        roundtrip(type, x, y, nrows, ncols, imat);
+        roundtrip_qp(type, x, y, nrows, ncols, imat, qp);
         double ours = wrmse(x, y, imat, nrows, ncols), ref = wrmse(x, yref, imat, nrows, ncols);
         printf("  %-8s %-26s imatrix-weighted RMSE ours %.6f ref %.6f (%.3f)\n",
                type_name, names[k], ours, ref, ours / ref);
@@ -436,9 +442,8 @@ TEST(iq_vs_reference_iq3_s)   { vs_reference("IQ3_S"); }
 TEST(iq_vs_reference_min_error)
 {
     static const char *types[] = { "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S" };
-    moeq_quant_set_fit(MOEQ_FIT_MIN_ERROR);
-    for (int i = 0; i < 5; i++) vs_reference_bound(types[i], 0.985);
-    moeq_quant_set_fit(MOEQ_FIT_UNBIASED);
+    const struct moeq_quant_params min_error = { .fit = MOEQ_FIT_MIN_ERROR };
+    for (int i = 0; i < 5; i++) vs_reference_bound(types[i], 0.985, &min_error);
 }
 
 /* ------------------------------------------------ speed (long only) */
@@ -457,9 +462,9 @@ TEST(iq_speed)
     for (int c = 0; c < C; c++) imat[c] = 0.05f + unif(&s) * 4;
     for (int k = 0; k < N_IQ; k++) {
         struct timespec t0, t1;
-        moeq_type_traits(iq_types[k])->quantize(x, q, 1, C, imat);   /* builds the tables */
+        moeq_type_traits(iq_types[k])->quantize(x, q, 1, C, imat, NULL);   /* builds the tables */
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-        moeq_type_traits(iq_types[k])->quantize(x, q, R, C, imat);
+        moeq_type_traits(iq_types[k])->quantize(x, q, R, C, imat, NULL);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
         double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         printf("  %-8s %.2f M weights/s (one thread)\n", moeq_type_name(iq_types[k]), R * C / sec / 1e6);

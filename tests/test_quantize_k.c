@@ -80,7 +80,7 @@ static void *roundtrip(int type, const float *x, float *y, int nrows, int n, con
     size_t rs = moeq_row_size(type, n);
     void *q = malloc(rs * nrows);
     REQUIRE(q);
-    size_t got = t->quantize(x, q, nrows, n, imat);
+    size_t got = t->quantize(x, q, nrows, n, imat, NULL);
     CHECKF(got == rs * nrows, "%s: wrote %zu bytes, want %zu", t->name, got, rs * nrows);
     t->to_float(q, y, (int64_t)nrows * n);
     return q;
@@ -220,7 +220,7 @@ static void par_rows(void *vctx, int64_t b, int64_t e, int tid)
     struct par_ctx *c = vctx;
     size_t rs = moeq_row_size(c->type, c->n);
     for (int64_t r = b; r < e; r++)
-        moeq_type_traits(c->type)->quantize(c->x + r * c->n, c->q + r * rs, 1, c->n, c->imat);
+        moeq_type_traits(c->type)->quantize(c->x + r * c->n, c->q + r * rs, 1, c->n, c->imat, NULL);
 }
 
 TEST(kquant_threads_match_serial)

@@ -547,7 +547,7 @@ TEST(synth_quantize_path_matches_f32)
         REQUIRE((int)tq->type == types[ti]);
         uint8_t *buf = malloc(tq->nbytes);
         REQUIRE(buf);
-        tr->quantize(tf->data, buf, (int64_t)tf->ne[1], (int64_t)tf->ne[0], NULL);
+        tr->quantize(tf->data, buf, (int64_t)tf->ne[1], (int64_t)tf->ne[0], NULL, NULL);
         CHECKF(!memcmp(buf, tq->data, tq->nbytes), "%s: quantize path differs from quantizing the F32 model", tr->name);
         free(buf);
         gguf_close(fq);

@@ -4,6 +4,7 @@
  * error, not silently ignored).
  */
 #include "cmd.h"
+#include "quant_plan.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -82,6 +83,36 @@ int cli_parse_size(const char *s, uint64_t *out)
     if (r >= 1.8e19) return -1;
     *out = (uint64_t)r;
     return 0;
+}
+
+const char *cli_recipe_names(char *buf, size_t n)
+{
+    size_t at = 0;
+    if (n) buf[0] = 0;
+    for (const struct moeq_recipe *r = moeq_recipe_list(); r->name && at < n; r++) {
+        int k = snprintf(buf + at, n - at, "%s%s", at ? ", " : "", r->name);
+        if (k < 0) break;
+        at += (size_t)k;
+    }
+    return buf;
+}
+
+void cli_print_recipes(FILE *out, const char *indent)
+{
+    for (const struct moeq_recipe *r = moeq_recipe_list(); r->name; r++) {
+        const struct moeq_mix *base = moeq_mix_of_ftype(r->ftype);
+        int col = fprintf(out, "%s%s:", indent, r->name);
+        for (int g = 0; g <= MOEQ_GROUP_COUNT; g++) {
+            char item[64];
+            if (g == MOEQ_GROUP_COUNT) snprintf(item, sizeof item, "other %s", base ? moeq_type_name(base->base_type) : "?");
+            else if (r->types[g] >= 0) snprintf(item, sizeof item, "%s %s", moeq_group_key(g), moeq_type_name(r->types[g]));
+            else continue;
+            int last = g == MOEQ_GROUP_COUNT;
+            if (col + 1 + (int)strlen(item) + 1 > 78) col = fprintf(out, "\n%s   ", indent);
+            col += fprintf(out, " %s%s", item, last ? "" : ",");
+        }
+        fputc('\n', out);
+    }
 }
 
 int cli_is_help(const char *arg)

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 int cmd_info(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
@@ -37,6 +38,12 @@ int cli_parse_size(const char *s, uint64_t *out);
 char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen);
 /* -log softmax(row)[tok] over n_vocab logits (max-shifted, double sum). */
 double cli_token_nll(const float *row, int n_vocab, int tok);
+/* The names of the recipes (quant_plan's table) as "a, b", for help and
+ * error messages; returns buf. */
+const char *cli_recipe_names(char *buf, size_t n);
+/* Each recipe as help lines: "INDENTname: group type, ..., other BASE",
+ * wrapped under INDENT plus four spaces. */
+void cli_print_recipes(FILE *out, const char *indent);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 

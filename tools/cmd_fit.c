@@ -21,13 +21,14 @@
 
 static void usage(FILE *out)
 {
+    char known[256];
     fprintf(out,
         "usage: moeq fit (-m MODEL | --preset NAME [--recipe R]) [options]\n"
         "\n"
         "Predict the memory moeq run/serve needs and whether it fits a budget.\n"
         "  -m FILE            GGUF model (only the header is read)\n"
         "  --preset NAME      a synth shape instead (tiny, qwen3-30b-a3b)\n"
-        "  --recipe R         with --preset: asym-2bitexp, f32, f16, bf16 or a\n"
+        "  --recipe R         with --preset: %s, f32, f16, bf16 or a\n"
         "                     quantize mix such as Q4_K_M (default f32)\n"
         "  -c N               context per session (default 4096)\n"
         "  --parallel N       sessions (default 1)\n"
@@ -37,7 +38,8 @@ static void usage(FILE *out)
         "  --budget SIZE      memory budget, e.g. 16G (GiB; default 16G)\n"
         "  --reserve SIZE     left for the OS and other programs (default 1G)\n"
         "\nexample:\n"
-        "  moeq fit --preset qwen3-30b-a3b --recipe asym-2bitexp -c 16384 --budget 16G\n");
+        "  moeq fit --preset qwen3-30b-a3b --recipe asym-2bitexp -c 16384 --budget 16G\n",
+        cli_recipe_names(known, sizeof known));
 }
 
 static int kv_type(const char *s)

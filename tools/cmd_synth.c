@@ -37,12 +37,13 @@ static void usage(FILE *out)
         "  --experts N  --experts-used N  --ff-exp N  --ff N (dense, metadata only)\n"
         "  --vocab N  --ctx N  --rope-base X  --rms-eps X\n"
         "types (F32 by default; applied in order):\n"
-        "  --recipe NAME         asym-2bitexp: routed gate/up IQ2_S, down IQ3_S,\n"
-        "                        attn q/k/v/output Q4_K, token_embd/output Q6_K,\n"
-        "                        norms and router F32; also f32, f16, bf16, or a\n"
-        "                        quantize mix (Q4_K_M, Q8_0, ...): each tensor gets\n"
-        "                        the type moeq quantize gives it, layer rules\n"
-        "                        included (a later --type flag sets a whole group)\n"
+        "  --recipe NAME         a recipe (norms and router F32):\n");
+    cli_print_recipes(out, "                          ");
+    fprintf(out,
+        "                        also f32, f16, bf16, or a quantize mix (Q4_K_M,\n"
+        "                        Q8_0, ...): each tensor gets the type moeq quantize\n"
+        "                        gives it, layer rules included (a later --type flag\n"
+        "                        sets a whole group)\n"
         "  --type T              every weight group (not norms, router)\n"
         "  --type-embd T  --type-output T  --type-norm T  --type-router T\n"
         "  --type-attn T  (q, k, v, output)  --type-attn-q T  --type-attn-k T\n"
@@ -159,8 +160,10 @@ int cmd_synth(int argc, char **argv)
         }
         if (!strcmp(a, "--recipe")) {
             mix_name = val;
+            char known[256];
             if (moeq_synth_recipe(&c, val))
-                return cli_usage_error(cmd, "unknown recipe '%s' (asym-2bitexp, f32, f16, bf16, or a quantize mix such as Q4_K_M)", val);
+                return cli_usage_error(cmd, "unknown recipe '%s' (%s, f32, f16, bf16, or a quantize mix such as Q4_K_M)",
+                                       val, cli_recipe_names(known, sizeof known));
             continue;
         }
         if (!strcmp(a, "--mode")) {
