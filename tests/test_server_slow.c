@@ -1,5 +1,6 @@
 /*
- * test_server_slow.c: `moeq serve` under slow, idle and greedy clients.
+ * test_server_slow.c: `moeq serve` under slow, idle and greedy clients,
+ * and requests with fields the server does not apply.
  *
  * The hostile clients are raw sockets driven from one thread with poll():
  * each opens a connection from a loopback address of its own choosing
@@ -23,6 +24,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -490,4 +492,66 @@ TEST(serve_slowloris_long)
 {
     if (!test_long()) SKIP("slow: make check-long");
     slowloris(60, "-c 256", 30);
+}
+
+/* Known fields that would change the reply and are not applied are
+ * refused with a 400 naming them; their neutral values are accepted;
+ * n_predict (llama-server's max_tokens) is applied. */
+TEST(serve_unapplied_fields_refused)
+{
+    if (!test_have_curl()) SKIP("curl is absent");
+    struct test_srv s;
+    test_serve_start(&s, test_tiny_model(), "-c 256");
+    static const struct { int chat; const char *field; int status; const char *needle; } cases[] = {
+        { 0, "\"best_of\":2", 400, "'best_of'" },
+        { 0, "\"logit_bias\":{\"15\":-100}", 400, "'logit_bias'" },
+        { 1, "\"logit_bias\":{\"15\":-100}", 400, "'logit_bias'" },
+        { 0, "\"frequency_penalty\":0.5", 400, "'frequency_penalty'" },
+        { 1, "\"frequency_penalty\":0.5", 400, "'frequency_penalty'" },
+        { 1, "\"presence_penalty\":-1", 400, "'presence_penalty'" },
+        { 0, "\"repeat_penalty\":1.1", 400, "'repeat_penalty'" },
+        { 0, "\"suffix\":\"the end\"", 400, "'suffix'" },
+        { 0, "\"echo\":true", 400, "'echo'" },
+        { 0, "\"n\":2", 400, "'n'" },
+        { 1, "\"n\":3", 400, "'n'" },
+        { 0, "\"typical_p\":0.9", 400, "'typical_p'" },
+        { 0, "\"mirostat\":2", 400, "'mirostat'" },
+        { 0, "\"grammar\":\"root ::= \\\"x\\\"\"", 400, "'grammar'" },
+        { 1, "\"json_schema\":{\"type\":\"object\"}", 400, "'json_schema'" },
+        { 1, "\"tool_choice\":\"required\"", 400, "'tool_choice'" },
+        { 1, "\"modalities\":[\"text\",\"audio\"]", 400, "'modalities'" },
+        { 1, "\"reasoning_effort\":\"high\"", 400, "'reasoning_effort'" },
+        { 0, "\"n_probs\":5", 400, "'n_probs'" },
+        { 0, "\"n_predict\":0", 400, "'n_predict'" },
+        { 0, "\"frequency_penalty\":\"0\"", 400, "'frequency_penalty' must be a number" },
+        /* Neutral values, and fields that do not change a reply. */
+        { 0, "\"best_of\":1,\"logit_bias\":{},\"frequency_penalty\":0,\"presence_penalty\":0.0,\"suffix\":\"\","
+             "\"echo\":false,\"n\":1,\"repeat_penalty\":1,\"mirostat\":0,\"grammar\":\"\",\"user\":\"u\"", 200, NULL },
+        { 1, "\"logit_bias\":null,\"frequency_penalty\":0,\"tool_choice\":\"none\",\"modalities\":[\"text\"],"
+             "\"cache_prompt\":true,\"json_schema\":{}", 200, NULL },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[1024], *o = NULL;
+        snprintf(body, sizeof body, cases[i].chat
+                 ? "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":2,\"temperature\":0,%s}"
+                 : "{\"prompt\":\"Hi\",\"max_tokens\":2,\"temperature\":0,%s}", cases[i].field);
+        int st = test_http(s.port, "POST", cases[i].chat ? "/v1/chat/completions" : "/v1/completions", body, NULL, 60, &o);
+        CHECKF(st == cases[i].status, "%s: status %d (%s)", cases[i].field, st, o ? o : "");
+        if (cases[i].needle) {
+            json_t *j = o ? json_loads(o, 0, NULL) : NULL;
+            const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+            CHECKF(m && strstr(m, cases[i].needle), "%s: message '%s'", cases[i].field, m ? m : "(none)");
+            json_decref(j);
+        }
+        free(o);
+    }
+    /* n_predict is applied: at most that many tokens. */
+    char *o = NULL;
+    CHECK(test_http(s.port, "POST", "/v1/completions", "{\"prompt\":\"Hi\",\"n_predict\":3,\"temperature\":0}", NULL, 60, &o) == 200);
+    json_t *j = o ? json_loads(o, 0, NULL) : NULL;
+    json_int_t n = json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+    CHECKF(n >= 1 && n <= 3, "n_predict 3: %lld tokens", (long long)n);
+    json_decref(j);
+    free(o);
+    CHECK(test_serve_stop(&s) == 0);
 }
