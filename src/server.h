@@ -13,7 +13,8 @@
  *   server_sched.c  the scheduler: N slots (sessions), a bounded queue,
  *                   one batched decode step for all active slots
  *   server_http.c   libmicrohttpd glue: routing, auth, body limits,
- *                   streaming, disconnects, metrics, shutdown
+ *                   streaming, disconnects, metrics, shutdown, and the
+ *                   connection table (caps, deadlines, eviction)
  */
 #ifndef MOEQ_SERVER_H
 #define MOEQ_SERVER_H
@@ -228,9 +229,14 @@ struct srv_config {
     int         parallel;   /* slots */
     int         queue;      /* waiting requests beyond the slots */
     const char *api_key;    /* NULL: no auth */
-    int         timeout_s;  /* idle connection timeout */
+    int         timeout_s;  /* a connection silent this long is closed */
     size_t      max_body;   /* request body limit in bytes */
     const char *alias;      /* model id in responses */
+    /* Slow and idle clients (0: the default in parentheses). */
+    int         request_timeout_s;  /* head and body must arrive within (30) */
+    int         idle_timeout_s;     /* a connection between requests (5) */
+    int         max_conns;          /* connections in all (256) */
+    int         max_conns_per_ip;   /* connections from one address (64) */
 };
 
 typedef struct srv srv;

@@ -12,9 +12,25 @@
  * What reaches the model has passed here first: the route and method, the
  * API key (every endpoint but /health), the body size (413 before reading
  * a body whose Content-Length is over the limit), then the JSON checks of
- * server_proto.c. Slow clients are cut by MHD's idle timeout; a streamed
- * reply sends an SSE comment when it has been silent for a while, so a
- * long prompt evaluation does not look like an idle connection.
+ * server_proto.c. A streamed reply sends an SSE comment when it has been
+ * silent for a while, so a long prompt evaluation does not look like an
+ * idle connection.
+ *
+ * Slow and idle clients: this file keeps its own table of connections,
+ * each in one of three phases: idle (accepted, or between requests),
+ * reading (the request line has arrived, the head or body is still
+ * coming) and busy (the request is whole and being answered). A watchdog
+ * thread cuts an idle connection after --idle-timeout and a reading one
+ * whose head and body have not arrived whole within --request-timeout of
+ * it going idle (a 408; trickling bytes does not extend it). Connections
+ * are capped per client address and in total; when a new one would pass a
+ * cap, the connection that has been idle or reading the longest makes
+ * room for it (a busy one never does), so a table filled by slow clients
+ * still admits /health, /metrics and real requests at once. Cutting is
+ * shutdown() of the socket from the watchdog (or the accepting thread);
+ * the connection's own thread then sees the end and MHD closes it. MHD
+ * reports a connection closed before it closes the socket, and the table
+ * is locked across both, so a cut never reaches a reused descriptor.
  */
 #include "server.h"
 
@@ -54,6 +70,28 @@ struct srv {
     atomic_ullong n_req[R_COUNT][4];   /* 2xx, 4xx, 5xx, other */
     atomic_ullong id_counter;
     atomic_int  in_flight;             /* generations being answered */
+
+    /* The connection table (see the top of the file). */
+    int         request_s, idle_s, max_conns, max_per_ip;
+    pthread_mutex_t cmu;
+    pthread_cond_t  ccv;               /* wakes the watchdog to stop */
+    struct track   *conns;             /* every open connection */
+    int         wd_stop, wd_running;
+    pthread_t   wd;
+    atomic_ullong n_refused, n_evicted, n_timed_out, n_idle_closed;
+};
+
+enum phase { P_IDLE, P_READING, P_BUSY };
+
+/* One open connection in the table; all fields under srv.cmu. */
+struct track {
+    struct track *prev, *next;
+    int        fd;
+    int        family;
+    unsigned char addr[16];            /* IPv4 or IPv6 address bytes */
+    enum phase phase;
+    double     since;                  /* accepted, or last reply done */
+    int        cut;                    /* shut down; closing */
 };
 
 /* Per-connection state: the body as it arrives. */
@@ -63,6 +101,150 @@ struct conn {
     size_t len, cap;
     int    too_big;
 };
+
+/* ======================================================================
+ * The connection table: caps, deadlines, eviction
+ * ====================================================================== */
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void addr_key(const struct sockaddr *a, int *family, unsigned char key[16])
+{
+    memset(key, 0, 16);
+    *family = a ? a->sa_family : 0;
+    if (*family == AF_INET) memcpy(key, &((const struct sockaddr_in *)a)->sin_addr, 4);
+    else if (*family == AF_INET6) memcpy(key, &((const struct sockaddr_in6 *)a)->sin6_addr, 16);
+}
+
+static struct track *track_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+enum cut_why { CUT_EVICTED, CUT_TIMED_OUT, CUT_IDLE };
+
+/* Shut a connection down (cmu held). A reading one is told why first: it
+ * is not being answered, and MHD is not writing to it. */
+static void cut(srv *s, struct track *t, enum cut_why why)
+{
+    t->cut = 1;
+    if (t->phase == P_READING) {
+        const char *body = why == CUT_TIMED_OUT
+            ? "{\"error\":{\"message\":\"the request did not arrive whole in time\","
+              "\"type\":\"invalid_request_error\",\"code\":408}}"
+            : "{\"error\":{\"message\":\"too many connections: this slow one was closed to make room\","
+              "\"type\":\"unavailable_error\",\"code\":503}}";
+        char r[512];
+        int n = snprintf(r, sizeof r, "HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\n\r\n%s",
+                         why == CUT_TIMED_OUT ? "408 Request Timeout" : "503 Service Unavailable", strlen(body), body);
+        ssize_t w = send(t->fd, r, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)w;
+    }
+    shutdown(t->fd, SHUT_RDWR);
+    atomic_fetch_add(why == CUT_EVICTED ? &s->n_evicted : why == CUT_TIMED_OUT ? &s->n_timed_out
+                                                                           : &s->n_idle_closed, 1);
+}
+
+/* Open connections (not being cut) from one address, or all when key is
+ * NULL; *oldest: the one idle or reading the longest among them. */
+static int tracks_count(srv *s, int family, const unsigned char *key, struct track **oldest)
+{
+    int n = 0;
+    *oldest = NULL;
+    for (struct track *t = s->conns; t; t = t->next) {
+        if (t->cut || (key && (t->family != family || memcmp(t->addr, key, 16) != 0))) continue;
+        n++;
+        if (t->phase != P_BUSY && (!*oldest || t->since < (*oldest)->since)) *oldest = t;
+    }
+    return n;
+}
+
+/* The accept policy, called by MHD's listening thread for each new
+ * connection (before on_connection registers it, in the same thread):
+ * make room under both caps or refuse. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addrlen;
+    srv *s = cls;
+    int family;
+    unsigned char key[16];
+    addr_key(addr, &family, key);
+    int ok = 1;
+    struct track *old;
+    pthread_mutex_lock(&s->cmu);
+    if (tracks_count(s, family, key, &old) >= s->max_per_ip) {
+        if (old) cut(s, old, CUT_EVICTED);
+        else ok = 0;
+    }
+    if (ok && tracks_count(s, 0, NULL, &old) >= s->max_conns) {
+        if (old) cut(s, old, CUT_EVICTED);
+        else ok = 0;
+    }
+    pthread_mutex_unlock(&s->cmu);
+    if (!ok) atomic_fetch_add(&s->n_refused, 1);
+    return ok ? MHD_YES : MHD_NO;
+}
+
+/* Move a connection to another phase; -1 when it has been cut (the caller
+ * then answers nothing: the client was told, or is gone). */
+static int conn_phase(srv *s, struct MHD_Connection *c, enum phase p)
+{
+    struct track *t = track_of(c);
+    if (!t) return 0;
+    pthread_mutex_lock(&s->cmu);
+    int rc = t->cut ? -1 : 0;
+    if (!rc && p == P_IDLE) t->since = mono_s();
+    if (!rc) t->phase = p;
+    pthread_mutex_unlock(&s->cmu);
+    return rc;
+}
+
+static int conn_busy(srv *s, struct MHD_Connection *c) { return conn_phase(s, c, P_BUSY); }
+
+/* MHD has the request line: the head is coming. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)uri;
+    conn_phase(cls, c, P_READING);
+    return NULL;
+}
+
+static void *watchdog_main(void *arg)
+{
+    srv *s = arg;
+    pthread_mutex_lock(&s->cmu);
+    while (!s->wd_stop) {
+        double now = mono_s();
+        for (struct track *t = s->conns; t; t = t->next) {
+            if (t->cut) continue;
+            if (t->phase == P_IDLE && now - t->since >= s->idle_s) cut(s, t, CUT_IDLE);
+            else if (t->phase == P_READING && now - t->since >= s->request_s) cut(s, t, CUT_TIMED_OUT);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&s->ccv, &s->cmu, &ts);
+    }
+    pthread_mutex_unlock(&s->cmu);
+    return NULL;
+}
+
+static int tracks_open(srv *s)
+{
+    struct track *old;
+    pthread_mutex_lock(&s->cmu);
+    int n = tracks_count(s, 0, NULL, &old);
+    pthread_mutex_unlock(&s->cmu);
+    return n;
+}
 
 static void count(srv *s, enum route r, int status)
 {
@@ -79,6 +261,7 @@ static enum MHD_Result reply_raw(srv *s, struct MHD_Connection *c, enum route r,
         ctype = "application/json";
         if (!body) return MHD_NO;
     }
+    if (conn_busy(s, c)) { free(body); return MHD_NO; }
     struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (!resp) { free(body); return MHD_NO; }
     MHD_add_response_header(resp, "Content-Type", ctype);
@@ -513,6 +696,15 @@ static enum MHD_Result do_metrics(srv *s, struct MHD_Connection *c, enum route r
     M("kv_cache_total_cells", "gauge", "KV cells, all slots.", "%llu", (unsigned long long)st.kv_total);
     M("kv_cache_usage_ratio", "gauge", "Used share of the KV cells.", "%.6f",
       st.kv_total ? (double)st.kv_used / (double)st.kv_total : 0.0);
+    M("connections_open", "gauge", "Open client connections.", "%d", tracks_open(s));
+    M("connections_refused_total", "counter", "Connections refused at a cap with no idle or slow one to close.", "%llu",
+      (unsigned long long)atomic_load(&s->n_refused));
+    M("connections_evicted_total", "counter", "Idle or slow connections closed to make room for a new one.", "%llu",
+      (unsigned long long)atomic_load(&s->n_evicted));
+    M("requests_timed_out_total", "counter", "Connections cut because the request head and body were late (408).", "%llu",
+      (unsigned long long)atomic_load(&s->n_timed_out));
+    M("connections_idle_closed_total", "counter", "Connections closed after the idle timeout between requests.", "%llu",
+      (unsigned long long)atomic_load(&s->n_idle_closed));
 #undef M
     return reply_raw(s, c, r, 200, "text/plain; version=0.0.4", b);
 }
@@ -601,6 +793,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn->len += n;
         return MHD_YES;
     }
+    /* The request is whole: from here on it is answered, not read. */
+    if (conn_busy(s, c)) return MHD_NO;
     if (cn->too_big) {
         char msg[200];
         snprintf(msg, sizeof msg, "request body is over the limit of %zu bytes", s->max_body);
@@ -616,28 +810,56 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
 }
 
-/* A small send buffer per connection: a client that stops reading a
- * stream then blocks the writes within ~64 KiB instead of letting the
- * kernel absorb megabytes, so the idle timeout ends it (and its job). */
+/* A connection opened or closed: the table follows. A small send buffer
+ * per connection: a client that stops reading a stream then blocks the
+ * writes within ~64 KiB instead of letting the kernel absorb megabytes, so
+ * the idle timeout ends it (and its job). */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
-    (void)cls; (void)socket_context;
+    srv *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        struct track *t = *socket_context;
+        if (!t) return;
+        pthread_mutex_lock(&s->cmu);
+        if (t->prev) t->prev->next = t->next; else s->conns = t->next;
+        if (t->next) t->next->prev = t->prev;
+        pthread_mutex_unlock(&s->cmu);
+        free(t);
+        *socket_context = NULL;
+        return;
+    }
     if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    int sz = 64 * 1024;
-    if (ci) setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    if (!ci) return;
+    int fd = ci->connect_fd, sz = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    struct track *t = calloc(1, sizeof *t);
+    if (!t) { shutdown(fd, SHUT_RDWR); return; }
+    t->fd = fd;
+    ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    addr_key(ci ? ci->client_addr : NULL, &t->family, t->addr);
+    t->phase = P_IDLE;
+    t->since = mono_s();
+    pthread_mutex_lock(&s->cmu);
+    t->next = s->conns;
+    if (s->conns) s->conns->prev = t;
+    s->conns = t;
+    pthread_mutex_unlock(&s->cmu);
+    *socket_context = t;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode tc)
 {
-    (void)cls; (void)c; (void)tc;
+    (void)tc;
     struct conn *cn = *con_cls;
     if (cn) {
         free(cn->body);
         free(cn);
         *con_cls = NULL;
     }
+    /* Between requests: the idle clock starts. */
+    conn_phase(cls, c, P_IDLE);
 }
 
 /* ======================================================================
@@ -656,6 +878,16 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
     s->queue = c->queue >= 0 ? c->queue : 0;
     s->timeout_s = c->timeout_s > 0 ? c->timeout_s : 600;
     s->max_body = c->max_body ? c->max_body : (size_t)8 << 20;
+    s->request_s = c->request_timeout_s > 0 ? c->request_timeout_s : 30;
+    s->idle_s = c->idle_timeout_s > 0 ? c->idle_timeout_s : 5;
+    s->max_conns = c->max_conns > 0 ? c->max_conns : 256;
+    s->max_per_ip = c->max_conns_per_ip > 0 ? c->max_conns_per_ip : 64;
+    pthread_mutex_init(&s->cmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->ccv, &ca);
+    pthread_condattr_destroy(&ca);
     s->started = (long long)time(NULL);
     if (!s->host || !s->alias) { snprintf(err, errlen, "out of memory"); goto fail; }
 
@@ -663,7 +895,8 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
     struct sockaddr_in a4 = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->port) };
     struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)c->port) };
     const struct sockaddr *addr;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC;
+    /* poll(), not select(): descriptors past FD_SETSIZE are fine. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC | MHD_USE_POLL;
     if (inet_pton(AF_INET, h, &a4.sin_addr) == 1) {
         addr = (const struct sockaddr *)&a4;
     } else if (inet_pton(AF_INET6, h, &a6.sin6_addr) == 1) {
@@ -674,15 +907,22 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
         goto fail;
     }
     if (c->port < 0 || c->port > 65535) { snprintf(err, errlen, "port %d is out of range", c->port); goto fail; }
-    /* Connections: every slot and queued request, plus room for health
-     * checks, metrics and clients that will be refused politely. */
-    unsigned limit = (unsigned)(s->parallel + s->queue) * 2 + 32;
-    s->d = MHD_start_daemon(flags, (uint16_t)c->port, NULL, NULL, on_request, s,
+    /* The caps are ours (on_accept); MHD's own limit only has to leave
+     * room for connections being cut and not yet closed. */
+    unsigned limit = (unsigned)s->max_conns * 2 + 16;
+    s->d = MHD_start_daemon(flags, (uint16_t)c->port, on_accept, s, on_request, s,
                             MHD_OPTION_SOCK_ADDR, addr,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->timeout_s,
                             MHD_OPTION_CONNECTION_LIMIT, limit,
+                            /* Over 32 KiB MHD maps each connection's buffer
+                             * (request head and reply staging) instead of
+                             * taking it from malloc, so it goes back to the
+                             * system when the connection closes; a storm of
+                             * slow clients leaves no fragmented heap. */
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
                             MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s port %d (in use, or not an address of this machine)", s->host, c->port);
@@ -690,6 +930,11 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : c->port;
+    if (pthread_create(&s->wd, NULL, watchdog_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the connection watchdog thread");
+        goto fail;
+    }
+    s->wd_running = 1;
     return s;
 fail:
     srv_stop(s);
@@ -722,6 +967,15 @@ void srv_stop(srv *s)
      * closed; a client that does not read is cut after 5 s. */
     for (int i = 0; i < 500 && atomic_load(&s->in_flight) > 0; i++) usleep(10000);
     if (s->d) MHD_stop_daemon(s->d);
+    if (s->wd_running) {
+        pthread_mutex_lock(&s->cmu);
+        s->wd_stop = 1;
+        pthread_cond_signal(&s->ccv);
+        pthread_mutex_unlock(&s->cmu);
+        pthread_join(s->wd, NULL);
+    }
+    pthread_mutex_destroy(&s->cmu);
+    pthread_cond_destroy(&s->ccv);
     if (s->listen_fd >= 0) close(s->listen_fd);
     srv_sched_free(s->sched);
     json_decref(s->meta);

@@ -2,7 +2,9 @@
  * server_proto.c: the server's protocol layer, with no I/O and no threads.
  *
  * Requests in: a JSON body is checked field by field against the OpenAI
- * shapes (wrong types and out-of-range values are a 400 naming the field),
+ * shapes (wrong types and out-of-range values are a 400 naming the field;
+ * so is a known field that would change the reply and that is not applied,
+ * unless it has its neutral value: see `unapplied`),
  * the prompt is rendered with the model's chat template and tokenized, and
  * a prompt that leaves no room in the context is refused up front.
  *
@@ -99,6 +101,88 @@ static int get_bool(const json_t *o, const char *k, int *out, char *err, size_t 
     if (!v) return 0;
     if (!json_is_boolean(v)) return fail(err, errlen, "'%s' must be true or false", k);
     *out = json_is_true(v);
+    return 0;
+}
+
+/*
+ * Fields of the OpenAI and llama-server APIs that would change the reply
+ * and that this server does not apply. Each is accepted only when absent,
+ * null or neutral (the value that means "off"), and refused otherwise, so a
+ * client never silently gets something other than what it asked for.
+ * Fields not listed and not read below are ignored (clients send vendor
+ * extras such as "user" or "cache_prompt" that do not change a reply).
+ */
+enum neutral { NEU_NUM, NEU_FALSE, NEU_EMPTY };
+static const struct {
+    const char  *name;
+    enum neutral kind;
+    double       value;       /* NEU_NUM */
+    int          only;        /* -1 both endpoints, else the one enum srv_kind it exists in */
+} unapplied[] = {
+    { "best_of",           NEU_NUM, 1, -1 },
+    { "frequency_penalty", NEU_NUM, 0, -1 },
+    { "presence_penalty",  NEU_NUM, 0, -1 },
+    { "repeat_penalty",    NEU_NUM, 1, -1 },
+    { "typical_p",         NEU_NUM, 1, -1 },
+    { "tfs_z",             NEU_NUM, 1, -1 },
+    { "mirostat",          NEU_NUM, 0, -1 },
+    { "dynatemp_range",    NEU_NUM, 0, -1 },
+    { "dry_multiplier",    NEU_NUM, 0, -1 },
+    { "xtc_probability",   NEU_NUM, 0, -1 },
+    { "n_probs",           NEU_NUM, 0, -1 },
+    { "logit_bias",        NEU_EMPTY, 0, -1 },
+    { "grammar",           NEU_EMPTY, 0, -1 },
+    { "json_schema",       NEU_EMPTY, 0, -1 },
+    { "functions",         NEU_EMPTY, 0, -1 },
+    { "prediction",        NEU_EMPTY, 0, -1 },
+    { "audio",             NEU_EMPTY, 0, -1 },
+    { "reasoning_effort",  NEU_EMPTY, 0, -1 },
+    { "web_search_options", NEU_EMPTY, 0, -1 },
+    { "suffix",            NEU_EMPTY, 0, SRV_COMPLETION },
+    { "echo",              NEU_FALSE, 0, SRV_COMPLETION },
+};
+
+/* A value that is "nothing": "", {}, [] or false. */
+static int is_empty(const json_t *v)
+{
+    return (json_is_string(v) && json_string_length(v) == 0) || (json_is_object(v) && json_object_size(v) == 0) ||
+           (json_is_array(v) && json_array_size(v) == 0) || json_is_false(v);
+}
+
+static int check_unapplied(const json_t *body, enum srv_kind kind, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof unapplied / sizeof unapplied[0]; i++) {
+        if (unapplied[i].only >= 0 && unapplied[i].only != (int)kind) continue;
+        const char *k = unapplied[i].name;
+        const json_t *v = field(body, k);
+        if (!v) continue;
+        switch (unapplied[i].kind) {
+        case NEU_NUM:
+            if (!json_is_number(v)) return fail(err, errlen, "'%s' must be a number", k);
+            if (json_number_value(v) != unapplied[i].value)
+                return fail(err, errlen, "'%s' is not supported: only %g (off) is accepted", k, unapplied[i].value);
+            break;
+        case NEU_FALSE:
+            if (!json_is_boolean(v)) return fail(err, errlen, "'%s' must be true or false", k);
+            if (json_is_true(v)) return fail(err, errlen, "'%s' is not supported: only false is accepted", k);
+            break;
+        case NEU_EMPTY:
+            if (!is_empty(v)) return fail(err, errlen, "'%s' is not supported: only an empty value or null is accepted", k);
+            break;
+        }
+    }
+    /* With no tools, a tool choice can only be "none" or "auto". */
+    const json_t *tc = field(body, "tool_choice");
+    if (tc && !(json_is_string(tc) && (!strcmp(json_string_value(tc), "none") || !strcmp(json_string_value(tc), "auto"))))
+        return fail(err, errlen, "'tool_choice' is not supported: only \"none\" or \"auto\" (there are no tools)");
+    const json_t *fc = field(body, "function_call");
+    if (fc && !(json_is_string(fc) && (!strcmp(json_string_value(fc), "none") || !strcmp(json_string_value(fc), "auto"))))
+        return fail(err, errlen, "'function_call' is not supported: only \"none\" or \"auto\" (there are no functions)");
+    const json_t *mod = field(body, "modalities");
+    if (mod && !(json_is_array(mod) && json_array_size(mod) <= 1 &&
+                 (json_array_size(mod) == 0 || (json_is_string(json_array_get(mod, 0)) &&
+                                                !strcmp(json_string_value(json_array_get(mod, 0)), "text")))))
+        return fail(err, errlen, "'modalities' is not supported: only [\"text\"]");
     return 0;
 }
 
@@ -315,7 +399,12 @@ int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t
         g->has_seed = 1;
     }
 
+    /* n_predict is llama-server's name: -1 for "until the context is full". */
     long long max_tokens = 0;
+    if ((rc = get_int(body, "n_predict", -1, 1 << 30, &max_tokens, err, errlen))) return rc;
+    if (field(body, "n_predict") && max_tokens == 0)
+        return fail(err, errlen, "'n_predict' 0 (evaluate the prompt only) is not supported");
+    if (max_tokens < 0) max_tokens = 0;
     if ((rc = get_int(body, "max_tokens", 1, 1 << 30, &max_tokens, err, errlen))) return rc;
     if (kind == SRV_CHAT && (rc = get_int(body, "max_completion_tokens", 1, 1 << 30, &max_tokens, err, errlen)))
         return rc;
@@ -343,10 +432,8 @@ int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t
         if ((rc = get_int(body, "logprobs", 0, SRV_MAX_TOP_LOGPROBS, &i64, err, errlen))) return rc;
         g->logprobs = i64 >= 0;
         g->top_logprobs = i64 > 0 ? (int)i64 : 0;
-        int echo = 0;
-        if ((rc = get_bool(body, "echo", &echo, err, errlen))) return rc;
-        if (echo) return fail(err, errlen, "'echo' is not supported");
     }
+    if ((rc = check_unapplied(body, kind, err, errlen))) return rc;
 
     /* Features a client would rely on and that we do not have are refused
      * rather than silently ignored. */

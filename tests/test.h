@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <sys/types.h>
 
 typedef void (*test_fn)(void);
 void test_register(const char *name, const char *file, test_fn fn);
@@ -60,6 +61,8 @@ int test_long(void);
 int test_sanitized(void);
 
 /* HTTP helpers for the server tests (curl over loopback). */
+/* Whether curl is there (the HTTP tests skip without it). */
+int test_have_curl(void);
 /* One request; the body (if any) goes through a file, so no shell quoting.
  * Returns the HTTP status (0 if curl failed), the response body in *out. */
 int test_http(int port, const char *method, const char *path, const char *body, const char *extra,
@@ -74,5 +77,25 @@ int test_http_concurrent(int port, const char *path, const char *const *bodies, 
                          char **out);
 /* A /metrics value, or -1 when absent or the request fails. */
 double test_http_metric(int port, const char *name, const char *auth);
+
+/* `moeq serve` as a child process (tests/test_serve.c, test_server_slow.c). */
+struct test_srv {
+    pid_t pid;
+    int   port;
+    char  log[4096];
+    char  model[4096];
+};
+/* A tiny model: synthesized when the binary can, else the shared one
+ * (SKIP when neither is there). */
+const char *test_tiny_model(void);
+/* Monotonic seconds. */
+double test_now(void);
+/* Start `moeq serve -m model --host 127.0.0.1 --port 0 -t 2 args`; wait
+ * until it listens and the model is loaded (health 200). The child gets
+ * PR_SET_PDEATHSIG, so a test that dies early does not leave it running. */
+void test_serve_start(struct test_srv *s, const char *model, const char *args);
+/* SIGTERM and wait; the exit status (or 128+signal, -1 if it had to be
+ * killed). */
+int test_serve_stop(struct test_srv *s);
 
 #endif

@@ -22,98 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-struct server {
-    pid_t pid;
-    int   port;
-    char  log[4096];
-    char  model[4096];
-};
-
-/* A small model: synthesized when the binary can, else the shared one. */
-static const char *tiny_model(void)
-{
-    static char path[4096];
-    const char *p = test_tmp("tiny.gguf");
-    if (test_run(NULL, "%s synth -o %s --preset tiny >/dev/null 2>&1", test_moeq_bin(), p) == 0 &&
-        access(p, R_OK) == 0) {
-        snprintf(path, sizeof path, "%s", p);
-        return path;
-    }
-    return test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Start `moeq serve` with extra arguments; wait until it listens and the
- * model is loaded (health 200). */
-static void server_start(struct server *s, const char *model, const char *args)
-{
-    memset(s, 0, sizeof *s);
-    snprintf(s->log, sizeof s->log, "%s", test_tmp("serve.log"));
-    snprintf(s->model, sizeof s->model, "%s", model);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "exec %s serve -m '%s' --host 127.0.0.1 --port 0 -t 2 %s", test_moeq_bin(), model, args);
-    fflush(NULL);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); close(fd); }
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    s->pid = pid;
-    double t0 = now_s();
-    while (!s->port && now_s() - t0 < 30) {
-        usleep(50000);
-        size_t n;
-        char *log = test_read_file(s->log, &n);
-        char *p = log ? strstr(log, "listening on http://127.0.0.1:") : NULL;
-        if (p) s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
-        free(log);
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) { s->pid = 0; break; }
-    }
-    REQUIREF(s->port > 0, "server did not start (see its log)");
-    int status = 0;
-    while (now_s() - t0 < 120) {
-        char *o = NULL;
-        status = test_http(s->port, "GET", "/health", NULL, NULL, 120, &o);
-        free(o);
-        if (status != 503) break;
-        usleep(100000);
-    }
-    REQUIREF(status == 200, "health %d after loading", status);
-}
-
-/* SIGTERM and wait; returns the exit status (or 128+signal, -1 if it had
- * to be killed). */
-static int server_stop(struct server *s)
-{
-    if (!s->pid) return -1;
-    kill(s->pid, SIGTERM);
-    double t0 = now_s();
-    int st;
-    while (now_s() - t0 < 30) {
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            s->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(20000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &st, 0);
-    s->pid = 0;
-    return -1;
-}
-
-static int http(struct server *s, const char *method, const char *path, const char *body, const char *extra, char **out)
+static int http(struct test_srv *s, const char *method, const char *path, const char *body, const char *extra, char **out)
 {
     return test_http(s->port, method, path, body, extra, 120, out);
 }
@@ -130,26 +39,24 @@ static char *response_text(const char *body)
     return r;
 }
 
-static long long metric(struct server *s, const char *name, const char *auth)
+static long long metric(struct test_srv *s, const char *name, const char *auth)
 {
     return (long long)test_http_metric(s->port, name, auth);
 }
 
-static double metric_f(struct server *s, const char *name, const char *auth)
+static double metric_f(struct test_srv *s, const char *name, const char *auth)
 {
     return test_http_metric(s->port, name, auth);
 }
-
-static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
 
 /* ====================================================================== */
 
 TEST(serve_e2e_endpoints_and_bad_input)
 {
-    if (!have_curl()) SKIP("curl is absent");
-    const char *model = tiny_model();
-    struct server s;
-    server_start(&s, model, "-c 256 -np 2 --api-key k3y --max-body 65536 --timeout 30 --alias tiny");
+    if (!test_have_curl()) SKIP("curl is absent");
+    const char *model = test_tiny_model();
+    struct test_srv s;
+    test_serve_start(&s, model, "-c 256 -np 2 --api-key k3y --max-body 65536 --timeout 30 --alias tiny");
     const char *auth = "-H 'Authorization: Bearer k3y'";
     char *o;
 
@@ -282,17 +189,17 @@ TEST(serve_e2e_endpoints_and_bad_input)
     CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Still there?\",\"max_tokens\":2}", auth, &o) == 200);
     free(o);
     CHECK(metric(&s, "moeq_requests_processing", auth) == 0);
-    CHECK(server_stop(&s) == 0);
+    CHECK(test_serve_stop(&s) == 0);
 }
 
 /* N streaming clients at once get exactly what each gets alone, and the
  * server batched them. */
 TEST(serve_e2e_concurrent_streams)
 {
-    if (!have_curl()) SKIP("curl is absent");
-    const char *model = tiny_model();
-    struct server s;
-    server_start(&s, model, "-c 512 -np 4");
+    if (!test_have_curl()) SKIP("curl is absent");
+    const char *model = test_tiny_model();
+    struct test_srv s;
+    test_serve_start(&s, model, "-c 512 -np 4");
     enum { N = 4 };
     static const char *prompts[N] = { "The river", "In 1999 the", "Music is", "A small dog" };
     char *alone[N];
@@ -324,17 +231,17 @@ TEST(serve_e2e_concurrent_streams)
     }
     double mean = metric_f(&s, "moeq_decode_batch_mean", NULL);
     CHECKF(mean > 1.0, "mean decode batch %.3f", mean);
-    CHECK(server_stop(&s) == 0);
+    CHECK(test_serve_stop(&s) == 0);
 }
 
 /* A client that goes away mid-stream frees its slot; SIGTERM with a stream
  * running ends the stream and exits 0. */
 TEST(serve_e2e_disconnect_and_sigterm)
 {
-    if (!have_curl()) SKIP("curl is absent");
-    const char *model = tiny_model();
-    struct server s;
-    server_start(&s, model, "-c 2048 -np 1 --timeout 20");
+    if (!test_have_curl()) SKIP("curl is absent");
+    const char *model = test_tiny_model();
+    struct test_srv s;
+    test_serve_start(&s, model, "-c 2048 -np 1 --timeout 20");
     const char *body = "{\"prompt\":\"Tell me a long story.\",\"max_tokens\":2000,\"temperature\":0,\"stream\":true,\"ignore_eos\":true}";
     FILE *fp = fopen(test_tmp("long.json"), "w");
     fputs(body, fp);
@@ -358,9 +265,9 @@ TEST(serve_e2e_disconnect_and_sigterm)
     /* SIGTERM while a stream runs: the stream ends, the server exits 0. */
     test_run(NULL, "(curl -sS -N -m 60 --data-binary @%s http://127.0.0.1:%d/v1/completions > %s 2>&1 &) ; sleep 0.5",
              test_tmp("long.json"), s.port, test_tmp("sig.txt"));
-    double t0 = now_s();
-    CHECK(server_stop(&s) == 0);
-    CHECKF(now_s() - t0 < 15, "stop took %.1fs", now_s() - t0);
+    double t0 = test_now();
+    CHECK(test_serve_stop(&s) == 0);
+    CHECKF(test_now() - t0 < 15, "stop took %.1fs", test_now() - t0);
     usleep(300000);
     size_t n;
     char *got = test_read_file(test_tmp("sig.txt"), &n);
@@ -372,10 +279,10 @@ TEST(serve_e2e_disconnect_and_sigterm)
  * server's writes block, and its generation is cancelled. */
 TEST(serve_e2e_slow_reader_times_out)
 {
-    if (!have_curl()) SKIP("curl is absent");
-    const char *model = tiny_model();
-    struct server s;
-    server_start(&s, model, "-c 8192 -np 1 --timeout 2");
+    if (!test_have_curl()) SKIP("curl is absent");
+    const char *model = test_tiny_model();
+    struct test_srv s;
+    test_serve_start(&s, model, "-c 8192 -np 1 --timeout 2");
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int small = 4096;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
@@ -395,7 +302,7 @@ TEST(serve_e2e_slow_reader_times_out)
     CHECK(cancelled);
     CHECKF(metric(&s, "moeq_generated_tokens_total", NULL) < 8000, "generated %lld", metric(&s, "moeq_generated_tokens_total", NULL));
     close(fd);
-    CHECK(server_stop(&s) == 0);
+    CHECK(test_serve_stop(&s) == 0);
 }
 
 TEST(serve_e2e_usage_errors)
@@ -430,9 +337,9 @@ TEST(serve_e2e_openai_node_client)
         SKIP("the openai npm package could not be installed");
     if (access("build/npm/node_modules/openai/package.json", R_OK) != 0) SKIP("openai npm package absent");
     if (access("tests/serve_openai.mjs", R_OK) != 0) SKIP("tests/serve_openai.mjs absent (run from the repo root)");
-    const char *model = tiny_model();
-    struct server s;
-    server_start(&s, model, "-c 512 -np 2 --api-key node-key");
+    const char *model = test_tiny_model();
+    struct test_srv s;
+    test_serve_start(&s, model, "-c 512 -np 2 --api-key node-key");
     char *o;
     char cwd[4096];
     REQUIRE(getcwd(cwd, sizeof cwd));
@@ -440,5 +347,5 @@ TEST(serve_e2e_openai_node_client)
                           "http://127.0.0.1:%d node-key", cwd, s.port);
     CHECKF(rc == 0 && o && strstr(o, "openai-client: ok"), "node: %d %s", rc, o ? o : "");
     free(o);
-    CHECK(server_stop(&s) == 0);
+    CHECK(test_serve_stop(&s) == 0);
 }

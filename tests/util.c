@@ -1,14 +1,19 @@
 /*
  * util.c: helpers shared by the test files (paths, temporary files,
- * running the moeq binary, reading files).
+ * running the moeq binary, reading files, HTTP over curl, `moeq serve` as
+ * a child process).
  */
 #include "test.h"
 
 #include <jansson.h>
 
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *test_shared_dir(void)
@@ -120,6 +125,8 @@ int test_sanitized(void)
     return s && strcmp(s, "asan") == 0;
 }
 
+int test_have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
+
 int test_http(int port, const char *method, const char *path, const char *body, const char *extra,
               int timeout_s, char **out)
 {
@@ -210,4 +217,83 @@ int test_http_concurrent(int port, const char *path, const char *const *bodies, 
         out[i] = test_read_file(test_tmp(of), &len);
     }
     return rc;
+}
+
+const char *test_tiny_model(void)
+{
+    static char path[4096];
+    const char *p = test_tmp("tiny.gguf");
+    if (test_run(NULL, "%s synth -o %s --preset tiny >/dev/null 2>&1", test_moeq_bin(), p) == 0 &&
+        access(p, R_OK) == 0) {
+        snprintf(path, sizeof path, "%s", p);
+        return path;
+    }
+    return test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
+}
+
+double test_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void test_serve_start(struct test_srv *s, const char *model, const char *args)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->log, sizeof s->log, "%s", test_tmp("serve.log"));
+    snprintf(s->model, sizeof s->model, "%s", model);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "exec %s serve -m '%s' --host 127.0.0.1 --port 0 -t 2 %s", test_moeq_bin(), model, args);
+    fflush(NULL);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); close(fd); }
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    s->pid = pid;
+    double t0 = test_now();
+    while (!s->port && test_now() - t0 < 30) {
+        usleep(50000);
+        size_t n;
+        char *log = test_read_file(s->log, &n);
+        char *p = log ? strstr(log, "listening on http://127.0.0.1:") : NULL;
+        if (p) s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+        free(log);
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) { s->pid = 0; break; }
+    }
+    REQUIREF(s->port > 0, "server did not start (see its log)");
+    int status = 0;
+    while (test_now() - t0 < 120) {
+        char *o = NULL;
+        status = test_http(s->port, "GET", "/health", NULL, NULL, 120, &o);
+        free(o);
+        if (status != 503) break;
+        usleep(100000);
+    }
+    REQUIREF(status == 200, "health %d after loading", status);
+}
+
+int test_serve_stop(struct test_srv *s)
+{
+    if (!s->pid) return -1;
+    kill(s->pid, SIGTERM);
+    double t0 = test_now();
+    int st;
+    while (test_now() - t0 < 30) {
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(20000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    return -1;
 }

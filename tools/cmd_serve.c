@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static void usage(FILE *out)
@@ -39,7 +40,19 @@ static void usage(FILE *out)
         "  -ctv, --cache-type-v T  KV cache type for V: f16 (default) or q8_0\n"
         "  --api-key KEY         require 'Authorization: Bearer KEY' (not for /health);\n"
         "                        MOEQ_API_KEY in the environment does the same\n"
-        "  --timeout S           idle connection timeout in seconds (default 600)\n"
+        "  --timeout S           a connection silent this long while its reply is made or\n"
+        "                        written is closed (default 600)\n"
+        "  --request-timeout S   a request's head and body must arrive whole within S seconds\n"
+        "                        of the connection opening or its previous reply ending, or\n"
+        "                        it is cut with 408; trickling bytes does not extend it\n"
+        "                        (default 30)\n"
+        "  --idle-timeout S      a connection with no request under way is closed after S\n"
+        "                        seconds (default 5)\n"
+        "  --max-conns N         open connections in all (default 256)\n"
+        "  --max-conns-per-ip N  open connections from one client address (default 64); at\n"
+        "                        either cap a new connection closes the one that has been\n"
+        "                        idle or sending its request the longest (never one being\n"
+        "                        answered), or is refused if there is none\n"
         "  --max-body BYTES      request body limit (default 8M)\n"
         "  --alias NAME          model id in responses (default: the file name)\n"
         "  -ngl N                accepted for llama-server compatibility; ignored (CPU engine)\n"
@@ -200,6 +213,7 @@ int cmd_serve(int argc, char **argv)
 {
     const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("MOEQ_API_KEY"), *alias = NULL;
     int64_t ctx = 4096, port = 8080, parallel = 1, threads = 0, timeout = 600, queue = -1, batch = 512;
+    int64_t req_timeout = 30, idle_timeout = 5, max_conns = 256, max_per_ip = 64;
     uint64_t max_body = 8u << 20;
     int type_k = MOEQ_TYPE_F16, type_v = MOEQ_TYPE_F16;
 
@@ -220,6 +234,10 @@ int cmd_serve(int argc, char **argv)
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { num = &threads; lo = 0; hi = 4096; }
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) { num = &batch; lo = 1; hi = 1 << 16; }
         else if (!strcmp(a, "--timeout")) { num = &timeout; lo = 1; hi = 86400; }
+        else if (!strcmp(a, "--request-timeout")) { num = &req_timeout; lo = 1; hi = 86400; }
+        else if (!strcmp(a, "--idle-timeout")) { num = &idle_timeout; lo = 1; hi = 86400; }
+        else if (!strcmp(a, "--max-conns")) { num = &max_conns; lo = 1; hi = 100000; }
+        else if (!strcmp(a, "--max-conns-per-ip")) { num = &max_per_ip; lo = 1; hi = 100000; }
         else if (!strcmp(a, "-ngl") || !strcmp(a, "--n-gpu-layers")) { int64_t x; if (cli_parse_i64(v, &x)) return cli_usage_error("serve", "%s wants an integer, got '%s'", a, v); }
         else if (!strcmp(a, "--max-body")) {
             if (cli_parse_size(v, &max_body) || max_body < 1024)
@@ -252,7 +270,17 @@ int cmd_serve(int argc, char **argv)
 
     struct srv_config c = { .host = host, .port = (int)port, .parallel = (int)parallel, .queue = (int)queue,
                             .api_key = api_key, .timeout_s = (int)timeout, .max_body = (size_t)max_body,
-                            .alias = alias };
+                            .alias = alias, .request_timeout_s = (int)req_timeout,
+                            .idle_timeout_s = (int)idle_timeout, .max_conns = (int)max_conns,
+                            .max_conns_per_ip = (int)max_per_ip };
+    /* A descriptor per connection (and room for those being closed):
+     * raise the soft limit toward the hard one if it is short. */
+    struct rlimit rl;
+    rlim_t want = (rlim_t)max_conns * 2 + 64;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     char err[512];
     srv *s = srv_start(&c, err, sizeof err);
     if (!s) { cli_error("serve: %s", err); return 1; }
