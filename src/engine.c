@@ -1445,15 +1445,13 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
     e->n_seq = p->n_seq > 0 ? p->n_seq : 1;
     e->n_batch = p->n_batch > 0 ? p->n_batch : 512;
-    /* MOEQ_TYPE_F32 is 0, which reads as "default": F16 */
     for (int i = 0; i < 2; i++) {
-        int t = i ? p->type_v : p->type_k;
-        if (!t) t = MOEQ_TYPE_F16;
-        if (t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0) {
-            seterr(err, errlen, "KV cache type %s is not supported (f16 or q8_0)", moeq_type_name(t));
+        int t = i ? (int)p->type_v : (int)p->type_k;
+        if (moeq_kv_quant_type(t) < 0) {
+            seterr(err, errlen, "KV cache type %d is not supported (f16 or q8_0)", t);
             goto fail;
         }
-        if (t == MOEQ_TYPE_Q8_0 && hp->head_dim % QK8_0) {
+        if (t == MOEQ_KV_Q8_0 && hp->head_dim % QK8_0) {
             seterr(err, errlen, "%s: head size %d is not a multiple of 32, needed for a q8_0 KV cache",
                    p->model_path, hp->head_dim);
             goto fail;

@@ -1,7 +1,8 @@
 /*
  * engine_mem.c: the engine's memory plan (engine_mem.h): every buffer size
  * of the engine and its sessions, computed once here for both
- * moeq_engine_open (which allocates this layout) and `moeq fit`.
+ * moeq_engine_open (which allocates this layout) and `moeq fit`. Also the
+ * KV cache types of engine.h: their names and their quant formats.
  */
 #include "engine_mem.h"
 #include "kernels.h"
@@ -9,10 +10,34 @@
 #include "quants_blocks.h"
 
 #include <string.h>
+#include <strings.h>
 
 /* Code, libc, PCRE2 JIT, thread stacks actually touched and allocator
  * slack: measured on moeq run with a tiny model (about 6 MiB) plus margin. */
 #define RUNTIME_OVERHEAD (12ull << 20)
+
+static const struct { const char *name; int quant; } kv_types[] = {
+    [MOEQ_KV_F16]  = { "F16", MOEQ_TYPE_F16 },
+    [MOEQ_KV_Q8_0] = { "Q8_0", MOEQ_TYPE_Q8_0 },
+};
+#define N_KV_TYPES ((int)(sizeof kv_types / sizeof kv_types[0]))
+
+int moeq_kv_type_from_name(const char *name)
+{
+    for (int t = 0; name && t < N_KV_TYPES; t++)
+        if (!strcasecmp(name, kv_types[t].name)) return t;
+    return -1;
+}
+
+const char *moeq_kv_type_name(int type)
+{
+    return type >= 0 && type < N_KV_TYPES ? kv_types[type].name : "?";
+}
+
+int moeq_kv_quant_type(int type)
+{
+    return type >= 0 && type < N_KV_TYPES ? kv_types[type].quant : -1;
+}
 
 void moeq_mem_shape_of(const struct moeq_hparams *hp, struct moeq_mem_shape *s)
 {
@@ -74,12 +99,9 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
     L->rowbuf_len = maxk;
 
     /* KV: a row of nkv values per layer and position, K and V */
-    L->kq_type = o->type_k ? o->type_k : MOEQ_TYPE_F16;
-    L->vq_type = o->type_v ? o->type_v : MOEQ_TYPE_F16;
-    for (int i = 0; i < 2; i++) {
-        const int t = i ? L->vq_type : L->kq_type;
-        if (t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0) return -1;
-    }
+    L->kq_type = moeq_kv_quant_type((int)o->type_k);
+    L->vq_type = moeq_kv_quant_type((int)o->type_v);
+    if (L->kq_type < 0 || L->vq_type < 0) return -1;
     L->k_row = moeq_row_size(L->kq_type, (int64_t)nkv);
     L->v_row = moeq_row_size(L->vq_type, (int64_t)nkv);
     L->k_head = moeq_row_size(L->kq_type, (int64_t)HD);

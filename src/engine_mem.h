@@ -13,8 +13,9 @@
  *
  * It also owns the constants that fix those sizes (the attention tiling,
  * the smallest matmul task) and the element types of the scratch buffers
- * that are not plain numbers. Included by engine.c (via engine_internal.h),
- * `moeq fit` and the tests.
+ * that are not plain numbers, and maps engine.h's KV cache types to quant
+ * formats (engine.c and the kernels work on those). Included by engine.c
+ * (via engine_internal.h), `moeq fit` and the tests.
  */
 #ifndef MOEQ_ENGINE_MEM_H
 #define MOEQ_ENGINE_MEM_H
@@ -55,7 +56,7 @@ struct moeq_mem_opts {
     int n_seq;       /* sessions (server --parallel) */
     int n_batch;     /* prompt tokens per forward batch */
     int n_threads;
-    int type_k, type_v; /* KV cache types: MOEQ_TYPE_F16 (0 also means F16) or MOEQ_TYPE_Q8_0 */
+    enum moeq_kv_type type_k, type_v;
 };
 
 /* The engine's scratch buffers, in the order engine_internal.h lists them. */
@@ -80,7 +81,7 @@ struct moeq_mem_layout {
     size_t attn_buf_len;           /* floats of one thread's attention scratch */
     size_t k_row, v_row;           /* KV bytes of one position, all KV heads */
     size_t k_head, v_head;         /* ... of one KV head */
-    int    kq_type, vq_type;       /* the cache types (MOEQ_TYPE_F16 or MOEQ_TYPE_Q8_0) */
+    int    kq_type, vq_type;       /* the cache types as quant types (MOEQ_TYPE_*) */
     /* per session */
     size_t kv_k, kv_v;             /* bytes of its K and V cache, all layers */
     size_t tokens, logits;         /* bytes of its token history and last logits */
@@ -100,6 +101,9 @@ struct moeq_mem_plan {
 /* The shape of a model's hyperparameters (n_merges and weight_bytes are
  * left 0: they are not hyperparameters). */
 void moeq_mem_shape_of(const struct moeq_hparams *hp, struct moeq_mem_shape *s);
+
+/* The quant type (MOEQ_TYPE_*) of a KV cache type, -1 for a bad value. */
+int moeq_kv_quant_type(int kv_type);
 
 /* Fill out for shape s and options o; -1 on a nonsensical shape or a KV
  * type the shape cannot hold (q8_0 needs head sizes in blocks of 32). */

@@ -4,7 +4,6 @@
 #include "test.h"
 #include "engine_internal.h"
 #include "engine_mem.h"
-#include "quants.h"
 
 static double field_gib(const char *out, const char *label)
 {
@@ -53,11 +52,11 @@ TEST(fit_plan_is_what_the_engine_allocates)
                     "--experts-used 4 --ff-exp 320 --vocab 300 --ctx 4096" },
     };
     static const struct { int ctx, seq, batch, threads, tk, tv; } opts[] = {
-        { 64, 1, 512, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16 },
-        { 1000, 3, 512, 2, MOEQ_TYPE_F16, MOEQ_TYPE_Q8_0 },
-        { 4096, 2, 7, 3, MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0 },
-        { 16, 4, 100, 2, MOEQ_TYPE_Q8_0, MOEQ_TYPE_F16 }, /* batch capped at all the cells */
-        { 4096, 1, 1, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16 },
+        { 64, 1, 512, 1, MOEQ_KV_F16, MOEQ_KV_F16 },
+        { 1000, 3, 512, 2, MOEQ_KV_F16, MOEQ_KV_Q8_0 },
+        { 4096, 2, 7, 3, MOEQ_KV_Q8_0, MOEQ_KV_Q8_0 },
+        { 16, 4, 100, 2, MOEQ_KV_Q8_0, MOEQ_KV_F16 }, /* batch capped at all the cells */
+        { 4096, 1, 1, 1, MOEQ_KV_F16, MOEQ_KV_F16 },
     };
     char err[512];
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
@@ -88,15 +87,15 @@ TEST(fit_plan_is_what_the_engine_allocates)
                    (unsigned long long)p.compute, (unsigned long long)p.kv, (unsigned long long)p.sessions);
             /* a position of a KV head: f16 2 bytes a value, q8_0 34 bytes a block of 32 */
             const uint64_t cells = (uint64_t)sh.n_layer * opts[j].ctx * opts[j].seq * sh.n_head_kv;
-            CHECK(p.kv == cells * (opts[j].tk == MOEQ_TYPE_F16 ? 2 * sh.head_dim : 34 * sh.head_dim / 32) +
-                          cells * (opts[j].tv == MOEQ_TYPE_F16 ? 2 * sh.head_dim : 34 * sh.head_dim / 32));
+            CHECK(p.kv == cells * (opts[j].tk == MOEQ_KV_F16 ? 2 * sh.head_dim : 34 * sh.head_dim / 32) +
+                          cells * (opts[j].tv == MOEQ_KV_F16 ? 2 * sh.head_dim : 34 * sh.head_dim / 32));
             for (int k = 0; k < opts[j].seq; k++) moeq_session_free(ss[k]);
             CHECK(e->kv_bytes == 0 && e->session_bytes == 0);
             moeq_engine_close(e);
             /* moeq fit reads the file's header into the same plan */
             rc = test_run(&o, "%s fit -m %s -c %d --parallel %d -b %d -t %d -ctk %s -ctv %s", test_moeq_bin(),
                           path, opts[j].ctx, opts[j].seq, opts[j].batch, opts[j].threads,
-                          moeq_type_name(opts[j].tk), moeq_type_name(opts[j].tv));
+                          moeq_kv_type_name(opts[j].tk), moeq_kv_type_name(opts[j].tv));
             REQUIREF(rc == 0, "%s", o);
             CHECKF(fabs(field_gib(o, "compute") - (double)p.compute / (1 << 30)) < 0.0006 &&
                    fabs(field_gib(o, "kv cache") - (double)p.kv / (1 << 30)) < 0.0006, "%s", o);
@@ -151,7 +150,7 @@ TEST(fit_qwen3_30b_a3b_asym_verdicts)
 TEST(fit_kv_is_exact_and_usage_errors)
 {
     struct moeq_mem_shape s = { 2, 256, 4, 2, 64, 8, 2, 256, 512, 100, 1000000 };
-    struct moeq_mem_opts op = { 1000, 3, 512, 2, MOEQ_TYPE_F16, MOEQ_TYPE_Q8_0 };
+    struct moeq_mem_opts op = { 1000, 3, 512, 2, MOEQ_KV_F16, MOEQ_KV_Q8_0 };
     struct moeq_mem_plan p;
     REQUIRE(moeq_mem_estimate(&s, &op, &p) == 0);
     /* 2 layers x 1000 positions x 128 values: K f16 256 B, V q8_0 136 B; 3 sessions */
@@ -159,6 +158,13 @@ TEST(fit_kv_is_exact_and_usage_errors)
     CHECK(p.total == p.weights + p.kv + p.compute + p.sessions + p.overhead);
     CHECK(moeq_mem_max_ctx(&s, &op, p.total, 1 << 20) >= 768);
     CHECK(moeq_mem_max_ctx(&s, &op, p.total, 1 << 20) <= 1024);
+    /* the engine's KV types, by name (the -ctk/-ctv flags) */
+    CHECK(moeq_kv_type_from_name("f16") == MOEQ_KV_F16 && moeq_kv_type_from_name("F16") == MOEQ_KV_F16);
+    CHECK(moeq_kv_type_from_name("q8_0") == MOEQ_KV_Q8_0 && moeq_kv_type_from_name("Q8_0") == MOEQ_KV_Q8_0);
+    CHECK(moeq_kv_type_from_name("q4_0") == -1 && moeq_kv_type_from_name("f32") == -1);
+    CHECK(!strcmp(moeq_kv_type_name(MOEQ_KV_Q8_0), "Q8_0") && !strcmp(moeq_kv_type_name(7), "?"));
+    op.type_k = (enum moeq_kv_type)7;
+    CHECK(moeq_mem_estimate(&s, &op, &p) == -1);
     char *o = NULL;
     CHECK(test_run(&o, "%s fit", test_moeq_bin()) == 2);
     free(o);

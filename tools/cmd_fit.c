@@ -12,7 +12,6 @@
 #include "engine_mem.h"
 #include "gguf.h"
 #include "pool.h"
-#include "quants.h"
 #include "synth.h"
 
 #include <stdio.h>
@@ -42,8 +41,8 @@ static void usage(FILE *out)
 
 static int kv_type(const char *s)
 {
-    if (!strcmp(s, "f16") || !strcmp(s, "F16")) return MOEQ_TYPE_F16;
-    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MOEQ_TYPE_Q8_0;
+    if (!strcmp(s, "f16") || !strcmp(s, "F16")) return MOEQ_KV_F16;
+    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MOEQ_KV_Q8_0;
     return -1;
 }
 
@@ -109,7 +108,7 @@ int cmd_fit(int argc, char **argv)
 {
     const char *model = NULL, *preset = NULL, *recipe = NULL;
     int64_t n_ctx = 4096, n_par = 1, n_batch = 512, n_threads = 0;
-    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16;
+    int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16;
     uint64_t budget = 16ull << 30, reserve = 1ull << 30;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -159,7 +158,7 @@ int cmd_fit(int argc, char **argv)
     printf("shape     %d layers, n_embd %d, %d/%d heads x %d, %d experts (%d used) x %d, vocab %d\n",
            s.n_layer, s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_expert, s.n_expert_used, s.n_ff, s.n_vocab);
     printf("setting   context %lld x %lld session(s), KV %s/%s, batch %lld, %lld threads\n",
-           (long long)n_ctx, (long long)n_par, moeq_type_name(tk), moeq_type_name(tv),
+           (long long)n_ctx, (long long)n_par, moeq_kv_type_name(tk), moeq_kv_type_name(tv),
            (long long)n_batch, (long long)n_threads);
     printf("weights   %8.3f GiB  (%.2f GB, mapped)\n", gib(p.weights), (double)p.weights / 1e9);
     printf("kv cache  %8.3f GiB  (%d layers x %lld tokens x %d values x K+V, %lld session(s))\n",
@@ -174,8 +173,8 @@ int cmd_fit(int argc, char **argv)
     else printf("verdict   DOES NOT FIT (%.3f GiB over)\n", gib(p.total - avail));
     int limit = ctx_train > 0 ? ctx_train : 1 << 20;
     struct moeq_mem_opts of = o, oq = o;
-    of.type_k = of.type_v = MOEQ_TYPE_F16;
-    oq.type_k = oq.type_v = MOEQ_TYPE_Q8_0;
+    of.type_k = of.type_v = MOEQ_KV_F16;
+    oq.type_k = oq.type_v = MOEQ_KV_Q8_0;
     int cf = moeq_mem_max_ctx(&s, &of, avail, limit), cq = moeq_mem_max_ctx(&s, &oq, avail, limit);
     printf("max ctx   %d tokens with F16 KV, %d tokens with Q8_0 KV (per session, %lld session(s))\n",
            cf, cq, (long long)n_par);
