@@ -4,6 +4,7 @@
 #include "test.h"
 #include "engine_internal.h"
 #include "engine_mem.h"
+#include "gguf.h"
 
 static double field_gib(const char *out, const char *label)
 {
@@ -144,6 +145,35 @@ TEST(fit_qwen3_30b_a3b_asym_verdicts)
     /* the F32 model does not fit 16 GB at all */
     rc = test_run(&o, "%s fit --preset qwen3-30b-a3b -c 4096 --budget 16G", test_moeq_bin());
     CHECKF(rc == 0 && strstr(o, "DOES NOT FIT"), "%s", o);
+    free(o);
+}
+
+/* fit reads a header with the engine's own reader: what the engine would
+ * refuse, fit refuses with the same message; the counts a partial header
+ * has are still read (quantize's mix rules take them). */
+TEST(fit_reads_hyperparameters_as_the_engine_does)
+{
+    const char *path = test_tmp("partial.gguf");
+    char err[256];
+    gguf_writer *w = gguf_writer_open(path, NULL, err, sizeof err);
+    REQUIREF(w != NULL, "%s", err);
+    gguf_writer_add_str(w, "general.architecture", "qwen3moe");
+    gguf_writer_add_u32(w, "qwen3moe.block_count", 3);
+    gguf_writer_add_u32(w, "qwen3moe.attention.head_count", 8);
+    gguf_writer_add_u32(w, "qwen3moe.attention.head_count_kv", 2);
+    gguf_writer_add_u32(w, "qwen3moe.expert_count", 4);
+    REQUIRE(gguf_writer_begin_data(w) == 0);
+    REQUIRE(gguf_writer_finish(w) == 0);
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    REQUIREF(f != NULL, "%s", err);
+    struct moeq_hparams hp;
+    CHECK(moeq_hparams_read(f, path, &hp, err, sizeof err) == -1);
+    CHECKF(strstr(err, "partial.gguf: missing key qwen3moe.context_length"), "%s", err);
+    CHECK(hp.n_layer == 3 && hp.n_head == 8 && hp.n_head_kv == 2 && hp.n_expert == 4 && hp.moe == 1);
+    gguf_close(f);
+    char *o = NULL;
+    int rc = test_run(&o, "%s fit -m %s", test_moeq_bin(), path);
+    CHECKF(rc == 1 && strstr(o, "partial.gguf: missing key qwen3moe.context_length"), "%s", o);
     free(o);
 }
 

@@ -1,16 +1,18 @@
 /*
  * cmd_fit.c: `moeq fit`, will this model and context fit this memory?
  *
- * Reads only the GGUF header (or a synth preset's shape, so the full
- * Qwen3-30B-A3B can be checked without writing 11 GB) and predicts the
- * engine's memory with src/engine_mem: weights, exact KV cache per layer,
- * compute buffers, per-session buffers and runtime overhead. Prints a
- * verdict against the budget (less a reserve for the OS) and the largest
- * context that fits with F16 and with Q8_0 KV.
+ * Reads only the GGUF header, with the engine's hyperparameter reader
+ * (src/model.h), or a synth preset's shape, so the full Qwen3-30B-A3B can
+ * be checked without writing 11 GB; and predicts the engine's memory with
+ * the plan the engine allocates from (src/engine_mem.h): weights, exact KV
+ * cache per layer, compute buffers, per-session buffers and runtime
+ * overhead. Prints a verdict against the budget (less a reserve for the
+ * OS) and the largest context that fits with F16 and with Q8_0 KV.
  */
 #include "cmd.h"
 #include "engine_mem.h"
 #include "gguf.h"
+#include "model.h"
 #include "pool.h"
 #include "synth.h"
 
@@ -69,37 +71,18 @@ static int file_shape(const char *path, struct moeq_mem_shape *s, int *ctx_train
 {
     gguf_file *f = gguf_open(path, err, errlen);
     if (!f) return -1;
-    memset(s, 0, sizeof *s);
-    char arch[64] = "", key[160];
-    gguf_get_str(f, "general.architecture", arch, sizeof arch);
-    uint64_t v;
-#define GET(k, dst) do { snprintf(key, sizeof key, "%s." k, arch); if (gguf_get_u64(f, key, &v) == 0) dst = (int)v; } while (0)
-    GET("block_count", s->n_layer);
-    GET("embedding_length", s->n_embd);
-    GET("attention.head_count", s->n_head);
-    GET("attention.head_count_kv", s->n_head_kv);
-    GET("expert_count", s->n_expert);
-    GET("expert_used_count", s->n_expert_used);
-    GET("context_length", *ctx_train);
-    if (s->n_expert > 0) GET("expert_feed_forward_length", s->n_ff);
-    else GET("feed_forward_length", s->n_ff);
-    if (s->n_head_kv == 0) s->n_head_kv = s->n_head;
-    s->head_dim = s->n_head ? s->n_embd / s->n_head : 0;
-    GET("attention.key_length", s->head_dim);
-#undef GET
-    int64_t te = gguf_find_tensor(f, "token_embd.weight");
-    s->n_vocab = te >= 0 ? (int)f->tensors[te].ne[1] : 0;
-    const gguf_kv *m = gguf_find_kv(f, "tokenizer.ggml.merges");
-    s->n_merges = m && m->val.type == GGUF_TYPE_ARRAY ? (int)m->val.v.arr.n : 0;
-    for (uint64_t i = 0; i < f->n_tensors; i++) s->weight_bytes += f->tensors[i].nbytes;
-    snprintf(name, nlen, "%s (%s)", path, arch);
-    gguf_close(f);
-    if (!s->n_layer || !s->n_embd || !s->n_head || !s->n_vocab) {
-        snprintf(err, errlen, "%s: missing hyperparameters (%s.block_count, embedding_length, "
-                 "attention.head_count) or token_embd.weight", path, arch);
-        return -1;
+    struct moeq_hparams hp;
+    int rc = moeq_hparams_read(f, path, &hp, err, errlen);
+    if (rc == 0) {
+        moeq_mem_shape_of(&hp, s);
+        *ctx_train = hp.n_ctx_train;
+        const gguf_kv *m = gguf_find_kv(f, "tokenizer.ggml.merges");
+        s->n_merges = m && m->val.type == GGUF_TYPE_ARRAY ? (int)m->val.v.arr.n : 0;
+        for (uint64_t i = 0; i < f->n_tensors; i++) s->weight_bytes += f->tensors[i].nbytes;
+        snprintf(name, nlen, "%s (%s)", path, hp.arch);
     }
-    return 0;
+    gguf_close(f);
+    return rc;
 }
 
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024 * 1024); }

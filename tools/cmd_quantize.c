@@ -14,6 +14,7 @@
 #include "cmd.h"
 #include "gguf.h"
 #include "imatrix.h"
+#include "model.h"
 #include "pool.h"
 #include "quant_plan.h"
 #include "quants.h"
@@ -268,20 +269,12 @@ int cmd_quantize(int argc, char **argv)
         }
     }
 
-    /* model shape for the mix rules */
-    char arch[64] = "", key[160];
-    gguf_get_str(f, "general.architecture", arch, sizeof arch);
-    struct moeq_model_shape shape = { 0, 0, 0, 0, 0 };
-    uint64_t u;
-    snprintf(key, sizeof key, "%s.block_count", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape.n_layer = (int)u;
-    snprintf(key, sizeof key, "%s.attention.head_count", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape.n_head = (int)u;
-    snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape.n_head_kv = (int)u;
-    snprintf(key, sizeof key, "%s.expert_count", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape.n_expert = (int)u;
-    shape.has_output = gguf_find_tensor(f, "output.weight") >= 0;
+    /* model shape for the mix rules: whatever counts the file has (the
+     * engine refuses what it cannot run; quantize takes any file) */
+    struct moeq_hparams hp;
+    moeq_hparams_read(f, in_path, &hp, NULL, 0);
+    struct moeq_model_shape shape = { hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert,
+                                      gguf_find_tensor(f, "output.weight") >= 0 };
 
     int n = (int)f->n_tensors;
     struct moeq_plan_tensor *pt = calloc((size_t)n + 1, sizeof *pt);
