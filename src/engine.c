@@ -32,9 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Weight rows handed to a thread at a time: big enough to amortize the
- * activation reads, small enough that 16 threads share one expert. */
-#define ROW_CHUNK 32
+/* Weight rows handed to a thread at a time: ROW_CHUNK (engine_mem.h, it
+ * bounds the task list), big enough to amortize the activation reads,
+ * small enough that 16 threads share one expert. */
 
 /* With many columns the kernels transpose the activations once per call
  * and unpack each weight row once per call, so a call should cover more
@@ -80,6 +80,18 @@ static void *xcalloc(size_t n, size_t size, int *oom)
     if (n == 0 || size == 0) n = size = 1;
     void *p = calloc(n, size);
     if (!p) *oom = 1;
+    return p;
+}
+
+/* Scratch buffer b of the memory plan (NULL when the plan gives it no
+ * bytes: the MoE buffers of a dense model), counted in scratch_bytes. */
+static void *scratch(moeq_engine *e, enum moeq_mem_buf b, int *oom)
+{
+    size_t n = e->mem.buf[b];
+    if (!n) return NULL;
+    void *p = calloc(1, n);
+    if (!p) *oom = 1;
+    else e->scratch_bytes += n;
     return p;
 }
 
@@ -351,32 +363,8 @@ static void rope_apply(float *x, const float *cs, int d)
  * The sequences are those of the per-(token, head) loops this replaced,
  * except that the SIMD kernels take exponentials eight at a time (exp8).
  */
-#define ATT_ROWS 64   /* rows (token x head) per item, at most */
-#define ATT_POS  32   /* cached positions converted at a time */
-
-/* Floats between an item's score rows: the context plus one cache line, so
- * that rows a power of two apart do not all land in the same cache sets
- * (the kernels write a column of rows at a time). */
-static size_t attn_ld(int n_ctx) { return ((size_t)n_ctx + 15) / 16 * 16 + 16; }
-
-/* A thread's score rows hold at most this many floats (4 MiB): at long
- * contexts tiles get fewer tokens, then items fewer heads, down to one
- * row, which is what the per-head loops this replaced needed. */
-#define ATT_SCORES_MAX ((size_t)1 << 20)
-
-/* Heads per item and tokens per tile for a GQA group, a batch capacity and
- * a context (engine_mem.c mirrors this to size the scratch). */
-static void attn_shape(int group, int cap, int n_ctx, int *nh, int *tile)
-{
-    const size_t ld = attn_ld(n_ctx);
-    size_t h = group < ATT_ROWS ? (size_t)group : ATT_ROWS;
-    if (h * ld > ATT_SCORES_MAX) h = ATT_SCORES_MAX / ld > 1 ? ATT_SCORES_MAX / ld : 1;
-    size_t t = ATT_ROWS / h;
-    if (t * h * ld > ATT_SCORES_MAX) t = ATT_SCORES_MAX / (h * ld) > 1 ? ATT_SCORES_MAX / (h * ld) : 1;
-    if (t > (size_t)cap) t = (size_t)cap;
-    *nh = (int)h;
-    *tile = (int)t;
-}
+/* The item and tile sizes (ATT_ROWS, ATT_POS, the heads per item and
+ * tokens per tile at a context) are the memory plan's: engine_mem.h. */
 
 struct attn_job {
     moeq_engine *e;
@@ -1106,8 +1094,6 @@ static void norm_rows(moeq_engine *e, const float *w, int n)
 
 /* ------------------------------------------------------------ MoE */
 
-struct moe_task { int expert, r0, r1; };
-
 struct moe_job {
     moeq_engine *e;
     const struct moeq_layer *l;
@@ -1459,16 +1445,13 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
     e->n_seq = p->n_seq > 0 ? p->n_seq : 1;
     e->n_batch = p->n_batch > 0 ? p->n_batch : 512;
-    e->type_k = p->type_k ? p->type_k : MOEQ_TYPE_F16;
-    e->type_v = p->type_v ? p->type_v : MOEQ_TYPE_F16;
-    /* MOEQ_TYPE_F32 is 0, which reads as "default": F16 */
     for (int i = 0; i < 2; i++) {
-        int t = i ? e->type_v : e->type_k;
-        if (t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0) {
-            seterr(err, errlen, "KV cache type %s is not supported (f16 or q8_0)", moeq_type_name(t));
+        int t = i ? (int)p->type_v : (int)p->type_k;
+        if (moeq_kv_quant_type(t) < 0) {
+            seterr(err, errlen, "KV cache type %d is not supported (f16 or q8_0)", t);
             goto fail;
         }
-        if (t == MOEQ_TYPE_Q8_0 && hp->head_dim % QK8_0) {
+        if (t == MOEQ_KV_Q8_0 && hp->head_dim % QK8_0) {
             seterr(err, errlen, "%s: head size %d is not a multiple of 32, needed for a q8_0 KV cache",
                    p->model_path, hp->head_dim);
             goto fail;
@@ -1480,74 +1463,70 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     }
     e->pool = moeq_pool_new(p->n_threads);
     e->n_threads = moeq_pool_size(e->pool);
-    e->cap = e->n_batch > e->n_seq ? e->n_batch : e->n_seq;
-    if ((int64_t)e->cap > (int64_t)e->n_ctx * e->n_seq) e->cap = e->n_ctx * e->n_seq;
 
-    const int E = hp->n_embd, HD = hp->head_dim;
-    const int nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
-    const int K = hp->moe ? hp->n_expert_used : 1;
-    const int F = hp->moe ? hp->n_ff_exp : hp->n_ff;
-    const size_t cap = (size_t)e->cap, slots = cap * (size_t)K;
-    int maxk = E > nq ? E : nq;
-    if (F > maxk) maxk = F;
-    e->rowbuf_len = (size_t)maxk;
-
-    e->k_row_bytes = moeq_row_size(e->type_k, nkv);
-    e->v_row_bytes = moeq_row_size(e->type_v, nkv);
-    e->k_head_bytes = moeq_row_size(e->type_k, HD);
-    e->v_head_bytes = moeq_row_size(e->type_v, HD);
-    e->kv_layer_bytes_k = e->k_row_bytes * (size_t)e->n_ctx;
-    e->kv_layer_bytes_v = e->v_row_bytes * (size_t)e->n_ctx;
+    /* every size comes from the memory plan, which `moeq fit` shares */
+    struct moeq_mem_shape ms;
+    moeq_mem_shape_of(hp, &ms);
+    ms.weight_bytes = e->m->weight_bytes;
+    const struct moeq_mem_opts mo = { e->n_ctx, e->n_seq, e->n_batch, e->n_threads, p->type_k, p->type_v };
+    struct moeq_mem_plan plan;
+    if (moeq_mem_estimate(&ms, &mo, &plan) != 0) {
+        seterr(err, errlen, "%s: no memory plan for this shape", p->model_path);
+        goto fail;
+    }
+    const struct moeq_mem_layout *L = &e->mem;
+    e->mem = plan.layout;
+    e->cap = L->cap;
+    e->type_k = L->kq_type;
+    e->type_v = L->vq_type;
+    e->k_row_bytes = L->k_row;
+    e->v_row_bytes = L->v_row;
+    e->k_head_bytes = L->k_head;
+    e->v_head_bytes = L->v_head;
+    e->kv_layer_bytes_k = L->k_row * (size_t)e->n_ctx;
+    e->kv_layer_bytes_v = L->v_row * (size_t)e->n_ctx;
+    e->rowbuf_len = L->rowbuf_len;
+    e->attn_nh = L->attn_nh;
+    e->attn_tile = L->attn_tile;
+    e->attn_rows = e->attn_nh * e->attn_tile;
+    e->attn_ld = L->attn_ld;
+    e->attn_buf_len = L->attn_buf_len;
 
     int oom = 0;
-    e->x = xcalloc(cap * E, sizeof(float), &oom);
-    e->xn = xcalloc(cap * (size_t)maxk, sizeof(float), &oom);
-    e->tmp = xcalloc(cap * E, sizeof(float), &oom);
-    e->q = xcalloc(cap * nq, sizeof(float), &oom);
-    e->k = xcalloc(cap * nkv, sizeof(float), &oom);
-    e->v = xcalloc(cap * nkv, sizeof(float), &oom);
-    e->att = xcalloc(cap * nq, sizeof(float), &oom);
-    e->rope = xcalloc(cap * HD, sizeof(float), &oom);
-    e->hg = xcalloc(slots * F, sizeof(float), &oom);
-    e->hu = xcalloc(slots * F, sizeof(float), &oom);
-    e->btok = xcalloc(cap, sizeof *e->btok, &oom);
-    e->bpos = xcalloc(cap, sizeof *e->bpos, &oom);
-    e->bsess = xcalloc(cap, sizeof *e->bsess, &oom);
-    e->out_rows = xcalloc(cap, sizeof *e->out_rows, &oom);
-    e->rowbuf = xcalloc(e->rowbuf_len, sizeof(float), &oom);
-    {
-        /* widest activation row of each quantized format */
-        int64_t k32 = (maxk + 31) / 32 * 32, k256 = (maxk + 255) / 256 * 256;
-        size_t rows = slots > cap ? slots : cap;
-        e->actq[0] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q8_0, k32), &oom);
-        e->actq[1] = xcalloc(rows, moeq_act_row_size(MOEQ_TYPE_Q4_K, k256), &oom);
-        /* expert hidden rows for down, in either format */
-        size_t h0 = moeq_act_row_size(MOEQ_TYPE_Q8_0, (F + 31) / 32 * 32);
-        size_t h1 = moeq_act_row_size(MOEQ_TYPE_Q4_K, (F + 255) / 256 * 256);
-        e->actq_h = xcalloc(slots, h0 > h1 ? h0 : h1, &oom);
-    }
-    attn_shape(hp->n_head / hp->n_head_kv, e->cap, e->n_ctx, &e->attn_nh, &e->attn_tile);
-    e->attn_rows = e->attn_nh * e->attn_tile;
-    e->attn_ld = attn_ld(e->n_ctx);
-    e->attn_buf_len = (size_t)e->attn_rows * e->attn_ld + (size_t)ATT_POS * HD + (size_t)ATT_POS * (HD / QK8_0 + 1);
-    e->attn_buf = xcalloc((size_t)e->n_threads * e->attn_buf_len, sizeof(float), &oom);
-    e->attn_tiles = xcalloc(cap, sizeof *e->attn_tiles, &oom);
-    e->logits_tmp = xcalloc((size_t)e->n_seq * hp->n_vocab, sizeof(float), &oom);
-    if (hp->moe) {
-        int NX = hp->n_expert;
-        e->rlog = xcalloc(cap * NX, sizeof(float), &oom);
-        e->sel = xcalloc(slots, sizeof *e->sel, &oom);
-        e->selw = xcalloc(slots, sizeof *e->selw, &oom);
-        e->slot_of = xcalloc(slots, sizeof *e->slot_of, &oom);
-        e->ex_count = xcalloc((size_t)NX, sizeof *e->ex_count, &oom);
-        e->ex_off = xcalloc((size_t)NX, sizeof *e->ex_off, &oom);
-        e->ex_fill = xcalloc((size_t)NX, sizeof *e->ex_fill, &oom);
-        e->ex_order = xcalloc((size_t)NX, sizeof *e->ex_order, &oom);
-        e->xg = xcalloc(slots * E, sizeof(float), &oom);
-        e->dout = xcalloc(slots * E, sizeof(float), &oom);
-        int maxr = F > E ? F : E;
-        e->tasks = xcalloc((size_t)NX * ((maxr + ROW_CHUNK - 1) / ROW_CHUNK), sizeof *e->tasks, &oom);
-    }
+#define SCRATCH(b) scratch(e, b, &oom)
+    e->btok = SCRATCH(MEM_BTOK);
+    e->bpos = SCRATCH(MEM_BPOS);
+    e->bsess = SCRATCH(MEM_BSESS);
+    e->out_rows = SCRATCH(MEM_OUT_ROWS);
+    e->x = SCRATCH(MEM_X);
+    e->xn = SCRATCH(MEM_XN);
+    e->tmp = SCRATCH(MEM_TMP);
+    e->q = SCRATCH(MEM_Q);
+    e->k = SCRATCH(MEM_K);
+    e->v = SCRATCH(MEM_V);
+    e->att = SCRATCH(MEM_ATT);
+    e->rope = SCRATCH(MEM_ROPE);
+    e->hg = SCRATCH(MEM_HG);
+    e->hu = SCRATCH(MEM_HU);
+    e->actq[0] = SCRATCH(MEM_ACTQ0);
+    e->actq[1] = SCRATCH(MEM_ACTQ1);
+    e->actq_h = SCRATCH(MEM_ACTQ_H);
+    e->rowbuf = SCRATCH(MEM_ROWBUF);
+    e->attn_tiles = SCRATCH(MEM_ATTN_TILES);
+    e->attn_buf = SCRATCH(MEM_ATTN_BUF);
+    e->logits_tmp = SCRATCH(MEM_LOGITS_TMP);
+    e->rlog = SCRATCH(MEM_RLOG);
+    e->sel = SCRATCH(MEM_SEL);
+    e->selw = SCRATCH(MEM_SELW);
+    e->slot_of = SCRATCH(MEM_SLOT_OF);
+    e->ex_count = SCRATCH(MEM_EX_COUNT);
+    e->ex_off = SCRATCH(MEM_EX_OFF);
+    e->ex_fill = SCRATCH(MEM_EX_FILL);
+    e->ex_order = SCRATCH(MEM_EX_ORDER);
+    e->xg = SCRATCH(MEM_XG);
+    e->dout = SCRATCH(MEM_DOUT);
+    e->tasks = SCRATCH(MEM_TASKS);
+#undef SCRATCH
     if (oom) {
         seterr(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
         goto fail;
@@ -1596,11 +1575,10 @@ moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
     int oom = !s;
     if (s) {
         s->e = e;
-        size_t nl = (size_t)e->m->hp.n_layer;
-        s->k = xcalloc(nl, e->kv_layer_bytes_k, &oom);
-        s->v = xcalloc(nl, e->kv_layer_bytes_v, &oom);
-        s->tokens = xcalloc((size_t)e->n_ctx, sizeof *s->tokens, &oom);
-        s->logits = xcalloc((size_t)e->m->hp.n_vocab, sizeof *s->logits, &oom);
+        s->k = xcalloc(1, e->mem.kv_k, &oom);
+        s->v = xcalloc(1, e->mem.kv_v, &oom);
+        s->tokens = xcalloc(1, e->mem.tokens, &oom);
+        s->logits = xcalloc(1, e->mem.logits, &oom);
     }
     if (oom) {
         seterr(err, errlen, "out of memory for a KV cache of %d tokens", e->n_ctx);
@@ -1610,16 +1588,23 @@ moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
     /* Touch the whole cache now, as llama.cpp clears its KV buffer: memory
      * runs out at start rather than mid-answer, and resident memory is what
      * `moeq fit` predicts from the first token on. */
-    memset(s->k, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_k);
-    memset(s->v, 0, (size_t)e->m->hp.n_layer * e->kv_layer_bytes_v);
+    memset(s->k, 0, e->mem.kv_k);
+    memset(s->v, 0, e->mem.kv_v);
     e->n_sessions++;
+    e->kv_bytes += e->mem.kv_k + e->mem.kv_v;
+    e->session_bytes += e->mem.tokens + e->mem.logits;
     return s;
 }
 
 void moeq_session_free(moeq_session *s)
 {
     if (!s) return;
-    if (s->k && s->v && s->tokens && s->logits) s->e->n_sessions--;
+    if (s->k && s->v && s->tokens && s->logits) {
+        moeq_engine *e = s->e;
+        e->n_sessions--;
+        e->kv_bytes -= e->mem.kv_k + e->mem.kv_v;
+        e->session_bytes -= e->mem.tokens + e->mem.logits;
+    }
     free(s->k);
     free(s->v);
     free(s->tokens);

@@ -20,12 +20,20 @@
 typedef struct moeq_engine  moeq_engine;
 typedef struct moeq_session moeq_session;
 
+/* KV cache element types (the engine maps them to its quant formats). */
+enum moeq_kv_type { MOEQ_KV_F16 = 0, MOEQ_KV_Q8_0 = 1 };
+
+/* "f16" or "q8_0" (any case) -> enum moeq_kv_type, -1 for anything else;
+ * and back to a name ("F16", "Q8_0"; "?" for a bad value). */
+int         moeq_kv_type_from_name(const char *name);
+const char *moeq_kv_type_name(int type);
+
 struct moeq_engine_params {
     const char *model_path;
     int n_threads;      /* <= 0: all cores */
     int n_ctx;          /* per session; <= 0: the model's training context */
     int n_seq;          /* sessions that may exist at once (server --parallel) */
-    int type_k, type_v; /* KV cache types: MOEQ_TYPE_F16 (0 also means F16) or MOEQ_TYPE_Q8_0 */
+    enum moeq_kv_type type_k, type_v; /* KV cache types (0: F16) */
     int n_batch;        /* prompt tokens per forward batch (default 512) */
 };
 

@@ -7,10 +7,9 @@
 #define MOEQ_ENGINE_INTERNAL_H
 
 #include "engine.h"
+#include "engine_mem.h"
 #include "model.h"
 #include "pool.h"
-
-struct moe_task;
 
 /* Attention kernels (engine.c): cached K/V rows of one KV head converted
  * to f32, scores of query rows against them, weighted V accumulation. */
@@ -24,14 +23,12 @@ struct moeq_attn_ops {
     void (*exp_shift)(float *x, int n, float m);  /* x = exp(x - m), in place */
 };
 
-/* A run of batch tokens t0 .. t0+nt of one session at consecutive positions. */
-struct moeq_attn_tile { int t0, nt; };
-
 struct moeq_engine {
     moeq_model            *m;
     struct moeq_model_info info;
     moeq_pool             *pool;
-    int                    n_threads, n_ctx, n_seq, n_batch, type_k, type_v;
+    int                    n_threads, n_ctx, n_seq, n_batch;
+    int                    type_k, type_v; /* KV cache formats: MOEQ_TYPE_F16 or MOEQ_TYPE_Q8_0 */
     int                    cap;        /* tokens per forward batch: max(n_batch, n_seq) */
     int                    n_sessions; /* sessions alive */
     struct moeq_tokenizer *tok;        /* NULL when the file has no vocabulary */
@@ -45,6 +42,13 @@ struct moeq_engine {
     struct moeq_attn_ops attn;         /* for type_k / type_v and the CPU */
     int attn_nh, attn_tile;            /* query heads per item, tokens per tile (at most) */
     int attn_rows;                     /* attn_nh * attn_tile: rows of an item, at most */
+
+    /* The memory plan this engine was opened with (engine_mem.h): every
+     * buffer below and each session's is allocated with its size; the
+     * bytes allocated, counted as they are, for tests to compare with it. */
+    struct moeq_mem_layout mem;
+    size_t scratch_bytes;              /* the buffers below */
+    size_t kv_bytes, session_bytes;    /* live sessions: KV cache; tokens and logits */
 
     /* scratch, sized once at open (cap tokens; slots = cap * n_expert_used) */
     int32_t       *btok;         /* [cap] batch tokens */

@@ -30,7 +30,9 @@
 #include <string.h>
 
 struct loader {
-    moeq_model *m;
+    const gguf_file     *f;
+    struct moeq_hparams *hp;
+    moeq_model          *m;   /* NULL when only the hyperparameters are read */
     const char *path;
     char       *err;
     size_t      errlen;
@@ -59,17 +61,17 @@ static int key_int(struct loader *L, const char *suffix, int required, int64_t d
                    int64_t lo, int64_t hi)
 {
     char key[128];
-    snprintf(key, sizeof key, "%s.%s", L->m->hp.arch, suffix);
-    const gguf_kv *kv = gguf_find_kv(L->m->file, key);
+    snprintf(key, sizeof key, "%s.%s", L->hp->arch, suffix);
+    const gguf_kv *kv = gguf_find_kv(L->f, key);
     if (!kv) {
         if (required) fail(L, "missing key %s", key);
         return (int)def;
     }
     uint64_t u;
     int64_t v;
-    if (gguf_get_u64(L->m->file, key, &u) == 0) {
+    if (gguf_get_u64(L->f, key, &u) == 0) {
         v = u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)u;
-    } else if (gguf_get_i64(L->m->file, key, &v) != 0) {
+    } else if (gguf_get_i64(L->f, key, &v) != 0) {
         if (kv->val.type == GGUF_TYPE_ARRAY)
             fail(L, "key %s is a per-layer array; only one value for all layers is supported", key);
         else
@@ -87,14 +89,14 @@ static int key_int(struct loader *L, const char *suffix, int required, int64_t d
 static double key_float(struct loader *L, const char *suffix, int required, double def)
 {
     char key[128];
-    snprintf(key, sizeof key, "%s.%s", L->m->hp.arch, suffix);
-    const gguf_kv *kv = gguf_find_kv(L->m->file, key);
+    snprintf(key, sizeof key, "%s.%s", L->hp->arch, suffix);
+    const gguf_kv *kv = gguf_find_kv(L->f, key);
     if (!kv) {
         if (required) fail(L, "missing key %s", key);
         return def;
     }
     double v;
-    if (gguf_get_f64(L->m->file, key, &v) != 0) {
+    if (gguf_get_f64(L->f, key, &v) != 0) {
         fail(L, "key %s has type %s, expected a float", key, gguf_type_name(kv->val.type));
         return def;
     }
@@ -105,11 +107,17 @@ static double key_float(struct loader *L, const char *suffix, int required, doub
     return v;
 }
 
+/*
+ * The keys are all read even after a problem (the first one is reported),
+ * so that a tool that takes what a file has, as quantize's mix rules do,
+ * gets every count that is there; the checks between keys need them all.
+ */
 static void load_hparams(struct loader *L)
 {
-    moeq_model *m = L->m;
-    struct moeq_hparams *hp = &m->hp;
-    if (gguf_get_str(m->file, "general.architecture", hp->arch, sizeof hp->arch) != 0) {
+    const gguf_file *f = L->f;
+    struct moeq_hparams *hp = L->hp;
+    memset(hp, 0, sizeof *hp);
+    if (gguf_get_str(f, "general.architecture", hp->arch, sizeof hp->arch) != 0) {
         fail(L, "missing key general.architecture");
         return;
     }
@@ -117,7 +125,9 @@ static void load_hparams(struct loader *L)
     else if (!strcmp(hp->arch, "qwen3")) hp->moe = 0;
     else {
         fail(L, "architecture '%s' is not supported (qwen3moe or qwen3)", hp->arch);
-        return;
+        char key[128];
+        snprintf(key, sizeof key, "%s.expert_count", hp->arch);
+        hp->moe = gguf_find_kv(f, key) != NULL;
     }
     const int64_t big = 1 << 24;
     hp->n_layer     = key_int(L, "block_count", 1, 0, 1, 4096);
@@ -125,8 +135,7 @@ static void load_hparams(struct loader *L)
     hp->n_embd      = key_int(L, "embedding_length", 1, 0, 1, 1 << 16);
     hp->n_head      = key_int(L, "attention.head_count", 1, 0, 1, 4096);
     hp->n_head_kv   = key_int(L, "attention.head_count_kv", 0, hp->n_head, 1, 4096);
-    if (L->failed) return;
-    int hd_def = hp->n_embd / hp->n_head;
+    int hd_def = hp->n_head ? hp->n_embd / hp->n_head : 0;
     hp->head_dim = key_int(L, "attention.key_length", 0, hd_def, 2, 4096);
     int vlen = key_int(L, "attention.value_length", 0, hp->head_dim, 2, 4096);
     hp->rms_eps = (float)key_float(L, "attention.layer_norm_rms_epsilon", 1, 1e-6);
@@ -172,7 +181,7 @@ static void load_hparams(struct loader *L)
      * (freq_scale is its inverse), YaRN's original context and factors. */
     char key[128], stype[32] = "linear";
     snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch);
-    if (gguf_find_kv(m->file, key) && gguf_get_str(m->file, key, stype, sizeof stype) != 0) {
+    if (gguf_find_kv(f, key) && gguf_get_str(f, key, stype, sizeof stype) != 0) {
         fail(L, "key %s is not a string", key);
         return;
     }
@@ -196,6 +205,27 @@ static void load_hparams(struct loader *L)
     hp->yarn_attn_factor *= (float)key_float(L, "rope.scaling.attn_factor", 0, 1.0);
     hp->yarn_beta_fast   = (float)key_float(L, "rope.scaling.yarn_beta_fast", 0, 32.0);
     hp->yarn_beta_slow   = (float)key_float(L, "rope.scaling.yarn_beta_slow", 0, 1.0);
+    if (L->failed) return;
+
+    /* The vocabulary size is the embedding's row count. */
+    int64_t te = gguf_find_tensor(f, "token_embd.weight");
+    if (te < 0) {
+        fail(L, "missing tensor token_embd.weight");
+        return;
+    }
+    if (f->tensors[te].ne[1] < 1 || f->tensors[te].ne[1] > (1u << 24)) {
+        fail(L, "tensor token_embd.weight has %llu rows", (unsigned long long)f->tensors[te].ne[1]);
+        return;
+    }
+    hp->n_vocab = (int)f->tensors[te].ne[1];
+}
+
+int moeq_hparams_read(const gguf_file *f, const char *path, struct moeq_hparams *hp,
+                      char *err, size_t errlen)
+{
+    struct loader L = { f, hp, NULL, path, err, errlen, 0 };
+    load_hparams(&L);
+    return L.failed ? -1 : 0;
 }
 
 /* ------------------------------------------------------------ tensors */
@@ -314,14 +344,6 @@ static void bind_tensors(struct loader *L)
     const int E = hp->n_embd, HD = hp->head_dim;
     const int64_t nq = (int64_t)hp->n_head * HD, nkv = (int64_t)hp->n_head_kv * HD;
 
-    /* The vocabulary size is the embedding's row count. */
-    const gguf_tensor *te = find(L, "token_embd.weight", 1);
-    if (!te) return;
-    if (te->ne[1] < 1 || te->ne[1] > (1u << 24)) {
-        fail(L, "tensor token_embd.weight has %llu rows", (unsigned long long)te->ne[1]);
-        return;
-    }
-    hp->n_vocab = (int)te->ne[1];
     if (bind_weight(L, &m->tok_embd, "token_embd.weight", E, hp->n_vocab, 1, 1)) return;
     m->output_norm = bind_vector(L, "output_norm.weight", E);
     if (L->failed) return;
@@ -365,9 +387,9 @@ moeq_model *moeq_model_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
-    struct loader L = { m, path, err, errlen, 0 };
     m->file = gguf_open(path, err, errlen);
     if (!m->file) { free(m); return NULL; }
+    struct loader L = { m->file, &m->hp, m, path, err, errlen, 0 };
     load_hparams(&L);
     if (!L.failed) bind_tensors(&L);
     if (L.failed) { moeq_model_free(m); return NULL; }

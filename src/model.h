@@ -1,13 +1,16 @@
 /*
- * model.h: a qwen3moe (or dense qwen3) model bound to an mmap'd GGUF file.
+ * model.h: a qwen3moe (or dense qwen3) model bound to an mmap'd GGUF file,
+ * and the one reader of its hyperparameters.
  *
  * moeq_model_load reads the hyperparameters, checks them against each
  * other and against every tensor's type and shape, and binds each weight to
  * its bytes inside the mapping: no weight is copied (1-D norm vectors stored
  * in another type than F32 are the one exception, converted once because
  * they are tiny and read every token). The engine computes directly on
- * these pointers. Internal to the engine and the tools that need tensor
- * names (imatrix); the CLI and the server use engine.h.
+ * these pointers. moeq_hparams_read is the same reading and checking of the
+ * hyperparameters alone, for tools that look at a file without loading it
+ * (fit, quantize). Internal to the engine, its memory plan and those tools;
+ * the CLI and the server use engine.h.
  */
 #ifndef MOEQ_MODEL_H
 #define MOEQ_MODEL_H
@@ -74,6 +77,16 @@ typedef struct moeq_model {
     float             **owned;         /* converted norm vectors */
     int                 n_owned;
 } moeq_model;
+
+/*
+ * Read and check the hyperparameters of f (opened from path, which names
+ * the file in messages), n_vocab included (token_embd.weight's rows).
+ * Returns 0, or -1 with the first problem in err ("PATH: missing key
+ * qwen3moe.context_length"); hp then still holds every count the file has
+ * (0 where absent), for tools that work with what there is.
+ */
+int moeq_hparams_read(const gguf_file *f, const char *path, struct moeq_hparams *hp,
+                      char *err, size_t errlen);
 
 /*
  * Open path and bind its tensors. Returns NULL with a one-line message

@@ -15,6 +15,7 @@
 #include "gguf.h"
 #include "finite.h"
 #include "imatrix.h"
+#include "model.h"
 #include "outfile.h"
 #include "pool.h"
 
@@ -127,21 +128,15 @@ static int is_source_type_ok(int type)
 }
 
 /* The model shape the mix rules read. */
-static void model_shape(const gguf_file *f, struct moeq_model_shape *shape)
+/* The model shape for the mix rules: whatever counts the file has, read by
+ * the one hyperparameter reader (the engine refuses what it cannot run;
+ * quantize takes any file). */
+static void model_shape(const gguf_file *f, const char *path, struct moeq_model_shape *shape)
 {
-    char arch[64] = "", key[160];
-    gguf_get_str(f, "general.architecture", arch, sizeof arch);
-    memset(shape, 0, sizeof *shape);
-    uint64_t u;
-    snprintf(key, sizeof key, "%s.block_count", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape->n_layer = (int)u;
-    snprintf(key, sizeof key, "%s.attention.head_count", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape->n_head = (int)u;
-    snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape->n_head_kv = (int)u;
-    snprintf(key, sizeof key, "%s.expert_count", arch);
-    if (gguf_get_u64(f, key, &u) == 0) shape->n_expert = (int)u;
-    shape->has_output = gguf_find_tensor(f, "output.weight") >= 0;
+    struct moeq_hparams hp;
+    moeq_hparams_read(f, path, &hp, NULL, 0);
+    *shape = (struct moeq_model_shape){ hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert,
+                                        gguf_find_tensor(f, "output.weight") >= 0 };
 }
 
 /* Plan every tensor into r (names, shapes, types, bytes), the caller's
@@ -173,7 +168,7 @@ static int plan(const struct moeq_quantize_opts *o, const gguf_file *f, int has_
         memcpy(pt[i].ne, q->ne, sizeof pt[i].ne);
     }
     struct moeq_model_shape shape;
-    model_shape(f, &shape);
+    model_shape(f, o->in_path, &shape);
     struct moeq_plan_opts po = { o->mix, o->pure, o->token_embd_type, o->output_type, has_imatrix,
                                  o->rules, o->n_rules, o->recipe };
     if (moeq_plan(&po, &shape, pt, n, pe, err, errlen) != 0) {

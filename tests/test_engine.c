@@ -154,10 +154,10 @@ TEST(engine_kv_q8_0_close_to_f16)
     int32_t *tok;
     float *ref;
     int n = load_ref(&tok, &ref);
-    moeq_engine *e = open_model(path, 64, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, 64);
+    moeq_engine *e = open_model(path, 64, 1, MOEQ_KV_F16, MOEQ_KV_F16, 64);
     float *base = eval_all(e, tok, n);
     moeq_engine_close(e);
-    int kinds[2][2] = { { MOEQ_TYPE_Q8_0, MOEQ_TYPE_F16 }, { MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0 } };
+    int kinds[2][2] = { { MOEQ_KV_Q8_0, MOEQ_KV_F16 }, { MOEQ_KV_Q8_0, MOEQ_KV_Q8_0 } };
     for (int i = 0; i < 2; i++) {
         e = open_model(path, 64, 1, kinds[i][0], kinds[i][1], 64);
         float *lg = eval_all(e, tok, n);
@@ -165,7 +165,7 @@ TEST(engine_kv_q8_0_close_to_f16)
         int same;
         compare(lg, base, n, 8192, &md, &same);
         printf("  kv %s/%s vs f16: max diff %.4f, mean KLD %.6f, same argmax %d/%d\n",
-               moeq_type_name(kinds[i][0]), moeq_type_name(kinds[i][1]), md, kld, same, n);
+               moeq_kv_type_name(kinds[i][0]), moeq_kv_type_name(kinds[i][1]), md, kld, same, n);
         CHECK(md > 0);       /* the cache really is quantized */
         CHECK(kld < 0.001);
         CHECK(same >= 60);
@@ -234,7 +234,7 @@ TEST(engine_multi_session_decode_equals_single)
     load_ref(&tok, &ref);
     const int V = 8192, NS = 3;
     char err[256];
-    moeq_engine *e = open_model(path, 64, 2 * NS, MOEQ_TYPE_Q8_0, MOEQ_TYPE_F16, 32);
+    moeq_engine *e = open_model(path, 64, 2 * NS, MOEQ_KV_Q8_0, MOEQ_KV_F16, 32);
     moeq_session *a[3], *b[3];
     for (int i = 0; i < NS; i++) {
         a[i] = moeq_session_new(e, err, sizeof err);
@@ -279,7 +279,7 @@ TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
     const int n = 72, V = 8192;
     int32_t tok[72];
     for (int i = 0; i < n; i++) tok[i] = (i * 2654435761u >> 7) % V;
-    const int kinds[2][2] = { { MOEQ_TYPE_F16, MOEQ_TYPE_F16 }, { MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0 } };
+    const int kinds[2][2] = { { MOEQ_KV_F16, MOEQ_KV_F16 }, { MOEQ_KV_Q8_0, MOEQ_KV_Q8_0 } };
     const int isas[2] = { MOEQ_ISA_SCALAR, MOEQ_ISA_COUNT };
     char err[256];
     for (int k = 0; k < 2; k++) {
@@ -303,7 +303,7 @@ TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
                     bad = i;
             }
             CHECKF(bad < 0, "kv %s/%s, %s attention: token %d differs between batch sizes",
-                   moeq_type_name(kinds[k][0]), moeq_type_name(kinds[k][1]),
+                   moeq_kv_type_name(kinds[k][0]), moeq_kv_type_name(kinds[k][1]),
                    ia ? "best" : "scalar", bad);
             moeq_session_free(s);
             moeq_engine_close(e);
@@ -323,7 +323,7 @@ TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
         int same;
         compare(last[0], last[1], n, V, &md, &same);
         printf("  kv %s/%s: scalar vs best attention: max diff %.3g, mean KLD %.2e, same argmax %d/%d\n",
-               moeq_type_name(kinds[k][0]), moeq_type_name(kinds[k][1]), md, kld, same, n);
+               moeq_kv_type_name(kinds[k][0]), moeq_kv_type_name(kinds[k][1]), md, kld, same, n);
         CHECK(kld < 1e-4 && same >= n - 2);
         free(last[0]);
         free(last[1]);
@@ -364,7 +364,7 @@ TEST(engine_decode_allocates_nothing)
 {
     const char *path = test_shared_path("models/tiny-a/tiny-a-q4_k_m.gguf");
     char err[256];
-    moeq_engine *e = open_model(path, 64, 1, MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0, 16);
+    moeq_engine *e = open_model(path, 64, 1, MOEQ_KV_Q8_0, MOEQ_KV_Q8_0, 16);
     moeq_session *s = moeq_session_new(e, err, sizeof err);
     REQUIRE(s);
     int32_t t[4] = { 10, 20, 30, 40 };

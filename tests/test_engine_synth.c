@@ -8,6 +8,7 @@
 #include "test.h"
 
 #include "engine.h"
+#include "engine_internal.h"
 #include "gguf.h"
 #include "quants.h"
 
@@ -31,6 +32,16 @@ static float *logits_of(const char *path, const int32_t *tok, int n, int *V)
     char err[256];
     moeq_session *s = moeq_session_new(e, err, sizeof err);
     REQUIRE(s && lg);
+    {   /* it allocated its memory plan, dense qwen3 too (tests/test_fit.c
+         * compares many more settings on qwen3moe files) */
+        struct moeq_mem_shape sh;
+        moeq_mem_shape_of(&e->m->hp, &sh);
+        const struct moeq_mem_opts mo = { 64, 1, 16, e->n_threads, MOEQ_KV_F16, MOEQ_KV_F16 };
+        struct moeq_mem_plan p;
+        REQUIRE(moeq_mem_estimate(&sh, &mo, &p) == 0);
+        CHECK(e->scratch_bytes == p.compute && e->kv_bytes == p.kv && e->session_bytes == p.sessions);
+        CHECK(e->m->hp.moe == (p.layout.buf[MEM_RLOG] != 0));
+    }
     REQUIREF(moeq_session_eval(s, tok, n, lg, err, sizeof err) == 0, "%s", err);
     moeq_session_free(s);
     moeq_engine_close(e);

@@ -654,7 +654,7 @@ static void check_engine(const char *path, int check_routing)
     moeq_tokenizer_free(tk);
 
     struct moeq_engine_params ep = { .model_path = path, .n_threads = 2, .n_ctx = 512, .n_seq = 1,
-                                     .type_k = MOEQ_TYPE_F16, .type_v = MOEQ_TYPE_F16, .n_batch = 64 };
+                                     .type_k = MOEQ_KV_F16, .type_v = MOEQ_KV_F16, .n_batch = 64 };
     moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
     REQUIREF(e, "open %s: %s", path, err);
 

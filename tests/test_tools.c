@@ -17,7 +17,7 @@ static double final_ppl(const char *out)
 static double direct_ppl(const char *model, const char *text_path, int n_ctx, int n_chunks)
 {
     char err[256];
-    struct moeq_engine_params ep = { model, 1, n_ctx, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, n_ctx };
+    struct moeq_engine_params ep = { model, 1, n_ctx, 1, MOEQ_KV_F16, MOEQ_KV_F16, n_ctx };
     moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
     REQUIREF(e != NULL, "%s", err);
     size_t n;
@@ -152,7 +152,7 @@ TEST(imatrix_sums_match_direct_computation)
     int n_embd = (int)emb->ne[0];
     double eps = 1e-6;
     gguf_get_f64(f, "qwen3moe.attention.layer_norm_rms_epsilon", &eps);
-    struct moeq_engine_params ep = { m, 1, 64, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, 32 };
+    struct moeq_engine_params ep = { m, 1, 64, 1, MOEQ_KV_F16, MOEQ_KV_F16, 32 };
     moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
     REQUIRE(e != NULL);
     size_t n;

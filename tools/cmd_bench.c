@@ -8,7 +8,6 @@
  */
 #include "cmd.h"
 #include "engine.h"
-#include "quants.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -71,7 +70,7 @@ int cmd_bench(int argc, char **argv)
 {
     const char *model = NULL;
     int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 5, n_batch = 512;
-    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16;
+    int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
@@ -85,8 +84,8 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) bad = cli_parse_i64(v, &reps) || reps < 1 || reps > 1000;
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) bad = cli_parse_i64(v, &n_batch) || n_batch < 1 || n_batch > 65536;
         else if (!strcmp(a, "-ctk") || !strcmp(a, "-ctv")) {
-            int t = moeq_type_from_name(v);
-            bad = t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0;
+            int t = moeq_kv_type_from_name(v);
+            bad = t < 0;
             if (!bad) *(a[3] == 'k' ? &tk : &tv) = t;
         } else return cli_usage_error("bench", "unknown option %s", a);
         if (bad) return cli_usage_error("bench", "bad value '%s' for %s", v, a);

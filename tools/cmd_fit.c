@@ -1,18 +1,19 @@
 /*
  * cmd_fit.c: `moeq fit`, will this model and context fit this memory?
  *
- * Reads only the GGUF header (or a synth preset's shape, so the full
- * Qwen3-30B-A3B can be checked without writing 11 GB) and predicts the
- * engine's memory with src/engine_mem: weights, exact KV cache per layer,
- * compute buffers, per-session buffers and runtime overhead. Prints a
- * verdict against the budget (less a reserve for the OS) and the largest
- * context that fits with F16 and with Q8_0 KV.
+ * Reads only the GGUF header, with the engine's hyperparameter reader
+ * (src/model.h), or a synth preset's shape, so the full Qwen3-30B-A3B can
+ * be checked without writing 11 GB; and predicts the engine's memory with
+ * the plan the engine allocates from (src/engine_mem.h): weights, exact KV
+ * cache per layer, compute buffers, per-session buffers and runtime
+ * overhead. Prints a verdict against the budget (less a reserve for the
+ * OS) and the largest context that fits with F16 and with Q8_0 KV.
  */
 #include "cmd.h"
 #include "engine_mem.h"
 #include "gguf.h"
+#include "model.h"
 #include "pool.h"
-#include "quants.h"
 #include "synth.h"
 
 #include <stdio.h>
@@ -44,8 +45,8 @@ static void usage(FILE *out)
 
 static int kv_type(const char *s)
 {
-    if (!strcmp(s, "f16") || !strcmp(s, "F16")) return MOEQ_TYPE_F16;
-    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MOEQ_TYPE_Q8_0;
+    if (!strcmp(s, "f16") || !strcmp(s, "F16")) return MOEQ_KV_F16;
+    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MOEQ_KV_Q8_0;
     return -1;
 }
 
@@ -72,37 +73,18 @@ static int file_shape(const char *path, struct moeq_mem_shape *s, int *ctx_train
 {
     gguf_file *f = gguf_open(path, err, errlen);
     if (!f) return -1;
-    memset(s, 0, sizeof *s);
-    char arch[64] = "", key[160];
-    gguf_get_str(f, "general.architecture", arch, sizeof arch);
-    uint64_t v;
-#define GET(k, dst) do { snprintf(key, sizeof key, "%s." k, arch); if (gguf_get_u64(f, key, &v) == 0) dst = (int)v; } while (0)
-    GET("block_count", s->n_layer);
-    GET("embedding_length", s->n_embd);
-    GET("attention.head_count", s->n_head);
-    GET("attention.head_count_kv", s->n_head_kv);
-    GET("expert_count", s->n_expert);
-    GET("expert_used_count", s->n_expert_used);
-    GET("context_length", *ctx_train);
-    if (s->n_expert > 0) GET("expert_feed_forward_length", s->n_ff);
-    else GET("feed_forward_length", s->n_ff);
-    if (s->n_head_kv == 0) s->n_head_kv = s->n_head;
-    s->head_dim = s->n_head ? s->n_embd / s->n_head : 0;
-    GET("attention.key_length", s->head_dim);
-#undef GET
-    int64_t te = gguf_find_tensor(f, "token_embd.weight");
-    s->n_vocab = te >= 0 ? (int)f->tensors[te].ne[1] : 0;
-    const gguf_kv *m = gguf_find_kv(f, "tokenizer.ggml.merges");
-    s->n_merges = m && m->val.type == GGUF_TYPE_ARRAY ? (int)m->val.v.arr.n : 0;
-    for (uint64_t i = 0; i < f->n_tensors; i++) s->weight_bytes += f->tensors[i].nbytes;
-    snprintf(name, nlen, "%s (%s)", path, arch);
-    gguf_close(f);
-    if (!s->n_layer || !s->n_embd || !s->n_head || !s->n_vocab) {
-        snprintf(err, errlen, "%s: missing hyperparameters (%s.block_count, embedding_length, "
-                 "attention.head_count) or token_embd.weight", path, arch);
-        return -1;
+    struct moeq_hparams hp;
+    int rc = moeq_hparams_read(f, path, &hp, err, errlen);
+    if (rc == 0) {
+        moeq_mem_shape_of(&hp, s);
+        *ctx_train = hp.n_ctx_train;
+        const gguf_kv *m = gguf_find_kv(f, "tokenizer.ggml.merges");
+        s->n_merges = m && m->val.type == GGUF_TYPE_ARRAY ? (int)m->val.v.arr.n : 0;
+        for (uint64_t i = 0; i < f->n_tensors; i++) s->weight_bytes += f->tensors[i].nbytes;
+        snprintf(name, nlen, "%s (%s)", path, hp.arch);
     }
-    return 0;
+    gguf_close(f);
+    return rc;
 }
 
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024 * 1024); }
@@ -111,7 +93,7 @@ int cmd_fit(int argc, char **argv)
 {
     const char *model = NULL, *preset = NULL, *recipe = NULL;
     int64_t n_ctx = 4096, n_par = 1, n_batch = 512, n_threads = 0;
-    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16;
+    int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16;
     uint64_t budget = 16ull << 30, reserve = 1ull << 30;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -161,7 +143,7 @@ int cmd_fit(int argc, char **argv)
     printf("shape     %d layers, n_embd %d, %d/%d heads x %d, %d experts (%d used) x %d, vocab %d\n",
            s.n_layer, s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_expert, s.n_expert_used, s.n_ff, s.n_vocab);
     printf("setting   context %lld x %lld session(s), KV %s/%s, batch %lld, %lld threads\n",
-           (long long)n_ctx, (long long)n_par, moeq_type_name(tk), moeq_type_name(tv),
+           (long long)n_ctx, (long long)n_par, moeq_kv_type_name(tk), moeq_kv_type_name(tv),
            (long long)n_batch, (long long)n_threads);
     printf("weights   %8.3f GiB  (%.2f GB, mapped)\n", gib(p.weights), (double)p.weights / 1e9);
     printf("kv cache  %8.3f GiB  (%d layers x %lld tokens x %d values x K+V, %lld session(s))\n",
@@ -176,8 +158,8 @@ int cmd_fit(int argc, char **argv)
     else printf("verdict   DOES NOT FIT (%.3f GiB over)\n", gib(p.total - avail));
     int limit = ctx_train > 0 ? ctx_train : 1 << 20;
     struct moeq_mem_opts of = o, oq = o;
-    of.type_k = of.type_v = MOEQ_TYPE_F16;
-    oq.type_k = oq.type_v = MOEQ_TYPE_Q8_0;
+    of.type_k = of.type_v = MOEQ_KV_F16;
+    oq.type_k = oq.type_v = MOEQ_KV_Q8_0;
     int cf = moeq_mem_max_ctx(&s, &of, avail, limit), cq = moeq_mem_max_ctx(&s, &oq, avail, limit);
     printf("max ctx   %d tokens with F16 KV, %d tokens with Q8_0 KV (per session, %lld session(s))\n",
            cf, cq, (long long)n_par);

@@ -14,7 +14,6 @@
 #include "engine.h"
 #include "imatrix.h"
 #include "outfile.h"
-#include "quants.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -186,7 +185,7 @@ int cmd_imatrix(int argc, char **argv)
         goto out;
     }
 
-    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, (int)(n_ctx < 512 ? n_ctx : 512) };
+    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_KV_F16, MOEQ_KV_F16, (int)(n_ctx < 512 ? n_ctx : 512) };
     e = moeq_engine_open(&ep, err, sizeof err);
     if (!e) { cli_error("%s", err); goto out; }
     const struct moeq_model_info *mi = moeq_engine_info(e);

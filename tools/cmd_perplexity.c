@@ -16,7 +16,6 @@
 #include "engine.h"
 #include "outfile.h"
 #include "finite.h"
-#include "quants.h"
 
 #include <errno.h>
 #include <math.h>
@@ -255,7 +254,7 @@ int cmd_perplexity(int argc, char **argv)
         cli_error("perplexity: %s", err);
         return 1;
     }
-    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_TYPE_F16, MOEQ_TYPE_F16, (int)n_batch };
+    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_KV_F16, MOEQ_KV_F16, (int)n_batch };
     moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
     if (!e) { cli_error("%s", err); return 1; }
     const struct moeq_model_info *mi = moeq_engine_info(e);

@@ -17,7 +17,6 @@
 #include "engine.h"
 #include "outfile.h"
 #include "finite.h"
-#include "quants.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -298,8 +297,8 @@ static int chat_loop(struct run *r)
 
 static int parse_kv_type(const char *s, int *out)
 {
-    int t = moeq_type_from_name(s);
-    if (t != MOEQ_TYPE_F16 && t != MOEQ_TYPE_Q8_0) return -1;
+    int t = moeq_kv_type_from_name(s);
+    if (t < 0) return -1;
     *out = t;
     return 0;
 }
@@ -309,7 +308,7 @@ int cmd_run(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL;
     int64_t n_predict = 128, n_ctx = 4096, n_threads = 0, n_batch = 512, top_k = 40, seed = -1;
     double temp = 0.8, top_p = 0.95, min_p = 0.05;
-    int tk = MOEQ_TYPE_F16, tv = MOEQ_TYPE_F16, chat = 0, ctx_given = 0;
+    int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16, chat = 0, ctx_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }

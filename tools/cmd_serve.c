@@ -9,7 +9,6 @@
  */
 #include "cmd.h"
 #include "engine.h"
-#include "quants.h"
 #include "server.h"
 
 #include <pthread.h>
@@ -204,8 +203,8 @@ static void *load_main(void *arg)
 
 static int kv_type(const char *s, int *out)
 {
-    if (!strcmp(s, "f16") || !strcmp(s, "F16")) { *out = MOEQ_TYPE_F16; return 0; }
-    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) { *out = MOEQ_TYPE_Q8_0; return 0; }
+    if (!strcmp(s, "f16") || !strcmp(s, "F16")) { *out = MOEQ_KV_F16; return 0; }
+    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) { *out = MOEQ_KV_Q8_0; return 0; }
     return -1;
 }
 
@@ -215,7 +214,7 @@ int cmd_serve(int argc, char **argv)
     int64_t ctx = 4096, port = 8080, parallel = 1, threads = 0, timeout = 600, queue = -1, batch = 512;
     int64_t req_timeout = 30, idle_timeout = 5, max_conns = 256, max_per_ip = 64;
     uint64_t max_body = 8u << 20;
-    int type_k = MOEQ_TYPE_F16, type_v = MOEQ_TYPE_F16;
+    int type_k = MOEQ_KV_F16, type_v = MOEQ_KV_F16;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
