@@ -531,50 +531,17 @@ KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
-moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return dot_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return dot_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return dot_q4_K;
-    case MOEQ_TYPE_Q5_K:  return dot_q5_K;
-    case MOEQ_TYPE_Q6_K:  return dot_q6_K;
-    case MOEQ_TYPE_Q8_0:  return dot_q8_0;
-    case MOEQ_TYPE_F32:   return dot_f32;
-    case MOEQ_TYPE_F16:   return dot_f16;
-    case MOEQ_TYPE_BF16:  return dot_bf16;
-    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
-    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
-    default:              return NULL;
-    }
-}
-
-moeq_row_fn moeq_avx2_row(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return row_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return row_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return row_q4_K;
-    case MOEQ_TYPE_Q5_K:  return row_q5_K;
-    case MOEQ_TYPE_Q6_K:  return row_q6_K;
-    case MOEQ_TYPE_Q8_0:  return row_q8_0;
-    case MOEQ_TYPE_F32:   return row_f32;
-    case MOEQ_TYPE_F16:   return row_f16;
-    case MOEQ_TYPE_BF16:  return row_bf16;
-    case MOEQ_TYPE_Q4_0:    return row_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return row_q2_K;
-    case MOEQ_TYPE_Q3_K:    return row_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
-    default:              return NULL;
-    }
-}
+/* This ISA's table (kernels_isa.h); its twins in kernels.c and
+ * kernels_avx512.c have the same shape on purpose. */
+#define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
+const struct moeq_isa_kernels moeq_kernels_avx2 = {
+    .type = {
+        ROW(F32, f32),       ROW(F16, f16),         ROW(BF16, bf16),
+        ROW(Q4_0, q4_0),     ROW(Q8_0, q8_0),       ROW(IQ4_NL, iq4_nl),
+        ROW(Q2_K, q2_K),     ROW(Q3_K, q3_K),       ROW(Q4_K, q4_K),
+        ROW(Q5_K, q5_K),     ROW(Q6_K, q6_K),       ROW(IQ2_XXS, iq2_xxs),
+        ROW(IQ2_XS, iq2_xs), ROW(IQ2_S, iq2_s),     ROW(IQ3_XXS, iq3_xxs),
+        ROW(IQ3_S, iq3_s),   ROW(IQ4_XS, iq4_xs),
+    },
+};
+#undef ROW

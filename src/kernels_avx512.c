@@ -1800,11 +1800,6 @@ static void actq_q8_0(const float *x, void *vy, int64_t n)
     }
 }
 
-moeq_actq_fn moeq_avx512_actq(int act_type)
-{
-    return act_type == MOEQ_TYPE_Q8_K ? actq_q8_K : act_type == MOEQ_TYPE_Q8_0 ? actq_q8_0 : NULL;
-}
-
 /* ------------------------------------------------------------ tables */
 
 /*
@@ -1862,77 +1857,25 @@ KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
 
-moeq_rows_fn moeq_avx512_rows(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return rows_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return rows_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return rows_q4_K;
-    case MOEQ_TYPE_Q5_K:  return rows_q5_K;
-    case MOEQ_TYPE_Q6_K:  return rows_q6_K;
-    default:              return NULL;
-    }
-}
-
-moeq_tile_fn moeq_avx512_tile(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return tile_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return tile_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return tile_q4_K;
-    case MOEQ_TYPE_Q5_K:  return tile_q5_K;
-    case MOEQ_TYPE_Q6_K:  return tile_q6_K;
-    case MOEQ_TYPE_Q8_0:  return tile_q8_0;
-    case MOEQ_TYPE_Q4_0:  return tile_q4_0;
-    case MOEQ_TYPE_IQ4_NL: return tile_iq4_nl;
-    default:              return NULL;
-    }
-}
-
-moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return dot_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return dot_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return dot_q4_K;
-    case MOEQ_TYPE_Q5_K:  return dot_q5_K;
-    case MOEQ_TYPE_Q6_K:  return dot_q6_K;
-    case MOEQ_TYPE_Q8_0:  return dot_q8_0;
-    case MOEQ_TYPE_F32:   return dot_f32;
-    case MOEQ_TYPE_F16:   return dot_f16;
-    case MOEQ_TYPE_BF16:  return dot_bf16;
-    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
-    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
-    default:              return NULL;
-    }
-}
-
-moeq_row_fn moeq_avx512_row(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return row_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return row_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return row_q4_K;
-    case MOEQ_TYPE_Q5_K:  return row_q5_K;
-    case MOEQ_TYPE_Q6_K:  return row_q6_K;
-    case MOEQ_TYPE_Q8_0:  return row_q8_0;
-    case MOEQ_TYPE_F32:   return row_f32;
-    case MOEQ_TYPE_F16:   return row_f16;
-    case MOEQ_TYPE_BF16:  return row_bf16;
-    case MOEQ_TYPE_Q4_0:    return row_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return row_q2_K;
-    case MOEQ_TYPE_Q3_K:    return row_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
-    default:              return NULL;
-    }
-}
+/* This ISA's table (kernels_isa.h; its twins in kernels.c and
+ * kernels_avx2.c have the same shape on purpose): the row kernels of every
+ * type, the decode (rows) and prompt (tile) kernels of the types that have
+ * them, and the activation quantizers. */
+#define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
+#define ROW_RT(T, name) [MOEQ_TYPE_##T] = { dot_##name, row_##name, rows_##name, tile_##name }
+#define ROW_T(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name, .tile = tile_##name }
+const struct moeq_isa_kernels moeq_kernels_avx512 = {
+    .type = {
+        ROW(F32, f32),          ROW(F16, f16),          ROW(BF16, bf16),
+        ROW_T(Q4_0, q4_0),      ROW_T(Q8_0, q8_0),      ROW_T(IQ4_NL, iq4_nl),
+        ROW(Q2_K, q2_K),        ROW(Q3_K, q3_K),        ROW_RT(Q4_K, q4_K),
+        ROW_RT(Q5_K, q5_K),     ROW_RT(Q6_K, q6_K),     ROW(IQ2_XXS, iq2_xxs),
+        ROW(IQ2_XS, iq2_xs),    ROW_RT(IQ2_S, iq2_s),   ROW(IQ3_XXS, iq3_xxs),
+        ROW_RT(IQ3_S, iq3_s),   ROW(IQ4_XS, iq4_xs),
+    },
+    .actq_q8_0 = actq_q8_0,
+    .actq_q8_K = actq_q8_K,
+};
+#undef ROW
+#undef ROW_RT
+#undef ROW_T
