@@ -589,6 +589,12 @@ static void isa_init(void)
     for (int i = 0; i < MOEQ_ISA_COUNT; i++) resolve_rows(i);
 }
 
+const struct moeq_isa_kernels *moeq_isa_kernels_of(int isa)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_linked(isa, isa_hw) ? isa_table(isa) : NULL;
+}
+
 /* The resolved row of wtype at isa, or NULL for an unknown ISA or type. */
 static const struct kernel_row *kernel_row(int isa, int wtype)
 {

@@ -531,6 +531,12 @@ KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
+/* The attention kernels and the SwiGLU product, compiled for this ISA:
+ * rows of queries sharing one load of K (scores) and of V (accumulation). */
+#define ATTN_RB_SCORES 2
+#define ATTN_RB_ACCUM  3
+#include "kernels_attn_simd.h"
+
 /* This ISA's table (kernels_isa.h); its twins in kernels.c and
  * kernels_avx512.c have the same shape on purpose. */
 #define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
@@ -543,5 +549,6 @@ const struct moeq_isa_kernels moeq_kernels_avx2 = {
         ROW(IQ2_XS, iq2_xs), ROW(IQ2_S, iq2_s),     ROW(IQ3_XXS, iq3_xxs),
         ROW(IQ3_S, iq3_s),   ROW(IQ4_XS, iq4_xs),
     },
+    .attn = &attn_simd,
 };
 #undef ROW

@@ -1857,6 +1857,12 @@ KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
 
+/* The attention kernels and the SwiGLU product, compiled for this ISA:
+ * rows of queries sharing one load of K (scores) and of V (accumulation). */
+#define ATTN_RB_SCORES 4
+#define ATTN_RB_ACCUM  4
+#include "kernels_attn_simd.h"
+
 /* This ISA's table (kernels_isa.h; its twins in kernels.c and
  * kernels_avx2.c have the same shape on purpose): the row kernels of every
  * type, the decode (rows) and prompt (tile) kernels of the types that have
@@ -1875,6 +1881,7 @@ const struct moeq_isa_kernels moeq_kernels_avx512 = {
     },
     .actq_q8_0 = actq_q8_0,
     .actq_q8_K = actq_q8_K,
+    .attn      = &attn_simd,
 };
 #undef ROW
 #undef ROW_RT

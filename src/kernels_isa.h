@@ -11,7 +11,7 @@
  * type means a line in each table, nothing else. The tables are declared
  * weak: a build that leaves an ISA file out (the fuzz harness does) still
  * links, and the dispatcher treats a missing table like an ISA the CPU
- * lacks.
+ * lacks. The attention kernels (kernels_attn.c) pick from the same tables.
  */
 #ifndef MOEQ_KERNELS_ISA_H
 #define MOEQ_KERNELS_ISA_H
@@ -57,11 +57,30 @@ struct moeq_type_kernels {
     moeq_tile_fn    tile;   /* many rows, many columns (prompt batches) */
 };
 
+/* An ISA's attention kernels for one KV cache type (struct moeq_attn_ops
+ * in kernels.h has the signatures), and its exp and SwiGLU product. */
+struct moeq_attn_simd {
+    struct {
+        void (*cvt)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
+        void (*scores)(const float *const *q, int nr, const float *k, const float *kscales,
+                       int np, int d, float scale, float *sc, size_t ld);
+        void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                      const float *vscales, int np, int d);
+    } f16, q8_0;
+    void (*exp_shift)(float *x, int n, float m);
+    void (*silu_mul)(float *g, const float *u, size_t n);
+};
+
 /* Everything an ISA file exports. */
 struct moeq_isa_kernels {
     struct moeq_type_kernels type[MOEQ_TYPE_COUNT];
-    moeq_actq_fn actq_q8_0, actq_q8_K;  /* NULL: the scalar quantizer */
+    moeq_actq_fn actq_q8_0, actq_q8_K;   /* NULL: the scalar quantizer */
+    const struct moeq_attn_simd *attn;   /* NULL: the scalar kernels_attn.c */
 };
+
+/* The table of isa if its file is linked in and the CPU runs it, else NULL
+ * (the scalar table for MOEQ_ISA_SCALAR). */
+const struct moeq_isa_kernels *moeq_isa_kernels_of(int isa);
 
 extern const struct moeq_isa_kernels moeq_kernels_avx2 __attribute__((weak));
 extern const struct moeq_isa_kernels moeq_kernels_avx512 __attribute__((weak));
