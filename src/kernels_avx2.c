@@ -9,23 +9,14 @@
  * sums (at most 2 * 127 * 127, so never saturating), and madd multiplies
  * each pair by its sub-block scale into int32. With 16 vector registers,
  * a row kernel walks its columns four at a time.
+ *
+ * What is the same at AVX-512 comes from kernels_simd.h (helpers, per-type
+ * entry points) and kernels_attn_simd.h (attention); this file exports the
+ * ISA's table (kernels_isa.h). Compiled with the AVX2 flags only.
  */
-#include "kernels_isa.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "kernels_simd.h"
 
-#include <immintrin.h>
-#include <string.h>
-
-#define AI static inline __attribute__((always_inline))
 #define NC_MAX 4
-
-AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
-
-AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
-{
-    return (const block_q8_K *)((const uint8_t *)a + (size_t)c * as) + b;
-}
 
 AI float hsum8(__m256 v)
 {
@@ -196,10 +187,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     store_sums(acc, NC, s, ss);
 }
 
-AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
-AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+SIMD_ENTRIES_Q45
 
 /* -------------------------------------------------------------- Q6_K */
 
@@ -249,18 +237,6 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
-/* The 32 signed weights of one block (see kernels_avx512.c). */
-AI __m256i load_w32(const uint8_t *blk, const int kind)
-{
-    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
-    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
-    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
-    return _mm256_shuffle_epi8(tab, nib);
-}
-
 AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
               const int kind)
 {
@@ -289,12 +265,7 @@ AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     store_sums(acc, NC, s, ss);
 }
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 0); }
-AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 1); }
-AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_B32
 
 /* ------------------------------------- the other 256-element formats */
 
@@ -305,15 +276,6 @@ AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int N
  * and corrected through the bsums; IQ4_XS magnitudes reach 127, so maddubs
  * pairs reach 2 * 127 * 127, still inside int16.
  */
-enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
-
-/* Eight sign bytes of four 7-bit sign indices (parity gives the 8th bit). */
-AI uint32_t ksigns4(uint32_t s)
-{
-    return (uint32_t)ksigns_iq2xs[s & 127] | (uint32_t)ksigns_iq2xs[(s >> 7) & 127] << 8 |
-           (uint32_t)ksigns_iq2xs[(s >> 14) & 127] << 16 | (uint32_t)ksigns_iq2xs[(s >> 21) & 127] << 24;
-}
-
 /* The 16 signed six-bit scales of a Q3_K block, as 4 words of 4 bytes. */
 AI void q3_scales(const uint8_t *q, uint32_t out[4])
 {
@@ -434,17 +396,7 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     store_sums(acc, NC, s, ss);
 }
 
-#define VKERNEL(name, T)                                                                    \
-    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
-                     float *s, size_t ss)                                                   \
-    { k_vec(n, w, a, as, NC, s, ss, T); }
-
-VKERNEL(q2_K, V_Q2_K)
-VKERNEL(q3_K, V_Q3_K)
-VKERNEL(iq2_xxs, V_IQ2_XXS)
-VKERNEL(iq2_xs, V_IQ2_XS)
-VKERNEL(iq3_xxs, V_IQ3_XXS)
-VKERNEL(iq4_xs, V_IQ4_XS)
+SIMD_ENTRIES_VEC
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -454,13 +406,6 @@ AI __m256 load8_f(const void *w, int64_t i, const int kind)
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
     if (kind == 1) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-AI float load1_f(const void *w, int64_t i, const int kind)
-{
-    if (kind == 0) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return kind == 1 ? _cvtsh_ss(h) : moeq_bf16_to_f32(h);
 }
 
 AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
@@ -485,12 +430,7 @@ AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC
     }
 }
 
-AI void k_f32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 0); }
-AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 1); }
-AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_FLOAT
 
 /* ------------------------------------------------------------ tables */
 

@@ -23,26 +23,17 @@
  * put 16 columns in the lanes of a vector (see tile_run). Those five
  * formats reduce each block to an exact integer before any float step, so
  * every path gives the same bits.
+ *
+ * What is the same at AVX2 comes from kernels_simd.h (helpers, per-type
+ * entry points) and kernels_attn_simd.h (attention); this file exports the
+ * ISA's table (kernels_isa.h). Compiled with the AVX-512 flags only.
  */
-#include "kernels_isa.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "kernels_simd.h"
 
-#include <immintrin.h>
-#include <string.h>
-
-#define AI static inline __attribute__((always_inline))
 /* Decode of rows of three blocks or more streams the weights from memory:
  * one row after another (which the prefetchers follow) beats four rows
  * side by side. Short rows stay in fours (they are contiguous anyway). */
 AI int decode_row_by_row(int64_t n) { return n / QK_K >= 3; }
-
-AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
-
-AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
-{
-    return (const block_q8_K *)((const uint8_t *)a + (size_t)c * as) + b;
-}
 
 AI uint64_t load_u64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
@@ -806,10 +797,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
-AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
-AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+SIMD_ENTRIES_Q45
 
 /* Decode (one column): four rows at a time, their block sums reduced
  * together. */
@@ -1280,22 +1268,6 @@ TILE_ENTRY(q6_K, TK_Q6_K)
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
-/*
- * The 32 signed weights of one block: Q8_0 stores them, Q4_0 stores
- * nibbles offset by 8, IQ4_NL nibbles indexing a 16-entry codebook (one
- * byte shuffle). Low nibbles are elements 0..15, high nibbles 16..31.
- */
-AI __m256i load_w32(const uint8_t *blk, const int kind)
-{
-    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
-    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
-    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
-    return _mm256_shuffle_epi8(tab, nib);
-}
-
 AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
               const int kind)
 {
@@ -1331,12 +1303,7 @@ AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     }
 }
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 0); }
-AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 1); }
-AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_B32
 
 /*
  * Tile kernel for Q8_0 / Q4_0 / IQ4_NL (many columns). The direct kernel
@@ -1500,8 +1467,6 @@ static int tile_iq4_nl(int64_t K, const void *W, size_t ws, int64_t nr, const vo
  * sign masks, and IQ4_XS codebook values reach 127, so its 4-byte partial
  * sums can pass 16 bits: it multiplies them by the scales in 32 bits.
  */
-enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
-
 struct vblk {
     __m512i   wv[4];   /* unsigned values (magnitudes where sg is used) */
     __mmask64 sg[4];   /* sign bits, one per weight */
@@ -1509,13 +1474,6 @@ struct vblk {
     __m256i   bs16;    /* per-bsum factor: Q2_K mins, Q3_K -4 * scale */
     float     d, dmin;
 };
-
-/* Eight sign bytes of four 7-bit sign indices (parity gives the 8th bit). */
-AI uint32_t ksigns4(uint32_t s)
-{
-    return (uint32_t)ksigns_iq2xs[s & 127] | (uint32_t)ksigns_iq2xs[(s >> 7) & 127] << 8 |
-           (uint32_t)ksigns_iq2xs[(s >> 14) & 127] << 16 | (uint32_t)ksigns_iq2xs[(s >> 21) & 127] << 24;
-}
 
 AI __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 
@@ -1691,17 +1649,7 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     store_sums(acc, NC, s, ss);
 }
 
-#define VKERNEL(name, T)                                                                    \
-    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
-                     float *s, size_t ss)                                                   \
-    { k_vec(n, w, a, as, NC, s, ss, T); }
-
-VKERNEL(q2_K, V_Q2_K)
-VKERNEL(q3_K, V_Q3_K)
-VKERNEL(iq2_xxs, V_IQ2_XXS)
-VKERNEL(iq2_xs, V_IQ2_XS)
-VKERNEL(iq3_xxs, V_IQ3_XXS)
-VKERNEL(iq4_xs, V_IQ4_XS)
+SIMD_ENTRIES_VEC
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -1711,13 +1659,6 @@ AI __m512 load16_f(const void *w, int64_t i, const int kind)
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
     if (kind == 1) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-AI float load1_f(const void *w, int64_t i, const int kind)
-{
-    if (kind == 0) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return kind == 1 ? _cvtsh_ss(h) : moeq_bf16_to_f32(h);
 }
 
 AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
@@ -1744,12 +1685,7 @@ AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC
     }
 }
 
-AI void k_f32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 0); }
-AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 1); }
-AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_FLOAT
 
 /* ---------------------------------------------- activation quantization */
 
