@@ -431,46 +431,6 @@ static void row_iq3_s(int64_t n, const void *w, const void *a, size_t as, int nc
 static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a) { k_iq2_s(n, w, a, 0, 1, s, 0); }
 static void dot_iq3_s(int64_t n, float *s, const void *w, const void *a) { k_iq3_s(n, w, a, 0, 1, s, 0); }
 
-/* Decode (one column): four rows at a time, their block sums reduced
- * together. */
-static void rows_signed(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s,
-                        const int three)
-{
-    const uint8_t *wr = w;
-    const int64_t nb = n / QK_K;
-    int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        __m128 acc = _mm_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const block_q8_K *y = q8k_col(a, 0, 0, b);
-            __m512i is[4];
-            float d[4];
-            for (int j = 0; j < 4; j++) {
-                __m512i wv[4], sc16[2];
-                __mmask64 sg[4];
-                d[j] = signed_unpack(wr + (size_t)(r + j) * ws, b, three, wv, sg, sc16);
-                is[j] = block_isum(y, wv, sg, sc16, 1);
-            }
-            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            __m128 p = _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), _mm_set1_ps(y->d));
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, acc);
-        }
-        _mm_storeu_ps(s + r, acc);
-    }
-    for (; r < nr; r++) k_signed(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0, three);
-}
-
-static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
-    rows_signed(n, w, ws, nr, a, s, 0);
-}
-/* IQ3_S's unpacking (64 lookups a block) leaves no registers for four
- * rows in flight: row by row is faster there. */
-static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 1);
-}
 
 /*
  * The tile kernel for many columns (prompt batches). Sixteen columns sit
@@ -799,52 +759,6 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
 
 SIMD_ENTRIES_Q45
 
-/* Decode (one column): four rows at a time, their block sums reduced
- * together. */
-static void rows_q45(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s,
-                     const int five)
-{
-    const uint8_t *wr = w;
-    const int64_t nb = n / QK_K;
-    const __mmask64 none[4] = { 0, 0, 0, 0 };
-    int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        __m128 acc = _mm_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const block_q8_K *y = q8k_col(a, 0, 0, b);
-            __m512i is[4], ms[4];
-            float d[4], nd[4];
-            for (int j = 0; j < 4; j++) {
-                struct q45_blk k;
-                q45_unpack(wr + (size_t)(r + j) * ws, b, five, &k);
-                is[j] = block_isum(y, k.wv, none, k.sc16, 0);
-                ms[j] = q45_msum(y, &k);
-                d[j] = k.d;
-                nd[j] = k.ndmin;
-            }
-            __m128 yd = _mm_set1_ps(y->d);
-            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
-            /* (built in registers: a vector load of four scalar stores
-             * would stall on store forwarding) */
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), yd), acc);
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(M), _mm_mul_ps(_mm_setr_ps(nd[0], nd[1], nd[2], nd[3]), yd), acc);
-        }
-        _mm_storeu_ps(s + r, acc);
-    }
-    for (; r < nr; r++) k_q45_K(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0, five);
-}
-
-static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
-    rows_q45(n, w, ws, nr, a, s, 0);
-}
-static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 1); return; }
-    rows_q45(n, w, ws, nr, a, s, 1);
-}
 
 /*
  * Tile kernel (many columns), as for IQ2_S / IQ3_S: the weights are
@@ -995,14 +909,14 @@ AI __m512i q6_isum(const block_q8_K *y, const struct q6_blk *k)
  * for Q4_K/Q5_K the mins' sum M), with the factors p = d * y.d and
  * q = -dmin * y.d of its float steps. */
 AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m512i *S, __m512i *M,
-                  float *p, float *q)
+                  float *p, float *q, const int prefetch)
 {
     const block_q8_K *y = q8k_col(a, 0, 0, b);
     if (kind == TK_IQ2_S || kind == TK_IQ3_S) {
         const int three = kind == TK_IQ3_S;
         __m512i wv[4], sc16[2];
         __mmask64 sg[4];
-        prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
+        if (prefetch) prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
         const float d = signed_unpack(w, b, three, wv, sg, sc16);
         *S = block_isum(y, wv, sg, sc16, 1);
         *p = d * y->d;
@@ -1010,7 +924,7 @@ AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m51
         const int five = kind == TK_Q5_K;
         const __mmask64 none[4] = { 0, 0, 0, 0 };
         struct q45_blk k;
-        prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
+        if (prefetch) prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
         q45_unpack(w, b, five, &k);
         *S = block_isum(y, k.wv, none, k.sc16, 0);
         *M = q45_msum(y, &k);
@@ -1018,7 +932,7 @@ AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m51
         *q = k.ndmin * y->d;
     } else {
         struct q6_blk k;
-        prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
+        if (prefetch) prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
         q6_unpack((const block_q6_K *)w + b, &k);
         *S = q6_isum(y, &k);
         *p = k.d * y->d;
@@ -1037,7 +951,7 @@ AI int64_t one_col4(const int kind, int64_t n, const void *w, const void *a, flo
                                  _mm512_setzero_si512() };
         float p[4], q[4] = { 0, 0, 0, 0 };
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) one_block(kind, w, b + j, a, &is[j], &ms[j], &p[j], &q[j]);
+        for (int j = 0; j < 4; j++) one_block(kind, w, b + j, a, &is[j], &ms[j], &p[j], &q[j], 1);
         const __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
         *acc = fma_steps4(*acc, hsum4_epi32(is[0], is[1], is[2], is[3]), _mm_setr_ps(p[0], p[1], p[2], p[3]),
                           mins ? &M : NULL, _mm_setr_ps(q[0], q[1], q[2], q[3]));
@@ -1074,31 +988,58 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
-static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+/* One row, one column, by the kernel of kind. */
+AI void one_row(const int kind, int64_t n, const void *w, const void *a, float *s)
 {
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q6_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0); return; }
+    if (kind == TK_IQ2_S || kind == TK_IQ3_S) k_signed(n, w, a, 0, 1, s, 0, kind == TK_IQ3_S);
+    else if (kind == TK_Q4_K || kind == TK_Q5_K) k_q45_K(n, w, a, 0, 1, s, 0, kind == TK_Q5_K);
+    else k_q6_K(n, w, a, 0, 1, s, 0);
+}
+
+/* Decode (one column) for the five tile kinds: row after row where
+ * by_row, else four rows at a time, their block sums reduced together
+ * (then the float steps of the four as one vector; the mins' after). */
+AI void rows_kind(const int kind, int64_t n, const void *w, size_t ws, int64_t nr, const void *a,
+                  float *s, int by_row)
+{
     const uint8_t *wr = w;
+    const int mins = kind == TK_Q4_K || kind == TK_Q5_K;
     const int64_t nb = n / QK_K;
     int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
+    for (; !by_row && r + 4 <= nr; r += 4) {
         __m128 acc = _mm_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            const block_q8_K *y = q8k_col(a, 0, 0, b);
-            __m512i is[4];
-            float d[4];
-            for (int j = 0; j < 4; j++) {
-                struct q6_blk k;
-                q6_unpack((const block_q6_K *)(wr + (size_t)(r + j) * ws) + b, &k);
-                is[j] = q6_isum(y, &k);
-                d[j] = k.d;
-            }
+            __m512i is[4], ms[4];
+            float p[4], q[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+                one_block(kind, wr + (size_t)(r + j) * ws, b, a, &is[j], &ms[j], &p[j], &q[j], 0);
+            /* (built in registers: a vector load of four scalar stores
+             * would stall on store forwarding) */
             __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), _mm_set1_ps(y->d)), acc);
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_setr_ps(p[0], p[1], p[2], p[3]), acc);
+            if (mins) {
+                __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(M), _mm_setr_ps(q[0], q[1], q[2], q[3]), acc);
+            }
         }
         _mm_storeu_ps(s + r, acc);
     }
-    for (; r < nr; r++) k_q6_K(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0);
+    for (; r < nr; r++) one_row(kind, n, wr + (size_t)r * ws, a, s + r);
 }
+
+static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_IQ2_S, n, w, ws, nr, a, s, decode_row_by_row(n)); }
+/* IQ3_S's unpacking (64 lookups a block) leaves no registers for four
+ * rows in flight: row by row is faster there. */
+static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_IQ3_S, n, w, ws, nr, a, s, 1); }
+static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_Q4_K, n, w, ws, nr, a, s, decode_row_by_row(n)); }
+static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_Q5_K, n, w, ws, nr, a, s, decode_row_by_row(n)); }
+static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_Q6_K, n, w, ws, nr, a, s, decode_row_by_row(n)); }
 
 /* Tile kernel: unsigned stored values against signed transposed
  * activations; the +32 comes back out through 32 * bsum per sub-block of
