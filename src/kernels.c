@@ -259,6 +259,20 @@ static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
     }
 }
 
+/* The eight scale / min pairs of Q4_K / Q5_K (each for two groups of 16)
+ * and the two block factors. */
+static void k4_scales_mins(const uint8_t *scales, ggml_half d, ggml_half dmin, struct moeq_unpacked *u)
+{
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(scales, j, &sc, &mn);
+        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
+        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
+    }
+    u->d = f16(d);
+    u->dmin = f16(dmin);
+}
+
 static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q4_K *x = blk;
@@ -268,14 +282,7 @@ static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
             u->q[64 * p + l]      = (int8_t)(x->qs[32 * p + l] & 0xf);
             u->q[64 * p + 32 + l] = (int8_t)(x->qs[32 * p + l] >> 4);
         }
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        scale_min_k4(x->scales, j, &sc, &mn);
-        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
-        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
-    }
-    u->d = f16(x->d);
-    u->dmin = f16(x->dmin);
+    k4_scales_mins(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
@@ -287,14 +294,7 @@ static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
             u->q[64 * p + l]      = (int8_t)((x->qs[32 * p + l] & 0xf) | ((x->qh[l] >> 2 * p) & 1) << 4);
             u->q[64 * p + 32 + l] = (int8_t)((x->qs[32 * p + l] >> 4) | ((x->qh[l] >> (2 * p + 1)) & 1) << 4);
         }
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        scale_min_k4(x->scales, j, &sc, &mn);
-        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
-        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
-    }
-    u->d = f16(x->d);
-    u->dmin = f16(x->dmin);
+    k4_scales_mins(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q6_K(const void *blk, struct moeq_unpacked *u)

@@ -64,69 +64,6 @@ AI void step32(const void *a, size_t as, int64_t b, int j, const int NC, __m256i
     }
 }
 
-/* ------------------------------------------------------------- IQ2_S */
-
-AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq2_s *x = w;
-    __m256 acc[NC_MAX];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq2_s *xb = x + b;
-        const uint8_t *signs = xb->qs + QK_K / 8;
-        __m256i isum[NC_MAX];
-        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *q = xb->qs + 4 * j;
-            uint32_t h = xb->qh[j];
-            __m256i wv = _mm256_set_epi64x((long long)iq2s_grid[q[3] | (h << 2 & 0x300)],
-                                           (long long)iq2s_grid[q[2] | (h << 4 & 0x300)],
-                                           (long long)iq2s_grid[q[1] | (h << 6 & 0x300)],
-                                           (long long)iq2s_grid[q[0] | (h << 8 & 0x300)]);
-            uint32_t sb;
-            memcpy(&sb, signs + 4 * j, 4);
-            __m256i sc = scale_pair(2 * (xb->scales[j] & 0xf) + 1, 2 * (xb->scales[j] >> 4) + 1);
-            step32(a, as, b, j, NC, wv, bits_to_mask(sb), sc, isum, 1);
-        }
-        const float d = h2f(xb->d) * 0.125f;
-        for (int c = 0; c < NC; c++)
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * q8k_col(a, as, c, b)->d), acc[c]);
-    }
-    store_sums(acc, NC, s, ss);
-}
-
-/* ------------------------------------------------------------- IQ3_S */
-
-AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq3_s *x = w;
-    __m256 acc[NC_MAX];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq3_s *xb = x + b;
-        __m256i isum[NC_MAX];
-        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *q = xb->qs + 8 * j;
-            uint32_t h = xb->qh[j];
-            __m256i wv = _mm256_set_epi32((int)iq3s_grid[q[7] | (h << 1 & 256)], (int)iq3s_grid[q[6] | (h << 2 & 256)],
-                                          (int)iq3s_grid[q[5] | (h << 3 & 256)], (int)iq3s_grid[q[4] | (h << 4 & 256)],
-                                          (int)iq3s_grid[q[3] | (h << 5 & 256)], (int)iq3s_grid[q[2] | (h << 6 & 256)],
-                                          (int)iq3s_grid[q[1] | (h << 7 & 256)], (int)iq3s_grid[q[0] | (h << 8 & 256)]);
-            uint32_t sb;
-            memcpy(&sb, xb->signs + 4 * j, 4);
-            int ls = 2 * ((xb->scales[j / 2] >> 4 * (j % 2)) & 0xf) + 1;
-            step32(a, as, b, j, NC, wv, bits_to_mask(sb), _mm256_set1_epi16((short)ls), isum, 1);
-        }
-        const float d = h2f(xb->d);
-        for (int c = 0; c < NC; c++)
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * q8k_col(a, as, c, b)->d), acc[c]);
-    }
-    store_sums(acc, NC, s, ss);
-}
-
 /* ------------------------------------------------------- Q4_K / Q5_K */
 
 /* Scales (bytes 0..7) and mins (bytes 8..15): see kernels_avx512.c. */
@@ -270,9 +207,9 @@ SIMD_ENTRIES_B32
 /* ------------------------------------- the other 256-element formats */
 
 /*
- * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ4_XS: each format unpacks 32
- * weights at a time into unsigned values, a sign mask and int16 scales,
- * and the shared step32 does the rest. Q3_K values are stored +4 (0..7)
+ * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and IQ4_XS: each
+ * format unpacks 32 weights at a time into unsigned values, a sign mask
+ * and int16 scales, and the shared step32 does the rest. Q3_K values are stored +4 (0..7)
  * and corrected through the bsums; IQ4_XS magnitudes reach 127, so maddubs
  * pairs reach 2 * 127 * 127, still inside int16.
  */
@@ -367,6 +304,38 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
                        _mm256_set1_epi16((short)(2 * (sg >> 28) + 1)), isum, 1);
             }
             d = h2f(x->d) * 0.25f;
+        } else if (T == V_IQ2_S) {
+            const block_iq2_s *x = (const block_iq2_s *)w + b;
+            const uint8_t *signs = x->qs + QK_K / 8;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = x->qs + 4 * j;
+                uint32_t h = x->qh[j];
+                __m256i wv = _mm256_set_epi64x((long long)iq2s_grid[q[3] | (h << 2 & 0x300)],
+                                               (long long)iq2s_grid[q[2] | (h << 4 & 0x300)],
+                                               (long long)iq2s_grid[q[1] | (h << 6 & 0x300)],
+                                               (long long)iq2s_grid[q[0] | (h << 8 & 0x300)]);
+                uint32_t sb;
+                memcpy(&sb, signs + 4 * j, 4);
+                __m256i sc = scale_pair(2 * (x->scales[j] & 0xf) + 1, 2 * (x->scales[j] >> 4) + 1);
+                step32(a, as, b, j, NC, wv, bits_to_mask(sb), sc, isum, 1);
+            }
+            d = h2f(x->d) * 0.125f;
+        } else if (T == V_IQ3_S) {
+            const block_iq3_s *x = (const block_iq3_s *)w + b;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = x->qs + 8 * j;
+                uint32_t h = x->qh[j];
+                __m256i wv = _mm256_set_epi32(
+                    (int)iq3s_grid[q[7] | (h << 1 & 256)], (int)iq3s_grid[q[6] | (h << 2 & 256)],
+                    (int)iq3s_grid[q[5] | (h << 3 & 256)], (int)iq3s_grid[q[4] | (h << 4 & 256)],
+                    (int)iq3s_grid[q[3] | (h << 5 & 256)], (int)iq3s_grid[q[2] | (h << 6 & 256)],
+                    (int)iq3s_grid[q[1] | (h << 7 & 256)], (int)iq3s_grid[q[0] | (h << 8 & 256)]);
+                uint32_t sb;
+                memcpy(&sb, x->signs + 4 * j, 4);
+                int ls = 2 * ((x->scales[j / 2] >> 4 * (j % 2)) & 0xf) + 1;
+                step32(a, as, b, j, NC, wv, bits_to_mask(sb), _mm256_set1_epi16((short)ls), isum, 1);
+            }
+            d = h2f(x->d);
         } else {  /* V_IQ4_XS */
             const block_iq4_xs *x = (const block_iq4_xs *)w + b;
             const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
@@ -397,6 +366,8 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
 }
 
 SIMD_ENTRIES_VEC
+SIMD_ENTRY(iq2_s, k_vec, V_IQ2_S)
+SIMD_ENTRY(iq3_s, k_vec, V_IQ3_S)
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 

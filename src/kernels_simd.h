@@ -64,8 +64,9 @@ AI float load1_f(const void *w, int64_t i, const int kind)
 }
 
 /* The 256-element formats that go through the generic unpack-and-step
- * kernel k_vec of each ISA file. */
-enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
+ * kernel k_vec of each ISA file (IQ2_S and IQ3_S at AVX2 only: AVX-512
+ * has its own kernels for them). */
+enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS, V_IQ2_S, V_IQ3_S };
 
 /* k_<name>(n, w, a, as, NC, s, ss): impl with its kind fixed. */
 #define SIMD_ENTRY(name, impl, kind)                                                        \
