@@ -820,6 +820,29 @@ AI void tile_bsums_pairs(const void *a, size_t as, int c0, int cnt, int nb, __m5
         }
 }
 
+/*
+ * Sub-block j (G dwords of weights, G * 4 values) of four tile rows against
+ * the transposed activations ab: v = v0 + the dpbusd sums in dword order,
+ * then S[i] += sc[i] * v, all in exact int32 (Q4_K / Q5_K: G = 8, v0 = 0;
+ * Q6_K: G = 4, v0 = -bs, the correction of its +32 offset).
+ */
+AI void tile_sub4(const int G, int j, const __m512i *ab, const uint8_t *const w[4], const int32_t sc[4],
+                  __m512i v0, __m512i S[4])
+{
+    __m512i v[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) v[i] = v0;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; g++) {
+        __m512i av = ab[G * j + g];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)w[i])[G * j + g]), av);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(sc[i])));
+}
+
 AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *at,
                       const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
@@ -831,21 +854,10 @@ AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *
         __m512i S[4], M[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
-        for (int j = 0; j < 8; j++) {
-            __m512i v[4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) v[i] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) {
-                __m512i av = ab[8 * j + g];
-#pragma GCC unroll 4
-                for (int i = 0; i < 4; i++)
-                    v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[8 * j + g]), av);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
-        }
+        for (int j = 0; j < 8; j++)
+            tile_sub4(8, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
+                      (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
+                      _mm512_setzero_si512(), S);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             const __m512i bk = bs[b * 4 + k];
@@ -1070,22 +1082,10 @@ AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at
         __m512i S[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) S[i] = _mm512_setzero_si512();
-        for (int j = 0; j < 16; j++) {
-            __m512i nb32 = _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]);
-            __m512i v[4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) v[i] = nb32;
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++) {
-                __m512i av = ab[4 * j + g];
-#pragma GCC unroll 4
-                for (int i = 0; i < 4; i++)
-                    v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[4 * j + g]), av);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
-        }
+        for (int j = 0; j < 16; j++)
+            tile_sub4(4, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
+                      (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
+                      _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]), S);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
             a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
