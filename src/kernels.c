@@ -348,18 +348,24 @@ static void unpack_iq2_xxs(const void *blk, struct moeq_unpacked *u)
     u->dmin = 0;
 }
 
+/* IQ2_XS / IQ2_S: a nibble scale s per 16 values, (2s + 1) / 8 of d. */
+static void iq2_scales(const uint8_t *scales, ggml_half d, struct moeq_unpacked *u)
+{
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = 2 * ((scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
+        u->mn[g] = 0;
+    }
+    u->d = f16(d) * 0.125f;
+    u->dmin = 0;
+}
+
 static void unpack_iq2_xs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_xs *x = blk;
     for (int k = 0; k < 32; k++)
         put_signed8(u->q + 8 * k, (const uint8_t *)&iq2xs_grid[x->qs[k] & 511],
                     ksigns_iq2xs[x->qs[k] >> 9]);
-    for (int g = 0; g < 16; g++) {
-        u->sc[g] = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
-        u->mn[g] = 0;
-    }
-    u->d = f16(x->d) * 0.125f;
-    u->dmin = 0;
+    iq2_scales(x->scales, x->d, u);
 }
 
 static void unpack_iq2_s(const void *blk, struct moeq_unpacked *u)
@@ -370,12 +376,7 @@ static void unpack_iq2_s(const void *blk, struct moeq_unpacked *u)
         int idx = x->qs[k] | ((x->qh[k / 4] >> (2 * (k % 4))) & 3) << 8;
         put_signed8(u->q + 8 * k, (const uint8_t *)&iq2s_grid[idx], signs[k]);
     }
-    for (int g = 0; g < 16; g++) {
-        u->sc[g] = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
-        u->mn[g] = 0;
-    }
-    u->d = f16(x->d) * 0.125f;
-    u->dmin = 0;
+    iq2_scales(x->scales, x->d, u);
 }
 
 static void unpack_iq3_xxs(const void *blk, struct moeq_unpacked *u)

@@ -379,6 +379,9 @@ AI __m256 load8_f(const void *w, int64_t i, const int kind)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+/* Float weights against f32 activations, 8 lanes at a time: a deliberate
+ * ISA twin of k_float in kernels_avx512.c (the vector width and the reduction
+ * differ; the shared pieces are in kernels_simd.h). */
 AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
                 const int kind)
 {
@@ -389,16 +392,10 @@ AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC
         __m256 wv = load8_f(w, i, kind);
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
-            const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-            acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(y + i), acc[c]);
+            acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(f32_col(a, as, c) + i), acc[c]);
         }
     }
-    for (int c = 0; c < NC; c++) {
-        const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-        float t = hsum8(acc[c]);
-        for (int64_t j = i; j < n; j++) t += load1_f(w, j, kind) * y[j];
-        s[(size_t)c * ss] = t;
-    }
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(hsum8(acc[c]), w, f32_col(a, as, c), i, n, kind);
 }
 
 SIMD_ENTRIES_FLOAT

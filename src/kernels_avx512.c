@@ -1602,6 +1602,9 @@ AI __m512 load16_f(const void *w, int64_t i, const int kind)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* Float weights against f32 activations, 16 lanes at a time: a deliberate
+ * ISA twin of k_float in kernels_avx2.c (the vector width and the reduction
+ * differ; the shared pieces are in kernels_simd.h). */
 AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
                 const int kind)
 {
@@ -1613,17 +1616,11 @@ AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC
         __m512 wv = load16_f(w, i, kind);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
-            const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-            acc[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(y + i), acc[c]);
+            acc[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(f32_col(a, as, c) + i), acc[c]);
         }
     }
 #pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) {
-        const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-        float t = _mm512_reduce_add_ps(acc[c]);
-        for (int64_t j = i; j < n; j++) t += load1_f(w, j, kind) * y[j];
-        s[(size_t)c * ss] = t;
-    }
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(_mm512_reduce_add_ps(acc[c]), w, f32_col(a, as, c), i, n, kind);
 }
 
 SIMD_ENTRIES_FLOAT

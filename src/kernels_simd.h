@@ -63,6 +63,20 @@ AI float load1_f(const void *w, int64_t i, const int kind)
     return kind == 1 ? _cvtsh_ss(h) : moeq_bf16_to_f32(h);
 }
 
+/* Activation column c of f32 rows as bytes apart. */
+AI const float *f32_col(const void *a, size_t as, int c)
+{
+    return (const float *)((const uint8_t *)a + (size_t)c * as);
+}
+
+/* t plus the products of a float row's elements i .. n-1, in order: the
+ * tail past the last whole vector. */
+AI float float_tail(float t, const void *w, const float *y, int64_t i, int64_t n, const int kind)
+{
+    for (int64_t j = i; j < n; j++) t += load1_f(w, j, kind) * y[j];
+    return t;
+}
+
 /* The 256-element formats that go through the generic unpack-and-step
  * kernel k_vec of each ISA file (IQ2_S and IQ3_S at AVX2 only: AVX-512
  * has its own kernels for them). */
