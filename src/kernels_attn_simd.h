@@ -293,7 +293,8 @@ static void attn_silu_mul(float *g, const float *u, size_t n)
     }
 }
 
-/* Cached rows to f32, as the scalar converters in kernels_attn.c. */
+/* Cached rows to f32: deliberate ISA twins of the scalar cvt_f16 and
+ * cvt_q8_0 in kernels_attn.c, eight values per store. */
 static void attn_cvt_f16(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
 {
     (void)ds;
