@@ -16,11 +16,12 @@ OPT     ?= -O2
 CFLAGS_COMMON = $(CSTD) $(WARN) -g -pthread -Isrc -Ibuild $(shell pkg-config --cflags libpcre2-8 libmicrohttpd jansson 2>/dev/null)
 LDLIBS   = -lpcre2-8 -lmicrohttpd -ljansson -lm -lpthread
 
-# Per-ISA kernel files are compiled with their own target flags; everything
-# else stays baseline x86-64 so the binary runs anywhere and picks kernels at
-# run time.
+# Per-ISA kernel files (names ending in _avx2 / _avx512) are compiled with
+# their own target flags; everything else stays baseline x86-64 so the
+# binary runs anywhere and picks kernels at run time.
 ISA_avx2   = -mavx2 -mfma -mf16c
 ISA_avx512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16
+ISA_FLAGS  = $(ISA_$(lastword $(subst _, ,$(basename $(notdir $<)))))
 
 SRC_LIB   = $(wildcard src/*.c)
 SRC_TOOLS = $(filter-out tools/moeq.c,$(wildcard tools/*.c))
@@ -63,11 +64,11 @@ moeq: $(REL)/tools/moeq.o $(OBJ_REL_LIB)
 
 $(REL)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) $(OPT) $(ISA_$(patsubst kernels_%,%,$(basename $(notdir $<)))) -c -o $@ $<
+	$(CC) $(CFLAGS_COMMON) $(OPT) $(ISA_FLAGS) -c -o $@ $<
 
 $(ASAN)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) -O1 $(SAN) $(ISA_$(patsubst kernels_%,%,$(basename $(notdir $<)))) -c -o $@ $<
+	$(CC) $(CFLAGS_COMMON) -O1 $(SAN) $(ISA_FLAGS) -c -o $@ $<
 
 $(REL)/moeq-tests: $(OBJ_REL_TESTS) $(OBJ_REL_LIB)
 	$(CC) $(CFLAGS_COMMON) $(OPT) -o $@ $^ $(LDLIBS)
@@ -100,7 +101,7 @@ check-long: check-deps moeq $(REL)/moeq-tests
 FUZZ_SECONDS ?= 60
 build/fuzz/fuzz_gguf: tests/fuzz/fuzz_gguf.c $(SRC_LIB) $(HDRS)
 	@mkdir -p build/fuzz
-	$(FUZZCC) $(CSTD) -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ tests/fuzz/fuzz_gguf.c $(filter-out src/kernels_%.c,$(SRC_LIB)) $(LDLIBS)
+	$(FUZZCC) $(CSTD) -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ tests/fuzz/fuzz_gguf.c $(filter-out src/%_avx2.c src/%_avx512.c,$(SRC_LIB)) $(LDLIBS)
 
 fuzz: build/fuzz/fuzz_gguf
 	@mkdir -p build/fuzz/corpus

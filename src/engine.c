@@ -108,14 +108,6 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
     for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
 }
 
-static inline float silu(float x) { return x / (1.0f + expf(-x)); }
-
-/* g[i] = silu(g[i]) * u[i] (the SIMD twin is silu_mul_avx2). */
-static void silu_mul_scalar(float *g, const float *u, size_t n)
-{
-    for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
-}
-
 /* Q8_0 row quantization of the KV cache (ggml's block layout: a half
  * scale amax/127 and 32 rounded int8). */
 static void kv_quantize_q8_0(const float *x, block_q8_0 *y, int n)
@@ -355,13 +347,15 @@ static void rope_apply(float *x, const float *cs, int d)
  * uses it for all rows (token x query head) of the item.
  *
  * Bit-exactness: the output of a (token, head) must not depend on which
- * other tokens share its batch. Each kernel below therefore computes every
- * row's value with exactly the float operations a single-row call would:
+ * other tokens share its batch. Each kernel (kernels_attn.c) therefore
+ * computes every row's value with exactly the float operations a
+ * single-row call would:
  * a dot product with a fixed lane layout and reduction tree, the softmax
  * over positions in order, V accumulated in position order. Tiling only
  * shares the loads and conversions (which are exact), never the rounding.
  * The sequences are those of the per-(token, head) loops this replaced,
- * except that the SIMD kernels take exponentials eight at a time (exp8).
+ * except that the SIMD kernels take exponentials eight at a time
+ * (attn_exp8, kernels_attn_simd.h).
  */
 /* The item and tile sizes (ATT_ROWS, ATT_POS, the heads per item and
  * tokens per tile at a context) are the memory plan's: engine_mem.h. */
@@ -372,465 +366,10 @@ struct attn_job {
     int nh, nchunk;       /* query heads per item, items per (tile, KV head) */
 };
 
-/*
- * Converters of n cached rows (one KV head each, stride bytes apart) to
- * f32 rows of d values; Q8_0 leaves the int8 values as floats (exact) and
- * the block scales in ds (d / 32 per row), so the kernels can apply the
- * scale where the per-row arithmetic always did.
- */
-static void cvt_f16(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
-{
-    (void)ds;
-    for (int p = 0; p < n; p++) {
-        const uint16_t *h = (const uint16_t *)(src + (size_t)p * stride);
-        for (int i = 0; i < d; i++) dst[(size_t)p * d + i] = h2f(h[i]);
-    }
-}
-
-static void cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
-{
-    const int nb = d / QK8_0;
-    for (int p = 0; p < n; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
-        for (int j = 0; j < nb; j++) {
-            ds[p * nb + j] = h2f(b[j].d);
-            for (int i = 0; i < QK8_0; i++) dst[(size_t)p * d + j * QK8_0 + i] = (float)b[j].qs[i];
-        }
-    }
-}
-
-/* x[p] = exp(x[p] - m): libm's expf, the reference. */
-static void exp_shift(float *x, int n, float m)
-{
-    for (int p = 0; p < n; p++) x[p] = expf(x[p] - m);
-}
-
-/*
- * Scores: sc[r * ld + p] = scale * q[r] . k[p] for nr rows and np
- * positions. Accumulation: out[r] += sum over p < np of w[r * ld + p] *
- * v[p], in position order. The scalar kernels are the reference; the AVX2
- * twins keep their own (different) fixed lane order, so one CPU always
- * gives the same bits for a (token, head).
- */
-static void scores_f16(const float *const *q, int nr, const float *k, const float *ks, int np,
-                       int d, float scale, float *sc, size_t ld)
-{
-    (void)ks;
-    for (int r = 0; r < nr; r++)
-        for (int p = 0; p < np; p++) {
-            const float *kp = k + (size_t)p * d;
-            float s = 0;
-            for (int i = 0; i < d; i++) s += q[r][i] * kp[i];
-            sc[(size_t)r * ld + p] = s * scale;
-        }
-}
-
-static void scores_q8_0(const float *const *q, int nr, const float *k, const float *ks, int np,
-                        int d, float scale, float *sc, size_t ld)
-{
-    const int nb = d / QK8_0;
-    for (int r = 0; r < nr; r++)
-        for (int p = 0; p < np; p++) {
-            const float *kp = k + (size_t)p * d;
-            float s = 0;
-            for (int j = 0; j < nb; j++) {
-                float t = 0;
-                for (int i = 0; i < QK8_0; i++) t += q[r][j * QK8_0 + i] * kp[j * QK8_0 + i];
-                s += t * ks[p * nb + j];
-            }
-            sc[(size_t)r * ld + p] = s * scale;
-        }
-}
-
-static void accum_f16(float *const *out, int nr, const float *w, size_t ld, const float *v,
-                      const float *vs, int np, int d)
-{
-    (void)vs;
-    for (int r = 0; r < nr; r++) {
-        float *o = out[r];
-        const float *wr = w + (size_t)r * ld;
-        for (int p = 0; p < np; p++)
-            for (int i = 0; i < d; i++) o[i] += wr[p] * v[(size_t)p * d + i];
-    }
-}
-
-static void accum_q8_0(float *const *out, int nr, const float *w, size_t ld, const float *v,
-                       const float *vs, int np, int d)
-{
-    const int nb = d / QK8_0;
-    for (int r = 0; r < nr; r++) {
-        float *o = out[r];
-        const float *wr = w + (size_t)r * ld;
-        for (int p = 0; p < np; p++)
-            for (int j = 0; j < nb; j++) {
-                float wd = wr[p] * vs[p * nb + j];
-                const float *vp = v + (size_t)p * d + j * QK8_0;
-                for (int i = 0; i < QK8_0; i++) o[j * QK8_0 + i] += wd * vp[i];
-            }
-    }
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
-
-/*
- * Horizontal sums of four 8-lane vectors, each by the same tree:
- * ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)). Results land in lanes
- * 0 (a), 4 (b), 2 (c) and 6 (d). Every addition has the operands a
- * one-vector reduction in this order would have, so the bits are the same
- * whichever four vectors travel together.
- */
-AVX2_TARGET static inline __m256 hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
-{
-    __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
-    __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
-    __m256 x = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
-    return _mm256_add_ps(x, _mm256_movehdup_ps(x));
-}
-
-/* Store the four sums of hsum8x4 (rows r, r+1 x positions p, p+1) times
- * scale, leaving out a second row or position that does not exist. */
-AVX2_TARGET static inline void store4(__m256 s, float scale, float *sc, size_t ld, int two_r, int two_p)
-{
-    float t[8];
-    _mm256_storeu_ps(t, s);
-    sc[0] = t[0] * scale;
-    if (two_p) sc[1] = t[4] * scale;
-    if (two_r) {
-        sc[ld] = t[2] * scale;
-        if (two_p) sc[ld + 1] = t[6] * scale;
-    }
-}
-
-/*
- * The SIMD kernels are written once (as macros) and compiled twice: for
- * AVX2, and for AVX-512VL, which runs the very same 256-bit operations but
- * has 32 registers, so more rows share each load. Same operations in the
- * same order, so the same bits on either.
- */
-#define UNROLL _Pragma("GCC unroll 8")
-/* Keep a loaded value in a register: the compiler would otherwise fold the
- * load into each FMA that uses it, loading it again for every position. */
-#define IN_REG(x) __asm__("" : "+v"(x))
-
-/* F16 K: two accumulators per dot product (even and odd 8-lane chunks),
- * added before the reduction; d is a multiple of 16 (attn_pick). RB rows
- * by two positions at a time; a missing row or position repeats the last
- * one and is not stored. */
-#define DEF_SCORES_F16(NAME, TARGET, RB)                                                   \
-TARGET static void NAME(const float *const *q, int nr, const float *k, const float *ks,    \
-                        int np, int d, float scale, float *sc, size_t ld)                 \
-{                                                                                          \
-    (void)ks;                                                                              \
-    for (int r = 0; r < nr; r += (RB)) {                                                   \
-        const float *qr[RB];                                                               \
-        UNROLL for (int rr = 0; rr < (RB); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1]; \
-        for (int p = 0; p < np; p += 2) {                                                  \
-            const float *ka = k + (size_t)p * d;                                           \
-            const float *kb = k + (size_t)(p + 1 < np ? p + 1 : p) * d;                    \
-            __m256 e0[RB][2], e1[RB][2];                                                   \
-            UNROLL for (int rr = 0; rr < (RB); rr++)                                       \
-                e0[rr][0] = e0[rr][1] = e1[rr][0] = e1[rr][1] = _mm256_setzero_ps();       \
-            for (int i = 0; i < d; i += 16) {                                              \
-                __m256 u = _mm256_loadu_ps(ka + i), v = _mm256_loadu_ps(kb + i);           \
-                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
-                    __m256 x = _mm256_loadu_ps(qr[rr] + i);                                \
-                    IN_REG(x);                                                             \
-                    e0[rr][0] = _mm256_fmadd_ps(x, u, e0[rr][0]);                          \
-                    e0[rr][1] = _mm256_fmadd_ps(x, v, e0[rr][1]);                          \
-                }                                                                          \
-                u = _mm256_loadu_ps(ka + i + 8);                                           \
-                v = _mm256_loadu_ps(kb + i + 8);                                           \
-                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
-                    __m256 x = _mm256_loadu_ps(qr[rr] + i + 8);                            \
-                    IN_REG(x);                                                             \
-                    e1[rr][0] = _mm256_fmadd_ps(x, u, e1[rr][0]);                          \
-                    e1[rr][1] = _mm256_fmadd_ps(x, v, e1[rr][1]);                          \
-                }                                                                          \
-            }                                                                              \
-            UNROLL for (int rr = 0; rr < (RB); rr += 2) {                                  \
-                if (r + rr >= nr) break;                                                   \
-                __m256 s = hsum8x4(_mm256_add_ps(e0[rr][0], e1[rr][0]),                    \
-                                   _mm256_add_ps(e0[rr][1], e1[rr][1]),                    \
-                                   _mm256_add_ps(e0[rr + 1][0], e1[rr + 1][0]),            \
-                                   _mm256_add_ps(e0[rr + 1][1], e1[rr + 1][1]));           \
-                store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,      \
-                       p + 1 < np);                                                        \
-            }                                                                              \
-        }                                                                                  \
-    }                                                                                      \
-}
-
-/* Q8_0 K: per 32-block an 8-lane product sum t (mul, then three FMAs),
- * then acc += block scale * t; one accumulator per dot product. */
-#define DEF_SCORES_Q8_0(NAME, TARGET, RB)                                                  \
-TARGET static void NAME(const float *const *q, int nr, const float *k, const float *ks,    \
-                        int np, int d, float scale, float *sc, size_t ld)                 \
-{                                                                                          \
-    const int nb = d / QK8_0;                                                              \
-    for (int r = 0; r < nr; r += (RB)) {                                                   \
-        const float *qr[RB];                                                               \
-        UNROLL for (int rr = 0; rr < (RB); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1]; \
-        for (int p = 0; p < np; p += 2) {                                                  \
-            const int p1 = p + 1 < np ? p + 1 : p;                                         \
-            const float *ka = k + (size_t)p * d, *kb = k + (size_t)p1 * d;                 \
-            const float *sa = ks + (size_t)p * nb, *sb = ks + (size_t)p1 * nb;             \
-            __m256 acc[RB][2];                                                             \
-            UNROLL for (int rr = 0; rr < (RB); rr++)                                       \
-                acc[rr][0] = acc[rr][1] = _mm256_setzero_ps();                             \
-            for (int j = 0; j < nb; j++) {                                                 \
-                const int o = j * QK8_0;                                                   \
-                __m256 t[RB][2];                                                           \
-                __m256 u = _mm256_loadu_ps(ka + o), v = _mm256_loadu_ps(kb + o);           \
-                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
-                    __m256 x = _mm256_loadu_ps(qr[rr] + o);                                \
-                    IN_REG(x);                                                             \
-                    t[rr][0] = _mm256_mul_ps(x, u);                                        \
-                    t[rr][1] = _mm256_mul_ps(x, v);                                        \
-                }                                                                          \
-                UNROLL for (int c = 8; c < QK8_0; c += 8) {                                \
-                    u = _mm256_loadu_ps(ka + o + c);                                       \
-                    v = _mm256_loadu_ps(kb + o + c);                                       \
-                    UNROLL for (int rr = 0; rr < (RB); rr++) {                             \
-                        __m256 x = _mm256_loadu_ps(qr[rr] + o + c);                        \
-                        IN_REG(x);                                                         \
-                        t[rr][0] = _mm256_fmadd_ps(x, u, t[rr][0]);                        \
-                        t[rr][1] = _mm256_fmadd_ps(x, v, t[rr][1]);                        \
-                    }                                                                      \
-                }                                                                          \
-                __m256 da = _mm256_set1_ps(sa[j]), db = _mm256_set1_ps(sb[j]);             \
-                UNROLL for (int rr = 0; rr < (RB); rr++) {                                 \
-                    acc[rr][0] = _mm256_fmadd_ps(da, t[rr][0], acc[rr][0]);                \
-                    acc[rr][1] = _mm256_fmadd_ps(db, t[rr][1], acc[rr][1]);                \
-                }                                                                          \
-            }                                                                              \
-            UNROLL for (int rr = 0; rr < (RB); rr += 2) {                                  \
-                if (r + rr >= nr) break;                                                   \
-                __m256 s = hsum8x4(acc[rr][0], acc[rr][1], acc[rr + 1][0], acc[rr + 1][1]); \
-                store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,      \
-                       p + 1 < np);                                                        \
-            }                                                                              \
-        }                                                                                  \
-    }                                                                                      \
-}
-
-/* out[r + rr][i .. i + 8 NC) += weight(r + rr, p) * v[p][i ..) for p in
- * order, R rows at a time, the outputs held in registers across positions. */
-#define ACC_BLOCK(R, NC, WEIGHT)                                                           \
-    do {                                                                                   \
-        __m256 acc[R][NC];                                                                 \
-        UNROLL for (int rr = 0; rr < (R); rr++)                                            \
-            UNROLL for (int c = 0; c < (NC); c++)                                          \
-                acc[rr][c] = _mm256_loadu_ps(out[r + rr] + i + 8 * c);                     \
-        for (int p = 0; p < np; p++) {                                                     \
-            __m256 x[NC];                                                                  \
-            UNROLL for (int c = 0; c < (NC); c++) {                                        \
-                x[c] = _mm256_loadu_ps(v + (size_t)p * d + i + 8 * c);                     \
-                IN_REG(x[c]);                                                              \
-            }                                                                              \
-            UNROLL for (int rr = 0; rr < (R); rr++) {                                      \
-                __m256 wp = _mm256_set1_ps(WEIGHT(r + rr, p));                             \
-                UNROLL for (int c = 0; c < (NC); c++)                                      \
-                    acc[rr][c] = _mm256_fmadd_ps(wp, x[c], acc[rr][c]);                    \
-            }                                                                              \
-        }                                                                                  \
-        UNROLL for (int rr = 0; rr < (R); rr++)                                            \
-            UNROLL for (int c = 0; c < (NC); c++)                                          \
-                _mm256_storeu_ps(out[r + rr] + i + 8 * c, acc[rr][c]);                     \
-    } while (0)
-
-/* F16 V: out = fma(w, v, out) per lane; d is a multiple of 16. */
-#define W_F16(row, p) w[(size_t)(row) * ld + (p)]
-#define DEF_ACCUM_F16(NAME, TARGET, RB)                                                    \
-TARGET static void NAME(float *const *out, int nr, const float *w, size_t ld,              \
-                        const float *v, const float *vs, int np, int d)                    \
-{                                                                                          \
-    (void)vs;                                                                              \
-    int r = 0;                                                                             \
-    for (; r + (RB) <= nr; r += (RB)) {                                                    \
-        int i = 0;                                                                         \
-        for (; i + 32 <= d; i += 32) ACC_BLOCK(RB, 4, W_F16);                              \
-        for (; i < d; i += 16) ACC_BLOCK(RB, 2, W_F16);                                    \
-    }                                                                                      \
-    for (; r < nr; r++) {                                                                  \
-        int i = 0;                                                                         \
-        for (; i + 32 <= d; i += 32) ACC_BLOCK(1, 4, W_F16);                               \
-        for (; i < d; i += 16) ACC_BLOCK(1, 2, W_F16);                                     \
-    }                                                                                      \
-}
-
-/* Q8_0 V: the weight times the block scale first (one float multiply),
- * then out = fma(that, int8 value, out) per lane; i walks whole blocks. */
-#define W_Q8_0(row, p) (w[(size_t)(row) * ld + (p)] * vs[(p) * nb + i / QK8_0])
-#define DEF_ACCUM_Q8_0(NAME, TARGET, RB)                                                   \
-TARGET static void NAME(float *const *out, int nr, const float *w, size_t ld,              \
-                        const float *v, const float *vs, int np, int d)                    \
-{                                                                                          \
-    const int nb = d / QK8_0;                                                              \
-    int r = 0;                                                                             \
-    for (; r + (RB) <= nr; r += (RB))                                                      \
-        for (int i = 0; i < d; i += 32) ACC_BLOCK(RB, 4, W_Q8_0);                          \
-    for (; r < nr; r++)                                                                    \
-        for (int i = 0; i < d; i += 32) ACC_BLOCK(1, 4, W_Q8_0);                           \
-}
-
-DEF_SCORES_F16(scores_f16_avx2, AVX2_TARGET, 2)
-DEF_SCORES_Q8_0(scores_q8_0_avx2, AVX2_TARGET, 2)
-DEF_ACCUM_F16(accum_f16_avx2, AVX2_TARGET, 3)
-DEF_ACCUM_Q8_0(accum_q8_0_avx2, AVX2_TARGET, 3)
-#define AVX512_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
-DEF_SCORES_F16(scores_f16_avx512, AVX512_TARGET, 4)
-DEF_SCORES_Q8_0(scores_q8_0_avx512, AVX512_TARGET, 4)
-DEF_ACCUM_F16(accum_f16_avx512, AVX512_TARGET, 4)
-DEF_ACCUM_Q8_0(accum_q8_0_avx512, AVX512_TARGET, 4)
-#undef DEF_SCORES_F16
-#undef DEF_SCORES_Q8_0
-#undef DEF_ACCUM_F16
-#undef DEF_ACCUM_Q8_0
-#undef ACC_BLOCK
-#undef W_F16
-#undef W_Q8_0
-#undef UNROLL
-#undef IN_REG
-
-/*
- * x[p] = exp(x[p] - m), eight at a time: 2^n e^r with n = round(y / ln 2),
- * r = y - n ln 2 (ln 2 split in two so r is nearly exact, |r| <= ln 2 / 2)
- * and e^r by its Taylor polynomial to r^7 (truncation below 1e-8
- * relative), 2^n added to the exponent field. Within about an ulp of
- * expf, and the same bits for a value wherever it sits in the row (a short
- * tail goes through the same code in a padded buffer). y below -87.3
- * (results that would be subnormal) gives 0; NaN stays NaN.
- */
-AVX2_TARGET static inline __m256 exp8(__m256 y)
-{
-    const __m256 log2e = _mm256_set1_ps(1.44269504f);
-    const __m256 ln2_hi = _mm256_set1_ps(0.693145751953125f);   /* 12 significant bits */
-    const __m256 ln2_lo = _mm256_set1_ps(1.428606765330187e-06f);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(y, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, y);
-    r = _mm256_fnmadd_ps(n, ln2_lo, r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256 under = _mm256_cmp_ps(y, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
-    __m256 big = _mm256_cmp_ps(y, _mm256_set1_ps(88.0f), _CMP_GT_OQ);
-    n = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-    __m256 v = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-    v = _mm256_andnot_ps(under, v);
-    v = _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), big);
-    return _mm256_blendv_ps(v, y, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
-}
-
-AVX2_TARGET static void exp_shift_avx2(float *x, int n, float m)
-{
-    const __m256 vm = _mm256_set1_ps(m);
-    int p = 0;
-    for (; p + 8 <= n; p += 8)
-        _mm256_storeu_ps(x + p, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + p), vm)));
-    if (p < n) {
-        float t[8] = { 0 };
-        memcpy(t, x + p, (size_t)(n - p) * sizeof *t);
-        _mm256_storeu_ps(t, exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vm)));
-        memcpy(x + p, t, (size_t)(n - p) * sizeof *t);
-    }
-}
-
-/*
- * The expert hidden rows, g[i] = silu(g[i]) * u[i], a sizeable share of a
- * prompt's time with a libm expf per element: exp8 eight at a time, the
- * tail through the same code in a padded buffer, so a value does not
- * depend on where it sits in the row.
- */
-AVX2_TARGET static void silu_mul_avx2(float *g, const float *u, size_t n)
-{
-    const __m256 one = _mm256_set1_ps(1.0f);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(g + i);
-        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
-    }
-    if (i < n) {
-        float tg[8] = { 0 }, tu[8] = { 0 };
-        memcpy(tg, g + i, (n - i) * sizeof *tg);
-        memcpy(tu, u + i, (n - i) * sizeof *tu);
-        silu_mul_avx2(tg, tu, 8);
-        memcpy(g + i, tg, (n - i) * sizeof *tg);
-    }
-}
-
-AVX2_TARGET static void cvt_f16_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
-                                     float *ds)
-{
-    (void)ds;
-    for (int p = 0; p < n; p++) {
-        const uint16_t *h = (const uint16_t *)(src + (size_t)p * stride);
-        for (int i = 0; i < d; i += 8)
-            _mm256_storeu_ps(dst + (size_t)p * d + i,
-                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-    }
-}
-
-AVX2_TARGET static void cvt_q8_0_avx2(const uint8_t *src, size_t stride, int n, int d, float *dst,
-                                      float *ds)
-{
-    const int nb = d / QK8_0;
-    for (int p = 0; p < n; p++) {
-        const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
-        for (int j = 0; j < nb; j++) {
-            ds[p * nb + j] = h2f(b[j].d);
-            for (int i = 0; i < QK8_0; i += 8) {
-                __m128i q8 = _mm_loadl_epi64((const __m128i *)(b[j].qs + i));
-                _mm256_storeu_ps(dst + (size_t)p * d + j * QK8_0 + i,
-                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
-            }
-        }
-    }
-}
-#define HAVE_AVX2_ATTN 1
-#endif
-
-static void silu_mul(float *g, const float *u, size_t n)
-{
-#ifdef HAVE_AVX2_ATTN
-    if (moeq_isa_best() >= MOEQ_ISA_AVX2) { silu_mul_avx2(g, u, n); return; }
-#endif
-    silu_mul_scalar(g, u, n);
-}
-
 /* The kernels for the cache types and the given ISA (at most the CPU's). */
 static void attn_pick(moeq_engine *e, int isa)
 {
-    const int d = e->m->hp.head_dim, k16 = e->type_k == MOEQ_TYPE_F16, v16 = e->type_v == MOEQ_TYPE_F16;
-    struct moeq_attn_ops *o = &e->attn;
-    o->cvt_k = k16 ? cvt_f16 : cvt_q8_0;
-    o->cvt_v = v16 ? cvt_f16 : cvt_q8_0;
-    o->scores = k16 ? scores_f16 : scores_q8_0;
-    o->accum = v16 ? accum_f16 : accum_q8_0;
-    o->exp_shift = exp_shift;
-#ifdef HAVE_AVX2_ATTN
-    if (isa >= MOEQ_ISA_AVX2 && moeq_isa_best() >= MOEQ_ISA_AVX2 && d % 16 == 0) {
-        o->cvt_k = k16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
-        o->cvt_v = v16 ? cvt_f16_avx2 : cvt_q8_0_avx2;
-        o->scores = k16 ? scores_f16_avx2 : scores_q8_0_avx2;
-        o->accum = v16 ? accum_f16_avx2 : accum_q8_0_avx2;
-        o->exp_shift = exp_shift_avx2;
-        if (isa >= MOEQ_ISA_AVX512 && moeq_isa_best() >= MOEQ_ISA_AVX512) {
-            o->scores = k16 ? scores_f16_avx512 : scores_q8_0_avx512;
-            o->accum = v16 ? accum_f16_avx512 : accum_q8_0_avx512;
-        }
-    }
-#else
-    (void)d; (void)isa;
-#endif
+    moeq_attn_pick(isa, e->type_k, e->type_v, e->m->hp.head_dim, &e->attn);
 }
 
 void moeq_engine_attn_isa(moeq_engine *e, int isa) { attn_pick(e, isa); }
@@ -839,7 +378,7 @@ void moeq_engine_attn_isa(moeq_engine *e, int isa) { attn_pick(e, isa); }
  * Softmax of nr rows (ld floats apart) over their first n entries, each
  * row as a lone row always was: m = the largest entry, x = expf(x - m) in
  * position order, their sum in position order, x *= 1 / sum (expf is
- * libm's in the scalar kernels, exp8 in the SIMD ones). The maximum
+ * libm's in the scalar kernels, attn_exp8 in the SIMD ones). The maximum
  * is found with four running maxima (the largest value is the same in any
  * order; only the sign of a zero maximum could differ, and x - (+0) and
  * x - (-0) have the same exponential), and the sums of four rows run side
@@ -1118,7 +657,8 @@ static void moe_task_fn(void *ctx, int64_t b, int64_t end, int tid)
             rows_kernel(e, tid, &j->l->gate_exps, x, t->r0, t->r1, a, cnt, G, (size_t)F);
             rows_kernel(e, tid, &j->l->up_exps, x, t->r0, t->r1, au, cnt, U, (size_t)F);
             for (int c = 0; c < cnt; c++)
-                silu_mul(G + (size_t)c * F + t->r0, U + (size_t)c * F + t->r0, (size_t)(t->r1 - t->r0));
+                moeq_silu_mul(G + (size_t)c * F + t->r0, U + (size_t)c * F + t->r0,
+                              (size_t)(t->r1 - t->r0));
         } else {
             float *D = e->dout + (size_t)off * E;
             rows_kernel(e, tid, &j->l->down_exps, x, t->r0, t->r1, a, cnt, D, (size_t)E);
@@ -1150,7 +690,7 @@ static void moe_whole_fn(void *ctx, int64_t b, int64_t end, int tid)
         float *G = e->hg + (size_t)off * F, *U = e->hu + (size_t)off * F;
         rows_kernel(e, tid, &j->l->gate_exps, x, 0, F, a, cnt, G, (size_t)F);
         rows_kernel(e, tid, &j->l->up_exps, x, 0, F, au, cnt, U, (size_t)F);
-        silu_mul(G, U, (size_t)cnt * F);
+        moeq_silu_mul(G, U, (size_t)cnt * F);
         struct act h = { G, hstride };
         if (dact != MOEQ_TYPE_F32) {
             uint8_t *hq = e->actq_h + (size_t)off * hstride;
@@ -1257,7 +797,7 @@ static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
     float *gu_out[2] = { e->hg, e->hu };
     const size_t gu_ld[2] = { (size_t)F, (size_t)F };
     matmul_shared(e, gu, gu_out, gu_ld, 2, e->xn, n);
-    silu_mul(e->hg, e->hu, (size_t)n * F);
+    moeq_silu_mul(e->hg, e->hu, (size_t)n * F);
     matmul(e, &l->down, e->hg, n, e->tmp, (size_t)E);
     for (size_t i = 0; i < (size_t)n * E; i++) e->x[i] += e->tmp[i];
 }

@@ -8,20 +8,9 @@
 
 #include "engine.h"
 #include "engine_mem.h"
+#include "kernels.h"
 #include "model.h"
 #include "pool.h"
-
-/* Attention kernels (engine.c): cached K/V rows of one KV head converted
- * to f32, scores of query rows against them, weighted V accumulation. */
-struct moeq_attn_ops {
-    void (*cvt_k)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
-    void (*cvt_v)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
-    void (*scores)(const float *const *q, int nr, const float *k, const float *kscales, int np,
-                   int d, float scale, float *sc, size_t ld);
-    void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
-                  const float *vscales, int np, int d);
-    void (*exp_shift)(float *x, int n, float m);  /* x = exp(x - m), in place */
-};
 
 struct moeq_engine {
     moeq_model            *m;

@@ -72,8 +72,9 @@ size_t moeq_act_row_size(int wtype, int64_t n)
  * the integers can disagree by half a half-ulp; both sides of every test
  * use the stored d, so this only costs accuracy, never consistency.
  */
-static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n)
+static void quantize_act_q8_0(const float *x, void *vy, int64_t n)
 {
+    block_q8_0 *y = vy;
     for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
         float amax = 0;
         for (int j = 0; j < QK8_0; j++) amax = amax_step(amax, x[j]);
@@ -92,8 +93,9 @@ static void quantize_act_q8_0(const float *x, block_q8_0 *y, int64_t n)
  * without overflow. bsums hold the sum of each 16 values: kernels use them
  * for the min / offset terms of the weight formats.
  */
-static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
+static void quantize_act_q8_K(const float *x, void *vy, int64_t n)
 {
+    block_q8_K *y = vy;
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float amax = 0;
         for (int j = 0; j < QK_K; j++) amax = amax_step(amax, x[j]);
@@ -113,27 +115,6 @@ static void quantize_act_q8_K(const float *x, block_q8_K *y, int64_t n)
         }
         y[b].d = amax / 127.f;
     }
-}
-
-static int isa_usable(int isa);
-
-void moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n)
-{
-    int at = moeq_act_type(wtype);
-    if (at == MOEQ_TYPE_F32) {
-        memcpy(y, x, (size_t)n * sizeof(float));
-        return;
-    }
-    moeq_actq_fn f = NULL;
-    if (isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_actq) f = moeq_avx512_actq(at);
-    if (f) f(x, y, n);
-    else if (at == MOEQ_TYPE_Q8_0) quantize_act_q8_0(x, y, n);
-    else quantize_act_q8_K(x, y, n);
-}
-
-void moeq_quantize_act(int wtype, const float *x, void *y, int64_t n)
-{
-    moeq_quantize_act_isa(moeq_isa_best(), wtype, x, y, n);
 }
 
 /* -------------------------------------------- float weights (scalar) */
@@ -278,6 +259,20 @@ static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
     }
 }
 
+/* The eight scale / min pairs of Q4_K / Q5_K (each for two groups of 16)
+ * and the two block factors. */
+static void k4_scales_mins(const uint8_t *scales, ggml_half d, ggml_half dmin, struct moeq_unpacked *u)
+{
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(scales, j, &sc, &mn);
+        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
+        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
+    }
+    u->d = f16(d);
+    u->dmin = f16(dmin);
+}
+
 static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q4_K *x = blk;
@@ -287,14 +282,7 @@ static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
             u->q[64 * p + l]      = (int8_t)(x->qs[32 * p + l] & 0xf);
             u->q[64 * p + 32 + l] = (int8_t)(x->qs[32 * p + l] >> 4);
         }
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        scale_min_k4(x->scales, j, &sc, &mn);
-        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
-        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
-    }
-    u->d = f16(x->d);
-    u->dmin = f16(x->dmin);
+    k4_scales_mins(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
@@ -306,14 +294,7 @@ static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
             u->q[64 * p + l]      = (int8_t)((x->qs[32 * p + l] & 0xf) | ((x->qh[l] >> 2 * p) & 1) << 4);
             u->q[64 * p + 32 + l] = (int8_t)((x->qs[32 * p + l] >> 4) | ((x->qh[l] >> (2 * p + 1)) & 1) << 4);
         }
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        scale_min_k4(x->scales, j, &sc, &mn);
-        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
-        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
-    }
-    u->d = f16(x->d);
-    u->dmin = f16(x->dmin);
+    k4_scales_mins(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q6_K(const void *blk, struct moeq_unpacked *u)
@@ -367,18 +348,24 @@ static void unpack_iq2_xxs(const void *blk, struct moeq_unpacked *u)
     u->dmin = 0;
 }
 
+/* IQ2_XS / IQ2_S: a nibble scale s per 16 values, (2s + 1) / 8 of d. */
+static void iq2_scales(const uint8_t *scales, ggml_half d, struct moeq_unpacked *u)
+{
+    for (int g = 0; g < 16; g++) {
+        u->sc[g] = 2 * ((scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
+        u->mn[g] = 0;
+    }
+    u->d = f16(d) * 0.125f;
+    u->dmin = 0;
+}
+
 static void unpack_iq2_xs(const void *blk, struct moeq_unpacked *u)
 {
     const block_iq2_xs *x = blk;
     for (int k = 0; k < 32; k++)
         put_signed8(u->q + 8 * k, (const uint8_t *)&iq2xs_grid[x->qs[k] & 511],
                     ksigns_iq2xs[x->qs[k] >> 9]);
-    for (int g = 0; g < 16; g++) {
-        u->sc[g] = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
-        u->mn[g] = 0;
-    }
-    u->d = f16(x->d) * 0.125f;
-    u->dmin = 0;
+    iq2_scales(x->scales, x->d, u);
 }
 
 static void unpack_iq2_s(const void *blk, struct moeq_unpacked *u)
@@ -389,12 +376,7 @@ static void unpack_iq2_s(const void *blk, struct moeq_unpacked *u)
         int idx = x->qs[k] | ((x->qh[k / 4] >> (2 * (k % 4))) & 3) << 8;
         put_signed8(u->q + 8 * k, (const uint8_t *)&iq2s_grid[idx], signs[k]);
     }
-    for (int g = 0; g < 16; g++) {
-        u->sc[g] = 2 * ((x->scales[g / 2] >> 4 * (g % 2)) & 0xf) + 1;
-        u->mn[g] = 0;
-    }
-    u->d = f16(x->d) * 0.125f;
-    u->dmin = 0;
+    iq2_scales(x->scales, x->d, u);
 }
 
 static void unpack_iq3_xxs(const void *blk, struct moeq_unpacked *u)
@@ -491,29 +473,23 @@ DOT_K(iq3_xxs, block_iq3_xxs)
 DOT_K(iq3_s, block_iq3_s)
 DOT_K(iq4_xs, block_iq4_xs)
 
-static moeq_vec_dot_fn scalar_vec_dot(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_F32:     return dot_f32;
-    case MOEQ_TYPE_F16:     return dot_f16;
-    case MOEQ_TYPE_BF16:    return dot_bf16;
-    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
-    case MOEQ_TYPE_Q8_0:    return dot_q8_0;
-    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
-    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
-    case MOEQ_TYPE_Q4_K:    return dot_q4_K;
-    case MOEQ_TYPE_Q5_K:    return dot_q5_K;
-    case MOEQ_TYPE_Q6_K:    return dot_q6_K;
-    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
-    case MOEQ_TYPE_IQ2_S:   return dot_iq2_s;
-    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
-    case MOEQ_TYPE_IQ3_S:   return dot_iq3_s;
-    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
-    default:                return NULL;
-    }
-}
+/* The scalar table: a dot product for every type, nothing else (the gemm
+ * driver's loop is the scalar row kernel). The AVX2 and AVX-512 files
+ * hold tables of the same shape on purpose: one row per type and ISA. */
+#define SCALAR(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name }
+static const struct moeq_isa_kernels scalar_kernels = {
+    .type = {
+        SCALAR(F32, f32),     SCALAR(F16, f16),         SCALAR(BF16, bf16),
+        SCALAR(Q4_0, q4_0),   SCALAR(Q8_0, q8_0),       SCALAR(IQ4_NL, iq4_nl),
+        SCALAR(Q2_K, q2_K),   SCALAR(Q3_K, q3_K),       SCALAR(Q4_K, q4_K),
+        SCALAR(Q5_K, q5_K),   SCALAR(Q6_K, q6_K),       SCALAR(IQ2_XXS, iq2_xxs),
+        SCALAR(IQ2_XS, iq2_xs), SCALAR(IQ2_S, iq2_s),   SCALAR(IQ3_XXS, iq3_xxs),
+        SCALAR(IQ3_S, iq3_s), SCALAR(IQ4_XS, iq4_xs),
+    },
+    .actq_q8_0 = quantize_act_q8_0,
+    .actq_q8_K = quantize_act_q8_K,
+};
+#undef SCALAR
 
 /* ------------------------------------------------------------ dispatch */
 
@@ -538,21 +514,63 @@ static int cpu_isa(void)
 }
 
 /*
- * CPU detection and the MOEQ_ISA override run once, on first use, under
- * pthread_once: kernels are looked up from pool threads, and the first use
- * (not load time) is when a test or tool has set MOEQ_ISA.
+ * CPU detection, the MOEQ_ISA override and the resolution of every kernel
+ * row run once, on first use, under pthread_once: kernels are looked up
+ * from pool threads, and the first use (not load time) is when a test or
+ * tool has set MOEQ_ISA.
  */
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_hw, isa_best;
 
+/* The table of an ISA, if its file is linked in. */
+static const struct moeq_isa_kernels *isa_table(int isa)
+{
+    switch (isa) {
+    case MOEQ_ISA_SCALAR: return &scalar_kernels;
+    case MOEQ_ISA_AVX2:   return &moeq_kernels_avx2;
+    case MOEQ_ISA_AVX512: return &moeq_kernels_avx512;
+    default:              return NULL;
+    }
+}
+
 /* Whether the ISA file is linked in and the CPU runs it. */
 static int isa_linked(int isa, int hw)
 {
-    if (isa == MOEQ_ISA_SCALAR) return 1;
-    if (isa > hw) return 0;
-    if (isa == MOEQ_ISA_AVX2) return moeq_avx2_vec_dot != NULL;
-    if (isa == MOEQ_ISA_AVX512) return moeq_avx512_vec_dot != NULL;
-    return 0;
+    return isa >= 0 && isa <= hw && isa_table(isa) != NULL;
+}
+
+/*
+ * What gemm, vec_dot and activation quantization use for one weight type
+ * at one ISA, resolved once: the ISA's own kernels where it has them and
+ * the CPU runs them, the scalar ones where not. own_dot is the ISA's dot
+ * alone (moeq_vec_dot_isa reports NULL where there is none).
+ */
+struct kernel_row {
+    int             act;       /* activation format: moeq_act_type */
+    moeq_actq_fn    actq;      /* NULL for f32 activations (a copy) */
+    moeq_vec_dot_fn dot, own_dot;
+    moeq_row_fn     row;
+    moeq_rows_fn    rows;
+    moeq_tile_fn    tile;
+};
+static struct kernel_row rows_of[MOEQ_ISA_COUNT][MOEQ_TYPE_COUNT];
+
+static void resolve_rows(int isa)
+{
+    const struct moeq_isa_kernels *sc = &scalar_kernels;
+    const struct moeq_isa_kernels *k = isa_linked(isa, isa_hw) ? isa_table(isa) : sc;
+    for (int t = 0; t < MOEQ_TYPE_COUNT; t++) {
+        struct kernel_row *r = &rows_of[isa][t];
+        const struct moeq_type_kernels *kt = &k->type[t];
+        r->act = moeq_act_type(t);
+        r->actq = r->act == MOEQ_TYPE_Q8_0 ? (k->actq_q8_0 ? k->actq_q8_0 : sc->actq_q8_0)
+                : r->act == MOEQ_TYPE_Q8_K ? (k->actq_q8_K ? k->actq_q8_K : sc->actq_q8_K) : NULL;
+        r->own_dot = k == sc && isa != MOEQ_ISA_SCALAR ? NULL : kt->dot;
+        r->dot = kt->dot ? kt->dot : sc->type[t].dot;
+        r->row = kt->row;
+        r->rows = kt->rows;
+        r->tile = kt->tile;
+    }
 }
 
 static void isa_init(void)
@@ -569,12 +587,21 @@ static void isa_init(void)
             if (!strcmp(env, moeq_isa_name(i)) && i < b) b = i;
     }
     isa_best = b;
+    for (int i = 0; i < MOEQ_ISA_COUNT; i++) resolve_rows(i);
 }
 
-static int isa_usable(int isa)
+const struct moeq_isa_kernels *moeq_isa_kernels_of(int isa)
 {
     pthread_once(&isa_once, isa_init);
-    return isa_linked(isa, isa_hw);
+    return isa_linked(isa, isa_hw) ? isa_table(isa) : NULL;
+}
+
+/* The resolved row of wtype at isa, or NULL for an unknown ISA or type. */
+static const struct kernel_row *kernel_row(int isa, int wtype)
+{
+    if (isa < 0 || isa >= MOEQ_ISA_COUNT || wtype < 0 || wtype >= MOEQ_TYPE_COUNT) return NULL;
+    pthread_once(&isa_once, isa_init);
+    return &rows_of[isa][wtype];
 }
 
 int moeq_isa_best(void)
@@ -595,39 +622,28 @@ const char *moeq_isa_name(int isa)
 
 moeq_vec_dot_fn moeq_vec_dot_isa(int wtype, int isa)
 {
-    if (isa < 0 || isa >= MOEQ_ISA_COUNT || !isa_usable(isa)) return NULL;
-    switch (isa) {
-    case MOEQ_ISA_SCALAR: return scalar_vec_dot(wtype);
-    case MOEQ_ISA_AVX2:   return moeq_avx2_vec_dot(wtype);
-    case MOEQ_ISA_AVX512: return moeq_avx512_vec_dot(wtype);
-    default:              return NULL;
-    }
+    const struct kernel_row *r = kernel_row(isa, wtype);
+    return r ? r->own_dot : NULL;
 }
 
 moeq_vec_dot_fn moeq_vec_dot(int wtype)
 {
-    for (int isa = moeq_isa_best(); isa > MOEQ_ISA_SCALAR; isa--) {
-        moeq_vec_dot_fn f = moeq_vec_dot_isa(wtype, isa);
-        if (f) return f;
-    }
-    return scalar_vec_dot(wtype);
+    const struct kernel_row *r = kernel_row(moeq_isa_best(), wtype);
+    return r ? r->dot : NULL;
 }
 
-static moeq_row_fn row_kernel_isa(int wtype, int isa)
+void moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n)
 {
-    if (!isa_usable(isa)) return NULL;
-    switch (isa) {
-    case MOEQ_ISA_AVX2:   return moeq_avx2_row ? moeq_avx2_row(wtype) : NULL;
-    case MOEQ_ISA_AVX512: return moeq_avx512_row ? moeq_avx512_row(wtype) : NULL;
-    default:              return NULL;
-    }
+    const struct kernel_row *r = kernel_row(isa, wtype);
+    if (!r) r = kernel_row(MOEQ_ISA_SCALAR, wtype);
+    if (!r) r = kernel_row(MOEQ_ISA_SCALAR, MOEQ_TYPE_Q8_K);  /* moeq_act_type's default */
+    if (r->actq) r->actq(x, y, n);
+    else memcpy(y, x, (size_t)n * sizeof(float));
 }
 
-static moeq_rows_fn rows_kernel_isa(int wtype, int isa)
+void moeq_quantize_act(int wtype, const float *x, void *y, int64_t n)
 {
-    if (!isa_usable(isa)) return NULL;
-    if (isa == MOEQ_ISA_AVX512 && moeq_avx512_rows) return moeq_avx512_rows(wtype);
-    return NULL;
+    moeq_quantize_act_isa(moeq_isa_best(), wtype, x, y, n);
 }
 
 /* ---------------------------------------------------------------- gemm */
@@ -648,21 +664,18 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
                    const void *A, size_t a_stride, int64_t n_cols,
                    float *out, size_t out_stride)
 {
-    moeq_row_fn row = row_kernel_isa(wtype, isa);
-    moeq_vec_dot_fn dot = moeq_vec_dot_isa(wtype, isa);
-    if (!dot) dot = scalar_vec_dot(wtype);
-    if (!dot || n_rows <= 0 || n_cols <= 0) return;
+    const struct kernel_row *k = kernel_row(isa, wtype);
+    if (!k) k = kernel_row(MOEQ_ISA_SCALAR, wtype);
+    if (!k || !k->dot || n_rows <= 0 || n_cols <= 0) return;
 
     /* prompt batches: a tile kernel where the ISA has one */
-    if (n_cols >= GEMM_TILE_MIN_COLS && isa == MOEQ_ISA_AVX512 && isa_usable(isa) && moeq_avx512_tile) {
-        moeq_tile_fn tile = moeq_avx512_tile(wtype);
-        if (tile && tile(K, W, w_stride, n_rows, A, a_stride, n_cols, out, out_stride)) return;
-    }
+    if (n_cols >= GEMM_TILE_MIN_COLS && k->tile &&
+        k->tile(K, W, w_stride, n_rows, A, a_stride, n_cols, out, out_stride))
+        return;
 
     /* decode: one column against many rows */
-    moeq_rows_fn rows = n_cols == 1 ? rows_kernel_isa(wtype, isa) : NULL;
-    if (rows) {
-        rows(K, W, w_stride, n_rows, A, out);
+    if (n_cols == 1 && k->rows) {
+        k->rows(K, W, w_stride, n_rows, A, out);
         return;
     }
 
@@ -676,12 +689,12 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
         int64_t c1 = c0 + panel < n_cols ? c0 + panel : n_cols;
         for (int64_t r = 0; r < n_rows; r++) {
             const uint8_t *wr = w + (size_t)r * w_stride;
-            if (row) {
-                row(K, wr, a + (size_t)c0 * a_stride, a_stride, (int)(c1 - c0),
-                    out + (size_t)c0 * out_stride + r, out_stride);
+            if (k->row) {
+                k->row(K, wr, a + (size_t)c0 * a_stride, a_stride, (int)(c1 - c0),
+                       out + (size_t)c0 * out_stride + r, out_stride);
             } else {
                 for (int64_t c = c0; c < c1; c++)
-                    dot(K, out + (size_t)c * out_stride + r, wr, a + (size_t)c * a_stride);
+                    k->dot(K, out + (size_t)c * out_stride + r, wr, a + (size_t)c * a_stride);
             }
         }
     }

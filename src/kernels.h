@@ -6,8 +6,9 @@
  * F32/F16/BF16 weights) and the kernels work on integer dot products as ggml
  * does. Every type has a scalar reference kernel (kernels.c) and AVX2 /
  * AVX-512 twins (kernels_avx2.c, kernels_avx512.c) tested against it; the
- * best one for this CPU is chosen at run time. A kernel knows nothing of
- * GGUF or models.
+ * best one for this CPU is chosen at run time. The attention kernels and
+ * the SwiGLU product the engine runs are here too. A kernel knows nothing
+ * of GGUF or models.
  */
 #ifndef MOEQ_KERNELS_H
 #define MOEQ_KERNELS_H
@@ -57,5 +58,33 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
                    const void *W, size_t w_stride, int64_t n_rows,
                    const void *A, size_t a_stride, int64_t n_cols,
                    float *out, size_t out_stride);
+
+/*
+ * Attention over a KV cache (kernels_attn.c). Converters take n cached
+ * rows (one KV head each, stride bytes apart) to f32 rows of d values;
+ * Q8_0 leaves the int8 values as floats (exact) and the block scales in
+ * scales (d / 32 per row), so the kernels apply the scale where the per-row
+ * arithmetic always did. Scores: sc[r * ld + p] = scale * q[r] . k[p] for
+ * nr rows and np positions. Accumulation: out[r] += sum over p < np of
+ * w[r * ld + p] * v[p], in position order. exp_shift: x = exp(x - m), in
+ * place.
+ */
+struct moeq_attn_ops {
+    void (*cvt_k)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
+    void (*cvt_v)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
+    void (*scores)(const float *const *q, int nr, const float *k, const float *kscales, int np,
+                   int d, float scale, float *sc, size_t ld);
+    void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
+                  const float *vscales, int np, int d);
+    void (*exp_shift)(float *x, int n, float m);
+};
+
+/* The attention kernels for cache types type_k and type_v (MOEQ_TYPE_F16
+ * or _Q8_0) and head size d, at isa or the CPU's best if that is lower. */
+void moeq_attn_pick(int isa, int type_k, int type_v, int d, struct moeq_attn_ops *o);
+
+/* g[i] = silu(g[i]) * u[i], at the best ISA (the same bits wherever a
+ * value sits in the row). */
+void moeq_silu_mul(float *g, const float *u, size_t n);
 
 #endif

@@ -9,23 +9,14 @@
  * sums (at most 2 * 127 * 127, so never saturating), and madd multiplies
  * each pair by its sub-block scale into int32. With 16 vector registers,
  * a row kernel walks its columns four at a time.
+ *
+ * What is the same at AVX-512 comes from kernels_simd.h (helpers, per-type
+ * entry points) and kernels_attn_simd.h (attention); this file exports the
+ * ISA's table (kernels_isa.h). Compiled with the AVX2 flags only.
  */
-#include "kernels_isa.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "kernels_simd.h"
 
-#include <immintrin.h>
-#include <string.h>
-
-#define AI static inline __attribute__((always_inline))
 #define NC_MAX 4
-
-AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
-
-AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
-{
-    return (const block_q8_K *)((const uint8_t *)a + (size_t)c * as) + b;
-}
 
 AI float hsum8(__m256 v)
 {
@@ -71,69 +62,6 @@ AI void step32(const void *a, size_t as, int64_t b, int j, const int NC, __m256i
         if (has_signs) q = _mm256_sub_epi8(_mm256_xor_si256(q, m), m);
         isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), sc));
     }
-}
-
-/* ------------------------------------------------------------- IQ2_S */
-
-AI void k_iq2_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq2_s *x = w;
-    __m256 acc[NC_MAX];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq2_s *xb = x + b;
-        const uint8_t *signs = xb->qs + QK_K / 8;
-        __m256i isum[NC_MAX];
-        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *q = xb->qs + 4 * j;
-            uint32_t h = xb->qh[j];
-            __m256i wv = _mm256_set_epi64x((long long)iq2s_grid[q[3] | (h << 2 & 0x300)],
-                                           (long long)iq2s_grid[q[2] | (h << 4 & 0x300)],
-                                           (long long)iq2s_grid[q[1] | (h << 6 & 0x300)],
-                                           (long long)iq2s_grid[q[0] | (h << 8 & 0x300)]);
-            uint32_t sb;
-            memcpy(&sb, signs + 4 * j, 4);
-            __m256i sc = scale_pair(2 * (xb->scales[j] & 0xf) + 1, 2 * (xb->scales[j] >> 4) + 1);
-            step32(a, as, b, j, NC, wv, bits_to_mask(sb), sc, isum, 1);
-        }
-        const float d = h2f(xb->d) * 0.125f;
-        for (int c = 0; c < NC; c++)
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * q8k_col(a, as, c, b)->d), acc[c]);
-    }
-    store_sums(acc, NC, s, ss);
-}
-
-/* ------------------------------------------------------------- IQ3_S */
-
-AI void k_iq3_s(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{
-    const block_iq3_s *x = w;
-    __m256 acc[NC_MAX];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const block_iq3_s *xb = x + b;
-        __m256i isum[NC_MAX];
-        for (int c = 0; c < NC; c++) isum[c] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            const uint8_t *q = xb->qs + 8 * j;
-            uint32_t h = xb->qh[j];
-            __m256i wv = _mm256_set_epi32((int)iq3s_grid[q[7] | (h << 1 & 256)], (int)iq3s_grid[q[6] | (h << 2 & 256)],
-                                          (int)iq3s_grid[q[5] | (h << 3 & 256)], (int)iq3s_grid[q[4] | (h << 4 & 256)],
-                                          (int)iq3s_grid[q[3] | (h << 5 & 256)], (int)iq3s_grid[q[2] | (h << 6 & 256)],
-                                          (int)iq3s_grid[q[1] | (h << 7 & 256)], (int)iq3s_grid[q[0] | (h << 8 & 256)]);
-            uint32_t sb;
-            memcpy(&sb, xb->signs + 4 * j, 4);
-            int ls = 2 * ((xb->scales[j / 2] >> 4 * (j % 2)) & 0xf) + 1;
-            step32(a, as, b, j, NC, wv, bits_to_mask(sb), _mm256_set1_epi16((short)ls), isum, 1);
-        }
-        const float d = h2f(xb->d);
-        for (int c = 0; c < NC; c++)
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * q8k_col(a, as, c, b)->d), acc[c]);
-    }
-    store_sums(acc, NC, s, ss);
 }
 
 /* ------------------------------------------------------- Q4_K / Q5_K */
@@ -196,10 +124,7 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     store_sums(acc, NC, s, ss);
 }
 
-AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
-AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+SIMD_ENTRIES_Q45
 
 /* -------------------------------------------------------------- Q6_K */
 
@@ -249,18 +174,6 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
-/* The 32 signed weights of one block (see kernels_avx512.c). */
-AI __m256i load_w32(const uint8_t *blk, const int kind)
-{
-    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
-    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
-    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
-    return _mm256_shuffle_epi8(tab, nib);
-}
-
 AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
               const int kind)
 {
@@ -289,31 +202,17 @@ AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     store_sums(acc, NC, s, ss);
 }
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 0); }
-AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 1); }
-AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_B32
 
 /* ------------------------------------- the other 256-element formats */
 
 /*
- * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ4_XS: each format unpacks 32
- * weights at a time into unsigned values, a sign mask and int16 scales,
- * and the shared step32 does the rest. Q3_K values are stored +4 (0..7)
+ * Q2_K, Q3_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and IQ4_XS: each
+ * format unpacks 32 weights at a time into unsigned values, a sign mask
+ * and int16 scales, and the shared step32 does the rest. Q3_K values are stored +4 (0..7)
  * and corrected through the bsums; IQ4_XS magnitudes reach 127, so maddubs
  * pairs reach 2 * 127 * 127, still inside int16.
  */
-enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
-
-/* Eight sign bytes of four 7-bit sign indices (parity gives the 8th bit). */
-AI uint32_t ksigns4(uint32_t s)
-{
-    return (uint32_t)ksigns_iq2xs[s & 127] | (uint32_t)ksigns_iq2xs[(s >> 7) & 127] << 8 |
-           (uint32_t)ksigns_iq2xs[(s >> 14) & 127] << 16 | (uint32_t)ksigns_iq2xs[(s >> 21) & 127] << 24;
-}
-
 /* The 16 signed six-bit scales of a Q3_K block, as 4 words of 4 bytes. */
 AI void q3_scales(const uint8_t *q, uint32_t out[4])
 {
@@ -405,6 +304,38 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
                        _mm256_set1_epi16((short)(2 * (sg >> 28) + 1)), isum, 1);
             }
             d = h2f(x->d) * 0.25f;
+        } else if (T == V_IQ2_S) {
+            const block_iq2_s *x = (const block_iq2_s *)w + b;
+            const uint8_t *signs = x->qs + QK_K / 8;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = x->qs + 4 * j;
+                uint32_t h = x->qh[j];
+                __m256i wv = _mm256_set_epi64x((long long)iq2s_grid[q[3] | (h << 2 & 0x300)],
+                                               (long long)iq2s_grid[q[2] | (h << 4 & 0x300)],
+                                               (long long)iq2s_grid[q[1] | (h << 6 & 0x300)],
+                                               (long long)iq2s_grid[q[0] | (h << 8 & 0x300)]);
+                uint32_t sb;
+                memcpy(&sb, signs + 4 * j, 4);
+                __m256i sc = scale_pair(2 * (x->scales[j] & 0xf) + 1, 2 * (x->scales[j] >> 4) + 1);
+                step32(a, as, b, j, NC, wv, bits_to_mask(sb), sc, isum, 1);
+            }
+            d = h2f(x->d) * 0.125f;
+        } else if (T == V_IQ3_S) {
+            const block_iq3_s *x = (const block_iq3_s *)w + b;
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = x->qs + 8 * j;
+                uint32_t h = x->qh[j];
+                __m256i wv = _mm256_set_epi32(
+                    (int)iq3s_grid[q[7] | (h << 1 & 256)], (int)iq3s_grid[q[6] | (h << 2 & 256)],
+                    (int)iq3s_grid[q[5] | (h << 3 & 256)], (int)iq3s_grid[q[4] | (h << 4 & 256)],
+                    (int)iq3s_grid[q[3] | (h << 5 & 256)], (int)iq3s_grid[q[2] | (h << 6 & 256)],
+                    (int)iq3s_grid[q[1] | (h << 7 & 256)], (int)iq3s_grid[q[0] | (h << 8 & 256)]);
+                uint32_t sb;
+                memcpy(&sb, x->signs + 4 * j, 4);
+                int ls = 2 * ((x->scales[j / 2] >> 4 * (j % 2)) & 0xf) + 1;
+                step32(a, as, b, j, NC, wv, bits_to_mask(sb), _mm256_set1_epi16((short)ls), isum, 1);
+            }
+            d = h2f(x->d);
         } else {  /* V_IQ4_XS */
             const block_iq4_xs *x = (const block_iq4_xs *)w + b;
             const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
@@ -434,17 +365,9 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     store_sums(acc, NC, s, ss);
 }
 
-#define VKERNEL(name, T)                                                                    \
-    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
-                     float *s, size_t ss)                                                   \
-    { k_vec(n, w, a, as, NC, s, ss, T); }
-
-VKERNEL(q2_K, V_Q2_K)
-VKERNEL(q3_K, V_Q3_K)
-VKERNEL(iq2_xxs, V_IQ2_XXS)
-VKERNEL(iq2_xs, V_IQ2_XS)
-VKERNEL(iq3_xxs, V_IQ3_XXS)
-VKERNEL(iq4_xs, V_IQ4_XS)
+SIMD_ENTRIES_VEC
+SIMD_ENTRY(iq2_s, k_vec, V_IQ2_S)
+SIMD_ENTRY(iq3_s, k_vec, V_IQ3_S)
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -456,13 +379,9 @@ AI __m256 load8_f(const void *w, int64_t i, const int kind)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-AI float load1_f(const void *w, int64_t i, const int kind)
-{
-    if (kind == 0) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return kind == 1 ? _cvtsh_ss(h) : moeq_bf16_to_f32(h);
-}
-
+/* Float weights against f32 activations, 8 lanes at a time: a deliberate
+ * ISA twin of k_float in kernels_avx512.c (the vector width and the reduction
+ * differ; the shared pieces are in kernels_simd.h). */
 AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
                 const int kind)
 {
@@ -473,24 +392,13 @@ AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC
         __m256 wv = load8_f(w, i, kind);
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
-            const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-            acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(y + i), acc[c]);
+            acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(f32_col(a, as, c) + i), acc[c]);
         }
     }
-    for (int c = 0; c < NC; c++) {
-        const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-        float t = hsum8(acc[c]);
-        for (int64_t j = i; j < n; j++) t += load1_f(w, j, kind) * y[j];
-        s[(size_t)c * ss] = t;
-    }
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(hsum8(acc[c]), w, f32_col(a, as, c), i, n, kind);
 }
 
-AI void k_f32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 0); }
-AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 1); }
-AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_FLOAT
 
 /* ------------------------------------------------------------ tables */
 
@@ -531,50 +439,24 @@ KERNEL(iq2_xs)
 KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
-moeq_vec_dot_fn moeq_avx2_vec_dot(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return dot_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return dot_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return dot_q4_K;
-    case MOEQ_TYPE_Q5_K:  return dot_q5_K;
-    case MOEQ_TYPE_Q6_K:  return dot_q6_K;
-    case MOEQ_TYPE_Q8_0:  return dot_q8_0;
-    case MOEQ_TYPE_F32:   return dot_f32;
-    case MOEQ_TYPE_F16:   return dot_f16;
-    case MOEQ_TYPE_BF16:  return dot_bf16;
-    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
-    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
-    default:              return NULL;
-    }
-}
+/* The attention kernels and the SwiGLU product, compiled for this ISA:
+ * rows of queries sharing one load of K (scores) and of V (accumulation). */
+#define ATTN_RB_SCORES 2
+#define ATTN_RB_ACCUM  3
+#include "kernels_attn_simd.h"
 
-moeq_row_fn moeq_avx2_row(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return row_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return row_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return row_q4_K;
-    case MOEQ_TYPE_Q5_K:  return row_q5_K;
-    case MOEQ_TYPE_Q6_K:  return row_q6_K;
-    case MOEQ_TYPE_Q8_0:  return row_q8_0;
-    case MOEQ_TYPE_F32:   return row_f32;
-    case MOEQ_TYPE_F16:   return row_f16;
-    case MOEQ_TYPE_BF16:  return row_bf16;
-    case MOEQ_TYPE_Q4_0:    return row_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return row_q2_K;
-    case MOEQ_TYPE_Q3_K:    return row_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
-    default:              return NULL;
-    }
-}
+/* This ISA's table (kernels_isa.h); its twins in kernels.c and
+ * kernels_avx512.c have the same shape on purpose. */
+#define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
+const struct moeq_isa_kernels moeq_kernels_avx2 = {
+    .type = {
+        ROW(F32, f32),       ROW(F16, f16),         ROW(BF16, bf16),
+        ROW(Q4_0, q4_0),     ROW(Q8_0, q8_0),       ROW(IQ4_NL, iq4_nl),
+        ROW(Q2_K, q2_K),     ROW(Q3_K, q3_K),       ROW(Q4_K, q4_K),
+        ROW(Q5_K, q5_K),     ROW(Q6_K, q6_K),       ROW(IQ2_XXS, iq2_xxs),
+        ROW(IQ2_XS, iq2_xs), ROW(IQ2_S, iq2_s),     ROW(IQ3_XXS, iq3_xxs),
+        ROW(IQ3_S, iq3_s),   ROW(IQ4_XS, iq4_xs),
+    },
+    .attn = &attn_simd,
+};
+#undef ROW

@@ -23,26 +23,17 @@
  * put 16 columns in the lanes of a vector (see tile_run). Those five
  * formats reduce each block to an exact integer before any float step, so
  * every path gives the same bits.
+ *
+ * What is the same at AVX2 comes from kernels_simd.h (helpers, per-type
+ * entry points) and kernels_attn_simd.h (attention); this file exports the
+ * ISA's table (kernels_isa.h). Compiled with the AVX-512 flags only.
  */
-#include "kernels_isa.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "kernels_simd.h"
 
-#include <immintrin.h>
-#include <string.h>
-
-#define AI static inline __attribute__((always_inline))
 /* Decode of rows of three blocks or more streams the weights from memory:
  * one row after another (which the prefetchers follow) beats four rows
  * side by side. Short rows stay in fours (they are contiguous anyway). */
 AI int decode_row_by_row(int64_t n) { return n / QK_K >= 3; }
-
-AI float h2f(ggml_half h) { return _cvtsh_ss(h); }
-
-AI const block_q8_K *q8k_col(const void *a, size_t as, int c, int64_t b)
-{
-    return (const block_q8_K *)((const uint8_t *)a + (size_t)c * as) + b;
-}
 
 AI uint64_t load_u64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
@@ -440,46 +431,6 @@ static void row_iq3_s(int64_t n, const void *w, const void *a, size_t as, int nc
 static void dot_iq2_s(int64_t n, float *s, const void *w, const void *a) { k_iq2_s(n, w, a, 0, 1, s, 0); }
 static void dot_iq3_s(int64_t n, float *s, const void *w, const void *a) { k_iq3_s(n, w, a, 0, 1, s, 0); }
 
-/* Decode (one column): four rows at a time, their block sums reduced
- * together. */
-static void rows_signed(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s,
-                        const int three)
-{
-    const uint8_t *wr = w;
-    const int64_t nb = n / QK_K;
-    int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        __m128 acc = _mm_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const block_q8_K *y = q8k_col(a, 0, 0, b);
-            __m512i is[4];
-            float d[4];
-            for (int j = 0; j < 4; j++) {
-                __m512i wv[4], sc16[2];
-                __mmask64 sg[4];
-                d[j] = signed_unpack(wr + (size_t)(r + j) * ws, b, three, wv, sg, sc16);
-                is[j] = block_isum(y, wv, sg, sc16, 1);
-            }
-            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            __m128 p = _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), _mm_set1_ps(y->d));
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), p, acc);
-        }
-        _mm_storeu_ps(s + r, acc);
-    }
-    for (; r < nr; r++) k_signed(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0, three);
-}
-
-static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
-    rows_signed(n, w, ws, nr, a, s, 0);
-}
-/* IQ3_S's unpacking (64 lookups a block) leaves no registers for four
- * rows in flight: row by row is faster there. */
-static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    for (int64_t r = 0; r < nr; r++) k_signed(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 1);
-}
 
 /*
  * The tile kernel for many columns (prompt batches). Sixteen columns sit
@@ -806,57 +757,8 @@ AI void k_q45_K(int64_t n, const void *w, const void *a, size_t as, const int NC
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
-AI void k_q4_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 0); }
-AI void k_q5_K(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_q45_K(n, w, a, as, NC, s, ss, 1); }
+SIMD_ENTRIES_Q45
 
-/* Decode (one column): four rows at a time, their block sums reduced
- * together. */
-static void rows_q45(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s,
-                     const int five)
-{
-    const uint8_t *wr = w;
-    const int64_t nb = n / QK_K;
-    const __mmask64 none[4] = { 0, 0, 0, 0 };
-    int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        __m128 acc = _mm_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const block_q8_K *y = q8k_col(a, 0, 0, b);
-            __m512i is[4], ms[4];
-            float d[4], nd[4];
-            for (int j = 0; j < 4; j++) {
-                struct q45_blk k;
-                q45_unpack(wr + (size_t)(r + j) * ws, b, five, &k);
-                is[j] = block_isum(y, k.wv, none, k.sc16, 0);
-                ms[j] = q45_msum(y, &k);
-                d[j] = k.d;
-                nd[j] = k.ndmin;
-            }
-            __m128 yd = _mm_set1_ps(y->d);
-            __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
-            /* (built in registers: a vector load of four scalar stores
-             * would stall on store forwarding) */
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), yd), acc);
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(M), _mm_mul_ps(_mm_setr_ps(nd[0], nd[1], nd[2], nd[3]), yd), acc);
-        }
-        _mm_storeu_ps(s + r, acc);
-    }
-    for (; r < nr; r++) k_q45_K(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0, five);
-}
-
-static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 0); return; }
-    rows_q45(n, w, ws, nr, a, s, 0);
-}
-static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
-{
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q45_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0, 1); return; }
-    rows_q45(n, w, ws, nr, a, s, 1);
-}
 
 /*
  * Tile kernel (many columns), as for IQ2_S / IQ3_S: the weights are
@@ -918,6 +820,29 @@ AI void tile_bsums_pairs(const void *a, size_t as, int c0, int cnt, int nb, __m5
         }
 }
 
+/*
+ * Sub-block j (G dwords of weights, G * 4 values) of four tile rows against
+ * the transposed activations ab: v = v0 + the dpbusd sums in dword order,
+ * then S[i] += sc[i] * v, all in exact int32 (Q4_K / Q5_K: G = 8, v0 = 0;
+ * Q6_K: G = 4, v0 = -bs, the correction of its +32 offset).
+ */
+AI void tile_sub4(const int G, int j, const __m512i *ab, const uint8_t *const w[4], const int32_t sc[4],
+                  __m512i v0, __m512i S[4])
+{
+    __m512i v[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) v[i] = v0;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; g++) {
+        __m512i av = ab[G * j + g];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)w[i])[G * j + g]), av);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(sc[i])));
+}
+
 AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *at,
                       const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
@@ -929,21 +854,10 @@ AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *
         __m512i S[4], M[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
-        for (int j = 0; j < 8; j++) {
-            __m512i v[4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) v[i] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) {
-                __m512i av = ab[8 * j + g];
-#pragma GCC unroll 4
-                for (int i = 0; i < 4; i++)
-                    v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[8 * j + g]), av);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
-        }
+        for (int j = 0; j < 8; j++)
+            tile_sub4(8, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
+                      (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
+                      _mm512_setzero_si512(), S);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             const __m512i bk = bs[b * 4 + k];
@@ -1007,14 +921,14 @@ AI __m512i q6_isum(const block_q8_K *y, const struct q6_blk *k)
  * for Q4_K/Q5_K the mins' sum M), with the factors p = d * y.d and
  * q = -dmin * y.d of its float steps. */
 AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m512i *S, __m512i *M,
-                  float *p, float *q)
+                  float *p, float *q, const int prefetch)
 {
     const block_q8_K *y = q8k_col(a, 0, 0, b);
     if (kind == TK_IQ2_S || kind == TK_IQ3_S) {
         const int three = kind == TK_IQ3_S;
         __m512i wv[4], sc16[2];
         __mmask64 sg[4];
-        prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
+        if (prefetch) prefetch_ahead(w, b, three ? sizeof(block_iq3_s) : sizeof(block_iq2_s), PREFETCH_IQ);
         const float d = signed_unpack(w, b, three, wv, sg, sc16);
         *S = block_isum(y, wv, sg, sc16, 1);
         *p = d * y->d;
@@ -1022,7 +936,7 @@ AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m51
         const int five = kind == TK_Q5_K;
         const __mmask64 none[4] = { 0, 0, 0, 0 };
         struct q45_blk k;
-        prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
+        if (prefetch) prefetch_ahead(w, b, five ? sizeof(block_q5_K) : sizeof(block_q4_K), PREFETCH_K);
         q45_unpack(w, b, five, &k);
         *S = block_isum(y, k.wv, none, k.sc16, 0);
         *M = q45_msum(y, &k);
@@ -1030,7 +944,7 @@ AI void one_block(const int kind, const void *w, int64_t b, const void *a, __m51
         *q = k.ndmin * y->d;
     } else {
         struct q6_blk k;
-        prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
+        if (prefetch) prefetch_ahead(w, b, sizeof(block_q6_K), PREFETCH_K);
         q6_unpack((const block_q6_K *)w + b, &k);
         *S = q6_isum(y, &k);
         *p = k.d * y->d;
@@ -1049,7 +963,7 @@ AI int64_t one_col4(const int kind, int64_t n, const void *w, const void *a, flo
                                  _mm512_setzero_si512() };
         float p[4], q[4] = { 0, 0, 0, 0 };
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) one_block(kind, w, b + j, a, &is[j], &ms[j], &p[j], &q[j]);
+        for (int j = 0; j < 4; j++) one_block(kind, w, b + j, a, &is[j], &ms[j], &p[j], &q[j], 1);
         const __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
         *acc = fma_steps4(*acc, hsum4_epi32(is[0], is[1], is[2], is[3]), _mm_setr_ps(p[0], p[1], p[2], p[3]),
                           mins ? &M : NULL, _mm_setr_ps(q[0], q[1], q[2], q[3]));
@@ -1086,31 +1000,58 @@ AI void k_q6_K(int64_t n, const void *w, const void *a, size_t as, const int NC,
     for (int c = 0; c < NC; c++) s[(size_t)c * ss] = acc[c];
 }
 
-static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+/* One row, one column, by the kernel of kind. */
+AI void one_row(const int kind, int64_t n, const void *w, const void *a, float *s)
 {
-    if (decode_row_by_row(n)) { for (int64_t r = 0; r < nr; r++) k_q6_K(n, (const uint8_t *)w + (size_t)r * ws, a, 0, 1, s + r, 0); return; }
+    if (kind == TK_IQ2_S || kind == TK_IQ3_S) k_signed(n, w, a, 0, 1, s, 0, kind == TK_IQ3_S);
+    else if (kind == TK_Q4_K || kind == TK_Q5_K) k_q45_K(n, w, a, 0, 1, s, 0, kind == TK_Q5_K);
+    else k_q6_K(n, w, a, 0, 1, s, 0);
+}
+
+/* Decode (one column) for the five tile kinds: row after row where
+ * by_row, else four rows at a time, their block sums reduced together
+ * (then the float steps of the four as one vector; the mins' after). */
+AI void rows_kind(const int kind, int64_t n, const void *w, size_t ws, int64_t nr, const void *a,
+                  float *s, int by_row)
+{
     const uint8_t *wr = w;
+    const int mins = kind == TK_Q4_K || kind == TK_Q5_K;
     const int64_t nb = n / QK_K;
     int64_t r = 0;
-    for (; r + 4 <= nr; r += 4) {
+    for (; !by_row && r + 4 <= nr; r += 4) {
         __m128 acc = _mm_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            const block_q8_K *y = q8k_col(a, 0, 0, b);
-            __m512i is[4];
-            float d[4];
-            for (int j = 0; j < 4; j++) {
-                struct q6_blk k;
-                q6_unpack((const block_q6_K *)(wr + (size_t)(r + j) * ws) + b, &k);
-                is[j] = q6_isum(y, &k);
-                d[j] = k.d;
-            }
+            __m512i is[4], ms[4];
+            float p[4], q[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+                one_block(kind, wr + (size_t)(r + j) * ws, b, a, &is[j], &ms[j], &p[j], &q[j], 0);
+            /* (built in registers: a vector load of four scalar stores
+             * would stall on store forwarding) */
             __m128i S = hsum4_epi32(is[0], is[1], is[2], is[3]);
-            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_mul_ps(_mm_setr_ps(d[0], d[1], d[2], d[3]), _mm_set1_ps(y->d)), acc);
+            acc = _mm_fmadd_ps(_mm_cvtepi32_ps(S), _mm_setr_ps(p[0], p[1], p[2], p[3]), acc);
+            if (mins) {
+                __m128i M = hsum4_epi32(ms[0], ms[1], ms[2], ms[3]);
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(M), _mm_setr_ps(q[0], q[1], q[2], q[3]), acc);
+            }
         }
         _mm_storeu_ps(s + r, acc);
     }
-    for (; r < nr; r++) k_q6_K(n, wr + (size_t)r * ws, a, 0, 1, s + r, 0);
+    for (; r < nr; r++) one_row(kind, n, wr + (size_t)r * ws, a, s + r);
 }
+
+static void rows_iq2_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_IQ2_S, n, w, ws, nr, a, s, decode_row_by_row(n)); }
+/* IQ3_S's unpacking (64 lookups a block) leaves no registers for four
+ * rows in flight: row by row is faster there. */
+static void rows_iq3_s(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_IQ3_S, n, w, ws, nr, a, s, 1); }
+static void rows_q4_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_Q4_K, n, w, ws, nr, a, s, decode_row_by_row(n)); }
+static void rows_q5_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_Q5_K, n, w, ws, nr, a, s, decode_row_by_row(n)); }
+static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const void *a, float *s)
+{ rows_kind(TK_Q6_K, n, w, ws, nr, a, s, decode_row_by_row(n)); }
 
 /* Tile kernel: unsigned stored values against signed transposed
  * activations; the +32 comes back out through 32 * bsum per sub-block of
@@ -1141,22 +1082,10 @@ AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at
         __m512i S[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) S[i] = _mm512_setzero_si512();
-        for (int j = 0; j < 16; j++) {
-            __m512i nb32 = _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]);
-            __m512i v[4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) v[i] = nb32;
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++) {
-                __m512i av = ab[4 * j + g];
-#pragma GCC unroll 4
-                for (int i = 0; i < 4; i++)
-                    v[i] = _mm512_dpbusd_epi32(v[i], _mm512_set1_epi32(((const int32_t *)t[i][b].w)[4 * j + g]), av);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(t[i][b].sc[j])));
-        }
+        for (int j = 0; j < 16; j++)
+            tile_sub4(4, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
+                      (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
+                      _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]), S);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
             a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
@@ -1280,22 +1209,6 @@ TILE_ENTRY(q6_K, TK_Q6_K)
 
 /* ---------------------------------------- Q8_0, Q4_0, IQ4_NL (vs Q8_0) */
 
-/*
- * The 32 signed weights of one block: Q8_0 stores them, Q4_0 stores
- * nibbles offset by 8, IQ4_NL nibbles indexing a 16-entry codebook (one
- * byte shuffle). Low nibbles are elements 0..15, high nibbles 16..31.
- */
-AI __m256i load_w32(const uint8_t *blk, const int kind)
-{
-    if (kind == 0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
-    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 2));
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-    if (kind == 1) return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
-    __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4nl));
-    return _mm256_shuffle_epi8(tab, nib);
-}
-
 AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
               const int kind)
 {
@@ -1331,12 +1244,7 @@ AI void k_b32(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     }
 }
 
-AI void k_q8_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 0); }
-AI void k_q4_0(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 1); }
-AI void k_iq4_nl(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_b32(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_B32
 
 /*
  * Tile kernel for Q8_0 / Q4_0 / IQ4_NL (many columns). The direct kernel
@@ -1500,8 +1408,6 @@ static int tile_iq4_nl(int64_t K, const void *W, size_t ws, int64_t nr, const vo
  * sign masks, and IQ4_XS codebook values reach 127, so its 4-byte partial
  * sums can pass 16 bits: it multiplies them by the scales in 32 bits.
  */
-enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS };
-
 struct vblk {
     __m512i   wv[4];   /* unsigned values (magnitudes where sg is used) */
     __mmask64 sg[4];   /* sign bits, one per weight */
@@ -1509,13 +1415,6 @@ struct vblk {
     __m256i   bs16;    /* per-bsum factor: Q2_K mins, Q3_K -4 * scale */
     float     d, dmin;
 };
-
-/* Eight sign bytes of four 7-bit sign indices (parity gives the 8th bit). */
-AI uint32_t ksigns4(uint32_t s)
-{
-    return (uint32_t)ksigns_iq2xs[s & 127] | (uint32_t)ksigns_iq2xs[(s >> 7) & 127] << 8 |
-           (uint32_t)ksigns_iq2xs[(s >> 14) & 127] << 16 | (uint32_t)ksigns_iq2xs[(s >> 21) & 127] << 24;
-}
 
 AI __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 
@@ -1691,17 +1590,7 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
     store_sums(acc, NC, s, ss);
 }
 
-#define VKERNEL(name, T)                                                                    \
-    AI void k_##name(int64_t n, const void *w, const void *a, size_t as, const int NC,     \
-                     float *s, size_t ss)                                                   \
-    { k_vec(n, w, a, as, NC, s, ss, T); }
-
-VKERNEL(q2_K, V_Q2_K)
-VKERNEL(q3_K, V_Q3_K)
-VKERNEL(iq2_xxs, V_IQ2_XXS)
-VKERNEL(iq2_xs, V_IQ2_XS)
-VKERNEL(iq3_xxs, V_IQ3_XXS)
-VKERNEL(iq4_xs, V_IQ4_XS)
+SIMD_ENTRIES_VEC
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
@@ -1713,13 +1602,9 @@ AI __m512 load16_f(const void *w, int64_t i, const int kind)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-AI float load1_f(const void *w, int64_t i, const int kind)
-{
-    if (kind == 0) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return kind == 1 ? _cvtsh_ss(h) : moeq_bf16_to_f32(h);
-}
-
+/* Float weights against f32 activations, 16 lanes at a time: a deliberate
+ * ISA twin of k_float in kernels_avx2.c (the vector width and the reduction
+ * differ; the shared pieces are in kernels_simd.h). */
 AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
                 const int kind)
 {
@@ -1731,25 +1616,14 @@ AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC
         __m512 wv = load16_f(w, i, kind);
 #pragma GCC unroll 16
         for (int c = 0; c < NC; c++) {
-            const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-            acc[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(y + i), acc[c]);
+            acc[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(f32_col(a, as, c) + i), acc[c]);
         }
     }
 #pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) {
-        const float *y = (const float *)((const uint8_t *)a + (size_t)c * as);
-        float t = _mm512_reduce_add_ps(acc[c]);
-        for (int64_t j = i; j < n; j++) t += load1_f(w, j, kind) * y[j];
-        s[(size_t)c * ss] = t;
-    }
+    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(_mm512_reduce_add_ps(acc[c]), w, f32_col(a, as, c), i, n, kind);
 }
 
-AI void k_f32(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 0); }
-AI void k_f16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 1); }
-AI void k_bf16(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss)
-{ k_float(n, w, a, as, NC, s, ss, 2); }
+SIMD_ENTRIES_FLOAT
 
 /* ---------------------------------------------- activation quantization */
 
@@ -1798,11 +1672,6 @@ static void actq_q8_0(const float *x, void *vy, int64_t n)
         _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
     }
-}
-
-moeq_actq_fn moeq_avx512_actq(int act_type)
-{
-    return act_type == MOEQ_TYPE_Q8_K ? actq_q8_K : act_type == MOEQ_TYPE_Q8_0 ? actq_q8_0 : NULL;
 }
 
 /* ------------------------------------------------------------ tables */
@@ -1862,77 +1731,32 @@ KERNEL(iq3_xxs)
 KERNEL(iq4_xs)
 
 
-moeq_rows_fn moeq_avx512_rows(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return rows_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return rows_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return rows_q4_K;
-    case MOEQ_TYPE_Q5_K:  return rows_q5_K;
-    case MOEQ_TYPE_Q6_K:  return rows_q6_K;
-    default:              return NULL;
-    }
-}
+/* The attention kernels and the SwiGLU product, compiled for this ISA:
+ * rows of queries sharing one load of K (scores) and of V (accumulation). */
+#define ATTN_RB_SCORES 4
+#define ATTN_RB_ACCUM  4
+#include "kernels_attn_simd.h"
 
-moeq_tile_fn moeq_avx512_tile(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return tile_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return tile_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return tile_q4_K;
-    case MOEQ_TYPE_Q5_K:  return tile_q5_K;
-    case MOEQ_TYPE_Q6_K:  return tile_q6_K;
-    case MOEQ_TYPE_Q8_0:  return tile_q8_0;
-    case MOEQ_TYPE_Q4_0:  return tile_q4_0;
-    case MOEQ_TYPE_IQ4_NL: return tile_iq4_nl;
-    default:              return NULL;
-    }
-}
-
-moeq_vec_dot_fn moeq_avx512_vec_dot(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return dot_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return dot_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return dot_q4_K;
-    case MOEQ_TYPE_Q5_K:  return dot_q5_K;
-    case MOEQ_TYPE_Q6_K:  return dot_q6_K;
-    case MOEQ_TYPE_Q8_0:  return dot_q8_0;
-    case MOEQ_TYPE_F32:   return dot_f32;
-    case MOEQ_TYPE_F16:   return dot_f16;
-    case MOEQ_TYPE_BF16:  return dot_bf16;
-    case MOEQ_TYPE_Q4_0:    return dot_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return dot_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return dot_q2_K;
-    case MOEQ_TYPE_Q3_K:    return dot_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return dot_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return dot_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return dot_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return dot_iq4_xs;
-    default:              return NULL;
-    }
-}
-
-moeq_row_fn moeq_avx512_row(int wtype)
-{
-    switch (wtype) {
-    case MOEQ_TYPE_IQ2_S: return row_iq2_s;
-    case MOEQ_TYPE_IQ3_S: return row_iq3_s;
-    case MOEQ_TYPE_Q4_K:  return row_q4_K;
-    case MOEQ_TYPE_Q5_K:  return row_q5_K;
-    case MOEQ_TYPE_Q6_K:  return row_q6_K;
-    case MOEQ_TYPE_Q8_0:  return row_q8_0;
-    case MOEQ_TYPE_F32:   return row_f32;
-    case MOEQ_TYPE_F16:   return row_f16;
-    case MOEQ_TYPE_BF16:  return row_bf16;
-    case MOEQ_TYPE_Q4_0:    return row_q4_0;
-    case MOEQ_TYPE_IQ4_NL:  return row_iq4_nl;
-    case MOEQ_TYPE_Q2_K:    return row_q2_K;
-    case MOEQ_TYPE_Q3_K:    return row_q3_K;
-    case MOEQ_TYPE_IQ2_XXS: return row_iq2_xxs;
-    case MOEQ_TYPE_IQ2_XS:  return row_iq2_xs;
-    case MOEQ_TYPE_IQ3_XXS: return row_iq3_xxs;
-    case MOEQ_TYPE_IQ4_XS:  return row_iq4_xs;
-    default:              return NULL;
-    }
-}
+/* This ISA's table (kernels_isa.h; its twins in kernels.c and
+ * kernels_avx2.c have the same shape on purpose): the row kernels of every
+ * type, the decode (rows) and prompt (tile) kernels of the types that have
+ * them, and the activation quantizers. */
+#define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
+#define ROW_RT(T, name) [MOEQ_TYPE_##T] = { dot_##name, row_##name, rows_##name, tile_##name }
+#define ROW_T(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name, .tile = tile_##name }
+const struct moeq_isa_kernels moeq_kernels_avx512 = {
+    .type = {
+        ROW(F32, f32),          ROW(F16, f16),          ROW(BF16, bf16),
+        ROW_T(Q4_0, q4_0),      ROW_T(Q8_0, q8_0),      ROW_T(IQ4_NL, iq4_nl),
+        ROW(Q2_K, q2_K),        ROW(Q3_K, q3_K),        ROW_RT(Q4_K, q4_K),
+        ROW_RT(Q5_K, q5_K),     ROW_RT(Q6_K, q6_K),     ROW(IQ2_XXS, iq2_xxs),
+        ROW(IQ2_XS, iq2_xs),    ROW_RT(IQ2_S, iq2_s),   ROW(IQ3_XXS, iq3_xxs),
+        ROW_RT(IQ3_S, iq3_s),   ROW(IQ4_XS, iq4_xs),
+    },
+    .actq_q8_0 = actq_q8_0,
+    .actq_q8_K = actq_q8_K,
+    .attn      = &attn_simd,
+};
+#undef ROW
+#undef ROW_RT
+#undef ROW_T
