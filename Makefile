@@ -23,10 +23,10 @@ ISA_avx2   = -mavx2 -mfma -mf16c
 ISA_avx512 = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16
 ISA_FLAGS  = $(ISA_$(lastword $(subst _, ,$(basename $(notdir $<)))))
 
-SRC_LIB   = $(wildcard src/*.c)
+SRC_LIB   = $(wildcard src/*/*.c)
 SRC_TOOLS = $(filter-out tools/moeq.c,$(wildcard tools/*.c))
 SRC_TESTS = $(wildcard tests/*.c)
-HDRS      = $(wildcard src/*.h tools/*.h tests/*.h)
+HDRS      = $(wildcard src/*/*.h tools/*.h tests/*.h)
 
 REL  = build/release
 ASAN = build/asan

@@ -1,12 +1,12 @@
 /*
- * test_chat_parse.c: the reply parser (src/chat_parse.c): content,
+ * test_chat_parse.c: the reply parser (src/model/chat_parse.c): content,
  * reasoning and tool calls of the Qwen3 and Qwen3-Coder formats, malformed
  * and unclosed calls returned as content, and the same result however the
  * text is split (every two-piece split and byte by byte), as streaming
  * needs.
  */
 #include "test.h"
-#include "chat_parse.h"
+#include "model/chat_parse.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /*
- * test_chat_template.c: the Jinja-subset renderer (src/chat_template.c)
+ * test_chat_template.c: the Jinja-subset renderer (src/model/chat_template.c)
  * byte for byte against Python's jinja2 in Hugging Face's chat-template
  * environment (tests/chat/render.py): language snippets
  * (tests/chat/snippets.json) and the official Qwen3 and Qwen3-Coder
@@ -10,7 +10,7 @@
  * (errors at parse time, cases the renderer must refuse) always run.
  */
 #include "test.h"
-#include "chat_template.h"
+#include "model/chat_template.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -4,9 +4,9 @@
  * and the bits per weight given in ../shared/models/tiny-a/ref/README.md.
  */
 #include "test.h"
-#include "gguf.h"
-#include "quants.h"
-#include "tensor_groups.h"
+#include "gguf/gguf.h"
+#include "quant/quants.h"
+#include "quant/tensor_groups.h"
 
 #include <jansson.h>
 #include <unistd.h>

@@ -6,7 +6,7 @@
  * "moeq: " and naming the file: never a crash, hang or sanitizer report.
  */
 #include "test.h"
-#include "gguf.h"
+#include "gguf/gguf.h"
 #include "corpus/gen_corpus.c"
 
 #include <glob.h>

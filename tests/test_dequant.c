@@ -11,9 +11,9 @@
  * bit with the reference's own dequantization.
  */
 #include "test.h"
-#include "gguf.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "gguf/gguf.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
 
 #include <stdint.h>
 

@@ -5,10 +5,10 @@
  */
 #include "test.h"
 
-#include "engine.h"
-#include "engine_internal.h"
-#include "kernels.h"
-#include "quants.h"
+#include "engine/engine.h"
+#include "engine/engine_internal.h"
+#include "kernels/kernels.h"
+#include "quant/quants.h"
 
 #include <malloc.h>
 #include <stdint.h>

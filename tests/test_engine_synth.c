@@ -7,10 +7,10 @@
  */
 #include "test.h"
 
-#include "engine.h"
-#include "engine_internal.h"
-#include "gguf.h"
-#include "quants.h"
+#include "engine/engine.h"
+#include "engine/engine_internal.h"
+#include "gguf/gguf.h"
+#include "quant/quants.h"
 
 #include <stdint.h>
 

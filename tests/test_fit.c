@@ -2,9 +2,9 @@
  * byte) and the measured peak RSS of a real run, the full Qwen3-30B-A3B
  * verdicts the mission rests on, and usage errors. */
 #include "test.h"
-#include "engine_internal.h"
-#include "engine_mem.h"
-#include "gguf.h"
+#include "engine/engine_internal.h"
+#include "engine/engine_mem.h"
+#include "gguf/gguf.h"
 
 static double field_gib(const char *out, const char *label)
 {

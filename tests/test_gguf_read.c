@@ -4,9 +4,9 @@
  * truncation length, hostile counts), where it must fail with one line.
  */
 #include "test.h"
-#include "gguf.h"
+#include "gguf/gguf.h"
 #include "gguf_build.h"
-#include "quants.h"
+#include "quant/quants.h"
 
 TEST(gguf_read_sample_values)
 {

@@ -6,9 +6,9 @@
  * rules: never overwrite the input, temp file removed on abort/failure.
  */
 #include "test.h"
-#include "gguf.h"
+#include "gguf/gguf.h"
 #include "gguf_build.h"
-#include "quants.h"
+#include "quant/quants.h"
 
 #include <dirent.h>
 #include <glob.h>

@@ -16,8 +16,8 @@
  * quantized files' metadata. Release suite only (the sanitizer build computes the same bytes, slowly).
  */
 #include "test.h"
-#include "kernels.h"
-#include "quant_plan.h"
+#include "kernels/kernels.h"
+#include "quant/quant_plan.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* Importance matrices: accumulation, legacy .dat and GGUF round trips,
  * merging, per-expert weights, llama.cpp's reference file, bad input. */
 #include "test.h"
-#include "imatrix.h"
+#include "quant/imatrix.h"
 
 #include <stdint.h>
 

@@ -5,9 +5,9 @@
  * driver against the vec_dot loop, and the MOEQ_ISA override.
  */
 #include "test.h"
-#include "kernels.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "kernels/kernels.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
 
 #include <stdint.h>
 

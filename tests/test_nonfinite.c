@@ -5,11 +5,11 @@
  * files that are never written unless moeq can read them back. Broken
  * inputs are synthesized models with a few bytes patched. */
 #include "test.h"
-#include "finite.h"
-#include "gguf.h"
-#include "imatrix.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "quant/finite.h"
+#include "gguf/gguf.h"
+#include "quant/imatrix.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
 
 #include <stdint.h>
 

@@ -1,5 +1,5 @@
 /*
- * test_outfile.c: data safety of every output (src/outfile). Each TEST is
+ * test_outfile.c: data safety of every output (src/util/outfile). Each TEST is
  * one case of the promise in README's "Data safety": an output that is an
  * input of the command (the model, the text or prompt file, an imatrix
  * --in-file, under another spelling) is refused and the input kept byte
@@ -12,8 +12,8 @@
  * kill tests are in check-long.
  */
 #include "test.h"
-#include "gguf.h"
-#include "quants.h"
+#include "gguf/gguf.h"
+#include "quant/quants.h"
 
 #include <dirent.h>
 #include <errno.h>

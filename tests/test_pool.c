@@ -1,6 +1,6 @@
 /* Thread pool: every item processed exactly once, at any thread count. */
 #include "test.h"
-#include "pool.h"
+#include "engine/pool.h"
 #include <stdatomic.h>
 
 static _Atomic int hits[10007];

@@ -1,8 +1,8 @@
 /* Per-tensor type planning: llama.cpp's mix rules (with the reference's
  * MoE bumps), --tensor-type precedence, overrides and fallbacks. */
 #include "test.h"
-#include "quant_plan.h"
-#include "quants.h"
+#include "quant/quant_plan.h"
+#include "quant/quants.h"
 
 #include <stdio.h>
 

@@ -2,10 +2,10 @@
  * every refusal, on a small qwen3moe-shaped model built here (F32 and
  * Q8_0 sources), plus the acceptance runs on ../shared's tiny-a. */
 #include "test.h"
-#include "gguf.h"
-#include "imatrix.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "gguf/gguf.h"
+#include "quant/imatrix.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

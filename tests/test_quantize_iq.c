@@ -1,5 +1,5 @@
 /*
- * i-quant encoders (src/quants_iq.c): round-trip error on structured random
+ * i-quant encoders (src/quant/quants_iq.c): round-trip error on structured random
  * data within measured bounds, the imatrix steering the error where it
  * matters, every block decoding to finite values, degenerate rows, thread
  * safety of the lazily built tables, and, when ../shared is present, the
@@ -7,9 +7,9 @@
  * the same tensors and imatrix.
  */
 #include "test.h"
-#include "quants.h"
-#include "quants_blocks.h"
-#include "gguf.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
+#include "gguf/gguf.h"
 
 #include <pthread.h>
 #include <stdint.h>

@@ -5,9 +5,9 @@
  * the reference quantizer's own blocks for two trained tiny-a tensors.
  */
 #include "test.h"
-#include "quants.h"
-#include "quants_blocks.h"
-#include "pool.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
+#include "engine/pool.h"
 
 #include <stdint.h>
 

@@ -1,14 +1,14 @@
 /*
- * test_quantize_lib.c: the quantize job as a library call (src/quantize.h),
+ * test_quantize_lib.c: the quantize job as a library call (src/quant/quantize.h),
  * without the binary: on a small synth model the report's per-tensor types
  * and bytes equal the plan and the written file, the progress callback sees
  * every tensor in order, a caller's type plan is applied and checked, the
  * quantize params reach the row quantizers, and failures leave no file.
  */
 #include "test.h"
-#include "gguf.h"
-#include "quantize.h"
-#include "synth.h"
+#include "gguf/gguf.h"
+#include "quant/quantize.h"
+#include "synth/synth.h"
 
 #include <stdio.h>
 #include <stdlib.h>

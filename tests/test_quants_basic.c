@@ -1,7 +1,7 @@
 /* Traits table and half/bfloat16 conversions. */
 #include "test.h"
-#include "quants.h"
-#include "quants_blocks.h"
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
 
 #include <immintrin.h>
 #include <stdint.h>

@@ -1,10 +1,10 @@
 /*
- * test_sample.c: the sampler's penalties and logit biases (src/sample.c):
+ * test_sample.c: the sampler's penalties and logit biases (src/engine/sample.c):
  * repetition, frequency and presence penalties over the look-back window,
  * biases and bans, and the per-token counts left clean between calls.
  */
 #include "test.h"
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <math.h>
 

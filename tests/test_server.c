@@ -15,7 +15,7 @@
  * auth, bad input, body limit, disconnect mid-stream, slow clients).
  */
 #include "test.h"
-#include "server.h"
+#include "server/server.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -10,10 +10,10 @@
  * scale (overall and per column); bad flags exit 2.
  */
 #include "test.h"
-#include "engine.h"
-#include "gguf.h"
-#include "quants.h"
-#include "tokenizer.h"
+#include "engine/engine.h"
+#include "gguf/gguf.h"
+#include "quant/quants.h"
+#include "model/tokenizer.h"
 
 #include <stdint.h>
 

@@ -1,7 +1,7 @@
 /* The i-quant codebooks and sign tables: little-endian bytes must have the
  * published sha256 sums (any slip in one entry breaks every file). */
 #include "test.h"
-#include "quants_blocks.h"
+#include "quant/quants_blocks.h"
 #include <stdint.h>
 
 static void check_sha(const char *name, const void *data, size_t n, const char *want)

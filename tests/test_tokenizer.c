@@ -5,9 +5,9 @@
  * and the reference's vectors on the real Qwen3 vocabulary and on tiny-a.
  */
 #include "test.h"
-#include "gguf.h"
+#include "gguf/gguf.h"
 #include "gguf_build.h"
-#include "tokenizer.h"
+#include "model/tokenizer.h"
 
 #include <pthread.h>
 #include <stdint.h>

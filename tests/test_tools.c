@@ -2,10 +2,10 @@
  * against direct computations through the engine API, KLD of a model
  * against itself, merging, and bad inputs. */
 #include "test.h"
-#include "engine.h"
-#include "gguf.h"
-#include "imatrix.h"
-#include "quants.h"
+#include "engine/engine.h"
+#include "gguf/gguf.h"
+#include "quant/imatrix.h"
+#include "quant/quants.h"
 
 static double final_ppl(const char *out)
 {

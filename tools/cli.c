@@ -4,7 +4,7 @@
  * error, not silently ignored).
  */
 #include "cmd.h"
-#include "quant_plan.h"
+#include "quant/quant_plan.h"
 
 #include <ctype.h>
 #include <math.h>

@@ -7,7 +7,7 @@
  * (the weights touched, the KV cache and the scratch) ends the report.
  */
 #include "cmd.h"
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <math.h>
 #include <stdio.h>

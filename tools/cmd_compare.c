@@ -7,9 +7,9 @@
  * reference's on the same tensors and the same imatrix.
  */
 #include "cmd.h"
-#include "gguf.h"
-#include "imatrix.h"
-#include "quants.h"
+#include "gguf/gguf.h"
+#include "quant/imatrix.h"
+#include "quant/quants.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /*
  * cmd_dump.c: `moeq dump FILE TENSOR [-o OUT]`: one tensor, dequantized to
- * little-endian f32, written to OUT (through src/outfile: a temporary file
+ * little-endian f32, written to OUT (through src/util/outfile: a temporary file
  * renamed at the end, so a failed dump never leaves half a file, and never
  * the input) or to stdout.
  *
@@ -8,9 +8,9 @@
  * f32 copy in memory.
  */
 #include "cmd.h"
-#include "gguf.h"
-#include "outfile.h"
-#include "quants.h"
+#include "gguf/gguf.h"
+#include "util/outfile.h"
+#include "quant/quants.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -2,19 +2,19 @@
  * cmd_fit.c: `moeq fit`, will this model and context fit this memory?
  *
  * Reads only the GGUF header, with the engine's hyperparameter reader
- * (src/model.h), or a synth preset's shape, so the full Qwen3-30B-A3B can
+ * (src/model/model.h), or a synth preset's shape, so the full Qwen3-30B-A3B can
  * be checked without writing 11 GB; and predicts the engine's memory with
- * the plan the engine allocates from (src/engine_mem.h): weights, exact KV
+ * the plan the engine allocates from (src/engine/engine_mem.h): weights, exact KV
  * cache per layer, compute buffers, per-session buffers and runtime
  * overhead. Prints a verdict against the budget (less a reserve for the
  * OS) and the largest context that fits with F16 and with Q8_0 KV.
  */
 #include "cmd.h"
-#include "engine_mem.h"
-#include "gguf.h"
-#include "model.h"
-#include "pool.h"
-#include "synth.h"
+#include "engine/engine_mem.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "engine/pool.h"
+#include "synth/synth.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,15 +5,15 @@
  * activation hook installed: for every matmul weight the hook receives the
  * input rows (for a routed expert tensor, only the tokens routed to that
  * expert: the FFN-normed input for gate/up, the expert's SwiGLU output for
- * down) and adds their squares per column into src/imatrix. The output is
+ * down) and adds their squares per column into src/quant/imatrix. The output is
  * llama.cpp's legacy .dat or its GGUF imatrix format; --in-file merges
  * earlier runs. Like llama-imatrix, output.weight is skipped unless
  * --process-output, and each chunk's perplexity is reported unless --no-ppl.
  */
 #include "cmd.h"
-#include "engine.h"
-#include "imatrix.h"
-#include "outfile.h"
+#include "engine/engine.h"
+#include "quant/imatrix.h"
+#include "util/outfile.h"
 
 #include <math.h>
 #include <pthread.h>

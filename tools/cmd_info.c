@@ -11,10 +11,10 @@
  * are arbitrary bytes and must not break the output.
  */
 #include "cmd.h"
-#include "finite.h"
-#include "gguf.h"
-#include "quants.h"
-#include "tensor_groups.h"
+#include "quant/finite.h"
+#include "gguf/gguf.h"
+#include "quant/quants.h"
+#include "quant/tensor_groups.h"
 
 #include <errno.h>
 #include <jansson.h>

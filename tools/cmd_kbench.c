@@ -10,8 +10,8 @@
  * scalar reference of the same shape.
  */
 #include "cmd.h"
-#include "kernels.h"
-#include "quants.h"
+#include "kernels/kernels.h"
+#include "quant/quants.h"
 
 #include <stdio.h>
 #include <stdlib.h>

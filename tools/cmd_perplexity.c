@@ -13,9 +13,9 @@
  * reads such a file and compares the current model against it.
  */
 #include "cmd.h"
-#include "engine.h"
-#include "outfile.h"
-#include "finite.h"
+#include "engine/engine.h"
+#include "util/outfile.h"
+#include "quant/finite.h"
 
 #include <errno.h>
 #include <math.h>

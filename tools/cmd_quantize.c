@@ -3,14 +3,14 @@
  *
  *   moeq quantize [options] IN.gguf OUT.gguf TYPE [THREADS]
  *
- * Parses the flags into the options of the library job (src/quantize.h:
+ * Parses the flags into the options of the library job (src/quant/quantize.h:
  * plan, importance data, streaming, temporary file renamed at the end) and
  * prints its progress, the dry-run plan and the final report.
  */
 #include "cmd.h"
-#include "quant_plan.h"
-#include "quantize.h"
-#include "tensor_groups.h"
+#include "quant/quant_plan.h"
+#include "quant/quantize.h"
+#include "quant/tensor_groups.h"
 
 #include <stdio.h>
 #include <stdlib.h>

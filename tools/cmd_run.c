@@ -14,9 +14,9 @@
  * of whatever the sampler makes of them.
  */
 #include "cmd.h"
-#include "engine.h"
-#include "outfile.h"
-#include "finite.h"
+#include "engine/engine.h"
+#include "util/outfile.h"
+#include "quant/finite.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -8,8 +8,8 @@
  * llama-server does; SIGINT/SIGTERM at any point stop it cleanly (exit 0).
  */
 #include "cmd.h"
-#include "engine.h"
-#include "server.h"
+#include "engine/engine.h"
+#include "server/server.h"
 
 #include <pthread.h>
 #include <signal.h>

@@ -1,12 +1,12 @@
 /*
  * cmd_synth.c: `moeq synth`, a synthesized qwen3moe GGUF of any shape
- * (src/synth.c does the work). Flags are applied in order after the
+ * (src/synth/synth.c does the work). Flags are applied in order after the
  * preset, so `--recipe asym-2bitexp --type-attn-v Q8_0` changes one group of
  * the recipe.
  */
 #include "cmd.h"
-#include "quants.h"
-#include "synth.h"
+#include "quant/quants.h"
+#include "synth/synth.h"
 
 #include <stddef.h>
 #include <stdio.h>

@@ -5,8 +5,8 @@
  * "  ID -> 'PIECE'" line per token, or with --ids a Python-style list.
  */
 #include "cmd.h"
-#include "gguf.h"
-#include "tokenizer.h"
+#include "gguf/gguf.h"
+#include "model/tokenizer.h"
 
 #include <errno.h>
 #include <stdint.h>

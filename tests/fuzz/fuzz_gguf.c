@@ -6,7 +6,7 @@
  * tensor's first and last data byte, the lookups), so ASan checks the
  * reader's promise that a file which opens is safe to use.
  */
-#include "gguf.h"
+#include "gguf/gguf.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,0 +1,156 @@
+/*
+ * sample.c: next-token sampling from logits: greedy, or temperature with
+ * top-k, top-p and min-p filters, in llama.cpp's order (top-k, top-p,
+ * min-p on the untempered distribution, then temperature), drawn with a
+ * seeded splitmix64 generator so a seed reproduces a run.
+ *
+ * Repetition, frequency and presence penalties and logit biases (llama.cpp's
+ * order: penalties, then biases, then the filters) work on a copy of the
+ * logits; only the tokens in the look-back window and the bias list are
+ * touched, through a per-token count array that is zeroed again after use.
+ *
+ * The candidate list, the logit copy and the counts live in the sampler's
+ * own buffers, grown once to the vocabulary size, so sampling allocates
+ * nothing per token.
+ */
+#include "engine/engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* splitmix64: the state advances by a constant; the output is mixed. */
+static uint64_t next_u64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * 0x1.0p-53; }
+
+static int cmp_desc(const void *a, const void *b)
+{
+    const struct moeq_candidate *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+void moeq_sampler_free(struct moeq_sampler *sp)
+{
+    free(sp->work);
+    free(sp->adj);
+    free(sp->seen);
+    sp->work = NULL;
+    sp->adj = NULL;
+    sp->seen = NULL;
+    sp->work_cap = sp->adj_cap = 0;
+}
+
+static int penalties_on(const struct moeq_sampler *sp)
+{
+    int rep = sp->repeat_penalty > 0 && sp->repeat_penalty != 1.0f;
+    return ((rep || sp->frequency_penalty != 0 || sp->presence_penalty != 0) && sp->repeat_last_n != 0) ||
+           (sp->bias && sp->n_bias > 0);
+}
+
+/* The penalized, biased logits in sp->adj; NULL when out of memory. */
+static const float *adjust(struct moeq_sampler *sp, const float *logits, int n_vocab,
+                           const int32_t *hist, int n_hist)
+{
+    if (sp->adj_cap < n_vocab) {
+        float *a = realloc(sp->adj, (size_t)n_vocab * sizeof *a);
+        if (!a) return NULL;
+        sp->adj = a;
+        int32_t *c = realloc(sp->seen, (size_t)n_vocab * sizeof *c);
+        if (!c) return NULL;
+        sp->seen = c;
+        memset(sp->seen, 0, (size_t)n_vocab * sizeof *c);
+        sp->adj_cap = n_vocab;
+    }
+    float *a = sp->adj;
+    memcpy(a, logits, (size_t)n_vocab * sizeof *a);
+    int n = sp->repeat_last_n < 0 || sp->repeat_last_n > n_hist ? n_hist : sp->repeat_last_n;
+    const int32_t *w = hist ? hist + (n_hist - n) : NULL;
+    if (w) {
+        for (int i = 0; i < n; i++) if (w[i] >= 0 && w[i] < n_vocab) sp->seen[w[i]]++;
+        const float rp = sp->repeat_penalty > 0 ? sp->repeat_penalty : 1.0f;
+        for (int i = 0; i < n; i++) {
+            int32_t t = w[i];
+            if (t < 0 || t >= n_vocab || !sp->seen[t]) continue;   /* each token once */
+            float c = (float)sp->seen[t];
+            if (a[t] > 0) a[t] /= rp; else a[t] *= rp;
+            a[t] -= c * sp->frequency_penalty + sp->presence_penalty;
+            sp->seen[t] = 0;
+        }
+    }
+    for (int i = 0; sp->bias && i < sp->n_bias; i++)
+        if (sp->bias[i].id >= 0 && sp->bias[i].id < n_vocab) a[sp->bias[i].id] += sp->bias[i].bias;
+    return a;
+}
+
+int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab)
+{
+    return moeq_sample_hist(sp, logits, n_vocab, NULL, 0);
+}
+
+int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_vocab,
+                         const int32_t *hist, int n_hist)
+{
+    if (n_vocab <= 0) return -1;
+    if (penalties_on(sp)) {
+        const float *a = adjust(sp, logits, n_vocab, hist, n_hist);
+        if (a) logits = a;   /* out of memory: sample without them, never crash */
+    }
+    int best = 0;
+    for (int i = 1; i < n_vocab; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (sp->temp <= 0 || sp->top_k == 1) return best;
+
+    if (sp->work_cap < n_vocab) {
+        void *w = realloc(sp->work, (size_t)n_vocab * sizeof(struct moeq_candidate));
+        if (!w) return best; /* out of memory: degrade to greedy, never crash */
+        sp->work = w;
+        sp->work_cap = n_vocab;
+    }
+    struct moeq_candidate *c = sp->work;
+    /* Tokens more than 40 nats below the best carry less than 1e-17 of the
+     * mass each; dropping them before sorting keeps the sort to a few
+     * hundred entries instead of the whole vocabulary. */
+    const float floor_logit = logits[best] - 40.0f;
+    int n = 0;
+    for (int i = 0; i < n_vocab; i++)
+        if (logits[i] >= floor_logit) { c[n].id = i; c[n].logit = logits[i]; n++; }
+    if (n == 0) return best; /* NaN logits compare false with everything */
+    qsort(c, (size_t)n, sizeof *c, cmp_desc);
+    if (sp->top_k > 0 && sp->top_k < n) n = sp->top_k;
+
+    /* probabilities at temperature 1 for top-p and min-p */
+    double sum = 0;
+    for (int i = 0; i < n; i++) { c[i].p = (float)exp((double)c[i].logit - c[0].logit); sum += c[i].p; }
+    if (sp->top_p < 1.0f && sp->top_p > 0) {
+        double cum = 0;
+        for (int i = 0; i < n; i++) {
+            cum += c[i].p / sum;
+            if (cum >= sp->top_p) { n = i + 1; break; }
+        }
+    }
+    if (sp->min_p > 0) {
+        /* c[0].p is 1: keep tokens with p >= min_p * p_max */
+        int m = 1;
+        while (m < n && c[m].p >= sp->min_p) m++;
+        n = m;
+    }
+    sum = 0;
+    for (int i = 0; i < n; i++) {
+        c[i].p = (float)exp(((double)c[i].logit - c[0].logit) / sp->temp);
+        sum += c[i].p;
+    }
+    double r = next_unit(&sp->rng) * sum, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += c[i].p;
+        if (r < acc) return c[i].id;
+    }
+    return c[n - 1].id;
+}

@@ -1,0 +1,463 @@
+/*
+ * quantize.c: the quantize-a-model-file job (see quantize.h), used by
+ * tools/cmd_quantize.c and the tests.
+ *
+ * Streams the model tensor by tensor and, inside a tensor, expert by expert
+ * and row block by row block: peak memory is a few row blocks, not the
+ * model (the real source is a 32 GB Q8_0 on a 24 GB machine), and the
+ * source pages already processed are dropped from the page cache mapping.
+ * Rows are quantized in parallel; each 3-D expert tensor takes its expert's
+ * slice of the importance matrix. Everything is checked (plan, importance
+ * data, source and target types) before the output is opened.
+ */
+#include "quant/quantize.h"
+
+#include "gguf/gguf.h"
+#include "quant/finite.h"
+#include "quant/imatrix.h"
+#include "model/model.h"
+#include "util/outfile.h"
+#include "engine/pool.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+void moeq_quantize_opts_init(struct moeq_quantize_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->token_embd_type = -1;
+    o->output_type = -1;
+    o->qp.fit = MOEQ_FIT_UNBIASED;
+}
+
+void moeq_quantize_report_free(struct moeq_quantize_report *r)
+{
+    if (!r) return;
+    for (int i = 0; r->tensors && i < r->n_tensors; i++) free(r->tensors[i].name);
+    free(r->tensors);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---------------------------------------------------------- row worker */
+
+struct qjob {
+    int src_type, dst_type;
+    int64_t ne0;
+    const uint8_t *src;      /* first row of the block */
+    size_t src_row, dst_row; /* bytes per row */
+    uint8_t *dst;
+    float *f32;              /* [rows][ne0] scratch for the block */
+    float *back;             /* [threads][ne0] scratch */
+    const float *w;          /* importance weights or NULL */
+    const struct moeq_quant_params *qp;
+    double *err2, *werr2, *wsum, *sum2; /* per thread */
+    int failed;
+};
+
+static void quant_rows(void *ctx, int64_t b, int64_t e, int tid)
+{
+    struct qjob *j = ctx;
+    const struct moeq_type_traits *st = moeq_type_traits(j->src_type);
+    const struct moeq_type_traits *dt = moeq_type_traits(j->dst_type);
+    float *x = j->f32 + b * j->ne0;
+    for (int64_t r = b; r < e; r++)
+        st->to_float(j->src + r * j->src_row, j->f32 + r * j->ne0, j->ne0);
+    if (dt->quantize) {
+        dt->quantize(x, j->dst + b * j->dst_row, e - b, j->ne0, j->w, j->qp);
+    } else if (j->dst_type == MOEQ_TYPE_F32) {
+        memcpy(j->dst + b * j->dst_row, x, (size_t)((e - b) * j->ne0) * 4);
+    } else {
+        j->failed = 1;
+        return;
+    }
+    /* error against the source, plain and importance-weighted */
+    float *back = j->back + (int64_t)tid * j->ne0;
+    double e2 = 0, we2 = 0, ws = 0, s2 = 0;
+    for (int64_t r = b; r < e; r++) {
+        dt->to_float(j->dst + r * j->dst_row, back, j->ne0);
+        const float *xr = j->f32 + r * j->ne0;
+        for (int64_t c = 0; c < j->ne0; c++) {
+            double d = (double)xr[c] - back[c];
+            double w = j->w ? j->w[c] : 1.0;
+            e2 += d * d;
+            we2 += w * d * d;
+            ws += w;
+            s2 += (double)xr[c] * xr[c];
+        }
+    }
+    j->err2[tid] += e2;
+    j->werr2[tid] += we2;
+    j->wsum[tid] += ws;
+    j->sum2[tid] += s2;
+}
+
+/* ----------------------------------------------------------- helpers */
+
+static int name_listed(const char *name, const char *const *list, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(list[i], name) == 0) return 1;
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int is_source_type_ok(int type)
+{
+    const struct moeq_type_traits *t = moeq_type_traits(type);
+    return t && t->to_float && type != MOEQ_TYPE_Q8_K;
+}
+
+/* The model shape the mix rules read. */
+/* The model shape for the mix rules: whatever counts the file has, read by
+ * the one hyperparameter reader (the engine refuses what it cannot run;
+ * quantize takes any file). */
+static void model_shape(const gguf_file *f, const char *path, struct moeq_model_shape *shape)
+{
+    struct moeq_hparams hp;
+    moeq_hparams_read(f, path, &hp, NULL, 0);
+    *shape = (struct moeq_model_shape){ hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert,
+                                        gguf_find_tensor(f, "output.weight") >= 0 };
+}
+
+/* Plan every tensor into r (names, shapes, types, bytes), the caller's
+ * type plan applied over the computed one. */
+static int plan(const struct moeq_quantize_opts *o, const gguf_file *f, int has_imatrix,
+                struct moeq_quantize_report *r, char *err, size_t errlen)
+{
+    const int n = (int)f->n_tensors;
+    if (o->types && o->n_types != n)
+        return fail(err, errlen, "quantize: type plan of %d tensors for %s, which has %d", o->n_types, o->in_path, n);
+    struct moeq_plan_tensor *pt = calloc((size_t)n + 1, sizeof *pt);
+    struct moeq_plan_entry *pe = calloc((size_t)n + 1, sizeof *pe);
+    r->tensors = calloc((size_t)n + 1, sizeof *r->tensors);
+    int rc = -1;
+    if (!pt || !pe || !r->tensors) { fail(err, errlen, "out of memory"); goto out; }
+    r->n_tensors = n;
+    for (int i = 0; i < n; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        struct moeq_quantize_tensor *q = &r->tensors[i];
+        if (!(q->name = strndup(t->name.s, (size_t)t->name.n))) { fail(err, errlen, "out of memory"); goto out; }
+        q->src_type = (int)t->type;
+        q->n_dims = t->n_dims;
+        memcpy(q->ne, t->ne, sizeof q->ne);
+        q->nelem = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        q->src_bytes = t->nbytes;
+        pt[i].name = q->name;
+        pt[i].src_type = q->src_type;
+        pt[i].n_dims = q->n_dims;
+        memcpy(pt[i].ne, q->ne, sizeof pt[i].ne);
+    }
+    struct moeq_model_shape shape;
+    model_shape(f, o->in_path, &shape);
+    struct moeq_plan_opts po = { o->mix, o->pure, o->token_embd_type, o->output_type, has_imatrix,
+                                 o->rules, o->n_rules, o->recipe };
+    if (moeq_plan(&po, &shape, pt, n, pe, err, errlen) != 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", err);
+        fail(err, errlen, "quantize: %s: %s", o->in_path, msg);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        struct moeq_quantize_tensor *q = &r->tensors[i];
+        q->type = pe[i].type;
+        q->quantized = pe[i].quantize;
+        q->fallback = pe[i].fallback;
+        q->rule = pe[i].rule;
+        q->recipe = pe[i].recipe;
+        q->nbytes = pe[i].nbytes;
+        if (!o->types || o->types[i] < 0) continue;
+        const struct moeq_type_traits *tt = moeq_type_traits(o->types[i]);
+        if (!moeq_plan_is_quantizable(q->name, q->n_dims)) {
+            fail(err, errlen, "quantize: type plan: %s is not a tensor quantization may change", q->name);
+            goto out;
+        }
+        int ok = 0;
+        uint64_t nb = tt ? moeq_tensor_nbytes(o->types[i], q->ne[0], q->nelem, &ok) : 0;
+        if (!ok) {
+            fail(err, errlen, "quantize: type plan: tensor %s: row length %llu does not fit type %s",
+                 q->name, (unsigned long long)q->ne[0], moeq_type_name(o->types[i]));
+            goto out;
+        }
+        q->type = o->types[i];
+        q->quantized = q->type != q->src_type;
+        q->fallback = q->recipe = 0;
+        q->rule = -1;
+        q->planned = 1;
+        q->nbytes = nb;
+    }
+    rc = 0;
+out:
+    free(pt);
+    free(pe);
+    return rc;
+}
+
+/* Importance data per tensor and the type checks, all before anything is
+ * written. */
+static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f, struct moeq_imatrix *im,
+                         struct moeq_imatrix_entry **ie, struct moeq_quantize_report *r, FILE *log,
+                         char *err, size_t errlen)
+{
+    const int n = r->n_tensors;
+    int im_matched = 0;
+    for (int i = 0; i < n; i++) {
+        struct moeq_quantize_tensor *q = &r->tensors[i];
+        if (!q->quantized) continue;
+        const gguf_tensor *t = &f->tensors[i];
+        if (im) {
+            struct moeq_imatrix_entry *e = moeq_imatrix_find_weight(im, q->name);
+            if (e) {
+                im_matched++;
+                uint64_t n_mat = t->ne[2] * t->ne[3];
+                if (!(e->n_per_row == (int64_t)t->ne[0] && e->n_mat == (int64_t)n_mat) &&
+                    !(e->n_mat == 1 && e->n_per_row == (int64_t)(t->ne[0] * n_mat)))
+                    return fail(err, errlen, "quantize: imatrix %s: entry %s has %lld values, but tensor %s in %s needs %llu x %llu",
+                                o->imatrix_path, e->name, (long long)(e->n_per_row * e->n_mat), q->name, o->in_path,
+                                (unsigned long long)t->ne[0], (unsigned long long)n_mat);
+                int use = 1;
+                if (o->n_include && !name_listed(q->name, o->include, o->n_include)) use = 0;
+                if (o->n_exclude && name_listed(q->name, o->exclude, o->n_exclude)) use = 0;
+                if (use) { ie[i] = e; q->imatrix = 1; r->imatrix_used++; }
+            } else if (strcmp(q->name, "token_embd.weight") != 0) {
+                fprintf(log, "moeq: warning: imatrix %s has no entry for %s\n", o->imatrix_path, q->name);
+            }
+        }
+        if (!ie[i] && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
+            strcmp(q->name, "token_embd.weight") != 0 && strcmp(q->name, "output.weight") != 0)
+            return fail(err, errlen, "quantize: no importance data for %s, needed for %s (pass --imatrix, or --ignore-imatrix-rules)",
+                        q->name, moeq_type_name(q->type));
+        const struct moeq_type_traits *st = moeq_type_traits(q->src_type);
+        if (st && st->quantized && !o->allow_requantize)
+            return fail(err, errlen, "quantize: %s: tensor %s is already %s; requantizing is disabled (use --allow-requantize)",
+                        o->in_path, q->name, st->name);
+        if (!is_source_type_ok(q->src_type) || !moeq_type_traits(q->type)->to_float ||
+            (!moeq_type_traits(q->type)->quantize && q->type != MOEQ_TYPE_F32))
+            return fail(err, errlen, "quantize: cannot convert %s from %s to %s", q->name,
+                        moeq_type_name(q->src_type), moeq_type_name(q->type));
+    }
+    if (im && im_matched == 0)
+        return fail(err, errlen, "quantize: imatrix %s matches no tensor of %s (computed for a different model?)",
+                    o->imatrix_path, o->in_path);
+    /* report experts without calibration data */
+    for (int i = 0; im && i < n; i++) {
+        if (!ie[i] || ie[i]->n_mat <= 1) continue;
+        int first = 1;
+        for (int64_t m = 0; m < ie[i]->n_mat; m++) {
+            if (ie[i]->counts[m] > 0) continue;
+            if (first) fprintf(log, "moeq: warning: %s: no imatrix data for experts:", r->tensors[i].name);
+            fprintf(log, " %lld", (long long)m);
+            first = 0;
+        }
+        if (!first) fprintf(log, " (uniform weights used)\n");
+    }
+    return 0;
+}
+
+/* The input's metadata less stale importance keys, then the file type,
+ * the quantization version and this run's importance metadata. */
+static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, const struct moeq_imatrix *im,
+                        const struct moeq_quantize_report *r, gguf_writer *w)
+{
+    gguf_writer_set_version(w, f->version >= 3 ? 3 : f->version);
+    int ok = gguf_writer_add_kvs_from(w, f) == 0;
+    static const char stale[] = "quantize.imatrix."; /* from an earlier run */
+    for (uint64_t k = 0; ok && k < f->n_kv; k++) {
+        const gguf_str key = f->kv[k].key;
+        if ((size_t)key.n < sizeof stale - 1 || memcmp(key.s, stale, sizeof stale - 1)) continue;
+        char *name = strndup(key.s, (size_t)key.n);
+        ok = name && gguf_writer_remove_kv(w, name) == 0;
+        free(name);
+    }
+    gguf_value v;
+    memset(&v, 0, sizeof v);
+    v.type = GGUF_TYPE_UINT32;
+    v.v.u64 = 2;
+    ok = ok && gguf_writer_set_kv(w, "general.quantization_version", &v) == 0;
+    v.v.u64 = (uint64_t)r->mix->ftype;
+    ok = ok && gguf_writer_set_kv(w, "general.file_type", &v) == 0;
+    if (im && ok) {
+        gguf_value s;
+        memset(&s, 0, sizeof s);
+        s.type = GGUF_TYPE_STRING;
+        s.v.str.s = o->imatrix_path; s.v.str.n = strlen(o->imatrix_path);
+        ok = gguf_writer_set_kv(w, "quantize.imatrix.file", &s) == 0;
+        if (ok && im->n_datasets) {
+            s.v.str.s = im->datasets[0]; s.v.str.n = strlen(im->datasets[0]);
+            ok = gguf_writer_set_kv(w, "quantize.imatrix.dataset", &s) == 0;
+        }
+        gguf_value iv;
+        memset(&iv, 0, sizeof iv);
+        iv.type = GGUF_TYPE_INT32;
+        iv.v.i64 = r->imatrix_used;
+        ok = ok && gguf_writer_set_kv(w, "quantize.imatrix.entries_count", &iv) == 0;
+        iv.v.i64 = im->chunk_count;
+        ok = ok && gguf_writer_set_kv(w, "quantize.imatrix.chunks_count", &iv) == 0;
+    }
+    for (int i = 0; ok && i < r->n_tensors; i++)
+        ok = gguf_writer_add_tensor(w, r->tensors[i].name, (uint32_t)r->tensors[i].type,
+                                    f->tensors[i].n_dims, f->tensors[i].ne) >= 0;
+    return ok ? 0 : -1;
+}
+
+/* Quantize tensor i into w, expert by expert and row block by row block. */
+static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t,
+                        struct moeq_quantize_tensor *q, struct moeq_imatrix_entry *ie,
+                        moeq_pool *pool, double *acc, gguf_writer *w, char *err, size_t errlen)
+{
+    const int nth = moeq_pool_size(pool);
+    const int64_t ne0 = (int64_t)t->ne[0], ne1 = (int64_t)t->ne[1];
+    const int64_t n_mat = (int64_t)(t->ne[2] * t->ne[3]);
+    const size_t src_row = moeq_row_size(q->src_type, ne0);
+    const size_t dst_row = moeq_row_size(q->type, ne0);
+    /* row blocks of about 16M values bound memory on huge matrices */
+    int64_t block = (16 << 20) / ne0;
+    if (block < 1) block = 1;
+    if (block > ne1) block = ne1;
+    float *f32 = malloc((size_t)(block * ne0) * sizeof(float));
+    float *back = malloc((size_t)(nth * ne0) * sizeof(float));
+    uint8_t *dst = malloc((size_t)block * dst_row);
+    float *wbuf = malloc((size_t)ne0 * sizeof(float));
+    int ok = 1;
+    if (!f32 || !back || !dst || !wbuf) { fail(err, errlen, "out of memory"); ok = 0; }
+    memset(acc, 0, (size_t)nth * 4 * sizeof(double));
+    for (int64_t m = 0; ok && m < n_mat; m++) {
+        const float *wts = NULL;
+        if (ie) {
+            moeq_imatrix_weights(ie, ne0, n_mat, m, wbuf);
+            wts = wbuf;
+        }
+        const uint8_t *msrc = (const uint8_t *)t->data + (size_t)m * (size_t)ne1 * src_row;
+        for (int64_t r0 = 0; ok && r0 < ne1; r0 += block) {
+            int64_t nr = ne1 - r0 < block ? ne1 - r0 : block;
+            struct qjob j = { q->src_type, q->type, ne0, msrc + (size_t)r0 * src_row,
+                              src_row, dst_row, dst, f32, back, wts, &o->qp,
+                              acc, acc + nth, acc + 2 * nth, acc + 3 * nth, 0 };
+            moeq_pool_for(pool, nr, 4, quant_rows, &j);
+            if (j.failed) { fail(err, errlen, "quantize: no quantizer for %s", moeq_type_name(q->type)); ok = 0; break; }
+            ok = gguf_writer_write(w, dst, (size_t)nr * dst_row) == 0;
+        }
+        /* this expert's source pages are done: drop them from our RSS */
+        uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t a0 = ((uintptr_t)msrc + pg - 1) & ~(pg - 1);
+        uintptr_t a1 = ((uintptr_t)msrc + (size_t)ne1 * src_row) & ~(pg - 1);
+        if (a1 > a0) madvise((void *)a0, a1 - a0, MADV_DONTNEED);
+    }
+    double e2 = 0, we2 = 0, ws = 0, s2 = 0;
+    for (int k = 0; k < nth; k++) { e2 += acc[k]; we2 += acc[nth + k]; ws += acc[2 * nth + k]; s2 += acc[3 * nth + k]; }
+    double nel = (double)ne0 * (double)ne1 * (double)n_mat;
+    q->rmse = sqrt(e2 / nel);
+    q->wrmse = ws > 0 ? sqrt(we2 / ws * (double)ne0) / sqrt((double)ne0) : 0;
+    q->rel = s2 > 0 ? sqrt(e2 / s2) : 0;
+    free(f32); free(back); free(dst); free(wbuf);
+    return ok ? 0 : -1;
+}
+
+/* ------------------------------------------------------------- the job */
+
+int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_report *r,
+                       char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    if (!o->mix || !o->in_path || !o->out_path) return fail(err, errlen, "quantize: no mix, input or output given");
+    /* every file the job reads; the output may be none of them */
+    const char *inputs[2] = { o->in_path, o->imatrix_path };
+    const int n_inputs = o->imatrix_path ? 2 : 1;
+    char oerr[512];
+    if (moeq_outfile_check(o->out_path, inputs, n_inputs, oerr, sizeof oerr) != 0)
+        return fail(err, errlen, "quantize: %s", oerr);
+    FILE *log = o->log ? o->log : stderr;
+    r->mix = o->mix;
+
+    gguf_file *f = gguf_open(o->in_path, err, errlen);
+    if (!f) return -1;
+    int rc = -1;
+    struct moeq_imatrix *im = NULL;
+    struct moeq_imatrix_entry **ie = NULL;
+    if (o->imatrix_path) {
+        im = moeq_imatrix_new();
+        if (moeq_imatrix_load(im, o->imatrix_path, err, errlen) != 0) goto out;
+    }
+    if (plan(o, f, im != NULL, r, err, errlen) != 0) goto out;
+    const int n = r->n_tensors;
+    if (!(ie = calloc((size_t)n + 1, sizeof *ie))) { fail(err, errlen, "out of memory"); goto out; }
+    if (match_imatrix(o, f, im, ie, r, log, err, errlen) != 0) goto out;
+    for (int i = 0; i < n; i++) {
+        r->src_bytes += r->tensors[i].src_bytes;
+        r->out_bytes += r->tensors[i].nbytes;
+        if (r->tensors[i].fallback)
+            fprintf(log, "moeq: note: %s: row length %llu does not fit the planned type; using %s\n",
+                    r->tensors[i].name, (unsigned long long)r->tensors[i].ne[0], moeq_type_name(r->tensors[i].type));
+    }
+    if (o->dry_run) { rc = 0; goto out; }
+
+    gguf_writer *w = gguf_writer_open_inputs(o->out_path, inputs, n_inputs, err, errlen);
+    if (!w) goto out;
+    if (write_header(o, f, im, r, w) != 0 || gguf_writer_begin_data(w) != 0) {
+        fail(err, errlen, "%s", gguf_writer_error(w));
+        gguf_writer_abort(w);
+        goto out;
+    }
+    moeq_pool *pool = moeq_pool_new(o->n_threads);
+    const int nth = moeq_pool_size(pool);
+    r->n_threads = nth;
+    const double t0 = now_s();
+    uint64_t done_bytes = 0;
+    double *acc = calloc((size_t)nth * 4, sizeof(double));
+    int ok = 1;
+    if (!acc) { fail(err, errlen, "out of memory"); ok = 0; }
+    for (int i = 0; ok && i < n; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        /* a NaN or Inf would be written as all-zero blocks: refuse the source */
+        char ferr[512];
+        if (moeq_tensor_check_finite(t, ferr, sizeof ferr) != 0) {
+            fail(err, errlen, "quantize: %s: %s; refusing to convert it", o->in_path, ferr);
+            ok = 0;
+            break;
+        }
+        if (!r->tensors[i].quantized) {
+            ok = gguf_writer_write(w, t->data, (size_t)t->nbytes) == 0;
+            if (!ok) fail(err, errlen, "%s", gguf_writer_error(w));
+        } else if (write_tensor(o, t, &r->tensors[i], ie[i], pool, acc, w, err, errlen) != 0) {
+            const char *we = gguf_writer_error(w);
+            if (we && *we) fail(err, errlen, "%s", we);
+            ok = 0;
+        }
+        done_bytes += t->nbytes;
+        if (ok && o->progress) {
+            struct moeq_quantize_progress p = { i, n, &r->tensors[i], done_bytes, r->src_bytes, now_s() - t0 };
+            o->progress(o->progress_ctx, &p);
+        }
+    }
+    free(acc);
+    moeq_pool_free(pool);
+    if (!ok) { gguf_writer_abort(w); goto out; }
+    if (gguf_writer_finish(w) != 0) { fail(err, errlen, "quantize: %s", gguf_writer_error(NULL)); goto out; }
+    r->seconds = now_s() - t0;
+    rc = 0;
+out:
+    free(ie);
+    moeq_imatrix_free(im);
+    gguf_close(f);
+    if (rc) moeq_quantize_report_free(r);
+    return rc;
+}

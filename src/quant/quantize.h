@@ -1,0 +1,103 @@
+/*
+ * quantize.h: quantize a model file, the job behind `moeq quantize`, as one
+ * library call: options in, a report out, progress through a callback.
+ *
+ * The job opens the input, plans every tensor's type (quant_plan: a mix, a
+ * recipe, rules, overrides, or a caller's own per-tensor type plan),
+ * matches and checks the importance matrix, copies the metadata, and
+ * streams the tensors through the row quantizers on a thread pool into the
+ * output (written to a temporary file renamed at the end, so a failure
+ * never leaves a partial file). The report holds each tensor's type, bytes
+ * and error against the source. Anyone may include it; it prints nothing
+ * but warnings and notes (to opts.log).
+ */
+#ifndef MOEQ_QUANTIZE_H
+#define MOEQ_QUANTIZE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "quant/quant_plan.h"
+#include "quant/quants.h"
+
+/* One tensor of the output, in file order. */
+struct moeq_quantize_tensor {
+    char    *name;
+    int      src_type, type;
+    int      quantized;       /* 0: copied unchanged */
+    int      fallback;        /* the row length forced a compatible type */
+    int      rule;            /* index of the rule that chose the type, or -1 */
+    int      recipe;          /* the recipe's group type chose it */
+    int      planned;         /* the caller's type plan (opts.types) chose it */
+    int      imatrix;         /* importance data steered it */
+    uint32_t n_dims;
+    uint64_t ne[4];
+    uint64_t nelem, src_bytes, nbytes;
+    /* error of the written tensor against the source: RMSE, importance-
+     * weighted RMSE and RMS error relative to the RMS of the source; 0 for
+     * a copied tensor and in a dry run */
+    double   rmse, wrmse, rel;
+};
+
+struct moeq_quantize_report {
+    int n_tensors;
+    struct moeq_quantize_tensor *tensors;
+    uint64_t src_bytes, out_bytes;   /* tensor data, all tensors */
+    const struct moeq_mix *mix;      /* the one written as general.file_type */
+    int imatrix_used;                /* tensors quantized with importance data */
+    int n_threads;
+    double seconds;                  /* writing the tensor data */
+};
+
+/* After each tensor is written (not in a dry run). */
+struct moeq_quantize_progress {
+    int index, n_tensors;
+    const struct moeq_quantize_tensor *tensor;   /* its final report entry */
+    uint64_t done_bytes, total_bytes;            /* source tensor data */
+    double elapsed_s;
+};
+typedef void (*moeq_quantize_progress_fn)(void *ctx, const struct moeq_quantize_progress *p);
+
+struct moeq_quantize_opts {
+    const char *in_path, *out_path;
+    const struct moeq_mix *mix;               /* required: base type, file type, rules */
+    const struct moeq_recipe *recipe;         /* NULL or group types over the mix */
+    const struct moeq_type_rule *rules;       /* --tensor-type, first match wins */
+    int n_rules;
+    int token_embd_type, output_type;         /* -1: by the mix and recipe */
+    int pure;                                 /* no mix rules */
+    /* NULL, or a type plan of n_types entries, one per input tensor in file
+     * order: a type >= 0 replaces what the plan chose for a quantizable
+     * tensor (the row length must fit it), -1 keeps the plan's */
+    const int *types;
+    int n_types;
+    const char *imatrix_path;                 /* NULL: no importance data */
+    const char *const *include;               /* use the imatrix only for these */
+    int n_include;
+    const char *const *exclude;               /* never for these */
+    int n_exclude;
+    int allow_requantize;                     /* quantized sources allowed */
+    int ignore_imatrix_rules;                 /* IQ2_* without importance data */
+    struct moeq_quant_params qp;              /* given to every row quantizer */
+    int n_threads;                            /* <= 0: all cores */
+    int dry_run;                              /* plan and check; write nothing */
+    moeq_quantize_progress_fn progress;       /* NULL: none */
+    void *progress_ctx;
+    FILE *log;                                /* warnings, notes; NULL: stderr */
+};
+
+/* Defaults: no recipe, rules, plan or imatrix, overrides -1, all cores. */
+void moeq_quantize_opts_init(struct moeq_quantize_opts *o);
+
+/*
+ * Run the job. 0 with *r filled (free with moeq_quantize_report_free);
+ * -1 with err set ("quantize: ..." or the reader's or writer's message),
+ * *r empty and no output file.
+ */
+int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_report *r,
+                       char *err, size_t errlen);
+
+void moeq_quantize_report_free(struct moeq_quantize_report *r);
+
+#endif

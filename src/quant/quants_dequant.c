@@ -1,0 +1,421 @@
+/*
+ * quants_dequant.c: decoding of every ggml block format moeq knows to f32.
+ *
+ * These are the reference decoders: the SIMD kernels and the quantizers are
+ * tested against them, and `moeq dump` and the engine's fallback paths use
+ * them directly. Each must give bit for bit what ggml gives, so the float
+ * arithmetic follows ggml's order: a block's (or sub-block's) scale is first
+ * formed as a float (e.g. d * 6-bit scale), then multiplied by the quant,
+ * and a min is subtracted last. For these formats that order is in fact
+ * forgiving: an f16 scale (11 significant bits) times the small integers
+ * involved (sub-scale, quant, grid magnitude, non-linear level) stays
+ * within float's 24 bits, so every product is exact and the only rounding
+ * is the final subtraction, which a fused multiply-add would round the same
+ * way. The tests confirm it (reassociating Q6_K's or IQ2_XXS's products
+ * leaves every reference vector unchanged); keeping ggml's order anyway
+ * makes the equivalence obvious rather than argued.
+ *
+ * Layouts are read as little-endian bytes (GGUF stores blocks verbatim and
+ * moeq targets x86-64); multi-byte packed fields are assembled from bytes
+ * where their packing crosses field boundaries.
+ *
+ * Every function takes n, a multiple of its block size (the traits table
+ * and the GGUF reader guarantee it), and decodes n / block_size blocks.
+ */
+#include "quant/quants.h"
+#include "quant/quants_blocks.h"
+
+#include <string.h>
+
+/* ------------------------------------------------------------- helpers */
+
+/* Byte j (0 = least significant) of a codebook entry: the grids pack one
+ * unsigned magnitude per byte, first element in the low byte. */
+static inline int grid_byte(uint64_t entry, int j) { return (int)((entry >> (8 * j)) & 0xff); }
+
+/* v negated when bit j of signs is set. Flipping the sign bit gives exactly
+ * what ggml's v * -1.0f gives (signed zeros and NaNs included), and does it
+ * without a branch. */
+static inline float signed_by(float v, unsigned signs, int j)
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u ^= (uint32_t)((signs >> j) & 1u) << 31;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+static inline uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/*
+ * Q4_K / Q5_K: eight 6-bit scales and eight 6-bit mins packed in 12 bytes.
+ * Sub-blocks 0..3 keep both in the low 6 bits of bytes 0..3 (scales) and
+ * 4..7 (mins); sub-blocks 4..7 keep their low 4 bits in the nibbles of
+ * bytes 8..11 and their top 2 bits in the spare top bits of bytes 0..7.
+ */
+static inline void k4_scale_min(const uint8_t *s, int j, int *scale, int *min)
+{
+    if (j < 4) {
+        *scale = s[j] & 63;
+        *min   = s[j + 4] & 63;
+    } else {
+        *scale = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        *min   = (s[j + 4] >> 4)   | ((s[j]     >> 6) << 4);
+    }
+}
+
+/*
+ * Q3_K: sixteen 6-bit scales (stored biased by 32) in 12 bytes. Low 4 bits:
+ * scales 0..7 in the low nibbles of bytes 0..7, scales 8..15 in their high
+ * nibbles. High 2 bits: bytes 8..11, scale j in bits 2*(j/4) of byte 8+j%4.
+ */
+static inline int q3k_scale(const uint8_t *s, int j)
+{
+    int lo = j < 8 ? (s[j] & 0x0f) : (s[j - 8] >> 4);
+    int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+/* ------------------------------------------------------ plain floats */
+
+void dequantize_row_f32(const void *x, float *y, int64_t n)
+{
+    memcpy(y, x, (size_t)n * sizeof(float));
+}
+
+void dequantize_row_f16(const void *x, float *y, int64_t n)
+{
+    const uint16_t *h = x;
+    for (int64_t i = 0; i < n; i++) y[i] = moeq_f16_to_f32(h[i]);
+}
+
+void dequantize_row_bf16(const void *x, float *y, int64_t n)
+{
+    const uint16_t *h = x;
+    for (int64_t i = 0; i < n; i++) y[i] = moeq_bf16_to_f32(h[i]);
+}
+
+/* -------------------------------------------------- legacy 32-blocks */
+
+/* Q4_0: value = d * (nibble - 8); byte j holds element j (low nibble) and
+ * element j + 16 (high nibble). */
+void dequantize_row_q4_0(const void *x, float *y, int64_t n)
+{
+    const block_q4_0 *b = x;
+    for (int64_t i = 0; i < n / QK4_0; i++, b++, y += QK4_0) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int j = 0; j < QK4_0 / 2; j++) {
+            y[j]             = (float)((b->qs[j] & 0x0f) - 8) * d;
+            y[j + QK4_0 / 2] = (float)((b->qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+void dequantize_row_q8_0(const void *x, float *y, int64_t n)
+{
+    const block_q8_0 *b = x;
+    for (int64_t i = 0; i < n / QK8_0; i++, b++, y += QK8_0) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int j = 0; j < QK8_0; j++) y[j] = (float)b->qs[j] * d;
+    }
+}
+
+/* IQ4_NL: Q4_0's layout with the nibble indexing a non-linear level. */
+void dequantize_row_iq4_nl(const void *x, float *y, int64_t n)
+{
+    const block_iq4_nl *b = x;
+    for (int64_t i = 0; i < n / QK4_NL; i++, b++, y += QK4_NL) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int j = 0; j < QK4_NL / 2; j++) {
+            y[j]              = d * (float)kvalues_iq4nl[b->qs[j] & 0x0f];
+            y[j + QK4_NL / 2] = d * (float)kvalues_iq4nl[b->qs[j] >> 4];
+        }
+    }
+}
+
+/* ------------------------------------------------------------ K-quants */
+
+/*
+ * Q2_K: 2-bit quants with a 4-bit scale (low nibble) and 4-bit min (high
+ * nibble) per 16 elements. Each 128-element half uses 32 bytes of qs; bit
+ * pair p of byte l covers element 32*p + l of the half, so sub-block s
+ * (0..7 in the half) reads bytes 16*(s&1).. with shift 2*(s/2).
+ */
+void dequantize_row_q2_K(const void *x, float *y, int64_t n)
+{
+    const block_q2_K *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        const float dmin = moeq_f16_to_f32(b->dmin);
+        for (int s = 0; s < QK_K / 16; s++, y += 16) {
+            const uint8_t *q = b->qs + 32 * (s / 8) + 16 * (s & 1);
+            const int shift = 2 * ((s % 8) / 2);
+            const float dl = d * (float)(b->scales[s] & 0x0f);
+            const float ml = dmin * (float)(b->scales[s] >> 4);
+            for (int l = 0; l < 16; l++)
+                y[l] = dl * (float)((q[l] >> shift) & 3) - ml;
+        }
+    }
+}
+
+/*
+ * Q3_K: Q2_K's 2-bit layout plus a high bit from hmask; the stored 3-bit
+ * value is (low 2 bits) - 4 when the high bit is clear. hmask byte l holds
+ * one bit per sub-block pair: bit 2*half + s/2's shift index.
+ */
+void dequantize_row_q3_K(const void *x, float *y, int64_t n)
+{
+    const block_q3_K *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int s = 0; s < QK_K / 16; s++, y += 16) {
+            const int half = s / 8, pair = (s % 8) / 2, off = 16 * (s & 1);
+            const uint8_t *q = b->qs + 32 * half + off;
+            const uint8_t *hm = b->hmask + off;
+            const int shift = 2 * pair, hbit = 4 * half + pair;
+            const float dl = d * (float)q3k_scale(b->scales, s);
+            for (int l = 0; l < 16; l++) {
+                int v = ((q[l] >> shift) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4);
+                y[l] = dl * (float)v;
+            }
+        }
+    }
+}
+
+/*
+ * Q4_K: 8 sub-blocks of 32 with 6-bit scale and min. Each 64 elements use
+ * 32 bytes of qs: low nibbles for the first 32, high nibbles for the next.
+ */
+void dequantize_row_q4_K(const void *x, float *y, int64_t n)
+{
+    const block_q4_K *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        const float dmin = moeq_f16_to_f32(b->dmin);
+        for (int s = 0; s < QK_K / 32; s++, y += 32) {
+            const uint8_t *q = b->qs + 32 * (s / 2);
+            const int shift = 4 * (s & 1);
+            int sc, m;
+            k4_scale_min(b->scales, s, &sc, &m);
+            const float dl = d * (float)sc, ml = dmin * (float)m;
+            for (int l = 0; l < 32; l++)
+                y[l] = dl * (float)((q[l] >> shift) & 0x0f) - ml;
+        }
+    }
+}
+
+/* Q5_K: Q4_K plus a fifth bit per element, bit s of qh[l] for sub-block s. */
+void dequantize_row_q5_K(const void *x, float *y, int64_t n)
+{
+    const block_q5_K *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        const float dmin = moeq_f16_to_f32(b->dmin);
+        for (int s = 0; s < QK_K / 32; s++, y += 32) {
+            const uint8_t *q = b->qs + 32 * (s / 2);
+            const int shift = 4 * (s & 1);
+            int sc, m;
+            k4_scale_min(b->scales, s, &sc, &m);
+            const float dl = d * (float)sc, ml = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                int v = ((q[l] >> shift) & 0x0f) | (((b->qh[l] >> s) & 1) << 4);
+                y[l] = dl * (float)v - ml;
+            }
+        }
+    }
+}
+
+/*
+ * Q6_K: 6-bit quants biased by 32, a signed 8-bit scale per 16. Each
+ * 128-element half uses 64 bytes of ql and 32 of qh: element 32*k + l of
+ * the half takes its low nibble from ql[l + 32*(k&1)] (low nibble for
+ * k < 2, high for k >= 2) and its top 2 bits from qh[l] bits 2k..2k+1.
+ */
+void dequantize_row_q6_K(const void *x, float *y, int64_t n)
+{
+    const block_q6_K *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = b->ql + 64 * half;
+            const uint8_t *qh = b->qh + 32 * half;
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *lo = ql + 32 * (k & 1);
+                const int lshift = 4 * (k >> 1);
+                for (int g = 0; g < 2; g++, y += 16) {
+                    /* ggml forms d * scale first, then multiplies by q */
+                    const float ds = d * (float)b->scales[8 * half + 2 * k + g];
+                    for (int l = 16 * g; l < 16 * g + 16; l++) {
+                        int v = ((lo[l] >> lshift) & 0x0f) | (((qh[l] >> (2 * k)) & 3) << 4);
+                        y[l - 16 * g] = ds * (float)(v - 32);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Q8_K: activations; float scale, 8-bit quants (bsums are redundant). */
+void dequantize_row_q8_K(const void *x, float *y, int64_t n)
+{
+    const block_q8_K *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K)
+        for (int j = 0; j < QK_K; j++) y[j] = b->d * (float)b->qs[j];
+}
+
+/* ------------------------------------------------------------- i-quants */
+
+/*
+ * IQ2_XXS: per 32 elements, 8 bytes read as two little-endian words: the
+ * first holds four 8-bit grid indices (one per 8 elements); the second
+ * four 7-bit sign indices (into the even-parity table) and a 4-bit scale
+ * in its top bits. Element scale = d * (0.5 + s) * 0.25.
+ */
+void dequantize_row_iq2_xxs(const void *x, float *y, int64_t n)
+{
+    const block_iq2_xxs *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        const uint8_t *q8 = (const uint8_t *)b->qs;
+        for (int ib = 0; ib < QK_K / 32; ib++, q8 += 8) {
+            const uint32_t aux = le32(q8 + 4);
+            const float db = d * (0.5f + (float)(aux >> 28)) * 0.25f;
+            for (int l = 0; l < 4; l++, y += 8) {
+                const uint64_t g = iq2xxs_grid[q8[l]];
+                const unsigned signs = ksigns_iq2xs[(aux >> (7 * l)) & 127];
+                for (int j = 0; j < 8; j++)
+                    y[j] = signed_by(db * (float)grid_byte(g, j), signs, j);
+            }
+        }
+    }
+}
+
+/*
+ * IQ2_XS: per 8 elements a 16-bit word, 9-bit grid index and 7-bit sign
+ * index; per 32 elements a byte of two 4-bit scales (low for the first 16).
+ */
+void dequantize_row_iq2_xs(const void *x, float *y, int64_t n)
+{
+    const block_iq2_xs *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float db[2] = {
+                d * (0.5f + (float)(b->scales[ib] & 0x0f)) * 0.25f,
+                d * (0.5f + (float)(b->scales[ib] >> 4)) * 0.25f,
+            };
+            for (int l = 0; l < 4; l++, y += 8) {
+                const uint16_t w = b->qs[4 * ib + l];
+                const uint64_t g = iq2xs_grid[w & 511];
+                const unsigned signs = ksigns_iq2xs[w >> 9];
+                for (int j = 0; j < 8; j++)
+                    y[j] = signed_by(db[l / 2] * (float)grid_byte(g, j), signs, j);
+            }
+        }
+    }
+}
+
+/*
+ * IQ2_S: 10-bit grid index per 8 elements (low 8 bits in qs[0..31], top 2
+ * bits in qh, two per index), an explicit 8-bit sign mask per 8 elements
+ * in qs[32..63], and IQ2_XS's pair of 4-bit scales per 32.
+ */
+void dequantize_row_iq2_s(const void *x, float *y, int64_t n)
+{
+    const block_iq2_s *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        const uint8_t *idx = b->qs, *sgn = b->qs + QK_K / 8;
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float db[2] = {
+                d * (0.5f + (float)(b->scales[ib] & 0x0f)) * 0.25f,
+                d * (0.5f + (float)(b->scales[ib] >> 4)) * 0.25f,
+            };
+            for (int l = 0; l < 4; l++, y += 8) {
+                const int k = 4 * ib + l;
+                const uint64_t g = iq2s_grid[idx[k] | (((b->qh[ib] >> (2 * l)) & 3) << 8)];
+                for (int j = 0; j < 8; j++)
+                    y[j] = signed_by(db[l / 2] * (float)grid_byte(g, j), sgn[k], j);
+            }
+        }
+    }
+}
+
+/*
+ * IQ3_XXS: 8-bit index into a grid of 4-magnitude points per 4 elements
+ * (qs[0..63]); per 32 elements a little-endian word (qs[64..95]) with four
+ * 7-bit sign indices and a 4-bit scale: d * (0.5 + s) * 0.5.
+ */
+void dequantize_row_iq3_xxs(const void *x, float *y, int64_t n)
+{
+    const block_iq3_xxs *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        const uint8_t *idx = b->qs, *ss = b->qs + QK_K / 4;
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint32_t aux = le32(ss + 4 * ib);
+            const float db = d * (0.5f + (float)(aux >> 28)) * 0.5f;
+            for (int l = 0; l < 4; l++, y += 8) {
+                const unsigned signs = ksigns_iq2xs[(aux >> (7 * l)) & 127];
+                const uint32_t g0 = iq3xxs_grid[idx[8 * ib + 2 * l]];
+                const uint32_t g1 = iq3xxs_grid[idx[8 * ib + 2 * l + 1]];
+                for (int j = 0; j < 4; j++) {
+                    y[j]     = signed_by(db * (float)grid_byte(g0, j), signs, j);
+                    y[j + 4] = signed_by(db * (float)grid_byte(g1, j), signs, j + 4);
+                }
+            }
+        }
+    }
+}
+
+/*
+ * IQ3_S: 9-bit grid index per 4 elements (low 8 bits in qs, bit 8 from qh:
+ * bit k of qh[ib] for the k-th index of 32-block ib), an explicit sign mask
+ * byte per 8 elements, and a 4-bit scale per 32: d * (1 + 2*s).
+ */
+void dequantize_row_iq3_s(const void *x, float *y, int64_t n)
+{
+    const block_iq3_s *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const int s = (b->scales[ib / 2] >> (4 * (ib & 1))) & 0x0f;
+            const float db = d * (float)(1 + 2 * s);
+            const uint8_t *idx = b->qs + 8 * ib;
+            for (int l = 0; l < 4; l++, y += 8) {
+                const unsigned signs = b->signs[4 * ib + l];
+                const uint32_t g0 = iq3s_grid[idx[2 * l]     | (((b->qh[ib] >> (2 * l)) & 1) << 8)];
+                const uint32_t g1 = iq3s_grid[idx[2 * l + 1] | (((b->qh[ib] >> (2 * l + 1)) & 1) << 8)];
+                for (int j = 0; j < 4; j++) {
+                    y[j]     = signed_by(db * (float)grid_byte(g0, j), signs, j);
+                    y[j + 4] = signed_by(db * (float)grid_byte(g1, j), signs, j + 4);
+                }
+            }
+        }
+    }
+}
+
+/*
+ * IQ4_XS: IQ4_NL levels in 256-blocks with a 6-bit scale (biased by 32)
+ * per 32: low 4 bits in scales_l nibbles, high 2 bits in scales_h.
+ */
+void dequantize_row_iq4_xs(const void *x, float *y, int64_t n)
+{
+    const block_iq4_xs *b = x;
+    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+        const float d = moeq_f16_to_f32(b->d);
+        for (int ib = 0; ib < QK_K / 32; ib++, y += 32) {
+            const int ls = ((b->scales_l[ib / 2] >> (4 * (ib & 1))) & 0x0f)
+                         | (((b->scales_h >> (2 * ib)) & 3) << 4);
+            const float dl = d * (float)(ls - 32);
+            const uint8_t *q = b->qs + 16 * ib;
+            for (int j = 0; j < 16; j++) {
+                y[j]      = dl * (float)kvalues_iq4nl[q[j] & 0x0f];
+                y[j + 16] = dl * (float)kvalues_iq4nl[q[j] >> 4];
+            }
+        }
+    }
+}
