@@ -8,6 +8,7 @@
 #include "imatrix.h"
 #include "gguf.h"
 #include "quants.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -17,15 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void *xcalloc(size_t n, size_t sz)
 {
@@ -104,13 +96,13 @@ struct moeq_imatrix_entry *moeq_imatrix_get(struct moeq_imatrix *im, const char 
             e->n_mat = n_mat;
             return e;
         }
-        set_err(err, errlen, "imatrix entry %s has %lld x %lld values, expected %lld x %lld",
+        moeq_set_err(err, errlen, "imatrix entry %s has %lld x %lld values, expected %lld x %lld",
                 name, (long long)e->n_per_row, (long long)e->n_mat,
                 (long long)n_per_row, (long long)n_mat);
         return NULL;
     }
     if (n_per_row <= 0 || n_mat <= 0 || n_per_row > (1 << 26) || n_mat > (1 << 16)) {
-        set_err(err, errlen, "imatrix entry %s: bad shape %lld x %lld", name,
+        moeq_set_err(err, errlen, "imatrix entry %s: bad shape %lld x %lld", name,
                 (long long)n_per_row, (long long)n_mat);
         return NULL;
     }
@@ -183,7 +175,7 @@ static int rd_bytes(struct rd *r, void *dst, size_t n, const char *what)
 {
     if (r->bad) return -1;
     if (n > r->n - r->off) {
-        set_err(r->err, r->errlen, "%s: byte %zu: truncated reading %s", r->path, r->off, what);
+        moeq_set_err(r->err, r->errlen, "%s: byte %zu: truncated reading %s", r->path, r->off, what);
         r->bad = 1;
         return -1;
     }
@@ -197,7 +189,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
     int32_t n_entries;
     if (rd_bytes(r, &n_entries, 4, "entry count")) return -1;
     if (n_entries < 1 || (size_t)n_entries > r->n / 12) {
-        set_err(r->err, r->errlen, "%s: byte 0: bad entry count %d", r->path, n_entries);
+        moeq_set_err(r->err, r->errlen, "%s: byte 0: bad entry count %d", r->path, n_entries);
         return -1;
     }
     float *tmp = NULL;
@@ -206,20 +198,20 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         size_t at = r->off;
         if (rd_bytes(r, &len, 4, "name length")) goto fail;
         if (len < 1 || len > 4096 || (size_t)len > r->n - r->off) {
-            set_err(r->err, r->errlen, "%s: byte %zu: entry %d: bad name length %d", r->path, at, i, len);
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %d: bad name length %d", r->path, at, i, len);
             goto fail;
         }
         char name[4097];
         if (rd_bytes(r, name, (size_t)len, "name")) goto fail;
         name[len] = 0;
         if (strlen(name) != (size_t)len) {
-            set_err(r->err, r->errlen, "%s: byte %zu: entry %d: name contains NUL", r->path, at, i);
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %d: name contains NUL", r->path, at, i);
             goto fail;
         }
         at = r->off;
         if (rd_bytes(r, &ncall, 4, "ncall") || rd_bytes(r, &nval, 4, "value count")) goto fail;
         if (ncall < 0 || nval < 1 || (size_t)nval > (r->n - r->off) / 4) {
-            set_err(r->err, r->errlen, "%s: byte %zu: entry %s: bad ncall %d or value count %d",
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %s: bad ncall %d or value count %d",
                     r->path, at, name, ncall, nval);
             goto fail;
         }
@@ -228,7 +220,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         if (rd_bytes(r, tmp, (size_t)nval * 4, "values")) goto fail;
         for (int32_t j = 0; j < nval; j++) {
             if (!isfinite(tmp[j]) || tmp[j] < 0) {
-                set_err(r->err, r->errlen, "%s: entry %s: value %d is %g (not a finite sum of squares)",
+                moeq_set_err(r->err, r->errlen, "%s: entry %s: value %d is %g (not a finite sum of squares)",
                         r->path, name, j, (double)tmp[j]);
                 goto fail;
             }
@@ -241,7 +233,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         if (!e) e = moeq_imatrix_get(im, name, nval, 1, r->err, r->errlen);
         if (!e) goto fail;
         if (e->n_per_row * e->n_mat != nval) {
-            set_err(r->err, r->errlen, "%s: entry %s has %d values, already loaded with %lld",
+            moeq_set_err(r->err, r->errlen, "%s: entry %s has %d values, already loaded with %lld",
                     r->path, name, nval, (long long)(e->n_per_row * e->n_mat));
             goto fail;
         }
@@ -265,7 +257,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
             size_t at = r->off;
             if (rd_bytes(r, &len, 4, "dataset name length")) return -1;
             if (len < 0 || (size_t)len > r->n - r->off) {
-                set_err(r->err, r->errlen, "%s: byte %zu: bad dataset name length %d", r->path, at, len);
+                moeq_set_err(r->err, r->errlen, "%s: byte %zu: bad dataset name length %d", r->path, at, len);
                 return -1;
             }
             char *ds = xstrndup((const char *)r->p + r->off, (size_t)len);
@@ -312,13 +304,13 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
         snprintf(cname, sizeof cname, "%s.counts", name);
         int64_t ci = gguf_find_tensor(f, cname);
         if (ci < 0) {
-            set_err(err, errlen, "%s: tensor %s has no matching %s", path, ts->name.s ? name : "?", cname);
+            moeq_set_err(err, errlen, "%s: tensor %s has no matching %s", path, ts->name.s ? name : "?", cname);
             goto done;
         }
         const gguf_tensor *tc = &f->tensors[ci];
         if (ts->type != MOEQ_TYPE_F32 || tc->type != MOEQ_TYPE_F32 || ts->n_dims > 2 ||
             tc->ne[0] != 1 || tc->ne[1] != ts->ne[1] || ts->ne[2] != 1 || ts->ne[3] != 1) {
-            set_err(err, errlen, "%s: tensor %s: in_sum2/counts must be F32 [n, n_mat] and [1, n_mat]", path, name);
+            moeq_set_err(err, errlen, "%s: tensor %s: in_sum2/counts must be F32 [n, n_mat] and [1, n_mat]", path, name);
             goto done;
         }
         int64_t n_per_row = (int64_t)ts->ne[0], n_mat = (int64_t)ts->ne[1];
@@ -329,7 +321,7 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
             float c;
             memcpy(&c, counts + m, 4);
             if (!isfinite(c) || c < 0) {
-                set_err(err, errlen, "%s: tensor %s: count %lld is %g", path, cname, (long long)m, (double)c);
+                moeq_set_err(err, errlen, "%s: tensor %s: count %lld is %g", path, cname, (long long)m, (double)c);
                 goto done;
             }
             e->counts[m] += c;
@@ -337,7 +329,7 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
                 float v;
                 memcpy(&v, sums + m * n_per_row + j, 4);
                 if (!isfinite(v) || v < 0) {
-                    set_err(err, errlen, "%s: tensor %s.in_sum2: value %lld is %g", path, name,
+                    moeq_set_err(err, errlen, "%s: tensor %s.in_sum2: value %lld is %g", path, name,
                             (long long)(m * n_per_row + j), (double)v);
                     goto done;
                 }
@@ -348,7 +340,7 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
         n_found++;
     }
     if (n_found == 0) {
-        set_err(err, errlen, "%s: no imatrix entries (no *.in_sum2 tensors)", path);
+        moeq_set_err(err, errlen, "%s: no imatrix entries (no *.in_sum2 tensors)", path);
         goto done;
     }
     rc = 0;
@@ -361,7 +353,7 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
 {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        moeq_set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     char magic[4] = {0};
@@ -370,11 +362,11 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
         fclose(fp);
         return load_gguf(im, path, err, errlen);
     }
-    if (fseek(fp, 0, SEEK_END) != 0) { fclose(fp); set_err(err, errlen, "%s: cannot seek", path); return -1; }
+    if (fseek(fp, 0, SEEK_END) != 0) { fclose(fp); moeq_set_err(err, errlen, "%s: cannot seek", path); return -1; }
     long sz = ftell(fp);
     if (sz < 4) {
         fclose(fp);
-        set_err(err, errlen, "%s: byte 0: file too short for an imatrix (%ld bytes)", path, sz < 0 ? 0 : sz);
+        moeq_set_err(err, errlen, "%s: byte 0: file too short for an imatrix (%ld bytes)", path, sz < 0 ? 0 : sz);
         return -1;
     }
     rewind(fp);
@@ -382,7 +374,7 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
     if (fread(buf, 1, (size_t)sz, fp) != (size_t)sz) {
         fclose(fp);
         free(buf);
-        set_err(err, errlen, "%s: read error", path);
+        moeq_set_err(err, errlen, "%s: read error", path);
         return -1;
     }
     fclose(fp);
@@ -475,11 +467,11 @@ static int write_dat_file(const struct moeq_imatrix *im, const char *path, char 
     snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        set_err(err, errlen, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+        moeq_set_err(err, errlen, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
         return -1;
     }
     FILE *fp = fdopen(fd, "wb");
-    if (!fp) { close(fd); unlink(tmp); set_err(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
+    if (!fp) { close(fd); unlink(tmp); moeq_set_err(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
     int rc = save_dat(im, fp);
     if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) rc = -1;
     if (fclose(fp) != 0) rc = -1;
@@ -487,7 +479,7 @@ static int write_dat_file(const struct moeq_imatrix *im, const char *path, char 
     if (rc == 0 && chmod(tmp, 0644) != 0) rc = -1;
     if (rc == 0 && rename(tmp, path) != 0) rc = -1;
     if (rc != 0) {
-        set_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        moeq_set_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
     }
     return rc;
@@ -538,12 +530,12 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, char
     free(buf);
     free(store);
     if (!ok) {
-        set_err(err, errlen, "%s", gguf_writer_error(w));
+        moeq_set_err(err, errlen, "%s", gguf_writer_error(w));
         gguf_writer_abort(w);
         return -1;
     }
     if (gguf_writer_finish(w) != 0) {
-        set_err(err, errlen, "%s: write failed", path);
+        moeq_set_err(err, errlen, "%s: write failed", path);
         return -1;
     }
     return 0;

@@ -37,6 +37,7 @@
 #include "quants.h"
 #include "quants_blocks.h"
 #include "quant_plan.h"
+#include "util.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -1215,13 +1216,6 @@ static int write_metadata(gguf_writer *w, const moeq_synth_cfg *c, const struct 
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 uint64_t moeq_synth_weight_bytes(const moeq_synth_cfg *c)
 {
     char err[64];
@@ -1285,7 +1279,7 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
     model_init(&m, c);
     uint8_t *buf = NULL;
     size_t buf_cap = 0;
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     uint64_t written = 0;
     int rc = 0;
     for (int i = 0; i < np && !rc; i++) {
@@ -1320,7 +1314,7 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
         }
         if (verbose && (p[i].n_dims == 3 || i == np - 1))
             fprintf(stderr, "\rmoeq: synth: %d/%d tensors, %.2f GB, %.1f s", i + 1, np,
-                    (double)written / 1e9, now_s() - t0);
+                    (double)written / 1e9, moeq_now_s() - t0);
         tgen_free(&g, nt);
     }
     if (verbose) fputc('\n', stderr);

@@ -10,6 +10,7 @@
  * PR_SET_PDEATHSIG, so a test that dies early does not leave it running.
  */
 #include "test.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -42,13 +43,6 @@ static const char *tiny_model(void)
     return test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Start `moeq serve` with extra arguments; wait until it listens and the
  * model is loaded (health 200). */
 static void server_start(struct server *s, const char *model, const char *args)
@@ -69,8 +63,8 @@ static void server_start(struct server *s, const char *model, const char *args)
         _exit(127);
     }
     s->pid = pid;
-    double t0 = now_s();
-    while (!s->port && now_s() - t0 < 30) {
+    double t0 = moeq_now_s();
+    while (!s->port && moeq_now_s() - t0 < 30) {
         usleep(50000);
         size_t n;
         char *log = test_read_file(s->log, &n);
@@ -82,7 +76,7 @@ static void server_start(struct server *s, const char *model, const char *args)
     }
     REQUIREF(s->port > 0, "server did not start (see its log)");
     int status = 0;
-    while (now_s() - t0 < 120) {
+    while (moeq_now_s() - t0 < 120) {
         char *o = NULL;
         status = test_http(s->port, "GET", "/health", NULL, NULL, 120, &o);
         free(o);
@@ -98,9 +92,9 @@ static int server_stop(struct server *s)
 {
     if (!s->pid) return -1;
     kill(s->pid, SIGTERM);
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     int st;
-    while (now_s() - t0 < 30) {
+    while (moeq_now_s() - t0 < 30) {
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
@@ -358,9 +352,9 @@ TEST(serve_e2e_disconnect_and_sigterm)
     /* SIGTERM while a stream runs: the stream ends, the server exits 0. */
     test_run(NULL, "(curl -sS -N -m 60 --data-binary @%s http://127.0.0.1:%d/v1/completions > %s 2>&1 &) ; sleep 0.5",
              test_tmp("long.json"), s.port, test_tmp("sig.txt"));
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     CHECK(server_stop(&s) == 0);
-    CHECKF(now_s() - t0 < 15, "stop took %.1fs", now_s() - t0);
+    CHECKF(moeq_now_s() - t0 < 15, "stop took %.1fs", moeq_now_s() - t0);
     usleep(300000);
     size_t n;
     char *got = test_read_file(test_tmp("sig.txt"), &n);

@@ -25,7 +25,9 @@ static const int default_types[] = {
     MOEQ_TYPE_IQ4_NL, MOEQ_TYPE_IQ4_XS,
 };
 
-static double now_s(void)
+/* This thread's CPU time: a kernel's cost without the wait for other
+ * processes (util.h's moeq_now_s is wall time). */
+static double thread_cpu_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -154,17 +156,17 @@ int cmd_kbench(int argc, char **argv)
             if (only_isa >= 0 && isa != only_isa) continue;
             double best = 1e30;
             for (int r = 0; r < reps; r++) {
-                double t0 = now_s();
+                double t0 = thread_cpu_s();
                 for (int64_t i = 0; i < rows; i++) dot(K, out + i, w + (size_t)i * wrow, a);
-                double t = now_s() - t0;
+                double t = thread_cpu_s() - t0;
                 if (t < best) best = t;
             }
             double gbs = (double)wrow * rows / best / 1e9;
             best = 1e30;
             for (int r = 0; r < reps; r++) {
-                double t0 = now_s();
+                double t0 = thread_cpu_s();
                 moeq_gemm_isa(isa, type, K, w, wrow, grows, a, arow, cols, out, (size_t)grows);
-                double t = now_s() - t0;
+                double t = thread_cpu_s() - t0;
                 if (t < best) best = t;
             }
             double gmac = (double)K * grows * cols / best / 1e9;

@@ -18,6 +18,7 @@
 #include "quant_plan.h"
 #include "quants.h"
 #include "tensor_groups.h"
+#include "util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -130,13 +131,6 @@ static int name_listed(const char *name, char **list, int n)
     for (int i = 0; i < n; i++)
         if (strcmp(list[i], name) == 0) return 1;
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void fmt_bytes(char *buf, size_t n, double b)
@@ -458,7 +452,7 @@ int cmd_quantize(int argc, char **argv)
 
     moeq_pool *pool = moeq_pool_new((int)nthreads);
     int nth = moeq_pool_size(pool);
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     uint64_t done_bytes = 0;
     float *wbuf = NULL;
     double *acc = calloc((size_t)nth * 4, sizeof(double));
@@ -516,7 +510,7 @@ int cmd_quantize(int argc, char **argv)
         }
         done_bytes += t->nbytes;
         if (ok && !quiet) {
-            double el = now_s() - t0;
+            double el = moeq_now_s() - t0;
             double eta = done_bytes ? el * (double)(total_in - done_bytes) / (double)done_bytes : 0;
             char bin[32], bout[32];
             fmt_bytes(bin, sizeof bin, (double)t->nbytes);
@@ -567,7 +561,7 @@ int cmd_quantize(int argc, char **argv)
         free(types); free(nb); free(nel); free(cn);
     }
     fprintf(stderr, "moeq: quantized %s -> %s (%s%s%s) in %.1fs\n", in_path, out_path, mix->name,
-            rec ? ", recipe " : "", rec ? rec->name : "", now_s() - t0);
+            rec ? ", recipe " : "", rec ? rec->name : "", moeq_now_s() - t0);
     free(acc);
     free(stats);
     rc = 0;
