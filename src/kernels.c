@@ -255,27 +255,12 @@ static void unpack_q3_K(const void *blk, struct moeq_unpacked *u)
                 int hi = (x->hmask[l] >> (4 * h + sh)) & 1;
                 u->q[128 * h + 32 * sh + l] = (int8_t)(lo - 4 + 4 * hi);
             }
-    /* 16 six-bit scales: low nibbles in bytes 0..7, high pairs in 8..11 */
     for (int g = 0; g < 16; g++) {
-        int lo = g < 8 ? x->scales[g] & 0xf : x->scales[g - 8] >> 4;
-        int hi = (x->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
-        u->sc[g] = (lo | hi << 4) - 32;
+        u->sc[g] = q3k_get_scale(x->scales, g);
         u->mn[g] = 0;
     }
     u->d = f16(x->d);
     u->dmin = 0;
-}
-
-/* The 6-bit scale and min of sub-block j (of 8) in Q4_K / Q5_K. */
-static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
-{
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4;
-        *mn = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
-    }
 }
 
 static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
@@ -289,7 +274,7 @@ static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
         }
     for (int j = 0; j < 8; j++) {
         int sc, mn;
-        scale_min_k4(x->scales, j, &sc, &mn);
+        k4_get_scale_min(x->scales, j, &sc, &mn);
         u->sc[2 * j] = u->sc[2 * j + 1] = sc;
         u->mn[2 * j] = u->mn[2 * j + 1] = mn;
     }
@@ -308,7 +293,7 @@ static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
         }
     for (int j = 0; j < 8; j++) {
         int sc, mn;
-        scale_min_k4(x->scales, j, &sc, &mn);
+        k4_get_scale_min(x->scales, j, &sc, &mn);
         u->sc[2 * j] = u->sc[2 * j + 1] = sc;
         u->mn[2 * j] = u->mn[2 * j + 1] = mn;
     }

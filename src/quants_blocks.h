@@ -94,6 +94,64 @@ typedef struct {
     uint8_t  qs[QK_K / 2];
 } block_iq4_xs;
 
+/*
+ * K-quant sub-block scales as stored: the one home of their bit layout, a
+ * get (for dequantizers and kernels) and a set (for quantizers and synth)
+ * per layout. A set writes exactly its sub-block's bits, so a block is
+ * complete once every sub-block is set, whatever the bytes held before.
+ *
+ * Q4_K / Q5_K: eight 6-bit scales and eight 6-bit mins in K_SCALE_SIZE
+ * bytes. Sub-blocks 0..3 keep both in the low 6 bits of bytes 0..3
+ * (scales) and 4..7 (mins); sub-blocks 4..7 keep their low 4 bits in the
+ * nibbles of bytes 8..11 (scale low, min high) and their top 2 bits in the
+ * spare top bits of bytes 0..3 (scales) and 4..7 (mins).
+ */
+static inline void k4_get_scale_min(const uint8_t *s, int j, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4)   | ((s[j]     >> 6) << 4);
+    }
+}
+
+/* Sub-block j's scale sc and min mn, each 0..63. */
+static inline void k4_set_scale_min(uint8_t *s, int j, int sc, int mn)
+{
+    sc &= 63;
+    mn &= 63;
+    if (j < 4) {
+        s[j]     = (uint8_t)((s[j] & 0xc0) | sc);
+        s[j + 4] = (uint8_t)((s[j + 4] & 0xc0) | mn);
+    } else {
+        s[j + 4] = (uint8_t)((sc & 0x0f) | (mn & 0x0f) << 4);
+        s[j - 4] = (uint8_t)((s[j - 4] & 63) | (sc >> 4) << 6);
+        s[j]     = (uint8_t)((s[j] & 63) | (mn >> 4) << 6);
+    }
+}
+
+/*
+ * Q3_K: sixteen signed scales -32..31, stored as 6 bits biased by 32 in 12
+ * bytes. Low 4 bits: scales 0..7 in the low nibbles of bytes 0..7, scales
+ * 8..15 in their high nibbles. High 2 bits: scale j in bits 2*(j/4) of
+ * byte 8 + j%4.
+ */
+static inline int q3k_get_scale(const uint8_t *s, int j)
+{
+    int lo = j < 8 ? (s[j] & 0x0f) : (s[j - 8] >> 4);
+    int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+static inline void q3k_set_scale(uint8_t *s, int j, int scale)
+{
+    const int v = (scale + 32) & 63, lo = 4 * (j >> 3), hi = 2 * (j >> 2);
+    s[j & 7]       = (uint8_t)((s[j & 7] & ~(0x0f << lo)) | (v & 0x0f) << lo);
+    s[8 + (j & 3)] = (uint8_t)((s[8 + (j & 3)] & ~(3 << hi)) | (v >> 4) << hi);
+}
+
 _Static_assert(sizeof(block_q4_0)    == 18,  "block_q4_0 size");
 _Static_assert(sizeof(block_q8_0)    == 34,  "block_q8_0 size");
 _Static_assert(sizeof(block_q2_K)    == 84,  "block_q2_K size");

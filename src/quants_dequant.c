@@ -50,35 +50,6 @@ static inline uint32_t le32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/*
- * Q4_K / Q5_K: eight 6-bit scales and eight 6-bit mins packed in 12 bytes.
- * Sub-blocks 0..3 keep both in the low 6 bits of bytes 0..3 (scales) and
- * 4..7 (mins); sub-blocks 4..7 keep their low 4 bits in the nibbles of
- * bytes 8..11 and their top 2 bits in the spare top bits of bytes 0..7.
- */
-static inline void k4_scale_min(const uint8_t *s, int j, int *scale, int *min)
-{
-    if (j < 4) {
-        *scale = s[j] & 63;
-        *min   = s[j + 4] & 63;
-    } else {
-        *scale = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-        *min   = (s[j + 4] >> 4)   | ((s[j]     >> 6) << 4);
-    }
-}
-
-/*
- * Q3_K: sixteen 6-bit scales (stored biased by 32) in 12 bytes. Low 4 bits:
- * scales 0..7 in the low nibbles of bytes 0..7, scales 8..15 in their high
- * nibbles. High 2 bits: bytes 8..11, scale j in bits 2*(j/4) of byte 8+j%4.
- */
-static inline int q3k_scale(const uint8_t *s, int j)
-{
-    int lo = j < 8 ? (s[j] & 0x0f) : (s[j - 8] >> 4);
-    int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
-    return (lo | hi << 4) - 32;
-}
-
 /* ------------------------------------------------------ plain floats */
 
 void dequantize_row_f32(const void *x, float *y, int64_t n)
@@ -176,7 +147,7 @@ void dequantize_row_q3_K(const void *x, float *y, int64_t n)
             const uint8_t *q = b->qs + 32 * half + off;
             const uint8_t *hm = b->hmask + off;
             const int shift = 2 * pair, hbit = 4 * half + pair;
-            const float dl = d * (float)q3k_scale(b->scales, s);
+            const float dl = d * (float)q3k_get_scale(b->scales, s);
             for (int l = 0; l < 16; l++) {
                 int v = ((q[l] >> shift) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4);
                 y[l] = dl * (float)v;
@@ -199,7 +170,7 @@ void dequantize_row_q4_K(const void *x, float *y, int64_t n)
             const uint8_t *q = b->qs + 32 * (s / 2);
             const int shift = 4 * (s & 1);
             int sc, m;
-            k4_scale_min(b->scales, s, &sc, &m);
+            k4_get_scale_min(b->scales, s, &sc, &m);
             const float dl = d * (float)sc, ml = dmin * (float)m;
             for (int l = 0; l < 32; l++)
                 y[l] = dl * (float)((q[l] >> shift) & 0x0f) - ml;
@@ -218,7 +189,7 @@ void dequantize_row_q5_K(const void *x, float *y, int64_t n)
             const uint8_t *q = b->qs + 32 * (s / 2);
             const int shift = 4 * (s & 1);
             int sc, m;
-            k4_scale_min(b->scales, s, &sc, &m);
+            k4_get_scale_min(b->scales, s, &sc, &m);
             const float dl = d * (float)sc, ml = dmin * (float)m;
             for (int l = 0; l < 32; l++) {
                 int v = ((q[l] >> shift) & 0x0f) | (((b->qh[l] >> s) & 1) << 4);

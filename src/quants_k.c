@@ -836,16 +836,6 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
     *pd = d; *pdmin = dmin;
 }
 
-/* Q4_K / Q5_K pack 8 6-bit scales and 8 6-bit mins into 12 bytes. */
-static void pack_scales_k4(const uint8_t *ls, const uint8_t *lm, uint8_t *q)
-{
-    for (int j = 0; j < 4; j++) {
-        q[j] = (uint8_t)(ls[j] | ((ls[j + 4] >> 4) << 6));
-        q[j + 4] = (uint8_t)(lm[j] | ((lm[j + 4] >> 4) << 6));
-        q[j + 8] = (uint8_t)((ls[j + 4] & 0xf) | ((lm[j + 4] & 0xf) << 4));
-    }
-}
-
 static const struct asym_shape shape_q2_K = { 16, 16, 3, 15, -0.9f, 0.05f, 36, 0.75f, W_SQRT_SIGMA };
 static const struct asym_shape shape_q4_K = { 8, 32, 15, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 static const struct asym_shape shape_q5_K = { 8, 32, 31, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
@@ -904,7 +894,7 @@ size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             quant_asym_block(&shape_q4_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
             y->d = moeq_f32_to_f16(d);
             y->dmin = moeq_f32_to_f16(dmin);
-            pack_scales_k4(ls, lm, y->scales);
+            for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
             for (int c = 0; c < 4; c++)
                 for (int l = 0; l < 32; l++)
                     y->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
@@ -925,7 +915,7 @@ size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             quant_asym_block(&shape_q5_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
             y->d = moeq_f32_to_f16(d);
             y->dmin = moeq_f32_to_f16(dmin);
-            pack_scales_k4(ls, lm, y->scales);
+            for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
             /* low nibbles as Q4_K; the fifth bit of chunk c's two halves
              * goes to bits 2c and 2c+1 of qh */
             memset(y->qh, 0, sizeof y->qh);
@@ -1200,14 +1190,7 @@ size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             float d;
             quant_sym_block(&shape_q3_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, ls, L);
             y->d = moeq_f32_to_f16(d);
-            /* 6-bit scales biased by 32: low nibbles in bytes 0-7 (two per
-             * byte, sub-blocks j and j+8), high pairs in bytes 8-11 */
-            memset(y->scales, 0, 12);
-            for (int j = 0; j < 16; j++) {
-                int v = ls[j] + 32;
-                y->scales[j & 7] |= (uint8_t)((v & 15) << (4 * (j >> 3)));
-                y->scales[8 + (j & 3)] |= (uint8_t)((v >> 4) << (2 * (j >> 2)));
-            }
+            for (int j = 0; j < 16; j++) q3k_set_scale(y->scales, j, ls[j]);
             /* codes biased by 4: low two bits in qs (as Q2_K), third bit in
              * hmask bit (j / 32) of byte j % 32 */
             memset(y->hmask, 0, sizeof y->hmask);

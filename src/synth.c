@@ -745,12 +745,7 @@ static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, co
         block_q3_K *b = (block_q3_K *)blk;
         for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
         float d = fit_codes(t, 16, 1, 31, 1, 0, 2.3452f, code);
-        memset(b->scales, 0, sizeof b->scales);
-        for (int j = 0; j < 16; j++) {
-            int v = code[j] + 32;
-            b->scales[j % 8] |= (uint8_t)((v & 15) << (4 * (j / 8)));
-            b->scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
-        }
+        for (int j = 0; j < 16; j++) q3k_set_scale(b->scales, j, code[j]);
         put_f16((uint8_t *)&b->d, d);
         break;
     }
@@ -761,11 +756,7 @@ static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, co
         for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
         float d = fit_codes(t, 8, 1, 63, 1, 0, q5 ? 9.2331f : 4.6098f, code);
         uint8_t *sc = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
-        for (int j = 0; j < 4; j++) {
-            sc[j] = (uint8_t)(code[j] | (code[j + 4] >> 4) << 6);
-            sc[j + 4] = (uint8_t)(code[j] | (code[j + 4] >> 4) << 6);
-            sc[j + 8] = (uint8_t)((code[j + 4] & 15) | (code[j + 4] & 15) << 4);
-        }
+        for (int j = 0; j < 8; j++) k4_set_scale_min(sc, j, code[j], code[j]);
         put_f16(blk, d);                       /* d is first in both layouts */
         put_f16(blk + 2, d * (q5 ? 15.5f : 7.5f));
         break;
@@ -925,16 +916,6 @@ static void round_asym(const float *x, int ns, int w, int nmax, int smax,
     *dmin_out = dmin;
 }
 
-/* Q4_K/Q5_K: 8 six-bit scales and mins in 12 bytes. */
-static void pack_k4_scales(uint8_t *s, const int *sc, const int *mn)
-{
-    for (int j = 0; j < 4; j++) {
-        s[j] = (uint8_t)((sc[j] & 63) | (sc[j + 4] >> 4) << 6);
-        s[j + 4] = (uint8_t)((mn[j] & 63) | (mn[j + 4] >> 4) << 6);
-        s[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
-    }
-}
-
 /* Encode 256 (or 32) floats x as one block of type by rounding. */
 static void round_block(int type, const float *x, uint8_t *blk)
 {
@@ -1018,14 +999,11 @@ static void round_block(int type, const float *x, uint8_t *blk)
             if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
         }
         d = smax / -32.0f;
-        memset(b->scales, 0, sizeof b->scales);
         for (int j = 0; j < 16; j++) {
             int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
             float dl = d * (float)l;
             round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
-            int v = l + 32;
-            b->scales[j % 8] |= (uint8_t)((v & 15) << (4 * (j / 8)));
-            b->scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
+            q3k_set_scale(b->scales, j, l);
         }
         memset(b->qs, 0, sizeof b->qs);
         memset(b->hmask, 0, sizeof b->hmask);
@@ -1045,7 +1023,7 @@ static void round_block(int type, const float *x, uint8_t *blk)
         round_asym(x, 8, 32, q5 ? 31 : 15, 63, &d, &dmin, sc, mn, q);
         uint8_t *scales = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
         uint8_t *qs = q5 ? ((block_q5_K *)blk)->qs : ((block_q4_K *)blk)->qs;
-        pack_k4_scales(scales, sc, mn);
+        for (int j = 0; j < 8; j++) k4_set_scale_min(scales, j, sc[j], mn[j]);
         /* byte l of 64-value group p: value 64p+l low nibble, 64p+32+l high */
         for (int p = 0; p < 4; p++)
             for (int l = 0; l < 32; l++)
