@@ -71,5 +71,8 @@ int test_http_concurrent(int port, const char *path, const char *const *bodies, 
                          char **out);
 /* A /metrics value, or -1 when absent or the request fails. */
 double test_http_metric(int port, const char *name, const char *auth);
+/* Wait until that /metrics value equals value: a state, not a time (the
+ * runner's time limit ends a wait that never comes). */
+void test_wait_metric(int port, const char *name, double value, const char *auth);
 
 #endif

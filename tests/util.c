@@ -168,6 +168,11 @@ double test_http_metric(int port, const char *name, const char *auth)
     return v;
 }
 
+void test_wait_metric(int port, const char *name, double value, const char *auth)
+{
+    while (test_http_metric(port, name, auth) != value) usleep(10000);
+}
+
 int test_http_concurrent(int port, const char *path, const char *const *bodies, int n, int timeout_s,
                          char **out)
 {
