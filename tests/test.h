@@ -56,6 +56,14 @@ int test_long(void);
  * that take minutes there are checked by the release suite instead. */
 int test_sanitized(void);
 
+/* Heap allocation calls (malloc, calloc, realloc, free, the aligned
+ * allocators; all threads) between start and stop (tests/alloc_count.c).
+ * test_alloc_counting() is 0 where they cannot be counted (under ASan,
+ * which owns malloc): stop then returns -1. */
+int  test_alloc_counting(void);
+void test_alloc_count_start(void);
+long test_alloc_count_stop(void);
+
 /* HTTP helpers for the server tests (curl over loopback). */
 /* One request; the body (if any) goes through a file, so no shell quoting.
  * Returns the HTTP status (0 if curl failed), the response body in *out. */
