@@ -201,8 +201,14 @@ static const char *synth_model(const char *name, const char *args)
     return path;
 }
 
-/* n tokens: tiny-a's 64 reference tokens, or spread over the vocabulary of
- * another model (malloc'd). */
+/* An invariant as two tests: NAME on the model `moeq synth ARGS` writes,
+ * NAME_tiny_a on a tiny-a file (skipped without ../shared). */
+#define ON_SYNTH_AND_TINY_A(name, check, synth_file, synth_args, tiny_a_file)    \
+    TEST(name) { check(synth_model(synth_file, synth_args)); }                  \
+    TEST(name##_tiny_a) { check(test_shared_path("models/tiny-a/" tiny_a_file)); }
+
+/* n tokens: tiny-a's 64 reference tokens (n <= 64), or spread over the
+ * model's vocabulary (malloc'd). */
 static int32_t *test_tokens(const char *path, int n)
 {
     int32_t *tok = malloc((size_t)n * sizeof *tok);
@@ -265,15 +271,8 @@ static void check_batching_and_prefix_reuse(const char *path)
     free(tok);
 }
 
-TEST(engine_batching_and_prefix_reuse_exact)
-{
-    check_batching_and_prefix_reuse(synth_model("q8_0.gguf", "--type Q8_0"));
-}
-
-TEST(engine_batching_and_prefix_reuse_exact_tiny_a)
-{
-    check_batching_and_prefix_reuse(test_shared_path("models/tiny-a/tiny-a-q8_0.gguf"));
-}
+ON_SYNTH_AND_TINY_A(engine_batching_and_prefix_reuse_exact, check_batching_and_prefix_reuse,
+                    "q8_0.gguf", "--type Q8_0", "tiny-a-q8_0.gguf")
 
 static void check_multi_session_decode(const char *path)
 {
@@ -311,15 +310,8 @@ static void check_multi_session_decode(const char *path)
     free(tok);
 }
 
-TEST(engine_multi_session_decode_equals_single)
-{
-    check_multi_session_decode(synth_model("asym.gguf", "--recipe asym-2bitexp"));
-}
-
-TEST(engine_multi_session_decode_equals_single_tiny_a)
-{
-    check_multi_session_decode(test_shared_path("models/tiny-a/tiny-a-asym.gguf"));
-}
+ON_SYNTH_AND_TINY_A(engine_multi_session_decode_equals_single, check_multi_session_decode,
+                    "asym.gguf", "--recipe asym-2bitexp", "tiny-a-asym.gguf")
 
 /* Attention shares K/V conversions across a tile of prompt tokens and the
  * heads of a GQA group, and splits a group across threads when a batch is
@@ -332,11 +324,8 @@ TEST(engine_multi_session_decode_equals_single_tiny_a)
 static void check_attention_tiles(const char *path)
 {
     const int n = 72;
-    moeq_engine *e0 = open_model(path, 16, 1, 0, 0, 16);
-    const int V = moeq_engine_info(e0)->n_vocab;
-    moeq_engine_close(e0);
-    int32_t tok[72];
-    for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 2654435761u >> 7) % (unsigned)V);
+    int32_t *tok = test_tokens(path, n);
+    int V = 0;
     const int kinds[2][2] = { { MOEQ_TYPE_F16, MOEQ_TYPE_F16 }, { MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0 } };
     const int isas[2] = { MOEQ_ISA_SCALAR, MOEQ_ISA_COUNT };
     char err[256];
@@ -344,6 +333,7 @@ static void check_attention_tiles(const char *path)
         float *last[2] = { NULL, NULL };
         for (int ia = 0; ia < 2; ia++) {
             moeq_engine *e = open_model(path, 128, 1, kinds[k][0], kinds[k][1], 64);
+            V = moeq_engine_info(e)->n_vocab;
             moeq_engine_attn_isa(e, isas[ia]);
             float *b64 = eval_all(e, tok, n);
             moeq_engine_close(e);
@@ -386,17 +376,11 @@ static void check_attention_tiles(const char *path)
         free(last[0]);
         free(last[1]);
     }
+    free(tok);
 }
 
-TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
-{
-    check_attention_tiles(synth_model("q8_0.gguf", "--type Q8_0"));
-}
-
-TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa_tiny_a)
-{
-    check_attention_tiles(test_shared_path("models/tiny-a/tiny-a-q8_0.gguf"));
-}
+ON_SYNTH_AND_TINY_A(engine_attention_tiles_exact_for_every_cache_type_and_isa, check_attention_tiles,
+                    "q8_0.gguf", "--type Q8_0", "tiny-a-q8_0.gguf")
 
 static void check_context_full(const char *path)
 {
@@ -425,15 +409,8 @@ static void check_context_full(const char *path)
     moeq_engine_close(e);
 }
 
-TEST(engine_context_full_is_an_error)
-{
-    check_context_full(synth_model("q8_0.gguf", "--type Q8_0"));
-}
-
-TEST(engine_context_full_is_an_error_tiny_a)
-{
-    check_context_full(test_shared_path("models/tiny-a/tiny-a-q8_0.gguf"));
-}
+ON_SYNTH_AND_TINY_A(engine_context_full_is_an_error, check_context_full,
+                    "q8_0.gguf", "--type Q8_0", "tiny-a-q8_0.gguf")
 
 /* After the first step, decode and sampling make no heap allocation call
  * at all (an allocation and its free per token fail this, though the heap
@@ -467,15 +444,8 @@ static void check_decode_allocates_nothing(const char *path)
     moeq_engine_close(e);
 }
 
-TEST(engine_decode_allocates_nothing)
-{
-    check_decode_allocates_nothing(synth_model("q4_k_m.gguf", "--recipe Q4_K_M"));
-}
-
-TEST(engine_decode_allocates_nothing_tiny_a)
-{
-    check_decode_allocates_nothing(test_shared_path("models/tiny-a/tiny-a-q4_k_m.gguf"));
-}
+ON_SYNTH_AND_TINY_A(engine_decode_allocates_nothing, check_decode_allocates_nothing,
+                    "q4_k_m.gguf", "--recipe Q4_K_M", "tiny-a-q4_k_m.gguf")
 
 TEST(engine_sampling)
 {
