@@ -916,10 +916,18 @@ static void round_asym(const float *x, int ns, int w, int nmax, int smax,
     *dmin_out = dmin;
 }
 
+/* The QK_K levels q as the K-quant level setters take them. */
+static const int8_t *levels8(const int *q, int8_t *l8)
+{
+    for (int i = 0; i < QK_K; i++) l8[i] = (int8_t)q[i];
+    return l8;
+}
+
 /* Encode 256 (or 32) floats x as one block of type by rounding. */
 static void round_block(int type, const float *x, uint8_t *blk)
 {
     int q[QK_K], sc[16], mn[16];
+    int8_t l8[QK_K];
     float d, dmin;
     switch (type) {
     case MOEQ_TYPE_Q8_0: {
@@ -978,13 +986,7 @@ static void round_block(int type, const float *x, uint8_t *blk)
         block_q2_K *b = (block_q2_K *)blk;
         round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
         for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
-        /* 2-bit levels: byte l of each 128-half holds, at bits 2j, the
-         * value 32*j + l of that half */
-        memset(b->qs, 0, sizeof b->qs);
-        for (int n = 0; n < 2; n++)
-            for (int j = 0; j < 4; j++)
-                for (int l = 0; l < 32; l++)
-                    b->qs[32 * n + l] |= (uint8_t)(q[128 * n + 32 * j + l] << (2 * j));
+        q2k_set_levels(b, levels8(q, l8));
         put_f16((uint8_t *)&b->d, d);
         put_f16((uint8_t *)&b->dmin, dmin);
         break;
@@ -1005,15 +1007,7 @@ static void round_block(int type, const float *x, uint8_t *blk)
             round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
             q3k_set_scale(b->scales, j, l);
         }
-        memset(b->qs, 0, sizeof b->qs);
-        memset(b->hmask, 0, sizeof b->hmask);
-        for (int n = 0; n < 2; n++)
-            for (int j = 0; j < 4; j++)
-                for (int l = 0; l < 32; l++) {
-                    int L = q[128 * n + 32 * j + l] + 4;
-                    b->qs[32 * n + l] |= (uint8_t)((L & 3) << (2 * j));
-                    b->hmask[l] |= (uint8_t)((L >> 2) << (4 * n + j));
-                }
+        q3k_set_levels(b, levels8(q, l8));
         put_f16((uint8_t *)&b->d, d);
         break;
     }
@@ -1022,19 +1016,9 @@ static void round_block(int type, const float *x, uint8_t *blk)
         int q5 = type == MOEQ_TYPE_Q5_K;
         round_asym(x, 8, 32, q5 ? 31 : 15, 63, &d, &dmin, sc, mn, q);
         uint8_t *scales = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
-        uint8_t *qs = q5 ? ((block_q5_K *)blk)->qs : ((block_q4_K *)blk)->qs;
         for (int j = 0; j < 8; j++) k4_set_scale_min(scales, j, sc[j], mn[j]);
-        /* byte l of 64-value group p: value 64p+l low nibble, 64p+32+l high */
-        for (int p = 0; p < 4; p++)
-            for (int l = 0; l < 32; l++)
-                qs[32 * p + l] = (uint8_t)((q[64 * p + l] & 15) | (q[64 * p + 32 + l] & 15) << 4);
-        if (q5) {
-            uint8_t *qh = ((block_q5_K *)blk)->qh;
-            memset(qh, 0, 32);
-            for (int p = 0; p < 4; p++)
-                for (int l = 0; l < 32; l++)
-                    qh[l] |= (uint8_t)((q[64 * p + l] >> 4) << (2 * p) | (q[64 * p + 32 + l] >> 4) << (2 * p + 1));
-        }
+        if (q5) q5k_set_levels((block_q5_K *)blk, levels8(q, l8));
+        else    q4k_set_levels((block_q4_K *)blk, levels8(q, l8));
         put_f16(blk, d);
         put_f16(blk + 2, dmin);
         break;
@@ -1054,14 +1038,7 @@ static void round_block(int type, const float *x, uint8_t *blk)
             b->scales[j] = (int8_t)l;
             round_sym(x + 16 * j, 16, d * (float)l, -32, 31, q + 16 * j);
         }
-        for (int n = 0; n < 2; n++)
-            for (int l = 0; l < 32; l++) {
-                int q1 = q[128 * n + l] + 32, q2 = q[128 * n + l + 32] + 32;
-                int q3 = q[128 * n + l + 64] + 32, q4 = q[128 * n + l + 96] + 32;
-                b->ql[64 * n + l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
-                b->ql[64 * n + l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
-                b->qh[32 * n + l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
-            }
+        q6k_set_levels(b, levels8(q, l8));
         put_f16((uint8_t *)&b->d, d);
         break;
     }
