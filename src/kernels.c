@@ -251,32 +251,31 @@ static void unpack_q3_K(const void *blk, struct moeq_unpacked *u)
     u->dmin = 0;
 }
 
+/* Q4_K / Q5_K: each 32's 6-bit scale and min, for both of its 16s. */
+static void unpack_k4_scales(const uint8_t *scales, ggml_half d, ggml_half dmin, struct moeq_unpacked *u)
+{
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        k4_get_scale_min(scales, j, &sc, &mn);
+        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
+        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
+    }
+    u->d = f16(d);
+    u->dmin = f16(dmin);
+}
+
 static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q4_K *x = blk;
     q4k_get_levels(x, u->q);
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        k4_get_scale_min(x->scales, j, &sc, &mn);
-        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
-        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
-    }
-    u->d = f16(x->d);
-    u->dmin = f16(x->dmin);
+    unpack_k4_scales(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q5_K *x = blk;
     q5k_get_levels(x, u->q);
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        k4_get_scale_min(x->scales, j, &sc, &mn);
-        u->sc[2 * j] = u->sc[2 * j + 1] = sc;
-        u->mn[2 * j] = u->mn[2 * j + 1] = mn;
-    }
-    u->d = f16(x->d);
-    u->dmin = f16(x->dmin);
+    unpack_k4_scales(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q6_K(const void *blk, struct moeq_unpacked *u)
