@@ -45,6 +45,9 @@ const char *test_tmpdir(void);
 const char *test_tmp(const char *name);
 /* The moeq binary under test (MOEQ_BIN, default ./moeq). */
 const char *test_moeq_bin(void);
+/* The model `moeq synth ARGS` (NULL: none) writes to test_tmp(name), whose
+ * path it returns; a failed synth ends the test. */
+const char *test_synth_model(const char *name, const char *args);
 /* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
  * NULL); returns the exit status (or 128+signal). */
 int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -189,22 +189,10 @@ TEST(engine_kv_q8_0_close_to_f16)
  * heads, 8 experts), with no ../shared, and again on tiny-a as an extra
  * check where ../shared is present. */
 
-/* A model `moeq synth ARGS` writes into this test's temporary directory. */
-static const char *synth_model(const char *name, const char *args)
-{
-    static char path[1024];
-    snprintf(path, sizeof path, "%s", test_tmp(name));
-    char *log = NULL;
-    int rc = test_run(&log, "%s synth -o %s %s", test_moeq_bin(), path, args);
-    REQUIREF(rc == 0, "synth %s: %s", name, log ? log : "");
-    free(log);
-    return path;
-}
-
 /* An invariant as two tests: NAME on the model `moeq synth ARGS` writes,
  * NAME_tiny_a on a tiny-a file (skipped without ../shared). */
-#define ON_SYNTH_AND_TINY_A(name, check, synth_file, synth_args, tiny_a_file)    \
-    TEST(name) { check(synth_model(synth_file, synth_args)); }                  \
+#define ON_SYNTH_AND_TINY_A(name, check, synth_file, synth_args, tiny_a_file) \
+    TEST(name) { check(test_synth_model(synth_file, synth_args)); }               \
     TEST(name##_tiny_a) { check(test_shared_path("models/tiny-a/" tiny_a_file)); }
 
 /* n tokens: tiny-a's 64 reference tokens (n <= 64), or spread over the
@@ -643,4 +631,20 @@ TEST(engine_cli_run_and_bench)
     CHECK(test_run(NULL, "%s bench -m %s -p 0 -n 0", test_moeq_bin(), model) == 2);
     CHECK(test_run(NULL, "%s run --help", test_moeq_bin()) == 0);
     CHECK(test_run(NULL, "%s bench --help", test_moeq_bin()) == 0);
+}
+
+/* run, bench and serve share one -ctk/--cache-type-k, -ctv/--cache-type-v
+ * parser: f16 or q8_0, anything else a usage error. */
+TEST(engine_cli_kv_cache_options)
+{
+    const char *m = test_synth_model("s.gguf", "--type Q8_0");
+    char *o = NULL;
+    int rc = test_run(&o, "%s bench -m %s -p 8 -n 2 -r 1 -t 1 --cache-type-k q8_0 -ctv Q8_0", test_moeq_bin(), m);
+    CHECKF(rc == 0, "bench: %s", o ? o : "");
+    free(o);
+    CHECK(test_run(NULL, "%s bench -m %s -p 8 -n 0 --cache-type-v q4_0", test_moeq_bin(), m) == 2);
+    CHECK(test_run(NULL, "%s run -m %s -p hi -n 1 --cache-type-k bf16", test_moeq_bin(), m) == 2);
+    rc = test_run(&o, "%s run -m %s -p hi -n 2 --temp 0 -t 1 -ctk q8_0 --cache-type-v q8_0", test_moeq_bin(), m);
+    CHECKF(rc == 0, "run: %s", o ? o : "");
+    free(o);
 }

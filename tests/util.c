@@ -46,6 +46,16 @@ const char *test_tmp(const char *name)
     return p;
 }
 
+const char *test_synth_model(const char *name, const char *args)
+{
+    const char *p = test_tmp(name);
+    char *o = NULL;
+    int rc = test_run(&o, "%s synth -o %s %s", test_moeq_bin(), p, args ? args : "");
+    REQUIREF(rc == 0, "synth %s: %s", name, o ? o : "");
+    free(o);
+    return p;
+}
+
 const char *test_moeq_bin(void)
 {
     const char *b = getenv("MOEQ_BIN");
