@@ -1433,7 +1433,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     const struct moeq_weight *bad = unsupported_weight(e->m);
     if (bad) {
         moeq_set_err(err, errlen, "%s: tensor %s: type %s is not supported by the engine",
-               p->model_path, bad->name, moeq_type_name(bad->type));
+                     p->model_path, bad->name, moeq_type_name(bad->type));
         goto fail;
     }
     /* A file without tokenizer metadata still runs (benchmarks, synthetic
@@ -1443,7 +1443,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         if (!e->tok) goto fail;
         if (moeq_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
             moeq_set_err(err, errlen, "%s: the vocabulary has %d tokens but token_embd.weight only %d rows",
-                   p->model_path, moeq_tokenizer_n_vocab(e->tok), hp->n_vocab);
+                         p->model_path, moeq_tokenizer_n_vocab(e->tok), hp->n_vocab);
             goto fail;
         }
     }
@@ -1461,7 +1461,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         }
         if (t == MOEQ_TYPE_Q8_0 && hp->head_dim % QK8_0) {
             moeq_set_err(err, errlen, "%s: head size %d is not a multiple of 32, needed for a q8_0 KV cache",
-                   p->model_path, hp->head_dim);
+                         p->model_path, hp->head_dim);
             goto fail;
         }
     }

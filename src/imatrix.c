@@ -97,13 +97,13 @@ struct moeq_imatrix_entry *moeq_imatrix_get(struct moeq_imatrix *im, const char 
             return e;
         }
         moeq_set_err(err, errlen, "imatrix entry %s has %lld x %lld values, expected %lld x %lld",
-                name, (long long)e->n_per_row, (long long)e->n_mat,
-                (long long)n_per_row, (long long)n_mat);
+                     name, (long long)e->n_per_row, (long long)e->n_mat,
+                     (long long)n_per_row, (long long)n_mat);
         return NULL;
     }
     if (n_per_row <= 0 || n_mat <= 0 || n_per_row > (1 << 26) || n_mat > (1 << 16)) {
         moeq_set_err(err, errlen, "imatrix entry %s: bad shape %lld x %lld", name,
-                (long long)n_per_row, (long long)n_mat);
+                     (long long)n_per_row, (long long)n_mat);
         return NULL;
     }
     if (im->n_entries == im->cap) {
@@ -212,7 +212,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         if (rd_bytes(r, &ncall, 4, "ncall") || rd_bytes(r, &nval, 4, "value count")) goto fail;
         if (ncall < 0 || nval < 1 || (size_t)nval > (r->n - r->off) / 4) {
             moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %s: bad ncall %d or value count %d",
-                    r->path, at, name, ncall, nval);
+                         r->path, at, name, ncall, nval);
             goto fail;
         }
         free(tmp);
@@ -221,7 +221,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         for (int32_t j = 0; j < nval; j++) {
             if (!isfinite(tmp[j]) || tmp[j] < 0) {
                 moeq_set_err(r->err, r->errlen, "%s: entry %s: value %d is %g (not a finite sum of squares)",
-                        r->path, name, j, (double)tmp[j]);
+                             r->path, name, j, (double)tmp[j]);
                 goto fail;
             }
         }
@@ -234,7 +234,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         if (!e) goto fail;
         if (e->n_per_row * e->n_mat != nval) {
             moeq_set_err(r->err, r->errlen, "%s: entry %s has %d values, already loaded with %lld",
-                    r->path, name, nval, (long long)(e->n_per_row * e->n_mat));
+                         r->path, name, nval, (long long)(e->n_per_row * e->n_mat));
             goto fail;
         }
         for (int64_t m = 0; m < e->n_mat; m++) {
@@ -330,7 +330,7 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
                 memcpy(&v, sums + m * n_per_row + j, 4);
                 if (!isfinite(v) || v < 0) {
                     moeq_set_err(err, errlen, "%s: tensor %s.in_sum2: value %lld is %g", path, name,
-                            (long long)(m * n_per_row + j), (double)v);
+                                 (long long)(m * n_per_row + j), (double)v);
                     goto done;
                 }
                 e->sums[m * n_per_row + j] += v;

@@ -267,7 +267,7 @@ int moeq_plan(const struct moeq_plan_opts *o, const struct moeq_model_shape *sha
             const struct moeq_type_traits *tt = moeq_type_traits(type);
             if (!tt || t[i].ne[0] % (uint64_t)tt->blck_size) {
                 moeq_set_err(err, errlen, "tensor %s: row length %llu does not fit type %s",
-                        t[i].name, (unsigned long long)t[i].ne[0], moeq_type_name(type));
+                             t[i].name, (unsigned long long)t[i].ne[0], moeq_type_name(type));
                 return -1;
             }
             e->type = type;

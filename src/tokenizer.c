@@ -942,7 +942,7 @@ moeq_tokenizer *moeq_tokenizer_load(const gguf_file *f, char *err, size_t errlen
     if (vy && (vy->type != GGUF_TYPE_ARRAY || !is_int_type(vy->v.arr.type) ||
                vy->v.arr.n != vt->v.arr.n)) {
         moeq_set_err(err, errlen, "%s: tokenizer.ggml.token_type is not an integer array of %llu entries",
-                path, (unsigned long long)vt->v.arr.n);
+                     path, (unsigned long long)vt->v.arr.n);
         goto out;
     }
 
@@ -1160,7 +1160,7 @@ char *moeq_chat_render_kind(enum moeq_chat_kind kind, const struct moeq_tok_msg 
         if (!msgs[i].role) { moeq_set_err(err, errlen, "chat: message %d has no role", i); return NULL; }
         if (!role_known(msgs[i].role)) {
             moeq_set_err(err, errlen, "chat: unknown role '%s' in message %d (system, user, assistant, tool)",
-                    msgs[i].role, i);
+                         msgs[i].role, i);
             return NULL;
         }
     }
