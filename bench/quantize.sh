@@ -10,7 +10,8 @@
 # Q8_0 source against the reference's files, same imatrix.
 # Speed: wall time of the whole-model asym-2bitexp quantization of tiny-a
 # and of a synthesized model; with LLAMA_QUANTIZE=/path/to/llama-quantize the
-# reference on the same input and threads, and the ratio.
+# reference on the same input and threads, and the ratio; and the
+# one-thread encode speed of each quantizer (moeq kbench --quantize).
 #
 #   sh bench/quantize.sh [THREADS]     (results: a section of bench/RESULTS.md)
 set -e
@@ -106,6 +107,17 @@ s1=$(now)
 ts=$(echo "$s1 - $s0" | bc)
 nw=$($M info "$OUT/synth-src.gguf" | sed -n 's/.*, \([0-9]*\) parameters.*/\1/p' | tail -n 1)
 printf '| synth 4x2048x768x32 F32 (%s weights) -> asym-2bitexp | %.2f s | - | - |\n' "$nw" "$ts" >> "$R"
+echo >> "$R"
+
+# one-thread encode speed of each quantizer (was a test; a speed is a bench number)
+{
+echo "### Quantizer speed, one thread (\`moeq kbench --quantize\`)"
+echo
+echo "| type | M weights/s |"
+echo "|---|---:|"
+$M kbench --quantize --types Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_NL,IQ4_XS |
+  awk '$3 == "M" { printf "| %s | %s |\n", $1, $2 }'
+} >> "$R"
 echo >> "$R"
 echo "Produced by \`sh bench/quantize.sh $T\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))." >> "$R"
 { echo "## Quantization (bench/quantize.sh)"; echo; cat "$R"; } > "$R.section"

@@ -1,7 +1,9 @@
 /*
  * runner.c: runs every registered test (or those whose name contains one of
  * the arguments), each in a forked child with a timeout, and ends with one
- * line "N passed, N failed, N skipped".
+ * line "N passed, N failed, N skipped". More tests than its table holds, or
+ * an argument that selects no test, is an error before anything runs: a
+ * test is never dropped without a word.
  */
 #include "test.h"
 
@@ -17,7 +19,7 @@
 #define MAX_TESTS 1024
 struct test_entry { const char *name, *file; test_fn fn; };
 static struct test_entry tests[MAX_TESTS];
-static int n_tests;
+static int n_tests, n_dropped;
 static int failures_in_child;
 static char tmpdir_buf[256];
 
@@ -26,6 +28,7 @@ enum { EXIT_PASS = 0, EXIT_FAIL = 1, EXIT_SKIP = 77 };
 void test_register(const char *name, const char *file, test_fn fn)
 {
     if (n_tests < MAX_TESTS) tests[n_tests++] = (struct test_entry){ name, file, fn };
+    else n_dropped++;
 }
 
 void test_fail(const char *file, int line, const char *fmt, ...)
@@ -74,6 +77,16 @@ int main(int argc, char **argv)
     const char *suite = getenv("MOEQ_SUITE") ? getenv("MOEQ_SUITE") : "tests";
     int timeout = getenv("MOEQ_TEST_TIMEOUT") ? atoi(getenv("MOEQ_TEST_TIMEOUT")) : 300;
     int passed = 0, failed = 0, skipped = 0;
+    if (n_dropped) {
+        fprintf(stderr, "runner: %d tests registered, the table holds %d (raise MAX_TESTS)\n",
+                n_tests + n_dropped, MAX_TESTS);
+        return 2;
+    }
+    for (int a = 1; a < argc; a++) {
+        int hit = 0;
+        for (int i = 0; i < n_tests && !hit; i++) hit = strstr(tests[i].name, argv[a]) != NULL;
+        if (!hit) { fprintf(stderr, "runner: no test name contains '%s'\n", argv[a]); return 2; }
+    }
     qsort(tests, (size_t)n_tests, sizeof tests[0], by_name);
     for (int i = 0; i < n_tests; i++) {
         int selected = argc < 2;

@@ -46,9 +46,9 @@ const char *test_tmpdir(void);
 const char *test_tmp(const char *name);
 /* The moeq binary under test (MOEQ_BIN, default ./moeq). */
 const char *test_moeq_bin(void);
-/* `moeq synth -o NAME ARGS` (ARGS may be NULL) into the test's temporary
- * directory; the path, or the test ends failed. */
-const char *test_synth(const char *name, const char *args);
+/* The model `moeq synth ARGS` (NULL: none) writes to test_tmp(name), whose
+ * path it returns; a failed synth ends the test. */
+const char *test_synth_model(const char *name, const char *args);
 /* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
  * NULL); returns the exit status (or 128+signal). */
 int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -59,6 +59,14 @@ int test_long(void);
 /* Whether this is the sanitizer suite (MOEQ_SUITE=asan): whole-model runs
  * that take minutes there are checked by the release suite instead. */
 int test_sanitized(void);
+
+/* Heap allocation calls (malloc, calloc, realloc, free, the aligned
+ * allocators; all threads) between start and stop (tests/alloc_count.c).
+ * test_alloc_counting() is 0 where they cannot be counted (under ASan,
+ * which owns malloc): stop then returns -1. */
+int  test_alloc_counting(void);
+void test_alloc_count_start(void);
+long test_alloc_count_stop(void);
 
 /* HTTP helpers for the server tests (curl over loopback). */
 /* Whether curl is there (the HTTP tests skip without it). */
@@ -77,6 +85,9 @@ int test_http_concurrent(int port, const char *path, const char *const *bodies, 
                          char **out);
 /* A /metrics value, or -1 when absent or the request fails. */
 double test_http_metric(int port, const char *name, const char *auth);
+/* Wait until that /metrics value equals value: a state, not a time (the
+ * runner's time limit ends a wait that never comes). */
+void test_wait_metric(int port, const char *name, double value, const char *auth);
 
 /* `moeq serve` as a child process (tests/test_serve.c, test_server_slow.c). */
 struct test_srv {

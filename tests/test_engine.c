@@ -1,7 +1,9 @@
 /*
  * Engine: logits of the reference tokens on tiny-a match the reference
- * (PyTorch fp32) logits; quantized tiny-a files stay close; KV cache types,
- * prefix reuse, batched decode, context limits and allocation-free decode.
+ * (PyTorch fp32) logits; quantized tiny-a files stay close; KV cache types.
+ * The invariants (prefix reuse, batched and multi-session decode, attention
+ * tiles, context limits, decode without allocation calls) run on models
+ * `moeq synth` writes, so they need no ../shared, and again on tiny-a.
  */
 #include "test.h"
 
@@ -10,7 +12,6 @@
 #include "kernels/kernels.h"
 #include "quant/quants.h"
 
-#include <malloc.h>
 #include <stdint.h>
 
 static moeq_engine *open_model(const char *path, int n_ctx, int n_seq, int tk, int tv, int n_batch)
@@ -180,16 +181,49 @@ TEST(engine_kv_q8_0_close_to_f16)
 /* Batches of any size give the same logits: each token's arithmetic does
  * not depend on its neighbours. Prefix reuse, too: syncing to a cached
  * prefix and evaluating the rest equals a fresh evaluation. */
-TEST(engine_batching_and_prefix_reuse_exact)
+/* ------------------------------------------------ engine invariants
+ *
+ * Batching, prefix reuse, multi-session decode, attention tiles, the
+ * context limit and allocation-free decode hold on any model, so each runs
+ * on a model `moeq synth` writes here (tiny preset: vocab 512, GQA 4/2
+ * heads, 8 experts), with no ../shared, and again on tiny-a as an extra
+ * check where ../shared is present. */
+
+/* An invariant as two tests: NAME on the model `moeq synth ARGS` writes,
+ * NAME_tiny_a on a tiny-a file (skipped without ../shared). */
+#define ON_SYNTH_AND_TINY_A(name, check, synth_file, synth_args, tiny_a_file) \
+    TEST(name) { check(test_synth_model(synth_file, synth_args)); }               \
+    TEST(name##_tiny_a) { check(test_shared_path("models/tiny-a/" tiny_a_file)); }
+
+/* n tokens: tiny-a's 64 reference tokens (n <= 64), or spread over the
+ * model's vocabulary (malloc'd). */
+static int32_t *test_tokens(const char *path, int n)
 {
-    const char *path = test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
-    int32_t *tok;
-    float *ref;
-    int n = load_ref(&tok, &ref);
-    n = 40;
-    const int V = 8192;
+    int32_t *tok = malloc((size_t)n * sizeof *tok);
+    REQUIRE(tok);
+    if (strstr(path, "tiny-a") && n <= 64) {
+        int32_t *ref_tok;
+        float *ref;
+        load_ref(&ref_tok, &ref);
+        memcpy(tok, ref_tok, (size_t)n * sizeof *tok);
+        free(ref_tok);
+        free(ref);
+        return tok;
+    }
+    moeq_engine *e = open_model(path, 16, 1, 0, 0, 16);
+    const int V = moeq_engine_info(e)->n_vocab;
+    moeq_engine_close(e);
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)((i * 2654435761u >> 7) % (unsigned)V);
+    return tok;
+}
+
+static void check_batching_and_prefix_reuse(const char *path)
+{
+    int32_t *tok = test_tokens(path, 40);
+    const int n = 40;
     char err[256];
     moeq_engine *e = open_model(path, 64, 2, 0, 0, 16);
+    const int V = moeq_engine_info(e)->n_vocab;
     float *full = eval_all(e, tok, n); /* batches of 16 */
 
     moeq_session *s = moeq_session_new(e, err, sizeof err);
@@ -223,18 +257,18 @@ TEST(engine_batching_and_prefix_reuse_exact)
     free(alt_full);
     moeq_engine_close(e);
     free(tok);
-    free(ref);
 }
 
-TEST(engine_multi_session_decode_equals_single)
+ON_SYNTH_AND_TINY_A(engine_batching_and_prefix_reuse_exact, check_batching_and_prefix_reuse,
+                    "q8_0.gguf", "--type Q8_0", "tiny-a-q8_0.gguf")
+
+static void check_multi_session_decode(const char *path)
 {
-    const char *path = test_shared_path("models/tiny-a/tiny-a-asym.gguf");
-    int32_t *tok;
-    float *ref;
-    load_ref(&tok, &ref);
-    const int V = 8192, NS = 3;
+    int32_t *tok = test_tokens(path, 64);
+    const int NS = 3;
     char err[256];
     moeq_engine *e = open_model(path, 64, 2 * NS, MOEQ_KV_Q8_0, MOEQ_KV_F16, 32);
+    const int V = moeq_engine_info(e)->n_vocab;
     moeq_session *a[3], *b[3];
     for (int i = 0; i < NS; i++) {
         a[i] = moeq_session_new(e, err, sizeof err);
@@ -262,8 +296,10 @@ TEST(engine_multi_session_decode_equals_single)
     for (int i = 0; i < NS; i++) { moeq_session_free(a[i]); moeq_session_free(b[i]); }
     moeq_engine_close(e);
     free(tok);
-    free(ref);
 }
+
+ON_SYNTH_AND_TINY_A(engine_multi_session_decode_equals_single, check_multi_session_decode,
+                    "asym.gguf", "--recipe asym-2bitexp", "tiny-a-asym.gguf")
 
 /* Attention shares K/V conversions across a tile of prompt tokens and the
  * heads of a GQA group, and splits a group across threads when a batch is
@@ -273,12 +309,11 @@ TEST(engine_multi_session_decode_equals_single)
  * first positions; decoding, past position 64) equals token-by-token
  * evaluation. AVX2 and AVX-512 kernels give the same bits; the scalar and
  * SIMD kernels sum in different orders, so they only agree closely. */
-TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
+static void check_attention_tiles(const char *path)
 {
-    const char *path = test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
-    const int n = 72, V = 8192;
-    int32_t tok[72];
-    for (int i = 0; i < n; i++) tok[i] = (i * 2654435761u >> 7) % V;
+    const int n = 72;
+    int32_t *tok = test_tokens(path, n);
+    int V = 0;
     const int kinds[2][2] = { { MOEQ_KV_F16, MOEQ_KV_F16 }, { MOEQ_KV_Q8_0, MOEQ_KV_Q8_0 } };
     const int isas[2] = { MOEQ_ISA_SCALAR, MOEQ_ISA_COUNT };
     char err[256];
@@ -286,6 +321,7 @@ TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
         float *last[2] = { NULL, NULL };
         for (int ia = 0; ia < 2; ia++) {
             moeq_engine *e = open_model(path, 128, 1, kinds[k][0], kinds[k][1], 64);
+            V = moeq_engine_info(e)->n_vocab;
             moeq_engine_attn_isa(e, isas[ia]);
             float *b64 = eval_all(e, tok, n);
             moeq_engine_close(e);
@@ -328,17 +364,21 @@ TEST(engine_attention_tiles_exact_for_every_cache_type_and_isa)
         free(last[0]);
         free(last[1]);
     }
+    free(tok);
 }
 
-TEST(engine_context_full_is_an_error)
+ON_SYNTH_AND_TINY_A(engine_attention_tiles_exact_for_every_cache_type_and_isa, check_attention_tiles,
+                    "q8_0.gguf", "--type Q8_0", "tiny-a-q8_0.gguf")
+
+static void check_context_full(const char *path)
 {
-    const char *path = test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
     char err[256] = "";
     moeq_engine *e = open_model(path, 16, 1, 0, 0, 8);
+    const int V = moeq_engine_info(e)->n_vocab;
     moeq_session *s = moeq_session_new(e, err, sizeof err);
     REQUIRE(s);
     int32_t t[20];
-    for (int i = 0; i < 20; i++) t[i] = 100 + i;
+    for (int i = 0; i < 20; i++) t[i] = (100 + i) % V;
     CHECK(moeq_session_eval(s, t, 20, NULL, err, sizeof err) == -1);
     CHECK(strstr(err, "context of 16 tokens is full") != NULL);
     CHECK(moeq_session_n_past(s) == 0);
@@ -349,7 +389,7 @@ TEST(engine_context_full_is_an_error)
     err[0] = 0;
     CHECK(moeq_engine_decode(e, &s, t, 1, err, sizeof err) == -1);
     CHECK(strstr(err, "context of 16 tokens is full") != NULL);
-    int32_t bad = 8192;
+    int32_t bad = V;
     CHECK(moeq_session_sync(s, t, 4) == 3);
     CHECK(moeq_session_eval(s, &bad, 1, NULL, err, sizeof err) == -1);
     CHECK(strstr(err, "outside the vocabulary") != NULL);
@@ -357,33 +397,43 @@ TEST(engine_context_full_is_an_error)
     moeq_engine_close(e);
 }
 
-/* After the first step, decode and sampling allocate nothing: the heap's
- * in-use byte count is unchanged over many steps. (Under ASan mallinfo2 is
- * not meaningful; the release suite carries the check.) */
-TEST(engine_decode_allocates_nothing)
+ON_SYNTH_AND_TINY_A(engine_context_full_is_an_error, check_context_full,
+                    "q8_0.gguf", "--type Q8_0", "tiny-a-q8_0.gguf")
+
+/* After the first step, decode and sampling make no heap allocation call
+ * at all (an allocation and its free per token fail this, though the heap
+ * in use would not change). Counted by tests/alloc_count.c, which cannot
+ * count under ASan (the sanitizer owns malloc): the release suite carries
+ * the check. */
+static void check_decode_allocates_nothing(const char *path)
 {
-    const char *path = test_shared_path("models/tiny-a/tiny-a-q4_k_m.gguf");
+    if (!test_alloc_counting()) SKIP("allocation calls are not counted under ASan; the release suite counts them");
     char err[256];
     moeq_engine *e = open_model(path, 64, 1, MOEQ_KV_Q8_0, MOEQ_KV_Q8_0, 16);
+    const int V = moeq_engine_info(e)->n_vocab;
     moeq_session *s = moeq_session_new(e, err, sizeof err);
     REQUIRE(s);
     int32_t t[4] = { 10, 20, 30, 40 };
     REQUIRE(moeq_session_eval(s, t, 4, NULL, err, sizeof err) == 0);
     struct moeq_sampler sp = { .temp = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f, .rng = 42 };
-    int32_t next = moeq_sample(&sp, moeq_session_logits(s), 8192);
+    int32_t next = moeq_sample(&sp, moeq_session_logits(s), V);
     REQUIRE(moeq_engine_decode(e, &s, &next, 1, err, sizeof err) == 0);
-    struct mallinfo2 before = mallinfo2();
-    for (int i = 0; i < 20; i++) {
-        next = moeq_sample(&sp, moeq_session_logits(s), 8192);
-        REQUIRE(next >= 0 && next < 8192);
-        REQUIRE(moeq_engine_decode(e, &s, &next, 1, err, sizeof err) == 0);
+    int ok = 1;
+    test_alloc_count_start();
+    for (int i = 0; i < 20 && ok; i++) {
+        next = moeq_sample(&sp, moeq_session_logits(s), V);
+        ok = next >= 0 && next < V && moeq_engine_decode(e, &s, &next, 1, err, sizeof err) == 0;
     }
-    struct mallinfo2 after = mallinfo2();
-    CHECKF(after.uordblks == before.uordblks, "heap in use %zu -> %zu", before.uordblks, after.uordblks);
+    long calls = test_alloc_count_stop();
+    REQUIREF(ok, "decode: %s", err);
+    CHECKF(calls == 0, "%ld allocation calls in 20 decode steps", calls);
     moeq_sampler_free(&sp);
     moeq_session_free(s);
     moeq_engine_close(e);
 }
+
+ON_SYNTH_AND_TINY_A(engine_decode_allocates_nothing, check_decode_allocates_nothing,
+                    "q4_k_m.gguf", "--recipe Q4_K_M", "tiny-a-q4_k_m.gguf")
 
 TEST(engine_sampling)
 {
@@ -581,4 +631,20 @@ TEST(engine_cli_run_and_bench)
     CHECK(test_run(NULL, "%s bench -m %s -p 0 -n 0", test_moeq_bin(), model) == 2);
     CHECK(test_run(NULL, "%s run --help", test_moeq_bin()) == 0);
     CHECK(test_run(NULL, "%s bench --help", test_moeq_bin()) == 0);
+}
+
+/* run, bench and serve share one -ctk/--cache-type-k, -ctv/--cache-type-v
+ * parser: f16 or q8_0, anything else a usage error. */
+TEST(engine_cli_kv_cache_options)
+{
+    const char *m = test_synth_model("s.gguf", "--type Q8_0");
+    char *o = NULL;
+    int rc = test_run(&o, "%s bench -m %s -p 8 -n 2 -r 1 -t 1 --cache-type-k q8_0 -ctv Q8_0", test_moeq_bin(), m);
+    CHECKF(rc == 0, "bench: %s", o ? o : "");
+    free(o);
+    CHECK(test_run(NULL, "%s bench -m %s -p 8 -n 0 --cache-type-v q4_0", test_moeq_bin(), m) == 2);
+    CHECK(test_run(NULL, "%s run -m %s -p hi -n 1 --cache-type-k bf16", test_moeq_bin(), m) == 2);
+    rc = test_run(&o, "%s run -m %s -p hi -n 2 --temp 0 -t 1 -ctk q8_0 --cache-type-v q8_0", test_moeq_bin(), m);
+    CHECKF(rc == 0, "run: %s", o ? o : "");
+    free(o);
 }

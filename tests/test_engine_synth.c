@@ -117,7 +117,6 @@ static void write_dequantized(const char *src, const char *dst)
  */
 TEST(engine_synth_quantized_close_to_f32)
 {
-    const char *bin = test_moeq_bin();
     struct { const char *name, *args; double max_vs_f32, max_vs_deq; } files[] = {
         { "f32.gguf",  "", 0, 0 },
         { "q8_0.gguf", "--type Q8_0 --mode quantize", 0.01, 0.005 },
@@ -130,11 +129,7 @@ TEST(engine_synth_quantized_close_to_f32)
     float *ref = NULL;
     int V = 0;
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        const char *path = test_tmp(files[i].name);
-        char *log = NULL;
-        int rc = test_run(&log, "%s synth -o %s %s", bin, path, files[i].args);
-        REQUIREF(rc == 0, "synth %s: %s", files[i].name, log ? log : "");
-        free(log);
+        const char *path = test_synth_model(files[i].name, files[i].args);
         int v;
         float *lg = logits_of(path, tok, 24, &v);
         if (i == 0) { ref = lg; V = v; continue; }

@@ -89,14 +89,14 @@ TEST(nonfinite_scan_every_type)
 
 TEST(nonfinite_info_check_names_tensor_and_element)
 {
-    const char *clean = test_synth("clean.gguf", NULL);
+    const char *clean = test_synth_model("clean.gguf", NULL);
     char *o = NULL;
     int rc = test_run(&o, "%s info --check %s", test_moeq_bin(), clean);
     CHECKF(rc == 0 && strstr(o, "check: every value of the 27 tensors is a number"), "rc %d: %s", rc, o);
     free(o);
 
     /* row 3, column 5 of expert 2 of an F32 expert tensor [256, 256, 8] */
-    const char *m = test_synth("nan.gguf", NULL);
+    const char *m = test_synth_model("nan.gguf", NULL);
     patch(m, "blk.1.ffn_up_exps.weight", 4 * (2 * 256 * 256 + 3 * 256 + 5), F32_NAN, 4);
     rc = test_run(&o, "%s info --check %s", test_moeq_bin(), m);
     CHECKF(rc == 1, "rc %d", rc);
@@ -106,7 +106,7 @@ TEST(nonfinite_info_check_names_tensor_and_element)
     free(o);
 
     /* a quantized tensor: the scale of block 3 of row 1 of a Q8_0 output */
-    const char *q = test_synth("q8.gguf", "--type-output Q8_0");
+    const char *q = test_synth_model("q8.gguf", "--type-output Q8_0");
     uint16_t inf = 0x7c00;
     patch(q, "output.weight", (uint64_t)(256 / 32 + 3) * sizeof(block_q8_0), &inf, 2);
     rc = test_run(&o, "%s info --check --json %s", test_moeq_bin(), q);
@@ -118,7 +118,7 @@ TEST(nonfinite_info_check_names_tensor_and_element)
 
 TEST(nonfinite_quantize_refuses_source)
 {
-    const char *m = test_synth("src.gguf", NULL);
+    const char *m = test_synth_model("src.gguf", NULL);
     patch(m, "blk.0.attn_q.weight", 4 * (7 * 256 + 9), F32_INF, 4);
     const char *out = test_tmp("out.gguf");
     char *o = NULL;
@@ -131,7 +131,7 @@ TEST(nonfinite_quantize_refuses_source)
     free(b);
     free(o);
     /* a copied (not quantized) tensor is refused as well */
-    const char *m2 = test_synth("src2.gguf", NULL);
+    const char *m2 = test_synth_model("src2.gguf", NULL);
     patch(m2, "output_norm.weight", 4 * 17, F32_NAN, 4);
     rc = test_run(&o, "%s quantize -q %s %s Q8_0", test_moeq_bin(), m2, out);
     CHECKF(rc == 1 && strstr(o, "tensor output_norm.weight: element 17 is nan"), "rc %d: %s", rc, o);
@@ -142,13 +142,13 @@ TEST(nonfinite_quantize_refuses_source)
 
 TEST(nonfinite_engine_open_refuses_norm_and_router)
 {
-    const char *m = test_synth("norm.gguf", NULL);
+    const char *m = test_synth_model("norm.gguf", NULL);
     patch(m, "blk.0.ffn_norm.weight", 4 * 7, F32_INF, 4);
     char *o = NULL;
     int rc = test_run(&o, "%s run -m %s -p hello -n 2", test_moeq_bin(), m);
     CHECKF(rc == 1 && strstr(o, "norm.gguf: tensor blk.0.ffn_norm.weight: element 7 is inf"), "rc %d: %s", rc, o);
     free(o);
-    const char *r = test_synth("router.gguf", "--type-router F16");
+    const char *r = test_synth_model("router.gguf", "--type-router F16");
     uint16_t nan = 0xfe00;
     patch(r, "blk.1.ffn_gate_inp.weight", 2 * (256 * 3 + 10), &nan, 2);
     rc = test_run(&o, "%s run -m %s -p hello -n 2", test_moeq_bin(), r);
@@ -162,7 +162,7 @@ TEST(nonfinite_engine_open_refuses_norm_and_router)
 TEST(nonfinite_perplexity_nan_logit_fails)
 {
     /* row 5 of the output matrix (not scanned at open): logit 5 is nan */
-    const char *m = test_synth("ppl.gguf", NULL);
+    const char *m = test_synth_model("ppl.gguf", NULL);
     patch(m, "output.weight", 4 * (5 * 256 + 11), F32_NAN, 4);
     const char *text = test_tmp("text.txt");
     write_text(text, 20);
@@ -188,7 +188,7 @@ TEST(nonfinite_run_never_prints_nul)
 {
     /* one NaN weight of a dense matrix every token uses: every logit is
      * nan, and greedy sampling used to pick token 0, the byte 0x00 */
-    const char *m = test_synth("run.gguf", NULL);
+    const char *m = test_synth_model("run.gguf", NULL);
     patch(m, "blk.1.attn_output.weight", 4 * 100, F32_NAN, 4);
     const char *out = test_tmp("run.out");
     char *o = NULL;
@@ -208,7 +208,7 @@ TEST(nonfinite_run_never_prints_nul)
     free(b);
     free(o);
     /* a prompt holding a NUL byte is echoed without it */
-    const char *clean = test_synth("clean.gguf", NULL);
+    const char *clean = test_synth_model("clean.gguf", NULL);
     const char *pf = test_tmp("prompt.txt");
     FILE *f = fopen(pf, "wb");
     REQUIRE(f != NULL);
@@ -261,7 +261,7 @@ TEST(nonfinite_imatrix_nan_sums_never_written)
         moeq_imatrix_free(im);
     }
     /* through the tool: activations of a model with a NaN weight */
-    const char *m = test_synth("im.gguf", NULL);
+    const char *m = test_synth_model("im.gguf", NULL);
     patch(m, "blk.0.attn_q.weight", 4 * 300, F32_NAN, 4);
     const char *text = test_tmp("text.txt");
     write_text(text, 4);

@@ -445,30 +445,3 @@ TEST(iq_vs_reference_min_error)
     const struct moeq_quant_params min_error = { .fit = MOEQ_FIT_MIN_ERROR };
     for (int i = 0; i < 5; i++) vs_reference_bound(types[i], 0.985, &min_error);
 }
-
-/* ------------------------------------------------ speed (long only) */
-
-/* One-thread encode speed (thread CPU time, so a busy machine does not
- * skew it), printed for the record (MOEQ_LONG=1). */
-TEST(iq_speed)
-{
-    if (!test_long()) SKIP("set MOEQ_LONG=1 to measure");
-    enum { R = 256, C = 4096 };
-    float *x = malloc(sizeof(float) * R * C), *imat = malloc(sizeof(float) * C);
-    uint8_t *q = malloc(sizeof(float) * R * C);
-    REQUIRE(x && imat && q);
-    uint32_t s = 5;
-    for (int i = 0; i < R * C; i++) x[i] = (unif(&s) + unif(&s) + unif(&s) - 1.5f) * 0.02f;
-    for (int c = 0; c < C; c++) imat[c] = 0.05f + unif(&s) * 4;
-    for (int k = 0; k < N_IQ; k++) {
-        struct timespec t0, t1;
-        moeq_type_traits(iq_types[k])->quantize(x, q, 1, C, imat, NULL);   /* builds the tables */
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-        moeq_type_traits(iq_types[k])->quantize(x, q, R, C, imat, NULL);
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-        double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        printf("  %-8s %.2f M weights/s (one thread)\n", moeq_type_name(iq_types[k]), R * C / sec / 1e6);
-        CHECK(sec > 0);
-    }
-    free(x); free(imat); free(q);
-}

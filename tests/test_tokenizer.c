@@ -549,8 +549,9 @@ TEST(tok_reference_tiny_a)
     moeq_tokenizer_free(t);
 }
 
-/* 1.3 MB of WikiText: fast, and lossless. */
-TEST(tok_speed_wiki)
+/* 1.3 MB of WikiText in one call: lossless (its speed is the business of
+ * bench/, not of a test). */
+TEST(tok_wiki_round_trip)
 {
     const char *g = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
     size_t n;
@@ -558,16 +559,8 @@ TEST(tok_speed_wiki)
     REQUIRE(text);
     moeq_tokenizer *t = load_path(g);
     int32_t *ids = malloc((n + 1) * sizeof *ids);
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
     int k = moeq_tokenizer_encode(t, text, n, 0, ids, (int)n + 1);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    double s = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
-    fprintf(stderr, "  tokenized %zu bytes into %d tokens in %.3f s (%s)\n", n, k,
-            s, getenv("MOEQ_SUITE") ? getenv("MOEQ_SUITE") : "?");
     REQUIRE(k > 0);
-    /* Loose: well under a second in a release build; sanitizers are slower. */
-    CHECKF(s < 10.0, "%.2f s", s);
     size_t dl;
     char *back = detok(t, ids, k, &dl);
     CHECK(dl == n && memcmp(back, text, n) == 0);

@@ -52,7 +52,7 @@ static double direct_ppl(const char *model, const char *text_path, int n_ctx, in
 
 TEST(perplexity_equals_direct_nll)
 {
-    const char *m = test_synth("s.gguf", NULL);
+    const char *m = test_synth_model("s.gguf", NULL);
     char *o = NULL;
     int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 3 -t 2", test_moeq_bin(), m);
     REQUIREF(rc == 0, "%s", o);
@@ -64,8 +64,8 @@ TEST(perplexity_equals_direct_nll)
 
 TEST(perplexity_kld_self_is_zero_and_quantized_is_not)
 {
-    const char *m = test_synth("s.gguf", NULL);
-    const char *q = test_synth("q.gguf", "--recipe asym-2bitexp --mode direct");
+    const char *m = test_synth_model("s.gguf", NULL);
+    const char *q = test_synth_model("q.gguf", "--recipe asym-2bitexp --mode direct");
     const char *base = test_tmp("base.kld");
     char *o = NULL;
     int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 4 --kl-divergence-base %s",
@@ -97,8 +97,8 @@ TEST(perplexity_kld_self_is_zero_and_quantized_is_not)
 
 TEST(perplexity_bad_inputs)
 {
-    const char *m = test_synth("s.gguf", NULL);
-    const char *other = test_synth("v.gguf", "--vocab 600");
+    const char *m = test_synth_model("s.gguf", NULL);
+    const char *other = test_synth_model("v.gguf", "--vocab 600");
     const char *empty = test_tmp("empty.txt"), *garbage = test_tmp("garbage.kld"), *base = test_tmp("b.kld");
     FILE *f = fopen(empty, "w"); fclose(f);
     f = fopen(garbage, "w"); fputs("not logits at all", f); fclose(f);
@@ -131,7 +131,7 @@ TEST(perplexity_bad_inputs)
 /* RMSNorm of token_embd rows times attn_norm: the input of blk.0.attn_q. */
 TEST(imatrix_sums_match_direct_computation)
 {
-    const char *m = test_synth("s.gguf", NULL);
+    const char *m = test_synth_model("s.gguf", NULL);
     const char *out = test_tmp("im.gguf");
     char *o = NULL;
     int rc = test_run(&o, "%s imatrix -m %s -f data/calibration.txt -c 32 --chunks 2 --no-ppl -o %s",
@@ -194,7 +194,7 @@ TEST(imatrix_merge_of_runs_equals_one_run)
 {
     /* few experts, so every expert is routed in each short run (a tensor
      * with a never-routed expert is dropped by llama-imatrix's rule) */
-    const char *m = test_synth("s.gguf", "--experts 4");
+    const char *m = test_synth_model("s.gguf", "--experts 4");
     /* GGUF keeps per-expert token counts; legacy .dat keeps only per-element
      * means, so only GGUF merges can be exact */
     const char *a = test_tmp("a.gguf"), *b = test_tmp("b.gguf"), *all = test_tmp("all.gguf"), *mg = test_tmp("merged.gguf");
@@ -233,8 +233,8 @@ TEST(imatrix_merge_of_runs_equals_one_run)
 
 TEST(imatrix_bad_inputs)
 {
-    const char *m = test_synth("s.gguf", NULL);
-    const char *other = test_synth("o.gguf", "--n-embd 512");
+    const char *m = test_synth_model("s.gguf", NULL);
+    const char *other = test_synth_model("o.gguf", "--n-embd 512");
     const char *im = test_tmp("o.dat"), *empty = test_tmp("e.txt");
     FILE *f = fopen(empty, "w"); fclose(f);
     char *o = NULL;

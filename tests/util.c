@@ -51,24 +51,20 @@ const char *test_tmp(const char *name)
     return p;
 }
 
+const char *test_synth_model(const char *name, const char *args)
+{
+    const char *p = test_tmp(name);
+    char *o = NULL;
+    int rc = test_run(&o, "%s synth -o %s %s", test_moeq_bin(), p, args ? args : "");
+    REQUIREF(rc == 0, "synth %s: %s", name, o ? o : "");
+    free(o);
+    return p;
+}
+
 const char *test_moeq_bin(void)
 {
     const char *b = getenv("MOEQ_BIN");
     return b && *b ? b : "./moeq";
-}
-
-const char *test_synth(const char *name, const char *args)
-{
-    const char *path = test_tmp(name);
-    char *out = NULL;
-    int rc = test_run(&out, "%s synth -o %s %s", test_moeq_bin(), path, args ? args : "");
-    if (rc != 0) {
-        test_fail(__FILE__, __LINE__, "moeq synth %s: exit %d: %s", args ? args : "", rc, out ? out : "");
-        free(out);
-        test_end_now();
-    }
-    free(out);
-    return path;
 }
 
 int test_run(char **out, const char *fmt, ...)
@@ -187,6 +183,11 @@ double test_http_metric(int port, const char *name, const char *auth)
     }
     free(o);
     return v;
+}
+
+void test_wait_metric(int port, const char *name, double value, const char *auth)
+{
+    while (test_http_metric(port, name, auth) != value) usleep(10000);
 }
 
 int test_http_concurrent(int port, const char *path, const char *const *bodies, int n, int timeout_s,

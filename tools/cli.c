@@ -4,7 +4,9 @@
  * error, not silently ignored).
  */
 #include "cmd.h"
+#include "engine/engine.h"
 #include "quant/quant_plan.h"
+#include "quant/quants.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -122,12 +124,13 @@ int cli_is_help(const char *arg)
 
 char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    int in = !strcmp(path, "-");
+    FILE *f = in ? stdin : fopen(path, "rb");
     if (!f) { snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
-        if (!buf) { fclose(f); snprintf(err, errlen, "%s: out of memory", path); return NULL; }
+        if (!buf) { if (!in) fclose(f); snprintf(err, errlen, "%s: out of memory", path); return NULL; }
         size_t r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
         if (r == 0) break;
@@ -139,11 +142,23 @@ char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen)
         }
     }
     int bad = ferror(f) ? errno : 0;
-    fclose(f);
+    if (!in) fclose(f);
     if (bad) { free(buf); snprintf(err, errlen, "%s: cannot read: %s", path, strerror(bad)); return NULL; }
     buf[n] = 0;
     *len = n;
     return buf;
+}
+
+int cli_kv_option(const char *opt, const char *val, int *type_k, int *type_v)
+{
+    int *out;
+    if (!strcmp(opt, "-ctk") || !strcmp(opt, "--cache-type-k")) out = type_k;
+    else if (!strcmp(opt, "-ctv") || !strcmp(opt, "--cache-type-v")) out = type_v;
+    else return 0;
+    int t = moeq_kv_type_from_name(val);
+    if (t < 0) return -1;
+    *out = t;
+    return 1;
 }
 
 double cli_token_nll(const float *row, int n_vocab, int tok)

@@ -33,9 +33,13 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_parse_i64(const char *s, int64_t *out);
 int cli_parse_f64(const char *s, double *out);
 int cli_parse_size(const char *s, uint64_t *out);
-/* Read a whole file into a NUL-terminated malloc'd buffer; NULL with err
- * set ("PATH: reason"). */
+/* Read a whole file ("-": standard input) into a NUL-terminated malloc'd
+ * buffer; NULL with err set ("PATH: reason"). */
 char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen);
+/* The KV cache options -ctk/--cache-type-k T and -ctv/--cache-type-v T:
+ * 0 when opt is neither; 1 when it is one and val names f16 or q8_0 (any
+ * case), stored as MOEQ_TYPE_* in *type_k or *type_v; -1 for another val. */
+int cli_kv_option(const char *opt, const char *val, int *type_k, int *type_v);
 /* -log softmax(row)[tok] over n_vocab logits (max-shifted, double sum). */
 double cli_token_nll(const float *row, int n_vocab, int tok);
 /* The names of the recipes (quant_plan's table) as "a, b", for help and

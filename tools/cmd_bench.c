@@ -8,6 +8,8 @@
  */
 #include "cmd.h"
 #include "engine/engine.h"
+#include "quant/quants.h"
+#include "util/util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -29,15 +31,9 @@ static void usage(FILE *o)
         "  -t, --threads N       threads (default: all cores)\n"
         "  -r, --repetitions N   repetitions of each test (default 5)\n"
         "  -b, --batch-size N    prompt tokens per batch (default 512)\n"
-        "  -ctk, -ctv T          KV cache types (f16 or q8_0)\n"
+        "  -ctk, --cache-type-k T  KV cache type of K: f16 (default) or q8_0\n"
+        "  -ctv, --cache-type-v T  KV cache type of V: f16 (default) or q8_0\n"
         "  -h, --help            this help\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static uint64_t mix(uint64_t *s)
@@ -52,18 +48,18 @@ static uint64_t mix(uint64_t *s)
 static double run_pp(moeq_session *s, const int32_t *tok, int n, char *err, size_t errlen)
 {
     moeq_session_sync(s, tok, 0);
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     if (moeq_session_eval(s, tok, n, NULL, err, errlen) != 0) return -1;
-    return now_s() - t0;
+    return moeq_now_s() - t0;
 }
 
 static double run_tg(moeq_session *s, const int32_t *tok, int n, char *err, size_t errlen)
 {
     moeq_session_sync(s, tok, 0);
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     for (int i = 0; i < n; i++)
         if (moeq_session_eval(s, tok + i, 1, NULL, err, errlen) != 0) return -1;
-    return now_s() - t0;
+    return moeq_now_s() - t0;
 }
 
 int cmd_bench(int argc, char **argv)
@@ -76,18 +72,15 @@ int cmd_bench(int argc, char **argv)
         if (cli_is_help(a)) { usage(stdout); return 0; }
         if (i + 1 >= argc) return cli_usage_error("bench", "option %s needs a value", a);
         const char *v = argv[++i];
-        int bad = 0;
+        int bad = 0, kv;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--n-prompt")) bad = cli_parse_i64(v, &n_prompt) || n_prompt < 0 || n_prompt > (1 << 20);
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-gen")) bad = cli_parse_i64(v, &n_gen) || n_gen < 0 || n_gen > (1 << 20);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = cli_parse_i64(v, &n_threads) || n_threads < 0 || n_threads > 1024;
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) bad = cli_parse_i64(v, &reps) || reps < 1 || reps > 1000;
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) bad = cli_parse_i64(v, &n_batch) || n_batch < 1 || n_batch > 65536;
-        else if (!strcmp(a, "-ctk") || !strcmp(a, "-ctv")) {
-            int t = moeq_kv_type_from_name(v);
-            bad = t < 0;
-            if (!bad) *(a[3] == 'k' ? &tk : &tv) = t;
-        } else return cli_usage_error("bench", "unknown option %s", a);
+        else if ((kv = cli_kv_option(a, v, &tk, &tv)) != 0) bad = kv < 0;
+        else return cli_usage_error("bench", "unknown option %s", a);
         if (bad) return cli_usage_error("bench", "bad value '%s' for %s", v, a);
     }
     if (!model) return cli_usage_error("bench", "-m FILE is required");

@@ -43,13 +43,6 @@ static void usage(FILE *out)
         cli_recipe_names(known, sizeof known));
 }
 
-static int kv_type(const char *s)
-{
-    if (!strcmp(s, "f16") || !strcmp(s, "F16")) return MOEQ_KV_F16;
-    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) return MOEQ_KV_Q8_0;
-    return -1;
-}
-
 /* Shape and weight bytes of a synth preset, tensor by tensor as synth
  * writes them. */
 static int preset_shape(const char *preset, const char *recipe, struct moeq_mem_shape *s,
@@ -100,6 +93,7 @@ int cmd_fit(int argc, char **argv)
         if (cli_is_help(a)) { usage(stdout); return 0; }
         if (i + 1 >= argc) return cli_usage_error("fit", "unknown argument or missing value: '%s'", a);
         const char *v = argv[++i];
+        int kv;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--preset")) preset = v;
         else if (!strcmp(a, "--recipe")) recipe = v;
@@ -107,8 +101,7 @@ int cmd_fit(int argc, char **argv)
         else if (!strcmp(a, "--parallel") || !strcmp(a, "-np")) { if (cli_parse_i64(v, &n_par) || n_par < 1) return cli_usage_error("fit", "bad --parallel '%s'", v); }
         else if (!strcmp(a, "-b")) { if (cli_parse_i64(v, &n_batch) || n_batch < 1) return cli_usage_error("fit", "bad -b '%s'", v); }
         else if (!strcmp(a, "-t")) { if (cli_parse_i64(v, &n_threads)) return cli_usage_error("fit", "bad -t '%s'", v); }
-        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if ((tk = kv_type(v)) < 0) return cli_usage_error("fit", "KV type must be f16 or q8_0, not '%s'", v); }
-        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if ((tv = kv_type(v)) < 0) return cli_usage_error("fit", "KV type must be f16 or q8_0, not '%s'", v); }
+        else if ((kv = cli_kv_option(a, v, &tk, &tv)) != 0) { if (kv < 0) return cli_usage_error("fit", "KV type must be f16 or q8_0, not '%s'", v); }
         else if (!strcmp(a, "--budget")) { if (cli_parse_size(v, &budget)) return cli_usage_error("fit", "bad --budget '%s'", v); }
         else if (!strcmp(a, "--reserve")) { if (cli_parse_size(v, &reserve)) return cli_usage_error("fit", "bad --reserve '%s'", v); }
         else return cli_usage_error("fit", "unknown argument '%s'", a);

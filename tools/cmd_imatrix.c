@@ -14,6 +14,8 @@
 #include "engine/engine.h"
 #include "quant/imatrix.h"
 #include "util/outfile.h"
+#include "quant/quants.h"
+#include "util/util.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -78,13 +80,6 @@ static void hook(void *ud, const char *tensor, int expert, const float *x, int n
         if (n_rows > 0) moeq_imatrix_add(e, expert >= 0 ? expert : 0, x, n_rows);
     }
     pthread_mutex_unlock(&c->mu);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -220,7 +215,7 @@ int cmd_imatrix(int argc, char **argv)
 
     double nll = 0;
     long count = 0;
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     int done = 0;
     for (int c = (int)skip; c < last; c++) {
         int32_t *ct = tokens + (size_t)c * (size_t)n_ctx;
@@ -255,7 +250,7 @@ int cmd_imatrix(int argc, char **argv)
             printf("[%d]%.4f,", done, exp(nll / (double)count));
             fflush(stdout);
         }
-        double el = now_s() - t0;
+        double el = moeq_now_s() - t0;
         fprintf(stderr, "\rmoeq: imatrix: chunk %d/%d  %.1fs  ETA %.1fs   ", done, last - (int)skip, el,
                 el / done * (last - (int)skip - done));
         if (out_freq > 0 && done % out_freq == 0 && c + 1 < last) {

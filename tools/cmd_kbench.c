@@ -25,7 +25,9 @@ static const int default_types[] = {
     MOEQ_TYPE_IQ4_NL, MOEQ_TYPE_IQ4_XS,
 };
 
-static double now_s(void)
+/* This thread's CPU time: a kernel's cost without the wait for other
+ * processes (util.h's moeq_now_s is wall time). */
+static double thread_cpu_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -68,7 +70,10 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: moeq kbench [--types T1,T2,...] [--isa ISA] [-k K] [--cols N] [--mb MB] [-r REPS]\n"
-        "  Times the matmul kernels, one thread, on random weights.\n"
+        "       moeq kbench --quantize [--types T1,T2,...]\n"
+        "  Times the matmul kernels, one thread, on random weights; with\n"
+        "  --quantize the quantizers instead (256 rows of 4096 weights with an\n"
+        "  importance matrix; default: the i-quants).\n"
         "  --types  weight types (default: all)\n"
         "  --isa    only this ISA (scalar, avx2, avx512); ratios then print as 0\n"
         "  -k       row length (default 2048)\n"
@@ -77,14 +82,45 @@ static void usage(FILE *f)
         "  -r       repetitions, best one reported (default 3)\n");
 }
 
+static float unit(void) { return (float)(next() >> 40) * 0x1.0p-24f; }
+
+/* One-thread encode speed of each type's quantizer, in thread CPU time. */
+static int bench_quantize(const int *types, int ntypes)
+{
+    enum { R = 256, C = 4096 };
+    float *x = malloc(sizeof(float) * R * C), *imat = malloc(sizeof(float) * C);
+    uint8_t *q = malloc(sizeof(float) * R * C);
+    if (!x || !imat || !q) {
+        free(x); free(imat); free(q);
+        cli_error("kbench: out of memory");
+        return 1;
+    }
+    for (int i = 0; i < R * C; i++) x[i] = (unit() + unit() + unit() - 1.5f) * 0.02f;
+    for (int c = 0; c < C; c++) imat[c] = 0.05f + unit() * 4;
+    printf("quantizer benchmark: 1 thread (timed in thread CPU time), %d rows of %d weights with an imatrix\n", R, C);
+    for (int k = 0; k < ntypes; k++) {
+        const struct moeq_type_traits *t = moeq_type_traits(types[k]);
+        if (!t || !t->quantize) continue;
+        t->quantize(x, q, 1, C, imat, NULL); /* builds the type's tables */
+        double t0 = thread_cpu_s();
+        t->quantize(x, q, R, C, imat, NULL);
+        double sec = thread_cpu_s() - t0;
+        printf("%-8s %8.2f M weights/s\n", moeq_type_name(types[k]), sec > 0 ? R * C / sec / 1e6 : 0);
+        fflush(stdout);
+    }
+    free(x); free(imat); free(q);
+    return 0;
+}
+
 int cmd_kbench(int argc, char **argv)
 {
     int types[64], ntypes = 0;
     int64_t K = 2048, cols = 64, mb = 64, reps = 3;
-    int only_isa = -1;
+    int only_isa = -1, quant = 0;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (cli_is_help(o)) { usage(stdout); return 0; }
+        if (!strcmp(o, "--quantize")) { quant = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("kbench", "unknown or incomplete option '%s'", o);
         const char *v = argv[++i];
         if (!strcmp(o, "--types")) {
@@ -116,6 +152,11 @@ int cmd_kbench(int argc, char **argv)
         } else {
             return cli_usage_error("kbench", "unknown option '%s'", o);
         }
+    }
+    if (quant) {
+        static const int iq[] = { MOEQ_TYPE_IQ2_XXS, MOEQ_TYPE_IQ2_XS, MOEQ_TYPE_IQ2_S, MOEQ_TYPE_IQ3_XXS,
+                                  MOEQ_TYPE_IQ3_S };
+        return ntypes ? bench_quantize(types, ntypes) : bench_quantize(iq, (int)(sizeof iq / sizeof iq[0]));
     }
     if (!ntypes) {
         ntypes = (int)(sizeof default_types / sizeof default_types[0]);
@@ -154,17 +195,17 @@ int cmd_kbench(int argc, char **argv)
             if (only_isa >= 0 && isa != only_isa) continue;
             double best = 1e30;
             for (int r = 0; r < reps; r++) {
-                double t0 = now_s();
+                double t0 = thread_cpu_s();
                 for (int64_t i = 0; i < rows; i++) dot(K, out + i, w + (size_t)i * wrow, a);
-                double t = now_s() - t0;
+                double t = thread_cpu_s() - t0;
                 if (t < best) best = t;
             }
             double gbs = (double)wrow * rows / best / 1e9;
             best = 1e30;
             for (int r = 0; r < reps; r++) {
-                double t0 = now_s();
+                double t0 = thread_cpu_s();
                 moeq_gemm_isa(isa, type, K, w, wrow, grows, a, arow, cols, out, (size_t)grows);
-                double t = now_s() - t0;
+                double t = thread_cpu_s() - t0;
                 if (t < best) best = t;
             }
             double gmac = (double)K * grows * cols / best / 1e9;

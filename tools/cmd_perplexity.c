@@ -16,6 +16,8 @@
 #include "engine/engine.h"
 #include "util/outfile.h"
 #include "quant/finite.h"
+#include "quant/quants.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -37,13 +39,6 @@ static void usage(FILE *out)
         "  --kl-divergence         with --kl-divergence-base F: compare against F's model\n"
         "\nexample:\n"
         "  moeq perplexity -m model-asym.gguf -f wiki.test.raw -c 512 --chunks 20\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---------------------------------------------------- base log-probs */
@@ -360,7 +355,7 @@ int cmd_perplexity(int argc, char **argv)
     long count = 0;
     struct kld_acc k;
     memset(&k, 0, sizeof k);
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     const int f0 = (int)n_ctx / 2;
     if (kld_mode)
         printf("\nchunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p\n");
@@ -425,7 +420,7 @@ int cmd_perplexity(int argc, char **argv)
         }
         fflush(stdout);
         if (c == 0) {
-            double dt = now_s() - t0;
+            double dt = moeq_now_s() - t0;
             fprintf(stderr, "moeq: perplexity: %.2f s per chunk, ETA %.1f s\n", dt, dt * (n_chunk - 1));
         }
     }
@@ -440,7 +435,7 @@ int cmd_perplexity(int argc, char **argv)
         double unc = m2 > 0 && count > 1 ? sqrt(m2 / (double)(count - 1)) * ppl : 0;
         printf("Final estimate: PPL = %.4f +/- %.5f\n", ppl, unc);
     }
-    fprintf(stderr, "moeq: perplexity: %d chunks in %.1f s\n", n_chunk, now_s() - t0);
+    fprintf(stderr, "moeq: perplexity: %d chunks in %.1f s\n", n_chunk, moeq_now_s() - t0);
     rc = 0;
 out:
     if (ko) {

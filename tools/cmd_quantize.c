@@ -11,6 +11,11 @@
 #include "quant/quant_plan.h"
 #include "quant/quantize.h"
 #include "quant/tensor_groups.h"
+#include "gguf/gguf.h"
+#include "quant/imatrix.h"
+#include "engine/pool.h"
+#include "quant/quants.h"
+#include "util/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

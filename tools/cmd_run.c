@@ -17,6 +17,8 @@
 #include "engine/engine.h"
 #include "util/outfile.h"
 #include "quant/finite.h"
+#include "quant/quants.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -69,39 +71,6 @@ static void on_sigint(int sig)
     }
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *b = malloc(cap + 1);
-    while (b) {
-        if (len == cap) {
-            char *nb = realloc(b, cap * 2 + 1);
-            if (!nb) { free(b); b = NULL; break; }
-            b = nb;
-            cap *= 2;
-        }
-        size_t r = fread(b + len, 1, cap - len, f);
-        len += r;
-        if (r == 0) {
-            if (ferror(f)) { free(b); b = NULL; errno = EIO; }
-            break;
-        }
-    }
-    fclose(f);
-    if (b) b[len] = 0;
-    *n = len;
-    return b;
-}
-
 struct stats {
     long   n_prompt, n_gen;
     double t_prompt, t_gen;
@@ -135,9 +104,9 @@ static int32_t *tokenize(struct run *r, const char *text, size_t len, int add_bo
 static int eval_prompt(struct run *r, const int32_t *tok, int n)
 {
     int kept = moeq_session_sync(r->s, tok, n);
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     if (moeq_session_eval(r->s, tok + kept, n - kept, NULL, r->err, sizeof r->err) != 0) return -1;
-    r->st.t_prompt += now_s() - t0;
+    r->st.t_prompt += moeq_now_s() - t0;
     r->st.n_prompt += n - kept;
     return 0;
 }
@@ -160,7 +129,7 @@ static int generate(struct run *r, char **answer, size_t *alen)
     if (!g_generating) g_stop = 0;
     g_generating = 1;
     int rc = 0;
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     for (int i = 0; r->n_predict < 0 || i < r->n_predict; i++) {
         if (g_stop) break;
         const float *lg = moeq_session_logits(r->s);
@@ -196,7 +165,7 @@ static int generate(struct run *r, char **answer, size_t *alen)
         if (moeq_session_eval(r->s, &t, 1, NULL, r->err, sizeof r->err) != 0) { rc = -1; break; }
         r->st.n_gen++;
     }
-    r->st.t_gen += now_s() - t0;
+    r->st.t_gen += moeq_now_s() - t0;
     g_generating = 0;
     return rc;
 }
@@ -215,7 +184,7 @@ static int dump_logits(struct run *r, const int32_t *tok, int n, const char *pat
     if (!buf) { moeq_outfile_abort(o); snprintf(r->err, sizeof r->err, "out of memory"); return -1; }
     moeq_session_sync(r->s, tok, 0);
     int rc = 0;
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     for (int done = 0; done < n && rc == 0;) {
         int c = n - done < chunk ? n - done : chunk;
         if (moeq_session_eval(r->s, tok + done, c, buf, r->err, sizeof r->err) != 0) rc = -1;
@@ -225,7 +194,7 @@ static int dump_logits(struct run *r, const int32_t *tok, int n, const char *pat
         }
         done += c;
     }
-    r->st.t_prompt += now_s() - t0;
+    r->st.t_prompt += moeq_now_s() - t0;
     r->st.n_prompt += n;
     free(buf);
     if (rc != 0) moeq_outfile_abort(o);
@@ -295,14 +264,6 @@ static int chat_loop(struct run *r)
     return rc;
 }
 
-static int parse_kv_type(const char *s, int *out)
-{
-    int t = moeq_kv_type_from_name(s);
-    if (t < 0) return -1;
-    *out = t;
-    return 0;
-}
-
 int cmd_run(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL;
@@ -315,7 +276,7 @@ int cmd_run(int argc, char **argv)
         if (!strcmp(a, "--chat")) { chat = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("run", "option %s needs a value", a);
         const char *v = argv[++i];
-        int bad = 0;
+        int bad = 0, kv;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
@@ -329,8 +290,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--temp")) bad = cli_parse_f64(v, &temp) || temp < 0;
         else if (!strcmp(a, "--top-p")) bad = cli_parse_f64(v, &top_p) || top_p < 0 || top_p > 1;
         else if (!strcmp(a, "--min-p")) bad = cli_parse_f64(v, &min_p) || min_p < 0 || min_p > 1;
-        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) bad = parse_kv_type(v, &tk);
-        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) bad = parse_kv_type(v, &tv);
+        else if ((kv = cli_kv_option(a, v, &tk, &tv)) != 0) bad = kv < 0;
         else return cli_usage_error("run", "unknown option %s", a);
         if (bad) return cli_usage_error("run", "bad value '%s' for %s", v, a);
     }
@@ -346,8 +306,9 @@ int cmd_run(int argc, char **argv)
     char *text = NULL;
     size_t tlen = 0;
     if (file) {
-        text = slurp(file, &tlen);
-        if (!text) { cli_error("%s: %s", file, strerror(errno)); return 1; }
+        char err[512];
+        text = cli_read_file(file, &tlen, err, sizeof err);
+        if (!text) { cli_error("%s", err); return 1; }
     } else if (prompt) {
         text = strdup(prompt);
         tlen = strlen(prompt);

@@ -201,13 +201,6 @@ static void *load_main(void *arg)
     return NULL;
 }
 
-static int kv_type(const char *s, int *out)
-{
-    if (!strcmp(s, "f16") || !strcmp(s, "F16")) { *out = MOEQ_KV_F16; return 0; }
-    if (!strcmp(s, "q8_0") || !strcmp(s, "Q8_0")) { *out = MOEQ_KV_Q8_0; return 0; }
-    return -1;
-}
-
 int cmd_serve(int argc, char **argv)
 {
     const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("MOEQ_API_KEY"), *alias = NULL;
@@ -222,6 +215,7 @@ int cmd_serve(int argc, char **argv)
         if (i + 1 >= argc) return cli_usage_error("serve", "%s needs a value or is unknown", a);
         const char *v = argv[++i];
         int64_t *num = NULL, lo = 0, hi = 0;
+        int kv;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--host")) host = v;
         else if (!strcmp(a, "--api-key")) api_key = v;
@@ -241,10 +235,8 @@ int cmd_serve(int argc, char **argv)
         else if (!strcmp(a, "--max-body")) {
             if (cli_parse_size(v, &max_body) || max_body < 1024)
                 return cli_usage_error("serve", "--max-body wants a size of at least 1024 bytes, got '%s'", v);
-        } else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) {
-            if (kv_type(v, &type_k)) return cli_usage_error("serve", "%s wants f16 or q8_0, got '%s'", a, v);
-        } else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) {
-            if (kv_type(v, &type_v)) return cli_usage_error("serve", "%s wants f16 or q8_0, got '%s'", a, v);
+        } else if ((kv = cli_kv_option(a, v, &type_k, &type_v)) != 0) {
+            if (kv < 0) return cli_usage_error("serve", "%s wants f16 or q8_0, got '%s'", a, v);
         } else return cli_usage_error("serve", "unknown option '%s'", a);
         if (num && (cli_parse_i64(v, num) || *num < lo || *num > hi))
             return cli_usage_error("serve", "%s wants an integer in [%lld, %lld], got '%s'", a, (long long)lo,

@@ -32,32 +32,6 @@ static void usage(FILE *o)
         "No BOS token is added; the model's add_bos_token is reported on stderr when set.\n");
 }
 
-/* Whole file (or stdin) into a malloc'd buffer; NULL with errno set. */
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *b = malloc(cap);
-    while (b) {
-        if (len == cap) {
-            char *nb = realloc(b, cap * 2);
-            if (!nb) { free(b); b = NULL; break; }
-            b = nb;
-            cap *= 2;
-        }
-        size_t r = fread(b + len, 1, cap - len, f);
-        len += r;
-        if (r == 0) {
-            if (ferror(f)) { free(b); b = NULL; errno = EIO; }
-            break;
-        }
-    }
-    if (f != stdin) fclose(f);
-    *n = len;
-    return b;
-}
-
 /* Is p[0..n) valid UTF-8? (Pieces may end inside a character.) */
 static int valid_utf8(const unsigned char *p, int n)
 {
@@ -105,8 +79,9 @@ int cmd_tokenize(int argc, char **argv)
     char *text = NULL;
     size_t len;
     if (file) {
-        text = slurp(file, &len);
-        if (!text) { cli_error("%s: %s", file, strerror(errno)); return 1; }
+        char rerr[512];
+        text = cli_read_file(file, &len, rerr, sizeof rerr);
+        if (!text) { cli_error("%s", rerr); return 1; }
     } else {
         len = strlen(prompt);
     }

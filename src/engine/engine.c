@@ -24,6 +24,7 @@
 #include "quant/quants.h"
 #include "quant/quants_blocks.h"
 #include "model/tokenizer.h"
+#include "util/util.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -53,16 +54,6 @@ static inline int mm_chunk(const moeq_engine *e, int64_t n_out, int n_cols)
 }
 
 /* ------------------------------------------------------------ helpers */
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* IEEE half -> float by table: the KV cache and F16 weights are read
  * through it in the inner loops, where the bit-twiddling conversion costs
@@ -961,14 +952,14 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
 {
     pthread_once(&f16_once, f16_table_init);
     moeq_engine *e = calloc(1, sizeof *e);
-    if (!e) { seterr(err, errlen, "out of memory"); return NULL; }
+    if (!e) { moeq_set_err(err, errlen, "out of memory"); return NULL; }
     e->m = moeq_model_load(p->model_path, err, errlen);
     if (!e->m) { free(e); return NULL; }
     const struct moeq_hparams *hp = &e->m->hp;
     const struct moeq_weight *bad = unsupported_weight(e->m);
     if (bad) {
-        seterr(err, errlen, "%s: tensor %s: type %s is not supported by the engine",
-               p->model_path, bad->name, moeq_type_name(bad->type));
+        moeq_set_err(err, errlen, "%s: tensor %s: type %s is not supported by the engine",
+                     p->model_path, bad->name, moeq_type_name(bad->type));
         goto fail;
     }
     /* A file without tokenizer metadata still runs (benchmarks, synthetic
@@ -977,8 +968,8 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
         e->tok = moeq_tokenizer_load(e->m->file, err, errlen);
         if (!e->tok) goto fail;
         if (moeq_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
-            seterr(err, errlen, "%s: the vocabulary has %d tokens but token_embd.weight only %d rows",
-                   p->model_path, moeq_tokenizer_n_vocab(e->tok), hp->n_vocab);
+            moeq_set_err(err, errlen, "%s: the vocabulary has %d tokens but token_embd.weight only %d rows",
+                         p->model_path, moeq_tokenizer_n_vocab(e->tok), hp->n_vocab);
             goto fail;
         }
     }
@@ -988,17 +979,17 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     for (int i = 0; i < 2; i++) {
         int t = i ? (int)p->type_v : (int)p->type_k;
         if (moeq_kv_quant_type(t) < 0) {
-            seterr(err, errlen, "KV cache type %d is not supported (f16 or q8_0)", t);
+            moeq_set_err(err, errlen, "KV cache type %d is not supported (f16 or q8_0)", t);
             goto fail;
         }
         if (t == MOEQ_KV_Q8_0 && hp->head_dim % QK8_0) {
-            seterr(err, errlen, "%s: head size %d is not a multiple of 32, needed for a q8_0 KV cache",
-                   p->model_path, hp->head_dim);
+            moeq_set_err(err, errlen, "%s: head size %d is not a multiple of 32, needed for a q8_0 KV cache",
+                         p->model_path, hp->head_dim);
             goto fail;
         }
     }
     if (e->n_ctx > (1 << 24)) {
-        seterr(err, errlen, "context of %d tokens is too large", e->n_ctx);
+        moeq_set_err(err, errlen, "context of %d tokens is too large", e->n_ctx);
         goto fail;
     }
     e->pool = moeq_pool_new(p->n_threads);
@@ -1011,7 +1002,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     const struct moeq_mem_opts mo = { e->n_ctx, e->n_seq, e->n_batch, e->n_threads, p->type_k, p->type_v };
     struct moeq_mem_plan plan;
     if (moeq_mem_estimate(&ms, &mo, &plan) != 0) {
-        seterr(err, errlen, "%s: no memory plan for this shape", p->model_path);
+        moeq_set_err(err, errlen, "%s: no memory plan for this shape", p->model_path);
         goto fail;
     }
     const struct moeq_mem_layout *L = &e->mem;
@@ -1068,7 +1059,7 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->tasks = SCRATCH(MEM_TASKS);
 #undef SCRATCH
     if (oom) {
-        seterr(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
+        moeq_set_err(err, errlen, "out of memory allocating scratch for %d tokens per batch", e->cap);
         goto fail;
     }
     attn_pick(e, MOEQ_ISA_COUNT);
@@ -1108,7 +1099,7 @@ const moeq_model *moeq_engine_model(const moeq_engine *e) { return e->m; }
 moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
 {
     if (e->n_sessions >= e->n_seq) {
-        seterr(err, errlen, "all %d sessions are in use", e->n_seq);
+        moeq_set_err(err, errlen, "all %d sessions are in use", e->n_seq);
         return NULL;
     }
     moeq_session *s = calloc(1, sizeof *s);
@@ -1121,7 +1112,7 @@ moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)
         s->logits = xcalloc(1, e->mem.logits, &oom);
     }
     if (oom) {
-        seterr(err, errlen, "out of memory for a KV cache of %d tokens", e->n_ctx);
+        moeq_set_err(err, errlen, "out of memory for a KV cache of %d tokens", e->n_ctx);
         moeq_session_free(s);
         return NULL;
     }
@@ -1173,12 +1164,12 @@ int moeq_session_eval(moeq_session *s, const int32_t *tokens, int n,
     const int V = e->m->hp.n_vocab;
     if (n <= 0) return 0;
     if (n > e->n_ctx - s->n_past) {
-        seterr(err, errlen, "context of %d tokens is full", e->n_ctx);
+        moeq_set_err(err, errlen, "context of %d tokens is full", e->n_ctx);
         return -1;
     }
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V) {
-            seterr(err, errlen, "token id %d is outside the vocabulary of %d", tokens[i], V);
+            moeq_set_err(err, errlen, "token id %d is outside the vocabulary of %d", tokens[i], V);
             return -1;
         }
     for (int done = 0; done < n;) {
@@ -1213,20 +1204,20 @@ int moeq_engine_decode(moeq_engine *e, moeq_session **ss, const int32_t *tokens,
     const int V = e->m->hp.n_vocab;
     for (int i = 0; i < n; i++) {
         if (ss[i]->e != e) {
-            seterr(err, errlen, "session %d belongs to another engine", i);
+            moeq_set_err(err, errlen, "session %d belongs to another engine", i);
             return -1;
         }
         if (ss[i]->n_past >= e->n_ctx) {
-            seterr(err, errlen, "context of %d tokens is full", e->n_ctx);
+            moeq_set_err(err, errlen, "context of %d tokens is full", e->n_ctx);
             return -1;
         }
         if (tokens[i] < 0 || tokens[i] >= V) {
-            seterr(err, errlen, "token id %d is outside the vocabulary of %d", tokens[i], V);
+            moeq_set_err(err, errlen, "token id %d is outside the vocabulary of %d", tokens[i], V);
             return -1;
         }
         for (int j = 0; j < i; j++)
             if (ss[j] == ss[i]) {
-                seterr(err, errlen, "session appears twice in one decode batch");
+                moeq_set_err(err, errlen, "session appears twice in one decode batch");
                 return -1;
             }
     }
@@ -1282,7 +1273,7 @@ char *moeq_chat_render(const moeq_engine *e, const struct moeq_chat_msg *msgs, i
     _Static_assert(sizeof(struct moeq_chat_msg) == sizeof(struct moeq_tok_msg),
                    "chat message layouts must agree");
     if (!e->tok) {
-        seterr(err, errlen, "the model has no tokenizer");
+        moeq_set_err(err, errlen, "the model has no tokenizer");
         return NULL;
     }
     return moeq_tokenizer_chat_render(e->tok, (const struct moeq_tok_msg *)msgs, n,

@@ -10,8 +10,8 @@
  * touched, through a per-token count array that is zeroed again after use.
  *
  * The candidate list, the logit copy and the counts live in the sampler's
- * own buffers, grown once to the vocabulary size, so sampling allocates
- * nothing per token.
+ * own buffers, grown once to the vocabulary size (the candidates are
+ * sorted in place), so sampling allocates nothing per token.
  */
 #include "engine/engine.h"
 
@@ -30,11 +30,38 @@ static uint64_t next_u64(uint64_t *s)
 
 static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * 0x1.0p-53; }
 
-static int cmp_desc(const void *a, const void *b)
+/* Whether x sorts before y: higher logit first, then lower id (a total
+ * order, since ids differ, so any correct sort gives the same list). */
+static int before(const struct moeq_candidate *x, const struct moeq_candidate *y)
 {
-    const struct moeq_candidate *x = a, *y = b;
-    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
-    return x->id < y->id ? -1 : x->id > y->id;
+    return x->logit != y->logit ? x->logit > y->logit : x->id < y->id;
+}
+
+static void sift_down(struct moeq_candidate *c, int i, int n)
+{
+    for (;;) {
+        int k = 2 * i + 1;
+        if (k >= n) return;
+        if (k + 1 < n && before(&c[k], &c[k + 1])) k++; /* the child that sorts later */
+        if (!before(&c[i], &c[k])) return;
+        struct moeq_candidate t = c[i];
+        c[i] = c[k];
+        c[k] = t;
+        i = k;
+    }
+}
+
+/* Heapsort in place into before()'s order. Not qsort: glibc's allocates a
+ * merge buffer for all but small arrays, and sampling allocates nothing. */
+static void sort_candidates(struct moeq_candidate *c, int n)
+{
+    for (int i = n / 2 - 1; i >= 0; i--) sift_down(c, i, n);
+    for (int m = n - 1; m > 0; m--) {
+        struct moeq_candidate t = c[0];
+        c[0] = c[m];
+        c[m] = t;
+        sift_down(c, 0, m);
+    }
 }
 
 void moeq_sampler_free(struct moeq_sampler *sp)
@@ -123,7 +150,7 @@ int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_voc
     for (int i = 0; i < n_vocab; i++)
         if (logits[i] >= floor_logit) { c[n].id = i; c[n].logit = logits[i]; n++; }
     if (n == 0) return best; /* NaN logits compare false with everything */
-    qsort(c, (size_t)n, sizeof *c, cmp_desc);
+    sort_candidates(c, n);
     if (sp->top_k > 0 && sp->top_k < n) n = sp->top_k;
 
     /* probabilities at temperature 1 for top-p and min-p */

@@ -211,11 +211,7 @@ typedef void (*moeq_unpack_fn)(const void *blk, struct moeq_unpacked *u);
 static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q2_K *x = blk;
-    /* element 128h + 32s + l sits in bits 2s..2s+1 of qs[32h + l] */
-    for (int h = 0; h < 2; h++)
-        for (int sh = 0; sh < 4; sh++)
-            for (int l = 0; l < 32; l++)
-                u->q[128 * h + 32 * sh + l] = (int8_t)((x->qs[32 * h + l] >> 2 * sh) & 3);
+    q2k_get_levels(x, u->q);
     for (int g = 0; g < 16; g++) {
         u->sc[g] = x->scales[g] & 0xf;
         u->mn[g] = x->scales[g] >> 4;
@@ -227,45 +223,21 @@ static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
 static void unpack_q3_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q3_K *x = blk;
-    /* low bits as in Q2_K; the high bit of element e is bit e/32 of
-     * hmask[e % 32], and a clear high bit means "minus 4" */
-    for (int h = 0; h < 2; h++)
-        for (int sh = 0; sh < 4; sh++)
-            for (int l = 0; l < 32; l++) {
-                int lo = (x->qs[32 * h + l] >> 2 * sh) & 3;
-                int hi = (x->hmask[l] >> (4 * h + sh)) & 1;
-                u->q[128 * h + 32 * sh + l] = (int8_t)(lo - 4 + 4 * hi);
-            }
-    /* 16 six-bit scales: low nibbles in bytes 0..7, high pairs in 8..11 */
+    q3k_get_levels(x, u->q);
     for (int g = 0; g < 16; g++) {
-        int lo = g < 8 ? x->scales[g] & 0xf : x->scales[g - 8] >> 4;
-        int hi = (x->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
-        u->sc[g] = (lo | hi << 4) - 32;
+        u->sc[g] = q3k_get_scale(x->scales, g);
         u->mn[g] = 0;
     }
     u->d = f16(x->d);
     u->dmin = 0;
 }
 
-/* The 6-bit scale and min of sub-block j (of 8) in Q4_K / Q5_K. */
-static void scale_min_k4(const uint8_t *s, int j, int *sc, int *mn)
-{
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4;
-        *mn = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
-    }
-}
-
-/* The eight scale / min pairs of Q4_K / Q5_K (each for two groups of 16)
- * and the two block factors. */
-static void k4_scales_mins(const uint8_t *scales, ggml_half d, ggml_half dmin, struct moeq_unpacked *u)
+/* Q4_K / Q5_K: each 32's 6-bit scale and min, for both of its 16s. */
+static void unpack_k4_scales(const uint8_t *scales, ggml_half d, ggml_half dmin, struct moeq_unpacked *u)
 {
     for (int j = 0; j < 8; j++) {
         int sc, mn;
-        scale_min_k4(scales, j, &sc, &mn);
+        k4_get_scale_min(scales, j, &sc, &mn);
         u->sc[2 * j] = u->sc[2 * j + 1] = sc;
         u->mn[2 * j] = u->mn[2 * j + 1] = mn;
     }
@@ -276,43 +248,21 @@ static void k4_scales_mins(const uint8_t *scales, ggml_half d, ggml_half dmin, s
 static void unpack_q4_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q4_K *x = blk;
-    /* 32 bytes per 64 elements: low nibbles first, then high nibbles */
-    for (int p = 0; p < 4; p++)
-        for (int l = 0; l < 32; l++) {
-            u->q[64 * p + l]      = (int8_t)(x->qs[32 * p + l] & 0xf);
-            u->q[64 * p + 32 + l] = (int8_t)(x->qs[32 * p + l] >> 4);
-        }
-    k4_scales_mins(x->scales, x->d, x->dmin, u);
+    q4k_get_levels(x, u->q);
+    unpack_k4_scales(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q5_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q5_K *x = blk;
-    /* as Q4_K, plus a 5th bit: bit e/32 of qh[e % 32] */
-    for (int p = 0; p < 4; p++)
-        for (int l = 0; l < 32; l++) {
-            u->q[64 * p + l]      = (int8_t)((x->qs[32 * p + l] & 0xf) | ((x->qh[l] >> 2 * p) & 1) << 4);
-            u->q[64 * p + 32 + l] = (int8_t)((x->qs[32 * p + l] >> 4) | ((x->qh[l] >> (2 * p + 1)) & 1) << 4);
-        }
-    k4_scales_mins(x->scales, x->d, x->dmin, u);
+    q5k_get_levels(x, u->q);
+    unpack_k4_scales(x->scales, x->d, x->dmin, u);
 }
 
 static void unpack_q6_K(const void *blk, struct moeq_unpacked *u)
 {
     const block_q6_K *x = blk;
-    /* per half of 128: quarters 0/1 are the low nibbles of ql[0..31] /
-     * ql[32..63], quarters 2/3 their high nibbles; qh holds the top two
-     * bits of quarter k at bit 2k; values are stored +32 */
-    for (int h = 0; h < 2; h++) {
-        const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
-        int8_t *q = u->q + 128 * h;
-        for (int l = 0; l < 32; l++) {
-            q[l]      = (int8_t)(((ql[l] & 0xf)      | (qh[l] & 3) << 4) - 32);
-            q[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (qh[l] >> 2 & 3) << 4) - 32);
-            q[l + 64] = (int8_t)(((ql[l] >> 4)       | (qh[l] >> 4 & 3) << 4) - 32);
-            q[l + 96] = (int8_t)(((ql[l + 32] >> 4)  | (qh[l] >> 6 & 3) << 4) - 32);
-        }
-    }
+    q6k_get_levels(x, u->q);
     for (int g = 0; g < 16; g++) {
         u->sc[g] = x->scales[g];
         u->mn[g] = 0;

@@ -16,6 +16,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "model/tokenizer.h"
+#include "util/util.h"
 
 #include <limits.h>
 #include <pcre2.h>
@@ -65,17 +66,6 @@ struct moeq_tokenizer {
     pcre2_code *re;
     int         jit;         /* JIT compiled */
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------------------------------------------- GPT-2 byte mapping */
 
@@ -369,25 +359,25 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
     const char *model = d->model ? d->model : "gpt2";
     const char *pre = d->pre ? d->pre : "qwen2";
     if (strcmp(model, "gpt2") != 0) {
-        set_err(err, errlen, "tokenizer.ggml.model '%s' is not supported (only 'gpt2' byte-level BPE)", model);
+        moeq_set_err(err, errlen, "tokenizer.ggml.model '%s' is not supported (only 'gpt2' byte-level BPE)", model);
         return NULL;
     }
     const char *re_src = pre_regex(pre);
     if (!re_src) {
-        set_err(err, errlen, "tokenizer.ggml.pre '%s' is not supported (only 'qwen2')", pre);
+        moeq_set_err(err, errlen, "tokenizer.ggml.pre '%s' is not supported (only 'qwen2')", pre);
         return NULL;
     }
     if (d->n_tokens <= 0 || !d->tokens) {
-        set_err(err, errlen, "tokenizer.ggml.tokens is empty");
+        moeq_set_err(err, errlen, "tokenizer.ggml.tokens is empty");
         return NULL;
     }
     if (d->n_merges < 0 || (d->n_merges > 0 && !d->merges)) {
-        set_err(err, errlen, "tokenizer.ggml.merges is invalid");
+        moeq_set_err(err, errlen, "tokenizer.ggml.merges is invalid");
         return NULL;
     }
 
     moeq_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) { set_err(err, errlen, "out of memory"); return NULL; }
+    if (!t) { moeq_set_err(err, errlen, "out of memory"); return NULL; }
     const int32_t nv = d->n_tokens;
     t->n_vocab = nv;
     t->types = malloc((size_t)nv);
@@ -407,10 +397,10 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
     for (int32_t i = 0; i < nv; i++) {
         const gguf_str *s = &d->tokens[i];
         if (s->n > (1u << 20)) {
-            set_err(err, errlen, "tokenizer.ggml.tokens[%d] is %llu bytes long", i, (unsigned long long)s->n);
+            moeq_set_err(err, errlen, "tokenizer.ggml.tokens[%d] is %llu bytes long", i, (unsigned long long)s->n);
             goto fail;
         }
-        if (s->n && !s->s) { set_err(err, errlen, "tokenizer.ggml.tokens[%d] has no text", i); goto fail; }
+        if (s->n && !s->s) { moeq_set_err(err, errlen, "tokenizer.ggml.tokens[%d] has no text", i); goto fail; }
         int type = d->types ? d->types[i] : MOEQ_TOKEN_NORMAL;
         if (type < 0 || type > MOEQ_TOKEN_BYTE) type = MOEQ_TOKEN_UNDEFINED;
         t->types[i] = (uint8_t)type;
@@ -465,14 +455,14 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
     for (int32_t r = 0; r < d->n_merges; r++) {
         const gguf_str *m = &d->merges[r];
         if (!m->s || m->n < 3 || m->n > (1u << 20)) {
-            set_err(err, errlen, "tokenizer.ggml.merges[%d] is not 'left right'", r);
+            moeq_set_err(err, errlen, "tokenizer.ggml.merges[%d] is not 'left right'", r);
             goto fail;
         }
         /* The separator is the first space after the first byte, as in
          * the reference (a merge's left side is never empty). */
         const char *sp = memchr(m->s + 1, ' ', m->n - 1);
         if (!sp || (size_t)(sp - m->s) + 1 >= m->n) {
-            set_err(err, errlen, "tokenizer.ggml.merges[%d] is not 'left right'", r);
+            moeq_set_err(err, errlen, "tokenizer.ggml.merges[%d] is not 'left right'", r);
             goto fail;
         }
         size_t nl = (size_t)(sp - m->s), nr = m->n - nl - 1;
@@ -533,7 +523,7 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
         if (!t->re) {
             PCRE2_UCHAR msg[160];
             pcre2_get_error_message(ec, msg, sizeof msg);
-            set_err(err, errlen, "pre-tokenizer regex: %s at %zu", (const char *)msg, (size_t)eo);
+            moeq_set_err(err, errlen, "pre-tokenizer regex: %s at %zu", (const char *)msg, (size_t)eo);
             goto fail;
         }
         t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
@@ -544,7 +534,7 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
     return t;
 
 oom:
-    set_err(err, errlen, "out of memory building the tokenizer");
+    moeq_set_err(err, errlen, "out of memory building the tokenizer");
 fail:
     moeq_tokenizer_free(t);
     return NULL;
@@ -926,33 +916,33 @@ moeq_tokenizer *moeq_tokenizer_load(const gguf_file *f, char *err, size_t errlen
 
     model = kv_strdup(f, "tokenizer.ggml.model", &bad);
     if (bad || !model) {
-        set_err(err, errlen, "%s: tokenizer.ggml.model %s", path, bad ? "is not a string" : "is missing");
+        moeq_set_err(err, errlen, "%s: tokenizer.ggml.model %s", path, bad ? "is not a string" : "is missing");
         goto out;
     }
     pre = kv_strdup(f, "tokenizer.ggml.pre", &bad);
-    if (bad) { set_err(err, errlen, "%s: tokenizer.ggml.pre is not a string", path); goto out; }
+    if (bad) { moeq_set_err(err, errlen, "%s: tokenizer.ggml.pre is not a string", path); goto out; }
     if (!pre) {
-        set_err(err, errlen, "%s: tokenizer.ggml.pre is missing (the pre-tokenizer must be named)", path);
+        moeq_set_err(err, errlen, "%s: tokenizer.ggml.pre is missing (the pre-tokenizer must be named)", path);
         goto out;
     }
     tmpl = kv_strdup(f, "tokenizer.chat_template", &bad);
-    if (bad) { set_err(err, errlen, "%s: tokenizer.chat_template is not a string", path); goto out; }
+    if (bad) { moeq_set_err(err, errlen, "%s: tokenizer.chat_template is not a string", path); goto out; }
 
     const gguf_value *vt = kv_str_array(f, "tokenizer.ggml.tokens", &why);
-    if (!vt) { set_err(err, errlen, "%s: tokenizer.ggml.tokens %s", path, why); goto out; }
+    if (!vt) { moeq_set_err(err, errlen, "%s: tokenizer.ggml.tokens %s", path, why); goto out; }
     const gguf_value *vm = kv_find(f, "tokenizer.ggml.merges");
     if (vm) {
         vm = kv_str_array(f, "tokenizer.ggml.merges", &why);
-        if (!vm) { set_err(err, errlen, "%s: tokenizer.ggml.merges %s", path, why); goto out; }
+        if (!vm) { moeq_set_err(err, errlen, "%s: tokenizer.ggml.merges %s", path, why); goto out; }
     } else {
-        set_err(err, errlen, "%s: tokenizer.ggml.merges is missing", path);
+        moeq_set_err(err, errlen, "%s: tokenizer.ggml.merges is missing", path);
         goto out;
     }
     const gguf_value *vy = kv_find(f, "tokenizer.ggml.token_type");
     if (vy && (vy->type != GGUF_TYPE_ARRAY || !is_int_type(vy->v.arr.type) ||
                vy->v.arr.n != vt->v.arr.n)) {
-        set_err(err, errlen, "%s: tokenizer.ggml.token_type is not an integer array of %llu entries",
-                path, (unsigned long long)vt->v.arr.n);
+        moeq_set_err(err, errlen, "%s: tokenizer.ggml.token_type is not an integer array of %llu entries",
+                     path, (unsigned long long)vt->v.arr.n);
         goto out;
     }
 
@@ -961,10 +951,10 @@ moeq_tokenizer *moeq_tokenizer_load(const gguf_file *f, char *err, size_t errlen
     toks = malloc(((size_t)d.n_tokens + 1) * sizeof *toks);
     merges = malloc(((size_t)d.n_merges + 1) * sizeof *merges);
     types = vy ? malloc(((size_t)d.n_tokens + 1) * sizeof *types) : NULL;
-    if (!toks || !merges || (vy && !types)) { set_err(err, errlen, "%s: out of memory", path); goto out; }
+    if (!toks || !merges || (vy && !types)) { moeq_set_err(err, errlen, "%s: out of memory", path); goto out; }
     for (int32_t i = 0; i < d.n_tokens; i++) {
         const gguf_value *it = &vt->v.arr.items[i];
-        if (it->type != GGUF_TYPE_STRING) { set_err(err, errlen, "%s: tokenizer.ggml.tokens[%d] is not a string", path, i); goto out; }
+        if (it->type != GGUF_TYPE_STRING) { moeq_set_err(err, errlen, "%s: tokenizer.ggml.tokens[%d] is not a string", path, i); goto out; }
         toks[i] = it->v.str;
         if (types) {
             int64_t ty = gguf_arr_i64(vy, (uint64_t)i);
@@ -973,7 +963,7 @@ moeq_tokenizer *moeq_tokenizer_load(const gguf_file *f, char *err, size_t errlen
     }
     for (int32_t i = 0; i < d.n_merges; i++) {
         const gguf_value *it = &vm->v.arr.items[i];
-        if (it->type != GGUF_TYPE_STRING) { set_err(err, errlen, "%s: tokenizer.ggml.merges[%d] is not a string", path, i); goto out; }
+        if (it->type != GGUF_TYPE_STRING) { moeq_set_err(err, errlen, "%s: tokenizer.ggml.merges[%d] is not a string", path, i); goto out; }
         merges[i] = it->v.str;
     }
 
@@ -985,18 +975,18 @@ moeq_tokenizer *moeq_tokenizer_load(const gguf_file *f, char *err, size_t errlen
     for (int k = 0; k < 5; k++) {
         ids[k] = kv_id(f, id_keys[k]);
         if (ids[k] == -2 || ids[k] >= d.n_tokens) {
-            set_err(err, errlen, "%s: %s is not a token id below %d", path, id_keys[k], d.n_tokens);
+            moeq_set_err(err, errlen, "%s: %s is not a token id below %d", path, id_keys[k], d.n_tokens);
             goto out;
         }
     }
     d.bos = ids[0]; d.eos = ids[1]; d.eot = ids[2]; d.eom = ids[3]; d.pad = ids[4];
     const gguf_value *vb = kv_find(f, "tokenizer.ggml.add_bos_token");
     if (vb) {
-        if (vb->type != GGUF_TYPE_BOOL) { set_err(err, errlen, "%s: tokenizer.ggml.add_bos_token is not a bool", path); goto out; }
+        if (vb->type != GGUF_TYPE_BOOL) { moeq_set_err(err, errlen, "%s: tokenizer.ggml.add_bos_token is not a bool", path); goto out; }
         d.add_bos = vb->v.u64 != 0;
     }
     if (d.add_bos && d.bos < 0) {
-        set_err(err, errlen, "%s: tokenizer.ggml.add_bos_token is true but there is no bos_token_id", path);
+        moeq_set_err(err, errlen, "%s: tokenizer.ggml.add_bos_token is true but there is no bos_token_id", path);
         goto out;
     }
     d.model = model;
@@ -1006,7 +996,7 @@ moeq_tokenizer *moeq_tokenizer_load(const gguf_file *f, char *err, size_t errlen
     d.merges = merges;
     d.chat_template = tmpl;
     t = moeq_tokenizer_new(&d, e2, sizeof e2);
-    if (!t) set_err(err, errlen, "%s: %s", path, e2);
+    if (!t) moeq_set_err(err, errlen, "%s: %s", path, e2);
 out:
     free(toks);
     free(merges);
@@ -1165,12 +1155,12 @@ static void render_qwen3(struct sbuf *b, const struct moeq_tok_msg *m, int n)
 char *moeq_chat_render_kind(enum moeq_chat_kind kind, const struct moeq_tok_msg *msgs, int n,
                             int add_generation_prompt, char *err, size_t errlen)
 {
-    if (n < 0 || (n > 0 && !msgs)) { set_err(err, errlen, "chat: no messages"); return NULL; }
+    if (n < 0 || (n > 0 && !msgs)) { moeq_set_err(err, errlen, "chat: no messages"); return NULL; }
     for (int i = 0; i < n; i++) {
-        if (!msgs[i].role) { set_err(err, errlen, "chat: message %d has no role", i); return NULL; }
+        if (!msgs[i].role) { moeq_set_err(err, errlen, "chat: message %d has no role", i); return NULL; }
         if (!role_known(msgs[i].role)) {
-            set_err(err, errlen, "chat: unknown role '%s' in message %d (system, user, assistant, tool)",
-                    msgs[i].role, i);
+            moeq_set_err(err, errlen, "chat: unknown role '%s' in message %d (system, user, assistant, tool)",
+                         msgs[i].role, i);
             return NULL;
         }
     }
@@ -1188,7 +1178,7 @@ char *moeq_chat_render_kind(enum moeq_chat_kind kind, const struct moeq_tok_msg 
         }
     }
     if (add_generation_prompt) sb_str(&b, "<|im_start|>assistant\n");
-    if (b.oom) { free(b.s); set_err(err, errlen, "chat: out of memory"); return NULL; }
+    if (b.oom) { free(b.s); moeq_set_err(err, errlen, "chat: out of memory"); return NULL; }
     return b.s;
 }
 

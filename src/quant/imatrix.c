@@ -9,6 +9,7 @@
 #include "gguf/gguf.h"
 #include "util/outfile.h"
 #include "quant/quants.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -17,15 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void *xcalloc(size_t n, size_t sz)
 {
@@ -104,14 +96,14 @@ struct moeq_imatrix_entry *moeq_imatrix_get(struct moeq_imatrix *im, const char 
             e->n_mat = n_mat;
             return e;
         }
-        set_err(err, errlen, "imatrix entry %s has %lld x %lld values, expected %lld x %lld",
-                name, (long long)e->n_per_row, (long long)e->n_mat,
-                (long long)n_per_row, (long long)n_mat);
+        moeq_set_err(err, errlen, "imatrix entry %s has %lld x %lld values, expected %lld x %lld",
+                     name, (long long)e->n_per_row, (long long)e->n_mat,
+                     (long long)n_per_row, (long long)n_mat);
         return NULL;
     }
     if (n_per_row <= 0 || n_mat <= 0 || n_per_row > (1 << 26) || n_mat > (1 << 16)) {
-        set_err(err, errlen, "imatrix entry %s: bad shape %lld x %lld", name,
-                (long long)n_per_row, (long long)n_mat);
+        moeq_set_err(err, errlen, "imatrix entry %s: bad shape %lld x %lld", name,
+                     (long long)n_per_row, (long long)n_mat);
         return NULL;
     }
     if (im->n_entries == im->cap) {
@@ -183,7 +175,7 @@ static int rd_bytes(struct rd *r, void *dst, size_t n, const char *what)
 {
     if (r->bad) return -1;
     if (n > r->n - r->off) {
-        set_err(r->err, r->errlen, "%s: byte %zu: truncated reading %s", r->path, r->off, what);
+        moeq_set_err(r->err, r->errlen, "%s: byte %zu: truncated reading %s", r->path, r->off, what);
         r->bad = 1;
         return -1;
     }
@@ -197,7 +189,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
     int32_t n_entries;
     if (rd_bytes(r, &n_entries, 4, "entry count")) return -1;
     if (n_entries < 1 || (size_t)n_entries > r->n / 12) {
-        set_err(r->err, r->errlen, "%s: byte 0: bad entry count %d", r->path, n_entries);
+        moeq_set_err(r->err, r->errlen, "%s: byte 0: bad entry count %d", r->path, n_entries);
         return -1;
     }
     float *tmp = NULL;
@@ -206,21 +198,21 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         size_t at = r->off;
         if (rd_bytes(r, &len, 4, "name length")) goto fail;
         if (len < 1 || len > 4096 || (size_t)len > r->n - r->off) {
-            set_err(r->err, r->errlen, "%s: byte %zu: entry %d: bad name length %d", r->path, at, i, len);
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %d: bad name length %d", r->path, at, i, len);
             goto fail;
         }
         char name[4097];
         if (rd_bytes(r, name, (size_t)len, "name")) goto fail;
         name[len] = 0;
         if (strlen(name) != (size_t)len) {
-            set_err(r->err, r->errlen, "%s: byte %zu: entry %d: name contains NUL", r->path, at, i);
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %d: name contains NUL", r->path, at, i);
             goto fail;
         }
         at = r->off;
         if (rd_bytes(r, &ncall, 4, "ncall") || rd_bytes(r, &nval, 4, "value count")) goto fail;
         if (ncall < 0 || nval < 1 || (size_t)nval > (r->n - r->off) / 4) {
-            set_err(r->err, r->errlen, "%s: byte %zu: entry %s: bad ncall %d or value count %d",
-                    r->path, at, name, ncall, nval);
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %s: bad ncall %d or value count %d",
+                         r->path, at, name, ncall, nval);
             goto fail;
         }
         free(tmp);
@@ -228,8 +220,8 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         if (rd_bytes(r, tmp, (size_t)nval * 4, "values")) goto fail;
         for (int32_t j = 0; j < nval; j++) {
             if (!isfinite(tmp[j]) || tmp[j] < 0) {
-                set_err(r->err, r->errlen, "%s: entry %s: value %d is %g (not a finite sum of squares)",
-                        r->path, name, j, (double)tmp[j]);
+                moeq_set_err(r->err, r->errlen, "%s: entry %s: value %d is %g (not a finite sum of squares)",
+                             r->path, name, j, (double)tmp[j]);
                 goto fail;
             }
         }
@@ -241,8 +233,8 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         if (!e) e = moeq_imatrix_get(im, name, nval, 1, r->err, r->errlen);
         if (!e) goto fail;
         if (e->n_per_row * e->n_mat != nval) {
-            set_err(r->err, r->errlen, "%s: entry %s has %d values, already loaded with %lld",
-                    r->path, name, nval, (long long)(e->n_per_row * e->n_mat));
+            moeq_set_err(r->err, r->errlen, "%s: entry %s has %d values, already loaded with %lld",
+                         r->path, name, nval, (long long)(e->n_per_row * e->n_mat));
             goto fail;
         }
         for (int64_t m = 0; m < e->n_mat; m++) {
@@ -265,7 +257,7 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
             size_t at = r->off;
             if (rd_bytes(r, &len, 4, "dataset name length")) return -1;
             if (len < 0 || (size_t)len > r->n - r->off) {
-                set_err(r->err, r->errlen, "%s: byte %zu: bad dataset name length %d", r->path, at, len);
+                moeq_set_err(r->err, r->errlen, "%s: byte %zu: bad dataset name length %d", r->path, at, len);
                 return -1;
             }
             char *ds = xstrndup((const char *)r->p + r->off, (size_t)len);
@@ -312,13 +304,13 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
         snprintf(cname, sizeof cname, "%s.counts", name);
         int64_t ci = gguf_find_tensor(f, cname);
         if (ci < 0) {
-            set_err(err, errlen, "%s: tensor %s has no matching %s", path, ts->name.s ? name : "?", cname);
+            moeq_set_err(err, errlen, "%s: tensor %s has no matching %s", path, ts->name.s ? name : "?", cname);
             goto done;
         }
         const gguf_tensor *tc = &f->tensors[ci];
         if (ts->type != MOEQ_TYPE_F32 || tc->type != MOEQ_TYPE_F32 || ts->n_dims > 2 ||
             tc->ne[0] != 1 || tc->ne[1] != ts->ne[1] || ts->ne[2] != 1 || ts->ne[3] != 1) {
-            set_err(err, errlen, "%s: tensor %s: in_sum2/counts must be F32 [n, n_mat] and [1, n_mat]", path, name);
+            moeq_set_err(err, errlen, "%s: tensor %s: in_sum2/counts must be F32 [n, n_mat] and [1, n_mat]", path, name);
             goto done;
         }
         int64_t n_per_row = (int64_t)ts->ne[0], n_mat = (int64_t)ts->ne[1];
@@ -329,7 +321,7 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
             float c;
             memcpy(&c, counts + m, 4);
             if (!isfinite(c) || c < 0) {
-                set_err(err, errlen, "%s: tensor %s: count %lld is %g", path, cname, (long long)m, (double)c);
+                moeq_set_err(err, errlen, "%s: tensor %s: count %lld is %g", path, cname, (long long)m, (double)c);
                 goto done;
             }
             e->counts[m] += c;
@@ -337,8 +329,8 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
                 float v;
                 memcpy(&v, sums + m * n_per_row + j, 4);
                 if (!isfinite(v) || v < 0) {
-                    set_err(err, errlen, "%s: tensor %s.in_sum2: value %lld is %g", path, name,
-                            (long long)(m * n_per_row + j), (double)v);
+                    moeq_set_err(err, errlen, "%s: tensor %s.in_sum2: value %lld is %g", path, name,
+                                 (long long)(m * n_per_row + j), (double)v);
                     goto done;
                 }
                 e->sums[m * n_per_row + j] += v;
@@ -348,7 +340,7 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
         n_found++;
     }
     if (n_found == 0) {
-        set_err(err, errlen, "%s: no imatrix entries (no *.in_sum2 tensors)", path);
+        moeq_set_err(err, errlen, "%s: no imatrix entries (no *.in_sum2 tensors)", path);
         goto done;
     }
     rc = 0;
@@ -361,7 +353,7 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
 {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        moeq_set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     char magic[4] = {0};
@@ -371,20 +363,20 @@ int moeq_imatrix_load(struct moeq_imatrix *im, const char *path, char *err, size
         return load_gguf(im, path, err, errlen);
     }
     if (fseek(fp, 0, SEEK_END) != 0) {
-        set_err(err, errlen, "%s: cannot seek: %s", path, strerror(errno));
+        moeq_set_err(err, errlen, "%s: cannot seek: %s", path, strerror(errno));
         fclose(fp);
         return -1;
     }
     long sz = ftell(fp);
     if (sz < 4) {
         fclose(fp);
-        set_err(err, errlen, "%s: byte 0: file too short for an imatrix (%ld bytes)", path, sz < 0 ? 0 : sz);
+        moeq_set_err(err, errlen, "%s: byte 0: file too short for an imatrix (%ld bytes)", path, sz < 0 ? 0 : sz);
         return -1;
     }
     rewind(fp);
     uint8_t *buf = xcalloc((size_t)sz, 1);
     if (fread(buf, 1, (size_t)sz, fp) != (size_t)sz) {
-        set_err(err, errlen, "%s: cannot read: %s", path, ferror(fp) ? strerror(errno) : "the file shrank while read");
+        moeq_set_err(err, errlen, "%s: cannot read: %s", path, ferror(fp) ? strerror(errno) : "the file shrank while read");
         fclose(fp);
         free(buf);
         return -1;
@@ -495,14 +487,14 @@ static int check_storable(const struct moeq_imatrix *im, const char *path, int g
         for (int64_t m = 0; m < e->n_mat; m++) {
             const float c = gguf_count(e, m);
             if (gguf_format && !(isfinite(c) && c >= 0)) {
-                set_err(err, errlen, "%s: entry %s: count of matrix %lld is %g; refusing to write it",
+                moeq_set_err(err, errlen, "%s: entry %s: count of matrix %lld is %g; refusing to write it",
                         path, e->name, (long long)m, (double)c);
                 return -1;
             }
             for (int64_t j = 0; j < e->n_per_row; j++) {
                 const float v = gguf_format ? gguf_sum(e, m, j) : dat_value(e, m, j);
                 if (isfinite(v) && v >= 0) continue;
-                set_err(err, errlen, "%s: entry %s: value %lld (matrix %lld, column %lld) is %g, "
+                moeq_set_err(err, errlen, "%s: entry %s: value %lld (matrix %lld, column %lld) is %g, "
                         "not a finite sum of squares; refusing to write it",
                         path, e->name, (long long)(m * e->n_per_row + j), (long long)m, (long long)j, (double)v);
                 return -1;
@@ -510,7 +502,7 @@ static int check_storable(const struct moeq_imatrix *im, const char *path, int g
         }
     }
     if (n_store == 0) {
-        set_err(err, errlen, "%s: none of the %lld entries has data to store; nothing written",
+        moeq_set_err(err, errlen, "%s: none of the %lld entries has data to store; nothing written",
                 path, (long long)im->n_entries);
         return -1;
     }
@@ -563,7 +555,7 @@ static int write_dat_file(const struct moeq_imatrix *im, const char *path, const
     moeq_outfile *o = moeq_outfile_open(path, inputs, n_inputs, err, errlen);
     if (!o) return -1;
     if (save_dat(im, moeq_outfile_fp(o)) != 0) {
-        if (moeq_outfile_failed(o, err, errlen) == 0) set_err(err, errlen, "writing %s failed", path);
+        if (moeq_outfile_failed(o, err, errlen) == 0) moeq_set_err(err, errlen, "writing %s failed", path);
         moeq_outfile_abort(o);
         return -1;
     }
@@ -616,12 +608,12 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, cons
     free(buf);
     free(store);
     if (!ok) {
-        set_err(err, errlen, "%s", gguf_writer_error(w));
+        moeq_set_err(err, errlen, "%s", gguf_writer_error(w));
         gguf_writer_abort(w);
         return -1;
     }
     if (gguf_writer_finish(w) != 0) {
-        set_err(err, errlen, "%s", gguf_writer_error(NULL));
+        moeq_set_err(err, errlen, "%s", gguf_writer_error(NULL));
         return -1;
     }
     return 0;

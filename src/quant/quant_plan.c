@@ -12,6 +12,7 @@
  */
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
+#include "util/util.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -100,14 +101,6 @@ const struct moeq_recipe *moeq_recipe_find(const char *name)
 }
 
 const struct moeq_recipe *moeq_recipe_list(void) { return recipes; }
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int ends_with(const char *s, const char *suf)
 {
@@ -313,8 +306,8 @@ int moeq_plan(const struct moeq_plan_opts *o, const struct moeq_model_shape *sha
                 type = output_type;
             const struct moeq_type_traits *tt = moeq_type_traits(type);
             if (!tt || t[i].ne[0] % (uint64_t)tt->blck_size) {
-                set_err(err, errlen, "tensor %s: row length %llu does not fit type %s",
-                        t[i].name, (unsigned long long)t[i].ne[0], moeq_type_name(type));
+                moeq_set_err(err, errlen, "tensor %s: row length %llu does not fit type %s",
+                             t[i].name, (unsigned long long)t[i].ne[0], moeq_type_name(type));
                 return -1;
             }
             e->type = type;
@@ -323,7 +316,7 @@ int moeq_plan(const struct moeq_plan_opts *o, const struct moeq_model_shape *sha
         int ok;
         e->nbytes = moeq_tensor_nbytes(e->type, t[i].ne[0], nelem, &ok);
         if (!ok) {
-            set_err(err, errlen, "tensor %s: cannot size %s data", t[i].name, moeq_type_name(e->type));
+            moeq_set_err(err, errlen, "tensor %s: cannot size %s data", t[i].name, moeq_type_name(e->type));
             return -1;
         }
     }
@@ -335,22 +328,22 @@ int moeq_type_rule_parse(const char *spec, struct moeq_type_rule *r, char *err, 
     memset(r, 0, sizeof *r);
     const char *eq = strrchr(spec, '=');
     if (!eq || eq == spec || !eq[1]) {
-        set_err(err, errlen, "--tensor-type '%s': expected REGEX=TYPE", spec);
+        moeq_set_err(err, errlen, "--tensor-type '%s': expected REGEX=TYPE", spec);
         return -1;
     }
     r->type = moeq_type_from_name(eq + 1);
     const struct moeq_type_traits *tt = moeq_type_traits(r->type);
     if (!tt || r->type == MOEQ_TYPE_Q8_K) {
-        set_err(err, errlen, "--tensor-type '%s': unknown type '%s'", spec, eq + 1);
+        moeq_set_err(err, errlen, "--tensor-type '%s': unknown type '%s'", spec, eq + 1);
         return -1;
     }
     r->pattern = strndup(spec, (size_t)(eq - spec));
-    if (!r->pattern) { set_err(err, errlen, "out of memory"); return -1; }
+    if (!r->pattern) { moeq_set_err(err, errlen, "out of memory"); return -1; }
     int rc = regcomp(&r->re, r->pattern, REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {
         char msg[128];
         regerror(rc, &r->re, msg, sizeof msg);
-        set_err(err, errlen, "--tensor-type '%s': bad regex '%s': %s", spec, r->pattern, msg);
+        moeq_set_err(err, errlen, "--tensor-type '%s': bad regex '%s': %s", spec, r->pattern, msg);
         free(r->pattern);
         r->pattern = NULL;
         return -1;

@@ -50,35 +50,6 @@ static inline uint32_t le32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/*
- * Q4_K / Q5_K: eight 6-bit scales and eight 6-bit mins packed in 12 bytes.
- * Sub-blocks 0..3 keep both in the low 6 bits of bytes 0..3 (scales) and
- * 4..7 (mins); sub-blocks 4..7 keep their low 4 bits in the nibbles of
- * bytes 8..11 and their top 2 bits in the spare top bits of bytes 0..7.
- */
-static inline void k4_scale_min(const uint8_t *s, int j, int *scale, int *min)
-{
-    if (j < 4) {
-        *scale = s[j] & 63;
-        *min   = s[j + 4] & 63;
-    } else {
-        *scale = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-        *min   = (s[j + 4] >> 4)   | ((s[j]     >> 6) << 4);
-    }
-}
-
-/*
- * Q3_K: sixteen 6-bit scales (stored biased by 32) in 12 bytes. Low 4 bits:
- * scales 0..7 in the low nibbles of bytes 0..7, scales 8..15 in their high
- * nibbles. High 2 bits: bytes 8..11, scale j in bits 2*(j/4) of byte 8+j%4.
- */
-static inline int q3k_scale(const uint8_t *s, int j)
-{
-    int lo = j < 8 ? (s[j] & 0x0f) : (s[j - 8] >> 4);
-    int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
-    return (lo | hi << 4) - 32;
-}
-
 /* ------------------------------------------------------ plain floats */
 
 void dequantize_row_f32(const void *x, float *y, int64_t n)
@@ -139,121 +110,82 @@ void dequantize_row_iq4_nl(const void *x, float *y, int64_t n)
 /* ------------------------------------------------------------ K-quants */
 
 /*
- * Q2_K: 2-bit quants with a 4-bit scale (low nibble) and 4-bit min (high
- * nibble) per 16 elements. Each 128-element half uses 32 bytes of qs; bit
- * pair p of byte l covers element 32*p + l of the half, so sub-block s
- * (0..7 in the half) reads bytes 16*(s&1).. with shift 2*(s/2).
+ * The K-quants: levels through the setters' twins beside the block
+ * layouts (quants_blocks.h), then y = d * scale * q - dmin * min per
+ * sub-block, d * scale formed first as ggml does.
  */
 void dequantize_row_q2_K(const void *x, float *y, int64_t n)
 {
     const block_q2_K *b = x;
-    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
         const float d = moeq_f16_to_f32(b->d);
         const float dmin = moeq_f16_to_f32(b->dmin);
-        for (int s = 0; s < QK_K / 16; s++, y += 16) {
-            const uint8_t *q = b->qs + 32 * (s / 8) + 16 * (s & 1);
-            const int shift = 2 * ((s % 8) / 2);
+        q2k_get_levels(b, q);
+        for (int s = 0; s < QK_K / 16; s++) {
             const float dl = d * (float)(b->scales[s] & 0x0f);
             const float ml = dmin * (float)(b->scales[s] >> 4);
-            for (int l = 0; l < 16; l++)
-                y[l] = dl * (float)((q[l] >> shift) & 3) - ml;
+            for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = dl * (float)q[l] - ml;
         }
     }
 }
 
-/*
- * Q3_K: Q2_K's 2-bit layout plus a high bit from hmask; the stored 3-bit
- * value is (low 2 bits) - 4 when the high bit is clear. hmask byte l holds
- * one bit per sub-block pair: bit 2*half + s/2's shift index.
- */
 void dequantize_row_q3_K(const void *x, float *y, int64_t n)
 {
     const block_q3_K *b = x;
-    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
         const float d = moeq_f16_to_f32(b->d);
-        for (int s = 0; s < QK_K / 16; s++, y += 16) {
-            const int half = s / 8, pair = (s % 8) / 2, off = 16 * (s & 1);
-            const uint8_t *q = b->qs + 32 * half + off;
-            const uint8_t *hm = b->hmask + off;
-            const int shift = 2 * pair, hbit = 4 * half + pair;
-            const float dl = d * (float)q3k_scale(b->scales, s);
-            for (int l = 0; l < 16; l++) {
-                int v = ((q[l] >> shift) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4);
-                y[l] = dl * (float)v;
-            }
+        q3k_get_levels(b, q);
+        for (int s = 0; s < QK_K / 16; s++) {
+            const float dl = d * (float)q3k_get_scale(b->scales, s);
+            for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = dl * (float)q[l];
         }
     }
 }
 
-/*
- * Q4_K: 8 sub-blocks of 32 with 6-bit scale and min. Each 64 elements use
- * 32 bytes of qs: low nibbles for the first 32, high nibbles for the next.
- */
+/* Q4_K and Q5_K: 8 sub-blocks of 32 with a 6-bit scale and min each. */
+static void dequantize_k4(const uint8_t *scales, const int8_t *q, float d, float dmin, float *y)
+{
+    for (int s = 0; s < QK_K / 32; s++) {
+        int sc, m;
+        k4_get_scale_min(scales, s, &sc, &m);
+        const float dl = d * (float)sc, ml = dmin * (float)m;
+        for (int l = 32 * s; l < 32 * s + 32; l++) y[l] = dl * (float)q[l] - ml;
+    }
+}
+
 void dequantize_row_q4_K(const void *x, float *y, int64_t n)
 {
     const block_q4_K *b = x;
-    for (int64_t i = 0; i < n / QK_K; i++, b++) {
-        const float d = moeq_f16_to_f32(b->d);
-        const float dmin = moeq_f16_to_f32(b->dmin);
-        for (int s = 0; s < QK_K / 32; s++, y += 32) {
-            const uint8_t *q = b->qs + 32 * (s / 2);
-            const int shift = 4 * (s & 1);
-            int sc, m;
-            k4_scale_min(b->scales, s, &sc, &m);
-            const float dl = d * (float)sc, ml = dmin * (float)m;
-            for (int l = 0; l < 32; l++)
-                y[l] = dl * (float)((q[l] >> shift) & 0x0f) - ml;
-        }
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
+        q4k_get_levels(b, q);
+        dequantize_k4(b->scales, q, moeq_f16_to_f32(b->d), moeq_f16_to_f32(b->dmin), y);
     }
 }
 
-/* Q5_K: Q4_K plus a fifth bit per element, bit s of qh[l] for sub-block s. */
 void dequantize_row_q5_K(const void *x, float *y, int64_t n)
 {
     const block_q5_K *b = x;
-    for (int64_t i = 0; i < n / QK_K; i++, b++) {
-        const float d = moeq_f16_to_f32(b->d);
-        const float dmin = moeq_f16_to_f32(b->dmin);
-        for (int s = 0; s < QK_K / 32; s++, y += 32) {
-            const uint8_t *q = b->qs + 32 * (s / 2);
-            const int shift = 4 * (s & 1);
-            int sc, m;
-            k4_scale_min(b->scales, s, &sc, &m);
-            const float dl = d * (float)sc, ml = dmin * (float)m;
-            for (int l = 0; l < 32; l++) {
-                int v = ((q[l] >> shift) & 0x0f) | (((b->qh[l] >> s) & 1) << 4);
-                y[l] = dl * (float)v - ml;
-            }
-        }
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
+        q5k_get_levels(b, q);
+        dequantize_k4(b->scales, q, moeq_f16_to_f32(b->d), moeq_f16_to_f32(b->dmin), y);
     }
 }
 
-/*
- * Q6_K: 6-bit quants biased by 32, a signed 8-bit scale per 16. Each
- * 128-element half uses 64 bytes of ql and 32 of qh: element 32*k + l of
- * the half takes its low nibble from ql[l + 32*(k&1)] (low nibble for
- * k < 2, high for k >= 2) and its top 2 bits from qh[l] bits 2k..2k+1.
- */
+/* Q6_K: a signed 8-bit scale per 16. */
 void dequantize_row_q6_K(const void *x, float *y, int64_t n)
 {
     const block_q6_K *b = x;
-    for (int64_t i = 0; i < n / QK_K; i++, b++) {
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
         const float d = moeq_f16_to_f32(b->d);
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = b->ql + 64 * half;
-            const uint8_t *qh = b->qh + 32 * half;
-            for (int k = 0; k < 4; k++) {
-                const uint8_t *lo = ql + 32 * (k & 1);
-                const int lshift = 4 * (k >> 1);
-                for (int g = 0; g < 2; g++, y += 16) {
-                    /* ggml forms d * scale first, then multiplies by q */
-                    const float ds = d * (float)b->scales[8 * half + 2 * k + g];
-                    for (int l = 16 * g; l < 16 * g + 16; l++) {
-                        int v = ((lo[l] >> lshift) & 0x0f) | (((qh[l] >> (2 * k)) & 3) << 4);
-                        y[l - 16 * g] = ds * (float)(v - 32);
-                    }
-                }
-            }
+        q6k_get_levels(b, q);
+        for (int s = 0; s < QK_K / 16; s++) {
+            const float ds = d * (float)b->scales[s];
+            for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = ds * (float)q[l];
         }
     }
 }

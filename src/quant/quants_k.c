@@ -842,16 +842,6 @@ static void quant_asym_block(const struct asym_shape *sh, const float *x, const 
     *pd = d; *pdmin = dmin;
 }
 
-/* Q4_K / Q5_K pack 8 6-bit scales and 8 6-bit mins into 12 bytes. */
-static void pack_scales_k4(const uint8_t *ls, const uint8_t *lm, uint8_t *q)
-{
-    for (int j = 0; j < 4; j++) {
-        q[j] = (uint8_t)(ls[j] | ((ls[j + 4] >> 4) << 6));
-        q[j + 4] = (uint8_t)(lm[j] | ((lm[j + 4] >> 4) << 6));
-        q[j + 8] = (uint8_t)((ls[j + 4] & 0xf) | ((lm[j + 4] & 0xf) << 4));
-    }
-}
-
 static const struct asym_shape shape_q2_K = { 16, 16, 3, 15, -0.9f, 0.05f, 36, 0.75f, W_SQRT_SIGMA };
 static const struct asym_shape shape_q4_K = { 8, 32, 15, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 static const struct asym_shape shape_q5_K = { 8, 32, 31, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
@@ -870,11 +860,7 @@ size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             y->d = moeq_f32_to_f16(d);
             y->dmin = moeq_f32_to_f16(dmin);
             for (int j = 0; j < 16; j++) y->scales[j] = (uint8_t)(ls[j] | (lm[j] << 4));
-            for (int h = 0; h < 2; h++)
-                for (int l = 0; l < 32; l++) {
-                    const uint8_t *q = L + 128 * h + l;
-                    y->qs[32 * h + l] = (uint8_t)(q[0] | (q[32] << 2) | (q[64] << 4) | (q[96] << 6));
-                }
+            q2k_set_levels(y, (const int8_t *)L);
         }
     }
     return (size_t)(nrows * nb) * sizeof(block_q2_K);
@@ -913,10 +899,8 @@ size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             quant_asym_block(&shape_q4_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
             y->d = moeq_f32_to_f16(d);
             y->dmin = moeq_f32_to_f16(dmin);
-            pack_scales_k4(ls, lm, y->scales);
-            for (int c = 0; c < 4; c++)
-                for (int l = 0; l < 32; l++)
-                    y->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+            for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
+            q4k_set_levels(y, (const int8_t *)L);
             if (unbias) unbias_q4_K(y, src + ib * QK_K, qw ? qw + ib * QK_K : NULL);
         }
     }
@@ -936,16 +920,8 @@ size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             quant_asym_block(&shape_q5_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
             y->d = moeq_f32_to_f16(d);
             y->dmin = moeq_f32_to_f16(dmin);
-            pack_scales_k4(ls, lm, y->scales);
-            /* low nibbles as Q4_K; the fifth bit of chunk c's two halves
-             * goes to bits 2c and 2c+1 of qh */
-            memset(y->qh, 0, sizeof y->qh);
-            for (int c = 0; c < 4; c++)
-                for (int l = 0; l < 32; l++) {
-                    int a = L[64 * c + l], b = L[64 * c + 32 + l];
-                    y->qs[32 * c + l] = (uint8_t)((a & 15) | ((b & 15) << 4));
-                    y->qh[l] |= (uint8_t)(((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1)));
-                }
+            for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
+            q5k_set_levels(y, (const int8_t *)L);
         }
     }
     return (size_t)(nrows * nb) * sizeof(block_q5_K);
@@ -1213,28 +1189,8 @@ size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             float d;
             quant_sym_block(&shape_q3_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, ls, L);
             y->d = moeq_f32_to_f16(d);
-            /* 6-bit scales biased by 32: low nibbles in bytes 0-7 (two per
-             * byte, sub-blocks j and j+8), high pairs in bytes 8-11 */
-            memset(y->scales, 0, 12);
-            for (int j = 0; j < 16; j++) {
-                int v = ls[j] + 32;
-                y->scales[j & 7] |= (uint8_t)((v & 15) << (4 * (j >> 3)));
-                y->scales[8 + (j & 3)] |= (uint8_t)((v >> 4) << (2 * (j >> 2)));
-            }
-            /* codes biased by 4: low two bits in qs (as Q2_K), third bit in
-             * hmask bit (j / 32) of byte j % 32 */
-            memset(y->hmask, 0, sizeof y->hmask);
-            uint8_t U[QK_K];
-            for (int j = 0; j < QK_K; j++) {
-                int v = L[j] + 4;
-                if (v > 3) y->hmask[j & 31] |= (uint8_t)(1 << (j >> 5));
-                U[j] = (uint8_t)(v & 3);
-            }
-            for (int h = 0; h < 2; h++)
-                for (int l = 0; l < 32; l++) {
-                    const uint8_t *q = U + 128 * h + l;
-                    y->qs[32 * h + l] = (uint8_t)(q[0] | (q[32] << 2) | (q[64] << 4) | (q[96] << 6));
-                }
+            for (int j = 0; j < 16; j++) q3k_set_scale(y->scales, j, ls[j]);
+            q3k_set_levels(y, L);
         }
     }
     return (size_t)(nrows * nb) * sizeof(block_q3_K);
@@ -1253,18 +1209,7 @@ size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n, cons
             quant_sym_block(&shape_q6_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, ls, L);
             y->d = moeq_f32_to_f16(d);
             memcpy(y->scales, ls, 16);
-            /* codes biased by 32; per 128-half: low nibbles of quarters 0/2
-             * share ql[0..31], quarters 1/3 ql[32..63]; high pairs in qh */
-            for (int h = 0; h < 2; h++) {
-                uint8_t *ql = y->ql + 64 * h, *qh = y->qh + 32 * h;
-                for (int l = 0; l < 32; l++) {
-                    int q0 = L[128 * h + l] + 32, q1 = L[128 * h + l + 32] + 32;
-                    int q2 = L[128 * h + l + 64] + 32, q3 = L[128 * h + l + 96] + 32;
-                    ql[l] = (uint8_t)((q0 & 15) | ((q2 & 15) << 4));
-                    ql[l + 32] = (uint8_t)((q1 & 15) | ((q3 & 15) << 4));
-                    qh[l] = (uint8_t)((q0 >> 4) | ((q1 >> 4) << 2) | ((q2 >> 4) << 4) | ((q3 >> 4) << 6));
-                }
-            }
+            q6k_set_levels(y, L);
         }
     }
     return (size_t)(nrows * nb) * sizeof(block_q6_K);

@@ -19,6 +19,7 @@
  * the error object.
  */
 #include "server/server.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -27,15 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return 400;
-}
+/* An error message in err, and 400 (Bad Request) for the caller to return. */
+#define fail(err, errlen, ...) (moeq_set_err(err, errlen, __VA_ARGS__), 400)
 
 /* ======================================================================
  * Request bodies

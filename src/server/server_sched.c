@@ -22,6 +22,7 @@
  * prefix reuse.
  */
 #include "server/server.h"
+#include "util/util.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -85,13 +86,6 @@ struct srv_sched {
     int            n_eog;
     float         *masked;       /* n_vocab scratch: logits with the ends removed */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ======================================================================
  * Jobs
@@ -397,9 +391,9 @@ static int step_prefill(srv_sched *s)
         int n = g->n_prompt - sl->n_eval;
         if (be->n_batch > 0 && n > be->n_batch) n = be->n_batch;
         char err[256] = "";
-        double t0 = now_s();
+        double t0 = moeq_now_s();
         int rc = be->session_eval(be->ud, sl->sess, g->prompt + sl->n_eval, n, err, sizeof err);
-        double dt = now_s() - t0;
+        double dt = moeq_now_s() - t0;
         if (rc != 0) {
             sl->n_cache = 0;   /* unknown state: do not offer it for reuse */
             slot_end(s, sl, NULL, 500, err[0] ? err : "prompt evaluation failed");
@@ -437,9 +431,9 @@ static int step_decode(srv_sched *s)
     }
     if (n == 0) return 0;
     char err[256] = "";
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     int rc = be->decode(be->ud, s->dec_sess, s->dec_tok, n, err, sizeof err);
-    double dt = now_s() - t0;
+    double dt = moeq_now_s() - t0;
     pthread_mutex_lock(&s->mu);
     s->st.gen_seconds += dt;
     s->st.decode_steps++;

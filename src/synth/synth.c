@@ -37,6 +37,7 @@
 #include "quant/quants.h"
 #include "quant/quants_blocks.h"
 #include "quant/quant_plan.h"
+#include "util/util.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -751,12 +752,7 @@ static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, co
         block_q3_K *b = (block_q3_K *)blk;
         for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
         float d = fit_codes(t, 16, 1, 31, 1, 0, 2.3452f, code);
-        memset(b->scales, 0, sizeof b->scales);
-        for (int j = 0; j < 16; j++) {
-            int v = code[j] + 32;
-            b->scales[j % 8] |= (uint8_t)((v & 15) << (4 * (j / 8)));
-            b->scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
-        }
+        for (int j = 0; j < 16; j++) q3k_set_scale(b->scales, j, code[j]);
         put_f16((uint8_t *)&b->d, d);
         break;
     }
@@ -767,11 +763,7 @@ static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, co
         for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
         float d = fit_codes(t, 8, 1, 63, 1, 0, q5 ? 9.2331f : 4.6098f, code);
         uint8_t *sc = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
-        for (int j = 0; j < 4; j++) {
-            sc[j] = (uint8_t)(code[j] | (code[j + 4] >> 4) << 6);
-            sc[j + 4] = (uint8_t)(code[j] | (code[j + 4] >> 4) << 6);
-            sc[j + 8] = (uint8_t)((code[j + 4] & 15) | (code[j + 4] & 15) << 4);
-        }
+        for (int j = 0; j < 8; j++) k4_set_scale_min(sc, j, code[j], code[j]);
         put_f16(blk, d);                       /* d is first in both layouts */
         put_f16(blk + 2, d * (q5 ? 15.5f : 7.5f));
         break;
@@ -931,20 +923,18 @@ static void round_asym(const float *x, int ns, int w, int nmax, int smax,
     *dmin_out = dmin;
 }
 
-/* Q4_K/Q5_K: 8 six-bit scales and mins in 12 bytes. */
-static void pack_k4_scales(uint8_t *s, const int *sc, const int *mn)
+/* The QK_K levels q as the K-quant level setters take them. */
+static const int8_t *levels8(const int *q, int8_t *l8)
 {
-    for (int j = 0; j < 4; j++) {
-        s[j] = (uint8_t)((sc[j] & 63) | (sc[j + 4] >> 4) << 6);
-        s[j + 4] = (uint8_t)((mn[j] & 63) | (mn[j + 4] >> 4) << 6);
-        s[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
-    }
+    for (int i = 0; i < QK_K; i++) l8[i] = (int8_t)q[i];
+    return l8;
 }
 
 /* Encode 256 (or 32) floats x as one block of type by rounding. */
 static void round_block(int type, const float *x, uint8_t *blk)
 {
     int q[QK_K], sc[16], mn[16];
+    int8_t l8[QK_K];
     float d, dmin;
     switch (type) {
     case MOEQ_TYPE_Q8_0: {
@@ -1003,13 +993,7 @@ static void round_block(int type, const float *x, uint8_t *blk)
         block_q2_K *b = (block_q2_K *)blk;
         round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
         for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
-        /* 2-bit levels: byte l of each 128-half holds, at bits 2j, the
-         * value 32*j + l of that half */
-        memset(b->qs, 0, sizeof b->qs);
-        for (int n = 0; n < 2; n++)
-            for (int j = 0; j < 4; j++)
-                for (int l = 0; l < 32; l++)
-                    b->qs[32 * n + l] |= (uint8_t)(q[128 * n + 32 * j + l] << (2 * j));
+        q2k_set_levels(b, levels8(q, l8));
         put_f16((uint8_t *)&b->d, d);
         put_f16((uint8_t *)&b->dmin, dmin);
         break;
@@ -1024,24 +1008,13 @@ static void round_block(int type, const float *x, uint8_t *blk)
             if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
         }
         d = smax / -32.0f;
-        memset(b->scales, 0, sizeof b->scales);
         for (int j = 0; j < 16; j++) {
             int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
             float dl = d * (float)l;
             round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
-            int v = l + 32;
-            b->scales[j % 8] |= (uint8_t)((v & 15) << (4 * (j / 8)));
-            b->scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
+            q3k_set_scale(b->scales, j, l);
         }
-        memset(b->qs, 0, sizeof b->qs);
-        memset(b->hmask, 0, sizeof b->hmask);
-        for (int n = 0; n < 2; n++)
-            for (int j = 0; j < 4; j++)
-                for (int l = 0; l < 32; l++) {
-                    int L = q[128 * n + 32 * j + l] + 4;
-                    b->qs[32 * n + l] |= (uint8_t)((L & 3) << (2 * j));
-                    b->hmask[l] |= (uint8_t)((L >> 2) << (4 * n + j));
-                }
+        q3k_set_levels(b, levels8(q, l8));
         put_f16((uint8_t *)&b->d, d);
         break;
     }
@@ -1050,19 +1023,9 @@ static void round_block(int type, const float *x, uint8_t *blk)
         int q5 = type == MOEQ_TYPE_Q5_K;
         round_asym(x, 8, 32, q5 ? 31 : 15, 63, &d, &dmin, sc, mn, q);
         uint8_t *scales = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
-        uint8_t *qs = q5 ? ((block_q5_K *)blk)->qs : ((block_q4_K *)blk)->qs;
-        pack_k4_scales(scales, sc, mn);
-        /* byte l of 64-value group p: value 64p+l low nibble, 64p+32+l high */
-        for (int p = 0; p < 4; p++)
-            for (int l = 0; l < 32; l++)
-                qs[32 * p + l] = (uint8_t)((q[64 * p + l] & 15) | (q[64 * p + 32 + l] & 15) << 4);
-        if (q5) {
-            uint8_t *qh = ((block_q5_K *)blk)->qh;
-            memset(qh, 0, 32);
-            for (int p = 0; p < 4; p++)
-                for (int l = 0; l < 32; l++)
-                    qh[l] |= (uint8_t)((q[64 * p + l] >> 4) << (2 * p) | (q[64 * p + 32 + l] >> 4) << (2 * p + 1));
-        }
+        for (int j = 0; j < 8; j++) k4_set_scale_min(scales, j, sc[j], mn[j]);
+        if (q5) q5k_set_levels((block_q5_K *)blk, levels8(q, l8));
+        else    q4k_set_levels((block_q4_K *)blk, levels8(q, l8));
         put_f16(blk, d);
         put_f16(blk + 2, dmin);
         break;
@@ -1082,14 +1045,7 @@ static void round_block(int type, const float *x, uint8_t *blk)
             b->scales[j] = (int8_t)l;
             round_sym(x + 16 * j, 16, d * (float)l, -32, 31, q + 16 * j);
         }
-        for (int n = 0; n < 2; n++)
-            for (int l = 0; l < 32; l++) {
-                int q1 = q[128 * n + l] + 32, q2 = q[128 * n + l + 32] + 32;
-                int q3 = q[128 * n + l + 64] + 32, q4 = q[128 * n + l + 96] + 32;
-                b->ql[64 * n + l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
-                b->ql[64 * n + l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
-                b->qh[32 * n + l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
-            }
+        q6k_set_levels(b, levels8(q, l8));
         put_f16((uint8_t *)&b->d, d);
         break;
     }
@@ -1222,13 +1178,6 @@ static int write_metadata(gguf_writer *w, const moeq_synth_cfg *c, const struct 
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 uint64_t moeq_synth_weight_bytes(const moeq_synth_cfg *c)
 {
     char err[64];
@@ -1292,7 +1241,7 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
     model_init(&m, c);
     uint8_t *buf = NULL;
     size_t buf_cap = 0;
-    double t0 = now_s();
+    double t0 = moeq_now_s();
     uint64_t written = 0;
     int rc = 0;
     for (int i = 0; i < np && !rc; i++) {
@@ -1327,7 +1276,7 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
         }
         if (verbose && (p[i].n_dims == 3 || i == np - 1))
             fprintf(stderr, "\rmoeq: synth: %d/%d tensors, %.2f GB, %.1f s", i + 1, np,
-                    (double)written / 1e9, now_s() - t0);
+                    (double)written / 1e9, moeq_now_s() - t0);
         tgen_free(&g, nt);
     }
     if (verbose) fputc('\n', stderr);
