@@ -62,6 +62,17 @@ static char *sb_take(sbuf *b, size_t *n)
     return b->p;
 }
 
+/* Room for element n of an array of *cap elements (doubling from 8): the
+ * array, moved or not, or NULL when out of memory (the old one stays). */
+static void *grow_buf(void *v, int *cap, int n, size_t elem)
+{
+    if (n < *cap) return v;
+    int nc = *cap ? *cap * 2 : 8;
+    void *p = realloc(v, (size_t)nc * elem);
+    if (p) *cap = nc;
+    return p;
+}
+
 /* ===================================================================== */
 /* Segments: text, expressions and statements with whitespace applied     */
 /* ===================================================================== */
@@ -73,12 +84,9 @@ struct segs { struct seg *v; int n, cap; };
 
 static int seg_push(struct segs *ss, enum seg_kind k, const char *s, size_t n, int line)
 {
-    if (ss->n == ss->cap) {
-        int cap = ss->cap ? ss->cap * 2 : 64;
-        struct seg *nv = realloc(ss->v, (size_t)cap * sizeof *nv);
-        if (!nv) return -1;
-        ss->v = nv; ss->cap = cap;
-    }
+    struct seg *nv = grow_buf(ss->v, &ss->cap, ss->n, sizeof *nv);
+    if (!nv) return -1;
+    ss->v = nv;
     ss->v[ss->n++] = (struct seg){ k, s, n, line };
     return 0;
 }
@@ -194,12 +202,9 @@ static void toks_free(struct toks *t)
 
 static struct tok *tok_new(struct toks *t)
 {
-    if (t->n == t->cap) {
-        int cap = t->cap ? t->cap * 2 : 32;
-        struct tok *nv = realloc(t->v, (size_t)cap * sizeof *nv);
-        if (!nv) return NULL;
-        t->v = nv; t->cap = cap;
-    }
+    struct tok *nv = grow_buf(t->v, &t->cap, t->n, sizeof *nv);
+    if (!nv) return NULL;
+    t->v = nv;
     struct tok *k = &t->v[t->n++];
     memset(k, 0, sizeof *k);
     return k;
@@ -414,12 +419,9 @@ static void nodes_free(struct nodes *ns)
 
 static int nodes_push(struct nodes *ns, struct node *n)
 {
-    if (ns->n == ns->cap) {
-        int cap = ns->cap ? ns->cap * 2 : 8;
-        struct node **nv = realloc(ns->v, (size_t)cap * sizeof *nv);
-        if (!nv) return -1;
-        ns->v = nv; ns->cap = cap;
-    }
+    struct node **nv = grow_buf(ns->v, &ns->cap, ns->n, sizeof *nv);
+    if (!nv) return -1;
+    ns->v = nv;
     ns->v[ns->n++] = n;
     return 0;
 }
@@ -486,12 +488,17 @@ static char *expect_name(struct parser *P)
     return s;
 }
 
+static void *pcalloc(struct parser *P, size_t size)
+{
+    void *p = calloc(1, size);
+    if (!p) perr(P, "out of memory");
+    return p;
+}
+
 static struct expr *enew(struct parser *P, enum ek k)
 {
-    struct expr *e = calloc(1, sizeof *e);
-    if (!e) { perr(P, "out of memory"); return NULL; }
-    e->k = k;
-    e->line = P->t.line;
+    struct expr *e = pcalloc(P, sizeof *e);
+    if (e) { e->k = k; e->line = P->t.line; }
     return e;
 }
 
@@ -711,62 +718,38 @@ static struct expr *binop(struct parser *P, int op, struct expr *a, struct expr 
     return e;
 }
 
-static struct expr *parse_pow(struct parser *P)
-{
-    struct expr *e = parse_unary(P);
-    while (!P->failed && accept_op(P, "**")) e = binop(P, B_POW, e, parse_unary(P));
-    return e;
-}
+/* The binary operators by level, loosest first (Jinja's order: comparisons,
+ * + and -, ~, * / // %, **); each level's operands come from the next. */
+struct binlevel { const char *op; int bin; };
+static const struct binlevel L_CMP[] = { { "==", B_EQ }, { "!=", B_NE }, { "<=", B_LE }, { ">=", B_GE },
+                                         { "<", B_LT }, { ">", B_GT }, { NULL, 0 } };
+static const struct binlevel L_ADD[] = { { "+", B_ADD }, { "-", B_SUB }, { NULL, 0 } };
+static const struct binlevel L_CAT[] = { { "~", B_CAT }, { NULL, 0 } };
+static const struct binlevel L_MUL[] = { { "*", B_MUL }, { "/", B_DIV }, { "//", B_FDIV }, { "%", B_MOD },
+                                         { NULL, 0 } };
+static const struct binlevel L_POW[] = { { "**", B_POW }, { NULL, 0 } };
+static const struct binlevel *const levels[] = { L_CMP, L_ADD, L_CAT, L_MUL, L_POW };
+enum { N_LEVELS = sizeof levels / sizeof levels[0] };
 
-static struct expr *parse_math2(struct parser *P)
+static struct expr *parse_binary(struct parser *P, int level)
 {
-    struct expr *e = parse_pow(P);
-    for (;;) {
-        if (P->failed) return e;
-        if (accept_op(P, "*")) e = binop(P, B_MUL, e, parse_pow(P));
-        else if (accept_op(P, "/")) e = binop(P, B_DIV, e, parse_pow(P));
-        else if (accept_op(P, "//")) e = binop(P, B_FDIV, e, parse_pow(P));
-        else if (accept_op(P, "%")) e = binop(P, B_MOD, e, parse_pow(P));
-        else return e;
-    }
-}
-
-static struct expr *parse_concat(struct parser *P)
-{
-    struct expr *e = parse_math2(P);
-    while (!P->failed && accept_op(P, "~")) e = binop(P, B_CAT, e, parse_math2(P));
-    return e;
-}
-
-static struct expr *parse_math1(struct parser *P)
-{
-    struct expr *e = parse_concat(P);
-    for (;;) {
-        if (P->failed) return e;
-        if (accept_op(P, "+")) e = binop(P, B_ADD, e, parse_concat(P));
-        else if (accept_op(P, "-")) e = binop(P, B_SUB, e, parse_concat(P));
-        else return e;
-    }
-}
-
-static struct expr *parse_compare(struct parser *P)
-{
-    struct expr *e = parse_math1(P);
-    for (;;) {
-        if (P->failed) return e;
+    if (level == N_LEVELS) return parse_unary(P);
+    struct expr *e = parse_binary(P, level + 1);
+    while (!P->failed && e) {
         int op = -1;
-        if (accept_op(P, "==")) op = B_EQ;
-        else if (accept_op(P, "!=")) op = B_NE;
-        else if (accept_op(P, "<=")) op = B_LE;
-        else if (accept_op(P, ">=")) op = B_GE;
-        else if (accept_op(P, "<")) op = B_LT;
-        else if (accept_op(P, ">")) op = B_GT;
-        else if (accept_name(P, "in")) op = B_IN;
-        else if (is_name(peek(P), "not") && is_name(peek2(P), "in")) { next(P); next(P); op = B_NOTIN; }
+        for (const struct binlevel *l = levels[level]; l->op && op < 0; l++)
+            if (accept_op(P, l->op)) op = l->bin;
+        if (op < 0 && level == 0) {   /* `in` and `not in` compare too */
+            if (accept_name(P, "in")) op = B_IN;
+            else if (is_name(peek(P), "not") && is_name(peek2(P), "in")) { next(P); next(P); op = B_NOTIN; }
+        }
         if (op < 0) return e;
-        e = binop(P, op, e, parse_math1(P));
+        e = binop(P, op, e, parse_binary(P, level + 1));
     }
+    return e;
 }
+
+static struct expr *parse_compare(struct parser *P) { return parse_binary(P, 0); }
 
 static struct expr *parse_not(struct parser *P)
 {
@@ -778,27 +761,22 @@ static struct expr *parse_not(struct parser *P)
     return parse_compare(P);
 }
 
-static struct expr *parse_and(struct parser *P)
+/* `and` (is_or 0) binds tighter than `or` (is_or 1); both keep the operand
+ * values (Python: `a or b` is a when a is true). */
+static struct expr *parse_logic(struct parser *P, int is_or)
 {
-    struct expr *e = parse_not(P);
-    while (!P->failed && accept_name(P, "and")) {
-        struct expr *x = enew(P, E_AND);
+    struct expr *e = is_or ? parse_logic(P, 0) : parse_not(P);
+    while (!P->failed && accept_name(P, is_or ? "or" : "and")) {
+        struct expr *x = enew(P, is_or ? E_OR : E_AND);
         if (!x) break;
-        x->a = e; x->b = parse_not(P); e = x;
+        x->a = e;
+        x->b = is_or ? parse_logic(P, 0) : parse_not(P);
+        e = x;
     }
     return e;
 }
 
-static struct expr *parse_or(struct parser *P)
-{
-    struct expr *e = parse_and(P);
-    while (!P->failed && accept_name(P, "or")) {
-        struct expr *x = enew(P, E_OR);
-        if (!x) break;
-        x->a = e; x->b = parse_and(P); e = x;
-    }
-    return e;
-}
+static struct expr *parse_or(struct parser *P) { return parse_logic(P, 1); }
 
 static struct expr *parse_expr(struct parser *P)
 {
@@ -836,10 +814,8 @@ static void expect_end(struct parser *P)
 
 static struct node *nnew(struct parser *P, enum nk k)
 {
-    struct node *n = calloc(1, sizeof *n);
-    if (!n) { perr(P, "out of memory"); return NULL; }
-    n->k = k;
-    n->line = P->t.line;
+    struct node *n = pcalloc(P, sizeof *n);
+    if (n) { n->k = k; n->line = P->t.line; }
     return n;
 }
 
@@ -856,6 +832,14 @@ static int add_target(struct parser *P, struct node *n, char *nm)
 /* Parse nodes until a statement whose keyword is in stops (NULL-terminated);
  * returns that keyword's index with its tag loaded, or -1 at the end. */
 static int parse_body(struct parser *P, struct nodes *out, const char *const *stops);
+
+/* The body of a block up to its end tag (which must come), that tag's end. */
+static void parse_block_to(struct parser *P, struct nodes *body, const char *what, const char *end)
+{
+    const char *const st[] = { end, NULL };
+    if (parse_body(P, body, st) < 0 && !P->failed) perr(P, "'%s' without '%s'", what, end);
+    expect_end(P);
+}
 
 static struct node *parse_stmt(struct parser *P, const char *kw)
 {
@@ -882,10 +866,10 @@ static struct node *parse_stmt(struct parser *P, const char *kw)
             if (w == 0) continue;
             if (w == 1) {
                 expect_end(P);
-                static const char *const st2[] = { "endif", NULL };
-                if (parse_body(P, &n->els, st2) < 0 && !P->failed) perr(P, "'else' without 'endif'");
+                parse_block_to(P, &n->els, "else", "endif");
+            } else {
+                expect_end(P);
             }
-            expect_end(P);
             return n;
         }
     }
@@ -905,12 +889,8 @@ static struct node *parse_stmt(struct parser *P, const char *kw)
         int w = parse_body(P, &n->body, st);
         if (P->failed) return n;
         if (w < 0) { perr(P, "'for' without 'endfor'"); return n; }
-        if (w == 0) {
-            expect_end(P);
-            static const char *const st2[] = { "endfor", NULL };
-            if (parse_body(P, &n->els, st2) < 0 && !P->failed) perr(P, "'for' without 'endfor'");
-        }
         expect_end(P);
+        if (w == 0) parse_block_to(P, &n->els, "for", "endfor");
         return n;
     }
     if (!strcmp(kw, "set")) {
@@ -928,9 +908,7 @@ static struct node *parse_stmt(struct parser *P, const char *kw)
         if (n->ntargets > 1 || n->attr) { perr(P, "expected '=' in 'set'"); return n; }
         expect_end(P);
         n->k = N_SETBLOCK;
-        static const char *const st[] = { "endset", NULL };
-        if (parse_body(P, &n->body, st) < 0 && !P->failed) perr(P, "'set' without 'endset'");
-        expect_end(P);
+        parse_block_to(P, &n->body, "set", "endset");
         return n;
     }
     if (!strcmp(kw, "macro")) {
@@ -955,9 +933,7 @@ static struct node *parse_stmt(struct parser *P, const char *kw)
         expect_op(P, ")");
         expect_end(P);
         if (P->failed) return n;
-        static const char *const st[] = { "endmacro", NULL };
-        if (parse_body(P, &n->body, st) < 0 && !P->failed) perr(P, "'macro' without 'endmacro'");
-        expect_end(P);
+        parse_block_to(P, &n->body, "macro", "endmacro");
         return n;
     }
     if (!strcmp(kw, "break") || !strcmp(kw, "continue")) {
@@ -969,9 +945,7 @@ static struct node *parse_stmt(struct parser *P, const char *kw)
         n = nnew(P, N_BLOCK);
         if (!n) return NULL;
         expect_end(P);
-        static const char *const st[] = { "endgeneration", NULL };
-        if (parse_body(P, &n->body, st) < 0 && !P->failed) perr(P, "'generation' without 'endgeneration'");
-        expect_end(P);
+        parse_block_to(P, &n->body, "generation", "endgeneration");
         return n;
     }
     if (!strncmp(kw, "end", 3) || !strcmp(kw, "elif") || !strcmp(kw, "else"))
@@ -1338,12 +1312,9 @@ static json_t *scope_lookup(struct rctx *r, const char *name)
 
 static int push_scope(struct rctx *r)
 {
-    if (r->nscope == r->capscope) {
-        int cap = r->capscope ? r->capscope * 2 : 16;
-        json_t **ns = realloc(r->scopes, (size_t)cap * sizeof *ns);
-        if (!ns) { rerr(r, "out of memory"); return -1; }
-        r->scopes = ns; r->capscope = cap;
-    }
+    json_t **ns = grow_buf(r->scopes, &r->capscope, r->nscope, sizeof *ns);
+    if (!ns) { rerr(r, "out of memory"); return -1; }
+    r->scopes = ns;
     if (!(r->scopes[r->nscope] = json_object())) { rerr(r, "out of memory"); return -1; }
     r->nscope++;
     return 0;
@@ -1358,17 +1329,23 @@ static void set_var(struct rctx *r, const char *name, json_t *v /* stolen */)
 static json_t *eval(struct rctx *r, const struct expr *e);
 static void exec_nodes(struct rctx *r, const struct nodes *ns, sbuf *out);
 
+/* The buffer's text as a JSON string; the buffer is freed. */
+static json_t *sb_json(struct rctx *r, sbuf *b)
+{
+    size_t n;
+    char *s = sb_take(b, &n);
+    json_t *o = s ? json_stringn(s, n) : NULL;
+    free(s);
+    if (!o) rerr(r, "out of memory");
+    return o;
+}
+
 static json_t *str_value(struct rctx *r, json_t *v)
 {
     if (json_is_string(v)) return json_incref(v);
     sbuf b = { 0 };
     if (!is_undef(r, v)) put_str(&b, v, 0);
-    size_t n;
-    char *s = sb_take(&b, &n);
-    json_t *o = s ? json_stringn(s, n) : NULL;
-    free(s);
-    if (!o) rerr(r, "out of memory");
-    return o;
+    return sb_json(r, &b);
 }
 
 /* Python str.strip family: chars NULL means whitespace. which: 1 left, 2 right, 3 both */
@@ -1451,12 +1428,7 @@ static json_t *do_replace(struct rctx *r, json_t *s, json_t *a, json_t *b, json_
             }
         }
     }
-    size_t n;
-    char *t = sb_take(&o, &n);
-    json_t *v = t ? json_stringn(t, n) : NULL;
-    free(t);
-    if (!v) rerr(r, "out of memory");
-    return v;
+    return sb_json(r, &o);
 }
 
 static json_t *case_map(struct rctx *r, json_t *s, int mode /* 0 lower 1 upper 2 capitalize 3 title */)
@@ -1597,12 +1569,7 @@ static json_t *filter(struct rctx *r, const char *f, json_t *v, const struct arg
             if (attr && json_is_object(x) && json_is_string(attr)) x = json_object_get(x, json_string_value(attr));
             if (x) put_str(&b, x, 0);
         }
-        size_t n;
-        char *s = sb_take(&b, &n);
-        json_t *o = s ? json_stringn(s, n) : NULL;
-        free(s);
-        if (!o) rerr(r, "out of memory");
-        return o;
+        return sb_json(r, &b);
     }
     if (!strcmp(f, "upper") || !strcmp(f, "lower") || !strcmp(f, "capitalize") || !strcmp(f, "title")) {
         json_t *s = str_value(r, v);
@@ -1663,11 +1630,7 @@ static json_t *filter(struct rctx *r, const char *f, json_t *v, const struct arg
             sbuf b = { 0 };
             for (size_t i = ncp; o && i > 0; i--) sb_add(&b, json_string_value(v) + o[i - 1], o[i] - o[i - 1]);
             free(o);
-            size_t n;
-            char *s = sb_take(&b, &n);
-            json_t *x = s ? json_stringn(s, n) : NULL;
-            free(s);
-            return x;
+            return sb_json(r, &b);
         }
         rerr(r, "reverse of a %s", type_name(r, v));
         return NULL;
@@ -1958,12 +1921,7 @@ static json_t *arith(struct rctx *r, int op, json_t *a, json_t *b)
         sbuf s = { 0 };
         if (!is_undef(r, a)) put_str(&s, a, 0);
         if (!is_undef(r, b)) put_str(&s, b, 0);
-        size_t n;
-        char *t = sb_take(&s, &n);
-        json_t *v = t ? json_stringn(t, n) : NULL;
-        free(t);
-        if (!v) rerr(r, "out of memory");
-        return v;
+        return sb_json(r, &s);
     }
     if (op >= B_EQ && op <= B_GE) {
         if (op == B_EQ) return json_boolean(values_equal(r, a, b));
@@ -2001,11 +1959,7 @@ static json_t *arith(struct rctx *r, int op, json_t *a, json_t *b)
     if (op == B_MUL && json_is_string(a) && is_int(b)) {
         sbuf s = { 0 };
         for (json_int_t i = 0; i < ival(b) && i < 100000; i++) sb_add(&s, json_string_value(a), json_string_length(a));
-        size_t n;
-        char *t = sb_take(&s, &n);
-        json_t *v = t ? json_stringn(t, n) : NULL;
-        free(t);
-        return v;
+        return sb_json(r, &s);
     }
     if (!is_num(a) || !is_num(b)) {
         rerr(r, "unsupported operand types %s and %s", type_name(r, a), type_name(r, b));
@@ -2290,11 +2244,10 @@ static void exec_node(struct rctx *r, const struct node *n, sbuf *out)
         break;
     }
     case N_MACRO:
-        if (r->nmacro == r->capmacro) {
-            int cap = r->capmacro ? r->capmacro * 2 : 8;
-            struct macro_ref *nm = realloc(r->macros, (size_t)cap * sizeof *nm);
+        {
+            struct macro_ref *nm = grow_buf(r->macros, &r->capmacro, r->nmacro, sizeof *nm);
             if (!nm) { rerr(r, "out of memory"); return; }
-            r->macros = nm; r->capmacro = cap;
+            r->macros = nm;
         }
         r->macros[r->nmacro++] = (struct macro_ref){ n->targets[0], n };
         break;
