@@ -286,10 +286,11 @@ int cmd_serve(int argc, char **argv)
                                          .n_seq = (int)parallel, .type_k = type_k, .type_v = type_v,
                                          .n_batch = (int)batch };
     pthread_t th;
-    if (pthread_create(&th, NULL, load_main, L) != 0) {
+    int prc = pthread_create(&th, NULL, load_main, L);
+    if (prc != 0) {
         srv_stop(s);
         free(L);
-        cli_error("serve: cannot start the loader thread");
+        cli_error("serve: cannot start the loader thread: %s", strerror(prc));
         return 1;
     }
 

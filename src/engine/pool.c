@@ -24,6 +24,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -140,8 +141,9 @@ moeq_pool *moeq_pool_new(int n_threads)
         struct worker_arg *wa = malloc(sizeof *wa);
         if (!wa) { fprintf(stderr, "moeq: out of memory\n"); exit(1); }
         wa->p = p; wa->tid = i;
-        if (pthread_create(&p->th[i], NULL, worker, wa) != 0) {
-            fprintf(stderr, "moeq: cannot start thread %d\n", i);
+        int rc = pthread_create(&p->th[i], NULL, worker, wa);
+        if (rc != 0) {
+            fprintf(stderr, "moeq: cannot start thread %d: %s\n", i, strerror(rc));
             exit(1);
         }
     }

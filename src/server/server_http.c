@@ -44,6 +44,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -910,6 +911,7 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
     /* The caps are ours (on_accept); MHD's own limit only has to leave
      * room for connections being cut and not yet closed. */
     unsigned limit = (unsigned)s->max_conns * 2 + 16;
+    errno = 0;
     s->d = MHD_start_daemon(flags, (uint16_t)c->port, on_accept, s, on_request, s,
                             MHD_OPTION_SOCK_ADDR, addr,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->timeout_s,
@@ -925,13 +927,16 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
                             MHD_OPTION_END);
     if (!s->d) {
-        snprintf(err, errlen, "cannot listen on %s port %d (in use, or not an address of this machine)", s->host, c->port);
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s port %d: %s", s->host, c->port,
+                 e ? strerror(e) : "in use, or not an address of this machine");
         goto fail;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : c->port;
-    if (pthread_create(&s->wd, NULL, watchdog_main, s) != 0) {
-        snprintf(err, errlen, "cannot start the connection watchdog thread");
+    int prc = pthread_create(&s->wd, NULL, watchdog_main, s);
+    if (prc != 0) {
+        snprintf(err, errlen, "cannot start the connection watchdog thread: %s", strerror(prc));
         goto fail;
     }
     s->wd_running = 1;

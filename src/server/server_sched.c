@@ -554,8 +554,9 @@ srv_sched *srv_sched_new(const struct srv_backend *be, int n_slots, int queue_ma
         s->slots[i].sess = be->session_new(be->ud, err, errlen);
         if (!s->slots[i].sess) goto fail;
     }
-    if (pthread_create(&s->th, NULL, sched_main, s) != 0) {
-        snprintf(err, errlen, "cannot start the scheduler thread");
+    int prc = pthread_create(&s->th, NULL, sched_main, s);
+    if (prc != 0) {
+        snprintf(err, errlen, "cannot start the scheduler thread: %s", strerror(prc));
         goto fail;
     }
     s->thread_started = 1;
