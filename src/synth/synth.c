@@ -710,128 +710,167 @@ static void unit_rms_init(void)
 }
 
 /*
- * One block of `type` for the 256 (or 32) columns whose column rms values
+ * Random blocks, one function per type (the codec table below lists
+ * them): one block of `type` for the 256 (or 32) columns whose column rms values
  * are s16 (16 per 16 columns) / s32, in a row of standard deviation rstd.
  * Quant indices are random; the scale fields carry the profile.
  */
-static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, const float *s32,
-                        float rstd, uint64_t *rng)
+static void syn_q4_0(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
 {
+    (void)type;
+    (void)s16;
+    block_q4_0 *b = (block_q4_0 *)blk;
+    put_f16((uint8_t *)&b->d, rstd * s32[0] / 4.6368f);
+}
+
+static void syn_q8_0(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s16;
+    block_q8_0 *b = (block_q8_0 *)blk;
+    put_f16((uint8_t *)&b->d, rstd * s32[0] / 73.9f);
+}
+
+static void syn_iq4_nl(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s16;
+    block_iq4_nl *b = (block_iq4_nl *)blk;
+    put_f16((uint8_t *)&b->d, rstd * s32[0] / U.kv);
+}
+
+static void syn_q2_k(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s32;
     float t[16];
     int code[16];
-    fill_random(blk, bsz, rng);
-    switch (type) {
-    case MOEQ_TYPE_Q4_0: {
-        block_q4_0 *b = (block_q4_0 *)blk;
-        put_f16((uint8_t *)&b->d, rstd * s32[0] / 4.6368f);
-        break;
+    /* y = d*sc*q - dmin*m with q in 0..3; dmin = 1.5 d and m = sc
+     * centre every sub-block on zero */
+    block_q2_K *b = (block_q2_K *)blk;
+    for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
+    float d = fit_codes(t, 16, 1, 15, 1, 0, 1.1180f, code);
+    for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(code[j] | code[j] << 4);
+    put_f16((uint8_t *)&b->d, d);
+    put_f16((uint8_t *)&b->dmin, 1.5f * d);
+}
+
+static void syn_q3_k(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s32;
+    float t[16];
+    int code[16];
+    /* y = d*(s-32)*(q-4*!hbit), levels -4..3; 6-bit s stored 33..63 */
+    block_q3_K *b = (block_q3_K *)blk;
+    for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
+    float d = fit_codes(t, 16, 1, 31, 1, 0, 2.3452f, code);
+    for (int j = 0; j < 16; j++) q3k_set_scale(b->scales, j, code[j]);
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void syn_q4_k(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)s16;
+    float t[16];
+    int code[16];
+    /* y = d*sc*q - dmin*m, q in 0..15 (0..31); dmin = d*mid, m = sc */
+    int q5 = type == MOEQ_TYPE_Q5_K;
+    for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
+    float d = fit_codes(t, 8, 1, 63, 1, 0, q5 ? 9.2331f : 4.6098f, code);
+    uint8_t *sc = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
+    for (int j = 0; j < 8; j++) k4_set_scale_min(sc, j, code[j], code[j]);
+    put_f16(blk, d);                       /* d is first in both layouts */
+    put_f16(blk + 2, d * (q5 ? 15.5f : 7.5f));
+}
+
+static void syn_q6_k(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s32;
+    float t[16];
+    int code[16];
+    block_q6_K *b = (block_q6_K *)blk;
+    for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
+    float d = fit_codes(t, 16, 1, 127, 1, 0, 18.48f, code);
+    for (int j = 0; j < 16; j++) b->scales[j] = (int8_t)code[j];
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void syn_iq2_xxs(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s16;
+    float t[16];
+    int code[16];
+    /* scale: the top nibble of the second 32-bit word of each 32-group */
+    block_iq2_xxs *b = (block_iq2_xxs *)blk;
+    for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
+    float d = fit_codes(t, 8, 0, 15, 0.25f, 0.125f, U.iq2xxs, code);
+    uint8_t *q = (uint8_t *)b->qs;
+    for (int j = 0; j < 8; j++) q[8 * j + 7] = (uint8_t)((q[8 * j + 7] & 0x0f) | code[j] << 4);
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void syn_iq2_xs(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)s32;
+    float t[16];
+    int code[16];
+    int xs = type == MOEQ_TYPE_IQ2_XS;
+    for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
+    float d = fit_codes(t, 16, 0, 15, 0.25f, 0.125f, xs ? U.iq2xs : U.iq2s, code);
+    uint8_t *sc = xs ? ((block_iq2_xs *)blk)->scales : ((block_iq2_s *)blk)->scales;
+    for (int j = 0; j < 8; j++) sc[j] = (uint8_t)(code[2 * j] | code[2 * j + 1] << 4);
+    put_f16(blk, d);
+}
+
+static void syn_iq3_xxs(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s16;
+    float t[16];
+    int code[16];
+    block_iq3_xxs *b = (block_iq3_xxs *)blk;
+    for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
+    float d = fit_codes(t, 8, 0, 15, 0.5f, 0.25f, U.iq3xxs, code);
+    uint8_t *ss = b->qs + QK_K / 4;
+    for (int j = 0; j < 8; j++) ss[4 * j + 3] = (uint8_t)((ss[4 * j + 3] & 0x0f) | code[j] << 4);
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void syn_iq3_s(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s16;
+    float t[16];
+    int code[16];
+    block_iq3_s *b = (block_iq3_s *)blk;
+    for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
+    float d = fit_codes(t, 8, 0, 15, 2, 1, U.iq3s, code);
+    for (int j = 0; j < 4; j++) b->scales[j] = (uint8_t)(code[2 * j] | code[2 * j + 1] << 4);
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void syn_iq4_xs(int type, uint8_t *blk, const float *s16, const float *s32, float rstd)
+{
+    (void)type;
+    (void)s16;
+    float t[16];
+    int code[16];
+    /* dl = d*(ls-32), ls 6-bit: codes 1..31 stored as 33..63 */
+    block_iq4_xs *b = (block_iq4_xs *)blk;
+    for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
+    float d = fit_codes(t, 8, 1, 31, 1, 0, U.kv, code);
+    uint16_t h = 0;
+    memset(b->scales_l, 0, sizeof b->scales_l);
+    for (int j = 0; j < 8; j++) {
+        int ls = code[j] + 32;
+        b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
+        h |= (uint16_t)((ls >> 4) << (2 * j));
     }
-    case MOEQ_TYPE_Q8_0: {
-        block_q8_0 *b = (block_q8_0 *)blk;
-        put_f16((uint8_t *)&b->d, rstd * s32[0] / 73.9f);
-        break;
-    }
-    case MOEQ_TYPE_IQ4_NL: {
-        block_iq4_nl *b = (block_iq4_nl *)blk;
-        put_f16((uint8_t *)&b->d, rstd * s32[0] / U.kv);
-        break;
-    }
-    case MOEQ_TYPE_Q2_K: {
-        /* y = d*sc*q - dmin*m with q in 0..3; dmin = 1.5 d and m = sc
-         * centre every sub-block on zero */
-        block_q2_K *b = (block_q2_K *)blk;
-        for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
-        float d = fit_codes(t, 16, 1, 15, 1, 0, 1.1180f, code);
-        for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(code[j] | code[j] << 4);
-        put_f16((uint8_t *)&b->d, d);
-        put_f16((uint8_t *)&b->dmin, 1.5f * d);
-        break;
-    }
-    case MOEQ_TYPE_Q3_K: {
-        /* y = d*(s-32)*(q-4*!hbit), levels -4..3; 6-bit s stored 33..63 */
-        block_q3_K *b = (block_q3_K *)blk;
-        for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
-        float d = fit_codes(t, 16, 1, 31, 1, 0, 2.3452f, code);
-        for (int j = 0; j < 16; j++) q3k_set_scale(b->scales, j, code[j]);
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_Q4_K:
-    case MOEQ_TYPE_Q5_K: {
-        /* y = d*sc*q - dmin*m, q in 0..15 (0..31); dmin = d*mid, m = sc */
-        int q5 = type == MOEQ_TYPE_Q5_K;
-        for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
-        float d = fit_codes(t, 8, 1, 63, 1, 0, q5 ? 9.2331f : 4.6098f, code);
-        uint8_t *sc = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
-        for (int j = 0; j < 8; j++) k4_set_scale_min(sc, j, code[j], code[j]);
-        put_f16(blk, d);                       /* d is first in both layouts */
-        put_f16(blk + 2, d * (q5 ? 15.5f : 7.5f));
-        break;
-    }
-    case MOEQ_TYPE_Q6_K: {
-        block_q6_K *b = (block_q6_K *)blk;
-        for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
-        float d = fit_codes(t, 16, 1, 127, 1, 0, 18.48f, code);
-        for (int j = 0; j < 16; j++) b->scales[j] = (int8_t)code[j];
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_IQ2_XXS: {
-        /* scale: the top nibble of the second 32-bit word of each 32-group */
-        block_iq2_xxs *b = (block_iq2_xxs *)blk;
-        for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
-        float d = fit_codes(t, 8, 0, 15, 0.25f, 0.125f, U.iq2xxs, code);
-        uint8_t *q = (uint8_t *)b->qs;
-        for (int j = 0; j < 8; j++) q[8 * j + 7] = (uint8_t)((q[8 * j + 7] & 0x0f) | code[j] << 4);
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_IQ2_XS:
-    case MOEQ_TYPE_IQ2_S: {
-        int xs = type == MOEQ_TYPE_IQ2_XS;
-        for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
-        float d = fit_codes(t, 16, 0, 15, 0.25f, 0.125f, xs ? U.iq2xs : U.iq2s, code);
-        uint8_t *sc = xs ? ((block_iq2_xs *)blk)->scales : ((block_iq2_s *)blk)->scales;
-        for (int j = 0; j < 8; j++) sc[j] = (uint8_t)(code[2 * j] | code[2 * j + 1] << 4);
-        put_f16(blk, d);
-        break;
-    }
-    case MOEQ_TYPE_IQ3_XXS: {
-        block_iq3_xxs *b = (block_iq3_xxs *)blk;
-        for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
-        float d = fit_codes(t, 8, 0, 15, 0.5f, 0.25f, U.iq3xxs, code);
-        uint8_t *ss = b->qs + QK_K / 4;
-        for (int j = 0; j < 8; j++) ss[4 * j + 3] = (uint8_t)((ss[4 * j + 3] & 0x0f) | code[j] << 4);
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_IQ3_S: {
-        block_iq3_s *b = (block_iq3_s *)blk;
-        for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
-        float d = fit_codes(t, 8, 0, 15, 2, 1, U.iq3s, code);
-        for (int j = 0; j < 4; j++) b->scales[j] = (uint8_t)(code[2 * j] | code[2 * j + 1] << 4);
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_IQ4_XS: {
-        /* dl = d*(ls-32), ls 6-bit: codes 1..31 stored as 33..63 */
-        block_iq4_xs *b = (block_iq4_xs *)blk;
-        for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
-        float d = fit_codes(t, 8, 1, 31, 1, 0, U.kv, code);
-        uint16_t h = 0;
-        memset(b->scales_l, 0, sizeof b->scales_l);
-        for (int j = 0; j < 8; j++) {
-            int ls = code[j] + 32;
-            b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
-            h |= (uint16_t)((ls >> 4) << (2 * j));
-        }
-        b->scales_h = h;
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    default:
-        break;
-    }
+    b->scales_h = h;
+    put_f16((uint8_t *)&b->d, d);
 }
 
 /* ------------------------------------------------ round-to-nearest blocks */
@@ -846,17 +885,6 @@ static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, co
  * direction that random blocks cannot carry.
  */
 
-static int rtn_type(int t)
-{
-    switch (t) {
-    case MOEQ_TYPE_Q4_0: case MOEQ_TYPE_Q8_0: case MOEQ_TYPE_Q2_K: case MOEQ_TYPE_Q3_K:
-    case MOEQ_TYPE_Q4_K: case MOEQ_TYPE_Q5_K: case MOEQ_TYPE_Q6_K:
-    case MOEQ_TYPE_IQ4_NL: case MOEQ_TYPE_IQ4_XS:
-        return 1;
-    default:
-        return 0;
-    }
-}
 
 /* The value of largest magnitude, with its sign. */
 static float signed_absmax(const float *x, int n)
@@ -930,128 +958,206 @@ static const int8_t *levels8(const int *q, int8_t *l8)
     return l8;
 }
 
-/* Encode 256 (or 32) floats x as one block of type by rounding. */
-static void round_block(int type, const float *x, uint8_t *blk)
+static void rnd_q8_0(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K];
+    float d;
+    block_q8_0 *b = (block_q8_0 *)blk;
+    float m = fabsf(signed_absmax(x, 32));
+    d = m / 127.0f;
+    round_sym(x, 32, d, -127, 127, q);
+    for (int i = 0; i < 32; i++) b->qs[i] = (int8_t)q[i];
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void rnd_q4_0(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K];
+    float d;
+    /* the extreme value maps to level -8, as ggml does */
+    block_q4_0 *b = (block_q4_0 *)blk;
+    d = signed_absmax(x, 32) / -8.0f;
+    round_sym(x, 32, d, -8, 7, q);
+    for (int i = 0; i < 16; i++) b->qs[i] = (uint8_t)((q[i] + 8) | (q[i + 16] + 8) << 4);
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void rnd_iq4_nl(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K];
+    float d;
+    block_iq4_nl *b = (block_iq4_nl *)blk;
+    d = signed_absmax(x, 32) / (float)kvalues_iq4nl[0];
+    float id = d != 0 ? 1.0f / d : 0;
+    for (int i = 0; i < 32; i++) q[i] = nearest_kvalue(x[i] * id);
+    for (int i = 0; i < 16; i++) b->qs[i] = (uint8_t)(q[i] | q[i + 16] << 4);
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void rnd_iq4_xs(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K];
+    float d;
+    /* sub-block scale s = absmax/-127 as an integer (ls-32) of d */
+    block_iq4_xs *b = (block_iq4_xs *)blk;
+    float s[8], smax = 0;
+    for (int j = 0; j < 8; j++) {
+        s[j] = signed_absmax(x + 32 * j, 32) / (float)kvalues_iq4nl[0];
+        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
+    }
+    d = smax / -32.0f;
+    uint16_t h = 0;
+    memset(b->scales_l, 0, sizeof b->scales_l);
+    for (int j = 0; j < 8; j++) {
+        int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
+        float dl = d * (float)l, id = dl != 0 ? 1.0f / dl : 0;
+        for (int i = 0; i < 32; i++) q[32 * j + i] = nearest_kvalue(x[32 * j + i] * id);
+        int ls = l + 32;
+        b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
+        h |= (uint16_t)((ls >> 4) << (2 * j));
+        for (int i = 0; i < 16; i++)
+            b->qs[16 * j + i] = (uint8_t)(q[32 * j + i] | q[32 * j + 16 + i] << 4);
+    }
+    b->scales_h = h;
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void rnd_q2_k(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K], sc[16], mn[16];
+    int8_t l8[QK_K];
+    float d, dmin;
+    block_q2_K *b = (block_q2_K *)blk;
+    round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
+    for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
+    q2k_set_levels(b, levels8(q, l8));
+    put_f16((uint8_t *)&b->d, d);
+    put_f16((uint8_t *)&b->dmin, dmin);
+}
+
+static void rnd_q3_k(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K];
+    int8_t l8[QK_K];
+    float d;
+    /* signed sub-block scales (6-bit, stored +32); levels -4..3 with
+     * the low two bits in qs (as Q2_K) and the third in hmask */
+    block_q3_K *b = (block_q3_K *)blk;
+    float s[16], smax = 0;
+    for (int j = 0; j < 16; j++) {
+        s[j] = signed_absmax(x + 16 * j, 16) / -4.0f;
+        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
+    }
+    d = smax / -32.0f;
+    for (int j = 0; j < 16; j++) {
+        int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
+        float dl = d * (float)l;
+        round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
+        q3k_set_scale(b->scales, j, l);
+    }
+    q3k_set_levels(b, levels8(q, l8));
+    put_f16((uint8_t *)&b->d, d);
+}
+
+static void rnd_q4_k(int type, const float *x, uint8_t *blk)
 {
     int q[QK_K], sc[16], mn[16];
     int8_t l8[QK_K];
     float d, dmin;
-    switch (type) {
-    case MOEQ_TYPE_Q8_0: {
-        block_q8_0 *b = (block_q8_0 *)blk;
-        float m = fabsf(signed_absmax(x, 32));
-        d = m / 127.0f;
-        round_sym(x, 32, d, -127, 127, q);
-        for (int i = 0; i < 32; i++) b->qs[i] = (int8_t)q[i];
-        put_f16((uint8_t *)&b->d, d);
-        break;
+    int q5 = type == MOEQ_TYPE_Q5_K;
+    round_asym(x, 8, 32, q5 ? 31 : 15, 63, &d, &dmin, sc, mn, q);
+    uint8_t *scales = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
+    for (int j = 0; j < 8; j++) k4_set_scale_min(scales, j, sc[j], mn[j]);
+    if (q5) q5k_set_levels((block_q5_K *)blk, levels8(q, l8));
+    else    q4k_set_levels((block_q4_K *)blk, levels8(q, l8));
+    put_f16(blk, d);
+    put_f16(blk + 2, dmin);
+}
+
+static void rnd_q6_k(int type, const float *x, uint8_t *blk)
+{
+    (void)type;
+    int q[QK_K];
+    int8_t l8[QK_K];
+    float d;
+    /* signed 8-bit sub-block scales; levels -32..31 stored +32 as a
+     * low nibble (ql) and two high bits (qh) */
+    block_q6_K *b = (block_q6_K *)blk;
+    float s[16], smax = 0;
+    for (int j = 0; j < 16; j++) {
+        s[j] = signed_absmax(x + 16 * j, 16) / -32.0f;
+        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
     }
-    case MOEQ_TYPE_Q4_0: {
-        /* the extreme value maps to level -8, as ggml does */
-        block_q4_0 *b = (block_q4_0 *)blk;
-        d = signed_absmax(x, 32) / -8.0f;
-        round_sym(x, 32, d, -8, 7, q);
-        for (int i = 0; i < 16; i++) b->qs[i] = (uint8_t)((q[i] + 8) | (q[i + 16] + 8) << 4);
-        put_f16((uint8_t *)&b->d, d);
-        break;
+    d = smax / -128.0f;
+    for (int j = 0; j < 16; j++) {
+        int l = d != 0 ? clampi((int)lrintf(s[j] / d), -128, 127) : 0;
+        b->scales[j] = (int8_t)l;
+        round_sym(x + 16 * j, 16, d * (float)l, -32, 31, q + 16 * j);
     }
-    case MOEQ_TYPE_IQ4_NL: {
-        block_iq4_nl *b = (block_iq4_nl *)blk;
-        d = signed_absmax(x, 32) / (float)kvalues_iq4nl[0];
-        float id = d != 0 ? 1.0f / d : 0;
-        for (int i = 0; i < 32; i++) q[i] = nearest_kvalue(x[i] * id);
-        for (int i = 0; i < 16; i++) b->qs[i] = (uint8_t)(q[i] | q[i + 16] << 4);
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_IQ4_XS: {
-        /* sub-block scale s = absmax/-127 as an integer (ls-32) of d */
-        block_iq4_xs *b = (block_iq4_xs *)blk;
-        float s[8], smax = 0;
-        for (int j = 0; j < 8; j++) {
-            s[j] = signed_absmax(x + 32 * j, 32) / (float)kvalues_iq4nl[0];
-            if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
-        }
-        d = smax / -32.0f;
-        uint16_t h = 0;
-        memset(b->scales_l, 0, sizeof b->scales_l);
-        for (int j = 0; j < 8; j++) {
-            int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
-            float dl = d * (float)l, id = dl != 0 ? 1.0f / dl : 0;
-            for (int i = 0; i < 32; i++) q[32 * j + i] = nearest_kvalue(x[32 * j + i] * id);
-            int ls = l + 32;
-            b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
-            h |= (uint16_t)((ls >> 4) << (2 * j));
-            for (int i = 0; i < 16; i++)
-                b->qs[16 * j + i] = (uint8_t)(q[32 * j + i] | q[32 * j + 16 + i] << 4);
-        }
-        b->scales_h = h;
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_Q2_K: {
-        block_q2_K *b = (block_q2_K *)blk;
-        round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
-        for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
-        q2k_set_levels(b, levels8(q, l8));
-        put_f16((uint8_t *)&b->d, d);
-        put_f16((uint8_t *)&b->dmin, dmin);
-        break;
-    }
-    case MOEQ_TYPE_Q3_K: {
-        /* signed sub-block scales (6-bit, stored +32); levels -4..3 with
-         * the low two bits in qs (as Q2_K) and the third in hmask */
-        block_q3_K *b = (block_q3_K *)blk;
-        float s[16], smax = 0;
-        for (int j = 0; j < 16; j++) {
-            s[j] = signed_absmax(x + 16 * j, 16) / -4.0f;
-            if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
-        }
-        d = smax / -32.0f;
-        for (int j = 0; j < 16; j++) {
-            int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
-            float dl = d * (float)l;
-            round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
-            q3k_set_scale(b->scales, j, l);
-        }
-        q3k_set_levels(b, levels8(q, l8));
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    case MOEQ_TYPE_Q4_K:
-    case MOEQ_TYPE_Q5_K: {
-        int q5 = type == MOEQ_TYPE_Q5_K;
-        round_asym(x, 8, 32, q5 ? 31 : 15, 63, &d, &dmin, sc, mn, q);
-        uint8_t *scales = q5 ? ((block_q5_K *)blk)->scales : ((block_q4_K *)blk)->scales;
-        for (int j = 0; j < 8; j++) k4_set_scale_min(scales, j, sc[j], mn[j]);
-        if (q5) q5k_set_levels((block_q5_K *)blk, levels8(q, l8));
-        else    q4k_set_levels((block_q4_K *)blk, levels8(q, l8));
-        put_f16(blk, d);
-        put_f16(blk + 2, dmin);
-        break;
-    }
-    case MOEQ_TYPE_Q6_K: {
-        /* signed 8-bit sub-block scales; levels -32..31 stored +32 as a
-         * low nibble (ql) and two high bits (qh) */
-        block_q6_K *b = (block_q6_K *)blk;
-        float s[16], smax = 0;
-        for (int j = 0; j < 16; j++) {
-            s[j] = signed_absmax(x + 16 * j, 16) / -32.0f;
-            if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
-        }
-        d = smax / -128.0f;
-        for (int j = 0; j < 16; j++) {
-            int l = d != 0 ? clampi((int)lrintf(s[j] / d), -128, 127) : 0;
-            b->scales[j] = (int8_t)l;
-            round_sym(x + 16 * j, 16, d * (float)l, -32, 31, q + 16 * j);
-        }
-        q6k_set_levels(b, levels8(q, l8));
-        put_f16((uint8_t *)&b->d, d);
-        break;
-    }
-    default:
-        break;
-    }
+    q6k_set_levels(b, levels8(q, l8));
+    put_f16((uint8_t *)&b->d, d);
+}
+
+/* Each type's two block writers: random codes with profiled scales
+ * (synth_block), and round-to-nearest of float weights (round_block;
+ * NULL: the type is made by its real quantizer instead). Adding a type to
+ * synth is one row here. */
+struct synth_codec {
+    void (*random)(int type, uint8_t *blk, const float *s16, const float *s32, float rstd);
+    void (*round)(int type, const float *x, uint8_t *blk);
+};
+static const struct synth_codec codecs[MOEQ_TYPE_COUNT] = {
+    [MOEQ_TYPE_Q4_0] = { syn_q4_0, rnd_q4_0 },
+    [MOEQ_TYPE_Q8_0] = { syn_q8_0, rnd_q8_0 },
+    [MOEQ_TYPE_IQ4_NL] = { syn_iq4_nl, rnd_iq4_nl },
+    [MOEQ_TYPE_Q2_K] = { syn_q2_k, rnd_q2_k },
+    [MOEQ_TYPE_Q3_K] = { syn_q3_k, rnd_q3_k },
+    [MOEQ_TYPE_Q4_K] = { syn_q4_k, rnd_q4_k },
+    [MOEQ_TYPE_Q5_K] = { syn_q4_k, rnd_q4_k },
+    [MOEQ_TYPE_Q6_K] = { syn_q6_k, rnd_q6_k },
+    [MOEQ_TYPE_IQ2_XXS] = { syn_iq2_xxs, NULL },
+    [MOEQ_TYPE_IQ2_XS] = { syn_iq2_xs, NULL },
+    [MOEQ_TYPE_IQ2_S] = { syn_iq2_xs, NULL },
+    [MOEQ_TYPE_IQ3_XXS] = { syn_iq3_xxs, NULL },
+    [MOEQ_TYPE_IQ3_S] = { syn_iq3_s, NULL },
+    [MOEQ_TYPE_IQ4_XS] = { syn_iq4_xs, rnd_iq4_xs },
+};
+
+static const struct synth_codec *codec(int type)
+{
+    return type >= 0 && type < MOEQ_TYPE_COUNT ? &codecs[type] : NULL;
+}
+
+/*
+ * One block of `type` for the 256 (or 32) columns whose column rms values
+ * are s16 (16 per 16 columns) / s32, in a row of standard deviation rstd.
+ * Quant indices are random; the scale fields carry the profile.
+ */
+static void synth_block(int type, uint8_t *blk, size_t bsz, const float *s16, const float *s32,
+                        float rstd, uint64_t *rng)
+{
+    fill_random(blk, bsz, rng);
+    const struct synth_codec *c = codec(type);
+    if (c && c->random) c->random(type, blk, s16, s32, rstd);
+}
+
+/* Encode 256 (or 32) floats x as one block of type by rounding. */
+static void round_block(int type, const float *x, uint8_t *blk)
+{
+    const struct synth_codec *c = codec(type);
+    if (c && c->round) c->round(type, x, blk);
+}
+
+static int rtn_type(int t)
+{
+    const struct synth_codec *c = codec(t);
+    return c && c->round;
 }
 
 /* ---------------------------------------------------------- row workers */
