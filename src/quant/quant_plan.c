@@ -71,6 +71,17 @@ const struct moeq_mix *moeq_mix_find(const char *name)
 
 const struct moeq_mix *moeq_mix_list(void) { return mixes; }
 
+int moeq_ftype_of_type(int type)
+{
+    const char *name = moeq_type_name(type);
+    if (!name) return MOEQ_FTYPE_ALL_F32;
+    for (const struct moeq_mix *m = mixes; m->name; m++)   /* the mix of that name */
+        if (name_eq(name, m->name)) return m->ftype;
+    for (const struct moeq_mix *m = mixes; m->name; m++)   /* else the first built on it */
+        if (m->base_type == type) return m->ftype;
+    return MOEQ_FTYPE_ALL_F32;
+}
+
 const struct moeq_mix *moeq_mix_of_ftype(int ftype)
 {
     for (const struct moeq_mix *m = mixes; m->name; m++)
@@ -249,7 +260,7 @@ static int mix_rule(const struct moeq_mix *mix, const struct moeq_model_shape *s
 /* A type whose block fits a row of ne0, as llama-quantize falls back:
  * 256-wide types to a 32-wide one (ggml has no Q5_0/Q5_1 in moeq, so the
  * K-quants above 4 bits fall back to Q8_0), then to F16. */
-static int fit_row(int type, uint64_t ne0, int *fell_back)
+int moeq_plan_fit_row(int type, uint64_t ne0, int *fell_back)
 {
     const struct moeq_type_traits *t = moeq_type_traits(type);
     *fell_back = 0;
@@ -299,7 +310,7 @@ int moeq_plan(const struct moeq_plan_opts *o, const struct moeq_model_shape *sha
                 type = o->recipe->types[g];
                 e->recipe = 1;
             }
-            type = fit_row(type, t[i].ne[0], &e->fallback);
+            type = moeq_plan_fit_row(type, t[i].ne[0], &e->fallback);
             if (embd_type >= 0 && strcmp(t[i].name, "token_embd.weight") == 0)
                 type = embd_type;
             if (output_type >= 0 && strcmp(t[i].name, "output.weight") == 0)

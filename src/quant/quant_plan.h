@@ -44,6 +44,14 @@ const struct moeq_mix *moeq_mix_list(void);
 
 /* Mix by llama.cpp file type, or NULL. */
 const struct moeq_mix *moeq_mix_of_ftype(int ftype);
+/* llama.cpp's general.file_type for a file mostly of one tensor type: the
+ * mix of that name (IQ2_S, Q6_K, ...), else the first built on it (Q4_K:
+ * Q4_K_S); F32 for a type no mix names. */
+int moeq_ftype_of_type(int type);
+/* The type a tensor of row length ne0 gets for `type` (llama.cpp's
+ * fallback when the block does not divide the row: i-quants, Q2_K, Q3_K,
+ * IQ4_XS -> IQ4_NL; Q4_K..Q6_K -> Q8_0; then F16); *fell_back 1 if so. */
+int moeq_plan_fit_row(int type, uint64_t ne0, int *fell_back);
 
 /*
  * A named recipe: a type per tensor group over a base mix. The one table of

@@ -210,18 +210,8 @@ int moeq_synth_check(const moeq_synth_cfg *c, char *err, size_t errlen)
 
 int moeq_synth_tensor_type(const moeq_synth_cfg *c, int g, uint64_t ne0)
 {
-    int t = c->types[g];
-    const struct moeq_type_traits *tr = moeq_type_traits(t);
-    if (!tr || ne0 % (uint64_t)tr->blck_size == 0) return t;
-    /* llama.cpp's fallback for rows a super-block does not divide, limited
-     * to the 32-element types moeq has (no Q5_0/Q5_1) */
-    int fb;
-    switch (t) {
-    case MOEQ_TYPE_Q4_K: case MOEQ_TYPE_Q5_K: case MOEQ_TYPE_Q6_K: fb = MOEQ_TYPE_Q8_0; break;
-    default: fb = MOEQ_TYPE_IQ4_NL; break;
-    }
-    if (ne0 % 32 == 0) return fb;
-    return MOEQ_TYPE_F16;
+    int fell_back;
+    return moeq_plan_fit_row(c->types[g], ne0, &fell_back);   /* quantize's own rule */
 }
 
 /*
@@ -282,30 +272,6 @@ const char *moeq_synth_path_name(const moeq_synth_cfg *c, int g)
     return names[tensor_path(c, moeq_synth_tensor_type(c, g, ne0))];
 }
 
-/* llama.cpp's general.file_type for a model mostly of type t. */
-static int ftype_of(int t)
-{
-    switch (t) {
-    case MOEQ_TYPE_F32: return 0;
-    case MOEQ_TYPE_F16: return 1;
-    case MOEQ_TYPE_Q4_0: return 2;
-    case MOEQ_TYPE_Q8_0: return 7;
-    case MOEQ_TYPE_Q2_K: return 10;
-    case MOEQ_TYPE_Q3_K: return 11;
-    case MOEQ_TYPE_Q4_K: return 14;
-    case MOEQ_TYPE_Q5_K: return 16;
-    case MOEQ_TYPE_Q6_K: return 18;
-    case MOEQ_TYPE_IQ2_XXS: return 19;
-    case MOEQ_TYPE_IQ2_XS: return 20;
-    case MOEQ_TYPE_IQ3_XXS: return 23;
-    case MOEQ_TYPE_IQ4_NL: return 25;
-    case MOEQ_TYPE_IQ3_S: return 26;
-    case MOEQ_TYPE_IQ2_S: return 28;
-    case MOEQ_TYPE_IQ4_XS: return 30;
-    case MOEQ_TYPE_BF16: return 32;
-    default: return 0;
-    }
-}
 
 /* ---------------------------------------------------------- randomness */
 
@@ -1243,7 +1209,7 @@ static int write_metadata(gguf_writer *w, const moeq_synth_cfg *c, const struct 
             if (p[i].n_dims > 1) by_type[p[i].type] += p[i].ne[0] * p[i].ne[1] * p[i].ne[2];
         int best = MOEQ_TYPE_F32;
         for (int t = 0; t < MOEQ_TYPE_COUNT; t++) if (by_type[t] > by_type[best]) best = t;
-        ftype = ftype_of(best);
+        ftype = moeq_ftype_of_type(best);
     }
     for (int i = 0; i < np; i++) any_quant |= moeq_type_traits(p[i].type)->quantized;
 
