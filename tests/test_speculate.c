@@ -72,3 +72,17 @@ TEST(speculative_greedy_equals_plain)
     moeq_session_free(s);
     moeq_engine_close(e);
 }
+
+TEST(run_lookup_prints_the_plain_greedy_text)
+{
+    const char *m = test_synth_model("run.gguf", NULL);
+    char *a = NULL, *b = NULL, *c = NULL;
+    const char *p = "the cat the cat the dog the cat the";
+    CHECK(test_run(&a, "%s run -m '%s' -p '%s' -n 48 --temp 0 -t 2 2>/dev/null", test_moeq_bin(), m, p) == 0);
+    CHECK(test_run(&b, "%s run -m '%s' -p '%s' -n 48 --temp 0 --lookup --draft-max 5 -t 2 2>/dev/null",
+                   test_moeq_bin(), m, p) == 0);
+    CHECKF(a && b && !strcmp(a, b), "plain '%s' / lookup '%s'", a ? a : "", b ? b : "");
+    CHECK(test_run(&c, "%s run -m '%s' -p x --lookup", test_moeq_bin(), m) == 2);   /* needs --temp 0 */
+    CHECK(c && strstr(c, "--temp 0"));
+    free(a); free(b); free(c);
+}

@@ -50,6 +50,10 @@ static void usage(FILE *o)
         "  -ctk, --cache-type-k T  KV cache type of K: f16 (default) or q8_0\n"
         "  -ctv, --cache-type-v T  KV cache type of V: f16 (default) or q8_0\n"
         "  --chat                wrap the prompt in the chat template as a user message\n"
+        "  --lookup              greedy speculative decoding with drafts from n-grams of the\n"
+        "                        prompt and output (needs --temp 0; the tokens are those of\n"
+        "                        plain greedy decoding, in fewer forward passes)\n"
+        "  --draft-max N         tokens drafted per step with --lookup (default 8)\n"
         "  --dump-logits FILE    write the logits of every prompt position (little-endian\n"
         "                        f32, n_tokens x n_vocab)\n"
         "  -h, --help            this help\n");
@@ -210,6 +214,39 @@ static void print_stats(const struct stats *st)
             st->t_gen > 0 ? st->n_gen / st->t_gen : 0.0);
 }
 
+/* One token of --lookup generation: printed unless it ends generation. */
+static int print_token(void *ctx, int32_t t)
+{
+    struct run *r = ctx;
+    if (g_stop) return 1;
+    if (moeq_token_is_eog(r->e, t)) return 0;
+    char piece[256];
+    int k = moeq_token_piece(r->e, t, piece, (int)sizeof piece);
+    if (k > 0 && k <= (int)sizeof piece) {
+        k = (int)drop_nul(piece, (size_t)k);
+        fwrite(piece, 1, (size_t)k, stdout);
+        fflush(stdout);
+    }
+    r->st.n_gen++;
+    return 0;
+}
+
+/* --lookup: greedy generation with drafts verified in batches. */
+static int generate_lookup(struct run *r, const int32_t *tok, int n, int draft_max)
+{
+    struct moeq_spec_opts o = { .lookup = 1, .draft_max = draft_max, .ngram_min = 1, .ngram_max = 3 };
+    struct moeq_spec_stats st;
+    g_stop = 0;
+    g_generating = 1;
+    double t0 = moeq_now_s();
+    int rc = moeq_generate_greedy(r->e, r->s, tok, n, r->n_predict, &o, print_token, r, &st, r->err, sizeof r->err);
+    r->st.t_gen += moeq_now_s() - t0;
+    g_generating = 0;
+    fprintf(stderr, "\nlookup: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
+            st.steps, st.accepted, st.drafted, st.steps ? (double)r->st.n_gen / st.steps : 0.0);
+    return rc;
+}
+
 /* Interactive chat: history re-rendered every turn; the session keeps the
  * common prefix. */
 static int chat_loop(struct run *r)
@@ -269,11 +306,13 @@ int cmd_run(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL;
     int64_t n_predict = 128, n_ctx = 4096, n_threads = 0, n_batch = 512, top_k = 40, seed = -1;
     double temp = 0.8, top_p = 0.95, min_p = 0.05;
-    int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16, chat = 0, ctx_given = 0;
+    int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16, chat = 0, ctx_given = 0, lookup = 0;
+    int64_t draft_max = 8;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
         if (!strcmp(a, "--chat")) { chat = 1; continue; }
+        if (!strcmp(a, "--lookup")) { lookup = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("run", "option %s needs a value", a);
         const char *v = argv[++i];
         int bad = 0, kv;
@@ -287,6 +326,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) bad = cli_parse_i64(v, &n_batch) || n_batch < 1 || n_batch > 65536;
         else if (!strcmp(a, "--top-k")) bad = cli_parse_i64(v, &top_k) || top_k < 0;
         else if (!strcmp(a, "--seed")) bad = cli_parse_i64(v, &seed);
+        else if (!strcmp(a, "--draft-max")) bad = cli_parse_i64(v, &draft_max) || draft_max < 1 || draft_max > 64;
         else if (!strcmp(a, "--temp")) bad = cli_parse_f64(v, &temp) || temp < 0;
         else if (!strcmp(a, "--top-p")) bad = cli_parse_f64(v, &top_p) || top_p < 0 || top_p > 1;
         else if (!strcmp(a, "--min-p")) bad = cli_parse_f64(v, &min_p) || min_p < 0 || min_p > 1;
@@ -297,6 +337,9 @@ int cmd_run(int argc, char **argv)
     if (!model) return cli_usage_error("run", "-m FILE is required");
     if (prompt && file) return cli_usage_error("run", "give -p or -f, not both");
     if (dump && !prompt && !file) return cli_usage_error("run", "--dump-logits needs a prompt (-p or -f)");
+    if (lookup && temp != 0)
+        return cli_usage_error("run", "--lookup needs --temp 0 (drafts are verified against greedy choices)");
+    if (lookup && !prompt && !file) return cli_usage_error("run", "--lookup needs a prompt (-p or -f)");
     const char *inputs[] = { model, file };
     if (dump) {
         char cerr[512];
@@ -375,7 +418,12 @@ int cmd_run(int argc, char **argv)
         goto out;
     }
     if (!chat) { fwrite(text, 1, drop_nul(text, tlen), stdout); fflush(stdout); }
-    if (n_predict != 0 && generate(&r, NULL, NULL) != 0) { cli_error("%s", r.err); rc = 1; }
+    if (lookup && n_predict != 0) {
+        if (generate_lookup(&r, tok, n, (int)draft_max) != 0) { cli_error("%s", r.err); rc = 1; }
+    } else if (n_predict != 0 && generate(&r, NULL, NULL) != 0) {
+        cli_error("%s", r.err);
+        rc = 1;
+    }
     putchar('\n');
     print_stats(&r.st);
 out:
