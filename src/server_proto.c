@@ -49,6 +49,9 @@ json_t *srv_parse_body(const char *body, size_t len, char *err, size_t errlen)
     /* JSON_REJECT_DUPLICATES: {"stream":false,"stream":true} is ambiguous. */
     json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
+        /* jansson quotes the text near the error: keep the message one line */
+        for (char *c = je.text; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
         snprintf(err, errlen, "request body is not valid JSON: %s (line %d, column %d)",
                  je.text, je.line, je.column);
         return NULL;
