@@ -25,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The message of a refused request; returns 400. Messages quote what the
+ * client sent (a role, the text jansson saw near a syntax error), so any
+ * control character becomes '?': a message is always one line. */
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -32,6 +35,8 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    for (char *c = err; errlen && *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
     return 400;
 }
 
@@ -42,23 +47,20 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 json_t *srv_parse_body(const char *body, size_t len, char *err, size_t errlen)
 {
     if (len == 0) {
-        snprintf(err, errlen, "request body is empty; expected a JSON object");
+        (void)fail(err, errlen, "request body is empty; expected a JSON object");
         return NULL;
     }
     json_error_t je;
     /* JSON_REJECT_DUPLICATES: {"stream":false,"stream":true} is ambiguous. */
     json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
-        /* jansson quotes the text near the error: keep the message one line */
-        for (char *c = je.text; *c; c++)
-            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-        snprintf(err, errlen, "request body is not valid JSON: %s (line %d, column %d)",
-                 je.text, je.line, je.column);
+        (void)fail(err, errlen, "request body is not valid JSON: %s (line %d, column %d)",
+                   je.text, je.line, je.column);
         return NULL;
     }
     if (!json_is_object(v)) {
         json_decref(v);
-        snprintf(err, errlen, "request body must be a JSON object");
+        (void)fail(err, errlen, "request body must be a JSON object");
         return NULL;
     }
     return v;

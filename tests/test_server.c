@@ -303,6 +303,8 @@ TEST(server_parse_errors)
         /* a backslash before a raw newline: jansson quotes both in its
          * message (fuzz_server) */
         { SRV_COMPLETION, "{\"prompt\":\"a\\\nb\"}", "invalid escape" },
+        /* the role is quoted, with its escaped newline made harmless */
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"assist\\nt\",\"content\":\"x\"}]}", "'assist?t'" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct srv_gen g;
