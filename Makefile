@@ -4,7 +4,7 @@
 #   make            build ./moeq
 #   make test       build and run every test, release and ASan+UBSan
 #   make demo       the pipeline on an embedded default
-#   make fuzz       time-bounded libFuzzer run of the GGUF reader
+#   make fuzz       time-bounded libFuzzer runs (GGUF, imatrix, tokenizer, server)
 #   make deps       install the Debian packages the build needs (root)
 #   make install    binary, man page and bash completion under PREFIX
 
@@ -36,7 +36,10 @@ OBJ_ASAN_LIB   = $(patsubst %.c,$(ASAN)/%.o,$(SRC_LIB) $(SRC_TOOLS))
 OBJ_REL_TESTS  = $(patsubst %.c,$(REL)/%.o,$(SRC_TESTS))
 OBJ_ASAN_TESTS = $(patsubst %.c,$(ASAN)/%.o,$(SRC_TESTS))
 
-SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# float-cast-overflow: gcc leaves it out of "undefined" (clang does not);
+# a cast of NaN or of an out-of-range float to an integer is undefined.
+SAN = -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer \
+      -fno-sanitize-recover=undefined,float-cast-overflow
 
 # The version lives in VERSION; the commit comes from git at build time.
 # build/version.h is rewritten only when either changes, so a plain rebuild
@@ -52,7 +55,7 @@ build/version.h: FORCE
 
 $(REL)/tools/moeq.o $(ASAN)/tools/moeq.o: build/version.h
 
-.PHONY: FORCE install all test test-release test-asan demo fuzz deps clean bench check-long check-deps
+.PHONY: check-fuzz-deps FORCE install all test test-release test-asan demo fuzz fuzz-build deps clean bench check-long check-deps
 
 all: check-deps moeq
 
@@ -76,6 +79,9 @@ $(REL)/moeq-tests: $(OBJ_REL_TESTS) $(OBJ_REL_LIB)
 $(ASAN)/moeq: $(ASAN)/tools/moeq.o $(OBJ_ASAN_LIB)
 	$(CC) $(CFLAGS_COMMON) $(SAN) -o $@ $^ $(LDLIBS)
 
+# The corpus replay includes the harnesses.
+$(REL)/tests/test_fuzz_corpus.o $(ASAN)/tests/test_fuzz_corpus.o: $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
+
 $(ASAN)/moeq-tests: $(OBJ_ASAN_TESTS) $(OBJ_ASAN_LIB)
 	$(CC) $(CFLAGS_COMMON) $(SAN) -o $@ $^ $(LDLIBS)
 
@@ -94,18 +100,47 @@ demo: check-deps moeq
 bench: check-deps moeq
 	@sh bench/run_all.sh
 
-check-long: check-deps moeq $(REL)/moeq-tests
-	@MOEQ_LONG=1 MOEQ_SUITES=release sh tests/run.sh
+check-long: check-deps moeq $(REL)/moeq-tests fuzz-build
+	@MOEQ_LONG=1 MOEQ_FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) MOEQ_SUITES=release sh tests/run.sh
 
-# libFuzzer harness for the GGUF reader, time-bounded (FUZZ_SECONDS).
+# libFuzzer harnesses, one per tests/fuzz/fuzz_NAME.c, all built by the one
+# rule below over the library compiled once with clang. `make fuzz` runs
+# each of FUZZ_TARGETS for FUZZ_SECONDS, `make fuzz-NAME` one of them. No
+# sanitizer report recovers (UBSan included), so any finding stops the run
+# with a non-zero exit and leaves the input as build/fuzz/NAME/crash-*.
+# Seeds: tests/fuzz/corpus_NAME (and tests/corpus for gguf), replayed by
+# `make test` (tests/test_fuzz_corpus.c); what a run discovers goes to
+# build/fuzz/NAME/corpus. check-long runs each for FUZZ_LONG_SECONDS.
 FUZZ_SECONDS ?= 60
-build/fuzz/fuzz_gguf: tests/fuzz/fuzz_gguf.c $(SRC_LIB) $(HDRS)
-	@mkdir -p build/fuzz
-	$(FUZZCC) $(CSTD) -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ tests/fuzz/fuzz_gguf.c $(filter-out src/%_avx2.c src/%_avx512.c,$(SRC_LIB)) $(LDLIBS)
+FUZZ_LONG_SECONDS ?= 30
+FUZZ_TARGETS = gguf imatrix tokenizer server
+FUZZ_SEEDS_gguf = tests/corpus
+FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CFLAGS = $(CFLAGS_COMMON) -O1 $(FUZZ_SAN)
+FUZZ_LIB = $(patsubst %.c,build/fuzz/obj/%.o,$(filter-out src/%_avx2.c src/%_avx512.c,$(SRC_LIB)))
+FUZZ_BINS = $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+# made through pattern rules only: keep them (make deletes intermediates)
+.SECONDARY: $(FUZZ_LIB) $(FUZZ_BINS)
+# clang and its libFuzzer runtime: installed as root, else named in one error
+$(FUZZ_LIB): | check-fuzz-deps
+check-fuzz-deps:
+	@sh .ci/deps.sh --fuzz
 
-fuzz: build/fuzz/fuzz_gguf
-	@mkdir -p build/fuzz/corpus
-	build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build/fuzz/corpus tests/corpus
+build/fuzz/obj/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZCC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB)
+	$(FUZZCC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB) $(LDLIBS)
+
+fuzz: $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+fuzz-%: build/fuzz/fuzz_%
+	@mkdir -p build/fuzz/$*/corpus
+	$< -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=60 -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/$*/ build/fuzz/$*/corpus tests/fuzz/corpus_$* $(FUZZ_SEEDS_$*)
+
+fuzz-build: $(FUZZ_BINS)
 
 deps:
 	@sh .ci/deps.sh --install

@@ -2,7 +2,9 @@
  * merging, per-expert weights, llama.cpp's reference file, bad input. */
 #include "test.h"
 #include "quant/imatrix.h"
+#include "gguf_build.h"
 
+#include <float.h>
 #include <stdint.h>
 
 static struct moeq_imatrix *sample(unsigned seed)
@@ -168,5 +170,57 @@ TEST(imatrix_bad_files)
     }
     free(buf);
     moeq_imatrix_free(s);
+    moeq_imatrix_free(im);
+}
+
+/* Entry names go into one-line messages: a control character in one
+ * (fuzz_imatrix found "blk\n0..." in a .dat) is refused, in both formats. */
+TEST(imatrix_names_with_control_characters)
+{
+    char err[256];
+    const char *p = test_tmp("ctl.dat");
+    gbuf d = {0};
+    gb_u32(&d, 1); gb_u32(&d, 5); gb_put(&d, "blk\n0", 5); gb_u32(&d, 1); gb_u32(&d, 1); gb_f32(&d, 1.0f);
+    FILE *f = fopen(p, "wb");
+    REQUIRE(f && fwrite(d.p, 1, d.n, f) == d.n && fclose(f) == 0);
+    struct moeq_imatrix *im = moeq_imatrix_new();
+    CHECKF(moeq_imatrix_load(im, p, err, sizeof err) == -1 && !strchr(err, '\n') &&
+           strstr(err, "ctl.dat: byte 4: entry 0: name contains control character 0x0a"), "%s", err);
+    free(d.p);
+
+    const uint64_t ne_s[2] = { 2, 1 }, ne_c[2] = { 1, 1 };
+    gbuf g = {0};
+    gb_header(&g, 3, 2, 0);
+    gb_tinfo(&g, "a\x1b[2J.in_sum2", 2, ne_s, 0 /* F32 */, 0);
+    gb_tinfo(&g, "a\x1b[2J.counts", 2, ne_c, 0, 32);
+    gb_pad(&g, 32);
+    gb_f32(&g, 1.0f); gb_f32(&g, 2.0f);
+    gb_pad(&g, 32);
+    gb_f32(&g, 1.0f);
+    p = test_tmp("ctl.gguf");
+    f = fopen(p, "wb");
+    REQUIRE(f && fwrite(g.p, 1, g.n, f) == g.n && fclose(f) == 0);
+    CHECKF(moeq_imatrix_load(im, p, err, sizeof err) == -1 && !strchr(err, '\n') &&
+           strstr(err, "ctl.gguf: tensor 0: name contains control character 0x1b"), "%s", err);
+    free(g.p);
+    moeq_imatrix_free(im);
+}
+
+/* A count far below one token under ordinary sums (fuzz_imatrix found a
+ * file with a count of 1.4e-45): the mean is past float range. The weights
+ * saturate instead of becoming infinite. */
+TEST(imatrix_weights_stay_finite)
+{
+    char err[256];
+    struct moeq_imatrix *im = moeq_imatrix_new();
+    struct moeq_imatrix_entry *e = moeq_imatrix_get(im, "blk.0.ffn_up_exps.weight", 4, 2, err, sizeof err);
+    REQUIRE(e);
+    for (int j = 0; j < 4; j++) e->sums[j] = e->sums[4 + j] = 10.0 * (j + 1);
+    e->counts[0] = 1.4e-45;
+    e->counts[1] = 2.0;
+    float w[4];
+    CHECK(moeq_imatrix_weights(e, 4, 2, 0, w) == 0);
+    for (int j = 0; j < 4; j++) CHECKF(isfinite(w[j]) && w[j] == FLT_MAX, "w[%d] = %g", j, (double)w[j]);
+    CHECK(moeq_imatrix_weights(e, 4, 2, 1, w) == 0 && w[0] == 5.0f && w[3] == 20.0f);
     moeq_imatrix_free(im);
 }

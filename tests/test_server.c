@@ -301,6 +301,11 @@ TEST(server_parse_errors)
         { SRV_COMPLETION, "{\"prompt\":\"a\",\"logprobs\":true}", "'logprobs' must be an integer" },
         { SRV_COMPLETION, "{\"prompt\":\"a\",\"echo\":true}", "'echo'" },
         { SRV_COMPLETION, NULL, "context holds 256" },
+        /* a backslash before a raw newline: jansson quotes both in its
+         * message (fuzz_server) */
+        { SRV_COMPLETION, "{\"prompt\":\"a\\\nb\"}", "invalid escape" },
+        /* the role is quoted, with its escaped newline made harmless */
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"assist\\nt\",\"content\":\"x\"}]}", "'assist?t'" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct srv_gen g;
@@ -308,6 +313,7 @@ TEST(server_parse_errors)
         const char *body = cases[i].body ? cases[i].body : longreq;
         int rc = parse(&be, cases[i].kind, body, &g, err, sizeof err);
         CHECKF(rc == 400, "case %zu (%s): rc %d", i, body, rc);
+        CHECKF(!strchr(err, '\n'), "case %zu: message of more than one line: '%s'", i, err);
         char *ej = srv_error_json(400, err);
         CHECKF(strstr(ej, cases[i].needle) != NULL, "case %zu: message '%s' lacks '%s'", i, ej, cases[i].needle);
         free(ej);

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,12 +241,31 @@ static int arr_elem(const gguf_value *a, uint64_t i, gguf_value *out)
     return 0;
 }
 
+/* A float element as an integer: truncated toward zero, saturated at the
+ * type's bounds, NaN as 0. A plain cast of a value out of range (or NaN) is
+ * undefined behaviour, and the elements come from the file. 0x1p63 and
+ * 0x1p64 are exact doubles: every double below them converts. */
+static int64_t f64_to_i64(double x)
+{
+    if (isnan(x)) return 0;
+    if (x >= 0x1p63) return INT64_MAX;
+    if (x < -0x1p63) return INT64_MIN;
+    return (int64_t)x;
+}
+
+static uint64_t f64_to_u64(double x)
+{
+    if (isnan(x) || x <= -1.0) return 0;
+    if (x >= 0x1p64) return UINT64_MAX;
+    return (uint64_t)x;
+}
+
 int64_t gguf_arr_i64(const gguf_value *arr, uint64_t i)
 {
     gguf_value e;
     if (arr_elem(arr, i, &e)) return 0;
     if (is_signed_type(e.type)) return e.v.i64;
-    if (is_float_type(e.type)) return (int64_t)e.v.f64;
+    if (is_float_type(e.type)) return f64_to_i64(e.v.f64);
     return (int64_t)e.v.u64;
 }
 
@@ -254,7 +274,7 @@ uint64_t gguf_arr_u64(const gguf_value *arr, uint64_t i)
     gguf_value e;
     if (arr_elem(arr, i, &e)) return 0;
     if (is_signed_type(e.type)) return (uint64_t)e.v.i64;
-    if (is_float_type(e.type)) return (uint64_t)e.v.f64;
+    if (is_float_type(e.type)) return f64_to_u64(e.v.f64);
     return e.v.u64;
 }
 

@@ -121,7 +121,9 @@ int gguf_get_bool(const gguf_file *f, const char *key, int *out);
 /* String as a NUL-terminated copy in out (truncated to outlen). */
 int gguf_get_str(const gguf_file *f, const char *key, char *out, size_t outlen);
 
-/* Element i of a numeric array as i64/u64/f64; strings by pointer. */
+/* Element i of a numeric array as i64/u64/f64; strings by pointer. A float
+ * element read as an integer is truncated toward zero and saturated at the
+ * type's bounds (negative as u64: 0), NaN reads as 0. Out of range i: 0. */
 int64_t  gguf_arr_i64(const gguf_value *arr, uint64_t i);
 uint64_t gguf_arr_u64(const gguf_value *arr, uint64_t i);
 double   gguf_arr_f64(const gguf_value *arr, uint64_t i);

@@ -12,6 +12,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -163,7 +164,13 @@ int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_
         for (int64_t j = 0; j < ne0; j++) out[j] = 1.0f;
         return 1;
     }
-    for (int64_t j = 0; j < ne0; j++) out[j] = (float)(s[j] / c);
+    /* A tiny count under big sums (a file may hold any finite floats, and
+     * merged sums grow) gives a mean past float range: saturate, so the
+     * weights stay finite (and the conversion defined). */
+    for (int64_t j = 0; j < ne0; j++) {
+        double w = s[j] / c;
+        out[j] = w < FLT_MAX ? (float)w : FLT_MAX;
+    }
     return 0;
 }
 
@@ -182,6 +189,15 @@ static int rd_bytes(struct rd *r, void *dst, size_t n, const char *what)
     memcpy(dst, r->p + r->off, n);
     r->off += n;
     return 0;
+}
+
+/* Index of the first control character of an entry name, or -1. Names go
+ * into one-line messages (and tensor lookups): both readers refuse them. */
+static long control_char(const char *s, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if ((unsigned char)s[k] < 0x20 || s[k] == 0x7f) return (long)k;
+    return -1;
 }
 
 static int load_dat(struct moeq_imatrix *im, struct rd *r)
@@ -206,6 +222,11 @@ static int load_dat(struct moeq_imatrix *im, struct rd *r)
         name[len] = 0;
         if (strlen(name) != (size_t)len) {
             moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %d: name contains NUL", r->path, at, i);
+            goto fail;
+        }
+        if (control_char(name, (size_t)len) >= 0) {
+            moeq_set_err(r->err, r->errlen, "%s: byte %zu: entry %d: name contains control character 0x%02x",
+                    r->path, at, i, (unsigned char)name[control_char(name, (size_t)len)]);
             goto fail;
         }
         at = r->off;
@@ -300,6 +321,11 @@ static int load_gguf(struct moeq_imatrix *im, const char *path, char *err, size_
         if (nl >= sizeof name) continue;
         memcpy(name, ts->name.s, nl);
         name[nl] = 0;
+        if (control_char(name, nl) >= 0) {
+            moeq_set_err(err, errlen, "%s: tensor %llu: name contains control character 0x%02x", path,
+                    (unsigned long long)t, (unsigned char)name[control_char(name, nl)]);
+            goto done;
+        }
         char cname[1100];
         snprintf(cname, sizeof cname, "%s.counts", name);
         int64_t ci = gguf_find_tensor(f, cname);

@@ -95,7 +95,8 @@ int64_t moeq_imatrix_n_storable(const struct moeq_imatrix *im);
 
 /*
  * Importance weights for expert `expert` (0 for a 2-D weight) of a weight
- * with ne0 input columns and n_expert matrices: out[j] = sums / counts.
+ * with ne0 input columns and n_expert matrices: out[j] = sums / counts,
+ * saturated at FLT_MAX (always finite).
  * Accepts per-expert entries and legacy flat vectors of ne0 * n_expert.
  * Returns 0; 1 when that expert has no data (out is uniform ones); -1 when
  * the entry's size does not fit the weight.

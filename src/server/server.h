@@ -95,7 +95,7 @@ int  srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_
                    struct srv_gen *g, char *err, size_t errlen);
 void srv_gen_free(struct srv_gen *g);
 
-/* Parse a body (bytes) into a JSON object; NULL with a message on error. */
+/* Parse a body (bytes) into a JSON object; NULL with a one-line message on error. */
 json_t *srv_parse_body(const char *body, size_t len, char *err, size_t errlen);
 
 /* {"error":{"message","type","code"}} for an HTTP status; malloc'd text. */

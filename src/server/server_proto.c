@@ -28,8 +28,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* An error message in err, and 400 (Bad Request) for the caller to return. */
-#define fail(err, errlen, ...) (moeq_set_err(err, errlen, __VA_ARGS__), 400)
+/* The message of a refused request; returns 400. Messages quote what the
+ * client sent (a role, the text jansson saw near a syntax error), so any
+ * control character becomes '?': a message is always one line. */
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    for (char *c = err; errlen && *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    return 400;
+}
 
 /* ======================================================================
  * Request bodies
@@ -38,20 +50,20 @@
 json_t *srv_parse_body(const char *body, size_t len, char *err, size_t errlen)
 {
     if (len == 0) {
-        snprintf(err, errlen, "request body is empty; expected a JSON object");
+        (void)fail(err, errlen, "request body is empty; expected a JSON object");
         return NULL;
     }
     json_error_t je;
     /* JSON_REJECT_DUPLICATES: {"stream":false,"stream":true} is ambiguous. */
     json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
-        snprintf(err, errlen, "request body is not valid JSON: %s (line %d, column %d)",
-                 je.text, je.line, je.column);
+        (void)fail(err, errlen, "request body is not valid JSON: %s (line %d, column %d)",
+                   je.text, je.line, je.column);
         return NULL;
     }
     if (!json_is_object(v)) {
         json_decref(v);
-        snprintf(err, errlen, "request body must be a JSON object");
+        (void)fail(err, errlen, "request body must be a JSON object");
         return NULL;
     }
     return v;
