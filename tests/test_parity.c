@@ -104,3 +104,48 @@ TEST(quantize_dry_run_needs_no_allow_requantize)
     CHECK(o && strstr(o, "requantizing is disabled"));
     free(o);
 }
+
+TEST(fit_exit_status_and_json)
+{
+    char *o = NULL;
+    /* with a budget: 0 fits, 1 does not */
+    CHECK(test_run(&o, "%s fit --preset tiny --budget 16G -t 1 >/dev/null", test_moeq_bin()) == 0);
+    free(o);
+    CHECK(test_run(&o, "%s fit --preset qwen3-30b-a3b -c 4096 --budget 16G -t 1", test_moeq_bin()) == 1);
+    CHECK(o && strstr(o, "DOES NOT FIT"));
+    free(o);
+    /* without one: the default budget, status 0 either way, said so */
+    CHECK(test_run(&o, "%s fit --preset qwen3-30b-a3b -c 4096 -t 1", test_moeq_bin()) == 0);
+    CHECK(o && strstr(o, "DOES NOT FIT") && strstr(o, "no --budget"));
+    free(o);
+    REQUIRE(test_run(&o, "%s fit --preset qwen3-30b-a3b --recipe asym-2bitexp -c 16384 --budget 16G -t 2 --json",
+                     test_moeq_bin()) == 0);
+    json_error_t je;
+    json_t *j = json_loads(o, 0, &je);
+    REQUIREF(j != NULL, "%s: %s", je.text, o);
+    CHECK(json_is_true(json_object_get(j, "fits")) && json_is_true(json_object_get(j, "budget_given")));
+    json_t *b = json_object_get(j, "bytes");
+    json_int_t total = json_integer_value(json_object_get(b, "total"));
+    json_int_t sum = json_integer_value(json_object_get(b, "weights")) + json_integer_value(json_object_get(b, "kv")) +
+                     json_integer_value(json_object_get(b, "compute")) + json_integer_value(json_object_get(b, "sessions")) +
+                     json_integer_value(json_object_get(b, "runtime"));
+    CHECKF(total > 0 && total == sum, "total %lld, parts %lld", (long long)total, (long long)sum);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "setting"), "n_ctx")) == 16384);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "max_ctx"), "q8_0")) >=
+          json_integer_value(json_object_get(json_object_get(j, "max_ctx"), "f16")));
+    CHECK(json_integer_value(json_object_get(j, "available")) - total == json_integer_value(json_object_get(j, "margin")));
+    json_decref(j);
+    free(o);
+}
+
+TEST(fit_default_context_clamped_to_the_model)
+{
+    const char *m = test_synth_model("par_ctx.gguf", "--ctx 256");
+    char *o = NULL;
+    REQUIREF(test_run(&o, "%s fit -m %s --json", test_moeq_bin(), m) == 0, "%s", o);
+    json_t *j = json_loads(o, 0, NULL);
+    REQUIREF(j != NULL, "%s", o);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "setting"), "n_ctx")) == 256);
+    json_decref(j);
+    free(o);
+}
