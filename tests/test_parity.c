@@ -149,3 +149,19 @@ TEST(fit_default_context_clamped_to_the_model)
     json_decref(j);
     free(o);
 }
+
+TEST(run_says_context_full_and_warns_past_training_context)
+{
+    const char *m = test_synth_model("par_run.gguf", "--ctx 64");
+    char *o = NULL;
+    REQUIREF(test_run(&o, "%s run -m %s -c 16 -n 100 -p hello --temp 0 2>&1 >/dev/null", test_moeq_bin(), m) == 0,
+             "%s", o);
+    CHECKF(o && strstr(o, "context of 16 tokens is full") && strstr(o, "larger -c"), "%s", o ? o : "");
+    CHECK(o && !strstr(o, "training context"));
+    free(o);
+    REQUIREF(test_run(&o, "%s run -m %s -c 128 -n 2 -p hello --temp 0 2>&1 >/dev/null", test_moeq_bin(), m) == 0,
+             "%s", o);
+    CHECKF(o && strstr(o, "warning: -c 128 exceeds the model's training context of 64"), "%s", o ? o : "");
+    CHECK(o && !strstr(o, "is full"));
+    free(o);
+}
