@@ -3,6 +3,7 @@
  * fit's exit status and --json; run's context messages. */
 #include "test.h"
 #include "gguf/gguf.h"
+#include "quant/imatrix.h"
 #include "quant/quants.h"
 
 #include <jansson.h>
@@ -163,5 +164,85 @@ TEST(run_says_context_full_and_warns_past_training_context)
              "%s", o);
     CHECKF(o && strstr(o, "warning: -c 128 exceeds the model's training context of 64"), "%s", o ? o : "");
     CHECK(o && !strstr(o, "is full"));
+    free(o);
+}
+
+TEST(imatrix_default_output_is_gguf_and_loads_back)
+{
+    const char *m = test_synth_model("par_im.gguf", NULL);
+    char *o = NULL;
+    char cwd[4096];
+    REQUIRE(getcwd(cwd, sizeof cwd) != NULL);
+    REQUIREF(test_run(&o, "cd %s && %s imatrix -m %s -f %s/data/calibration.txt -c 32 --chunks 2 --no-ppl --save-frequency 1",
+                      test_tmpdir(), test_moeq_bin()[0] == '/' ? test_moeq_bin() : "$OLDPWD/moeq", m, cwd) == 0, "%s", o);
+    free(o);
+    const char *path = test_tmp("imatrix.gguf");
+    size_t n;
+    char *b = test_read_file(path, &n);
+    REQUIRE(b != NULL && n > 4);
+    CHECK(!memcmp(b, "GGUF", 4));
+    free(b);
+    char err[256];
+    struct moeq_imatrix *im = moeq_imatrix_new();
+    REQUIREF(moeq_imatrix_load(im, path, err, sizeof err) == 0, "%s", err);
+    CHECK(im->chunk_count == 2 && im->chunk_size == 32 && im->n_entries > 0);
+    moeq_imatrix_free(im);
+    /* a .dat name still writes the legacy format */
+    REQUIRE(test_run(&o, "%s imatrix --in-file %s -o %s", test_moeq_bin(), path, test_tmp("par_leg.dat")) == 0);
+    free(o);
+    b = test_read_file(test_tmp("par_leg.dat"), &n);
+    REQUIRE(b != NULL && n > 4);
+    CHECK(memcmp(b, "GGUF", 4) != 0);
+    free(b);
+}
+
+TEST(imatrix_show_statistics_and_chunk_size_warning)
+{
+    char err[256];
+    struct moeq_imatrix *im = moeq_imatrix_new();
+    struct moeq_imatrix_entry *e = moeq_imatrix_get(im, "blk.0.ffn_up_exps.weight", 4, 2, err, sizeof err);
+    REQUIRE(e != NULL);
+    const float r0[4] = { 1, 2, 0, 3 }, r1[8] = { 2, 0, 0, 0, 2, 0, 0, 0 };
+    moeq_imatrix_add(e, 0, r0, 1);
+    moeq_imatrix_add(e, 1, r1, 2);
+    e->ncall = 3;
+    im->chunk_count = 1;
+    im->chunk_size = 64;
+    const char *a = test_tmp("par_stats.gguf");
+    REQUIREF(moeq_imatrix_save(im, a, 1, NULL, 0, err, sizeof err) == 0, "%s", err);
+    im->chunk_size = 128;
+    const char *b = test_tmp("par_stats128.gguf");
+    REQUIREF(moeq_imatrix_save(im, b, 1, NULL, 0, err, sizeof err) == 0, "%s", err);
+    moeq_imatrix_free(im);
+    char *o = NULL;
+    REQUIREF(test_run(&o, "%s imatrix --in-file %s --show-statistics", test_moeq_bin(), a) == 0, "%s", o);
+    /* values 1 4 0 9 and 4 0 0 0: sum 18, mean 2.25, 4 of 8 active */
+    const char *l = o ? strstr(o, "blk.0.ffn_up_exps.weight") : NULL;
+    REQUIREF(l != NULL, "%s", o ? o : "");
+    char name[64];
+    double sum = 0, mean = 0, act = 0;
+    int cov = 0, nexp = 0, calls = 0;
+    REQUIREF(sscanf(l, "%63s %lf %lf %lf%% %d/%d %d", name, &sum, &mean, &act, &cov, &nexp, &calls) == 7, "%s", l);
+    CHECKF(fabs(sum - 18) < 1e-9 && fabs(mean - 2.25) < 1e-9 && fabs(act - 50) < 1e-9, "%s", l);
+    CHECKF(cov == 2 && nexp == 2 && calls >= 1, "%s", l);
+    CHECK(strstr(o, "chunks of 64 tokens"));
+    free(o);
+    CHECK(test_run(&o, "%s imatrix --show-statistics", test_moeq_bin()) == 2);
+    free(o);
+    /* merging files of different chunk sizes warns */
+    REQUIRE(test_run(&o, "%s imatrix --in-file %s --in-file %s -o %s", test_moeq_bin(), a, b,
+                     test_tmp("par_merged.gguf")) == 0);
+    CHECKF(o && strstr(o, "warning") && strstr(o, "chunks of 128 tokens") && strstr(o, "with 64"), "%s", o ? o : "");
+    free(o);
+    REQUIRE(test_run(&o, "%s imatrix --in-file %s --in-file %s -o %s", test_moeq_bin(), a, a,
+                     test_tmp("par_merged2.gguf")) == 0);
+    CHECKF(o && !strstr(o, "chunk sizes"), "%s", o ? o : "");
+    free(o);
+    /* a .dat stores none: said so */
+    REQUIRE(test_run(&o, "%s imatrix --in-file %s -o %s", test_moeq_bin(), a, test_tmp("par_s.dat")) == 0);
+    free(o);
+    REQUIRE(test_run(&o, "%s imatrix --in-file %s --in-file %s -o %s", test_moeq_bin(), test_tmp("par_s.dat"), a,
+                     test_tmp("par_merged3.gguf")) == 0);
+    CHECKF(o && strstr(o, "stores no chunk size"), "%s", o ? o : "");
     free(o);
 }

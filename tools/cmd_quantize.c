@@ -64,7 +64,7 @@ static void usage(FILE *out)
         "                            (needs no --allow-requantize)\n"
         "  -q, --quiet               no progress, tables or report; errors and warnings only\n"
         "\nexample:\n"
-        "  moeq quantize --allow-requantize --imatrix imatrix.dat --recipe asym-2bitexp \\\n"
+        "  moeq quantize --allow-requantize --imatrix imatrix.gguf --recipe asym-2bitexp \\\n"
         "      model-q8_0.gguf model-asym.gguf\n");
 }
 
