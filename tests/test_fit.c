@@ -140,11 +140,11 @@ TEST(fit_qwen3_30b_a3b_asym_verdicts)
     CHECKF(rc == 0 && strstr(o, "verdict   FITS"), "%s", o);
     free(o);
     rc = test_run(&o, "%s fit --preset qwen3-30b-a3b --recipe asym-2bitexp -c 65536 --budget 16G -t 2", test_moeq_bin());
-    CHECKF(rc == 0 && strstr(o, "DOES NOT FIT"), "%s", o);
+    CHECKF(rc == 1 && strstr(o, "DOES NOT FIT"), "%s", o);
     free(o);
     /* the F32 model does not fit 16 GB at all */
     rc = test_run(&o, "%s fit --preset qwen3-30b-a3b -c 4096 --budget 16G", test_moeq_bin());
-    CHECKF(rc == 0 && strstr(o, "DOES NOT FIT"), "%s", o);
+    CHECKF(rc == 1 && strstr(o, "DOES NOT FIT"), "%s", o);
     free(o);
 }
 

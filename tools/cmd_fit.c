@@ -16,6 +16,7 @@
 #include "engine/pool.h"
 #include "synth/synth.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,13 +32,18 @@ static void usage(FILE *out)
         "  --preset NAME      a synth shape instead (tiny, qwen3-30b-a3b)\n"
         "  --recipe R         with --preset: %s, f32, f16, bf16 or a\n"
         "                     quantize mix such as Q4_K_M (default f32)\n"
-        "  -c N               context per session (default 4096)\n"
+        "  -c N               context per session (default 4096, or the model's\n"
+        "                     training context if smaller, as run does)\n"
         "  --parallel N       sessions (default 1)\n"
         "  -ctk T, -ctv T     KV cache types f16 (default) or q8_0\n"
         "  -b N               prompt batch (default 512)\n"
         "  -t N               threads (default: all cores)\n"
         "  --budget SIZE      memory budget, e.g. 16G (GiB; default 16G)\n"
         "  --reserve SIZE     left for the OS and other programs (default 1G)\n"
+        "  --json             print one JSON object with all the numbers\n"
+        "\nexit status: with --budget, 0 when it fits and 1 when it does not (or on\n"
+        "an error); without --budget the verdict is against the default 16G and the\n"
+        "status is 0 either way (1 only on an error).\n"
         "\nexample:\n"
         "  moeq fit --preset qwen3-30b-a3b --recipe asym-2bitexp -c 16384 --budget 16G\n",
         cli_recipe_names(known, sizeof known));
@@ -85,12 +91,14 @@ static double gib(uint64_t b) { return (double)b / (1024.0 * 1024 * 1024); }
 int cmd_fit(int argc, char **argv)
 {
     const char *model = NULL, *preset = NULL, *recipe = NULL;
-    int64_t n_ctx = 4096, n_par = 1, n_batch = 512, n_threads = 0;
+    int64_t n_ctx = 0, n_par = 1, n_batch = 512, n_threads = 0;
     int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16;
     uint64_t budget = 16ull << 30, reserve = 1ull << 30;
+    int have_budget = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
+        if (!strcmp(a, "--json")) { json = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("fit", "unknown argument or missing value: '%s'", a);
         const char *v = argv[++i];
         int kv;
@@ -102,7 +110,7 @@ int cmd_fit(int argc, char **argv)
         else if (!strcmp(a, "-b")) { if (cli_parse_i64(v, &n_batch) || n_batch < 1) return cli_usage_error("fit", "bad -b '%s'", v); }
         else if (!strcmp(a, "-t")) { if (cli_parse_i64(v, &n_threads)) return cli_usage_error("fit", "bad -t '%s'", v); }
         else if ((kv = cli_kv_option(a, v, &tk, &tv)) != 0) { if (kv < 0) return cli_usage_error("fit", "KV type must be f16 or q8_0, not '%s'", v); }
-        else if (!strcmp(a, "--budget")) { if (cli_parse_size(v, &budget)) return cli_usage_error("fit", "bad --budget '%s'", v); }
+        else if (!strcmp(a, "--budget")) { if (cli_parse_size(v, &budget)) return cli_usage_error("fit", "bad --budget '%s'", v); have_budget = 1; }
         else if (!strcmp(a, "--reserve")) { if (cli_parse_size(v, &reserve)) return cli_usage_error("fit", "bad --reserve '%s'", v); }
         else return cli_usage_error("fit", "unknown argument '%s'", a);
     }
@@ -120,7 +128,8 @@ int cmd_fit(int argc, char **argv)
         cli_error("%s", err);
         return 1;
     }
-    if (ctx_train > 0 && n_ctx > ctx_train) {
+    if (n_ctx == 0) n_ctx = ctx_train > 0 && ctx_train < 4096 ? ctx_train : 4096;
+    else if (ctx_train > 0 && n_ctx > ctx_train) {
         cli_error("fit: context %lld exceeds the model's %d", (long long)n_ctx, ctx_train);
         return 1;
     }
@@ -132,6 +141,39 @@ int cmd_fit(int argc, char **argv)
         return 1;
     }
     uint64_t avail = budget > reserve ? budget - reserve : 0;
+    int fits = p.total <= avail;
+    int limit = ctx_train > 0 ? ctx_train : 1 << 20;
+    struct moeq_mem_opts of = o, oq = o;
+    of.type_k = of.type_v = MOEQ_KV_F16;
+    oq.type_k = oq.type_v = MOEQ_KV_Q8_0;
+    int cf = moeq_mem_max_ctx(&s, &of, avail, limit), cq = moeq_mem_max_ctx(&s, &oq, avail, limit);
+    int rc = have_budget && !fits ? 1 : 0;
+    if (json) {
+        json_t *j = json_pack("{s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i},"
+                              " s:{s:I, s:I, s:s, s:s, s:I, s:I},"
+                              " s:{s:I, s:I, s:I, s:I, s:I, s:I},"
+                              " s:I, s:I, s:I, s:b, s:b, s:I, s:{s:i, s:i}}",
+            "model", name,
+            "shape", "n_layer", s.n_layer, "n_embd", s.n_embd, "n_head", s.n_head, "n_head_kv", s.n_head_kv,
+            "head_dim", s.head_dim, "n_expert", s.n_expert, "n_expert_used", s.n_expert_used,
+            "n_ff", s.n_ff, "n_vocab", s.n_vocab, "n_ctx_train", ctx_train,
+            "setting", "n_ctx", (json_int_t)n_ctx, "parallel", (json_int_t)n_par,
+            "type_k", moeq_kv_type_name(tk), "type_v", moeq_kv_type_name(tv),
+            "n_batch", (json_int_t)n_batch, "n_threads", (json_int_t)n_threads,
+            "bytes", "weights", (json_int_t)p.weights, "kv", (json_int_t)p.kv,
+            "compute", (json_int_t)p.compute, "sessions", (json_int_t)p.sessions,
+            "runtime", (json_int_t)p.overhead, "total", (json_int_t)p.total,
+            "budget", (json_int_t)budget, "reserve", (json_int_t)reserve, "available", (json_int_t)avail,
+            "budget_given", have_budget, "fits", fits,
+            "margin", (json_int_t)((int64_t)avail - (int64_t)p.total),
+            "max_ctx", "f16", cf, "q8_0", cq);
+        char *txt = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        if (!txt) { json_decref(j); cli_error("fit: out of memory"); return 1; }
+        printf("%s\n", txt);
+        free(txt);
+        json_decref(j);
+        return rc;
+    }
     printf("model     %s\n", name);
     printf("shape     %d layers, n_embd %d, %d/%d heads x %d, %d experts (%d used) x %d, vocab %d\n",
            s.n_layer, s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_expert, s.n_expert_used, s.n_ff, s.n_vocab);
@@ -145,16 +187,11 @@ int cmd_fit(int argc, char **argv)
     printf("sessions  %8.3f GiB\n", gib(p.sessions));
     printf("runtime   %8.3f GiB\n", gib(p.overhead));
     printf("total     %8.3f GiB  (%.2f GB)\n", gib(p.total), (double)p.total / 1e9);
-    printf("budget    %8.3f GiB  less %.3f GiB reserve = %.3f GiB\n", gib(budget), gib(reserve), gib(avail));
-    int fits = p.total <= avail;
+    printf("budget    %8.3f GiB  less %.3f GiB reserve = %.3f GiB%s\n", gib(budget), gib(reserve), gib(avail),
+           have_budget ? "" : "  (default; no --budget: exit status 0 either way)");
     if (fits) printf("verdict   FITS (%.3f GiB to spare)\n", gib(avail - p.total));
     else printf("verdict   DOES NOT FIT (%.3f GiB over)\n", gib(p.total - avail));
-    int limit = ctx_train > 0 ? ctx_train : 1 << 20;
-    struct moeq_mem_opts of = o, oq = o;
-    of.type_k = of.type_v = MOEQ_KV_F16;
-    oq.type_k = oq.type_v = MOEQ_KV_Q8_0;
-    int cf = moeq_mem_max_ctx(&s, &of, avail, limit), cq = moeq_mem_max_ctx(&s, &oq, avail, limit);
     printf("max ctx   %d tokens with F16 KV, %d tokens with Q8_0 KV (per session, %lld session(s))\n",
            cf, cq, (long long)n_par);
-    return 0;
+    return rc;
 }

@@ -12,6 +12,7 @@
  */
 #include "cmd.h"
 #include "engine/engine.h"
+#include "gguf/gguf.h"
 #include "quant/imatrix.h"
 #include "util/outfile.h"
 #include "quant/quants.h"
@@ -34,15 +35,20 @@ static void usage(FILE *out)
         "  -c N                  tokens per chunk (default 512)\n"
         "  --chunks N            process at most N chunks\n"
         "  --chunk N             skip the first N chunks\n"
-        "  -o FILE               output (default imatrix.dat; a .gguf name selects GGUF)\n"
-        "  --output-format F     dat or gguf\n"
+        "  -o FILE               output (default imatrix.gguf, GGUF as llama-imatrix\n"
+        "                        writes it; a .dat name selects the legacy format)\n"
+        "  --output-format F     gguf or dat\n"
         "  --in-file F           merge an existing imatrix (repeatable; without -f just merge)\n"
-        "  --output-frequency N  save every N chunks (default 10)\n"
+        "  --output-frequency N, --save-frequency N\n"
+        "                        save every N chunks (default 10)\n"
+        "  --show-statistics     per-tensor statistics of the --in-file imatrix (sum, mean,\n"
+        "                        active columns, experts with data, calls); writes nothing\n"
         "  --process-output      also collect output.weight\n"
         "  --no-ppl              do not compute perplexity per chunk\n"
         "  -t N                  threads (default: all cores)\n"
         "\nexample:\n"
-        "  moeq imatrix -m model-q8_0.gguf -f calibration.txt -c 512 -o imatrix.dat\n");
+        "  moeq imatrix -m model-q8_0.gguf -f calibration.txt -c 512 -o imatrix.gguf\n"
+        "  moeq imatrix --in-file imatrix.gguf --show-statistics\n");
 }
 
 struct collector {
@@ -111,11 +117,53 @@ static int save(const struct moeq_imatrix *im, const char *path, int gguf, int c
     return 0;
 }
 
+/* Per tensor: sum and mean of the importance values (mean squared
+ * activation per column), the fraction of columns with nonzero importance,
+ * the experts with data and the calls. */
+static void show_statistics(const struct moeq_imatrix *im)
+{
+    printf("%-40s %12s %12s %8s %9s %8s\n", "tensor", "sum", "mean", "active", "experts", "calls");
+    for (int64_t k = 0; k < im->n_entries; k++) {
+        const struct moeq_imatrix_entry *e = &im->entries[k];
+        double sum = 0;
+        int64_t active = 0, covered = 0, n = e->n_per_row * e->n_mat;
+        for (int64_t m = 0; m < e->n_mat; m++) {
+            if (e->counts[m] > 0) covered++;
+            for (int64_t j = 0; j < e->n_per_row; j++) {
+                double v = e->counts[m] > 0 ? e->sums[m * e->n_per_row + j] / e->counts[m] : 0;
+                sum += v;
+                active += v != 0;
+            }
+        }
+        printf("%-40s %12.6g %12.6g %7.2f%% %4lld/%-4lld %8lld\n", e->name, sum, n ? sum / (double)n : 0,
+               n ? 100.0 * (double)active / (double)n : 0, (long long)covered, (long long)e->n_mat,
+               (long long)e->ncall);
+    }
+    printf("%lld entries, %lld chunks of %lld tokens%s\n", (long long)im->n_entries, (long long)im->chunk_count,
+           (long long)im->chunk_size, im->chunk_size > 0 ? "" : " (unknown)");
+}
+
+/* The chunk size stored in a GGUF imatrix, or 0 (a legacy .dat has none). */
+static int64_t file_chunk_size(const char *path)
+{
+    char err[256];
+    FILE *fp = fopen(path, "rb");
+    char magic[4] = { 0 };
+    int is_gguf = fp && fread(magic, 1, 4, fp) == 4 && !memcmp(magic, "GGUF", 4);
+    if (fp) fclose(fp);
+    if (!is_gguf) return 0;
+    gguf_file *f = gguf_open(path, err, sizeof err);
+    uint64_t u = 0;
+    if (!f || gguf_get_u64(f, "imatrix.chunk_size", &u) != 0) u = 0;
+    if (f) gguf_close(f);
+    return (int64_t)u;
+}
+
 int cmd_imatrix(int argc, char **argv)
 {
-    const char *model = NULL, *text_path = NULL, *out_path = "imatrix.dat", *fmt = NULL;
+    const char *model = NULL, *text_path = NULL, *out_path = "imatrix.gguf", *fmt = NULL;
     const char *in_files[MAX_IN_FILES];
-    int n_in = 0, no_ppl = 0, process_output = 0;
+    int n_in = 0, no_ppl = 0, process_output = 0, show_stats = 0;
     int64_t n_ctx = 512, max_chunks = -1, skip = 0, out_freq = 10, n_threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -126,6 +174,7 @@ int cmd_imatrix(int argc, char **argv)
         ARG_I64("--chunks", max_chunks);
         ARG_I64("--chunk", skip);
         ARG_I64("--output-frequency", out_freq);
+        ARG_I64("--save-frequency", out_freq);
         ARG_I64("-t", n_threads);
 #undef ARG_I64
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!has) return cli_usage_error("imatrix", "-m needs a file"); model = argv[++i]; }
@@ -138,12 +187,27 @@ int cmd_imatrix(int argc, char **argv)
             in_files[n_in++] = argv[++i];
         }
         else if (!strcmp(a, "--no-ppl")) no_ppl = 1;
+        else if (!strcmp(a, "--show-statistics")) show_stats = 1;
         else if (!strcmp(a, "--process-output")) process_output = 1;
         else return cli_usage_error("imatrix", "unknown argument '%s'", a);
     }
     if (fmt && strcmp(fmt, "dat") != 0 && strcmp(fmt, "gguf") != 0)
         return cli_usage_error("imatrix", "--output-format must be dat or gguf, not '%s'", fmt);
-    int gguf = fmt ? strcmp(fmt, "gguf") == 0 : ends_with(out_path, ".gguf");
+    int gguf = fmt ? strcmp(fmt, "gguf") == 0 : !ends_with(out_path, ".dat");
+    if (show_stats) {
+        if (n_in == 0 || text_path) return cli_usage_error("imatrix", "--show-statistics reads --in-file FILE (and no -f)");
+        struct moeq_imatrix *im = moeq_imatrix_new();
+        char serr[512];
+        for (int i = 0; i < n_in; i++)
+            if (moeq_imatrix_load(im, in_files[i], serr, sizeof serr) != 0) {
+                cli_error("imatrix: %s", serr);
+                moeq_imatrix_free(im);
+                return 1;
+            }
+        show_statistics(im);
+        moeq_imatrix_free(im);
+        return 0;
+    }
     if (!text_path && n_in == 0) return cli_usage_error("imatrix", "-f TEXT (or --in-file to merge) is required");
     if (text_path && !model) return cli_usage_error("imatrix", "-m MODEL is required with -f");
     if (n_ctx < 8 || skip < 0 || out_freq < 0) return cli_usage_error("imatrix", "bad -c, --chunk or --output-frequency");
@@ -171,6 +235,21 @@ int cmd_imatrix(int argc, char **argv)
     float *logits = NULL;
 
     col.im->chunk_size = n_ctx; /* weight of legacy .dat data when merging */
+    /* merged data should come from one chunk size; a .dat does not say */
+    int64_t first_cs = text_path ? n_ctx : 0;
+    const char *first_src = text_path ? "-c" : NULL;
+    for (int i = 0; i < n_in; i++) {
+        int64_t cs = file_chunk_size(in_files[i]);
+        if (cs == 0) {
+            fprintf(stderr, "moeq: imatrix: note: %s stores no chunk size (legacy .dat); taken as %lld tokens\n",
+                    in_files[i], (long long)n_ctx);
+            continue;
+        }
+        if (!first_src) { first_cs = cs; first_src = in_files[i]; }
+        else if (cs != first_cs)
+            fprintf(stderr, "moeq: imatrix: warning: %s was computed with chunks of %lld tokens, %s with %lld; "
+                    "the merged statistics mix chunk sizes\n", in_files[i], (long long)cs, first_src, (long long)first_cs);
+    }
     for (int i = 0; i < n_in; i++) {
         if (moeq_imatrix_load(col.im, in_files[i], err, sizeof err) != 0) { cli_error("imatrix: %s", err); goto out; }
         fprintf(stderr, "moeq: imatrix: merged %s\n", in_files[i]);

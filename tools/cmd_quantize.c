@@ -23,16 +23,21 @@
 
 #define MAX_RULES 256
 #define MAX_NAMES 256
+#define MAX_KV    64
 
 static void usage(FILE *out)
 {
     fprintf(out,
         "usage: moeq quantize [options] IN.gguf OUT.gguf TYPE [THREADS]\n"
         "\n"
-        "TYPE is a tensor type or a llama.cpp mix:\n  ");
-    for (const struct moeq_mix *m = moeq_mix_list(); m->name; m++) fprintf(out, " %s", m->name);
+        "TYPE is a llama.cpp mix, by name or by llama-quantize's file type number,\n"
+        "or a tensor type:\n");
+    int col = 0;
+    for (const struct moeq_mix *m = moeq_mix_list(); m->name; m++, col++)
+        fprintf(out, "%s%4d  %-8s", col % 5 ? "" : "\n  ", m->ftype, m->name);
     fprintf(out,
-        "\n  (Q3_K, Q4_K, Q5_K mean the _M mixes). With --recipe, TYPE may be omitted.\n"
+        "\n  (Q3_K, Q4_K, Q5_K mean the _M mixes). With --recipe, TYPE may be omitted\n"
+        "  (a number in its place is then THREADS).\n"
         "\noptions:\n"
         "  --recipe NAME             a type per tensor group, TYPE the base:\n");
     cli_print_recipes(out, "                              ");
@@ -45,6 +50,10 @@ static void usage(FILE *out)
         "                            searched; repeatable, the first matching rule wins)\n"
         "  --token-embedding-type T  type of token_embd.weight\n"
         "  --output-tensor-type T    type of output.weight\n"
+        "  --leave-output-tensor     copy output.weight unchanged (not quantized)\n"
+        "  --override-kv KEY=TYPE:VALUE\n"
+        "                            set a metadata key in the output; TYPE int, float,\n"
+        "                            bool or str (repeatable)\n"
         "  --pure                    no mix rules: every weight gets TYPE's base type\n"
         "  --ignore-imatrix-rules    allow IQ2_* without importance data\n"
         "  --min-error               stop at the least imatrix-weighted error per block;\n"
@@ -52,9 +61,10 @@ static void usage(FILE *out)
         "                            to be unbiased (a little more error per tensor,\n"
         "                            lower KL divergence of the model)\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
-        "  -q, --quiet               no per-tensor lines\n"
+        "                            (needs no --allow-requantize)\n"
+        "  -q, --quiet               no progress, tables or report; errors and warnings only\n"
         "\nexample:\n"
-        "  moeq quantize --allow-requantize --imatrix imatrix.dat --recipe asym-2bitexp \\\n"
+        "  moeq quantize --allow-requantize --imatrix imatrix.gguf --recipe asym-2bitexp \\\n"
         "      model-q8_0.gguf model-asym.gguf\n");
 }
 
@@ -123,13 +133,15 @@ static void print_groups(const struct moeq_quantize_report *r)
 int cmd_quantize(int argc, char **argv)
 {
     const char *imatrix_path = NULL, *recipe_name = NULL;
-    int allow_requant = 0, pure = 0, dry_run = 0, ignore_rules = 0, quiet = 0;
+    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, quiet = 0;
     int embd_type = -1, out_type = -1;
     struct moeq_quant_params qp = { .fit = MOEQ_FIT_UNBIASED };
     const char *include[MAX_NAMES], *exclude[MAX_NAMES];
     int n_include = 0, n_exclude = 0;
     struct moeq_type_rule rules[MAX_RULES];
     int n_rules = 0;
+    struct moeq_kv_override kvs[MAX_KV];
+    int n_kv = 0;
     const char *pos[4];
     int n_pos = 0;
     char err[512];
@@ -141,6 +153,16 @@ int cmd_quantize(int argc, char **argv)
 #define NEED_ARG() do { if (i + 1 >= argc) { rc = cli_usage_error("quantize", "%s needs an argument", a); goto out_rules; } } while (0)
         if (!strcmp(a, "--allow-requantize")) allow_requant = 1;
         else if (!strcmp(a, "--pure")) pure = 1;
+        else if (!strcmp(a, "--leave-output-tensor")) leave_output = 1;
+        else if (!strcmp(a, "--override-kv")) {
+            NEED_ARG();
+            if (n_kv >= MAX_KV) { rc = cli_usage_error("quantize", "too many --override-kv"); goto out_rules; }
+            if (moeq_kv_override_parse(argv[++i], &kvs[n_kv], err, sizeof err) != 0) {
+                rc = cli_usage_error("quantize", "%s", err);
+                goto out_rules;
+            }
+            n_kv++;
+        }
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
         else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
@@ -202,6 +224,8 @@ int cmd_quantize(int argc, char **argv)
     qo.rules = rules; qo.n_rules = n_rules;
     qo.token_embd_type = embd_type; qo.output_type = out_type;
     qo.pure = pure;
+    qo.leave_output_tensor = leave_output;
+    qo.kv = kvs; qo.n_kv = n_kv;
     qo.imatrix_path = imatrix_path;
     qo.include = include; qo.n_include = n_include;
     qo.exclude = exclude; qo.n_exclude = n_exclude;
@@ -217,7 +241,9 @@ int cmd_quantize(int argc, char **argv)
         rc = 1;
         goto out_rules;
     }
-    if (dry_run) {
+    if (quiet) {
+        /* errors and warnings only */
+    } else if (dry_run) {
         print_plan(&rep);
         print_groups(&rep);
         printf("dry run: %s would be %llu bytes (%s %s); nothing written\n", out_path,

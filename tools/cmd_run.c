@@ -163,7 +163,9 @@ static int generate(struct run *r, char **answer, size_t *alen)
             }
         }
         if (moeq_session_n_past(r->s) >= moeq_session_n_ctx(r->s)) {
-            fprintf(stderr, "\nmoeq: context of %d tokens is full\n", moeq_session_n_ctx(r->s));
+            fprintf(stderr, "\nmoeq: context of %d tokens is full: stopped after %d generated token(s)%s\n",
+                    moeq_session_n_ctx(r->s), i + 1, r->n_predict < 0 || i + 1 < r->n_predict ?
+                    " (a larger -c gives room for more)" : "");
             break;
         }
         if (moeq_session_eval(r->s, &t, 1, NULL, r->err, sizeof r->err) != 0) { rc = -1; break; }
@@ -370,6 +372,9 @@ int cmd_run(int argc, char **argv)
         r.e = moeq_engine_open(&p, r.err, sizeof r.err);
     }
     if (!r.e) { free(text); cli_error("%s", r.err); return 1; }
+    if (ctx_given && moeq_engine_info(r.e)->n_ctx_train > 0 && n_ctx > moeq_engine_info(r.e)->n_ctx_train)
+        fprintf(stderr, "moeq: warning: -c %lld exceeds the model's training context of %d tokens; "
+                "output past it may degrade\n", (long long)n_ctx, moeq_engine_info(r.e)->n_ctx_train);
     int rc = 0;
     int32_t *tok = NULL;
     if (!moeq_engine_info(r.e)->has_vocab) { cli_error("%s: the model has no tokenizer", model); rc = 1; goto out; }

@@ -62,6 +62,12 @@ static int name_eq(const char *a, const char *b)
 const struct moeq_mix *moeq_mix_find(const char *name)
 {
     if (!name) return NULL;
+    /* llama-quantize's numeric file types: "15" is Q4_K_M */
+    if (*name >= '0' && *name <= '9') {
+        char *end;
+        long ft = strtol(name, &end, 10);
+        return *end || ft > 1000 ? NULL : moeq_mix_of_ftype((int)ft);
+    }
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (name_eq(name, aliases[i].alias)) name = aliases[i].mix;
     for (const struct moeq_mix *m = mixes; m->name; m++)

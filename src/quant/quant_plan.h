@@ -37,7 +37,8 @@ struct moeq_mix {
 };
 
 /* Mix by name ("Q4_K_M", "q4_k", "IQ2_S", ...; a plain type name maps to
- * the mix llama-quantize uses for it), or NULL. */
+ * the mix llama-quantize uses for it) or by llama.cpp file type number
+ * ("15" is Q4_K_M), or NULL. */
 const struct moeq_mix *moeq_mix_find(const char *name);
 /* All mixes, terminated by a NULL name (for --help). */
 const struct moeq_mix *moeq_mix_list(void);

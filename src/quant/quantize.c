@@ -19,6 +19,7 @@
 #include "util/outfile.h"
 #include "engine/pool.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -185,6 +186,13 @@ static int plan(const struct moeq_quantize_opts *o, const gguf_file *f, int has_
         q->rule = pe[i].rule;
         q->recipe = pe[i].recipe;
         q->nbytes = pe[i].nbytes;
+        if (o->leave_output_tensor && !strcmp(q->name, "output.weight")) {
+            q->type = q->src_type;
+            q->quantized = q->fallback = q->recipe = 0;
+            q->rule = -1;
+            q->nbytes = q->src_bytes;
+            continue;
+        }
         if (!o->types || o->types[i] < 0) continue;
         const struct moeq_type_traits *tt = moeq_type_traits(o->types[i]);
         if (!moeq_plan_is_quantizable(q->name, q->n_dims)) {
@@ -219,7 +227,7 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                          char *err, size_t errlen)
 {
     const int n = r->n_tensors;
-    int im_matched = 0;
+    int im_matched = 0, requant_noted = 0;
     for (int i = 0; i < n; i++) {
         struct moeq_quantize_tensor *q = &r->tensors[i];
         if (!q->quantized) continue;
@@ -247,7 +255,12 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
             return fail(err, errlen, "quantize: no importance data for %s, needed for %s (pass --imatrix, or --ignore-imatrix-rules)",
                         q->name, moeq_type_name(q->type));
         const struct moeq_type_traits *st = moeq_type_traits(q->src_type);
-        if (st && st->quantized && !o->allow_requantize)
+        if (st && st->quantized && !o->allow_requantize && o->dry_run) {
+            if (!requant_noted)
+                fprintf(log, "moeq: note: %s: tensor %s is already %s; writing needs --allow-requantize\n",
+                        o->in_path, q->name, st->name);
+            requant_noted = 1;
+        } else if (st && st->quantized && !o->allow_requantize)
             return fail(err, errlen, "quantize: %s: tensor %s is already %s; requantizing is disabled (use --allow-requantize)",
                         o->in_path, q->name, st->name);
         if (!is_source_type_ok(q->src_type) || !moeq_type_traits(q->type)->to_float ||
@@ -313,6 +326,8 @@ static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, 
         iv.v.i64 = im->chunk_count;
         ok = ok && gguf_writer_set_kv(w, "quantize.imatrix.chunks_count", &iv) == 0;
     }
+    for (int i = 0; ok && i < o->n_kv; i++)
+        ok = gguf_writer_set_kv(w, o->kv[i].key, &o->kv[i].val) == 0;
     for (int i = 0; ok && i < r->n_tensors; i++)
         ok = gguf_writer_add_tensor(w, r->tensors[i].name, (uint32_t)r->tensors[i].type,
                                     f->tensors[i].n_dims, f->tensors[i].ne) >= 0;
@@ -370,6 +385,45 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
     q->rel = s2 > 0 ? sqrt(e2 / s2) : 0;
     free(f32); free(back); free(dst); free(wbuf);
     return ok ? 0 : -1;
+}
+
+int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *err, size_t errlen)
+{
+    memset(kv, 0, sizeof *kv);
+    const char *eq = strchr(spec, '='), *colon = eq ? strchr(eq + 1, ':') : NULL;
+    if (!eq || !colon || eq == spec)
+        return fail(err, errlen, "--override-kv: expected KEY=TYPE:VALUE, got '%s'", spec);
+    if ((size_t)(eq - spec) >= sizeof kv->key)
+        return fail(err, errlen, "--override-kv: key too long in '%s'", spec);
+    memcpy(kv->key, spec, (size_t)(eq - spec));
+    const char *type = eq + 1, *val = colon + 1;
+    size_t tn = (size_t)(colon - type);
+    char *end = NULL;
+    errno = 0;
+    if (tn == 3 && !memcmp(type, "int", 3)) {
+        kv->val.type = GGUF_TYPE_INT64;
+        kv->val.v.i64 = strtoll(val, &end, 10);
+    } else if (tn == 5 && !memcmp(type, "float", 5)) {
+        kv->val.type = GGUF_TYPE_FLOAT64;
+        kv->val.v.f64 = strtod(val, &end);
+    } else if (tn == 4 && !memcmp(type, "bool", 4)) {
+        kv->val.type = GGUF_TYPE_BOOL;
+        if (!strcmp(val, "true")) kv->val.v.u64 = 1;
+        else if (strcmp(val, "false") != 0)
+            return fail(err, errlen, "--override-kv: %s: bool must be true or false, got '%s'", kv->key, val);
+        return 0;
+    } else if (tn == 3 && !memcmp(type, "str", 3)) {
+        kv->val.type = GGUF_TYPE_STRING;
+        kv->val.v.str.s = val;
+        kv->val.v.str.n = strlen(val);
+        return 0;
+    } else {
+        return fail(err, errlen, "--override-kv: %s: type must be int, float, bool or str, got '%.*s'",
+                    kv->key, (int)tn, type);
+    }
+    if (!*val || !end || *end || errno)
+        return fail(err, errlen, "--override-kv: %s: bad %.*s value '%s'", kv->key, (int)tn, type, val);
+    return 0;
 }
 
 /* ------------------------------------------------------------- the job */

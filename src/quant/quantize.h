@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "gguf/gguf.h"
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
 
@@ -59,6 +60,18 @@ struct moeq_quantize_progress {
 };
 typedef void (*moeq_quantize_progress_fn)(void *ctx, const struct moeq_quantize_progress *p);
 
+/* A metadata key set in the output (--override-kv KEY=TYPE:VALUE): an
+ * INT64, FLOAT64, BOOL or STRING value; a string points into the caller's
+ * memory. */
+struct moeq_kv_override {
+    char       key[128];
+    gguf_value val;
+};
+
+/* Parse llama.cpp's KEY=TYPE:VALUE (TYPE int, float, bool or str; bool is
+ * true or false). 0, or -1 with err set. */
+int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *err, size_t errlen);
+
 struct moeq_quantize_opts {
     const char *in_path, *out_path;
     const struct moeq_mix *mix;               /* required: base type, file type, rules */
@@ -67,6 +80,9 @@ struct moeq_quantize_opts {
     int n_rules;
     int token_embd_type, output_type;         /* -1: by the mix and recipe */
     int pure;                                 /* no mix rules */
+    int leave_output_tensor;                  /* output.weight copied unchanged */
+    const struct moeq_kv_override *kv;        /* set in the output's metadata, in order */
+    int n_kv;
     /* NULL, or a type plan of n_types entries, one per input tensor in file
      * order: a type >= 0 replaces what the plan chose for a quantizable
      * tensor (the row length must fit it), -1 keeps the plan's */
@@ -81,7 +97,8 @@ struct moeq_quantize_opts {
     int ignore_imatrix_rules;                 /* IQ2_* without importance data */
     struct moeq_quant_params qp;              /* given to every row quantizer */
     int n_threads;                            /* <= 0: all cores */
-    int dry_run;                              /* plan and check; write nothing */
+    int dry_run;                              /* plan and check; write nothing; a
+                                                 quantized source is only noted */
     moeq_quantize_progress_fn progress;       /* NULL: none */
     void *progress_ctx;
     FILE *log;                                /* warnings, notes; NULL: stderr */
