@@ -313,6 +313,7 @@ static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, 
         iv.v.i64 = im->chunk_count;
         ok = ok && gguf_writer_set_kv(w, "quantize.imatrix.chunks_count", &iv) == 0;
     }
+    if (ok && o->plan_meta) ok = gguf_writer_add_str(w, "moeq.plan", o->plan_meta) == 0;
     for (int i = 0; ok && i < r->n_tensors; i++)
         ok = gguf_writer_add_tensor(w, r->tensors[i].name, (uint32_t)r->tensors[i].type,
                                     f->tensors[i].n_dims, f->tensors[i].ne) >= 0;
