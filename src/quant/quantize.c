@@ -242,7 +242,11 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                 fprintf(log, "moeq: warning: imatrix %s has no entry for %s\n", o->imatrix_path, q->name);
             }
         }
-        if (!ie[i] && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
+        if (!ie[i] && im && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
+            strcmp(q->name, "token_embd.weight") != 0 && strcmp(q->name, "output.weight") != 0)
+            fprintf(log, "moeq: warning: imatrix %s has no data for %s; quantizing it to %s with uniform weights\n",
+                    o->imatrix_path, q->name, moeq_type_name(q->type));
+        else if (!ie[i] && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
             strcmp(q->name, "token_embd.weight") != 0 && strcmp(q->name, "output.weight") != 0)
             return fail(err, errlen, "quantize: no importance data for %s, needed for %s (pass --imatrix, or --ignore-imatrix-rules)",
                         q->name, moeq_type_name(q->type));
@@ -268,7 +272,7 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
             fprintf(log, " %lld", (long long)m);
             first = 0;
         }
-        if (!first) fprintf(log, " (uniform weights used)\n");
+        if (!first) fprintf(log, " (filled from the tensor's other experts)\n");
     }
     return 0;
 }
