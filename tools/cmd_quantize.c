@@ -16,6 +16,7 @@
 #include "engine/pool.h"
 #include "quant/quants.h"
 #include "util/util.h"
+#include "quantize_alloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,17 @@ static void usage(FILE *out)
         "                            by default i-quant and Q4_K blocks are then rescaled\n"
         "                            to be unbiased (a little more error per tensor,\n"
         "                            lower KL divergence of the model)\n"
+        "  --target-bpw X            allocate types per tensor by measured importance for\n"
+        "                            X bits per weight (all tensor bits / all elements)\n"
+        "  --target-size SIZE        ... for a whole output file of at most SIZE (11.4G)\n"
+        "  --fit SIZE                ... for the largest file that runs in SIZE of memory\n"
+        "                            with -c N, -ctk/-ctv f16|q8_0, --parallel N, --reserve\n"
+        "                            SIZE (default 1G), as `moeq fit` computes it\n"
+        "  --allow-types LIST        candidate types of the allocation (comma-separated)\n"
+        "  --sensitivity FILE        save the measurement, or read it back when FILE exists\n"
+        "  --sample-rows N           rows measured per tensor (default 1024)\n"
+        "  --plan-out FILE           write the allocated plan as --tensor-type lines\n"
+        "  --recipe-file FILE        read --tensor-type lines (REGEX=TYPE) from FILE\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
         "                            (needs no --allow-requantize)\n"
         "  -q, --quiet               no progress, tables or report; errors and warnings only\n"
@@ -144,6 +156,11 @@ int cmd_quantize(int argc, char **argv)
     int n_kv = 0;
     const char *pos[4];
     int n_pos = 0;
+    struct qalloc_cli qa;
+    qalloc_init(&qa);
+    int *plan_types = NULL, n_plan_types = 0;
+    char *plan_meta = NULL;
+    const char *alloc_mix = NULL;
     char err[512];
     int rc = 2;
 
@@ -187,6 +204,9 @@ int cmd_quantize(int argc, char **argv)
             int t = moeq_type_from_name(argv[++i]);
             if (t < 0 || t == MOEQ_TYPE_Q8_K) { rc = cli_usage_error("quantize", "%s: unknown type '%s'", a, argv[i]); goto out_rules; }
             if (a[2] == 't') embd_type = t; else out_type = t;
+        } else if (qalloc_arg(&qa, argc, argv, &i, &rc)) {
+            if (rc) goto out_rules;
+            rc = 2;
         } else if (a[0] == '-' && a[1]) {
             rc = cli_usage_error("quantize", "unknown option '%s'", a);
             goto out_rules;
@@ -204,7 +224,8 @@ int cmd_quantize(int argc, char **argv)
                              cli_recipe_names(known, sizeof known));
         goto out_rules;
     }
-    if (n_pos < 2 || (n_pos < 3 && !rec)) { rc = cli_usage_error("quantize", "expected IN.gguf OUT.gguf TYPE [THREADS]"); goto out_rules; }
+    if (qa.recipe_file && qalloc_read_rules(qa.recipe_file, rules, MAX_RULES, &n_rules) != 0) { rc = 1; goto out_rules; }
+    if (n_pos < 2 || (n_pos < 3 && !rec && !qa.active)) { rc = cli_usage_error("quantize", "expected IN.gguf OUT.gguf TYPE [THREADS]"); goto out_rules; }
     const char *in_path = pos[0], *out_path = pos[1];
     const char *rec_base = rec ? moeq_mix_of_ftype(rec->ftype)->name : NULL;
     const char *type_name = n_pos >= 3 ? pos[2] : rec_base;
@@ -214,6 +235,13 @@ int cmd_quantize(int argc, char **argv)
     else if (n_pos == 4 && (cli_parse_i64(pos[3], &nthreads) != 0 || nthreads < 1)) {
         rc = cli_usage_error("quantize", "THREADS must be a positive integer, got '%s'", pos[3]);
         goto out_rules;
+    }
+    if (qa.active) {
+        if (qalloc_plan(&qa, in_path, imatrix_path, ignore_rules, dry_run, &plan_types, &n_plan_types, &plan_meta, &alloc_mix) != 0) {
+            rc = 1;
+            goto out_rules;
+        }
+        if (!type_name || (n_pos < 3 && !rec)) type_name = alloc_mix;
     }
     const struct moeq_mix *mix = moeq_mix_find(type_name);
     if (!mix) { rc = cli_usage_error("quantize", "unknown type or mix '%s'", type_name); goto out_rules; }
@@ -234,6 +262,8 @@ int cmd_quantize(int argc, char **argv)
     qo.qp = qp;
     qo.n_threads = (int)nthreads;
     qo.dry_run = dry_run;
+    qo.types = plan_types; qo.n_types = n_plan_types;
+    qo.plan_meta = plan_meta;
     if (!quiet) qo.progress = progress;
     struct moeq_quantize_report rep;
     if (moeq_quantize_file(&qo, &rep, err, sizeof err) != 0) {
@@ -265,6 +295,8 @@ int cmd_quantize(int argc, char **argv)
     rc = 0;
 
 out_rules:
+    free(plan_types);
+    free(plan_meta);
     for (int r = 0; r < n_rules; r++) moeq_type_rule_free(&rules[r]);
     return rc;
 }

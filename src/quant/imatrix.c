@@ -161,7 +161,21 @@ int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_
     int any = 0;
     for (int64_t j = 0; j < ne0 && !any; j++) any = s[j] != 0.0;
     if (c <= 0.0 || !any) {
-        for (int64_t j = 0; j < ne0; j++) out[j] = 1.0f;
+        /* an expert never routed: the mean of the tensor's other experts
+         * that have data (their statistics are the best guess), ones when
+         * none has */
+        int n_ok = 0;
+        for (int64_t j = 0; j < ne0; j++) out[j] = 0.0f;
+        for (int64_t m = 0; m < n_expert; m++) {
+            const double *sm = e->sums + m * ne0;
+            double cm = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
+            int anym = 0;
+            for (int64_t j = 0; j < ne0 && !anym; j++) anym = sm[j] != 0.0;
+            if (m == expert || cm <= 0.0 || !anym) continue;
+            for (int64_t j = 0; j < ne0; j++) out[j] += (float)(sm[j] / cm);
+            n_ok++;
+        }
+        for (int64_t j = 0; j < ne0; j++) out[j] = n_ok ? out[j] / (float)n_ok : 1.0f;
         return 1;
     }
     /* A tiny count under big sums (a file may hold any finite floats, and
@@ -438,13 +452,17 @@ static int entry_storable_report(const struct moeq_imatrix_entry *e, unsigned ch
         if (report) fprintf(stderr, "moeq: imatrix: %s has no data - skipping\n", e->name);
         return 0;
     }
-    const int keep = e->n_mat > 1 && (double)nm < round(0.05 * (double)e->n_mat);
+    /* unlike llama-imatrix (which skips a tensor with 5% of its experts
+     * unrouted, leaving quantize without data for all of them), keep the
+     * routed experts' data; the missing ones are stored with ones and the
+     * quantizer fills them from the other experts */
+    const int keep = e->n_mat > 1;
     if (!report) return keep;
     fprintf(stderr, "moeq: imatrix: %s: %lld of %lld experts never routed:", e->name,
             (long long)nm, (long long)e->n_mat);
     for (int64_t m = 0; m < e->n_mat; m++)
         if (missing[m]) fprintf(stderr, " %lld", (long long)m);
-    fprintf(stderr, keep ? " - storing them with ones\n" : " - skipping the tensor\n");
+    fprintf(stderr, keep ? " - keeping the other experts' data\n" : " - skipping the tensor\n");
     return keep;
 }
 

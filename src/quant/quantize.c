@@ -250,7 +250,11 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                 fprintf(log, "moeq: warning: imatrix %s has no entry for %s\n", o->imatrix_path, q->name);
             }
         }
-        if (!ie[i] && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
+        if (!ie[i] && im && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
+            strcmp(q->name, "token_embd.weight") != 0 && strcmp(q->name, "output.weight") != 0)
+            fprintf(log, "moeq: warning: imatrix %s has no data for %s; quantizing it to %s with uniform weights\n",
+                    o->imatrix_path, q->name, moeq_type_name(q->type));
+        else if (!ie[i] && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
             strcmp(q->name, "token_embd.weight") != 0 && strcmp(q->name, "output.weight") != 0)
             return fail(err, errlen, "quantize: no importance data for %s, needed for %s (pass --imatrix, or --ignore-imatrix-rules)",
                         q->name, moeq_type_name(q->type));
@@ -281,7 +285,7 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
             fprintf(log, " %lld", (long long)m);
             first = 0;
         }
-        if (!first) fprintf(log, " (uniform weights used)\n");
+        if (!first) fprintf(log, " (filled from the tensor's other experts)\n");
     }
     return 0;
 }
@@ -326,6 +330,7 @@ static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, 
         iv.v.i64 = im->chunk_count;
         ok = ok && gguf_writer_set_kv(w, "quantize.imatrix.chunks_count", &iv) == 0;
     }
+    if (ok && o->plan_meta) ok = gguf_writer_add_str(w, "moeq.plan", o->plan_meta) == 0;
     for (int i = 0; ok && i < o->n_kv; i++)
         ok = gguf_writer_set_kv(w, o->kv[i].key, &o->kv[i].val) == 0;
     for (int i = 0; ok && i < r->n_tensors; i++)

@@ -88,6 +88,7 @@ struct moeq_quantize_opts {
      * tensor (the row length must fit it), -1 keeps the plan's */
     const int *types;
     int n_types;
+    const char *plan_meta;                    /* NULL, or written as the moeq.plan string key */
     const char *imatrix_path;                 /* NULL: no importance data */
     const char *const *include;               /* use the imatrix only for these */
     int n_include;

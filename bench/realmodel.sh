@@ -1,0 +1,73 @@
+#!/bin/sh
+# bench/realmodel.sh: what the whole pipeline costs at the real
+# Qwen3-30B-A3B shape on this machine, for the README's "Quantize
+# Qwen3-30B-A3B yourself": wall time and peak RSS of synth (the Q8_0
+# source), imatrix, quantize (asym-2bitexp and Q4_K_M), perplexity and a
+# short generation, each measured on the full shape with L1 and L2 of its
+# 48 layers and extrapolated to 48 by the straight line through the two
+# (the embeddings and the output are in both, so they count once). Peak
+# RSS is reported as measured at L2 and, for the steps that map the whole
+# model, as the line's value at 48.
+#
+#   sh bench/realmodel.sh [THREADS] [L1] [L2]     (default: all cores, 2, 4)
+#   results: bench/out/realmodel.md (a section for bench/RESULTS.md)
+set -e
+cd "$(dirname "$0")/.."
+T=${1:-$(nproc)}
+L1=${2:-2}
+L2=${3:-4}
+M=${MOEQ:-./moeq}
+OUT=bench/out/realmodel
+mkdir -p "$OUT"
+R=bench/out/realmodel.md
+TXT=data/calibration.txt
+[ -x "$M" ] || { echo "bench/realmodel.sh: $M not built (run make)" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "bench/realmodel.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
+
+# measure NAME CMD...: appends "NAME seconds maxrss_kib" to $OUT/times
+measure() {
+  name=$1; shift
+  /usr/bin/time -f "%e %M" -o "$OUT/t.tmp" "$@" > "$OUT/$name.log" 2>&1 ||
+    { echo "bench/realmodel.sh: $name failed (see $OUT/$name.log)" >&2; exit 1; }
+  echo "$name $(cat "$OUT/t.tmp")" >> "$OUT/times"
+  echo "  $name: $(cat "$OUT/t.tmp") (s, KiB)" >&2
+}
+
+: > "$OUT/times"
+for L in $L1 $L2; do
+  d=$OUT/L$L
+  mkdir -p "$d"
+  echo "bench/realmodel.sh: $L layers of the Qwen3-30B-A3B shape" >&2
+  measure synth_$L $M synth -o "$d/q8.gguf" --preset qwen3-30b-a3b --layers "$L" --recipe Q8_0
+  measure imatrix_$L $M imatrix -m "$d/q8.gguf" -f "$TXT" -c 512 --chunks 2 -t "$T" -o "$d/imatrix.gguf"
+  # synth's router sends few tokens to its cold experts, so 2 chunks leave
+  # some without data: --ignore-imatrix-rules quantizes those without it
+  # (the time is the same)
+  measure quantize_asym_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
+      --recipe asym-2bitexp "$d/q8.gguf" "$d/asym.gguf" "$T"
+  measure quantize_q4km_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
+      "$d/q8.gguf" "$d/q4km.gguf" Q4_K_M "$T"
+  measure perplexity_$L $M perplexity -m "$d/asym.gguf" -f "$TXT" -c 512 --chunks 2 -t "$T"
+  measure run_$L $M run -m "$d/asym.gguf" -p "The sea" -n 32 --temp 0 -t "$T"
+  rm -f "$d/q8.gguf" "$d/q4km.gguf"
+done
+
+# the line through (L1, v1) and (L2, v2) at 48 layers
+at48() { awk -v a="$1" -v b="$2" -v l1="$L1" -v l2="$L2" 'BEGIN { s = (b - a) / (l2 - l1); printf "%.0f", a + (48 - l1) * s }'; }
+val() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$OUT/times"; }
+{
+  echo "### The pipeline at the Qwen3-30B-A3B shape ($T threads)"
+  echo
+  echo "Measured on the full shape with $L1 and $L2 of the 48 layers (\`sh bench/realmodel.sh $T $L1 $L2\`),"
+  echo "extrapolated to 48 layers along the line through the two; imatrix and perplexity over 2 chunks"
+  echo "of 512 tokens (the time scales with the chunks: 128 chunks take 64 x as long), generation 32 tokens."
+  echo
+  echo "| step | $L1 layers | $L2 layers | 48 layers (extrapolated) | peak RSS at $L2 layers | peak RSS at 48 (extrapolated) |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for s in synth imatrix quantize_asym quantize_q4km perplexity run; do
+    t1=$(val ${s}_$L1 2); t2=$(val ${s}_$L2 2); m1=$(val ${s}_$L1 3); m2=$(val ${s}_$L2 3)
+    printf "| %s | %s s | %s s | %s s | %.0f MiB | %.0f MiB |\n" "$s" "$t1" "$t2" "$(at48 "$t1" "$t2")" \
+      "$(echo "$m2" | awk '{ print $1 / 1024 }')" "$(at48 "$m1" "$m2" | awk '{ print $1 / 1024 }')"
+  done
+} > "$R"
+cat "$R"

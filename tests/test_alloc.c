@@ -1,0 +1,214 @@
+/*
+ * test_alloc.c: the bit allocator (src/quant/alloc.c): the knapsack against
+ * brute force, units and candidates of a synthetic model, the sensitivity
+ * file and the plan file round trips, and the budget of a written file
+ * respected to the byte.
+ */
+#include "test.h"
+#include "gguf/gguf.h"
+#include "quant/alloc.h"
+#include "quant/quantize.h"
+#include "quant/quants.h"
+#include "synth/synth.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static uint32_t lcg(uint32_t *s) { *s = *s * 1664525u + 1013904223u; return *s >> 8; }
+
+TEST(alloc_solve_matches_brute_force)
+{
+    uint32_t seed = 7;
+    for (int trial = 0; trial < 200; trial++) {
+        struct moeq_alloc a;
+        memset(&a, 0, sizeof a);
+        a.n_units = 2 + (int)(lcg(&seed) % 4);
+        a.units = calloc((size_t)a.n_units, sizeof *a.units);
+        REQUIRE(a.units);
+        uint64_t maxsum = 0, minsum = 0;
+        for (int k = 0; k < a.n_units; k++) {
+            struct moeq_alloc_unit *u = &a.units[k];
+            u->n_cand = 1 + (int)(lcg(&seed) % 4);
+            u->sens = 0.5 + (lcg(&seed) % 100) / 50.0;
+            uint64_t mx = 0, mn = UINT64_MAX;
+            for (int c = 0; c < u->n_cand; c++) {
+                u->bytes[c] = 10 + lcg(&seed) % 200;
+                u->err[c] = (double)(lcg(&seed) % 1000);
+                if (u->bytes[c] > mx) mx = u->bytes[c];
+                if (u->bytes[c] < mn) mn = u->bytes[c];
+            }
+            maxsum += mx; minsum += mn;
+        }
+        uint64_t budget = minsum + lcg(&seed) % (maxsum - minsum + 1);
+        int choice[8], best[8], cur[8] = { 0 };
+        char err[256];
+        REQUIREF(moeq_alloc_solve(&a, budget, choice, err, sizeof err) == 0, "%s", err);
+        /* brute force */
+        double bd = 1e300;
+        for (;;) {
+            uint64_t b = 0;
+            for (int k = 0; k < a.n_units; k++) b += a.units[k].bytes[cur[k]];
+            if (b <= budget) {
+                double d = moeq_alloc_damage(&a, cur);
+                if (d < bd) { bd = d; memcpy(best, cur, sizeof cur); }
+            }
+            int k = 0;
+            while (k < a.n_units && ++cur[k] == a.units[k].n_cand) cur[k++] = 0;
+            if (k == a.n_units) break;
+        }
+        uint64_t got = 0;
+        for (int k = 0; k < a.n_units; k++) got += a.units[k].bytes[choice[k]];
+        CHECK(got <= budget);
+        double d = moeq_alloc_damage(&a, choice);
+        CHECKF(d <= bd + 1e-9, "trial %d: damage %g, brute force %g", trial, d, bd);
+        /* deterministic */
+        int again[8];
+        REQUIRE(moeq_alloc_solve(&a, budget, again, err, sizeof err) == 0);
+        CHECK(memcmp(again, choice, (size_t)a.n_units * sizeof *choice) == 0);
+        (void)best;
+        free(a.units);
+    }
+}
+
+TEST(alloc_solve_large_is_fast_and_close)
+{
+    /* 48 layers x 6 units + 2, 14 candidates, sizes of a 30B model */
+    struct moeq_alloc a;
+    memset(&a, 0, sizeof a);
+    a.n_units = 290;
+    a.units = calloc((size_t)a.n_units, sizeof *a.units);
+    REQUIRE(a.units);
+    uint32_t seed = 3;
+    uint64_t lo = 0, hi = 0;
+    for (int k = 0; k < a.n_units; k++) {
+        struct moeq_alloc_unit *u = &a.units[k];
+        u->n_cand = 14;
+        u->sens = 1;
+        uint64_t base = 1000000 + lcg(&seed) % 100000000;
+        for (int c = 0; c < u->n_cand; c++) {
+            u->bytes[c] = base * (uint64_t)(2 + c) / 4 + (lcg(&seed) % 97);
+            u->err[c] = (double)base / (double)(1u << c) * (1.0 + (lcg(&seed) % 10) / 100.0);
+        }
+        lo += u->bytes[0]; hi += u->bytes[13];
+    }
+    uint64_t budget = lo + (hi - lo) / 3;
+    int choice[290];
+    char err[256];
+    REQUIREF(moeq_alloc_solve(&a, budget, choice, err, sizeof err) == 0, "%s", err);
+    uint64_t got = 0;
+    for (int k = 0; k < a.n_units; k++) got += a.units[k].bytes[choice[k]];
+    CHECK(got <= budget);
+    CHECKF((double)got >= 0.999 * (double)budget, "%llu of %llu", (unsigned long long)got, (unsigned long long)budget);
+    free(a.units);
+}
+
+static const char *model(void)
+{
+    static char path[4096];
+    moeq_synth_cfg c;
+    char err[256];
+    REQUIRE(moeq_synth_preset(&c, "tiny") == 0);
+    c.n_expert = 4;
+    c.n_expert_used = 2;
+    snprintf(path, sizeof path, "%s", test_tmp("alloc_src.gguf"));
+    REQUIREF(moeq_synth_write(&c, path, 2, 0, err, sizeof err) == 0, "%s", err);
+    return path;
+}
+
+TEST(alloc_plan_round_trip_and_budget)
+{
+    const char *src = model();
+    char err[512];
+    gguf_file *f = gguf_open(src, err, sizeof err);
+    REQUIREF(f, "%s", err);
+    struct moeq_alloc a;
+    REQUIREF(moeq_alloc_init(&a, f, NULL, 0, 1, err, sizeof err) == 0, "%s", err);
+    /* gate and up are one unit; norms and the router none */
+    int tied = 0;
+    for (int k = 0; k < a.n_units; k++) {
+        if (strstr(a.units[k].name, "ffn_gate_up_exps")) { tied++; CHECK(a.units[k].n_tensors == 2); }
+        CHECK(!strstr(a.units[k].name, "norm") && !strstr(a.units[k].name, "gate_inp"));
+        for (int c = 0; c < a.units[k].n_cand; c++)
+            CHECK(!moeq_type_needs_imatrix(a.units[k].type[c]) || strstr(a.units[k].name, "token_embd") ||
+                  strstr(a.units[k].name, "output"));
+    }
+    CHECK(tied > 0);
+    REQUIREF(moeq_alloc_measure(&a, f, NULL, 64, 2, NULL, err, sizeof err) == 0, "%s", err);
+    /* sensitivity file round trip */
+    const char *sp = test_tmp("alloc.sens");
+    REQUIRE(moeq_alloc_save(&a, sp, err, sizeof err) == 0);
+    struct moeq_alloc b;
+    REQUIRE(moeq_alloc_init(&b, f, NULL, 0, 1, err, sizeof err) == 0);
+    REQUIREF(moeq_alloc_load(&b, sp, err, sizeof err) == 0, "%s", err);
+    for (int k = 0; k < a.n_units; k++) {
+        CHECK(b.units[k].n_cand == a.units[k].n_cand);
+        for (int c = 0; c < a.units[k].n_cand; c++)
+            CHECK(b.units[k].err[c] == 0 ? a.units[k].err[c] == 0
+                                         : fabs(b.units[k].err[c] / a.units[k].err[c] - 1) < 1e-6);
+    }
+    moeq_alloc_free(&b);
+    /* a budget between the smallest and largest plans, to the byte */
+    uint64_t lo = a.fixed_bytes + a.header_bytes, hi = lo;
+    for (int k = 0; k < a.n_units; k++) { lo += a.units[k].bytes[0]; hi += a.units[k].bytes[a.units[k].n_cand - 1]; }
+    uint64_t target = lo + (hi - lo) / 2;
+    int *choice = calloc((size_t)a.n_units, sizeof *choice);
+    int *types = calloc((size_t)a.n_tensors, sizeof *types);
+    REQUIRE(choice && types);
+    REQUIREF(moeq_alloc_solve(&a, moeq_alloc_unit_budget(&a, target), choice, err, sizeof err) == 0, "%s", err);
+    moeq_alloc_types(&a, choice, types);
+    char *meta = moeq_alloc_plan_string(&a, choice, f);
+    struct moeq_quantize_opts o;
+    moeq_quantize_opts_init(&o);
+    o.in_path = src;
+    o.out_path = test_tmp("alloc_out.gguf");
+    o.mix = moeq_mix_find("Q4_K_M");
+    o.types = types; o.n_types = a.n_tensors;
+    o.plan_meta = meta;
+    o.ignore_imatrix_rules = 1;
+    o.n_threads = 2;
+    struct moeq_quantize_report r;
+    REQUIREF(moeq_quantize_file(&o, &r, err, sizeof err) == 0, "%s", err);
+    struct stat st;
+    REQUIRE(stat(o.out_path, &st) == 0);
+    CHECKF((uint64_t)st.st_size <= target, "file %lld bytes, target %llu", (long long)st.st_size, (unsigned long long)target);
+    CHECK((uint64_t)st.st_size <= moeq_alloc_file_bytes(&a, choice));
+    gguf_file *g = gguf_open(o.out_path, err, sizeof err);
+    REQUIRE(g);
+    char got[8192];
+    REQUIRE(gguf_get_str(g, "moeq.plan", got, sizeof got) == 0);
+    CHECK(strcmp(got, meta) == 0);
+    /* the plan file read back as rules gives the same types */
+    const char *pp = test_tmp("alloc.plan");
+    FILE *fp = fopen(pp, "w");
+    REQUIRE(fp && moeq_alloc_write_plan(&a, choice, fp) == 0);
+    fclose(fp);
+    fp = fopen(pp, "r");
+    REQUIRE(fp);
+    struct moeq_type_rule rules[256];
+    int n_rules = 0;
+    char line[512];
+    while (fgets(line, sizeof line, fp)) {
+        line[strcspn(line, "\n")] = 0;
+        if (line[0] == '#' || !line[0]) continue;
+        REQUIREF(n_rules < 256 && moeq_type_rule_parse(line, &rules[n_rules], err, sizeof err) == 0, "%s", err);
+        n_rules++;
+    }
+    fclose(fp);
+    struct moeq_quantize_opts o2 = o;
+    o2.types = NULL; o2.n_types = 0; o2.plan_meta = NULL;
+    o2.rules = rules; o2.n_rules = n_rules;
+    o2.dry_run = 1;
+    struct moeq_quantize_report r2;
+    REQUIREF(moeq_quantize_file(&o2, &r2, err, sizeof err) == 0, "%s", err);
+    for (int i = 0; i < r.n_tensors; i++) CHECKF(r.tensors[i].type == r2.tensors[i].type, "%s", r.tensors[i].name);
+    for (int i = 0; i < n_rules; i++) moeq_type_rule_free(&rules[i]);
+    moeq_quantize_report_free(&r2);
+    moeq_quantize_report_free(&r);
+    gguf_close(g);
+    free(meta); free(types); free(choice);
+    moeq_alloc_free(&a);
+    gguf_close(f);
+}

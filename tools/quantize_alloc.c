@@ -1,0 +1,215 @@
+/*
+ * quantize_alloc.c: `moeq quantize`'s allocation flags (see
+ * quantize_alloc.h): the budget from a bpw, a file size or the engine's
+ * memory plan, the measurement or its saved file, the solver, the dry-run
+ * table and the plan file.
+ */
+#include "quantize_alloc.h"
+
+#include "cmd.h"
+#include "engine/engine_mem.h"
+#include "engine/pool.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "quant/alloc.h"
+#include "quant/imatrix.h"
+#include "quant/quants.h"
+#include "quant/tensor_groups.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void qalloc_init(struct qalloc_cli *c)
+{
+    memset(c, 0, sizeof *c);
+    c->n_ctx = 4096;
+    c->n_par = 1;
+    c->reserve = 1ull << 30;
+    c->type_k = c->type_v = MOEQ_KV_F16;
+    c->rows = 1024;
+}
+
+static int kv_type(const char *v)
+{
+    if (!strcmp(v, "f16")) return MOEQ_KV_F16;
+    if (!strcmp(v, "q8_0")) return MOEQ_KV_Q8_0;
+    return -1;
+}
+
+int qalloc_arg(struct qalloc_cli *c, int argc, char **argv, int *i, int *rc)
+{
+    static const char *const flags[] = { "--target-bpw", "--target-size", "--fit", "-c", "--ctx-size", "-ctk", "-ctv",
+        "--cache-type-k", "--cache-type-v", "--parallel", "-np", "--reserve", "--allow-types", "--sensitivity",
+        "--plan-out", "--recipe-file", "--sample-rows", NULL };
+    const char *a = argv[*i];
+    int k = 0;
+    while (flags[k] && strcmp(flags[k], a)) k++;
+    if (!flags[k]) return 0;
+    *rc = 2;
+    if (*i + 1 >= argc) { cli_usage_error("quantize", "%s needs an argument", a); return 1; }
+    const char *v = argv[++*i];
+    int64_t n;
+    if (!strcmp(a, "--target-bpw")) {
+        if (cli_parse_f64(v, &c->target_bpw) || c->target_bpw <= 0) { cli_usage_error("quantize", "bad --target-bpw '%s'", v); return 1; }
+        c->active = 1;
+    } else if (!strcmp(a, "--target-size") || !strcmp(a, "--fit") || !strcmp(a, "--reserve")) {
+        uint64_t *dst = a[2] == 't' ? &c->target_size : a[2] == 'f' ? &c->fit_budget : &c->reserve;
+        if (cli_parse_size(v, dst)) { cli_usage_error("quantize", "bad %s '%s'", a, v); return 1; }
+        if (a[2] != 'r') c->active = 1;
+    } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size") || !strcmp(a, "--parallel") || !strcmp(a, "-np") ||
+               !strcmp(a, "--sample-rows")) {
+        if (cli_parse_i64(v, &n) || n < 1 || n > (1 << 24)) { cli_usage_error("quantize", "bad %s '%s'", a, v); return 1; }
+        if (a[1] == 'c' || a[2] == 'c') c->n_ctx = (int)n; else if (a[2] == 's') c->rows = (int)n; else c->n_par = (int)n;
+    } else if (!strcmp(a, "-ctk") || !strcmp(a, "-ctv") || !strcmp(a, "--cache-type-k") || !strcmp(a, "--cache-type-v")) {
+        int t = kv_type(v);
+        if (t < 0) { cli_usage_error("quantize", "KV type must be f16 or q8_0, not '%s'", v); return 1; }
+        if (a[strlen(a) - 1] == 'k') c->type_k = t; else c->type_v = t;
+    } else if (!strcmp(a, "--allow-types")) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", v);
+        for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
+            int t = moeq_type_from_name(s);
+            if (t < 0 || c->n_allow >= 32) { cli_usage_error("quantize", "--allow-types: unknown type '%s'", s); return 1; }
+            c->allow[c->n_allow++] = t;
+        }
+    } else if (!strcmp(a, "--sensitivity")) c->sensitivity = v;
+    else if (!strcmp(a, "--plan-out")) c->plan_out = v;
+    else c->recipe_file = v;
+    *rc = 0;
+    return 1;
+}
+
+int qalloc_read_rules(const char *path, struct moeq_type_rule *rules, int max, int *n)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) { cli_error("quantize: cannot read --recipe-file %s", path); return -1; }
+    char line[1024], err[512];
+    int lineno = 0;
+    while (fgets(line, sizeof line, fp)) {
+        lineno++;
+        line[strcspn(line, "\r\n")] = 0;
+        if (!line[0] || line[0] == '#') continue;
+        if (*n >= max || moeq_type_rule_parse(line, &rules[*n], err, sizeof err) != 0) {
+            cli_error("quantize: %s:%d: %s", path, lineno, *n >= max ? "too many rules" : err);
+            fclose(fp);
+            return -1;
+        }
+        (*n)++;
+    }
+    fclose(fp);
+    return 0;
+}
+
+/* The weight budget of --fit: what the engine's memory plan leaves for the
+ * weights after KV, scratch, sessions, runtime and the reserve. */
+static int fit_weight_budget(const struct qalloc_cli *c, const gguf_file *f, const char *path, uint64_t *out)
+{
+    struct moeq_hparams hp;
+    char err[512];
+    if (moeq_hparams_read(f, path, &hp, err, sizeof err) != 0) { cli_error("%s", err); return -1; }
+    struct moeq_mem_shape s;
+    moeq_mem_shape_of(&hp, &s);
+    const gguf_kv *m = gguf_find_kv(f, "tokenizer.ggml.merges");
+    s.n_merges = m && m->val.type == GGUF_TYPE_ARRAY ? (int)m->val.v.arr.n : 0;
+    s.weight_bytes = 0;
+    struct moeq_mem_opts o = { c->n_ctx, c->n_par, 512, c->n_threads > 0 ? c->n_threads : moeq_ncores(),
+                               c->type_k, c->type_v };
+    struct moeq_mem_plan p;
+    if (moeq_mem_estimate(&s, &o, &p) != 0) { cli_error("quantize: --fit: the shape cannot be planned"); return -1; }
+    uint64_t avail = c->fit_budget > c->reserve ? c->fit_budget - c->reserve : 0;
+    if (avail <= p.total) { cli_error("quantize: --fit: KV cache and buffers alone (%llu bytes) exceed the budget", (unsigned long long)p.total); return -1; }
+    *out = avail - p.total;
+    fprintf(stderr, "moeq: --fit: %.3f GiB less %.3f GiB reserve, %.3f GiB KV and buffers: %.3f GiB for the weights\n",
+            (double)c->fit_budget / (1 << 30), (double)c->reserve / (1 << 30), (double)p.total / (1 << 30),
+            (double)*out / (1 << 30));
+    return 0;
+}
+
+static void print_table(const struct moeq_alloc *a, const int *choice)
+{
+    printf("%-30s %-8s %12s %7s %12s\n", "unit", "type", "bytes", "bpw", "damage");
+    for (int k = 0; k < a->n_units; k++) {
+        const struct moeq_alloc_unit *u = &a->units[k];
+        int c = choice[k];
+        printf("%-30s %-8s %12llu %7.3f %12.4e\n", u->name, moeq_type_name(u->type[c]),
+               (unsigned long long)u->bytes[c], 8.0 * (double)u->bytes[c] / (double)u->nelem, u->sens * u->err[c]);
+    }
+}
+
+int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *imatrix_path, int ignore_rules,
+                int dry_run, int **types, int *n_types, char **plan_meta, const char **mix_name)
+{
+    char err[512];
+    gguf_file *f = gguf_open(in_path, err, sizeof err);
+    if (!f) { cli_error("%s", err); return 1; }
+    struct moeq_alloc a;
+    struct moeq_imatrix *im = NULL;
+    int rc = 1, *choice = NULL;
+    if (moeq_alloc_init(&a, f, c->n_allow ? c->allow : NULL, c->n_allow, !imatrix_path && !ignore_rules, err, sizeof err) != 0) {
+        cli_error("quantize: %s", err);
+        goto out;
+    }
+    FILE *sf = c->sensitivity ? fopen(c->sensitivity, "r") : NULL;
+    if (sf) {
+        fclose(sf);
+        if (moeq_alloc_load(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+        fprintf(stderr, "moeq: measurement read from %s\n", c->sensitivity);
+    } else {
+        if (imatrix_path) {
+            im = moeq_imatrix_new();
+            if (moeq_imatrix_load(im, imatrix_path, err, sizeof err) != 0) { cli_error("%s", err); goto out; }
+        }
+        if (moeq_alloc_measure(&a, f, im, c->rows, c->n_threads, stderr, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+        if (c->sensitivity && moeq_alloc_save(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+    }
+    uint64_t budget;
+    if (c->fit_budget) {
+        uint64_t wb;
+        if (fit_weight_budget(c, f, in_path, &wb) != 0) goto out;
+        budget = wb > a.fixed_bytes ? wb - a.fixed_bytes : 0;
+    } else if (c->target_size) {
+        budget = moeq_alloc_unit_budget(&a, c->target_size);
+    } else {
+        uint64_t tb = (uint64_t)(c->target_bpw * (double)a.nelem_all / 8.0);
+        budget = tb > a.fixed_bytes ? tb - a.fixed_bytes : 0;
+    }
+    if (!(choice = calloc((size_t)a.n_units + 1, sizeof *choice)) || !(*types = calloc((size_t)a.n_tensors + 1, sizeof **types))) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (moeq_alloc_solve(&a, budget, choice, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+    moeq_alloc_types(&a, choice, *types);
+    *n_types = a.n_tensors;
+    *plan_meta = moeq_alloc_plan_string(&a, choice, f);
+    /* the file type: the mix of the type holding most weights */
+    uint64_t by_type[MOEQ_TYPE_COUNT] = { 0 };
+    uint64_t ub = 0;
+    for (int k = 0; k < a.n_units; k++) {
+        by_type[a.units[k].type[choice[k]]] += a.units[k].nelem;
+        ub += a.units[k].bytes[choice[k]];
+    }
+    int top = 0;
+    for (int t = 0; t < MOEQ_TYPE_COUNT; t++) if (by_type[t] > by_type[top]) top = t;
+    *mix_name = moeq_type_name(top);
+    fprintf(stderr, "moeq: plan: %llu of %llu bytes for the %d units (%.4f%% of the budget), file at most %llu bytes, "
+            "%.4f bpw, predicted damage %.4e\n", (unsigned long long)ub, (unsigned long long)budget, a.n_units,
+            budget ? 100.0 * (double)ub / (double)budget : 0.0, (unsigned long long)moeq_alloc_file_bytes(&a, choice),
+            8.0 * (double)(ub + a.fixed_bytes) / (double)a.nelem_all, moeq_alloc_damage(&a, choice));
+    if (dry_run) print_table(&a, choice);
+    if (c->plan_out) {
+        FILE *po = fopen(c->plan_out, "w");
+        if (!po || moeq_alloc_write_plan(&a, choice, po) != 0 || fclose(po) != 0) {
+            cli_error("quantize: cannot write %s", c->plan_out);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    if (rc) { free(*types); *types = NULL; }
+    free(choice);
+    moeq_alloc_free(&a);
+    moeq_imatrix_free(im);
+    gguf_close(f);
+    return rc;
+}
