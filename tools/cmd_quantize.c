@@ -47,6 +47,9 @@ static void usage(FILE *out)
         "                            to be unbiased (a little more error per tensor,\n"
         "                            lower KL divergence of the model)\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
+        "  --split-max-size N[M|G]   write a split set OUT-00001-of-0000N.gguf, a new part\n"
+        "                            whenever the next tensor would pass N bytes of data\n"
+        "  --keep-split              split the output as the input's split set is split\n"
         "  -q, --quiet               no per-tensor lines\n"
         "\nexample:\n"
         "  moeq quantize --allow-requantize --imatrix imatrix.dat --recipe asym-2bitexp \\\n"
@@ -118,7 +121,8 @@ static void print_groups(const struct moeq_quantize_report *r)
 int cmd_quantize(int argc, char **argv)
 {
     const char *imatrix_path = NULL, *recipe_name = NULL;
-    int allow_requant = 0, pure = 0, dry_run = 0, ignore_rules = 0, quiet = 0;
+    int allow_requant = 0, pure = 0, dry_run = 0, ignore_rules = 0, quiet = 0, keep_split = 0;
+    uint64_t split_max_size = 0;
     int embd_type = -1, out_type = -1;
     struct moeq_quant_params qp = { .fit = MOEQ_FIT_UNBIASED };
     const char *include[MAX_NAMES], *exclude[MAX_NAMES];
@@ -137,6 +141,14 @@ int cmd_quantize(int argc, char **argv)
         if (!strcmp(a, "--allow-requantize")) allow_requant = 1;
         else if (!strcmp(a, "--pure")) pure = 1;
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
+        else if (!strcmp(a, "--keep-split")) keep_split = 1;
+        else if (!strcmp(a, "--split-max-size")) {
+            NEED_ARG();
+            if (cli_parse_size(argv[++i], &split_max_size) || split_max_size == 0) {
+                rc = cli_usage_error("quantize", "--split-max-size: bad size '%s'", argv[i]);
+                goto out_rules;
+            }
+        }
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
         else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
@@ -205,6 +217,8 @@ int cmd_quantize(int argc, char **argv)
     qo.qp = qp;
     qo.n_threads = (int)nthreads;
     qo.dry_run = dry_run;
+    qo.keep_split = keep_split;
+    qo.split_max_size = split_max_size;
     if (!quiet) qo.progress = progress;
     struct moeq_quantize_report rep;
     if (moeq_quantize_file(&qo, &rep, err, sizeof err) != 0) {

@@ -82,6 +82,9 @@ struct moeq_quantize_opts {
     struct moeq_quant_params qp;              /* given to every row quantizer */
     int n_threads;                            /* <= 0: all cores */
     int dry_run;                              /* plan and check; write nothing */
+    uint64_t split_max_size;                  /* > 0: a split set, parts of at most this
+                                                 much tensor data (gguf_writer_split_max_size) */
+    int keep_split;                           /* split as the input's split set */
     moeq_quantize_progress_fn progress;       /* NULL: none */
     void *progress_ctx;
     FILE *log;                                /* warnings, notes; NULL: stderr */
