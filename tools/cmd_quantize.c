@@ -74,6 +74,9 @@ static void usage(FILE *out)
         "  --recipe-file FILE        read --tensor-type lines (REGEX=TYPE) from FILE\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
         "                            (needs no --allow-requantize)\n"
+        "  --split-max-size N[M|G]   write a split set OUT-00001-of-0000N.gguf, a new part\n"
+        "                            whenever the next tensor would pass N bytes of data\n"
+        "  --keep-split              split the output as the input's split set is split\n"
         "  -q, --quiet               no progress, tables or report; errors and warnings only\n"
         "\nexample:\n"
         "  moeq quantize --allow-requantize --imatrix imatrix.gguf --recipe asym-2bitexp \\\n"
@@ -145,7 +148,8 @@ static void print_groups(const struct moeq_quantize_report *r)
 int cmd_quantize(int argc, char **argv)
 {
     const char *imatrix_path = NULL, *recipe_name = NULL;
-    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, quiet = 0;
+    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, quiet = 0, keep_split = 0;
+    uint64_t split_max_size = 0;
     int embd_type = -1, out_type = -1;
     struct moeq_quant_params qp = { .fit = MOEQ_FIT_UNBIASED };
     const char *include[MAX_NAMES], *exclude[MAX_NAMES];
@@ -181,6 +185,14 @@ int cmd_quantize(int argc, char **argv)
             n_kv++;
         }
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
+        else if (!strcmp(a, "--keep-split")) keep_split = 1;
+        else if (!strcmp(a, "--split-max-size")) {
+            NEED_ARG();
+            if (cli_parse_size(argv[++i], &split_max_size) || split_max_size == 0) {
+                rc = cli_usage_error("quantize", "--split-max-size: bad size '%s'", argv[i]);
+                goto out_rules;
+            }
+        }
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
         else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
@@ -264,6 +276,8 @@ int cmd_quantize(int argc, char **argv)
     qo.dry_run = dry_run;
     qo.types = plan_types; qo.n_types = n_plan_types;
     qo.plan_meta = plan_meta;
+    qo.keep_split = keep_split;
+    qo.split_max_size = split_max_size;
     if (!quiet) qo.progress = progress;
     struct moeq_quantize_report rep;
     if (moeq_quantize_file(&qo, &rep, err, sizeof err) != 0) {

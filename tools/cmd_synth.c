@@ -31,6 +31,8 @@ static void usage(FILE *out)
         "                        128 experts (8 used) x 768, vocab 151936, ctx 262144,\n"
         "                        rope base 1e7)\n"
         "  --seed N              weight seed (default 1836016993)\n"
+        "  --split-max-size N[M|G] write a split set FILE-00001-of-0000N.gguf, parts of\n"
+        "                        at most N bytes of tensor data\n"
         "  --name S              general.name\n"
         "shape (override the preset):\n"
         "  --layers N  --n-embd N  --heads N  --kv-heads N  --head-dim N\n"
@@ -141,6 +143,11 @@ int cmd_synth(int argc, char **argv)
             if (cli_parse_i64(val, &iv) || iv < 1 || iv > 1024)
                 return cli_usage_error(cmd, "bad thread count '%s'", val);
             threads = (int)iv;
+            continue;
+        }
+        if (!strcmp(a, "--split-max-size")) {
+            if (cli_parse_size(val, &c.split_max_size) || c.split_max_size == 0)
+                return cli_usage_error(cmd, "--split-max-size: bad size '%s'", val);
             continue;
         }
         if (!strcmp(a, "--seed")) {

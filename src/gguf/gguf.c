@@ -605,6 +605,7 @@ static gguf_file *open_common(const void *buf, uint64_t size, const char *name, 
     f->base = buf;
     f->size = size;
     f->mapped = mapped;
+    f->n_parts = 1;
     cursor c = { .base = buf, .size = size, .name = path, .err = err, .errlen = errlen };
     if (parse(f, &c) != 0) {
         gguf_close(f);
@@ -613,7 +614,7 @@ static gguf_file *open_common(const void *buf, uint64_t size, const char *name, 
     return f;
 }
 
-gguf_file *gguf_open(const char *path, char *err, size_t errlen)
+static gguf_file *open_one(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -646,6 +647,135 @@ gguf_file *gguf_open(const char *path, char *err, size_t errlen)
     return open_common(m, (uint64_t)st.st_size, path, 1, err, errlen);
 }
 
+/* ============================================================ split sets */
+
+int gguf_split_path(char *out, size_t outlen, const char *path, uint32_t no, uint32_t count)
+{
+    size_t n = strlen(path);
+    static const char tail[] = "-00000-of-00000.gguf";
+    const size_t tn = sizeof tail - 1;
+    int pattern = n >= tn && !strcmp(path + n - 5, ".gguf") && !strncmp(path + n - tn + 6, "-of-", 4);
+    for (size_t i = 0; pattern && i < 5; i++)
+        pattern = path[n - tn] == '-' && path[n - tn + 1 + i] >= '0' && path[n - tn + 1 + i] <= '9'
+                  && path[n - tn + 10 + i] >= '0' && path[n - tn + 10 + i] <= '9';
+    size_t stem = pattern ? n - tn : (n >= 5 && !strcmp(path + n - 5, ".gguf") ? n - 5 : n);
+    int k = snprintf(out, outlen, "%.*s-%05u-of-%05u.gguf", (int)stem, path, no + 1, count);
+    return k < 0 || (size_t)k >= outlen ? -1 : 0;
+}
+
+/* split.count of f: 1 when absent. -1 when present but not a u16 >= 1. */
+static int64_t split_count(const gguf_file *f)
+{
+    const gguf_kv *kv = gguf_find_kv(f, GGUF_KEY_SPLIT_COUNT);
+    uint64_t v;
+    if (!kv) return 1;
+    if (gguf_get_u64(f, GGUF_KEY_SPLIT_COUNT, &v) || v < 1 || v > 65535) return -1;
+    return (int64_t)v;
+}
+
+/* Open parts 2..n of the set whose first file is f and merge their tensors
+ * into f. 0, or -1 with err set. */
+static int open_split(gguf_file *f, uint32_t count, char *err, size_t errlen)
+{
+    uint64_t no, total;
+    if (gguf_get_u64(f, GGUF_KEY_SPLIT_NO, &no)) no = 0;
+    if (no != 0) {
+        char first[4096];
+        if (gguf_split_path(first, sizeof first, f->path, 0, count)) first[0] = 0;
+        snprintf(err, errlen, "%s: split.no: this is part %llu of %u; open the first part%s%s%s",
+                 f->path, (unsigned long long)no + 1, count, first[0] ? " (" : "", first, first[0] ? ")" : "");
+        return -1;
+    }
+    int64_t tc;
+    if (gguf_get_i64(f, GGUF_KEY_SPLIT_TENSORS, &tc) || tc < 0) {
+        if (gguf_get_u64(f, GGUF_KEY_SPLIT_TENSORS, &total)) {
+            snprintf(err, errlen, "%s: split.tensors.count: missing or not a non-negative integer", f->path);
+            return -1;
+        }
+    } else {
+        total = (uint64_t)tc;
+    }
+    f->parts = calloc(count - 1, sizeof *f->parts);
+    if (!f->parts) { snprintf(err, errlen, "%s: out of memory", f->path); return -1; }
+    uint64_t n = f->n_tensors;
+    for (uint32_t i = 1; i < count; i++) {
+        char path[4096], perr[512];
+        if (gguf_split_path(path, sizeof path, f->path, i, count)) {
+            snprintf(err, errlen, "%s: split part %u of %u: name too long", f->path, i + 1, count);
+            return -1;
+        }
+        gguf_file *p = open_one(path, perr, sizeof perr);
+        if (!p) {
+            snprintf(err, errlen, "%s: split part %u of %u missing or bad: %s", f->path, i + 1, count, perr);
+            return -1;
+        }
+        f->parts[i - 1] = p;
+        f->n_parts = i + 1;
+        uint64_t pno;
+        if (split_count(p) != count) {
+            snprintf(err, errlen, "%s: split.count: not %u as in the first part %s", path, count, f->path);
+            return -1;
+        }
+        if (gguf_get_u64(p, GGUF_KEY_SPLIT_NO, &pno) || pno != i) {
+            snprintf(err, errlen, "%s: split.no: not %u (part %u of %u)", path, i, i + 1, count);
+            return -1;
+        }
+        n += p->n_tensors;
+    }
+    if (n != total) {
+        snprintf(err, errlen, "%s: split.tensors.count: %llu, but the %u parts hold %llu tensors", f->path,
+                 (unsigned long long)total, count, (unsigned long long)n);
+        return -1;
+    }
+    gguf_tensor *t = calloc(n ? (size_t)n : 1, sizeof *t);
+    struct gguf_table tab;
+    if (!t || table_init(&tab, n)) {
+        free(t);
+        snprintf(err, errlen, "%s: out of memory", f->path);
+        return -1;
+    }
+    uint64_t k = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const gguf_file *p = i ? f->parts[i - 1] : f;
+        for (uint64_t j = 0; j < p->n_tensors; j++, k++) {
+            t[k] = p->tensors[j];
+            t[k].part = i;
+        }
+    }
+    free(f->tensors);
+    f->tensors = t;
+    f->n_tensors = n;
+    free(f->index->tensors.slot);
+    f->index->tensors = tab;
+    for (uint64_t j = 0; j < n; j++) {
+        int64_t d = table_find(&tab, t[j].name.s, t[j].name.n, tensor_name, f, (int64_t)j);
+        if (d >= 0) {
+            char nb[128];
+            snprintf(err, errlen, "%s: tensor '%s' is in split part %u and again in part %u", f->path,
+                     safe_name(t[j].name, nb, sizeof nb), t[d].part + 1, t[j].part + 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+gguf_file *gguf_open(const char *path, char *err, size_t errlen)
+{
+    gguf_file *f = open_one(path, err, errlen);
+    if (!f) return NULL;
+    int64_t count = split_count(f);
+    if (count < 0) {
+        snprintf(err, errlen, "%s: split.count: not an integer in 1..65535", path);
+        gguf_close(f);
+        return NULL;
+    }
+    if (count > 1 && open_split(f, (uint32_t)count, err, errlen)) {
+        gguf_close(f);
+        return NULL;
+    }
+    return f;
+}
+
 gguf_file *gguf_open_buffer(const void *buf, size_t size, const char *name,
                             char *err, size_t errlen)
 {
@@ -665,6 +795,8 @@ void gguf_close(gguf_file *f)
         free(f->index);
     }
     if (f->mapped) munmap((void *)f->base, (size_t)f->size);
+    for (uint32_t i = 0; f->parts && i + 1 < f->n_parts; i++) gguf_close(f->parts[i]);
+    free(f->parts);
     free(f->path);
     free(f);
 }
@@ -676,6 +808,13 @@ struct wtensor {
     uint32_t type, n_dims;
     uint64_t ne[GGUF_MAX_DIMS];
     uint64_t nbytes, offset;
+    uint32_t part;
+};
+
+/* One file of a split output. */
+struct wpart {
+    char         *path;
+    moeq_outfile *out;
 };
 
 struct gguf_writer {
@@ -691,6 +830,10 @@ struct gguf_writer {
     uint64_t        n_t, cap_t;
     int             in_data;        /* header written; only data from here */
     uint64_t        cur, cur_done;  /* tensor being written, bytes of it so far */
+    char          **inputs;         /* copies, for refusing split part names */
+    int             n_inputs;
+    struct wpart   *parts;          /* split output (gguf_writer_split), else NULL */
+    uint32_t        n_parts;
     char            err[512];
 };
 
@@ -795,6 +938,15 @@ gguf_writer *gguf_writer_open_inputs(const char *path, const char *const *inputs
         return NULL;
     }
     w->fp = moeq_outfile_fp(w->out);
+    w->inputs = calloc(n_inputs > 0 ? (size_t)n_inputs : 1, sizeof *w->inputs);
+    int ok = w->inputs != NULL;
+    for (int i = 0; ok && i < n_inputs; i++)
+        if (inputs[i]) ok = (w->inputs[w->n_inputs++] = strdup(inputs[i])) != NULL;
+    if (!ok) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        gguf_writer_abort(w);
+        return NULL;
+    }
     return w;
 }
 
@@ -1049,29 +1201,117 @@ static void put_value(gguf_writer *w, const gguf_value *v)
 
 static uint64_t pad_to(uint64_t x, uint64_t a) { return (a - x % a) % a; }
 
-int gguf_writer_begin_data(gguf_writer *w)
+int gguf_writer_split(gguf_writer *w, const uint32_t *part_of, uint32_t n_parts)
 {
     if (!w) return -1;
-    if (w->in_data) return 0;
-    uint64_t off = 0;
+    if (w->in_data) return werr(w, "split after the tensor data began");
+    if (w->parts) return werr(w, "split twice");
+    if (n_parts < 1 || n_parts > 65535 || n_parts > w->n_t + (w->n_t == 0))
+        return werr(w, "cannot split %llu tensors into %u parts", (unsigned long long)w->n_t, n_parts);
     for (uint64_t i = 0; i < w->n_t; i++) {
-        w->t[i].offset = off;
-        uint64_t p = pad_to(w->t[i].nbytes, w->alignment);
-        if (w->t[i].nbytes > UINT64_MAX - p || off > UINT64_MAX - (w->t[i].nbytes + p))
-            return werr(w, "tensor data size overflows");
-        off += w->t[i].nbytes + p;
+        uint32_t prev = i ? w->t[i - 1].part : 0;
+        if (part_of[i] != prev && part_of[i] != prev + 1)
+            return werr(w, "tensor '%s': split part %u does not follow part %u", w->t[i].name, part_of[i], prev);
+        w->t[i].part = part_of[i];
     }
+    if (w->n_t && w->t[w->n_t - 1].part != n_parts - 1)
+        return werr(w, "split into %u parts, but the tensors fill %u", n_parts, w->t[w->n_t - 1].part + 1);
+    if (n_parts == 1) return 0;
+    struct wpart *parts = calloc(n_parts, sizeof *parts);
+    if (!parts) return werr(w, "out of memory");
+    for (uint32_t i = 0; i < n_parts; i++) {
+        char name[4096], e[512];
+        if (gguf_split_path(name, sizeof name, w->path, i, n_parts) || !(parts[i].path = strdup(name))) {
+            werr(w, "split part %u: name too long or out of memory", i + 1);
+            goto fail;
+        }
+        parts[i].out = moeq_outfile_open(name, (const char *const *)w->inputs, w->n_inputs, e, sizeof e);
+        if (!parts[i].out) {
+            snprintf(w->err, sizeof w->err, "%s", e);
+            goto fail;
+        }
+    }
+    moeq_outfile_abort(w->out);
+    w->parts = parts;
+    w->n_parts = n_parts;
+    w->out = parts[0].out;
+    w->fp = moeq_outfile_fp(w->out);
+    return 0;
+fail:
+    for (uint32_t i = 0; i < n_parts; i++) {
+        moeq_outfile_abort(parts[i].out);
+        free(parts[i].path);
+    }
+    free(parts);
+    return -1;
+}
+
+int gguf_writer_split_max_size(gguf_writer *w, uint64_t max_bytes, uint32_t *n_parts)
+{
+    if (!w) return -1;
+    if (max_bytes == 0) return werr(w, "split size 0");
+    uint32_t *part_of = calloc(w->n_t ? (size_t)w->n_t : 1, sizeof *part_of);
+    if (!part_of) return werr(w, "out of memory");
+    uint32_t part = 0;
+    uint64_t used = 0;
+    for (uint64_t i = 0; i < w->n_t; i++) {
+        uint64_t nb = w->t[i].nbytes + pad_to(w->t[i].nbytes, w->alignment);
+        if (used > 0 && nb > max_bytes - (used < max_bytes ? used : max_bytes)) {
+            part++;
+            used = 0;
+        }
+        used += nb;
+        part_of[i] = part;
+    }
+    int rc = gguf_writer_split(w, part_of, part + 1);
+    free(part_of);
+    if (rc == 0 && n_parts) *n_parts = part + 1;
+    return rc;
+}
+
+/* The header of split part `part` (0 when unsplit): every key/value but the
+ * split.* ones for the first part, then the split keys when split; its
+ * tensor infos; padding. */
+static void put_header(gguf_writer *w, uint32_t part)
+{
+    static const char *const split_keys[] = { GGUF_KEY_SPLIT_NO, GGUF_KEY_SPLIT_COUNT, GGUF_KEY_SPLIT_TENSORS };
+    uint64_t n_kv = 0, n_t = 0;
+    for (uint64_t i = 0; part == 0 && i < w->n_kv; i++) {
+        int sk = 0;
+        for (int k = 0; k < 3; k++) sk |= w->kv[i].key.n == strlen(split_keys[k]) && !memcmp(w->kv[i].key.s, split_keys[k], w->kv[i].key.n);
+        n_kv += !sk;
+    }
+    if (w->parts) n_kv += 3;
+    for (uint64_t i = 0; i < w->n_t; i++) n_t += w->t[i].part == part;
+    w->pos = 0;
     put(w, MAGIC, 4);
     put_u32(w, w->version);
-    put_u64(w, w->n_t);
-    put_u64(w, w->n_kv);
-    for (uint64_t i = 0; i < w->n_kv; i++) {
+    put_u64(w, n_t);
+    put_u64(w, n_kv);
+    for (uint64_t i = 0; part == 0 && i < w->n_kv; i++) {
+        int sk = 0;
+        for (int k = 0; k < 3; k++) sk |= w->kv[i].key.n == strlen(split_keys[k]) && !memcmp(w->kv[i].key.s, split_keys[k], w->kv[i].key.n);
+        if (sk) continue;
         put_str(w, w->kv[i].key);
         put_u32(w, w->kv[i].val.type);
         put_value(w, &w->kv[i].val);
     }
+    if (w->parts) {
+        uint16_t no = (uint16_t)part, count = (uint16_t)w->n_parts;
+        int32_t total = (int32_t)w->n_t;
+        put_str(w, (gguf_str){ GGUF_KEY_SPLIT_NO, strlen(GGUF_KEY_SPLIT_NO) });
+        put_u32(w, GGUF_TYPE_UINT16);
+        put(w, &no, 2);
+        put_str(w, (gguf_str){ GGUF_KEY_SPLIT_COUNT, strlen(GGUF_KEY_SPLIT_COUNT) });
+        put_u32(w, GGUF_TYPE_UINT16);
+        put(w, &count, 2);
+        put_str(w, (gguf_str){ GGUF_KEY_SPLIT_TENSORS, strlen(GGUF_KEY_SPLIT_TENSORS) });
+        put_u32(w, GGUF_TYPE_INT32);
+        put(w, &total, 4);
+    }
     for (uint64_t i = 0; i < w->n_t; i++) {
         const struct wtensor *t = &w->t[i];
+        if (t->part != part) continue;
         put_str(w, (gguf_str){ t->name, strlen(t->name) });
         put_u32(w, t->n_dims);
         for (uint32_t d = 0; d < t->n_dims; d++) put_u64(w, t->ne[d]);
@@ -1079,7 +1319,36 @@ int gguf_writer_begin_data(gguf_writer *w)
         put_u64(w, t->offset);
     }
     put_zeros(w, pad_to(w->pos, w->alignment));
-    if (moeq_outfile_failed(w->out, w->err, sizeof w->err)) return -1;
+}
+
+/* Make part's file the one written to. */
+static void use_part(gguf_writer *w, uint32_t part)
+{
+    if (!w->parts) return;
+    w->out = w->parts[part].out;
+    w->fp = moeq_outfile_fp(w->out);
+}
+
+int gguf_writer_begin_data(gguf_writer *w)
+{
+    if (!w) return -1;
+    if (w->in_data) return 0;
+    if (w->n_t > (uint64_t)INT32_MAX && w->parts) return werr(w, "too many tensors for split.tensors.count");
+    uint64_t off = 0;
+    for (uint64_t i = 0; i < w->n_t; i++) {
+        if (i && w->t[i].part != w->t[i - 1].part) off = 0;
+        w->t[i].offset = off;
+        uint64_t p = pad_to(w->t[i].nbytes, w->alignment);
+        if (w->t[i].nbytes > UINT64_MAX - p || off > UINT64_MAX - (w->t[i].nbytes + p))
+            return werr(w, "tensor data size overflows");
+        off += w->t[i].nbytes + p;
+    }
+    for (uint32_t part = 0; part < (w->parts ? w->n_parts : 1); part++) {
+        use_part(w, part);
+        put_header(w, part);
+        if (moeq_outfile_failed(w->out, w->err, sizeof w->err)) return -1;
+    }
+    use_part(w, w->n_t ? w->t[0].part : 0);
     w->in_data = 1;
     w->cur = 0;
     w->cur_done = 0;
@@ -1105,6 +1374,10 @@ int gguf_writer_write(gguf_writer *w, const void *data, size_t n)
             put_zeros(w, pad_to(t->nbytes, w->alignment));
             w->cur++;
             w->cur_done = 0;
+            if (w->cur < w->n_t && w->t[w->cur].part != t->part) {
+                if (moeq_outfile_failed(w->out, w->err, sizeof w->err)) return -1;
+                use_part(w, w->t[w->cur].part);
+            }
         }
     }
     if (moeq_outfile_failed(w->out, w->err, sizeof w->err)) return -1;
@@ -1120,6 +1393,10 @@ static void writer_free(gguf_writer *w)
     free(w->kv);
     for (uint64_t i = 0; i < w->n_t; i++) free(w->t[i].name);
     free(w->t);
+    for (int i = 0; i < w->n_inputs; i++) free(w->inputs[i]);
+    free(w->inputs);
+    for (uint32_t i = 0; i < w->n_parts; i++) free(w->parts[i].path);
+    free(w->parts);
     free(w->path);
     free(w);
 }
@@ -1127,7 +1404,10 @@ static void writer_free(gguf_writer *w)
 void gguf_writer_abort(gguf_writer *w)
 {
     if (!w) return;
-    moeq_outfile_abort(w->out);
+    if (w->parts)
+        for (uint32_t i = 0; i < w->n_parts; i++) moeq_outfile_abort(w->parts[i].out);
+    else
+        moeq_outfile_abort(w->out);
     writer_free(w);
 }
 
@@ -1141,9 +1421,12 @@ int gguf_writer_finish(gguf_writer *w)
              (unsigned long long)w->cur_done, (unsigned long long)w->t[w->cur].nbytes);
         goto fail;
     }
-    moeq_outfile *out = w->out;
-    w->out = NULL;
-    if (moeq_outfile_commit(out, w->err, sizeof w->err) != 0) goto fail;
+    for (uint32_t i = 0; i < (w->parts ? w->n_parts : 1); i++) {
+        moeq_outfile *out = w->parts ? w->parts[i].out : w->out;
+        if (w->parts) w->parts[i].out = NULL;
+        w->out = NULL;
+        if (moeq_outfile_commit(out, w->err, sizeof w->err) != 0) goto fail;
+    }
     writer_free(w);
     return 0;
 fail:

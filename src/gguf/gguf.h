@@ -8,6 +8,12 @@
  * every tensor's data lies inside the mapping, aligned, and overlaps no
  * other tensor.
  *
+ * A split set (llama.cpp's gguf-split: PREFIX-00001-of-0000N.gguf, keys
+ * split.no, split.count, split.tensors.count) opens from its first file as
+ * one gguf_file: the metadata of the first file, the tensors of every part
+ * in part order, each tensor's data inside its own part's mapping. The
+ * writer writes one when asked (gguf_writer_split).
+ *
  * The writer reproduces ggml's layout (header, key/values, tensor infos,
  * padding to the alignment, tensor data each padded to the alignment), so
  * a file read and written back unchanged is byte-identical.
@@ -79,6 +85,7 @@ typedef struct {
     uint64_t    offset;                /* relative to the data section */
     uint64_t    nbytes;
     const void *data;                  /* inside the mapping */
+    uint32_t    part;                  /* 0-based split part holding it */
 } gguf_tensor;
 
 typedef struct gguf_file {
@@ -94,11 +101,26 @@ typedef struct gguf_file {
     uint64_t       data_offset;        /* file offset of the data section */
     int            mapped;
     struct gguf_index *index;          /* private: hash lookups by name */
+    uint32_t       n_parts;            /* 1, or the split set's split.count */
+    struct gguf_file **parts;          /* n_parts - 1 later parts, owned */
 } gguf_file;
 
+/* Keys of a split set. */
+#define GGUF_KEY_SPLIT_NO      "split.no"
+#define GGUF_KEY_SPLIT_COUNT   "split.count"
+#define GGUF_KEY_SPLIT_TENSORS "split.tensors.count"
+
+/* The name of part no (0-based) of count for path: path's stem (path less
+ * a trailing "-NNNNN-of-NNNNN.gguf", else less a trailing ".gguf") then
+ * "-%05u-of-%05u.gguf". 0, or -1 when it does not fit in out. */
+int gguf_split_path(char *out, size_t outlen, const char *path, uint32_t no, uint32_t count);
+
 /*
- * Open and validate a GGUF file (mmap, read-only). Returns NULL and writes a
- * one-line message into err on any problem.
+ * Open and validate a GGUF file (mmap, read-only); the first file of a
+ * split set opens the whole set, every part checked (split.count the same,
+ * split.no its position, split.tensors.count the tensors found, no tensor
+ * name twice). Returns NULL and writes a one-line message into err on any
+ * problem.
  */
 gguf_file *gguf_open(const char *path, char *err, size_t errlen);
 
@@ -187,6 +209,21 @@ int gguf_writer_write(gguf_writer *w, const void *data, size_t n);
  * On failure the temporary file is removed, the target left untouched, and
  * the message is available from gguf_writer_error(NULL) on this thread. */
 int gguf_writer_finish(gguf_writer *w);
+
+/*
+ * Write a split set instead of path: n_parts files named by gguf_split_path,
+ * each through src/util/outfile and refused like path. part_of[i] is the
+ * part of tensor i (0 for the first, each the same as or one more than the
+ * one before, the last n_parts - 1). The first part carries every key/value,
+ * later parts none; each gets split.no, split.count and split.tensors.count.
+ * Call after the tensors are added, before the data. n_parts 1 writes path
+ * unsplit. Without this call, any split.* keys copied in are dropped.
+ */
+int gguf_writer_split(gguf_writer *w, const uint32_t *part_of, uint32_t n_parts);
+/* Parts by size: a new part whenever the next tensor would take the current
+ * one past max_bytes of tensor data (a tensor larger than that gets a part
+ * of its own). Sets *n_parts when not NULL. */
+int gguf_writer_split_max_size(gguf_writer *w, uint64_t max_bytes, uint32_t *n_parts);
 
 /* Remove the temporary file and free w. */
 void gguf_writer_abort(gguf_writer *w);

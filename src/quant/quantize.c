@@ -471,7 +471,17 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
 
     gguf_writer *w = gguf_writer_open_inputs(o->out_path, inputs, n_inputs, err, errlen);
     if (!w) goto out;
-    if (write_header(o, f, im, r, w) != 0 || gguf_writer_begin_data(w) != 0) {
+    int split_ok = 1;
+    if (write_header(o, f, im, r, w) != 0) split_ok = 0;
+    else if (o->keep_split) {
+        uint32_t *part_of = calloc(f->n_tensors ? (size_t)f->n_tensors : 1, sizeof *part_of);
+        for (uint64_t i = 0; part_of && i < f->n_tensors; i++) part_of[i] = f->tensors[i].part;
+        split_ok = part_of && gguf_writer_split(w, part_of, f->n_parts) == 0;
+        free(part_of);
+    } else if (o->split_max_size) {
+        split_ok = gguf_writer_split_max_size(w, o->split_max_size, NULL) == 0;
+    }
+    if (!split_ok || gguf_writer_begin_data(w) != 0) {
         fail(err, errlen, "%s", gguf_writer_error(w));
         gguf_writer_abort(w);
         goto out;

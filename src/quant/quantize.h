@@ -100,6 +100,9 @@ struct moeq_quantize_opts {
     int n_threads;                            /* <= 0: all cores */
     int dry_run;                              /* plan and check; write nothing; a
                                                  quantized source is only noted */
+    uint64_t split_max_size;                  /* > 0: a split set, parts of at most this
+                                                 much tensor data (gguf_writer_split_max_size) */
+    int keep_split;                           /* split as the input's split set */
     moeq_quantize_progress_fn progress;       /* NULL: none */
     void *progress_ctx;
     FILE *log;                                /* warnings, notes; NULL: stderr */

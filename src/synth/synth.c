@@ -1302,7 +1302,7 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
             goto fail;
         }
     }
-    if (gguf_writer_begin_data(w)) {
+    if ((c->split_max_size && gguf_writer_split_max_size(w, c->split_max_size, NULL)) || gguf_writer_begin_data(w)) {
         snprintf(err, errlen, "%s", gguf_writer_error(w));
         goto fail;
     }

@@ -69,6 +69,7 @@ typedef struct {
     int      mix_ftype;         /* a llama.cpp mix (e.g. Q4_K_M) whose per-tensor rules
                                    pick the types, as moeq quantize would; -1: none */
     int      mode;              /* enum moeq_synth_mode */
+    uint64_t split_max_size;    /* > 0: write a split set (gguf_writer_split_max_size) */
 } moeq_synth_cfg;
 
 /* Fill c with a preset ("tiny", "qwen3-30b-a3b"); -1 when unknown.
