@@ -165,17 +165,28 @@ int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_
          * that have data (their statistics are the best guess), ones when
          * none has */
         int n_ok = 0;
-        for (int64_t j = 0; j < ne0; j++) out[j] = 0.0f;
         for (int64_t m = 0; m < n_expert; m++) {
             const double *sm = e->sums + m * ne0;
             double cm = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
             int anym = 0;
             for (int64_t j = 0; j < ne0 && !anym; j++) anym = sm[j] != 0.0;
-            if (m == expert || cm <= 0.0 || !anym) continue;
-            for (int64_t j = 0; j < ne0; j++) out[j] += (float)(sm[j] / cm);
-            n_ok++;
+            if (m != expert && cm > 0.0 && anym) n_ok++;
         }
-        for (int64_t j = 0; j < ne0; j++) out[j] = n_ok ? out[j] / (float)n_ok : 1.0f;
+        /* each expert's share clamped so the sum stays finite, as the
+         * routed case saturates */
+        for (int64_t j = 0; j < ne0; j++) out[j] = n_ok ? 0.0f : 1.0f;
+        const double cap = (double)FLT_MAX / (n_ok + 1);   /* headroom for rounding */
+        for (int64_t m = 0; n_ok && m < n_expert; m++) {
+            const double *sm = e->sums + m * ne0;
+            double cm = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
+            int anym = 0;
+            for (int64_t j = 0; j < ne0 && !anym; j++) anym = sm[j] != 0.0;
+            if (m == expert || cm <= 0.0 || !anym) continue;
+            for (int64_t j = 0; j < ne0; j++) {
+                double w = sm[j] / cm / n_ok;
+                out[j] += (float)(w < cap ? w : cap);
+            }
+        }
         return 1;
     }
     /* A tiny count under big sums (a file may hold any finite floats, and
