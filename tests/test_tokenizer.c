@@ -8,6 +8,7 @@
 #include "gguf/gguf.h"
 #include "gguf_build.h"
 #include "model/tokenizer.h"
+#include "synth/synth.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -74,12 +75,41 @@ static moeq_tokenizer *tiny_vocab(void)
     struct moeq_vocab_desc d = {
         .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
         .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
-        .pad = ID_EOT, .chat_template = "{{ '<|im_start|>' }}",
+        .pad = ID_EOT, .chat_template = moeq_synth_chat_template,
     };
     char err[256];
     moeq_tokenizer *t = moeq_tokenizer_new(&d, err, sizeof err);
     REQUIREF(t, "tokenizer_new: %s", err);
     return t;
+}
+
+/* The model's template is parsed when the tokenizer is built: one outside
+ * the supported Jinja subset fails the load and names the construct; one
+ * inside renders the chat. */
+TEST(tok_chat_template_at_load)
+{
+    static gguf_str toks[N_VOCAB], merges[N_MERGES];
+    static int32_t types[N_VOCAB];
+    vocab_fill(toks, types, merges);
+    struct moeq_vocab_desc d = {
+        .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
+        .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
+        .pad = ID_EOT, .chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}{% include 'x' %}",
+    };
+    char err[256] = "";
+    CHECK(moeq_tokenizer_new(&d, err, sizeof err) == NULL);
+    CHECKF(strstr(err, "chat_template") && strstr(err, "include"), "%s", err);
+
+    d.chat_template = "{{ bos_token }}[{{ eos_token }}]{% for m in messages %}{{ m.role }}={{ m.content }};{% endfor %}"
+                      "{% if add_generation_prompt %}go{% endif %}";
+    moeq_tokenizer *t = moeq_tokenizer_new(&d, err, sizeof err);
+    REQUIREF(t, "%s", err);
+    struct moeq_tok_msg m[2] = { { "user", "hi" }, { "assistant", NULL } };
+    char *s = moeq_tokenizer_chat_render(t, m, 2, 1, err, sizeof err);
+    REQUIREF(s, "%s", err);
+    CHECKF(!strcmp(s, "[<|im_end|>]user=hi;assistant=;go"), "%s", s);
+    free(s);
+    moeq_tokenizer_free(t);
 }
 
 /* Encode into a static buffer; returns the count. */

@@ -1,7 +1,9 @@
 /*
  * tokenizer.c: byte-level BPE (GPT-2 style) as GGUF's tokenizer.* keys
- * describe it, the qwen2 pre-tokenizer, detokenization, and the natively
- * rendered chat templates (Qwen ChatML).
+ * describe it, the qwen2 pre-tokenizer, detokenization, and the chat: the
+ * model's tokenizer.chat_template parsed at load (chat_template.c renders
+ * it; a template outside the supported subset fails the load) or, for a
+ * model without one, the natively rendered ChatML.
  *
  * Owns: the vocabulary (token texts, types, the decoded bytes of every
  * token), a hash map text -> id, a hash map (left id, right id) -> (rank,
@@ -16,6 +18,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "model/tokenizer.h"
+#include "model/chat_template.h"
 #include "util/util.h"
 
 #include <limits.h>
@@ -62,6 +65,7 @@ struct moeq_tokenizer {
     int32_t   bos, eos, eot, eom, pad;
     int       add_bos;
     enum moeq_chat_kind chat;
+    moeq_tmpl *tmpl;         /* the model's own template, parsed; NULL: built-in ChatML */
 
     pcre2_code *re;
     int         jit;         /* JIT compiled */
@@ -296,6 +300,7 @@ static const char *pre_regex(const char *pre)
 void moeq_tokenizer_free(moeq_tokenizer *t)
 {
     if (!t) return;
+    moeq_tmpl_free(t->tmpl);
     free(t->text);
     free(t->text_off);
     free(t->types);
@@ -529,8 +534,17 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
         t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
     }
 
-    if (moeq_chat_detect(d->chat_template, &t->chat) != 0 && d->chat_template && d->chat_template[0])
-        fprintf(stderr, "moeq: warning: chat template not recognized, using ChatML\n");
+    moeq_chat_detect(d->chat_template, &t->chat);
+    if (d->chat_template && d->chat_template[0]) {
+        char terr[256] = "";
+        t->tmpl = moeq_tmpl_parse(d->chat_template, strlen(d->chat_template), terr, sizeof terr);
+        if (!t->tmpl) {
+            moeq_set_err(err, errlen, "tokenizer.chat_template is not supported: %s", terr);
+            goto fail;
+        }
+    } else {
+        fprintf(stderr, "moeq: no chat template in the model, using the built-in ChatML\n");
+    }
     return t;
 
 oom:
@@ -1182,8 +1196,62 @@ char *moeq_chat_render_kind(enum moeq_chat_kind kind, const struct moeq_tok_msg 
     return b.s;
 }
 
+/* A token's text as a JSON string ("" when absent). */
+static json_t *token_text(const moeq_tokenizer *t, int32_t id)
+{
+    int len = 0;
+    const char *p = id >= 0 ? moeq_tokenizer_piece_ref(t, id, &len) : NULL;
+    return p && len > 0 ? json_stringn_nocheck(p, (size_t)len) : json_string("");
+}
+
+char *moeq_tokenizer_chat_render_json(const moeq_tokenizer *t, json_t *ctx, char *err, size_t errlen)
+{
+    if (!t->tmpl) {
+        /* Built-in ChatML over the messages' roles and contents. */
+        json_t *msgs = json_object_get(ctx, "messages");
+        size_t n = json_array_size(msgs);
+        struct moeq_tok_msg *m = calloc(n ? n : 1, sizeof *m);
+        if (!m) { moeq_set_err(err, errlen, "chat: out of memory"); return NULL; }
+        for (size_t i = 0; i < n; i++) {
+            json_t *mi = json_array_get(msgs, i);
+            m[i].role = json_string_value(json_object_get(mi, "role"));
+            m[i].content = json_string_value(json_object_get(mi, "content"));
+        }
+        char *r = moeq_chat_render_kind(MOEQ_CHAT_CHATML, m, (int)n,
+                                        json_is_true(json_object_get(ctx, "add_generation_prompt")), err, errlen);
+        free(m);
+        return r;
+    }
+    json_t *c = json_copy(ctx);
+    if (!c) { moeq_set_err(err, errlen, "chat: out of memory"); return NULL; }
+    if (!json_object_get(c, "bos_token")) json_object_set_new(c, "bos_token", token_text(t, t->bos));
+    if (!json_object_get(c, "eos_token")) json_object_set_new(c, "eos_token", token_text(t, t->eos));
+    char *r = moeq_tmpl_render(t->tmpl, c, NULL, err, errlen);
+    json_decref(c);
+    return r;
+}
+
 char *moeq_tokenizer_chat_render(const moeq_tokenizer *t, const struct moeq_tok_msg *msgs, int n,
                                  int add_generation_prompt, char *err, size_t errlen)
 {
-    return moeq_chat_render_kind(t->chat, msgs, n, add_generation_prompt, err, errlen);
+    if (!t->tmpl) return moeq_chat_render_kind(MOEQ_CHAT_CHATML, msgs, n, add_generation_prompt, err, errlen);
+    if (n < 0 || (n > 0 && !msgs)) { moeq_set_err(err, errlen, "chat: no messages"); return NULL; }
+    json_t *ctx = json_object(), *ms = json_array();
+    for (int i = 0; ctx && ms && i < n; i++) {
+        if (!msgs[i].role || !role_known(msgs[i].role)) {
+            moeq_set_err(err, errlen, "chat: unknown role '%s' in message %d (system, user, assistant, tool)",
+                         msgs[i].role ? msgs[i].role : "(none)", i);
+            json_decref(ctx);
+            json_decref(ms);
+            return NULL;
+        }
+        json_array_append_new(ms, json_pack("{s:s, s:s}", "role", msgs[i].role, "content",
+                                            msgs[i].content ? msgs[i].content : ""));
+    }
+    if (!ctx || !ms) { json_decref(ctx); json_decref(ms); moeq_set_err(err, errlen, "chat: out of memory"); return NULL; }
+    json_object_set_new(ctx, "messages", ms);
+    json_object_set_new(ctx, "add_generation_prompt", json_boolean(add_generation_prompt));
+    char *r = moeq_tokenizer_chat_render_json(t, ctx, err, errlen);
+    json_decref(ctx);
+    return r;
 }

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "gguf/gguf.h"
 
 typedef struct moeq_tokenizer moeq_tokenizer;
@@ -120,10 +122,16 @@ int moeq_chat_detect(const char *tmpl, enum moeq_chat_kind *kind);
 char *moeq_chat_render_kind(enum moeq_chat_kind kind, const struct moeq_tok_msg *msgs, int n,
                             int add_generation_prompt, char *err, size_t errlen);
 
-/* The same with the family chosen from the tokenizer's chat template
- * (unrecognized or absent: ChatML, warned about once at load). */
+/* The same through the model's own template (tokenizer.chat_template,
+ * parsed when the tokenizer is built: a template outside the supported
+ * Jinja subset fails the load); absent: the built-in ChatML. */
 char *moeq_tokenizer_chat_render(const moeq_tokenizer *t, const struct moeq_tok_msg *msgs, int n,
                                  int add_generation_prompt, char *err, size_t errlen);
 enum moeq_chat_kind moeq_tokenizer_chat_kind(const moeq_tokenizer *t);
+
+/* Render with a full template context (a JSON object, borrowed: messages,
+ * tools, add_generation_prompt, chat_template_kwargs' keys...); bos_token
+ * and eos_token are added from the vocabulary when ctx lacks them. */
+char *moeq_tokenizer_chat_render_json(const moeq_tokenizer *t, json_t *ctx, char *err, size_t errlen);
 
 #endif
