@@ -52,7 +52,7 @@ static void usage(FILE *out)
         "                            to be unbiased (a little more error per tensor,\n"
         "                            lower KL divergence of the model)\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
-        "  -q, --quiet               no per-tensor lines\n"
+        "  -q, --quiet               no progress (also -v, --verbose, --log-level L)\n"
         "\nexample:\n"
         "  moeq quantize --allow-requantize --imatrix imatrix.dat --recipe asym-2bitexp \\\n"
         "      model-q8_0.gguf model-asym.gguf\n");
@@ -78,11 +78,11 @@ static void progress(void *ctx, const struct moeq_quantize_progress *p)
     fmt_bytes(bin, sizeof bin, (double)t->src_bytes);
     fmt_bytes(bout, sizeof bout, (double)t->nbytes);
     if (t->quantized)
-        fprintf(stderr, "[%4d/%4d] %-34s %-7s -> %-7s %10s -> %10s  rmse %.3e wrmse %.3e  %5.1fs ETA %5.1fs\n",
+        cli_progress("quantize: [%4d/%4d] %-34s %-7s -> %-7s %10s -> %10s  rmse %.3e wrmse %.3e  %5.1fs ETA %5.1fs",
                 p->index + 1, p->n_tensors, t->name, moeq_type_name(t->src_type), moeq_type_name(t->type),
                 bin, bout, t->rmse, t->wrmse, el, eta);
     else
-        fprintf(stderr, "[%4d/%4d] %-34s %-7s    (copied)  %10s  %5.1fs ETA %5.1fs\n",
+        cli_progress("quantize: [%4d/%4d] %-34s %-7s    (copied)  %10s  %5.1fs ETA %5.1fs",
                 p->index + 1, p->n_tensors, t->name, moeq_type_name(t->src_type), bout, el, eta);
 }
 
@@ -144,7 +144,7 @@ int cmd_quantize(int argc, char **argv)
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
         else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
-        else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
+        else if ((quiet = cli_log_option("quantize", argc, argv, &i)) != 0) { if (quiet == 2) goto out_rules; }
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
         else if (!strcmp(a, "--recipe")) { NEED_ARG(); recipe_name = argv[++i]; }
         else if (!strcmp(a, "--include-weights") || !strcmp(a, "--exclude-weights")) {
@@ -210,13 +210,14 @@ int cmd_quantize(int argc, char **argv)
     qo.qp = qp;
     qo.n_threads = (int)nthreads;
     qo.dry_run = dry_run;
-    if (!quiet) qo.progress = progress;
+    if (cli_log_level >= CLI_LOG_INFO) qo.progress = progress;
     struct moeq_quantize_report rep;
     if (moeq_quantize_file(&qo, &rep, err, sizeof err) != 0) {
         cli_error("%s", err);
         rc = 1;
         goto out_rules;
     }
+    cli_progress_end();
     if (dry_run) {
         print_plan(&rep);
         print_groups(&rep);
@@ -232,7 +233,7 @@ int cmd_quantize(int argc, char **argv)
         }
         printf("\n");
         print_groups(&rep);
-        fprintf(stderr, "moeq: quantized %s -> %s (%s%s%s) in %.1fs\n", in_path, out_path, mix->name,
+        cli_info("quantized %s -> %s (%s%s%s) in %.1fs", in_path, out_path, mix->name,
                 rec ? ", recipe " : "", rec ? rec->name : "", rep.seconds);
     }
     moeq_quantize_report_free(&rep);
