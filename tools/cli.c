@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -30,6 +31,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 void cli_error(const char *fmt, ...)
 {
     va_list ap;
+    cli_progress_end();
     fprintf(stderr, "moeq: ");
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -168,4 +170,85 @@ double cli_token_nll(const float *row, int n_vocab, int tok)
     double se = 0;
     for (int i = 0; i < n_vocab; i++) se += expf(row[i] - mx);
     return (double)mx + log(se) - row[tok];
+}
+
+/* ---------------------------------------------------- logging, progress */
+
+int cli_log_level = CLI_LOG_INFO;
+
+int cli_log_level_from_name(const char *name)
+{
+    static const char *const names[] = { "error", "warn", "info", "debug" };
+    for (int i = 0; i < 4; i++)
+        if (name && !strcmp(name, names[i])) return i;
+    return -1;
+}
+
+int cli_log_option(const char *cmd, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i];
+    if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) { cli_log_level = CLI_LOG_ERROR; return 1; }
+    if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { cli_log_level = CLI_LOG_DEBUG; return 1; }
+    if (strcmp(a, "--log-level") != 0) return 0;
+    if (*i + 1 >= argc) return cli_usage_error(cmd, "--log-level needs error, warn, info or debug");
+    int l = cli_log_level_from_name(argv[++*i]);
+    if (l < 0) return cli_usage_error(cmd, "--log-level must be error, warn, info or debug, not '%s'", argv[*i]);
+    cli_log_level = l;
+    return 1;
+}
+
+/* A progress line is open on the terminal (written with '\r', no '\n'). */
+static int progress_open;
+
+static void vlog(int level, const char *fmt, va_list ap)
+{
+    if (cli_log_level < level) return;
+    if (progress_open) { fputc('\n', stderr); progress_open = 0; }
+    fprintf(stderr, "moeq: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void cli_info(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(CLI_LOG_INFO, fmt, ap);
+    va_end(ap);
+}
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(CLI_LOG_WARN, fmt, ap);
+    va_end(ap);
+}
+
+void cli_debug(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(CLI_LOG_DEBUG, fmt, ap);
+    va_end(ap);
+}
+
+void cli_progress(const char *fmt, ...)
+{
+    if (cli_log_level < CLI_LOG_INFO) return;
+    static int tty = -1;
+    if (tty < 0) tty = isatty(STDERR_FILENO);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(tty ? "\r\033[Kmoeq: " : "moeq: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (tty) progress_open = 1;
+    else fputc('\n', stderr);
+    fflush(stderr);
+}
+
+void cli_progress_end(void)
+{
+    if (progress_open) { fputc('\n', stderr); progress_open = 0; }
 }

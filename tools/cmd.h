@@ -51,4 +51,27 @@ void cli_print_recipes(FILE *out, const char *indent);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 
+/* ---- logging and progress, one way for every command ----
+ * The level is set by -q/--quiet (error), -v/--verbose (debug) and
+ * --log-level error|warn|info|debug; info is the default. Errors
+ * (cli_error, cli_usage_error) always print. */
+enum cli_log_level { CLI_LOG_ERROR, CLI_LOG_WARN, CLI_LOG_INFO, CLI_LOG_DEBUG };
+extern int cli_log_level;
+/* "error".."debug" -> enum cli_log_level, -1 for anything else. */
+int cli_log_level_from_name(const char *name);
+/* When argv[*i] is -q, --quiet, -v, --verbose or --log-level L (which
+ * takes argv[*i + 1] and advances *i): sets cli_log_level, returns 1;
+ * 0 when it is none of them; 2 after a usage error (bad or missing L). */
+int cli_log_option(const char *cmd, int argc, char **argv, int *i);
+/* "moeq: message" on stderr at the info / warn / debug level. */
+void cli_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* One progress step ("moeq: " + message) at the info level: on a terminal
+ * it rewrites the current line in place; otherwise (a log, a pipe) it is
+ * one line ending in a newline, never a carriage return. */
+void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Ends an in-place progress line (a newline on a terminal, else nothing). */
+void cli_progress_end(void);
+
 #endif

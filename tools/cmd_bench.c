@@ -33,6 +33,7 @@ static void usage(FILE *o)
         "  -b, --batch-size N    prompt tokens per batch (default 512)\n"
         "  -ctk, --cache-type-k T  KV cache type of K: f16 (default) or q8_0\n"
         "  -ctv, --cache-type-v T  KV cache type of V: f16 (default) or q8_0\n"
+        "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n"
         "  -h, --help            this help\n");
 }
 
@@ -70,6 +71,9 @@ int cmd_bench(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
+        int lr = cli_log_option("bench", argc, argv, &i);
+        if (lr == 2) return 2;
+        if (lr) continue;
         if (i + 1 >= argc) return cli_usage_error("bench", "option %s needs a value", a);
         const char *v = argv[++i];
         int bad = 0, kv;

@@ -168,7 +168,8 @@ int cmd_imatrix(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int has = i + 1 < argc;
+        int has = i + 1 < argc, lr;
+        if ((lr = cli_log_option("imatrix", argc, argv, &i)) != 0) { if (lr == 2) return 2; continue; }
 #define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("imatrix", "%s needs an integer", flag); continue; }
         ARG_I64("-c", n_ctx);
         ARG_I64("--chunks", max_chunks);
@@ -330,14 +331,14 @@ int cmd_imatrix(int argc, char **argv)
             fflush(stdout);
         }
         double el = moeq_now_s() - t0;
-        fprintf(stderr, "\rmoeq: imatrix: chunk %d/%d  %.1fs  ETA %.1fs   ", done, last - (int)skip, el,
-                el / done * (last - (int)skip - done));
+        cli_progress("imatrix: chunk %d/%d  %.1fs  ETA %.1fs", done, last - (int)skip, el,
+                     el / done * (last - (int)skip - done));
         if (out_freq > 0 && done % out_freq == 0 && c + 1 < last) {
-            fprintf(stderr, "\n");
+            cli_progress_end();
             if (save(col.im, out_path, gguf, done, 1, inputs, n_inputs) != 0) goto out;
         }
     }
-    fprintf(stderr, "\n");
+    cli_progress_end();
     if (!no_ppl) printf("\nFinal estimate: PPL = %.4f\n", exp(nll / (double)count));
     rc = save(col.im, out_path, gguf, done, 0, inputs, n_inputs) ? 1 : 0;
 out:

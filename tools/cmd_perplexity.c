@@ -216,7 +216,8 @@ int cmd_perplexity(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int has = i + 1 < argc;
+        int has = i + 1 < argc, lr;
+        if ((lr = cli_log_option("perplexity", argc, argv, &i)) != 0) { if (lr == 2) return 2; continue; }
 #define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("perplexity", "%s needs an integer", flag); continue; }
         ARG_I64("-c", n_ctx);
         ARG_I64("--ctx-size", n_ctx);
@@ -348,7 +349,7 @@ int cmd_perplexity(int argc, char **argv)
         cli_error("perplexity: %s", s ? "out of memory" : err);
         goto out;
     }
-    fprintf(stderr, "moeq: perplexity: %d tokens, %d chunks of %lld, batch %lld, scoring the second half of each\n",
+    cli_info("perplexity: %d tokens, %d chunks of %lld, batch %lld, scoring the second half of each",
             n_tok, n_chunk, (long long)n_ctx, (long long)n_batch);
 
     double nll = 0, nll2 = 0;
@@ -419,12 +420,12 @@ int cmd_perplexity(int argc, char **argv)
             printf("[%d]%.4f,", c + 1, exp(nll / (double)count));
         }
         fflush(stdout);
-        if (c == 0) {
-            double dt = moeq_now_s() - t0;
-            fprintf(stderr, "moeq: perplexity: %.2f s per chunk, ETA %.1f s\n", dt, dt * (n_chunk - 1));
-        }
+        double dt = moeq_now_s() - t0;
+        cli_progress("perplexity: chunk %d/%d  %.1fs  ETA %.1fs", c + 1, n_chunk, dt,
+                     dt / (c + 1) * (n_chunk - c - 1));
     }
     free(scored);
+    cli_progress_end();
     printf("\n");
     if (kld_mode) {
         if (k.count < 2) { cli_error("perplexity: too few tokens for statistics"); goto out; }
@@ -435,7 +436,7 @@ int cmd_perplexity(int argc, char **argv)
         double unc = m2 > 0 && count > 1 ? sqrt(m2 / (double)(count - 1)) * ppl : 0;
         printf("Final estimate: PPL = %.4f +/- %.5f\n", ppl, unc);
     }
-    fprintf(stderr, "moeq: perplexity: %d chunks in %.1f s\n", n_chunk, moeq_now_s() - t0);
+    cli_info("perplexity: %d chunks in %.1f s", n_chunk, moeq_now_s() - t0);
     rc = 0;
 out:
     if (ko) {

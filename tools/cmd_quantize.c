@@ -78,6 +78,7 @@ static void usage(FILE *out)
         "                            whenever the next tensor would pass N bytes of data\n"
         "  --keep-split              split the output as the input's split set is split\n"
         "  -q, --quiet               no progress, tables or report; errors and warnings only\n"
+        "                            (also -v, --verbose, --log-level L)\n"
         "\nexample:\n"
         "  moeq quantize --allow-requantize --imatrix imatrix.gguf --recipe asym-2bitexp \\\n"
         "      model-q8_0.gguf model-asym.gguf\n");
@@ -103,11 +104,11 @@ static void progress(void *ctx, const struct moeq_quantize_progress *p)
     fmt_bytes(bin, sizeof bin, (double)t->src_bytes);
     fmt_bytes(bout, sizeof bout, (double)t->nbytes);
     if (t->quantized)
-        fprintf(stderr, "[%4d/%4d] %-34s %-7s -> %-7s %10s -> %10s  rmse %.3e wrmse %.3e  %5.1fs ETA %5.1fs\n",
+        cli_progress("quantize: [%4d/%4d] %-34s %-7s -> %-7s %10s -> %10s  rmse %.3e wrmse %.3e  %5.1fs ETA %5.1fs",
                 p->index + 1, p->n_tensors, t->name, moeq_type_name(t->src_type), moeq_type_name(t->type),
                 bin, bout, t->rmse, t->wrmse, el, eta);
     else
-        fprintf(stderr, "[%4d/%4d] %-34s %-7s    (copied)  %10s  %5.1fs ETA %5.1fs\n",
+        cli_progress("quantize: [%4d/%4d] %-34s %-7s    (copied)  %10s  %5.1fs ETA %5.1fs",
                 p->index + 1, p->n_tensors, t->name, moeq_type_name(t->src_type), bout, el, eta);
 }
 
@@ -148,7 +149,7 @@ static void print_groups(const struct moeq_quantize_report *r)
 int cmd_quantize(int argc, char **argv)
 {
     const char *imatrix_path = NULL, *recipe_name = NULL;
-    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, quiet = 0, keep_split = 0;
+    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, logopt = 0, keep_split = 0;
     uint64_t split_max_size = 0;
     int embd_type = -1, out_type = -1;
     struct moeq_quant_params qp = { .fit = MOEQ_FIT_UNBIASED };
@@ -195,7 +196,7 @@ int cmd_quantize(int argc, char **argv)
         }
         else if (!strcmp(a, "--ignore-imatrix-rules")) ignore_rules = 1;
         else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
-        else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
+        else if ((logopt = cli_log_option("quantize", argc, argv, &i)) != 0) { if (logopt == 2) goto out_rules; }
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
         else if (!strcmp(a, "--recipe")) { NEED_ARG(); recipe_name = argv[++i]; }
         else if (!strcmp(a, "--include-weights") || !strcmp(a, "--exclude-weights")) {
@@ -278,14 +279,15 @@ int cmd_quantize(int argc, char **argv)
     qo.plan_meta = plan_meta;
     qo.keep_split = keep_split;
     qo.split_max_size = split_max_size;
-    if (!quiet) qo.progress = progress;
+    if (cli_log_level >= CLI_LOG_INFO) qo.progress = progress;
     struct moeq_quantize_report rep;
     if (moeq_quantize_file(&qo, &rep, err, sizeof err) != 0) {
         cli_error("%s", err);
         rc = 1;
         goto out_rules;
     }
-    if (quiet) {
+    cli_progress_end();
+    if (cli_log_level < CLI_LOG_INFO) {
         /* errors and warnings only */
     } else if (dry_run) {
         print_plan(&rep);
@@ -302,7 +304,7 @@ int cmd_quantize(int argc, char **argv)
         }
         printf("\n");
         print_groups(&rep);
-        fprintf(stderr, "moeq: quantized %s -> %s (%s%s%s) in %.1fs\n", in_path, out_path, mix->name,
+        cli_info("quantized %s -> %s (%s%s%s) in %.1fs", in_path, out_path, mix->name,
                 rec ? ", recipe " : "", rec ? rec->name : "", rep.seconds);
     }
     moeq_quantize_report_free(&rep);

@@ -129,7 +129,9 @@ int cmd_synth(int argc, char **argv)
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { verbose = 1; continue; }
+        int lr = cli_log_option(cmd, argc, argv, &i);
+        if (lr == 2) return 2;
+        if (lr) { verbose = cli_log_level >= CLI_LOG_DEBUG; continue; }
         if (i + 1 >= argc || a[0] != '-') {
             if (a[0] != '-') return cli_usage_error(cmd, "unexpected argument '%s'", a);
             return cli_usage_error(cmd, "%s needs a value", a);
