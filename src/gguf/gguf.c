@@ -1042,35 +1042,19 @@ int gguf_writer_remove_kv(gguf_writer *w, const char *key)
     return 0;
 }
 
-int gguf_writer_add_u32(gguf_writer *w, const char *key, uint32_t v)
-{
-    gguf_value x = { .type = GGUF_TYPE_UINT32, .v.u64 = v };
-    return gguf_writer_add_kv(w, key, &x);
-}
-
-int gguf_writer_add_i32(gguf_writer *w, const char *key, int32_t v)
-{
-    gguf_value x = { .type = GGUF_TYPE_INT32, .v.i64 = v };
-    return gguf_writer_add_kv(w, key, &x);
-}
-
-int gguf_writer_add_u64(gguf_writer *w, const char *key, uint64_t v)
-{
-    gguf_value x = { .type = GGUF_TYPE_UINT64, .v.u64 = v };
-    return gguf_writer_add_kv(w, key, &x);
-}
-
-int gguf_writer_add_f32(gguf_writer *w, const char *key, float v)
-{
-    gguf_value x = { .type = GGUF_TYPE_FLOAT32, .v.f64 = v };
-    return gguf_writer_add_kv(w, key, &x);
-}
-
-int gguf_writer_add_bool(gguf_writer *w, const char *key, int v)
-{
-    gguf_value x = { .type = GGUF_TYPE_BOOL, .v.u64 = v != 0 };
-    return gguf_writer_add_kv(w, key, &x);
-}
+/* The typed setters: one value of the GGUF type, by the value's field. */
+#define GGUF_ADD(name, ctype, gtype, field, expr)                              \
+    int gguf_writer_add_##name(gguf_writer *w, const char *key, ctype v)       \
+    {                                                                          \
+        gguf_value x = { .type = gtype, .v.field = (expr) };                   \
+        return gguf_writer_add_kv(w, key, &x);                                 \
+    }
+GGUF_ADD(u32, uint32_t, GGUF_TYPE_UINT32, u64, v)
+GGUF_ADD(i32, int32_t, GGUF_TYPE_INT32, i64, v)
+GGUF_ADD(u64, uint64_t, GGUF_TYPE_UINT64, u64, v)
+GGUF_ADD(f32, float, GGUF_TYPE_FLOAT32, f64, v)
+GGUF_ADD(bool, int, GGUF_TYPE_BOOL, u64, v != 0)
+#undef GGUF_ADD
 
 int gguf_writer_add_str(gguf_writer *w, const char *key, const char *v)
 {
