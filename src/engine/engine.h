@@ -3,8 +3,8 @@
  *
  * An engine is a loaded model (weights mmap'd, tokenizer, thread pool); a
  * session is one mutable inference timeline with its own KV cells. The CLI,
- * the server and the tools (perplexity, imatrix, bench) use only this
- * header: they never see tensors.
+ * the server and the tools (run, perplexity, imatrix, bench, serve) reach
+ * the model only through this header: they never see tensors.
  *
  * An engine and its sessions are used by one thread at a time (the engine
  * runs its own worker pool inside each call). Weights stay in the file's

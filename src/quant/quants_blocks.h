@@ -1,5 +1,6 @@
 /*
- * quants_blocks.h: ggml block layouts (internal to quants, kernels, engine).
+ * quants_blocks.h: ggml block layouts (internal to quant, kernels, engine and
+ * synth, which write or read blocks; and their tests).
  *
  * Each struct carries ggml's name and is asserted to ggml's byte size, since
  * GGUF files store these blocks verbatim and a wrong size silently shifts
