@@ -49,6 +49,9 @@ const char *test_moeq_bin(void);
 /* The model `moeq synth ARGS` (NULL: none) writes to test_tmp(name), whose
  * path it returns; a failed synth ends the test. */
 const char *test_synth_model(const char *name, const char *args);
+/* The tiny preset with 4 experts (2 used), written by the synth library
+ * (no binary) to test_tmp(name); its path, or the test ends failed. */
+const char *test_synth_moe_lib(const char *name);
 /* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
  * NULL); returns the exit status (or 128+signal). */
 int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -105,22 +105,10 @@ TEST(alloc_solve_large_is_fast_and_close)
     free(a.units);
 }
 
-static const char *model(void)
-{
-    static char path[4096];
-    moeq_synth_cfg c;
-    char err[256];
-    REQUIRE(moeq_synth_preset(&c, "tiny") == 0);
-    c.n_expert = 4;
-    c.n_expert_used = 2;
-    snprintf(path, sizeof path, "%s", test_tmp("alloc_src.gguf"));
-    REQUIREF(moeq_synth_write(&c, path, 2, 0, err, sizeof err) == 0, "%s", err);
-    return path;
-}
 
 TEST(alloc_plan_round_trip_and_budget)
 {
-    const char *src = model();
+    const char *src = test_synth_moe_lib("alloc_src.gguf");
     char err[512];
     gguf_file *f = gguf_open(src, err, sizeof err);
     REQUIREF(f, "%s", err);

@@ -15,18 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *small_model(void)
-{
-    static char path[4096];
-    moeq_synth_cfg c;
-    char err[256];
-    REQUIRE(moeq_synth_preset(&c, "tiny") == 0);
-    c.n_expert = 4;
-    c.n_expert_used = 2;
-    snprintf(path, sizeof path, "%s", test_tmp("qlib_src.gguf"));
-    REQUIREF(moeq_synth_write(&c, path, 2, 0, err, sizeof err) == 0, "%s", err);
-    return path;
-}
 
 struct seen { int calls, in_order; uint64_t last_done; };
 
@@ -60,7 +48,7 @@ static int find(const struct moeq_quantize_report *r, const char *name)
 
 TEST(quantize_lib_report_equals_plan_and_file)
 {
-    const char *src = small_model();
+    const char *src = test_synth_moe_lib("qlib_src.gguf");
     const char *out = test_tmp("qlib_out.gguf");
     char err[512];
     struct moeq_quantize_opts o;
@@ -137,7 +125,7 @@ static void check_entry(void *ctx, const struct moeq_quantize_progress *p)
 
 TEST(quantize_lib_progress_points_into_report)
 {
-    const char *src = small_model();
+    const char *src = test_synth_moe_lib("qlib_src.gguf");
     char err[512];
     struct moeq_quantize_opts o;
     opts_for(&o, src, test_tmp("qlib_prog.gguf"), "Q8_0", 1);
@@ -153,7 +141,7 @@ TEST(quantize_lib_progress_points_into_report)
 /* The fit mode travels in the options down to the row quantizers. */
 TEST(quantize_lib_params_reach_quantizers)
 {
-    const char *src = small_model();
+    const char *src = test_synth_moe_lib("qlib_src.gguf");
     char err[512];
     struct moeq_quantize_opts o;
     opts_for(&o, src, test_tmp("qlib_unbiased.gguf"), "IQ3_S", 2);
@@ -180,7 +168,7 @@ TEST(quantize_lib_params_reach_quantizers)
 
 TEST(quantize_lib_refusals_leave_no_file)
 {
-    const char *src = small_model();
+    const char *src = test_synth_moe_lib("qlib_src.gguf");
     const char *out = test_tmp("qlib_refused.gguf");
     char err[512];
     struct moeq_quantize_opts o;

@@ -4,6 +4,7 @@
  * a child process).
  */
 #include "test.h"
+#include "synth/synth.h"
 
 #include <jansson.h>
 
@@ -58,6 +59,19 @@ const char *test_synth_model(const char *name, const char *args)
     int rc = test_run(&o, "%s synth -o %s %s", test_moeq_bin(), p, args ? args : "");
     REQUIREF(rc == 0, "synth %s: %s", name, o ? o : "");
     free(o);
+    return p;
+}
+
+const char *test_synth_moe_lib(const char *name)
+{
+    moeq_synth_cfg c;
+    char err[256];
+    REQUIRE(moeq_synth_preset(&c, "tiny") == 0);
+    c.n_expert = 4;
+    c.n_expert_used = 2;
+    static char p[4096];   /* not test_tmp's ring: callers take many paths after it */
+    snprintf(p, sizeof p, "%s", test_tmp(name));
+    REQUIREF(moeq_synth_write(&c, p, 2, 0, err, sizeof err) == 0, "%s", err);
     return p;
 }
 
