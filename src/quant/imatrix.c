@@ -143,47 +143,40 @@ void moeq_imatrix_add_dataset(struct moeq_imatrix *im, const char *name)
     im->datasets[im->n_datasets++] = xstrndup(name, strlen(name));
 }
 
+/* Expert m's sums and count (a legacy flat vector shares one count), and
+ * whether it has data: a count and some nonzero sum. */
+static int expert_data(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert, int64_t m,
+                       const double **s, double *c)
+{
+    *s = e->sums + m * ne0;
+    *c = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
+    int any = 0;
+    for (int64_t j = 0; j < ne0 && !any; j++) any = (*s)[j] != 0.0;
+    return *c > 0.0 && any;
+}
+
 int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert,
                          int64_t expert, float *out)
 {
+    if (!(e->n_per_row == ne0 && e->n_mat == n_expert) &&
+        !(e->n_mat == 1 && e->n_per_row == ne0 * n_expert))   /* legacy: experts side by side */
+        return -1;
     const double *s;
     double c;
-    if (e->n_per_row == ne0 && e->n_mat == n_expert) {
-        s = e->sums + expert * ne0;
-        c = e->counts[expert];
-    } else if (e->n_mat == 1 && e->n_per_row == ne0 * n_expert) {
-        /* legacy data: one flat vector, experts side by side */
-        s = e->sums + expert * ne0;
-        c = e->counts[0];
-    } else {
-        return -1;
-    }
-    int any = 0;
-    for (int64_t j = 0; j < ne0 && !any; j++) any = s[j] != 0.0;
-    if (c <= 0.0 || !any) {
+    if (!expert_data(e, ne0, n_expert, expert, &s, &c)) {
         /* an expert never routed: the mean of the tensor's other experts
          * that have data (their statistics are the best guess), ones when
-         * none has */
-        int n_ok = 0;
-        for (int64_t m = 0; m < n_expert; m++) {
-            const double *sm = e->sums + m * ne0;
-            double cm = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
-            int anym = 0;
-            for (int64_t j = 0; j < ne0 && !anym; j++) anym = sm[j] != 0.0;
-            if (m != expert && cm > 0.0 && anym) n_ok++;
-        }
-        /* each expert's share clamped so the sum stays finite, as the
+         * none has; each share clamped so the sum stays finite, as the
          * routed case saturates */
+        int n_ok = 0;
+        for (int64_t m = 0; m < n_expert; m++)
+            if (m != expert && expert_data(e, ne0, n_expert, m, &s, &c)) n_ok++;
         for (int64_t j = 0; j < ne0; j++) out[j] = n_ok ? 0.0f : 1.0f;
         const double cap = (double)FLT_MAX / (n_ok + 1);   /* headroom for rounding */
         for (int64_t m = 0; n_ok && m < n_expert; m++) {
-            const double *sm = e->sums + m * ne0;
-            double cm = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
-            int anym = 0;
-            for (int64_t j = 0; j < ne0 && !anym; j++) anym = sm[j] != 0.0;
-            if (m == expert || cm <= 0.0 || !anym) continue;
+            if (m == expert || !expert_data(e, ne0, n_expert, m, &s, &c)) continue;
             for (int64_t j = 0; j < ne0; j++) {
-                double w = sm[j] / cm / n_ok;
+                double w = s[j] / c / n_ok;
                 out[j] += (float)(w < cap ? w : cap);
             }
         }
