@@ -125,11 +125,29 @@ static size_t drop_nul(char *s, size_t n)
     return k;
 }
 
+/* Print token t's text (NUL bytes dropped); appended to *answer when
+ * non-NULL. */
+static void emit_token(struct run *r, int32_t t, char **answer, size_t *alen)
+{
+    char piece[256];
+    int k = moeq_token_piece(r->e, t, piece, (int)sizeof piece);
+    if (k <= 0 || k > (int)sizeof piece) return;
+    k = (int)drop_nul(piece, (size_t)k);
+    fwrite(piece, 1, (size_t)k, stdout);
+    fflush(stdout);
+    if (!answer) return;
+    char *na = realloc(*answer, *alen + (size_t)k + 1);
+    if (!na) return;
+    memcpy(na + *alen, piece, (size_t)k);
+    *alen += (size_t)k;
+    na[*alen] = 0;
+    *answer = na;
+}
+
 /* Sample and stream up to n_predict tokens; the answer's text is appended
  * to *answer when non-NULL. Returns 0, or -1 on an engine error. */
 static int generate(struct run *r, char **answer, size_t *alen)
 {
-    char piece[256];
     if (!g_generating) g_stop = 0;
     g_generating = 1;
     int rc = 0;
@@ -147,21 +165,7 @@ static int generate(struct run *r, char **answer, size_t *alen)
         }
         int32_t t = moeq_sample(&r->sp, lg, n_vocab);
         if (moeq_token_is_eog(r->e, t)) break;
-        int k = moeq_token_piece(r->e, t, piece, (int)sizeof piece);
-        if (k > 0 && k <= (int)sizeof piece) k = (int)drop_nul(piece, (size_t)k);
-        if (k > 0 && k <= (int)sizeof piece) {
-            fwrite(piece, 1, (size_t)k, stdout);
-            fflush(stdout);
-            if (answer) {
-                char *na = realloc(*answer, *alen + (size_t)k + 1);
-                if (na) {
-                    memcpy(na + *alen, piece, (size_t)k);
-                    *alen += (size_t)k;
-                    na[*alen] = 0;
-                    *answer = na;
-                }
-            }
-        }
+        emit_token(r, t, answer, alen);
         if (moeq_session_n_past(r->s) >= moeq_session_n_ctx(r->s)) {
             fprintf(stderr, "\nmoeq: context of %d tokens is full: stopped after %d generated token(s)%s\n",
                     moeq_session_n_ctx(r->s), i + 1, r->n_predict < 0 || i + 1 < r->n_predict ?
@@ -222,13 +226,7 @@ static int print_token(void *ctx, int32_t t)
     struct run *r = ctx;
     if (g_stop) return 1;
     if (moeq_token_is_eog(r->e, t)) return 0;
-    char piece[256];
-    int k = moeq_token_piece(r->e, t, piece, (int)sizeof piece);
-    if (k > 0 && k <= (int)sizeof piece) {
-        k = (int)drop_nul(piece, (size_t)k);
-        fwrite(piece, 1, (size_t)k, stdout);
-        fflush(stdout);
-    }
+    emit_token(r, t, NULL, NULL);
     r->st.n_gen++;
     return 0;
 }
