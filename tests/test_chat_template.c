@@ -5,12 +5,15 @@
  * (tests/chat/snippets.json) and the official Qwen3 and Qwen3-Coder
  * templates from ../shared over tests/chat/conversations.json (system or
  * not, several turns, tools, assistant tool calls, tool results, thinking
- * content, add_generation_prompt, enable_thinking false). The comparisons
+ * content, add_generation_prompt, enable_thinking false), and the
+ * templates `moeq synth --chat-template` writes (which must also be the
+ * official formats: same bytes wherever only the format matters). The comparisons
  * skip where python3's jinja2 is absent; the checks that need no reference
  * (errors at parse time, cases the renderer must refuse) always run.
  */
 #include "test.h"
 #include "model/chat_template.h"
+#include "synth/synth.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -88,13 +91,10 @@ TEST(chat_template_snippets_match_jinja2)
     json_decref(ref);
 }
 
-static void compare_template(const char *rel)
+/* Every conversation of tests/chat/conversations.json rendered by moeq
+ * from src (the template file at path) against jinja2 rendering path. */
+static void compare_conversations(const char *what, const char *path, const char *src, size_t srclen)
 {
-    const char *path = test_shared_path(rel);
-    if (!have_jinja2()) SKIP("python3 jinja2 not installed (Debian python3-jinja2)");
-    size_t srclen = 0;
-    char *src = test_read_file(path, &srclen);
-    REQUIRE(src);
     char args[4200];
     snprintf(args, sizeof args, "'%s' tests/chat/conversations.json", path);
     json_t *ref = reference(args);
@@ -103,15 +103,98 @@ static void compare_template(const char *rel)
     json_t *convs = json_load_file("tests/chat/conversations.json", 0, &je);
     REQUIRE(convs && json_array_size(convs) == json_array_size(ref));
     for (size_t i = 0; i < json_array_size(convs); i++)
-        compare_case(rel, (int)i, src, srclen, json_array_get(convs, i), json_array_get(ref, i));
-    printf("  %zu conversations compared\n", json_array_size(convs));
+        compare_case(what, (int)i, src, srclen, json_array_get(convs, i), json_array_get(ref, i));
+    printf("  %s: %zu conversations compared\n", what, json_array_size(convs));
     json_decref(convs);
     json_decref(ref);
+}
+
+static void compare_template(const char *rel)
+{
+    const char *path = test_shared_path(rel);
+    if (!have_jinja2()) SKIP("python3 jinja2 not installed (Debian python3-jinja2)");
+    size_t srclen = 0;
+    char *src = test_read_file(path, &srclen);
+    REQUIRE(src);
+    compare_conversations(rel, path, src, srclen);
     free(src);
 }
 
 TEST(chat_template_qwen3_matches_jinja2) { compare_template("data/tokenizer/Qwen-Qwen3-0.6B.jinja"); }
 TEST(chat_template_qwen3_coder_matches_jinja2) { compare_template("data/tokenizer/Qwen-Qwen3-Coder-30B-A3B.jinja"); }
+
+/* A built-in synth template written where render.py can read it. */
+static const char *synth_template_file(const char *name)
+{
+    const char *text = moeq_synth_template_named(name);
+    REQUIRE(text);
+    const char *path = test_tmp(name);
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f);
+    REQUIRE(fwrite(text, 1, strlen(text), f) == strlen(text));
+    REQUIRE(fclose(f) == 0);
+    return path;
+}
+
+/* The templates moeq synth writes into models render as jinja2 does. */
+TEST(chat_template_synth_templates_match_jinja2)
+{
+    if (!have_jinja2()) SKIP("python3 jinja2 not installed (Debian python3-jinja2)");
+    int n;
+    const struct moeq_synth_template *t = moeq_synth_templates(&n);
+    CHECK(n >= 4);
+    for (int i = 0; i < n; i++) {
+        const char *path = synth_template_file(t[i].name);
+        compare_conversations(t[i].name, path, t[i].text, strlen(t[i].text));
+    }
+}
+
+/* moeq's qwen3 and qwen3-coder templates are the official formats: every
+ * conversation renders to the official template's bytes, except that with
+ * tools only the wording of the system turn's tool instructions differs
+ * (the turns after it, and the tool signatures, are the same). */
+static void same_format_as(const char *name, const char *rel)
+{
+    const char *official = test_shared_path(rel);
+    if (!have_jinja2()) SKIP("python3 jinja2 not installed (Debian python3-jinja2)");
+    char args[4200];
+    snprintf(args, sizeof args, "'%s' tests/chat/conversations.json", synth_template_file(name));
+    json_t *mine = reference(args);
+    snprintf(args, sizeof args, "'%s' tests/chat/conversations.json", official);
+    json_t *ref = reference(args);
+    json_error_t je;
+    json_t *convs = json_load_file("tests/chat/conversations.json", 0, &je);
+    REQUIRE(mine && ref && convs && json_array_size(mine) == json_array_size(ref));
+    int with_tools = 0;
+    for (size_t i = 0; i < json_array_size(ref); i++) {
+        const char *a = json_string_value(json_object_get(json_array_get(mine, i), "ok"));
+        const char *b = json_string_value(json_object_get(json_array_get(ref, i), "ok"));
+        CHECKF(!a == !b, "%s case %zu: one template fails and the other renders", name, i);
+        if (!a || !b) continue;
+        json_t *tools = json_object_get(json_array_get(convs, i), "tools");
+        if (json_array_size(tools) == 0) {
+            CHECKF(!strcmp(a, b), "%s case %zu: differs from %s without tools", name, i, rel);
+            continue;
+        }
+        with_tools++;
+        const char *ea = strstr(a, "<|im_end|>\n"), *eb = strstr(b, "<|im_end|>\n");
+        CHECKF(ea && eb && !strcmp(ea, eb), "%s case %zu: turns after the tool system turn differ", name, i);
+    }
+    CHECK(with_tools >= 2);
+    json_decref(mine);
+    json_decref(ref);
+    json_decref(convs);
+}
+
+TEST(chat_template_synth_qwen3_is_the_official_format)
+{
+    same_format_as("qwen3", "data/tokenizer/Qwen-Qwen3-0.6B.jinja");
+}
+
+TEST(chat_template_synth_qwen3_coder_is_the_official_format)
+{
+    same_format_as("qwen3-coder", "data/tokenizer/Qwen-Qwen3-Coder-30B-A3B.jinja");
+}
 
 TEST(chat_template_unsupported_is_a_parse_error)
 {

@@ -14,8 +14,10 @@
 #include "gguf/gguf.h"
 #include "quant/quants.h"
 #include "model/tokenizer.h"
+#include "synth/synth.h"
 
 #include <stdint.h>
+#include <unistd.h>
 
 static const char *synth(const char *name, const char *args)
 {
@@ -699,6 +701,59 @@ TEST(synth_runs_in_engine)
 
 /* ------------------------------------------------------------ the CLI */
 
+/* tokenizer.chat_template of a synth model: chatml by default, a built-in
+ * by name, or a file's bytes; a template moeq cannot render is refused. */
+static void check_template_key(const char *path, const char *want)
+{
+    char err[512];
+    gguf_file *g = gguf_open(path, err, sizeof err);
+    REQUIRE(g);
+    static char got[65536];
+    CHECK(gguf_get_str(g, "tokenizer.chat_template", got, sizeof got) == 0);
+    CHECKF(!strcmp(got, want), "%s: tokenizer.chat_template is '%.60s...'", path, got);
+    gguf_close(g);
+}
+
+TEST(synth_chat_template)
+{
+    check_template_key(synth("t_default.gguf", ""), moeq_synth_template_named("chatml"));
+    int n;
+    const struct moeq_synth_template *t = moeq_synth_templates(&n);
+    for (int i = 0; i < n; i++) {
+        char args[128], name[64];
+        snprintf(args, sizeof args, "--chat-template %s", t[i].name);
+        snprintf(name, sizeof name, "t_%d.gguf", i);
+        check_template_key(synth(name, args), t[i].text);
+    }
+    /* a file, e.g. a model's official template */
+    const char *file = test_tmp("mine.jinja");
+    static const char mine[] = "{%- for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}";
+    FILE *f = fopen(file, "wb");
+    REQUIRE(f && fputs(mine, f) >= 0 && fclose(f) == 0);
+    char args[4200];
+    snprintf(args, sizeof args, "--chat-template '%s'", file);
+    check_template_key(synth("t_file.gguf", args), mine);
+    /* the model's template is the one the engine renders with */
+    char err[512];
+    struct moeq_engine_params ep = { .model_path = test_tmp("t_file.gguf"), .n_ctx = 64, .n_threads = 1 };
+    moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
+    REQUIRE(e);
+    struct moeq_chat_msg m[2] = { { "system", "S" }, { "user", "hi" } };
+    char *r = moeq_chat_render(e, m, 2, 0, err, sizeof err);
+    CHECKF(r && !strcmp(r, "[system]S[user]hi"), "rendered '%s'", r ? r : err);
+    free(r);
+    moeq_engine_close(e);
+    /* not renderable: refused with the line and the reason, nothing written */
+    f = fopen(file, "wb");
+    REQUIRE(f && fputs("{% include 'x' %}", f) >= 0 && fclose(f) == 0);
+    char *o = NULL;
+    const char *out = test_tmp("t_bad.gguf");
+    CHECK(test_run(&o, "%s synth -o %s --chat-template '%s'", test_moeq_bin(), out, file) == 2);
+    CHECKF(o && strstr(o, "line 1") && strstr(o, "include"), "message: %s", o ? o : "");
+    free(o);
+    CHECK(access(out, F_OK) != 0);
+}
+
 TEST(synth_bad_flags_exit_2)
 {
     static const char *const bad[] = {
@@ -721,6 +776,8 @@ TEST(synth_bad_flags_exit_2)
         "-o %s -t 0",
         "-o %s --layers",
         "-o %s stray",
+        "-o %s --chat-template no-such-template",
+        "-o %s --chat-template /nonexistent/t.jinja",
     };
     const char *out = test_tmp("bad.gguf");
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -75,7 +75,7 @@ static moeq_tokenizer *tiny_vocab(void)
     struct moeq_vocab_desc d = {
         .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
         .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
-        .pad = ID_EOT, .chat_template = moeq_synth_chat_template,
+        .pad = ID_EOT, .chat_template = moeq_synth_template_named("chatml"),
     };
     char err[256];
     moeq_tokenizer *t = moeq_tokenizer_new(&d, err, sizeof err);

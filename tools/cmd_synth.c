@@ -6,6 +6,7 @@
  */
 #include "cmd.h"
 #include "quant/quants.h"
+#include "model/chat_template.h"
 #include "synth/synth.h"
 
 #include <stddef.h>
@@ -34,6 +35,13 @@ static void usage(FILE *out)
         "  --split-max-size N[M|G] write a split set FILE-00001-of-0000N.gguf, parts of\n"
         "                        at most N bytes of tensor data\n"
         "  --name S              general.name\n"
+        "  --chat-template NAME|FILE\n"
+        "                        tokenizer.chat_template: a built-in (below) or a Jinja\n"
+        "                        file such as a model's official template\n");
+    int nt;
+    const struct moeq_synth_template *tm = moeq_synth_templates(&nt);
+    for (int i = 0; i < nt; i++) fprintf(out, "                          %-12s %s\n", tm[i].name, tm[i].what);
+    fprintf(out,
         "shape (override the preset):\n"
         "  --layers N  --n-embd N  --heads N  --kv-heads N  --head-dim N\n"
         "  --experts N  --experts-used N  --ff-exp N  --ff N (dense, metadata only)\n"
@@ -108,12 +116,28 @@ static const struct int_flag int_flags[] = {
 };
 #undef OFF
 
+/* "chatml, qwen3, ..." for messages. */
+static const char *template_names(char *buf, size_t n)
+{
+    int nt;
+    const struct moeq_synth_template *t = moeq_synth_templates(&nt);
+    size_t used = 0;
+    buf[0] = 0;
+    for (int i = 0; i < nt && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", i ? ", " : "", t[i].name);
+    return buf;
+}
+
+static int synth_run(const char *cmd, moeq_synth_cfg *cp, const char *out, const char *mix_name,
+                     int threads, int verbose);
+
 int cmd_synth(int argc, char **argv)
 {
     const char *cmd = "synth";
     const char *out = NULL, *preset = "tiny";
     int threads = 0, verbose = 0;
     const char *mix_name = "";
+    const char *tmpl_arg = NULL;
 
     /* pass 1: help and the preset, which every other flag modifies */
     for (int i = 1; i < argc; i++) {
@@ -161,6 +185,7 @@ int cmd_synth(int argc, char **argv)
             continue;
         }
         if (!strcmp(a, "--name")) { snprintf(c.name, sizeof c.name, "%s", val); continue; }
+        if (!strcmp(a, "--chat-template")) { tmpl_arg = val; continue; }
         if (!strcmp(a, "--rope-base") || !strcmp(a, "--rms-eps")) {
             if (cli_parse_f64(val, &fv) || !(fv > 0))
                 return cli_usage_error(cmd, "bad value '%s' for %s", val, a);
@@ -208,6 +233,35 @@ int cmd_synth(int argc, char **argv)
         }
         if (!done) return cli_usage_error(cmd, "unknown option '%s'", a);
     }
+    char *tmpl_file = NULL;
+    if (tmpl_arg && !(c.chat_template = moeq_synth_template_named(tmpl_arg))) {
+        char rerr[512];
+        size_t tlen;
+        if (!(tmpl_file = cli_read_file(tmpl_arg, &tlen, rerr, sizeof rerr))) {
+            char names[128];
+            return cli_usage_error(cmd, "--chat-template: '%s' is not a built-in template (%s) and %s", tmpl_arg,
+                                   template_names(names, sizeof names), rerr);
+        }
+        c.chat_template = tmpl_file;
+    }
+    if (c.chat_template) {
+        char terr[256];
+        moeq_tmpl *t = moeq_tmpl_parse(c.chat_template, strlen(c.chat_template), terr, sizeof terr);
+        if (!t) {
+            free(tmpl_file);
+            return cli_usage_error(cmd, "--chat-template %s: not a template moeq can render: %s", tmpl_arg, terr);
+        }
+        moeq_tmpl_free(t);
+    }
+    int rc = synth_run(cmd, &c, out, mix_name, threads, verbose);
+    free(tmpl_file);
+    return rc;
+}
+
+static int synth_run(const char *cmd, moeq_synth_cfg *cp, const char *out, const char *mix_name,
+                     int threads, int verbose)
+{
+    moeq_synth_cfg c = *cp;
     if (!out) return cli_usage_error(cmd, "-o FILE is required");
     char err[512];
     if (moeq_synth_check(&c, err, sizeof err)) return cli_usage_error(cmd, "%s", err);

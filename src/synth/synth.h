@@ -70,6 +70,7 @@ typedef struct {
                                    pick the types, as moeq quantize would; -1: none */
     int      mode;              /* enum moeq_synth_mode */
     uint64_t split_max_size;    /* > 0: write a split set (gguf_writer_split_max_size) */
+    const char *chat_template;  /* tokenizer.chat_template (borrowed); NULL: the built-in chatml */
 } moeq_synth_cfg;
 
 /* Fill c with a preset ("tiny", "qwen3-30b-a3b"); -1 when unknown.
@@ -129,6 +130,17 @@ typedef struct {
 int  moeq_synth_vocab_build(int n_vocab, moeq_synth_vocab *v, char *err, size_t errlen);
 void moeq_synth_vocab_free(moeq_synth_vocab *v);
 
-extern const char moeq_synth_chat_template[];
+/* ------------------------------------------------------- chat templates */
+
+/* A template moeq synth can write into tokenizer.chat_template. */
+struct moeq_synth_template {
+    const char *name;   /* "chatml", "qwen3", "qwen3-2507", "qwen3-coder" */
+    const char *what;   /* one line for --help */
+    const char *text;   /* Jinja */
+};
+
+/* The built-in templates (n of them), and one by name (NULL when unknown). */
+const struct moeq_synth_template *moeq_synth_templates(int *n);
+const char *moeq_synth_template_named(const char *name);
 
 #endif

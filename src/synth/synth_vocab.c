@@ -296,13 +296,3 @@ void moeq_synth_vocab_free(moeq_synth_vocab *v)
     free(v->tokens); free(v->types); free(v->merges);
     memset(v, 0, sizeof *v);
 }
-
-/* A plain ChatML template: each message as <|im_start|>role\ncontent
- * <|im_end|>\n, and the assistant header when a reply is wanted. */
-const char moeq_synth_chat_template[] =
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}";

@@ -72,7 +72,7 @@ static inline const moeq_tokenizer *fuzz_tokenizer(void)
         .n_tokens = v.n_tokens, .tokens = toks, .types = types,
         .n_merges = v.n_merges, .merges = merges,
         .bos = v.bos, .eos = v.eos, .eot = -1, .eom = -1, .pad = v.pad,
-        .chat_template = moeq_synth_chat_template,
+        .chat_template = moeq_synth_template_named("chatml"),
     };
     tok = moeq_tokenizer_new(&d, err, sizeof err);
     if (!tok) {
