@@ -50,9 +50,11 @@ static void usage(FILE *o)
         "  -ctk, --cache-type-k T  KV cache type of K: f16 (default) or q8_0\n"
         "  -ctv, --cache-type-v T  KV cache type of V: f16 (default) or q8_0\n"
         "  --chat                wrap the prompt in the chat template as a user message\n"
-        "  --lookup              greedy speculative decoding with drafts from n-grams of the\n"
-        "                        prompt and output (needs --temp 0; the tokens are those of\n"
-        "                        plain greedy decoding, in fewer forward passes)\n"
+        "  --lookup              speculative decoding with drafts from n-grams of the prompt\n"
+        "                        and output, in fewer forward passes: at --temp 0 the tokens\n"
+        "                        are exactly plain greedy decoding's; at a temperature each\n"
+        "                        draft is kept or redrawn by the accept/reject rule, so the\n"
+        "                        output has plain sampling's distribution\n"
         "  --draft-max N         tokens drafted per step with --lookup (default 8)\n"
         "  --dump-logits FILE    write the logits of every prompt position (little-endian\n"
         "                        f32, n_tokens x n_vocab)\n"
@@ -231,15 +233,16 @@ static int print_token(void *ctx, int32_t t)
     return 0;
 }
 
-/* --lookup: greedy generation with drafts verified in batches. */
+/* --lookup: generation with drafts verified in batches. */
 static int generate_lookup(struct run *r, const int32_t *tok, int n, int draft_max)
 {
-    struct moeq_spec_opts o = { .lookup = 1, .draft_max = draft_max, .ngram_min = 1, .ngram_max = 3 };
+    struct moeq_spec_opts o = { .lookup = 1, .draft_max = draft_max, .ngram_min = 1, .ngram_max = 3,
+                                .sampler = &r->sp };
     struct moeq_spec_stats st;
     g_stop = 0;
     g_generating = 1;
     double t0 = moeq_now_s();
-    int rc = moeq_generate_greedy(r->e, r->s, tok, n, r->n_predict, &o, print_token, r, &st, r->err, sizeof r->err);
+    int rc = moeq_generate(r->e, r->s, tok, n, r->n_predict, &o, print_token, r, &st, r->err, sizeof r->err);
     r->st.t_gen += moeq_now_s() - t0;
     g_generating = 0;
     fprintf(stderr, "\nlookup: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
@@ -337,8 +340,6 @@ int cmd_run(int argc, char **argv)
     if (!model) return cli_usage_error("run", "-m FILE is required");
     if (prompt && file) return cli_usage_error("run", "give -p or -f, not both");
     if (dump && !prompt && !file) return cli_usage_error("run", "--dump-logits needs a prompt (-p or -f)");
-    if (lookup && temp != 0)
-        return cli_usage_error("run", "--lookup needs --temp 0 (drafts are verified against greedy choices)");
     if (lookup && !prompt && !file) return cli_usage_error("run", "--lookup needs a prompt (-p or -f)");
     const char *inputs[] = { model, file };
     if (dump) {

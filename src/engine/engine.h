@@ -143,8 +143,17 @@ int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab);
 int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_vocab,
                          const int32_t *hist, int n_hist);
 void    moeq_sampler_free(struct moeq_sampler *sp);
+/*
+ * Speculative verification of a draft token proposed with probability 1
+ * (prompt lookup): the standard accept/reject rule, so the token returned
+ * is distributed exactly as moeq_sample_hist's. It is the draft (*accepted
+ * 1) with probability p(draft), else a draw from p with the draft removed.
+ * Greedy samplers accept the draft exactly when it is the argmax.
+ */
+int32_t moeq_sample_verify(struct moeq_sampler *sp, const float *logits, int n_vocab, const int32_t *hist,
+                           int n_hist, int32_t draft, int *accepted);
 
-/* ---- greedy generation, optionally with prompt-lookup drafting ---- */
+/* ---- generation, optionally with prompt-lookup drafting ---- */
 
 /* Called with each generated token in order; nonzero stops generation. */
 typedef int (*moeq_token_cb)(void *ctx, int32_t tok);
@@ -153,6 +162,7 @@ struct moeq_spec_opts {
     int lookup;          /* draft from n-grams of the prompt and output so far */
     int draft_max;       /* tokens drafted per step (<= 0: 8) */
     int ngram_min, ngram_max;   /* n-gram lengths tried, longest first (1..3 by default) */
+    struct moeq_sampler *sampler; /* NULL or temp <= 0: greedy */
 };
 struct moeq_spec_stats { int steps, drafted, accepted; };
 
@@ -161,15 +171,16 @@ struct moeq_spec_stats { int steps, drafted, accepted; };
 int moeq_lookup_draft(const int32_t *hist, int n, int ngram_min, int ngram_max, int max, int32_t *draft);
 
 /*
- * Greedy generation of up to n_predict tokens (< 0: until the context is
- * full) after prompt, stopping after an end-of-generation token. With
- * o->lookup, drafts are verified in batches: the tokens are exactly plain
- * greedy decoding's (the logits do not depend on the batch), in fewer
- * forward passes. Returns 0, or -1 with err set.
+ * Generation of up to n_predict tokens (< 0: until the context is full)
+ * after prompt, stopping after an end-of-generation token; greedy, or
+ * sampled with o->sampler. With o->lookup, drafts are verified in batches:
+ * greedy tokens are exactly plain greedy decoding's (the logits do not
+ * depend on the batch), sampled ones have plain sampling's distribution
+ * (moeq_sample_verify), in fewer forward passes. Returns 0, or -1 with err set.
  */
-int moeq_generate_greedy(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_prompt, int n_predict,
-                         const struct moeq_spec_opts *o, moeq_token_cb cb, void *ctx,
-                         struct moeq_spec_stats *st, char *err, size_t errlen);
+int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_prompt, int n_predict,
+                  const struct moeq_spec_opts *o, moeq_token_cb cb, void *ctx,
+                  struct moeq_spec_stats *st, char *err, size_t errlen);
 
 /* ---- activation statistics (imatrix) ----
  * When set, called for every matmul input during eval and decode, on the

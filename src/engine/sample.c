@@ -122,10 +122,16 @@ int32_t moeq_sample(struct moeq_sampler *sp, const float *logits, int n_vocab)
     return moeq_sample_hist(sp, logits, n_vocab, NULL, 0);
 }
 
-int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_vocab,
-                         const int32_t *hist, int n_hist)
+/*
+ * The distribution sampling draws from: the candidates that survive the
+ * filters, in sp->work[0..n), with c[i].p their weight at the temperature
+ * (unnormalized; *sum their total). Returns n, or 0 when sampling is
+ * greedy (temperature 0, top-k 1, out of memory or NaN logits): then only
+ * *best, the argmax of the adjusted logits, is set.
+ */
+static int distribution(struct moeq_sampler *sp, const float *logits, int n_vocab, const int32_t *hist,
+                        int n_hist, int32_t *best_out, double *sum_out)
 {
-    if (n_vocab <= 0) return -1;
     if (penalties_on(sp)) {
         const float *a = adjust(sp, logits, n_vocab, hist, n_hist);
         if (a) logits = a;   /* out of memory: sample without them, never crash */
@@ -133,11 +139,12 @@ int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_voc
     int best = 0;
     for (int i = 1; i < n_vocab; i++)
         if (logits[i] > logits[best]) best = i;
-    if (sp->temp <= 0 || sp->top_k == 1) return best;
+    *best_out = best;
+    if (sp->temp <= 0 || sp->top_k == 1) return 0;
 
     if (sp->work_cap < n_vocab) {
         void *w = realloc(sp->work, (size_t)n_vocab * sizeof(struct moeq_candidate));
-        if (!w) return best; /* out of memory: degrade to greedy, never crash */
+        if (!w) return 0; /* out of memory: degrade to greedy, never crash */
         sp->work = w;
         sp->work_cap = n_vocab;
     }
@@ -149,7 +156,7 @@ int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_voc
     int n = 0;
     for (int i = 0; i < n_vocab; i++)
         if (logits[i] >= floor_logit) { c[n].id = i; c[n].logit = logits[i]; n++; }
-    if (n == 0) return best; /* NaN logits compare false with everything */
+    if (n == 0) return 0; /* NaN logits compare false with everything */
     sort_candidates(c, n);
     if (sp->top_k > 0 && sp->top_k < n) n = sp->top_k;
 
@@ -174,10 +181,56 @@ int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_voc
         c[i].p = (float)exp(((double)c[i].logit - c[0].logit) / sp->temp);
         sum += c[i].p;
     }
+    *sum_out = sum;
+    return n;
+}
+
+/* Draw from the candidates c[0..n) of total weight sum, skipping id skip. */
+static int32_t draw(struct moeq_sampler *sp, const struct moeq_candidate *c, int n, double sum, int32_t skip)
+{
     double r = next_unit(&sp->rng) * sum, acc = 0;
+    int last = -1;
     for (int i = 0; i < n; i++) {
+        if (c[i].id == skip) continue;
         acc += c[i].p;
+        last = i;
         if (r < acc) return c[i].id;
     }
-    return c[n - 1].id;
+    return last >= 0 ? c[last].id : c[0].id;
+}
+
+int32_t moeq_sample_hist(struct moeq_sampler *sp, const float *logits, int n_vocab,
+                         const int32_t *hist, int n_hist)
+{
+    if (n_vocab <= 0) return -1;
+    int32_t best;
+    double sum = 0;
+    int n = distribution(sp, logits, n_vocab, hist, n_hist, &best, &sum);
+    return n ? draw(sp, sp->work, n, sum, -1) : best;
+}
+
+int32_t moeq_sample_verify(struct moeq_sampler *sp, const float *logits, int n_vocab, const int32_t *hist,
+                           int n_hist, int32_t draft, int *accepted)
+{
+    *accepted = 0;
+    if (n_vocab <= 0) return -1;
+    int32_t best;
+    double sum = 0;
+    int n = distribution(sp, logits, n_vocab, hist, n_hist, &best, &sum);
+    if (!n) {
+        *accepted = draft == best;
+        return best;
+    }
+    const struct moeq_candidate *c = sp->work;
+    double w = 0;
+    for (int i = 0; i < n; i++)
+        if (c[i].id == draft) { w = c[i].p; break; }
+    /* the draft was proposed with probability 1: keep it with probability
+     * p(draft), else draw from p without it (max(0, p - q), renormalized) */
+    if (w > 0 && next_unit(&sp->rng) * sum < w) {
+        *accepted = 1;
+        return draft;
+    }
+    if (sum - w <= 0) { *accepted = 1; return draft; }   /* p is all on the draft */
+    return draw(sp, c, n, sum - w, w > 0 ? draft : -1);
 }

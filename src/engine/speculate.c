@@ -1,6 +1,6 @@
 /*
- * speculate.c: greedy generation with prompt-lookup drafting (speculative
- * decoding that changes no token).
+ * speculate.c: generation with prompt-lookup drafting (speculative
+ * decoding that changes no token, or at a temperature no distribution).
  *
  * Drafting: the longest suffix of the history (ngram_max down to
  * ngram_min tokens) that also occurs earlier in it proposes the tokens that
@@ -11,7 +11,10 @@
  * token. The cache is then cut back to what was kept (moeq_session_sync).
  * Because the engine's logits do not depend on how tokens are batched, the
  * tokens are exactly those of plain greedy decoding, only fewer forward
- * passes run; tests/test_speculate.c checks the equality.
+ * passes run; tests/test_speculate.c checks the equality. With a sampler
+ * at a temperature, each draft token is kept or replaced by the standard
+ * accept/reject rule (moeq_sample_verify), so every token is distributed
+ * exactly as plain sampling's.
  *
  * Uses only the public engine API (engine.h); the CLI calls it.
  */
@@ -45,9 +48,26 @@ static int32_t argmax(const float *l, int n)
     return best;
 }
 
-int moeq_generate_greedy(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_prompt, int n_predict,
-                         const struct moeq_spec_opts *o, moeq_token_cb cb, void *ctx,
-                         struct moeq_spec_stats *st, char *err, size_t errlen)
+/* The next token after hist[0..n) from its logits: sampled, or greedy. */
+static int32_t choose(struct moeq_sampler *sp, const float *l, int V, const int32_t *hist, int n)
+{
+    return sp ? moeq_sample_hist(sp, l, V, hist, n) : argmax(l, V);
+}
+
+/* The token at hist[n] given the logits after hist[0..n), with draft the
+ * proposal for it: *acc says whether the draft stands. */
+static int32_t verify(struct moeq_sampler *sp, const float *l, int V, const int32_t *hist, int n, int32_t draft,
+                      int *acc)
+{
+    if (sp) return moeq_sample_verify(sp, l, V, hist, n, draft, acc);
+    int32_t t = argmax(l, V);
+    *acc = t == draft;
+    return t;
+}
+
+int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_prompt, int n_predict,
+                  const struct moeq_spec_opts *o, moeq_token_cb cb, void *ctx,
+                  struct moeq_spec_stats *st, char *err, size_t errlen)
 {
     const int V = moeq_engine_info(e)->n_vocab;
     const int room = moeq_session_n_ctx(s) - n_prompt;
@@ -56,6 +76,7 @@ int moeq_generate_greedy(moeq_engine *e, moeq_session *s, const int32_t *prompt,
     const int dmax = o && o->lookup ? (o->draft_max > 0 ? o->draft_max : 8) : 0;
     const int gmin = o && o->ngram_min > 0 ? o->ngram_min : 1;
     const int gmax = o && o->ngram_max >= gmin ? o->ngram_max : (gmin > 3 ? gmin : 3);
+    struct moeq_sampler *sp = o && o->sampler && o->sampler->temp > 0 ? o->sampler : NULL;
     struct moeq_spec_stats local = { 0 };
     if (!st) st = &local;
     memset(st, 0, sizeof *st);
@@ -68,7 +89,7 @@ int moeq_generate_greedy(moeq_engine *e, moeq_session *s, const int32_t *prompt,
 
     int kept = moeq_session_sync(s, hist, n);
     if (moeq_session_eval(s, hist + kept, n - kept, NULL, err, errlen) != 0) { rc = -1; goto out; }
-    int32_t next = argmax(moeq_session_logits(s), V);
+    int32_t next = choose(sp, moeq_session_logits(s), V, hist, n);
     while (made < n_predict) {
         /* next is decided: report it */
         hist[n++] = next;
@@ -81,19 +102,19 @@ int moeq_generate_greedy(moeq_engine *e, moeq_session *s, const int32_t *prompt,
         st->steps++;
         st->drafted += k;
         if (moeq_session_eval(s, hist + n - 1, 1 + k, k ? logits : NULL, err, errlen) != 0) { rc = -1; break; }
-        if (!k) { next = argmax(moeq_session_logits(s), V); continue; }
-        int j = 0;
-        int32_t pred = argmax(logits, V);
-        int stop = 0;
-        while (j < k && pred == hist[n + j]) {
-            /* draft token j is what greedy would have chosen: keep it */
+        if (!k) { next = choose(sp, moeq_session_logits(s), V, hist, n); continue; }
+        int j = 0, stop = 0, acc = 0;
+        int32_t pred = -1;
+        for (; j < k; j++) {
+            pred = verify(sp, logits + (size_t)j * V, V, hist, n + j, hist[n + j], &acc);
+            if (!acc) break;
+            /* draft token j stands: keep it */
             int32_t t = hist[n + j];
             made++;
             st->accepted++;
             if ((cb && cb(ctx, t)) || moeq_token_is_eog(e, t) || made >= n_predict) { stop = 1; j++; break; }
-            j++;
-            pred = argmax(logits + (size_t)j * V, V);
         }
+        if (!stop && j == k) pred = choose(sp, logits + (size_t)k * V, V, hist, n + k);
         n += j;
         if (stop) break;
         next = pred;
