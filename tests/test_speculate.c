@@ -187,3 +187,60 @@ TEST(speculative_sampling_on_a_model)
     moeq_session_free(s);
     moeq_engine_close(e);
 }
+
+/* Drafts from a draft model: greedy tokens equal plain decoding's, with the
+ * model itself as its own draft every drafted token stands, and another
+ * model of the same vocabulary (other weights) changes no token either. */
+TEST(speculative_draft_model_equals_plain)
+{
+    const char *path = test_synth_model("spec_m.gguf", "--layers 2 --vocab 512 --ctx 512");
+    const char *other = test_synth_model("spec_d.gguf", "--layers 1 --vocab 512 --ctx 512 --seed 5");
+    char err[256];
+    struct moeq_engine_params p = { .model_path = path, .n_threads = 2, .n_ctx = 512, .n_seq = 1, .n_batch = 64 };
+    moeq_engine *e = moeq_engine_open(&p, err, sizeof err);
+    REQUIREF(e, "%s", err);
+    moeq_session *s = moeq_session_new(e, err, sizeof err);
+    REQUIRE(s);
+    const char *drafts[2] = { path, other };
+    for (int di = 0; di < 2; di++) {
+        struct moeq_engine_params dp = p;
+        dp.model_path = drafts[di];
+        moeq_engine *de = moeq_engine_open(&dp, err, sizeof err);
+        REQUIREF(de, "%s", err);
+        moeq_session *ds = moeq_session_new(de, err, sizeof err);
+        REQUIRE(ds);
+        for (int pi = 0; pi < 3; pi++) {
+            int32_t prompt[40];
+            for (int i = 0; i < 40; i++) prompt[i] = (int32_t)((i * 37 + pi * 101) % 500);
+            int32_t a[64], b[64];
+            struct collect ca = { a, 0, 64 }, cb = { b, 0, 64 };
+            REQUIRE(moeq_generate(e, s, prompt, 40, 50, NULL, collect_cb, &ca, NULL, err, sizeof err) == 0);
+            struct moeq_spec_opts o = { .draft = ds, .draft_max = 3 + pi };
+            struct moeq_spec_stats st;
+            REQUIRE(moeq_generate(e, s, prompt, 40, 50, &o, collect_cb, &cb, &st, err, sizeof err) == 0);
+            CHECKF(ca.n == cb.n && !memcmp(a, b, (size_t)ca.n * sizeof *a), "draft %d prompt %d: tokens differ",
+                   di, pi);
+            CHECK(st.drafted > 0);
+            if (di == 0) CHECKF(st.accepted == st.drafted, "self-draft: %d of %d accepted", st.accepted, st.drafted);
+        }
+        moeq_session_free(ds);
+        moeq_engine_close(de);
+    }
+    moeq_session_free(s);
+    moeq_engine_close(e);
+}
+
+TEST(run_draft_model_cli)
+{
+    const char *m = test_synth_model("run_md.gguf", NULL);
+    const char *bad = test_synth_model("run_md_bad.gguf", "--vocab 600");
+    char *a = NULL, *b = NULL, *c = NULL;
+    const char *p = "the cat the dog";
+    CHECK(test_run(&a, "%s run -m '%s' -p '%s' -n 24 --temp 0 -t 2 2>/dev/null", test_moeq_bin(), m, p) == 0);
+    CHECK(test_run(&b, "%s run -m '%s' -md '%s' -p '%s' -n 24 --temp 0 -t 2 2>/dev/null", test_moeq_bin(), m, m, p) == 0);
+    CHECKF(a && b && !strcmp(a, b), "plain '%s' / -md '%s'", a ? a : "", b ? b : "");
+    CHECK(test_run(&c, "%s run -m '%s' -md '%s' -p '%s' -n 4 -t 2", test_moeq_bin(), m, bad, p) == 1);
+    CHECKF(c && strstr(c, "vocabulary"), "%s", c ? c : "");
+    free(a); free(b); free(c);
+    CHECK(test_run(NULL, "%s run -m '%s' -md '%s' --lookup -p x", test_moeq_bin(), m, m) == 2);
+}

@@ -55,7 +55,10 @@ static void usage(FILE *o)
         "                        are exactly plain greedy decoding's; at a temperature each\n"
         "                        draft is kept or redrawn by the accept/reject rule, so the\n"
         "                        output has plain sampling's distribution\n"
-        "  --draft-max N         tokens drafted per step with --lookup (default 8)\n"
+        "  -md, --model-draft FILE  speculative decoding with drafts from a small model with\n"
+        "                        the same vocabulary (its greedy continuation), verified as\n"
+        "                        --lookup's are: the same tokens, or the same distribution\n"
+        "  --draft-max N         tokens drafted per step with --lookup or -md (default 8)\n"
         "  --dump-logits FILE    write the logits of every prompt position (little-endian\n"
         "                        f32, n_tokens x n_vocab)\n"
         "  -h, --help            this help\n");
@@ -85,6 +88,8 @@ struct stats {
 struct run {
     moeq_engine        *e;
     moeq_session       *s;
+    moeq_engine        *de;   /* -md: the draft model, and its session */
+    moeq_session       *ds;
     struct moeq_sampler sp;
     struct stats        st;
     int                 n_predict;
@@ -233,11 +238,37 @@ static int print_token(void *ctx, int32_t t)
     return 0;
 }
 
-/* --lookup: generation with drafts verified in batches. */
-static int generate_lookup(struct run *r, const int32_t *tok, int n, int draft_max)
+/* -md: the draft model, with the target's context and threads; its
+ * vocabulary must be the target's, token for token. */
+static int open_draft(struct run *r, const char *path, const struct moeq_engine_params *tp)
 {
-    struct moeq_spec_opts o = { .lookup = 1, .draft_max = draft_max, .ngram_min = 1, .ngram_max = 3,
-                                .sampler = &r->sp };
+    struct moeq_engine_params p = *tp;
+    p.model_path = path;
+    r->de = moeq_engine_open(&p, r->err, sizeof r->err);
+    if (!r->de) return -1;
+    const struct moeq_model_info *a = moeq_engine_info(r->e), *b = moeq_engine_info(r->de);
+    if (a->n_vocab != b->n_vocab || !b->has_vocab) {
+        snprintf(r->err, sizeof r->err, "%s: the draft model's vocabulary (%d tokens) is not the model's (%d)", path,
+                 b->n_vocab, a->n_vocab);
+        return -1;
+    }
+    for (int32_t t = 0; t < a->n_vocab; t++) {
+        char x[256], y[256];
+        int nx = moeq_token_piece(r->e, t, x, sizeof x), ny = moeq_token_piece(r->de, t, y, sizeof y);
+        if (nx != ny || (nx > 0 && memcmp(x, y, (size_t)(nx < (int)sizeof x ? nx : (int)sizeof x)))) {
+            snprintf(r->err, sizeof r->err, "%s: the draft model's token %d differs from the model's", path, (int)t);
+            return -1;
+        }
+    }
+    r->ds = moeq_session_new(r->de, r->err, sizeof r->err);
+    return r->ds ? 0 : -1;
+}
+
+/* --lookup or -md: generation with drafts verified in batches. */
+static int generate_spec(struct run *r, const int32_t *tok, int n, int draft_max, moeq_session *draft)
+{
+    struct moeq_spec_opts o = { .lookup = !draft, .draft_max = draft_max, .ngram_min = 1, .ngram_max = 3,
+                                .sampler = &r->sp, .draft = draft };
     struct moeq_spec_stats st;
     g_stop = 0;
     g_generating = 1;
@@ -245,8 +276,8 @@ static int generate_lookup(struct run *r, const int32_t *tok, int n, int draft_m
     int rc = moeq_generate(r->e, r->s, tok, n, r->n_predict, &o, print_token, r, &st, r->err, sizeof r->err);
     r->st.t_gen += moeq_now_s() - t0;
     g_generating = 0;
-    fprintf(stderr, "\nlookup: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
-            st.steps, st.accepted, st.drafted, st.steps ? (double)r->st.n_gen / st.steps : 0.0);
+    fprintf(stderr, "\n%s: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
+            draft ? "draft model" : "lookup", st.steps, st.accepted, st.drafted, st.steps ? (double)r->st.n_gen / st.steps : 0.0);
     return rc;
 }
 
@@ -306,7 +337,7 @@ static int chat_loop(struct run *r)
 
 int cmd_run(int argc, char **argv)
 {
-    const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL;
+    const char *model = NULL, *prompt = NULL, *file = NULL, *dump = NULL, *draft_model = NULL;
     int64_t n_predict = 128, n_ctx = 4096, n_threads = 0, n_batch = 512, top_k = 40, seed = -1;
     double temp = 0.8, top_p = 0.95, min_p = 0.05;
     int tk = MOEQ_KV_F16, tv = MOEQ_KV_F16, chat = 0, ctx_given = 0, lookup = 0;
@@ -323,6 +354,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
         else if (!strcmp(a, "--dump-logits")) dump = v;
+        else if (!strcmp(a, "-md") || !strcmp(a, "--model-draft")) draft_model = v;
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) bad = cli_parse_i64(v, &n_predict) || n_predict < -1 || n_predict > (1 << 30);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { bad = cli_parse_i64(v, &n_ctx) || n_ctx < 0 || n_ctx > (1 << 24); ctx_given = 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = cli_parse_i64(v, &n_threads) || n_threads < 0 || n_threads > 1024;
@@ -341,6 +373,8 @@ int cmd_run(int argc, char **argv)
     if (prompt && file) return cli_usage_error("run", "give -p or -f, not both");
     if (dump && !prompt && !file) return cli_usage_error("run", "--dump-logits needs a prompt (-p or -f)");
     if (lookup && !prompt && !file) return cli_usage_error("run", "--lookup needs a prompt (-p or -f)");
+    if (draft_model && !prompt && !file) return cli_usage_error("run", "-md needs a prompt (-p or -f)");
+    if (draft_model && lookup) return cli_usage_error("run", "give --lookup or -md, not both");
     const char *inputs[] = { model, file };
     if (dump) {
         char cerr[512];
@@ -422,8 +456,9 @@ int cmd_run(int argc, char **argv)
         goto out;
     }
     if (!chat) { fwrite(text, 1, drop_nul(text, tlen), stdout); fflush(stdout); }
-    if (lookup && n_predict != 0) {
-        if (generate_lookup(&r, tok, n, (int)draft_max) != 0) { cli_error("%s", r.err); rc = 1; }
+    if ((lookup || draft_model) && n_predict != 0) {
+        if (draft_model && open_draft(&r, draft_model, &p) != 0) { cli_error("%s", r.err); rc = 1; goto out; }
+        if (generate_spec(&r, tok, n, (int)draft_max, r.ds) != 0) { cli_error("%s", r.err); rc = 1; }
     } else if (n_predict != 0 && generate(&r, NULL, NULL) != 0) {
         cli_error("%s", r.err);
         rc = 1;
@@ -436,5 +471,7 @@ out:
     moeq_sampler_free(&r.sp);
     moeq_session_free(r.s);
     moeq_engine_close(r.e);
+    moeq_session_free(r.ds);
+    moeq_engine_close(r.de);
     return rc;
 }

@@ -163,6 +163,8 @@ struct moeq_spec_opts {
     int draft_max;       /* tokens drafted per step (<= 0: 8) */
     int ngram_min, ngram_max;   /* n-gram lengths tried, longest first (1..3 by default) */
     struct moeq_sampler *sampler; /* NULL or temp <= 0: greedy */
+    moeq_session *draft;          /* non-NULL: drafts are this session's model's greedy
+                                     continuation (same vocabulary) instead of lookups */
 };
 struct moeq_spec_stats { int steps, drafted, accepted; };
 
@@ -173,7 +175,7 @@ int moeq_lookup_draft(const int32_t *hist, int n, int ngram_min, int ngram_max, 
 /*
  * Generation of up to n_predict tokens (< 0: until the context is full)
  * after prompt, stopping after an end-of-generation token; greedy, or
- * sampled with o->sampler. With o->lookup, drafts are verified in batches:
+ * sampled with o->sampler. With o->lookup or o->draft, drafts are verified in batches:
  * greedy tokens are exactly plain greedy decoding's (the logits do not
  * depend on the batch), sampled ones have plain sampling's distribution
  * (moeq_sample_verify), in fewer forward passes. Returns 0, or -1 with err set.

@@ -1,10 +1,14 @@
 /*
- * speculate.c: generation with prompt-lookup drafting (speculative
- * decoding that changes no token, or at a temperature no distribution).
+ * speculate.c: generation with drafts from prompt lookup or a draft model
+ * (speculative decoding that changes no token, or at a temperature no
+ * distribution).
  *
  * Drafting: the longest suffix of the history (ngram_max down to
  * ngram_min tokens) that also occurs earlier in it proposes the tokens that
- * followed its most recent earlier occurrence. Verification: the decided
+ * followed its most recent earlier occurrence; or a small draft model with
+ * the same vocabulary, in a session of its own, proposes its greedy
+ * continuation. Either way a draft is proposed with probability 1, which
+ * is what the verification rule below assumes. Verification: the decided
  * next token and the draft are evaluated in one batch with every
  * position's logits; draft token i is kept while it equals the argmax after
  * position i-1, and the first argmax that disagrees is the next decided
@@ -65,6 +69,26 @@ static int32_t verify(struct moeq_sampler *sp, const float *l, int V, const int3
     return t;
 }
 
+/* Up to max tokens a draft model proposes greedily after hist[0..n) (its
+ * session keeps what it already holds of the history); the count, or -1. */
+static int model_draft(moeq_engine *e, moeq_session *d, const int32_t *hist, int n, int max, int32_t *out,
+                       char *err, size_t errlen)
+{
+    const int V = moeq_engine_info(e)->n_vocab;
+    int room = moeq_session_n_ctx(d) - n;
+    if (max > room) max = room;
+    if (max <= 0) return 0;
+    /* keep at most n - 1 tokens so the eval below yields the logits after hist[n-1] */
+    int kept = moeq_session_sync(d, hist, n - 1);
+    if (moeq_session_eval(d, hist + kept, n - kept, NULL, err, errlen) != 0) return -1;
+    for (int i = 0; i < max; i++) {
+        out[i] = argmax(moeq_session_logits(d), V);
+        if (i + 1 == max || moeq_token_is_eog(e, out[i])) return i + 1;
+        if (moeq_session_eval(d, out + i, 1, NULL, err, errlen) != 0) return -1;
+    }
+    return max;
+}
+
 int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_prompt, int n_predict,
                   const struct moeq_spec_opts *o, moeq_token_cb cb, void *ctx,
                   struct moeq_spec_stats *st, char *err, size_t errlen)
@@ -73,7 +97,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
     const int room = moeq_session_n_ctx(s) - n_prompt;
     if (n_prompt <= 0) { moeq_set_err(err, errlen, "empty prompt"); return -1; }
     if (n_predict < 0 || n_predict > room) n_predict = room > 0 ? room : 0;
-    const int dmax = o && o->lookup ? (o->draft_max > 0 ? o->draft_max : 8) : 0;
+    const int dmax = o && (o->lookup || o->draft) ? (o->draft_max > 0 ? o->draft_max : 8) : 0;
     const int gmin = o && o->ngram_min > 0 ? o->ngram_min : 1;
     const int gmax = o && o->ngram_max >= gmin ? o->ngram_max : (gmin > 3 ? gmin : 3);
     struct moeq_sampler *sp = o && o->sampler && o->sampler->temp > 0 ? o->sampler : NULL;
@@ -96,8 +120,10 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         made++;
         if (cb && cb(ctx, next)) break;
         if (moeq_token_is_eog(e, next) || made >= n_predict) break;
-        int k = dmax ? moeq_lookup_draft(hist, n, gmin, gmax, dmax, hist + n) : 0;
-        if (k > n_predict - made) k = n_predict - made;
+        int k = n_predict - made < dmax ? n_predict - made : dmax;
+        if (o && o->draft) k = model_draft(e, o->draft, hist, n, k, hist + n, err, errlen);
+        else if (k) k = moeq_lookup_draft(hist, n, gmin, gmax, k, hist + n);
+        if (k < 0) { rc = -1; break; }
         /* evaluate next and the draft behind it: row i predicts after hist[n-1+i] */
         st->steps++;
         st->drafted += k;
