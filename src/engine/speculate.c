@@ -109,7 +109,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
     float *logits = malloc((size_t)(dmax + 1) * (size_t)V * sizeof *logits);
     if (!hist || !logits) { free(hist); free(logits); moeq_set_err(err, errlen, "out of memory"); return -1; }
     memcpy(hist, prompt, (size_t)n_prompt * sizeof *hist);
-    int n = n_prompt, made = 0, rc = 0;
+    int n = n_prompt, made = 0, rc = 0, kcur = dmax;
 
     int kept = moeq_session_sync(s, hist, n);
     if (moeq_session_eval(s, hist + kept, n - kept, NULL, err, errlen) != 0) { rc = -1; goto out; }
@@ -120,7 +120,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         made++;
         if (cb && cb(ctx, next)) break;
         if (moeq_token_is_eog(e, next) || made >= n_predict) break;
-        int k = n_predict - made < dmax ? n_predict - made : dmax;
+        int k = n_predict - made < kcur ? n_predict - made : kcur;
         if (o && o->draft) k = model_draft(e, o->draft, hist, n, k, hist + n, err, errlen);
         else if (k) k = moeq_lookup_draft(hist, n, gmin, gmax, k, hist + n);
         if (k < 0) { rc = -1; break; }
@@ -143,6 +143,9 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         if (!stop && j == k) pred = choose(sp, logits + (size_t)k * V, V, hist, n + k);
         n += j;
         if (stop) break;
+        /* the draft length follows the acceptance: all kept doubles it
+         * (up to dmax), a rejection sets it to what was kept plus one */
+        kcur = j == k ? (2 * kcur < dmax ? 2 * kcur : dmax) : j + 1;
         next = pred;
         /* cut the cache back to hist[0..n): it holds the rejected draft tail */
         hist[n] = next;
