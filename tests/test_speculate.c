@@ -86,6 +86,15 @@ TEST(run_lookup_prints_the_plain_greedy_text)
     CHECK(test_run(&b, "%s run -m '%s' -p '%s' -n 48 --temp 0 --lookup --draft-max 5 -t 2 2>/dev/null",
                    test_moeq_bin(), m, p) == 0);
     CHECKF(a && b && !strcmp(a, b), "plain '%s' / lookup '%s'", a ? a : "", b ? b : "");
+    free(a); free(b);
+    /* a context that fills: as many tokens as plain decoding (the last is
+     * decided from the last position and never evaluated), and the notice */
+    CHECK(test_run(&a, "%s run -m '%s' -p '%s' -n 100 -c 24 --temp 0 -t 2 2>/dev/null", test_moeq_bin(), m, p) == 0);
+    CHECK(test_run(&b, "%s run -m '%s' -p '%s' -n 100 -c 24 --temp 0 --lookup -t 2 2>&1 >/dev/null | grep 'is full'",
+                   test_moeq_bin(), m, p) == 0);
+    free(b);
+    CHECK(test_run(&b, "%s run -m '%s' -p '%s' -n 100 -c 24 --temp 0 --lookup -t 2 2>/dev/null", test_moeq_bin(), m, p) == 0);
+    CHECKF(a && b && !strcmp(a, b), "full context: plain '%s' / lookup '%s'", a ? a : "", b ? b : "");
     CHECK(test_run(&c, "%s run -m '%s' --lookup", test_moeq_bin(), m) == 2);   /* needs a prompt */
     CHECK(c && strstr(c, "needs a prompt"));
     free(a); free(b); free(c);

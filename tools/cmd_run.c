@@ -278,6 +278,10 @@ static int generate_spec(struct run *r, const int32_t *tok, int n, int draft_max
     g_generating = 0;
     fprintf(stderr, "\n%s: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
             draft ? "draft model" : "lookup", st.steps, st.accepted, st.drafted, st.steps ? (double)r->st.n_gen / st.steps : 0.0);
+    if (rc == 0 && st.ctx_full)
+        fprintf(stderr, "moeq: context of %d tokens is full: stopped after %ld generated token(s)%s\n",
+                moeq_session_n_ctx(r->s), r->st.n_gen, r->n_predict < 0 || r->st.n_gen < r->n_predict ?
+                " (a larger -c gives room for more)" : "");
     return rc;
 }
 

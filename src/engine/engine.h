@@ -166,7 +166,7 @@ struct moeq_spec_opts {
     moeq_session *draft;          /* non-NULL: drafts are this session's model's greedy
                                      continuation (same vocabulary) instead of lookups */
 };
-struct moeq_spec_stats { int steps, drafted, accepted; };
+struct moeq_spec_stats { int steps, drafted, accepted, ctx_full; };   /* ctx_full: stopped by the context */
 
 /* Up to max tokens that followed the most recent earlier occurrence of the
  * history's longest matching suffix (ngram_max..ngram_min tokens); the count. */

@@ -23,6 +23,7 @@
  * Uses only the public engine API (engine.h); the CLI calls it.
  */
 #include "engine/engine.h"
+#include "quant/finite.h"
 #include "util/util.h"
 
 #include <stdlib.h>
@@ -50,6 +51,16 @@ static int32_t argmax(const float *l, int n)
     int best = 0;
     for (int i = 1; i < n; i++) if (l[i] > l[best]) best = i;
     return best;
+}
+
+/* Logits that hold a NaN or an infinity: an error naming the position. */
+static int bad_logits(const float *l, int V, int pos, char *err, size_t errlen)
+{
+    int64_t bad = moeq_first_nonfinite_f32(l, V);
+    if (bad < 0) return 0;
+    moeq_set_err(err, errlen, "logit of token %lld after position %d is not a number "
+                 "(the model computes NaN or Inf; see moeq info --check)", (long long)bad, pos);
+    return 1;
 }
 
 /* The next token after hist[0..n) from its logits: sampled, or greedy. */
@@ -96,7 +107,10 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
     const int V = moeq_engine_info(e)->n_vocab;
     const int room = moeq_session_n_ctx(s) - n_prompt;
     if (n_prompt <= 0) { moeq_set_err(err, errlen, "empty prompt"); return -1; }
-    if (n_predict < 0 || n_predict > room) n_predict = room > 0 ? room : 0;
+    /* the last token is decided from the last position's logits and never
+     * evaluated, so a full context holds room + 1 generated tokens, as in
+     * plain decoding */
+    if (n_predict < 0 || n_predict > room + 1) n_predict = room >= 0 ? room + 1 : 0;
     const int dmax = o && (o->lookup || o->draft) ? (o->draft_max > 0 ? o->draft_max : 8) : 0;
     const int gmin = o && o->ngram_min > 0 ? o->ngram_min : 1;
     const int gmax = o && o->ngram_max >= gmin ? o->ngram_max : (gmin > 3 ? gmin : 3);
@@ -113,6 +127,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
 
     int kept = moeq_session_sync(s, hist, n);
     if (moeq_session_eval(s, hist + kept, n - kept, NULL, err, errlen) != 0) { rc = -1; goto out; }
+    if (bad_logits(moeq_session_logits(s), V, n - 1, err, errlen)) { rc = -1; goto out; }
     int32_t next = choose(sp, moeq_session_logits(s), V, hist, n);
     while (made < n_predict) {
         /* next is decided: report it */
@@ -121,6 +136,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         if (cb && cb(ctx, next)) break;
         if (moeq_token_is_eog(e, next) || made >= n_predict) break;
         int k = n_predict - made < kcur ? n_predict - made : kcur;
+        if (k > moeq_session_n_ctx(s) - n) k = moeq_session_n_ctx(s) - n;   /* drafts must fit the cache */
         if (o && o->draft) k = model_draft(e, o->draft, hist, n, k, hist + n, err, errlen);
         else if (k) k = moeq_lookup_draft(hist, n, gmin, gmax, k, hist + n);
         if (k < 0) { rc = -1; break; }
@@ -128,7 +144,14 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         st->steps++;
         st->drafted += k;
         if (moeq_session_eval(s, hist + n - 1, 1 + k, k ? logits : NULL, err, errlen) != 0) { rc = -1; break; }
-        if (!k) { next = choose(sp, moeq_session_logits(s), V, hist, n); continue; }
+        if (!k) {
+            if (bad_logits(moeq_session_logits(s), V, n - 1, err, errlen)) { rc = -1; break; }
+            next = choose(sp, moeq_session_logits(s), V, hist, n);
+            continue;
+        }
+        int bad = 0;
+        for (int r = 0; r <= k && !bad; r++) bad = bad_logits(logits + (size_t)r * V, V, n - 1 + r, err, errlen);
+        if (bad) { rc = -1; break; }
         int j = 0, stop = 0, acc = 0;
         int32_t pred = -1;
         for (; j < k; j++) {
@@ -151,6 +174,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         hist[n] = next;
         moeq_session_sync(s, hist, n + 1);
     }
+    st->ctx_full = made == room + 1 && room >= 0;
 out:
     free(hist);
     free(logits);
