@@ -1,0 +1,171 @@
+/*
+ * gptq.c: GPTQ inside the ggml block formats (see gptq.h): the damped
+ * Cholesky factorisations, the block-by-block quantize-and-propagate loop,
+ * and the output error used to check it.
+ *
+ * Linear algebra in double, on dense ncols x ncols matrices (ncols is a
+ * layer's input width: a few thousand at most), O(ncols^3) once per tensor
+ * for the factorisations and O(nrows * ncols^2) for the propagation.
+ */
+#include "quant/gptq.h"
+#include "util/util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* In-place lower Cholesky factor of the n x n symmetric a (row-major; the
+ * upper triangle is zeroed). -1 when a is not positive definite. */
+static int cholesky(double *a, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) {
+        double d = a[j * n + j];
+        for (int64_t k = 0; k < j; k++) d -= a[j * n + k] * a[j * n + k];
+        if (!(d > 0)) return -1;
+        d = sqrt(d);
+        a[j * n + j] = d;
+        for (int64_t i = j + 1; i < n; i++) {
+            double s = a[i * n + j];
+            for (int64_t k = 0; k < j; k++) s -= a[i * n + k] * a[j * n + k];
+            a[i * n + j] = s / d;
+        }
+        for (int64_t k = j + 1; k < n; k++) a[j * n + k] = 0;
+    }
+    return 0;
+}
+
+/* The inverse of the lower-triangular l, in place (still lower). */
+static void invert_lower(double *l, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) {
+        l[j * n + j] = 1.0 / l[j * n + j];
+        for (int64_t i = j + 1; i < n; i++) {
+            double s = 0;
+            for (int64_t k = j; k < i; k++) s += l[i * n + k] * l[k * n + j];
+            l[i * n + j] = -s / l[i * n + i];
+        }
+    }
+}
+
+/*
+ * u = the upper Cholesky factor of H^-1 (H^-1 = u^T u), H damped: from the
+ * lower factor L of H, H^-1 = L^-T L^-1; its lower factor M gives u = M^T.
+ * -1 when H stays indefinite after the retries.
+ */
+static int inverse_factor(const double *H, const int *dead, int64_t n, double damp, double *u)
+{
+    double mean = 0;
+    for (int64_t i = 0; i < n; i++) mean += dead[i] ? 0 : H[i * n + i];
+    mean = mean > 0 ? mean / (double)n : 1.0;
+    double *t = malloc((size_t)n * (size_t)n * sizeof *t);
+    if (!t) return -1;
+    int rc = -1;
+    for (int tries = 0; tries < 6 && rc != 0; tries++, damp = damp > 0 ? damp * 10 : 1e-4) {
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++)
+                u[i * n + j] = dead[i] || dead[j] ? (i == j) : H[i * n + j];
+        for (int64_t i = 0; i < n; i++) u[i * n + i] += damp * mean;
+        if (cholesky(u, n) != 0) continue;
+        invert_lower(u, n);
+        /* t = L^-T L^-1 (symmetric): t[i][j] = sum_k linv[k][i] linv[k][j], k >= max(i, j) */
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j <= i; j++) {
+                double s = 0;
+                for (int64_t k = i; k < n; k++) s += u[k * n + i] * u[k * n + j];
+                t[i * n + j] = t[j * n + i] = s;
+            }
+        if (cholesky(t, n) != 0) continue;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++) u[i * n + j] = j >= i ? t[j * n + i] : 0;
+        rc = 0;
+    }
+    free(t);
+    return rc;
+}
+
+int moeq_gptq_quantize(int type, const float *W, int64_t nrows, int64_t ncols, const double *H, double damp,
+                       void *dst, const struct moeq_quant_params *qp, char *err, size_t errlen)
+{
+    const struct moeq_type_traits *tt = moeq_type_traits(type);
+    if (!tt || !tt->quantize || !tt->to_float) {
+        moeq_set_err(err, errlen, "gptq: moeq cannot quantize to %s", moeq_type_name(type));
+        return -1;
+    }
+    const int64_t B = tt->blck_size;
+    if (ncols <= 0 || ncols % B) {
+        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %lld", (long long)ncols,
+                     tt->name, (long long)B);
+        return -1;
+    }
+    const size_t row_bytes = moeq_row_size(type, ncols);
+    const int64_t n = ncols;
+    double *u = malloc((size_t)n * (size_t)n * sizeof *u);
+    float *w = malloc((size_t)nrows * (size_t)n * sizeof *w);
+    double *e = malloc((size_t)nrows * (size_t)B * sizeof *e);
+    float *q = malloc((size_t)B * sizeof *q), *imp = malloc((size_t)B * sizeof *imp);
+    int *dead = calloc((size_t)n, sizeof *dead);
+    int rc = -1;
+    if (!u || !w || !e || !q || !imp || !dead) { moeq_set_err(err, errlen, "gptq: out of memory"); goto out; }
+    memcpy(w, W, (size_t)nrows * (size_t)n * sizeof *w);
+    for (int64_t i = 0; i < n; i++) dead[i] = !(H[i * n + i] > 0);
+    if (inverse_factor(H, dead, n, damp, u) != 0) {
+        moeq_set_err(err, errlen, "gptq: the Hessian is not positive definite even with damping");
+        goto out;
+    }
+    for (int64_t b = 0; b < n; b += B) {
+        for (int64_t j = 0; j < B; j++) imp[j] = dead[b + j] ? 0.0f : (float)H[(b + j) * n + b + j];
+        int any = 0;
+        for (int64_t j = 0; j < B; j++) any |= imp[j] > 0;
+        for (int64_t r = 0; r < nrows; r++) {
+            float *wr = w + r * n;
+            uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)(b / B) * tt->type_size;
+            tt->quantize(wr + b, blk, 1, B, any ? imp : NULL, qp);
+            tt->to_float(blk, q, B);
+            /* column by column: the error of column j, scaled by U's
+             * diagonal, moves the block's later columns */
+            double *er = e + r * B;
+            for (int64_t j = 0; j < B; j++) {
+                const int64_t c = b + j;
+                if (dead[c]) { er[j] = 0; continue; }
+                double ej = ((double)wr[c] - q[j]) / u[c * n + c];
+                er[j] = ej;
+                const double *uc = u + c * n;
+                for (int64_t k = j + 1; k < B; k++) wr[b + k] -= (float)(ej * uc[b + k]);
+            }
+        }
+        /* later blocks: W[:, b+B:] -= E U[b:b+B, b+B:] */
+        for (int64_t r = 0; r < nrows && b + B < n; r++) {
+            float *wr = w + r * n;
+            const double *er = e + r * B;
+            for (int64_t j = 0; j < B; j++) {
+                if (er[j] == 0) continue;
+                const double *uc = u + (b + j) * n;
+                for (int64_t c = b + B; c < n; c++) wr[c] -= (float)(er[j] * uc[c]);
+            }
+        }
+    }
+    rc = 0;
+out:
+    free(u); free(w); free(e); free(q); free(imp); free(dead);
+    return rc;
+}
+
+double moeq_gptq_output_error(int type, const float *W, const void *q, int64_t nrows, int64_t ncols,
+                              const double *H)
+{
+    const size_t row_bytes = moeq_row_size(type, ncols);
+    float *d = malloc((size_t)ncols * sizeof *d);
+    if (!d) return -1;
+    double total = 0;
+    for (int64_t r = 0; r < nrows; r++) {
+        if (moeq_dequantize(type, (const uint8_t *)q + (size_t)r * row_bytes, d, ncols) != 0) { free(d); return -1; }
+        for (int64_t i = 0; i < ncols; i++) d[i] = W[r * ncols + i] - d[i];
+        for (int64_t i = 0; i < ncols; i++) {
+            double s = 0;
+            for (int64_t j = 0; j < ncols; j++) s += H[i * ncols + j] * d[j];
+            total += d[i] * s;
+        }
+    }
+    free(d);
+    return total;
+}

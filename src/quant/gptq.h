@@ -1,0 +1,46 @@
+/*
+ * gptq.h: Hessian-aware rounding (GPTQ / optimal brain quantization) inside
+ * the ggml block formats.
+ *
+ * The error that reaches a layer's output is ||(W - Q) X||^2 = sum over
+ * rows of e H e^T with H = X^T X the full second moment of the layer's
+ * input, not only its diagonal (the importance matrix). GPTQ quantizes the
+ * input columns in order and pushes each column's rounding error onto the
+ * columns not yet quantized through the upper Cholesky factor U of H^-1, so
+ * later blocks compensate for earlier ones. Here the unit of rounding is
+ * the format's block (32 or 256 columns): each block of every row is
+ * quantized by the type's own quantizer (importance: H's diagonal over the
+ * block) from the weights as updated so far, its dequantized values are
+ * taken as fixed, and the error is propagated column by column, within the
+ * block and then, in one matrix product, to every later column. The bytes
+ * are the type's ordinary blocks, so files stay readable by llama.cpp.
+ *
+ * Pure computation on caller memory; no threads, no I/O.
+ */
+#ifndef MOEQ_GPTQ_H
+#define MOEQ_GPTQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quant/quants.h"
+
+/*
+ * Quantize W (nrows x ncols floats, row-major) to type into dst (nrows rows
+ * of the type's row size) using H (ncols x ncols, row-major, symmetric,
+ * the sum of x^T x over the inputs). damp (e.g. 0.01) is added to the
+ * diagonal as a fraction of its mean; a matrix that is still not positive
+ * definite gets ten times more, a few times. Columns whose H diagonal is 0
+ * (never active) are quantized as they are and pass no error on. 0, or -1
+ * with err set (out of memory, a type without a quantizer, ncols not a
+ * multiple of the block).
+ */
+int moeq_gptq_quantize(int type, const float *W, int64_t nrows, int64_t ncols, const double *H, double damp,
+                       void *dst, const struct moeq_quant_params *qp, char *err, size_t errlen);
+
+/* The output error sum over rows of (W - Q) H (W - Q)^T, Q = dequantized
+ * rows of q (type); for tests and reports. -1 on out of memory. */
+double moeq_gptq_output_error(int type, const float *W, const void *q, int64_t nrows, int64_t ncols,
+                              const double *H);
+
+#endif
