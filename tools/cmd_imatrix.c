@@ -13,6 +13,7 @@
 #include "cmd.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "quant/hessian.h"
 #include "quant/imatrix.h"
 #include "util/outfile.h"
 #include "quant/quants.h"
@@ -44,6 +45,9 @@ static void usage(FILE *out)
         "  --show-statistics     per-tensor statistics of the --in-file imatrix (sum, mean,\n"
         "                        active columns, experts with data, calls); writes nothing\n"
         "  --process-output      also collect output.weight\n"
+        "  --hessian FILE        also collect each weight's full input second moment\n"
+        "                        (x^T x, n^2 per matrix) for moeq quantize --hessian\n"
+        "                        (Hessian-aware rounding); for models of moderate width\n"
         "  --no-ppl              do not compute perplexity per chunk\n"
         "  -t N                  threads (default: all cores)\n"
         "\nexample:\n"
@@ -53,6 +57,7 @@ static void usage(FILE *out)
 
 struct collector {
     struct moeq_imatrix *im;
+    struct moeq_hessian *hs;   /* --hessian: full second moments too */
     pthread_mutex_t mu;
     int n_expert;
     int process_output;
@@ -84,6 +89,10 @@ static void hook(void *ud, const char *tensor, int expert, const float *x, int n
         }
         c->touched[idx] = 1;
         if (n_rows > 0) moeq_imatrix_add(e, expert >= 0 ? expert : 0, x, n_rows);
+        if (c->hs && n_rows > 0 &&
+            moeq_hessian_add(c->hs, tensor, n_mat, expert >= 0 ? expert : 0, x, n_rows, n_cols, c->err,
+                             sizeof c->err) != 0)
+            c->failed = 1;
     }
     pthread_mutex_unlock(&c->mu);
 }
@@ -161,7 +170,7 @@ static int64_t file_chunk_size(const char *path)
 
 int cmd_imatrix(int argc, char **argv)
 {
-    const char *model = NULL, *text_path = NULL, *out_path = "imatrix.gguf", *fmt = NULL;
+    const char *model = NULL, *text_path = NULL, *out_path = "imatrix.gguf", *fmt = NULL, *hessian_path = NULL;
     const char *in_files[MAX_IN_FILES];
     int n_in = 0, no_ppl = 0, process_output = 0, show_stats = 0;
     int64_t n_ctx = 512, max_chunks = -1, skip = 0, out_freq = 10, n_threads = 0;
@@ -190,6 +199,7 @@ int cmd_imatrix(int argc, char **argv)
         else if (!strcmp(a, "--no-ppl")) no_ppl = 1;
         else if (!strcmp(a, "--show-statistics")) show_stats = 1;
         else if (!strcmp(a, "--process-output")) process_output = 1;
+        else if (!strcmp(a, "--hessian")) { if (!has) return cli_usage_error("imatrix", "--hessian needs a file"); hessian_path = argv[++i]; }
         else return cli_usage_error("imatrix", "unknown argument '%s'", a);
     }
     if (fmt && strcmp(fmt, "dat") != 0 && strcmp(fmt, "gguf") != 0)
@@ -219,16 +229,21 @@ int cmd_imatrix(int argc, char **argv)
     inputs[n_inputs++] = text_path;
     for (int i = 0; i < n_in; i++) inputs[n_inputs++] = in_files[i];
     char err[512];
-    if (moeq_outfile_check(out_path, inputs, n_inputs, err, sizeof err) != 0) {
+    if (moeq_outfile_check(out_path, inputs, n_inputs, err, sizeof err) != 0 ||
+        (hessian_path && moeq_outfile_check(hessian_path, inputs, n_inputs, err, sizeof err) != 0)) {
         cli_error("imatrix: %s", err);
         return 1;
     }
+    if (hessian_path && !text_path) return cli_usage_error("imatrix", "--hessian needs -f TEXT");
+    if (hessian_path && !strcmp(hessian_path, out_path))
+        return cli_usage_error("imatrix", "--hessian and -o must be different files");
 
     struct collector col;
     memset(&col, 0, sizeof col);
     pthread_mutex_init(&col.mu, NULL);
     col.im = moeq_imatrix_new();
     col.process_output = process_output;
+    if (hessian_path) col.hs = moeq_hessian_new();
     int rc = 1;
     moeq_engine *e = NULL;
     moeq_session *s = NULL;
@@ -341,7 +356,17 @@ int cmd_imatrix(int argc, char **argv)
     cli_progress_end();
     if (!no_ppl) printf("\nFinal estimate: PPL = %.4f\n", exp(nll / (double)count));
     rc = save(col.im, out_path, gguf, done, 0, inputs, n_inputs) ? 1 : 0;
+    if (rc == 0 && col.hs) {
+        if (moeq_hessian_save(col.hs, hessian_path, inputs, n_inputs, err, sizeof err) != 0) {
+            cli_error("imatrix: %s", err);
+            rc = 1;
+        } else {
+            fprintf(stderr, "moeq: imatrix: saved %lld Hessian entries to %s\n", (long long)col.hs->n_entries,
+                    hessian_path);
+        }
+    }
 out:
+    moeq_hessian_free(col.hs);
     moeq_session_free(s);
     moeq_engine_close(e);
     moeq_imatrix_free(col.im);

@@ -45,6 +45,9 @@ static void usage(FILE *out)
     fprintf(out,
         "  --allow-requantize        allow quantizing already-quantized tensors (e.g. Q8_0)\n"
         "  --imatrix FILE            importance matrix (.dat or GGUF) steering every block\n"
+        "  --hessian FILE            full input second moments (moeq imatrix --hessian):\n"
+        "                            Hessian-aware rounding (GPTQ inside each format's\n"
+        "                            blocks) for every tensor the file covers\n"
         "  --include-weights NAME    use the imatrix only for these tensors (repeatable)\n"
         "  --exclude-weights NAME    do not use the imatrix for these tensors (repeatable)\n"
         "  --tensor-type REGEX=TYPE  type for tensors whose name matches (POSIX ERE,\n"
@@ -148,7 +151,7 @@ static void print_groups(const struct moeq_quantize_report *r)
 
 int cmd_quantize(int argc, char **argv)
 {
-    const char *imatrix_path = NULL, *recipe_name = NULL;
+    const char *imatrix_path = NULL, *recipe_name = NULL, *hessian_path = NULL;
     int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, logopt = 0, keep_split = 0;
     uint64_t split_max_size = 0;
     int embd_type = -1, out_type = -1;
@@ -198,6 +201,7 @@ int cmd_quantize(int argc, char **argv)
         else if (!strcmp(a, "--min-error")) qp.fit = MOEQ_FIT_MIN_ERROR;
         else if ((logopt = cli_log_option("quantize", argc, argv, &i)) != 0) { if (logopt == 2) goto out_rules; }
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
+        else if (!strcmp(a, "--hessian")) { NEED_ARG(); hessian_path = argv[++i]; }
         else if (!strcmp(a, "--recipe")) { NEED_ARG(); recipe_name = argv[++i]; }
         else if (!strcmp(a, "--include-weights") || !strcmp(a, "--exclude-weights")) {
             NEED_ARG();
@@ -268,6 +272,7 @@ int cmd_quantize(int argc, char **argv)
     qo.leave_output_tensor = leave_output;
     qo.kv = kvs; qo.n_kv = n_kv;
     qo.imatrix_path = imatrix_path;
+    qo.hessian_path = hessian_path;
     qo.include = include; qo.n_include = n_include;
     qo.exclude = exclude; qo.n_exclude = n_exclude;
     qo.allow_requantize = allow_requant;

@@ -83,6 +83,100 @@ static int inverse_factor(const double *H, const int *dead, int64_t n, double da
     return rc;
 }
 
+struct moeq_gptq {
+    int64_t n;
+    double *u;     /* upper Cholesky factor of the damped H^-1 */
+    float  *imp;   /* H's diagonal: the block quantizers' importance */
+    int    *dead;  /* columns never active */
+};
+
+void moeq_gptq_free(moeq_gptq *g)
+{
+    if (!g) return;
+    free(g->u); free(g->imp); free(g->dead);
+    free(g);
+}
+
+moeq_gptq *moeq_gptq_prepare(const double *H, int64_t n, double damp, char *err, size_t errlen)
+{
+    moeq_gptq *g = calloc(1, sizeof *g);
+    if (g) {
+        g->n = n;
+        g->u = malloc((size_t)n * (size_t)n * sizeof *g->u);
+        g->imp = malloc((size_t)n * sizeof *g->imp);
+        g->dead = calloc((size_t)n, sizeof *g->dead);
+    }
+    if (!g || !g->u || !g->imp || !g->dead) {
+        moeq_gptq_free(g);
+        moeq_set_err(err, errlen, "gptq: out of memory");
+        return NULL;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        g->dead[i] = !(H[i * n + i] > 0);
+        g->imp[i] = g->dead[i] ? 0.0f : (float)H[i * n + i];
+    }
+    if (inverse_factor(H, g->dead, n, damp, g->u) != 0) {
+        moeq_gptq_free(g);
+        moeq_set_err(err, errlen, "gptq: the Hessian is not positive definite even with damping");
+        return NULL;
+    }
+    return g;
+}
+
+int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, void *dst,
+                   const struct moeq_quant_params *qp, char *err, size_t errlen)
+{
+    const struct moeq_type_traits *tt = moeq_type_traits(type);
+    if (!tt || !tt->quantize || !tt->to_float) {
+        moeq_set_err(err, errlen, "gptq: moeq cannot quantize to %s", moeq_type_name(type));
+        return -1;
+    }
+    const int64_t B = tt->blck_size, n = g->n;
+    if (n <= 0 || n % B) {
+        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %lld", (long long)n,
+                     tt->name, (long long)B);
+        return -1;
+    }
+    const size_t row_bytes = moeq_row_size(type, n);
+    const double *u = g->u;
+    float *w = malloc((size_t)n * sizeof *w), *q = malloc((size_t)B * sizeof *q);
+    double *e = malloc((size_t)B * sizeof *e);
+    if (!w || !q || !e) {
+        free(w); free(q); free(e);
+        moeq_set_err(err, errlen, "gptq: out of memory");
+        return -1;
+    }
+    /* rows are independent: one at a time, block by block */
+    for (int64_t r = 0; r < nrows; r++) {
+        memcpy(w, W + r * n, (size_t)n * sizeof *w);
+        for (int64_t b = 0; b < n; b += B) {
+            int any = 0;
+            for (int64_t j = 0; j < B; j++) any |= g->imp[b + j] > 0;
+            uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)(b / B) * tt->type_size;
+            tt->quantize(w + b, blk, 1, B, any ? g->imp + b : NULL, qp);
+            tt->to_float(blk, q, B);
+            /* column by column: the error of column j, scaled by U's
+             * diagonal, moves the block's later columns */
+            for (int64_t j = 0; j < B; j++) {
+                const int64_t c = b + j;
+                if (g->dead[c]) { e[j] = 0; continue; }
+                double ej = ((double)w[c] - q[j]) / u[c * n + c];
+                e[j] = ej;
+                const double *uc = u + c * n;
+                for (int64_t k = j + 1; k < B; k++) w[b + k] -= (float)(ej * uc[b + k]);
+            }
+            /* later blocks: w[b+B:] -= e U[b:b+B, b+B:] */
+            for (int64_t j = 0; j < B && b + B < n; j++) {
+                if (e[j] == 0) continue;
+                const double *uc = u + (b + j) * n;
+                for (int64_t c = b + B; c < n; c++) w[c] -= (float)(e[j] * uc[c]);
+            }
+        }
+    }
+    free(w); free(q); free(e);
+    return 0;
+}
+
 int moeq_gptq_quantize(int type, const float *W, int64_t nrows, int64_t ncols, const double *H, double damp,
                        void *dst, const struct moeq_quant_params *qp, char *err, size_t errlen)
 {
@@ -91,62 +185,15 @@ int moeq_gptq_quantize(int type, const float *W, int64_t nrows, int64_t ncols, c
         moeq_set_err(err, errlen, "gptq: moeq cannot quantize to %s", moeq_type_name(type));
         return -1;
     }
-    const int64_t B = tt->blck_size;
-    if (ncols <= 0 || ncols % B) {
-        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %lld", (long long)ncols,
-                     tt->name, (long long)B);
+    if (ncols <= 0 || ncols % tt->blck_size) {
+        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %d", (long long)ncols,
+                     tt->name, tt->blck_size);
         return -1;
     }
-    const size_t row_bytes = moeq_row_size(type, ncols);
-    const int64_t n = ncols;
-    double *u = malloc((size_t)n * (size_t)n * sizeof *u);
-    float *w = malloc((size_t)nrows * (size_t)n * sizeof *w);
-    double *e = malloc((size_t)nrows * (size_t)B * sizeof *e);
-    float *q = malloc((size_t)B * sizeof *q), *imp = malloc((size_t)B * sizeof *imp);
-    int *dead = calloc((size_t)n, sizeof *dead);
-    int rc = -1;
-    if (!u || !w || !e || !q || !imp || !dead) { moeq_set_err(err, errlen, "gptq: out of memory"); goto out; }
-    memcpy(w, W, (size_t)nrows * (size_t)n * sizeof *w);
-    for (int64_t i = 0; i < n; i++) dead[i] = !(H[i * n + i] > 0);
-    if (inverse_factor(H, dead, n, damp, u) != 0) {
-        moeq_set_err(err, errlen, "gptq: the Hessian is not positive definite even with damping");
-        goto out;
-    }
-    for (int64_t b = 0; b < n; b += B) {
-        for (int64_t j = 0; j < B; j++) imp[j] = dead[b + j] ? 0.0f : (float)H[(b + j) * n + b + j];
-        int any = 0;
-        for (int64_t j = 0; j < B; j++) any |= imp[j] > 0;
-        for (int64_t r = 0; r < nrows; r++) {
-            float *wr = w + r * n;
-            uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)(b / B) * tt->type_size;
-            tt->quantize(wr + b, blk, 1, B, any ? imp : NULL, qp);
-            tt->to_float(blk, q, B);
-            /* column by column: the error of column j, scaled by U's
-             * diagonal, moves the block's later columns */
-            double *er = e + r * B;
-            for (int64_t j = 0; j < B; j++) {
-                const int64_t c = b + j;
-                if (dead[c]) { er[j] = 0; continue; }
-                double ej = ((double)wr[c] - q[j]) / u[c * n + c];
-                er[j] = ej;
-                const double *uc = u + c * n;
-                for (int64_t k = j + 1; k < B; k++) wr[b + k] -= (float)(ej * uc[b + k]);
-            }
-        }
-        /* later blocks: W[:, b+B:] -= E U[b:b+B, b+B:] */
-        for (int64_t r = 0; r < nrows && b + B < n; r++) {
-            float *wr = w + r * n;
-            const double *er = e + r * B;
-            for (int64_t j = 0; j < B; j++) {
-                if (er[j] == 0) continue;
-                const double *uc = u + (b + j) * n;
-                for (int64_t c = b + B; c < n; c++) wr[c] -= (float)(er[j] * uc[c]);
-            }
-        }
-    }
-    rc = 0;
-out:
-    free(u); free(w); free(e); free(q); free(imp); free(dead);
+    moeq_gptq *g = moeq_gptq_prepare(H, ncols, damp, err, errlen);
+    if (!g) return -1;
+    int rc = moeq_gptq_rows(g, type, W, nrows, dst, qp, err, errlen);
+    moeq_gptq_free(g);
     return rc;
 }
 

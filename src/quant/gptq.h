@@ -25,6 +25,18 @@
 
 #include "quant/quants.h"
 
+/* The factorisation of one matrix's Hessian, shared by every row (rows are
+ * independent in GPTQ, so threads may quantize row ranges concurrently). */
+typedef struct moeq_gptq moeq_gptq;
+
+/* Factor H (n x n, as below); NULL with err set. */
+moeq_gptq *moeq_gptq_prepare(const double *H, int64_t n, double damp, char *err, size_t errlen);
+void moeq_gptq_free(moeq_gptq *g);
+/* Quantize nrows rows of W (n floats each, not modified) to type into dst;
+ * thread-safe on one g. 0, or -1 with err set. */
+int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, void *dst,
+                   const struct moeq_quant_params *qp, char *err, size_t errlen);
+
 /*
  * Quantize W (nrows x ncols floats, row-major) to type into dst (nrows rows
  * of the type's row size) using H (ncols x ncols, row-major, symmetric,

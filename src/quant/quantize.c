@@ -14,6 +14,8 @@
 
 #include "gguf/gguf.h"
 #include "quant/finite.h"
+#include "quant/gptq.h"
+#include "quant/hessian.h"
 #include "quant/imatrix.h"
 #include "model/model.h"
 #include "util/outfile.h"
@@ -58,6 +60,7 @@ struct qjob {
     const struct moeq_quant_params *qp;
     double *err2, *werr2, *wsum, *sum2; /* per thread */
     int failed;
+    const moeq_gptq *g;      /* non-NULL: Hessian-aware rounding of this matrix */
 };
 
 static void quant_rows(void *ctx, int64_t b, int64_t e, int tid)
@@ -68,7 +71,13 @@ static void quant_rows(void *ctx, int64_t b, int64_t e, int tid)
     float *x = j->f32 + b * j->ne0;
     for (int64_t r = b; r < e; r++)
         st->to_float(j->src + r * j->src_row, j->f32 + r * j->ne0, j->ne0);
-    if (dt->quantize) {
+    if (j->g) {
+        char gerr[256];
+        if (moeq_gptq_rows(j->g, j->dst_type, x, e - b, j->dst + b * j->dst_row, j->qp, gerr, sizeof gerr) != 0) {
+            j->failed = 1;
+            return;
+        }
+    } else if (dt->quantize) {
         dt->quantize(x, j->dst + b * j->dst_row, e - b, j->ne0, j->w, j->qp);
     } else if (j->dst_type == MOEQ_TYPE_F32) {
         memcpy(j->dst + b * j->dst_row, x, (size_t)((e - b) * j->ne0) * 4);
@@ -292,6 +301,40 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
 
 /* The input's metadata less stale importance keys, then the file type,
  * the quantization version and this run's importance metadata. */
+/* Load the Hessian file and find each quantized tensor's entry (its own,
+ * or its gate/up sibling's); a shape that does not match is an error. */
+static int match_hessian(const struct moeq_quantize_opts *o, const gguf_file *f, struct moeq_quantize_report *r,
+                         struct moeq_hessian **hs_out, const struct moeq_hessian_entry ***he_out, FILE *log,
+                         char *err, size_t errlen)
+{
+    struct moeq_hessian *hs = moeq_hessian_new();
+    const struct moeq_hessian_entry **he = calloc((size_t)r->n_tensors + 1, sizeof *he);
+    *hs_out = hs;
+    *he_out = he;
+    if (!hs || !he) return fail(err, errlen, "out of memory");
+    if (moeq_hessian_load(hs, o->hessian_path, err, errlen) != 0) return -1;
+    int used = 0;
+    for (int i = 0; i < r->n_tensors; i++) {
+        struct moeq_quantize_tensor *q = &r->tensors[i];
+        if (!q->quantized) continue;
+        const struct moeq_hessian_entry *e = moeq_hessian_find(hs, q->name);
+        if (!e) continue;
+        const gguf_tensor *t = &f->tensors[i];
+        if ((uint64_t)e->n != t->ne[0] || (uint64_t)e->n_mat != t->ne[2] * t->ne[3])
+            return fail(err, errlen, "quantize: hessian %s: entry %s is %lld x %lld x %lld, but tensor %s in %s "
+                        "has rows of %llu in %llu matrices", o->hessian_path, e->name, (long long)e->n,
+                        (long long)e->n, (long long)e->n_mat, q->name, o->in_path, (unsigned long long)t->ne[0],
+                        (unsigned long long)(t->ne[2] * t->ne[3]));
+        he[i] = e;
+        used++;
+    }
+    if (used == 0)
+        return fail(err, errlen, "quantize: hessian %s matches no tensor of %s (computed for a different model?)",
+                    o->hessian_path, o->in_path);
+    fprintf(log, "moeq: Hessian-aware rounding for %d tensors from %s\n", used, o->hessian_path);
+    return 0;
+}
+
 static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, const struct moeq_imatrix *im,
                         const struct moeq_quantize_report *r, gguf_writer *w)
 {
@@ -342,7 +385,8 @@ static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, 
 /* Quantize tensor i into w, expert by expert and row block by row block. */
 static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t,
                         struct moeq_quantize_tensor *q, struct moeq_imatrix_entry *ie,
-                        moeq_pool *pool, double *acc, gguf_writer *w, char *err, size_t errlen)
+                        const struct moeq_hessian_entry *he, moeq_pool *pool, double *acc, gguf_writer *w,
+                        char *err, size_t errlen)
 {
     const int nth = moeq_pool_size(pool);
     const int64_t ne0 = (int64_t)t->ne[0], ne1 = (int64_t)t->ne[1];
@@ -366,12 +410,21 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
             moeq_imatrix_weights(ie, ne0, n_mat, m, wbuf);
             wts = wbuf;
         }
+        moeq_gptq *g = NULL;
+        if (he && he->counts[m] > 0 && moeq_type_traits(q->type)->quantize) {
+            double *H = moeq_hessian_matrix(he, m);
+            char gerr[256];
+            g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : 0.01, gerr, sizeof gerr) : NULL;
+            free(H);
+            if (!g) { fail(err, errlen, "quantize: %s: %s", q->name, H ? gerr : "out of memory"); ok = 0; break; }
+            q->gptq++;
+        }
         const uint8_t *msrc = (const uint8_t *)t->data + (size_t)m * (size_t)ne1 * src_row;
         for (int64_t r0 = 0; ok && r0 < ne1; r0 += block) {
             int64_t nr = ne1 - r0 < block ? ne1 - r0 : block;
             struct qjob j = { q->src_type, q->type, ne0, msrc + (size_t)r0 * src_row,
                               src_row, dst_row, dst, f32, back, wts, &o->qp,
-                              acc, acc + nth, acc + 2 * nth, acc + 3 * nth, 0 };
+                              acc, acc + nth, acc + 2 * nth, acc + 3 * nth, 0, g };
             moeq_pool_for(pool, nr, 4, quant_rows, &j);
             if (j.failed) { fail(err, errlen, "quantize: no quantizer for %s", moeq_type_name(q->type)); ok = 0; break; }
             ok = gguf_writer_write(w, dst, (size_t)nr * dst_row) == 0;
@@ -381,6 +434,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
         uintptr_t a0 = ((uintptr_t)msrc + pg - 1) & ~(pg - 1);
         uintptr_t a1 = ((uintptr_t)msrc + (size_t)ne1 * src_row) & ~(pg - 1);
         if (a1 > a0) madvise((void *)a0, a1 - a0, MADV_DONTNEED);
+        moeq_gptq_free(g);
     }
     double e2 = 0, we2 = 0, ws = 0, s2 = 0;
     for (int k = 0; k < nth; k++) { e2 += acc[k]; we2 += acc[nth + k]; ws += acc[2 * nth + k]; s2 += acc[3 * nth + k]; }
@@ -439,8 +493,10 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     memset(r, 0, sizeof *r);
     if (!o->mix || !o->in_path || !o->out_path) return fail(err, errlen, "quantize: no mix, input or output given");
     /* every file the job reads; the output may be none of them */
-    const char *inputs[2] = { o->in_path, o->imatrix_path };
-    const int n_inputs = o->imatrix_path ? 2 : 1;
+    const char *inputs[3] = { o->in_path };
+    int n_inputs = 1;
+    if (o->imatrix_path) inputs[n_inputs++] = o->imatrix_path;
+    if (o->hessian_path) inputs[n_inputs++] = o->hessian_path;
     char oerr[512];
     if (moeq_outfile_check(o->out_path, inputs, n_inputs, oerr, sizeof oerr) != 0)
         return fail(err, errlen, "quantize: %s", oerr);
@@ -452,6 +508,8 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     int rc = -1;
     struct moeq_imatrix *im = NULL;
     struct moeq_imatrix_entry **ie = NULL;
+    struct moeq_hessian *hs = NULL;
+    const struct moeq_hessian_entry **he = NULL;
     if (o->imatrix_path) {
         im = moeq_imatrix_new();
         if (moeq_imatrix_load(im, o->imatrix_path, err, errlen) != 0) goto out;
@@ -460,6 +518,7 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     const int n = r->n_tensors;
     if (!(ie = calloc((size_t)n + 1, sizeof *ie))) { fail(err, errlen, "out of memory"); goto out; }
     if (match_imatrix(o, f, im, ie, r, log, err, errlen) != 0) goto out;
+    if (o->hessian_path && match_hessian(o, f, r, &hs, &he, log, err, errlen) != 0) goto out;
     for (int i = 0; i < n; i++) {
         r->src_bytes += r->tensors[i].src_bytes;
         r->out_bytes += r->tensors[i].nbytes;
@@ -506,7 +565,7 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
         if (!r->tensors[i].quantized) {
             ok = gguf_writer_write(w, t->data, (size_t)t->nbytes) == 0;
             if (!ok) fail(err, errlen, "%s", gguf_writer_error(w));
-        } else if (write_tensor(o, t, &r->tensors[i], ie[i], pool, acc, w, err, errlen) != 0) {
+        } else if (write_tensor(o, t, &r->tensors[i], ie[i], he ? he[i] : NULL, pool, acc, w, err, errlen) != 0) {
             const char *we = gguf_writer_error(w);
             if (we && *we) fail(err, errlen, "%s", we);
             ok = 0;
@@ -525,6 +584,8 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     rc = 0;
 out:
     free(ie);
+    free(he);
+    moeq_hessian_free(hs);
     moeq_imatrix_free(im);
     gguf_close(f);
     if (rc) moeq_quantize_report_free(r);

@@ -32,6 +32,7 @@ struct moeq_quantize_tensor {
     int      recipe;          /* the recipe's group type chose it */
     int      planned;         /* the caller's type plan (opts.types) chose it */
     int      imatrix;         /* importance data steered it */
+    int      gptq;            /* Hessian-aware rounding (matrices of it that had data) */
     uint32_t n_dims;
     uint64_t ne[4];
     uint64_t nelem, src_bytes, nbytes;
@@ -90,6 +91,10 @@ struct moeq_quantize_opts {
     int n_types;
     const char *plan_meta;                    /* NULL, or written as the moeq.plan string key */
     const char *imatrix_path;                 /* NULL: no importance data */
+    const char *hessian_path;                 /* NULL, or full input second moments
+                                                 (hessian.h): Hessian-aware rounding (gptq.h)
+                                                 for every tensor they cover */
+    double gptq_damp;                         /* damping, a fraction of H's mean diagonal (0: 0.01) */
     const char *const *include;               /* use the imatrix only for these */
     int n_include;
     const char *const *exclude;               /* never for these */
