@@ -1,7 +1,8 @@
 /*
  * cli.c: helpers shared by the subcommands: error printing with the
- * "moeq:" prefix and strict number parsing (a trailing character is an
- * error, not silently ignored).
+ * "moeq:" prefix, strict number parsing (a trailing character is an
+ * error, not silently ignored) and comma lists, the KV cache options, and
+ * logging and progress (one line per step when stderr is not a terminal).
  */
 #include "cmd.h"
 #include "engine/engine.h"
@@ -87,6 +88,30 @@ int cli_parse_size(const char *s, uint64_t *out)
     if (r >= 1.8e19) return -1;
     *out = (uint64_t)r;
     return 0;
+}
+
+int cli_split_list(const char *s, char **items, int cap, char *buf, size_t buflen)
+{
+    if (!s || strlen(s) >= buflen) return -1;
+    memcpy(buf, s, strlen(s) + 1);
+    int n = 0;
+    for (char *p = buf;;) {
+        char *c = strchr(p, ',');
+        if (c) *c = 0;
+        if (!*p || n >= cap) return -1;
+        items[n++] = p;
+        if (!c) return n;
+        p = c + 1;
+    }
+}
+
+int cli_parse_i64_list(const char *s, int64_t lo, int64_t hi, int64_t *out, int cap)
+{
+    char buf[1024], *items[CLI_LIST_MAX];
+    int n = cli_split_list(s, items, cap < CLI_LIST_MAX ? cap : CLI_LIST_MAX, buf, sizeof buf);
+    for (int i = 0; i < n; i++)
+        if (cli_parse_i64(items[i], &out[i]) || out[i] < lo || out[i] > hi) return -1;
+    return n;
 }
 
 const char *cli_recipe_names(char *buf, size_t n)

@@ -33,6 +33,13 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_parse_i64(const char *s, int64_t *out);
 int cli_parse_f64(const char *s, double *out);
 int cli_parse_size(const char *s, uint64_t *out);
+/* Comma lists, as llama-bench takes them ("-p 64,128,512"): split s into
+ * at most cap items, NUL-terminated copies in buf (buflen bytes); returns
+ * the count, or -1 when an item is empty, there are more than cap, or s
+ * does not fit in buf. The integer form wants each item in [lo, hi]. */
+#define CLI_LIST_MAX 64
+int cli_split_list(const char *s, char **items, int cap, char *buf, size_t buflen);
+int cli_parse_i64_list(const char *s, int64_t lo, int64_t hi, int64_t *out, int cap);
 /* Read a whole file ("-": standard input) into a NUL-terminated malloc'd
  * buffer; NULL with err set ("PATH: reason"). */
 char *cli_read_file(const char *path, size_t *len, char *err, size_t errlen);

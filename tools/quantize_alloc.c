@@ -66,11 +66,12 @@ int qalloc_arg(struct qalloc_cli *c, int argc, char **argv, int *i, int *rc)
         if (t < 0) { cli_usage_error("quantize", "KV type must be f16 or q8_0, not '%s'", v); return 1; }
         if (a[strlen(a) - 1] == 'k') c->type_k = t; else c->type_v = t;
     } else if (!strcmp(a, "--allow-types")) {
-        char buf[512];
-        snprintf(buf, sizeof buf, "%s", v);
-        for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
-            int t = moeq_type_from_name(s);
-            if (t < 0 || c->n_allow >= 32) { cli_usage_error("quantize", "--allow-types: unknown type '%s'", s); return 1; }
+        char buf[512], *items[32];
+        int cnt = cli_split_list(v, items, 32 - c->n_allow, buf, sizeof buf);
+        if (cnt < 0) { cli_usage_error("quantize", "--allow-types wants a comma list of at most 32 types, not '%s'", v); return 1; }
+        for (int k = 0; k < cnt; k++) {
+            int t = moeq_type_from_name(items[k]);
+            if (t < 0) { cli_usage_error("quantize", "--allow-types: unknown type '%s'", items[k]); return 1; }
             c->allow[c->n_allow++] = t;
         }
     } else if (!strcmp(a, "--sensitivity")) c->sensitivity = v;
