@@ -10,6 +10,7 @@
 #include "quant/quants.h"
 
 #include <ctype.h>
+#include <jansson.h>
 #include <math.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -142,6 +143,17 @@ void cli_print_recipes(FILE *out, const char *indent)
         }
         fputc('\n', out);
     }
+}
+
+int cli_print_json(json_t *j, const char *cmd)
+{
+    char *txt = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+    json_decref(j);
+    if (!txt) { cli_error("%s: out of memory", cmd); return 1; }
+    printf("%s\n", txt);
+    free(txt);
+    fflush(stdout);
+    return 0;
 }
 
 int cli_is_help(const char *arg)

@@ -55,6 +55,11 @@ const char *cli_recipe_names(char *buf, size_t n);
 /* Each recipe as help lines: "INDENTname: group type, ..., other BASE",
  * wrapped under INDENT plus four spaces. */
 void cli_print_recipes(FILE *out, const char *indent);
+/* --json output, one style for every command: j (a jansson object; NULL
+ * counts as out of memory) printed to stdout indented by two, then freed.
+ * 0, or 1 after "moeq: CMD: out of memory". */
+struct json_t;
+int cli_print_json(struct json_t *j, const char *cmd);
 /* True when argv[i] is "-h" or "--help". */
 int cli_is_help(const char *arg);
 

@@ -167,12 +167,7 @@ int cmd_fit(int argc, char **argv)
             "budget_given", have_budget, "fits", fits,
             "margin", (json_int_t)((int64_t)avail - (int64_t)p.total),
             "max_ctx", "f16", cf, "q8_0", cq);
-        char *txt = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
-        if (!txt) { json_decref(j); cli_error("fit: out of memory"); return 1; }
-        printf("%s\n", txt);
-        free(txt);
-        json_decref(j);
-        return rc;
+        return cli_print_json(j, "fit") ? 1 : rc;
     }
     printf("model     %s\n", name);
     printf("shape     %d layers, n_embd %d, %d/%d heads x %d, %d experts (%d used) x %d, vocab %d\n",
