@@ -61,12 +61,71 @@ TEST(cli_progress_logs_one_line_per_step)
     free(e);
 }
 
+/* Every line of a log file ends in a newline and none holds a carriage
+ * return; the count of lines holding needle. */
+static int log_lines(const char *path, const char *needle)
+{
+    size_t n = 0;
+    char *e = test_read_file(path, &n);
+    REQUIREF(e != NULL, "no log %s", path);
+    CHECKF(!strchr(e, '\r'), "carriage return in a log: %s", e);
+    CHECKF(n == 0 || e[n - 1] == '\n', "log does not end in a newline: %s", e);
+    int c = count_lines(e, needle);
+    free(e);
+    return c;
+}
+
+/* The library's long steps (synth's tensors, quantize --fit's measuring)
+ * report through the one progress callback: one line each in a log. */
+TEST(cli_library_progress_logs_one_line_per_step)
+{
+    const char *m = test_tmp("s.gguf"), *log = test_tmp("s.log");
+    char *o = NULL;
+    int rc = test_run(&o, "%s synth -v -o %s --layers 2 --vocab 512 --experts 4 --ctx 256 2> %s", test_moeq_bin(), m, log);
+    REQUIREF(rc == 0, "synth: %s", o ? o : "");
+    free(o);
+    /* the expert tensors (3 a layer) and the last one */
+    CHECK(log_lines(log, "moeq: synth [") == 7);
+    CHECK(log_lines(log, "] output.weight") == 1);
+    rc = test_run(&o, "%s quantize --fit 48M --reserve 0 --sample-rows 8 %s %s 1 2> %s", test_moeq_bin(), m,
+                  test_tmp("f.gguf"), log);
+    CHECKF(rc == 0, "quantize --fit: %s", o ? o : "");
+    free(o);
+    size_t n = 0;
+    char *e = test_read_file(log, &n);
+    REQUIRE(e != NULL);
+    const char *last = strstr(e, "measuring [ 14/ 14]");
+    free(e);
+    CHECKF(last != NULL, "no last measuring step");
+    CHECK(log_lines(log, "moeq: measuring [") == 14);
+    /* -q: nothing from synth */
+    rc = test_run(&o, "%s synth -q -o %s --layers 1 --vocab 512 --experts 4 2> %s", test_moeq_bin(), m, log);
+    CHECKF(rc == 0, "synth -q: %s", o ? o : "");
+    free(o);
+    e = test_read_file(log, &n);
+    CHECKF(e && n == 0, "synth -q left: %s", e ? e : "");
+    free(e);
+}
+
+/* -q, -v and --log-level mean the same to every command. */
 TEST(cli_log_level_parsing)
 {
     const char *m = test_synth_model("l.gguf", "--layers 1 --vocab 512 --experts 4 --ctx 256");
-    const char *cmds[] = { "perplexity -f /dev/null", "imatrix -f /dev/null", "bench", "quantize" };
+    static const char *const cmds[] = { "info", "dump", "synth", "quantize", "imatrix", "perplexity", "compare",
+                                        "fit", "tokenize", "run", "bench", "kbench", "serve" };
+    char *o = NULL;
+    REQUIRE(test_run(&o, "%s help", test_moeq_bin()) == 0);
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        char *o = NULL;
+        char want[32];
+        snprintf(want, sizeof want, "\n  %s ", cmds[i]);
+        CHECKF(strstr(o, want) != NULL, "'moeq help' lists no %s", cmds[i]);
+    }
+    /* every command of `moeq help` is in the list */
+    int listed = 0;
+    for (const char *p = strstr(o, "commands:"); p && (p = strstr(p, "\n  ")) != NULL; p++) listed++;
+    CHECKF(listed == (int)(sizeof cmds / sizeof cmds[0]) + 2, "moeq help lists %d commands", listed);
+    free(o);
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         int rc = test_run(&o, "%s %s --log-level loud -m %s", test_moeq_bin(), cmds[i], m);
         CHECKF(rc == 2 && o && strstr(o, "--log-level must be error, warn, info or debug"),
                "%s: rc %d: %s", cmds[i], rc, o ? o : "");
@@ -74,14 +133,36 @@ TEST(cli_log_level_parsing)
         rc = test_run(&o, "%s %s --log-level", test_moeq_bin(), cmds[i]);
         CHECKF(rc == 2, "%s: missing level: rc %d", cmds[i], rc);
         free(o);
+        rc = test_run(&o, "%s %s --help", test_moeq_bin(), cmds[i]);
+        CHECKF(rc == 0 && o && strstr(o, "--log-level"), "%s --help names no --log-level", cmds[i]);
+        free(o);
     }
-    char *o = NULL;
-    int rc = test_run(&o, "%s bench -m %s -p 8 -n 2 -r 1 -t 1 --log-level debug -q", test_moeq_bin(), m);
-    CHECKF(rc == 0 && o && strstr(o, "| pp8 |"), "bench: %s", o ? o : "");
+    /* accepted where they are used, and -q drops what is not an error */
+    const char *log = test_tmp("q.log");
+    static const char *const quiet[] = { "info %s", "fit -m %s -c 64", "tokenize -m %s -p hello",
+                                         "run -m %s -p hello -n 2 --temp 0 -t 1", "dump %s output_norm.weight -o /dev/null",
+                                         "bench -m %s -p 8 -n 2 -r 1 -t 1" };
+    for (size_t i = 0; i < sizeof quiet / sizeof quiet[0]; i++) {
+        char args[256];
+        snprintf(args, sizeof args, quiet[i], m);
+        int rc = test_run(&o, "%s %s -v --log-level info -q >/dev/null 2> %s", test_moeq_bin(), args, log);
+        CHECKF(rc == 0, "%s -q: rc %d: %s", args, rc, o ? o : "");
+        free(o);
+        size_t n = 0;
+        char *e = test_read_file(log, &n);
+        CHECKF(e && n == 0, "%s -q left on stderr: %s", args, e ? e : "");
+        free(e);
+    }
+    /* without -q, run reports its timings */
+    int rc = test_run(&o, "%s run -m %s -p hello -n 2 --temp 0 -t 1", test_moeq_bin(), m);
+    CHECKF(rc == 0 && o && strstr(o, "generation: "), "run: %s", o ? o : "");
     free(o);
     /* quiet never hides errors */
     rc = test_run(&o, "%s perplexity -q -m /nonexistent.gguf -f /dev/null", test_moeq_bin());
     CHECK(rc == 1 && o && strstr(o, "moeq: "));
+    free(o);
+    rc = test_run(&o, "%s serve -q -m /nonexistent.gguf --port 0", test_moeq_bin());
+    CHECKF(rc == 1 && o && strstr(o, "nonexistent.gguf") && !strstr(o, "listening"), "serve -q: %s", o ? o : "");
     free(o);
 }
 

@@ -8,6 +8,7 @@
 #include "engine/engine.h"
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
+#include "util/util.h"
 
 #include <ctype.h>
 #include <jansson.h>
@@ -283,6 +284,14 @@ void cli_progress(const char *fmt, ...)
     if (tty) progress_open = 1;
     else fputc('\n', stderr);
     fflush(stderr);
+}
+
+void cli_progress_cb(void *ud, const struct moeq_progress *p)
+{
+    (void)ud;
+    int w = p->total >= 1000 ? 4 : 3;
+    cli_progress("%s [%*d/%*d] %-28s %5.1fs ETA %5.1fs", p->task, w, p->done, w, p->total,
+                 p->item ? p->item : "", p->elapsed_s, p->eta_s);
 }
 
 void cli_progress_end(void)

@@ -75,6 +75,12 @@ int cli_log_level_from_name(const char *name);
  * takes argv[*i + 1] and advances *i): sets cli_log_level, returns 1;
  * 0 when it is none of them; 2 after a usage error (bad or missing L). */
 int cli_log_option(const char *cmd, int argc, char **argv, int *i);
+/* The same inside a command's option loop over argv[i]: continue after a
+ * logging option, return 2 from the command after its usage error. */
+#define CLI_LOG_OPTION(cmd, argc, argv, i)                                 \
+    { int lr_ = cli_log_option(cmd, argc, argv, &(i));                     \
+      if (lr_ == 2) return 2;                                              \
+      if (lr_) continue; }
 /* "moeq: message" on stderr at the info / warn / debug level. */
 void cli_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -83,6 +89,10 @@ void cli_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * it rewrites the current line in place; otherwise (a log, a pipe) it is
  * one line ending in a newline, never a carriage return. */
 void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The library's progress callback (util.h's moeq_progress_fn; ud unused):
+ * "TASK [done/total] ITEM  ELAPSEDs ETA Ns" through cli_progress. */
+struct moeq_progress;
+void cli_progress_cb(void *ud, const struct moeq_progress *p);
 /* Ends an in-place progress line (a newline on a terminal, else nothing). */
 void cli_progress_end(void);
 

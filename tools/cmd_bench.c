@@ -227,9 +227,7 @@ int cmd_bench(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int lr = cli_log_option("bench", argc, argv, &i);
-        if (lr == 2) return 2;
-        if (lr) continue;
+        CLI_LOG_OPTION("bench", argc, argv, i);
         if (i + 1 >= argc) return cli_usage_error("bench", "option %s needs a value", a);
         const char *v = argv[++i];
         int bad = 0;

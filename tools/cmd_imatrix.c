@@ -46,6 +46,7 @@ static void usage(FILE *out)
         "  --process-output      also collect output.weight\n"
         "  --no-ppl              do not compute perplexity per chunk\n"
         "  -t N                  threads (default: all cores)\n"
+        "  -q, -v, --log-level L quiet, verbose, or error|warn|info|debug\n"
         "\nexample:\n"
         "  moeq imatrix -m model-q8_0.gguf -f calibration.txt -c 512 -o imatrix.gguf\n"
         "  moeq imatrix --in-file imatrix.gguf --show-statistics\n");
@@ -168,8 +169,8 @@ int cmd_imatrix(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int has = i + 1 < argc, lr;
-        if ((lr = cli_log_option("imatrix", argc, argv, &i)) != 0) { if (lr == 2) return 2; continue; }
+        CLI_LOG_OPTION("imatrix", argc, argv, i);
+        int has = i + 1 < argc;
 #define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("imatrix", "%s needs an integer", flag); continue; }
         ARG_I64("-c", n_ctx);
         ARG_I64("--chunks", max_chunks);

@@ -79,7 +79,8 @@ static void usage(FILE *f)
         "  -k       row length (default 2048)\n"
         "  --cols   activation columns of the gemm shape (default 64)\n"
         "  --mb     weight megabytes streamed by the vec_dot shape (default 64)\n"
-        "  -r       repetitions, best one reported (default 3)\n");
+        "  -r       repetitions, best one reported (default 3)\n"
+        "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n");
 }
 
 static float unit(void) { return (float)(next() >> 40) * 0x1.0p-24f; }
@@ -120,6 +121,7 @@ int cmd_kbench(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (cli_is_help(o)) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("kbench", argc, argv, i);
         if (!strcmp(o, "--quantize")) { quant = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("kbench", "unknown or incomplete option '%s'", o);
         const char *v = argv[++i];

@@ -266,8 +266,8 @@ int cmd_perplexity(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int has = i + 1 < argc, lr;
-        if ((lr = cli_log_option("perplexity", argc, argv, &i)) != 0) { if (lr == 2) return 2; continue; }
+        CLI_LOG_OPTION("perplexity", argc, argv, i);
+        int has = i + 1 < argc;
 #define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("perplexity", "%s needs an integer", flag); continue; }
         ARG_I64("-c", n_ctx);
         ARG_I64("--ctx-size", n_ctx);

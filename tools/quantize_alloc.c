@@ -161,7 +161,8 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
             im = moeq_imatrix_new();
             if (moeq_imatrix_load(im, imatrix_path, err, sizeof err) != 0) { cli_error("%s", err); goto out; }
         }
-        if (moeq_alloc_measure(&a, f, im, c->rows, c->n_threads, stderr, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+        if (moeq_alloc_measure(&a, f, im, c->rows, c->n_threads,
+                               cli_log_level >= CLI_LOG_INFO ? cli_progress_cb : NULL, NULL, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
         if (c->sensitivity && moeq_alloc_save(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
     }
     uint64_t budget;
