@@ -335,7 +335,7 @@ int cmd_perplexity(int argc, char **argv)
             goto out;
         }
         if ((int64_t)f_ctx != n_ctx)
-            fprintf(stderr, "moeq: perplexity: using n_ctx %u from %s\n", f_ctx, kld_path);
+            cli_info("perplexity: using n_ctx %u from %s", f_ctx, kld_path);
         n_ctx = f_ctx;
         n_tok = f_chunk * (int)f_ctx;
         n_chunk = f_chunk;

@@ -113,7 +113,7 @@ int cmd_tokenize(int argc, char **argv)
         struct moeq_token_specials sp;
         moeq_tokenizer_specials(t, &sp);
         if (sp.add_bos)
-            fprintf(stderr, "moeq: note: this model adds BOS %d before a prompt; not shown\n", sp.bos);
+            cli_info("note: this model adds BOS %d before a prompt; not shown", sp.bos);
         if (ids_only) {
             fputc('[', stdout);
             for (int i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);

@@ -121,7 +121,7 @@ static int fit_weight_budget(const struct qalloc_cli *c, const gguf_file *f, con
     uint64_t avail = c->fit_budget > c->reserve ? c->fit_budget - c->reserve : 0;
     if (avail <= p.total) { cli_error("quantize: --fit: KV cache and buffers alone (%llu bytes) exceed the budget", (unsigned long long)p.total); return -1; }
     *out = avail - p.total;
-    fprintf(stderr, "moeq: --fit: %.3f GiB less %.3f GiB reserve, %.3f GiB KV and buffers: %.3f GiB for the weights\n",
+    cli_info("--fit: %.3f GiB less %.3f GiB reserve, %.3f GiB KV and buffers: %.3f GiB for the weights",
             (double)c->fit_budget / (1 << 30), (double)c->reserve / (1 << 30), (double)p.total / (1 << 30),
             (double)*out / (1 << 30));
     return 0;
@@ -155,7 +155,7 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
     if (sf) {
         fclose(sf);
         if (moeq_alloc_load(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
-        fprintf(stderr, "moeq: measurement read from %s\n", c->sensitivity);
+        cli_info("measurement read from %s", c->sensitivity);
     } else {
         if (imatrix_path) {
             im = moeq_imatrix_new();
@@ -194,8 +194,8 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
     int top = 0;
     for (int t = 0; t < MOEQ_TYPE_COUNT; t++) if (by_type[t] > by_type[top]) top = t;
     *mix_name = moeq_type_name(top);
-    fprintf(stderr, "moeq: plan: %llu of %llu bytes for the %d units (%.4f%% of the budget), file at most %llu bytes, "
-            "%.4f bpw, predicted damage %.4e\n", (unsigned long long)ub, (unsigned long long)budget, a.n_units,
+    cli_info("plan: %llu of %llu bytes for the %d units (%.4f%% of the budget), file at most %llu bytes, "
+             "%.4f bpw, predicted damage %.4e", (unsigned long long)ub, (unsigned long long)budget, a.n_units,
             budget ? 100.0 * (double)ub / (double)budget : 0.0, (unsigned long long)moeq_alloc_file_bytes(&a, choice),
             8.0 * (double)(ub + a.fixed_bytes) / (double)a.nelem_all, moeq_alloc_damage(&a, choice));
     if (dry_run) print_table(&a, choice);
