@@ -83,6 +83,11 @@ TEST(bench_lists_run_the_cross_product)
     }
     CHECK(num(json_array_get(rows, 3), "n_prompt") == 8 && num(json_array_get(rows, 3), "n_gen") == 2);
     json_decref(rows);
+    /* -b is a list too; --no-warmup and llama-bench's -ngl are accepted */
+    rows = bench_rows(m, "-p 16 -n 0 -b 4,16 -t 1 --no-warmup -ngl 99");
+    REQUIRE(json_array_size(rows) == 2);
+    CHECK(num(json_array_get(rows, 0), "n_batch") == 4 && num(json_array_get(rows, 1), "n_batch") == 16);
+    json_decref(rows);
     /* without -t: all the cores, and the row says how many */
     rows = bench_rows(m, "-p 8 -n 0");
     REQUIRE(json_array_size(rows) == 1);
@@ -176,6 +181,11 @@ TEST(bench_output_formats_read_back)
     REQUIREF(rc == 0, "md: %s", o ? o : "");
     CHECKF(strstr(o, "| type_k | type_v |") && strstr(o, "| Q8_0 | F16 | pp8 |"), "%s", o);
     free(o);
+    /* and -b the batch column */
+    rc = test_run(&o, "%s bench -m %s -p 8 -n 0 -t 1 -r 1 -b 4 2>&1", test_moeq_bin(), m);
+    REQUIREF(rc == 0, "md: %s", o ? o : "");
+    CHECKF(strstr(o, "| threads | n_batch | test |") && strstr(o, " | 1 | 4 | pp8 | "), "%s", o);
+    free(o);
 }
 
 TEST(bench_bad_values_are_one_line_errors)
@@ -183,7 +193,7 @@ TEST(bench_bad_values_are_one_line_errors)
     const char *m = tiny();
     static const char *const bad[] = {
         "-p 8,,16", "-p -1", "-p x", "-p 8,", "-n 2,y", "-t 1,abc", "-d -4", "-pg 8", "-pg 8,2,3", "-pg 0,2",
-        "-o xml", "-ctk f16,q4_0", "-ctv ,", "-r 0", "-p 0 -n 0", "-p",
+        "-o xml", "-ctk f16,q4_0", "-ctv ,", "-r 0", "-p 0 -n 0", "-p", "-b 0", "-b 8,x", "-ngl x",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *o = NULL;

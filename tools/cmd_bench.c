@@ -1,17 +1,18 @@
 /*
  * cmd_bench.c: `moeq bench`, prompt processing (pp) and generation (tg)
  * speed measured as llama-bench measures it, with its flags and outputs:
- * -p, -n, -t, -d, -ctk and -ctv take comma lists and the bench runs their
- * cross product; -pg PP,TG adds a test of a PP-token prompt then TG
+ * -p, -n, -t, -d, -b, -ctk and -ctv take comma lists and the bench runs
+ * their cross product; -pg PP,TG adds a test of a PP-token prompt then TG
  * generated tokens (one row, "ppPP+tgTG"). pp evaluates P random tokens
  * in batches; tg generates N tokens one at a time; each follows DEPTH
  * tokens already in the cache (evaluated untimed, kept between runs by
  * prefix reuse; the row's test reads "tg128 @ d4096"). Each test is run
- * once as a warm-up, then REPS times, and reported as mean ± standard
- * deviation of tokens per second, as a markdown table (default), csv,
- * json (an array) or jsonl (an object a line) with llama-bench's field
- * names. Peak RSS (the weights touched, the KV cache and the scratch)
- * ends the report (on stderr for the formats meant for scripts).
+ * once as a warm-up (unless --no-warmup), then REPS times, and reported
+ * as mean ± standard deviation of tokens per second, as a markdown table
+ * (default), csv, json (an array) or jsonl (an object a line) with
+ * llama-bench's field names. Peak RSS (the weights touched, the KV cache
+ * and the scratch) ends the report (on stderr for the formats meant for
+ * scripts).
  */
 #include "cmd.h"
 #include "engine/engine.h"
@@ -31,7 +32,7 @@ static void usage(FILE *o)
 {
     fprintf(o,
         "usage: moeq bench -m FILE [-p N,..] [-n N,..] [-pg PP,TG] [-d N,..] [-t N,..] [-r REPS]\n"
-        "                  [-b N] [-ctk T,..] [-ctv T,..] [-o md|csv|json|jsonl]\n"
+        "                  [-b N,..] [-ctk T,..] [-ctv T,..] [-o md|csv|json|jsonl] [--no-warmup]\n"
         "\n"
         "Measure prompt processing (ppN) and generation (tgN) speed in tokens/s.\n"
         "Options marked \",..\" take a comma list (-p 64,128,512); the bench runs\n"
@@ -46,11 +47,13 @@ static void usage(FILE *o)
         "                        (default 0; the test reads \"tg128 @ d4096\")\n"
         "  -t, --threads N,..    threads (default: all cores)\n"
         "  -r, --repetitions N   repetitions of each test (default 5)\n"
-        "  -b, --batch-size N    prompt tokens per batch (default 512)\n"
+        "  -b, --batch-size N,.. prompt tokens per batch (default 512)\n"
         "  -ctk, --cache-type-k T,..  KV cache type of K: f16 (default) or q8_0\n"
         "  -ctv, --cache-type-v T,..  KV cache type of V: f16 (default) or q8_0\n"
         "  -o, --output FORMAT   md (default), csv, json (an array) or jsonl (an\n"
         "                        object a line); fields as llama-bench's\n"
+        "  --no-warmup           no untimed run before each test's repetitions\n"
+        "  -ngl N                accepted for llama-bench compatibility; ignored (CPU engine)\n"
         "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n"
         "  -h, --help            this help\n");
 }
@@ -168,15 +171,23 @@ static void print_csv(FILE *o, json_t *row, int header)
     fputc('\n', o);
 }
 
-static void print_md(FILE *o, json_t *row, int kv_cols, int header)
+/* The table's optional columns, shown when their flag was given. */
+enum { COL_BATCH = 1, COL_KV = 2 };
+
+static void print_md(FILE *o, json_t *row, int cols, int header)
 {
     if (header) {
-        fprintf(o, "| model | size | params | threads |%s test | t/s |\n", kv_cols ? " type_k | type_v |" : "");
-        fprintf(o, "| --- | ---: | ---: | ---: |%s ---: | ---: |\n", kv_cols ? " --- | --- |" : "");
+        fprintf(o, "| model | size | params | threads |%s%s test | t/s |\n", cols & COL_BATCH ? " n_batch |" : "",
+                cols & COL_KV ? " type_k | type_v |" : "");
+        fprintf(o, "| --- | ---: | ---: | ---: |%s%s ---: | ---: |\n", cols & COL_BATCH ? " ---: |" : "",
+                cols & COL_KV ? " --- | --- |" : "");
     }
-    char kv[64] = "";
-    if (kv_cols)
-        snprintf(kv, sizeof kv, " %s | %s |", json_string_value(json_object_get(row, "type_k")),
+    char kv[96] = "";
+    int k = 0;
+    if (cols & COL_BATCH)
+        k = snprintf(kv, sizeof kv, " %lld |", (long long)json_integer_value(json_object_get(row, "n_batch")));
+    if (cols & COL_KV)
+        snprintf(kv + k, sizeof kv - (size_t)k, " %s | %s |", json_string_value(json_object_get(row, "type_k")),
                  json_string_value(json_object_get(row, "type_v")));
     const char *base = json_string_value(json_object_get(row, "model_filename"));
     const char *slash = strrchr(base, '/');
@@ -189,10 +200,10 @@ static void print_md(FILE *o, json_t *row, int kv_cols, int header)
 }
 
 /* Print one finished row in the chosen format; n_rows counts those before. */
-static int emit(int fmt, json_t *row, int n_rows, int kv_cols)
+static int emit(int fmt, json_t *row, int n_rows, int cols)
 {
     if (!row) { cli_error("bench: out of memory"); return -1; }
-    if (fmt == OUT_MD) print_md(stdout, row, kv_cols, n_rows == 0);
+    if (fmt == OUT_MD) print_md(stdout, row, cols, n_rows == 0);
     else if (fmt == OUT_CSV) { if (!n_rows) print_csv(stdout, row, 1); print_csv(stdout, row, 0); }
     else {
         char *txt = json_dumps(row, fmt == OUT_JSON ? JSON_INDENT(2) | JSON_PRESERVE_ORDER
@@ -220,14 +231,15 @@ int cmd_bench(int argc, char **argv)
 {
     const char *model = NULL;
     struct list lp = { { 512 }, 1 }, ln = { { 128 }, 1 }, lt = { { 0 }, 1 }, ld = { { 0 }, 1 };
-    struct list lk = { { MOEQ_KV_F16 }, 1 }, lv = { { MOEQ_KV_F16 }, 1 };
-    int pg[CLI_LIST_MAX][2], n_pg = 0, fmt = OUT_MD, kv_cols = 0;
-    int64_t reps = 5, n_batch = 512;
+    struct list lk = { { MOEQ_KV_F16 }, 1 }, lv = { { MOEQ_KV_F16 }, 1 }, lb = { { 512 }, 1 };
+    int pg[CLI_LIST_MAX][2], n_pg = 0, fmt = OUT_MD, cols = 0, warmup = 1;
+    int64_t reps = 5;
     const int64_t max_tok = 1 << 20;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
         CLI_LOG_OPTION("bench", argc, argv, i);
+        if (!strcmp(a, "--no-warmup")) { warmup = 0; continue; }
         if (i + 1 >= argc) return cli_usage_error("bench", "option %s needs a value", a);
         const char *v = argv[++i];
         int bad = 0;
@@ -245,9 +257,10 @@ int cmd_bench(int argc, char **argv)
             if (bad) return cli_usage_error("bench", "-pg wants PP,TG (two positive token counts), not '%s'", v);
         }
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) bad = cli_parse_i64(v, &reps) || reps < 1 || reps > 1000;
-        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) bad = cli_parse_i64(v, &n_batch) || n_batch < 1 || n_batch > 65536;
-        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { bad = parse_kv_list(v, &lk); kv_cols = 1; }
-        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { bad = parse_kv_list(v, &lv); kv_cols = 1; }
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) { l = &lb; lo = 1; hi = 65536; cols |= COL_BATCH; }
+        else if (!strcmp(a, "-ngl") || !strcmp(a, "--n-gpu-layers")) { int64_t ngl; bad = cli_parse_i64(v, &ngl); }
+        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { bad = parse_kv_list(v, &lk); cols |= COL_KV; }
+        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { bad = parse_kv_list(v, &lv); cols |= COL_KV; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
             static const char *const names[] = { "md", "csv", "json", "jsonl" };
             for (fmt = 0; fmt < 4 && strcmp(v, names[fmt]); fmt++) {}
@@ -280,10 +293,11 @@ int cmd_bench(int argc, char **argv)
     int rc = 0, n_rows = 0;
     for (int ik = 0; ik < lk.n && !rc; ik++)
     for (int iv = 0; iv < lv.n && !rc; iv++)
+    for (int ib = 0; ib < lb.n && !rc; ib++)
     for (int it = 0; it < lt.n && !rc; it++) {
         struct moeq_engine_params p = { .model_path = model, .n_threads = (int)lt.v[it], .n_ctx = need,
                                         .n_seq = 1, .type_k = (int)lk.v[ik], .type_v = (int)lv.v[iv],
-                                        .n_batch = (int)n_batch };
+                                        .n_batch = (int)lb.v[ib] };
         moeq_engine *e = moeq_engine_open(&p, err, sizeof err);
         moeq_session *s = e ? moeq_session_new(e, err, sizeof err) : NULL;
         if (!s) { moeq_engine_close(e); rc = 1; break; }
@@ -294,13 +308,13 @@ int cmd_bench(int argc, char **argv)
             int np = tests[t][0], ng = tests[t][1], depth = tests[t][2];
             time_t now = time(NULL);
             strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-            if (run_test(s, tok, depth, np, ng, err, sizeof err) < 0) { rc = 1; break; } /* warm-up */
+            if (warmup && run_test(s, tok, depth, np, ng, err, sizeof err) < 0) { rc = 1; break; }
             for (int r = 0; r < reps && !rc; r++)
                 if ((sec[r] = run_test(s, tok, depth, np, ng, err, sizeof err)) < 0) rc = 1;
             if (rc) break;
-            json_t *row = row_json(model, in, moeq_engine_n_threads(e), (int)n_batch, p.type_k, p.type_v,
+            json_t *row = row_json(model, in, moeq_engine_n_threads(e), p.n_batch, p.type_k, p.type_v,
                                    np, ng, depth, when, sec, (int)reps);
-            if (emit(fmt, row, n_rows++, kv_cols) != 0) { json_decref(row); rc = 1; err[0] = 0; break; }
+            if (emit(fmt, row, n_rows++, cols) != 0) { json_decref(row); rc = 1; err[0] = 0; break; }
             json_decref(row);
         }
         moeq_session_free(s);
