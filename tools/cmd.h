@@ -1,6 +1,7 @@
 /*
  * cmd.h: the subcommands of the moeq binary and the small helpers they
- * share (usage errors, number parsing). Each subcommand lives in its own
+ * share (usage errors, number and comma-list parsing, --json output,
+ * logging and progress). Each subcommand lives in its own
  * tools/cmd_NAME.c and returns the process exit status: 0 success, 1 an
  * error (one line on stderr prefixed "moeq: "), 2 a usage error.
  */
