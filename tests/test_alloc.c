@@ -124,7 +124,7 @@ TEST(alloc_plan_round_trip_and_budget)
                   strstr(a.units[k].name, "output"));
     }
     CHECK(tied > 0);
-    REQUIREF(moeq_alloc_measure(&a, f, NULL, 64, 2, NULL, err, sizeof err) == 0, "%s", err);
+    REQUIREF(moeq_alloc_measure(&a, f, NULL, 64, 2, NULL, NULL, err, sizeof err) == 0, "%s", err);
     /* sensitivity file round trip */
     const char *sp = test_tmp("alloc.sens");
     REQUIRE(moeq_alloc_save(&a, sp, err, sizeof err) == 0);

@@ -71,7 +71,7 @@ const char *test_synth_moe_lib(const char *name)
     c.n_expert_used = 2;
     static char p[4096];   /* not test_tmp's ring: callers take many paths after it */
     snprintf(p, sizeof p, "%s", test_tmp(name));
-    REQUIREF(moeq_synth_write(&c, p, 2, 0, err, sizeof err) == 0, "%s", err);
+    REQUIREF(moeq_synth_write(&c, p, 2, NULL, NULL, err, sizeof err) == 0, "%s", err);
     return p;
 }
 

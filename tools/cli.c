@@ -1,14 +1,17 @@
 /*
  * cli.c: helpers shared by the subcommands: error printing with the
- * "moeq:" prefix and strict number parsing (a trailing character is an
- * error, not silently ignored).
+ * "moeq:" prefix, strict number parsing (a trailing character is an
+ * error, not silently ignored) and comma lists, the KV cache options, and
+ * logging and progress (one line per step when stderr is not a terminal).
  */
 #include "cmd.h"
 #include "engine/engine.h"
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
+#include "util/util.h"
 
 #include <ctype.h>
+#include <jansson.h>
 #include <math.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -89,6 +92,30 @@ int cli_parse_size(const char *s, uint64_t *out)
     return 0;
 }
 
+int cli_split_list(const char *s, char **items, int cap, char *buf, size_t buflen)
+{
+    if (!s || strlen(s) >= buflen) return -1;
+    memcpy(buf, s, strlen(s) + 1);
+    int n = 0;
+    for (char *p = buf;;) {
+        char *c = strchr(p, ',');
+        if (c) *c = 0;
+        if (!*p || n >= cap) return -1;
+        items[n++] = p;
+        if (!c) return n;
+        p = c + 1;
+    }
+}
+
+int cli_parse_i64_list(const char *s, int64_t lo, int64_t hi, int64_t *out, int cap)
+{
+    char buf[1024], *items[CLI_LIST_MAX];
+    int n = cli_split_list(s, items, cap < CLI_LIST_MAX ? cap : CLI_LIST_MAX, buf, sizeof buf);
+    for (int i = 0; i < n; i++)
+        if (cli_parse_i64(items[i], &out[i]) || out[i] < lo || out[i] > hi) return -1;
+    return n;
+}
+
 const char *cli_recipe_names(char *buf, size_t n)
 {
     size_t at = 0;
@@ -117,6 +144,17 @@ void cli_print_recipes(FILE *out, const char *indent)
         }
         fputc('\n', out);
     }
+}
+
+int cli_print_json(json_t *j, const char *cmd)
+{
+    char *txt = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+    json_decref(j);
+    if (!txt) { cli_error("%s: out of memory", cmd); return 1; }
+    printf("%s\n", txt);
+    free(txt);
+    fflush(stdout);
+    return 0;
 }
 
 int cli_is_help(const char *arg)
@@ -246,6 +284,14 @@ void cli_progress(const char *fmt, ...)
     if (tty) progress_open = 1;
     else fputc('\n', stderr);
     fflush(stderr);
+}
+
+void cli_progress_cb(void *ud, const struct moeq_progress *p)
+{
+    (void)ud;
+    int w = p->total >= 1000 ? 4 : 3;
+    cli_progress("%s [%*d/%*d] %-28s %5.1fs ETA %5.1fs", p->task, w, p->done, w, p->total,
+                 p->item ? p->item : "", p->elapsed_s, p->eta_s);
 }
 
 void cli_progress_end(void)

@@ -23,6 +23,9 @@ static void usage(FILE *out)
         "\n"
         "Per tensor present in all three files: RMSE and imatrix-weighted RMSE of A\n"
         "and of B against SOURCE, and B/A. The last line sums over those tensors.\n"
+        "\n"
+        "  --imatrix FILE   weights of the weighted RMSE\n"
+        "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n"
         "\nexample:\n"
         "  moeq compare model-f16.gguf ours-iq2_s.gguf ref-iq2_s.gguf --imatrix imatrix.dat\n");
 }
@@ -72,6 +75,7 @@ int cmd_compare(int argc, char **argv)
     int np = 0;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("compare", argc, argv, i);
         if (!strcmp(argv[i], "--imatrix")) {
             if (i + 1 >= argc) return cli_usage_error("compare", "--imatrix needs a file");
             im_path = argv[++i];

@@ -28,7 +28,8 @@ static void usage(FILE *out)
             "Write tensor TENSOR of the GGUF file FILE dequantized, as little-endian\n"
             "f32 values in ggml order (ne0 fastest), to OUT or to stdout.\n"
             "\n"
-            "  -o OUT   output file (written to a temporary file, then renamed)\n");
+            "  -o OUT   output file (written to a temporary file, then renamed)\n"
+            "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n");
 }
 
 /* F32/F16/BF16 are converted here when the traits table has no to_float
@@ -57,6 +58,7 @@ int cmd_dump(int argc, char **argv)
     const char *path = NULL, *name = NULL, *out_path = NULL;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("dump", argc, argv, i);
         if (!strcmp(argv[i], "-o")) {
             if (i + 1 >= argc) return cli_usage_error("dump", "-o needs a file name");
             out_path = argv[++i];

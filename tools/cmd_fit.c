@@ -41,6 +41,7 @@ static void usage(FILE *out)
         "  --budget SIZE      memory budget, e.g. 16G (GiB; default 16G)\n"
         "  --reserve SIZE     left for the OS and other programs (default 1G)\n"
         "  --json             print one JSON object with all the numbers\n"
+        "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n"
         "\nexit status: with --budget, 0 when it fits and 1 when it does not (or on\n"
         "an error); without --budget the verdict is against the default 16G and the\n"
         "status is 0 either way (1 only on an error).\n"
@@ -98,6 +99,7 @@ int cmd_fit(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("fit", argc, argv, i);
         if (!strcmp(a, "--json")) { json = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("fit", "unknown argument or missing value: '%s'", a);
         const char *v = argv[++i];
@@ -167,12 +169,7 @@ int cmd_fit(int argc, char **argv)
             "budget_given", have_budget, "fits", fits,
             "margin", (json_int_t)((int64_t)avail - (int64_t)p.total),
             "max_ctx", "f16", cf, "q8_0", cq);
-        char *txt = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
-        if (!txt) { json_decref(j); cli_error("fit: out of memory"); return 1; }
-        printf("%s\n", txt);
-        free(txt);
-        json_decref(j);
-        return rc;
+        return cli_print_json(j, "fit") ? 1 : rc;
     }
     printf("model     %s\n", name);
     printf("shape     %d layers, n_embd %d, %d/%d heads x %d, %d experts (%d used) x %d, vocab %d\n",

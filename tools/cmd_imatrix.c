@@ -50,6 +50,7 @@ static void usage(FILE *out)
         "                        (Hessian-aware rounding); for models of moderate width\n"
         "  --no-ppl              do not compute perplexity per chunk\n"
         "  -t N                  threads (default: all cores)\n"
+        "  -q, -v, --log-level L quiet, verbose, or error|warn|info|debug\n"
         "\nexample:\n"
         "  moeq imatrix -m model-q8_0.gguf -f calibration.txt -c 512 -o imatrix.gguf\n"
         "  moeq imatrix --in-file imatrix.gguf --show-statistics\n");
@@ -114,7 +115,7 @@ static int save(const struct moeq_imatrix *im, const char *path, int gguf, int c
     char err[512];
     const int64_t n = moeq_imatrix_n_storable(im);
     if (periodic && n == 0) {
-        fprintf(stderr, "moeq: imatrix: after %d chunks no entry has data to store yet; %s not written\n",
+        cli_warn("imatrix: after %d chunks no entry has data to store yet; %s not written",
                 chunks, path);
         return 0;
     }
@@ -122,7 +123,7 @@ static int save(const struct moeq_imatrix *im, const char *path, int gguf, int c
         cli_error("imatrix: %s", err);
         return -1;
     }
-    fprintf(stderr, "moeq: imatrix: saved %lld entries after %d chunks to %s\n", (long long)n, chunks, path);
+    cli_info("imatrix: saved %lld entries after %d chunks to %s", (long long)n, chunks, path);
     return 0;
 }
 
@@ -177,8 +178,8 @@ int cmd_imatrix(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int has = i + 1 < argc, lr;
-        if ((lr = cli_log_option("imatrix", argc, argv, &i)) != 0) { if (lr == 2) return 2; continue; }
+        CLI_LOG_OPTION("imatrix", argc, argv, i);
+        int has = i + 1 < argc;
 #define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("imatrix", "%s needs an integer", flag); continue; }
         ARG_I64("-c", n_ctx);
         ARG_I64("--chunks", max_chunks);
@@ -257,18 +258,18 @@ int cmd_imatrix(int argc, char **argv)
     for (int i = 0; i < n_in; i++) {
         int64_t cs = file_chunk_size(in_files[i]);
         if (cs == 0) {
-            fprintf(stderr, "moeq: imatrix: note: %s stores no chunk size (legacy .dat); taken as %lld tokens\n",
+            cli_info("imatrix: note: %s stores no chunk size (legacy .dat); taken as %lld tokens",
                     in_files[i], (long long)n_ctx);
             continue;
         }
         if (!first_src) { first_cs = cs; first_src = in_files[i]; }
         else if (cs != first_cs)
-            fprintf(stderr, "moeq: imatrix: warning: %s was computed with chunks of %lld tokens, %s with %lld; "
-                    "the merged statistics mix chunk sizes\n", in_files[i], (long long)cs, first_src, (long long)first_cs);
+            cli_warn("imatrix: warning: %s was computed with chunks of %lld tokens, %s with %lld; "
+                     "the merged statistics mix chunk sizes", in_files[i], (long long)cs, first_src, (long long)first_cs);
     }
     for (int i = 0; i < n_in; i++) {
         if (moeq_imatrix_load(col.im, in_files[i], err, sizeof err) != 0) { cli_error("imatrix: %s", err); goto out; }
-        fprintf(stderr, "moeq: imatrix: merged %s\n", in_files[i]);
+        cli_info("imatrix: merged %s", in_files[i]);
     }
     if (!text_path) {
         rc = save(col.im, out_path, gguf, (int)col.im->chunk_count, 0, inputs, n_inputs) ? 1 : 0;
@@ -306,7 +307,7 @@ int cmd_imatrix(int argc, char **argv)
     moeq_imatrix_add_dataset(col.im, text_path);
     col.im->chunk_size = n_ctx;
     moeq_engine_set_act_hook(e, hook, &col);
-    fprintf(stderr, "moeq: imatrix: %d tokens, chunks %lld..%d of %lld tokens\n", got, (long long)skip, last - 1, (long long)n_ctx);
+    cli_info("imatrix: %d tokens, chunks %lld..%d of %lld tokens", got, (long long)skip, last - 1, (long long)n_ctx);
 
     double nll = 0;
     long count = 0;

@@ -37,7 +37,8 @@ static void usage(FILE *out)
             "\n"
             "  --json   print one JSON object instead of text\n"
             "  --check  also read every tensor's values; name each tensor holding a NaN\n"
-            "           or an infinity (and its first such element) and exit with 1\n");
+            "           or an infinity (and its first such element) and exit with 1\n"
+            "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n");
 }
 
 /* ============================================================ text output */
@@ -339,6 +340,7 @@ int cmd_info(int argc, char **argv)
     int json = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("info", argc, argv, i);
         if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--check")) check = 1;
         else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("info", "unknown option '%s'", argv[i]);

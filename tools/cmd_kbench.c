@@ -79,7 +79,8 @@ static void usage(FILE *f)
         "  -k       row length (default 2048)\n"
         "  --cols   activation columns of the gemm shape (default 64)\n"
         "  --mb     weight megabytes streamed by the vec_dot shape (default 64)\n"
-        "  -r       repetitions, best one reported (default 3)\n");
+        "  -r       repetitions, best one reported (default 3)\n"
+        "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n");
 }
 
 static float unit(void) { return (float)(next() >> 40) * 0x1.0p-24f; }
@@ -120,16 +121,18 @@ int cmd_kbench(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (cli_is_help(o)) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("kbench", argc, argv, i);
         if (!strcmp(o, "--quantize")) { quant = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("kbench", "unknown or incomplete option '%s'", o);
         const char *v = argv[++i];
         if (!strcmp(o, "--types")) {
-            char buf[512];
-            snprintf(buf, sizeof buf, "%s", v);
-            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-                int t = moeq_type_from_name(tok);
+            char buf[512], *items[CLI_LIST_MAX];
+            int n = cli_split_list(v, items, CLI_LIST_MAX, buf, sizeof buf);
+            if (n < 0) return cli_usage_error("kbench", "--types wants a comma list of types, not '%s'", v);
+            for (int k = 0; k < n; k++) {
+                int t = moeq_type_from_name(items[k]);
                 if (t < 0 || t == MOEQ_TYPE_Q8_K || !moeq_vec_dot_isa(t, MOEQ_ISA_SCALAR))
-                    return cli_usage_error("kbench", "no kernel for type '%s'", tok);
+                    return cli_usage_error("kbench", "no kernel for type '%s'", items[k]);
                 if (ntypes < 64) types[ntypes++] = t;
             }
         } else if (!strcmp(o, "--isa")) {

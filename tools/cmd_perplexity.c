@@ -10,7 +10,8 @@
  * the scored positions in llama.cpp's format ("_logits_", n_ctx, n_vocab,
  * n_chunk, the tokens, then per scored position two floats (scale, min)
  * and n_vocab 16-bit quantized log-probabilities, padded); --kl-divergence
- * reads such a file and compares the current model against it.
+ * reads such a file and compares the current model against it. --json
+ * prints only the final statistics, as one JSON object on stdout.
  */
 #include "cmd.h"
 #include "engine/engine.h"
@@ -20,6 +21,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +39,8 @@ static void usage(FILE *out)
         "  -t N                    threads (default: all cores)\n"
         "  --kl-divergence-base F  store the model's log-probabilities in F (llama.cpp format)\n"
         "  --kl-divergence         with --kl-divergence-base F: compare against F's model\n"
+        "  --json                  print only one JSON object with the final statistics\n"
+        "  -q, -v, --log-level L   quiet, verbose, or error|warn|info|debug\n"
         "\nexample:\n"
         "  moeq perplexity -m model-asym.gguf -f wiki.test.raw -c 512 --chunks 20\n");
 }
@@ -145,48 +149,94 @@ static float percentile(const float *v, size_t n, double frac)
     return (float)((1 - p) * v[ip] + p * v[ip + 1 < n ? ip + 1 : n - 1]);
 }
 
-static void print_kld_summary(const struct kld_acc *k, float *kv, float *pv, size_t n)
+/* The final statistics of --kl-divergence, computed once for both the
+ * human report and --json (kv and pv, the per-token KLD and Δp, are
+ * sorted in place). */
+struct kld_stats {
+    double ppl, ppl_unc, ppl_base, ppl_base_unc, cor, ln_ratio, ln_ratio_unc, ratio, ratio_unc, ppl_diff;
+    double kld, kld_unc, kld_max, kld_999, kld_99, kld_90, kld_med, kld_10, kld_min;
+    double dp, dp_unc, dp_max, dp_99, dp_med, dp_01, dp_min, dp_rms, dp_rms_unc; /* percent */
+    double same_top, same_top_unc;                                               /* percent */
+};
+
+static void kld_summary(const struct kld_acc *k, float *kv, float *pv, size_t n, struct kld_stats *o)
 {
     double lp, lpu, lb, lbu;
     mean_unc(k->sum_nll, k->sum_nll2, k->count, &lp, &lpu);
     mean_unc(k->sum_nll_base, k->sum_nll_base2, k->count, &lb, &lbu);
     double cov = k->count >= 10 ? (k->sum_nll_nll_base / (double)k->count - lp * lb) / (double)(k->count - 1) : 0;
     double ratio = lp - lb, ratio_u = sqrt(fmax(0, lpu * lpu + lbu * lbu - 2 * cov));
-    printf("====== Perplexity statistics ======\n");
-    printf("Mean PPL(Q)                   : %10.6f ± %10.6f\n", exp(lp), exp(lp) * lpu);
-    printf("Mean PPL(base)                : %10.6f ± %10.6f\n", exp(lb), exp(lb) * lbu);
-    printf("Cor(ln(PPL(Q)), ln(PPL(base))): %6.2f%%\n", lpu * lbu > 0 ? 100.0 * cov / (lpu * lbu) : 0);
-    printf("Mean ln(PPL(Q)/PPL(base))     : %10.6f ± %10.6f\n", ratio, ratio_u);
-    printf("Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f\n", exp(ratio), exp(ratio) * ratio_u);
-    printf("Mean PPL(Q)-PPL(base)         : %10.6f\n", exp(lp) - exp(lb));
-    double km, ku;
-    mean_unc(k->sum_kld, k->sum_kld2, k->count, &km, &ku);
+    o->ppl = exp(lp); o->ppl_unc = exp(lp) * lpu;
+    o->ppl_base = exp(lb); o->ppl_base_unc = exp(lb) * lbu;
+    o->cor = lpu * lbu > 0 ? 100.0 * cov / (lpu * lbu) : 0;
+    o->ln_ratio = ratio; o->ln_ratio_unc = ratio_u;
+    o->ratio = exp(ratio); o->ratio_unc = exp(ratio) * ratio_u;
+    o->ppl_diff = exp(lp) - exp(lb);
+    mean_unc(k->sum_kld, k->sum_kld2, k->count, &o->kld, &o->kld_unc);
     qsort(kv, n, sizeof *kv, cmp_float);
     qsort(pv, n, sizeof *pv, cmp_float);
-    printf("\n====== KL divergence statistics ======\n");
-    printf("Mean    KLD: %10.6f ± %10.6f\n", km, ku);
-    printf("Maximum KLD: %10.6f\n", kv[n - 1]);
-    printf("99.9%%   KLD: %10.6f\n", percentile(kv, n, 0.999));
-    printf("99.0%%   KLD: %10.6f\n", percentile(kv, n, 0.990));
-    printf("90.0%%   KLD: %10.6f\n", percentile(kv, n, 0.900));
-    printf("Median  KLD: %10.6f\n", percentile(kv, n, 0.5));
-    printf("10.0%%   KLD: %10.6f\n", percentile(kv, n, 0.1));
-    printf("Minimum KLD: %10.6f\n", kv[0]);
+    o->kld_max = kv[n - 1]; o->kld_999 = percentile(kv, n, 0.999); o->kld_99 = percentile(kv, n, 0.990);
+    o->kld_90 = percentile(kv, n, 0.900); o->kld_med = percentile(kv, n, 0.5); o->kld_10 = percentile(kv, n, 0.1);
+    o->kld_min = kv[0];
     double pm, pu, p2m, p2u;
     mean_unc(k->sum_p_diff, k->sum_p_diff2, k->count, &pm, &pu);
     mean_unc(k->sum_p_diff2, k->sum_p_diff4, k->count, &p2m, &p2u);
     double rms = sqrt(p2m), rms_u = rms > 0 ? 0.5 / rms * p2u : 0;
     double top = (double)k->n_same_top / (double)k->count;
+    o->dp = 100 * pm; o->dp_unc = 100 * pu; o->dp_max = 100 * pv[n - 1]; o->dp_99 = 100 * percentile(pv, n, 0.99);
+    o->dp_med = 100 * percentile(pv, n, 0.5); o->dp_01 = 100 * percentile(pv, n, 0.01); o->dp_min = 100 * pv[0];
+    o->dp_rms = 100 * rms; o->dp_rms_unc = 100 * rms_u;
+    o->same_top = 100 * top;
+    o->same_top_unc = k->count > 1 ? 100 * sqrt(top * (1 - top) / (double)(k->count - 1)) : 0;
+}
+
+static void print_kld_summary(const struct kld_stats *o)
+{
+    printf("====== Perplexity statistics ======\n");
+    printf("Mean PPL(Q)                   : %10.6f ± %10.6f\n", o->ppl, o->ppl_unc);
+    printf("Mean PPL(base)                : %10.6f ± %10.6f\n", o->ppl_base, o->ppl_base_unc);
+    printf("Cor(ln(PPL(Q)), ln(PPL(base))): %6.2f%%\n", o->cor);
+    printf("Mean ln(PPL(Q)/PPL(base))     : %10.6f ± %10.6f\n", o->ln_ratio, o->ln_ratio_unc);
+    printf("Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f\n", o->ratio, o->ratio_unc);
+    printf("Mean PPL(Q)-PPL(base)         : %10.6f\n", o->ppl_diff);
+    printf("\n====== KL divergence statistics ======\n");
+    printf("Mean    KLD: %10.6f ± %10.6f\n", o->kld, o->kld_unc);
+    printf("Maximum KLD: %10.6f\n", o->kld_max);
+    printf("99.9%%   KLD: %10.6f\n", o->kld_999);
+    printf("99.0%%   KLD: %10.6f\n", o->kld_99);
+    printf("90.0%%   KLD: %10.6f\n", o->kld_90);
+    printf("Median  KLD: %10.6f\n", o->kld_med);
+    printf("10.0%%   KLD: %10.6f\n", o->kld_10);
+    printf("Minimum KLD: %10.6f\n", o->kld_min);
     printf("\n====== Token probability statistics ======\n");
-    printf("Mean    Δp: %6.3f ± %5.3f %%\n", 100 * pm, 100 * pu);
-    printf("Maximum Δp: %6.3f%%\n", 100 * pv[n - 1]);
-    printf("99.0%%   Δp: %6.3f%%\n", 100 * percentile(pv, n, 0.99));
-    printf("Median  Δp: %6.3f%%\n", 100 * percentile(pv, n, 0.5));
-    printf("1.0%%    Δp: %6.3f%%\n", 100 * percentile(pv, n, 0.01));
-    printf("Minimum Δp: %6.3f%%\n", 100 * pv[0]);
-    printf("RMS Δp    : %6.3f ± %5.3f %%\n", 100 * rms, 100 * rms_u);
-    printf("Same top p: %6.3f ± %5.3f %%\n", 100 * top,
-           k->count > 1 ? 100 * sqrt(top * (1 - top) / (double)(k->count - 1)) : 0);
+    printf("Mean    Δp: %6.3f ± %5.3f %%\n", o->dp, o->dp_unc);
+    printf("Maximum Δp: %6.3f%%\n", o->dp_max);
+    printf("99.0%%   Δp: %6.3f%%\n", o->dp_99);
+    printf("Median  Δp: %6.3f%%\n", o->dp_med);
+    printf("1.0%%    Δp: %6.3f%%\n", o->dp_01);
+    printf("Minimum Δp: %6.3f%%\n", o->dp_min);
+    printf("RMS Δp    : %6.3f ± %5.3f %%\n", o->dp_rms, o->dp_rms_unc);
+    printf("Same top p: %6.3f ± %5.3f %%\n", o->same_top, o->same_top_unc);
+}
+
+/* The KLD statistics as JSON objects added to j (the names follow the
+ * human report; Δp and same-top are in percent, as printed). */
+static int kld_json(json_t *j, const struct kld_stats *o)
+{
+    return json_object_set_new(j, "ppl", json_real(o->ppl)) | json_object_set_new(j, "ppl_unc", json_real(o->ppl_unc)) |
+        json_object_set_new(j, "ppl_base", json_real(o->ppl_base)) |
+        json_object_set_new(j, "ppl_base_unc", json_real(o->ppl_base_unc)) |
+        json_object_set_new(j, "cor_ln_ppl_pct", json_real(o->cor)) |
+        json_object_set_new(j, "ln_ppl_ratio", json_pack("{s:f, s:f}", "mean", o->ln_ratio, "unc", o->ln_ratio_unc)) |
+        json_object_set_new(j, "ppl_ratio", json_pack("{s:f, s:f}", "mean", o->ratio, "unc", o->ratio_unc)) |
+        json_object_set_new(j, "ppl_diff", json_real(o->ppl_diff)) |
+        json_object_set_new(j, "kld", json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+            "mean", o->kld, "unc", o->kld_unc, "max", o->kld_max, "p99_9", o->kld_999, "p99", o->kld_99,
+            "p90", o->kld_90, "median", o->kld_med, "p10", o->kld_10, "min", o->kld_min)) |
+        json_object_set_new(j, "delta_p_pct", json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+            "mean", o->dp, "unc", o->dp_unc, "max", o->dp_max, "p99", o->dp_99, "median", o->dp_med,
+            "p1", o->dp_01, "min", o->dp_min, "rms", o->dp_rms, "rms_unc", o->dp_rms_unc)) |
+        json_object_set_new(j, "same_top_pct", json_pack("{s:f, s:f}", "mean", o->same_top, "unc", o->same_top_unc));
 }
 
 /* Logits that are not numbers would make every statistic nan: name the
@@ -212,12 +262,12 @@ int cmd_perplexity(int argc, char **argv)
 {
     const char *model = NULL, *text_path = NULL, *kld_path = NULL;
     int64_t n_ctx = 512, max_chunks = -1, n_batch = 0, n_threads = 0;
-    int kld_mode = 0;
+    int kld_mode = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        int has = i + 1 < argc, lr;
-        if ((lr = cli_log_option("perplexity", argc, argv, &i)) != 0) { if (lr == 2) return 2; continue; }
+        CLI_LOG_OPTION("perplexity", argc, argv, i);
+        int has = i + 1 < argc;
 #define ARG_I64(flag, var) if (!strcmp(a, flag)) { if (!has || cli_parse_i64(argv[++i], &var) != 0) return cli_usage_error("perplexity", "%s needs an integer", flag); continue; }
         ARG_I64("-c", n_ctx);
         ARG_I64("--ctx-size", n_ctx);
@@ -229,6 +279,7 @@ int cmd_perplexity(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!has) return cli_usage_error("perplexity", "-f needs a file"); text_path = argv[++i]; }
         else if (!strcmp(a, "--kl-divergence-base")) { if (!has) return cli_usage_error("perplexity", "%s needs a file", a); kld_path = argv[++i]; }
         else if (!strcmp(a, "--kl-divergence")) kld_mode = 1;
+        else if (!strcmp(a, "--json")) json = 1;
         else return cli_usage_error("perplexity", "unknown argument '%s'", a);
     }
     if (!model || !text_path) return cli_usage_error("perplexity", "-m MODEL and -f TEXT are required");
@@ -284,7 +335,7 @@ int cmd_perplexity(int argc, char **argv)
             goto out;
         }
         if ((int64_t)f_ctx != n_ctx)
-            fprintf(stderr, "moeq: perplexity: using n_ctx %u from %s\n", f_ctx, kld_path);
+            cli_info("perplexity: using n_ctx %u from %s", f_ctx, kld_path);
         n_ctx = f_ctx;
         n_tok = f_chunk * (int)f_ctx;
         n_chunk = f_chunk;
@@ -358,7 +409,7 @@ int cmd_perplexity(int argc, char **argv)
     memset(&k, 0, sizeof k);
     double t0 = moeq_now_s();
     const int f0 = (int)n_ctx / 2;
-    if (kld_mode)
+    if (kld_mode && !json)
         printf("\nchunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p\n");
     for (int c = 0; c < n_chunk; c++) {
         const int32_t *ct = tokens + (size_t)c * (size_t)n_ctx;
@@ -390,6 +441,7 @@ int cmd_perplexity(int argc, char **argv)
             for (int j = 0; j < n_scored2; j++)
                 kld_row(n_vocab, scored + (size_t)j * n_vocab, lp + (size_t)j * nv, ct[f0 + j + 1], &k,
                         kld_vals + (size_t)c * n_scored2 + j, pd_vals + (size_t)c * n_scored2 + j);
+            if (json) goto next;
             double lpm, lpu, lbm, lbu, km, ku;
             mean_unc(k.sum_nll, k.sum_nll2, k.count, &lpm, &lpu);
             mean_unc(k.sum_nll_base, k.sum_nll_base2, k.count, &lbm, &lbu);
@@ -417,8 +469,9 @@ int cmd_perplexity(int argc, char **argv)
                 cli_error("perplexity: %s", err);
                 goto out;
             }
-            printf("[%d]%.4f,", c + 1, exp(nll / (double)count));
+            if (!json) printf("[%d]%.4f,", c + 1, exp(nll / (double)count));
         }
+    next:
         fflush(stdout);
         double dt = moeq_now_s() - t0;
         cli_progress("perplexity: chunk %d/%d  %.1fs  ETA %.1fs", c + 1, n_chunk, dt,
@@ -426,17 +479,30 @@ int cmd_perplexity(int argc, char **argv)
     }
     free(scored);
     cli_progress_end();
-    printf("\n");
+    if (!json) printf("\n");
+    double secs = moeq_now_s() - t0;
+    json_t *j = json ? json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:I, s:f}", "model", model,
+                                 kld_mode ? "kl_divergence_base" : "text", kld_mode ? kld_path : text_path,
+                                 "n_ctx", (int)n_ctx, "n_batch", (int)n_batch, "n_chunks", n_chunk,
+                                 "tokens", n_tok, "scored", (json_int_t)(kld_mode ? (long)k.count : count),
+                                 "seconds", secs)
+                 : NULL;
     if (kld_mode) {
-        if (k.count < 2) { cli_error("perplexity: too few tokens for statistics"); goto out; }
-        print_kld_summary(&k, kld_vals, pd_vals, (size_t)n_chunk * n_scored2);
+        if (k.count < 2) { json_decref(j); cli_error("perplexity: too few tokens for statistics"); goto out; }
+        struct kld_stats st;
+        kld_summary(&k, kld_vals, pd_vals, (size_t)n_chunk * n_scored2, &st);
+        if (!json) print_kld_summary(&st);
+        else if (j && kld_json(j, &st) != 0) { json_decref(j); j = NULL; }
     } else {
         double m = nll / (double)count, m2 = nll2 / (double)count - m * m;
         double ppl = exp(m);
         double unc = m2 > 0 && count > 1 ? sqrt(m2 / (double)(count - 1)) * ppl : 0;
-        printf("Final estimate: PPL = %.4f +/- %.5f\n", ppl, unc);
+        if (!json) printf("Final estimate: PPL = %.4f +/- %.5f\n", ppl, unc);
+        else if (j && (json_object_set_new(j, "ppl", json_real(ppl)) | json_object_set_new(j, "ppl_unc", json_real(unc))))
+            { json_decref(j); j = NULL; }
     }
-    cli_info("perplexity: %d chunks in %.1f s", n_chunk, moeq_now_s() - t0);
+    if (json && cli_print_json(j, "perplexity") != 0) goto out;
+    cli_info("perplexity: %d chunks in %.1f s", n_chunk, secs);
     rc = 0;
 out:
     if (ko) {

@@ -5,7 +5,8 @@
  *
  * Parses the flags into the options of the library job (src/quant/quantize.h:
  * plan, importance data, streaming, temporary file renamed at the end) and
- * prints its progress, the dry-run plan and the final report.
+ * prints its progress, the dry-run plan and the final report (or, with
+ * --json, the report as one JSON object).
  */
 #include "cmd.h"
 #include "quant/quant_plan.h"
@@ -18,6 +19,7 @@
 #include "util/util.h"
 #include "quantize_alloc.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +82,9 @@ static void usage(FILE *out)
         "  --split-max-size N[M|G]   write a split set OUT-00001-of-0000N.gguf, a new part\n"
         "                            whenever the next tensor would pass N bytes of data\n"
         "  --keep-split              split the output as the input's split set is split\n"
+        "  --json                    print the report (or the dry run's plan) as one JSON\n"
+        "                            object on stdout: sizes, bits per weight, per-type and\n"
+        "                            per-group totals, the tensors, the time\n"
         "  -q, --quiet               no progress, tables or report; errors and warnings only\n"
         "                            (also -v, --verbose, --log-level L)\n"
         "\nexample:\n"
@@ -147,12 +152,60 @@ static void print_groups(const struct moeq_quantize_report *r)
     free(types); free(nb); free(nel); free(cn);
 }
 
+/* The report as JSON: sizes are tensor data bytes; "types" and "groups"
+ * total the output tensors as the group table does. */
+static json_t *report_json(const struct moeq_quantize_report *r, const char *in, const char *out,
+                           const struct moeq_mix *mix, const struct moeq_recipe *rec, int dry_run)
+{
+    struct moeq_group_summary *gs = malloc(sizeof *gs);
+    if (!gs) return NULL;
+    moeq_group_summary_init(gs);
+    uint64_t src_elems = 0;
+    json_t *ts = json_array();
+    for (int i = 0; i < r->n_tensors; i++) {
+        const struct moeq_quantize_tensor *t = &r->tensors[i];
+        moeq_group_summary_add(gs, t->name, strlen(t->name), t->type, t->nelem, t->nbytes);
+        src_elems += t->nelem;
+        json_array_append_new(ts, json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:f, s:f}", "name", t->name,
+            "from", moeq_type_name(t->src_type), "to", moeq_type_name(t->type),
+            "src_bytes", (json_int_t)t->src_bytes, "bytes", (json_int_t)t->nbytes, "quantized", t->quantized,
+            "rmse", t->rmse, "wrmse", t->wrmse));
+    }
+    json_t *types = json_object(), *groups = json_object();
+    for (int ty = 0; ty < MOEQ_TYPE_COUNT; ty++) {
+        uint64_t c = 0, b = 0, e = 0;
+        for (int g = 0; g < MOEQ_GROUP_COUNT; g++) {
+            if (!gs->count[g][ty]) continue;
+            c += gs->count[g][ty]; b += gs->nbytes[g][ty]; e += gs->nelem[g][ty];
+            json_t *gj = json_object_get(groups, moeq_group_key(g));
+            if (!gj) json_object_set_new(groups, moeq_group_key(g), gj = json_object());
+            json_object_set_new(gj, moeq_type_name(ty), json_pack("{s:I, s:I, s:I, s:f}",
+                "tensors", (json_int_t)gs->count[g][ty], "bytes", (json_int_t)gs->nbytes[g][ty],
+                "parameters", (json_int_t)gs->nelem[g][ty], "bits_per_weight",
+                gs->nelem[g][ty] ? 8.0 * (double)gs->nbytes[g][ty] / (double)gs->nelem[g][ty] : 0.0));
+        }
+        if (c) json_object_set_new(types, moeq_type_name(ty), json_pack("{s:I, s:I, s:I, s:f}",
+            "tensors", (json_int_t)c, "bytes", (json_int_t)b, "parameters", (json_int_t)e,
+            "bits_per_weight", e ? 8.0 * (double)b / (double)e : 0.0));
+    }
+    json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:b, s:i, s:I, s:I, s:I, s:f, s:f, s:i, s:i, s:f, s:o, s:o, s:o}",
+        "input", in, "output", out, "mix", mix->name, "recipe", rec ? json_string(rec->name) : json_null(),
+        "dry_run", dry_run, "n_tensors", r->n_tensors,
+        "input_bytes", (json_int_t)r->src_bytes, "output_bytes", (json_int_t)r->out_bytes,
+        "parameters", (json_int_t)gs->total_elems,
+        "input_bits_per_weight", src_elems ? 8.0 * (double)r->src_bytes / (double)src_elems : 0.0,
+        "bits_per_weight", moeq_group_summary_bpw(gs), "imatrix_tensors", r->imatrix_used,
+        "n_threads", r->n_threads, "seconds", r->seconds, "types", types, "groups", groups, "tensors", ts);
+    free(gs);
+    return j;
+}
+
 /* ------------------------------------------------------------- main */
 
 int cmd_quantize(int argc, char **argv)
 {
     const char *imatrix_path = NULL, *recipe_name = NULL, *hessian_path = NULL;
-    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, ignore_rules = 0, logopt = 0, keep_split = 0;
+    int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, json = 0, ignore_rules = 0, logopt = 0, keep_split = 0;
     uint64_t split_max_size = 0;
     int embd_type = -1, out_type = -1;
     struct moeq_quant_params qp = { .fit = MOEQ_FIT_UNBIASED };
@@ -189,6 +242,7 @@ int cmd_quantize(int argc, char **argv)
             n_kv++;
         }
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
+        else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--keep-split")) keep_split = 1;
         else if (!strcmp(a, "--split-max-size")) {
             NEED_ARG();
@@ -292,7 +346,16 @@ int cmd_quantize(int argc, char **argv)
         goto out_rules;
     }
     cli_progress_end();
-    if (cli_log_level < CLI_LOG_INFO) {
+    if (json) {
+        if (cli_print_json(report_json(&rep, in_path, out_path, mix, rec, dry_run), "quantize") != 0) {
+            moeq_quantize_report_free(&rep);
+            rc = 1;
+            goto out_rules;
+        }
+        if (!dry_run)
+            cli_info("quantized %s -> %s (%s%s%s) in %.1fs", in_path, out_path, mix->name,
+                     rec ? ", recipe " : "", rec ? rec->name : "", rep.seconds);
+    } else if (cli_log_level < CLI_LOG_INFO) {
         /* errors and warnings only */
     } else if (dry_run) {
         print_plan(&rep);

@@ -61,6 +61,8 @@ static void usage(FILE *o)
         "  --draft-max N         tokens drafted per step with --lookup or -md (default 8)\n"
         "  --dump-logits FILE    write the logits of every prompt position (little-endian\n"
         "                        f32, n_tokens x n_vocab)\n"
+        "  -q, -v, --log-level L  quiet (no timings or notes on stderr), verbose, or\n"
+        "                        error|warn|info|debug\n"
         "  -h, --help            this help\n");
 }
 
@@ -174,7 +176,8 @@ static int generate(struct run *r, char **answer, size_t *alen)
         if (moeq_token_is_eog(r->e, t)) break;
         emit_token(r, t, answer, alen);
         if (moeq_session_n_past(r->s) >= moeq_session_n_ctx(r->s)) {
-            fprintf(stderr, "\nmoeq: context of %d tokens is full: stopped after %d generated token(s)%s\n",
+            if (cli_log_level >= CLI_LOG_WARN)
+                fprintf(stderr, "\nmoeq: context of %d tokens is full: stopped after %d generated token(s)%s\n",
                     moeq_session_n_ctx(r->s), i + 1, r->n_predict < 0 || i + 1 < r->n_predict ?
                     " (a larger -c gives room for more)" : "");
             break;
@@ -221,6 +224,7 @@ static int dump_logits(struct run *r, const int32_t *tok, int n, const char *pat
 
 static void print_stats(const struct stats *st)
 {
+    if (cli_log_level < CLI_LOG_INFO) return;
     fprintf(stderr, "\nprompt: %ld tokens in %.2f s (%.2f tokens/s)\n", st->n_prompt, st->t_prompt,
             st->t_prompt > 0 ? st->n_prompt / st->t_prompt : 0.0);
     fprintf(stderr, "generation: %ld tokens in %.2f s (%.2f tokens/s)\n", st->n_gen, st->t_gen,
@@ -276,7 +280,8 @@ static int generate_spec(struct run *r, const int32_t *tok, int n, int draft_max
     int rc = moeq_generate(r->e, r->s, tok, n, r->n_predict, &o, print_token, r, &st, r->err, sizeof r->err);
     r->st.t_gen += moeq_now_s() - t0;
     g_generating = 0;
-    fprintf(stderr, "\n%s: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
+    if (cli_log_level >= CLI_LOG_INFO)
+        fprintf(stderr, "\n%s: %d verification steps, %d of %d drafted tokens accepted (%.2f tokens per step)\n",
             draft ? "draft model" : "lookup", st.steps, st.accepted, st.drafted, st.steps ? (double)r->st.n_gen / st.steps : 0.0);
     if (rc == 0 && st.ctx_full)
         fprintf(stderr, "moeq: context of %d tokens is full: stopped after %ld generated token(s)%s\n",
@@ -349,6 +354,7 @@ int cmd_run(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("run", argc, argv, i);
         if (!strcmp(a, "--chat")) { chat = 1; continue; }
         if (!strcmp(a, "--lookup")) { lookup = 1; continue; }
         if (i + 1 >= argc) return cli_usage_error("run", "option %s needs a value", a);
@@ -410,8 +416,8 @@ int cmd_run(int argc, char **argv)
     }
     if (!r.e) { free(text); cli_error("%s", r.err); return 1; }
     if (ctx_given && moeq_engine_info(r.e)->n_ctx_train > 0 && n_ctx > moeq_engine_info(r.e)->n_ctx_train)
-        fprintf(stderr, "moeq: warning: -c %lld exceeds the model's training context of %d tokens; "
-                "output past it may degrade\n", (long long)n_ctx, moeq_engine_info(r.e)->n_ctx_train);
+        cli_warn("warning: -c %lld exceeds the model's training context of %d tokens; "
+                 "output past it may degrade", (long long)n_ctx, moeq_engine_info(r.e)->n_ctx_train);
     int rc = 0;
     int32_t *tok = NULL;
     if (!moeq_engine_info(r.e)->has_vocab) { cli_error("%s: the model has no tokenizer", model); rc = 1; goto out; }

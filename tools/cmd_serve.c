@@ -55,6 +55,8 @@ static void usage(FILE *out)
         "  --max-body BYTES      request body limit (default 8M)\n"
         "  --alias NAME          model id in responses (default: the file name)\n"
         "  -ngl N                accepted for llama-server compatibility; ignored (CPU engine)\n"
+        "  -q, -v, --log-level L  quiet (errors only on stderr), verbose, or\n"
+        "                        error|warn|info|debug\n"
         "Sampling defaults when a request leaves them out: temperature 0.8, top_k 40,\n"
         "top_p 0.95, min_p 0.05 (llama-server's).\n");
 }
@@ -212,6 +214,7 @@ int cmd_serve(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("serve", argc, argv, i);
         if (i + 1 >= argc) return cli_usage_error("serve", "%s needs a value or is unknown", a);
         const char *v = argv[++i];
         int64_t *num = NULL, lo = 0, hi = 0;
@@ -276,7 +279,7 @@ int cmd_serve(int argc, char **argv)
     srv *s = srv_start(&c, err, sizeof err);
     if (!s) { cli_error("serve: %s", err); return 1; }
     int v6 = strchr(host, ':') != NULL;
-    fprintf(stderr, "moeq: serve: listening on http://%s%s%s:%d (loading %s)\n",
+    cli_info("serve: listening on http://%s%s%s:%d (loading %s)",
             v6 ? "[" : "", host, v6 ? "]" : "", srv_port(s), model);
 
     struct loader *L = calloc(1, sizeof *L);
@@ -299,7 +302,7 @@ int cmd_serve(int argc, char **argv)
         struct timespec ts = { 0, 200 * 1000000L };
         int sig = sigtimedwait(&set, NULL, &ts);
         if (sig == SIGINT || sig == SIGTERM) {
-            fprintf(stderr, "moeq: serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            cli_info("serve: %s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
             break;
         }
         int st = atomic_load(&L->state);
@@ -309,7 +312,7 @@ int cmd_serve(int argc, char **argv)
             break;
         }
         if (st == 1 && !announced) {
-            fprintf(stderr, "moeq: serve: model loaded, serving as '%s' with %d parallel sequence%s\n",
+            cli_info("serve: model loaded, serving as '%s' with %d parallel sequence%s",
                     alias, (int)parallel, parallel > 1 ? "s" : "");
             announced = 1;
         }

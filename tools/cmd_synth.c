@@ -80,7 +80,8 @@ static void usage(FILE *out)
         "                        qwen3-30b-a3b asym file: about 2 minutes, 50 MB RSS).\n"
         "                        A type without a quantizer is always direct.\n"
         "  -t, --threads N       threads (default: all cores)\n"
-        "  -v, --verbose         progress on stderr\n"
+        "  -v, --verbose         progress on stderr, one line per expert tensor\n"
+        "  -q, --quiet           errors only (also --log-level L)\n"
         "\n"
         "Prints the paths taken, the size, the time and the peak RSS on stderr.\n");
 }
@@ -268,19 +269,19 @@ static int synth_run(const char *cmd, moeq_synth_cfg *cp, const char *out, const
 
     /* which path each group takes, so a reader of the log knows whether
      * the quantized weights are a quantization of the float model */
-    fprintf(stderr, "moeq: synth: %s:", out);
-    for (int g = 0; g < SYNTH_G_COUNT; g++) {
-        int t = c.types[g];
-        fprintf(stderr, " %s=%s(%s)", moeq_synth_group_name(g), moeq_type_name(t),
-                moeq_synth_path_name(&c, g));
-    }
-    if (c.mix_ftype >= 0)
-        fprintf(stderr, "; the %s mix's rules then pick each tensor's type (see moeq info)", mix_name);
-    fputc('\n', stderr);
+    char paths[1024];
+    int at = snprintf(paths, sizeof paths, "synth: %s:", out);
+    for (int g = 0; g < SYNTH_G_COUNT && at > 0 && (size_t)at < sizeof paths; g++)
+        at += snprintf(paths + at, sizeof paths - (size_t)at, " %s=%s(%s)", moeq_synth_group_name(g),
+                       moeq_type_name(c.types[g]), moeq_synth_path_name(&c, g));
+    if (c.mix_ftype >= 0 && at > 0 && (size_t)at < sizeof paths)
+        snprintf(paths + at, sizeof paths - (size_t)at,
+                 "; the %s mix's rules then pick each tensor's type (see moeq info)", mix_name);
+    cli_info("%s", paths);
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (moeq_synth_write(&c, out, threads, verbose, err, sizeof err)) {
+    if (moeq_synth_write(&c, out, threads, verbose ? cli_progress_cb : NULL, NULL, err, sizeof err)) {
         cli_error("%s", err);
         return 1;
     }
@@ -290,7 +291,7 @@ static int synth_run(const char *cmd, moeq_synth_cfg *cp, const char *out, const
     FILE *f = fopen(out, "rb");
     long long size = -1;
     if (f) { fseek(f, 0, SEEK_END); size = (long long)ftell(f); fclose(f); }
-    fprintf(stderr, "moeq: synth: wrote %s: %lld bytes in %.2f s, max RSS %.1f MiB\n", out, size,
+    cli_info("synth: wrote %s: %lld bytes in %.2f s, max RSS %.1f MiB", out, size,
             (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec),
             (double)ru.ru_maxrss / 1024.0);
     return 0;

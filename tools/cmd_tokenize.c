@@ -27,6 +27,7 @@ static void usage(FILE *o)
         "  --ids               print only the ids, as a list: [1, 2, 3]\n"
         "  --special           recognize control tokens such as <|im_start|> in the text\n"
         "  --show-count        print the number of tokens at the end\n"
+        "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n"
         "  -h, --help          this help\n"
         "\n"
         "No BOS token is added; the model's add_bos_token is reported on stderr when set.\n");
@@ -53,6 +54,7 @@ int cmd_tokenize(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
+        CLI_LOG_OPTION("tokenize", argc, argv, i);
         int has_val = i + 1 < argc;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (!has_val) return cli_usage_error("tokenize", "%s needs a file", a);
@@ -111,7 +113,7 @@ int cmd_tokenize(int argc, char **argv)
         struct moeq_token_specials sp;
         moeq_tokenizer_specials(t, &sp);
         if (sp.add_bos)
-            fprintf(stderr, "moeq: note: this model adds BOS %d before a prompt; not shown\n", sp.bos);
+            cli_info("note: this model adds BOS %d before a prompt; not shown", sp.bos);
         if (ids_only) {
             fputc('[', stdout);
             for (int i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);

@@ -66,11 +66,12 @@ int qalloc_arg(struct qalloc_cli *c, int argc, char **argv, int *i, int *rc)
         if (t < 0) { cli_usage_error("quantize", "KV type must be f16 or q8_0, not '%s'", v); return 1; }
         if (a[strlen(a) - 1] == 'k') c->type_k = t; else c->type_v = t;
     } else if (!strcmp(a, "--allow-types")) {
-        char buf[512];
-        snprintf(buf, sizeof buf, "%s", v);
-        for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
-            int t = moeq_type_from_name(s);
-            if (t < 0 || c->n_allow >= 32) { cli_usage_error("quantize", "--allow-types: unknown type '%s'", s); return 1; }
+        char buf[512], *items[32];
+        int cnt = cli_split_list(v, items, 32 - c->n_allow, buf, sizeof buf);
+        if (cnt < 0) { cli_usage_error("quantize", "--allow-types wants a comma list of at most 32 types, not '%s'", v); return 1; }
+        for (int k = 0; k < cnt; k++) {
+            int t = moeq_type_from_name(items[k]);
+            if (t < 0) { cli_usage_error("quantize", "--allow-types: unknown type '%s'", items[k]); return 1; }
             c->allow[c->n_allow++] = t;
         }
     } else if (!strcmp(a, "--sensitivity")) c->sensitivity = v;
@@ -120,7 +121,7 @@ static int fit_weight_budget(const struct qalloc_cli *c, const gguf_file *f, con
     uint64_t avail = c->fit_budget > c->reserve ? c->fit_budget - c->reserve : 0;
     if (avail <= p.total) { cli_error("quantize: --fit: KV cache and buffers alone (%llu bytes) exceed the budget", (unsigned long long)p.total); return -1; }
     *out = avail - p.total;
-    fprintf(stderr, "moeq: --fit: %.3f GiB less %.3f GiB reserve, %.3f GiB KV and buffers: %.3f GiB for the weights\n",
+    cli_info("--fit: %.3f GiB less %.3f GiB reserve, %.3f GiB KV and buffers: %.3f GiB for the weights",
             (double)c->fit_budget / (1 << 30), (double)c->reserve / (1 << 30), (double)p.total / (1 << 30),
             (double)*out / (1 << 30));
     return 0;
@@ -154,13 +155,14 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
     if (sf) {
         fclose(sf);
         if (moeq_alloc_load(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
-        fprintf(stderr, "moeq: measurement read from %s\n", c->sensitivity);
+        cli_info("measurement read from %s", c->sensitivity);
     } else {
         if (imatrix_path) {
             im = moeq_imatrix_new();
             if (moeq_imatrix_load(im, imatrix_path, err, sizeof err) != 0) { cli_error("%s", err); goto out; }
         }
-        if (moeq_alloc_measure(&a, f, im, c->rows, c->n_threads, stderr, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+        if (moeq_alloc_measure(&a, f, im, c->rows, c->n_threads,
+                               cli_log_level >= CLI_LOG_INFO ? cli_progress_cb : NULL, NULL, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
         if (c->sensitivity && moeq_alloc_save(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
     }
     uint64_t budget;
@@ -192,8 +194,8 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
     int top = 0;
     for (int t = 0; t < MOEQ_TYPE_COUNT; t++) if (by_type[t] > by_type[top]) top = t;
     *mix_name = moeq_type_name(top);
-    fprintf(stderr, "moeq: plan: %llu of %llu bytes for the %d units (%.4f%% of the budget), file at most %llu bytes, "
-            "%.4f bpw, predicted damage %.4e\n", (unsigned long long)ub, (unsigned long long)budget, a.n_units,
+    cli_info("plan: %llu of %llu bytes for the %d units (%.4f%% of the budget), file at most %llu bytes, "
+             "%.4f bpw, predicted damage %.4e", (unsigned long long)ub, (unsigned long long)budget, a.n_units,
             budget ? 100.0 * (double)ub / (double)budget : 0.0, (unsigned long long)moeq_alloc_file_bytes(&a, choice),
             8.0 * (double)(ub + a.fixed_bytes) / (double)a.nelem_all, moeq_alloc_damage(&a, choice));
     if (dry_run) print_table(&a, choice);

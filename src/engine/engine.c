@@ -1085,6 +1085,7 @@ void moeq_engine_close(moeq_engine *e)
 }
 
 const struct moeq_model_info *moeq_engine_info(const moeq_engine *e) { return &e->info; }
+int moeq_engine_n_threads(const moeq_engine *e) { return e->n_threads; }
 
 void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud)
 {

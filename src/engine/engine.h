@@ -53,6 +53,8 @@ struct moeq_model_info {
 moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, size_t errlen);
 void         moeq_engine_close(moeq_engine *e);
 const struct moeq_model_info *moeq_engine_info(const moeq_engine *e);
+/* Threads the engine's pool runs (n_threads <= 0 at open: the cores). */
+int moeq_engine_n_threads(const moeq_engine *e);
 
 /* ---- tokenizer (see tokenizer.h for the implementation) ---- */
 

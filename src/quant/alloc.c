@@ -14,7 +14,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -23,13 +22,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return -1;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static uint64_t pad(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
@@ -193,7 +185,8 @@ static void measure_cand(void *ctx, int64_t b, int64_t e, int tid)
 }
 
 int moeq_alloc_measure(struct moeq_alloc *a, const gguf_file *f, const struct moeq_imatrix *im,
-                       int rows_per_unit, int n_threads, FILE *log, char *err, size_t errlen)
+                       int rows_per_unit, int n_threads, moeq_progress_fn progress, void *ud,
+                       char *err, size_t errlen)
 {
     if (rows_per_unit < 1) rows_per_unit = 1024;
     moeq_pool *pool = moeq_pool_new(n_threads);
@@ -207,21 +200,20 @@ int moeq_alloc_measure(struct moeq_alloc *a, const gguf_file *f, const struct mo
     if (!ok) { fail(err, errlen, "alloc: out of memory"); goto out; }
     uint64_t total = 0, done = 0;
     for (int k = 0; k < a->n_units; k++) total += a->units[k].nelem;
-    const double t0 = now_s();
+    const double t0 = moeq_now_s();
     for (int k = 0; k < a->n_units; k++) {
         struct moeq_alloc_unit *u = &a->units[k];
         struct mjob j = { u, f, im, rows_per_unit, u->err, scratch, 0 };
         moeq_pool_for(pool, u->n_cand, 1, measure_cand, &j);
         u->sens = 1.0;
         done += u->nelem;
-        if (log) {
-            double el = now_s() - t0;
-            fprintf(log, "\rmoeq: measuring [%3d/%3d] %-28s %5.1fs ETA %5.1fs", k + 1, a->n_units, u->name, el,
-                    done ? el * (double)(total - done) / (double)done : 0.0);
-            fflush(log);
+        if (progress) {
+            double el = moeq_now_s() - t0;
+            struct moeq_progress pr = { "measuring", u->name, k + 1, a->n_units, el,
+                                        done ? el * (double)(total - done) / (double)done : 0.0 };
+            progress(ud, &pr);
         }
     }
-    if (log) fprintf(log, "\n");
 out:
     for (int t = 0; scratch && t < nth; t++) free(scratch[t]);
     free(scratch);

@@ -24,6 +24,7 @@
 
 #include "gguf/gguf.h"
 #include "quant/imatrix.h"
+#include "util/util.h"
 
 #define MOEQ_ALLOC_MAX_CAND 24
 
@@ -62,9 +63,11 @@ void moeq_alloc_free(struct moeq_alloc *a);
 /* Measure err[] of every candidate: rows_per_unit rows of each tensor
  * (spread over its experts, picked by a fixed stride) are quantized with
  * their importance weights (im may be NULL: uniform), dequantized and
- * compared. Progress with ETA on log when not NULL. sens is set to 1. */
+ * compared. After each unit, progress (when not NULL) with ud, task
+ * "measuring", item the unit's name. sens is set to 1. */
 int moeq_alloc_measure(struct moeq_alloc *a, const gguf_file *f, const struct moeq_imatrix *im,
-                       int rows_per_unit, int n_threads, FILE *log, char *err, size_t errlen);
+                       int rows_per_unit, int n_threads, moeq_progress_fn progress, void *ud,
+                       char *err, size_t errlen);
 
 /*
  * Sensitivity file, text, one record a line ('#' starts a comment):

@@ -1268,7 +1268,7 @@ uint64_t moeq_synth_weight_bytes(const moeq_synth_cfg *c)
 }
 
 int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
-                     int verbose, char *err, size_t errlen)
+                     moeq_progress_fn progress, void *ud, char *err, size_t errlen)
 {
     if (moeq_synth_check(c, err, errlen)) return -1;
     static int init;
@@ -1315,7 +1315,9 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
     uint8_t *buf = NULL;
     size_t buf_cap = 0;
     double t0 = moeq_now_s();
-    uint64_t written = 0;
+    uint64_t written = 0, total_bytes = 0;
+    for (int i = 0; i < np; i++)
+        total_bytes += (uint64_t)moeq_row_size(p[i].type, (int64_t)p[i].ne[0]) * p[i].ne[1] * p[i].ne[2];
     int rc = 0;
     for (int i = 0; i < np && !rc; i++) {
         struct tgen g;
@@ -1347,12 +1349,14 @@ int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
             }
             written += n * g.row_bytes;
         }
-        if (verbose && (p[i].n_dims == 3 || i == np - 1))
-            fprintf(stderr, "\rmoeq: synth: %d/%d tensors, %.2f GB, %.1f s", i + 1, np,
-                    (double)written / 1e9, moeq_now_s() - t0);
+        if (progress && (p[i].n_dims == 3 || i == np - 1)) {
+            double el = moeq_now_s() - t0;
+            struct moeq_progress pr = { "synth", p[i].name, i + 1, np, el,
+                                        written ? el * (double)(total_bytes - written) / (double)written : 0.0 };
+            progress(ud, &pr);
+        }
         tgen_free(&g, nt);
     }
-    if (verbose) fputc('\n', stderr);
     free(buf);
     model_free(&m);
     moeq_pool_free(pool);

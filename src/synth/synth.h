@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/util.h"
+
 /* Tensor groups that take one type each (the recipe table's rows). */
 enum moeq_synth_group {
     SYNTH_G_EMBD,       /* token_embd */
@@ -109,12 +111,13 @@ int moeq_synth_tensor_type(const moeq_synth_cfg *c, int g, uint64_t ne0);
 const char *moeq_synth_path_name(const moeq_synth_cfg *c, int g);
 
 /*
- * Write the model to path with n_threads (<= 0: all cores). verbose prints
- * progress to stderr. 0 on success; -1 with a message (the target is left
- * untouched).
+ * Write the model to path with n_threads (<= 0: all cores). progress (when
+ * not NULL) is called with ud after each expert tensor and the last one
+ * (task "synth", item the tensor's name). 0 on success; -1 with a message
+ * (the target is left untouched).
  */
 int moeq_synth_write(const moeq_synth_cfg *c, const char *path, int n_threads,
-                     int verbose, char *err, size_t errlen);
+                     moeq_progress_fn progress, void *ud, char *err, size_t errlen);
 
 /* ------------------------------------------------------------ vocabulary */
 

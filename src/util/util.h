@@ -1,7 +1,8 @@
 /*
  * util.h: small helpers every stage may include (library, tools, tests):
- * writing an error message into a caller's buffer and reading the
- * monotonic clock. Nothing here knows about models, quants or the engine.
+ * writing an error message into a caller's buffer, reading the monotonic
+ * clock, and the one progress callback type of the library's long steps.
+ * Nothing here knows about models, quants or the engine.
  */
 #ifndef MOEQ_UTIL_H
 #define MOEQ_UTIL_H
@@ -13,5 +14,17 @@ void moeq_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__(
 
 /* Seconds on the monotonic clock (for durations, not dates). */
 double moeq_now_s(void);
+
+/* Progress of a long library step. Libraries never print progress: they
+ * call a moeq_progress_fn after each item (the CLI's cli_progress_cb
+ * prints it, one line per step when stderr is not a terminal). done of
+ * total items finished, item the one just finished (may be NULL),
+ * seconds since the start and the estimate of those left. */
+struct moeq_progress {
+    const char *task, *item;
+    int         done, total;
+    double      elapsed_s, eta_s;
+};
+typedef void (*moeq_progress_fn)(void *ud, const struct moeq_progress *p);
 
 #endif
