@@ -16,6 +16,7 @@
  */
 #include "test.h"
 #include "server/server.h"
+#include "model/chat_parse.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -35,7 +36,10 @@
 #define FK_BOS   257
 #define FK_CTX   256
 
+struct fake;
+
 struct fake_sess {
+    struct fake *f;
     int32_t  toks[FK_CTX];
     uint64_t hash[FK_CTX + 1];     /* hash[i]: hash of toks[0..i) */
     int      n;
@@ -47,6 +51,8 @@ struct fake {
     int         delay_us;          /* per decode step / eval call */
     atomic_int  max_batch, n_decode, n_sessions;
     atomic_llong evaluated;        /* prompt tokens evaluated */
+    const char *script;            /* set: the reply after "assistant:" is this text, then the end */
+    atomic_int  bad_hist;          /* sample calls whose history was not the session's tokens */
 };
 
 static int fk_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
@@ -68,14 +74,43 @@ static int fk_piece(void *ud, int32_t tok, char *buf, int cap)
 
 static int fk_is_eog(void *ud, int32_t tok) { (void)ud; return tok == FK_EOS; }
 
-static char *fk_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+/* The fake template: "tools:NAME,...\n" when tools are offered, then
+ * "role:content\n" per message (an assistant's calls as
+ * "call:NAME(ARGS)", a tool result as "tool[ID]:content"), then
+ * "assistant:", and "<think>\n" after it when chat_template_kwargs set
+ * "think". A "fail" kwarg is a template error. */
+static char *fk_render(void *ud, json_t *ctx, char *err, size_t errlen)
 {
-    (void)ud; (void)err; (void)errlen;
-    size_t len = 16;
-    for (int i = 0; i < n; i++) len += strlen(m[i].role) + strlen(m[i].content) + 3;
-    char *s = malloc(len), *p = s;
-    for (int i = 0; i < n; i++) p += sprintf(p, "%s:%s\n", m[i].role, m[i].content);
-    strcpy(p, "assistant:");
+    (void)ud;
+    if (json_object_get(ctx, "fail")) { snprintf(err, errlen, "the template raised: asked to"); return NULL; }
+    size_t cap = 4096, n = 0;
+    char *s = malloc(cap);
+    json_t *tools = json_object_get(ctx, "tools"), *v;
+    size_t i;
+    if (tools) {
+        n += (size_t)snprintf(s + n, cap - n, "tools:");
+        json_array_foreach(tools, i, v)
+            n += (size_t)snprintf(s + n, cap - n, "%s%s", i ? "," : "",
+                                  json_string_value(json_object_get(json_object_get(v, "function"), "name")));
+        n += (size_t)snprintf(s + n, cap - n, "\n");
+    }
+    json_array_foreach(json_object_get(ctx, "messages"), i, v) {
+        const char *role = json_string_value(json_object_get(v, "role"));
+        const char *id = json_string_value(json_object_get(v, "tool_call_id"));
+        if (id) n += (size_t)snprintf(s + n, cap - n, "%s[%s]:%s\n", role, id,
+                                      json_string_value(json_object_get(v, "content")));
+        else n += (size_t)snprintf(s + n, cap - n, "%s:%s\n", role, json_string_value(json_object_get(v, "content")));
+        size_t k;
+        json_t *c;
+        json_array_foreach(json_object_get(v, "tool_calls"), k, c) {
+            json_t *fn = json_object_get(c, "function");
+            char *a = json_dumps(json_object_get(fn, "arguments"), JSON_COMPACT | JSON_ENCODE_ANY);
+            n += (size_t)snprintf(s + n, cap - n, "call:%s(%s)\n", json_string_value(json_object_get(fn, "name")), a);
+            free(a);
+        }
+        if (n >= cap) break;
+    }
+    if (n < cap) snprintf(s + n, cap - n, "assistant:%s", json_is_true(json_object_get(ctx, "think")) ? "<think>\n" : "");
     return s;
 }
 
@@ -84,7 +119,9 @@ static void *fk_new(void *ud, char *err, size_t errlen)
     (void)err; (void)errlen;
     struct fake *f = ud;
     atomic_fetch_add(&f->n_sessions, 1);
-    return calloc(1, sizeof(struct fake_sess));
+    struct fake_sess *s = calloc(1, sizeof *s);
+    if (s) s->f = f;
+    return s;
 }
 
 static void fk_free(void *ud, void *s) { (void)ud; free(s); }
@@ -105,7 +142,16 @@ static void fk_logits(struct fake_sess *s)
 {
     for (int i = 0; i < FK_VOCAB; i++) s->logits[i] = 0;
     int32_t next, last = s->toks[s->n - 1];
-    if (s->toks[0] == '#') {
+    int at = -1;
+    for (int i = s->n - 10; s->f->script && i >= 0 && at < 0; i--) {
+        int k = 0;
+        while (k < 10 && s->toks[i + k] == (unsigned char)"assistant:"[k]) k++;
+        if (k == 10) at = i + 10;
+    }
+    if (at >= 0) {
+        size_t k = (size_t)(s->n - at);
+        next = k < strlen(s->f->script) ? (unsigned char)s->f->script[k] : FK_EOS;
+    } else if (s->toks[0] == '#') {
         next = last >= 'a' && last < 'z' ? last + 1 : last == 'z' ? FK_EOS : 'a';
     } else if (s->toks[0] == '~') {
         next = last >= 'a' && last < 'z' ? last + 1 : 'a';
@@ -158,11 +204,19 @@ static int fk_decode(void *ud, void **ss, const int32_t *t, int n, char *err, si
     return 0;
 }
 
-static int32_t fk_sample(void *ud, void *s, const struct srv_sampling *p, uint64_t *rng, const float *lg)
+/* Greedy over the logits plus logit_bias; the penalties are the engine's
+ * (test_sample.c), here only the history they would read is checked. */
+static int32_t fk_sample(void *ud, void *sp, const struct srv_sampling *p, uint64_t *rng, const float *lg,
+                         const int32_t *hist, int n_hist)
 {
-    (void)ud; (void)s;
+    struct fake *f = ud;
+    struct fake_sess *s = sp;
+    if (n_hist != s->n || memcmp(hist, s->toks, (size_t)n_hist * sizeof *hist) != 0) atomic_fetch_add(&f->bad_hist, 1);
+    float l[FK_VOCAB];
+    memcpy(l, lg, sizeof l);
+    for (int i = 0; i < p->n_bias; i++) l[p->bias[i].id] += p->bias[i].bias;
     int best = 0;
-    for (int i = 1; i < FK_VOCAB; i++) if (lg[i] > lg[best]) best = i;
+    for (int i = 1; i < FK_VOCAB; i++) if (l[i] > l[best]) best = i;
     if (p->temp <= 0) return best;
     /* Not the engine's sampler: enough to show that seeds reproduce. */
     *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -176,6 +230,7 @@ static struct srv_backend fake_backend(struct fake *f)
         .tokenize = fk_tokenize, .piece = fk_piece, .is_eog = fk_is_eog, .chat_render = fk_render,
         .session_new = fk_new, .session_free = fk_free, .session_sync = fk_sync, .session_eval = fk_eval,
         .session_logits = fk_get_logits, .decode = fk_decode, .sample = fk_sample,
+        .chat_format = MOEQ_CALLS_QWEN3, .chat_think = 1,
     };
     return be;
 }
@@ -292,7 +347,7 @@ TEST(server_parse_errors)
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{\"include_usage\":true}}", "only allowed" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":\"s\"}", "'seed' must be an integer" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":3}", "'model' must be a string" },
-        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "'tools' is not supported" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "'tools[0].function' must be an object" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_object\"}}", "'response_format'" },
         { SRV_COMPLETION, "{\"prompt\":3}", "'prompt' must be" },
         { SRV_COMPLETION, "{\"prompt\":\"\"}", "the prompt is empty" },
@@ -387,7 +442,7 @@ TEST(server_response_shapes)
         { .tok = 'h', .lp = -0.25f, .n_top = 2, .top_tok = { 'h', 'i' }, .top_lp = { -0.25f, -1.5f } },
         { .tok = 'i', .lp = -0.5f, .n_top = 0 },
     };
-    json_t *r = srv_response_json(SRV_CHAT, "chatcmpl-1", 1700000000, "m", "hi\xFF", 3, "length",
+    json_t *r = srv_response_json(SRV_CHAT, "chatcmpl-1", 1700000000, "m", "hi\xFF", 3, NULL, "length",
                                   srv_logprobs_json(&be, SRV_CHAT, tp, 2, 0), &u);
     REQUIRE(r);
     CHECK(!strcmp(json_string_value(json_object_get(r, "object")), "chat.completion"));
@@ -405,7 +460,7 @@ TEST(server_response_shapes)
     CHECK(json_array_size(json_object_get(c0, "top_logprobs")) == 2);
     json_decref(r);
 
-    r = srv_response_json(SRV_COMPLETION, "cmpl-1", 1, "m", "xy", 2, "stop",
+    r = srv_response_json(SRV_COMPLETION, "cmpl-1", 1, "m", "xy", 2, NULL, "stop",
                           srv_logprobs_json(&be, SRV_COMPLETION, tp, 2, 0), &u);
     ch = json_array_get(json_object_get(r, "choices"), 0);
     CHECK(!strcmp(json_string_value(json_object_get(r, "object")), "text_completion"));

@@ -27,14 +27,9 @@ static int srvf_piece(void *ud, int32_t tok, char *buf, int cap)
 
 static int srvf_is_eog(void *ud, int32_t tok) { return moeq_tokenizer_is_eog(ud, tok); }
 
-static char *srvf_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+static char *srvf_render(void *ud, json_t *ctx, char *err, size_t errlen)
 {
-    struct moeq_tok_msg *tm = calloc((size_t)n, sizeof *tm);
-    if (!tm) return NULL;
-    for (int i = 0; i < n; i++) tm[i] = (struct moeq_tok_msg){ m[i].role, m[i].content };
-    char *r = moeq_tokenizer_chat_render(ud, tm, n, 1, err, errlen);
-    free(tm);
-    return r;
+    return moeq_tokenizer_chat_render_json(ud, ctx, err, errlen);
 }
 
 static void srvf_check_error(int status, const char *err)
@@ -91,7 +86,8 @@ FUZZ_ENTRY(server)
     struct srv_backend be = {
         .ud = (void *)tok, .n_vocab = moeq_tokenizer_n_vocab(tok), .n_ctx = 512, .n_batch = 64,
         .bos = sp.bos, .tokenize = srvf_tokenize, .piece = srvf_piece, .is_eog = srvf_is_eog,
-        .chat_render = srvf_render,
+        .chat_render = srvf_render, .chat_format = moeq_tokenizer_chat_format(tok),
+        .chat_think = moeq_tokenizer_chat_kind(tok) == MOEQ_CHAT_QWEN3,
     };
     char err[512] = "";
     json_t *body = srv_parse_body((const char *)data, size, err, sizeof err);
