@@ -34,6 +34,8 @@ static void usage(FILE *out)
         "  --split-max-size N[M|G] write a split set FILE-00001-of-0000N.gguf, parts of\n"
         "                        at most N bytes of tensor data\n"
         "  --name S              general.name\n"
+        "  --chat-template FILE  tokenizer.chat_template from FILE (Jinja; default: a\n"
+        "                        plain ChatML template)\n"
         "shape (override the preset):\n"
         "  --layers N  --n-embd N  --heads N  --kv-heads N  --head-dim N\n"
         "  --experts N  --experts-used N  --ff-exp N  --ff N (dense, metadata only)\n"
@@ -108,9 +110,12 @@ static const struct int_flag int_flags[] = {
 };
 #undef OFF
 
-int cmd_synth(int argc, char **argv)
+/* The command; *tmpl holds a --chat-template file's text for the caller
+ * to free whichever way this returns. */
+static int synth_main(int argc, char **argv, char **tmpl_out)
 {
     const char *cmd = "synth";
+    char *tmpl = NULL;
     const char *out = NULL, *preset = "tiny";
     int threads = 0, verbose = 0;
     const char *mix_name = "";
@@ -161,6 +166,15 @@ int cmd_synth(int argc, char **argv)
             continue;
         }
         if (!strcmp(a, "--name")) { snprintf(c.name, sizeof c.name, "%s", val); continue; }
+        if (!strcmp(a, "--chat-template")) {
+            char rerr[512];
+            size_t len;
+            free(tmpl);
+            tmpl = *tmpl_out = cli_read_file(val, &len, rerr, sizeof rerr);
+            if (!tmpl) { cli_error("synth: --chat-template %s", rerr); return 1; }
+            c.chat_template = tmpl;
+            continue;
+        }
         if (!strcmp(a, "--rope-base") || !strcmp(a, "--rms-eps")) {
             if (cli_parse_f64(val, &fv) || !(fv > 0))
                 return cli_usage_error(cmd, "bad value '%s' for %s", val, a);
@@ -240,4 +254,12 @@ int cmd_synth(int argc, char **argv)
             (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec),
             (double)ru.ru_maxrss / 1024.0);
     return 0;
+}
+
+int cmd_synth(int argc, char **argv)
+{
+    char *tmpl = NULL;
+    int rc = synth_main(argc, argv, &tmpl);
+    free(tmpl);
+    return rc;
 }

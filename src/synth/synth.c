@@ -1241,7 +1241,7 @@ static int write_metadata(gguf_writer *w, const moeq_synth_cfg *c, const struct 
     rc |= gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)v.pad);
     rc |= gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v.bos);
     rc |= gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 0);
-    rc |= gguf_writer_add_str(w, "tokenizer.chat_template", moeq_synth_chat_template);
+    rc |= gguf_writer_add_str(w, "tokenizer.chat_template", c->chat_template ? c->chat_template : moeq_synth_chat_template);
     moeq_synth_vocab_free(&v);
     if (rc) {
         snprintf(err, errlen, "%s", gguf_writer_error(w));

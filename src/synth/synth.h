@@ -70,6 +70,7 @@ typedef struct {
                                    pick the types, as moeq quantize would; -1: none */
     int      mode;              /* enum moeq_synth_mode */
     uint64_t split_max_size;    /* > 0: write a split set (gguf_writer_split_max_size) */
+    const char *chat_template;  /* tokenizer.chat_template (borrowed); NULL: the built-in ChatML */
 } moeq_synth_cfg;
 
 /* Fill c with a preset ("tiny", "qwen3-30b-a3b"); -1 when unknown.
