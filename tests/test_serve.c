@@ -462,21 +462,13 @@ TEST(serve_e2e_tools_and_apply_template)
  * build/npm (ignored by git); without node or the registry, skip. */
 TEST(serve_e2e_openai_node_client)
 {
-    if (test_run(NULL, "node --version >/dev/null 2>&1") != 0) SKIP("node is absent");
-    if (access("build/npm/node_modules/openai/package.json", R_OK) != 0 &&
-        test_run(NULL, "mkdir -p build/npm && cd build/npm && timeout 60 npm install --prefix . --no-audit --no-fund "
-                       "--loglevel=error openai >/dev/null 2>&1") != 0)
-        SKIP("the openai npm package could not be installed");
-    if (access("build/npm/node_modules/openai/package.json", R_OK) != 0) SKIP("openai npm package absent");
-    if (access("tests/serve_openai.mjs", R_OK) != 0) SKIP("tests/serve_openai.mjs absent (run from the repo root)");
+    const char *mod = test_npm_package("openai", "tests/serve_openai.mjs");
     const char *model = test_tiny_model();
     struct test_srv s;
     test_serve_start(&s, model, "-c 512 -np 2 --api-key node-key");
     char *o;
-    char cwd[4096];
-    REQUIRE(getcwd(cwd, sizeof cwd));
-    int rc = test_run(&o, "OPENAI_MODULE=%s/build/npm/node_modules/openai timeout 120 node tests/serve_openai.mjs "
-                          "http://127.0.0.1:%d node-key", cwd, s.port);
+    int rc = test_run(&o, "OPENAI_MODULE=%s timeout 120 node tests/serve_openai.mjs http://127.0.0.1:%d node-key",
+                      mod, s.port);
     CHECKF(rc == 0 && o && strstr(o, "openai-client: ok"), "node: %d %s", rc, o ? o : "");
     free(o);
     CHECK(test_serve_stop(&s) == 0);

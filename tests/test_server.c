@@ -58,6 +58,7 @@ struct fake {
     atomic_int  max_batch, n_decode, n_sessions;
     atomic_llong evaluated;        /* prompt tokens evaluated */
     const char *script;            /* set: the reply after "assistant:" is this text, then the end */
+    const char *after_tool[3];     /* the reply to a prompt holding k+1 tool results, if set */
     atomic_int  bad_hist;          /* sample calls whose history was not the session's tokens */
 };
 
@@ -143,6 +144,29 @@ static int fk_sync(void *ud, void *sp, const int32_t *t, int n)
     return k;
 }
 
+/* A scripted reply: the script for the number of tool results in the
+ * prompt, continued from where the reply so far (a prefill, then what was
+ * generated) sits in it, so a reply forced to start with a call's opening
+ * goes on with the script's call. */
+static int32_t fk_script_next(const struct fake_sess *s, int at)
+{
+    int results = 0;
+    for (int i = 0; i + 5 <= at; i++) {
+        int k = 0;
+        while (k < 5 && s->toks[i + k] == (unsigned char)"tool["[k]) k++;
+        if (k == 5) results++;
+    }
+    const char *sc = results > 0 && results <= 3 && s->f->after_tool[results - 1] ? s->f->after_tool[results - 1]
+                                                                                 : s->f->script;
+    size_t sl = strlen(sc), have = (size_t)(s->n - at);
+    for (size_t off = 0; off + have < sl; off++) {
+        size_t k = 0;
+        while (k < have && s->toks[at + (int)k] == (unsigned char)sc[off + k]) k++;
+        if (k == have) return (unsigned char)sc[off + have];
+    }
+    return FK_EOS;
+}
+
 /* The fake model: next token from the history. */
 static void fk_logits(struct fake_sess *s)
 {
@@ -155,8 +179,7 @@ static void fk_logits(struct fake_sess *s)
         if (k == 10) at = i + 10;
     }
     if (at >= 0) {
-        size_t k = (size_t)(s->n - at);
-        next = k < strlen(s->f->script) ? (unsigned char)s->f->script[k] : FK_EOS;
+        next = fk_script_next(s, at);
     } else if (s->toks[0] == '#') {
         next = last >= 'a' && last < 'z' ? last + 1 : last == 'z' ? FK_EOS : 'a';
     } else if (s->toks[0] == '~') {
@@ -1598,5 +1621,23 @@ TEST(server_http_tool_calls)
                "\"logit_bias\":[[98,-100]]}", NULL, &o) == 200 && strstr(o, "\"text\":\"cde\""));
     free(o);
     CHECK(atomic_load(&e.f.bad_hist) == 0);
+    srv_stop(e.s);
+}
+
+/* The official openai Node.js client (tests/serve_tools.mjs) against the
+ * scripted fake: tools, streamed calls, tool_choice, a round trip. */
+TEST(server_http_openai_node_tools)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *mod = test_npm_package("openai", "tests/serve_tools.mjs");
+    struct http_env e;
+    env_start(&e, NULL, 2, 8, 0, 10, 1);
+    e.f.script = "<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{\"name\": \"get_weather\", "
+                 "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    e.f.after_tool[0] = "It is 18C and sunny in Paris.";
+    char *o = NULL;
+    int rc = test_run(&o, "OPENAI_MODULE=%s timeout 60 node tests/serve_tools.mjs http://127.0.0.1:%d", mod, e.port);
+    CHECKF(rc == 0 && o && strstr(o, "openai-tools: ok"), "node: %d %s", rc, o ? o : "");
+    free(o);
     srv_stop(e.s);
 }
