@@ -41,13 +41,14 @@
 #define FK_EOS   256
 #define FK_BOS   257
 #define FK_CTX   256
+#define FK_CTX_LONG 2048           /* for the client conversations (struct fake.long_ctx) */
 
 struct fake;
 
 struct fake_sess {
     struct fake *f;
-    int32_t  toks[FK_CTX];
-    uint64_t hash[FK_CTX + 1];     /* hash[i]: hash of toks[0..i) */
+    int32_t  toks[FK_CTX_LONG];
+    uint64_t hash[FK_CTX_LONG + 1]; /* hash[i]: hash of toks[0..i) */
     int      n;
     float    logits[FK_VOCAB];
     int      valid;
@@ -60,6 +61,7 @@ struct fake {
     const char *script;            /* set: the reply after "assistant:" is this text, then the end */
     const char *after_tool[3];     /* the reply to a prompt holding k+1 tool results, if set */
     atomic_int  bad_hist;          /* sample calls whose history was not the session's tokens */
+    int         long_ctx;          /* sessions hold FK_CTX_LONG tokens, not FK_CTX */
 };
 
 static int fk_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
@@ -196,7 +198,8 @@ static void fk_logits(struct fake_sess *s)
 
 static int fk_push(struct fake_sess *s, const int32_t *t, int n, char *err, size_t errlen)
 {
-    if (s->n + n > FK_CTX) { snprintf(err, errlen, "context of %d tokens is full", FK_CTX); return -1; }
+    int cap = s->f->long_ctx ? FK_CTX_LONG : FK_CTX;
+    if (s->n + n > cap) { snprintf(err, errlen, "context of %d tokens is full", cap); return -1; }
     for (int i = 0; i < n; i++) {
         s->toks[s->n] = t[i];
         s->hash[s->n + 1] = (s->hash[s->n] ^ (uint64_t)(t[i] + 1)) * 0x100000001B3ull;
@@ -255,7 +258,7 @@ static int32_t fk_sample(void *ud, void *sp, const struct srv_sampling *p, uint6
 static struct srv_backend fake_backend(struct fake *f)
 {
     struct srv_backend be = {
-        .ud = f, .n_vocab = FK_VOCAB, .n_ctx = FK_CTX, .n_batch = 16, .add_bos = 0, .bos = FK_BOS,
+        .ud = f, .n_vocab = FK_VOCAB, .n_ctx = f->long_ctx ? FK_CTX_LONG : FK_CTX, .n_batch = 16, .add_bos = 0, .bos = FK_BOS,
         .tokenize = fk_tokenize, .piece = fk_piece, .is_eog = fk_is_eog, .chat_render = fk_render,
         .session_new = fk_new, .session_free = fk_free, .session_sync = fk_sync, .session_eval = fk_eval,
         .session_logits = fk_get_logits, .decode = fk_decode, .sample = fk_sample,
@@ -1624,6 +1627,15 @@ TEST(server_http_tool_calls)
     srv_stop(e.s);
 }
 
+/* The fake with room for a client's conversation, attached. */
+static void long_fake(struct http_env *e)
+{
+    e->f.long_ctx = 1;
+    e->be = fake_backend(&e->f);
+    char err[256];
+    REQUIREF(srv_attach(e->s, &e->be, NULL, err, sizeof err) == 0, "attach: %s", err);
+}
+
 /* The official openai Node.js client (tests/serve_tools.mjs) against the
  * scripted fake: tools, streamed calls, tool_choice, a round trip. */
 TEST(server_http_openai_node_tools)
@@ -1631,13 +1643,37 @@ TEST(server_http_openai_node_tools)
     if (!have_curl()) SKIP("curl is absent");
     const char *mod = test_npm_package("openai", "tests/serve_tools.mjs");
     struct http_env e;
-    env_start(&e, NULL, 2, 8, 0, 10, 1);
+    env_start(&e, NULL, 2, 8, 0, 10, 0);
+    long_fake(&e);
     e.f.script = "<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{\"name\": \"get_weather\", "
                  "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
     e.f.after_tool[0] = "It is 18C and sunny in Paris.";
     char *o = NULL;
     int rc = test_run(&o, "OPENAI_MODULE=%s timeout 60 node tests/serve_tools.mjs http://127.0.0.1:%d", mod, e.port);
     CHECKF(rc == 0 && o && strstr(o, "openai-tools: ok"), "node: %d %s", rc, o ? o : "");
+    free(o);
+    srv_stop(e.s);
+}
+
+/* LangChain.js (tests/serve_langchain.mjs): bindTools and an agent loop of
+ * two tool turns against the scripted fake. */
+TEST(server_http_langchain_agent)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *mod = test_npm_package("@langchain/openai", "tests/serve_langchain.mjs");
+    (void)test_npm_package("@langchain/core", "tests/serve_langchain.mjs");
+    char root[4096];
+    snprintf(root, sizeof root, "%s", mod);
+    *strstr(root, "/node_modules/") = 0;
+    struct http_env e;
+    env_start(&e, NULL, 2, 8, 0, 10, 0);
+    long_fake(&e);
+    e.f.script = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    e.f.after_tool[0] = "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Paris\"}}\n</tool_call>";
+    e.f.after_tool[1] = "It is 18C and 12:00 in Paris.";
+    char *o = NULL;
+    int rc = test_run(&o, "NPM_ROOT=%s timeout 60 node tests/serve_langchain.mjs http://127.0.0.1:%d", root, e.port);
+    CHECKF(rc == 0 && o && strstr(o, "langchain: ok"), "node: %d %s", rc, o ? o : "");
     free(o);
     srv_stop(e.s);
 }
