@@ -391,54 +391,63 @@ static int tool_named(const json_t *tools, const char *name)
 
 /*
  * tool_choice: "auto" (the default), "none" (tools are not offered and
- * calls not parsed, as llama-server), "required", or a named function. The
- * last two force a call by starting the reply with the opening of one in
- * the template's syntax; *prefill gets that text (NULL for none).
+ * calls not parsed, as llama-server), "required", or a named function
+ * (*name, borrowed from the body). The last two force a call: see
+ * call_prefill.
  */
-static int chat_tool_choice(const struct srv_backend *be, const json_t *body, json_t **tools, int think_open,
-                            char **prefill, char *err, size_t errlen)
+enum tool_choice { TC_AUTO, TC_NONE, TC_REQUIRED, TC_NAMED };
+
+static int chat_tool_choice(const struct srv_backend *be, const json_t *body, const json_t *tools,
+                            enum tool_choice *tc, const json_t **name, char *err, size_t errlen)
 {
-    *prefill = NULL;
-    const json_t *tc = field(body, "tool_choice");
-    const char *name = NULL;
-    int required = 0;
-    if (!tc || (json_is_string(tc) && !strcmp(json_string_value(tc), "auto"))) return 0;
-    if (json_is_string(tc) && !strcmp(json_string_value(tc), "none")) {
-        json_decref(*tools);
-        *tools = NULL;
-        return 0;
-    }
-    if (json_is_string(tc) && !strcmp(json_string_value(tc), "required")) {
-        required = 1;
-    } else if (json_is_object(tc)) {
-        const json_t *fn = json_object_get(tc, "function"), *ty = json_object_get(tc, "type");
-        name = json_string_value(json_object_get(fn, "name"));
-        if (!json_is_string(ty) || strcmp(json_string_value(ty), "function") || !name || !*name)
+    const json_t *v = field(body, "tool_choice");
+    const char *s = json_string_value(v);
+    *tc = TC_AUTO;
+    *name = NULL;
+    if (!v || (s && !strcmp(s, "auto"))) return 0;
+    if (s && !strcmp(s, "none")) { *tc = TC_NONE; return 0; }
+    if (s && !strcmp(s, "required")) {
+        *tc = TC_REQUIRED;
+    } else if (json_is_object(v)) {
+        const json_t *ty = json_object_get(v, "type");
+        *name = json_object_get(json_object_get(v, "function"), "name");
+        if (!json_is_string(ty) || strcmp(json_string_value(ty), "function") || !json_is_string(*name) ||
+            json_string_length(*name) == 0)
             return fail(err, errlen, "'tool_choice' object must be {\"type\":\"function\",\"function\":{\"name\":...}}");
+        *tc = TC_NAMED;
     } else {
         return fail(err, errlen, "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",...}");
     }
-    if (!*tools) return fail(err, errlen, "'tool_choice' %s needs 'tools'", required ? "\"required\"" : "with a function");
-    if (name && !tool_named(*tools, name))
-        return fail(err, errlen, "'tool_choice' names the function '%.60s', which is not in 'tools'", name);
+    const char *what = *tc == TC_REQUIRED ? "\"required\"" : "with a function";
+    if (!tools) return fail(err, errlen, "'tool_choice' %s needs 'tools'", what);
+    if (*name && !tool_named(tools, json_string_value(*name)))
+        return fail(err, errlen, "'tool_choice' names the function '%.60s', which is not in 'tools'",
+                    json_string_value(*name));
     if (be->chat_format == MOEQ_CALLS_PLAIN)
         return fail(err, errlen, "'tool_choice' %s is not supported: the model's chat template has no tool-call syntax",
-                    required ? "\"required\"" : "with a function");
-    char *quoted = name ? json_dumps(json_object_get(json_object_get(tc, "function"), "name"), JSON_ENCODE_ANY) : NULL;
-    if (name && !quoted) return fail(err, errlen, "out of memory");
-    /* A reply that starts inside a think block closes it first. */
-    const char *close = think_open ? "</think>\n\n" : "";
-    char *p = NULL;
-    int n;
-    if (be->chat_format == MOEQ_CALLS_QWEN3_CODER)
-        n = name ? asprintf(&p, "%s<tool_call>\n<function=%s>\n", close, name) : asprintf(&p, "%s<tool_call>\n", close);
-    else
-        n = name ? asprintf(&p, "%s<tool_call>\n{\"name\": %s, \"arguments\": ", close, quoted)
-                 : asprintf(&p, "%s<tool_call>\n", close);
-    free(quoted);
-    if (n < 0) return fail(err, errlen, "out of memory");
-    *prefill = p;
+                    what);
     return 0;
+}
+
+/* The start of a forced call in the template's syntax (malloc'd): Qwen3's
+ * "<tool_call>\n" and, for a named function, its name and the key of the
+ * arguments; Coder's "<tool_call>\n<function=NAME>\n". A reply that would
+ * start inside a think block closes it first. */
+static char *call_prefill(const struct srv_backend *be, const json_t *name, int think_open)
+{
+    const char *close = think_open ? "</think>\n\n" : "";
+    char *p = NULL, *quoted = NULL;
+    int n;
+    if (!name)
+        n = asprintf(&p, "%s<tool_call>\n", close);
+    else if (be->chat_format == MOEQ_CALLS_QWEN3_CODER)
+        n = asprintf(&p, "%s<tool_call>\n<function=%s>\n", close, json_string_value(name));
+    else if ((quoted = json_dumps(name, JSON_ENCODE_ANY)))
+        n = asprintf(&p, "%s<tool_call>\n{\"name\": %s, \"arguments\": ", close, quoted);
+    else
+        n = -1;
+    free(quoted);
+    return n < 0 ? NULL : p;
 }
 
 /* Does the prompt leave a <think> block open (the reply starts inside it)? */
@@ -503,20 +512,21 @@ static int chat_prompt(const struct srv_backend *be, const json_t *body, struct 
     if (rc) return rc;
     int parallel = 1;
     char *prefill = NULL, *text = NULL;
+    enum tool_choice tc;
+    const json_t *name;
     if ((rc = get_bool(body, "parallel_tool_calls", &parallel, err, errlen))) goto out;
-    /* "none" drops the tools before they reach the template. */
-    const json_t *tc = field(body, "tool_choice");
-    if (tc && json_is_string(tc) && !strcmp(json_string_value(tc), "none")) { json_decref(tools); tools = NULL; }
+    if ((rc = chat_tool_choice(be, body, tools, &tc, &name, err, errlen))) goto out;
+    if (tc == TC_NONE) { json_decref(tools); tools = NULL; }
     if (tools) json_object_set(ctx, "tools", tools);
     char rerr[256] = "";
     text = be->chat_render(be->ud, ctx, rerr, sizeof rerr);
     if (!text) { rc = fail(err, errlen, "cannot render the chat: %s", rerr[0] ? rerr : "template error"); goto out; }
     int reasoning = be->chat_think && !be->reasoning_none;
     int think_open = reasoning && think_left_open(text);
-    if ((rc = chat_tool_choice(be, body, &tools, think_open, &prefill, err, errlen))) goto out;
-    if (prefill) {
-        size_t a = strlen(text), b = strlen(prefill);
-        char *both = realloc(text, a + b + 1);
+    if (tc == TC_REQUIRED || tc == TC_NAMED) {
+        prefill = call_prefill(be, name, think_open);
+        size_t a = strlen(text), b = prefill ? strlen(prefill) : 0;
+        char *both = prefill ? realloc(text, a + b + 1) : NULL;
         if (!both) { rc = fail(err, errlen, "out of memory"); goto out; }
         memcpy(both + a, prefill, b + 1);
         text = both;
