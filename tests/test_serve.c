@@ -319,6 +319,8 @@ TEST(serve_e2e_usage_errors)
     free(o);
     CHECK(test_run(&o, "%s serve -m x.gguf -ctk q4_0", test_moeq_bin()) == 2);
     free(o);
+    CHECK(test_run(&o, "%s serve -m x.gguf --reasoning-format r1", test_moeq_bin()) == 2 && strstr(o, "deepseek or none"));
+    free(o);
     CHECK(test_run(&o, "%s serve --help", test_moeq_bin()) == 0 && strstr(o, "--api-key"));
     free(o);
     /* A missing model: listening first, then a one-line error and exit 1. */

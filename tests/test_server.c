@@ -1438,6 +1438,23 @@ TEST(server_parse_chat_tools)
         CHECKF(rc == 400 && strstr(err, badmsg[i].needle), "message case %zu: %d '%s'", i, rc, err);
         if (rc == 0) srv_gen_free(&g);
     }
+    /* --reasoning-format none: the think block is not split out, and a
+     * prompt's open one is not tracked. */
+    be.reasoning_none = 1;
+    snprintf(body, sizeof body, "{%s,\"chat_template_kwargs\":{\"think\":true}}", conv);
+    REQUIREF(parse(&be, SRV_CHAT, body, &g, err, sizeof err) == 0, "%s", err);
+    CHECK(!g.reasoning && !g.think_open && !g.prefill);
+    srv_reply *r = srv_reply_new(&g, "chatcmpl-x");
+    json_decref(srv_reply_feed(r, "<think>\nhmm\n</think>\n\nok", 24, 1));
+    json_t *m = srv_reply_message(r);
+    CHECKF(!json_object_get(m, "reasoning_content") &&
+           !strcmp(json_string_value(json_object_get(m, "content")), "<think>\nhmm\n</think>\n\nok"),
+           "%s", json_string_value(json_object_get(m, "content")));
+    json_decref(m);
+    srv_reply_free(r);
+    srv_gen_free(&g);
+    be.reasoning_none = 0;
+
     /* A template without a tool-call syntax cannot force a call. */
     be.chat_format = MOEQ_CALLS_PLAIN;
     snprintf(body, sizeof body, "{%s%s}", conv, tc[0].extra);
