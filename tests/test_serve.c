@@ -333,35 +333,39 @@ TEST(serve_e2e_usage_errors)
     free(o);
 }
 
-/* A synth model carrying the official Qwen3 template: /apply-template
- * gives exactly what the library renders for the same conversation (tools,
- * a call with string arguments, its result, enable_thinking false), and a
- * tool round trip (tool_choice naming the function, then the result sent
- * back) is answered; logit_bias changes what the engine samples. */
-TEST(serve_e2e_tools_and_apply_template)
+static const char serve_tools[] =
+    "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Weather now\","
+    "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
+    "\"required\":[\"city\"]}}}]";
+
+/* A synth model carrying an official template from ../shared, served. */
+static const char *serve_with_template(struct test_srv *s, const char *jinja, const char *name)
 {
-    if (!test_have_curl()) SKIP("curl is absent");
-    const char *jinja = test_shared_path("data/tokenizer/Qwen-Qwen3-0.6B.jinja");
+    const char *tmpl = test_shared_path(jinja);
     char args[4200];
-    snprintf(args, sizeof args, "--preset tiny --chat-template %s", jinja);
-    const char *model = test_synth_model("qwen3-tmpl.gguf", args);
-    struct test_srv s;
-    test_serve_start(&s, model, "-c 2048 -np 1");
-    const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Weather now\","
-                        "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
-                        "\"required\":[\"city\"]}}}]";
+    snprintf(args, sizeof args, "--preset tiny --chat-template %s", tmpl);
+    const char *model = test_synth_model(name, args);
+    test_serve_start(s, model, "-c 2048 -np 1");
+    return model;
+}
+
+/* /apply-template for a conversation with tools, a call (arguments as a
+ * JSON string), its result and enable_thinking false equals the library's
+ * rendering of the same context (arguments as an object); that text,
+ * malloc'd, for template-specific checks. */
+static char *apply_template_matches(struct test_srv *s, const char *model)
+{
     char body[4096], *o;
     snprintf(body, sizeof body,
              "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Paris?\"},"
              "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_7\",\"type\":\"function\","
              "\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
              "{\"role\":\"tool\",\"tool_call_id\":\"call_7\",\"content\":\"18C, sunny\"}],"
-             "\"tools\":%s,\"chat_template_kwargs\":{\"enable_thinking\":false}}", tools);
-    CHECK(http(&s, "POST", "/apply-template", body, NULL, &o) == 200);
+             "\"tools\":%s,\"chat_template_kwargs\":{\"enable_thinking\":false}}", serve_tools);
+    CHECK(http(s, "POST", "/apply-template", body, NULL, &o) == 200);
     json_t *j = json_loads(o ? o : "", 0, NULL);
     const char *got = json_string_value(json_object_get(j, "prompt"));
     REQUIREF(got, "%s", o ? o : "");
-    /* The library's rendering of the same context, arguments as an object. */
     char err[512];
     gguf_file *f = gguf_open(model, err, sizeof err);
     REQUIREF(f, "%s", err);
@@ -373,17 +377,34 @@ TEST(serve_e2e_tools_and_apply_template)
                             "role", "assistant", "content", "", "tool_calls", "type", "function", "id", "call_7",
                             "function", "name", "get_weather", "arguments", "city", "Paris",
                             "role", "tool", "content", "18C, sunny", "tool_call_id", "call_7",
-                            "tools", json_loads(tools, 0, NULL), "add_generation_prompt", 1, "enable_thinking", 0);
+                            "tools", json_loads(serve_tools, 0, NULL), "add_generation_prompt", 1, "enable_thinking", 0);
     REQUIRE(ctx);
     char *want = moeq_tokenizer_chat_render_json(tk, ctx, err, sizeof err);
     REQUIREF(want, "%s", err);
     CHECKF(!strcmp(got, want), "apply-template:\n%s\nlibrary:\n%s", got, want);
-    CHECK(strstr(want, "<tool_response>\n18C, sunny\n</tool_response>") && strstr(want, "\"name\": \"get_weather\""));
-    CHECK(strstr(want, "<tools>") && strstr(want, "<think>\n\n</think>\n\n"));
-    free(want);
     json_decref(ctx);
     json_decref(j);
     free(o);
+    moeq_tokenizer_free(tk);
+    return want;
+}
+
+/* A synth model carrying the official Qwen3 template: /apply-template
+ * gives exactly what the library renders, and a tool round trip
+ * (tool_choice naming the function, then the result sent back) is
+ * answered; logit_bias changes what the engine samples. */
+TEST(serve_e2e_tools_and_apply_template)
+{
+    if (!test_have_curl()) SKIP("curl is absent");
+    struct test_srv s;
+    const char *model = serve_with_template(&s, "data/tokenizer/Qwen-Qwen3-0.6B.jinja", "qwen3-tmpl.gguf");
+    const char *tools = serve_tools;
+    char body[4096], *o;
+    json_t *j;
+    char *want = apply_template_matches(&s, model);
+    CHECK(strstr(want, "<tool_response>\n18C, sunny\n</tool_response>") && strstr(want, "\"name\": \"get_weather\""));
+    CHECK(strstr(want, "<tools>") && strstr(want, "<think>\n\n</think>\n\n"));
+    free(want);
 
     /* Turn 1: the tool is forced; whatever the tiny model adds, the reply
      * is a 200 with either a parsed call or the text as content. */
@@ -456,7 +477,29 @@ TEST(serve_e2e_tools_and_apply_template)
     free(second);
     free(first);
     free(o);
-    moeq_tokenizer_free(tk);
+    CHECK(test_serve_stop(&s) == 0);
+}
+
+/* The same with Qwen3-Coder's template: its XML-like calls, and a named
+ * tool_choice prefilled in its syntax. */
+TEST(serve_e2e_coder_template)
+{
+    if (!test_have_curl()) SKIP("curl is absent");
+    struct test_srv s;
+    const char *model = serve_with_template(&s, "data/tokenizer/Qwen-Qwen3-Coder-30B-A3B.jinja", "coder-tmpl.gguf");
+    char *want = apply_template_matches(&s, model);
+    CHECKF(strstr(want, "<function=get_weather>\n<parameter=city>\nParis\n</parameter>"), "%s", want);
+    free(want);
+    char body[2048], *o;
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"Paris?\"}],\"tools\":%s,"
+             "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}", serve_tools);
+    CHECK(http(&s, "POST", "/apply-template", body, NULL, &o) == 200);
+    json_t *j = json_loads(o ? o : "", 0, NULL);
+    const char *p = json_string_value(json_object_get(j, "prompt"));
+    const char *tail = "<|im_start|>assistant\n<tool_call>\n<function=get_weather>\n";
+    CHECKF(p && strlen(p) > strlen(tail) && !strcmp(p + strlen(p) - strlen(tail), tail), "%s", o ? o : "");
+    json_decref(j);
+    free(o);
     CHECK(test_serve_stop(&s) == 0);
 }
 
