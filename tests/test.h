@@ -71,6 +71,12 @@ int  test_alloc_counting(void);
 void test_alloc_count_start(void);
 long test_alloc_count_stop(void);
 
+/* The directory of an npm package installed once into build/npm (ignored
+ * by git; run from the repo root), e.g. "openai" or "@langchain/openai"
+ * (static buffer). SKIPs the test without node, a registry, or the
+ * script (a path under tests/) that will use it. */
+const char *test_npm_package(const char *pkg, const char *script);
+
 /* HTTP helpers for the server tests (curl over loopback). */
 /* Whether curl is there (the HTTP tests skip without it). */
 int test_have_curl(void);

@@ -69,30 +69,30 @@ struct pcase {
 };
 
 static const struct pcase cases[] = {
-    { MOEQ_CHAT_PLAIN, 0, 0, "Hello <b>world</b> a < b", "Hello <b>world</b> a < b", "", "", 0 },
-    { MOEQ_CHAT_QWEN3, 0, 0,
+    { MOEQ_CALLS_PLAIN, 0, 0, "Hello <b>world</b> a < b", "Hello <b>world</b> a < b", "", "", 0 },
+    { MOEQ_CALLS_QWEN3, 0, 0,
       "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"n\": 2}}\n</tool_call>",
       "Let me check.", "", "get_weather{\"city\":\"Paris\",\"n\":2}", 0 },
-    { MOEQ_CHAT_QWEN3, 0, 0,
+    { MOEQ_CALLS_QWEN3, 0, 0,
       "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": \"{\\\"x\\\": [1, 2]}\"}\n</tool_call>\n",
       "", "", "a{};b{\"x\":[1,2]}", 0 },
-    { MOEQ_CHAT_QWEN3, 0, 0, "<tool_call>\n{not json}\n</tool_call> after",
+    { MOEQ_CALLS_QWEN3, 0, 0, "<tool_call>\n{not json}\n</tool_call> after",
       "<tool_call>\n{not json}\n</tool_call> after", "", "", 1 },
-    { MOEQ_CHAT_QWEN3, 0, 0, "Sure <tool_call>\n{\"name\": \"x\", \"argu",
+    { MOEQ_CALLS_QWEN3, 0, 0, "Sure <tool_call>\n{\"name\": \"x\", \"argu",
       "Sure<tool_call>\n{\"name\": \"x\", \"argu", "", "", 1 },
-    { MOEQ_CHAT_QWEN3, 0, 0, "a < b <tool", "a < b <tool", "", "", 0 },
-    { MOEQ_CHAT_QWEN3, 1, 0, "<think>\nI think.\n\n</think>\n\nAnswer.", "Answer.", "I think.", "", 0 },
-    { MOEQ_CHAT_QWEN3, 1, 1, "I think.\n</think>\n\nAnswer.\n", "Answer.\n", "I think.", "", 0 },
-    { MOEQ_CHAT_QWEN3, 1, 0,
+    { MOEQ_CALLS_QWEN3, 0, 0, "a < b <tool", "a < b <tool", "", "", 0 },
+    { MOEQ_CALLS_QWEN3, 1, 0, "<think>\nI think.\n\n</think>\n\nAnswer.", "Answer.", "I think.", "", 0 },
+    { MOEQ_CALLS_QWEN3, 1, 1, "I think.\n</think>\n\nAnswer.\n", "Answer.\n", "I think.", "", 0 },
+    { MOEQ_CALLS_QWEN3, 1, 0,
       "<think>\nNeed the weather.\n</think>\n\n<tool_call>\n{\"name\": \"w\", \"arguments\": {\"c\": \"P\"}}\n</tool_call>",
       "", "Need the weather.", "w{\"c\":\"P\"}", 0 },
-    { MOEQ_CHAT_QWEN3, 0, 0, "<think>x</think>y", "<think>x</think>y", "", "", 0 },
-    { MOEQ_CHAT_QWEN3, 1, 0, "no think <think>x</think>", "no think <think>x</think>", "", "", 0 },
-    { MOEQ_CHAT_QWEN3_CODER, 0, 0,
+    { MOEQ_CALLS_QWEN3, 0, 0, "<think>x</think>y", "<think>x</think>y", "", "", 0 },
+    { MOEQ_CALLS_QWEN3, 1, 0, "no think <think>x</think>", "no think <think>x</think>", "", "", 0 },
+    { MOEQ_CALLS_QWEN3_CODER, 0, 0,
       "I will search.\n<tool_call>\n<function=search>\n<parameter=q>\ncats and <dogs>\n</parameter>\n<parameter=n>\n3\n</parameter>\n"
       "<parameter=opts>\n{\"deep\": true}\n</parameter>\n</function>\n</tool_call>",
       "I will search.", "", "search{\"q\":\"cats and <dogs>\",\"n\":3,\"opts\":{\"deep\":true}}", 0 },
-    { MOEQ_CHAT_QWEN3_CODER, 0, 0, "<tool_call>\n<function=f>\n<parameter=x>\n1\n</function>\n</tool_call>",
+    { MOEQ_CALLS_QWEN3_CODER, 0, 0, "<tool_call>\n<function=f>\n<parameter=x>\n1\n</function>\n</tool_call>",
       "<tool_call>\n<function=f>\n<parameter=x>\n1\n</function>\n</tool_call>", "", "", 1 },
 };
 
@@ -129,7 +129,7 @@ TEST(chat_parse_coder_parameters_typed_by_schema)
                                "\"n\": {\"type\": \"string\"}, \"k\": {\"type\": \"integer\"}}}}}]", 0, &je);
     REQUIRE(tools);
     struct result r;
-    parse(MOEQ_CHAT_QWEN3_CODER, 0, 0, tools,
+    parse(MOEQ_CALLS_QWEN3_CODER, 0, 0, tools,
           "<tool_call>\n<function=search>\n<parameter=q>\n42\n</parameter>\n<parameter=n>\n3\n</parameter>\n"
           "<parameter=k>\n7\n</parameter>\n</function>\n</tool_call>", 0, 0, &r);
     CHECKF(!strcmp(r.calls, "search{\"q\":\"42\",\"n\":\"3\",\"k\":7}"), "calls '%s'", r.calls);
@@ -138,8 +138,8 @@ TEST(chat_parse_coder_parameters_typed_by_schema)
 
 TEST(chat_parse_format_of_template)
 {
-    CHECK(moeq_chat_format_of_template("... <tool_call>\\n{\"name\": ...") == MOEQ_CHAT_QWEN3);
-    CHECK(moeq_chat_format_of_template("<tool_call>\\n<function=example>\\n<parameter=p>") == MOEQ_CHAT_QWEN3_CODER);
-    CHECK(moeq_chat_format_of_template("{{ messages }}") == MOEQ_CHAT_PLAIN);
-    CHECK(moeq_chat_format_of_template(NULL) == MOEQ_CHAT_PLAIN);
+    CHECK(moeq_chat_format_of_template("... <tool_call>\\n{\"name\": ...") == MOEQ_CALLS_QWEN3);
+    CHECK(moeq_chat_format_of_template("<tool_call>\\n<function=example>\\n<parameter=p>") == MOEQ_CALLS_QWEN3_CODER);
+    CHECK(moeq_chat_format_of_template("{{ messages }}") == MOEQ_CALLS_PLAIN);
+    CHECK(moeq_chat_format_of_template(NULL) == MOEQ_CALLS_PLAIN);
 }

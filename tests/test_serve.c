@@ -10,6 +10,8 @@
  * PR_SET_PDEATHSIG, so a test that dies early does not leave it running.
  */
 #include "test.h"
+#include "gguf/gguf.h"
+#include "model/tokenizer.h"
 #include "util/util.h"
 
 #include <arpa/inet.h>
@@ -317,6 +319,8 @@ TEST(serve_e2e_usage_errors)
     free(o);
     CHECK(test_run(&o, "%s serve -m x.gguf -ctk q4_0", test_moeq_bin()) == 2);
     free(o);
+    CHECK(test_run(&o, "%s serve -m x.gguf --reasoning-format r1", test_moeq_bin()) == 2 && strstr(o, "deepseek or none"));
+    free(o);
     CHECK(test_run(&o, "%s serve --help", test_moeq_bin()) == 0 && strstr(o, "--api-key"));
     free(o);
     /* A missing model: listening first, then a one-line error and exit 1. */
@@ -329,25 +333,187 @@ TEST(serve_e2e_usage_errors)
     free(o);
 }
 
+static const char serve_tools[] =
+    "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Weather now\","
+    "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
+    "\"required\":[\"city\"]}}}]";
+
+/* A synth model carrying an official template from ../shared, served. */
+static const char *serve_with_template(struct test_srv *s, const char *jinja, const char *name)
+{
+    const char *tmpl = test_shared_path(jinja);
+    char args[4200];
+    snprintf(args, sizeof args, "--preset tiny --chat-template %s", tmpl);
+    const char *model = test_synth_model(name, args);
+    test_serve_start(s, model, "-c 2048 -np 1");
+    return model;
+}
+
+/* /apply-template for a conversation with tools, a call (arguments as a
+ * JSON string), its result and enable_thinking false equals the library's
+ * rendering of the same context (arguments as an object); that text,
+ * malloc'd, for template-specific checks. */
+static char *apply_template_matches(struct test_srv *s, const char *model)
+{
+    char body[4096], *o;
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Paris?\"},"
+             "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_7\",\"type\":\"function\","
+             "\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
+             "{\"role\":\"tool\",\"tool_call_id\":\"call_7\",\"content\":\"18C, sunny\"}],"
+             "\"tools\":%s,\"chat_template_kwargs\":{\"enable_thinking\":false}}", serve_tools);
+    CHECK(http(s, "POST", "/apply-template", body, NULL, &o) == 200);
+    json_t *j = json_loads(o ? o : "", 0, NULL);
+    const char *got = json_string_value(json_object_get(j, "prompt"));
+    REQUIREF(got, "%s", o ? o : "");
+    char err[512];
+    gguf_file *f = gguf_open(model, err, sizeof err);
+    REQUIREF(f, "%s", err);
+    moeq_tokenizer *tk = moeq_tokenizer_load(f, err, sizeof err);
+    gguf_close(f);
+    REQUIREF(tk, "%s", err);
+    json_t *ctx = json_pack("{s:[{s:s,s:s},{s:s,s:s},{s:s,s:s,s:[{s:s,s:s,s:{s:s,s:{s:s}}}]},{s:s,s:s,s:s}],s:o,s:b,s:b}",
+                            "messages", "role", "system", "content", "Be brief.", "role", "user", "content", "Paris?",
+                            "role", "assistant", "content", "", "tool_calls", "type", "function", "id", "call_7",
+                            "function", "name", "get_weather", "arguments", "city", "Paris",
+                            "role", "tool", "content", "18C, sunny", "tool_call_id", "call_7",
+                            "tools", json_loads(serve_tools, 0, NULL), "add_generation_prompt", 1, "enable_thinking", 0);
+    REQUIRE(ctx);
+    char *want = moeq_tokenizer_chat_render_json(tk, ctx, err, sizeof err);
+    REQUIREF(want, "%s", err);
+    CHECKF(!strcmp(got, want), "apply-template:\n%s\nlibrary:\n%s", got, want);
+    json_decref(ctx);
+    json_decref(j);
+    free(o);
+    moeq_tokenizer_free(tk);
+    return want;
+}
+
+/* A synth model carrying the official Qwen3 template: /apply-template
+ * gives exactly what the library renders, and a tool round trip
+ * (tool_choice naming the function, then the result sent back) is
+ * answered; logit_bias changes what the engine samples. */
+TEST(serve_e2e_tools_and_apply_template)
+{
+    if (!test_have_curl()) SKIP("curl is absent");
+    struct test_srv s;
+    const char *model = serve_with_template(&s, "data/tokenizer/Qwen-Qwen3-0.6B.jinja", "qwen3-tmpl.gguf");
+    const char *tools = serve_tools;
+    char body[4096], *o;
+    json_t *j;
+    char *want = apply_template_matches(&s, model);
+    CHECK(strstr(want, "<tool_response>\n18C, sunny\n</tool_response>") && strstr(want, "\"name\": \"get_weather\""));
+    CHECK(strstr(want, "<tools>") && strstr(want, "<think>\n\n</think>\n\n"));
+    free(want);
+
+    /* Turn 1: the tool is forced; whatever the tiny model adds, the reply
+     * is a 200 with either a parsed call or the text as content. */
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"Paris?\"}],\"tools\":%s,\"max_tokens\":24,\"temperature\":0,"
+             "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}", tools);
+    CHECK(http(&s, "POST", "/v1/chat/completions", body, NULL, &o) == 200);
+    j = json_loads(o ? o : "", 0, NULL);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0), *m = json_object_get(ch, "message");
+    const char *fin = json_string_value(json_object_get(ch, "finish_reason"));
+    json_t *calls = json_object_get(m, "tool_calls");
+    if (calls) {
+        CHECKF(fin && !strcmp(fin, "tool_calls"), "%s", o);
+        CHECK(!strcmp(json_string_value(json_object_get(json_object_get(json_array_get(calls, 0), "function"), "name")),
+                      "get_weather"));
+    } else {
+        /* the forced opening is part of the unparsed text */
+        const char *c = json_string_value(json_object_get(m, "content"));
+        CHECKF(c && strstr(c, "<tool_call>") && strstr(c, "\"get_weather\""), "%s", o);
+    }
+    long long p1 = json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens"));
+    json_decref(j);
+    free(o);
+    /* Turn 2: the call and its result go back; the reply is answered. */
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"Paris?\"},{\"role\":\"assistant\",\"content\":\"\","
+             "\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+             "\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_1\","
+             "\"content\":\"18C\"}],\"tools\":%s,\"max_tokens\":8,\"temperature\":0,\"stream\":true}", tools);
+    CHECK(http(&s, "POST", "/v1/chat/completions", body, NULL, &o) == 200);
+    int done = 0;
+    char *t = test_sse_text(o, &done);
+    CHECKF(done && !strstr(o, "\"error\""), "%s", o ? o : "");
+    free(t);
+    free(o);
+    CHECK(p1 > 0);
+
+    /* logit_bias: ban the tokens of the greedy first piece; it changes. */
+    const char *c1 = "{\"prompt\":\"Once upon\",\"max_tokens\":1,\"temperature\":0,\"ignore_eos\":true%s}";
+    snprintf(body, sizeof body, c1, "");
+    CHECK(http(&s, "POST", "/v1/completions", body, NULL, &o) == 200);
+    char *first = response_text(o);
+    free(o);
+    REQUIRE(first && *first);
+    json_t *tk_req = json_pack("{s:s}", "content", first);
+    char *tb = json_dumps(tk_req, JSON_COMPACT);
+    json_decref(tk_req);
+    CHECK(http(&s, "POST", "/tokenize", tb, NULL, &o) == 200);
+    free(tb);
+    j = json_loads(o ? o : "", 0, NULL);
+    free(o);
+    json_t *bias = json_object();
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(j, "tokens"), i, v) {
+        char key[32];
+        snprintf(key, sizeof key, "%lld", (long long)json_integer_value(v));
+        json_object_set_new(bias, key, json_false());
+    }
+    json_decref(j);
+    char *bj = json_dumps(bias, JSON_COMPACT);
+    json_decref(bias);
+    char extra[2048];
+    snprintf(extra, sizeof extra, ",\"logit_bias\":%s", bj);
+    free(bj);
+    snprintf(body, sizeof body, c1, extra);
+    CHECK(http(&s, "POST", "/v1/completions", body, NULL, &o) == 200);
+    char *second = response_text(o);
+    CHECKF(second && strcmp(first, second) != 0, "banned '%s' came back: %s", first, o ? o : "");
+    free(second);
+    free(first);
+    free(o);
+    CHECK(test_serve_stop(&s) == 0);
+}
+
+/* The same with Qwen3-Coder's template: its XML-like calls, and a named
+ * tool_choice prefilled in its syntax. */
+TEST(serve_e2e_coder_template)
+{
+    if (!test_have_curl()) SKIP("curl is absent");
+    struct test_srv s;
+    const char *model = serve_with_template(&s, "data/tokenizer/Qwen-Qwen3-Coder-30B-A3B.jinja", "coder-tmpl.gguf");
+    char *want = apply_template_matches(&s, model);
+    CHECKF(strstr(want, "<function=get_weather>\n<parameter=city>\nParis\n</parameter>"), "%s", want);
+    free(want);
+    char body[2048], *o;
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"Paris?\"}],\"tools\":%s,"
+             "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}", serve_tools);
+    CHECK(http(&s, "POST", "/apply-template", body, NULL, &o) == 200);
+    json_t *j = json_loads(o ? o : "", 0, NULL);
+    const char *p = json_string_value(json_object_get(j, "prompt"));
+    const char *tail = "<|im_start|>assistant\n<tool_call>\n<function=get_weather>\n";
+    CHECKF(p && strlen(p) > strlen(tail) && !strcmp(p + strlen(p) - strlen(tail), tail), "%s", o ? o : "");
+    json_decref(j);
+    free(o);
+    CHECK(test_serve_stop(&s) == 0);
+}
+
 /* The official OpenAI Node.js client. It is installed once into
  * build/npm (ignored by git); without node or the registry, skip. */
 TEST(serve_e2e_openai_node_client)
 {
-    if (test_run(NULL, "node --version >/dev/null 2>&1") != 0) SKIP("node is absent");
-    if (access("build/npm/node_modules/openai/package.json", R_OK) != 0 &&
-        test_run(NULL, "mkdir -p build/npm && cd build/npm && timeout 60 npm install --prefix . --no-audit --no-fund "
-                       "--loglevel=error openai >/dev/null 2>&1") != 0)
-        SKIP("the openai npm package could not be installed");
-    if (access("build/npm/node_modules/openai/package.json", R_OK) != 0) SKIP("openai npm package absent");
-    if (access("tests/serve_openai.mjs", R_OK) != 0) SKIP("tests/serve_openai.mjs absent (run from the repo root)");
+    const char *mod = test_npm_package("openai", "tests/serve_openai.mjs");
     const char *model = test_tiny_model();
     struct test_srv s;
     test_serve_start(&s, model, "-c 512 -np 2 --api-key node-key");
     char *o;
-    char cwd[4096];
-    REQUIRE(getcwd(cwd, sizeof cwd));
-    int rc = test_run(&o, "OPENAI_MODULE=%s/build/npm/node_modules/openai timeout 120 node tests/serve_openai.mjs "
-                          "http://127.0.0.1:%d node-key", cwd, s.port);
+    int rc = test_run(&o, "OPENAI_MODULE=%s timeout 120 node tests/serve_openai.mjs http://127.0.0.1:%d node-key",
+                      mod, s.port);
     CHECKF(rc == 0 && o && strstr(o, "openai-client: ok"), "node: %d %s", rc, o ? o : "");
     free(o);
     CHECK(test_serve_stop(&s) == 0);

@@ -6,16 +6,23 @@
  * changes the output. Prompts starting with '#' switch it to a predictable
  * mode (each letter is followed by the next one, 'z' by the end token) for
  * the stop-string and finish-reason tests; '~' is the same alphabet
- * without an end, for requests that must run long.
+ * without an end, for requests that must run long. With a script set, the
+ * reply after the prompt's last "assistant:" is that text, so chat replies
+ * with reasoning and tool calls can be played without a model.
  *
  * Covered here: request validation, JSON and SSE shapes, stop strings
  * across token boundaries and UTF-8 hold-back, the scheduler (batching,
  * equality with one-at-a-time runs, prefix reuse, queue limit, cancel),
- * and the HTTP layer over real loopback sockets with curl (every endpoint,
- * auth, bad input, body limit, disconnect mid-stream, slow clients).
+ * the chat context (tools, tool calls and results, tool_choice prefill,
+ * chat_template_kwargs), replies read into content, reasoning and tool
+ * calls whole and split at every byte (malformed and parallel calls,
+ * Coder syntax), penalties and logit_bias, and the HTTP layer over real
+ * loopback sockets with curl (every endpoint, auth, bad input, body limit,
+ * disconnect mid-stream, slow clients, streamed tool calls).
  */
 #include "test.h"
 #include "server/server.h"
+#include "model/chat_parse.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -34,10 +41,14 @@
 #define FK_EOS   256
 #define FK_BOS   257
 #define FK_CTX   256
+#define FK_CTX_LONG 2048           /* for the client conversations (struct fake.long_ctx) */
+
+struct fake;
 
 struct fake_sess {
-    int32_t  toks[FK_CTX];
-    uint64_t hash[FK_CTX + 1];     /* hash[i]: hash of toks[0..i) */
+    struct fake *f;
+    int32_t  toks[FK_CTX_LONG];
+    uint64_t hash[FK_CTX_LONG + 1]; /* hash[i]: hash of toks[0..i) */
     int      n;
     float    logits[FK_VOCAB];
     int      valid;
@@ -47,6 +58,10 @@ struct fake {
     int         delay_us;          /* per decode step / eval call */
     atomic_int  max_batch, n_decode, n_sessions;
     atomic_llong evaluated;        /* prompt tokens evaluated */
+    const char *script;            /* set: the reply after "assistant:" is this text, then the end */
+    const char *after_tool[3];     /* the reply to a prompt holding k+1 tool results, if set */
+    atomic_int  bad_hist;          /* sample calls whose history was not the session's tokens */
+    int         long_ctx;          /* sessions hold FK_CTX_LONG tokens, not FK_CTX */
 };
 
 static int fk_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
@@ -68,14 +83,43 @@ static int fk_piece(void *ud, int32_t tok, char *buf, int cap)
 
 static int fk_is_eog(void *ud, int32_t tok) { (void)ud; return tok == FK_EOS; }
 
-static char *fk_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+/* The fake template: "tools:NAME,...\n" when tools are offered, then
+ * "role:content\n" per message (an assistant's calls as
+ * "call:NAME(ARGS)", a tool result as "tool[ID]:content"), then
+ * "assistant:", and "<think>\n" after it when chat_template_kwargs set
+ * "think". A "fail" kwarg is a template error. */
+static char *fk_render(void *ud, json_t *ctx, char *err, size_t errlen)
 {
-    (void)ud; (void)err; (void)errlen;
-    size_t len = 16;
-    for (int i = 0; i < n; i++) len += strlen(m[i].role) + strlen(m[i].content) + 3;
-    char *s = malloc(len), *p = s;
-    for (int i = 0; i < n; i++) p += sprintf(p, "%s:%s\n", m[i].role, m[i].content);
-    strcpy(p, "assistant:");
+    (void)ud;
+    if (json_object_get(ctx, "fail")) { snprintf(err, errlen, "the template raised: asked to"); return NULL; }
+    size_t cap = 4096, n = 0;
+    char *s = malloc(cap);
+    json_t *tools = json_object_get(ctx, "tools"), *v;
+    size_t i;
+    if (tools) {
+        n += (size_t)snprintf(s + n, cap - n, "tools:");
+        json_array_foreach(tools, i, v)
+            n += (size_t)snprintf(s + n, cap - n, "%s%s", i ? "," : "",
+                                  json_string_value(json_object_get(json_object_get(v, "function"), "name")));
+        n += (size_t)snprintf(s + n, cap - n, "\n");
+    }
+    json_array_foreach(json_object_get(ctx, "messages"), i, v) {
+        const char *role = json_string_value(json_object_get(v, "role"));
+        const char *id = json_string_value(json_object_get(v, "tool_call_id"));
+        if (id) n += (size_t)snprintf(s + n, cap - n, "%s[%s]:%s\n", role, id,
+                                      json_string_value(json_object_get(v, "content")));
+        else n += (size_t)snprintf(s + n, cap - n, "%s:%s\n", role, json_string_value(json_object_get(v, "content")));
+        size_t k;
+        json_t *c;
+        json_array_foreach(json_object_get(v, "tool_calls"), k, c) {
+            json_t *fn = json_object_get(c, "function");
+            char *a = json_dumps(json_object_get(fn, "arguments"), JSON_COMPACT | JSON_ENCODE_ANY);
+            n += (size_t)snprintf(s + n, cap - n, "call:%s(%s)\n", json_string_value(json_object_get(fn, "name")), a);
+            free(a);
+        }
+        if (n >= cap) break;
+    }
+    if (n < cap) snprintf(s + n, cap - n, "assistant:%s", json_is_true(json_object_get(ctx, "think")) ? "<think>\n" : "");
     return s;
 }
 
@@ -84,7 +128,9 @@ static void *fk_new(void *ud, char *err, size_t errlen)
     (void)err; (void)errlen;
     struct fake *f = ud;
     atomic_fetch_add(&f->n_sessions, 1);
-    return calloc(1, sizeof(struct fake_sess));
+    struct fake_sess *s = calloc(1, sizeof *s);
+    if (s) s->f = f;
+    return s;
 }
 
 static void fk_free(void *ud, void *s) { (void)ud; free(s); }
@@ -100,12 +146,43 @@ static int fk_sync(void *ud, void *sp, const int32_t *t, int n)
     return k;
 }
 
+/* A scripted reply: the script for the number of tool results in the
+ * prompt, continued from where the reply so far (a prefill, then what was
+ * generated) sits in it, so a reply forced to start with a call's opening
+ * goes on with the script's call. */
+static int32_t fk_script_next(const struct fake_sess *s, int at)
+{
+    int results = 0;
+    for (int i = 0; i + 5 <= at; i++) {
+        int k = 0;
+        while (k < 5 && s->toks[i + k] == (unsigned char)"tool["[k]) k++;
+        if (k == 5) results++;
+    }
+    const char *sc = results > 0 && results <= 3 && s->f->after_tool[results - 1] ? s->f->after_tool[results - 1]
+                                                                                 : s->f->script;
+    size_t sl = strlen(sc), have = (size_t)(s->n - at);
+    for (size_t off = 0; off + have < sl; off++) {
+        size_t k = 0;
+        while (k < have && s->toks[at + (int)k] == (unsigned char)sc[off + k]) k++;
+        if (k == have) return (unsigned char)sc[off + have];
+    }
+    return FK_EOS;
+}
+
 /* The fake model: next token from the history. */
 static void fk_logits(struct fake_sess *s)
 {
     for (int i = 0; i < FK_VOCAB; i++) s->logits[i] = 0;
     int32_t next, last = s->toks[s->n - 1];
-    if (s->toks[0] == '#') {
+    int at = -1;
+    for (int i = s->n - 10; s->f->script && i >= 0 && at < 0; i--) {
+        int k = 0;
+        while (k < 10 && s->toks[i + k] == (unsigned char)"assistant:"[k]) k++;
+        if (k == 10) at = i + 10;
+    }
+    if (at >= 0) {
+        next = fk_script_next(s, at);
+    } else if (s->toks[0] == '#') {
         next = last >= 'a' && last < 'z' ? last + 1 : last == 'z' ? FK_EOS : 'a';
     } else if (s->toks[0] == '~') {
         next = last >= 'a' && last < 'z' ? last + 1 : 'a';
@@ -121,7 +198,8 @@ static void fk_logits(struct fake_sess *s)
 
 static int fk_push(struct fake_sess *s, const int32_t *t, int n, char *err, size_t errlen)
 {
-    if (s->n + n > FK_CTX) { snprintf(err, errlen, "context of %d tokens is full", FK_CTX); return -1; }
+    int cap = s->f->long_ctx ? FK_CTX_LONG : FK_CTX;
+    if (s->n + n > cap) { snprintf(err, errlen, "context of %d tokens is full", cap); return -1; }
     for (int i = 0; i < n; i++) {
         s->toks[s->n] = t[i];
         s->hash[s->n + 1] = (s->hash[s->n] ^ (uint64_t)(t[i] + 1)) * 0x100000001B3ull;
@@ -158,11 +236,19 @@ static int fk_decode(void *ud, void **ss, const int32_t *t, int n, char *err, si
     return 0;
 }
 
-static int32_t fk_sample(void *ud, void *s, const struct srv_sampling *p, uint64_t *rng, const float *lg)
+/* Greedy over the logits plus logit_bias; the penalties are the engine's
+ * (test_sample.c), here only the history they would read is checked. */
+static int32_t fk_sample(void *ud, void *sp, const struct srv_sampling *p, uint64_t *rng, const float *lg,
+                         const int32_t *hist, int n_hist)
 {
-    (void)ud; (void)s;
+    struct fake *f = ud;
+    struct fake_sess *s = sp;
+    if (n_hist != s->n || memcmp(hist, s->toks, (size_t)n_hist * sizeof *hist) != 0) atomic_fetch_add(&f->bad_hist, 1);
+    float l[FK_VOCAB];
+    memcpy(l, lg, sizeof l);
+    for (int i = 0; i < p->n_bias; i++) l[p->bias[i].id] += p->bias[i].bias;
     int best = 0;
-    for (int i = 1; i < FK_VOCAB; i++) if (lg[i] > lg[best]) best = i;
+    for (int i = 1; i < FK_VOCAB; i++) if (l[i] > l[best]) best = i;
     if (p->temp <= 0) return best;
     /* Not the engine's sampler: enough to show that seeds reproduce. */
     *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -172,10 +258,11 @@ static int32_t fk_sample(void *ud, void *s, const struct srv_sampling *p, uint64
 static struct srv_backend fake_backend(struct fake *f)
 {
     struct srv_backend be = {
-        .ud = f, .n_vocab = FK_VOCAB, .n_ctx = FK_CTX, .n_batch = 16, .add_bos = 0, .bos = FK_BOS,
+        .ud = f, .n_vocab = FK_VOCAB, .n_ctx = f->long_ctx ? FK_CTX_LONG : FK_CTX, .n_batch = 16, .add_bos = 0, .bos = FK_BOS,
         .tokenize = fk_tokenize, .piece = fk_piece, .is_eog = fk_is_eog, .chat_render = fk_render,
         .session_new = fk_new, .session_free = fk_free, .session_sync = fk_sync, .session_eval = fk_eval,
         .session_logits = fk_get_logits, .decode = fk_decode, .sample = fk_sample,
+        .chat_format = MOEQ_CALLS_QWEN3, .chat_think = 1,
     };
     return be;
 }
@@ -292,7 +379,7 @@ TEST(server_parse_errors)
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{\"include_usage\":true}}", "only allowed" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":\"s\"}", "'seed' must be an integer" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":3}", "'model' must be a string" },
-        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "'tools' is not supported" },
+        { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "'tools[0].function' must be an object" },
         { SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_object\"}}", "'response_format'" },
         { SRV_COMPLETION, "{\"prompt\":3}", "'prompt' must be" },
         { SRV_COMPLETION, "{\"prompt\":\"\"}", "the prompt is empty" },
@@ -387,7 +474,7 @@ TEST(server_response_shapes)
         { .tok = 'h', .lp = -0.25f, .n_top = 2, .top_tok = { 'h', 'i' }, .top_lp = { -0.25f, -1.5f } },
         { .tok = 'i', .lp = -0.5f, .n_top = 0 },
     };
-    json_t *r = srv_response_json(SRV_CHAT, "chatcmpl-1", 1700000000, "m", "hi\xFF", 3, "length",
+    json_t *r = srv_response_json(SRV_CHAT, "chatcmpl-1", 1700000000, "m", "hi\xFF", 3, NULL, "length",
                                   srv_logprobs_json(&be, SRV_CHAT, tp, 2, 0), &u);
     REQUIRE(r);
     CHECK(!strcmp(json_string_value(json_object_get(r, "object")), "chat.completion"));
@@ -405,7 +492,7 @@ TEST(server_response_shapes)
     CHECK(json_array_size(json_object_get(c0, "top_logprobs")) == 2);
     json_decref(r);
 
-    r = srv_response_json(SRV_COMPLETION, "cmpl-1", 1, "m", "xy", 2, "stop",
+    r = srv_response_json(SRV_COMPLETION, "cmpl-1", 1, "m", "xy", 2, NULL, "stop",
                           srv_logprobs_json(&be, SRV_COMPLETION, tp, 2, 0), &u);
     ch = json_array_get(json_object_get(r, "choices"), 0);
     CHECK(!strcmp(json_string_value(json_object_get(r, "object")), "text_completion"));
@@ -1152,4 +1239,458 @@ TEST(server_sched_prefix_picks_own_slot)
         CHECK(atomic_load(&f.evaluated) - before == (long long)(strlen(p) - strlen(hist[i])));
     }
     srv_sched_free(s);
+}
+
+/* ======================================================================
+ * Tools, reasoning, penalties
+ * ====================================================================== */
+
+/* What a client rebuilds from a stream's deltas: content and reasoning
+ * concatenated, tool calls by index (id and name from the head,
+ * arguments from the fragments). */
+struct assembled {
+    char content[1024], reasoning[1024];
+    int  n_calls;
+    char id[4][64], name[4][64], args[4][256];
+    int  bad;                      /* a delta that breaks OpenAI's shape */
+};
+
+static void cat(char *dst, size_t cap, const json_t *s)
+{
+    if (json_is_string(s)) strncat(dst, json_string_value(s), cap - strlen(dst) - 1);
+}
+
+static void assemble(struct assembled *a, const json_t *d)
+{
+    cat(a->content, sizeof a->content, json_object_get(d, "content"));
+    cat(a->reasoning, sizeof a->reasoning, json_object_get(d, "reasoning_content"));
+    size_t i;
+    json_t *tc;
+    json_array_foreach(json_object_get(d, "tool_calls"), i, tc) {
+        json_int_t k = json_integer_value(json_object_get(tc, "index"));
+        json_t *fn = json_object_get(tc, "function");
+        if (json_object_get(tc, "id")) {
+            if (k != a->n_calls || k >= 4 || strcmp(json_string_value(json_object_get(tc, "type")), "function")) {
+                a->bad++;
+                continue;
+            }
+            a->n_calls++;
+            snprintf(a->id[k], sizeof a->id[k], "%s", json_string_value(json_object_get(tc, "id")));
+            cat(a->name[k], sizeof a->name[k], json_object_get(fn, "name"));
+        } else if (k < 0 || k >= a->n_calls) {
+            a->bad++;
+            continue;
+        }
+        cat(a->args[k], sizeof a->args[k], json_object_get(fn, "arguments"));
+    }
+}
+
+static void assemble_all(struct assembled *a, json_t *deltas)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(deltas, i, d) assemble(a, d);
+    json_decref(deltas);
+}
+
+/* The same from a whole message. */
+static void assemble_message(struct assembled *a, const json_t *m)
+{
+    memset(a, 0, sizeof *a);
+    cat(a->content, sizeof a->content, json_object_get(m, "content"));
+    cat(a->reasoning, sizeof a->reasoning, json_object_get(m, "reasoning_content"));
+    size_t i;
+    json_t *tc;
+    json_array_foreach(json_object_get(m, "tool_calls"), i, tc) {
+        if (i >= 4) break;
+        snprintf(a->id[i], sizeof a->id[i], "%s", json_string_value(json_object_get(tc, "id")));
+        cat(a->name[i], sizeof a->name[i], json_object_get(json_object_get(tc, "function"), "name"));
+        cat(a->args[i], sizeof a->args[i], json_object_get(json_object_get(tc, "function"), "arguments"));
+        a->n_calls++;
+    }
+}
+
+static int assembled_eq(const struct assembled *x, const struct assembled *y)
+{
+    if (strcmp(x->content, y->content) || strcmp(x->reasoning, y->reasoning) || x->n_calls != y->n_calls || x->bad ||
+        y->bad)
+        return 0;
+    for (int i = 0; i < x->n_calls; i++)
+        if (strcmp(x->id[i], y->id[i]) || strcmp(x->name[i], y->name[i]) || strcmp(x->args[i], y->args[i])) return 0;
+    return 1;
+}
+
+TEST(server_parse_chat_tools)
+{
+    struct fake f = {0};
+    struct srv_backend be = fake_backend(&f);
+    struct srv_gen g;
+    char err[512];
+    const char *conv =
+        "\"messages\":[{\"role\":\"user\",\"content\":\"weather?\"},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\","
+        "\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":[{\"type\":\"text\",\"text\":\"18C\"}]}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"}}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}]";
+    char body[2048];
+    /* The template sees the tools, the call with its arguments as an
+     * object, and the tool result with its id. */
+    snprintf(body, sizeof body, "{%s}", conv);
+    char *prompt = NULL;
+    json_t *jb = json_loads(body, 0, NULL);
+    REQUIREF(srv_apply_template(&be, jb, &prompt, err, sizeof err) == 0, "%s", err);
+    const char *want = "tools:get_weather,get_time\nuser:weather?\nassistant:\ncall:get_weather({\"city\":\"Paris\"})\n"
+                       "tool[call_1]:18C\nassistant:";
+    CHECKF(!strcmp(prompt, want), "prompt '%s'", prompt);
+    free(prompt);
+    json_decref(jb);
+    REQUIREF(parse(&be, SRV_CHAT, body, &g, err, sizeof err) == 0, "%s", err);
+    CHECK(g.n_prompt == (int)strlen(want) && g.chat_format == MOEQ_CALLS_QWEN3 && g.reasoning && !g.think_open);
+    CHECK(g.parallel_calls && !g.prefill && json_array_size(g.tools) == 2);
+    srv_gen_free(&g);
+
+    /* tool_choice: required and named prefill the reply; none hides the
+     * tools and parses no calls. */
+    static const struct { const char *extra, *prefill; int format; } tc[] = {
+        { ",\"tool_choice\":\"required\"", "<tool_call>\n", MOEQ_CALLS_QWEN3 },
+        { ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}",
+          "<tool_call>\n{\"name\": \"get_time\", \"arguments\": ", MOEQ_CALLS_QWEN3 },
+        { ",\"tool_choice\":\"required\",\"chat_template_kwargs\":{\"think\":true}", "</think>\n\n<tool_call>\n",
+          MOEQ_CALLS_QWEN3 },
+        { ",\"tool_choice\":\"none\"", NULL, MOEQ_CALLS_PLAIN },
+        { ",\"tool_choice\":\"auto\",\"parallel_tool_calls\":false", NULL, MOEQ_CALLS_QWEN3 },
+    };
+    for (size_t i = 0; i < sizeof tc / sizeof tc[0]; i++) {
+        snprintf(body, sizeof body, "{%s%s}", conv, tc[i].extra);
+        REQUIREF(parse(&be, SRV_CHAT, body, &g, err, sizeof err) == 0, "case %zu: %s", i, err);
+        CHECKF(tc[i].prefill ? g.prefill && !strcmp(g.prefill, tc[i].prefill) : !g.prefill, "case %zu: prefill '%s'",
+               i, g.prefill ? g.prefill : "(none)");
+        size_t pl = tc[i].prefill ? strlen(tc[i].prefill) : 0;
+        int ends = g.n_prompt >= (int)pl + 10;
+        for (size_t k = 0; ends && k < pl; k++) ends = g.prompt[g.n_prompt - (int)pl + (int)k] == (unsigned char)tc[i].prefill[k];
+        CHECKF(ends, "case %zu: the prompt does not end with the prefill", i);
+        CHECK(g.chat_format == tc[i].format);
+        CHECK((g.prompt[0] == 't') == (tc[i].format != MOEQ_CALLS_PLAIN));   /* "tools:" rendered or not */
+        CHECK(g.parallel_calls == (i == 4 ? 0 : 1));
+        CHECK(g.think_open == (i == 2));
+        srv_gen_free(&g);
+    }
+    /* Coder's syntax for a named function. */
+    be.chat_format = MOEQ_CALLS_QWEN3_CODER;
+    snprintf(body, sizeof body, "{%s%s}", conv, tc[1].extra);
+    REQUIREF(parse(&be, SRV_CHAT, body, &g, err, sizeof err) == 0, "%s", err);
+    CHECK(g.prefill && !strcmp(g.prefill, "<tool_call>\n<function=get_time>\n"));
+    srv_gen_free(&g);
+    be.chat_format = MOEQ_CALLS_QWEN3;
+
+    /* Penalties and logit_bias reach the sampling parameters. */
+    REQUIREF(parse(&be, SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"frequency_penalty\":0.5,"
+                   "\"presence_penalty\":-0.25,\"repeat_penalty\":1.1,\"repeat_last_n\":32,"
+                   "\"logit_bias\":{\"65\":5,\"66\":false}}", &g, err, sizeof err) == 0, "%s", err);
+    CHECK(g.sp.frequency_penalty == 0.5f && g.sp.presence_penalty == -0.25f && fabsf(g.sp.repeat_penalty - 1.1f) < 1e-6f);
+    CHECK(g.sp.repeat_last_n == 32 && g.sp.n_bias == 2 && g.sp.bias == g.bias);
+    CHECK(g.bias[0].id == 65 && g.bias[0].bias == 5 && g.bias[1].id == 66 && isinf(g.bias[1].bias) && g.bias[1].bias < 0);
+    srv_gen_free(&g);
+    REQUIRE(parse(&be, SRV_COMPLETION, "{\"prompt\":\"q\",\"logit_bias\":[[7,-1.5],[8,false]]}", &g, err, sizeof err) == 0);
+    CHECK(g.sp.n_bias == 2 && g.bias[0].id == 7 && g.bias[0].bias == -1.5f && isinf(g.bias[1].bias));
+    CHECK(g.sp.repeat_penalty == 1.0f && g.sp.repeat_last_n == 64 && g.sp.frequency_penalty == 0);
+    srv_gen_free(&g);
+
+    static const struct { const char *extra, *needle; } bad[] = {
+        { ",\"tool_choice\":\"sometimes\"", "'tool_choice' must be" },
+        { ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"nope\"}}", "'nope', which is not in 'tools'" },
+        { ",\"tools\":[{\"type\":\"retrieval\"}]", "'tools[0].type'" },
+        { ",\"tools\":{}", "'tools' must be an array" },
+        { ",\"chat_template_kwargs\":[1]", "'chat_template_kwargs' must be an object" },
+        { ",\"chat_template_kwargs\":{\"messages\":[]}", "'chat_template_kwargs.messages'" },
+        { ",\"chat_template_kwargs\":{\"fail\":1}", "cannot render the chat: the template raised" },
+        { ",\"parallel_tool_calls\":1", "'parallel_tool_calls' must be true or false" },
+        { ",\"logit_bias\":{\"999\":1}", "'logit_bias' key '999'" },
+        { ",\"logit_bias\":{\"x\":1}", "'logit_bias' key 'x'" },
+        { ",\"logit_bias\":{\"5\":\"big\"}", "must be a number or false" },
+        { ",\"logit_bias\":[[5]]", "'logit_bias[0]' must be [token id, bias]" },
+        { ",\"logit_bias\":7", "'logit_bias' must be an object" },
+        { ",\"frequency_penalty\":3", "'frequency_penalty' must be between" },
+        { ",\"repeat_last_n\":-2", "'repeat_last_n' must be between" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (!strncmp(bad[i].extra, ",\"tools\"", 8))
+            snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}]%s}", bad[i].extra);
+        else
+            snprintf(body, sizeof body, "{%s%s}", conv, bad[i].extra);
+        int rc = parse(&be, SRV_CHAT, body, &g, err, sizeof err);
+        CHECKF(rc == 400 && strstr(err, bad[i].needle), "case %zu: %d '%s'", i, rc, err);
+        if (rc == 0) srv_gen_free(&g);
+    }
+    static const struct { const char *body, *needle; } badmsg[] = {
+        { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{oops\"}}]}]}",
+          "'messages[0].tool_calls[0].function.arguments' is not a JSON object" },
+        { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"arguments\":\"{}\"}}]}]}",
+          "'messages[0].tool_calls[0].function.name'" },
+        { "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "'messages[0].tool_calls' must be an array" },
+        { "{\"messages\":[{\"role\":\"tool\",\"tool_call_id\":3,\"content\":\"x\"}]}", "'messages[0].tool_call_id' must be a string" },
+        { "{\"messages\":[{\"role\":\"tool\"}]}", "'messages[0].content' is required" },
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "needs 'tools'" },
+    };
+    for (size_t i = 0; i < sizeof badmsg / sizeof badmsg[0]; i++) {
+        int rc = parse(&be, SRV_CHAT, badmsg[i].body, &g, err, sizeof err);
+        CHECKF(rc == 400 && strstr(err, badmsg[i].needle), "message case %zu: %d '%s'", i, rc, err);
+        if (rc == 0) srv_gen_free(&g);
+    }
+    /* --reasoning-format none: the think block is not split out, and a
+     * prompt's open one is not tracked. */
+    be.reasoning_none = 1;
+    snprintf(body, sizeof body, "{%s,\"chat_template_kwargs\":{\"think\":true}}", conv);
+    REQUIREF(parse(&be, SRV_CHAT, body, &g, err, sizeof err) == 0, "%s", err);
+    CHECK(!g.reasoning && !g.think_open && !g.prefill);
+    srv_reply *r = srv_reply_new(&g, "chatcmpl-x");
+    json_decref(srv_reply_feed(r, "<think>\nhmm\n</think>\n\nok", 24, 1));
+    json_t *m = srv_reply_message(r);
+    CHECKF(!json_object_get(m, "reasoning_content") &&
+           !strcmp(json_string_value(json_object_get(m, "content")), "<think>\nhmm\n</think>\n\nok"),
+           "%s", json_string_value(json_object_get(m, "content")));
+    json_decref(m);
+    srv_reply_free(r);
+    srv_gen_free(&g);
+    be.reasoning_none = 0;
+
+    /* A template without a tool-call syntax cannot force a call. */
+    be.chat_format = MOEQ_CALLS_PLAIN;
+    snprintf(body, sizeof body, "{%s%s}", conv, tc[0].extra);
+    CHECK(parse(&be, SRV_CHAT, body, &g, err, sizeof err) == 400 && strstr(err, "no tool-call syntax"));
+}
+
+/* A reply read whole and read in pieces (every split into two, and byte
+ * by byte) gives the same message; each case's meaning is checked too. */
+TEST(server_reply_splits_at_every_byte)
+{
+    static const struct {
+        int format, parallel;
+        const char *prefill, *text;
+        const char *content, *reasoning;
+        int n_calls;
+        const char *name0, *args0;
+        int malformed;
+    } cases[] = {
+        { MOEQ_CALLS_QWEN3, 1, NULL, "Hello, world", "Hello, world", "", 0, NULL, NULL, 0 },
+        { MOEQ_CALLS_QWEN3, 1, NULL, "<think>\nfirst plan\n</think>\n\nThe answer.", "The answer.", "first plan", 0,
+          NULL, NULL, 0 },
+        { MOEQ_CALLS_QWEN3, 1, NULL,
+          "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+          "Let me check.", "", 1, "get_weather", "{\"city\":\"Paris\"}", 0 },
+        { MOEQ_CALLS_QWEN3, 1, NULL,
+          "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", "
+          "\"arguments\": {\"x\": [1, 2]}}\n</tool_call>", "", "", 2, "a", "{}", 0 },
+        { MOEQ_CALLS_QWEN3, 0, NULL,
+          "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", "
+          "\"arguments\": {}}\n</tool_call>", "", "", 1, "a", "{}", 0 },
+        { MOEQ_CALLS_QWEN3, 1, NULL, "Sure: <tool_call>\n{\"name\": oops}\n</tool_call>",
+          "Sure:<tool_call>\n{\"name\": oops}\n</tool_call>", "", 0, NULL, NULL, 1 },
+        { MOEQ_CALLS_QWEN3_CODER, 1, NULL,
+          "<tool_call>\n<function=run>\n<parameter=cmd>\nls -l\n</parameter>\n<parameter=n>\n3\n</parameter>\n"
+          "</function>\n</tool_call>", "", "", 1, "run", "{\"cmd\":\"ls -l\",\"n\":3}", 0 },
+        { MOEQ_CALLS_QWEN3, 1, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": ",
+          "{\"tz\": \"UTC\"}}\n</tool_call>", "", "", 1, "get_time", "{\"tz\":\"UTC\"}", 0 },
+        { MOEQ_CALLS_PLAIN, 1, NULL, "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>",
+          "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>", "", 0, NULL, NULL, 0 },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct srv_gen g = { .kind = SRV_CHAT, .chat_format = cases[c].format, .reasoning = 1,
+                             .parallel_calls = cases[c].parallel, .prefill = (char *)cases[c].prefill };
+        const char *t = cases[c].text;
+        size_t n = strlen(t);
+        /* Whole. */
+        srv_reply *r = srv_reply_new(&g, "chatcmpl-abc");
+        REQUIRE(r);
+        struct assembled whole = {0}, msg;
+        assemble_all(&whole, srv_reply_feed(r, t, n, 1));
+        json_t *m = srv_reply_message(r);
+        assemble_message(&msg, m);
+        CHECKF(assembled_eq(&whole, &msg), "case %zu: deltas and message differ", c);
+        CHECKF(!strcmp(msg.content, cases[c].content), "case %zu: content '%s'", c, msg.content);
+        CHECKF(!strcmp(msg.reasoning, cases[c].reasoning), "case %zu: reasoning '%s'", c, msg.reasoning);
+        CHECKF(msg.n_calls == cases[c].n_calls, "case %zu: %d calls", c, msg.n_calls);
+        if (cases[c].n_calls) {
+            CHECK(!strcmp(msg.name[0], cases[c].name0) && !strcmp(msg.args[0], cases[c].args0));
+            CHECK(!strcmp(msg.id[0], "call_abc_0"));
+            CHECK(json_is_null(json_object_get(m, "content")) == !cases[c].content[0]);
+            CHECK(!strcmp(srv_reply_finish(r, "stop"), "tool_calls") && !strcmp(srv_reply_finish(r, "length"), "length"));
+        } else {
+            CHECK(!strcmp(srv_reply_finish(r, "stop"), "stop") && !json_object_get(m, "tool_calls"));
+        }
+        CHECK(srv_reply_malformed(r) == cases[c].malformed);
+        json_decref(m);
+        srv_reply_free(r);
+        /* Two pieces at every split, then byte by byte. */
+        for (size_t cut = 0; cut <= n + 1; cut++) {
+            r = srv_reply_new(&g, "chatcmpl-abc");
+            struct assembled a = {0};
+            if (cut <= n) {
+                assemble_all(&a, srv_reply_feed(r, t, cut, 0));
+                assemble_all(&a, srv_reply_feed(r, t + cut, n - cut, 0));
+            } else {
+                for (size_t i = 0; i < n; i++) assemble_all(&a, srv_reply_feed(r, t + i, 1, 0));
+            }
+            assemble_all(&a, srv_reply_feed(r, NULL, 0, 1));
+            CHECKF(assembled_eq(&a, &whole), "case %zu, split at %zu: content '%s' reasoning '%s' calls %d", c, cut,
+                   a.content, a.reasoning, a.n_calls);
+            srv_reply_free(r);
+        }
+    }
+}
+
+/* Events of an SSE body assembled; finish: the last finish_reason. */
+static void assemble_sse(struct assembled *a, char *sse, char *finish, size_t fcap)
+{
+    memset(a, 0, sizeof *a);
+    finish[0] = 0;
+    for (char *line = strtok(sse, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: {", 7) != 0) continue;
+        json_t *j = json_loads(line + 6, 0, NULL);
+        json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+        if (c) assemble(a, json_object_get(c, "delta"));
+        if (json_is_string(json_object_get(c, "finish_reason")))
+            snprintf(finish, fcap, "%s", json_string_value(json_object_get(c, "finish_reason")));
+        json_decref(j);
+    }
+}
+
+TEST(server_http_tool_calls)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    struct http_env e;
+    env_start(&e, NULL, 1, 4, 0, 10, 1);
+    const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                        "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}}}]";
+    char body[1024], *o;
+    e.f.script = "<think>\ncity first\n</think>\n\nChecking.\n<tool_call>\n{\"name\": \"get_weather\", "
+                 "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Paris?\"}],%s,"
+             "\"temperature\":0}", tools);
+    CHECK(http(&e, "POST", "/v1/chat/completions", body, NULL, &o) == 200);
+    json_t *j = json_of(o);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0), *m = json_object_get(ch, "message");
+    struct assembled plain, streamed;
+    assemble_message(&plain, m);
+    CHECKF(!strcmp(plain.content, "Checking.") && !strcmp(plain.reasoning, "city first"), "%s", o);
+    CHECK(plain.n_calls == 1 && !strcmp(plain.name[0], "get_weather") && !strncmp(plain.id[0], "call_", 5));
+    json_t *args = json_loads(plain.args[0], 0, NULL);
+    CHECKF(args && !strcmp(json_string_value(json_object_get(args, "city")), "Paris"), "arguments %s", plain.args[0]);
+    json_decref(args);
+    CHECK(!strcmp(json_string_value(json_object_get(ch, "finish_reason")), "tool_calls"));
+    json_decref(j);
+    free(o);
+
+    /* Streamed: the same message from the deltas. */
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Paris?\"}],%s,"
+             "\"temperature\":0,\"stream\":true}", tools);
+    CHECK(http(&e, "POST", "/v1/chat/completions", body, "-N", &o) == 200);
+    char finish[32];
+    assemble_sse(&streamed, o, finish, sizeof finish);
+    free(o);
+    /* ids differ per request; the rest is the same */
+    snprintf(streamed.id[0], sizeof streamed.id[0], "%s", plain.id[0]);
+    CHECKF(assembled_eq(&streamed, &plain), "streamed content '%s' reasoning '%s' calls %d bad %d", streamed.content,
+           streamed.reasoning, streamed.n_calls, streamed.bad);
+    CHECK(!strcmp(finish, "tool_calls"));
+
+    /* A call that does not parse is content, never an error. */
+    e.f.script = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": }\n</tool_call>";
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"temperature\":0,"
+             "\"stream\":true}", tools);
+    CHECK(http(&e, "POST", "/v1/chat/completions", body, "-N", &o) == 200);
+    assemble_sse(&streamed, o, finish, sizeof finish);
+    free(o);
+    CHECKF(!strcmp(streamed.content, e.f.script) && streamed.n_calls == 0 && !strcmp(finish, "stop"),
+           "content '%s' finish %s", streamed.content, finish);
+
+    /* tool_choice names the function: the reply starts inside the call
+     * (the prefill is in the prompt, the script continues it). */
+    e.f.script = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"temperature\":0,"
+             "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}", tools);
+    CHECK(http(&e, "POST", "/v1/chat/completions", body, NULL, &o) == 200);
+    j = json_of(o);
+    assemble_message(&plain, json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"));
+    CHECKF(plain.n_calls == 1 && !strcmp(plain.args[0], "{\"city\":\"Oslo\"}"), "%s", o);
+    /* only the generated part (and the end token) counts as completion */
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) ==
+          (json_int_t)(strlen(e.f.script) - strlen("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ") + 1));
+    json_decref(j);
+    free(o);
+
+    /* /apply-template: the prompt the chat would evaluate. */
+    CHECK(http(&e, "POST", "/apply-template", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", NULL, &o) == 200);
+    j = json_of(o);
+    CHECKF(!strcmp(json_string_value(json_object_get(j, "prompt")), "user:hi\nassistant:"), "%s", o);
+    json_decref(j);
+    free(o);
+    CHECK(http(&e, "POST", "/apply-template", "{\"messages\":[]}", NULL, &o) == 400 && strstr(o, "must not be empty"));
+    free(o);
+
+    /* logit_bias reaches the sampler: '#' makes the alphabet, b banned. */
+    e.f.script = NULL;
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#a\",\"max_tokens\":3,\"temperature\":0}", NULL, &o) == 200 &&
+          strstr(o, "\"text\":\"bcd\""));
+    free(o);
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#a\",\"max_tokens\":3,\"temperature\":0,"
+               "\"logit_bias\":{\"98\":false}}", NULL, &o) == 200 && strstr(o, "\"text\":\"cde\""));
+    free(o);
+    CHECK(http(&e, "POST", "/v1/completions", "{\"prompt\":\"#a\",\"max_tokens\":3,\"temperature\":0,"
+               "\"logit_bias\":[[98,-100]]}", NULL, &o) == 200 && strstr(o, "\"text\":\"cde\""));
+    free(o);
+    CHECK(atomic_load(&e.f.bad_hist) == 0);
+    srv_stop(e.s);
+}
+
+/* The fake with room for a client's conversation, attached. */
+static void long_fake(struct http_env *e)
+{
+    e->f.long_ctx = 1;
+    e->be = fake_backend(&e->f);
+    char err[256];
+    REQUIREF(srv_attach(e->s, &e->be, NULL, err, sizeof err) == 0, "attach: %s", err);
+}
+
+/* The official openai Node.js client (tests/serve_tools.mjs) against the
+ * scripted fake: tools, streamed calls, tool_choice, a round trip. */
+TEST(server_http_openai_node_tools)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *mod = test_npm_package("openai", "tests/serve_tools.mjs");
+    struct http_env e;
+    env_start(&e, NULL, 2, 8, 0, 10, 0);
+    long_fake(&e);
+    e.f.script = "<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{\"name\": \"get_weather\", "
+                 "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    e.f.after_tool[0] = "It is 18C and sunny in Paris.";
+    char *o = NULL;
+    int rc = test_run(&o, "OPENAI_MODULE=%s timeout 60 node tests/serve_tools.mjs http://127.0.0.1:%d", mod, e.port);
+    CHECKF(rc == 0 && o && strstr(o, "openai-tools: ok"), "node: %d %s", rc, o ? o : "");
+    free(o);
+    srv_stop(e.s);
+}
+
+/* LangChain.js (tests/serve_langchain.mjs): bindTools and an agent loop of
+ * two tool turns against the scripted fake. */
+TEST(server_http_langchain_agent)
+{
+    if (!have_curl()) SKIP("curl is absent");
+    const char *mod = test_npm_package("@langchain/openai", "tests/serve_langchain.mjs");
+    (void)test_npm_package("@langchain/core", "tests/serve_langchain.mjs");
+    char root[4096];
+    snprintf(root, sizeof root, "%s", mod);
+    *strstr(root, "/node_modules/") = 0;
+    struct http_env e;
+    env_start(&e, NULL, 2, 8, 0, 10, 0);
+    long_fake(&e);
+    e.f.script = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    e.f.after_tool[0] = "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"Europe/Paris\"}}\n</tool_call>";
+    e.f.after_tool[1] = "It is 18C and 12:00 in Paris.";
+    char *o = NULL;
+    int rc = test_run(&o, "NPM_ROOT=%s timeout 60 node tests/serve_langchain.mjs http://127.0.0.1:%d", root, e.port);
+    CHECKF(rc == 0 && o && strstr(o, "langchain: ok"), "node: %d %s", rc, o ? o : "");
+    free(o);
+    srv_stop(e.s);
 }

@@ -496,7 +496,8 @@ TEST(serve_slowloris_long)
 
 /* Known fields that would change the reply and are not applied are
  * refused with a 400 naming them; their neutral values are accepted;
- * n_predict (llama-server's max_tokens) is applied. */
+ * n_predict (llama-server's max_tokens), the penalties and logit_bias are
+ * applied. */
 TEST(serve_unapplied_fields_refused)
 {
     if (!test_have_curl()) SKIP("curl is absent");
@@ -504,12 +505,12 @@ TEST(serve_unapplied_fields_refused)
     test_serve_start(&s, test_tiny_model(), "-c 256");
     static const struct { int chat; const char *field; int status; const char *needle; } cases[] = {
         { 0, "\"best_of\":2", 400, "'best_of'" },
-        { 0, "\"logit_bias\":{\"15\":-100}", 400, "'logit_bias'" },
-        { 1, "\"logit_bias\":{\"15\":-100}", 400, "'logit_bias'" },
-        { 0, "\"frequency_penalty\":0.5", 400, "'frequency_penalty'" },
-        { 1, "\"frequency_penalty\":0.5", 400, "'frequency_penalty'" },
-        { 1, "\"presence_penalty\":-1", 400, "'presence_penalty'" },
-        { 0, "\"repeat_penalty\":1.1", 400, "'repeat_penalty'" },
+        { 0, "\"logit_bias\":{\"15\":-100}", 200, NULL }, /* applied */
+        { 1, "\"logit_bias\":{\"15\":-100}", 200, NULL }, /* applied */
+        { 0, "\"frequency_penalty\":0.5", 200, NULL }, /* applied */
+        { 1, "\"frequency_penalty\":0.5", 200, NULL }, /* applied */
+        { 1, "\"presence_penalty\":-1", 200, NULL }, /* applied */
+        { 0, "\"repeat_penalty\":1.1", 200, NULL }, /* applied */
         { 0, "\"suffix\":\"the end\"", 400, "'suffix'" },
         { 0, "\"echo\":true", 400, "'echo'" },
         { 0, "\"n\":2", 400, "'n'" },

@@ -246,6 +246,24 @@ const char *test_tiny_model(void)
     return test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
 }
 
+const char *test_npm_package(const char *pkg, const char *script)
+{
+    static char dir[4096];
+    if (test_run(NULL, "node --version >/dev/null 2>&1") != 0) SKIP("node is absent");
+    if (access(script, R_OK) != 0) SKIP("%s absent (run from the repo root)", script);
+    char cwd[3000];
+    REQUIRE(getcwd(cwd, sizeof cwd));
+    snprintf(dir, sizeof dir, "%s/build/npm/node_modules/%s", cwd, pkg);
+    char pj[4200];
+    snprintf(pj, sizeof pj, "%s/package.json", dir);
+    if (access(pj, R_OK) != 0 &&
+        test_run(NULL, "mkdir -p build/npm && cd build/npm && timeout 120 npm install --prefix . --no-audit --no-fund "
+                       "--loglevel=error %s >/dev/null 2>&1", pkg) != 0)
+        SKIP("the %s npm package could not be installed", pkg);
+    if (access(pj, R_OK) != 0) SKIP("%s npm package absent", pkg);
+    return dir;
+}
+
 double test_now(void)
 {
     struct timespec ts;

@@ -24,8 +24,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
         "usage: moeq serve -m MODEL [options]\n"
-        "OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models,\n"
-        "/health, /metrics, /tokenize, /detokenize.\n"
+        "OpenAI-compatible HTTP server: /v1/chat/completions (with tools), /v1/completions,\n"
+        "/v1/models, /health, /metrics, /tokenize, /detokenize, /apply-template.\n"
         "  -m, --model FILE      the GGUF model (required)\n"
         "  -c, --ctx-size N      context per parallel sequence (default 4096)\n"
         "  --host ADDR           numeric address to bind (default 127.0.0.1)\n"
@@ -54,6 +54,8 @@ static void usage(FILE *out)
         "                        answered), or is refused if there is none\n"
         "  --max-body BYTES      request body limit (default 8M)\n"
         "  --alias NAME          model id in responses (default: the file name)\n"
+        "  --reasoning-format F  deepseek (default): a reply's <think> block goes to\n"
+        "                        message.reasoning_content; none: it stays in the content\n"
         "  -ngl N                accepted for llama-server compatibility; ignored (CPU engine)\n"
         "  -q, -v, --log-level L  quiet (errors only on stderr), verbose, or\n"
         "                        error|warn|info|debug\n"
@@ -88,14 +90,9 @@ static int be_piece(void *ud, int32_t tok, char *buf, int cap)
 
 static int be_is_eog(void *ud, int32_t tok) { return moeq_token_is_eog(((struct eng *)ud)->e, tok); }
 
-static char *be_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+static char *be_render(void *ud, json_t *ctx, char *err, size_t errlen)
 {
-    struct moeq_chat_msg *cm = calloc((size_t)n, sizeof *cm);
-    if (!cm) { snprintf(err, errlen, "out of memory"); return NULL; }
-    for (int i = 0; i < n; i++) { cm[i].role = m[i].role; cm[i].content = m[i].content; }
-    char *r = moeq_chat_render(((struct eng *)ud)->e, cm, n, 1, err, errlen);
-    free(cm);
-    return r;
+    return moeq_chat_render_json(((struct eng *)ud)->e, ctx, err, errlen);
 }
 
 static void *be_session_new(void *ud, char *err, size_t errlen)
@@ -141,15 +138,23 @@ static int be_decode(void *ud, void **ss, const int32_t *t, int n, char *err, si
     return moeq_engine_decode(g->e, g->dec, t, n, err, errlen);
 }
 
-static int32_t be_sample(void *ud, void *sp, const struct srv_sampling *p, uint64_t *rng, const float *lg)
+static int32_t be_sample(void *ud, void *sp, const struct srv_sampling *p, uint64_t *rng, const float *lg,
+                         const int32_t *hist, int n_hist)
 {
+    _Static_assert(sizeof(struct srv_bias) == sizeof(struct moeq_logit_bias), "logit bias layouts must agree");
     struct eng_sess *s = sp;
     s->sp.temp = p->temp;
     s->sp.top_k = p->top_k;
     s->sp.top_p = p->top_p;
     s->sp.min_p = p->min_p;
+    s->sp.repeat_penalty = p->repeat_penalty;
+    s->sp.repeat_last_n = p->repeat_last_n;
+    s->sp.frequency_penalty = p->frequency_penalty;
+    s->sp.presence_penalty = p->presence_penalty;
+    s->sp.bias = (const struct moeq_logit_bias *)p->bias;
+    s->sp.n_bias = p->n_bias;
     s->sp.rng = *rng;
-    int32_t t = moeq_sample(&s->sp, lg, ((struct eng *)ud)->n_vocab);
+    int32_t t = moeq_sample_hist(&s->sp, lg, ((struct eng *)ud)->n_vocab, hist, n_hist);
     *rng = s->sp.rng;
     return t;
 }
@@ -184,10 +189,11 @@ static void *load_main(void *arg)
     }
     int n_ctx = moeq_session_n_ctx(probe);
     moeq_session_free(probe);
+    int think = 0, format = moeq_chat_format(e, &think);
 
     struct srv_backend be = {
         .ud = &L->eng, .n_vocab = mi->n_vocab, .n_ctx = n_ctx, .n_batch = L->ep.n_batch,
-        .add_bos = mi->add_bos, .bos = mi->bos,
+        .add_bos = mi->add_bos, .bos = mi->bos, .chat_format = format, .chat_think = think,
         .tokenize = be_tokenize, .piece = be_piece, .is_eog = be_is_eog, .chat_render = be_render,
         .session_new = be_session_new, .session_free = be_session_free, .session_sync = be_sync,
         .session_eval = be_eval, .session_logits = be_logits, .decode = be_decode, .sample = be_sample,
@@ -209,7 +215,7 @@ int cmd_serve(int argc, char **argv)
     int64_t ctx = 4096, port = 8080, parallel = 1, threads = 0, timeout = 600, queue = -1, batch = 512;
     int64_t req_timeout = 30, idle_timeout = 5, max_conns = 256, max_per_ip = 64;
     uint64_t max_body = 8u << 20;
-    int type_k = MOEQ_KV_F16, type_v = MOEQ_KV_F16;
+    int type_k = MOEQ_KV_F16, type_v = MOEQ_KV_F16, reasoning_none = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -223,6 +229,11 @@ int cmd_serve(int argc, char **argv)
         else if (!strcmp(a, "--host")) host = v;
         else if (!strcmp(a, "--api-key")) api_key = v;
         else if (!strcmp(a, "--alias")) alias = v;
+        else if (!strcmp(a, "--reasoning-format")) {
+            if (strcmp(v, "deepseek") && strcmp(v, "none"))
+                return cli_usage_error("serve", "--reasoning-format wants deepseek or none, got '%s'", v);
+            reasoning_none = !strcmp(v, "none");
+        }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { num = &ctx; lo = 16; hi = 1 << 22; }
         else if (!strcmp(a, "--port")) { num = &port; lo = 0; hi = 65535; }
         else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { num = &parallel; lo = 1; hi = 256; }
@@ -266,7 +277,7 @@ int cmd_serve(int argc, char **argv)
                             .api_key = api_key, .timeout_s = (int)timeout, .max_body = (size_t)max_body,
                             .alias = alias, .request_timeout_s = (int)req_timeout,
                             .idle_timeout_s = (int)idle_timeout, .max_conns = (int)max_conns,
-                            .max_conns_per_ip = (int)max_per_ip };
+                            .max_conns_per_ip = (int)max_per_ip, .reasoning_none = reasoning_none };
     /* A descriptor per connection (and room for those being closed):
      * raise the soft limit toward the hard one if it is short. */
     struct rlimit rl;

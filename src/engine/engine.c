@@ -1280,3 +1280,18 @@ char *moeq_chat_render(const moeq_engine *e, const struct moeq_chat_msg *msgs, i
     return moeq_tokenizer_chat_render(e->tok, (const struct moeq_tok_msg *)msgs, n,
                                       add_generation_prompt, err, errlen);
 }
+
+char *moeq_chat_render_json(const moeq_engine *e, json_t *ctx, char *err, size_t errlen)
+{
+    if (!e->tok) {
+        moeq_set_err(err, errlen, "the model has no tokenizer");
+        return NULL;
+    }
+    return moeq_tokenizer_chat_render_json(e->tok, ctx, err, errlen);
+}
+
+int moeq_chat_format(const moeq_engine *e, int *think)
+{
+    *think = e->tok && moeq_tokenizer_chat_kind(e->tok) == MOEQ_CHAT_QWEN3;
+    return e->tok ? moeq_tokenizer_chat_format(e->tok) : 0;
+}

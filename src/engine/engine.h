@@ -73,6 +73,15 @@ struct moeq_chat_msg { const char *role, *content; };
  * malloc'd string or NULL with err set (unknown role). */
 char *moeq_chat_render(const moeq_engine *e, const struct moeq_chat_msg *msgs, int n,
                        int add_generation_prompt, char *err, size_t errlen);
+/* The same over a full template context (a JSON object, borrowed:
+ * messages with tool_calls and tool results, tools, add_generation_prompt,
+ * chat_template_kwargs' keys), as tokenizer.h's
+ * moeq_tokenizer_chat_render_json. */
+struct json_t;
+char *moeq_chat_render_json(const moeq_engine *e, struct json_t *ctx, char *err, size_t errlen);
+/* The template's tool-call syntax (enum moeq_chat_format, chat_parse.h);
+ * *think: whether it has <think> reasoning. */
+int   moeq_chat_format(const moeq_engine *e, int *think);
 
 /* ---- sessions ---- */
 

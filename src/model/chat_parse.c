@@ -212,7 +212,7 @@ static void finish_call(struct moeq_chat_parser *p, int closed)
     char *name = NULL, *args = NULL;
     int rc = -1;
     if (closed)
-        rc = p->format == MOEQ_CHAT_QWEN3_CODER ? parse_coder(p->call, p->cn, p->tools, &name, &args)
+        rc = p->format == MOEQ_CALLS_QWEN3_CODER ? parse_coder(p->call, p->cn, p->tools, &name, &args)
                                                 : parse_qwen3(p->call, p->cn, &name, &args);
     if (rc == 0 && p->ncalls == p->capcalls) {
         int cap = p->capcalls ? p->capcalls * 2 : 4;
@@ -276,7 +276,7 @@ static void run(struct moeq_chat_parser *p, int final)
             return;
         }
         /* content */
-        const char *tc = p->format != MOEQ_CHAT_PLAIN ? find(p->pend, p->pn, TC_OPEN) : NULL;
+        const char *tc = p->format != MOEQ_CALLS_PLAIN ? find(p->pend, p->pn, TC_OPEN) : NULL;
         const char *th = p->reasoning && !p->seen_text && !p->ncalls ? find(p->pend, p->pn, TH_OPEN) : NULL;
         if (th) {   /* <think> only before any content */
             for (const char *q = p->pend; q < th; q++) if (!isspace((unsigned char)*q)) { th = NULL; break; }
@@ -299,14 +299,14 @@ static void run(struct moeq_chat_parser *p, int final)
             return;
         }
         size_t keep = 0;
-        if (p->format != MOEQ_CHAT_PLAIN) keep = partial(p->pend, p->pn, TC_OPEN);
+        if (p->format != MOEQ_CALLS_PLAIN) keep = partial(p->pend, p->pn, TC_OPEN);
         if (p->reasoning && !p->seen_text && !p->ncalls) {
             size_t k2 = partial(p->pend, p->pn, TH_OPEN);
             if (k2 > keep) keep = k2;
         }
         size_t e = p->pn - keep;
         /* blanks before a possible marker wait too: they go if a call follows */
-        if (p->format != MOEQ_CHAT_PLAIN) while (e && isspace((unsigned char)p->pend[e - 1])) e--;
+        if (p->format != MOEQ_CALLS_PLAIN) while (e && isspace((unsigned char)p->pend[e - 1])) e--;
         /* nothing but blanks so far may still precede <think> */
         if (p->reasoning && !p->seen_text && !p->ncalls) {
             size_t q = 0;
@@ -376,8 +376,8 @@ int moeq_chat_parser_malformed(const moeq_chat_parser *p) { return p->malformed;
 
 int moeq_chat_format_of_template(const char *tmpl)
 {
-    if (!tmpl) return MOEQ_CHAT_PLAIN;
-    if (strstr(tmpl, "<function=") && strstr(tmpl, "<parameter=")) return MOEQ_CHAT_QWEN3_CODER;
-    if (strstr(tmpl, "<tool_call>")) return MOEQ_CHAT_QWEN3;
-    return MOEQ_CHAT_PLAIN;
+    if (!tmpl) return MOEQ_CALLS_PLAIN;
+    if (strstr(tmpl, "<function=") && strstr(tmpl, "<parameter=")) return MOEQ_CALLS_QWEN3_CODER;
+    if (strstr(tmpl, "<tool_call>")) return MOEQ_CALLS_QWEN3;
+    return MOEQ_CALLS_PLAIN;
 }

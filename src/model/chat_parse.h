@@ -20,7 +20,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
-enum moeq_chat_format { MOEQ_CHAT_PLAIN = 0, MOEQ_CHAT_QWEN3 = 1, MOEQ_CHAT_QWEN3_CODER = 2 };
+enum moeq_chat_format { MOEQ_CALLS_PLAIN = 0, MOEQ_CALLS_QWEN3 = 1, MOEQ_CALLS_QWEN3_CODER = 2 };
 
 /* One completed tool call. */
 struct moeq_tool_call {

@@ -18,6 +18,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "model/tokenizer.h"
+#include "model/chat_parse.h"
 #include "model/chat_template.h"
 #include "util/util.h"
 
@@ -65,6 +66,7 @@ struct moeq_tokenizer {
     int32_t   bos, eos, eot, eom, pad;
     int       add_bos;
     enum moeq_chat_kind chat;
+    int       chat_format;   /* enum moeq_chat_format: the template's tool-call syntax */
     moeq_tmpl *tmpl;         /* the model's own template, parsed; NULL: built-in ChatML */
 
     pcre2_code *re;
@@ -535,6 +537,7 @@ moeq_tokenizer *moeq_tokenizer_new(const struct moeq_vocab_desc *d, char *err, s
     }
 
     moeq_chat_detect(d->chat_template, &t->chat);
+    t->chat_format = moeq_chat_format_of_template(d->chat_template);
     if (d->chat_template && d->chat_template[0]) {
         char terr[256] = "";
         t->tmpl = moeq_tmpl_parse(d->chat_template, strlen(d->chat_template), terr, sizeof terr);
@@ -860,6 +863,7 @@ int moeq_tokenizer_is_eog(const moeq_tokenizer *t, int32_t id)
 }
 
 enum moeq_chat_kind moeq_tokenizer_chat_kind(const moeq_tokenizer *t) { return t->chat; }
+int moeq_tokenizer_chat_format(const moeq_tokenizer *t) { return t->chat_format; }
 
 /* ---------------------------------------------------------- GGUF loading */
 

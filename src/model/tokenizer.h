@@ -128,6 +128,9 @@ char *moeq_chat_render_kind(enum moeq_chat_kind kind, const struct moeq_tok_msg 
 char *moeq_tokenizer_chat_render(const moeq_tokenizer *t, const struct moeq_tok_msg *msgs, int n,
                                  int add_generation_prompt, char *err, size_t errlen);
 enum moeq_chat_kind moeq_tokenizer_chat_kind(const moeq_tokenizer *t);
+/* The tool-call syntax the template implies (enum moeq_chat_format of
+ * chat_parse.h; PLAIN without a template). */
+int moeq_tokenizer_chat_format(const moeq_tokenizer *t);
 
 /* Render with a full template context (a JSON object, borrowed: messages,
  * tools, add_generation_prompt, chat_template_kwargs' keys...); bos_token

@@ -8,8 +8,10 @@
  * scheduler and the HTTP layer are all tested without a model file.
  *
  * Three parts, three files:
- *   server_proto.c  requests in (validation), responses out (JSON, SSE),
- *                   generated text (stop strings, UTF-8 boundaries)
+ *   server_proto.c  requests in (validation, the chat template's context),
+ *                   responses out (JSON, SSE), generated text (stop
+ *                   strings, UTF-8 boundaries), chat replies (content,
+ *                   reasoning, tool calls)
  *   server_sched.c  the scheduler: N slots (sessions), a bounded queue,
  *                   one batched decode step for all active slots
  *   server_http.c   libmicrohttpd glue: routing, auth, body limits,
@@ -26,11 +28,22 @@
 
 /* ---- the model, as the server sees it ---- */
 
-struct srv_msg { const char *role, *content; };
+/* A logit bias (same layout as engine.h's struct moeq_logit_bias). */
+struct srv_bias { int32_t id; float bias; };
 
 /* Sampling parameters of one request (engine semantics: temp <= 0 greedy,
- * top_k <= 0 off, top_p >= 1 off, min_p <= 0 off). */
-struct srv_sampling { float temp, top_p, min_p; int top_k; };
+ * top_k <= 0 off, top_p >= 1 off, min_p <= 0 off; the penalties look at
+ * the last repeat_last_n tokens of the history, -1 all of it, and are off
+ * at repeat_penalty 1 and frequency/presence 0; bias adds to the logits,
+ * -INFINITY bans). */
+struct srv_sampling {
+    float temp, top_p, min_p;
+    int   top_k;
+    float repeat_penalty, frequency_penalty, presence_penalty;
+    int   repeat_last_n;
+    const struct srv_bias *bias;  /* n_bias entries, owned by the request */
+    int   n_bias;
+};
 
 /*
  * Every call except tokenize/piece/is_eog/chat_render comes from the one
@@ -50,7 +63,14 @@ struct srv_backend {
                       int32_t *out, int max);
     int   (*piece)(void *ud, int32_t tok, char *buf, int cap);
     int   (*is_eog)(void *ud, int32_t tok);
-    char *(*chat_render)(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen);
+    /* The model's chat template over a full context (borrowed): messages as
+     * the template sees them (tool_calls with object arguments, tool
+     * results), tools, add_generation_prompt and chat_template_kwargs'
+     * keys. malloc'd text, or NULL with err set. */
+    char *(*chat_render)(void *ud, json_t *ctx, char *err, size_t errlen);
+    int   chat_format;  /* enum moeq_chat_format (chat_parse.h): the tool-call syntax */
+    int   chat_think;   /* the template has <think> reasoning */
+    int   reasoning_none; /* --reasoning-format none: <think> stays in the content */
 
     void *(*session_new)(void *ud, char *err, size_t errlen);
     void  (*session_free)(void *ud, void *s);
@@ -58,8 +78,9 @@ struct srv_backend {
     int   (*session_eval)(void *ud, void *s, const int32_t *toks, int n, char *err, size_t errlen);
     const float *(*session_logits)(void *ud, void *s);
     int   (*decode)(void *ud, void **ss, const int32_t *toks, int n, char *err, size_t errlen);
+    /* hist: the session's tokens (prompt and reply so far), for the penalties. */
     int32_t (*sample)(void *ud, void *s, const struct srv_sampling *p, uint64_t *rng,
-                      const float *logits);
+                      const float *logits, const int32_t *hist, int n_hist);
 };
 
 /* ---- requests (server_proto.c) ---- */
@@ -83,6 +104,15 @@ struct srv_gen {
     int      stream, include_usage;
     int      logprobs, top_logprobs;
     int      ignore_eos;          /* llama-server extension: never sample an end token */
+    struct srv_bias *bias;        /* logit_bias, malloc'd (sp.bias points here) */
+    /* How a chat reply is read (SRV_CHAT): */
+    int      chat_format;         /* tool-call syntax to parse (PLAIN: none, e.g. tool_choice "none") */
+    int      reasoning;           /* split <think> into reasoning_content */
+    int      think_open;          /* the prompt left a <think> block open */
+    int      parallel_calls;      /* 0: parallel_tool_calls false, keep the first call */
+    char    *prefill;             /* the reply's forced start (tool_choice), already in the
+                                     prompt; the parser reads it as generated. malloc'd */
+    json_t  *tools;               /* the request's tools (owned), for parameter types */
 };
 
 /*
@@ -94,6 +124,12 @@ struct srv_gen {
 int  srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t *body,
                    struct srv_gen *g, char *err, size_t errlen);
 void srv_gen_free(struct srv_gen *g);
+
+/* POST /apply-template: the chat request's messages, tools and
+ * chat_template_kwargs rendered as the prompt (malloc'd). Returns 0, or 400
+ * with a one-line message. */
+int  srv_apply_template(const struct srv_backend *be, const json_t *body, char **prompt,
+                        char *err, size_t errlen);
 
 /* Parse a body (bytes) into a JSON object; NULL with a one-line message on error. */
 json_t *srv_parse_body(const char *body, size_t len, char *err, size_t errlen);
@@ -148,9 +184,11 @@ json_t *srv_logprobs_json(const struct srv_backend *be, enum srv_kind kind,
 
 json_t *srv_usage_json(const struct srv_usage *u);
 
-/* A whole (non-streamed) response. finish: "stop" or "length". */
+/* A whole (non-streamed) response. finish: "stop", "length" or
+ * "tool_calls". message (chat, stolen): the message object (see
+ * srv_reply_message); NULL makes one of text as its content. */
 json_t *srv_response_json(enum srv_kind kind, const char *id, long long created,
-                          const char *model, const char *text, size_t len,
+                          const char *model, const char *text, size_t len, json_t *message,
                           const char *finish, json_t *logprobs /* stolen, may be NULL */,
                           const struct srv_usage *u);
 
@@ -164,6 +202,36 @@ char *srv_sse_chunk(enum srv_kind kind, const char *id, long long created, const
                     const char *role, const char *text, size_t len, const char *finish,
                     json_t *logprobs /* stolen */, int include_usage,
                     const struct srv_usage *usage);
+
+/* A chat chunk with a delta object (stolen; NULL: {}), e.g. from srv_reply_feed. */
+char *srv_sse_delta(const char *id, long long created, const char *model, json_t *delta,
+                    const char *finish, json_t *logprobs /* stolen */, int include_usage);
+
+/* ---- chat replies (server_proto.c) ---- */
+
+/*
+ * What a chat reply means, read as it is generated (chat_parse.h):
+ * content, reasoning_content (<think>, unless --reasoning-format none) and
+ * tool calls in the template's syntax, with the request's tool_choice
+ * prefill read first as if generated. A call that does not parse stays
+ * content and is counted (srv_reply_malformed) for the log.
+ */
+typedef struct srv_reply srv_reply;
+/* id: the request's id; call ids ("call_...") derive from it. */
+srv_reply *srv_reply_new(const struct srv_gen *g, const char *id);
+void       srv_reply_free(srv_reply *r);
+/* The next n bytes of the reply (final: it has ended; flush what was held
+ * back). Returns the stream's deltas for them, in order, as a JSON array
+ * of delta objects ({"content"}, {"reasoning_content"}, and per call
+ * {"tool_calls":[{index, id, type, function:{name, arguments:""}}]} then
+ * {"tool_calls":[{index, function:{arguments}}]}); NULL when out of memory. */
+json_t    *srv_reply_feed(srv_reply *r, const char *text, size_t n, int final);
+/* The whole message so far: {role, content (null when only calls),
+ * reasoning_content?, tool_calls?} (a new reference). */
+json_t    *srv_reply_message(const srv_reply *r);
+/* "tool_calls" for a reply that stopped after making calls, else finish. */
+const char *srv_reply_finish(const srv_reply *r, const char *finish);
+int        srv_reply_malformed(const srv_reply *r);
 
 /* ---- scheduler (server_sched.c) ---- */
 
@@ -232,6 +300,7 @@ struct srv_config {
     int         timeout_s;  /* a connection silent this long is closed */
     size_t      max_body;   /* request body limit in bytes */
     const char *alias;      /* model id in responses */
+    int         reasoning_none; /* --reasoning-format none: <think> stays in content */
     /* Slow and idle clients (0: the default in parentheses). */
     int         request_timeout_s;  /* head and body must arrive within (30) */
     int         idle_timeout_s;     /* a connection between requests (5) */

@@ -51,15 +51,16 @@
 #include <unistd.h>
 
 enum route { R_HEALTH, R_MODELS, R_METRICS, R_CHAT, R_COMPLETIONS, R_TOKENIZE, R_DETOKENIZE,
-             R_OTHER, R_COUNT };
+             R_APPLY_TEMPLATE, R_OTHER, R_COUNT };
 static const char *const route_name[R_COUNT] = {
-    "health", "models", "metrics", "chat_completions", "completions", "tokenize", "detokenize", "other"
+    "health", "models", "metrics", "chat_completions", "completions", "tokenize", "detokenize",
+    "apply_template", "other"
 };
 
 struct srv {
     char       *host, *api_key, *alias;
     json_t     *meta;
-    int         port, parallel, queue, timeout_s;
+    int         port, parallel, queue, timeout_s, reasoning_none;
     size_t      max_body;
     struct MHD_Daemon *d;
     int         listen_fd;
@@ -324,6 +325,7 @@ struct stream {
     srv_job *job;
     struct MHD_Connection *conn;
     enum srv_kind kind;
+    srv_reply *reply;            /* chat: the reply's meaning (content, reasoning, calls) */
     char     id[64];
     long long created;
     int      phase;              /* 0 role, 1 content, 2 usage, 3 [DONE], 4 end */
@@ -342,6 +344,47 @@ static void stream_set(struct stream *st, char *s)
     st->out_len = s ? strlen(s) : 0;
     st->out_pos = 0;
     st->last_out = time(NULL);
+}
+
+/* a then b, both freed; NULL when out of memory. */
+static char *concat_free(char *a, char *b)
+{
+    size_t x = a ? strlen(a) : 0, y = b ? strlen(b) : 0;
+    char *both = malloc(x + y + 1);
+    if (both) {
+        memcpy(both, a ? a : "", x);
+        memcpy(both + x, b ? b : "", y + 1);
+    }
+    free(a);
+    free(b);
+    return both;
+}
+
+/* A tool call that did not parse went out as content: say so in the log. */
+static void warn_malformed(const char *id, const srv_reply *r)
+{
+    int n = srv_reply_malformed(r);
+    if (n > 0)
+        fprintf(stderr, "moeq: serve: warning: %s: %d tool call%s in the reply did not parse; sent as content\n",
+                id, n, n > 1 ? "s" : "");
+}
+
+/* The events for the next n bytes of a chat reply: one chunk per delta,
+ * logprobs (stolen) on the first (or alone on an empty delta). NULL when
+ * there is nothing to send. */
+static char *chat_events(struct stream *st, const char *text, size_t n, int final, json_t *lp, int inc)
+{
+    json_t *deltas = srv_reply_feed(st->reply, text, n, final);
+    char *ev = NULL;
+    size_t i;
+    json_t *d;
+    json_array_foreach(deltas, i, d) {
+        ev = concat_free(ev, srv_sse_delta(st->id, st->created, st->srv->alias, json_incref(d), NULL, lp, inc));
+        lp = NULL;
+    }
+    json_decref(deltas);
+    if (lp) ev = srv_sse_delta(st->id, st->created, st->srv->alias, NULL, NULL, lp, inc);
+    return ev;
 }
 
 /* Build the next piece of the event stream; 0 when nothing is ready yet,
@@ -379,7 +422,9 @@ static int stream_next(struct stream *st)
             lp = srv_logprobs_json(&s->be, st->kind, v.probs + st->seen_probs, v.n_probs - st->seen_probs,
                                    st->text_off);
         char *ev = NULL;
-        if (n || lp)
+        if (st->reply)
+            ev = chat_events(st, v.text + st->seen_ready, n, v.done && !v.err, lp, inc);
+        else if (n || lp)
             ev = srv_sse_chunk(st->kind, st->id, st->created, model, NULL, v.text + st->seen_ready, n,
                                NULL, lp, inc, NULL);
         st->text_off += n;
@@ -395,19 +440,13 @@ static int stream_next(struct stream *st)
                 free(e);
                 st->phase = 3;
             } else {
-                tail = srv_sse_chunk(st->kind, st->id, st->created, model, NULL, NULL, 0, v.finish, NULL,
+                const char *fin = st->reply ? srv_reply_finish(st->reply, v.finish) : v.finish;
+                tail = srv_sse_chunk(st->kind, st->id, st->created, model, NULL, NULL, 0, fin, NULL,
                                      inc, NULL);
                 st->phase = inc ? 2 : 3;
             }
-            size_t a = ev ? strlen(ev) : 0, b = tail ? strlen(tail) : 0;
-            char *both = malloc(a + b + 1);
-            if (both) {
-                memcpy(both, ev ? ev : "", a);
-                memcpy(both + a, tail ? tail : "", b + 1);
-            }
-            free(ev);
-            free(tail);
-            ev = both;
+            if (st->reply) warn_malformed(st->id, st->reply);
+            ev = concat_free(ev, tail);
         }
         srv_job_unlock(st->job);
         if (!ev) return 0;
@@ -462,6 +501,7 @@ static void stream_free(void *cls)
     srv_job_cancel(st->job);
     srv_job_release(st->job);
     atomic_fetch_sub(&st->srv->in_flight, 1);
+    srv_reply_free(st->reply);
     free(st->out);
     free(st);
 }
@@ -489,17 +529,26 @@ static enum MHD_Result do_generate(srv *s, struct MHD_Connection *c, struct conn
     char id[64];
     make_id(s, kind == SRV_CHAT ? "chatcmpl" : "cmpl", id, sizeof id);
     long long created = (long long)time(NULL);
+    srv_reply *reply = kind == SRV_CHAT ? srv_reply_new(srv_job_gen(j), id) : NULL;
+    if (kind == SRV_CHAT && !reply) {
+        srv_job_cancel(j);
+        srv_job_release(j);
+        atomic_fetch_sub(&s->in_flight, 1);
+        return reply_error(s, c, cn->route, 500, "out of memory");
+    }
 
     if (stream) {
         struct stream *sst = calloc(1, sizeof *sst);
         if (!sst) {
             srv_job_cancel(j);
             srv_job_release(j);
+            srv_reply_free(reply);
             atomic_fetch_sub(&s->in_flight, 1);
             return reply_error(s, c, cn->route, 500, "out of memory");
         }
         sst->srv = s;
         sst->job = j;
+        sst->reply = reply;
         sst->conn = c;
         sst->kind = kind;
         snprintf(sst->id, sizeof sst->id, "%s", id);
@@ -527,6 +576,7 @@ static enum MHD_Result do_generate(srv *s, struct MHD_Connection *c, struct conn
         if (peer_gone(c)) {
             srv_job_cancel(j);
             srv_job_release(j);
+            srv_reply_free(reply);
             atomic_fetch_sub(&s->in_flight, 1);
             return MHD_NO;
         }
@@ -541,11 +591,21 @@ static enum MHD_Result do_generate(srv *s, struct MHD_Connection *c, struct conn
     } else {
         const struct srv_gen *gg = srv_job_gen(j);
         json_t *lp = gg->logprobs ? srv_logprobs_json(&s->be, kind, v.probs, v.n_probs, 0) : NULL;
-        json_t *o = srv_response_json(kind, id, created, s->alias, v.text, v.ready, v.finish ? v.finish : "stop",
-                                      lp, &v.usage);
+        const char *finish = v.finish ? v.finish : "stop";
+        json_t *msg = NULL, *d = reply ? srv_reply_feed(reply, v.text, v.ready, 1) : NULL;
+        if (reply && d) {
+            msg = srv_reply_message(reply);
+            finish = srv_reply_finish(reply, finish);
+            warn_malformed(id, reply);
+        }
+        json_t *o = reply && !d ? NULL
+                  : srv_response_json(kind, id, created, s->alias, v.text, v.ready, msg, finish, lp, &v.usage);
+        if (!o) json_decref(lp);
+        json_decref(d);
         srv_job_unlock(j);
         rc = reply_json(s, c, cn->route, 200, o);
     }
+    srv_reply_free(reply);
     srv_job_release(j);
     atomic_fetch_sub(&s->in_flight, 1);
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)s->timeout_s);
@@ -631,6 +691,23 @@ static enum MHD_Result do_detokenize(srv *s, struct MHD_Connection *c, struct co
     char *clean = srv_utf8_clean(out, len, &cl);
     free(out);
     json_t *o = clean ? json_pack("{s:s%}", "content", clean, cl) : NULL;
+    free(clean);
+    return reply_json(s, c, cn->route, 200, o);
+}
+
+static enum MHD_Result do_apply_template(srv *s, struct MHD_Connection *c, struct conn *cn)
+{
+    char err[512];
+    json_t *body = srv_parse_body(cn->body, cn->len, err, sizeof err);
+    if (!body) return reply_error(s, c, cn->route, 400, err);
+    char *prompt = NULL;
+    int st = srv_apply_template(&s->be, body, &prompt, err, sizeof err);
+    json_decref(body);
+    if (st) return reply_error(s, c, cn->route, st, err);
+    size_t n = strlen(prompt);
+    char *clean = srv_utf8_clean(prompt, n, &n);
+    free(prompt);
+    json_t *o = clean ? json_pack("{s:s%}", "prompt", clean, n) : NULL;
     free(clean);
     return reply_json(s, c, cn->route, 200, o);
 }
@@ -723,6 +800,7 @@ static enum route route_of(const char *url, const char **method_needed)
         { "/v1/chat/completions", R_CHAT, "POST" }, { "/chat/completions", R_CHAT, "POST" },
         { "/v1/completions", R_COMPLETIONS, "POST" }, { "/completions", R_COMPLETIONS, "POST" },
         { "/tokenize", R_TOKENIZE, "POST" },       { "/detokenize", R_DETOKENIZE, "POST" },
+        { "/apply-template", R_APPLY_TEMPLATE, "POST" },
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (!strcmp(url, table[i].path)) { *method_needed = table[i].method; return table[i].r; }
@@ -807,6 +885,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     case R_COMPLETIONS: return do_generate(s, c, cn, SRV_COMPLETION);
     case R_TOKENIZE:    return do_tokenize(s, c, cn);
     case R_DETOKENIZE:  return do_detokenize(s, c, cn);
+    case R_APPLY_TEMPLATE: return do_apply_template(s, c, cn);
     default:            return reply_error(s, c, cn->route, 404, "no such endpoint");
     }
 }
@@ -878,6 +957,7 @@ srv *srv_start(const struct srv_config *c, char *err, size_t errlen)
     s->parallel = c->parallel > 0 ? c->parallel : 1;
     s->queue = c->queue >= 0 ? c->queue : 0;
     s->timeout_s = c->timeout_s > 0 ? c->timeout_s : 600;
+    s->reasoning_none = c->reasoning_none;
     s->max_body = c->max_body ? c->max_body : (size_t)8 << 20;
     s->request_s = c->request_timeout_s > 0 ? c->request_timeout_s : 30;
     s->idle_s = c->idle_timeout_s > 0 ? c->idle_timeout_s : 5;
@@ -951,6 +1031,7 @@ int srv_port(const srv *s) { return s->port; }
 int srv_attach(srv *s, const struct srv_backend *be, const json_t *meta, char *err, size_t errlen)
 {
     s->be = *be;
+    s->be.reasoning_none = s->reasoning_none;
     s->meta = meta ? json_deep_copy(meta) : NULL;
     s->sched = srv_sched_new(&s->be, s->parallel, s->queue, err, errlen);
     if (!s->sched) return -1;

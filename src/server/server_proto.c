@@ -4,9 +4,12 @@
  * Requests in: a JSON body is checked field by field against the OpenAI
  * shapes (wrong types and out-of-range values are a 400 naming the field;
  * so is a known field that would change the reply and that is not applied,
- * unless it has its neutral value: see `unapplied`),
- * the prompt is rendered with the model's chat template and tokenized, and
- * a prompt that leaves no room in the context is refused up front.
+ * unless it has its neutral value: see `unapplied`). A chat becomes the
+ * template's context (messages with tool calls and tool results, tools,
+ * chat_template_kwargs), rendered by the model's own template; tool_choice
+ * "required" or a named function appends the opening of a call (the
+ * prefill). The prompt is tokenized, and one that leaves no room in the
+ * context is refused up front.
  *
  * Text out: generated tokens are bytes, not characters, and a stop string
  * may be split over several tokens, so srv_text holds back whatever tail
@@ -16,9 +19,12 @@
  *
  * Responses out: the chat.completion / text_completion objects, their
  * streamed chunk forms as server-sent events, logprobs in both shapes, and
- * the error object.
+ * the error object. A chat reply is read by srv_reply (chat_parse.h) into
+ * content, reasoning_content and tool calls, as one message or as the
+ * stream's deltas.
  */
 #include "server/server.h"
+#include "model/chat_parse.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -126,9 +132,6 @@ static const struct {
     int          only;        /* -1 both endpoints, else the one enum srv_kind it exists in */
 } unapplied[] = {
     { "best_of",           NEU_NUM, 1, -1 },
-    { "frequency_penalty", NEU_NUM, 0, -1 },
-    { "presence_penalty",  NEU_NUM, 0, -1 },
-    { "repeat_penalty",    NEU_NUM, 1, -1 },
     { "typical_p",         NEU_NUM, 1, -1 },
     { "tfs_z",             NEU_NUM, 1, -1 },
     { "mirostat",          NEU_NUM, 0, -1 },
@@ -136,7 +139,6 @@ static const struct {
     { "dry_multiplier",    NEU_NUM, 0, -1 },
     { "xtc_probability",   NEU_NUM, 0, -1 },
     { "n_probs",           NEU_NUM, 0, -1 },
-    { "logit_bias",        NEU_EMPTY, 0, -1 },
     { "grammar",           NEU_EMPTY, 0, -1 },
     { "json_schema",       NEU_EMPTY, 0, -1 },
     { "functions",         NEU_EMPTY, 0, -1 },
@@ -177,10 +179,6 @@ static int check_unapplied(const json_t *body, enum srv_kind kind, char *err, si
             break;
         }
     }
-    /* With no tools, a tool choice can only be "none" or "auto". */
-    const json_t *tc = field(body, "tool_choice");
-    if (tc && !(json_is_string(tc) && (!strcmp(json_string_value(tc), "none") || !strcmp(json_string_value(tc), "auto"))))
-        return fail(err, errlen, "'tool_choice' is not supported: only \"none\" or \"auto\" (there are no tools)");
     const json_t *fc = field(body, "function_call");
     if (fc && !(json_is_string(fc) && (!strcmp(json_string_value(fc), "none") || !strcmp(json_string_value(fc), "auto"))))
         return fail(err, errlen, "'function_call' is not supported: only \"none\" or \"auto\" (there are no functions)");
@@ -220,22 +218,22 @@ static int tokenize_all(const struct srv_backend *be, const char *text, size_t l
 
 /* Message content: a string, or OpenAI's array of parts of which we take
  * the text ones (any other kind is refused rather than silently dropped). */
-static int message_text(const json_t *c, int i, char **out, char *err, size_t errlen)
+static int message_text(const json_t *c, size_t i, json_t **out, char *err, size_t errlen)
 {
     if (json_is_string(c)) {
-        *out = strndup(json_string_value(c), json_string_length(c));
+        *out = json_stringn_nocheck(json_string_value(c), json_string_length(c));
         return *out ? 0 : fail(err, errlen, "out of memory");
     }
     if (!json_is_array(c))
-        return fail(err, errlen, "'messages[%d].content' must be a string or an array of text parts", i);
+        return fail(err, errlen, "'messages[%zu].content' must be a string or an array of text parts", i);
     size_t total = 0, k;
     const json_t *p;
     json_array_foreach(c, k, p) {
         const json_t *ty = json_object_get(p, "type"), *tx = json_object_get(p, "text");
         if (!json_is_object(p) || !json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0)
-            return fail(err, errlen, "'messages[%d].content[%zu]' must be a part of type \"text\"", i, k);
+            return fail(err, errlen, "'messages[%zu].content[%zu]' must be a part of type \"text\"", i, k);
         if (!json_is_string(tx))
-            return fail(err, errlen, "'messages[%d].content[%zu].text' must be a string", i, k);
+            return fail(err, errlen, "'messages[%zu].content[%zu].text' must be a string", i, k);
         total += json_string_length(tx);
     }
     char *s = malloc(total + 1);
@@ -246,63 +244,317 @@ static int message_text(const json_t *c, int i, char **out, char *err, size_t er
         memcpy(s + at, json_string_value(tx), json_string_length(tx));
         at += json_string_length(tx);
     }
-    s[at] = 0;
-    *out = s;
+    *out = json_stringn_nocheck(s, at);
+    free(s);
+    return *out ? 0 : fail(err, errlen, "out of memory");
+}
+
+/* An assistant turn's tool_calls as the template wants them: arguments
+ * sent as a JSON string (OpenAI's shape) are parsed into an object, as
+ * llama-server does, so templates that iterate over them work. */
+static int message_tool_calls(const json_t *tc, size_t i, json_t **out, char *err, size_t errlen)
+{
+    if (!json_is_array(tc)) return fail(err, errlen, "'messages[%zu].tool_calls' must be an array", i);
+    json_t *arr = json_array();
+    if (!arr) return fail(err, errlen, "out of memory");
+    size_t k;
+    const json_t *c;
+    json_array_foreach(tc, k, c) {
+        int rc = 0;
+        const json_t *ty = field(c, "type"), *fn = json_object_get(c, "function"), *id = field(c, "id");
+        const json_t *nm = json_object_get(fn, "name"), *a = field(fn, "arguments");
+        if (!json_is_object(c)) rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu]' must be an object", i, k);
+        else if (ty && !(json_is_string(ty) && !strcmp(json_string_value(ty), "function")))
+            rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu].type' must be \"function\"", i, k);
+        else if (!json_is_object(fn))
+            rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu].function' must be an object", i, k);
+        else if (!json_is_string(nm) || json_string_length(nm) == 0)
+            rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu].function.name' must be a non-empty string", i, k);
+        else if (id && !json_is_string(id))
+            rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu].id' must be a string", i, k);
+        json_t *args = NULL;
+        if (!rc) {
+            size_t blank = 0;
+            if (json_is_string(a))
+                while (blank < json_string_length(a) && strchr(" \t\r\n", json_string_value(a)[blank])) blank++;
+            if (!a || (json_is_string(a) && blank == json_string_length(a))) {
+                args = json_object();
+            } else if (json_is_string(a)) {
+                json_error_t je;
+                args = json_loadb(json_string_value(a), json_string_length(a), 0, &je);
+                if (!json_is_object(args)) {
+                    rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu].function.arguments' is not a JSON object%s%s",
+                              i, k, args ? "" : ": ", args ? "" : je.text);
+                    json_decref(args);
+                    args = NULL;
+                }
+            } else if (json_is_object(a)) {
+                args = json_deep_copy(a);
+            } else {
+                rc = fail(err, errlen, "'messages[%zu].tool_calls[%zu].function.arguments' must be a JSON string or an object",
+                          i, k);
+            }
+        }
+        json_t *o = rc ? NULL : json_pack("{s:s,s:{s:O,s:o}}", "type", "function", "function", "name", nm,
+                                          "arguments", args);
+        if (!rc && !o) rc = fail(err, errlen, "out of memory");
+        if (o && id) json_object_set(o, "id", (json_t *)id);
+        if (rc) { json_decref(arr); return rc; }
+        json_array_append_new(arr, o);
+    }
+    *out = arr;
     return 0;
 }
 
-static int chat_prompt(const struct srv_backend *be, const json_t *body, char **prompt,
-                       char *err, size_t errlen)
+/* One message, checked, in the shape the template reads: role, content
+ * (text), and per role tool_calls / reasoning_content (assistant),
+ * tool_call_id / name (tool). Other fields are dropped. */
+static int chat_message(const json_t *msg, size_t i, json_t **out, char *err, size_t errlen)
 {
+    if (!json_is_object(msg)) return fail(err, errlen, "'messages[%zu]' must be an object", i);
+    const json_t *role = json_object_get(msg, "role");
+    if (!json_is_string(role)) return fail(err, errlen, "'messages[%zu].role' must be a string", i);
+    const char *r = json_string_value(role);
+    /* "developer" is OpenAI's newer name for the system role. */
+    if (!strcmp(r, "developer")) r = "system";
+    int assistant = !strcmp(r, "assistant"), tool = !strcmp(r, "tool");
+    if (strcmp(r, "system") && strcmp(r, "user") && !assistant && !tool)
+        return fail(err, errlen, "'messages[%zu].role' is '%.40s'; expected system, developer, user, assistant or tool",
+                    i, r);
+    json_t *m = json_pack("{s:s}", "role", r), *content = NULL;
+    if (!m) return fail(err, errlen, "out of memory");
+    const json_t *c = field(msg, "content");
+    int rc = 0;
+    if (!c) {
+        /* An assistant turn that only called tools has no content. */
+        if (!assistant) rc = fail(err, errlen, "'messages[%zu].content' is required", i);
+        else content = json_string("");
+    } else {
+        rc = message_text(c, i, &content, err, errlen);
+    }
+    if (!rc) json_object_set_new(m, "content", content);
+    static const struct { const char *name; int for_tool; } extra[] = {
+        { "reasoning_content", 0 }, { "tool_call_id", 1 }, { "name", 1 },
+    };
+    for (size_t k = 0; !rc && k < sizeof extra / sizeof extra[0]; k++) {
+        const json_t *v = field(msg, extra[k].name);
+        if (!v || (extra[k].for_tool ? !tool : !assistant)) continue;
+        if (!json_is_string(v)) rc = fail(err, errlen, "'messages[%zu].%s' must be a string", i, extra[k].name);
+        else json_object_set(m, extra[k].name, (json_t *)v);
+    }
+    const json_t *tc = field(msg, "tool_calls");
+    if (!rc && tc && assistant && !(json_is_array(tc) && json_array_size(tc) == 0)) {
+        json_t *calls = NULL;
+        rc = message_tool_calls(tc, i, &calls, err, errlen);
+        if (!rc) json_object_set_new(m, "tool_calls", calls);
+    }
+    if (rc) { json_decref(m); return rc; }
+    *out = m;
+    return 0;
+}
+
+/* The tools offered: OpenAI's [{"type":"function","function":{"name",
+ * "description","parameters"}}], checked and passed to the template as
+ * sent. Empty or absent: none. */
+static int chat_tools(const json_t *body, json_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const json_t *tools = field(body, "tools");
+    if (!tools) return 0;
+    if (!json_is_array(tools)) return fail(err, errlen, "'tools' must be an array");
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t) {
+        const json_t *ty = json_object_get(t, "type"), *fn = json_object_get(t, "function");
+        const json_t *nm = json_object_get(fn, "name"), *pa = field(fn, "parameters");
+        if (!json_is_object(t)) return fail(err, errlen, "'tools[%zu]' must be an object", i);
+        if (!json_is_string(ty) || strcmp(json_string_value(ty), "function"))
+            return fail(err, errlen, "'tools[%zu].type' must be \"function\"", i);
+        if (!json_is_object(fn)) return fail(err, errlen, "'tools[%zu].function' must be an object", i);
+        if (!json_is_string(nm) || json_string_length(nm) == 0)
+            return fail(err, errlen, "'tools[%zu].function.name' must be a non-empty string", i);
+        if (pa && !json_is_object(pa)) return fail(err, errlen, "'tools[%zu].function.parameters' must be an object", i);
+    }
+    if (json_array_size(tools) == 0) return 0;
+    *out = json_deep_copy(tools);
+    return *out ? 0 : fail(err, errlen, "out of memory");
+}
+
+static int tool_named(const json_t *tools, const char *name)
+{
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t)
+        if (!strcmp(json_string_value(json_object_get(json_object_get(t, "function"), "name")), name)) return 1;
+    return 0;
+}
+
+/*
+ * tool_choice: "auto" (the default), "none" (tools are not offered and
+ * calls not parsed, as llama-server), "required", or a named function
+ * (*name, borrowed from the body). The last two force a call: see
+ * call_prefill.
+ */
+enum tool_choice { TC_AUTO, TC_NONE, TC_REQUIRED, TC_NAMED };
+
+static int chat_tool_choice(const struct srv_backend *be, const json_t *body, const json_t *tools,
+                            enum tool_choice *tc, const json_t **name, char *err, size_t errlen)
+{
+    const json_t *v = field(body, "tool_choice");
+    const char *s = json_string_value(v);
+    *tc = TC_AUTO;
+    *name = NULL;
+    if (!v || (s && !strcmp(s, "auto"))) return 0;
+    if (s && !strcmp(s, "none")) { *tc = TC_NONE; return 0; }
+    if (s && !strcmp(s, "required")) {
+        *tc = TC_REQUIRED;
+    } else if (json_is_object(v)) {
+        const json_t *ty = json_object_get(v, "type");
+        *name = json_object_get(json_object_get(v, "function"), "name");
+        if (!json_is_string(ty) || strcmp(json_string_value(ty), "function") || !json_is_string(*name) ||
+            json_string_length(*name) == 0)
+            return fail(err, errlen, "'tool_choice' object must be {\"type\":\"function\",\"function\":{\"name\":...}}");
+        *tc = TC_NAMED;
+    } else {
+        return fail(err, errlen, "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",...}");
+    }
+    const char *what = *tc == TC_REQUIRED ? "\"required\"" : "with a function";
+    if (!tools) return fail(err, errlen, "'tool_choice' %s needs 'tools'", what);
+    if (*name && !tool_named(tools, json_string_value(*name)))
+        return fail(err, errlen, "'tool_choice' names the function '%.60s', which is not in 'tools'",
+                    json_string_value(*name));
+    if (be->chat_format == MOEQ_CALLS_PLAIN)
+        return fail(err, errlen, "'tool_choice' %s is not supported: the model's chat template has no tool-call syntax",
+                    what);
+    return 0;
+}
+
+/* The start of a forced call in the template's syntax (malloc'd): Qwen3's
+ * "<tool_call>\n" and, for a named function, its name and the key of the
+ * arguments; Coder's "<tool_call>\n<function=NAME>\n". A reply that would
+ * start inside a think block closes it first. */
+static char *call_prefill(const struct srv_backend *be, const json_t *name, int think_open)
+{
+    const char *close = think_open ? "</think>\n\n" : "";
+    char *p = NULL, *quoted = NULL;
+    int n;
+    if (!name)
+        n = asprintf(&p, "%s<tool_call>\n", close);
+    else if (be->chat_format == MOEQ_CALLS_QWEN3_CODER)
+        n = asprintf(&p, "%s<tool_call>\n<function=%s>\n", close, json_string_value(name));
+    else if ((quoted = json_dumps(name, JSON_ENCODE_ANY)))
+        n = asprintf(&p, "%s<tool_call>\n{\"name\": %s, \"arguments\": ", close, quoted);
+    else
+        n = -1;
+    free(quoted);
+    return n < 0 ? NULL : p;
+}
+
+/* Does the prompt leave a <think> block open (the reply starts inside it)? */
+static int think_left_open(const char *prompt)
+{
+    const char *open = NULL;
+    for (const char *p = prompt; (p = strstr(p, "<think>")); p++) open = p;
+    return open && !strstr(open, "</think>");
+}
+
+/* The template context of a chat request: validated messages, the tools
+ * (unless tool_choice is "none"), add_generation_prompt, and the keys of
+ * chat_template_kwargs. *tools gets the tools offered (owned, NULL: none). */
+static int chat_context(const json_t *body, json_t **ctx_out, json_t **tools, char *err, size_t errlen)
+{
+    *ctx_out = NULL;
+    *tools = NULL;
     const json_t *msgs = json_object_get(body, "messages");
     if (!msgs) return fail(err, errlen, "'messages' is required");
     if (!json_is_array(msgs)) return fail(err, errlen, "'messages' must be an array");
     size_t n = json_array_size(msgs);
     if (n == 0) return fail(err, errlen, "'messages' must not be empty");
     if (n > 100000) return fail(err, errlen, "'messages' has too many entries");
-    struct srv_msg *m = calloc(n, sizeof *m);
-    char **texts = calloc(n, sizeof *texts);
-    int rc = 0;
-    if (!m || !texts) { rc = fail(err, errlen, "out of memory"); goto out; }
+    json_t *ctx = json_object(), *ms = json_array();
+    int rc = ctx && ms ? 0 : fail(err, errlen, "out of memory");
     for (size_t i = 0; i < n && !rc; i++) {
-        const json_t *msg = json_array_get(msgs, i);
-        if (!json_is_object(msg)) { rc = fail(err, errlen, "'messages[%zu]' must be an object", i); break; }
-        const json_t *role = json_object_get(msg, "role");
-        if (!json_is_string(role)) { rc = fail(err, errlen, "'messages[%zu].role' must be a string", i); break; }
-        const char *r = json_string_value(role);
-        /* "developer" is OpenAI's newer name for the system role. */
-        if (!strcmp(r, "developer")) r = "system";
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant")) {
-            rc = fail(err, errlen, "'messages[%zu].role' is '%.40s'; expected system, user or assistant", i, r);
-            break;
-        }
-        const json_t *content = json_object_get(msg, "content");
-        if (!content || json_is_null(content)) {
-            /* An assistant turn that only called tools has no content; we
-             * have no tools, but an empty turn is harmless. */
-            if (strcmp(r, "assistant") != 0) {
-                rc = fail(err, errlen, "'messages[%zu].content' is required", i);
-                break;
-            }
-            texts[i] = strdup("");
-            if (!texts[i]) { rc = fail(err, errlen, "out of memory"); break; }
-        } else {
-            rc = message_text(content, (int)i, &texts[i], err, errlen);
-            if (rc) break;
-        }
-        m[i].role = r;
-        m[i].content = texts[i];
+        json_t *m = NULL;
+        rc = chat_message(json_array_get(msgs, i), i, &m, err, errlen);
+        if (!rc) json_array_append_new(ms, m);
     }
     if (!rc) {
-        char rerr[256] = "";
-        *prompt = be->chat_render(be->ud, m, (int)n, rerr, sizeof rerr);
-        if (!*prompt) rc = fail(err, errlen, "cannot render the chat: %s", rerr[0] ? rerr : "template error");
+        json_object_set_new(ctx, "messages", ms);
+        ms = NULL;
+        json_object_set_new(ctx, "add_generation_prompt", json_true());
+        rc = chat_tools(body, tools, err, errlen);
     }
+    const json_t *kw = field(body, "chat_template_kwargs");
+    if (!rc && kw) {
+        if (!json_is_object(kw)) rc = fail(err, errlen, "'chat_template_kwargs' must be an object");
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)kw, k, v) {
+            if (rc) break;
+            if (!strcmp(k, "messages") || !strcmp(k, "tools") || !strcmp(k, "add_generation_prompt"))
+                rc = fail(err, errlen, "'chat_template_kwargs.%s' is not allowed (it is a request field)", k);
+            else json_object_set(ctx, k, v);
+        }
+    }
+    json_decref(ms);
+    if (rc) { json_decref(ctx); json_decref(*tools); *tools = NULL; return rc; }
+    *ctx_out = ctx;
+    return 0;
+}
+
+/* Render a chat request: the prompt text (with any tool_choice prefill at
+ * its end) and, in g when given, how its reply is to be read. */
+static int chat_prompt(const struct srv_backend *be, const json_t *body, struct srv_gen *g, char **prompt,
+                       char *err, size_t errlen)
+{
+    json_t *ctx, *tools;
+    int rc = chat_context(body, &ctx, &tools, err, errlen);
+    if (rc) return rc;
+    int parallel = 1;
+    char *prefill = NULL, *text = NULL;
+    enum tool_choice tc;
+    const json_t *name;
+    if ((rc = get_bool(body, "parallel_tool_calls", &parallel, err, errlen))) goto out;
+    if ((rc = chat_tool_choice(be, body, tools, &tc, &name, err, errlen))) goto out;
+    if (tc == TC_NONE) { json_decref(tools); tools = NULL; }
+    if (tools) json_object_set(ctx, "tools", tools);
+    char rerr[256] = "";
+    text = be->chat_render(be->ud, ctx, rerr, sizeof rerr);
+    if (!text) { rc = fail(err, errlen, "cannot render the chat: %s", rerr[0] ? rerr : "template error"); goto out; }
+    int reasoning = be->chat_think && !be->reasoning_none;
+    int think_open = reasoning && think_left_open(text);
+    if (tc == TC_REQUIRED || tc == TC_NAMED) {
+        prefill = call_prefill(be, name, think_open);
+        size_t a = strlen(text), b = prefill ? strlen(prefill) : 0;
+        char *both = prefill ? realloc(text, a + b + 1) : NULL;
+        if (!both) { rc = fail(err, errlen, "out of memory"); goto out; }
+        memcpy(both + a, prefill, b + 1);
+        text = both;
+    }
+    if (g) {
+        g->chat_format = tools ? be->chat_format : MOEQ_CALLS_PLAIN;
+        g->reasoning = reasoning;
+        g->think_open = think_open;
+        g->parallel_calls = parallel;
+        g->prefill = prefill;
+        g->tools = tools;
+        prefill = NULL;
+        tools = NULL;
+    }
+    *prompt = text;
+    text = NULL;
 out:
-    if (texts) for (size_t i = 0; i < n; i++) free(texts[i]);
-    free(texts);
-    free(m);
+    free(text);
+    free(prefill);
+    json_decref(tools);
+    json_decref(ctx);
     return rc;
+}
+
+int srv_apply_template(const struct srv_backend *be, const json_t *body, char **prompt, char *err, size_t errlen)
+{
+    if (!json_is_object(body)) return fail(err, errlen, "request body must be a JSON object");
+    return chat_prompt(be, body, NULL, prompt, err, errlen);
 }
 
 /* Completions prompt: a string, an array holding one string, or an array
@@ -365,6 +617,81 @@ static int parse_stop(const json_t *body, struct srv_gen *g, char *err, size_t e
     return 0;
 }
 
+/* One logit_bias entry: a token id (a JSON integer, or its decimal text as
+ * OpenAI's map keys are) and a number, or false for a ban. */
+static int bias_entry(const struct srv_backend *be, const char *key, const json_t *idv, const json_t *v,
+                      struct srv_bias *out, char *err, size_t errlen)
+{
+    long long id = -1;
+    if (idv) {
+        if (json_is_integer(idv)) id = json_integer_value(idv);
+    } else {
+        char *end;
+        errno = 0;
+        id = strtoll(key, &end, 10);
+        if (end == key || *end || errno) id = -1;
+    }
+    if (id < 0 || id >= be->n_vocab)
+        return fail(err, errlen, "'logit_bias' key '%.40s' must be a token id in [0, %d)", key, be->n_vocab);
+    if (json_is_false(v)) out->bias = -INFINITY;
+    else if (json_is_number(v) && isfinite(json_number_value(v))) out->bias = (float)json_number_value(v);
+    else return fail(err, errlen, "'logit_bias' value for token %lld must be a number or false", id);
+    out->id = (int32_t)id;
+    return 0;
+}
+
+/* frequency_penalty, presence_penalty (OpenAI), repeat_penalty and
+ * repeat_last_n (llama-server), logit_bias: OpenAI's {"id": bias} map or
+ * llama-server's [[id, bias], ...]; a bias of false bans the token. */
+static int parse_penalties(const struct srv_backend *be, const json_t *body, struct srv_gen *g,
+                           char *err, size_t errlen)
+{
+    int rc;
+    double d;
+    long long i64;
+    d = g->sp.frequency_penalty;
+    if ((rc = get_number(body, "frequency_penalty", -2, 2, &d, err, errlen))) return rc;
+    g->sp.frequency_penalty = (float)d;
+    d = g->sp.presence_penalty;
+    if ((rc = get_number(body, "presence_penalty", -2, 2, &d, err, errlen))) return rc;
+    g->sp.presence_penalty = (float)d;
+    d = g->sp.repeat_penalty;
+    if ((rc = get_number(body, "repeat_penalty", 0, 100, &d, err, errlen))) return rc;
+    g->sp.repeat_penalty = (float)d;
+    i64 = g->sp.repeat_last_n;
+    if ((rc = get_int(body, "repeat_last_n", -1, 1 << 30, &i64, err, errlen))) return rc;
+    g->sp.repeat_last_n = (int)i64;
+
+    const json_t *lb = field(body, "logit_bias");
+    if (!lb || is_empty(lb)) return 0;
+    size_t n = json_is_object(lb) ? json_object_size(lb) : json_is_array(lb) ? json_array_size(lb) : 0;
+    if (!n) return fail(err, errlen, "'logit_bias' must be an object {\"token id\": bias} or an array [[id, bias], ...]");
+    if (n > (size_t)be->n_vocab) return fail(err, errlen, "'logit_bias' has more entries than the vocabulary");
+    g->bias = malloc(n * sizeof *g->bias);
+    if (!g->bias) return fail(err, errlen, "out of memory");
+    size_t k = 0;
+    if (json_is_object(lb)) {
+        const char *key;
+        json_t *v;
+        json_object_foreach((json_t *)lb, key, v)
+            if ((rc = bias_entry(be, key, NULL, v, &g->bias[k++], err, errlen))) return rc;
+    } else {
+        size_t i;
+        const json_t *e;
+        json_array_foreach(lb, i, e) {
+            if (!json_is_array(e) || json_array_size(e) != 2 || !json_is_integer(json_array_get(e, 0)))
+                return fail(err, errlen, "'logit_bias[%zu]' must be [token id, bias]", i);
+            char key[32];
+            snprintf(key, sizeof key, "%lld", (long long)json_integer_value(json_array_get(e, 0)));
+            if ((rc = bias_entry(be, key, json_array_get(e, 0), json_array_get(e, 1), &g->bias[k++], err, errlen)))
+                return rc;
+        }
+    }
+    g->sp.bias = g->bias;
+    g->sp.n_bias = (int)k;
+    return 0;
+}
+
 int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t *body,
                   struct srv_gen *g, char *err, size_t errlen)
 {
@@ -376,6 +703,9 @@ int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t
     g->sp.top_k = 40;
     g->sp.top_p = 0.95f;
     g->sp.min_p = 0.05f;
+    g->sp.repeat_penalty = 1.0f;
+    g->sp.repeat_last_n = 64;
+    g->parallel_calls = 1;
     if (!json_is_object(body)) return fail(err, errlen, "request body must be a JSON object");
 
     int rc = 0;
@@ -441,22 +771,29 @@ int srv_parse_gen(const struct srv_backend *be, enum srv_kind kind, const json_t
     }
     if ((rc = check_unapplied(body, kind, err, errlen))) return rc;
 
+    if ((rc = parse_penalties(be, body, g, err, errlen))) goto bad;
+
     /* Features a client would rely on and that we do not have are refused
      * rather than silently ignored. */
-    const json_t *tools = field(body, "tools"), *rf = field(body, "response_format");
-    if (tools && !(json_is_array(tools) && json_array_size(tools) == 0))
-        return fail(err, errlen, "'tools' is not supported (no tool calls)");
+    const json_t *rf = field(body, "response_format");
+    const json_t *tools = field(body, "tools");
+    if (kind == SRV_COMPLETION && tools && !(json_is_array(tools) && json_array_size(tools) == 0)) {
+        rc = fail(err, errlen, "'tools' is only for /v1/chat/completions");
+        goto bad;
+    }
     if (rf) {
         const json_t *ty = json_object_get(rf, "type");
-        if (!json_is_object(rf) || !json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0)
-            return fail(err, errlen, "'response_format' other than {\"type\":\"text\"} is not supported");
+        if (!json_is_object(rf) || !json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0) {
+            rc = fail(err, errlen, "'response_format' other than {\"type\":\"text\"} is not supported");
+            goto bad;
+        }
     }
 
     if ((rc = parse_stop(body, g, err, errlen))) goto bad;
 
     if (kind == SRV_CHAT) {
         char *text = NULL;
-        if ((rc = chat_prompt(be, body, &text, err, errlen))) goto bad;
+        if ((rc = chat_prompt(be, body, g, &text, err, errlen))) goto bad;
         rc = tokenize_all(be, text, strlen(text), &g->prompt, &g->n_prompt, err, errlen);
         free(text);
         if (rc) goto bad;
@@ -483,6 +820,14 @@ void srv_gen_free(struct srv_gen *g)
     g->prompt = NULL;
     for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
     g->n_stop = 0;
+    free(g->bias);
+    g->bias = NULL;
+    g->sp.bias = NULL;
+    g->sp.n_bias = 0;
+    free(g->prefill);
+    g->prefill = NULL;
+    json_decref(g->tools);
+    g->tools = NULL;
 }
 
 static const char *error_type(int status)
@@ -634,6 +979,16 @@ void srv_text_finish(struct srv_text *t) { t->ready = t->len; }
  * Responses
  * ====================================================================== */
 
+/* Bytes as a JSON string, invalid UTF-8 replaced. */
+static json_t *clean_string(const char *s, size_t n)
+{
+    size_t cl;
+    char *c = srv_utf8_clean(s, n, &cl);
+    json_t *v = c ? json_stringn(c, cl) : NULL;
+    free(c);
+    return v;
+}
+
 json_t *srv_usage_json(const struct srv_usage *u)
 {
     return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", u->prompt,
@@ -700,30 +1055,30 @@ json_t *srv_logprobs_json(const struct srv_backend *be, enum srv_kind kind,
 }
 
 json_t *srv_response_json(enum srv_kind kind, const char *id, long long created,
-                          const char *model, const char *text, size_t len,
+                          const char *model, const char *text, size_t len, json_t *message,
                           const char *finish, json_t *logprobs, const struct srv_usage *u)
 {
-    size_t cl;
-    char *clean = srv_utf8_clean(text, len, &cl);
     json_t *choice;
-    if (kind == SRV_CHAT)
-        choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", 0, "message", "role", "assistant",
-                           "content", clean ? clean : "", clean ? cl : (size_t)0,
+    if (kind == SRV_CHAT) {
+        if (!message) message = json_pack("{s:s,s:o}", "role", "assistant", "content", clean_string(text, len));
+        choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "message", message,
                            "logprobs", logprobs ? logprobs : json_null(), "finish_reason", finish);
-    else
-        choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", clean ? clean : "",
-                           clean ? cl : (size_t)0, "logprobs", logprobs ? logprobs : json_null(),
-                           "finish_reason", finish);
-    free(clean);
+    } else {
+        json_decref(message);
+        choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", clean_string(text, len),
+                           "logprobs", logprobs ? logprobs : json_null(), "finish_reason", finish);
+    }
     return json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", id,
                      "object", kind == SRV_CHAT ? "chat.completion" : "text_completion",
                      "created", (json_int_t)created, "model", model, "choices", choice,
                      "usage", srv_usage_json(u));
 }
 
-char *srv_sse_chunk(enum srv_kind kind, const char *id, long long created, const char *model,
-                    const char *role, const char *text, size_t len, const char *finish,
-                    json_t *logprobs, int include_usage, const struct srv_usage *usage)
+/* One chunk as an SSE event. body: the choice's delta (chat, stolen) or
+ * its text (completions). */
+static char *sse_event(enum srv_kind kind, const char *id, long long created, const char *model,
+                       json_t *body, const char *finish, json_t *logprobs, int include_usage,
+                       const struct srv_usage *usage)
 {
     json_t *o = json_pack("{s:s,s:s,s:I,s:s}", "id", id,
                           "object", kind == SRV_CHAT ? "chat.completion.chunk" : "text_completion",
@@ -731,36 +1086,174 @@ char *srv_sse_chunk(enum srv_kind kind, const char *id, long long created, const
     json_t *choices = json_array();
     if (usage) {
         json_decref(logprobs);
+        json_decref(body);
         json_object_set_new(o, "usage", srv_usage_json(usage));
     } else {
-        size_t cl = 0;
-        char *clean = text ? srv_utf8_clean(text, len, &cl) : NULL;
         json_t *c = json_pack("{s:i}", "index", 0);
-        if (kind == SRV_CHAT) {
-            json_t *delta = json_object();
-            if (role) json_object_set_new(delta, "role", json_string(role));
-            if (clean) json_object_set_new(delta, "content", json_stringn(clean, cl));
-            json_object_set_new(c, "delta", delta);
-        } else {
-            json_object_set_new(c, "text", json_stringn(clean ? clean : "", cl));
-        }
-        free(clean);
+        json_object_set_new(c, kind == SRV_CHAT ? "delta" : "text", body ? body : json_string(""));
         json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
         json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
         json_array_append_new(choices, c);
         if (include_usage) json_object_set_new(o, "usage", json_null());
     }
     json_object_set_new(o, "choices", choices);
-    char *body = json_dumps(o, JSON_COMPACT);
+    char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (!body) return NULL;
-    size_t bl = strlen(body);
+    if (!text) return NULL;
+    size_t bl = strlen(text);
     char *s = malloc(bl + 9);
     if (s) {
         memcpy(s, "data: ", 6);
-        memcpy(s + 6, body, bl);
+        memcpy(s + 6, text, bl);
         memcpy(s + 6 + bl, "\n\n", 3);
     }
-    free(body);
+    free(text);
     return s;
 }
+
+char *srv_sse_chunk(enum srv_kind kind, const char *id, long long created, const char *model,
+                    const char *role, const char *text, size_t len, const char *finish,
+                    json_t *logprobs, int include_usage, const struct srv_usage *usage)
+{
+    json_t *body = NULL;
+    if (!usage && kind == SRV_CHAT) {
+        body = json_object();
+        if (role) json_object_set_new(body, "role", json_string(role));
+        if (text) json_object_set_new(body, "content", clean_string(text, len));
+    } else if (!usage) {
+        body = clean_string(text ? text : "", text ? len : 0);
+    }
+    return sse_event(kind, id, created, model, body, finish, logprobs, include_usage, usage);
+}
+
+char *srv_sse_delta(const char *id, long long created, const char *model, json_t *delta,
+                    const char *finish, json_t *logprobs, int include_usage)
+{
+    return sse_event(SRV_CHAT, id, created, model, delta ? delta : json_object(), finish, logprobs,
+                     include_usage, NULL);
+}
+
+/* ======================================================================
+ * Chat replies: content, reasoning and tool calls
+ * ====================================================================== */
+
+struct srv_reply {
+    moeq_chat_parser *p;
+    int    parallel;
+    char   id[64];                /* the request id: call ids derive from it */
+    char  *content, *reasoning;   /* everything so far (raw bytes) */
+    size_t cn, ccap, rn, rcap;
+    json_t *calls;                /* message.tool_calls kept so far */
+    int    oom;
+};
+
+static void buf_add(srv_reply *r, char **b, size_t *n, size_t *cap, const char *s, size_t k)
+{
+    if (r->oom || !k) return;
+    if (*n + k + 1 > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *n + k + 1) c *= 2;
+        char *nb = realloc(*b, c);
+        if (!nb) { r->oom = 1; return; }
+        *b = nb;
+        *cap = c;
+    }
+    memcpy(*b + *n, s, k);
+    *n += k;
+    (*b)[*n] = 0;
+}
+
+srv_reply *srv_reply_new(const struct srv_gen *g, const char *id)
+{
+    srv_reply *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->p = moeq_chat_parser_new(g->chat_format, g->reasoning, g->think_open, g->tools);
+    r->calls = json_array();
+    r->parallel = g->parallel_calls;
+    const char *dash = strrchr(id, '-');
+    snprintf(r->id, sizeof r->id, "%s", dash ? dash + 1 : id);
+    if (!r->p || !r->calls) { srv_reply_free(r); return NULL; }
+    /* The forced start of the reply is in the prompt; the parser reads it
+     * as if generated, and it produces nothing to show yet (it is the
+     * opening of a call, held until the call closes). */
+    if (g->prefill) {
+        json_t *d = srv_reply_feed(r, g->prefill, strlen(g->prefill), 0);
+        if (!d) { srv_reply_free(r); return NULL; }
+        json_decref(d);
+    }
+    return r;
+}
+
+void srv_reply_free(srv_reply *r)
+{
+    if (!r) return;
+    moeq_chat_parser_free(r->p);
+    free(r->content);
+    free(r->reasoning);
+    json_decref(r->calls);
+    free(r);
+}
+
+json_t *srv_reply_feed(srv_reply *r, const char *text, size_t n, int final)
+{
+    if (final && n) {
+        /* the parser's finish takes no text: feed it first */
+        json_t *a = srv_reply_feed(r, text, n, 0), *b = a ? srv_reply_feed(r, NULL, 0, 1) : NULL;
+        if (a && b) json_array_extend(a, b);
+        json_decref(b);
+        if (!b) { json_decref(a); return NULL; }
+        return a;
+    }
+    struct moeq_chat_delta d;
+    int rc = final ? moeq_chat_parser_finish(r->p, &d) : moeq_chat_parser_feed(r->p, text, n, &d);
+    json_t *out = json_array();
+    if (rc != 0 || !out || r->oom) { json_decref(out); return NULL; }
+    if (d.reasoning_len) {
+        buf_add(r, &r->reasoning, &r->rn, &r->rcap, d.reasoning, d.reasoning_len);
+        json_array_append_new(out, json_pack("{s:o}", "reasoning_content", clean_string(d.reasoning, d.reasoning_len)));
+    }
+    if (d.content_len) {
+        buf_add(r, &r->content, &r->cn, &r->ccap, d.content, d.content_len);
+        json_array_append_new(out, json_pack("{s:o}", "content", clean_string(d.content, d.content_len)));
+    }
+    int nc;
+    const struct moeq_tool_call *calls = moeq_chat_parser_calls(r->p, &nc);
+    for (int i = d.first_call; i < d.first_call + d.n_calls; i++) {
+        if (!r->parallel && json_array_size(r->calls) >= 1) break;   /* parallel_tool_calls false */
+        int index = (int)json_array_size(r->calls);
+        char cid[96];
+        snprintf(cid, sizeof cid, "call_%s_%d", r->id, index);
+        json_t *name = clean_string(calls[i].name, strlen(calls[i].name));
+        json_t *args = clean_string(calls[i].arguments, strlen(calls[i].arguments));
+        json_array_append_new(r->calls, json_pack("{s:s,s:s,s:{s:O,s:O}}", "id", cid, "type", "function",
+                                                  "function", "name", name, "arguments", args));
+        /* OpenAI's streamed shape: the call's head, then its arguments. */
+        json_array_append_new(out, json_pack("{s:[{s:i,s:s,s:s,s:{s:O,s:s}}]}", "tool_calls", "index", index,
+                                             "id", cid, "type", "function", "function", "name", name,
+                                             "arguments", ""));
+        json_array_append_new(out, json_pack("{s:[{s:i,s:{s:O}}]}", "tool_calls", "index", index,
+                                             "function", "arguments", args));
+        json_decref(name);
+        json_decref(args);
+    }
+    if (r->oom) { json_decref(out); return NULL; }
+    return out;
+}
+
+json_t *srv_reply_message(const srv_reply *r)
+{
+    int calls = json_array_size(r->calls) > 0;
+    json_t *m = json_pack("{s:s}", "role", "assistant");
+    /* OpenAI: content is null when the reply is only tool calls. */
+    json_object_set_new(m, "content", calls && !r->cn ? json_null() : clean_string(r->content ? r->content : "", r->cn));
+    if (r->rn) json_object_set_new(m, "reasoning_content", clean_string(r->reasoning, r->rn));
+    if (calls) json_object_set(m, "tool_calls", r->calls);
+    return m;
+}
+
+const char *srv_reply_finish(const srv_reply *r, const char *finish)
+{
+    return json_array_size(r->calls) > 0 && finish && !strcmp(finish, "stop") ? "tool_calls" : finish;
+}
+
+int srv_reply_malformed(const srv_reply *r) { return moeq_chat_parser_malformed(r->p); }

@@ -334,7 +334,8 @@ static void slot_token(srv_sched *s, struct slot *sl, const float *logits)
         for (int i = 0; i < s->n_eog; i++) s->masked[s->eog[i]] = -INFINITY;
         logits = s->masked;
     }
-    int32_t tok = be->sample(be->ud, sl->sess, &j->g.sp, &j->rng, logits);
+    /* The history for the penalties: the prompt and the reply so far. */
+    int32_t tok = be->sample(be->ud, sl->sess, &j->g.sp, &j->rng, logits, sl->cache, sl->n_cache);
     if (tok < 0 || tok >= be->n_vocab) {
         slot_end(s, sl, NULL, 500, "sampling failed");
         return;

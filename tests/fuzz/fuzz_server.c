@@ -10,9 +10,12 @@
  * accepted request has a prompt of valid ids that leaves room in the
  * context, a max_tokens within that room, sampling values in range, and
  * non-empty NUL-free stop strings, which then cut the prompt's own text in
- * srv_text as generated text would be cut.
+ * srv_text as generated text would be cut; that text, read as a chat reply
+ * (srv_reply: tool calls, reasoning, the tool_choice prefill), gives a
+ * message that is valid JSON.
  */
 #include "fuzz.h"
+#include "model/chat_parse.h"
 #include "server/server.h"
 
 static int srvf_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
@@ -27,14 +30,9 @@ static int srvf_piece(void *ud, int32_t tok, char *buf, int cap)
 
 static int srvf_is_eog(void *ud, int32_t tok) { return moeq_tokenizer_is_eog(ud, tok); }
 
-static char *srvf_render(void *ud, const struct srv_msg *m, int n, char *err, size_t errlen)
+static char *srvf_render(void *ud, json_t *ctx, char *err, size_t errlen)
 {
-    struct moeq_tok_msg *tm = calloc((size_t)n, sizeof *tm);
-    if (!tm) return NULL;
-    for (int i = 0; i < n; i++) tm[i] = (struct moeq_tok_msg){ m[i].role, m[i].content };
-    char *r = moeq_tokenizer_chat_render(ud, tm, n, 1, err, errlen);
-    free(tm);
-    return r;
+    return moeq_tokenizer_chat_render_json(ud, ctx, err, errlen);
 }
 
 static void srvf_check_error(int status, const char *err)
@@ -66,6 +64,23 @@ static void srvf_check_text(const struct srv_backend *be, const struct srv_gen *
     srv_text_finish(&t);
     for (int i = 0; i < g->n_stop; i++)
         FUZZ_ASSERT(!t.len || !memmem(t.buf, t.len, g->stop[i], strlen(g->stop[i])));
+    /* A chat reply made of that text, read as the request says (calls,
+     * reasoning, prefill), gives a message of valid JSON in both halves. */
+    if (g->kind == SRV_CHAT) {
+        srv_reply *r = srv_reply_new(g, "chatcmpl-fuzz");
+        FUZZ_ASSERT(r);
+        json_t *a = srv_reply_feed(r, t.buf ? t.buf : "", t.len / 2, 0);
+        json_t *b = srv_reply_feed(r, t.buf ? t.buf + t.len / 2 : "", t.len - t.len / 2, 1);
+        FUZZ_ASSERT(a && b);
+        json_t *m = srv_reply_message(r);
+        char *js = m ? json_dumps(m, JSON_COMPACT) : NULL;
+        FUZZ_ASSERT(js);
+        free(js);
+        json_decref(m);
+        json_decref(a);
+        json_decref(b);
+        srv_reply_free(r);
+    }
     srv_text_free(&t);
 }
 
@@ -92,6 +107,10 @@ FUZZ_ENTRY(server)
         .ud = (void *)tok, .n_vocab = moeq_tokenizer_n_vocab(tok), .n_ctx = 512, .n_batch = 64,
         .bos = sp.bos, .tokenize = srvf_tokenize, .piece = srvf_piece, .is_eog = srvf_is_eog,
         .chat_render = srvf_render,
+        /* The template is ChatML, but replies are read as Qwen3's (calls,
+         * <think>) so tool_choice's prefill and the reply parser are
+         * reached too. */
+        .chat_format = MOEQ_CALLS_QWEN3, .chat_think = 1,
     };
     char err[512] = "";
     json_t *body = srv_parse_body((const char *)data, size, err, sizeof err);
