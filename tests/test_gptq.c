@@ -100,3 +100,42 @@ TEST(gptq_dead_columns_and_errors)
     CHECK(moeq_gptq_quantize(MOEQ_TYPE_Q8_K, W, rows, cols, H, 0.01, q, NULL, err, sizeof err) == -1);
     free(W); free(q); free(H);
 }
+
+/* With a diagonal H nothing is propagated: the formats without the
+ * feedback hook give today's quantizer's bytes exactly (importance = the
+ * diagonal), except Q4_0, whose importance weights take sigma^2 over the
+ * whole row as ggml's do while GPTQ hands it one block at a time; the
+ * i-quants keep their scales and re-pick each group's code at them with
+ * the wide neighbour lists (instead of the parity re-pick). Those two stay
+ * within 2% of today's weighted error. */
+TEST(gptq_diagonal_hessian_is_todays_quantizer)
+{
+    const int64_t rows = 16, cols = 512;
+    double *H = calloc((size_t)(cols * cols), sizeof *H);
+    float *W = malloc((size_t)(rows * cols) * sizeof *W), *imp = malloc((size_t)cols * sizeof *imp);
+    for (int64_t i = 0; i < cols; i++) { H[i * cols + i] = 0.5 + uniform(); imp[i] = (float)H[i * cols + i]; }
+    for (int64_t i = 0; i < rows * cols; i++) W[i] = (float)gauss();
+    static const int types[] = { MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q4_0, MOEQ_TYPE_Q6_K, MOEQ_TYPE_Q5_K, MOEQ_TYPE_Q4_K,
+                                 MOEQ_TYPE_Q3_K, MOEQ_TYPE_Q2_K, MOEQ_TYPE_IQ4_XS, MOEQ_TYPE_IQ4_NL,
+                                 MOEQ_TYPE_IQ3_S, MOEQ_TYPE_IQ3_XXS, MOEQ_TYPE_IQ2_S, MOEQ_TYPE_IQ2_XS,
+                                 MOEQ_TYPE_IQ2_XXS };
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const struct moeq_type_traits *tt = moeq_type_traits(types[t]);
+        size_t rb = moeq_row_size(types[t], cols);
+        uint8_t *a = malloc(rb * (size_t)rows), *b = malloc(rb * (size_t)rows);
+        tt->quantize(W, a, rows, cols, imp, NULL);
+        char err[256];
+        REQUIRE(moeq_gptq_quantize(types[t], W, rows, cols, H, 0.0, b, NULL, err, sizeof err) == 0);
+        int iq = types[t] == MOEQ_TYPE_Q4_0 || types[t] == MOEQ_TYPE_IQ3_S || types[t] == MOEQ_TYPE_IQ3_XXS || types[t] == MOEQ_TYPE_IQ2_S ||
+                 types[t] == MOEQ_TYPE_IQ2_XS || types[t] == MOEQ_TYPE_IQ2_XXS;
+        if (!iq) {
+            CHECKF(!memcmp(a, b, rb * (size_t)rows), "%s: bytes differ from the quantizer's", tt->name);
+        } else {
+            double ea = moeq_gptq_output_error(types[t], W, a, rows, cols, H);
+            double eb = moeq_gptq_output_error(types[t], W, b, rows, cols, H);
+            CHECKF(eb < 1.02 * ea, "%s: diagonal-H error %.4g against %.4g", tt->name, eb, ea);
+        }
+        free(a); free(b);
+    }
+    free(W); free(imp); free(H);
+}

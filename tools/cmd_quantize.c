@@ -9,6 +9,7 @@
  * --json, the report as one JSON object).
  */
 #include "cmd.h"
+#include "quant/gptq.h"
 #include "quant/quant_plan.h"
 #include "quant/quantize.h"
 #include "quant/tensor_groups.h"
@@ -27,6 +28,9 @@
 #define MAX_RULES 256
 #define MAX_NAMES 256
 #define MAX_KV    64
+
+#define MOEQ_STR_(x) #x
+#define MOEQ_STR(x) MOEQ_STR_(x)
 
 static void usage(FILE *out)
 {
@@ -50,6 +54,8 @@ static void usage(FILE *out)
         "  --hessian FILE            full input second moments (moeq imatrix --hessian):\n"
         "                            Hessian-aware rounding (GPTQ inside each format's\n"
         "                            blocks) for every tensor the file covers\n"
+        "  --gptq-damp X             damping added to H's diagonal, a fraction of its mean\n"
+        "                            (default " MOEQ_STR(MOEQ_GPTQ_DAMP) ")\n"
         "  --include-weights NAME    use the imatrix only for these tensors (repeatable)\n"
         "  --exclude-weights NAME    do not use the imatrix for these tensors (repeatable)\n"
         "  --tensor-type REGEX=TYPE  type for tensors whose name matches (POSIX ERE,\n"
@@ -205,6 +211,7 @@ static json_t *report_json(const struct moeq_quantize_report *r, const char *in,
 int cmd_quantize(int argc, char **argv)
 {
     const char *imatrix_path = NULL, *recipe_name = NULL, *hessian_path = NULL;
+    double gptq_damp = 0;
     int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, json = 0, ignore_rules = 0, logopt = 0, keep_split = 0;
     uint64_t split_max_size = 0;
     int embd_type = -1, out_type = -1;
@@ -256,6 +263,11 @@ int cmd_quantize(int argc, char **argv)
         else if ((logopt = cli_log_option("quantize", argc, argv, &i)) != 0) { if (logopt == 2) goto out_rules; }
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
         else if (!strcmp(a, "--hessian")) { NEED_ARG(); hessian_path = argv[++i]; }
+        else if (!strcmp(a, "--gptq-damp")) {
+            NEED_ARG();
+            if (cli_parse_f64(argv[++i], &gptq_damp) || !(gptq_damp > 0) || gptq_damp > 100)
+                return cli_usage_error("quantize", "--gptq-damp needs a number in (0, 100], not '%s'", argv[i]);
+        }
         else if (!strcmp(a, "--recipe")) { NEED_ARG(); recipe_name = argv[++i]; }
         else if (!strcmp(a, "--include-weights") || !strcmp(a, "--exclude-weights")) {
             NEED_ARG();
@@ -327,6 +339,7 @@ int cmd_quantize(int argc, char **argv)
     qo.kv = kvs; qo.n_kv = n_kv;
     qo.imatrix_path = imatrix_path;
     qo.hessian_path = hessian_path;
+    qo.gptq_damp = gptq_damp;
     qo.include = include; qo.n_include = n_include;
     qo.exclude = exclude; qo.n_exclude = n_exclude;
     qo.allow_requantize = allow_requant;

@@ -123,6 +123,23 @@ moeq_gptq *moeq_gptq_prepare(const double *H, int64_t n, double damp, char *err,
     return g;
 }
 
+/* The feedback a quantizer calls inside block [c0, c0 + B): the group's
+ * error moves the block's later targets, as the column loop below does. */
+struct fb_ctx { const moeq_gptq *g; int64_t c0, B; };
+
+static void feedback(void *ctx, int j0, int n, const float *q, float *x)
+{
+    const struct fb_ctx *f = ctx;
+    const int64_t N = f->g->n;
+    for (int j = j0; j < j0 + n; j++) {
+        const int64_t c = f->c0 + j;
+        if (f->g->dead[c]) continue;
+        const double *uc = f->g->u + c * N;
+        const double ej = ((double)x[j] - q[j - j0]) / uc[c];
+        for (int64_t k = j + 1; k < f->B; k++) x[k] -= (float)(ej * uc[f->c0 + k]);
+    }
+}
+
 int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, void *dst,
                    const struct moeq_quant_params *qp, char *err, size_t errlen)
 {
@@ -153,7 +170,15 @@ int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, 
             int any = 0;
             for (int64_t j = 0; j < B; j++) any |= g->imp[b + j] > 0;
             uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)(b / B) * tt->type_size;
-            tt->quantize(w + b, blk, 1, B, any ? g->imp + b : NULL, qp);
+            /* the quantizer picks its codes group by group with feedback
+             * (where it supports it); the propagation below then uses the
+             * values that decode */
+            struct fb_ctx fc = { g, b, B };
+            struct moeq_quant_feedback fb = { feedback, &fc };
+            struct moeq_quant_params p = { 0 };
+            if (qp) p = *qp;
+            p.fb = &fb;
+            tt->quantize(w + b, blk, 1, B, any ? g->imp + b : NULL, &p);
             tt->to_float(blk, q, B);
             /* column by column: the error of column j, scaled by U's
              * diagonal, moves the block's later columns */

@@ -414,7 +414,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
         if (he && he->counts[m] > 0 && moeq_type_traits(q->type)->quantize) {
             double *H = moeq_hessian_matrix(he, m);
             char gerr[256];
-            g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : 0.01, gerr, sizeof gerr) : NULL;
+            g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : MOEQ_GPTQ_DAMP, gerr, sizeof gerr) : NULL;
             free(H);
             if (!g) { fail(err, errlen, "quantize: %s: %s", q->name, H ? gerr : "out of memory"); ok = 0; break; }
             q->gptq++;

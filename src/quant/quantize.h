@@ -94,7 +94,7 @@ struct moeq_quantize_opts {
     const char *hessian_path;                 /* NULL, or full input second moments
                                                  (hessian.h): Hessian-aware rounding (gptq.h)
                                                  for every tensor they cover */
-    double gptq_damp;                         /* damping, a fraction of H's mean diagonal (0: 0.01) */
+    double gptq_damp;                         /* damping, a fraction of H's mean diagonal (0: MOEQ_GPTQ_DAMP) */
     const char *const *include;               /* use the imatrix only for these */
     int n_include;
     const char *const *exclude;               /* never for these */

@@ -49,10 +49,24 @@ typedef void (*moeq_dequant_fn)(const void *src, float *dst, int64_t n);
  */
 enum moeq_fit { MOEQ_FIT_UNBIASED = 0, MOEQ_FIT_MIN_ERROR = 1 };
 
+/*
+ * Hessian-aware rounding's hook (gptq.h). A quantizer that supports it
+ * (the i-quants) chooses each super-block's scales as usual, then picks the
+ * codes group by group in column order from its own copy x of the block's
+ * targets, and after each group [j0, j0 + n) calls fn with the group's
+ * decoded values q; fn moves the targets x[j0 + n ..] of the block's later
+ * columns (the group's error pushed through H^-1). Others ignore it.
+ */
+struct moeq_quant_feedback {
+    void (*fn)(void *ctx, int j0, int n, const float *q, float *x);
+    void *ctx;
+};
+
 /* How a quantizer searches, given with every call (NULL: the defaults,
  * all fields zero). */
 struct moeq_quant_params {
     int fit;   /* enum moeq_fit */
+    const struct moeq_quant_feedback *fb;   /* NULL: none */
 };
 
 /*

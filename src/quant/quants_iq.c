@@ -393,8 +393,51 @@ static inline int scale_code(float r)
 /* Error of a sub-block at scale s relative to sum(w*a*a): -2 s sqx + s^2 sq2. */
 static inline float rel_err(float s, float sqx, float sq2) { return s * (s * sq2 - 2 * sqx); }
 
+/*
+ * Hessian-aware codes (struct moeq_quant_feedback): with the scales fixed,
+ * every group of 8 in column order takes the codeword nearest its target in
+ * a copy of x that the feedback moves after each group, signs (and the
+ * even-parity choice) re-derived from the moved target.
+ */
+static void feedback_codes(const struct lattice *L, const struct iq_spec *sp, const float *x, const float *w,
+                           float D, const struct moeq_quant_feedback *fb, struct sb_out *out)
+{
+    const int per = 8 / L->ndim;
+    float xt[QK_K];
+    memcpy(xt, x, sizeof xt);
+    for (int g = 0; g < QK_K / 8; g++) {
+        const float *xg = xt + 8 * g, *wg = w + 8 * g;
+        const float s = D * (float)(2 * out->ls[8 * g / sp->sub] + 1);
+        float ag[8];
+        uint8_t sg = 0;
+        for (int k = 0; k < 8; k++) {
+            ag[k] = fabsf(xg[k]);
+            if (xg[k] < 0) sg |= (uint8_t)(1u << k);
+        }
+        if (sp->even && (__builtin_popcount(sg) & 1)) {
+            int kmin = 0;
+            float cmin = FLT_MAX;
+            for (int k = 0; k < 8; k++)
+                if (wg[k] * ag[k] < cmin) { cmin = wg[k] * ag[k]; kmin = k; }
+            ag[kmin] = -ag[kmin];
+            sg ^= (uint8_t)(1u << kmin);
+        }
+        uint16_t idx[2];
+        float sqx, sq2, q[8];
+        sub_assign(L, ag, wg, 8, s, 1, idx, &sqx, &sq2);
+        for (int c = 0; c < per; c++) {
+            out->idx[g * per + c] = idx[c];
+            const uint8_t *pt = L->pt + (size_t)idx[c] * L->ndim;
+            for (int k = 0; k < L->ndim; k++) q[c * L->ndim + k] = s * L->lev[pt[k]];
+        }
+        for (int k = 0; k < 8; k++) if (sg >> k & 1) q[k] = -q[k];
+        out->signs[g] = sg;
+        fb->fn(fb->ctx, 8 * g, 8, q, xt);
+    }
+}
+
 static void quant_superblock(const struct iq_spec *sp, const float *x, const float *qw,
-                             struct sb_out *out)
+                             const struct moeq_quant_feedback *fb, struct sb_out *out)
 {
     const struct lattice *L = lattice_get(sp->lat);
     const int sub = sp->sub, nsub = QK_K / sub, ngs = sub / L->ndim;
@@ -544,7 +587,8 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         if (!last && den > 0 && num > 0) D = num / den;
     }
 
-    if (sp->even) repick_flips(L, sp, x, w, a, flipped, D, out);
+    if (fb) feedback_codes(L, sp, x, w, D, fb, out);
+    else if (sp->even) repick_flips(L, sp, x, w, a, flipped, D, out);
 }
 
 /* ====================================================== format packing */
@@ -673,7 +717,7 @@ static size_t quant_rows(int type, const struct iq_spec *sp, pack_fn pack, size_
         const float *x = src + r * n_per_row;
         for (int64_t ib = 0; ib < nb; ib++) {
             const float *qw = imatrix ? imatrix + ib * QK_K : NULL;
-            quant_superblock(sp, x + ib * QK_K, qw, &o);
+            quant_superblock(sp, x + ib * QK_K, qw, qp ? qp->fb : NULL, &o);
             pack(&o, out);
             if (unbias) unbias_scale(type, pack, x + ib * QK_K, qw, &o, out);
             out += block_bytes;
