@@ -58,15 +58,15 @@ TEST(hessian_sums_and_file_round_trip)
 
 TEST(hessian_imatrix_and_quantize_end_to_end)
 {
-    const char *m = test_synth_model("hm.gguf", "--n-embd 512 --ff-exp 256 --recipe f16");
+    const char *m = test_synth_model("hm.gguf", "--recipe f16");
     const char *txt = test_tmp("calib.txt");
     FILE *f = fopen(txt, "w");
     REQUIRE(f);
-    for (int i = 0; i < 400; i++) fprintf(f, "the river town wakes before the sun %d, and the bakers open. ", i);
+    for (int i = 0; i < 120; i++) fprintf(f, "the river town wakes before the sun %d, and the bakers open. ", i);
     fclose(f);
     char *o = NULL;
     const char *im = test_tmp("im.gguf"), *h = test_tmp("h.gguf"), *q = test_tmp("q.gguf"), *q0 = test_tmp("q0.gguf");
-    CHECKF(test_run(&o, "%s imatrix -m %s -f %s -c 128 --chunks 4 --no-ppl -o %s --hessian %s -t 2", test_moeq_bin(),
+    CHECKF(test_run(&o, "%s imatrix -m %s -f %s -c 64 --chunks 4 --no-ppl -o %s --hessian %s -t 2", test_moeq_bin(),
                     m, txt, im, h) == 0, "%s", o ? o : "");
     CHECK(o && strstr(o, "Hessian entries"));
     free(o);
@@ -88,7 +88,7 @@ TEST(hessian_imatrix_and_quantize_end_to_end)
     CHECK(test_run(&o, "%s run -m %s -p hello -n 4 --temp 0 -t 2", test_moeq_bin(), q) == 0);
     free(o);
     /* a Hessian of another model is refused before anything is written */
-    const char *other = test_synth_model("hm2.gguf", "--n-embd 256 --recipe f16");
+    const char *other = test_synth_model("hm2.gguf", "--layers 1 --n-embd 512 --recipe f16");
     CHECK(test_run(&o, "%s quantize --hessian %s --recipe asym-2bitexp --ignore-imatrix-rules %s %s 2",
                    test_moeq_bin(), h, other, test_tmp("bad.gguf")) == 1);
     CHECKF(o && strstr(o, "hessian"), "%s", o ? o : "");
