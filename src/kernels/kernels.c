@@ -213,8 +213,10 @@ static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
     const block_q2_K *x = blk;
     q2k_get_levels(x, u->q);
     for (int g = 0; g < 16; g++) {
-        u->sc[g] = x->scales[g] & 0xf;
-        u->mn[g] = x->scales[g] >> 4;
+        int sc, mn;
+        q2k_get_scale_min(x->scales, g, &sc, &mn);
+        u->sc[g] = sc;
+        u->mn[g] = mn;
     }
     u->d = f16(x->d);
     u->dmin = f16(x->dmin);

@@ -133,6 +133,20 @@ static inline void k4_set_scale_min(uint8_t *s, int j, int sc, int mn)
     }
 }
 
+/* Q2_K: sixteen 4-bit scales and mins, one byte per sub-block (scale in
+ * the low nibble, min in the high). The set writes the whole byte. */
+static inline void q2k_get_scale_min(const uint8_t *s, int j, int *sc, int *mn)
+{
+    *sc = s[j] & 0x0f;
+    *mn = s[j] >> 4;
+}
+
+/* Sub-block j's scale sc and min mn, each 0..15. */
+static inline void q2k_set_scale_min(uint8_t *s, int j, int sc, int mn)
+{
+    s[j] = (uint8_t)((sc & 0x0f) | (mn & 0x0f) << 4);
+}
+
 /*
  * Q3_K: sixteen signed scales -32..31, stored as 6 bits biased by 32 in 12
  * bytes. Low 4 bits: scales 0..7 in the low nibbles of bytes 0..7, scales

@@ -123,8 +123,10 @@ void dequantize_row_q2_K(const void *x, float *y, int64_t n)
         const float dmin = moeq_f16_to_f32(b->dmin);
         q2k_get_levels(b, q);
         for (int s = 0; s < QK_K / 16; s++) {
-            const float dl = d * (float)(b->scales[s] & 0x0f);
-            const float ml = dmin * (float)(b->scales[s] >> 4);
+            int sc, mn;
+            q2k_get_scale_min(b->scales, s, &sc, &mn);
+            const float dl = d * (float)sc;
+            const float ml = dmin * (float)mn;
             for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = dl * (float)q[l] - ml;
         }
     }

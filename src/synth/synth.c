@@ -716,7 +716,7 @@ static void syn_q2_k(int type, uint8_t *blk, const float *s16, const float *s32,
     block_q2_K *b = (block_q2_K *)blk;
     for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
     float d = fit_codes(t, 16, 1, 15, 1, 0, 1.1180f, code);
-    for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(code[j] | code[j] << 4);
+    for (int j = 0; j < 16; j++) q2k_set_scale_min(b->scales, j, code[j], code[j]);
     put_f16((uint8_t *)&b->d, d);
     put_f16((uint8_t *)&b->dmin, 1.5f * d);
 }
@@ -1000,7 +1000,7 @@ static void rnd_q2_k(int type, const float *x, uint8_t *blk)
     float d, dmin;
     block_q2_K *b = (block_q2_K *)blk;
     round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
-    for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
+    for (int j = 0; j < 16; j++) q2k_set_scale_min(b->scales, j, sc[j], mn[j]);
     q2k_set_levels(b, levels8(q, l8));
     put_f16((uint8_t *)&b->d, d);
     put_f16((uint8_t *)&b->dmin, dmin);
