@@ -1594,6 +1594,9 @@ SIMD_ENTRIES_VEC
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
+/* Weights i..i+15 as floats (kind as k_float): a deliberate ISA twin of
+ * load8_f in kernels_avx2.c, since the load and widening intrinsics are
+ * width-specific; k_float itself is shared (kernels_simd.h). */
 AI __m512 load16_f(const void *w, int64_t i, const int kind)
 {
     if (kind == 0) return _mm512_loadu_ps((const float *)w + i);
@@ -1602,28 +1605,8 @@ AI __m512 load16_f(const void *w, int64_t i, const int kind)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* Float weights against f32 activations, 16 lanes at a time: a deliberate
- * ISA twin of k_float in kernels_avx2.c (the vector width and the reduction
- * differ; the shared pieces are in kernels_simd.h). */
-AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                const int kind)
-{
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 wv = load16_f(w, i, kind);
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
-            acc[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(f32_col(a, as, c) + i), acc[c]);
-        }
-    }
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(_mm512_reduce_add_ps(acc[c]), w, f32_col(a, as, c), i, n, kind);
-}
-
-SIMD_ENTRIES_FLOAT
+SIMD_K_FLOAT(__m512, 16, MOEQ_GEMM_NC, load16_f, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
+             _mm512_reduce_add_ps)
 
 /* ---------------------------------------------- activation quantization */
 
@@ -1676,59 +1659,10 @@ static void actq_q8_0(const float *x, void *vy, int64_t n)
 
 /* ------------------------------------------------------------ tables */
 
-/*
- * One instantiation per column count (1..8 and 16), so the accumulators
- * live in registers; 9..15 columns take a 8-column pass and a second one.
- */
-#define KERNEL_G(name, G)                                                                 \
-    static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,   \
-                           float *s, size_t ss)                                           \
-    {                                                                                     \
-        while (nc > 0) {                                                                  \
-            int done = nc >= 16 && G >= 16 ? 16 : nc > 8 && G >= 8 ? 8 : nc < G ? nc : G; \
-            switch (done) {                                                               \
-            case 1: k_##name(n, w, a, as, 1, s, ss); break;                               \
-            case 2: k_##name(n, w, a, as, 2, s, ss); break;                               \
-            case 3: k_##name(n, w, a, as, 3, s, ss); break;                               \
-            case 4: k_##name(n, w, a, as, 4, s, ss); break;                               \
-            case 5: k_##name(n, w, a, as, 5, s, ss); break;                               \
-            case 6: k_##name(n, w, a, as, 6, s, ss); break;                               \
-            case 7: k_##name(n, w, a, as, 7, s, ss); break;                               \
-            case 8: k_##name(n, w, a, as, 8, s, ss); break;                               \
-            default: k_##name(n, w, a, as, 16, s, ss); break;                             \
-            }                                                                             \
-            a = (const uint8_t *)a + (size_t)done * as;                                   \
-            s += (size_t)done * ss;                                                       \
-            nc -= done;                                                                   \
-        }                                                                                 \
-    }                                                                                     \
-    static void dot_##name(int64_t n, float *s, const void *w, const void *a)            \
-    { k_##name(n, w, a, 0, 1, s, 0); }
-
-#define KERNEL(name) KERNEL_G(name, 16)
-#define FLOAT_G 4
-
-
-
 _Static_assert(MOEQ_GEMM_NC == 16, "row kernels are instantiated for up to 16 columns");
-
-KERNEL(q4_K)
-KERNEL(q5_K)
-KERNEL(q6_K)
-KERNEL(q8_0)
 /* Float activation rows are often a multiple of 4 KiB apart, so more than
  * a few column streams at once alias in the 8-way L1: four at a time. */
-KERNEL_G(f32, FLOAT_G)
-KERNEL_G(f16, FLOAT_G)
-KERNEL_G(bf16, FLOAT_G)
-KERNEL(q4_0)
-KERNEL(iq4_nl)
-KERNEL(q2_K)
-KERNEL(q3_K)
-KERNEL(iq2_xxs)
-KERNEL(iq2_xs)
-KERNEL(iq3_xxs)
-KERNEL(iq4_xs)
+SIMD_ROW_KERNELS(MOEQ_GEMM_NC, 4)
 
 
 /* The attention kernels and the SwiGLU product, compiled for this ISA:
