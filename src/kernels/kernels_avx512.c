@@ -766,14 +766,15 @@ SIMD_ENTRIES_Q45
  * correction is needed; the mins meet the columns' bsums, summed per
  * sub-block of 32 and laid out column-per-lane at transpose time.
  */
-struct tile_q45 {
-    uint8_t w[QK_K];       /* values in element order */
-    int32_t sc[8];
-    int32_t mnp[4];        /* mins in int16 pairs: mn[2k] | mn[2k + 1] << 16 */
+/* One unpacked K-quant block of a tile row (Q4_K, Q5_K, Q6_K). */
+struct tile_k {
+    uint8_t w[QK_K];       /* values in element order (Q6_K: stored, 0..63) */
+    int32_t sc[16];        /* sub-block scales: 8 (Q4_K / Q5_K) or 16 (Q6_K) */
+    int32_t mnp[4];        /* Q4_K / Q5_K mins in int16 pairs: mn[2k] | mn[2k + 1] << 16 */
     float   d, ndmin;
 };
 
-static void tile_q45_unpack(const void *w, int64_t b, const int five, struct tile_q45 *t)
+static void tile_q45_unpack(const void *w, int64_t b, const int five, struct tile_k *t)
 {
     struct q45_blk k;
     q45_unpack(w, b, five, &k);
@@ -841,37 +842,6 @@ AI void tile_sub4(const int G, int j, const __m512i *ab, const uint8_t *const w[
     }
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(sc[i])));
-}
-
-AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *at,
-                      const __m512i *bs, const __m512 *yd, __m512 acc[4])
-{
-    __m512 a[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m512i *ab = at + (size_t)b * 64;
-        __m512i S[4], M[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
-        for (int j = 0; j < 8; j++)
-            tile_sub4(8, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
-                      (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
-                      _mm512_setzero_si512(), S);
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            const __m512i bk = bs[b * 4 + k];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) M[i] = _mm512_dpwssd_epi32(M[i], bk, _mm512_set1_epi32(t[i][b].mnp[k]));
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
-            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].ndmin), yd[b]), a[i]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
 /* -------------------------------------------------------------- Q6_K */
@@ -1056,13 +1026,8 @@ static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const voi
 /* Tile kernel: unsigned stored values against signed transposed
  * activations; the +32 comes back out through 32 * bsum per sub-block of
  * 16, laid out one column per lane at transpose time. */
-struct tile_q6 {
-    uint8_t w[QK_K];
-    int32_t sc[16];
-    float   d;
-};
 
-static void tile_q6_unpack(const void *w, int64_t b, struct tile_q6 *t)
+static void tile_q6_unpack(const void *w, int64_t b, struct tile_k *t)
 {
     struct q6_blk k;
     q6_unpack((const block_q6_K *)w + b, &k);
@@ -1071,24 +1036,38 @@ static void tile_q6_unpack(const void *w, int64_t b, struct tile_q6 *t)
     t->d = k.d;
 }
 
-AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at,
-                     const __m512i *bs, const __m512 *yd, __m512 acc[4])
+/* The four-row kernel of the K-quant tiles: per block, the sub-block sums
+ * (Q4_K / Q5_K: 8 of 8 dwords; Q6_K: 16 of 4, less the +32 offset through
+ * the bsums) and, for Q4_K / Q5_K, the mins against the paired bsums. */
+AI void tile_k_quad(const int six, const struct tile_k *const t[4], int nb, const __m512i *at,
+                    const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
     __m512 a[4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const __m512i *ab = at + (size_t)b * 64;
-        __m512i S[4];
+        __m512i S[4], M[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) S[i] = _mm512_setzero_si512();
-        for (int j = 0; j < 16; j++)
-            tile_sub4(4, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
+        for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
+        for (int j = 0; j < (six ? 16 : 8); j++)
+            tile_sub4(six ? 4 : 8, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
                       (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
-                      _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]), S);
+                      six ? _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]) : _mm512_setzero_si512(), S);
+        if (!six) {
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 4; k++) {
+                const __m512i bk = bs[b * 4 + k];
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) M[i] = _mm512_dpwssd_epi32(M[i], bk, _mm512_set1_epi32(t[i][b].mnp[k]));
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
             a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
+            if (!six)
+                a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].ndmin), yd[b]), a[i]);
+        }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) acc[i] = a[i];
@@ -1119,8 +1098,7 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
     const int pass_cols = 16 * (GB / nb);
     union {
         struct tile_row iq[4][TILE_BLOCKS];
-        struct tile_q45 q45[4][TILE_BLOCKS];
-        struct tile_q6 q6[4][TILE_BLOCKS];
+        struct tile_k k[4][TILE_BLOCKS];
     } tr;
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
@@ -1143,8 +1121,8 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
                 const uint8_t *wr = (const uint8_t *)W + (size_t)(r + i) * ws;
                 for (int b = 0; b < nb; b++) {
                     if (iq) tile_unpack(wr, b, kind == TK_IQ3_S, &tr.iq[i][b]);
-                    else if (kind == TK_Q6_K) tile_q6_unpack(wr, b, &tr.q6[i][b]);
-                    else tile_q45_unpack(wr, b, kind == TK_Q5_K, &tr.q45[i][b]);
+                    else if (kind == TK_Q6_K) tile_q6_unpack(wr, b, &tr.k[i][b]);
+                    else tile_q45_unpack(wr, b, kind == TK_Q5_K, &tr.k[i][b]);
                 }
             }
             for (int g = 0; g < ng; g++) {
@@ -1155,14 +1133,11 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
                     const struct tile_row *t[4];
                     for (int i = 0; i < 4; i++) t[i] = tr.iq[i < nrow ? i : 0];
                     tile_quad(t, nb, at + (size_t)g * nb * 64, yd + (size_t)g * nb, kind == TK_IQ3_S, acc);
-                } else if (kind == TK_Q6_K) {
-                    const struct tile_q6 *t[4];
-                    for (int i = 0; i < 4; i++) t[i] = tr.q6[i < nrow ? i : 0];
-                    tile_q6_quad(t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16, yd + (size_t)g * nb, acc);
                 } else {
-                    const struct tile_q45 *t[4];
-                    for (int i = 0; i < 4; i++) t[i] = tr.q45[i < nrow ? i : 0];
-                    tile_q45_quad(t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16, yd + (size_t)g * nb, acc);
+                    const struct tile_k *t[4];
+                    for (int i = 0; i < 4; i++) t[i] = tr.k[i < nrow ? i : 0];
+                    tile_k_quad(kind == TK_Q6_K, t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16,
+                                yd + (size_t)g * nb, acc);
                 }
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
                 for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
