@@ -530,96 +530,95 @@ static void kv_store(int type, uint8_t *dst, const float *x, int n)
 
 /* ------------------------------------------------------------ per token */
 
-/* Per-token steps of a batch (norms, routing, gathers) on the pool when
- * the batch is long enough to repay the hand-off; each token's result is
- * computed by the same code either way. */
-struct tok_job { moeq_engine *e; const struct moeq_layer *l; };
+/* Per-token steps of a batch (norms, routing, gathers, q/k): fn computes
+ * token t from the job (its layer l, layer index il, norm weight w, as the
+ * step needs). per_token runs them on the pool when the batch is long
+ * enough to repay the hand-off; each token's result is computed by the
+ * same code either way. */
+struct tok_job {
+    moeq_engine *e;
+    const struct moeq_layer *l;
+    int il;
+    const float *w;
+    void (*fn)(const struct tok_job *j, int64_t t);
+};
 
-static void per_token(moeq_engine *e, int n, moeq_task_fn fn, void *ctx)
+static void tok_task(void *ctx, int64_t b, int64_t end, int tid)
 {
-    if (n < 32) fn(ctx, 0, n, 0);
-    else moeq_pool_for(e->pool, n, 8, fn, ctx);
+    (void)tid;
+    const struct tok_job *j = ctx;
+    for (int64_t t = b; t < end; t++) j->fn(j, t);
+}
+
+static void per_token(struct tok_job *j, int n)
+{
+    if (n < 32) tok_task(j, 0, n, 0);
+    else moeq_pool_for(j->e->pool, n, 8, tok_task, j);
 }
 
 /* softmax over all experts, top-k (ties to the lower id), renormalized */
-static void route_task(void *ctx, int64_t b, int64_t end, int tid)
+static void route_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct tok_job *j = ctx;
     moeq_engine *e = j->e;
     const int NX = e->m->hp.n_expert, K = e->m->hp.n_expert_used;
-    for (int64_t t = b; t < end; t++) {
-        float *p = e->rlog + (size_t)t * NX;
-        float mx = p[0];
-        for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
-        float sum = 0;
-        for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
-        for (int x = 0; x < NX; x++) p[x] /= sum;
-        int *sel = e->sel + (size_t)t * K;
-        float *w = e->selw + (size_t)t * K, wsum = 0;
-        for (int k = 0; k < K; k++) {
-            /* repeated arg-max: k is small */
-            int best = -1;
-            for (int x = 0; x < NX; x++) {
-                int taken = 0;
-                for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
-                if (!taken && (best < 0 || p[x] > p[best])) best = x;
-            }
-            sel[k] = best;
-            w[k] = p[best];
-            wsum += p[best];
+    float *p = e->rlog + (size_t)t * NX;
+    float mx = p[0];
+    for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
+    float sum = 0;
+    for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
+    for (int x = 0; x < NX; x++) p[x] /= sum;
+    int *sel = e->sel + (size_t)t * K;
+    float *w = e->selw + (size_t)t * K, wsum = 0;
+    for (int k = 0; k < K; k++) {
+        /* repeated arg-max: k is small */
+        int best = -1;
+        for (int x = 0; x < NX; x++) {
+            int taken = 0;
+            for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
+            if (!taken && (best < 0 || p[x] > p[best])) best = x;
         }
-        for (int k = 0; k < K; k++) w[k] /= wsum;
+        sel[k] = best;
+        w[k] = p[best];
+        wsum += p[best];
     }
+    for (int k = 0; k < K; k++) w[k] /= wsum;
 }
 
 /* each token's normed row to its K expert slots */
-static void gather_task(void *ctx, int64_t b, int64_t end, int tid)
+static void gather_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct tok_job *j = ctx;
     moeq_engine *e = j->e;
     const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
-    for (int64_t t = b; t < end; t++)
-        for (int k = 0; k < K; k++)
-            memcpy(e->xg + (size_t)e->slot_of[(size_t)t * K + k] * E, e->xn + (size_t)t * E,
-                   (size_t)E * sizeof(float));
+    for (int k = 0; k < K; k++)
+        memcpy(e->xg + (size_t)e->slot_of[(size_t)t * K + k] * E, e->xn + (size_t)t * E,
+               (size_t)E * sizeof(float));
 }
 
 /* weighted sum of the expert outputs in selection order, so the result
  * does not depend on which other tokens share the batch */
-static void combine_task(void *ctx, int64_t b, int64_t end, int tid)
+static void combine_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct tok_job *j = ctx;
     moeq_engine *e = j->e;
     const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
-    for (int64_t t = b; t < end; t++) {
-        float *restrict xr = e->x + (size_t)t * E;
-        for (int k = 0; k < K; k++) {
-            float w = e->selw[(size_t)t * K + k];
-            const float *restrict d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
-            for (int i = 0; i < E; i++) xr[i] += w * d[i];
-        }
+    float *restrict xr = e->x + (size_t)t * E;
+    for (int k = 0; k < K; k++) {
+        float w = e->selw[(size_t)t * K + k];
+        const float *restrict d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
+        for (int i = 0; i < E; i++) xr[i] += w * d[i];
     }
 }
 
 /* rmsnorm of every token's residual row into xn with weight w */
-struct norm_job { moeq_engine *e; const float *w; };
-
-static void norm_task(void *ctx, int64_t b, int64_t end, int tid)
+static void norm_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct norm_job *j = ctx;
     const int E = j->e->m->hp.n_embd;
-    for (int64_t t = b; t < end; t++)
-        rmsnorm(j->e->xn + (size_t)t * E, j->e->x + (size_t)t * E, j->w, E, j->e->m->hp.rms_eps);
+    rmsnorm(j->e->xn + (size_t)t * E, j->e->x + (size_t)t * E, j->w, E, j->e->m->hp.rms_eps);
 }
 
 static void norm_rows(moeq_engine *e, const float *w, int n)
 {
-    struct norm_job j = { e, w };
-    per_token(e, n, norm_task, &j);
+    struct tok_job j = { .e = e, .w = w, .fn = norm_tok };
+    per_token(&j, n);
 }
 
 /* ------------------------------------------------------------ MoE */
@@ -732,8 +731,8 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 
     /* router: softmax over all experts, top-k, renormalize the k weights */
     matmul(e, &l->router, e->xn, n, e->rlog, (size_t)NX);
-    struct tok_job rj = { e, l };
-    per_token(e, n, route_task, &rj);
+    struct tok_job rj = { .e = e, .l = l, .fn = route_tok };
+    per_token(&rj, n);
     memset(e->ex_count, 0, (size_t)NX * sizeof *e->ex_count);
     for (int i = 0; i < n * K; i++) e->ex_count[e->sel[i]]++;
 
@@ -746,7 +745,8 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
             int x = e->sel[(size_t)t * K + k];
             e->slot_of[(size_t)t * K + k] = e->ex_off[x] + e->ex_fill[x]++;
         }
-    per_token(e, n, gather_task, &rj);
+    rj.fn = gather_tok;
+    per_token(&rj, n);
     int n_slots = n * K;
 
     if (e->hook)
@@ -778,7 +778,8 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
         nt = moe_make_tasks(e, E);
         moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
     }
-    per_token(e, n, combine_task, &rj);
+    rj.fn = combine_tok;
+    per_token(&rj, n);
 }
 
 static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
@@ -795,34 +796,28 @@ static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 
 /* Per-head RMSNorm and RoPE of q and k, and the token's K/V into its
  * session's cache (each token writes its own cells). */
-struct qk_job { moeq_engine *e; const struct moeq_layer *l; int il; };
-
-static void qk_task(void *ctx, int64_t b, int64_t end, int tid)
+static void qk_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct qk_job *j = ctx;
     moeq_engine *e = j->e;
     const struct moeq_hparams *hp = &e->m->hp;
     const int HD = hp->head_dim, nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
-    for (int64_t t = b; t < end; t++) {
-        const float *cs = e->rope + (size_t)t * HD;
-        for (int h = 0; h < hp->n_head; h++) {
-            float *q = e->q + (size_t)t * nq + (size_t)h * HD;
-            rmsnorm(q, q, j->l->q_norm, HD, hp->rms_eps);
-            rope_apply(q, cs, HD);
-        }
-        for (int h = 0; h < hp->n_head_kv; h++) {
-            float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
-            rmsnorm(k, k, j->l->k_norm, HD, hp->rms_eps);
-            rope_apply(k, cs, HD);
-        }
-        moeq_session *s = e->bsess[t];
-        size_t p = (size_t)e->bpos[t];
-        kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->k_row_bytes,
-                 e->k + (size_t)t * nkv, nkv);
-        kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->v_row_bytes,
-                 e->v + (size_t)t * nkv, nkv);
+    const float *cs = e->rope + (size_t)t * HD;
+    for (int h = 0; h < hp->n_head; h++) {
+        float *q = e->q + (size_t)t * nq + (size_t)h * HD;
+        rmsnorm(q, q, j->l->q_norm, HD, hp->rms_eps);
+        rope_apply(q, cs, HD);
     }
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
+        rmsnorm(k, k, j->l->k_norm, HD, hp->rms_eps);
+        rope_apply(k, cs, HD);
+    }
+    moeq_session *s = e->bsess[t];
+    size_t p = (size_t)e->bpos[t];
+    kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->k_row_bytes,
+             e->k + (size_t)t * nkv, nkv);
+    kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->v_row_bytes,
+             e->v + (size_t)t * nkv, nkv);
 }
 
 /* ------------------------------------------------------------ forward */
@@ -852,8 +847,8 @@ static void forward(moeq_engine *e, int n)
         float *qkv_out[3] = { e->q, e->k, e->v };
         const size_t qkv_ld[3] = { (size_t)nq, (size_t)nkv, (size_t)nkv };
         matmul_shared(e, qkv, qkv_out, qkv_ld, 3, e->xn, n);
-        struct qk_job qj = { e, l, il };
-        per_token(e, n, qk_task, &qj);
+        struct tok_job qj = { .e = e, .l = l, .il = il, .fn = qk_tok };
+        per_token(&qj, n);
         struct attn_job aj = { .e = e, .layer = il };
         attn_plan(e, n, &aj);
         int64_t span = 0;   /* positions attended, over the batch */
