@@ -431,7 +431,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
     const int HD = hp->head_dim, nq = hp->n_head * HD;
     const float scale = 1.0f / sqrtf((float)HD);
     const int nt = tl->nt, R = nt * nh, p0 = e->bpos[tl->t0], P = p0 + nt;
-    const size_t ld = e->attn_ld;
+    const size_t ld = e->mem.attn_ld;
     float *sc = buf, *kv = buf + (size_t)e->attn_rows * ld, *kvs = kv + (size_t)ATT_POS * HD;
     const float *qr[ATT_ROWS];
     float *orow[ATT_ROWS];
@@ -442,14 +442,14 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
             orow[k * nh + hh] = e->att + off;
         }
     moeq_session *s = e->bsess[tl->t0];
-    const uint8_t *kbase = s->k + (size_t)layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
-    const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
+    const uint8_t *kbase = s->k + (size_t)layer * e->kv_layer_bytes_k + e->mem.k_head * g;
+    const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->mem.v_head * g;
 
     /* scores of every row against positions 0 .. P-1; a row's entries past
      * its own position are computed but never read */
     for (int pb = 0; pb < P; pb += ATT_POS) {
         int np = P - pb < ATT_POS ? P - pb : ATT_POS;
-        e->attn.cvt_k(kbase + (size_t)pb * e->k_row_bytes, e->k_row_bytes, np, HD, kv, kvs);
+        e->attn.cvt_k(kbase + (size_t)pb * e->mem.k_row, e->mem.k_row, np, HD, kv, kvs);
         e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
     }
     /* softmax of each row over the positions its token sees */
@@ -459,7 +459,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
      * the earlier ones (the causal edge of the tile) only its start */
     for (int pb = 0; pb < P; pb += ATT_POS) {
         int np = P - pb < ATT_POS ? P - pb : ATT_POS;
-        e->attn.cvt_v(vbase + (size_t)pb * e->v_row_bytes, e->v_row_bytes, np, HD, kv, kvs);
+        e->attn.cvt_v(vbase + (size_t)pb * e->mem.v_row, e->mem.v_row, np, HD, kv, kvs);
         int kfull = pb + np - 1 - p0;
         if (kfull < 0) kfull = 0;
         if (kfull < nt)
@@ -481,7 +481,7 @@ static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
     moeq_engine *e = j->e;
     const int nkv = e->m->hp.n_head_kv, group = e->m->hp.n_head / nkv;
     const int64_t per_tile = (int64_t)nkv * j->nchunk;
-    float *buf = e->attn_buf + (size_t)tid * e->attn_buf_len;
+    float *buf = e->attn_buf + (size_t)tid * e->mem.attn_buf_len;
     for (int64_t it = b; it < end; it++) {
         int64_t x = (int64_t)j->ntiles * per_tile - 1 - it;
         int tile = (int)(x / per_tile), rest = (int)(x % per_tile);
@@ -500,7 +500,7 @@ static void attn_plan(moeq_engine *e, int n, struct attn_job *j)
     int nt = 0;
     for (int t = 0; t < n; t++) {
         struct moeq_attn_tile *last = nt ? &e->attn_tiles[nt - 1] : NULL;
-        if (last && last->nt < e->attn_tile && e->bsess[t] == e->bsess[last->t0] &&
+        if (last && last->nt < e->mem.attn_tile && e->bsess[t] == e->bsess[last->t0] &&
             e->bpos[t] == e->bpos[last->t0] + last->nt) {
             last->nt++;
         } else {
@@ -513,7 +513,7 @@ static void attn_plan(moeq_engine *e, int n, struct attn_job *j)
     int want = 2 * e->n_threads, have = nt * nkv;
     int split = have >= want ? 1 : (want + have - 1) / have;
     int nh = (group + split - 1) / split;
-    if (nh > e->attn_nh) nh = e->attn_nh;
+    if (nh > e->mem.attn_nh) nh = e->mem.attn_nh;
     j->nh = nh;
     j->nchunk = (group + nh - 1) / nh;
 }
@@ -814,9 +814,9 @@ static void qk_tok(const struct tok_job *j, int64_t t)
     }
     moeq_session *s = e->bsess[t];
     size_t p = (size_t)e->bpos[t];
-    kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->k_row_bytes,
+    kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->mem.k_row,
              e->k + (size_t)t * nkv, nkv);
-    kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->v_row_bytes,
+    kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->mem.v_row,
              e->v + (size_t)t * nkv, nkv);
 }
 
@@ -1005,18 +1005,9 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->cap = L->cap;
     e->type_k = L->kq_type;
     e->type_v = L->vq_type;
-    e->k_row_bytes = L->k_row;
-    e->v_row_bytes = L->v_row;
-    e->k_head_bytes = L->k_head;
-    e->v_head_bytes = L->v_head;
     e->kv_layer_bytes_k = L->k_row * (size_t)e->n_ctx;
     e->kv_layer_bytes_v = L->v_row * (size_t)e->n_ctx;
-    e->rowbuf_len = L->rowbuf_len;
-    e->attn_nh = L->attn_nh;
-    e->attn_tile = L->attn_tile;
-    e->attn_rows = e->attn_nh * e->attn_tile;
-    e->attn_ld = L->attn_ld;
-    e->attn_buf_len = L->attn_buf_len;
+    e->attn_rows = e->mem.attn_nh * e->mem.attn_tile;
 
     int oom = 0;
 #define SCRATCH(b) scratch(e, b, &oom)
