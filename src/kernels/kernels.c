@@ -427,7 +427,8 @@ DOT_K(iq4_xs, block_iq4_xs)
 
 /* The scalar table: a dot product for every type, nothing else (the gemm
  * driver's loop is the scalar row kernel). The AVX2 and AVX-512 files
- * hold tables of the same shape on purpose: one row per type and ISA. */
+ * hold tables of the same shape on purpose, deliberate ISA twins: one row
+ * per type and ISA, each naming that ISA's kernels. */
 #define SCALAR(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name }
 static const struct moeq_isa_kernels scalar_kernels = {
     .type = {

@@ -397,8 +397,8 @@ SIMD_ROW_KERNEL(iq3_s, NC_MAX)
 #define ATTN_RB_ACCUM  3
 #include "kernels/kernels_attn_simd.h"
 
-/* This ISA's table (kernels_isa.h); its twins in kernels.c and
- * kernels_avx512.c have the same shape on purpose. */
+/* This ISA's table (kernels_isa.h); its deliberate ISA twins in kernels.c
+ * and kernels_avx512.c have the same shape on purpose. */
 #define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
 const struct moeq_isa_kernels moeq_kernels_avx2 = {
     .type = {

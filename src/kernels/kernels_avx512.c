@@ -1646,8 +1646,8 @@ SIMD_ROW_KERNELS(MOEQ_GEMM_NC, 4)
 #define ATTN_RB_ACCUM  4
 #include "kernels/kernels_attn_simd.h"
 
-/* This ISA's table (kernels_isa.h; its twins in kernels.c and
- * kernels_avx2.c have the same shape on purpose): the row kernels of every
+/* This ISA's table (kernels_isa.h; its deliberate ISA twins in kernels.c
+ * and kernels_avx2.c have the same shape on purpose): the row kernels of every
  * type, the decode (rows) and prompt (tile) kernels of the types that have
  * them, and the activation quantizers. */
 #define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
