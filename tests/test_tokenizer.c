@@ -536,14 +536,23 @@ static void check_vectors(const moeq_tokenizer *t, const char *inp_path, const c
     free(out);
 }
 
+/* The tokenizer of model (paths under ../shared), checked to hold n_vocab
+ * tokens and to encode the n reference strings of inp as out has them. */
+static moeq_tokenizer *load_with_vectors(const char *model, const char *inp, const char *out,
+                                         int n_vocab, int n)
+{
+    const char *m = test_shared_path(model), *i = test_shared_path(inp), *o = test_shared_path(out);
+    moeq_tokenizer *t = load_path(m);
+    CHECK(moeq_tokenizer_n_vocab(t) == n_vocab);
+    check_vectors(t, i, o, n);
+    return t;
+}
+
 TEST(tok_reference_qwen3_vocab)
 {
-    const char *g = test_shared_path("data/tokenizer/qwen3-vocab.gguf");
-    const char *in = test_shared_path("data/tokenizer/ggml-vocab-qwen2.gguf.inp");
-    const char *out = test_shared_path("data/tokenizer/ggml-vocab-qwen2.gguf.out");
-    moeq_tokenizer *t = load_path(g);
-    CHECK(moeq_tokenizer_n_vocab(t) == 151936);
-    check_vectors(t, in, out, 46);
+    moeq_tokenizer *t = load_with_vectors("data/tokenizer/qwen3-vocab.gguf",
+                                          "data/tokenizer/ggml-vocab-qwen2.gguf.inp",
+                                          "data/tokenizer/ggml-vocab-qwen2.gguf.out", 151936, 46);
     struct moeq_token_specials sp;
     moeq_tokenizer_specials(t, &sp);
     CHECK(sp.eos == 151645 && sp.pad == 151643 && !sp.add_bos);
@@ -560,12 +569,8 @@ TEST(tok_reference_qwen3_vocab)
 
 TEST(tok_reference_tiny_a)
 {
-    const char *g = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
-    const char *in = test_shared_path("models/tiny-a/ref/tokenize.inp");
-    const char *out = test_shared_path("models/tiny-a/ref/tokenize.out");
-    moeq_tokenizer *t = load_path(g);
-    CHECK(moeq_tokenizer_n_vocab(t) == 8192);
-    check_vectors(t, in, out, 49);
+    moeq_tokenizer *t = load_with_vectors("models/tiny-a/tiny-a-f16.gguf", "models/tiny-a/ref/tokenize.inp",
+                                          "models/tiny-a/ref/tokenize.out", 8192, 49);
     /* logits-prompt.txt tokenizes to logits-tokens.i32. */
     size_t np, nt;
     char *prompt = test_read_file(test_shared_path("models/tiny-a/ref/logits-prompt.txt"), &np);
