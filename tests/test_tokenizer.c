@@ -67,16 +67,22 @@ static void vocab_fill(gguf_str *toks, int32_t *types, gguf_str *merges)
     }
 }
 
-static moeq_tokenizer *tiny_vocab(void)
+/* The tiny vocabulary's description (its arrays static) with chat_template. */
+static struct moeq_vocab_desc tiny_desc(const char *chat_template)
 {
     static gguf_str toks[N_VOCAB], merges[N_MERGES];
     static int32_t types[N_VOCAB];
     vocab_fill(toks, types, merges);
-    struct moeq_vocab_desc d = {
+    return (struct moeq_vocab_desc){
         .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
         .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
-        .pad = ID_EOT, .chat_template = moeq_synth_chat_template,
+        .pad = ID_EOT, .chat_template = chat_template,
     };
+}
+
+static moeq_tokenizer *tiny_vocab(void)
+{
+    struct moeq_vocab_desc d = tiny_desc(moeq_synth_chat_template);
     char err[256];
     moeq_tokenizer *t = moeq_tokenizer_new(&d, err, sizeof err);
     REQUIREF(t, "tokenizer_new: %s", err);
@@ -88,14 +94,7 @@ static moeq_tokenizer *tiny_vocab(void)
  * inside renders the chat. */
 TEST(tok_chat_template_at_load)
 {
-    static gguf_str toks[N_VOCAB], merges[N_MERGES];
-    static int32_t types[N_VOCAB];
-    vocab_fill(toks, types, merges);
-    struct moeq_vocab_desc d = {
-        .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
-        .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
-        .pad = ID_EOT, .chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}{% include 'x' %}",
-    };
+    struct moeq_vocab_desc d = tiny_desc("{% for m in messages %}{{ m.content }}{% endfor %}{% include 'x' %}");
     char err[256] = "";
     CHECK(moeq_tokenizer_new(&d, err, sizeof err) == NULL);
     CHECKF(strstr(err, "chat_template") && strstr(err, "include"), "%s", err);
