@@ -609,21 +609,17 @@ TEST(tok_wiki_round_trip)
 TEST(tok_cli)
 {
     const char *g = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
-    char *out = NULL;
-    int rc = test_run(&out, "%s tokenize -m %s -p 'Hello world' --ids", test_moeq_bin(), g);
-    CHECK(rc == 0);
-    CHECKF(out && !strcmp(out, "[72, 494, 111, 1348]\n"), "got: %s", out ? out : "");
+    char *out = test_run_ok("%s tokenize -m %s -p 'Hello world' --ids", test_moeq_bin(), g);
+    CHECKF(!strcmp(out, "[72, 494, 111, 1348]\n"), "got: %s", out);
     free(out);
-    rc = test_run(&out, "%s tokenize -m %s -p ' Hello world'", test_moeq_bin(), g);
-    CHECK(rc == 0);
-    CHECKF(out && strstr(out, "   413 -> ' H'\n") && strstr(out, "  1348 -> ' world'\n"), "got: %s", out ? out : "");
+    out = test_run_ok("%s tokenize -m %s -p ' Hello world'", test_moeq_bin(), g);
+    CHECKF(strstr(out, "   413 -> ' H'\n") && strstr(out, "  1348 -> ' world'\n"), "got: %s", out);
     free(out);
-    rc = test_run(&out, "printf '<|im_start|>user' > %s && %s tokenize -m %s -f %s --ids --special",
-                  test_tmp("p.txt"), test_moeq_bin(), g, test_tmp("p.txt"));
-    CHECK(rc == 0);
-    CHECKF(out && !strcmp(out, "[8190, 464, 267]\n"), "got: %s", out ? out : "");
+    out = test_run_ok("printf '<|im_start|>user' > %s && %s tokenize -m %s -f %s --ids --special",
+                      test_tmp("p.txt"), test_moeq_bin(), g, test_tmp("p.txt"));
+    CHECKF(!strcmp(out, "[8190, 464, 267]\n"), "got: %s", out);
     free(out);
-    rc = test_run(&out, "%s tokenize -p x", test_moeq_bin());
+    int rc = test_run(&out, "%s tokenize -p x", test_moeq_bin());
     CHECK(rc == 2);
     free(out);
     rc = test_run(&out, "%s tokenize -m %s -p x -f y", test_moeq_bin(), g);
