@@ -380,8 +380,7 @@ static void unpack_iq4_xs(const void *blk, struct moeq_unpacked *u)
             u->q[32 * ib + j]      = kvalues_iq4nl[x->qs[16 * ib + j] & 0xf];
             u->q[32 * ib + j + 16] = kvalues_iq4nl[x->qs[16 * ib + j] >> 4];
         }
-        int ls = ((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | ((x->scales_h >> 2 * ib) & 3) << 4;
-        u->sc[2 * ib] = u->sc[2 * ib + 1] = ls - 32;
+        u->sc[2 * ib] = u->sc[2 * ib + 1] = iq4xs_get_scale(x, ib);
     }
     memset(u->mn, 0, sizeof u->mn);
     u->d = f16(x->d);

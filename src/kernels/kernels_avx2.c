@@ -241,6 +241,8 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
         __m256i bs16 = zero;   /* Q2_K mins / Q3_K -4 * scale, per bsum */
         float d = 0, dmin = 0;
         if (T == V_Q2_K) {
+            /* scales in the low nibbles, mins in the high ones: the layout
+             * of q2k_get_scale_min (quants_blocks.h), read 16 at a time */
             const block_q2_K *x = (const block_q2_K *)w + b;
             for (int j = 0; j < 8; j++) {
                 __m256i q = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * (j / 4)));
@@ -345,9 +347,8 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
                 __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(0x0f)),
                                                _mm_and_si128(q, _mm_set1_epi8(0x0f)));
                 __m256i val = _mm256_shuffle_epi8(tab, nib);
-                int ls = ((x->scales_l[j / 2] >> 4 * (j % 2)) & 0xf) | ((x->scales_h >> 2 * j) & 3) << 4;
                 step32(a, as, b, j, NC, _mm256_abs_epi8(val), _mm256_cmpgt_epi8(zero, val),
-                       _mm256_set1_epi16((short)(ls - 32)), isum, 1);
+                       _mm256_set1_epi16((short)iq4xs_get_scale(x, j)), isum, 1);
             }
             d = h2f(x->d);
         }

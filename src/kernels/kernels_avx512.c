@@ -1412,6 +1412,8 @@ AI void vunpack(const int T, const void *w, int64_t b, struct vblk *v)
 {
     const __m128i m4 = _mm_set1_epi8(0x0f);
     if (T == V_Q2_K) {
+        /* scales in the low nibbles, mins in the high ones: the layout of
+         * q2k_get_scale_min (quants_blocks.h), read 16 at a time */
         const block_q2_K *x = (const block_q2_K *)w + b;
         __m128i s8 = _mm_loadu_si128((const __m128i *)x->scales);
         __m128i lo = _mm_and_si128(s8, m4);
@@ -1512,10 +1514,7 @@ AI void vunpack(const int T, const void *w, int64_t b, struct vblk *v)
             __m512i val = _mm512_shuffle_epi8(tab, z);
             v->sg[k] = _mm512_movepi8_mask(val);
             v->wv[k] = _mm512_abs_epi8(val);
-            int ib0 = 2 * k, ib1 = 2 * k + 1;
-            int l0 = ((x->scales_l[k] & 0xf) | ((x->scales_h >> 2 * ib0) & 3) << 4) - 32;
-            int l1 = ((x->scales_l[k] >> 4) | ((x->scales_h >> 2 * ib1) & 3) << 4) - 32;
-            v->sc[k] = blend_scales(l0, l1);
+            v->sc[k] = blend_scales(iq4xs_get_scale(x, 2 * k), iq4xs_get_scale(x, 2 * k + 1));
         }
         v->d = h2f(x->d);
         v->dmin = 0;

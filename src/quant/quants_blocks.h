@@ -168,6 +168,23 @@ static inline void q3k_set_scale(uint8_t *s, int j, int scale)
 }
 
 /*
+ * IQ4_XS: eight signed sub-block scales -32..31, stored +32 as 6 bits: the
+ * low 4 of sub-block j in nibble j%2 of scales_l[j/2], the high 2 at bit
+ * 2j of scales_h. The set writes just sub-block j's bits.
+ */
+static inline int iq4xs_get_scale(const block_iq4_xs *b, int j)
+{
+    return (((b->scales_l[j / 2] >> (4 * (j & 1))) & 0x0f) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32;
+}
+
+static inline void iq4xs_set_scale(block_iq4_xs *b, int j, int scale)
+{
+    const int v = (scale + 32) & 63, lo = 4 * (j & 1), hi = 2 * j;
+    b->scales_l[j / 2] = (uint8_t)((b->scales_l[j / 2] & ~(0x0f << lo)) | (v & 0x0f) << lo);
+    b->scales_h = (uint16_t)((b->scales_h & ~(3u << hi)) | (unsigned)(v >> 4) << hi);
+}
+
+/*
  * K-quant levels as stored: a set (quantizers, synth) and a get (kernels)
  * per layout, on the 256 levels of a super-block as they decode (q[i] is
  * element i's integer before its sub-block scale): Q2_K 0..3, Q3_K -4..3,

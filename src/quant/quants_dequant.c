@@ -340,9 +340,7 @@ void dequantize_row_iq4_xs(const void *x, float *y, int64_t n)
     for (int64_t i = 0; i < n / QK_K; i++, b++) {
         const float d = moeq_f16_to_f32(b->d);
         for (int ib = 0; ib < QK_K / 32; ib++, y += 32) {
-            const int ls = ((b->scales_l[ib / 2] >> (4 * (ib & 1))) & 0x0f)
-                         | (((b->scales_h >> (2 * ib)) & 3) << 4);
-            const float dl = d * (float)(ls - 32);
+            const float dl = d * (float)iq4xs_get_scale(b, ib);
             const uint8_t *q = b->qs + 16 * ib;
             for (int j = 0; j < 16; j++) {
                 y[j]      = dl * (float)kvalues_iq4nl[q[j] & 0x0f];

@@ -1202,13 +1202,7 @@ static void enc_sym(const struct sym_shape *sh, const float *x, const float *qw,
     } else {
         block_iq4_xs *y = out;
         y->d = hd;
-        y->scales_h = 0;
-        memset(y->scales_l, 0, sizeof y->scales_l);
-        for (int j = 0; j < 8; j++) {
-            int v = ls[j] + 32;
-            y->scales_l[j >> 1] |= (uint8_t)((v & 15) << (4 * (j & 1)));
-            y->scales_h |= (uint16_t)((v >> 4) << (2 * j));
-        }
+        for (int j = 0; j < 8; j++) iq4xs_set_scale(y, j, ls[j]);
         for (int s = 0; s < 8; s++)
             for (int j = 0; j < 16; j++)
                 y->qs[16 * s + j] = (uint8_t)(L[32 * s + j] | (L[32 * s + 16 + j] << 4));

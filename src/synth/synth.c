@@ -828,14 +828,7 @@ static void syn_iq4_xs(int type, uint8_t *blk, const float *s16, const float *s3
     block_iq4_xs *b = (block_iq4_xs *)blk;
     for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
     float d = fit_codes(t, 8, 1, 31, 1, 0, U.kv, code);
-    uint16_t h = 0;
-    memset(b->scales_l, 0, sizeof b->scales_l);
-    for (int j = 0; j < 8; j++) {
-        int ls = code[j] + 32;
-        b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
-        h |= (uint16_t)((ls >> 4) << (2 * j));
-    }
-    b->scales_h = h;
+    for (int j = 0; j < 8; j++) iq4xs_set_scale(b, j, code[j]);
     put_f16((uint8_t *)&b->d, d);
 }
 
@@ -976,19 +969,14 @@ static void rnd_iq4_xs(int type, const float *x, uint8_t *blk)
         if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
     }
     d = smax / -32.0f;
-    uint16_t h = 0;
-    memset(b->scales_l, 0, sizeof b->scales_l);
     for (int j = 0; j < 8; j++) {
         int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
         float dl = d * (float)l, id = dl != 0 ? 1.0f / dl : 0;
         for (int i = 0; i < 32; i++) q[32 * j + i] = nearest_kvalue(x[32 * j + i] * id);
-        int ls = l + 32;
-        b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
-        h |= (uint16_t)((ls >> 4) << (2 * j));
+        iq4xs_set_scale(b, j, l);
         for (int i = 0; i < 16; i++)
             b->qs[16 * j + i] = (uint8_t)(q[32 * j + i] | q[32 * j + 16 + i] << 4);
     }
-    b->scales_h = h;
     put_f16((uint8_t *)&b->d, d);
 }
 
