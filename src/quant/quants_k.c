@@ -863,33 +863,6 @@ static const struct asym_shape shape_q2_K = { 16, 16, 3, 15, -0.9f, 0.05f, 36, 0
 static const struct asym_shape shape_q4_K = { 8, 32, 15, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 static const struct asym_shape shape_q5_K = { 8, 32, 31, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 
-/* Fits an asymmetric super-block and stores its d, dmin and packed
- * sub-block scales and mins (Q2_K's 16 or Q4_K / Q5_K's 8); L gets the
- * levels for the caller's layout. */
-static void enc_asym(const struct asym_shape *sh, const float *x, const float *qw,
-                     ggml_half *d, ggml_half *dmin, uint8_t *scales, uint8_t *L)
-{
-    uint8_t ls[16], lm[16];
-    float fd, fdmin;
-    quant_asym_block(sh, x, qw, &fd, &fdmin, ls, lm, L);
-    *d = moeq_f32_to_f16(fd);
-    *dmin = moeq_f32_to_f16(fdmin);
-    for (int j = 0; j < sh->nsub; j++) {
-        if (sh->nsub == 16) q2k_set_scale_min(scales, j, ls[j], lm[j]);
-        else k4_set_scale_min(scales, j, ls[j], lm[j]);
-    }
-}
-
-static void enc_q2_K(const float *x, const float *qw, float ms, int unbias, void *out)
-{
-    (void)ms; (void)unbias;
-    block_q2_K *y = out;
-    uint8_t L[QK_K];
-    enc_asym(&shape_q2_K, x, qw, &y->d, &y->dmin, y->scales, L);
-    q2k_set_levels(y, (const int8_t *)L);
-}
-BLOCK_QUANTIZER(q2_K, enc_q2_K, QK_K, block_q2_K, 0)
-
 /*
  * The fits minimise weighted squared error, and at 4 bits that fit is
  * slightly shrunk (sum(x*y)/sum(x*x) about 0.995 on tiny-a's attention).
@@ -910,25 +883,46 @@ static void unbias_q4_K(block_q4_K *y, const float *x, const float *qw)
     y->dmin = moeq_f32_to_f16((float)dmin);
 }
 
-static void enc_q4_K(const float *x, const float *qw, float ms, int unbias, void *out)
+/* Fits an asymmetric super-block of shape sh and stores it in its
+ * format's layout (Q2_K, Q4_K or Q5_K); a Q4_K block is then unbiased when
+ * unbias asks it. */
+static void enc_asym(const struct asym_shape *sh, const float *x, const float *qw, int unbias, void *out)
 {
-    (void)ms;
-    block_q4_K *y = out;
-    uint8_t L[QK_K];
-    enc_asym(&shape_q4_K, x, qw, &y->d, &y->dmin, y->scales, L);
-    q4k_set_levels(y, (const int8_t *)L);
-    if (unbias) unbias_q4_K(y, x, qw);
+    uint8_t L[QK_K], ls[16], lm[16];
+    float d, dmin;
+    quant_asym_block(sh, x, qw, &d, &dmin, ls, lm, L);
+    const ggml_half hd = moeq_f32_to_f16(d), hm = moeq_f32_to_f16(dmin);
+    const int8_t *q = (const int8_t *)L;
+    if (sh == &shape_q2_K) {
+        block_q2_K *y = out;
+        y->d = hd;
+        y->dmin = hm;
+        for (int j = 0; j < 16; j++) q2k_set_scale_min(y->scales, j, ls[j], lm[j]);
+        q2k_set_levels(y, q);
+    } else if (sh == &shape_q4_K) {
+        block_q4_K *y = out;
+        y->d = hd;
+        y->dmin = hm;
+        for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
+        q4k_set_levels(y, q);
+        if (unbias) unbias_q4_K(y, x, qw);
+    } else {
+        block_q5_K *y = out;
+        y->d = hd;
+        y->dmin = hm;
+        for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
+        q5k_set_levels(y, q);
+    }
 }
-BLOCK_QUANTIZER(q4_K, enc_q4_K, QK_K, block_q4_K, 0)
 
-static void enc_q5_K(const float *x, const float *qw, float ms, int unbias, void *out)
-{
-    (void)ms; (void)unbias;
-    block_q5_K *y = out;
-    uint8_t L[QK_K];
-    enc_asym(&shape_q5_K, x, qw, &y->d, &y->dmin, y->scales, L);
-    q5k_set_levels(y, (const int8_t *)L);
-}
+static void enc_q2_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; enc_asym(&shape_q2_K, x, qw, unbias, y); }
+static void enc_q4_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; enc_asym(&shape_q4_K, x, qw, unbias, y); }
+static void enc_q5_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; enc_asym(&shape_q5_K, x, qw, unbias, y); }
+BLOCK_QUANTIZER(q2_K, enc_q2_K, QK_K, block_q2_K, 0)
+BLOCK_QUANTIZER(q4_K, enc_q4_K, QK_K, block_q4_K, 0)
 BLOCK_QUANTIZER(q5_K, enc_q5_K, QK_K, block_q5_K, 0)
 
 /* ======================================================= non-linear codes */
