@@ -55,6 +55,9 @@ const char *test_synth_moe_lib(const char *name);
 /* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
  * NULL); returns the exit status (or 128+signal). */
 int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* test_run that expects exit status 0 (a failed check naming the command
+ * and its output otherwise); returns the output (malloc'd, never NULL). */
+char *test_run_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Read a whole file (malloc'd) or NULL; *n receives its size. */
 void *test_read_file(const char *path, size_t *n);
 /* Whether a slow test should run (MOEQ_LONG set). */

@@ -18,46 +18,47 @@ static int count_lines(const char *s, const char *needle)
     return n;
 }
 
+/* Runs `moeq ARGS 2> log` (ARGS after the binary), checks that it exits 0,
+ * and returns what it wrote to stderr. */
+static char *stderr_of(const char *log, const char *args)
+{
+    char *o = NULL;
+    int rc = test_run(&o, "%s %s 2> %s", test_moeq_bin(), args, log);
+    CHECKF(rc == 0, "%s: %s", args, o ? o : "");
+    free(o);
+    size_t n = 0;
+    char *e = test_read_file(log, &n);
+    REQUIREF(e != NULL, "%s: no log", args);
+    return e;
+}
+
 TEST(cli_progress_logs_one_line_per_step)
 {
     const char *m = test_synth_model("p.gguf", "--layers 1 --vocab 512 --experts 4 --ctx 256");
     const char *txt = test_tmp("p.txt");
-    char *o = NULL;
     REQUIRE(test_run(NULL, "for i in $(seq 1 400); do echo \"word$i and the other words\"; done > %s", txt) == 0);
     const char *log = test_tmp("p.log");
-    int rc = test_run(&o, "%s perplexity -m %s -f %s -c 32 --chunks 3 -t 1 2> %s", test_moeq_bin(), m, txt, log);
-    CHECKF(rc == 0, "perplexity: %s", o ? o : "");
-    free(o);
-    size_t n = 0;
-    char *e = test_read_file(log, &n);
-    REQUIRE(e != NULL);
+    const char *q = test_tmp("p-q8.gguf");
+    char args[3][1024];
+    snprintf(args[0], sizeof args[0], "perplexity -m %s -f %s -c 32 --chunks 3 -t 1", m, txt);
+    snprintf(args[1], sizeof args[1], "quantize %s %s Q8_0 1", m, q);
+    char *e = stderr_of(log, args[0]);
     CHECKF(!strchr(e, '\r'), "carriage return in a log: %s", e);
     CHECKF(count_lines(e, "perplexity: chunk ") == 3, "not one line per chunk: %s", e);
     CHECK(strstr(e, "perplexity: chunk 3/3") != NULL);
     free(e);
-    /* -q: no progress, no info */
-    rc = test_run(&o, "%s perplexity -q -m %s -f %s -c 32 --chunks 2 -t 1 2> %s", test_moeq_bin(), m, txt, log);
-    CHECKF(rc == 0, "perplexity -q: %s", o ? o : "");
-    free(o);
-    e = test_read_file(log, &n);
-    REQUIRE(e != NULL);
-    CHECKF(n == 0, "-q left: %s", e);
-    free(e);
-    /* quantize: one line per tensor, none with -q */
-    const char *q = test_tmp("p-q8.gguf");
-    rc = test_run(&o, "%s quantize %s %s Q8_0 1 2> %s", test_moeq_bin(), m, q, log);
-    CHECKF(rc == 0, "quantize: %s", o ? o : "");
-    free(o);
-    e = test_read_file(log, &n);
-    REQUIRE(e != NULL);
+    /* quantize: one line per tensor */
+    e = stderr_of(log, args[1]);
     CHECK(!strchr(e, '\r') && count_lines(e, "quantize: [") >= 3);
     free(e);
-    rc = test_run(&o, "%s quantize --log-level error %s %s Q8_0 1 2> %s", test_moeq_bin(), m, q, log);
-    CHECKF(rc == 0, "quantize: %s", o ? o : "");
-    free(o);
-    e = test_read_file(log, &n);
-    REQUIRE(e != NULL);
-    CHECKF(n == 0, "--log-level error left: %s", e);
+    /* -q or --log-level error: no progress, no info */
+    snprintf(args[2], sizeof args[2], "perplexity -q -m %s -f %s -c 32 --chunks 2 -t 1", m, txt);
+    e = stderr_of(log, args[2]);
+    CHECKF(!*e, "-q left: %s", e);
+    free(e);
+    snprintf(args[2], sizeof args[2], "quantize --log-level error %s %s Q8_0 1", m, q);
+    e = stderr_of(log, args[2]);
+    CHECKF(!*e, "--log-level error left: %s", e);
     free(e);
 }
 

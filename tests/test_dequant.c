@@ -147,6 +147,26 @@ TEST(dequant_iq4_nl)
     CHECK(y[0] == 63.5f && y[15] == -56.5f);
 }
 
+/*
+ * The structural check of a 256-element format: build writes one block
+ * into blk (zeroed first) and the 256 values it must decode to; decoded
+ * through the traits table (into y), they must match bit for bit. blk and
+ * y may be NULL where the caller has no further use for them.
+ */
+static void check_built(int type, void (*build)(void *blk, float *want), void *blk, float *y)
+{
+    _Alignas(8) uint8_t own[512];
+    float own_y[256], want[256];
+    const struct moeq_type_traits *t = moeq_type_traits(type);
+    REQUIRE(t && t->blck_size == 256 && t->type_size <= sizeof own);
+    if (!blk) blk = own;
+    if (!y) y = own_y;
+    memset(blk, 0, t->type_size);
+    build(blk, want);
+    decode(type, blk, y, 256);
+    check_same(y, want, 256, t->name);
+}
+
 /* ------------------------------------------------------------ K-quants */
 
 /* Q2_K: element e of the block; its 2 bits sit in byte 32*(e/128) + e%32 at
@@ -157,22 +177,20 @@ static void q2k_put(block_q2_K *b, int e, int q)
     b->qs[32 * (e / 128) + r % 32] |= (uint8_t)(q << (2 * (r / 32)));
 }
 
-TEST(dequant_q2_K)
+static void build_q2_K(void *blk, float *want)
 {
-    block_q2_K b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.5f);
-    b.dmin = moeq_f32_to_f16(0.25f);
-    for (int s = 0; s < 16; s++) b.scales[s] = (uint8_t)(s | (15 - s) << 4);
+    block_q2_K *b = blk;
+    b->d = moeq_f32_to_f16(0.5f);
+    b->dmin = moeq_f32_to_f16(0.25f);
+    for (int s = 0; s < 16; s++) b->scales[s] = (uint8_t)(s | (15 - s) << 4);
     for (int e = 0; e < 256; e++) {
         int q = (int)(rnd() & 3), s = e / 16;
-        q2k_put(&b, e, q);
+        q2k_put(b, e, q);
         want[e] = 0.5f * s * q - 0.25f * (15 - s);
     }
-    decode(MOEQ_TYPE_Q2_K, &b, y, 256);
-    check_same(y, want, 256, "Q2_K");
 }
+
+TEST(dequant_q2_K) { check_built(MOEQ_TYPE_Q2_K, build_q2_K, NULL, NULL); }
 
 /* Q3_K: 2 low bits as Q2_K; the high bit of element e is bit
  * 4*(e/128) + (e%128)/32 of hmask[e%32]; a clear high bit means -4. */
@@ -192,22 +210,20 @@ static void q3k_scale_put(block_q3_K *b, int s, int scale)
     b->scales[8 + s % 4] |= (uint8_t)((v >> 4) << (2 * (s / 4)));
 }
 
-TEST(dequant_q3_K)
+static void build_q3_K(void *blk, float *want)
 {
-    block_q3_K b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
+    block_q3_K *b = blk;
     static const int scales[16] = { -32, 31, 0, 1, -1, 17, -17, 5, 9, -20, 30, -31, 16, -16, 2, 11 };
-    b.d = moeq_f32_to_f16(0.125f);
-    for (int s = 0; s < 16; s++) q3k_scale_put(&b, s, scales[s]);
+    b->d = moeq_f32_to_f16(0.125f);
+    for (int s = 0; s < 16; s++) q3k_scale_put(b, s, scales[s]);
     for (int e = 0; e < 256; e++) {
         int v = (int)(rnd() & 7) - 4;
-        q3k_put(&b, e, v);
+        q3k_put(b, e, v);
         want[e] = 0.125f * scales[e / 16] * v;
     }
-    decode(MOEQ_TYPE_Q3_K, &b, y, 256);
-    check_same(y, want, 256, "Q3_K");
 }
+
+TEST(dequant_q3_K) { check_built(MOEQ_TYPE_Q3_K, build_q3_K, NULL, NULL); }
 
 /* Q4_K / Q5_K: 6-bit scale and min of sub-block s (0..7) packed in 12 bytes:
  * s < 4 in the low 6 bits of bytes s and s+4; s >= 4 in the nibbles of byte
@@ -225,77 +241,74 @@ static void k4_pack(uint8_t out[12], const int sc[8], const int mn[8])
 static const int k4_sc[8] = { 1, 63, 17, 32, 45, 2, 60, 33 };
 static const int k4_mn[8] = { 0, 5, 63, 16, 48, 31, 1, 62 };
 
-TEST(dequant_q4_K)
+static void build_q4_K(void *blk, float *want)
 {
-    block_q4_K b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(1.0f);
-    b.dmin = moeq_f32_to_f16(0.5f);
-    k4_pack(b.scales, k4_sc, k4_mn);
+    block_q4_K *b = blk;
+    b->d = moeq_f32_to_f16(1.0f);
+    b->dmin = moeq_f32_to_f16(0.5f);
+    k4_pack(b->scales, k4_sc, k4_mn);
     /* element e: nibble (e/32)%2 of byte 32*(e/64) + e%32 */
     for (int e = 0; e < 256; e++) {
         int q = (int)(rnd() & 15), s = e / 32;
-        b.qs[32 * (e / 64) + e % 32] |= (uint8_t)(q << (4 * (s & 1)));
+        b->qs[32 * (e / 64) + e % 32] |= (uint8_t)(q << (4 * (s & 1)));
         want[e] = (float)(k4_sc[s] * q) - 0.5f * k4_mn[s];
     }
-    decode(MOEQ_TYPE_Q4_K, &b, y, 256);
-    check_same(y, want, 256, "Q4_K");
+}
+
+TEST(dequant_q4_K)
+{
+    block_q4_K b;
+    float y[256];
+    check_built(MOEQ_TYPE_Q4_K, build_q4_K, &b, y);
     /* a literal: sub-block 6 has scale 60 and min 1 */
     CHECK(y[6 * 32] == 60.0f * ((b.qs[3 * 32] >> 0) & 15) - 0.5f);
 }
 
-TEST(dequant_q5_K)
+static void build_q5_K(void *blk, float *want)
 {
-    block_q5_K b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.25f);
-    b.dmin = moeq_f32_to_f16(2.0f);
-    k4_pack(b.scales, k4_sc, k4_mn);
+    block_q5_K *b = blk;
+    b->d = moeq_f32_to_f16(0.25f);
+    b->dmin = moeq_f32_to_f16(2.0f);
+    k4_pack(b->scales, k4_sc, k4_mn);
     /* as Q4_K, plus the fifth bit of element e at bit e/32 of qh[e%32] */
     for (int e = 0; e < 256; e++) {
         int q = (int)(rnd() & 31), s = e / 32;
-        b.qs[32 * (e / 64) + e % 32] |= (uint8_t)((q & 15) << (4 * (s & 1)));
-        b.qh[e % 32] |= (uint8_t)((q >> 4) << s);
+        b->qs[32 * (e / 64) + e % 32] |= (uint8_t)((q & 15) << (4 * (s & 1)));
+        b->qh[e % 32] |= (uint8_t)((q >> 4) << s);
         want[e] = 0.25f * k4_sc[s] * q - 2.0f * k4_mn[s];
     }
-    decode(MOEQ_TYPE_Q5_K, &b, y, 256);
-    check_same(y, want, 256, "Q5_K");
 }
 
-TEST(dequant_q6_K)
+TEST(dequant_q5_K) { check_built(MOEQ_TYPE_Q5_K, build_q5_K, NULL, NULL); }
+
+static void build_q6_K(void *blk, float *want)
 {
-    block_q6_K b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.0625f);
-    for (int s = 0; s < 16; s++) b.scales[s] = (int8_t)(s == 0 ? -128 : (s == 1 ? 127 : 13 * s - 100));
+    block_q6_K *b = blk;
+    b->d = moeq_f32_to_f16(0.0625f);
+    for (int s = 0; s < 16; s++) b->scales[s] = (int8_t)(s == 0 ? -128 : (s == 1 ? 127 : 13 * s - 100));
     /* element e = 128*h + 32*k + l: low nibble in ql[64*h + 32*(k%2) + l]
      * (high nibble for k >= 2), top 2 bits at 2k in qh[32*h + l]; scale e/16 */
     for (int e = 0; e < 256; e++) {
         int q = (int)(rnd() & 63), h = e / 128, k = (e % 128) / 32, l = e % 32;
-        b.ql[64 * h + 32 * (k % 2) + l] |= (uint8_t)((q & 15) << (4 * (k / 2)));
-        b.qh[32 * h + l] |= (uint8_t)((q >> 4) << (2 * k));
-        want[e] = 0.0625f * b.scales[e / 16] * (q - 32);
+        b->ql[64 * h + 32 * (k % 2) + l] |= (uint8_t)((q & 15) << (4 * (k / 2)));
+        b->qh[32 * h + l] |= (uint8_t)((q >> 4) << (2 * k));
+        want[e] = 0.0625f * b->scales[e / 16] * (q - 32);
     }
-    decode(MOEQ_TYPE_Q6_K, &b, y, 256);
-    check_same(y, want, 256, "Q6_K");
 }
 
-TEST(dequant_q8_K)
+TEST(dequant_q6_K) { check_built(MOEQ_TYPE_Q6_K, build_q6_K, NULL, NULL); }
+
+static void build_q8_K(void *blk, float *want)
 {
-    block_q8_K b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = 0.03125f;
+    block_q8_K *b = blk;
+    b->d = 0.03125f;
     for (int e = 0; e < 256; e++) {
-        b.qs[e] = (int8_t)(e - 128);
+        b->qs[e] = (int8_t)(e - 128);
         want[e] = 0.03125f * (e - 128);
     }
-    decode(MOEQ_TYPE_Q8_K, &b, y, 256);
-    check_same(y, want, 256, "Q8_K");
 }
+
+TEST(dequant_q8_K) { check_built(MOEQ_TYPE_Q8_K, build_q8_K, NULL, NULL); }
 
 /* ------------------------------------------------------------- i-quants */
 
@@ -305,13 +318,11 @@ static float iq_val(float db, int mag, unsigned signs, int j)
     return (signs >> j & 1) ? -(db * mag) : db * mag;
 }
 
-TEST(dequant_iq2_xxs)
+static void build_iq2_xxs(void *blk, float *want)
 {
-    block_iq2_xxs b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(1.0f);
-    uint8_t *p = (uint8_t *)b.qs;
+    block_iq2_xxs *b = blk;
+    b->d = moeq_f32_to_f16(1.0f);
+    uint8_t *p = (uint8_t *)b->qs;
     /* per 32: 4 grid-index bytes, then a LE word of 4 x 7-bit sign indices
      * and a 4-bit scale in bits 28..31; scale = d * (0.5 + s) / 4 */
     for (int ib = 0; ib < 8; ib++) {
@@ -327,13 +338,19 @@ TEST(dequant_iq2_xxs)
         }
         memcpy(p + 8 * ib + 4, &aux, 4);
     }
-    decode(MOEQ_TYPE_IQ2_XXS, &b, y, 256);
-    check_same(y, want, 256, "IQ2_XXS");
+}
+
+TEST(dequant_iq2_xxs)
+{
+    block_iq2_xxs b;
+    float y[256];
+    check_built(MOEQ_TYPE_IQ2_XXS, build_iq2_xxs, &b, y);
 
     /* literal: grid entry 1 is (43, 8, 8, 8, 8, 8, 8, 8); sign index 1 is
      * pattern 0x81 (the eighth sign keeps the parity even); scale 0 -> d/8 */
     memset(&b, 0, sizeof b);
     b.d = moeq_f32_to_f16(8.0f);
+    uint8_t *p = (uint8_t *)b.qs;
     p[0] = 1;
     p[4] = 1;
     decode(MOEQ_TYPE_IQ2_XXS, &b, y, 256);
@@ -341,52 +358,53 @@ TEST(dequant_iq2_xxs)
     CHECK(y[8] == 8.0f && y[255] == 8.0f);
 }
 
-TEST(dequant_iq2_xs)
+static void build_iq2_xs(void *blk, float *want)
 {
-    block_iq2_xs b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.5f);
+    block_iq2_xs *b = blk;
+    b->d = moeq_f32_to_f16(0.5f);
     /* per 8: a 16-bit word, grid index in bits 0..8, sign index in 9..15;
      * per 32: two 4-bit scales, low nibble for the first 16 elements */
     for (int ib = 0; ib < 8; ib++) {
         int s0 = ib, s1 = 15 - ib;
-        b.scales[ib] = (uint8_t)(s0 | s1 << 4);
+        b->scales[ib] = (uint8_t)(s0 | s1 << 4);
         for (int l = 0; l < 4; l++) {
             int gi = (int)(rnd() & 511), si = (int)(rnd() & 127);
-            b.qs[4 * ib + l] = (uint16_t)(gi | si << 9);
+            b->qs[4 * ib + l] = (uint16_t)(gi | si << 9);
             float db = 0.5f * (0.5f + (l < 2 ? s0 : s1)) * 0.25f;
             for (int j = 0; j < 8; j++)
                 want[32 * ib + 8 * l + j] = iq_val(db, grid8(iq2xs_grid[gi], j), ksigns_iq2xs[si], j);
         }
     }
-    decode(MOEQ_TYPE_IQ2_XS, &b, y, 256);
-    check_same(y, want, 256, "IQ2_XS");
 }
 
-TEST(dequant_iq2_s)
+TEST(dequant_iq2_xs) { check_built(MOEQ_TYPE_IQ2_XS, build_iq2_xs, NULL, NULL); }
+
+static void build_iq2_s(void *blk, float *want)
 {
-    block_iq2_s b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(2.0f);
+    block_iq2_s *b = blk;
+    b->d = moeq_f32_to_f16(2.0f);
     /* per 8: 10-bit grid index (low byte in qs[k], top 2 bits at 2*(k%4) of
      * qh[k/4]) and an explicit sign byte qs[32 + k] */
     for (int ib = 0; ib < 8; ib++) {
         int s0 = 15 - 2 * ib, s1 = ib;
-        b.scales[ib] = (uint8_t)(s0 | s1 << 4);
+        b->scales[ib] = (uint8_t)(s0 | s1 << 4);
         for (int l = 0; l < 4; l++) {
             int k = 4 * ib + l, gi = (int)(rnd() & 1023), sg = (int)(rnd() & 255);
-            b.qs[k] = (uint8_t)gi;
-            b.qh[ib] |= (uint8_t)((gi >> 8) << (2 * l));
-            b.qs[32 + k] = (uint8_t)sg;
+            b->qs[k] = (uint8_t)gi;
+            b->qh[ib] |= (uint8_t)((gi >> 8) << (2 * l));
+            b->qs[32 + k] = (uint8_t)sg;
             float db = 2.0f * (0.5f + (l < 2 ? s0 : s1)) * 0.25f;
             for (int j = 0; j < 8; j++)
                 want[8 * k + j] = iq_val(db, grid8(iq2s_grid[gi], j), (unsigned)sg, j);
         }
     }
-    decode(MOEQ_TYPE_IQ2_S, &b, y, 256);
-    check_same(y, want, 256, "IQ2_S");
+}
+
+TEST(dequant_iq2_s)
+{
+    block_iq2_s b;
+    float y[256];
+    check_built(MOEQ_TYPE_IQ2_S, build_iq2_s, &b, y);
 
     /* literal: index 0x2a7 in group 0 (needs both qh bits), signs 0x0f,
      * scale nibble 3 -> d * 3.5 / 4; the decoded magnitudes are the grid's
@@ -411,12 +429,10 @@ TEST(dequant_iq2_s)
     CHECK(y[0] == 0.0f && signbit(y[0]) && !signbit(y[4]));
 }
 
-TEST(dequant_iq3_xxs)
+static void build_iq3_xxs(void *blk, float *want)
 {
-    block_iq3_xxs b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.25f);
+    block_iq3_xxs *b = blk;
+    b->d = moeq_f32_to_f16(0.25f);
     /* per 4: a grid-index byte qs[k]; per 32: a LE word at qs[64 + 4*ib]
      * of 4 x 7-bit sign indices (one per 8) and a 4-bit scale in 28..31;
      * scale = d * (0.5 + s) / 2 */
@@ -429,68 +445,64 @@ TEST(dequant_iq3_xxs)
             aux |= (uint32_t)si << (7 * l);
             for (int h = 0; h < 2; h++) {
                 int gi = (int)(rnd() & 255);
-                b.qs[8 * ib + 2 * l + h] = (uint8_t)gi;
+                b->qs[8 * ib + 2 * l + h] = (uint8_t)gi;
                 for (int j = 0; j < 4; j++)
                     want[32 * ib + 8 * l + 4 * h + j] =
                         iq_val(db, grid4(iq3xxs_grid[gi], j), ksigns_iq2xs[si], 4 * h + j);
             }
         }
-        memcpy(b.qs + 64 + 4 * ib, &aux, 4);
+        memcpy(b->qs + 64 + 4 * ib, &aux, 4);
     }
-    decode(MOEQ_TYPE_IQ3_XXS, &b, y, 256);
-    check_same(y, want, 256, "IQ3_XXS");
 }
 
-TEST(dequant_iq3_s)
+TEST(dequant_iq3_xxs) { check_built(MOEQ_TYPE_IQ3_XXS, build_iq3_xxs, NULL, NULL); }
+
+static void build_iq3_s(void *blk, float *want)
 {
-    block_iq3_s b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.5f);
+    block_iq3_s *b = blk;
+    b->d = moeq_f32_to_f16(0.5f);
     /* per 4: 9-bit grid index, low byte qs[k], bit 8 = bit k%8 of qh[k/8];
      * per 8: explicit sign byte; per 32: 4-bit scale, d * (1 + 2s) */
     for (int ib = 0; ib < 8; ib++) {
         int s = (3 * ib + 2) & 15;
-        b.scales[ib / 2] |= (uint8_t)(s << (4 * (ib & 1)));
+        b->scales[ib / 2] |= (uint8_t)(s << (4 * (ib & 1)));
         float db = 0.5f * (1 + 2 * s);
         for (int l = 0; l < 4; l++) {
             int sg = (int)(rnd() & 255);
-            b.signs[4 * ib + l] = (uint8_t)sg;
+            b->signs[4 * ib + l] = (uint8_t)sg;
             for (int h = 0; h < 2; h++) {
                 int k = 8 * ib + 2 * l + h, gi = (int)(rnd() & 511);
-                b.qs[k] = (uint8_t)gi;
-                b.qh[ib] |= (uint8_t)((gi >> 8) << (k % 8));
+                b->qs[k] = (uint8_t)gi;
+                b->qh[ib] |= (uint8_t)((gi >> 8) << (k % 8));
                 for (int j = 0; j < 4; j++)
                     want[4 * k + j] = iq_val(db, grid4(iq3s_grid[gi], j), (unsigned)sg, 4 * h + j);
             }
         }
     }
-    decode(MOEQ_TYPE_IQ3_S, &b, y, 256);
-    check_same(y, want, 256, "IQ3_S");
 }
 
-TEST(dequant_iq4_xs)
+TEST(dequant_iq3_s) { check_built(MOEQ_TYPE_IQ3_S, build_iq3_s, NULL, NULL); }
+
+static void build_iq4_xs(void *blk, float *want)
 {
-    block_iq4_xs b;
-    memset(&b, 0, sizeof b);
-    float want[256], y[256];
-    b.d = moeq_f32_to_f16(0.125f);
+    block_iq4_xs *b = blk;
+    b->d = moeq_f32_to_f16(0.125f);
     /* per 32: 6-bit scale stored +32, low nibble in scales_l[ib/2] (low for
      * even ib), top 2 bits at 2*ib of scales_h; element j of the 32 in
      * nibble j/16 of qs[16*ib + j%16] */
     static const int ls[8] = { 0, 63, 32, 31, 33, 1, 47, 16 };
     for (int ib = 0; ib < 8; ib++) {
-        b.scales_l[ib / 2] |= (uint8_t)((ls[ib] & 15) << (4 * (ib & 1)));
-        b.scales_h |= (uint16_t)((ls[ib] >> 4) << (2 * ib));
+        b->scales_l[ib / 2] |= (uint8_t)((ls[ib] & 15) << (4 * (ib & 1)));
+        b->scales_h |= (uint16_t)((ls[ib] >> 4) << (2 * ib));
         for (int j = 0; j < 32; j++) {
             int q = (int)(rnd() & 15);
-            b.qs[16 * ib + j % 16] |= (uint8_t)(q << (4 * (j / 16)));
+            b->qs[16 * ib + j % 16] |= (uint8_t)(q << (4 * (j / 16)));
             want[32 * ib + j] = 0.125f * (ls[ib] - 32) * kvalues_iq4nl[q];
         }
     }
-    decode(MOEQ_TYPE_IQ4_XS, &b, y, 256);
-    check_same(y, want, 256, "IQ4_XS");
 }
+
+TEST(dequant_iq4_xs) { check_built(MOEQ_TYPE_IQ4_XS, build_iq4_xs, NULL, NULL); }
 
 /* Two blocks in a row: the second must be read from its own offset. */
 TEST(dequant_multiple_blocks)

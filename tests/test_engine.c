@@ -583,11 +583,8 @@ TEST(engine_cli_run_dump_logits)
     float *ref;
     int n = load_ref(&tok, &ref);
     const char *out = test_tmp("logits.bin");
-    char *log = NULL;
-    int rc = test_run(&log, "%s run -m %s -f %s -n 0 -t 2 --dump-logits %s", test_moeq_bin(),
-                      model, prompt, out);
-    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
-    CHECK(log && strstr(log, "prompt: 64 tokens"));
+    char *log = test_run_ok("%s run -m %s -f %s -n 0 -t 2 --dump-logits %s", test_moeq_bin(), model, prompt, out);
+    CHECK(strstr(log, "prompt: 64 tokens"));
     size_t nb;
     float *lg = test_read_file(out, &nb);
     REQUIRE(lg);
@@ -605,21 +602,16 @@ TEST(engine_cli_run_dump_logits)
 TEST(engine_cli_run_and_bench)
 {
     const char *model = test_shared_path("models/tiny-a/tiny-a-q8_0.gguf");
-    char *log = NULL;
-    int rc = test_run(&log, "%s run -m %s -p 'The history of the city' -n 8 --temp 0 -t 2 -ctk q8_0",
-                      test_moeq_bin(), model);
-    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
-    CHECK(log && strstr(log, "The history of the city") && strstr(log, "generation: 8 tokens"));
+    char *log = test_run_ok("%s run -m %s -p 'The history of the city' -n 8 --temp 0 -t 2 -ctk q8_0",
+                            test_moeq_bin(), model);
+    CHECK(strstr(log, "The history of the city") && strstr(log, "generation: 8 tokens"));
     free(log);
     /* chat from standard input, two turns, then end of input */
-    rc = test_run(&log, "printf 'Hello\\nMore\\n' | %s run -m %s -n 4 --seed 1 -t 2",
-                  test_moeq_bin(), model);
-    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
-    CHECK(log && strstr(log, "> ") && strstr(log, "generation:"));
+    log = test_run_ok("printf 'Hello\\nMore\\n' | %s run -m %s -n 4 --seed 1 -t 2", test_moeq_bin(), model);
+    CHECK(strstr(log, "> ") && strstr(log, "generation:"));
     free(log);
-    rc = test_run(&log, "%s bench -m %s -p 16 -n 4 -r 2 -t 2", test_moeq_bin(), model);
-    CHECKF(rc == 0, "rc %d: %s", rc, log ? log : "");
-    CHECK(log && strstr(log, "| pp16 |") && strstr(log, "| tg4 |") && strstr(log, "peak RSS"));
+    log = test_run_ok("%s bench -m %s -p 16 -n 4 -r 2 -t 2", test_moeq_bin(), model);
+    CHECK(strstr(log, "| pp16 |") && strstr(log, "| tg4 |") && strstr(log, "peak RSS"));
     free(log);
     /* usage and file errors */
     CHECK(test_run(NULL, "%s run -p hi", test_moeq_bin()) == 2);

@@ -167,59 +167,41 @@ TEST(gguf_read_rejects_hostile_fields)
     for (int i = 0; i < 40; i++) { gb_u32(&b, GGUF_TYPE_ARRAY); gb_u64(&b, 1); }
     expect_error(&b, "nested deeper");
 
-    uint64_t ne[5] = { 32, 2, 1, 1, 1 };
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    gb_tinfo(&b, "t", 5, ne, 0, 0);
-    expect_error(&b, "tensor 't': n_dims 5 not in 1..4");
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    gb_tinfo(&b, "t", 2, ne, 99, 0);
-    expect_error(&b, "tensor 't': unknown type id 99");
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    uint64_t ne30[2] = { 30, 1 };
-    gb_tinfo(&b, "t", 2, ne30, 8, 0);
-    expect_error(&b, "row length 30 is not a multiple of Q8_0's block size 32");
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    uint64_t big[4] = { 1ull << 32, 1ull << 32, 1, 1 };
-    gb_tinfo(&b, "t", 2, big, 0, 0);
-    expect_error(&b, "element count overflows");
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    uint64_t zero[2] = { 32, 0 };
-    gb_tinfo(&b, "t", 2, zero, 0, 0);
-    expect_error(&b, "dimension 1 is 0");
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    gb_tinfo(&b, "t", 2, ne, 0, 8);
-    expect_error(&b, "data offset 8 is not a multiple of the alignment 32");
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    gb_tinfo(&b, "t", 2, ne, 0, 0);
-    gb_pad(&b, 32);
-    for (int i = 0; i < 255; i++) gb_u8(&b, 0);  /* one byte short of 256 */
-    expect_error(&b, "lies outside the file");
-    b.n = 0;
-    gb_header(&b, 3, 2, 0);
-    gb_tinfo(&b, "t", 2, ne, 0, 0);
-    gb_tinfo(&b, "u", 2, ne, 0, 224);
-    gb_pad(&b, 32);
-    for (int i = 0; i < 512; i++) gb_u8(&b, 0);
-    expect_error(&b, "tensor 'u' overlaps tensor 't'");
-    b.n = 0;
-    gb_header(&b, 3, 2, 0);
-    gb_tinfo(&b, "t", 2, ne, 0, 0);
-    gb_tinfo(&b, "t", 2, ne, 0, 256);
-    gb_pad(&b, 32);
-    for (int i = 0; i < 512; i++) gb_u8(&b, 0);
-    expect_error(&b, "duplicate tensor name 't'");
-    /* a control character in a name does not break the one-line error */
-    b.n = 0;
-    gb_header(&b, 3, 1, 0);
-    gb_tinfo(&b, "bad\nname", 5, ne, 0, 0);
-    expect_error(&b, "tensor 'bad?name': n_dims 5");
+    /* tensor infos: one file per case of nt infos, then (data >= 0) the
+     * aligned start and data zero bytes */
+    static const uint64_t ne[5] = { 32, 2, 1, 1, 1 }, ne30[2] = { 30, 1 }, zero[2] = { 32, 0 };
+    static const uint64_t big[4] = { 1ull << 32, 1ull << 32, 1, 1 };
+    static const struct {
+        int nt;
+        struct { const char *name; uint32_t n_dims; const uint64_t *ne; uint32_t type; uint64_t off; } t[2];
+        int data;
+        const char *want;
+    } cases[] = {
+        { 1, { { "t", 5, ne, 0, 0 } }, -1, "tensor 't': n_dims 5 not in 1..4" },
+        { 1, { { "t", 2, ne, 99, 0 } }, -1, "tensor 't': unknown type id 99" },
+        { 1, { { "t", 2, ne30, 8, 0 } }, -1, "row length 30 is not a multiple of Q8_0's block size 32" },
+        { 1, { { "t", 2, big, 0, 0 } }, -1, "element count overflows" },
+        { 1, { { "t", 2, zero, 0, 0 } }, -1, "dimension 1 is 0" },
+        { 1, { { "t", 2, ne, 0, 8 } }, -1, "data offset 8 is not a multiple of the alignment 32" },
+        /* one byte short of the 256 the tensor needs */
+        { 1, { { "t", 2, ne, 0, 0 } }, 255, "lies outside the file" },
+        { 2, { { "t", 2, ne, 0, 0 }, { "u", 2, ne, 0, 224 } }, 512, "tensor 'u' overlaps tensor 't'" },
+        { 2, { { "t", 2, ne, 0, 0 }, { "t", 2, ne, 0, 256 } }, 512, "duplicate tensor name 't'" },
+        /* a control character in a name does not break the one-line error */
+        { 1, { { "bad\nname", 5, ne, 0, 0 } }, -1, "tensor 'bad?name': n_dims 5" },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        b.n = 0;
+        gb_header(&b, 3, (uint64_t)cases[c].nt, 0);
+        for (int i = 0; i < cases[c].nt; i++)
+            gb_tinfo(&b, cases[c].t[i].name, cases[c].t[i].n_dims, cases[c].t[i].ne, cases[c].t[i].type,
+                     cases[c].t[i].off);
+        if (cases[c].data >= 0) {
+            gb_pad(&b, 32);
+            for (int i = 0; i < cases[c].data; i++) gb_u8(&b, 0);
+        }
+        expect_error(&b, cases[c].want);
+    }
     free(b.p);
 }
 

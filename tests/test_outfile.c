@@ -96,9 +96,9 @@ static void check_refused_and_kept(const char *file, const char *want, const cha
     int rc = test_run(&o, "%s", cmd);
     CHECKF(rc == 1 && o && strstr(o, want) && strstr(o, "refusing to overwrite the input"),
            "%s: exit %d (want 1 and '%s'): %s", cmd, rc, want, o ? o : "");
+    free(o);
     char *after = test_read_file(file, &n1);
     CHECKF(after && n1 == n0 && !memcmp(before, after, n0), "%s: %s changed (%zu -> %zu bytes)", cmd, file, n0, n1);
-    free(o);
     free(before);
     free(after);
 }
@@ -121,10 +121,7 @@ TEST(outfile_run_dump_logits_never_overwrites_model_or_prompt)
     REQUIRE(symlink("prompt.txt", l) == 0);
     check_refused_and_kept(t, "prompt.txt", cmdf("%s run -m %s -f %s -n 1 --dump-logits %s", bin, m, t, l));
     /* a fresh name still works, and no temporary file is left */
-    char *o = NULL;
-    int rc = test_run(&o, "%s run -m %s -f %s -n 0 --dump-logits %s", bin, m, t, test_tmp("logits.bin"));
-    CHECKF(rc == 0, "%s", o);
-    free(o);
+    free(test_run_ok("%s run -m %s -f %s -n 0 --dump-logits %s", bin, m, t, test_tmp("logits.bin")));
     struct stat st;
     CHECK(stat(test_tmp("logits.bin"), &st) == 0 && st.st_size > 0 && st.st_size % 4 == 0);
     CHECK(count_temps(test_tmpdir(), "logits.bin") == 0);

@@ -9,6 +9,7 @@
 #include "quant/quants_blocks.h"
 #include "engine/pool.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 
 /* ------------------------------------------------------------ test data */
@@ -32,6 +33,20 @@ static float rng_gauss(void)
  * activations also emphasise). The imatrix spans three decades and is
  * largest on those columns.
  */
+/* Whether MOEQ_KQ_VERBOSE asks for the measured errors on stderr. */
+static int kq_verbose(void) { return getenv("MOEQ_KQ_VERBOSE") != NULL; }
+
+/* One line of measurements on stderr when kq_verbose(). */
+static void kq_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void kq_note(const char *fmt, ...)
+{
+    if (!kq_verbose()) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static void make_data(float *x, float *imat, int nrows, int n, uint64_t seed)
 {
     rng_state = seed;
@@ -86,6 +101,15 @@ static void *roundtrip(int type, const float *x, float *y, int nrows, int n, con
     return q;
 }
 
+/* x through type (quantized with importance qw) and back into y; returns
+ * the error wrmse(x, y) weighted by w. */
+static double roundtrip_wrmse(int type, const float *x, float *y, int nrows, int n, const float *qw,
+                              const float *w)
+{
+    free(roundtrip(type, x, y, nrows, n, qw));
+    return wrmse(x, y, w, nrows, n);
+}
+
 /* ------------------------------------------------------------------ tests */
 
 /*
@@ -114,14 +138,9 @@ TEST(kquant_roundtrip_error)
         {MOEQ_TYPE_Q2_K,   0.311,   0.1019},
     };
     for (size_t k = 0; k < sizeof lim / sizeof lim[0]; k++) {
-        void *q = roundtrip(lim[k].type, x, y, R, N, NULL);
-        free(q);
-        double e_plain = wrmse(x, y, NULL, R, N) / rms;
-        q = roundtrip(lim[k].type, x, y, R, N, imat);
-        free(q);
-        double e_w = wrmse(x, y, imat, R, N) / wrmse(x, (float[R * N]){0}, imat, R, N);
-        if (getenv("MOEQ_KQ_VERBOSE"))
-            fprintf(stderr, "%-7s plain %.5f weighted %.5f\n", moeq_type_name(lim[k].type), e_plain, e_w);
+        double e_plain = roundtrip_wrmse(lim[k].type, x, y, R, N, NULL, NULL) / rms;
+        double e_w = roundtrip_wrmse(lim[k].type, x, y, R, N, imat, imat) / wrmse(x, (float[R * N]){0}, imat, R, N);
+        kq_note("%-7s plain %.5f weighted %.5f\n", moeq_type_name(lim[k].type), e_plain, e_w);
         CHECKF(e_plain <= lim[k].plain, "%s: relative RMSE %.5f > %.5f",
                moeq_type_name(lim[k].type), e_plain, lim[k].plain);
         CHECKF(e_w <= lim[k].weighted, "%s: relative weighted RMSE %.5f > %.5f",
@@ -135,15 +154,12 @@ TEST(kquant_roundtrip_error)
 TEST(kquant_imatrix_helps)
 {
     enum { R = 32, N = 512 };
-    static float x[R * N], y0[R * N], y1[R * N], imat[N];
+    static float x[R * N], y[R * N], imat[N];
     make_data(x, imat, R, N, 99);
     for (int k = 0; k < N_KQ; k++) {
         int type = kq_types[k];
-        free(roundtrip(type, x, y0, R, N, NULL));
-        free(roundtrip(type, x, y1, R, N, imat));
-        double e0 = wrmse(x, y0, imat, R, N), e1 = wrmse(x, y1, imat, R, N);
-        if (getenv("MOEQ_KQ_VERBOSE"))
-            fprintf(stderr, "%-7s no-imatrix %.4g imatrix %.4g (%.3f)\n", moeq_type_name(type), e0, e1, e1 / e0);
+        double e0 = roundtrip_wrmse(type, x, y, R, N, NULL, imat), e1 = roundtrip_wrmse(type, x, y, R, N, imat, imat);
+        kq_note("%-7s no-imatrix %.4g imatrix %.4g (%.3f)\n", moeq_type_name(type), e0, e1, e1 / e0);
         CHECKF(e1 <= e0 * 1.0001, "%s: weighted RMSE with imatrix %.5g > without %.5g",
                moeq_type_name(type), e1, e0);
         if (type != MOEQ_TYPE_F16 && type != MOEQ_TYPE_BF16 && type != MOEQ_TYPE_Q8_0 &&
@@ -170,9 +186,8 @@ TEST(kquant_requantize_stable)
             void *q1 = roundtrip(type, x, y1, R, N, w);
             void *q2 = roundtrip(type, y1, y2, R, N, w);
             double e1 = wrmse(x, y1, NULL, R, N), e12 = wrmse(y1, y2, NULL, R, N);
-            if (getenv("MOEQ_KQ_VERBOSE"))
-                fprintf(stderr, "%-7s %s first %.4g drift %.4g\n", moeq_type_name(type),
-                        wi ? "imat" : "    ", e1, e12);
+            kq_note("%-7s %s first %.4g drift %.4g\n", moeq_type_name(type),
+                    wi ? "imat" : "    ", e1, e12);
             CHECKF(e12 <= 0.35 * e1 + 1e-12, "%s%s: re-quantization drifts %.4g (first error %.4g)",
                    moeq_type_name(type), wi ? " +imatrix" : "", e12, e1);
             if (type == MOEQ_TYPE_F16 || type == MOEQ_TYPE_BF16)
@@ -293,7 +308,7 @@ TEST(kquant_vs_reference)
     size_t imlen;
     uint8_t *im = test_read_file(test_shared_path("models/tiny-a/imatrix.dat"), &imlen);
     REQUIRE(im);
-    int verbose = getenv("MOEQ_KQ_VERBOSE") != NULL;
+    const int verbose = kq_verbose();
     for (int t = 0; t < 2; t++) {
         char rel[256];
         snprintf(rel, sizeof rel, "testvectors/dequant/F16__%s.f32", tensors[t]);
@@ -315,8 +330,7 @@ TEST(kquant_vs_reference)
             float *ref = test_read_file(path, &rb);
             if (!ref) continue;
             REQUIRE(rb == nbytes);
-            free(roundtrip(type, x, y, nrows, n, imat));
-            double ours = wrmse(x, y, imat, nrows, n), theirs = wrmse(x, ref, imat, nrows, n);
+            double ours = roundtrip_wrmse(type, x, y, nrows, n, imat, imat), theirs = wrmse(x, ref, imat, nrows, n);
             if (verbose) {
                 size_t same = 0;
                 for (size_t i = 0; i < (size_t)nrows * n; i++) same += y[i] == ref[i];

@@ -28,12 +28,13 @@ static void on_progress(void *ctx, const struct moeq_quantize_progress *p)
     s->calls++;
 }
 
-/* Options for the small model into out with mix and threads. */
-static void opts_for(struct moeq_quantize_opts *o, const char *src, const char *out, const char *mix, int threads)
+/* Options for the small library-written model (qlib_src.gguf) into the
+ * temporary file out_name with mix and threads. */
+static void opts_for(struct moeq_quantize_opts *o, const char *out_name, const char *mix, int threads)
 {
     moeq_quantize_opts_init(o);
-    o->in_path = src;
-    o->out_path = out;
+    o->in_path = test_synth_moe_lib("qlib_src.gguf");
+    o->out_path = test_tmp(out_name);
     o->mix = moeq_mix_find(mix);
     o->n_threads = threads;
     REQUIRE(o->mix != NULL);
@@ -48,11 +49,10 @@ static int find(const struct moeq_quantize_report *r, const char *name)
 
 TEST(quantize_lib_report_equals_plan_and_file)
 {
-    const char *src = test_synth_moe_lib("qlib_src.gguf");
-    const char *out = test_tmp("qlib_out.gguf");
     char err[512];
     struct moeq_quantize_opts o;
-    opts_for(&o, src, out, "Q4_K_M", 2);
+    opts_for(&o, "qlib_out.gguf", "Q4_K_M", 2);
+    const char *out = o.out_path;
 
     /* the dry run is the plan; nothing is written */
     struct moeq_quantize_report plan;
@@ -125,10 +125,9 @@ static void check_entry(void *ctx, const struct moeq_quantize_progress *p)
 
 TEST(quantize_lib_progress_points_into_report)
 {
-    const char *src = test_synth_moe_lib("qlib_src.gguf");
     char err[512];
     struct moeq_quantize_opts o;
-    opts_for(&o, src, test_tmp("qlib_prog.gguf"), "Q8_0", 1);
+    opts_for(&o, "qlib_prog.gguf", "Q8_0", 1);
     struct moeq_quantize_report r;
     struct order ord = { &r, 0, 1 };
     o.progress = check_entry;
@@ -141,10 +140,9 @@ TEST(quantize_lib_progress_points_into_report)
 /* The fit mode travels in the options down to the row quantizers. */
 TEST(quantize_lib_params_reach_quantizers)
 {
-    const char *src = test_synth_moe_lib("qlib_src.gguf");
     char err[512];
     struct moeq_quantize_opts o;
-    opts_for(&o, src, test_tmp("qlib_unbiased.gguf"), "IQ3_S", 2);
+    opts_for(&o, "qlib_unbiased.gguf", "IQ3_S", 2);
     struct moeq_quantize_report a, b;
     REQUIREF(moeq_quantize_file(&o, &a, err, sizeof err) == 0, "%s", err);
     o.qp.fit = MOEQ_FIT_MIN_ERROR;
@@ -168,11 +166,10 @@ TEST(quantize_lib_params_reach_quantizers)
 
 TEST(quantize_lib_refusals_leave_no_file)
 {
-    const char *src = test_synth_moe_lib("qlib_src.gguf");
-    const char *out = test_tmp("qlib_refused.gguf");
     char err[512];
     struct moeq_quantize_opts o;
-    opts_for(&o, src, out, "Q4_K_M", 1);
+    opts_for(&o, "qlib_refused.gguf", "Q4_K_M", 1);
+    const char *src = o.in_path, *out = o.out_path;
     struct moeq_quantize_report r;
     /* a plan of the wrong length */
     int types[3] = { -1, -1, -1 };

@@ -67,16 +67,22 @@ static void vocab_fill(gguf_str *toks, int32_t *types, gguf_str *merges)
     }
 }
 
-static moeq_tokenizer *tiny_vocab(void)
+/* The tiny vocabulary's description (its arrays static) with chat_template. */
+static struct moeq_vocab_desc tiny_desc(const char *chat_template)
 {
     static gguf_str toks[N_VOCAB], merges[N_MERGES];
     static int32_t types[N_VOCAB];
     vocab_fill(toks, types, merges);
-    struct moeq_vocab_desc d = {
+    return (struct moeq_vocab_desc){
         .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
         .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
-        .pad = ID_EOT, .chat_template = moeq_synth_template_named("chatml"),
+        .pad = ID_EOT, .chat_template = chat_template,
     };
+}
+
+static moeq_tokenizer *tiny_vocab(void)
+{
+    struct moeq_vocab_desc d = tiny_desc(moeq_synth_template_named("chatml"));
     char err[256];
     moeq_tokenizer *t = moeq_tokenizer_new(&d, err, sizeof err);
     REQUIREF(t, "tokenizer_new: %s", err);
@@ -88,14 +94,7 @@ static moeq_tokenizer *tiny_vocab(void)
  * inside renders the chat. */
 TEST(tok_chat_template_at_load)
 {
-    static gguf_str toks[N_VOCAB], merges[N_MERGES];
-    static int32_t types[N_VOCAB];
-    vocab_fill(toks, types, merges);
-    struct moeq_vocab_desc d = {
-        .model = "gpt2", .pre = "qwen2", .n_tokens = N_VOCAB, .tokens = toks, .types = types,
-        .n_merges = N_MERGES, .merges = merges, .bos = -1, .eos = ID_IM_END, .eot = -1, .eom = -1,
-        .pad = ID_EOT, .chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}{% include 'x' %}",
-    };
+    struct moeq_vocab_desc d = tiny_desc("{% for m in messages %}{{ m.content }}{% endfor %}{% include 'x' %}");
     char err[256] = "";
     CHECK(moeq_tokenizer_new(&d, err, sizeof err) == NULL);
     CHECKF(strstr(err, "chat_template") && strstr(err, "include"), "%s", err);
@@ -536,14 +535,23 @@ static void check_vectors(const moeq_tokenizer *t, const char *inp_path, const c
     free(out);
 }
 
+/* The tokenizer of model (paths under ../shared), checked to hold n_vocab
+ * tokens and to encode the n reference strings of inp as out has them. */
+static moeq_tokenizer *load_with_vectors(const char *model, const char *inp, const char *out,
+                                         int n_vocab, int n)
+{
+    const char *m = test_shared_path(model), *i = test_shared_path(inp), *o = test_shared_path(out);
+    moeq_tokenizer *t = load_path(m);
+    CHECK(moeq_tokenizer_n_vocab(t) == n_vocab);
+    check_vectors(t, i, o, n);
+    return t;
+}
+
 TEST(tok_reference_qwen3_vocab)
 {
-    const char *g = test_shared_path("data/tokenizer/qwen3-vocab.gguf");
-    const char *in = test_shared_path("data/tokenizer/ggml-vocab-qwen2.gguf.inp");
-    const char *out = test_shared_path("data/tokenizer/ggml-vocab-qwen2.gguf.out");
-    moeq_tokenizer *t = load_path(g);
-    CHECK(moeq_tokenizer_n_vocab(t) == 151936);
-    check_vectors(t, in, out, 46);
+    moeq_tokenizer *t = load_with_vectors("data/tokenizer/qwen3-vocab.gguf",
+                                          "data/tokenizer/ggml-vocab-qwen2.gguf.inp",
+                                          "data/tokenizer/ggml-vocab-qwen2.gguf.out", 151936, 46);
     struct moeq_token_specials sp;
     moeq_tokenizer_specials(t, &sp);
     CHECK(sp.eos == 151645 && sp.pad == 151643 && !sp.add_bos);
@@ -560,12 +568,8 @@ TEST(tok_reference_qwen3_vocab)
 
 TEST(tok_reference_tiny_a)
 {
-    const char *g = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
-    const char *in = test_shared_path("models/tiny-a/ref/tokenize.inp");
-    const char *out = test_shared_path("models/tiny-a/ref/tokenize.out");
-    moeq_tokenizer *t = load_path(g);
-    CHECK(moeq_tokenizer_n_vocab(t) == 8192);
-    check_vectors(t, in, out, 49);
+    moeq_tokenizer *t = load_with_vectors("models/tiny-a/tiny-a-f16.gguf", "models/tiny-a/ref/tokenize.inp",
+                                          "models/tiny-a/ref/tokenize.out", 8192, 49);
     /* logits-prompt.txt tokenizes to logits-tokens.i32. */
     size_t np, nt;
     char *prompt = test_read_file(test_shared_path("models/tiny-a/ref/logits-prompt.txt"), &np);
@@ -605,21 +609,17 @@ TEST(tok_wiki_round_trip)
 TEST(tok_cli)
 {
     const char *g = test_shared_path("models/tiny-a/tiny-a-f16.gguf");
-    char *out = NULL;
-    int rc = test_run(&out, "%s tokenize -m %s -p 'Hello world' --ids", test_moeq_bin(), g);
-    CHECK(rc == 0);
-    CHECKF(out && !strcmp(out, "[72, 494, 111, 1348]\n"), "got: %s", out ? out : "");
+    char *out = test_run_ok("%s tokenize -m %s -p 'Hello world' --ids", test_moeq_bin(), g);
+    CHECKF(!strcmp(out, "[72, 494, 111, 1348]\n"), "got: %s", out);
     free(out);
-    rc = test_run(&out, "%s tokenize -m %s -p ' Hello world'", test_moeq_bin(), g);
-    CHECK(rc == 0);
-    CHECKF(out && strstr(out, "   413 -> ' H'\n") && strstr(out, "  1348 -> ' world'\n"), "got: %s", out ? out : "");
+    out = test_run_ok("%s tokenize -m %s -p ' Hello world'", test_moeq_bin(), g);
+    CHECKF(strstr(out, "   413 -> ' H'\n") && strstr(out, "  1348 -> ' world'\n"), "got: %s", out);
     free(out);
-    rc = test_run(&out, "printf '<|im_start|>user' > %s && %s tokenize -m %s -f %s --ids --special",
-                  test_tmp("p.txt"), test_moeq_bin(), g, test_tmp("p.txt"));
-    CHECK(rc == 0);
-    CHECKF(out && !strcmp(out, "[8190, 464, 267]\n"), "got: %s", out ? out : "");
+    out = test_run_ok("printf '<|im_start|>user' > %s && %s tokenize -m %s -f %s --ids --special",
+                      test_tmp("p.txt"), test_moeq_bin(), g, test_tmp("p.txt"));
+    CHECKF(!strcmp(out, "[8190, 464, 267]\n"), "got: %s", out);
     free(out);
-    rc = test_run(&out, "%s tokenize -p x", test_moeq_bin());
+    int rc = test_run(&out, "%s tokenize -p x", test_moeq_bin());
     CHECK(rc == 2);
     free(out);
     rc = test_run(&out, "%s tokenize -m %s -p x -f y", test_moeq_bin(), g);

@@ -81,13 +81,8 @@ const char *test_moeq_bin(void)
     return b && *b ? b : "./moeq";
 }
 
-int test_run(char **out, const char *fmt, ...)
+static int run_cmd(char **out, const char *cmd)
 {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
     char full[8300];
     snprintf(full, sizeof full, "(%s) 2>&1", cmd);
     fflush(NULL);
@@ -110,6 +105,30 @@ int test_run(char **out, const char *fmt, ...)
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
     return -1;
+}
+
+int test_run(char **out, const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return run_cmd(out, cmd);
+}
+
+char *test_run_ok(const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char *out = NULL;
+    int rc = run_cmd(&out, cmd);
+    REQUIREF(out, "%s: no output captured", cmd);
+    CHECKF(rc == 0, "%s: exit %d: %s", cmd, rc, out);
+    return out;
 }
 
 void *test_read_file(const char *path, size_t *n)

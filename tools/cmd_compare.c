@@ -8,6 +8,8 @@
  */
 #include "cmd.h"
 #include "gguf/gguf.h"
+#include "quant/gptq.h"
+#include "quant/hessian.h"
 #include "quant/imatrix.h"
 #include "quant/quants.h"
 
@@ -19,12 +21,15 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-        "usage: moeq compare SOURCE.gguf A.gguf B.gguf [--imatrix FILE]\n"
+        "usage: moeq compare SOURCE.gguf A.gguf B.gguf [--imatrix FILE] [--hessian FILE]\n"
         "\n"
         "Per tensor present in all three files: RMSE and imatrix-weighted RMSE of A\n"
         "and of B against SOURCE, and B/A. The last line sums over those tensors.\n"
         "\n"
         "  --imatrix FILE   weights of the weighted RMSE\n"
+        "  --hessian FILE   also the layer output error per token, sum over matrices of\n"
+        "                   tr((W - Q) H (W - Q)^T) / tokens, with H from moeq imatrix\n"
+        "                   --hessian (held-out text measures what rounding did not see)\n"
         "  -q, -v, --log-level L  quiet, verbose, or error|warn|info|debug\n"
         "\nexample:\n"
         "  moeq compare model-f16.gguf ours-iq2_s.gguf ref-iq2_s.gguf --imatrix imatrix.dat\n");
@@ -69,9 +74,32 @@ static int tensor_err(const gguf_tensor *src, const gguf_tensor *q, const float 
     return 0;
 }
 
+/* Output error per token of q against src under the Hessians of he, summed
+ * over the matrices that have data; -1 when it cannot be computed. */
+static double output_err(const gguf_tensor *src, const gguf_tensor *q, const struct moeq_hessian_entry *he)
+{
+    const int64_t ne0 = (int64_t)src->ne[0], rows = (int64_t)src->ne[1];
+    const size_t rs = moeq_row_size((int)src->type, ne0), rq = moeq_row_size((int)q->type, ne0);
+    float *W = malloc((size_t)(rows * ne0) * sizeof *W);
+    double total = 0;
+    for (int64_t m = 0; W && m < he->n_mat; m++) {
+        if (!(he->counts[m] > 0)) continue;
+        const uint8_t *sm = (const uint8_t *)src->data + (size_t)(m * rows) * rs;
+        if (moeq_dequantize((int)src->type, sm, W, rows * ne0) != 0) { total = -1; break; }
+        double *H = moeq_hessian_matrix(he, m);
+        double e = H ? moeq_gptq_output_error((int)q->type, W, (const uint8_t *)q->data + (size_t)(m * rows) * rq,
+                                              rows, ne0, H) : -1;
+        free(H);
+        if (e < 0) { total = -1; break; }
+        total += e / he->counts[m];
+    }
+    free(W);
+    return W ? total : -1;
+}
+
 int cmd_compare(int argc, char **argv)
 {
-    const char *pos[3], *im_path = NULL;
+    const char *pos[3], *im_path = NULL, *h_path = NULL;
     int np = 0;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) { usage(stdout); return 0; }
@@ -79,6 +107,9 @@ int cmd_compare(int argc, char **argv)
         if (!strcmp(argv[i], "--imatrix")) {
             if (i + 1 >= argc) return cli_usage_error("compare", "--imatrix needs a file");
             im_path = argv[++i];
+        } else if (!strcmp(argv[i], "--hessian")) {
+            if (i + 1 >= argc) return cli_usage_error("compare", "--hessian needs a file");
+            h_path = argv[++i];
         } else if (argv[i][0] == '-') {
             return cli_usage_error("compare", "unknown option '%s'", argv[i]);
         } else {
@@ -90,6 +121,7 @@ int cmd_compare(int argc, char **argv)
     char err[512];
     gguf_file *f[3] = { NULL, NULL, NULL };
     struct moeq_imatrix *im = NULL;
+    struct moeq_hessian *hs = NULL;
     int rc = 1;
     for (int k = 0; k < 3; k++)
         if (!(f[k] = gguf_open(pos[k], err, sizeof err))) { cli_error("%s", err); goto out; }
@@ -97,8 +129,15 @@ int cmd_compare(int argc, char **argv)
         im = moeq_imatrix_new();
         if (moeq_imatrix_load(im, im_path, err, sizeof err)) { cli_error("%s", err); goto out; }
     }
-    printf("%-34s %-8s %-8s %11s %11s %11s %11s %7s %7s\n", "tensor", "A", "B", "rmse A", "rmse B",
+    if (h_path) {
+        hs = moeq_hessian_new();
+        if (moeq_hessian_load(hs, h_path, err, sizeof err)) { cli_error("%s", err); goto out; }
+    }
+    printf("%-34s %-8s %-8s %11s %11s %11s %11s %7s %7s", "tensor", "A", "B", "rmse A", "rmse B",
            "wrmse A", "wrmse B", "B/A", "wB/wA");
+    if (hs) printf(" %11s %11s %7s", "out A", "out B", "oB/oA");
+    putchar('\n');
+    double toa = 0, tob = 0;
     struct err_acc ta = { 0, 0, 0, 0 }, tb = { 0, 0, 0, 0 };
     int n = 0;
     for (uint64_t t = 0; t < f[0]->n_tensors; t++) {
@@ -137,8 +176,17 @@ int cmd_compare(int argc, char **argv)
         free(w);
         double ra = sqrt(a.e2 / (double)a.n), rb = sqrt(b.e2 / (double)b.n);
         double wa = sqrt(a.we2 / a.ws), wb = sqrt(b.we2 / b.ws);
-        printf("%-34s %-8s %-8s %11.4e %11.4e %11.4e %11.4e %7.4f %7.4f\n", name, moeq_type_name((int)qa->type),
+        printf("%-34s %-8s %-8s %11.4e %11.4e %11.4e %11.4e %7.4f %7.4f", name, moeq_type_name((int)qa->type),
                moeq_type_name((int)qb->type), ra, rb, wa, wb, ra > 0 ? rb / ra : 0, wa > 0 ? wb / wa : 0);
+        const struct moeq_hessian_entry *he = hs ? moeq_hessian_find(hs, name) : NULL;
+        if (he && (uint64_t)he->n == s->ne[0] && (uint64_t)he->n_mat == s->ne[2] * s->ne[3]) {
+            double oa = output_err(s, qa, he), ob = output_err(s, qb, he);
+            if (oa < 0 || ob < 0) { putchar('\n'); cli_error("compare: tensor %s: output error failed", name); goto out; }
+            printf(" %11.4e %11.4e %7.4f", oa, ob, oa > 0 ? ob / oa : 0);
+            toa += oa;
+            tob += ob;
+        }
+        putchar('\n');
         ta.e2 += a.e2; ta.we2 += a.we2; ta.ws += a.ws; ta.n += a.n;
         tb.e2 += b.e2; tb.we2 += b.we2; tb.ws += b.ws; tb.n += b.n;
         n++;
@@ -146,11 +194,14 @@ int cmd_compare(int argc, char **argv)
     if (n == 0) { cli_error("compare: no tensor is in all three files"); goto out; }
     double ra = sqrt(ta.e2 / (double)ta.n), rb = sqrt(tb.e2 / (double)tb.n);
     double wa = sqrt(ta.we2 / ta.ws), wb = sqrt(tb.we2 / tb.ws);
-    printf("%-34s %-8s %-8s %11.4e %11.4e %11.4e %11.4e %7.4f %7.4f\n", "all", "", "", ra, rb, wa, wb,
+    printf("%-34s %-8s %-8s %11.4e %11.4e %11.4e %11.4e %7.4f %7.4f", "all", "", "", ra, rb, wa, wb,
            rb / ra, wb / wa);
+    if (hs) printf(" %11.4e %11.4e %7.4f", toa, tob, toa > 0 ? tob / toa : 0);
+    putchar('\n');
     rc = 0;
 out:
     for (int k = 0; k < 3; k++) gguf_close(f[k]);
     moeq_imatrix_free(im);
+    moeq_hessian_free(hs);
     return rc;
 }

@@ -431,7 +431,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
     const int HD = hp->head_dim, nq = hp->n_head * HD;
     const float scale = 1.0f / sqrtf((float)HD);
     const int nt = tl->nt, R = nt * nh, p0 = e->bpos[tl->t0], P = p0 + nt;
-    const size_t ld = e->attn_ld;
+    const size_t ld = e->mem.attn_ld;
     float *sc = buf, *kv = buf + (size_t)e->attn_rows * ld, *kvs = kv + (size_t)ATT_POS * HD;
     const float *qr[ATT_ROWS];
     float *orow[ATT_ROWS];
@@ -442,14 +442,14 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
             orow[k * nh + hh] = e->att + off;
         }
     moeq_session *s = e->bsess[tl->t0];
-    const uint8_t *kbase = s->k + (size_t)layer * e->kv_layer_bytes_k + e->k_head_bytes * g;
-    const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->v_head_bytes * g;
+    const uint8_t *kbase = s->k + (size_t)layer * e->kv_layer_bytes_k + e->mem.k_head * g;
+    const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->mem.v_head * g;
 
     /* scores of every row against positions 0 .. P-1; a row's entries past
      * its own position are computed but never read */
     for (int pb = 0; pb < P; pb += ATT_POS) {
         int np = P - pb < ATT_POS ? P - pb : ATT_POS;
-        e->attn.cvt_k(kbase + (size_t)pb * e->k_row_bytes, e->k_row_bytes, np, HD, kv, kvs);
+        e->attn.cvt_k(kbase + (size_t)pb * e->mem.k_row, e->mem.k_row, np, HD, kv, kvs);
         e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
     }
     /* softmax of each row over the positions its token sees */
@@ -459,7 +459,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
      * the earlier ones (the causal edge of the tile) only its start */
     for (int pb = 0; pb < P; pb += ATT_POS) {
         int np = P - pb < ATT_POS ? P - pb : ATT_POS;
-        e->attn.cvt_v(vbase + (size_t)pb * e->v_row_bytes, e->v_row_bytes, np, HD, kv, kvs);
+        e->attn.cvt_v(vbase + (size_t)pb * e->mem.v_row, e->mem.v_row, np, HD, kv, kvs);
         int kfull = pb + np - 1 - p0;
         if (kfull < 0) kfull = 0;
         if (kfull < nt)
@@ -481,7 +481,7 @@ static void attn_task(void *ctx, int64_t b, int64_t end, int tid)
     moeq_engine *e = j->e;
     const int nkv = e->m->hp.n_head_kv, group = e->m->hp.n_head / nkv;
     const int64_t per_tile = (int64_t)nkv * j->nchunk;
-    float *buf = e->attn_buf + (size_t)tid * e->attn_buf_len;
+    float *buf = e->attn_buf + (size_t)tid * e->mem.attn_buf_len;
     for (int64_t it = b; it < end; it++) {
         int64_t x = (int64_t)j->ntiles * per_tile - 1 - it;
         int tile = (int)(x / per_tile), rest = (int)(x % per_tile);
@@ -500,7 +500,7 @@ static void attn_plan(moeq_engine *e, int n, struct attn_job *j)
     int nt = 0;
     for (int t = 0; t < n; t++) {
         struct moeq_attn_tile *last = nt ? &e->attn_tiles[nt - 1] : NULL;
-        if (last && last->nt < e->attn_tile && e->bsess[t] == e->bsess[last->t0] &&
+        if (last && last->nt < e->mem.attn_tile && e->bsess[t] == e->bsess[last->t0] &&
             e->bpos[t] == e->bpos[last->t0] + last->nt) {
             last->nt++;
         } else {
@@ -513,7 +513,7 @@ static void attn_plan(moeq_engine *e, int n, struct attn_job *j)
     int want = 2 * e->n_threads, have = nt * nkv;
     int split = have >= want ? 1 : (want + have - 1) / have;
     int nh = (group + split - 1) / split;
-    if (nh > e->attn_nh) nh = e->attn_nh;
+    if (nh > e->mem.attn_nh) nh = e->mem.attn_nh;
     j->nh = nh;
     j->nchunk = (group + nh - 1) / nh;
 }
@@ -530,96 +530,95 @@ static void kv_store(int type, uint8_t *dst, const float *x, int n)
 
 /* ------------------------------------------------------------ per token */
 
-/* Per-token steps of a batch (norms, routing, gathers) on the pool when
- * the batch is long enough to repay the hand-off; each token's result is
- * computed by the same code either way. */
-struct tok_job { moeq_engine *e; const struct moeq_layer *l; };
+/* Per-token steps of a batch (norms, routing, gathers, q/k): fn computes
+ * token t from the job (its layer l, layer index il, norm weight w, as the
+ * step needs). per_token runs them on the pool when the batch is long
+ * enough to repay the hand-off; each token's result is computed by the
+ * same code either way. */
+struct tok_job {
+    moeq_engine *e;
+    const struct moeq_layer *l;
+    int il;
+    const float *w;
+    void (*fn)(const struct tok_job *j, int64_t t);
+};
 
-static void per_token(moeq_engine *e, int n, moeq_task_fn fn, void *ctx)
+static void tok_task(void *ctx, int64_t b, int64_t end, int tid)
 {
-    if (n < 32) fn(ctx, 0, n, 0);
-    else moeq_pool_for(e->pool, n, 8, fn, ctx);
+    (void)tid;
+    const struct tok_job *j = ctx;
+    for (int64_t t = b; t < end; t++) j->fn(j, t);
+}
+
+static void per_token(struct tok_job *j, int n)
+{
+    if (n < 32) tok_task(j, 0, n, 0);
+    else moeq_pool_for(j->e->pool, n, 8, tok_task, j);
 }
 
 /* softmax over all experts, top-k (ties to the lower id), renormalized */
-static void route_task(void *ctx, int64_t b, int64_t end, int tid)
+static void route_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct tok_job *j = ctx;
     moeq_engine *e = j->e;
     const int NX = e->m->hp.n_expert, K = e->m->hp.n_expert_used;
-    for (int64_t t = b; t < end; t++) {
-        float *p = e->rlog + (size_t)t * NX;
-        float mx = p[0];
-        for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
-        float sum = 0;
-        for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
-        for (int x = 0; x < NX; x++) p[x] /= sum;
-        int *sel = e->sel + (size_t)t * K;
-        float *w = e->selw + (size_t)t * K, wsum = 0;
-        for (int k = 0; k < K; k++) {
-            /* repeated arg-max: k is small */
-            int best = -1;
-            for (int x = 0; x < NX; x++) {
-                int taken = 0;
-                for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
-                if (!taken && (best < 0 || p[x] > p[best])) best = x;
-            }
-            sel[k] = best;
-            w[k] = p[best];
-            wsum += p[best];
+    float *p = e->rlog + (size_t)t * NX;
+    float mx = p[0];
+    for (int x = 1; x < NX; x++) mx = fmaxf(mx, p[x]);
+    float sum = 0;
+    for (int x = 0; x < NX; x++) { p[x] = expf(p[x] - mx); sum += p[x]; }
+    for (int x = 0; x < NX; x++) p[x] /= sum;
+    int *sel = e->sel + (size_t)t * K;
+    float *w = e->selw + (size_t)t * K, wsum = 0;
+    for (int k = 0; k < K; k++) {
+        /* repeated arg-max: k is small */
+        int best = -1;
+        for (int x = 0; x < NX; x++) {
+            int taken = 0;
+            for (int kk = 0; kk < k; kk++) taken |= sel[kk] == x;
+            if (!taken && (best < 0 || p[x] > p[best])) best = x;
         }
-        for (int k = 0; k < K; k++) w[k] /= wsum;
+        sel[k] = best;
+        w[k] = p[best];
+        wsum += p[best];
     }
+    for (int k = 0; k < K; k++) w[k] /= wsum;
 }
 
 /* each token's normed row to its K expert slots */
-static void gather_task(void *ctx, int64_t b, int64_t end, int tid)
+static void gather_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct tok_job *j = ctx;
     moeq_engine *e = j->e;
     const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
-    for (int64_t t = b; t < end; t++)
-        for (int k = 0; k < K; k++)
-            memcpy(e->xg + (size_t)e->slot_of[(size_t)t * K + k] * E, e->xn + (size_t)t * E,
-                   (size_t)E * sizeof(float));
+    for (int k = 0; k < K; k++)
+        memcpy(e->xg + (size_t)e->slot_of[(size_t)t * K + k] * E, e->xn + (size_t)t * E,
+               (size_t)E * sizeof(float));
 }
 
 /* weighted sum of the expert outputs in selection order, so the result
  * does not depend on which other tokens share the batch */
-static void combine_task(void *ctx, int64_t b, int64_t end, int tid)
+static void combine_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct tok_job *j = ctx;
     moeq_engine *e = j->e;
     const int E = e->m->hp.n_embd, K = e->m->hp.n_expert_used;
-    for (int64_t t = b; t < end; t++) {
-        float *restrict xr = e->x + (size_t)t * E;
-        for (int k = 0; k < K; k++) {
-            float w = e->selw[(size_t)t * K + k];
-            const float *restrict d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
-            for (int i = 0; i < E; i++) xr[i] += w * d[i];
-        }
+    float *restrict xr = e->x + (size_t)t * E;
+    for (int k = 0; k < K; k++) {
+        float w = e->selw[(size_t)t * K + k];
+        const float *restrict d = e->dout + (size_t)e->slot_of[(size_t)t * K + k] * E;
+        for (int i = 0; i < E; i++) xr[i] += w * d[i];
     }
 }
 
 /* rmsnorm of every token's residual row into xn with weight w */
-struct norm_job { moeq_engine *e; const float *w; };
-
-static void norm_task(void *ctx, int64_t b, int64_t end, int tid)
+static void norm_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct norm_job *j = ctx;
     const int E = j->e->m->hp.n_embd;
-    for (int64_t t = b; t < end; t++)
-        rmsnorm(j->e->xn + (size_t)t * E, j->e->x + (size_t)t * E, j->w, E, j->e->m->hp.rms_eps);
+    rmsnorm(j->e->xn + (size_t)t * E, j->e->x + (size_t)t * E, j->w, E, j->e->m->hp.rms_eps);
 }
 
 static void norm_rows(moeq_engine *e, const float *w, int n)
 {
-    struct norm_job j = { e, w };
-    per_token(e, n, norm_task, &j);
+    struct tok_job j = { .e = e, .w = w, .fn = norm_tok };
+    per_token(&j, n);
 }
 
 /* ------------------------------------------------------------ MoE */
@@ -732,8 +731,8 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 
     /* router: softmax over all experts, top-k, renormalize the k weights */
     matmul(e, &l->router, e->xn, n, e->rlog, (size_t)NX);
-    struct tok_job rj = { e, l };
-    per_token(e, n, route_task, &rj);
+    struct tok_job rj = { .e = e, .l = l, .fn = route_tok };
+    per_token(&rj, n);
     memset(e->ex_count, 0, (size_t)NX * sizeof *e->ex_count);
     for (int i = 0; i < n * K; i++) e->ex_count[e->sel[i]]++;
 
@@ -746,7 +745,8 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
             int x = e->sel[(size_t)t * K + k];
             e->slot_of[(size_t)t * K + k] = e->ex_off[x] + e->ex_fill[x]++;
         }
-    per_token(e, n, gather_task, &rj);
+    rj.fn = gather_tok;
+    per_token(&rj, n);
     int n_slots = n * K;
 
     if (e->hook)
@@ -778,7 +778,8 @@ static void moe_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
         nt = moe_make_tasks(e, E);
         moeq_pool_for(e->pool, nt, 1, moe_task_fn, &j);
     }
-    per_token(e, n, combine_task, &rj);
+    rj.fn = combine_tok;
+    per_token(&rj, n);
 }
 
 static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
@@ -795,34 +796,28 @@ static void dense_ffn(moeq_engine *e, const struct moeq_layer *l, int n)
 
 /* Per-head RMSNorm and RoPE of q and k, and the token's K/V into its
  * session's cache (each token writes its own cells). */
-struct qk_job { moeq_engine *e; const struct moeq_layer *l; int il; };
-
-static void qk_task(void *ctx, int64_t b, int64_t end, int tid)
+static void qk_tok(const struct tok_job *j, int64_t t)
 {
-    (void)tid;
-    struct qk_job *j = ctx;
     moeq_engine *e = j->e;
     const struct moeq_hparams *hp = &e->m->hp;
     const int HD = hp->head_dim, nq = hp->n_head * HD, nkv = hp->n_head_kv * HD;
-    for (int64_t t = b; t < end; t++) {
-        const float *cs = e->rope + (size_t)t * HD;
-        for (int h = 0; h < hp->n_head; h++) {
-            float *q = e->q + (size_t)t * nq + (size_t)h * HD;
-            rmsnorm(q, q, j->l->q_norm, HD, hp->rms_eps);
-            rope_apply(q, cs, HD);
-        }
-        for (int h = 0; h < hp->n_head_kv; h++) {
-            float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
-            rmsnorm(k, k, j->l->k_norm, HD, hp->rms_eps);
-            rope_apply(k, cs, HD);
-        }
-        moeq_session *s = e->bsess[t];
-        size_t p = (size_t)e->bpos[t];
-        kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->k_row_bytes,
-                 e->k + (size_t)t * nkv, nkv);
-        kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->v_row_bytes,
-                 e->v + (size_t)t * nkv, nkv);
+    const float *cs = e->rope + (size_t)t * HD;
+    for (int h = 0; h < hp->n_head; h++) {
+        float *q = e->q + (size_t)t * nq + (size_t)h * HD;
+        rmsnorm(q, q, j->l->q_norm, HD, hp->rms_eps);
+        rope_apply(q, cs, HD);
     }
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        float *k = e->k + (size_t)t * nkv + (size_t)h * HD;
+        rmsnorm(k, k, j->l->k_norm, HD, hp->rms_eps);
+        rope_apply(k, cs, HD);
+    }
+    moeq_session *s = e->bsess[t];
+    size_t p = (size_t)e->bpos[t];
+    kv_store(e->type_k, s->k + (size_t)j->il * e->kv_layer_bytes_k + p * e->mem.k_row,
+             e->k + (size_t)t * nkv, nkv);
+    kv_store(e->type_v, s->v + (size_t)j->il * e->kv_layer_bytes_v + p * e->mem.v_row,
+             e->v + (size_t)t * nkv, nkv);
 }
 
 /* ------------------------------------------------------------ forward */
@@ -852,8 +847,8 @@ static void forward(moeq_engine *e, int n)
         float *qkv_out[3] = { e->q, e->k, e->v };
         const size_t qkv_ld[3] = { (size_t)nq, (size_t)nkv, (size_t)nkv };
         matmul_shared(e, qkv, qkv_out, qkv_ld, 3, e->xn, n);
-        struct qk_job qj = { e, l, il };
-        per_token(e, n, qk_task, &qj);
+        struct tok_job qj = { .e = e, .l = l, .il = il, .fn = qk_tok };
+        per_token(&qj, n);
         struct attn_job aj = { .e = e, .layer = il };
         attn_plan(e, n, &aj);
         int64_t span = 0;   /* positions attended, over the batch */
@@ -1010,18 +1005,9 @@ moeq_engine *moeq_engine_open(const struct moeq_engine_params *p, char *err, siz
     e->cap = L->cap;
     e->type_k = L->kq_type;
     e->type_v = L->vq_type;
-    e->k_row_bytes = L->k_row;
-    e->v_row_bytes = L->v_row;
-    e->k_head_bytes = L->k_head;
-    e->v_head_bytes = L->v_head;
     e->kv_layer_bytes_k = L->k_row * (size_t)e->n_ctx;
     e->kv_layer_bytes_v = L->v_row * (size_t)e->n_ctx;
-    e->rowbuf_len = L->rowbuf_len;
-    e->attn_nh = L->attn_nh;
-    e->attn_tile = L->attn_tile;
-    e->attn_rows = e->attn_nh * e->attn_tile;
-    e->attn_ld = L->attn_ld;
-    e->attn_buf_len = L->attn_buf_len;
+    e->attn_rows = e->mem.attn_nh * e->mem.attn_tile;
 
     int oom = 0;
 #define SCRATCH(b) scratch(e, b, &oom)

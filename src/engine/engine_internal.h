@@ -24,13 +24,11 @@ struct moeq_engine {
     moeq_act_hook          hook;
     void                  *hook_ud;
 
-    /* KV cache geometry (per session: n_layer x n_ctx rows) */
-    size_t k_row_bytes, v_row_bytes;   /* one position, all KV heads */
-    size_t k_head_bytes, v_head_bytes; /* one KV head */
+    /* KV cache geometry (per session: n_layer x n_ctx rows; the row and
+     * head sizes and the attention shape are mem's) */
     size_t kv_layer_bytes_k, kv_layer_bytes_v;
     struct moeq_attn_ops attn;         /* for type_k / type_v and the CPU */
-    int attn_nh, attn_tile;            /* query heads per item, tokens per tile (at most) */
-    int attn_rows;                     /* attn_nh * attn_tile: rows of an item, at most */
+    int attn_rows;                     /* mem.attn_nh * mem.attn_tile: rows of an item, at most */
 
     /* The memory plan this engine was opened with (engine_mem.h): every
      * buffer below and each session's is allocated with its size; the
@@ -53,11 +51,9 @@ struct moeq_engine {
     float *hg, *hu;              /* [slots][n_ff] gate -> hidden, up */
     uint8_t *actq[2];            /* [slots] activation rows in Q8_0 / Q8_K */
     uint8_t *actq_h;             /* [slots] expert hidden rows quantized for down */
-    float *rowbuf;               /* [rowbuf_len] a dequantized embedding row */
-    size_t rowbuf_len;
+    float *rowbuf;               /* [mem.rowbuf_len] a dequantized embedding row */
     struct moeq_attn_tile *attn_tiles; /* [cap] the batch's attention tiles */
-    float *attn_buf;             /* [n_threads][attn_buf_len] scores, converted K/V rows */
-    size_t attn_buf_len, attn_ld; /* floats per thread; between score rows (>= n_ctx) */
+    float *attn_buf;             /* [n_threads][mem.attn_buf_len] scores, converted K/V rows */
     float *logits_tmp;           /* [n_seq][n_vocab] decode logits */
     /* MoE routing */
     float *rlog;                 /* [cap][n_expert] router logits -> probs */

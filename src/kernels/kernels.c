@@ -213,8 +213,10 @@ static void unpack_q2_K(const void *blk, struct moeq_unpacked *u)
     const block_q2_K *x = blk;
     q2k_get_levels(x, u->q);
     for (int g = 0; g < 16; g++) {
-        u->sc[g] = x->scales[g] & 0xf;
-        u->mn[g] = x->scales[g] >> 4;
+        int sc, mn;
+        q2k_get_scale_min(x->scales, g, &sc, &mn);
+        u->sc[g] = sc;
+        u->mn[g] = mn;
     }
     u->d = f16(x->d);
     u->dmin = f16(x->dmin);
@@ -378,8 +380,7 @@ static void unpack_iq4_xs(const void *blk, struct moeq_unpacked *u)
             u->q[32 * ib + j]      = kvalues_iq4nl[x->qs[16 * ib + j] & 0xf];
             u->q[32 * ib + j + 16] = kvalues_iq4nl[x->qs[16 * ib + j] >> 4];
         }
-        int ls = ((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | ((x->scales_h >> 2 * ib) & 3) << 4;
-        u->sc[2 * ib] = u->sc[2 * ib + 1] = ls - 32;
+        u->sc[2 * ib] = u->sc[2 * ib + 1] = iq4xs_get_scale(x, ib);
     }
     memset(u->mn, 0, sizeof u->mn);
     u->d = f16(x->d);
@@ -425,7 +426,8 @@ DOT_K(iq4_xs, block_iq4_xs)
 
 /* The scalar table: a dot product for every type, nothing else (the gemm
  * driver's loop is the scalar row kernel). The AVX2 and AVX-512 files
- * hold tables of the same shape on purpose: one row per type and ISA. */
+ * hold tables of the same shape on purpose, deliberate ISA twins: one row
+ * per type and ISA, each naming that ISA's kernels. */
 #define SCALAR(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name }
 static const struct moeq_isa_kernels scalar_kernels = {
     .type = {

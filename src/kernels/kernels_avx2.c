@@ -11,8 +11,9 @@
  * a row kernel walks its columns four at a time.
  *
  * What is the same at AVX-512 comes from kernels_simd.h (helpers, per-type
- * entry points) and kernels_attn_simd.h (attention); this file exports the
- * ISA's table (kernels_isa.h). Compiled with the AVX2 flags only.
+ * entry points, the float kernel, the row walkers) and kernels_attn_simd.h
+ * (attention); this file exports the ISA's table (kernels_isa.h).
+ * Compiled with the AVX2 flags only.
  */
 #include "kernels/kernels_simd.h"
 
@@ -240,6 +241,8 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
         __m256i bs16 = zero;   /* Q2_K mins / Q3_K -4 * scale, per bsum */
         float d = 0, dmin = 0;
         if (T == V_Q2_K) {
+            /* scales in the low nibbles, mins in the high ones: the layout
+             * of q2k_get_scale_min (quants_blocks.h), read 16 at a time */
             const block_q2_K *x = (const block_q2_K *)w + b;
             for (int j = 0; j < 8; j++) {
                 __m256i q = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * (j / 4)));
@@ -344,9 +347,8 @@ AI void k_vec(int64_t n, const void *w, const void *a, size_t as, const int NC, 
                 __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(0x0f)),
                                                _mm_and_si128(q, _mm_set1_epi8(0x0f)));
                 __m256i val = _mm256_shuffle_epi8(tab, nib);
-                int ls = ((x->scales_l[j / 2] >> 4 * (j % 2)) & 0xf) | ((x->scales_h >> 2 * j) & 3) << 4;
                 step32(a, as, b, j, NC, _mm256_abs_epi8(val), _mm256_cmpgt_epi8(zero, val),
-                       _mm256_set1_epi16((short)(ls - 32)), isum, 1);
+                       _mm256_set1_epi16((short)iq4xs_get_scale(x, j)), isum, 1);
             }
             d = h2f(x->d);
         }
@@ -371,6 +373,9 @@ SIMD_ENTRY(iq3_s, k_vec, V_IQ3_S)
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
+/* Weights i..i+7 as floats (kind as k_float): a deliberate ISA twin of
+ * load16_f in kernels_avx512.c, since the load and widening intrinsics
+ * are width-specific; k_float itself is shared (kernels_simd.h). */
 AI __m256 load8_f(const void *w, int64_t i, const int kind)
 {
     if (kind == 0) return _mm256_loadu_ps((const float *)w + i);
@@ -379,65 +384,13 @@ AI __m256 load8_f(const void *w, int64_t i, const int kind)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* Float weights against f32 activations, 8 lanes at a time: a deliberate
- * ISA twin of k_float in kernels_avx512.c (the vector width and the reduction
- * differ; the shared pieces are in kernels_simd.h). */
-AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                const int kind)
-{
-    __m256 acc[NC_MAX];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 wv = load8_f(w, i, kind);
-#pragma GCC unroll 8
-        for (int c = 0; c < NC; c++) {
-            acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(f32_col(a, as, c) + i), acc[c]);
-        }
-    }
-    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(hsum8(acc[c]), w, f32_col(a, as, c), i, n, kind);
-}
-
-SIMD_ENTRIES_FLOAT
+SIMD_K_FLOAT(__m256, 8, NC_MAX, load8_f, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, hsum8)
 
 /* ------------------------------------------------------------ tables */
 
-#define KERNEL(name)                                                                      \
-    static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,   \
-                           float *s, size_t ss)                                           \
-    {                                                                                     \
-        while (nc > 0) {                                                                  \
-            switch (nc) {                                                                 \
-            case 1: k_##name(n, w, a, as, 1, s, ss); break;                               \
-            case 2: k_##name(n, w, a, as, 2, s, ss); break;                               \
-            case 3: k_##name(n, w, a, as, 3, s, ss); break;                               \
-            default: k_##name(n, w, a, as, 4, s, ss); break;                              \
-            }                                                                             \
-            a = (const uint8_t *)a + NC_MAX * as;                                         \
-            s += NC_MAX * ss;                                                             \
-            nc -= NC_MAX;                                                                 \
-        }                                                                                 \
-    }                                                                                     \
-    static void dot_##name(int64_t n, float *s, const void *w, const void *a)            \
-    { k_##name(n, w, a, 0, 1, s, 0); }
-
-KERNEL(iq2_s)
-KERNEL(iq3_s)
-KERNEL(q4_K)
-KERNEL(q5_K)
-KERNEL(q6_K)
-KERNEL(q8_0)
-KERNEL(f32)
-KERNEL(f16)
-KERNEL(bf16)
-KERNEL(q4_0)
-KERNEL(iq4_nl)
-KERNEL(q2_K)
-KERNEL(q3_K)
-KERNEL(iq2_xxs)
-KERNEL(iq2_xs)
-KERNEL(iq3_xxs)
-KERNEL(iq4_xs)
+SIMD_ROW_KERNELS(NC_MAX, NC_MAX)
+SIMD_ROW_KERNEL(iq2_s, NC_MAX)
+SIMD_ROW_KERNEL(iq3_s, NC_MAX)
 
 /* The attention kernels and the SwiGLU product, compiled for this ISA:
  * rows of queries sharing one load of K (scores) and of V (accumulation). */
@@ -445,8 +398,8 @@ KERNEL(iq4_xs)
 #define ATTN_RB_ACCUM  3
 #include "kernels/kernels_attn_simd.h"
 
-/* This ISA's table (kernels_isa.h); its twins in kernels.c and
- * kernels_avx512.c have the same shape on purpose. */
+/* This ISA's table (kernels_isa.h); its deliberate ISA twins in kernels.c
+ * and kernels_avx512.c have the same shape on purpose. */
 #define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }
 const struct moeq_isa_kernels moeq_kernels_avx2 = {
     .type = {

@@ -766,14 +766,15 @@ SIMD_ENTRIES_Q45
  * correction is needed; the mins meet the columns' bsums, summed per
  * sub-block of 32 and laid out column-per-lane at transpose time.
  */
-struct tile_q45 {
-    uint8_t w[QK_K];       /* values in element order */
-    int32_t sc[8];
-    int32_t mnp[4];        /* mins in int16 pairs: mn[2k] | mn[2k + 1] << 16 */
+/* One unpacked K-quant block of a tile row (Q4_K, Q5_K, Q6_K). */
+struct tile_k {
+    uint8_t w[QK_K];       /* values in element order (Q6_K: stored, 0..63) */
+    int32_t sc[16];        /* sub-block scales: 8 (Q4_K / Q5_K) or 16 (Q6_K) */
+    int32_t mnp[4];        /* Q4_K / Q5_K mins in int16 pairs: mn[2k] | mn[2k + 1] << 16 */
     float   d, ndmin;
 };
 
-static void tile_q45_unpack(const void *w, int64_t b, const int five, struct tile_q45 *t)
+static void tile_q45_unpack(const void *w, int64_t b, const int five, struct tile_k *t)
 {
     struct q45_blk k;
     q45_unpack(w, b, five, &k);
@@ -841,37 +842,6 @@ AI void tile_sub4(const int G, int j, const __m512i *ab, const uint8_t *const w[
     }
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) S[i] = _mm512_add_epi32(S[i], _mm512_mullo_epi32(v[i], _mm512_set1_epi32(sc[i])));
-}
-
-AI void tile_q45_quad(const struct tile_q45 *const t[4], int nb, const __m512i *at,
-                      const __m512i *bs, const __m512 *yd, __m512 acc[4])
-{
-    __m512 a[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m512i *ab = at + (size_t)b * 64;
-        __m512i S[4], M[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
-        for (int j = 0; j < 8; j++)
-            tile_sub4(8, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
-                      (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
-                      _mm512_setzero_si512(), S);
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            const __m512i bk = bs[b * 4 + k];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) M[i] = _mm512_dpwssd_epi32(M[i], bk, _mm512_set1_epi32(t[i][b].mnp[k]));
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
-            a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].ndmin), yd[b]), a[i]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) acc[i] = a[i];
 }
 
 /* -------------------------------------------------------------- Q6_K */
@@ -1056,13 +1026,8 @@ static void rows_q6_K(int64_t n, const void *w, size_t ws, int64_t nr, const voi
 /* Tile kernel: unsigned stored values against signed transposed
  * activations; the +32 comes back out through 32 * bsum per sub-block of
  * 16, laid out one column per lane at transpose time. */
-struct tile_q6 {
-    uint8_t w[QK_K];
-    int32_t sc[16];
-    float   d;
-};
 
-static void tile_q6_unpack(const void *w, int64_t b, struct tile_q6 *t)
+static void tile_q6_unpack(const void *w, int64_t b, struct tile_k *t)
 {
     struct q6_blk k;
     q6_unpack((const block_q6_K *)w + b, &k);
@@ -1071,24 +1036,38 @@ static void tile_q6_unpack(const void *w, int64_t b, struct tile_q6 *t)
     t->d = k.d;
 }
 
-AI void tile_q6_quad(const struct tile_q6 *const t[4], int nb, const __m512i *at,
-                     const __m512i *bs, const __m512 *yd, __m512 acc[4])
+/* The four-row kernel of the K-quant tiles: per block, the sub-block sums
+ * (Q4_K / Q5_K: 8 of 8 dwords; Q6_K: 16 of 4, less the +32 offset through
+ * the bsums) and, for Q4_K / Q5_K, the mins against the paired bsums. */
+AI void tile_k_quad(const int six, const struct tile_k *const t[4], int nb, const __m512i *at,
+                    const __m512i *bs, const __m512 *yd, __m512 acc[4])
 {
     __m512 a[4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) a[i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const __m512i *ab = at + (size_t)b * 64;
-        __m512i S[4];
+        __m512i S[4], M[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) S[i] = _mm512_setzero_si512();
-        for (int j = 0; j < 16; j++)
-            tile_sub4(4, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
+        for (int i = 0; i < 4; i++) { S[i] = _mm512_setzero_si512(); M[i] = _mm512_setzero_si512(); }
+        for (int j = 0; j < (six ? 16 : 8); j++)
+            tile_sub4(six ? 4 : 8, j, ab, (const uint8_t *const[4]){ t[0][b].w, t[1][b].w, t[2][b].w, t[3][b].w },
                       (const int32_t[4]){ t[0][b].sc[j], t[1][b].sc[j], t[2][b].sc[j], t[3][b].sc[j] },
-                      _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]), S);
+                      six ? _mm512_sub_epi32(_mm512_setzero_si512(), bs[b * 16 + j]) : _mm512_setzero_si512(), S);
+        if (!six) {
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 4; k++) {
+                const __m512i bk = bs[b * 4 + k];
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) M[i] = _mm512_dpwssd_epi32(M[i], bk, _mm512_set1_epi32(t[i][b].mnp[k]));
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
             a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].d), yd[b]), a[i]);
+            if (!six)
+                a[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M[i]), _mm512_mul_ps(_mm512_set1_ps(t[i][b].ndmin), yd[b]), a[i]);
+        }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) acc[i] = a[i];
@@ -1119,8 +1098,7 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
     const int pass_cols = 16 * (GB / nb);
     union {
         struct tile_row iq[4][TILE_BLOCKS];
-        struct tile_q45 q45[4][TILE_BLOCKS];
-        struct tile_q6 q6[4][TILE_BLOCKS];
+        struct tile_k k[4][TILE_BLOCKS];
     } tr;
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)os));
@@ -1143,8 +1121,8 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
                 const uint8_t *wr = (const uint8_t *)W + (size_t)(r + i) * ws;
                 for (int b = 0; b < nb; b++) {
                     if (iq) tile_unpack(wr, b, kind == TK_IQ3_S, &tr.iq[i][b]);
-                    else if (kind == TK_Q6_K) tile_q6_unpack(wr, b, &tr.q6[i][b]);
-                    else tile_q45_unpack(wr, b, kind == TK_Q5_K, &tr.q45[i][b]);
+                    else if (kind == TK_Q6_K) tile_q6_unpack(wr, b, &tr.k[i][b]);
+                    else tile_q45_unpack(wr, b, kind == TK_Q5_K, &tr.k[i][b]);
                 }
             }
             for (int g = 0; g < ng; g++) {
@@ -1155,14 +1133,11 @@ AI void tile_run(int64_t K, const void *W, size_t ws, int64_t nr, const void *A,
                     const struct tile_row *t[4];
                     for (int i = 0; i < 4; i++) t[i] = tr.iq[i < nrow ? i : 0];
                     tile_quad(t, nb, at + (size_t)g * nb * 64, yd + (size_t)g * nb, kind == TK_IQ3_S, acc);
-                } else if (kind == TK_Q6_K) {
-                    const struct tile_q6 *t[4];
-                    for (int i = 0; i < 4; i++) t[i] = tr.q6[i < nrow ? i : 0];
-                    tile_q6_quad(t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16, yd + (size_t)g * nb, acc);
                 } else {
-                    const struct tile_q45 *t[4];
-                    for (int i = 0; i < 4; i++) t[i] = tr.q45[i < nrow ? i : 0];
-                    tile_q45_quad(t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16, yd + (size_t)g * nb, acc);
+                    const struct tile_k *t[4];
+                    for (int i = 0; i < 4; i++) t[i] = tr.k[i < nrow ? i : 0];
+                    tile_k_quad(kind == TK_Q6_K, t, nb, at + (size_t)g * nb * 64, bs + (size_t)g * nb * 16,
+                                yd + (size_t)g * nb, acc);
                 }
                 float *o = out + (size_t)(c0 + 16 * g) * os + r;
                 for (int i = 0; i < nrow; i++) _mm512_mask_i32scatter_ps(o + i, m, idx, acc[i], 4);
@@ -1437,6 +1412,8 @@ AI void vunpack(const int T, const void *w, int64_t b, struct vblk *v)
 {
     const __m128i m4 = _mm_set1_epi8(0x0f);
     if (T == V_Q2_K) {
+        /* scales in the low nibbles, mins in the high ones: the layout of
+         * q2k_get_scale_min (quants_blocks.h), read 16 at a time */
         const block_q2_K *x = (const block_q2_K *)w + b;
         __m128i s8 = _mm_loadu_si128((const __m128i *)x->scales);
         __m128i lo = _mm_and_si128(s8, m4);
@@ -1537,10 +1514,7 @@ AI void vunpack(const int T, const void *w, int64_t b, struct vblk *v)
             __m512i val = _mm512_shuffle_epi8(tab, z);
             v->sg[k] = _mm512_movepi8_mask(val);
             v->wv[k] = _mm512_abs_epi8(val);
-            int ib0 = 2 * k, ib1 = 2 * k + 1;
-            int l0 = ((x->scales_l[k] & 0xf) | ((x->scales_h >> 2 * ib0) & 3) << 4) - 32;
-            int l1 = ((x->scales_l[k] >> 4) | ((x->scales_h >> 2 * ib1) & 3) << 4) - 32;
-            v->sc[k] = blend_scales(l0, l1);
+            v->sc[k] = blend_scales(iq4xs_get_scale(x, 2 * k), iq4xs_get_scale(x, 2 * k + 1));
         }
         v->d = h2f(x->d);
         v->dmin = 0;
@@ -1594,6 +1568,9 @@ SIMD_ENTRIES_VEC
 
 /* ----------------------------------------------------- F32 / F16 / BF16 */
 
+/* Weights i..i+15 as floats (kind as k_float): a deliberate ISA twin of
+ * load8_f in kernels_avx2.c, since the load and widening intrinsics are
+ * width-specific; k_float itself is shared (kernels_simd.h). */
 AI __m512 load16_f(const void *w, int64_t i, const int kind)
 {
     if (kind == 0) return _mm512_loadu_ps((const float *)w + i);
@@ -1602,28 +1579,8 @@ AI __m512 load16_f(const void *w, int64_t i, const int kind)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* Float weights against f32 activations, 16 lanes at a time: a deliberate
- * ISA twin of k_float in kernels_avx2.c (the vector width and the reduction
- * differ; the shared pieces are in kernels_simd.h). */
-AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, size_t ss,
-                const int kind)
-{
-    __m512 acc[MOEQ_GEMM_NC];
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 wv = load16_f(w, i, kind);
-#pragma GCC unroll 16
-        for (int c = 0; c < NC; c++) {
-            acc[c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(f32_col(a, as, c) + i), acc[c]);
-        }
-    }
-#pragma GCC unroll 16
-    for (int c = 0; c < NC; c++) s[(size_t)c * ss] = float_tail(_mm512_reduce_add_ps(acc[c]), w, f32_col(a, as, c), i, n, kind);
-}
-
-SIMD_ENTRIES_FLOAT
+SIMD_K_FLOAT(__m512, 16, MOEQ_GEMM_NC, load16_f, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
+             _mm512_reduce_add_ps)
 
 /* ---------------------------------------------- activation quantization */
 
@@ -1676,59 +1633,10 @@ static void actq_q8_0(const float *x, void *vy, int64_t n)
 
 /* ------------------------------------------------------------ tables */
 
-/*
- * One instantiation per column count (1..8 and 16), so the accumulators
- * live in registers; 9..15 columns take a 8-column pass and a second one.
- */
-#define KERNEL_G(name, G)                                                                 \
-    static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,   \
-                           float *s, size_t ss)                                           \
-    {                                                                                     \
-        while (nc > 0) {                                                                  \
-            int done = nc >= 16 && G >= 16 ? 16 : nc > 8 && G >= 8 ? 8 : nc < G ? nc : G; \
-            switch (done) {                                                               \
-            case 1: k_##name(n, w, a, as, 1, s, ss); break;                               \
-            case 2: k_##name(n, w, a, as, 2, s, ss); break;                               \
-            case 3: k_##name(n, w, a, as, 3, s, ss); break;                               \
-            case 4: k_##name(n, w, a, as, 4, s, ss); break;                               \
-            case 5: k_##name(n, w, a, as, 5, s, ss); break;                               \
-            case 6: k_##name(n, w, a, as, 6, s, ss); break;                               \
-            case 7: k_##name(n, w, a, as, 7, s, ss); break;                               \
-            case 8: k_##name(n, w, a, as, 8, s, ss); break;                               \
-            default: k_##name(n, w, a, as, 16, s, ss); break;                             \
-            }                                                                             \
-            a = (const uint8_t *)a + (size_t)done * as;                                   \
-            s += (size_t)done * ss;                                                       \
-            nc -= done;                                                                   \
-        }                                                                                 \
-    }                                                                                     \
-    static void dot_##name(int64_t n, float *s, const void *w, const void *a)            \
-    { k_##name(n, w, a, 0, 1, s, 0); }
-
-#define KERNEL(name) KERNEL_G(name, 16)
-#define FLOAT_G 4
-
-
-
 _Static_assert(MOEQ_GEMM_NC == 16, "row kernels are instantiated for up to 16 columns");
-
-KERNEL(q4_K)
-KERNEL(q5_K)
-KERNEL(q6_K)
-KERNEL(q8_0)
 /* Float activation rows are often a multiple of 4 KiB apart, so more than
  * a few column streams at once alias in the 8-way L1: four at a time. */
-KERNEL_G(f32, FLOAT_G)
-KERNEL_G(f16, FLOAT_G)
-KERNEL_G(bf16, FLOAT_G)
-KERNEL(q4_0)
-KERNEL(iq4_nl)
-KERNEL(q2_K)
-KERNEL(q3_K)
-KERNEL(iq2_xxs)
-KERNEL(iq2_xs)
-KERNEL(iq3_xxs)
-KERNEL(iq4_xs)
+SIMD_ROW_KERNELS(MOEQ_GEMM_NC, 4)
 
 
 /* The attention kernels and the SwiGLU product, compiled for this ISA:
@@ -1737,8 +1645,8 @@ KERNEL(iq4_xs)
 #define ATTN_RB_ACCUM  4
 #include "kernels/kernels_attn_simd.h"
 
-/* This ISA's table (kernels_isa.h; its twins in kernels.c and
- * kernels_avx2.c have the same shape on purpose): the row kernels of every
+/* This ISA's table (kernels_isa.h; its deliberate ISA twins in kernels.c
+ * and kernels_avx2.c have the same shape on purpose): the row kernels of every
  * type, the decode (rows) and prompt (tile) kernels of the types that have
  * them, and the activation quantizers. */
 #define ROW(T, name) [MOEQ_TYPE_##T] = { .dot = dot_##name, .row = row_##name }

@@ -9,7 +9,9 @@
  * that differs (register width, VNNI, tile kernels) lives in the ISA file.
  * Entry points per type (k_<type>) over a shared kernel with a
  * compile-time kind are instantiated by the SIMD_ENTRIES_* lists below,
- * after the including file has defined that kernel.
+ * after the including file has defined that kernel; likewise the float
+ * kernel (SIMD_K_FLOAT, over the ISA's vector ops) and the row kernels
+ * that walk a panel of columns (SIMD_ROW_KERNEL, SIMD_ROW_KERNELS).
  */
 #ifndef MOEQ_KERNELS_SIMD_H
 #define MOEQ_KERNELS_SIMD_H
@@ -98,5 +100,75 @@ enum { V_Q2_K, V_Q3_K, V_IQ2_XXS, V_IQ2_XS, V_IQ3_XXS, V_IQ4_XS, V_IQ2_S, V_IQ3_
                          SIMD_ENTRY(iq4_xs, k_vec, V_IQ4_XS)
 #define SIMD_ENTRIES_FLOAT SIMD_ENTRY(f32, k_float, 0) SIMD_ENTRY(f16, k_float, 1) \
                            SIMD_ENTRY(bf16, k_float, 2)
+
+/*
+ * row_<name> and dot_<name> (kernels_isa.h) over k_<name>: the row kernel
+ * walks its columns in passes of up to G (an ISA's register budget: 4 at
+ * AVX2, 16 at AVX-512), one instantiation of k_<name> per pass width (1..8
+ * and 16; widths above G are never taken and compile as width 1, so no
+ * instantiation outgrows the ISA's accumulator arrays), so the accumulators
+ * live in registers; at G 16, 9..15 columns take an 8-column pass and a
+ * second one.
+ */
+#define SIMD_PASS(name, W)                                                                   \
+    case W: k_##name(n, w, a, as, (W) <= G_ ? (W) : 1, s, ss); break;
+#define SIMD_ROW_KERNEL(name, G)                                                             \
+    static void row_##name(int64_t n, const void *w, const void *a, size_t as, int nc,      \
+                           float *s, size_t ss)                                              \
+    {                                                                                        \
+        enum { G_ = (G) };                                                                   \
+        while (nc > 0) {                                                                     \
+            int done = nc >= 16 && G_ >= 16 ? 16 : nc > 8 && G_ >= 8 ? 8 : nc < G_ ? nc : G_; \
+            switch (done) {                                                                  \
+            SIMD_PASS(name, 1) SIMD_PASS(name, 2) SIMD_PASS(name, 3) SIMD_PASS(name, 4)      \
+            SIMD_PASS(name, 5) SIMD_PASS(name, 6) SIMD_PASS(name, 7) SIMD_PASS(name, 8)      \
+            default: SIMD_PASS(name, 16)                                                     \
+            }                                                                                \
+            a = (const uint8_t *)a + (size_t)done * as;                                      \
+            s += (size_t)done * ss;                                                          \
+            nc -= done;                                                                      \
+        }                                                                                    \
+    }                                                                                        \
+    static void dot_##name(int64_t n, float *s, const void *w, const void *a)               \
+    { k_##name(n, w, a, 0, 1, s, 0); }
+
+/* The row kernels of the types every SIMD ISA walks with SIMD_ROW_KERNEL:
+ * G columns per pass, G_FLOAT for the float types. (IQ2_S and IQ3_S are
+ * the ISA file's: AVX2 walks them the same way, AVX-512 has its own.) */
+#define SIMD_ROW_KERNELS(G, G_FLOAT)                                                         \
+    SIMD_ROW_KERNEL(q4_K, G) SIMD_ROW_KERNEL(q5_K, G) SIMD_ROW_KERNEL(q6_K, G)             \
+    SIMD_ROW_KERNEL(q8_0, G) SIMD_ROW_KERNEL(q4_0, G) SIMD_ROW_KERNEL(iq4_nl, G)           \
+    SIMD_ROW_KERNEL(q2_K, G) SIMD_ROW_KERNEL(q3_K, G) SIMD_ROW_KERNEL(iq2_xxs, G)          \
+    SIMD_ROW_KERNEL(iq2_xs, G) SIMD_ROW_KERNEL(iq3_xxs, G) SIMD_ROW_KERNEL(iq4_xs, G)      \
+    SIMD_ROW_KERNEL(f32, G_FLOAT) SIMD_ROW_KERNEL(f16, G_FLOAT) SIMD_ROW_KERNEL(bf16, G_FLOAT)
+
+/*
+ * k_float and its entry points k_f32, k_f16, k_bf16: float weights (kind 0
+ * F32, 1 F16, 2 BF16) against NC f32 activation columns, one accumulator
+ * per column over whole vectors of LANES weights, then the tail in order.
+ * Written once; each ISA file instantiates it after defining its ops: V the
+ * float vector, load_w(w, i, kind) weights i.. as floats, vzero, vloadu,
+ * vfmadd and vhsum (the reduction). The width fixes the summation order,
+ * so AVX2 and AVX-512 sums may differ in their last bits.
+ */
+#define SIMD_K_FLOAT(V, LANES, NC_CAP, load_w, vzero, vloadu, vfmadd, vhsum)                   \
+    AI void k_float(int64_t n, const void *w, const void *a, size_t as, const int NC, float *s, \
+                    size_t ss, const int kind)                                                 \
+    {                                                                                          \
+        V acc[NC_CAP];                                                                         \
+        _Pragma("GCC unroll 16")                                                               \
+        for (int c = 0; c < NC; c++) acc[c] = vzero();                                         \
+        int64_t i = 0;                                                                         \
+        for (; i + (LANES) <= n; i += (LANES)) {                                               \
+            V wv = load_w(w, i, kind);                                                         \
+            _Pragma("GCC unroll 16")                                                           \
+            for (int c = 0; c < NC; c++)                                                       \
+                acc[c] = vfmadd(wv, vloadu(f32_col(a, as, c) + i), acc[c]);                    \
+        }                                                                                      \
+        _Pragma("GCC unroll 16")                                                               \
+        for (int c = 0; c < NC; c++)                                                           \
+            s[(size_t)c * ss] = float_tail(vhsum(acc[c]), w, f32_col(a, as, c), i, n, kind);   \
+    }                                                                                          \
+    SIMD_ENTRIES_FLOAT
 
 #endif

@@ -9,20 +9,11 @@
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
 #include "quant/tensor_groups.h"
+#include "util/util.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static uint64_t pad(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
@@ -54,7 +45,7 @@ int moeq_alloc_init(struct moeq_alloc *a, const gguf_file *f, const int *allow, 
     a->n_tensors = n;
     a->alignment = f->alignment ? f->alignment : 32;
     a->units = calloc((size_t)n + 1, sizeof *a->units);
-    if (!a->units) return fail(err, errlen, "alloc: out of memory");
+    if (!a->units) return moeq_fail(err, errlen, "alloc: out of memory");
     uint64_t names = 0;
     for (int i = 0; i < n; i++) {
         const gguf_tensor *t = &f->tensors[i];
@@ -109,7 +100,7 @@ int moeq_alloc_init(struct moeq_alloc *a, const gguf_file *f, const int *allow, 
             u->bytes[u->n_cand] = b;
             u->n_cand++;
         }
-        if (!u->n_cand) return fail(err, errlen, "alloc: %s: no allowed type fits its row length", u->name);
+        if (!u->n_cand) return moeq_fail(err, errlen, "alloc: %s: no allowed type fits its row length", u->name);
     }
     /* header: the input's (a bound for the copied metadata and tensor
      * infos), the plan key, and room for the importance keys */
@@ -197,7 +188,7 @@ int moeq_alloc_measure(struct moeq_alloc *a, const gguf_file *f, const struct mo
     float **scratch = calloc((size_t)nth, sizeof *scratch);
     int ok = scratch != NULL;
     for (int t = 0; ok && t < nth; t++) ok = (scratch[t] = malloc((size_t)max_ne0 * 4 * sizeof(float) + 64)) != NULL;
-    if (!ok) { fail(err, errlen, "alloc: out of memory"); goto out; }
+    if (!ok) { moeq_fail(err, errlen, "alloc: out of memory"); goto out; }
     uint64_t total = 0, done = 0;
     for (int k = 0; k < a->n_units; k++) total += a->units[k].nelem;
     const double t0 = moeq_now_s();
@@ -226,7 +217,7 @@ out:
 int moeq_alloc_save(const struct moeq_alloc *a, const char *path, char *err, size_t errlen)
 {
     FILE *fp = fopen(path, "w");
-    if (!fp) return fail(err, errlen, "alloc: cannot write %s", path);
+    if (!fp) return moeq_fail(err, errlen, "alloc: cannot write %s", path);
     fprintf(fp, "moeq-sensitivity 1\n# unit NAME SENS NELEM / cand NAME TYPE BYTES ERR (damage = SENS x ERR)\n");
     for (int k = 0; k < a->n_units; k++) {
         const struct moeq_alloc_unit *u = &a->units[k];
@@ -236,7 +227,7 @@ int moeq_alloc_save(const struct moeq_alloc *a, const char *path, char *err, siz
                     (unsigned long long)u->bytes[c], u->err[c]);
     }
     int bad = ferror(fp);
-    if (fclose(fp) != 0 || bad) return fail(err, errlen, "alloc: error writing %s", path);
+    if (fclose(fp) != 0 || bad) return moeq_fail(err, errlen, "alloc: error writing %s", path);
     return 0;
 }
 
@@ -250,13 +241,13 @@ static struct moeq_alloc_unit *unit_by_name(struct moeq_alloc *a, const char *na
 int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t errlen)
 {
     FILE *fp = fopen(path, "r");
-    if (!fp) return fail(err, errlen, "alloc: cannot read %s", path);
+    if (!fp) return moeq_fail(err, errlen, "alloc: cannot read %s", path);
     char line[512];
     int lineno = 0, rc = -1;
     unsigned char *seen = calloc((size_t)a->n_units + 1, MOEQ_ALLOC_MAX_CAND);
-    if (!seen) { fail(err, errlen, "alloc: out of memory"); goto out; }
+    if (!seen) { moeq_fail(err, errlen, "alloc: out of memory"); goto out; }
     if (!fgets(line, sizeof line, fp) || strncmp(line, "moeq-sensitivity 1", 18) != 0) {
-        fail(err, errlen, "alloc: %s is not a moeq sensitivity file", path);
+        moeq_fail(err, errlen, "alloc: %s is not a moeq sensitivity file", path);
         goto out;
     }
     lineno = 1;
@@ -268,18 +259,18 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
         if (line[0] == '#' || line[0] == '\n') continue;
         if (sscanf(line, "unit %159s %lf %llu", name, &v, &nb) == 3) {
             struct moeq_alloc_unit *u = unit_by_name(a, name);
-            if (!u || u->nelem != nb) { fail(err, errlen, "alloc: %s:%d: unit %s does not match this model", path, lineno, name); goto out; }
+            if (!u || u->nelem != nb) { moeq_fail(err, errlen, "alloc: %s:%d: unit %s does not match this model", path, lineno, name); goto out; }
             u->sens = v;
         } else if (sscanf(line, "%15s %159s %31s %llu %lf", kind, name, tname, &nb, &v) == 5 && !strcmp(kind, "cand")) {
             struct moeq_alloc_unit *u = unit_by_name(a, name);
             int type = moeq_type_from_name(tname), c = 0;
             while (u && c < u->n_cand && u->type[c] != type) c++;
             if (!u || c == u->n_cand) continue; /* not allowed this time */
-            if (u->bytes[c] != nb) { fail(err, errlen, "alloc: %s:%d: %s as %s has %llu bytes, not %llu", path, lineno, name, tname, (unsigned long long)u->bytes[c], nb); goto out; }
+            if (u->bytes[c] != nb) { moeq_fail(err, errlen, "alloc: %s:%d: %s as %s has %llu bytes, not %llu", path, lineno, name, tname, (unsigned long long)u->bytes[c], nb); goto out; }
             u->err[c] = v;
             seen[(size_t)(u - a->units) * MOEQ_ALLOC_MAX_CAND + (size_t)c] = 1;
         } else {
-            fail(err, errlen, "alloc: %s:%d: bad line", path, lineno);
+            moeq_fail(err, errlen, "alloc: %s:%d: bad line", path, lineno);
             goto out;
         }
     }
@@ -293,7 +284,7 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
             m++;
         }
         u->n_cand = m;
-        if (!m) { fail(err, errlen, "alloc: %s has no measurement for %s", path, u->name); goto out; }
+        if (!m) { moeq_fail(err, errlen, "alloc: %s has no measurement for %s", path, u->name); goto out; }
     }
     rc = 0;
 out:
@@ -399,18 +390,18 @@ int moeq_alloc_solve(const struct moeq_alloc *a, uint64_t budget, int *choice, c
         minb += m;
     }
     if (minb > budget)
-        return fail(err, errlen, "alloc: budget %llu bytes for the weights is below the smallest plan (%llu bytes)",
+        return moeq_fail(err, errlen, "alloc: budget %llu bytes for the weights is below the smallest plan (%llu bytes)",
                     (unsigned long long)budget, (unsigned long long)minb);
     const uint64_t states = 1u << 17;
     if (g == 0) g = 1;
     if (budget / g > states) g = (budget + states - 1) / states;
     int64_t cap = (int64_t)(budget / g);
     for (int it = 0; it < 64; it++) {
-        if (cap < 0 || dp_solve(a, g, cap, choice) != 0) return fail(err, errlen, "alloc: no plan fits %llu bytes", (unsigned long long)budget);
+        if (cap < 0 || dp_solve(a, g, cap, choice) != 0) return moeq_fail(err, errlen, "alloc: no plan fits %llu bytes", (unsigned long long)budget);
         uint64_t b = chosen_bytes(a, choice);
         if (b <= budget) break;
         cap -= (int64_t)((b - budget + g - 1) / g);
-        if (it == 63) return fail(err, errlen, "alloc: no plan fits %llu bytes", (unsigned long long)budget);
+        if (it == 63) return moeq_fail(err, errlen, "alloc: no plan fits %llu bytes", (unsigned long long)budget);
     }
     /* exact greedy fill of the slack: the best damage reduction that fits */
     for (;;) {

@@ -19,15 +19,14 @@
 #include "quant/imatrix.h"
 #include "model/model.h"
 #include "util/outfile.h"
+#include "util/util.h"
 #include "engine/pool.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 void moeq_quantize_opts_init(struct moeq_quantize_opts *o)
@@ -115,22 +114,6 @@ static int name_listed(const char *name, const char *const *list, int n)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static int is_source_type_ok(int type)
 {
     const struct moeq_type_traits *t = moeq_type_traits(type);
@@ -156,17 +139,17 @@ static int plan(const struct moeq_quantize_opts *o, const gguf_file *f, int has_
 {
     const int n = (int)f->n_tensors;
     if (o->types && o->n_types != n)
-        return fail(err, errlen, "quantize: type plan of %d tensors for %s, which has %d", o->n_types, o->in_path, n);
+        return moeq_fail(err, errlen, "quantize: type plan of %d tensors for %s, which has %d", o->n_types, o->in_path, n);
     struct moeq_plan_tensor *pt = calloc((size_t)n + 1, sizeof *pt);
     struct moeq_plan_entry *pe = calloc((size_t)n + 1, sizeof *pe);
     r->tensors = calloc((size_t)n + 1, sizeof *r->tensors);
     int rc = -1;
-    if (!pt || !pe || !r->tensors) { fail(err, errlen, "out of memory"); goto out; }
+    if (!pt || !pe || !r->tensors) { moeq_fail(err, errlen, "out of memory"); goto out; }
     r->n_tensors = n;
     for (int i = 0; i < n; i++) {
         const gguf_tensor *t = &f->tensors[i];
         struct moeq_quantize_tensor *q = &r->tensors[i];
-        if (!(q->name = strndup(t->name.s, (size_t)t->name.n))) { fail(err, errlen, "out of memory"); goto out; }
+        if (!(q->name = strndup(t->name.s, (size_t)t->name.n))) { moeq_fail(err, errlen, "out of memory"); goto out; }
         q->src_type = (int)t->type;
         q->n_dims = t->n_dims;
         memcpy(q->ne, t->ne, sizeof q->ne);
@@ -184,7 +167,7 @@ static int plan(const struct moeq_quantize_opts *o, const gguf_file *f, int has_
     if (moeq_plan(&po, &shape, pt, n, pe, err, errlen) != 0) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", err);
-        fail(err, errlen, "quantize: %s: %s", o->in_path, msg);
+        moeq_fail(err, errlen, "quantize: %s: %s", o->in_path, msg);
         goto out;
     }
     for (int i = 0; i < n; i++) {
@@ -205,13 +188,13 @@ static int plan(const struct moeq_quantize_opts *o, const gguf_file *f, int has_
         if (!o->types || o->types[i] < 0) continue;
         const struct moeq_type_traits *tt = moeq_type_traits(o->types[i]);
         if (!moeq_plan_is_quantizable(q->name, q->n_dims)) {
-            fail(err, errlen, "quantize: type plan: %s is not a tensor quantization may change", q->name);
+            moeq_fail(err, errlen, "quantize: type plan: %s is not a tensor quantization may change", q->name);
             goto out;
         }
         int ok = 0;
         uint64_t nb = tt ? moeq_tensor_nbytes(o->types[i], q->ne[0], q->nelem, &ok) : 0;
         if (!ok) {
-            fail(err, errlen, "quantize: type plan: tensor %s: row length %llu does not fit type %s",
+            moeq_fail(err, errlen, "quantize: type plan: tensor %s: row length %llu does not fit type %s",
                  q->name, (unsigned long long)q->ne[0], moeq_type_name(o->types[i]));
             goto out;
         }
@@ -248,7 +231,7 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                 uint64_t n_mat = t->ne[2] * t->ne[3];
                 if (!(e->n_per_row == (int64_t)t->ne[0] && e->n_mat == (int64_t)n_mat) &&
                     !(e->n_mat == 1 && e->n_per_row == (int64_t)(t->ne[0] * n_mat)))
-                    return fail(err, errlen, "quantize: imatrix %s: entry %s has %lld values, but tensor %s in %s needs %llu x %llu",
+                    return moeq_fail(err, errlen, "quantize: imatrix %s: entry %s has %lld values, but tensor %s in %s needs %llu x %llu",
                                 o->imatrix_path, e->name, (long long)(e->n_per_row * e->n_mat), q->name, o->in_path,
                                 (unsigned long long)t->ne[0], (unsigned long long)n_mat);
                 int use = 1;
@@ -265,7 +248,7 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                     o->imatrix_path, q->name, moeq_type_name(q->type));
         else if (!ie[i] && moeq_type_needs_imatrix(q->type) && !o->ignore_imatrix_rules &&
             strcmp(q->name, "token_embd.weight") != 0 && strcmp(q->name, "output.weight") != 0)
-            return fail(err, errlen, "quantize: no importance data for %s, needed for %s (pass --imatrix, or --ignore-imatrix-rules)",
+            return moeq_fail(err, errlen, "quantize: no importance data for %s, needed for %s (pass --imatrix, or --ignore-imatrix-rules)",
                         q->name, moeq_type_name(q->type));
         const struct moeq_type_traits *st = moeq_type_traits(q->src_type);
         if (st && st->quantized && !o->allow_requantize && o->dry_run) {
@@ -274,15 +257,15 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                         o->in_path, q->name, st->name);
             requant_noted = 1;
         } else if (st && st->quantized && !o->allow_requantize)
-            return fail(err, errlen, "quantize: %s: tensor %s is already %s; requantizing is disabled (use --allow-requantize)",
+            return moeq_fail(err, errlen, "quantize: %s: tensor %s is already %s; requantizing is disabled (use --allow-requantize)",
                         o->in_path, q->name, st->name);
         if (!is_source_type_ok(q->src_type) || !moeq_type_traits(q->type)->to_float ||
             (!moeq_type_traits(q->type)->quantize && q->type != MOEQ_TYPE_F32))
-            return fail(err, errlen, "quantize: cannot convert %s from %s to %s", q->name,
+            return moeq_fail(err, errlen, "quantize: cannot convert %s from %s to %s", q->name,
                         moeq_type_name(q->src_type), moeq_type_name(q->type));
     }
     if (im && im_matched == 0)
-        return fail(err, errlen, "quantize: imatrix %s matches no tensor of %s (computed for a different model?)",
+        return moeq_fail(err, errlen, "quantize: imatrix %s matches no tensor of %s (computed for a different model?)",
                     o->imatrix_path, o->in_path);
     /* report experts without calibration data */
     for (int i = 0; im && i < n; i++) {
@@ -311,7 +294,7 @@ static int match_hessian(const struct moeq_quantize_opts *o, const gguf_file *f,
     const struct moeq_hessian_entry **he = calloc((size_t)r->n_tensors + 1, sizeof *he);
     *hs_out = hs;
     *he_out = he;
-    if (!hs || !he) return fail(err, errlen, "out of memory");
+    if (!hs || !he) return moeq_fail(err, errlen, "out of memory");
     if (moeq_hessian_load(hs, o->hessian_path, err, errlen) != 0) return -1;
     int used = 0;
     for (int i = 0; i < r->n_tensors; i++) {
@@ -321,7 +304,7 @@ static int match_hessian(const struct moeq_quantize_opts *o, const gguf_file *f,
         if (!e) continue;
         const gguf_tensor *t = &f->tensors[i];
         if ((uint64_t)e->n != t->ne[0] || (uint64_t)e->n_mat != t->ne[2] * t->ne[3])
-            return fail(err, errlen, "quantize: hessian %s: entry %s is %lld x %lld x %lld, but tensor %s in %s "
+            return moeq_fail(err, errlen, "quantize: hessian %s: entry %s is %lld x %lld x %lld, but tensor %s in %s "
                         "has rows of %llu in %llu matrices", o->hessian_path, e->name, (long long)e->n,
                         (long long)e->n, (long long)e->n_mat, q->name, o->in_path, (unsigned long long)t->ne[0],
                         (unsigned long long)(t->ne[2] * t->ne[3]));
@@ -329,7 +312,7 @@ static int match_hessian(const struct moeq_quantize_opts *o, const gguf_file *f,
         used++;
     }
     if (used == 0)
-        return fail(err, errlen, "quantize: hessian %s matches no tensor of %s (computed for a different model?)",
+        return moeq_fail(err, errlen, "quantize: hessian %s matches no tensor of %s (computed for a different model?)",
                     o->hessian_path, o->in_path);
     fprintf(log, "moeq: Hessian-aware rounding for %d tensors from %s\n", used, o->hessian_path);
     return 0;
@@ -402,7 +385,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
     uint8_t *dst = malloc((size_t)block * dst_row);
     float *wbuf = malloc((size_t)ne0 * sizeof(float));
     int ok = 1;
-    if (!f32 || !back || !dst || !wbuf) { fail(err, errlen, "out of memory"); ok = 0; }
+    if (!f32 || !back || !dst || !wbuf) { moeq_fail(err, errlen, "out of memory"); ok = 0; }
     memset(acc, 0, (size_t)nth * 4 * sizeof(double));
     for (int64_t m = 0; ok && m < n_mat; m++) {
         const float *wts = NULL;
@@ -416,7 +399,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
             char gerr[256];
             g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : MOEQ_GPTQ_DAMP, gerr, sizeof gerr) : NULL;
             free(H);
-            if (!g) { fail(err, errlen, "quantize: %s: %s", q->name, H ? gerr : "out of memory"); ok = 0; break; }
+            if (!g) { moeq_fail(err, errlen, "quantize: %s: %s", q->name, H ? gerr : "out of memory"); ok = 0; break; }
             q->gptq++;
         }
         const uint8_t *msrc = (const uint8_t *)t->data + (size_t)m * (size_t)ne1 * src_row;
@@ -426,7 +409,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
                               src_row, dst_row, dst, f32, back, wts, &o->qp,
                               acc, acc + nth, acc + 2 * nth, acc + 3 * nth, 0, g };
             moeq_pool_for(pool, nr, 4, quant_rows, &j);
-            if (j.failed) { fail(err, errlen, "quantize: no quantizer for %s", moeq_type_name(q->type)); ok = 0; break; }
+            if (j.failed) { moeq_fail(err, errlen, "quantize: no quantizer for %s", moeq_type_name(q->type)); ok = 0; break; }
             ok = gguf_writer_write(w, dst, (size_t)nr * dst_row) == 0;
         }
         /* this expert's source pages are done: drop them from our RSS */
@@ -451,9 +434,9 @@ int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *
     memset(kv, 0, sizeof *kv);
     const char *eq = strchr(spec, '='), *colon = eq ? strchr(eq + 1, ':') : NULL;
     if (!eq || !colon || eq == spec)
-        return fail(err, errlen, "--override-kv: expected KEY=TYPE:VALUE, got '%s'", spec);
+        return moeq_fail(err, errlen, "--override-kv: expected KEY=TYPE:VALUE, got '%s'", spec);
     if ((size_t)(eq - spec) >= sizeof kv->key)
-        return fail(err, errlen, "--override-kv: key too long in '%s'", spec);
+        return moeq_fail(err, errlen, "--override-kv: key too long in '%s'", spec);
     memcpy(kv->key, spec, (size_t)(eq - spec));
     const char *type = eq + 1, *val = colon + 1;
     size_t tn = (size_t)(colon - type);
@@ -469,7 +452,7 @@ int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *
         kv->val.type = GGUF_TYPE_BOOL;
         if (!strcmp(val, "true")) kv->val.v.u64 = 1;
         else if (strcmp(val, "false") != 0)
-            return fail(err, errlen, "--override-kv: %s: bool must be true or false, got '%s'", kv->key, val);
+            return moeq_fail(err, errlen, "--override-kv: %s: bool must be true or false, got '%s'", kv->key, val);
         return 0;
     } else if (tn == 3 && !memcmp(type, "str", 3)) {
         kv->val.type = GGUF_TYPE_STRING;
@@ -477,11 +460,11 @@ int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *
         kv->val.v.str.n = strlen(val);
         return 0;
     } else {
-        return fail(err, errlen, "--override-kv: %s: type must be int, float, bool or str, got '%.*s'",
+        return moeq_fail(err, errlen, "--override-kv: %s: type must be int, float, bool or str, got '%.*s'",
                     kv->key, (int)tn, type);
     }
     if (!*val || !end || *end || errno)
-        return fail(err, errlen, "--override-kv: %s: bad %.*s value '%s'", kv->key, (int)tn, type, val);
+        return moeq_fail(err, errlen, "--override-kv: %s: bad %.*s value '%s'", kv->key, (int)tn, type, val);
     return 0;
 }
 
@@ -491,7 +474,7 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
                        char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
-    if (!o->mix || !o->in_path || !o->out_path) return fail(err, errlen, "quantize: no mix, input or output given");
+    if (!o->mix || !o->in_path || !o->out_path) return moeq_fail(err, errlen, "quantize: no mix, input or output given");
     /* every file the job reads; the output may be none of them */
     const char *inputs[3] = { o->in_path };
     int n_inputs = 1;
@@ -499,7 +482,7 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     if (o->hessian_path) inputs[n_inputs++] = o->hessian_path;
     char oerr[512];
     if (moeq_outfile_check(o->out_path, inputs, n_inputs, oerr, sizeof oerr) != 0)
-        return fail(err, errlen, "quantize: %s", oerr);
+        return moeq_fail(err, errlen, "quantize: %s", oerr);
     FILE *log = o->log ? o->log : stderr;
     r->mix = o->mix;
 
@@ -516,7 +499,7 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     }
     if (plan(o, f, im != NULL, r, err, errlen) != 0) goto out;
     const int n = r->n_tensors;
-    if (!(ie = calloc((size_t)n + 1, sizeof *ie))) { fail(err, errlen, "out of memory"); goto out; }
+    if (!(ie = calloc((size_t)n + 1, sizeof *ie))) { moeq_fail(err, errlen, "out of memory"); goto out; }
     if (match_imatrix(o, f, im, ie, r, log, err, errlen) != 0) goto out;
     if (o->hessian_path && match_hessian(o, f, r, &hs, &he, log, err, errlen) != 0) goto out;
     for (int i = 0; i < n; i++) {
@@ -541,46 +524,46 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
         split_ok = gguf_writer_split_max_size(w, o->split_max_size, NULL) == 0;
     }
     if (!split_ok || gguf_writer_begin_data(w) != 0) {
-        fail(err, errlen, "%s", gguf_writer_error(w));
+        moeq_fail(err, errlen, "%s", gguf_writer_error(w));
         gguf_writer_abort(w);
         goto out;
     }
     moeq_pool *pool = moeq_pool_new(o->n_threads);
     const int nth = moeq_pool_size(pool);
     r->n_threads = nth;
-    const double t0 = now_s();
+    const double t0 = moeq_now_s();
     uint64_t done_bytes = 0;
     double *acc = calloc((size_t)nth * 4, sizeof(double));
     int ok = 1;
-    if (!acc) { fail(err, errlen, "out of memory"); ok = 0; }
+    if (!acc) { moeq_fail(err, errlen, "out of memory"); ok = 0; }
     for (int i = 0; ok && i < n; i++) {
         const gguf_tensor *t = &f->tensors[i];
         /* a NaN or Inf would be written as all-zero blocks: refuse the source */
         char ferr[512];
         if (moeq_tensor_check_finite(t, ferr, sizeof ferr) != 0) {
-            fail(err, errlen, "quantize: %s: %s; refusing to convert it", o->in_path, ferr);
+            moeq_fail(err, errlen, "quantize: %s: %s; refusing to convert it", o->in_path, ferr);
             ok = 0;
             break;
         }
         if (!r->tensors[i].quantized) {
             ok = gguf_writer_write(w, t->data, (size_t)t->nbytes) == 0;
-            if (!ok) fail(err, errlen, "%s", gguf_writer_error(w));
+            if (!ok) moeq_fail(err, errlen, "%s", gguf_writer_error(w));
         } else if (write_tensor(o, t, &r->tensors[i], ie[i], he ? he[i] : NULL, pool, acc, w, err, errlen) != 0) {
             const char *we = gguf_writer_error(w);
-            if (we && *we) fail(err, errlen, "%s", we);
+            if (we && *we) moeq_fail(err, errlen, "%s", we);
             ok = 0;
         }
         done_bytes += t->nbytes;
         if (ok && o->progress) {
-            struct moeq_quantize_progress p = { i, n, &r->tensors[i], done_bytes, r->src_bytes, now_s() - t0 };
+            struct moeq_quantize_progress p = { i, n, &r->tensors[i], done_bytes, r->src_bytes, moeq_now_s() - t0 };
             o->progress(o->progress_ctx, &p);
         }
     }
     free(acc);
     moeq_pool_free(pool);
     if (!ok) { gguf_writer_abort(w); goto out; }
-    if (gguf_writer_finish(w) != 0) { fail(err, errlen, "quantize: %s", gguf_writer_error(NULL)); goto out; }
-    r->seconds = now_s() - t0;
+    if (gguf_writer_finish(w) != 0) { moeq_fail(err, errlen, "quantize: %s", gguf_writer_error(NULL)); goto out; }
+    r->seconds = moeq_now_s() - t0;
     rc = 0;
 out:
     free(ie);

@@ -133,6 +133,20 @@ static inline void k4_set_scale_min(uint8_t *s, int j, int sc, int mn)
     }
 }
 
+/* Q2_K: sixteen 4-bit scales and mins, one byte per sub-block (scale in
+ * the low nibble, min in the high). The set writes the whole byte. */
+static inline void q2k_get_scale_min(const uint8_t *s, int j, int *sc, int *mn)
+{
+    *sc = s[j] & 0x0f;
+    *mn = s[j] >> 4;
+}
+
+/* Sub-block j's scale sc and min mn, each 0..15. */
+static inline void q2k_set_scale_min(uint8_t *s, int j, int sc, int mn)
+{
+    s[j] = (uint8_t)((sc & 0x0f) | (mn & 0x0f) << 4);
+}
+
 /*
  * Q3_K: sixteen signed scales -32..31, stored as 6 bits biased by 32 in 12
  * bytes. Low 4 bits: scales 0..7 in the low nibbles of bytes 0..7, scales
@@ -151,6 +165,23 @@ static inline void q3k_set_scale(uint8_t *s, int j, int scale)
     const int v = (scale + 32) & 63, lo = 4 * (j >> 3), hi = 2 * (j >> 2);
     s[j & 7]       = (uint8_t)((s[j & 7] & ~(0x0f << lo)) | (v & 0x0f) << lo);
     s[8 + (j & 3)] = (uint8_t)((s[8 + (j & 3)] & ~(3 << hi)) | (v >> 4) << hi);
+}
+
+/*
+ * IQ4_XS: eight signed sub-block scales -32..31, stored +32 as 6 bits: the
+ * low 4 of sub-block j in nibble j%2 of scales_l[j/2], the high 2 at bit
+ * 2j of scales_h. The set writes just sub-block j's bits.
+ */
+static inline int iq4xs_get_scale(const block_iq4_xs *b, int j)
+{
+    return (((b->scales_l[j / 2] >> (4 * (j & 1))) & 0x0f) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32;
+}
+
+static inline void iq4xs_set_scale(block_iq4_xs *b, int j, int scale)
+{
+    const int v = (scale + 32) & 63, lo = 4 * (j & 1), hi = 2 * j;
+    b->scales_l[j / 2] = (uint8_t)((b->scales_l[j / 2] & ~(0x0f << lo)) | (v & 0x0f) << lo);
+    b->scales_h = (uint16_t)((b->scales_h & ~(3u << hi)) | (unsigned)(v >> 4) << hi);
 }
 
 /*

@@ -112,83 +112,78 @@ void dequantize_row_iq4_nl(const void *x, float *y, int64_t n)
 /*
  * The K-quants: levels through the setters' twins beside the block
  * layouts (quants_blocks.h), then y = d * scale * q - dmin * min per
- * sub-block, d * scale formed first as ggml does.
+ * sub-block, d * scale formed first as ggml does. One decoder for one
+ * super-block of every K-quant type.
  */
-void dequantize_row_q2_K(const void *x, float *y, int64_t n)
+static void dequantize_k_block(int type, const void *blk, float *y)
 {
-    const block_q2_K *b = x;
     int8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
-        const float d = moeq_f16_to_f32(b->d);
-        const float dmin = moeq_f16_to_f32(b->dmin);
+    int sc[16], mn[16] = { 0 }, nsub = 16;
+    float d, dmin = 0;
+    switch (type) {
+    case MOEQ_TYPE_Q2_K: {
+        const block_q2_K *b = blk;
         q2k_get_levels(b, q);
-        for (int s = 0; s < QK_K / 16; s++) {
-            const float dl = d * (float)(b->scales[s] & 0x0f);
-            const float ml = dmin * (float)(b->scales[s] >> 4);
-            for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = dl * (float)q[l] - ml;
-        }
+        for (int s = 0; s < 16; s++) q2k_get_scale_min(b->scales, s, &sc[s], &mn[s]);
+        d = moeq_f16_to_f32(b->d);
+        dmin = moeq_f16_to_f32(b->dmin);
+        break;
     }
-}
-
-void dequantize_row_q3_K(const void *x, float *y, int64_t n)
-{
-    const block_q3_K *b = x;
-    int8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
-        const float d = moeq_f16_to_f32(b->d);
+    case MOEQ_TYPE_Q3_K: {
+        const block_q3_K *b = blk;
         q3k_get_levels(b, q);
-        for (int s = 0; s < QK_K / 16; s++) {
-            const float dl = d * (float)q3k_get_scale(b->scales, s);
-            for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = dl * (float)q[l];
-        }
+        for (int s = 0; s < 16; s++) sc[s] = q3k_get_scale(b->scales, s);
+        d = moeq_f16_to_f32(b->d);
+        break;
     }
-}
-
-/* Q4_K and Q5_K: 8 sub-blocks of 32 with a 6-bit scale and min each. */
-static void dequantize_k4(const uint8_t *scales, const int8_t *q, float d, float dmin, float *y)
-{
-    for (int s = 0; s < QK_K / 32; s++) {
-        int sc, m;
-        k4_get_scale_min(scales, s, &sc, &m);
-        const float dl = d * (float)sc, ml = dmin * (float)m;
-        for (int l = 32 * s; l < 32 * s + 32; l++) y[l] = dl * (float)q[l] - ml;
-    }
-}
-
-void dequantize_row_q4_K(const void *x, float *y, int64_t n)
-{
-    const block_q4_K *b = x;
-    int8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
+    case MOEQ_TYPE_Q4_K: {
+        const block_q4_K *b = blk;
         q4k_get_levels(b, q);
-        dequantize_k4(b->scales, q, moeq_f16_to_f32(b->d), moeq_f16_to_f32(b->dmin), y);
+        for (int s = 0; s < 8; s++) k4_get_scale_min(b->scales, s, &sc[s], &mn[s]);
+        d = moeq_f16_to_f32(b->d);
+        dmin = moeq_f16_to_f32(b->dmin);
+        nsub = 8;
+        break;
     }
-}
-
-void dequantize_row_q5_K(const void *x, float *y, int64_t n)
-{
-    const block_q5_K *b = x;
-    int8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
+    case MOEQ_TYPE_Q5_K: {
+        const block_q5_K *b = blk;
         q5k_get_levels(b, q);
-        dequantize_k4(b->scales, q, moeq_f16_to_f32(b->d), moeq_f16_to_f32(b->dmin), y);
+        for (int s = 0; s < 8; s++) k4_get_scale_min(b->scales, s, &sc[s], &mn[s]);
+        d = moeq_f16_to_f32(b->d);
+        dmin = moeq_f16_to_f32(b->dmin);
+        nsub = 8;
+        break;
+    }
+    default: {  /* MOEQ_TYPE_Q6_K: a signed 8-bit scale per 16 */
+        const block_q6_K *b = blk;
+        q6k_get_levels(b, q);
+        for (int s = 0; s < 16; s++) sc[s] = b->scales[s];
+        d = moeq_f16_to_f32(b->d);
+        break;
+    }
+    }
+    /* without mins ml is 0, and v - 0.0f is v exactly */
+    const int len = QK_K / nsub;
+    for (int s = 0; s < nsub; s++) {
+        const float dl = d * (float)sc[s], ml = dmin * (float)mn[s];
+        for (int l = len * s; l < len * s + len; l++) y[l] = dl * (float)q[l] - ml;
     }
 }
 
-/* Q6_K: a signed 8-bit scale per 16. */
-void dequantize_row_q6_K(const void *x, float *y, int64_t n)
-{
-    const block_q6_K *b = x;
-    int8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K) {
-        const float d = moeq_f16_to_f32(b->d);
-        q6k_get_levels(b, q);
-        for (int s = 0; s < QK_K / 16; s++) {
-            const float ds = d * (float)b->scales[s];
-            for (int l = 16 * s; l < 16 * s + 16; l++) y[l] = ds * (float)q[l];
-        }
+/* dequantize_row_NAME for K-quant NAME (type T) */
+#define K_DEQUANT(NAME, T)                                                     \
+    void dequantize_row_##NAME(const void *x, float *y, int64_t n)            \
+    {                                                                          \
+        const block_##NAME *b = x;                                             \
+        for (int64_t i = 0; i < n / QK_K; i++, b++, y += QK_K)                 \
+            dequantize_k_block(MOEQ_TYPE_##T, b, y);                           \
     }
-}
+
+K_DEQUANT(q2_K, Q2_K)
+K_DEQUANT(q3_K, Q3_K)
+K_DEQUANT(q4_K, Q4_K)
+K_DEQUANT(q5_K, Q5_K)
+K_DEQUANT(q6_K, Q6_K)
 
 /* Q8_K: activations; float scale, 8-bit quants (bsums are redundant). */
 void dequantize_row_q8_K(const void *x, float *y, int64_t n)
@@ -199,6 +194,30 @@ void dequantize_row_q8_K(const void *x, float *y, int64_t n)
 }
 
 /* ------------------------------------------------------------- i-quants */
+
+/* Eight elements from one grid entry of eight magnitudes (IQ2_*), or from
+ * two of four (IQ3_*, g1 for elements 4..7), each times db, signed by the
+ * bits of signs. */
+static inline void put_grid8(float *y, float db, uint64_t g, unsigned signs)
+{
+    for (int j = 0; j < 8; j++) y[j] = signed_by(db * (float)grid_byte(g, j), signs, j);
+}
+
+static inline void put_grid4x2(float *y, float db, uint32_t g0, uint32_t g1, unsigned signs)
+{
+    for (int j = 0; j < 4; j++) {
+        y[j]     = signed_by(db * (float)grid_byte(g0, j), signs, j);
+        y[j + 4] = signed_by(db * (float)grid_byte(g1, j), signs, j + 4);
+    }
+}
+
+/* IQ2_XS / IQ2_S: a 32-block's byte of two 4-bit scales (low nibble for its
+ * first 16 elements) as d * (0.5 + s) * 0.25. */
+static inline void iq2_scale_pair(float d, uint8_t s, float db[2])
+{
+    db[0] = d * (0.5f + (float)(s & 0x0f)) * 0.25f;
+    db[1] = d * (0.5f + (float)(s >> 4)) * 0.25f;
+}
 
 /*
  * IQ2_XXS: per 32 elements, 8 bytes read as two little-endian words: the
@@ -215,12 +234,8 @@ void dequantize_row_iq2_xxs(const void *x, float *y, int64_t n)
         for (int ib = 0; ib < QK_K / 32; ib++, q8 += 8) {
             const uint32_t aux = le32(q8 + 4);
             const float db = d * (0.5f + (float)(aux >> 28)) * 0.25f;
-            for (int l = 0; l < 4; l++, y += 8) {
-                const uint64_t g = iq2xxs_grid[q8[l]];
-                const unsigned signs = ksigns_iq2xs[(aux >> (7 * l)) & 127];
-                for (int j = 0; j < 8; j++)
-                    y[j] = signed_by(db * (float)grid_byte(g, j), signs, j);
-            }
+            for (int l = 0; l < 4; l++, y += 8)
+                put_grid8(y, db, iq2xxs_grid[q8[l]], ksigns_iq2xs[(aux >> (7 * l)) & 127]);
         }
     }
 }
@@ -235,16 +250,11 @@ void dequantize_row_iq2_xs(const void *x, float *y, int64_t n)
     for (int64_t i = 0; i < n / QK_K; i++, b++) {
         const float d = moeq_f16_to_f32(b->d);
         for (int ib = 0; ib < QK_K / 32; ib++) {
-            const float db[2] = {
-                d * (0.5f + (float)(b->scales[ib] & 0x0f)) * 0.25f,
-                d * (0.5f + (float)(b->scales[ib] >> 4)) * 0.25f,
-            };
+            float db[2];
+            iq2_scale_pair(d, b->scales[ib], db);
             for (int l = 0; l < 4; l++, y += 8) {
                 const uint16_t w = b->qs[4 * ib + l];
-                const uint64_t g = iq2xs_grid[w & 511];
-                const unsigned signs = ksigns_iq2xs[w >> 9];
-                for (int j = 0; j < 8; j++)
-                    y[j] = signed_by(db[l / 2] * (float)grid_byte(g, j), signs, j);
+                put_grid8(y, db[l / 2], iq2xs_grid[w & 511], ksigns_iq2xs[w >> 9]);
             }
         }
     }
@@ -262,15 +272,11 @@ void dequantize_row_iq2_s(const void *x, float *y, int64_t n)
         const float d = moeq_f16_to_f32(b->d);
         const uint8_t *idx = b->qs, *sgn = b->qs + QK_K / 8;
         for (int ib = 0; ib < QK_K / 32; ib++) {
-            const float db[2] = {
-                d * (0.5f + (float)(b->scales[ib] & 0x0f)) * 0.25f,
-                d * (0.5f + (float)(b->scales[ib] >> 4)) * 0.25f,
-            };
+            float db[2];
+            iq2_scale_pair(d, b->scales[ib], db);
             for (int l = 0; l < 4; l++, y += 8) {
                 const int k = 4 * ib + l;
-                const uint64_t g = iq2s_grid[idx[k] | (((b->qh[ib] >> (2 * l)) & 3) << 8)];
-                for (int j = 0; j < 8; j++)
-                    y[j] = signed_by(db[l / 2] * (float)grid_byte(g, j), sgn[k], j);
+                put_grid8(y, db[l / 2], iq2s_grid[idx[k] | (((b->qh[ib] >> (2 * l)) & 3) << 8)], sgn[k]);
             }
         }
     }
@@ -294,10 +300,7 @@ void dequantize_row_iq3_xxs(const void *x, float *y, int64_t n)
                 const unsigned signs = ksigns_iq2xs[(aux >> (7 * l)) & 127];
                 const uint32_t g0 = iq3xxs_grid[idx[8 * ib + 2 * l]];
                 const uint32_t g1 = iq3xxs_grid[idx[8 * ib + 2 * l + 1]];
-                for (int j = 0; j < 4; j++) {
-                    y[j]     = signed_by(db * (float)grid_byte(g0, j), signs, j);
-                    y[j + 4] = signed_by(db * (float)grid_byte(g1, j), signs, j + 4);
-                }
+                put_grid4x2(y, db, g0, g1, signs);
             }
         }
     }
@@ -321,10 +324,7 @@ void dequantize_row_iq3_s(const void *x, float *y, int64_t n)
                 const unsigned signs = b->signs[4 * ib + l];
                 const uint32_t g0 = iq3s_grid[idx[2 * l]     | (((b->qh[ib] >> (2 * l)) & 1) << 8)];
                 const uint32_t g1 = iq3s_grid[idx[2 * l + 1] | (((b->qh[ib] >> (2 * l + 1)) & 1) << 8)];
-                for (int j = 0; j < 4; j++) {
-                    y[j]     = signed_by(db * (float)grid_byte(g0, j), signs, j);
-                    y[j + 4] = signed_by(db * (float)grid_byte(g1, j), signs, j + 4);
-                }
+                put_grid4x2(y, db, g0, g1, signs);
             }
         }
     }
@@ -340,9 +340,7 @@ void dequantize_row_iq4_xs(const void *x, float *y, int64_t n)
     for (int64_t i = 0; i < n / QK_K; i++, b++) {
         const float d = moeq_f16_to_f32(b->d);
         for (int ib = 0; ib < QK_K / 32; ib++, y += 32) {
-            const int ls = ((b->scales_l[ib / 2] >> (4 * (ib & 1))) & 0x0f)
-                         | (((b->scales_h >> (2 * ib)) & 3) << 4);
-            const float dl = d * (float)(ls - 32);
+            const float dl = d * (float)iq4xs_get_scale(b, ib);
             const uint8_t *q = b->qs + 16 * ib;
             for (int j = 0; j < 16; j++) {
                 y[j]      = dl * (float)kvalues_iq4nl[q[j] & 0x0f];

@@ -593,8 +593,9 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
 
 /* ====================================================== format packing */
 
-static void pack_iq2_xxs(const struct sb_out *o, block_iq2_xxs *y)
+static void pack_iq2_xxs(const struct sb_out *o, void *out)
 {
+    block_iq2_xxs *y = out;
     y->d = o->d;
     for (int ib = 0; ib < QK_K / 32; ib++) {
         uint32_t q0 = 0, q1 = 0;
@@ -608,8 +609,9 @@ static void pack_iq2_xxs(const struct sb_out *o, block_iq2_xxs *y)
     }
 }
 
-static void pack_iq2_xs(const struct sb_out *o, block_iq2_xs *y)
+static void pack_iq2_xs(const struct sb_out *o, void *out)
 {
+    block_iq2_xs *y = out;
     y->d = o->d;
     for (int g = 0; g < QK_K / 8; g++)
         y->qs[g] = (uint16_t)((o->idx[g] & 511) | ((o->signs[g] & 0x7f) << 9));
@@ -617,8 +619,9 @@ static void pack_iq2_xs(const struct sb_out *o, block_iq2_xs *y)
         y->scales[j] = (uint8_t)(o->ls[2 * j] | (o->ls[2 * j + 1] << 4));
 }
 
-static void pack_iq2_s(const struct sb_out *o, block_iq2_s *y)
+static void pack_iq2_s(const struct sb_out *o, void *out)
 {
+    block_iq2_s *y = out;
     memset(y, 0, sizeof *y);
     y->d = o->d;
     for (int g = 0; g < QK_K / 8; g++) {
@@ -630,8 +633,9 @@ static void pack_iq2_s(const struct sb_out *o, block_iq2_s *y)
         y->scales[j] = (uint8_t)(o->ls[2 * j] | (o->ls[2 * j + 1] << 4));
 }
 
-static void pack_iq3_xxs(const struct sb_out *o, block_iq3_xxs *y)
+static void pack_iq3_xxs(const struct sb_out *o, void *out)
 {
+    block_iq3_xxs *y = out;
     y->d = o->d;
     for (int g = 0; g < QK_K / 4; g++) y->qs[g] = (uint8_t)(o->idx[g] & 0xff);
     for (int ib = 0; ib < QK_K / 32; ib++) {
@@ -641,8 +645,9 @@ static void pack_iq3_xxs(const struct sb_out *o, block_iq3_xxs *y)
     }
 }
 
-static void pack_iq3_s(const struct sb_out *o, block_iq3_s *y)
+static void pack_iq3_s(const struct sb_out *o, void *out)
 {
+    block_iq3_s *y = out;
     memset(y, 0, sizeof *y);
     y->d = o->d;
     for (int g = 0; g < QK_K / 4; g++) {
@@ -726,38 +731,18 @@ static size_t quant_rows(int type, const struct iq_spec *sp, pack_fn pack, size_
     return (size_t)(nrows * nb) * block_bytes;
 }
 
-static void pk_iq2_xxs(const struct sb_out *o, void *y) { pack_iq2_xxs(o, y); }
-static void pk_iq2_xs(const struct sb_out *o, void *y)  { pack_iq2_xs(o, y); }
-static void pk_iq2_s(const struct sb_out *o, void *y)   { pack_iq2_s(o, y); }
-static void pk_iq3_xxs(const struct sb_out *o, void *y) { pack_iq3_xxs(o, y); }
-static void pk_iq3_s(const struct sb_out *o, void *y)   { pack_iq3_s(o, y); }
+/* quantize_NAME, the moeq_quant_fn of i-quant NAME (type T): its search
+ * spec, packer and block size. */
+#define IQ_QUANTIZER(NAME, T)                                                              \
+    size_t quantize_##NAME(const float *src, void *dst, int64_t nrows, int64_t n_per_row,  \
+                           const float *imatrix, const struct moeq_quant_params *qp)       \
+    {                                                                                      \
+        return quant_rows(MOEQ_TYPE_##T, &spec_##NAME, pack_##NAME, sizeof(block_##NAME),  \
+                          src, dst, nrows, n_per_row, imatrix, qp);                        \
+    }
 
-size_t quantize_iq2_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                        const float *imatrix, const struct moeq_quant_params *qp)
-{
-    return quant_rows(MOEQ_TYPE_IQ2_XXS, &spec_iq2_xxs, pk_iq2_xxs, sizeof(block_iq2_xxs), src, dst, nrows, n_per_row, imatrix, qp);
-}
-
-size_t quantize_iq2_xs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                       const float *imatrix, const struct moeq_quant_params *qp)
-{
-    return quant_rows(MOEQ_TYPE_IQ2_XS, &spec_iq2_xs, pk_iq2_xs, sizeof(block_iq2_xs), src, dst, nrows, n_per_row, imatrix, qp);
-}
-
-size_t quantize_iq2_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                      const float *imatrix, const struct moeq_quant_params *qp)
-{
-    return quant_rows(MOEQ_TYPE_IQ2_S, &spec_iq2_s, pk_iq2_s, sizeof(block_iq2_s), src, dst, nrows, n_per_row, imatrix, qp);
-}
-
-size_t quantize_iq3_xxs(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                        const float *imatrix, const struct moeq_quant_params *qp)
-{
-    return quant_rows(MOEQ_TYPE_IQ3_XXS, &spec_iq3_xxs, pk_iq3_xxs, sizeof(block_iq3_xxs), src, dst, nrows, n_per_row, imatrix, qp);
-}
-
-size_t quantize_iq3_s(const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                      const float *imatrix, const struct moeq_quant_params *qp)
-{
-    return quant_rows(MOEQ_TYPE_IQ3_S, &spec_iq3_s, pk_iq3_s, sizeof(block_iq3_s), src, dst, nrows, n_per_row, imatrix, qp);
-}
+IQ_QUANTIZER(iq2_xxs, IQ2_XXS)
+IQ_QUANTIZER(iq2_xs, IQ2_XS)
+IQ_QUANTIZER(iq2_s, IQ2_S)
+IQ_QUANTIZER(iq3_xxs, IQ3_XXS)
+IQ_QUANTIZER(iq3_s, IQ3_S)

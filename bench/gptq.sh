@@ -1,0 +1,54 @@
+#!/bin/sh
+# bench/gptq.sh: Hessian-aware rounding against the diagonal (imatrix)
+# rounding on tiny-a, per type: every weight tensor quantized to one type
+# (--pure) from the F16 model, once with the imatrix alone and once with
+# --hessian, both from the first half of the calibration text; the layer
+# output error sum tr((W - Q) H (W - Q)^T) / tokens over all tensors is
+# measured with H from the other half (held-out tokens), by moeq compare.
+# Then the asym-2bitexp recipe both ways, mean KLD against F16 on
+# wiki.test.raw. Results: a Markdown table on stdout and in the gptq
+# section of bench/RESULTS.md.
+#
+#   sh bench/gptq.sh [KLD_CHUNKS] [THREADS]     (default 20 chunks, all cores)
+set -eu
+cd "$(dirname "$0")/.."
+N=${1:-20}
+T=${2:-$(nproc)}
+S=${MOEQ_SHARED:-../shared}
+M=${MOEQ_BIN:-./moeq}
+TA=$S/models/tiny-a
+C=$S/data/text/calibration_datav3.txt
+W=$S/data/text/wiki.test.raw
+[ -f "$TA/tiny-a-f16.gguf" ] || { echo "bench/gptq.sh: needs $TA" >&2; exit 1; }
+OUT=bench/out/gptq
+mkdir -p "$OUT"
+F16=$TA/tiny-a-f16.gguf
+"$M" imatrix -q -m "$F16" -f "$C" -c 512 --chunks 64 --no-ppl -o "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" -t "$T"
+"$M" imatrix -q -m "$F16" -f "$C" -c 512 --chunk 64 --chunks 64 --no-ppl -o "$OUT/test-im.gguf" --hessian "$OUT/test-h.gguf" -t "$T"
+tab=$OUT/table.md
+{
+  echo "| type | output error, imatrix | output error, Hessian-aware | ratio |"
+  echo "|---|---:|---:|---:|"
+} > "$tab"
+for ty in Q8_0 Q6_K Q5_K Q4_K Q3_K Q2_K IQ4_XS IQ4_NL IQ3_S IQ3_XXS IQ2_S IQ2_XS IQ2_XXS; do
+  "$M" quantize -q --pure --imatrix "$OUT/train-im.gguf" "$F16" "$OUT/diag.gguf" "$ty" "$T"
+  "$M" quantize -q --pure --imatrix "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" "$F16" "$OUT/hess.gguf" "$ty" "$T"
+  "$M" compare "$F16" "$OUT/diag.gguf" "$OUT/hess.gguf" --hessian "$OUT/test-h.gguf" > "$OUT/compare-$ty.txt"
+  awk -v ty="$ty" '$1 == "all" { printf "| %s | %.4g | %.4g | %.3f |\n", ty, $8, $9, $10 }' "$OUT/compare-$ty.txt" >> "$tab"
+done
+"$M" perplexity -m "$F16" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" -t "$T" > /dev/null 2>&1
+kld() { "$M" perplexity -m "$1" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" --kl-divergence --json -t "$T" 2>/dev/null |
+        python3 -c 'import json,sys; d=json.load(sys.stdin)["kld"]; print("%.6f +- %.6f" % (d["mean"], d["unc"]))'; }
+Q8=$TA/tiny-a-q8_0.gguf
+"$M" quantize -q --allow-requantize --imatrix "$OUT/train-im.gguf" --recipe asym-2bitexp "$Q8" "$OUT/asym.gguf" "$T"
+"$M" quantize -q --allow-requantize --imatrix "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" --recipe asym-2bitexp "$Q8" "$OUT/asym-h.gguf" "$T"
+{
+  echo
+  echo "asym-2bitexp from the Q8_0 file, mean KLD against F16 over $N chunks of wiki.test.raw:"
+  echo "imatrix $(kld "$OUT/asym.gguf"), Hessian-aware $(kld "$OUT/asym-h.gguf")."
+  echo
+  echo "Statistics from calibration chunks 0-63, output error on chunks 64-127 (held out), 512 tokens each."
+  echo "Command: \`sh bench/gptq.sh $N $T\` ($(date -u +%Y-%m-%d))."
+} >> "$tab"
+cat "$tab"
+sh bench/section.sh gptq "$tab"
