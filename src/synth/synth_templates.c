@@ -28,22 +28,52 @@ static const char tmpl_chatml[] =
     "{{- '<|im_start|>assistant\\n' }}"
     "{%- endif %}";
 
+/* The parts the Qwen3 and Qwen3-2507 templates share: the system turn
+ * (with the tool list) and, inside the message loop, an assistant turn's
+ * tool calls and the tool turns. */
+#define QWEN3_SYSTEM \
+    "{%- set has_sys = messages and messages[0].role == 'system' %}\n" \
+    "{%- if tools %}\n" \
+    "    {{- '<|im_start|>system\\n' }}\n" \
+    "    {%- if has_sys %}\n" \
+    "        {{- messages[0].content + '\\n\\n' }}\n" \
+    "    {%- endif %}\n" \
+    "    {{- '# Tools\\n\\nThe functions below are available; each line inside <tools></tools> is one signature in JSON:\\n<tools>' }}\n" \
+    "    {%- for t in tools %}\n" \
+    "        {{- '\\n' + (t | tojson) }}\n" \
+    "    {%- endfor %}\n" \
+    "    {{- '\\n</tools>\\n\\nTo call a function, answer with a JSON object holding its name and arguments between <tool_call></tool_call> tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}\n" \
+    "{%- elif has_sys %}\n" \
+    "    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n" \
+    "{%- endif %}\n"
+
+#define QWEN3_TOOL_TURNS \
+    "        {%- if m.tool_calls %}\n" \
+    "            {%- for c in m.tool_calls %}\n" \
+    "                {%- set f = c.function if c.function else c %}\n" \
+    "                {%- if text or not loop.first %}\n" \
+    "                    {{- '\\n' }}\n" \
+    "                {%- endif %}\n" \
+    "                {{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' }}\n" \
+    "                {{- f.arguments if f.arguments is string else f.arguments | tojson }}\n" \
+    "                {{- '}\\n</tool_call>' }}\n" \
+    "            {%- endfor %}\n" \
+    "        {%- endif %}\n" \
+    "        {{- '<|im_end|>\\n' }}\n" \
+    "    {%- elif m.role == 'tool' %}\n" \
+    "        {%- if loop.first or loop.previtem.role != 'tool' %}\n" \
+    "            {{- '<|im_start|>user' }}\n" \
+    "        {%- endif %}\n" \
+    "        {{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' }}\n" \
+    "        {%- if loop.last or loop.nextitem.role != 'tool' %}\n" \
+    "            {{- '<|im_end|>\\n' }}\n" \
+    "        {%- endif %}\n" \
+    "    {%- endif %}\n" \
+    "{%- endfor %}\n"
+
 static const char tmpl_qwen3[] =
     "{#- moeq's Qwen3 template (hybrid thinking, JSON tool calls). -#}\n"
-    "{%- set has_sys = messages and messages[0].role == 'system' %}\n"
-    "{%- if tools %}\n"
-    "    {{- '<|im_start|>system\\n' }}\n"
-    "    {%- if has_sys %}\n"
-    "        {{- messages[0].content + '\\n\\n' }}\n"
-    "    {%- endif %}\n"
-    "    {{- '# Tools\\n\\nThe functions below are available; each line inside <tools></tools> is one signature in JSON:\\n<tools>' }}\n"
-    "    {%- for t in tools %}\n"
-    "        {{- '\\n' + (t | tojson) }}\n"
-    "    {%- endfor %}\n"
-    "    {{- '\\n</tools>\\n\\nTo call a function, answer with a JSON object holding its name and arguments between <tool_call></tool_call> tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}\n"
-    "{%- elif has_sys %}\n"
-    "    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
-    "{%- endif %}\n"
+    QWEN3_SYSTEM
     "{#- Thinking is shown again only for the turns after the last real user query. #}\n"
     "{%- set ns = namespace(query=messages|length - 1, seen=false) %}\n"
     "{%- for m in messages %}\n"
@@ -69,28 +99,7 @@ static const char tmpl_qwen3[] =
     "        {%- else %}\n"
     "            {{- text }}\n"
     "        {%- endif %}\n"
-    "        {%- if m.tool_calls %}\n"
-    "            {%- for c in m.tool_calls %}\n"
-    "                {%- set f = c.function if c.function else c %}\n"
-    "                {%- if text or not loop.first %}\n"
-    "                    {{- '\\n' }}\n"
-    "                {%- endif %}\n"
-    "                {{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' }}\n"
-    "                {{- f.arguments if f.arguments is string else f.arguments | tojson }}\n"
-    "                {{- '}\\n</tool_call>' }}\n"
-    "            {%- endfor %}\n"
-    "        {%- endif %}\n"
-    "        {{- '<|im_end|>\\n' }}\n"
-    "    {%- elif m.role == 'tool' %}\n"
-    "        {%- if loop.first or loop.previtem.role != 'tool' %}\n"
-    "            {{- '<|im_start|>user' }}\n"
-    "        {%- endif %}\n"
-    "        {{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' }}\n"
-    "        {%- if loop.last or loop.nextitem.role != 'tool' %}\n"
-    "            {{- '<|im_end|>\\n' }}\n"
-    "        {%- endif %}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
+    QWEN3_TOOL_TURNS
     "{%- if add_generation_prompt %}\n"
     "    {{- '<|im_start|>assistant\\n' }}\n"
     "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
@@ -100,20 +109,7 @@ static const char tmpl_qwen3[] =
 
 static const char tmpl_qwen3_2507[] =
     "{#- moeq's Qwen3-2507 Instruct template (no thinking, JSON tool calls). -#}\n"
-    "{%- set has_sys = messages and messages[0].role == 'system' %}\n"
-    "{%- if tools %}\n"
-    "    {{- '<|im_start|>system\\n' }}\n"
-    "    {%- if has_sys %}\n"
-    "        {{- messages[0].content + '\\n\\n' }}\n"
-    "    {%- endif %}\n"
-    "    {{- '# Tools\\n\\nThe functions below are available; each line inside <tools></tools> is one signature in JSON:\\n<tools>' }}\n"
-    "    {%- for t in tools %}\n"
-    "        {{- '\\n' + (t | tojson) }}\n"
-    "    {%- endfor %}\n"
-    "    {{- '\\n</tools>\\n\\nTo call a function, answer with a JSON object holding its name and arguments between <tool_call></tool_call> tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}\n"
-    "{%- elif has_sys %}\n"
-    "    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
-    "{%- endif %}\n"
+    QWEN3_SYSTEM
     "{%- for m in messages %}\n"
     "    {%- if m.role == 'user' or (m.role == 'system' and not loop.first) %}\n"
     "        {{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}\n"
@@ -123,28 +119,7 @@ static const char tmpl_qwen3_2507[] =
     "            {%- set text = text.split('</think>')[-1].lstrip('\\n') %}\n"
     "        {%- endif %}\n"
     "        {{- '<|im_start|>assistant\\n' + text }}\n"
-    "        {%- if m.tool_calls %}\n"
-    "            {%- for c in m.tool_calls %}\n"
-    "                {%- set f = c.function if c.function else c %}\n"
-    "                {%- if text or not loop.first %}\n"
-    "                    {{- '\\n' }}\n"
-    "                {%- endif %}\n"
-    "                {{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' }}\n"
-    "                {{- f.arguments if f.arguments is string else f.arguments | tojson }}\n"
-    "                {{- '}\\n</tool_call>' }}\n"
-    "            {%- endfor %}\n"
-    "        {%- endif %}\n"
-    "        {{- '<|im_end|>\\n' }}\n"
-    "    {%- elif m.role == 'tool' %}\n"
-    "        {%- if loop.first or loop.previtem.role != 'tool' %}\n"
-    "            {{- '<|im_start|>user' }}\n"
-    "        {%- endif %}\n"
-    "        {{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' }}\n"
-    "        {%- if loop.last or loop.nextitem.role != 'tool' %}\n"
-    "            {{- '<|im_end|>\\n' }}\n"
-    "        {%- endif %}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
+    QWEN3_TOOL_TURNS
     "{%- if add_generation_prompt %}\n"
     "    {{- '<|im_start|>assistant\\n' }}\n"
     "{%- endif %}";
