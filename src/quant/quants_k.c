@@ -600,9 +600,12 @@ size_t quantize_bf16(const float *src, void *dst, int64_t nrows, int64_t n, cons
 /*
  * One block's encoder: x the block's values, qw its importance (NULL: none),
  * ms the row's mean square (only for formats that ask for it), unbias
- * whether to rescale the finished block (moeq_quant_unbiased); y the block.
+ * whether to rescale the finished block (moeq_quant_unbiased), fb NULL or
+ * Hessian-aware rounding's hook (the K-quants and IQ4_XS re-pick their
+ * codes one column at a time through it); y the block.
  */
-typedef void (*block_enc_fn)(const float *x, const float *qw, float ms, int unbias, void *y);
+typedef void (*block_enc_fn)(const float *x, const float *qw, float ms, int unbias,
+                             const struct moeq_quant_feedback *fb, void *y);
 
 /* The row driver every block format here shares: each row of n values is
  * nb = n / qk blocks of `bytes` bytes, encoded by enc in order. */
@@ -617,7 +620,7 @@ static size_t quant_block_rows(block_enc_fn enc, int qk, size_t bytes, int row_m
         /* ggml's Q4_0 / Q8_0 take sigma2 over the whole row, not the block */
         const float ms = row_ms ? sum_sq(src, (int)n) / (float)n : 0;
         for (int64_t ib = 0; ib < nb; ib++, y += bytes)
-            enc(src + ib * qk, qw ? qw + ib * qk : NULL, ms, unbias, y);
+            enc(src + ib * qk, qw ? qw + ib * qk : NULL, ms, unbias, qp ? qp->fb : NULL, y);
     }
     return (size_t)(nrows * nb) * bytes;
 }
@@ -680,9 +683,10 @@ static float refine_linear(int n, int lo, int hi, const float *x, const float *w
 
 /* ================================================================ Q4_0 */
 
-static void enc_q4_0(const float *x, const float *qw, float sigma2, int unbias, void *out)
+static void enc_q4_0(const float *x, const float *qw, float sigma2, int unbias,
+                     const struct moeq_quant_feedback *fb, void *out)
 {
-    (void)unbias;
+    (void)unbias; (void)fb;   /* 32-weight blocks: GPTQ works between blocks */
     block_q4_0 *y = out;
     float w[QK4_0], wf[QK4_0];
     int8_t L[QK4_0];
@@ -697,9 +701,10 @@ BLOCK_QUANTIZER(q4_0, enc_q4_0, QK4_0, block_q4_0, 1)
 
 /* ================================================================ Q8_0 */
 
-static void enc_q8_0(const float *x, const float *qw, float sigma2, int unbias, void *out)
+static void enc_q8_0(const float *x, const float *qw, float sigma2, int unbias,
+                     const struct moeq_quant_feedback *fb, void *out)
 {
-    (void)unbias;
+    (void)unbias; (void)fb;
     block_q8_0 *y = out;
     float w[QK8_0], wf[QK8_0];
     int8_t L[QK8_0];
@@ -886,11 +891,25 @@ static void unbias_q4_K(block_q4_K *y, const float *x, const float *qw)
 /* Fits an asymmetric super-block of shape sh and stores it in its
  * format's layout (Q2_K, Q4_K or Q5_K); a Q4_K block is then unbiased when
  * unbias asks it. */
-static void enc_asym(const struct asym_shape *sh, const float *x, const float *qw, int unbias, void *out)
+static void enc_asym(const struct asym_shape *sh, const float *x, const float *qw, int unbias,
+                     const struct moeq_quant_feedback *fb, void *out)
 {
     uint8_t L[QK_K], ls[16], lm[16];
     float d, dmin;
     quant_asym_block(sh, x, qw, &d, &dmin, ls, lm, L);
+    if (fb) {
+        /* Hessian-aware codes: the scales stay, each column's code is
+         * re-picked against the target the earlier columns' errors moved */
+        float xt[QK_K];
+        memcpy(xt, x, sizeof xt);
+        for (int i = 0; i < QK_K; i++) {
+            const int j = i / sh->sublen;
+            const float s = d * ls[j], m = dmin * lm[j];
+            if (s > 0) L[i] = (uint8_t)clampi(iround((xt[i] + m) / s), 0, sh->nmax);
+            const float q = s * L[i] - m;
+            fb->fn(fb->ctx, i, 1, &q, xt);
+        }
+    }
     const ggml_half hd = moeq_f32_to_f16(d), hm = moeq_f32_to_f16(dmin);
     const int8_t *q = (const int8_t *)L;
     if (sh == &shape_q2_K) {
@@ -915,12 +934,15 @@ static void enc_asym(const struct asym_shape *sh, const float *x, const float *q
     }
 }
 
-static void enc_q2_K(const float *x, const float *qw, float ms, int unbias, void *y)
-{ (void)ms; enc_asym(&shape_q2_K, x, qw, unbias, y); }
-static void enc_q4_K(const float *x, const float *qw, float ms, int unbias, void *y)
-{ (void)ms; enc_asym(&shape_q4_K, x, qw, unbias, y); }
-static void enc_q5_K(const float *x, const float *qw, float ms, int unbias, void *y)
-{ (void)ms; enc_asym(&shape_q5_K, x, qw, unbias, y); }
+static void enc_q2_K(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *y)
+{ (void)ms; enc_asym(&shape_q2_K, x, qw, unbias, fb, y); }
+static void enc_q4_K(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *y)
+{ (void)ms; enc_asym(&shape_q4_K, x, qw, unbias, fb, y); }
+static void enc_q5_K(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *y)
+{ (void)ms; enc_asym(&shape_q5_K, x, qw, unbias, fb, y); }
 BLOCK_QUANTIZER(q2_K, enc_q2_K, QK_K, block_q2_K, 0)
 BLOCK_QUANTIZER(q4_K, enc_q4_K, QK_K, block_q4_K, 0)
 BLOCK_QUANTIZER(q5_K, enc_q5_K, QK_K, block_q5_K, 0)
@@ -1177,11 +1199,24 @@ static const struct sym_shape shape_iq4_xs = { 8, 32, 1, 0, -32, 31, SUPER_MAX, 
 
 /* Fits a symmetric super-block of shape sh and stores it in its format's
  * layout (Q3_K, Q6_K or IQ4_XS). */
-static void enc_sym(const struct sym_shape *sh, const float *x, const float *qw, void *out)
+static void enc_sym(const struct sym_shape *sh, const float *x, const float *qw,
+                    const struct moeq_quant_feedback *fb, void *out)
 {
     int8_t L[QK_K], ls[16];
     float d;
     quant_sym_block(sh, x, qw, &d, ls, L);
+    if (fb) {
+        /* Hessian-aware codes, as enc_asym's */
+        const float dh = fp16_round(d);
+        float xt[QK_K];
+        memcpy(xt, x, sizeof xt);
+        for (int i = 0; i < QK_K; i++) {
+            const float s = dh * ls[i / sh->sublen];
+            if (s != 0) L[i] = (int8_t)(sh->nl ? nl_index(xt[i] / s) : clampi(iround(xt[i] / s), -sh->nmax, sh->nmax - 1));
+            const float q = s * code_val(sh, L[i]);
+            fb->fn(fb->ctx, i, 1, &q, xt);
+        }
+    }
     const ggml_half hd = moeq_f32_to_f16(d);
     if (sh == &shape_q3_K) {
         block_q3_K *y = out;
@@ -1203,19 +1238,23 @@ static void enc_sym(const struct sym_shape *sh, const float *x, const float *qw,
     }
 }
 
-static void enc_q3_K(const float *x, const float *qw, float ms, int unbias, void *y)
-{ (void)ms; (void)unbias; enc_sym(&shape_q3_K, x, qw, y); }
-static void enc_q6_K(const float *x, const float *qw, float ms, int unbias, void *y)
-{ (void)ms; (void)unbias; enc_sym(&shape_q6_K, x, qw, y); }
-static void enc_iq4_xs(const float *x, const float *qw, float ms, int unbias, void *y)
-{ (void)ms; (void)unbias; enc_sym(&shape_iq4_xs, x, qw, y); }
+static void enc_q3_K(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *y)
+{ (void)ms; (void)unbias; enc_sym(&shape_q3_K, x, qw, fb, y); }
+static void enc_q6_K(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *y)
+{ (void)ms; (void)unbias; enc_sym(&shape_q6_K, x, qw, fb, y); }
+static void enc_iq4_xs(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *y)
+{ (void)ms; (void)unbias; enc_sym(&shape_iq4_xs, x, qw, fb, y); }
 BLOCK_QUANTIZER(q3_K, enc_q3_K, QK_K, block_q3_K, 0)
 BLOCK_QUANTIZER(q6_K, enc_q6_K, QK_K, block_q6_K, 0)
 BLOCK_QUANTIZER(iq4_xs, enc_iq4_xs, QK_K, block_iq4_xs, 0)
 
-static void enc_iq4_nl(const float *x, const float *qw, float ms, int unbias, void *out)
+static void enc_iq4_nl(const float *x, const float *qw, float ms, int unbias,
+                     const struct moeq_quant_feedback *fb, void *out)
 {
-    (void)ms; (void)unbias;
+    (void)ms; (void)unbias; (void)fb;
     block_iq4_nl *y = out;
     const int8_t *kv = kvalues_iq4nl;
     float w[QK4_NL], wf[QK4_NL];
