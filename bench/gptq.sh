@@ -10,6 +10,7 @@
 # section of bench/RESULTS.md.
 #
 #   sh bench/gptq.sh [KLD_CHUNKS] [THREADS]     (default 20 chunks, all cores)
+#   GPTQ_REUSE=1 sh bench/gptq.sh ...           keep the last run's statistics
 set -eu
 cd "$(dirname "$0")/.."
 N=${1:-20}
@@ -23,8 +24,10 @@ W=$S/data/text/wiki.test.raw
 OUT=bench/out/gptq
 mkdir -p "$OUT"
 F16=$TA/tiny-a-f16.gguf
+if [ -z "${GPTQ_REUSE:-}" ] || [ ! -f "$OUT/test-h.gguf" ]; then
 "$M" imatrix -q -m "$F16" -f "$C" -c 512 --chunks 64 --no-ppl -o "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" -t "$T"
 "$M" imatrix -q -m "$F16" -f "$C" -c 512 --chunk 64 --chunks 64 --no-ppl -o "$OUT/test-im.gguf" --hessian "$OUT/test-h.gguf" -t "$T"
+fi
 tab=$OUT/table.md
 {
   echo "| type | output error, imatrix | output error, Hessian-aware | ratio |"

@@ -394,7 +394,16 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
             wts = wbuf;
         }
         moeq_gptq *g = NULL;
-        if (he && he->counts[m] > 0 && moeq_type_traits(q->type)->quantize) {
+        /* fewer routed tokens than input columns leave H singular: such an
+         * expert keeps the diagonal (imatrix) rounding */
+        if (he && he->counts[m] > 0 && he->counts[m] < (double)ne0) {
+            if (!q->gptq_fallback++) fprintf(o->log ? o->log : stderr, "moeq: note: %s: matrices with fewer "
+                                             "tokens than its %lld columns keep the diagonal rounding:",
+                                             q->name, (long long)ne0);
+            fprintf(o->log ? o->log : stderr, " %lld (%.0f)", (long long)m, he->counts[m]);
+        }
+        if (m + 1 == n_mat && q->gptq_fallback) fputc('\n', o->log ? o->log : stderr);
+        if (he && he->counts[m] >= (double)ne0 && moeq_type_traits(q->type)->quantize) {
             double *H = moeq_hessian_matrix(he, m);
             char gerr[256];
             g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : MOEQ_GPTQ_DAMP, gerr, sizeof gerr) : NULL;

@@ -33,6 +33,7 @@ struct moeq_quantize_tensor {
     int      planned;         /* the caller's type plan (opts.types) chose it */
     int      imatrix;         /* importance data steered it */
     int      gptq;            /* Hessian-aware rounding (matrices of it that had data) */
+    int      gptq_fallback;   /* matrices with too few tokens for it (diagonal rounding) */
     uint32_t n_dims;
     uint64_t ne[4];
     uint64_t nelem, src_bytes, nbytes;
