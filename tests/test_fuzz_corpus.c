@@ -14,6 +14,7 @@
 
 #define MOEQ_FUZZ_REPLAY
 #include "fuzz/fuzz_gguf.c"
+#include "fuzz/fuzz_hessian.c"
 #include "fuzz/fuzz_imatrix.c"
 #include "fuzz/fuzz_server.c"
 #include "fuzz/fuzz_tokenizer.c"
@@ -52,6 +53,7 @@ TEST(fuzz_corpus_gguf)
     CHECK(replay_dir("tests/corpus", fuzz_one_gguf) >= 90);
 }
 
+TEST(fuzz_corpus_hessian) { CHECK(replay_dir("tests/fuzz/corpus_hessian", fuzz_one_hessian) >= 3); }
 TEST(fuzz_corpus_imatrix) { CHECK(replay_dir("tests/fuzz/corpus_imatrix", fuzz_one_imatrix) >= 3); }
 TEST(fuzz_corpus_tokenizer) { CHECK(replay_dir("tests/fuzz/corpus_tokenizer", fuzz_one_tokenizer) >= 3); }
 TEST(fuzz_corpus_server) { CHECK(replay_dir("tests/fuzz/corpus_server", fuzz_one_server) >= 3); }
@@ -83,6 +85,7 @@ static void fuzz_for_a_while(const char *name)
 }
 
 TEST(fuzz_long_gguf) { fuzz_for_a_while("gguf"); }
+TEST(fuzz_long_hessian) { fuzz_for_a_while("hessian"); }
 TEST(fuzz_long_imatrix) { fuzz_for_a_while("imatrix"); }
 TEST(fuzz_long_server) { fuzz_for_a_while("server"); }
 TEST(fuzz_long_tokenizer) { fuzz_for_a_while("tokenizer"); }

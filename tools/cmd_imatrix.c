@@ -362,8 +362,7 @@ int cmd_imatrix(int argc, char **argv)
             cli_error("imatrix: %s", err);
             rc = 1;
         } else {
-            fprintf(stderr, "moeq: imatrix: saved %lld Hessian entries to %s\n", (long long)col.hs->n_entries,
-                    hessian_path);
+            cli_info("imatrix: saved %lld Hessian entries to %s", (long long)col.hs->n_entries, hessian_path);
         }
     }
 out:
