@@ -33,10 +33,16 @@ tab=$OUT/table.md
   echo "| type | output error, imatrix | output error, Hessian-aware | ratio |"
   echo "|---|---:|---:|---:|"
 } > "$tab"
-for ty in Q8_0 Q6_K Q5_K Q4_K Q3_K Q2_K IQ4_XS IQ4_NL IQ3_S IQ3_XXS IQ2_S IQ2_XS IQ2_XXS; do
-  "$M" quantize -q --pure --imatrix "$OUT/train-im.gguf" "$F16" "$OUT/diag.gguf" "$ty" "$T"
-  "$M" quantize -q --pure --imatrix "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" "$F16" "$OUT/hess.gguf" "$ty" "$T"
+# the row's type, and the llama.cpp mix whose --pure base type it is (the
+# IQ2_S mix is IQ2_XS-based, as in llama-quantize; IQ2_M is IQ2_S-based)
+for row in Q8_0:Q8_0 Q6_K:Q6_K Q5_K:Q5_K_M Q4_K:Q4_K_M Q3_K:Q3_K_M Q2_K:Q2_K IQ4_XS:IQ4_XS IQ4_NL:IQ4_NL \
+           IQ3_S:IQ3_S IQ3_XXS:IQ3_XXS IQ2_S:IQ2_M IQ2_XS:IQ2_XS IQ2_XXS:IQ2_XXS; do
+  ty=${row%%:*}; mix=${row#*:}
+  "$M" quantize -q --pure --imatrix "$OUT/train-im.gguf" "$F16" "$OUT/diag.gguf" "$mix" "$T"
+  "$M" quantize -q --pure --imatrix "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" "$F16" "$OUT/hess.gguf" "$mix" "$T"
   "$M" compare "$F16" "$OUT/diag.gguf" "$OUT/hess.gguf" --hessian "$OUT/test-h.gguf" > "$OUT/compare-$ty.txt"
+  grep -q "ffn_up_exps.weight  *$ty " "$OUT/compare-$ty.txt" ||
+    { echo "bench/gptq.sh: the $mix mix did not give $ty experts" >&2; exit 1; }
   awk -v ty="$ty" '$1 == "all" { printf "| %s | %.4g | %.4g | %.3f |\n", ty, $8, $9, $10 }' "$OUT/compare-$ty.txt" >> "$tab"
 done
 "$M" perplexity -m "$F16" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" -t "$T" > /dev/null 2>&1
