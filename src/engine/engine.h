@@ -209,4 +209,15 @@ typedef void (*moeq_act_hook)(void *ud, const char *tensor, int expert,
                               const float *x, int n_rows, int n_cols);
 void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud);
 
+/* ---- one weight computed from other bytes (measurement tools) ----
+ * Until the next call for the same weight, the engine computes with
+ * `data` in `type` instead of the file's bytes for weight `tensor` (all
+ * its experts; the same shape, nbytes exactly what the type needs; data
+ * must stay valid meanwhile). data NULL restores the file's bytes. A
+ * session's KV cells computed before the swap are stale: start its next
+ * eval from position 0. Returns 0, or -1 with err (no such weight, a type
+ * the engine cannot compute with, a size that does not match). */
+int moeq_engine_override_weight(moeq_engine *e, const char *tensor, int type, const void *data, size_t nbytes,
+                                char *err, size_t errlen);
+
 #endif
