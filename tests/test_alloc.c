@@ -9,6 +9,7 @@
 #include "quant/alloc.h"
 #include "quant/quantize.h"
 #include "quant/quants.h"
+#include "quant/tensor_groups.h"
 #include "synth/synth.h"
 
 #include <math.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static uint32_t lcg(uint32_t *s) { *s = *s * 1664525u + 1013904223u; return *s >> 8; }
 
@@ -199,4 +201,157 @@ TEST(alloc_plan_round_trip_and_budget)
     free(meta); free(types); free(choice);
     moeq_alloc_free(&a);
     gguf_close(f);
+}
+
+TEST(alloc_spearman_known_cases)
+{
+    const double x[5] = { 1, 2, 3, 4, 5 }, cube[5] = { 1, 8, 27, 64, 125 }, rev[5] = { 9, 7, 5, 3, 1 };
+    CHECK(fabs(moeq_spearman(x, cube, 5) - 1) < 1e-12);    /* monotone: 1 whatever the scale */
+    CHECK(fabs(moeq_spearman(x, rev, 5) + 1) < 1e-12);
+    /* ties take their mean rank: ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4) */
+    const double tx[4] = { 1, 2, 2, 3 }, ty[4] = { 10, 30, 20, 40 };
+    CHECKF(fabs(moeq_spearman(tx, ty, 4) - 4.5 / sqrt(22.5)) < 1e-12, "%g", moeq_spearman(tx, ty, 4));
+    const double flat[4] = { 2, 2, 2, 2 };
+    CHECK(moeq_spearman(flat, ty, 4) == 0);
+    CHECK(moeq_spearman(x, cube, 1) == 0);
+}
+
+/* Factors from measured swaps: KLD / err at the measured type; a unit not
+ * measured takes its group's median, or all measured units' median. */
+TEST(alloc_factors_from_measurements_and_medians)
+{
+    struct moeq_alloc a;
+    memset(&a, 0, sizeof a);
+    a.n_units = 5;
+    a.units = calloc(5, sizeof *a.units);
+    REQUIRE(a.units);
+    const int group[5] = { MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_OUTPUT };
+    for (int k = 0; k < 5; k++) {
+        struct moeq_alloc_unit *u = &a.units[k];
+        u->group = group[k];
+        u->n_cand = 2;
+        u->type[0] = MOEQ_TYPE_Q2_K; u->type[1] = MOEQ_TYPE_Q4_K;
+        u->err[0] = 10.0 * (k + 1); u->err[1] = 1.0;
+        u->sens = 1;
+    }
+    /* units 0, 1, 2 measured at Q2_K: factors 0.1, 0.3, 0.2 */
+    const double kld[3] = { 1.0, 6.0, 6.0 };
+    for (int k = 0; k < 3; k++) {
+        a.units[k].n_meas = 1;
+        a.units[k].meas_type[0] = MOEQ_TYPE_Q2_K;
+        a.units[k].meas_kld[0] = kld[k];
+    }
+    moeq_alloc_set_factors(&a);
+    CHECK(fabs(a.units[0].sens - 0.1) < 1e-12 && fabs(a.units[1].sens - 0.3) < 1e-12 && fabs(a.units[2].sens - 0.2) < 1e-12);
+    CHECKF(fabs(a.units[3].sens - 0.2) < 1e-12, "%g", a.units[3].sens);   /* attn_q median */
+    CHECKF(fabs(a.units[4].sens - 0.2) < 1e-12, "%g", a.units[4].sens);   /* no output measured: all */
+    moeq_alloc_free(&a);
+}
+
+/* The sensitivity file keeps measured factors and swaps (version 2), and a
+ * version 1 file (no kld lines) still loads. */
+TEST(alloc_sensitivity_file_keeps_factors)
+{
+    const char *src = test_synth_moe_lib("alloc_sens_src.gguf");
+    char err[512];
+    gguf_file *f = gguf_open(src, err, sizeof err);
+    REQUIREF(f, "%s", err);
+    struct moeq_alloc a, b;
+    REQUIREF(moeq_alloc_init(&a, f, NULL, 0, 1, err, sizeof err) == 0, "%s", err);
+    REQUIREF(moeq_alloc_measure(&a, f, NULL, 32, 2, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    for (int k = 0; k < a.n_units; k += 2) {
+        struct moeq_alloc_unit *u = &a.units[k];
+        u->n_meas = 2;
+        u->meas_type[0] = u->type[0]; u->meas_kld[0] = 1e-3 * (k + 1);
+        u->meas_type[1] = u->type[u->n_cand - 1]; u->meas_kld[1] = 1e-5 * (k + 1);
+    }
+    moeq_alloc_set_factors(&a);
+    const char *sp = test_tmp("alloc_v2.sens");
+    REQUIREF(moeq_alloc_save(&a, sp, err, sizeof err) == 0, "%s", err);
+    REQUIRE(moeq_alloc_init(&b, f, NULL, 0, 1, err, sizeof err) == 0);
+    REQUIREF(moeq_alloc_load(&b, sp, err, sizeof err) == 0, "%s", err);
+    int distinct = 0;
+    for (int k = 0; k < a.n_units; k++) {
+        const struct moeq_alloc_unit *x = &a.units[k], *y = &b.units[k];
+        CHECKF(fabs(y->sens / x->sens - 1) < 1e-8, "%s: %g vs %g", x->name, y->sens, x->sens);
+        distinct += fabs(x->sens - 1) > 1e-6;
+        CHECK(y->n_meas == x->n_meas);
+        for (int m = 0; m < x->n_meas && m < y->n_meas; m++)
+            CHECK(y->meas_type[m] == x->meas_type[m] && fabs(y->meas_kld[m] / x->meas_kld[m] - 1) < 1e-8);
+    }
+    CHECK(distinct > 0);
+    moeq_alloc_free(&b);
+    /* version 1: the same file less its kld lines */
+    size_t n;
+    char *text = test_read_file(sp, &n);
+    REQUIRE(text);
+    const char *v1 = test_tmp("alloc_v1.sens");
+    FILE *fp = fopen(v1, "w");
+    REQUIRE(fp);
+    fputs("moeq-sensitivity 1\n", fp);
+    for (char *line = strchr(text, '\n') + 1; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (strncmp(line, "kld ", 4)) fwrite(line, 1, nl ? (size_t)(nl - line + 1) : strlen(line), fp);
+        line = nl ? nl + 1 : NULL;
+    }
+    fclose(fp);
+    free(text);
+    REQUIRE(moeq_alloc_init(&b, f, NULL, 0, 1, err, sizeof err) == 0);
+    REQUIREF(moeq_alloc_load(&b, v1, err, sizeof err) == 0, "%s", err);
+    for (int k = 0; k < a.n_units; k++) {
+        CHECK(b.units[k].n_meas == 0);
+        CHECK(fabs(b.units[k].sens / a.units[k].sens - 1) < 1e-8);
+    }
+    moeq_alloc_free(&b);
+    moeq_alloc_free(&a);
+    gguf_close(f);
+}
+
+/* `moeq quantize --measure-kld`: every unit swapped alone in the engine,
+ * the factors and swaps saved (version 2) and read back, the report with
+ * its rank correlations, the dry-run table next to the fixed recipe's. */
+TEST(alloc_cmd_measure_kld_report_and_file)
+{
+    const char *src = test_synth_model("akld.gguf", "");
+    const char *sp = test_tmp("akld.sens");
+    unlink(sp);
+    char *out = NULL;
+    int rc = test_run(&out, "%s quantize --target-bpw 5 --dry-run --sample-rows 64 --measure-kld 2 --measure-ctx 64 --calib data/calibration.txt "
+                      "--sensitivity-report --sensitivity %s %s %s 2", test_moeq_bin(), sp, src, test_tmp("akld-out.gguf"));
+    REQUIREF(rc == 0, "%s", out ? out : "");
+    CHECKF(strstr(out, "moeq: kld [ 14/ 14] output.weight") && strstr(out, "ETA"), "%s", out);
+    CHECK(strstr(out, "check types") && strstr(out, "factor x error"));
+    CHECK(strstr(out, "| asym-2bitexp") && strstr(out, "total (file, header bound)"));
+    size_t n;
+    char *text = test_read_file(sp, &n);
+    REQUIRE(text);
+    CHECK(strncmp(text, "moeq-sensitivity 2\n", 19) == 0);
+    int n_kld = 0, n_not1 = 0;
+    for (char *l = text; (l = strchr(l, '\n')); l++) {
+        if (!strncmp(l + 1, "kld ", 4)) n_kld++;
+        char name[160];
+        double sens;
+        if (sscanf(l + 1, "unit %159s %lf", name, &sens) == 2 && fabs(sens - 1) > 1e-6) n_not1++;
+    }
+    CHECKF(n_kld == 28, "%d kld lines", n_kld);   /* 14 units x 2 types */
+    CHECK(n_not1 == 14);
+    free(text);
+    /* read back: the same report, no new measurement */
+    char *again = NULL;
+    rc = test_run(&again, "%s quantize --target-bpw 5 --dry-run --sensitivity-report --sensitivity %s %s %s 2",
+                  test_moeq_bin(), sp, src, test_tmp("akld-out.gguf"));
+    REQUIREF(rc == 0, "%s", again ? again : "");
+    CHECK(strstr(again, "with measured sensitivity factors") && !strstr(again, "moeq: kld ["));
+    const char *r1 = strstr(out, "rank correlation"), *r2 = strstr(again, "rank correlation");
+    REQUIRE(r1 && r2);
+    const char *e1 = strstr(r1, "both pooled");
+    REQUIRE(e1 && strchr(e1, '\n'));
+    CHECK(strncmp(r1, r2, (size_t)(strchr(e1, '\n') - r1)) == 0);
+    /* a report with nothing measured is refused, naming the flags */
+    unlink(sp);
+    char *none = NULL;
+    rc = test_run(&none, "%s quantize --target-bpw 5 --dry-run --sensitivity-report %s %s 2", test_moeq_bin(), src,
+                  test_tmp("akld-out.gguf"));
+    CHECK(rc == 1 && none && strstr(none, "--measure-kld"));
+    free(out); free(again); free(none);
 }
