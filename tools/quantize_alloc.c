@@ -254,6 +254,8 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
     if (imatrix_path) {
         im = moeq_imatrix_new();
         if (moeq_imatrix_load(im, imatrix_path, err, sizeof err) != 0) { cli_error("%s", err); goto out; }
+        /* as the quantize job does (it says so) */
+        moeq_imatrix_shrink_low_counts(im, MOEQ_IMATRIX_LOW_COUNT_FRAC, NULL);
     }
     FILE *sf = c->sensitivity ? fopen(c->sensitivity, "r") : NULL;
     if (sf) {

@@ -269,10 +269,11 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                     o->imatrix_path, o->in_path);
     /* report experts without calibration data */
     for (int i = 0; im && i < n; i++) {
-        if (!ie[i] || ie[i]->n_mat <= 1) continue;
+        const int64_t ne0 = (int64_t)f->tensors[i].ne[0], n_mat = (int64_t)(f->tensors[i].ne[2] * f->tensors[i].ne[3]);
+        if (!ie[i] || n_mat <= 1) continue;
         int first = 1;
-        for (int64_t m = 0; m < ie[i]->n_mat; m++) {
-            if (ie[i]->counts[m] > 0) continue;
+        for (int64_t m = 0; m < n_mat; m++) {
+            if (moeq_imatrix_expert_has_data(ie[i], ne0, n_mat, m)) continue;
             if (first) fprintf(log, "moeq: warning: %s: no imatrix data for experts:", r->tensors[i].name);
             fprintf(log, " %lld", (long long)m);
             first = 0;
@@ -545,6 +546,11 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     if (o->imatrix_path) {
         im = moeq_imatrix_new();
         if (moeq_imatrix_load(im, o->imatrix_path, err, errlen) != 0) goto out;
+        int64_t nt, nx = moeq_imatrix_shrink_low_counts(im, MOEQ_IMATRIX_LOW_COUNT_FRAC, &nt);
+        if (nx)
+            fprintf(log, "moeq: imatrix %s: %lld expert(s) in %lld tensor(s) saw under %.0f%% of their tensor's mean token "
+                    "count; their importance is shrunk toward the tensor's mean\n", o->imatrix_path, (long long)nx,
+                    (long long)nt, 100 * MOEQ_IMATRIX_LOW_COUNT_FRAC);
     }
     if (plan(o, f, im != NULL, r, err, errlen) != 0) goto out;
     const int n = r->n_tensors;
