@@ -1,8 +1,11 @@
 /*
- * test_alloc.c: the bit allocator (src/quant/alloc.c): the knapsack against
- * brute force, units and candidates of a synthetic model, the sensitivity
- * file and the plan file round trips, and the budget of a written file
- * respected to the byte.
+ * test_alloc.c: the bit allocator (src/quant/alloc.c, alloc_kld.c): the
+ * knapsack against brute force, units and candidates of a synthetic model,
+ * the sensitivity file (with measured factors, version 1 still read) and
+ * the plan file round trips, the budget of a written file respected to the
+ * byte, measured factors and group medians, Spearman on known cases, and
+ * `moeq quantize` end to end: --measure-kld with the report, --fit against
+ * `moeq fit`, a 16-expert model with unrouted experts.
  */
 #include "test.h"
 #include "gguf/gguf.h"
@@ -354,4 +357,75 @@ TEST(alloc_cmd_measure_kld_report_and_file)
                   test_tmp("akld-out.gguf"));
     CHECK(rc == 1 && none && strstr(none, "--measure-kld"));
     free(out); free(again); free(none);
+}
+
+static uint64_t json_u64(const char *json, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = json ? strstr(json, k) : NULL;
+    REQUIREF(p, "no %s in %s", key, json ? json : "(null)");
+    return strtoull(p + strlen(k), NULL, 10);
+}
+
+/* `quantize --fit`: the budget comes from the engine's memory plan, and
+ * `moeq fit` on the written file agrees that it fits, to the byte, using
+ * nearly all of it. */
+TEST(alloc_cmd_fit_agrees_with_moeq_fit)
+{
+    const char *src = test_synth_model("afit.gguf", "");
+    char *js = NULL;
+    REQUIRE(test_run(&js, "%s fit -m %s -c 256 -t 2 --json", test_moeq_bin(), src) == 0);
+    const uint64_t others = json_u64(js, "total") - json_u64(js, "weights");
+    const uint64_t wbudget = 2500000, budget = others + wbudget;
+    free(js);
+    const char *out = test_tmp("afit-out.gguf");
+    char *o = NULL;
+    REQUIREF(test_run(&o, "%s quantize -q --sample-rows 64 --fit %llu --reserve 0 -c 256 %s %s 2", test_moeq_bin(),
+                      (unsigned long long)budget, src, out) == 0, "%s", o ? o : "");
+    free(o);
+    js = NULL;
+    int rc = test_run(&js, "%s fit -m %s -c 256 -t 2 --budget %llu --reserve 0 --json", test_moeq_bin(), out,
+                      (unsigned long long)budget);
+    CHECKF(rc == 0 && strstr(js, "\"fits\": true"), "%s", js);
+    const uint64_t w = json_u64(js, "weights"), margin = json_u64(js, "margin");
+    CHECKF(w <= wbudget && w >= wbudget * 97 / 100, "weights %llu of %llu", (unsigned long long)w, (unsigned long long)wbudget);
+    CHECK(json_u64(js, "total") + margin == budget);
+    free(js);
+}
+
+/* Tried as a new user would: 16 experts, 4 used, an imatrix from one chunk
+ * leaves experts unrouted; quantize --recipe asym-2bitexp (IQ2_S experts)
+ * still succeeds with both imatrix formats, naming the experts it filled,
+ * and the allocation runs on the same data. */
+TEST(alloc_cmd_16_experts_partial_imatrix)
+{
+    const char *src = test_synth_model("a16.gguf", "--experts 16 --experts-used 4");
+    const char *fmt[2] = { "a16-imatrix.dat", "a16-imatrix.gguf" };
+    for (int k = 0; k < 2; k++) {
+        char im[4096];
+        snprintf(im, sizeof im, "%s", test_tmp(fmt[k]));
+        char *o = NULL;
+        REQUIREF(test_run(&o, "%s imatrix -m %s -f data/calibration.txt -c 512 --chunks 1 -o %s", test_moeq_bin(), src, im) == 0,
+                 "%s", o ? o : "");
+        REQUIREF(strstr(o, "experts never routed"), "no unrouted expert to test with: %s", o);
+        free(o);
+        o = NULL;
+        int rc = test_run(&o, "%s quantize -q --imatrix %s --recipe asym-2bitexp %s %s", test_moeq_bin(), im, src,
+                          test_tmp("a16-out.gguf"));
+        CHECKF(rc == 0, "%s: %s", fmt[k], o ? o : "");
+        CHECKF(o && strstr(o, "warning: blk.0.ffn_gate_exps.weight: no imatrix data for experts:") &&
+               strstr(o, "(filled from the tensor's other experts)") && !strstr(o, "no importance data"), "%s: %s", fmt[k], o);
+        /* GGUF data has per-expert counts: the rarely routed are shrunk, said once */
+        if (k == 1) {
+            const char *m = o ? strstr(o, "saw under 25% of their tensor's mean token count") : NULL;
+            CHECKF(m && !strstr(m + 1, "saw under 25%"), "%s", o);
+        }
+        free(o);
+        o = NULL;
+        rc = test_run(&o, "%s quantize -q --sample-rows 64 --imatrix %s --target-bpw 3 %s %s", test_moeq_bin(), im, src,
+                      test_tmp("a16-alloc.gguf"));
+        CHECKF(rc == 0, "%s", o ? o : "");
+        free(o);
+    }
 }

@@ -10,7 +10,8 @@
  * measurement of each candidate's predicted damage (imatrix-weighted
  * squared quantization error from deterministically sampled rows, scaled to
  * the expected per-token squared error of the unit's output, times a
- * per-unit sensitivity factor), the sensitivity file that stores it, the
+ * per-unit sensitivity factor: 1, or measured in the engine by
+ * alloc_kld.c), the sensitivity file that stores it, the
  * multiple-choice knapsack that picks one candidate per unit under a byte
  * budget, and the plan file (--tensor-type style lines). It writes no
  * model file: the quantize job (quantize.h) takes its per-tensor types.
