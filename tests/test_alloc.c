@@ -322,7 +322,7 @@ TEST(alloc_cmd_measure_kld_report_and_file)
     int rc = test_run(&out, "%s quantize --target-bpw 5 --dry-run --sample-rows 64 --measure-kld 2 --measure-ctx 64 --calib data/calibration.txt "
                       "--sensitivity-report --sensitivity %s %s %s 2", test_moeq_bin(), sp, src, test_tmp("akld-out.gguf"));
     REQUIREF(rc == 0, "%s", out ? out : "");
-    CHECKF(strstr(out, "moeq: kld [ 14/ 14] output.weight") && strstr(out, "ETA"), "%s", out);
+    CHECKF(strstr(out, "moeq: kld [  2/ 14] output.weight") && strstr(out, "moeq: kld [ 14/ 14] blk.1.ffn_down_exps") && strstr(out, "ETA"), "%s", out);
     CHECK(strstr(out, "check types") && strstr(out, "factor x error"));
     CHECK(strstr(out, "| asym-2bitexp") && strstr(out, "total (file, header bound)"));
     size_t n;
@@ -350,6 +350,20 @@ TEST(alloc_cmd_measure_kld_report_and_file)
     const char *e1 = strstr(r1, "both pooled");
     REQUIRE(e1 && strchr(e1, '\n'));
     CHECK(strncmp(r1, r2, (size_t)(strchr(e1, '\n') - r1)) == 0);
+    /* a sample: token_embd, output and an even share of the layers' units */
+    unlink(sp);
+    char *smp = NULL;
+    rc = test_run(&smp, "%s quantize -q --target-bpw 5 --dry-run --sample-rows 64 --measure-kld 1 --measure-ctx 32 "
+                  "--measure-units 5 --calib data/calibration.txt --sensitivity %s %s %s 2", test_moeq_bin(), sp, src,
+                  test_tmp("akld-out.gguf"));
+    REQUIREF(rc == 0, "%s", smp ? smp : "");
+    free(smp);
+    text = test_read_file(sp, &n);
+    REQUIRE(text);
+    n_kld = 0;
+    for (char *l = text; (l = strstr(l, "\nkld ")); l++) n_kld++;
+    CHECKF(n_kld == 5 && strstr(text, "\nkld token_embd.weight ") && strstr(text, "\nkld output.weight "), "%s", text);
+    free(text);
     /* a report with nothing measured is refused, naming the flags */
     unlink(sp);
     char *none = NULL;

@@ -100,9 +100,10 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
  * its reference candidate (the one nearest 2.6 bpw; with o->check also the
  * one nearest 3.5 bpw) with its importance data and the mean KL-divergence
  * change against the base is recorded (meas_*). sens = KLD / err at the
- * reference type; units not measured (o->max_units below the unit count:
- * an even, deterministic sample is measured) take the median factor of
- * their group, or of all measured units. Progress with ETA on o->log.
+ * reference type. With o->max_units below the unit count, token_embd,
+ * output and an even, deterministic sample of the layers' units are
+ * measured; the others take the median factor of their group, or of all
+ * measured units. Progress with ETA on o->log.
  */
 struct moeq_alloc_kld_opts {
     const char *model_path;

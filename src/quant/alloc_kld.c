@@ -183,6 +183,7 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     struct kctx k = { 0 };
     moeq_pool *pool = NULL;
     int32_t *tok = NULL;
+    int *pick = NULL;
     int rc = -1;
     char e2[512];
     if (!(k.e = moeq_engine_open(&ep, e2, sizeof e2))) { moeq_set_err(err, errlen, "alloc: %s", e2); return -1; }
@@ -212,8 +213,23 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     k.s = moeq_session_new(k.e, e2, sizeof e2);
     pool = moeq_pool_new(o->n_threads);
     if (!k.base || !k.logits || !k.s || !pool) { moeq_set_err(err, errlen, "alloc: %s", k.s ? "out of memory" : e2); goto out; }
-    /* which units: all, or an even deterministic sample */
-    const int n_meas = o->max_units > 0 && o->max_units < a->n_units ? o->max_units : a->n_units;
+    /* which units: all, or token_embd and output (one of a kind, no group
+     * to borrow a median from) and an even deterministic sample of the
+     * layers' units */
+    int n_meas = 0, n_layered = 0;
+    pick = malloc(((size_t)a->n_units + 1) * sizeof *pick);
+    if (!pick) { moeq_set_err(err, errlen, "alloc: out of memory"); goto out; }
+    for (int i = 0; i < a->n_units; i++) {
+        if (a->units[i].layer < 0) pick[n_meas++] = i;
+        else n_layered++;
+    }
+    int want = o->max_units > 0 && o->max_units < a->n_units ? o->max_units - n_meas : n_layered;
+    if (want < 1) want = 1;
+    if (want > n_layered) want = n_layered;
+    for (int i = 0, seen = 0, next = 0; i < a->n_units && next < want; i++) {
+        if (a->units[i].layer < 0) continue;
+        if (seen++ == (int)(((double)next + 0.5) * (double)n_layered / (double)want)) pick[n_meas++] = i, next++;
+    }
     const int per_unit = o->check ? 2 : 1;
     const double t0 = moeq_now_s();
     double floor_kld;
@@ -226,8 +242,7 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     for (int k0 = 0; k0 < a->n_units; k0++) a->units[k0].n_meas = 0;
     const double t1 = moeq_now_s();
     for (int i = 0; i < n_meas; i++) {
-        const int ku = (int)(((double)i + 0.5) * (double)a->n_units / (double)n_meas);
-        struct moeq_alloc_unit *u = &a->units[ku];
+        struct moeq_alloc_unit *u = &a->units[pick[i]];
         for (int p = 0; p < per_unit; p++) {
             const int c = nearest_cand(u, p ? CHECK_BPW : REF_BPW);
             if (p && u->type[c] == u->meas_type[0]) break;   /* one candidate near both */
@@ -248,6 +263,7 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     moeq_alloc_set_factors(a);
     rc = 0;
 out:
+    free(pick);
     moeq_pool_free(pool);
     moeq_session_free(k.s);
     moeq_engine_close(k.e);
