@@ -82,7 +82,7 @@ static void usage(FILE *out)
         "  --sensitivity FILE        save the measurement, or read it back when FILE exists\n"
         "  --sample-rows N           rows measured per tensor (default 1024)\n"
         "  --measure-kld N           measure each unit's sensitivity factor in the engine:\n"
-        "                            the unit alone at ~2.6 bpw, the mean KL-divergence\n"
+        "                            the unit alone at ~2.5 bpw, the mean KL-divergence\n"
         "                            change over N chunks of --calib FILE (text)\n"
         "  --measure-units N         measure an even sample of N units (default all); the\n"
         "                            rest take their group's median factor\n"

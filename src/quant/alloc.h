@@ -44,7 +44,7 @@ struct moeq_alloc_unit {
     /* single-unit swaps measured in the engine (moeq_alloc_measure_kld):
      * the unit alone quantized to meas_type[i], the rest as the source,
      * gives a mean KL-divergence change of meas_kld[i]; the first (about
-     * 2.6 bpw) sets sens, a second (about 3.5 bpw) checks it */
+     * 2.5 bpw, the IQ2_S class) sets sens, a second (about 3.5 bpw) checks it */
     int      n_meas;
     int      meas_type[2];
     double   meas_kld[2];
@@ -97,7 +97,7 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
  * the file f) over n_chunks chunks of n_ctx tokens of o->text for the base
  * log-probabilities (second half of each chunk scored, as perplexity);
  * then, for each measured unit, the unit alone is quantized in memory to
- * its reference candidate (the one nearest 2.6 bpw; with o->check also the
+ * its reference candidate (the one nearest 2.5 bpw; with o->check also the
  * one nearest 3.5 bpw) with its importance data and the mean KL-divergence
  * change against the base is recorded (meas_*). sens = KLD / err at the
  * reference type. With o->max_units below the unit count, token_embd,
