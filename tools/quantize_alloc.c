@@ -223,9 +223,12 @@ static int measure_kld(const struct qalloc_cli *c, struct moeq_alloc *a, const g
     size_t len;
     char *text = cli_read_file(c->calib, &len, err, sizeof err);
     if (!text) { cli_error("quantize: %s", err); return -1; }
+    const int info = cli_log_level >= CLI_LOG_INFO;
     struct moeq_alloc_kld_opts o = { in_path, text, len, c->measure_kld, c->measure_ctx, c->measure_units,
-                                     c->report, c->n_threads, im, cli_log_level >= CLI_LOG_INFO ? stderr : NULL };
+                                     c->report, c->n_threads, im, info ? stderr : NULL,
+                                     info ? cli_progress_cb : NULL, NULL };
     int rc = moeq_alloc_measure_kld(a, f, &o, err, sizeof err);
+    cli_progress_end();
     free(text);
     if (rc != 0) cli_error("quantize: %s", err);
     return rc;

@@ -103,7 +103,7 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
  * reference type. With o->max_units below the unit count, token_embd,
  * output and an even, deterministic sample of the layers' units are
  * measured; the others take the median factor of their group, or of all
- * measured units. Progress with ETA on o->log.
+ * measured units. Progress with ETA through o->progress.
  */
 struct moeq_alloc_kld_opts {
     const char *model_path;
@@ -114,7 +114,9 @@ struct moeq_alloc_kld_opts {
     int check;                        /* also measure at the check type */
     int n_threads;
     const struct moeq_imatrix *im;    /* NULL: uniform weights */
-    FILE *log;                        /* NULL: quiet */
+    FILE *log;                        /* notes (the base pass, a short text); NULL: none */
+    moeq_progress_fn progress;        /* after each unit (its swaps as the item); NULL: none */
+    void *progress_ud;
 };
 int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struct moeq_alloc_kld_opts *o,
                            char *err, size_t errlen);

@@ -252,12 +252,14 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
             u->meas_kld[p] = kld - floor_kld;   /* the change */
             u->n_meas = p + 1;
         }
-        if (o->log) {
+        if (o->progress) {
+            char item[256];
+            int n = snprintf(item, sizeof item, "%s %s %.4e", u->name, moeq_type_name(u->meas_type[0]), u->meas_kld[0]);
+            if (u->n_meas > 1 && n > 0 && (size_t)n < sizeof item)
+                snprintf(item + n, sizeof item - (size_t)n, " %s %.4e", moeq_type_name(u->meas_type[1]), u->meas_kld[1]);
             const double el = moeq_now_s() - t1;
-            fprintf(o->log, "moeq: kld [%3d/%3d] %-28s %-7s %.4e", i + 1, n_meas, u->name,
-                    moeq_type_name(u->meas_type[0]), u->meas_kld[0]);
-            if (u->n_meas > 1) fprintf(o->log, "  %-7s %.4e", moeq_type_name(u->meas_type[1]), u->meas_kld[1]);
-            fprintf(o->log, "  %6.1fs ETA %6.1fs\n", el, el / (i + 1) * (n_meas - i - 1));
+            struct moeq_progress pr = { "kld", item, i + 1, n_meas, el, el / (i + 1) * (n_meas - i - 1) };
+            o->progress(o->progress_ud, &pr);
         }
     }
     moeq_alloc_set_factors(a);
