@@ -443,3 +443,33 @@ TEST(alloc_cmd_16_experts_partial_imatrix)
         free(o);
     }
 }
+
+/* The dry-run table next to the fixed recipe's: at the recipe's own size
+ * (its plan then fits the budget) the allocation predicts no more damage
+ * than the recipe, within that size. */
+TEST(alloc_cmd_dry_run_beats_the_recipe_at_its_size)
+{
+    const char *src = test_synth_model("atab.gguf", "");
+    const char *sp = test_tmp("atab.sens");
+    unlink(sp);
+    unsigned long long ab[2], rb[2];
+    double abpw, ad[2], rbpw, rd[2];
+    char *o = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        char target[64];
+        if (pass) snprintf(target, sizeof target, "--target-size %llu", rb[0]);
+        else snprintf(target, sizeof target, "--target-bpw 4");
+        o = NULL;
+        int rc = test_run(&o, "%s quantize --dry-run --ignore-imatrix-rules --sample-rows 64 --sensitivity %s %s %s %s",
+                          test_moeq_bin(), sp, target, src, test_tmp("atab-out.gguf"));
+        REQUIREF(rc == 0, "%s", o ? o : "");
+        const char *t = strstr(o, "total (file, header bound)");
+        REQUIREF(t && sscanf(t + 30, "%llu %lf %lf | %llu %lf %lf", &ab[pass], &abpw, &ad[pass], &rb[pass], &rbpw, &rd[pass]) == 6,
+                 "%s", o);
+        CHECK(strstr(o, "| asym-2bitexp"));
+        free(o);
+    }
+    CHECK(rb[0] == rb[1] && rd[0] == rd[1]);     /* the recipe's side does not depend on the target */
+    CHECKF(ab[1] <= rb[0], "%llu > %llu", ab[1], rb[0]);
+    CHECKF(ad[1] <= rd[1] * (1 + 1e-9), "allocated %g, recipe %g", ad[1], rd[1]);
+}
