@@ -9,7 +9,9 @@
  * An engine and its sessions are used by one thread at a time (the engine
  * runs its own worker pool inside each call). Weights stay in the file's
  * mapping; the KV cache lives in the sessions; all scratch is allocated at
- * open, so eval, decode and sampling allocate nothing.
+ * open, so eval, decode and sampling allocate nothing. A measurement tool
+ * may point one weight at its own bytes for a while
+ * (moeq_engine_override_weight).
  */
 #ifndef MOEQ_ENGINE_H
 #define MOEQ_ENGINE_H
