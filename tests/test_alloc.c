@@ -370,6 +370,12 @@ TEST(alloc_cmd_measure_kld_report_and_file)
     rc = test_run(&none, "%s quantize --target-bpw 5 --dry-run --sensitivity-report %s %s 2", test_moeq_bin(), src,
                   test_tmp("akld-out.gguf"));
     CHECK(rc == 1 && none && strstr(none, "--measure-kld"));
+    /* and the measurement flags without a target, a usage error */
+    char *nt = NULL;
+    rc = test_run(&nt, "%s quantize --measure-kld 2 --calib data/calibration.txt %s %s Q4_K_M", test_moeq_bin(), src,
+                  test_tmp("akld-out.gguf"));
+    CHECKF(rc == 2 && nt && strstr(nt, "need a target"), "%d %s", rc, nt ? nt : "");
+    free(nt);
     free(out); free(again); free(none);
 }
 

@@ -317,6 +317,10 @@ int cmd_quantize(int argc, char **argv)
         goto out_rules;
     }
     if (qa.recipe_file && qalloc_read_rules(qa.recipe_file, rules, MAX_RULES, &n_rules) != 0) { rc = 1; goto out_rules; }
+    if (!qa.active && (qa.measure_kld || qa.report)) {
+        rc = cli_usage_error("quantize", "--measure-kld and --sensitivity-report need a target (--target-bpw, --target-size or --fit)");
+        goto out_rules;
+    }
     if (n_pos < 2 || (n_pos < 3 && !rec && !qa.active)) { rc = cli_usage_error("quantize", "expected IN.gguf OUT.gguf TYPE [THREADS]"); goto out_rules; }
     const char *in_path = pos[0], *out_path = pos[1];
     const char *rec_base = rec ? moeq_mix_of_ftype(rec->ftype)->name : NULL;
