@@ -25,8 +25,9 @@
 /* reference and check points of the measurement, bits per weight */
 #define REF_BPW   2.5
 #define CHECK_BPW 3.5
-/* rows of logits asked of the engine at once */
-#define PIECE 128
+/* logits asked of the engine at once: the whole scored half of a chunk
+ * when it fits this many floats (256 MiB), else fewer rows */
+#define LOGITS_FLOATS ((size_t)64 << 20)
 
 static int nearest_cand(const struct moeq_alloc_unit *u, double bpw)
 {
@@ -52,7 +53,8 @@ struct kctx {
     const int32_t *tok;
     int n_chunks, n_ctx, n_vocab;
     uint16_t *base;   /* [n_chunks][n_scored] encoded rows */
-    float *logits;    /* [PIECE][n_vocab] */
+    float *logits;    /* [piece][n_vocab] */
+    int piece;
 };
 
 /* Every chunk from an empty cache; the scored rows (the second half, as
@@ -66,8 +68,8 @@ static int run_chunks(struct kctx *k, int encode, double *mean, char *err, size_
         const int32_t *ct = k->tok + (size_t)c * (size_t)k->n_ctx;
         moeq_session_sync(k->s, NULL, 0);
         if (moeq_session_eval(k->s, ct, f0, NULL, err, errlen) != 0) return -1;
-        for (int b = f0; b < k->n_ctx - 1; b += PIECE) {
-            const int nb = k->n_ctx - 1 - b < PIECE ? k->n_ctx - 1 - b : PIECE;
+        for (int b = f0; b < k->n_ctx - 1; b += k->piece) {
+            const int nb = k->n_ctx - 1 - b < k->piece ? k->n_ctx - 1 - b : k->piece;
             if (moeq_session_eval(k->s, ct + b, nb, k->logits, err, errlen) != 0) return -1;
             for (int j = 0; j < nb; j++) {
                 const float *row = k->logits + (size_t)j * (size_t)k->n_vocab;
@@ -209,7 +211,10 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     k.n_ctx = n_ctx;
     const size_t rows = (size_t)n_chunks * (size_t)(n_ctx - 1 - n_ctx / 2);
     k.base = malloc(rows * (size_t)moeq_logprobs_row_len(k.n_vocab) * sizeof *k.base);
-    k.logits = malloc((size_t)PIECE * (size_t)k.n_vocab * sizeof *k.logits);
+    const int n_sc = n_ctx - 1 - n_ctx / 2;
+    k.piece = LOGITS_FLOATS / (size_t)k.n_vocab < (size_t)n_sc ? (int)(LOGITS_FLOATS / (size_t)k.n_vocab) : n_sc;
+    if (k.piece < 1) k.piece = 1;
+    k.logits = malloc((size_t)k.piece * (size_t)k.n_vocab * sizeof *k.logits);
     k.s = moeq_session_new(k.e, e2, sizeof e2);
     pool = moeq_pool_new(o->n_threads);
     if (!k.base || !k.logits || !k.s || !pool) { moeq_set_err(err, errlen, "alloc: %s", k.s ? "out of memory" : e2); goto out; }
