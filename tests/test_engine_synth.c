@@ -503,3 +503,53 @@ TEST(engine_model_errors_name_the_field)
         moeq_engine_close(e);
     }
 }
+
+/* Computing with another file's bytes for every weight gives that file's
+ * logits exactly; restoring gives the first file's again; bad overrides
+ * are refused with the weight named. */
+TEST(engine_override_weight_matches_the_other_file)
+{
+    const char *f32 = test_synth_model("ov-f32.gguf", "");
+    const char *q8 = test_synth_model("ov-q8.gguf", "--type Q8_0 --mode quantize");
+    int32_t tok[12];
+    for (int i = 0; i < 12; i++) tok[i] = (i * 53 + 7) % 400;
+    int V;
+    float *ref32 = logits_of(f32, tok, 12, &V), *ref8 = logits_of(q8, tok, 12, &V);
+    moeq_engine *e = open_path(f32, 64, 16);
+    char err[512];
+    gguf_file *g = gguf_open(q8, err, sizeof err);
+    REQUIREF(g, "%s", err);
+    int swapped = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.n, t->name.s);
+        if (t->type == MOEQ_TYPE_F32 || t->n_dims < 2) continue;
+        REQUIREF(moeq_engine_override_weight(e, name, (int)t->type, t->data, t->nbytes, err, sizeof err) == 0, "%s", err);
+        swapped++;
+    }
+    CHECK(swapped > 4);
+    float *lg = malloc((size_t)12 * V * sizeof *lg);
+    REQUIRE(lg);
+    for (int pass = 0; pass < 2; pass++) {
+        moeq_session *s = moeq_session_new(e, err, sizeof err);
+        REQUIRE(s);
+        REQUIREF(moeq_session_eval(s, tok, 12, lg, err, sizeof err) == 0, "%s", err);
+        CHECK(memcmp(lg, pass ? ref32 : ref8, (size_t)12 * V * sizeof *lg) == 0);
+        moeq_session_free(s);
+        for (uint64_t i = 0; !pass && i < g->n_tensors; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "%.*s", (int)g->tensors[i].name.n, g->tensors[i].name.s);
+            if (g->tensors[i].type != MOEQ_TYPE_F32 && g->tensors[i].n_dims >= 2)
+                REQUIRE(moeq_engine_override_weight(e, name, 0, NULL, 0, err, sizeof err) == 0);
+        }
+    }
+    const gguf_tensor *t = &g->tensors[gguf_find_tensor(g, "blk.0.attn_q.weight")];
+    CHECK(moeq_engine_override_weight(e, "blk.0.attn_q.weight", (int)t->type, t->data, t->nbytes - 1, err, sizeof err) == -1 &&
+          strstr(err, "blk.0.attn_q.weight"));
+    CHECK(moeq_engine_override_weight(e, "blk.9.nothing", (int)t->type, t->data, t->nbytes, err, sizeof err) == -1 &&
+          strstr(err, "blk.9.nothing"));
+    free(lg); free(ref32); free(ref8);
+    gguf_close(g);
+    moeq_engine_close(e);
+}

@@ -227,3 +227,37 @@ TEST(imatrix_weights_stay_finite)
     CHECK(moeq_imatrix_weights(e, 4, 2, 1, w) == 0 && w[0] == 5.0f && w[3] == 20.0f);
     moeq_imatrix_free(im);
 }
+
+/* An expert that saw few tokens is pulled toward its tensor's
+ * count-weighted mean (as if padded to the threshold with mean tokens);
+ * the others, the counts and the 2-D entries stay. */
+TEST(imatrix_low_count_experts_shrink_toward_mean)
+{
+    struct moeq_imatrix *im = moeq_imatrix_new();
+    char err[256];
+    struct moeq_imatrix_entry *e = moeq_imatrix_get(im, "blk.0.ffn_up_exps.weight", 4, 4, err, sizeof err);
+    struct moeq_imatrix_entry *q = moeq_imatrix_get(im, "blk.0.attn_q.weight", 4, 1, err, sizeof err);
+    REQUIRE(e && q);
+    const float twos[4] = { 2, 2, 2, 2 }, few[4] = { 3, 0, 0, 0 };
+    for (int m = 0; m < 3; m++)
+        for (int r = 0; r < 100; r++) moeq_imatrix_add(e, m, twos, 1);
+    for (int r = 0; r < 4; r++) moeq_imatrix_add(e, 3, few, 1);
+    moeq_imatrix_add(q, 0, few, 1);
+    int64_t nt = -1;
+    CHECK(moeq_imatrix_shrink_low_counts(im, 0.25, &nt) == 1);
+    CHECK(nt == 1);
+    /* mean count 76, threshold 19; mu = (1236, 1200, 1200, 1200) / 304 */
+    float w[4];
+    CHECK(moeq_imatrix_weights(e, 4, 4, 3, w) == 0);
+    const double mu0 = 1236.0 / 304, mu1 = 1200.0 / 304;
+    CHECKF(fabs(w[0] - (36 + 15 * mu0) / 19) < 1e-5 && fabs(w[1] - 15 * mu1 / 19) < 1e-5, "%g %g", w[0], w[1]);
+    CHECK(e->counts[3] == 4);
+    for (int m = 0; m < 3; m++) {
+        CHECK(moeq_imatrix_weights(e, 4, 4, m, w) == 0);
+        CHECK(w[0] == 4 && w[3] == 4);
+    }
+    CHECK(moeq_imatrix_weights(q, 4, 1, 0, w) == 0 && w[0] == 9 && w[1] == 0);
+    /* nothing under the threshold: nothing changes */
+    CHECK(moeq_imatrix_shrink_low_counts(im, 0.01, NULL) == 0);
+    moeq_imatrix_free(im);
+}

@@ -18,6 +18,7 @@
 #include "util/outfile.h"
 #include "quant/finite.h"
 #include "quant/quants.h"
+#include "util/logprobs.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -47,37 +48,6 @@ static void usage(FILE *out)
 
 /* ---------------------------------------------------- base log-probs */
 
-static inline int nearest_int(float v) { return (int)lrintf(v); }
-
-/* Encode the log-softmax of one row into nv uint16 (llama.cpp's layout)
- * and return the NLL of tok. */
-static double encode_log_probs(int n_vocab, const float *logits, uint16_t *out, int tok)
-{
-    float mx = logits[0], mn = logits[0];
-    for (int i = 1; i < n_vocab; i++) {
-        if (logits[i] > mx) mx = logits[i];
-        if (logits[i] < mn) mn = logits[i];
-    }
-    if (mn < mx - 24) mn = mx - 24;
-    double sum = 0;
-    for (int i = 0; i < n_vocab; i++) sum += expf(logits[i] - mx);
-    const float lse = (float)log(sum);
-    const float min_log_prob = mn - mx - lse;
-    const float scale = (mx - mn) / 65535.f;
-    /* two floats (scale, min) in the first four uint16, as llama.cpp */
-    memcpy(out, &scale, 4);
-    memcpy(out + 2, &min_log_prob, 4);
-    uint16_t *q = out + 4;
-    if (scale > 0) {
-        const float inv = 1 / scale;
-        for (int i = 0; i < n_vocab; i++)
-            q[i] = logits[i] > mn ? (uint16_t)nearest_int(inv * (logits[i] - mn)) : 0;
-    } else {
-        memset(q, 0, (size_t)n_vocab * sizeof *q);
-    }
-    return (double)(mx + lse - logits[tok]);
-}
-
 struct kld_acc {
     double sum_nll, sum_nll2, sum_nll_base, sum_nll_base2, sum_nll_nll_base;
     double sum_kld, sum_kld2, sum_p_diff, sum_p_diff2, sum_p_diff4;
@@ -89,31 +59,14 @@ struct kld_acc {
 static void kld_row(int n_vocab, const float *logits, const uint16_t *base, int tok,
                     struct kld_acc *k, float *kld_out, float *pdiff_out)
 {
-    float mx = logits[0];
-    int imax = 0;
-    for (int i = 1; i < n_vocab; i++)
-        if (logits[i] > mx) { mx = logits[i]; imax = i; }
-    double sum = 0;
-    for (int i = 0; i < n_vocab; i++) sum += expf(logits[i] - mx);
-    const float lse = (float)log(sum);
-    float scale, min_lp;
-    memcpy(&scale, base, 4);
-    memcpy(&min_lp, base + 2, 4);
-    const uint16_t *q = base + 4;
-    const float nll = mx + lse - logits[tok];
-    const float nll_base = -(scale * q[tok] + min_lp);
+    int imax, imax_base;
+    const float norm = moeq_logsumexp(logits, n_vocab, &imax);
+    const float nll = norm - logits[tok];
+    const float nll_base = -moeq_logprobs_at(base, tok);
     k->sum_nll += nll; k->sum_nll2 += (double)nll * nll;
     k->sum_nll_base += nll_base; k->sum_nll_base2 += (double)nll_base * nll_base;
     k->sum_nll_nll_base += (double)nll * nll_base;
-    const float norm = mx + lse;
-    double kl = 0;
-    int imax_base = 0;
-    float best = -INFINITY;
-    for (int i = 0; i < n_vocab; i++) {
-        const float lpb = scale * q[i] + min_lp;
-        if (lpb > best) { best = lpb; imax_base = i; }
-        if (lpb > -16.f) kl += expf(lpb) * (lpb - logits[i] + norm);
-    }
+    const double kl = moeq_logprobs_kld(n_vocab, logits, norm, base, &imax_base);
     k->sum_kld += kl; k->sum_kld2 += kl * kl;
     k->count++;
     if (imax == imax_base) k->n_same_top++;
@@ -306,7 +259,7 @@ int cmd_perplexity(int argc, char **argv)
     if (!e) { cli_error("%s", err); return 1; }
     const struct moeq_model_info *mi = moeq_engine_info(e);
     const int n_vocab = mi->n_vocab;
-    const int nv = 2 * ((n_vocab + 1) / 2) + 4;
+    const int nv = moeq_logprobs_row_len(n_vocab);
     const int first = (int)n_ctx / 2;
     const int n_scored = (int)n_ctx - 1 - first;
     int n_tok = 0, n_chunk = 0;
@@ -457,7 +410,7 @@ int cmd_perplexity(int argc, char **argv)
             for (int j = 0; j < n_scored2; j++) {
                 const float *row = scored + (size_t)j * n_vocab;
                 double v;
-                if (kf) v = encode_log_probs(n_vocab, row, lp + (size_t)j * nv, ct[f0 + j + 1]);
+                if (kf) v = moeq_logprobs_encode(n_vocab, row, lp + (size_t)j * nv, ct[f0 + j + 1]);
                 else v = cli_token_nll(row, n_vocab, ct[f0 + j + 1]);
                 nll += v;
                 nll2 += v * v;

@@ -81,9 +81,18 @@ static void usage(FILE *out)
         "  --allow-types LIST        candidate types of the allocation (comma-separated)\n"
         "  --sensitivity FILE        save the measurement, or read it back when FILE exists\n"
         "  --sample-rows N           rows measured per tensor (default 1024)\n"
+        "  --measure-kld N           measure each unit's sensitivity factor in the engine:\n"
+        "                            the unit alone at ~2.5 bpw, the mean KL-divergence\n"
+        "                            change over N chunks of --calib FILE (text)\n"
+        "  --measure-units N         measure an even sample of N units (default all); the\n"
+        "                            rest take their group's median factor\n"
+        "  --measure-ctx N           tokens per measurement chunk (default 512)\n"
+        "  --sensitivity-report      also swap at ~3.5 bpw and print the rank correlation\n"
+        "                            of predicted damage and measured KLD change\n"
         "  --plan-out FILE           write the allocated plan as --tensor-type lines\n"
         "  --recipe-file FILE        read --tensor-type lines (REGEX=TYPE) from FILE\n"
         "  --dry-run                 print the plan with types and sizes; write nothing\n"
+        "                            (with a target: next to --recipe's, or asym-2bitexp's)\n"
         "                            (needs no --allow-requantize)\n"
         "  --split-max-size N[M|G]   write a split set OUT-00001-of-0000N.gguf, a new part\n"
         "                            whenever the next tensor would pass N bytes of data\n"
@@ -308,6 +317,10 @@ int cmd_quantize(int argc, char **argv)
         goto out_rules;
     }
     if (qa.recipe_file && qalloc_read_rules(qa.recipe_file, rules, MAX_RULES, &n_rules) != 0) { rc = 1; goto out_rules; }
+    if (!qa.active && (qa.measure_kld || qa.report)) {
+        rc = cli_usage_error("quantize", "--measure-kld and --sensitivity-report need a target (--target-bpw, --target-size or --fit)");
+        goto out_rules;
+    }
     if (n_pos < 2 || (n_pos < 3 && !rec && !qa.active)) { rc = cli_usage_error("quantize", "expected IN.gguf OUT.gguf TYPE [THREADS]"); goto out_rules; }
     const char *in_path = pos[0], *out_path = pos[1];
     const char *rec_base = rec ? moeq_mix_of_ftype(rec->ftype)->name : NULL;
@@ -319,8 +332,9 @@ int cmd_quantize(int argc, char **argv)
         rc = cli_usage_error("quantize", "THREADS must be a positive integer, got '%s'", pos[3]);
         goto out_rules;
     }
+    qa.n_threads = (int)nthreads;
     if (qa.active) {
-        if (qalloc_plan(&qa, in_path, imatrix_path, ignore_rules, dry_run, &plan_types, &n_plan_types, &plan_meta, &alloc_mix) != 0) {
+        if (qalloc_plan(&qa, in_path, imatrix_path, ignore_rules, dry_run, recipe_name, &plan_types, &n_plan_types, &plan_meta, &alloc_mix) != 0) {
             rc = 1;
             goto out_rules;
         }

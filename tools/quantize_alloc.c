@@ -1,8 +1,10 @@
 /*
  * quantize_alloc.c: `moeq quantize`'s allocation flags (see
  * quantize_alloc.h): the budget from a bpw, a file size or the engine's
- * memory plan, the measurement or its saved file, the solver, the dry-run
- * table and the plan file.
+ * memory plan, the measurement (sampled-row error, and with --measure-kld
+ * the engine-measured sensitivity factors) or its saved file, the solver,
+ * the dry-run table next to the fixed recipe's, the sensitivity report and
+ * the plan file.
  */
 #include "quantize_alloc.h"
 
@@ -13,7 +15,9 @@
 #include "model/model.h"
 #include "quant/alloc.h"
 #include "quant/imatrix.h"
+#include "quant/quantize.h"
 #include "quant/quants.h"
+#include "util/outfile.h"
 #include "quant/tensor_groups.h"
 
 #include <stdio.h>
@@ -28,6 +32,7 @@ void qalloc_init(struct qalloc_cli *c)
     c->reserve = 1ull << 30;
     c->type_k = c->type_v = MOEQ_KV_F16;
     c->rows = 1024;
+    c->measure_ctx = 512;
 }
 
 static int kv_type(const char *v)
@@ -41,8 +46,10 @@ int qalloc_arg(struct qalloc_cli *c, int argc, char **argv, int *i, int *rc)
 {
     static const char *const flags[] = { "--target-bpw", "--target-size", "--fit", "-c", "--ctx-size", "-ctk", "-ctv",
         "--cache-type-k", "--cache-type-v", "--parallel", "-np", "--reserve", "--allow-types", "--sensitivity",
-        "--plan-out", "--recipe-file", "--sample-rows", NULL };
+        "--plan-out", "--recipe-file", "--sample-rows", "--measure-kld", "--measure-units", "--measure-ctx",
+        "--calib", NULL };
     const char *a = argv[*i];
+    if (!strcmp(a, "--sensitivity-report")) { c->report = 1; *rc = 0; return 1; }
     int k = 0;
     while (flags[k] && strcmp(flags[k], a)) k++;
     if (!flags[k]) return 0;
@@ -61,6 +68,12 @@ int qalloc_arg(struct qalloc_cli *c, int argc, char **argv, int *i, int *rc)
                !strcmp(a, "--sample-rows")) {
         if (cli_parse_i64(v, &n) || n < 1 || n > (1 << 24)) { cli_usage_error("quantize", "bad %s '%s'", a, v); return 1; }
         if (a[1] == 'c' || a[2] == 'c') c->n_ctx = (int)n; else if (a[2] == 's') c->rows = (int)n; else c->n_par = (int)n;
+    } else if (!strcmp(a, "--measure-kld") || !strcmp(a, "--measure-units") || !strcmp(a, "--measure-ctx")) {
+        const int64_t lo = a[10] == 'k' || a[10] == 'u' ? 0 : 8;
+        if (cli_parse_i64(v, &n) || n < lo || n > (1 << 20)) { cli_usage_error("quantize", "bad %s '%s'", a, v); return 1; }
+        if (a[10] == 'k') c->measure_kld = (int)n; else if (a[10] == 'u') c->measure_units = (int)n; else c->measure_ctx = (int)n;
+    } else if (!strcmp(a, "--calib")) {
+        c->calib = v;
     } else if (!strcmp(a, "-ctk") || !strcmp(a, "-ctv") || !strcmp(a, "--cache-type-k") || !strcmp(a, "--cache-type-v")) {
         int t = kv_type(v);
         if (t < 0) { cli_usage_error("quantize", "KV type must be f16 or q8_0, not '%s'", v); return 1; }
@@ -127,43 +140,146 @@ static int fit_weight_budget(const struct qalloc_cli *c, const gguf_file *f, con
     return 0;
 }
 
-static void print_table(const struct moeq_alloc *a, const int *choice)
+/* The fixed recipe's type of each unit (its first tensor's), -1 where it
+ * plans none, from the quantize job's own dry run. */
+static int recipe_types(const char *recipe, const char *in_path, const char *imatrix_path,
+                        const struct moeq_alloc *a, int *rtype, const char **rname)
 {
-    printf("%-30s %-8s %12s %7s %12s\n", "unit", "type", "bytes", "bpw", "damage");
+    const struct moeq_recipe *rec = moeq_recipe_find(recipe ? recipe : "asym-2bitexp");
+    if (!rec) return -1;
+    *rname = rec->name;
+    struct moeq_quantize_opts o;
+    moeq_quantize_opts_init(&o);
+    o.in_path = in_path;
+    o.out_path = "/dev/null";
+    o.mix = moeq_mix_of_ftype(rec->ftype);
+    o.recipe = rec;
+    o.imatrix_path = imatrix_path;
+    o.ignore_imatrix_rules = 1;   /* only its types are wanted */
+    o.allow_requantize = 1;
+    o.dry_run = 1;
+    FILE *quiet = fopen("/dev/null", "w");
+    o.log = quiet;
+    struct moeq_quantize_report r;
+    char err[512];
+    int rc = o.mix && moeq_quantize_file(&o, &r, err, sizeof err) == 0 ? 0 : -1;
+    if (quiet) fclose(quiet);
+    if (rc != 0) return -1;
+    for (int k = 0; k < a->n_units; k++) {
+        const int ti = a->units[k].tensor[0];
+        rtype[k] = ti < r.n_tensors && r.tensors[ti].quantized ? r.tensors[ti].type : -1;
+    }
+    moeq_quantize_report_free(&r);
+    return 0;
+}
+
+/* The plan next to the fixed recipe's: each unit's type, bytes, bits per
+ * weight and predicted damage, and the totals of both. */
+static void print_table(const struct moeq_alloc *a, const int *choice, const int *rtype, const char *rname)
+{
+    printf("%-30s %-8s %12s %7s %12s | %-8s %12s %7s %12s\n", "unit", "type", "bytes", "bpw", "damage",
+           rname ? rname : "recipe", "bytes", "bpw", "damage");
+    uint64_t tb = 0, rb = 0;
+    double td = 0, rd = 0;
+    int r_ok = rtype != NULL;
     for (int k = 0; k < a->n_units; k++) {
         const struct moeq_alloc_unit *u = &a->units[k];
         int c = choice[k];
-        printf("%-30s %-8s %12llu %7.3f %12.4e\n", u->name, moeq_type_name(u->type[c]),
+        tb += u->bytes[c];
+        td += u->sens * u->err[c];
+        printf("%-30s %-8s %12llu %7.3f %12.4e |", u->name, moeq_type_name(u->type[c]),
                (unsigned long long)u->bytes[c], 8.0 * (double)u->bytes[c] / (double)u->nelem, u->sens * u->err[c]);
+        int rc = -1;
+        for (int i = 0; rtype && rtype[k] >= 0 && i < u->n_cand; i++)
+            if (u->type[i] == rtype[k]) rc = i;
+        if (rc >= 0) {
+            rb += u->bytes[rc];
+            rd += u->sens * u->err[rc];
+            printf(" %-8s %12llu %7.3f %12.4e\n", moeq_type_name(u->type[rc]), (unsigned long long)u->bytes[rc],
+                   8.0 * (double)u->bytes[rc] / (double)u->nelem, u->sens * u->err[rc]);
+        } else {
+            /* not a candidate (--allow-types, no imatrix): no measurement */
+            r_ok = 0;
+            printf(" %-8s %12s %7s %12s\n", rtype && rtype[k] >= 0 ? moeq_type_name(rtype[k]) : "-", "-", "-", "-");
+        }
     }
+    const double nel = (double)a->nelem_all;
+    printf("%-30s %-8s %12llu %7.3f %12.4e |", "total (file, header bound)", "",
+           (unsigned long long)(tb + a->fixed_bytes + a->header_bytes),
+           8.0 * (double)(tb + a->fixed_bytes) / nel, td);
+    if (r_ok)
+        printf(" %-8s %12llu %7.3f %12.4e\n", "", (unsigned long long)(rb + a->fixed_bytes + a->header_bytes),
+               8.0 * (double)(rb + a->fixed_bytes) / nel, rd);
+    else
+        printf(" %-8s %12s %7s %12s\n", "", "-", "-", "-");
+}
+
+/* --measure-kld: the engine-measured factors over the calibration text. */
+static int measure_kld(const struct qalloc_cli *c, struct moeq_alloc *a, const gguf_file *f, const char *in_path,
+                       const struct moeq_imatrix *im)
+{
+    if (!c->calib) { cli_error("quantize: --measure-kld needs --calib FILE (calibration text)"); return -1; }
+    char err[512];
+    size_t len;
+    char *text = cli_read_file(c->calib, &len, err, sizeof err);
+    if (!text) { cli_error("quantize: %s", err); return -1; }
+    const int info = cli_log_level >= CLI_LOG_INFO;
+    struct moeq_alloc_kld_opts o = { in_path, text, len, c->measure_kld, c->measure_ctx, c->measure_units,
+                                     c->report, c->n_threads, im, info ? stderr : NULL,
+                                     info ? cli_progress_cb : NULL, NULL };
+    int rc = moeq_alloc_measure_kld(a, f, &o, err, sizeof err);
+    cli_progress_end();
+    free(text);
+    if (rc != 0) cli_error("quantize: %s", err);
+    return rc;
+}
+
+static int any_measured(const struct moeq_alloc *a)
+{
+    for (int k = 0; k < a->n_units; k++)
+        if (a->units[k].n_meas) return 1;
+    return 0;
 }
 
 int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *imatrix_path, int ignore_rules,
-                int dry_run, int **types, int *n_types, char **plan_meta, const char **mix_name)
+                int dry_run, const char *recipe, int **types, int *n_types, char **plan_meta, const char **mix_name)
 {
     char err[512];
     gguf_file *f = gguf_open(in_path, err, sizeof err);
     if (!f) { cli_error("%s", err); return 1; }
     struct moeq_alloc a;
     struct moeq_imatrix *im = NULL;
-    int rc = 1, *choice = NULL;
+    int rc = 1, *choice = NULL, *rtype = NULL, changed = 0;
     if (moeq_alloc_init(&a, f, c->n_allow ? c->allow : NULL, c->n_allow, !imatrix_path && !ignore_rules, err, sizeof err) != 0) {
         cli_error("quantize: %s", err);
         goto out;
+    }
+    if (imatrix_path) {
+        im = moeq_imatrix_new();
+        if (moeq_imatrix_load(im, imatrix_path, err, sizeof err) != 0) { cli_error("%s", err); goto out; }
+        /* as the quantize job does (it says so) */
+        moeq_imatrix_shrink_low_counts(im, MOEQ_IMATRIX_LOW_COUNT_FRAC, NULL);
     }
     FILE *sf = c->sensitivity ? fopen(c->sensitivity, "r") : NULL;
     if (sf) {
         fclose(sf);
         if (moeq_alloc_load(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
-        cli_info("measurement read from %s", c->sensitivity);
+        cli_info("measurement read from %s%s", c->sensitivity,
+                 any_measured(&a) ? " (with measured sensitivity factors)" : "");
     } else {
-        if (imatrix_path) {
-            im = moeq_imatrix_new();
-            if (moeq_imatrix_load(im, imatrix_path, err, sizeof err) != 0) { cli_error("%s", err); goto out; }
-        }
         if (moeq_alloc_measure(&a, f, im, c->rows, c->n_threads,
                                cli_log_level >= CLI_LOG_INFO ? cli_progress_cb : NULL, NULL, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
-        if (c->sensitivity && moeq_alloc_save(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+        changed = 1;
+    }
+    /* measured factors: unless the file read back has them */
+    if (c->measure_kld && (changed || !any_measured(&a))) {
+        if (measure_kld(c, &a, f, in_path, im) != 0) goto out;
+        changed = 1;
+    }
+    if (c->sensitivity && changed && moeq_alloc_save(&a, c->sensitivity, err, sizeof err) != 0) { cli_error("quantize: %s", err); goto out; }
+    if (c->report && moeq_alloc_sensitivity_report(&a, stdout) != 0) {
+        cli_error("quantize: --sensitivity-report: no unit has a measured KLD (pass --measure-kld N --calib FILE)");
+        goto out;
     }
     uint64_t budget;
     if (c->fit_budget) {
@@ -198,18 +314,24 @@ int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *ima
              "%.4f bpw, predicted damage %.4e", (unsigned long long)ub, (unsigned long long)budget, a.n_units,
             budget ? 100.0 * (double)ub / (double)budget : 0.0, (unsigned long long)moeq_alloc_file_bytes(&a, choice),
             8.0 * (double)(ub + a.fixed_bytes) / (double)a.nelem_all, moeq_alloc_damage(&a, choice));
-    if (dry_run) print_table(&a, choice);
+    if (dry_run) {
+        const char *rname = NULL;
+        rtype = calloc((size_t)a.n_units + 1, sizeof *rtype);
+        int ok = rtype && recipe_types(recipe, in_path, imatrix_path, &a, rtype, &rname) == 0;
+        print_table(&a, choice, ok ? rtype : NULL, rname);
+    }
     if (c->plan_out) {
-        FILE *po = fopen(c->plan_out, "w");
-        if (!po || moeq_alloc_write_plan(&a, choice, po) != 0 || fclose(po) != 0) {
-            cli_error("quantize: cannot write %s", c->plan_out);
-            goto out;
-        }
+        const char *inputs[2] = { in_path, imatrix_path };
+        moeq_outfile *po = moeq_outfile_open(c->plan_out, inputs, imatrix_path ? 2 : 1, err, sizeof err);
+        if (!po) { cli_error("quantize: --plan-out: %s", err); goto out; }
+        moeq_alloc_write_plan(&a, choice, moeq_outfile_fp(po));
+        if (moeq_outfile_commit(po, err, sizeof err) != 0) { cli_error("quantize: --plan-out: %s", err); goto out; }
     }
     rc = 0;
 out:
     if (rc) { free(*types); *types = NULL; }
     free(choice);
+    free(rtype);
     moeq_alloc_free(&a);
     moeq_imatrix_free(im);
     gguf_close(f);

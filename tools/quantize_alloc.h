@@ -1,7 +1,9 @@
 /*
  * quantize_alloc.h: the allocation flags of `moeq quantize` (--target-bpw,
  * --target-size, --fit with -c/-ctk/-ctv/--parallel/--reserve,
- * --allow-types, --sensitivity, --plan-out, --recipe-file), parsed here and
+ * --allow-types, --sensitivity, --plan-out, --recipe-file, and the
+ * measured sensitivities: --measure-kld N --calib FILE [--measure-units N]
+ * [--measure-ctx N] [--sensitivity-report]), parsed here and
  * turned into the quantize job's per-tensor type plan by src/quant/alloc.c,
  * so cmd_quantize.c only forwards them.
  */
@@ -19,6 +21,8 @@ struct qalloc_cli {
     int n_ctx, n_par, type_k, type_v, n_threads, rows;
     const char *sensitivity, *plan_out, *recipe_file;
     int allow[32], n_allow;
+    int measure_kld, measure_units, measure_ctx, report;   /* chunks (0: off), units (0: all), chunk tokens */
+    const char *calib;
 };
 
 void qalloc_init(struct qalloc_cli *c);
@@ -29,8 +33,9 @@ int qalloc_arg(struct qalloc_cli *c, int argc, char **argv, int *i, int *rc);
 int qalloc_read_rules(const char *path, struct moeq_type_rule *rules, int max, int *n);
 /* Plan: types[] (malloc'd, one per tensor), the moeq.plan string and the
  * name of the mix for general.file_type. Prints the dry-run table when
- * dry_run. 0, or 1 after printing the error. */
+ * dry_run, next to the fixed recipe's types (recipe, NULL: asym-2bitexp),
+ * and the sensitivity report when asked. 0, or 1 after printing the error. */
 int qalloc_plan(const struct qalloc_cli *c, const char *in_path, const char *imatrix_path, int ignore_rules,
-                int dry_run, int **types, int *n_types, char **plan_meta, const char **mix_name);
+                int dry_run, const char *recipe, int **types, int *n_types, char **plan_meta, const char **mix_name);
 
 #endif

@@ -1081,6 +1081,48 @@ void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud)
 
 const moeq_model *moeq_engine_model(const moeq_engine *e) { return e->m; }
 
+int moeq_engine_override_weight(moeq_engine *e, const char *tensor, int type, const void *data, size_t nbytes,
+                                char *err, size_t errlen)
+{
+    moeq_model *m = e->m;
+    if (!data) {
+        const int64_t ti = gguf_find_tensor(m->file, tensor);
+        if (ti < 0) { moeq_set_err(err, errlen, "no weight %s", tensor); return -1; }
+        data = m->file->tensors[ti].data;
+        type = (int)m->file->tensors[ti].type;
+        nbytes = 0;   /* the file's own: its size was checked at load */
+    }
+    struct moeq_weight *hit[2] = { NULL, NULL };
+    int n_hit = 0;
+    /* token_embd twice when the output is tied to it */
+    if (!strcmp(m->tok_embd.name, tensor)) hit[n_hit++] = &m->tok_embd;
+    if (m->output.data && !strcmp(m->output.name, tensor)) hit[n_hit++] = &m->output;
+    for (int il = 0; il < m->hp.n_layer && !n_hit; il++) {
+        struct moeq_layer *l = &m->layers[il];
+        struct moeq_weight *ws[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->router,
+            &l->gate_exps, &l->up_exps, &l->down_exps, &l->gate, &l->up, &l->down };
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0] && !n_hit; i++)
+            if (ws[i]->data && !strcmp(ws[i]->name, tensor)) hit[n_hit++] = ws[i];
+    }
+    if (!n_hit) { moeq_set_err(err, errlen, "no weight %s", tensor); return -1; }
+    struct moeq_weight w = *hit[0];
+    w.type = type;
+    w.data = data;
+    w.row_size = moeq_row_size(type, w.n_in);
+    w.expert_stride = w.row_size * (size_t)w.n_out;
+    if (w.row_size == 0 || !weight_supported(&w)) {
+        moeq_set_err(err, errlen, "%s: type %s is not supported by the engine here", tensor, moeq_type_name(type));
+        return -1;
+    }
+    if (nbytes && nbytes != w.expert_stride * (size_t)w.n_expert) {
+        moeq_set_err(err, errlen, "%s: %zu bytes given, %s needs %zu", tensor, nbytes, moeq_type_name(type),
+                     w.expert_stride * (size_t)w.n_expert);
+        return -1;
+    }
+    for (int i = 0; i < n_hit; i++) *hit[i] = w;
+    return 0;
+}
+
 /* ------------------------------------------------------------ sessions */
 
 moeq_session *moeq_session_new(moeq_engine *e, char *err, size_t errlen)

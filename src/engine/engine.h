@@ -9,7 +9,9 @@
  * An engine and its sessions are used by one thread at a time (the engine
  * runs its own worker pool inside each call). Weights stay in the file's
  * mapping; the KV cache lives in the sessions; all scratch is allocated at
- * open, so eval, decode and sampling allocate nothing.
+ * open, so eval, decode and sampling allocate nothing. A measurement tool
+ * may point one weight at its own bytes for a while
+ * (moeq_engine_override_weight).
  */
 #ifndef MOEQ_ENGINE_H
 #define MOEQ_ENGINE_H
@@ -208,5 +210,16 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
 typedef void (*moeq_act_hook)(void *ud, const char *tensor, int expert,
                               const float *x, int n_rows, int n_cols);
 void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud);
+
+/* ---- one weight computed from other bytes (measurement tools) ----
+ * Until the next call for the same weight, the engine computes with
+ * `data` in `type` instead of the file's bytes for weight `tensor` (all
+ * its experts; the same shape, nbytes exactly what the type needs; data
+ * must stay valid meanwhile). data NULL restores the file's bytes. A
+ * session's KV cells computed before the swap are stale: start its next
+ * eval from position 0. Returns 0, or -1 with err (no such weight, a type
+ * the engine cannot compute with, a size that does not match). */
+int moeq_engine_override_weight(moeq_engine *e, const char *tensor, int type, const void *data, size_t nbytes,
+                                char *err, size_t errlen);
 
 #endif

@@ -6,6 +6,7 @@
 #include "quant/alloc.h"
 
 #include "engine/pool.h"
+#include "util/outfile.h"
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
 #include "quant/tensor_groups.h"
@@ -216,18 +217,22 @@ out:
 
 int moeq_alloc_save(const struct moeq_alloc *a, const char *path, char *err, size_t errlen)
 {
-    FILE *fp = fopen(path, "w");
-    if (!fp) return moeq_fail(err, errlen, "alloc: cannot write %s", path);
-    fprintf(fp, "moeq-sensitivity 1\n# unit NAME SENS NELEM / cand NAME TYPE BYTES ERR (damage = SENS x ERR)\n");
+    char e2[512];
+    moeq_outfile *of = moeq_outfile_open(path, NULL, 0, e2, sizeof e2);
+    if (!of) return moeq_fail(err, errlen, "alloc: %s", e2);
+    FILE *fp = moeq_outfile_fp(of);
+    fprintf(fp, "moeq-sensitivity 2\n# unit NAME SENS NELEM / cand NAME TYPE BYTES ERR (damage = SENS x ERR)"
+                " / kld NAME TYPE KLD (the unit alone at TYPE: measured mean KLD change)\n");
     for (int k = 0; k < a->n_units; k++) {
         const struct moeq_alloc_unit *u = &a->units[k];
         fprintf(fp, "unit %s %.9g %llu\n", u->name, u->sens, (unsigned long long)u->nelem);
         for (int c = 0; c < u->n_cand; c++)
             fprintf(fp, "cand %s %s %llu %.9g\n", u->name, moeq_type_name(u->type[c]),
                     (unsigned long long)u->bytes[c], u->err[c]);
+        for (int m = 0; m < u->n_meas; m++)
+            fprintf(fp, "kld %s %s %.9g\n", u->name, moeq_type_name(u->meas_type[m]), u->meas_kld[m]);
     }
-    int bad = ferror(fp);
-    if (fclose(fp) != 0 || bad) return moeq_fail(err, errlen, "alloc: error writing %s", path);
+    if (moeq_outfile_commit(of, e2, sizeof e2) != 0) return moeq_fail(err, errlen, "alloc: %s", e2);
     return 0;
 }
 
@@ -246,7 +251,8 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
     int lineno = 0, rc = -1;
     unsigned char *seen = calloc((size_t)a->n_units + 1, MOEQ_ALLOC_MAX_CAND);
     if (!seen) { moeq_fail(err, errlen, "alloc: out of memory"); goto out; }
-    if (!fgets(line, sizeof line, fp) || strncmp(line, "moeq-sensitivity 1", 18) != 0) {
+    /* version 1 (no kld lines) or 2 */
+    if (!fgets(line, sizeof line, fp) || (strcmp(line, "moeq-sensitivity 1\n") && strcmp(line, "moeq-sensitivity 2\n"))) {
         moeq_fail(err, errlen, "alloc: %s is not a moeq sensitivity file", path);
         goto out;
     }
@@ -261,6 +267,12 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
             struct moeq_alloc_unit *u = unit_by_name(a, name);
             if (!u || u->nelem != nb) { moeq_fail(err, errlen, "alloc: %s:%d: unit %s does not match this model", path, lineno, name); goto out; }
             u->sens = v;
+            u->n_meas = 0;
+        } else if (sscanf(line, "kld %159s %31s %lf", name, tname, &v) == 3) {
+            struct moeq_alloc_unit *u = unit_by_name(a, name);
+            int type = moeq_type_from_name(tname);
+            if (!u || type < 0) { moeq_fail(err, errlen, "alloc: %s:%d: measurement of %s at %s does not match this model", path, lineno, name, tname); goto out; }
+            if (u->n_meas < 2) { u->meas_type[u->n_meas] = type; u->meas_kld[u->n_meas] = v; u->n_meas++; }
         } else if (sscanf(line, "%15s %159s %31s %llu %lf", kind, name, tname, &nb, &v) == 5 && !strcmp(kind, "cand")) {
             struct moeq_alloc_unit *u = unit_by_name(a, name);
             int type = moeq_type_from_name(tname), c = 0;

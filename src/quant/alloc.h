@@ -10,7 +10,8 @@
  * measurement of each candidate's predicted damage (imatrix-weighted
  * squared quantization error from deterministically sampled rows, scaled to
  * the expected per-token squared error of the unit's output, times a
- * per-unit sensitivity factor), the sensitivity file that stores it, the
+ * per-unit sensitivity factor: 1, or measured in the engine by
+ * alloc_kld.c), the sensitivity file that stores it, the
  * multiple-choice knapsack that picks one candidate per unit under a byte
  * budget, and the plan file (--tensor-type style lines). It writes no
  * model file: the quantize job (quantize.h) takes its per-tensor types.
@@ -40,6 +41,13 @@ struct moeq_alloc_unit {
     uint64_t bytes[MOEQ_ALLOC_MAX_CAND];   /* exact, each tensor padded to the alignment */
     double   err[MOEQ_ALLOC_MAX_CAND];     /* expected per-token squared output error */
     double   sens;            /* sensitivity factor: damage = sens x err */
+    /* single-unit swaps measured in the engine (moeq_alloc_measure_kld):
+     * the unit alone quantized to meas_type[i], the rest as the source,
+     * gives a mean KL-divergence change of meas_kld[i]; the first (about
+     * 2.5 bpw, the IQ2_S class) sets sens, a second (about 3.5 bpw) checks it */
+    int      n_meas;
+    int      meas_type[2];
+    double   meas_kld[2];
 };
 
 struct moeq_alloc {
@@ -71,16 +79,59 @@ int moeq_alloc_measure(struct moeq_alloc *a, const gguf_file *f, const struct mo
 
 /*
  * Sensitivity file, text, one record a line ('#' starts a comment):
- *   moeq-sensitivity 1
+ *   moeq-sensitivity 2
  *   unit NAME SENS NELEM
  *   cand NAME TYPE BYTES ERR
- * cand lines follow their unit; loading matches units and candidates by
+ *   kld NAME TYPE KLD            (version 2: a measured single-unit swap)
+ * cand and kld lines follow their unit; version 1 files (no kld lines)
+ * still load. Loading matches units and candidates by
  * name and type and checks the byte sizes, so a file made for another
  * model or another --allow-types is refused. Candidates missing from the
  * file are dropped; SENS may be edited by hand.
  */
 int moeq_alloc_save(const struct moeq_alloc *a, const char *path, char *err, size_t errlen);
 int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t errlen);
+
+/*
+ * Measured sensitivity factors. The engine runs the source (o->model_path,
+ * the file f) over n_chunks chunks of n_ctx tokens of o->text for the base
+ * log-probabilities (second half of each chunk scored, as perplexity);
+ * then, for each measured unit, the unit alone is quantized in memory to
+ * its reference candidate (the one nearest 2.5 bpw; with o->check also the
+ * one nearest 3.5 bpw) with its importance data and the mean KL-divergence
+ * change against the base is recorded (meas_*). sens = KLD / err at the
+ * reference type. With o->max_units below the unit count, token_embd,
+ * output and an even, deterministic sample of the layers' units are
+ * measured; the others take the median factor of their group, or of all
+ * measured units. Progress with ETA through o->progress.
+ */
+struct moeq_alloc_kld_opts {
+    const char *model_path;
+    const char *text;                 /* calibration text, text_len bytes */
+    size_t text_len;
+    int n_chunks, n_ctx;              /* <= 0: 4 chunks of 512 tokens */
+    int max_units;                    /* <= 0: every unit */
+    int check;                        /* also measure at the check type */
+    int n_threads;
+    const struct moeq_imatrix *im;    /* NULL: uniform weights */
+    FILE *log;                        /* notes (the base pass, a short text); NULL: none */
+    moeq_progress_fn progress;        /* after each unit (its swaps as the item); NULL: none */
+    void *progress_ud;
+};
+int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struct moeq_alloc_kld_opts *o,
+                           char *err, size_t errlen);
+/* sens of every unit from its meas_kld[0] (as above); units without
+ * measurements keep their factor when none has one. */
+void moeq_alloc_set_factors(struct moeq_alloc *a);
+
+/* Spearman's rank correlation of x and y (ties get their mean rank); 0
+ * when n < 2 or a side is constant. */
+double moeq_spearman(const double *x, const double *y, int n);
+
+/* The rank correlations between predicted damage (raw err, and sens x
+ * err) and the measured KLD over the single-unit swaps, and a table of
+ * them, to out. -1 when no unit has a measurement. */
+int moeq_alloc_sensitivity_report(const struct moeq_alloc *a, FILE *out);
 
 /* Budget for the units' bytes given a whole-file size. */
 uint64_t moeq_alloc_unit_budget(const struct moeq_alloc *a, uint64_t file_bytes);

@@ -144,15 +144,28 @@ void moeq_imatrix_add_dataset(struct moeq_imatrix *im, const char *name)
 }
 
 /* Expert m's sums and count (a legacy flat vector shares one count), and
- * whether it has data: a count and some nonzero sum. */
+ * whether it has data: a count, some nonzero sum, and not the writers'
+ * placeholder for an unrouted expert (llama-imatrix's and ours: every
+ * column's mean exactly 1, sums equal to the count). */
 static int expert_data(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert, int64_t m,
                        const double **s, double *c)
 {
     *s = e->sums + m * ne0;
     *c = e->n_mat == n_expert ? e->counts[m] : e->counts[0];
-    int any = 0;
-    for (int64_t j = 0; j < ne0 && !any; j++) any = (*s)[j] != 0.0;
-    return *c > 0.0 && any;
+    int any = 0, ones = n_expert > 1;
+    for (int64_t j = 0; j < ne0; j++) {
+        any |= (*s)[j] != 0.0;
+        ones &= (*s)[j] == *c;
+    }
+    return *c > 0.0 && any && !ones;
+}
+
+int moeq_imatrix_expert_has_data(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert, int64_t expert)
+{
+    if (!(e->n_per_row == ne0 && e->n_mat == n_expert) && !(e->n_mat == 1 && e->n_per_row == ne0 * n_expert)) return 0;
+    const double *s;
+    double c;
+    return expert_data(e, ne0, n_expert, expert, &s, &c);
 }
 
 int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert,
@@ -190,6 +203,46 @@ int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_
         out[j] = w < FLT_MAX ? (float)w : FLT_MAX;
     }
     return 0;
+}
+
+int64_t moeq_imatrix_shrink_low_counts(struct moeq_imatrix *im, double frac, int64_t *n_tensors)
+{
+    int64_t n = 0, nt = 0;
+    for (int64_t i = 0; i < im->n_entries; i++) {
+        struct moeq_imatrix_entry *e = &im->entries[i];
+        if (e->n_mat <= 1) continue;
+        const int64_t ne0 = e->n_per_row;
+        double csum = 0;
+        int64_t n_data = 0;
+        const double *s;
+        double c;
+        for (int64_t m = 0; m < e->n_mat; m++)
+            if (expert_data(e, ne0, e->n_mat, m, &s, &c)) { csum += c; n_data++; }
+        if (n_data < 2) continue;
+        const double T = frac * csum / (double)n_data;
+        int64_t changed = 0;
+        double *mu = NULL;
+        for (int64_t m = 0; m < e->n_mat; m++) {
+            if (!expert_data(e, ne0, e->n_mat, m, &s, &c) || c >= T) continue;
+            if (!mu) {   /* the entry's count-weighted mean, before any change */
+                mu = xcalloc((size_t)ne0, sizeof *mu);
+                for (int64_t k = 0; k < e->n_mat; k++) {
+                    const double *sk;
+                    double ck;
+                    if (!expert_data(e, ne0, e->n_mat, k, &sk, &ck)) continue;
+                    for (int64_t j = 0; j < ne0; j++) mu[j] += sk[j] / csum;
+                }
+            }
+            double *sm = e->sums + m * ne0;
+            for (int64_t j = 0; j < ne0; j++) sm[j] = (sm[j] + (T - c) * mu[j]) / T * c;
+            changed++;
+        }
+        free(mu);
+        n += changed;
+        nt += changed > 0;
+    }
+    if (n_tensors) *n_tensors = nt;
+    return n;
 }
 
 /* ------------------------------------------------------------- loading */

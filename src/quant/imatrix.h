@@ -98,10 +98,30 @@ int64_t moeq_imatrix_n_storable(const struct moeq_imatrix *im);
  * with ne0 input columns and n_expert matrices: out[j] = sums / counts,
  * saturated at FLT_MAX (always finite).
  * Accepts per-expert entries and legacy flat vectors of ne0 * n_expert.
- * Returns 0; 1 when that expert has no data (out is uniform ones); -1 when
+ * Returns 0; 1 when that expert has no data (out is the mean of the
+ * experts that have, uniform ones when none has); -1 when
  * the entry's size does not fit the weight.
  */
 int moeq_imatrix_weights(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert,
                          int64_t expert, float *out);
+
+/* Whether expert `expert` has data of its own (0 for one never routed,
+ * including the placeholder of ones the writers store for it, and for an
+ * entry that does not fit the weight): the case moeq_imatrix_weights fills
+ * from the other experts. */
+int moeq_imatrix_expert_has_data(const struct moeq_imatrix_entry *e, int64_t ne0, int64_t n_expert, int64_t expert);
+
+/*
+ * Experts routed to few tokens have noisy statistics. In every per-expert
+ * entry, an expert with data whose count c is below frac x the mean count
+ * of the entry's experts with data (T) is shrunk toward the entry's
+ * count-weighted mean mu (all its experts' sums over all their counts):
+ * its mean becomes (sums + (T - c) x mu) / T, as if padded up to T tokens
+ * at the mean; continuous at c = T. Counts stay (they are also routing
+ * frequencies); unrouted experts stay empty (the weights fill them).
+ * Returns the experts changed; *n_tensors (when not NULL) the entries.
+ */
+#define MOEQ_IMATRIX_LOW_COUNT_FRAC 0.25
+int64_t moeq_imatrix_shrink_low_counts(struct moeq_imatrix *im, double frac, int64_t *n_tensors);
 
 #endif

@@ -269,10 +269,11 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                     o->imatrix_path, o->in_path);
     /* report experts without calibration data */
     for (int i = 0; im && i < n; i++) {
-        if (!ie[i] || ie[i]->n_mat <= 1) continue;
+        const int64_t ne0 = (int64_t)f->tensors[i].ne[0], n_mat = (int64_t)(f->tensors[i].ne[2] * f->tensors[i].ne[3]);
+        if (!ie[i] || n_mat <= 1) continue;
         int first = 1;
-        for (int64_t m = 0; m < ie[i]->n_mat; m++) {
-            if (ie[i]->counts[m] > 0) continue;
+        for (int64_t m = 0; m < n_mat; m++) {
+            if (moeq_imatrix_expert_has_data(ie[i], ne0, n_mat, m)) continue;
             if (first) fprintf(log, "moeq: warning: %s: no imatrix data for experts:", r->tensors[i].name);
             fprintf(log, " %lld", (long long)m);
             first = 0;
@@ -365,11 +366,17 @@ static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, 
     return ok ? 0 : -1;
 }
 
-/* Quantize tensor i into w, expert by expert and row block by row block. */
+/* Quantize tensor i, expert by expert and row block by row block, each
+ * block handed to sink (the file writer, or memory), with its error
+ * against the source in q. */
+typedef int (*block_sink)(void *ctx, const void *p, size_t n);
+
+static int sink_writer(void *ctx, const void *p, size_t n) { return gguf_writer_write(ctx, p, n); }
+
 static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t,
-                        struct moeq_quantize_tensor *q, struct moeq_imatrix_entry *ie,
-                        const struct moeq_hessian_entry *he, moeq_pool *pool, double *acc, gguf_writer *w,
-                        char *err, size_t errlen)
+                        struct moeq_quantize_tensor *q, const struct moeq_imatrix_entry *ie,
+                        const struct moeq_hessian_entry *he, moeq_pool *pool, double *acc, block_sink sink,
+                        void *sink_ctx, char *err, size_t errlen)
 {
     const int nth = moeq_pool_size(pool);
     const int64_t ne0 = (int64_t)t->ne[0], ne1 = (int64_t)t->ne[1];
@@ -419,7 +426,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
                               acc, acc + nth, acc + 2 * nth, acc + 3 * nth, 0, g };
             moeq_pool_for(pool, nr, 4, quant_rows, &j);
             if (j.failed) { moeq_fail(err, errlen, "quantize: no quantizer for %s", moeq_type_name(q->type)); ok = 0; break; }
-            ok = gguf_writer_write(w, dst, (size_t)nr * dst_row) == 0;
+            ok = sink(sink_ctx, dst, (size_t)nr * dst_row) == 0;
         }
         /* this expert's source pages are done: drop them from our RSS */
         uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -436,6 +443,40 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
     q->rel = s2 > 0 ? sqrt(e2 / s2) : 0;
     free(f32); free(back); free(dst); free(wbuf);
     return ok ? 0 : -1;
+}
+
+struct mem_sink { uint8_t *p; size_t left; };
+
+static int sink_mem(void *ctx, const void *p, size_t n)
+{
+    struct mem_sink *m = ctx;
+    if (n > m->left) return -1;
+    memcpy(m->p, p, n);
+    m->p += n;
+    m->left -= n;
+    return 0;
+}
+
+int moeq_quantize_tensor_mem(const gguf_tensor *t, int type, const struct moeq_imatrix_entry *ie,
+                             const struct moeq_quant_params *qp, moeq_pool *pool, void *dst, size_t nbytes,
+                             char *err, size_t errlen)
+{
+    const int nth = moeq_pool_size(pool);
+    double *acc = calloc((size_t)nth * 4, sizeof *acc);
+    char name[128];
+    snprintf(name, sizeof name, "%.*s", (int)t->name.n, t->name.s);
+    if (!acc) return moeq_fail(err, errlen, "out of memory");
+    struct moeq_quantize_opts o;
+    moeq_quantize_opts_init(&o);
+    if (qp) o.qp = *qp;
+    struct moeq_quantize_tensor q = { .name = name, .src_type = (int)t->type, .type = type };
+    struct mem_sink ms = { dst, nbytes };
+    err[0] = 0;
+    int rc = write_tensor(&o, t, &q, ie, NULL, pool, acc, sink_mem, &ms, err, errlen);
+    free(acc);
+    if (rc == 0 && ms.left != 0) return moeq_fail(err, errlen, "quantize: %zu bytes given for a tensor of %zu", nbytes, nbytes - ms.left);
+    if (rc != 0 && !err[0]) moeq_fail(err, errlen, "quantize: %zu bytes are too few for %s as %s", nbytes, name, moeq_type_name(type));
+    return rc;
 }
 
 int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *err, size_t errlen)
@@ -505,6 +546,11 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     if (o->imatrix_path) {
         im = moeq_imatrix_new();
         if (moeq_imatrix_load(im, o->imatrix_path, err, errlen) != 0) goto out;
+        int64_t nt, nx = moeq_imatrix_shrink_low_counts(im, MOEQ_IMATRIX_LOW_COUNT_FRAC, &nt);
+        if (nx)
+            fprintf(log, "moeq: imatrix %s: %lld expert(s) in %lld tensor(s) saw under %.0f%% of their tensor's mean token "
+                    "count; their importance is shrunk toward the tensor's mean\n", o->imatrix_path, (long long)nx,
+                    (long long)nt, 100 * MOEQ_IMATRIX_LOW_COUNT_FRAC);
     }
     if (plan(o, f, im != NULL, r, err, errlen) != 0) goto out;
     const int n = r->n_tensors;
@@ -557,7 +603,7 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
         if (!r->tensors[i].quantized) {
             ok = gguf_writer_write(w, t->data, (size_t)t->nbytes) == 0;
             if (!ok) moeq_fail(err, errlen, "%s", gguf_writer_error(w));
-        } else if (write_tensor(o, t, &r->tensors[i], ie[i], he ? he[i] : NULL, pool, acc, w, err, errlen) != 0) {
+        } else if (write_tensor(o, t, &r->tensors[i], ie[i], he ? he[i] : NULL, pool, acc, sink_writer, w, err, errlen) != 0) {
             const char *we = gguf_writer_error(w);
             if (we && *we) moeq_fail(err, errlen, "%s", we);
             ok = 0;

@@ -127,4 +127,15 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
 
 void moeq_quantize_report_free(struct moeq_quantize_report *r);
 
+/* Quantize one tensor of an open file into dst (nbytes, exactly what the
+ * tensor takes as type), expert by expert with ie's importance weights
+ * (NULL: uniform), rows in parallel on pool: for callers that compute with
+ * a tensor in memory instead of writing a file (the allocator's measured
+ * sensitivities). 0, or -1 with err set. */
+struct moeq_imatrix_entry;
+typedef struct moeq_pool moeq_pool;
+int moeq_quantize_tensor_mem(const gguf_tensor *t, int type, const struct moeq_imatrix_entry *ie,
+                             const struct moeq_quant_params *qp, moeq_pool *pool, void *dst, size_t nbytes,
+                             char *err, size_t errlen);
+
 #endif
