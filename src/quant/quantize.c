@@ -410,7 +410,9 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
             fprintf(o->log ? o->log : stderr, " %lld (%.0f)", (long long)m, he->counts[m]);
         }
         if (m + 1 == n_mat && q->gptq_fallback) fputc('\n', o->log ? o->log : stderr);
-        if (he && he->counts[m] >= (double)ne0 && moeq_type_traits(q->type)->quantize) {
+        /* a source already in the target type is re-encoded exactly as it
+         * is; moving its columns would only add error */
+        if (he && he->counts[m] >= (double)ne0 && q->src_type != q->type && moeq_type_traits(q->type)->quantize) {
             double *H = moeq_hessian_matrix(he, m);
             char gerr[256];
             g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : MOEQ_GPTQ_DAMP, gerr, sizeof gerr) : NULL;
