@@ -52,6 +52,12 @@ const char *test_synth_model(const char *name, const char *args);
 /* The tiny preset with 4 experts (2 used), written by the synth library
  * (no binary) to test_tmp(name); its path, or the test ends failed. */
 const char *test_synth_moe_lib(const char *name);
+/* The KL-divergence setup of the perplexity tests: the synth model (*m,
+ * s.gguf), its asym-2bitexp quantization (*q, q.gguf), and the base run of
+ * *m over data/calibration.txt (-c 64 --chunks 4, then extra) that saves
+ * its logits to the returned temporary file; *out gets that run's output
+ * (malloc'd). A failed run ends the test. */
+const char *test_kld_base(const char **m, const char **q, const char *extra, char **out);
 /* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
  * NULL); returns the exit status (or 128+signal). */
 int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

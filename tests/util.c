@@ -62,6 +62,17 @@ const char *test_synth_model(const char *name, const char *args)
     return p;
 }
 
+const char *test_kld_base(const char **m, const char **q, const char *extra, char **out)
+{
+    *m = test_synth_model("s.gguf", NULL);
+    *q = test_synth_model("q.gguf", "--recipe asym-2bitexp --mode direct");
+    const char *base = test_tmp("base.kld");
+    int rc = test_run(out, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 4 %s --kl-divergence-base %s",
+                      test_moeq_bin(), *m, extra, base);
+    REQUIREF(rc == 0, "%s", *out ? *out : "");
+    return base;
+}
+
 const char *test_synth_moe_lib(const char *name)
 {
     moeq_synth_cfg c;
