@@ -175,6 +175,8 @@ int moeq_hessian_load(struct moeq_hessian *hs, const char *path, char *err, size
     char type[64] = "";
     int rc = -1;
     if (gguf_get_str(f, "general.type", type, sizeof type) != 0 || strcmp(type, "moeq.hessian")) {
+        for (char *c = type; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';   /* the message stays one line */
         moeq_set_err(err, errlen, "%s: general.type is '%s', not moeq.hessian (write one with moeq imatrix --hessian)",
                      path, type);
         goto out;
