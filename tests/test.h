@@ -52,6 +52,12 @@ const char *test_synth_model(const char *name, const char *args);
 /* The tiny preset with 4 experts (2 used), written by the synth library
  * (no binary) to test_tmp(name); its path, or the test ends failed. */
 const char *test_synth_moe_lib(const char *name);
+/* The KL-divergence setup of the perplexity tests: the synth model (*m,
+ * s.gguf), its asym-2bitexp quantization (*q, q.gguf), and the base run of
+ * *m over data/calibration.txt (-c 64 --chunks 4, then extra) that saves
+ * its logits to the returned temporary file; *out gets that run's output
+ * (malloc'd). A failed run ends the test. */
+const char *test_kld_base(const char **m, const char **q, const char *extra, char **out);
 /* Run a shell command, capturing stdout+stderr into *out (malloc'd, may be
  * NULL); returns the exit status (or 128+signal). */
 int test_run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -95,6 +101,26 @@ char *test_sse_text(const char *sse, int *done);
  * i's body (malloc'd, NULL if none). Returns 0 when every curl succeeded. */
 int test_http_concurrent(int port, const char *path, const char *const *bodies, int n, int timeout_s,
                          char **out);
+/* A request the server must refuse: POSTing body to path gives status and
+ * an error object whose message holds needle. */
+struct test_bad_request {
+    const char *path, *body;
+    int         status;
+    const char *needle;
+};
+/* POST each of the n cases (extra: more curl arguments, e.g. the key) and
+ * CHECK its status and error message. */
+void test_http_bad_requests(int port, const struct test_bad_request *cases, size_t n, const char *extra,
+                            int timeout_s);
+/* The refusals every server gives whatever its model and limits (bad JSON,
+ * roles, types and values, unknown endpoints): the in-process server tests
+ * and `moeq serve` end to end both run them. */
+extern const struct test_bad_request test_bad_requests_common[];
+extern const size_t test_n_bad_requests_common;
+/* The size refusals, POSTed to /v1/completions: a prompt of prompt_bytes
+ * ("hello " repeated, more than the server's context holds) is a 400
+ * naming the context, a body of body_bytes (over its body limit) a 413. */
+void test_http_too_big(int port, size_t prompt_bytes, size_t body_bytes, const char *extra, int timeout_s);
 /* A /metrics value, or -1 when absent or the request fails. */
 double test_http_metric(int port, const char *name, const char *auth);
 /* Wait until that /metrics value equals value: a state, not a time (the

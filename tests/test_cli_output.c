@@ -204,13 +204,9 @@ static int close_to(double a, double b, double rel) { return fabs(a - b) <= rel 
 
 TEST(cli_json_perplexity_matches_the_report)
 {
-    const char *m = test_synth_model("s.gguf", NULL);
-    const char *q = test_synth_model("q.gguf", "--recipe asym-2bitexp --mode direct");
-    const char *base = test_tmp("base.kld");
+    const char *m, *q;
     char *o = NULL;
-    int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 4 -t 1 --kl-divergence-base %s",
-                      test_moeq_bin(), m, base);
-    REQUIREF(rc == 0, "%s", o);
+    const char *base = test_kld_base(&m, &q, "-t 1", &o);
     double ppl = after(o, "Final estimate: PPL = "), unc = after(o, " +/- ");
     free(o);
     json_t *j = json_of("ppl", "perplexity -m %s -f data/calibration.txt -c 64 --chunks 4 -t 1 --json%s%s", m, "", "");
@@ -221,8 +217,8 @@ TEST(cli_json_perplexity_matches_the_report)
     CHECK(jnum(j, "tokens") >= 4 * 64);
     json_decref(j);
     /* --kl-divergence: the statistics the report prints */
-    rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -t 1 --kl-divergence-base %s --kl-divergence",
-                  test_moeq_bin(), q, base);
+    int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -t 1 --kl-divergence-base %s --kl-divergence",
+                      test_moeq_bin(), q, base);
     REQUIREF(rc == 0, "%s", o);
     double kld = after(o, "Mean    KLD: "), kmax = after(o, "Maximum KLD: "), kmed = after(o, "Median  KLD: ");
     double top = after(o, "Same top p: "), pq = after(o, "Mean PPL(Q)                   : ");

@@ -156,39 +156,10 @@ TEST(serve_e2e_endpoints_and_bad_input)
     free(full);
 
     /* Every bad input is a 4xx with a message, and the server goes on. */
-    static const struct { const char *path, *body; int status; const char *needle; } bad[] = {
-        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",", 400, "not valid JSON" },
-        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"warm\"}", 400, "'temperature'" },
-        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"pirate\",\"content\":\"x\"}]}", 400, "'pirate'" },
-        { "/v1/chat/completions", "{\"messages\":[]}", 400, "must not be empty" },
-        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", 400, "'n' must be 1" },
-        { "/v1/completions", "{\"prompt\":[1,-5]}", 400, "'prompt[1]'" },
-        { "/v1/embeddings", "{}", 404, "no such endpoint" },
-    };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int st = http(&s, "POST", bad[i].path, bad[i].body, auth, &o);
-        CHECKF(st == bad[i].status && o && strstr(o, bad[i].needle) && strstr(o, "\"error\""),
-               "case %zu: %d %s", i, st, o ? o : "");
-        free(o);
-    }
-    /* A prompt longer than the context (256 here). */
-    size_t bl = 20000;
-    char *big = malloc(bl + 64);
-    strcpy(big, "{\"prompt\":\"");
-    for (size_t i = strlen(big); i < bl; i += 6) memcpy(big + i, "hello ", 6);
-    strcpy(big + bl, "\"}");
-    CHECK(http(&s, "POST", "/v1/completions", big, auth, &o) == 400 && strstr(o, "context holds 256"));
-    free(o);
-    /* A body over --max-body (64 KiB). */
-    char *huge = malloc(70000);
-    memset(huge, ' ', 69999);
-    huge[0] = '{';
-    huge[69998] = '}';
-    huge[69999] = 0;
-    CHECK(http(&s, "POST", "/v1/completions", huge, auth, &o) == 413 && strstr(o, "over the limit"));
-    free(o);
-    free(huge);
-    free(big);
+    test_http_bad_requests(s.port, test_bad_requests_common, test_n_bad_requests_common, auth, 120);
+    /* A prompt longer than the context (256 here), a body over --max-body
+     * (64 KiB). */
+    test_http_too_big(s.port, 20000, 70000, auth, 120);
     CHECK(http(&s, "POST", "/v1/completions", "{\"prompt\":\"Still there?\",\"max_tokens\":2}", auth, &o) == 200);
     free(o);
     CHECK(metric(&s, "moeq_requests_processing", auth) == 0);

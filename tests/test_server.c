@@ -734,9 +734,12 @@ struct http_env {
     int port;
 };
 
+/* Every HTTP test's prologue: skip without curl, else a server on a free
+ * loopback port over the fake, attached to it when attach is set. */
 static void env_start(struct http_env *e, const char *key, int parallel, int queue, int delay_us, int timeout_s,
                       int attach)
 {
+    if (!test_have_curl()) SKIP("curl is absent");
     memset(e, 0, sizeof *e);
     e->f.delay_us = delay_us;
     e->be = fake_backend(&e->f);
@@ -749,8 +752,6 @@ static void env_start(struct http_env *e, const char *key, int parallel, int que
     REQUIRE(e->port > 0);
     if (attach) REQUIREF(srv_attach(e->s, &e->be, NULL, err, sizeof err) == 0, "attach: %s", err);
 }
-
-static int have_curl(void) { return test_run(NULL, "curl --version >/dev/null") == 0; }
 
 static int http(struct http_env *e, const char *method, const char *path, const char *body,
                 const char *extra, char **out)
@@ -772,7 +773,6 @@ static const char *err_msg(json_t *j)
 
 TEST(server_http_endpoints)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 2, 4, 0, 10, 0);
     char *o;
@@ -839,7 +839,6 @@ TEST(server_http_endpoints)
 
 TEST(server_http_streaming)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 2, 4, 0, 10, 1);
     char *o;
@@ -899,7 +898,6 @@ TEST(server_http_streaming)
 
 TEST(server_http_bad_input_and_auth)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, "sekret", 1, 2, 0, 10, 1);
     char *o;
@@ -919,42 +917,18 @@ TEST(server_http_bad_input_and_auth)
     CHECK(http(&e, "GET", "/v1/models", NULL, auth, &o) == 200);
     free(o);
 
-    static const struct { const char *path, *body; int status; const char *needle; } cases[] = {
-        { "/v1/chat/completions", "{\"messages\":", 400, "not valid JSON" },
-        { "/v1/chat/completions", "{\"messages\":[]}", 400, "must not be empty" },
-        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}", 400, "'bot'" },
-        { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":\"9\"}", 400, "'max_tokens'" },
-        { "/v1/completions", "{\"prompt\":\"" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}", 400, "context holds" },
-        { "/tokenize", "{\"content\":5}", 400, "'content'" },
-        { "/detokenize", "{\"tokens\":[1,\"a\"]}", 400, "'tokens[1]'" },
-        { "/v1/nothing", "{}", 404, "no such endpoint" },
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int st = http(&e, "POST", cases[i].path, cases[i].body, auth, &o);
-        CHECKF(st == cases[i].status, "case %zu: status %d, body %s", i, st, o);
-        j = json_of(o);
-        CHECKF(j && err_msg(j) && strstr(err_msg(j), cases[i].needle), "case %zu: %s", i, o);
-        json_decref(j);
-        free(o);
-    }
+    test_http_bad_requests(e.port, test_bad_requests_common, test_n_bad_requests_common, auth, 20);
     CHECK(http(&e, "GET", "/v1/chat/completions", NULL, auth, &o) == 405);
     free(o);
 
-    /* Body over the limit (4096 here): 413 whether or not the length is
-     * announced. */
+    /* A prompt over the context (256 tokens, one a byte here), a body over
+     * the limit (4096 here): 413 whether or not the length is announced. */
+    test_http_too_big(e.port, 256, 6000, auth, 20);
     char *big = malloc(6000);
     memset(big, ' ', 5999);
     big[0] = '{';
     big[5998] = '}';
     big[5999] = 0;
-    CHECK(http(&e, "POST", "/v1/completions", big, auth, &o) == 413);
-    j = json_of(o);
-    CHECK(j && strstr(err_msg(j), "over the limit"));
-    json_decref(j);
-    free(o);
     CHECK(http(&e, "POST", "/v1/completions", big, "-H 'Authorization: Bearer sekret' -H 'Transfer-Encoding: chunked'", &o) == 413);
     free(o);
     free(big);
@@ -968,7 +942,6 @@ TEST(server_http_bad_input_and_auth)
 /* N streaming clients at once get what each gets alone. */
 TEST(server_http_concurrent_equals_sequential)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 4, 8, 3000, 10, 1);
     enum { N = 6 };
@@ -1021,7 +994,6 @@ static long long metric_value(struct http_env *e, const char *name)
 
 TEST(server_http_disconnect_and_timeouts)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 1, 2, 10000, 2, 1);
     /* A stream of ~200 tokens at 10 ms each; the client leaves after a few. */
@@ -1086,7 +1058,6 @@ static void *stop_later(void *arg)
 
 TEST(server_http_shutdown_mid_stream)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 1, 2, 10000, 5, 1);
     pthread_t th;
@@ -1103,7 +1074,6 @@ TEST(server_http_shutdown_mid_stream)
  * the ones admitted finish normally. */
 TEST(server_http_queue_full)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 1, 1, 10000, 10, 1);
     FILE *fp = fopen(test_tmp("slow.json"), "w");
@@ -1558,7 +1528,6 @@ static void assemble_sse(struct assembled *a, char *sse, char *finish, size_t fc
 
 TEST(server_http_tool_calls)
 {
-    if (!have_curl()) SKIP("curl is absent");
     struct http_env e;
     env_start(&e, NULL, 1, 4, 0, 10, 1);
     const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
@@ -1657,7 +1626,6 @@ static void long_fake(struct http_env *e)
  * scripted fake: tools, streamed calls, tool_choice, a round trip. */
 TEST(server_http_openai_node_tools)
 {
-    if (!have_curl()) SKIP("curl is absent");
     const char *mod = test_npm_package("openai", "tests/serve_tools.mjs");
     struct http_env e;
     env_start(&e, NULL, 2, 8, 0, 10, 0);
@@ -1676,7 +1644,6 @@ TEST(server_http_openai_node_tools)
  * two tool turns against the scripted fake. */
 TEST(server_http_langchain_agent)
 {
-    if (!have_curl()) SKIP("curl is absent");
     const char *mod = test_npm_package("@langchain/openai", "tests/serve_langchain.mjs");
     (void)test_npm_package("@langchain/core", "tests/serve_langchain.mjs");
     char root[4096];

@@ -64,17 +64,13 @@ TEST(perplexity_equals_direct_nll)
 
 TEST(perplexity_kld_self_is_zero_and_quantized_is_not)
 {
-    const char *m = test_synth_model("s.gguf", NULL);
-    const char *q = test_synth_model("q.gguf", "--recipe asym-2bitexp --mode direct");
-    const char *base = test_tmp("base.kld");
+    const char *m, *q;
     char *o = NULL;
-    int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 4 --kl-divergence-base %s",
-                      test_moeq_bin(), m, base);
-    REQUIREF(rc == 0, "%s", o);
+    const char *base = test_kld_base(&m, &q, "", &o);
     double base_ppl = final_ppl(o);
     free(o);
-    rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt --kl-divergence-base %s --kl-divergence",
-                  test_moeq_bin(), m, base);
+    int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt --kl-divergence-base %s --kl-divergence",
+                      test_moeq_bin(), m, base);
     REQUIREF(rc == 0, "%s", o);
     const char *k = strstr(o, "Mean    KLD:");
     REQUIRE(k != NULL);

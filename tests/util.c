@@ -62,6 +62,17 @@ const char *test_synth_model(const char *name, const char *args)
     return p;
 }
 
+const char *test_kld_base(const char **m, const char **q, const char *extra, char **out)
+{
+    *m = test_synth_model("s.gguf", NULL);
+    *q = test_synth_model("q.gguf", "--recipe asym-2bitexp --mode direct");
+    const char *base = test_tmp("base.kld");
+    int rc = test_run(out, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 4 %s --kl-divergence-base %s",
+                      test_moeq_bin(), *m, extra, base);
+    REQUIREF(rc == 0, "%s", *out ? *out : "");
+    return base;
+}
+
 const char *test_synth_moe_lib(const char *name)
 {
     moeq_synth_cfg c;
@@ -202,6 +213,56 @@ char *test_sse_text(const char *sse, int *done)
     }
     free(copy);
     return out;
+}
+
+const struct test_bad_request test_bad_requests_common[] = {
+    { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",", 400, "not valid JSON" },
+    { "/v1/chat/completions", "{\"messages\":[]}", 400, "must not be empty" },
+    { "/v1/chat/completions", "{\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}", 400, "'bot'" },
+    { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":\"9\"}", 400, "'max_tokens'" },
+    { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"warm\"}", 400, "'temperature'" },
+    { "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", 400, "'n' must be 1" },
+    { "/v1/completions", "{\"prompt\":[1,-5]}", 400, "'prompt[1]'" },
+    { "/tokenize", "{\"content\":5}", 400, "'content'" },
+    { "/detokenize", "{\"tokens\":[1,\"a\"]}", 400, "'tokens[1]'" },
+    { "/v1/embeddings", "{}", 404, "no such endpoint" },
+};
+const size_t test_n_bad_requests_common = sizeof test_bad_requests_common / sizeof test_bad_requests_common[0];
+
+void test_http_bad_requests(int port, const struct test_bad_request *cases, size_t n, const char *extra,
+                            int timeout_s)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *o = NULL;
+        int st = test_http(port, "POST", cases[i].path, cases[i].body, extra, timeout_s, &o);
+        json_t *j = o ? json_loads(o, 0, NULL) : NULL;
+        const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        CHECKF(st == cases[i].status && m && strstr(m, cases[i].needle),
+               "bad request %zu (%s %.60s): status %d (want %d), body %s, want a message with '%s'", i,
+               cases[i].path, cases[i].body, st, cases[i].status, o ? o : "(none)", cases[i].needle);
+        json_decref(j);
+        free(o);
+    }
+}
+
+void test_http_too_big(int port, size_t prompt_bytes, size_t body_bytes, const char *extra, int timeout_s)
+{
+    const size_t n = prompt_bytes > body_bytes ? prompt_bytes : body_bytes;
+    char *b = malloc(n + 64);
+    REQUIRE(b);
+    strcpy(b, "{\"prompt\":\"");
+    const size_t at = strlen(b);
+    for (size_t i = 0; i < prompt_bytes; i += 6) memcpy(b + at + i, "hello ", 6);
+    strcpy(b + at + prompt_bytes, "\"}");
+    const struct test_bad_request too_long = { "/v1/completions", b, 400, "context holds" };
+    test_http_bad_requests(port, &too_long, 1, extra, timeout_s);
+    memset(b, ' ', body_bytes);
+    b[0] = '{';
+    b[body_bytes - 1] = '}';
+    b[body_bytes] = 0;
+    const struct test_bad_request too_big = { "/v1/completions", b, 413, "over the limit" };
+    test_http_bad_requests(port, &too_big, 1, extra, timeout_s);
+    free(b);
 }
 
 double test_http_metric(int port, const char *name, const char *auth)

@@ -143,8 +143,65 @@ static void kld_summary(const struct kld_acc *k, float *kv, float *pv, size_t n,
     o->same_top_unc = k->count > 1 ? 100 * sqrt(top * (1 - top) / (double)(k->count - 1)) : 0;
 }
 
+/* One statistic of the KLD and Δp sections: its label in the report, its
+ * key in the section's JSON object, its value and, where ukey is set, its
+ * uncertainty under that key. Each section is one table, printed by
+ * print_rows and turned into JSON by rows_json, so the two agree. */
+struct stat_row {
+    const char *label, *key;
+    double      v;
+    const char *ukey;
+    double      u;
+};
+
+enum { N_KLD_ROWS = 8, N_DP_ROWS = 7 };
+
+static void kld_rows(const struct kld_stats *o, struct stat_row kld[N_KLD_ROWS], struct stat_row dp[N_DP_ROWS],
+                     struct stat_row *top)
+{
+    const struct stat_row k[N_KLD_ROWS] = {
+        { "Mean    KLD", "mean", o->kld, "unc", o->kld_unc }, { "Maximum KLD", "max", o->kld_max, NULL, 0 },
+        { "99.9%   KLD", "p99_9", o->kld_999, NULL, 0 },      { "99.0%   KLD", "p99", o->kld_99, NULL, 0 },
+        { "90.0%   KLD", "p90", o->kld_90, NULL, 0 },         { "Median  KLD", "median", o->kld_med, NULL, 0 },
+        { "10.0%   KLD", "p10", o->kld_10, NULL, 0 },         { "Minimum KLD", "min", o->kld_min, NULL, 0 },
+    };
+    const struct stat_row d[N_DP_ROWS] = {
+        { "Mean    Δp", "mean", o->dp, "unc", o->dp_unc }, { "Maximum Δp", "max", o->dp_max, NULL, 0 },
+        { "99.0%   Δp", "p99", o->dp_99, NULL, 0 },        { "Median  Δp", "median", o->dp_med, NULL, 0 },
+        { "1.0%    Δp", "p1", o->dp_01, NULL, 0 },         { "Minimum Δp", "min", o->dp_min, NULL, 0 },
+        { "RMS Δp    ", "rms", o->dp_rms, "rms_unc", o->dp_rms_unc },
+    };
+    memcpy(kld, k, sizeof k);
+    memcpy(dp, d, sizeof d);
+    *top = (struct stat_row){ "Same top p", "mean", o->same_top, "unc", o->same_top_unc };
+}
+
+/* "label: value" lines, in fmt_unc (value, uncertainty) or fmt (value). */
+static void print_rows(const struct stat_row *r, int n, const char *fmt_unc, const char *fmt)
+{
+    for (int i = 0; i < n; i++) {
+        printf("%s: ", r[i].label);
+        if (r[i].ukey) printf(fmt_unc, r[i].v, r[i].u);
+        else printf(fmt, r[i].v);
+    }
+}
+
+static json_t *rows_json(const struct stat_row *r, int n)
+{
+    json_t *o = json_object();
+    for (int i = 0; o && i < n; i++)
+        if (json_object_set_new(o, r[i].key, json_real(r[i].v)) ||
+            (r[i].ukey && json_object_set_new(o, r[i].ukey, json_real(r[i].u)))) {
+            json_decref(o);
+            return NULL;
+        }
+    return o;
+}
+
 static void print_kld_summary(const struct kld_stats *o)
 {
+    struct stat_row kld[N_KLD_ROWS], dp[N_DP_ROWS], top;
+    kld_rows(o, kld, dp, &top);
     printf("====== Perplexity statistics ======\n");
     printf("Mean PPL(Q)                   : %10.6f ± %10.6f\n", o->ppl, o->ppl_unc);
     printf("Mean PPL(base)                : %10.6f ± %10.6f\n", o->ppl_base, o->ppl_base_unc);
@@ -153,29 +210,18 @@ static void print_kld_summary(const struct kld_stats *o)
     printf("Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f\n", o->ratio, o->ratio_unc);
     printf("Mean PPL(Q)-PPL(base)         : %10.6f\n", o->ppl_diff);
     printf("\n====== KL divergence statistics ======\n");
-    printf("Mean    KLD: %10.6f ± %10.6f\n", o->kld, o->kld_unc);
-    printf("Maximum KLD: %10.6f\n", o->kld_max);
-    printf("99.9%%   KLD: %10.6f\n", o->kld_999);
-    printf("99.0%%   KLD: %10.6f\n", o->kld_99);
-    printf("90.0%%   KLD: %10.6f\n", o->kld_90);
-    printf("Median  KLD: %10.6f\n", o->kld_med);
-    printf("10.0%%   KLD: %10.6f\n", o->kld_10);
-    printf("Minimum KLD: %10.6f\n", o->kld_min);
+    print_rows(kld, N_KLD_ROWS, "%10.6f ± %10.6f\n", "%10.6f\n");
     printf("\n====== Token probability statistics ======\n");
-    printf("Mean    Δp: %6.3f ± %5.3f %%\n", o->dp, o->dp_unc);
-    printf("Maximum Δp: %6.3f%%\n", o->dp_max);
-    printf("99.0%%   Δp: %6.3f%%\n", o->dp_99);
-    printf("Median  Δp: %6.3f%%\n", o->dp_med);
-    printf("1.0%%    Δp: %6.3f%%\n", o->dp_01);
-    printf("Minimum Δp: %6.3f%%\n", o->dp_min);
-    printf("RMS Δp    : %6.3f ± %5.3f %%\n", o->dp_rms, o->dp_rms_unc);
-    printf("Same top p: %6.3f ± %5.3f %%\n", o->same_top, o->same_top_unc);
+    print_rows(dp, N_DP_ROWS, "%6.3f ± %5.3f %%\n", "%6.3f%%\n");
+    print_rows(&top, 1, "%6.3f ± %5.3f %%\n", "%6.3f%%\n");
 }
 
 /* The KLD statistics as JSON objects added to j (the names follow the
  * human report; Δp and same-top are in percent, as printed). */
 static int kld_json(json_t *j, const struct kld_stats *o)
 {
+    struct stat_row kld[N_KLD_ROWS], dp[N_DP_ROWS], top;
+    kld_rows(o, kld, dp, &top);
     return json_object_set_new(j, "ppl", json_real(o->ppl)) | json_object_set_new(j, "ppl_unc", json_real(o->ppl_unc)) |
         json_object_set_new(j, "ppl_base", json_real(o->ppl_base)) |
         json_object_set_new(j, "ppl_base_unc", json_real(o->ppl_base_unc)) |
@@ -183,13 +229,9 @@ static int kld_json(json_t *j, const struct kld_stats *o)
         json_object_set_new(j, "ln_ppl_ratio", json_pack("{s:f, s:f}", "mean", o->ln_ratio, "unc", o->ln_ratio_unc)) |
         json_object_set_new(j, "ppl_ratio", json_pack("{s:f, s:f}", "mean", o->ratio, "unc", o->ratio_unc)) |
         json_object_set_new(j, "ppl_diff", json_real(o->ppl_diff)) |
-        json_object_set_new(j, "kld", json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-            "mean", o->kld, "unc", o->kld_unc, "max", o->kld_max, "p99_9", o->kld_999, "p99", o->kld_99,
-            "p90", o->kld_90, "median", o->kld_med, "p10", o->kld_10, "min", o->kld_min)) |
-        json_object_set_new(j, "delta_p_pct", json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-            "mean", o->dp, "unc", o->dp_unc, "max", o->dp_max, "p99", o->dp_99, "median", o->dp_med,
-            "p1", o->dp_01, "min", o->dp_min, "rms", o->dp_rms, "rms_unc", o->dp_rms_unc)) |
-        json_object_set_new(j, "same_top_pct", json_pack("{s:f, s:f}", "mean", o->same_top, "unc", o->same_top_unc));
+        json_object_set_new(j, "kld", rows_json(kld, N_KLD_ROWS)) |
+        json_object_set_new(j, "delta_p_pct", rows_json(dp, N_DP_ROWS)) |
+        json_object_set_new(j, "same_top_pct", rows_json(&top, 1));
 }
 
 /* Logits that are not numbers would make every statistic nan: name the

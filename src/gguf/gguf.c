@@ -20,6 +20,7 @@
 #include "gguf/gguf.h"
 #include "util/outfile.h"
 #include "quant/quants.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1393,6 +1394,17 @@ void gguf_writer_abort(gguf_writer *w)
     else
         moeq_outfile_abort(w->out);
     writer_free(w);
+}
+
+int gguf_writer_end(gguf_writer *w, int ok, char *err, size_t errlen)
+{
+    if (!ok) {
+        moeq_set_err(err, errlen, "%s", gguf_writer_error(w));
+        gguf_writer_abort(w);
+        return -1;
+    }
+    if (gguf_writer_finish(w) != 0) return moeq_fail(err, errlen, "%s", gguf_writer_error(NULL));
+    return 0;
 }
 
 int gguf_writer_finish(gguf_writer *w)

@@ -228,6 +228,10 @@ int gguf_writer_split_max_size(gguf_writer *w, uint64_t max_bytes, uint32_t *n_p
 /* Remove the temporary file and free w. */
 void gguf_writer_abort(gguf_writer *w);
 
+/* End a write whose data calls all succeeded (ok) or not: finish or abort,
+ * then 0, or -1 with the writer's message in err[errlen]. Frees w. */
+int gguf_writer_end(gguf_writer *w, int ok, char *err, size_t errlen);
+
 /* Last error message of a writer call that returned -1; with w NULL, the
  * message of this thread's last failed gguf_writer_finish. */
 const char *gguf_writer_error(const gguf_writer *w);

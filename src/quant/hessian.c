@@ -9,9 +9,16 @@
 #include "quant/quants.h"
 #include "util/util.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* An entry's heap members, for moeq_free_owned / moeq_free_entries. */
+static const size_t entry_owned[] = { offsetof(struct moeq_hessian_entry, name),
+                                      offsetof(struct moeq_hessian_entry, h),
+                                      offsetof(struct moeq_hessian_entry, counts) };
+#define N_OWNED (int)(sizeof entry_owned / sizeof entry_owned[0])
 
 struct moeq_hessian *moeq_hessian_new(void)
 {
@@ -20,13 +27,7 @@ struct moeq_hessian *moeq_hessian_new(void)
 
 void moeq_hessian_free(struct moeq_hessian *hs)
 {
-    if (!hs) return;
-    for (int64_t i = 0; i < hs->n_entries; i++) {
-        free(hs->entries[i].name);
-        free(hs->entries[i].h);
-        free(hs->entries[i].counts);
-    }
-    free(hs->entries);
+    if (hs) moeq_free_entries(hs->entries, (size_t)hs->n_entries, sizeof *hs->entries, entry_owned, N_OWNED);
     free(hs);
 }
 
@@ -79,7 +80,7 @@ static struct moeq_hessian_entry *get(struct moeq_hessian *hs, const char *name,
     e->h = calloc((size_t)(n * n * n_mat), sizeof *e->h);
     e->counts = calloc((size_t)n_mat, sizeof *e->counts);
     if (!e->name || !e->h || !e->counts) {
-        free(e->name); free(e->h); free(e->counts);
+        moeq_free_owned(e, entry_owned, N_OWNED);
         goto oom;
     }
     hs->n_entries++;
@@ -157,16 +158,7 @@ int moeq_hessian_save(const struct moeq_hessian *hs, const char *path, const cha
         }
         free(row);
     }
-    if (!ok) {
-        moeq_set_err(err, errlen, "%s", gguf_writer_error(w));
-        gguf_writer_abort(w);
-        return -1;
-    }
-    if (gguf_writer_finish(w) != 0) {
-        moeq_set_err(err, errlen, "%s", gguf_writer_error(NULL));
-        return -1;
-    }
-    return 0;
+    return gguf_writer_end(w, ok, err, errlen);
 }
 
 static int ends_with(const char *s, size_t n, const char *suf)
@@ -183,6 +175,8 @@ int moeq_hessian_load(struct moeq_hessian *hs, const char *path, char *err, size
     char type[64] = "";
     int rc = -1;
     if (gguf_get_str(f, "general.type", type, sizeof type) != 0 || strcmp(type, "moeq.hessian")) {
+        for (char *c = type; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';   /* the message stays one line */
         moeq_set_err(err, errlen, "%s: general.type is '%s', not moeq.hessian (write one with moeq imatrix --hessian)",
                      path, type);
         goto out;

@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,11 @@ static char *xstrndup(const char *s, size_t n)
     return p;
 }
 
+/* An entry's heap members, for moeq_free_entries. */
+static const size_t entry_owned[] = { offsetof(struct moeq_imatrix_entry, name),
+                                      offsetof(struct moeq_imatrix_entry, sums),
+                                      offsetof(struct moeq_imatrix_entry, counts) };
+
 struct moeq_imatrix *moeq_imatrix_new(void)
 {
     return xcalloc(1, sizeof(struct moeq_imatrix));
@@ -42,14 +48,10 @@ struct moeq_imatrix *moeq_imatrix_new(void)
 void moeq_imatrix_free(struct moeq_imatrix *im)
 {
     if (!im) return;
-    for (int64_t i = 0; i < im->n_entries; i++) {
-        free(im->entries[i].name);
-        free(im->entries[i].sums);
-        free(im->entries[i].counts);
-    }
-    free(im->entries);
     for (int i = 0; i < im->n_datasets; i++) free(im->datasets[i]);
     free(im->datasets);
+    moeq_free_entries(im->entries, (size_t)im->n_entries, sizeof *im->entries, entry_owned,
+                      (int)(sizeof entry_owned / sizeof entry_owned[0]));
     free(im);
 }
 
@@ -708,16 +710,7 @@ static int write_gguf_file(const struct moeq_imatrix *im, const char *path, cons
     }
     free(buf);
     free(store);
-    if (!ok) {
-        moeq_set_err(err, errlen, "%s", gguf_writer_error(w));
-        gguf_writer_abort(w);
-        return -1;
-    }
-    if (gguf_writer_finish(w) != 0) {
-        moeq_set_err(err, errlen, "%s", gguf_writer_error(NULL));
-        return -1;
-    }
-    return 0;
+    return gguf_writer_end(w, ok, err, errlen);
 }
 
 int moeq_imatrix_save(const struct moeq_imatrix *im, const char *path, int gguf_format,

@@ -14,6 +14,9 @@
  * (src/synth_vocab.c, FUZZ_VOCAB tokens), built once per process, with its
  * last padding token turned into the USER_DEFINED "<think>" so that path is
  * covered too.
+ *
+ * fuzz_load_twice() is the file-loader harnesses' (imatrix, Hessian) one
+ * body: the input as an in-memory file loaded twice into one collection.
  */
 #ifndef MOEQ_FUZZ_H
 #define MOEQ_FUZZ_H
@@ -25,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #ifdef MOEQ_FUZZ_REPLAY
 #define FUZZ_ENTRY(name) int fuzz_one_##name(const uint8_t *data, size_t size)
@@ -84,6 +89,35 @@ static inline const moeq_tokenizer *fuzz_tokenizer(void)
     free(types);
     moeq_synth_vocab_free(&v);
     return tok;
+}
+
+/* The loaders take a path, so the input becomes an in-memory file (memfd,
+ * opened as /proc/self/fd/N: no disk traffic), loaded twice by
+ * load(ctx, path, pass, ...) into the same collection, since a load merges
+ * into what is there. Checked: a failure is one line naming the file; only
+ * the first load may fail (what loaded once merges with a second copy of
+ * itself); check(ctx) after each load that succeeds. */
+typedef int (*fuzz_load_fn)(void *ctx, const char *path, int pass, char *err, size_t errlen);
+
+static inline void fuzz_load_twice(const uint8_t *data, size_t size, void *ctx, fuzz_load_fn load,
+                                   void (*check)(void *ctx))
+{
+    int fd = memfd_create("fuzz.input", 0);
+    FUZZ_ASSERT(fd >= 0);
+    FUZZ_ASSERT(size == 0 || write(fd, data, size) == (ssize_t)size);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    for (int pass = 0; pass < 2; pass++) {
+        char err[512] = "";
+        if (load(ctx, path, pass, err, sizeof err) != 0) {
+            FUZZ_ASSERT(strncmp(err, path, strlen(path)) == 0 && err[strlen(path)] == ':');
+            FUZZ_ASSERT(!strchr(err, '\n'));
+            FUZZ_ASSERT(pass == 0);
+            break;
+        }
+        check(ctx);
+    }
+    close(fd);
 }
 
 #endif

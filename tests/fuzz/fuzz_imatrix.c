@@ -3,10 +3,9 @@
  * fuzz-imatrix`): the legacy .dat one and the GGUF one, which
  * moeq_imatrix_load picks by the magic.
  *
- * The loader takes a path, so the input becomes an in-memory file
- * (memfd, opened as /proc/self/fd/N: no disk traffic). It is loaded twice
- * into the same matrix, the second time with a chunk size set, since a
- * load merges into what is there. The promises checked: a failure is one
+ * The loader takes a path, so fuzz_load_twice (fuzz.h) makes the input an
+ * in-memory file and loads it twice into the same matrix, the second time
+ * with a chunk size set, since a load merges into what is there. The promises checked: a failure is one
  * line naming the file; what loaded once merges with a second copy of
  * itself; a success leaves every entry with a shape, finite
  * non-negative sums and counts, and importance weights that are finite
@@ -16,8 +15,6 @@
 #include "quant/imatrix.h"
 
 #include <math.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 static void imx_check(const struct moeq_imatrix *im)
 {
@@ -45,28 +42,19 @@ static void imx_check(const struct moeq_imatrix *im)
     for (int i = 0; i < im->n_datasets; i++) FUZZ_ASSERT(im->datasets[i]);
 }
 
+static int imx_load(void *im, const char *path, int pass, char *err, size_t errlen)
+{
+    if (pass == 1) ((struct moeq_imatrix *)im)->chunk_size = 512;
+    return moeq_imatrix_load(im, path, err, errlen);
+}
+
+static void imx_check_cb(void *im) { imx_check(im); }
+
 FUZZ_ENTRY(imatrix)
 {
-    int fd = memfd_create("fuzz.imatrix", 0);
-    FUZZ_ASSERT(fd >= 0);
-    FUZZ_ASSERT(size == 0 || write(fd, data, size) == (ssize_t)size);
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-
     struct moeq_imatrix *im = moeq_imatrix_new();
     FUZZ_ASSERT(im);
-    for (int pass = 0; pass < 2; pass++) {
-        char err[512] = "";
-        if (pass == 1) im->chunk_size = 512;
-        if (moeq_imatrix_load(im, path, err, sizeof err) != 0) {
-            FUZZ_ASSERT(strncmp(err, path, strlen(path)) == 0 && err[strlen(path)] == ':');
-            FUZZ_ASSERT(!strchr(err, '\n'));
-            FUZZ_ASSERT(pass == 0);   /* what loaded once merges with itself */
-            break;
-        }
-        imx_check(im);
-    }
+    fuzz_load_twice(data, size, im, imx_load, imx_check_cb);
     moeq_imatrix_free(im);
-    close(fd);
     return 0;
 }
