@@ -47,9 +47,13 @@ for L in $L1 $L2; do
       --recipe asym-2bitexp "$d/q8.gguf" "$d/asym.gguf" "$T"
   measure quantize_q4km_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
       "$d/q8.gguf" "$d/q4km.gguf" Q4_K_M "$T"
+  # the allocation at the recipe's rate (--fit 16G -c 16384 gives about this at 48 layers)
+  measure quantize_alloc_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
+      --target-bpw 2.99 "$d/q8.gguf" "$d/alloc.gguf" "$T"
+  measure fit_$L $M fit -m "$d/asym.gguf" -c 16384 --budget 16G
   measure perplexity_$L $M perplexity -m "$d/asym.gguf" -f "$TXT" -c 512 --chunks 2 -t "$T"
   measure run_$L $M run -m "$d/asym.gguf" -p "The sea" -n 32 --temp 0 -t "$T"
-  rm -f "$d/q8.gguf" "$d/q4km.gguf"
+  rm -f "$d/q8.gguf" "$d/q4km.gguf" "$d/alloc.gguf"
 done
 
 # the line through (L1, v1) and (L2, v2) at 48 layers
@@ -64,7 +68,7 @@ val() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$OUT/times"; }
   echo
   echo "| step | $L1 layers | $L2 layers | 48 layers (extrapolated) | peak RSS at $L2 layers | peak RSS at 48 (extrapolated) |"
   echo "|---|---:|---:|---:|---:|---:|"
-  for s in synth imatrix quantize_asym quantize_q4km perplexity run; do
+  for s in synth imatrix quantize_asym quantize_q4km quantize_alloc fit perplexity run; do
     t1=$(val ${s}_$L1 2); t2=$(val ${s}_$L2 2); m1=$(val ${s}_$L1 3); m2=$(val ${s}_$L2 3)
     printf "| %s | %s s | %s s | %s s | %.0f MiB | %.0f MiB |\n" "$s" "$t1" "$t2" "$(at48 "$t1" "$t2")" \
       "$(echo "$m2" | awk '{ print $1 / 1024 }')" "$(at48 "$m1" "$m2" | awk '{ print $1 / 1024 }')"
