@@ -26,6 +26,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1568,11 +1569,27 @@ TEST(server_http_tool_calls)
     e.f.script = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": }\n</tool_call>";
     snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"temperature\":0,"
              "\"stream\":true}", tools);
-    CHECK(http(&e, "POST", "/v1/chat/completions", body, "-N", &o) == 200);
+    /* ... and says so in the server's log: stderr, caught in a file (the
+     * line is written before the reply's last event is sent) */
+    const char *logf = test_tmp("server.log");
+    fflush(stderr);
+    int saved_err = dup(2), logfd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(saved_err >= 0 && logfd >= 0 && dup2(logfd, 2) == 2);
+    close(logfd);
+    int st_mal = http(&e, "POST", "/v1/chat/completions", body, "-N", &o);
+    fflush(stderr);
+    dup2(saved_err, 2);
+    close(saved_err);
+    CHECK(st_mal == 200);
     assemble_sse(&streamed, o, finish, sizeof finish);
     free(o);
     CHECKF(!strcmp(streamed.content, e.f.script) && streamed.n_calls == 0 && !strcmp(finish, "stop"),
            "content '%s' finish %s", streamed.content, finish);
+    char *logtext = test_read_file(logf, NULL);
+    CHECKF(logtext && strstr(logtext, "warning: chatcmpl-") &&
+           strstr(logtext, "1 tool call in the reply did not parse; sent as content"), "log: %s",
+           logtext ? logtext : "(none)");
+    free(logtext);
 
     /* tool_choice names the function: the reply starts inside the call
      * (the prefill is in the prompt, the script continues it). */
