@@ -7,6 +7,7 @@
 #include "quant/hessian.h"
 #include "gguf/gguf.h"
 #include "quant/quants.h"
+#include "quant/tensor_groups.h"
 #include "util/util.h"
 
 #include <stddef.h>
@@ -41,16 +42,9 @@ static struct moeq_hessian_entry *find_exact(const struct moeq_hessian *hs, cons
 struct moeq_hessian_entry *moeq_hessian_find(const struct moeq_hessian *hs, const char *name)
 {
     struct moeq_hessian_entry *e = find_exact(hs, name);
-    if (e) return e;
-    /* ffn_gate and ffn_up multiply the same input */
     char alt[512];
-    const char *p;
-    if ((p = strstr(name, "ffn_gate")) || (p = strstr(name, "ffn_up"))) {
-        int gate = !strncmp(p, "ffn_gate", 8);
-        snprintf(alt, sizeof alt, "%.*s%s%s", (int)(p - name), name, gate ? "ffn_up" : "ffn_gate", p + (gate ? 8 : 6));
-        return find_exact(hs, alt);
-    }
-    return NULL;
+    if (!e && moeq_shared_input_sibling(name, alt, sizeof alt)) e = find_exact(hs, alt);
+    return e;
 }
 
 static struct moeq_hessian_entry *get(struct moeq_hessian *hs, const char *name, int64_t n, int64_t n_mat,

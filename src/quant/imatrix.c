@@ -9,6 +9,7 @@
 #include "gguf/gguf.h"
 #include "util/outfile.h"
 #include "quant/quants.h"
+#include "quant/tensor_groups.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -64,20 +65,9 @@ struct moeq_imatrix_entry *moeq_imatrix_find(const struct moeq_imatrix *im, cons
 
 struct moeq_imatrix_entry *moeq_imatrix_find_weight(const struct moeq_imatrix *im, const char *name)
 {
-    static const char *const pairs[][2] = {
-        { "ffn_gate_exps.weight", "ffn_up_exps.weight" },
-        { "ffn_up_exps.weight", "ffn_gate_exps.weight" },
-        { "ffn_gate.weight", "ffn_up.weight" },
-        { "ffn_up.weight", "ffn_gate.weight" },
-    };
     struct moeq_imatrix_entry *e = moeq_imatrix_find(im, name);
-    for (size_t i = 0; !e && i < sizeof pairs / sizeof pairs[0]; i++) {
-        const char *hit = strstr(name, pairs[i][0]);
-        if (!hit) continue;
-        char alt[512];
-        snprintf(alt, sizeof alt, "%.*s%s", (int)(hit - name), name, pairs[i][1]);
-        e = moeq_imatrix_find(im, alt);
-    }
+    char alt[512];
+    if (!e && moeq_shared_input_sibling(name, alt, sizeof alt)) e = moeq_imatrix_find(im, alt);
     return e;
 }
 

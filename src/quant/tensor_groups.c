@@ -3,10 +3,12 @@
  * group -> type -> count summary with its totals. Names follow llama.cpp's
  * GGUF conventions ("blk.N.attn_q.weight", "token_embd.weight",
  * "blk.N.ffn_gate_exps.weight"); matching is on whole dot-separated parts,
- * so "attn_q_norm" is a norm, not attention q.
+ * so "attn_q_norm" is a norm, not attention q. Also which weight shares
+ * another's input (gate and up), for the statistics readers.
  */
 #include "quant/tensor_groups.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +70,23 @@ int moeq_tensor_group_n(const char *s, size_t n)
 }
 
 int moeq_tensor_group(const char *name) { return moeq_tensor_group_n(name, name ? strlen(name) : 0); }
+
+int moeq_shared_input_sibling(const char *name, char *out, size_t outlen)
+{
+    static const char *const pairs[][2] = {
+        { "ffn_gate_exps.weight", "ffn_up_exps.weight" },
+        { "ffn_up_exps.weight", "ffn_gate_exps.weight" },
+        { "ffn_gate.weight", "ffn_up.weight" },
+        { "ffn_up.weight", "ffn_gate.weight" },
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        const char *hit = strstr(name, pairs[i][0]);
+        if (!hit) continue;
+        snprintf(out, outlen, "%.*s%s", (int)(hit - name), name, pairs[i][1]);
+        return 1;
+    }
+    return 0;
+}
 
 void moeq_group_summary_init(struct moeq_group_summary *s) { memset(s, 0, sizeof *s); }
 

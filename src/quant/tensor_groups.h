@@ -5,7 +5,8 @@
  *
  * The groups are the rows of a quantization recipe for a routed MoE model:
  * routed expert gate/up/down, attention q/k/v/output, token_embd, output,
- * norms, router (ffn_gate_inp) and everything else. The API takes plain
+ * norms, router (ffn_gate_inp) and everything else; and the weight that
+ * shares another's input (gate and up). The API takes plain
  * values (name, type, element count, bytes) so any caller can feed it
  * without a gguf_file.
  */
@@ -38,6 +39,11 @@ enum moeq_group {
 int moeq_tensor_group_n(const char *name, size_t len);
 /* Same for a NUL-terminated name. */
 int moeq_tensor_group(const char *name);
+
+/* The weight that multiplies the same input as name: ffn_gate and ffn_up,
+ * routed or dense (tools that fuse them store statistics for only one).
+ * 1 with its name in out (truncated to outlen), or 0 when name has none. */
+int moeq_shared_input_sibling(const char *name, char *out, size_t outlen);
 
 /* Short key ("ffn_gate_exps", "attn_q", "norm", "router", ...) and a
  * human label ("routed expert gate", ...); "?" for an unknown group. */
