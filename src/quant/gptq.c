@@ -123,98 +123,109 @@ moeq_gptq *moeq_gptq_prepare(const double *H, int64_t n, double damp, char *err,
     return g;
 }
 
-/* The feedback a quantizer calls inside block [c0, c0 + B): the group's
- * error moves the block's later targets, as the column loop below does. */
+/* The type's traits when it can be rounded here at n columns; NULL with
+ * err set otherwise. */
+static const struct moeq_type_traits *gptq_traits(int type, int64_t n, char *err, size_t errlen)
+{
+    const struct moeq_type_traits *tt = moeq_type_traits(type);
+    if (!tt || !tt->quantize || !tt->to_float) {
+        moeq_set_err(err, errlen, "gptq: moeq cannot quantize to %s", moeq_type_name(type));
+        return NULL;
+    }
+    if (n <= 0 || n % tt->blck_size) {
+        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %d", (long long)n,
+                     tt->name, tt->blck_size);
+        return NULL;
+    }
+    return tt;
+}
+
+/*
+ * Columns [j0, j0 + n) of the block [c0, c0 + B) are fixed at q: each
+ * column's error, scaled by U's diagonal, moves the block's later targets
+ * x[j + 1 .. B) (x indexed from the block's start). The scaled errors go to
+ * e[j] when e is non-NULL (0 for a dead column).
+ */
+static void push_columns(const moeq_gptq *g, int64_t c0, int64_t B, int j0, int n, const float *q, float *x,
+                         double *e)
+{
+    const int64_t N = g->n;
+    for (int j = j0; j < j0 + n; j++) {
+        const int64_t c = c0 + j;
+        double ej = 0;
+        if (!g->dead[c]) {
+            const double *uc = g->u + c * N;
+            ej = ((double)x[j] - q[j - j0]) / uc[c];
+            for (int64_t k = j + 1; k < B; k++) x[k] -= (float)(ej * uc[c0 + k]);
+        }
+        if (e) e[j] = ej;
+    }
+}
+
+/* The feedback a quantizer calls inside the block at c0. */
 struct fb_ctx { const moeq_gptq *g; int64_t c0, B; };
 
 static void feedback(void *ctx, int j0, int n, const float *q, float *x)
 {
     const struct fb_ctx *f = ctx;
-    const int64_t N = f->g->n;
-    for (int j = j0; j < j0 + n; j++) {
-        const int64_t c = f->c0 + j;
-        if (f->g->dead[c]) continue;
-        const double *uc = f->g->u + c * N;
-        const double ej = ((double)x[j] - q[j - j0]) / uc[c];
-        for (int64_t k = j + 1; k < f->B; k++) x[k] -= (float)(ej * uc[f->c0 + k]);
-    }
+    push_columns(f->g, f->c0, f->B, j0, n, q, x, NULL);
 }
 
 int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, void *dst,
                    const struct moeq_quant_params *qp, char *err, size_t errlen)
 {
-    const struct moeq_type_traits *tt = moeq_type_traits(type);
-    if (!tt || !tt->quantize || !tt->to_float) {
-        moeq_set_err(err, errlen, "gptq: moeq cannot quantize to %s", moeq_type_name(type));
-        return -1;
-    }
-    const int64_t B = tt->blck_size, n = g->n;
-    if (n <= 0 || n % B) {
-        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %lld", (long long)n,
-                     tt->name, (long long)B);
-        return -1;
-    }
+    const int64_t n = g->n;
+    const struct moeq_type_traits *tt = gptq_traits(type, n, err, errlen);
+    if (!tt) return -1;
+    const int64_t B = tt->blck_size, nb = n / B;
     const size_t row_bytes = moeq_row_size(type, n);
-    const double *u = g->u;
     float *w = malloc((size_t)n * sizeof *w), *q = malloc((size_t)B * sizeof *q);
     double *e = malloc((size_t)B * sizeof *e);
-    if (!w || !q || !e) {
-        free(w); free(q); free(e);
+    int *has_imp = malloc((size_t)nb * sizeof *has_imp);
+    if (!w || !q || !e || !has_imp) {
+        free(w); free(q); free(e); free(has_imp);
         moeq_set_err(err, errlen, "gptq: out of memory");
         return -1;
     }
+    for (int64_t ib = 0; ib < nb; ib++) {
+        has_imp[ib] = 0;
+        for (int64_t j = 0; j < B; j++) has_imp[ib] |= g->imp[ib * B + j] > 0;
+    }
+    /* the quantizer picks its codes group by group with this feedback
+     * (where it supports it); the propagation below then uses the values
+     * that decode */
+    struct fb_ctx fc = { g, 0, B };
+    struct moeq_quant_feedback fb = { feedback, &fc };
+    struct moeq_quant_params p = { 0 };
+    if (qp) p = *qp;
+    p.fb = &fb;
     /* rows are independent: one at a time, block by block */
     for (int64_t r = 0; r < nrows; r++) {
         memcpy(w, W + r * n, (size_t)n * sizeof *w);
-        for (int64_t b = 0; b < n; b += B) {
-            int any = 0;
-            for (int64_t j = 0; j < B; j++) any |= g->imp[b + j] > 0;
-            uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)(b / B) * tt->type_size;
-            /* the quantizer picks its codes group by group with feedback
-             * (where it supports it); the propagation below then uses the
-             * values that decode */
-            struct fb_ctx fc = { g, b, B };
-            struct moeq_quant_feedback fb = { feedback, &fc };
-            struct moeq_quant_params p = { 0 };
-            if (qp) p = *qp;
-            p.fb = &fb;
-            tt->quantize(w + b, blk, 1, B, any ? g->imp + b : NULL, &p);
+        for (int64_t ib = 0; ib < nb; ib++) {
+            const int64_t b = ib * B;
+            uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)ib * tt->type_size;
+            fc.c0 = b;
+            tt->quantize(w + b, blk, 1, B, has_imp[ib] ? g->imp + b : NULL, &p);
             tt->to_float(blk, q, B);
-            /* column by column: the error of column j, scaled by U's
-             * diagonal, moves the block's later columns */
-            for (int64_t j = 0; j < B; j++) {
-                const int64_t c = b + j;
-                if (g->dead[c]) { e[j] = 0; continue; }
-                double ej = ((double)w[c] - q[j]) / u[c * n + c];
-                e[j] = ej;
-                const double *uc = u + c * n;
-                for (int64_t k = j + 1; k < B; k++) w[b + k] -= (float)(ej * uc[b + k]);
-            }
+            push_columns(g, b, B, 0, (int)B, q, w + b, e);
             /* later blocks: w[b+B:] -= e U[b:b+B, b+B:] */
             for (int64_t j = 0; j < B && b + B < n; j++) {
                 if (e[j] == 0) continue;
-                const double *uc = u + (b + j) * n;
+                const double *uc = g->u + (b + j) * n;
                 for (int64_t c = b + B; c < n; c++) w[c] -= (float)(e[j] * uc[c]);
             }
         }
     }
-    free(w); free(q); free(e);
+    free(w); free(q); free(e); free(has_imp);
     return 0;
 }
 
 int moeq_gptq_quantize(int type, const float *W, int64_t nrows, int64_t ncols, const double *H, double damp,
                        void *dst, const struct moeq_quant_params *qp, char *err, size_t errlen)
 {
-    const struct moeq_type_traits *tt = moeq_type_traits(type);
-    if (!tt || !tt->quantize || !tt->to_float) {
-        moeq_set_err(err, errlen, "gptq: moeq cannot quantize to %s", moeq_type_name(type));
-        return -1;
-    }
-    if (ncols <= 0 || ncols % tt->blck_size) {
-        moeq_set_err(err, errlen, "gptq: %lld columns is not a multiple of %s's block of %d", (long long)ncols,
-                     tt->name, tt->blck_size);
-        return -1;
-    }
+    /* the shape is checked before the O(n^3) factorisation */
+    if (!gptq_traits(type, ncols, err, errlen)) return -1;
     moeq_gptq *g = moeq_gptq_prepare(H, ncols, damp, err, errlen);
     if (!g) return -1;
     int rc = moeq_gptq_rows(g, type, W, nrows, dst, qp, err, errlen);
