@@ -283,8 +283,6 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
     return 0;
 }
 
-/* The input's metadata less stale importance keys, then the file type,
- * the quantization version and this run's importance metadata. */
 /* Load the Hessian file and find each quantized tensor's entry (its own,
  * or its gate/up sibling's); a shape that does not match is an error. */
 static int match_hessian(const struct moeq_quantize_opts *o, const gguf_file *f, struct moeq_quantize_report *r,
@@ -319,6 +317,8 @@ static int match_hessian(const struct moeq_quantize_opts *o, const gguf_file *f,
     return 0;
 }
 
+/* The input's metadata less stale importance keys, then the file type,
+ * the quantization version and this run's importance metadata. */
 static int write_header(const struct moeq_quantize_opts *o, const gguf_file *f, const struct moeq_imatrix *im,
                         const struct moeq_quantize_report *r, gguf_writer *w)
 {
@@ -379,6 +379,7 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
                         void *sink_ctx, char *err, size_t errlen)
 {
     const int nth = moeq_pool_size(pool);
+    FILE *log = o->log ? o->log : stderr;
     const int64_t ne0 = (int64_t)t->ne[0], ne1 = (int64_t)t->ne[1];
     const int64_t n_mat = (int64_t)(t->ne[2] * t->ne[3]);
     const size_t src_row = moeq_row_size(q->src_type, ne0);
@@ -401,25 +402,27 @@ static int write_tensor(const struct moeq_quantize_opts *o, const gguf_tensor *t
             wts = wbuf;
         }
         moeq_gptq *g = NULL;
-        /* fewer routed tokens than input columns leave H singular: such an
-         * expert keeps the diagonal (imatrix) rounding */
-        if (he && he->counts[m] > 0 && he->counts[m] < (double)ne0) {
-            if (!q->gptq_fallback++) fprintf(o->log ? o->log : stderr, "moeq: note: %s: matrices with fewer "
-                                             "tokens than its %lld columns keep the diagonal rounding:",
-                                             q->name, (long long)ne0);
-            fprintf(o->log ? o->log : stderr, " %lld (%.0f)", (long long)m, he->counts[m]);
+        if (he && he->counts[m] > 0) {
+            if (he->counts[m] < (double)ne0) {
+                /* fewer routed tokens than input columns leave H singular:
+                 * such an expert keeps the diagonal (imatrix) rounding */
+                if (!q->gptq_fallback++)
+                    fprintf(log, "moeq: note: %s: matrices with fewer tokens than its %lld columns keep the "
+                            "diagonal rounding:", q->name, (long long)ne0);
+                fprintf(log, " %lld (%.0f)", (long long)m, he->counts[m]);
+            } else if (q->src_type != q->type && moeq_type_traits(q->type)->quantize) {
+                /* (a source already in the target type is re-encoded exactly
+                 * as it is; moving its columns would only add error) */
+                double *H = moeq_hessian_matrix(he, m);
+                char gerr[256] = "out of memory";
+                if (H) g = moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : MOEQ_GPTQ_DAMP, gerr,
+                                             sizeof gerr);
+                free(H);
+                if (!g) { moeq_fail(err, errlen, "quantize: %s: %s", q->name, gerr); ok = 0; break; }
+                q->gptq++;
+            }
         }
-        if (m + 1 == n_mat && q->gptq_fallback) fputc('\n', o->log ? o->log : stderr);
-        /* a source already in the target type is re-encoded exactly as it
-         * is; moving its columns would only add error */
-        if (he && he->counts[m] >= (double)ne0 && q->src_type != q->type && moeq_type_traits(q->type)->quantize) {
-            double *H = moeq_hessian_matrix(he, m);
-            char gerr[256];
-            g = H ? moeq_gptq_prepare(H, ne0, o->gptq_damp > 0 ? o->gptq_damp : MOEQ_GPTQ_DAMP, gerr, sizeof gerr) : NULL;
-            free(H);
-            if (!g) { moeq_fail(err, errlen, "quantize: %s: %s", q->name, H ? gerr : "out of memory"); ok = 0; break; }
-            q->gptq++;
-        }
+        if (m + 1 == n_mat && q->gptq_fallback) fputc('\n', log);
         const uint8_t *msrc = (const uint8_t *)t->data + (size_t)m * (size_t)ne1 * src_row;
         for (int64_t r0 = 0; ok && r0 < ne1; r0 += block) {
             int64_t nr = ne1 - r0 < block ? ne1 - r0 : block;
