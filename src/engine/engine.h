@@ -175,7 +175,7 @@ struct moeq_spec_opts {
     int lookup;          /* draft from n-grams of the prompt and output so far */
     int draft_max;       /* tokens drafted per step (<= 0: 8) */
     int ngram_min, ngram_max;   /* n-gram lengths tried, longest first (1..3 by default) */
-    struct moeq_sampler *sampler; /* NULL or temp <= 0: greedy */
+    struct moeq_sampler *sampler; /* NULL: greedy; temp <= 0: greedy over its penalized logits */
     moeq_session *draft;          /* non-NULL: drafts are this session's model's greedy
                                      continuation (same vocabulary) instead of lookups */
 };

@@ -63,23 +63,6 @@ static int bad_logits(const float *l, int V, int pos, char *err, size_t errlen)
     return 1;
 }
 
-/* The next token after hist[0..n) from its logits: sampled, or greedy. */
-static int32_t choose(struct moeq_sampler *sp, const float *l, int V, const int32_t *hist, int n)
-{
-    return sp ? moeq_sample_hist(sp, l, V, hist, n) : argmax(l, V);
-}
-
-/* The token at hist[n] given the logits after hist[0..n), with draft the
- * proposal for it: *acc says whether the draft stands. */
-static int32_t verify(struct moeq_sampler *sp, const float *l, int V, const int32_t *hist, int n, int32_t draft,
-                      int *acc)
-{
-    if (sp) return moeq_sample_verify(sp, l, V, hist, n, draft, acc);
-    int32_t t = argmax(l, V);
-    *acc = t == draft;
-    return t;
-}
-
 /* Up to max tokens a draft model proposes greedily after hist[0..n) (its
  * session keeps what it already holds of the history); the count, or -1. */
 static int model_draft(moeq_engine *e, moeq_session *d, const int32_t *hist, int n, int max, int32_t *out,
@@ -114,7 +97,10 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
     const int dmax = o && (o->lookup || o->draft) ? (o->draft_max > 0 ? o->draft_max : 8) : 0;
     const int gmin = o && o->ngram_min > 0 ? o->ngram_min : 1;
     const int gmax = o && o->ngram_max >= gmin ? o->ngram_max : (gmin > 3 ? gmin : 3);
-    struct moeq_sampler *sp = o && o->sampler && o->sampler->temp > 0 ? o->sampler : NULL;
+    /* no sampler: greedy (the sampler's argmax, the same first index of
+     * the largest logit) */
+    struct moeq_sampler greedy = { 0 };
+    struct moeq_sampler *sp = o && o->sampler ? o->sampler : &greedy;
     struct moeq_spec_stats local = { 0 };
     if (!st) st = &local;
     memset(st, 0, sizeof *st);
@@ -128,7 +114,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
     int kept = moeq_session_sync(s, hist, n);
     if (moeq_session_eval(s, hist + kept, n - kept, NULL, err, errlen) != 0) { rc = -1; goto out; }
     if (bad_logits(moeq_session_logits(s), V, n - 1, err, errlen)) { rc = -1; goto out; }
-    int32_t next = choose(sp, moeq_session_logits(s), V, hist, n);
+    int32_t next = moeq_sample_hist(sp, moeq_session_logits(s), V, hist, n);
     while (made < n_predict) {
         /* next is decided: report it */
         hist[n++] = next;
@@ -146,7 +132,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         if (moeq_session_eval(s, hist + n - 1, 1 + k, k ? logits : NULL, err, errlen) != 0) { rc = -1; break; }
         if (!k) {
             if (bad_logits(moeq_session_logits(s), V, n - 1, err, errlen)) { rc = -1; break; }
-            next = choose(sp, moeq_session_logits(s), V, hist, n);
+            next = moeq_sample_hist(sp, moeq_session_logits(s), V, hist, n);
             continue;
         }
         int bad = 0;
@@ -155,7 +141,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
         int j = 0, stop = 0, acc = 0;
         int32_t pred = -1;
         for (; j < k; j++) {
-            pred = verify(sp, logits + (size_t)j * V, V, hist, n + j, hist[n + j], &acc);
+            pred = moeq_sample_verify(sp, logits + (size_t)j * V, V, hist, n + j, hist[n + j], &acc);
             if (!acc) break;
             /* draft token j stands: keep it */
             int32_t t = hist[n + j];
@@ -163,7 +149,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
             st->accepted++;
             if ((cb && cb(ctx, t)) || moeq_token_is_eog(e, t) || made >= n_predict) { stop = 1; j++; break; }
         }
-        if (!stop && j == k) pred = choose(sp, logits + (size_t)k * V, V, hist, n + k);
+        if (!stop && j == k) pred = moeq_sample_hist(sp, logits + (size_t)k * V, V, hist, n + k);
         n += j;
         if (stop) break;
         /* the draft length follows the acceptance: all kept doubles it
@@ -176,6 +162,7 @@ int moeq_generate(moeq_engine *e, moeq_session *s, const int32_t *prompt, int n_
     }
     st->ctx_full = made == room + 1 && room >= 0;
 out:
+    moeq_sampler_free(&greedy);
     free(hist);
     free(logits);
     return rc;
