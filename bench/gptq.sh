@@ -15,15 +15,8 @@ set -eu
 cd "$(dirname "$0")/.."
 N=${1:-20}
 T=${2:-$(nproc)}
-S=${MOEQ_SHARED:-../shared}
-M=${MOEQ_BIN:-./moeq}
-TA=$S/models/tiny-a
-C=$S/data/text/calibration_datav3.txt
-W=$S/data/text/wiki.test.raw
-[ -f "$TA/tiny-a-f16.gguf" ] || { echo "bench/gptq.sh: needs $TA" >&2; exit 1; }
 OUT=bench/out/gptq
-mkdir -p "$OUT"
-F16=$TA/tiny-a-f16.gguf
+. bench/tiny-a.sh
 if [ -z "${GPTQ_REUSE:-}" ] || [ ! -f "$OUT/test-h.gguf" ]; then
 "$M" imatrix -q -m "$F16" -f "$C" -c 512 --chunks 64 --no-ppl -o "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" -t "$T"
 "$M" imatrix -q -m "$F16" -f "$C" -c 512 --chunk 64 --chunks 64 --no-ppl -o "$OUT/test-im.gguf" --hessian "$OUT/test-h.gguf" -t "$T"
@@ -45,10 +38,8 @@ for row in Q8_0:Q8_0 Q6_K:Q6_K Q5_K:Q5_K_M Q4_K:Q4_K_M Q3_K:Q3_K_M Q2_K:Q2_K IQ4
     { echo "bench/gptq.sh: the $mix mix did not give $ty experts" >&2; exit 1; }
   awk -v ty="$ty" '$1 == "all" { printf "| %s | %.4g | %.4g | %.3f |\n", ty, $8, $9, $10 }' "$OUT/compare-$ty.txt" >> "$tab"
 done
-"$M" perplexity -m "$F16" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" -t "$T" > /dev/null 2>&1
-kld() { "$M" perplexity -m "$1" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" --kl-divergence --json -t "$T" 2>/dev/null |
-        python3 -c 'import json,sys; d=json.load(sys.stdin)["kld"]; print("%.6f +- %.6f" % (d["mean"], d["unc"]))'; }
-Q8=$TA/tiny-a-q8_0.gguf
+kld_base
+kld() { kld_of "$1" | awk '{ printf "%s +- %s", $1, $2 }'; }
 "$M" quantize -q --allow-requantize --imatrix "$OUT/train-im.gguf" --recipe asym-2bitexp "$Q8" "$OUT/asym.gguf" "$T"
 "$M" quantize -q --allow-requantize --imatrix "$OUT/train-im.gguf" --hessian "$OUT/train-h.gguf" --recipe asym-2bitexp "$Q8" "$OUT/asym-h.gguf" "$T"
 {

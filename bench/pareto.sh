@@ -14,25 +14,17 @@ set -eu
 cd "$(dirname "$0")/.."
 N=${1:-100}
 T=${2:-$(nproc)}
-S=${MOEQ_SHARED:-../shared}
-M=${MOEQ_BIN:-./moeq}
-TA=$S/models/tiny-a
-C=$S/data/text/calibration_datav3.txt
-W=$S/data/text/wiki.test.raw
-[ -f "$TA/tiny-a-q8_0.gguf" ] || { echo "bench/pareto.sh: needs $TA" >&2; exit 1; }
 OUT=bench/out/pareto
-mkdir -p "$OUT"
-Q8=$TA/tiny-a-q8_0.gguf
+. bench/tiny-a.sh
 IM=$TA/imatrix.dat
 [ -f "$OUT/hessian.gguf" ] || "$M" imatrix -q -m "$Q8" -f "$C" -c 512 --chunks 128 --no-ppl -o "$OUT/im.gguf" --hessian "$OUT/hessian.gguf" -t "$T"
-"$M" perplexity -m "$TA/tiny-a-f16.gguf" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" -t "$T" > /dev/null 2>&1
+kld_base
 pts=$OUT/points.tsv
 : > "$pts"
 # point SERIES LABEL FILE: bits per weight and mean KLD of FILE
 point() {
   bpw=$("$M" info "$3" | sed -n 's/.*, \([0-9.]*\) bits per weight.*/\1/p' | tail -n 1)
-  kld=$("$M" perplexity -m "$3" -f "$W" -c 512 --chunks "$N" --kl-divergence-base "$OUT/base.kld" --kl-divergence --json -t "$T" 2>/dev/null |
-        python3 -c 'import json,sys; print("%.6f" % json.load(sys.stdin)["kld"]["mean"])')
+  kld=$(kld_of "$3" | awk '{ print $1 }')
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(wc -c < "$3" | tr -d ' ')" "$bpw" "$kld" >> "$pts"
   echo "  $1 $2: $bpw bpw, KLD $kld" >&2
 }
