@@ -4,7 +4,7 @@
 #   make            build ./moeq
 #   make test       build and run every test, release and ASan+UBSan
 #   make demo       the pipeline on an embedded default
-#   make fuzz       time-bounded libFuzzer runs (GGUF, imatrix, Hessian, tokenizer, server)
+#   make fuzz       time-bounded libFuzzer runs (GGUF, imatrix, Hessian, tokenizer, server, tool-call constraint)
 #   make deps       install the Debian packages the build needs (root)
 #   make install    binary, man page and bash completion under PREFIX
 
@@ -113,7 +113,7 @@ check-long: check-deps moeq $(REL)/moeq-tests fuzz-build
 # build/fuzz/NAME/corpus. check-long runs each for FUZZ_LONG_SECONDS.
 FUZZ_SECONDS ?= 60
 FUZZ_LONG_SECONDS ?= 30
-FUZZ_TARGETS = gguf imatrix hessian tokenizer server
+FUZZ_TARGETS = gguf imatrix hessian tokenizer server callcon
 FUZZ_SEEDS_gguf = tests/corpus
 FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS = $(CFLAGS_COMMON) -O1 $(FUZZ_SAN)

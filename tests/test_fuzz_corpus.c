@@ -13,6 +13,7 @@
 #include "test.h"
 
 #define MOEQ_FUZZ_REPLAY
+#include "fuzz/fuzz_callcon.c"
 #include "fuzz/fuzz_gguf.c"
 #include "fuzz/fuzz_hessian.c"
 #include "fuzz/fuzz_imatrix.c"
@@ -53,6 +54,7 @@ TEST(fuzz_corpus_gguf)
     CHECK(replay_dir("tests/corpus", fuzz_one_gguf) >= 90);
 }
 
+TEST(fuzz_corpus_callcon) { CHECK(replay_dir("tests/fuzz/corpus_callcon", fuzz_one_callcon) >= 4); }
 TEST(fuzz_corpus_hessian) { CHECK(replay_dir("tests/fuzz/corpus_hessian", fuzz_one_hessian) >= 3); }
 TEST(fuzz_corpus_imatrix) { CHECK(replay_dir("tests/fuzz/corpus_imatrix", fuzz_one_imatrix) >= 3); }
 TEST(fuzz_corpus_tokenizer) { CHECK(replay_dir("tests/fuzz/corpus_tokenizer", fuzz_one_tokenizer) >= 3); }
@@ -84,6 +86,7 @@ static void fuzz_for_a_while(const char *name)
     free(out);
 }
 
+TEST(fuzz_long_callcon) { fuzz_for_a_while("callcon"); }
 TEST(fuzz_long_gguf) { fuzz_for_a_while("gguf"); }
 TEST(fuzz_long_hessian) { fuzz_for_a_while("hessian"); }
 TEST(fuzz_long_imatrix) { fuzz_for_a_while("imatrix"); }

@@ -63,6 +63,8 @@ struct fake {
     const char *after_tool[3];     /* the reply to a prompt holding k+1 tool results, if set */
     atomic_int  bad_hist;          /* sample calls whose history was not the session's tokens */
     int         long_ctx;          /* sessions hold FK_CTX_LONG tokens, not FK_CTX */
+    const char *prefer;            /* where the script has ended: these bytes rank next after
+                                      the end, first best (a model that would rather stop) */
 };
 
 static int fk_tokenize(void *ud, const char *text, size_t len, int parse_special, int32_t *out, int max)
@@ -183,6 +185,13 @@ static void fk_logits(struct fake_sess *s)
     }
     if (at >= 0) {
         next = fk_script_next(s, at);
+        if (next == FK_EOS && s->f->prefer) {
+            size_t np = strlen(s->f->prefer);
+            for (size_t k = 0; k < np; k++) s->logits[(unsigned char)s->f->prefer[k]] = (float)(np - k);
+            s->logits[FK_EOS] = 10;
+            s->valid = 1;
+            return;
+        }
     } else if (s->toks[0] == '#') {
         next = last >= 'a' && last < 'z' ? last + 1 : last == 'z' ? FK_EOS : 'a';
     } else if (s->toks[0] == '~') {
@@ -1600,11 +1609,51 @@ TEST(server_http_tool_calls)
     j = json_of(o);
     assemble_message(&plain, json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"));
     CHECKF(plain.n_calls == 1 && !strcmp(plain.args[0], "{\"city\":\"Oslo\"}"), "%s", o);
-    /* only the generated part (and the end token) counts as completion */
+    /* only the generated part counts as completion; the closed call ends
+     * the reply (no end token is sampled after it) */
     CHECK(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) ==
-          (json_int_t)(strlen(e.f.script) - strlen("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ") + 1));
+          (json_int_t)(strlen(e.f.script) - strlen("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ")));
     json_decref(j);
     free(o);
+
+    /* tool_choice constrains decoding, so a call comes out even from a model
+     * that would not write one (or not this one): "required" with a model
+     * that wants to answer in prose, a named function with a key it does
+     * not declare. The fake then falls back on '"', '}', '{', ':' in that
+     * order; the constraint allows only what keeps the call valid. */
+    e.f.prefer = "\"}{:";
+    const char *forced[][2] = {
+        { "It is sunny in Oslo.", "\"tool_choice\":\"required\"" },
+        { "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Oslo\"}}\n</tool_call>",
+          "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}" },
+    };
+    for (int k = 0; k < 2; k++)
+        for (int stream = 0; stream < 2; stream++) {
+            e.f.script = forced[k][0];
+            snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"temperature\":0,"
+                     "\"max_tokens\":100,\"stream\":%s,%s}", tools, stream ? "true" : "false", forced[k][1]);
+            CHECK(http(&e, "POST", "/v1/chat/completions", body, NULL, &o) == 200);
+            char fin[32] = "";
+            if (stream) {
+                assemble_sse(&plain, o, fin, sizeof fin);
+            } else {
+                j = json_of(o);
+                json_t *c0 = json_array_get(json_object_get(j, "choices"), 0);
+                assemble_message(&plain, json_object_get(c0, "message"));
+                snprintf(fin, sizeof fin, "%s", json_string_value(json_object_get(c0, "finish_reason")));
+                json_decref(j);
+            }
+            CHECKF(plain.n_calls == 1 && !strcmp(plain.name[0], "get_weather") && !strcmp(plain.args[0], "{\"city\":\"\"}") &&
+                   !strcmp(fin, "tool_calls") && !plain.content[0], "case %d stream %d: %d calls, %s(%s), finish %s, content '%s'",
+                   k, stream, plain.n_calls, plain.name[0], plain.args[0], fin, plain.content);
+            free(o);
+        }
+    /* "auto" is not constrained: the same model answers in prose */
+    e.f.script = forced[0][0];
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"temperature\":0}", tools);
+    CHECK(http(&e, "POST", "/v1/chat/completions", body, NULL, &o) == 200 && strstr(o, "\"content\":\"It is sunny in Oslo.\""));
+    free(o);
+    e.f.prefer = NULL;
 
     /* /apply-template: the prompt the chat would evaluate. */
     CHECK(http(&e, "POST", "/apply-template", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", NULL, &o) == 200);

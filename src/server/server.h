@@ -113,6 +113,8 @@ struct srv_gen {
     char    *prefill;             /* the reply's forced start (tool_choice), already in the
                                      prompt; the parser reads it as generated. malloc'd */
     json_t  *tools;               /* the request's tools (owned), for parameter types */
+    struct moeq_call_con *call_con; /* tool_choice required or named: decoding is constrained
+                                     to one complete call (chat_constrain.h), owned */
 };
 
 /*

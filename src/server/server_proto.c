@@ -8,7 +8,8 @@
  * template's context (messages with tool calls and tool results, tools,
  * chat_template_kwargs), rendered by the model's own template; tool_choice
  * "required" or a named function appends the opening of a call (the
- * prefill). The prompt is tokenized, and one that leaves no room in the
+ * prefill) and gives the request a constraint (chat_constrain.h) that the
+ * scheduler applies while sampling, so the reply is one call. The prompt is tokenized, and one that leaves no room in the
  * context is refused up front.
  *
  * Text out: generated tokens are bytes, not characters, and a stop string
@@ -24,6 +25,7 @@
  * stream's deltas.
  */
 #include "server/server.h"
+#include "model/chat_constrain.h"
 #include "model/chat_parse.h"
 #include "util/util.h"
 
@@ -537,6 +539,9 @@ static int chat_prompt(const struct srv_backend *be, const json_t *body, struct 
         g->think_open = think_open;
         g->parallel_calls = parallel;
         g->prefill = prefill;
+        /* the forced call is also constrained, so the model cannot leave it */
+        if (tc == TC_REQUIRED || tc == TC_NAMED)
+            g->call_con = moeq_call_con_new(be->chat_format, tools, name ? json_string_value(name) : NULL);
         g->tools = tools;
         prefill = NULL;
         tools = NULL;
@@ -828,6 +833,8 @@ void srv_gen_free(struct srv_gen *g)
     g->prefill = NULL;
     json_decref(g->tools);
     g->tools = NULL;
+    moeq_call_con_free(g->call_con);
+    g->call_con = NULL;
 }
 
 static const char *error_type(int status)

@@ -20,8 +20,14 @@
  * layer answers 503. A cancelled request (client gone, shutdown) is
  * dropped at the next step and its slot freed; its KV stays cached for
  * prefix reuse.
+ *
+ * A request with a tool-call constraint (tool_choice) samples from logits
+ * masked to the tokens whose text the constraint allows, tested against a
+ * table of every token's text built at the first such request; the reply
+ * ends when the call closes.
  */
 #include "server/server.h"
+#include "model/chat_constrain.h"
 #include "util/util.h"
 
 #include <math.h>
@@ -85,6 +91,10 @@ struct srv_sched {
     int32_t       *eog;          /* end-of-generation token ids (for ignore_eos) */
     int            n_eog;
     float         *masked;       /* n_vocab scratch: logits with the ends removed */
+    /* Every token's text, built at the first constrained request: token t's
+     * bytes are pc_bytes[pc_off[t] .. pc_off[t + 1]); ends have none. */
+    char          *pc_bytes;
+    uint32_t      *pc_off;
 };
 
 /* ======================================================================
@@ -324,6 +334,50 @@ static void token_logprobs(const float *lg, int n_vocab, int32_t tok, int n_top,
     for (int k = 0; k < tp->n_top; k++) tp->top_lp[k] -= lse;
 }
 
+/* The vocabulary's texts (s->pc_*); -1 when out of memory. */
+static int build_pieces(srv_sched *s)
+{
+    const struct srv_backend *be = &s->be;
+    size_t cap = (size_t)be->n_vocab * 4 + 256, n = 0;
+    char *bytes = malloc(cap);
+    uint32_t *off = malloc(((size_t)be->n_vocab + 1) * sizeof *off);
+    for (int t = 0; bytes && off && t < be->n_vocab; t++) {
+        off[t] = (uint32_t)n;
+        if (be->is_eog(be->ud, t)) continue;
+        if (cap - n < 256) {
+            char *nb = realloc(bytes, cap * 2);
+            if (!nb) { free(bytes); bytes = NULL; break; }
+            bytes = nb;
+            cap *= 2;
+        }
+        int k = be->piece(be->ud, t, bytes + n, 256);
+        if (k > 0 && k <= 256) n += (size_t)k;
+    }
+    if (!bytes || !off || n > UINT32_MAX) { free(bytes); free(off); return -1; }
+    off[be->n_vocab] = (uint32_t)n;
+    s->pc_bytes = bytes;
+    s->pc_off = off;
+    return 0;
+}
+
+/* The job's tool-call constraint as a mask over logits (into s->masked):
+ * the tokens whose text keeps the call valid. NULL when none is left (the
+ * constraint is then dropped) or the texts cannot be built. */
+static const float *constrained(srv_sched *s, srv_job *j, const float *logits)
+{
+    const struct srv_backend *be = &s->be;
+    if (!s->pc_off && build_pieces(s)) return NULL;
+    if (logits != s->masked) memcpy(s->masked, logits, (size_t)be->n_vocab * sizeof *s->masked);
+    int any = 0;
+    for (int t = 0; t < be->n_vocab; t++) {
+        size_t a = s->pc_off[t], b = s->pc_off[t + 1];
+        if (s->masked[t] == -INFINITY) continue;
+        if (moeq_call_con_allows(j->g.call_con, s->pc_bytes + a, b - a)) any = 1;
+        else s->masked[t] = -INFINITY;
+    }
+    return any ? s->masked : NULL;
+}
+
 /* A token was sampled for the slot: record it, check for the end. */
 static void slot_token(srv_sched *s, struct slot *sl, const float *logits)
 {
@@ -334,14 +388,22 @@ static void slot_token(srv_sched *s, struct slot *sl, const float *logits)
         for (int i = 0; i < s->n_eog; i++) s->masked[s->eog[i]] = -INFINITY;
         logits = s->masked;
     }
+    const float *raw = logits;
+    struct moeq_call_con *con = j->g.call_con && !moeq_call_con_done(j->g.call_con) ? j->g.call_con : NULL;
+    if (con) {
+        const float *m = constrained(s, j, logits);
+        if (m) logits = m;
+        else { moeq_call_con_free(con); j->g.call_con = con = NULL; }
+    }
     /* The history for the penalties: the prompt and the reply so far. */
     int32_t tok = be->sample(be->ud, sl->sess, &j->g.sp, &j->rng, logits, sl->cache, sl->n_cache);
     if (tok < 0 || tok >= be->n_vocab) {
         slot_end(s, sl, NULL, 500, "sampling failed");
         return;
     }
+    if (con) moeq_call_con_feed(con, s->pc_bytes + s->pc_off[tok], s->pc_off[tok + 1] - s->pc_off[tok]);
     struct srv_tokprob tp;
-    if (j->g.logprobs) token_logprobs(logits, be->n_vocab, tok, j->g.top_logprobs, &tp);
+    if (j->g.logprobs) token_logprobs(raw, be->n_vocab, tok, j->g.top_logprobs, &tp);
 
     pthread_mutex_lock(&s->mu);
     s->st.gen_tokens++;
@@ -373,6 +435,7 @@ static void slot_token(srv_sched *s, struct slot *sl, const float *logits)
 
     if (stopped < 0) slot_end(s, sl, NULL, 500, "out of memory");
     else if (stopped) slot_end(s, sl, "stop", 0, NULL);
+    else if (con && moeq_call_con_done(con)) slot_end(s, sl, "stop", 0, NULL);   /* the forced call is the reply */
     else if (sl->n_gen >= j->g.max_tokens || sl->n_cache + 1 >= be->n_ctx) slot_end(s, sl, "length", 0, NULL);
     else sl->pending = tok;
 }
@@ -592,6 +655,8 @@ void srv_sched_free(srv_sched *s)
     free(s->dec_slot);
     free(s->eog);
     free(s->masked);
+    free(s->pc_bytes);
+    free(s->pc_off);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

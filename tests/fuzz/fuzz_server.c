@@ -12,9 +12,13 @@
  * non-empty NUL-free stop strings, which then cut the prompt's own text in
  * srv_text as generated text would be cut; that text, read as a chat reply
  * (srv_reply: tool calls, reasoning, the tool_choice prefill), gives a
- * message that is valid JSON.
+ * message that is valid JSON; and a forced call's decoding constraint
+ * (chat_constrain.h) fed that text token by token agrees with itself:
+ * what it allows it accepts, what it refuses it refuses, and once the
+ * call is closed it allows anything.
  */
 #include "fuzz.h"
+#include "model/chat_constrain.h"
 #include "model/chat_parse.h"
 #include "server/server.h"
 
@@ -57,6 +61,11 @@ static void srvf_check_text(const struct srv_backend *be, const struct srv_gen *
         char buf[256];
         int n = be->piece(be->ud, g->prompt[i], buf, sizeof buf);
         FUZZ_ASSERT(n >= 0 && n <= (int)sizeof buf);
+        if (g->call_con && n > 0) {
+            int done = moeq_call_con_done(g->call_con), ok = moeq_call_con_allows(g->call_con, buf, (size_t)n);
+            FUZZ_ASSERT(!done || ok);
+            FUZZ_ASSERT(moeq_call_con_feed(g->call_con, buf, (size_t)n) == ok);
+        }
         FUZZ_ASSERT(srv_text_push(&t, buf, (size_t)n) >= 0);
         FUZZ_ASSERT(t.ready >= ready && t.ready <= t.len);
         ready = t.ready;
