@@ -3,13 +3,18 @@
 # importance-steered allocation (quantize --target-size, measured
 # sensitivity factors) at seven budgets, with and without Hessian-aware
 # rounding (--hessian), against the fixed mixes IQ2_M (IQ2_S-based), IQ3_S,
-# asym-2bitexp, Q4_K_M, Q5_K_M and Q6_K by moeq and the reference
-# quantizer's asym-2bitexp and Q4_K_M (../shared; the reference's other
-# mixes are not there). All from the Q8_0 file with the reference imatrix;
-# KLD against F16 on wiki.test.raw. Results: a Markdown table in the pareto
-# section of bench/RESULTS.md and the plot bench/pareto.svg.
+# asym-2bitexp, Q4_K_M, Q5_K_M and Q6_K by moeq and the same mixes by the
+# reference quantizer: its asym-2bitexp and Q4_K_M are ../shared's files,
+# and with LLAMA_QUANTIZE naming a reference llama-quantize binary it makes
+# IQ2_M (attn_v held at Q4_K), IQ3_S, Q5_K_M and Q6_K itself (else they
+# are skipped, said in one line). All from the Q8_0 file with the reference
+# imatrix; KLD against F16 on wiki.test.raw. Results: a Markdown table in
+# the pareto section of bench/RESULTS.md, with each reference mix checked
+# against the allocated files of equal or smaller size, and the plot
+# bench/pareto.svg.
 #
-#   sh bench/pareto.sh [CHUNKS] [THREADS]      (default 100 chunks, all cores)
+#   [LLAMA_QUANTIZE=/path/llama-quantize] sh bench/pareto.sh [CHUNKS] [THREADS]
+#                                              (default 100 chunks, all cores)
 set -eu
 cd "$(dirname "$0")/.."
 N=${1:-100}
@@ -36,6 +41,19 @@ done
 point "moeq fixed" asym-2bitexp "$OUT/asym.gguf"
 point "reference fixed" asym-2bitexp "$TA/tiny-a-asym.gguf"
 point "reference fixed" Q4_K_M "$TA/tiny-a-q4_k_m.gguf"
+LQ=${LLAMA_QUANTIZE:-}
+[ -x "$LQ" ] || LQ=
+if [ -n "$LQ" ]; then
+  for mix in IQ2_M IQ3_S Q5_K_M Q6_K; do
+    # ik_llama.cpp's IQ2_M gives attn_v its own IQ4_K, which moeq does not read: Q4_K as mainline's and moeq's
+    cq=; [ "$mix" = IQ2_M ] && cq="--custom-q attn_v=q4_K"
+    "$LQ" --allow-requantize --imatrix "$IM" $cq "$Q8" "$OUT/ref-$mix.gguf" "$mix" "$T" > "$OUT/ref-$mix.log" 2>&1 ||
+      { echo "$0: $LQ failed on $mix, see $OUT/ref-$mix.log" >&2; exit 1; }
+    point "reference fixed" "$mix" "$OUT/ref-$mix.gguf"
+  done
+else
+  echo "$0: LLAMA_QUANTIZE unset (or not executable): the reference's IQ2_M, IQ3_S, Q5_K_M and Q6_K skipped" >&2
+fi
 sens=$OUT/tiny-a.sens
 for size in 10500000 13204800 15000000 17000000 19021120 23000000 27000000; do
   "$M" quantize -q --allow-requantize --imatrix "$IM" --target-size "$size" --measure-kld 4 --calib "$C" \
@@ -53,7 +71,35 @@ tab=$OUT/pareto.md
   echo
   echo "tiny-a, Q8_0 source, the reference imatrix; mean KLD against F16 over $N chunks of 512 tokens of wiki.test.raw."
   echo "Allocated files: the size in the file column is the --target-size budget (whole file). Plot: bench/pareto.svg."
-  echo "Command: \`sh bench/pareto.sh $N $T\` ($(date -u +%Y-%m-%d))."
+  echo "Reference fixed: asym-2bitexp and Q4_K_M are ../shared's files; the others, if listed, by \`\$LLAMA_QUANTIZE\` from the same source and imatrix (IQ2_M with \`--custom-q attn_v=q4_K\`: ik_llama.cpp's own mix puts attn_v in its IQ4_K, 4.5 bits as Q4_K, which moeq does not read)."
+  echo
+  echo "Each reference mix against moeq's own file of the same mix, then against the largest allocated file of equal or smaller size (bytes), per series; \"dominated\": that file's KLD is lower."
+  echo
+  awk -F '\t' '
+    $1 == "reference fixed" { r[++nr] = $0 }
+    $1 ~ /^moeq allocated/ { a[++na] = $0 }
+    $1 == "moeq fixed" { f[$2] = $5 }
+    END {
+      for (i = 1; i <= nr; i++) {
+        split(r[i], R, "\t")
+        line = sprintf("- reference %s (%s bytes, KLD %s):", R[2], R[3], R[5])
+        if (R[2] in f) line = line sprintf(" moeq fixed %s, KLD %s (%s, moeq/reference %.3f);", R[2], f[R[2]], f[R[2]] + 0 < R[5] + 0 ? "lower" : "NOT lower", f[R[2]] / R[5])
+        for (s = 0; s < 2; s++) {
+          ser = s ? "moeq allocated + Hessian" : "moeq allocated"
+          bb = -1
+          for (j = 1; j <= na; j++) {
+            split(a[j], A, "\t")
+            if (A[1] == ser && A[3] + 0 <= R[3] + 0 && A[3] + 0 > bb) { bb = A[3] + 0; bk = A[5] }
+          }
+          if (bb < 0) txt = "no file of equal or smaller size"
+          else txt = sprintf("%d bytes, KLD %s, %s (reference/allocated KLD %.2f)", bb, bk, bk + 0 < R[5] + 0 ? "dominated" : "NOT dominated", (R[5] + 0) / bk)
+          line = line sprintf(" %s %s%s", ser, txt, s ? "." : ";")
+        }
+        print line
+      }
+    }' "$pts"
+  echo
+  echo "Command: \`${LQ:+LLAMA_QUANTIZE=... }sh bench/pareto.sh $N $T\` ($(date -u +%Y-%m-%d))."
 } > "$tab"
 python3 - "$pts" bench/pareto.svg <<'PY'
 import sys, math
@@ -85,8 +131,8 @@ for s, c in col.items():
         o.append('<polyline fill="none" stroke="%s" points="%s"/>' % (c, " ".join("%.1f,%.1f" % (X(a), Y(b)) for a, b, _ in pts)))
     for a, b, name in pts:
         o.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s"/>' % (X(a), Y(b), c))
-        if "fixed" in s:
-            o.append('<text x="%.1f" y="%.1f" fill="%s">%s</text>' % (X(a) + 6, Y(b) - 6, c, name))
+        if "fixed" in s:  # the reference's labels below the point, moeq's above: the same mix sits at the same x
+            o.append('<text x="%.1f" y="%.1f" fill="%s">%s</text>' % (X(a) + 6, Y(b) + (16 if s.startswith("reference") else -6), c, name))
 for i, (s, c) in enumerate(col.items()):
     o.append('<circle cx="%d" cy="%d" r="4" fill="%s"/><text x="%d" y="%d">%s</text>' % (W - 200, 30 + 16 * i, c, W - 190, 34 + 16 * i, s))
 o.append("</svg>")
