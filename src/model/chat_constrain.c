@@ -37,7 +37,8 @@
 #define MAX_INT_DIGITS 15
 #define MAX_EXP_DIGITS 2
 
-/* A sorted set of strings; orig[i]: the index entry i had when added. */
+/* A sorted set of strings; orig[i]: what entry i stands for (a function's
+ * index in tools for names). */
 struct cset {
     char  **s;
     size_t *len;
@@ -124,37 +125,41 @@ static int free_byte(struct st *s, unsigned char b)
 
 /* ---- sets ---- */
 
-static int cmp_entry(const void *a, const void *b, void *ctx)
+/* Entries i and j (indices as added) in sorted order; ties by index. */
+static int cmp_entry(const struct cset *cs, int i, int j)
 {
-    const struct cset *cs = ctx;
-    int i = *(const int *)a, j = *(const int *)b;
     size_t n = cs->len[i] < cs->len[j] ? cs->len[i] : cs->len[j];
     int c = memcmp(cs->s[i], cs->s[j], n);
     if (c) return c;
     return cs->len[i] < cs->len[j] ? -1 : cs->len[i] > cs->len[j] ? 1 : i - j;
 }
 
-/* Insertion sort by index (sets are small); duplicates keep the first.
+/* Insertion sort (sets are small); duplicates keep the first added.
  * -1 when out of memory. */
 static int cset_sort(struct cset *cs)
 {
-    int *ix = cs->orig;
     if (cs->n == 0) return 0;
-    for (int i = 1; i < cs->n; i++)
-        for (int k = i; k > 0 && cmp_entry(&ix[k - 1], &ix[k], cs) > 0; k--) { int t = ix[k]; ix[k] = ix[k - 1]; ix[k - 1] = t; }
-    /* apply the permutation to the strings */
+    int *ix = malloc((size_t)cs->n * sizeof *ix);
     char **s = malloc((size_t)cs->n * sizeof *s);
     size_t *l = malloc((size_t)cs->n * sizeof *l);
-    if (!s || !l) { free(s); free(l); return -1; }
+    int *o = malloc((size_t)cs->n * sizeof *o);
+    if (!ix || !s || !l || !o) { free(ix); free(s); free(l); free(o); return -1; }
+    for (int i = 0; i < cs->n; i++) ix[i] = i;
+    for (int i = 1; i < cs->n; i++)
+        for (int k = i; k > 0 && cmp_entry(cs, ix[k - 1], ix[k]) > 0; k--) { int t = ix[k]; ix[k] = ix[k - 1]; ix[k - 1] = t; }
+    /* apply the permutation */
     int m = 0;
     for (int i = 0; i < cs->n; i++) {
-        int o = ix[i];
-        if (m && l[m - 1] == cs->len[o] && !memcmp(s[m - 1], cs->s[o], cs->len[o])) { free(cs->s[o]); continue; }
-        s[m] = cs->s[o];
-        l[m] = cs->len[o];
-        ix[m] = o;
+        int e = ix[i];
+        if (m && l[m - 1] == cs->len[e] && !memcmp(s[m - 1], cs->s[e], cs->len[e])) { free(cs->s[e]); continue; }
+        s[m] = cs->s[e];
+        l[m] = cs->len[e];
+        o[m] = cs->orig[e];
         m++;
     }
+    free(ix);
+    free(cs->orig);
+    cs->orig = o;
     free(cs->s);
     free(cs->len);
     cs->s = s;
@@ -163,7 +168,8 @@ static int cset_sort(struct cset *cs)
     return 0;
 }
 
-static int cset_add(struct cset *cs, char *str)   /* takes str */
+/* Add str (taken) with orig as what it stands for. */
+static int cset_add(struct cset *cs, char *str, int orig)
 {
     if (!str) return -1;
     char **s = realloc(cs->s, (size_t)(cs->n + 1) * sizeof *s);
@@ -175,7 +181,7 @@ static int cset_add(struct cset *cs, char *str)   /* takes str */
     cs->orig = o;
     cs->s[cs->n] = str;
     cs->len[cs->n] = strlen(str);
-    cs->orig[cs->n] = cs->n;
+    cs->orig[cs->n] = orig;
     cs->n++;
     return 0;
 }
@@ -254,6 +260,16 @@ static int all_used(const moeq_call_con *c, const struct st *s)
 {
     int n = c->keys[s->tool].n;
     return n <= 64 && s->used == (n == 64 ? ~0ull : (1ull << n) - 1);
+}
+
+/* One byte of a declared key (Qwen3's quoted or Coder's "P>\n"), each key
+ * offered once: choice_step over the function's keys minus those given,
+ * marking the key given when it completes. */
+static int key_step(const moeq_call_con *c, struct st *s, unsigned char b, int *done)
+{
+    int r = choice_step(&c->keys[s->tool], s, b, done, s->used);
+    if (r == 2 && *done < 64) s->used |= 1ull << *done;
+    return r;
 }
 
 /* The index of "<parameter=" in SET_C_PARAMS. */
@@ -339,7 +355,7 @@ static int key_start(const moeq_call_con *c, struct st *s, unsigned char b)
         enter_choice(s, SET_KEYS, keys);
         s->ph = PH_JSON;
         s->jm = J_KEYCH;
-        return choice_step(keys, s, b, &e, s->used) == 1;   /* the opening quote */
+        return key_step(c, s, b, &e) == 1;   /* the opening quote */
     }
     s->jm = J_STR;
     s->key = 1;
@@ -403,8 +419,8 @@ static int json_step(const moeq_call_con *c, struct st *s, unsigned char b)
         if (!LITS[s->lit][++s->litpos]) s->jm = J_AFTER;
         return 1;
     case J_KEYCH: {
-        int e = 0, r = choice_step(&c->keys[s->tool], s, b, &e, s->used);
-        if (r == 2) { s->jm = J_COLON; if (e < 64) s->used |= 1ull << e; }
+        int e = 0, r = key_step(c, s, b, &e);
+        if (r == 2) s->jm = J_COLON;
         return r != 0;
     }
     case J_NUM:
@@ -438,11 +454,9 @@ static int step(const moeq_call_con *c, struct st *s, unsigned char b)
     case PH_DONE: return 1;
     case PH_CHOICE: {
         const struct cset *cs = set_of(c, s, s->set);
-        /* a function that declares no parameters is offered only the close */
-        uint64_t skip = s->set == SET_KEYS ? s->used
-                      : s->set == SET_C_PARAMS && c->declared[s->tool] && all_used(c, s) ? 1ull << param_entry(cs) : 0;
-        r = choice_step(cs, s, b, &e, skip);
-        if (r == 2 && s->set == SET_KEYS && e < 64) s->used |= 1ull << e;
+        /* with every declared parameter given (or none declared) only the close is offered */
+        uint64_t skip = s->set == SET_C_PARAMS && c->declared[s->tool] && all_used(c, s) ? 1ull << param_entry(cs) : 0;
+        r = s->set == SET_KEYS ? key_step(c, s, b, &e) : choice_step(cs, s, b, &e, skip);
         if (r == 2) after_choice(c, s, e);
         return r != 0;
     }
@@ -483,12 +497,6 @@ void moeq_call_con_free(moeq_call_con *c)
     free(c);
 }
 
-static const json_t *tool_function(const json_t *t)
-{
-    const json_t *f = json_object_get(t, "function");
-    return f ? f : t;
-}
-
 moeq_call_con *moeq_call_con_new(int format, const json_t *tools, const char *name)
 {
     if ((format != MOEQ_CALLS_QWEN3 && format != MOEQ_CALLS_QWEN3_CODER) || !json_is_array(tools) ||
@@ -503,13 +511,13 @@ moeq_call_con *moeq_call_con_new(int format, const json_t *tools, const char *na
     int ok = c->keys && c->declared, forced = -1;
     const int qwen3 = format == MOEQ_CALLS_QWEN3;
     for (int i = 0; ok && i < N_FIXED; i++)
-        for (int k = 0; ok && k < 2 && FIXED[i][k]; k++) ok = cset_add(&c->fixed[i], strdup(FIXED[i][k])) == 0;
+        for (int k = 0; ok && k < 2 && FIXED[i][k]; k++) ok = cset_add(&c->fixed[i], strdup(FIXED[i][k]), k) == 0;
     for (int i = 0; ok && i < c->ntools; i++) {
-        const json_t *f = tool_function(json_array_get(tools, (size_t)i));
+        const json_t *f = moeq_chat_tool_function(json_array_get(tools, (size_t)i));
         const char *nm = json_string_value(json_object_get(f, "name"));
-        /* a name the syntax cannot carry is never offered (an empty set entry keeps the indices) */
+        /* a name the syntax cannot carry is never offered */
         int usable = nm && *nm && (qwen3 || !strpbrk(nm, "<>\n"));
-        ok = cset_add(&c->names, usable ? entry(nm, qwen3, qwen3 ? "" : ">\n") : strdup("")) == 0;
+        if (usable) ok = cset_add(&c->names, entry(nm, qwen3, qwen3 ? "" : ">\n"), i) == 0;
         if (ok && usable && name && !strcmp(nm, name) && forced < 0) forced = i;
         const json_t *props = json_object_get(json_object_get(f, "parameters"), "properties");
         c->declared[i] = json_is_object(props);
@@ -518,7 +526,7 @@ moeq_call_con *moeq_call_con_new(int format, const json_t *tools, const char *na
         json_object_foreach((json_t *)props, k, v) {
             if (!ok) break;
             if (!*k || (!qwen3 && strpbrk(k, "<>\n"))) continue;
-            ok = cset_add(&c->keys[i], entry(k, qwen3, qwen3 ? "" : ">\n")) == 0;
+            ok = cset_add(&c->keys[i], entry(k, qwen3, qwen3 ? "" : ">\n"), c->keys[i].n) == 0;
         }
     }
     if (ok) {
@@ -526,17 +534,7 @@ moeq_call_con *moeq_call_con_new(int format, const json_t *tools, const char *na
         ok = ok && cset_sort(&c->names) == 0;
         for (int i = 0; i < c->ntools; i++) ok = ok && cset_sort(&c->keys[i]) == 0;
     }
-    if (ok) {
-        /* unusable names sort first as the empty string: never reachable, drop them */
-        if (c->names.n && c->names.len[0] == 0) {
-            free(c->names.s[0]);
-            memmove(c->names.s, c->names.s + 1, (size_t)(c->names.n - 1) * sizeof *c->names.s);
-            memmove(c->names.len, c->names.len + 1, (size_t)(c->names.n - 1) * sizeof *c->names.len);
-            memmove(c->names.orig, c->names.orig + 1, (size_t)(c->names.n - 1) * sizeof *c->names.orig);
-            c->names.n--;
-        }
-        ok = c->names.n > 0 && (!name || forced >= 0);
-    }
+    ok = ok && c->names.n > 0 && (!name || forced >= 0);
     if (!ok) { moeq_call_con_free(c); return NULL; }
     struct st *s = &c->st;
     s->tool = forced;

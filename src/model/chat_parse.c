@@ -100,13 +100,18 @@ static size_t partial(const char *s, size_t n, const char *m)
 
 /* ---- calls ---- */
 
+const json_t *moeq_chat_tool_function(const json_t *tool)
+{
+    const json_t *f = json_object_get(tool, "function");
+    return f ? f : tool;
+}
+
 static const char *param_type(json_t *tools, const char *fn, const char *param)
 {
     size_t i;
     json_t *t;
     json_array_foreach(tools, i, t) {
-        json_t *f = json_object_get(t, "function");
-        if (!f) f = t;
+        const json_t *f = moeq_chat_tool_function(t);
         const char *nm = json_string_value(json_object_get(f, "name"));
         if (!nm || strcmp(nm, fn)) continue;
         json_t *props = json_object_get(json_object_get(f, "parameters"), "properties");

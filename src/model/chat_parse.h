@@ -58,6 +58,10 @@ int moeq_chat_parser_finish(moeq_chat_parser *p, struct moeq_chat_delta *d);
 const struct moeq_tool_call *moeq_chat_parser_calls(const moeq_chat_parser *p, int *n);
 int moeq_chat_parser_malformed(const moeq_chat_parser *p);
 
+/* A request tool's function object: its "function" member, or the tool
+ * itself when it has none (a bare {"name", "parameters"}). */
+const json_t *moeq_chat_tool_function(const json_t *tool);
+
 /* The format a chat template's text implies (its tool-call syntax). */
 int moeq_chat_format_of_template(const char *tmpl);
 

@@ -9,8 +9,9 @@
  * chat_template_kwargs), rendered by the model's own template; tool_choice
  * "required" or a named function appends the opening of a call (the
  * prefill) and gives the request a constraint (chat_constrain.h) that the
- * scheduler applies while sampling, so the reply is one call. The prompt is tokenized, and one that leaves no room in the
- * context is refused up front.
+ * scheduler applies while sampling, so the reply is one call. The prompt
+ * is tokenized, and one that leaves no room in the context is refused up
+ * front.
  *
  * Text out: generated tokens are bytes, not characters, and a stop string
  * may be split over several tokens, so srv_text holds back whatever tail
