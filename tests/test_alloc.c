@@ -221,33 +221,39 @@ TEST(alloc_spearman_known_cases)
 
 /* Factors from measured swaps: KLD / err at the measured type; a unit not
  * measured takes its group's median, or all measured units' median. */
-TEST(alloc_factors_from_measurements_and_medians)
+TEST(alloc_factors_from_measurements_and_depth)
 {
     struct moeq_alloc a;
     memset(&a, 0, sizeof a);
-    a.n_units = 5;
-    a.units = calloc(5, sizeof *a.units);
+    a.n_units = 6;
+    a.units = calloc(6, sizeof *a.units);
     REQUIRE(a.units);
-    const int group[5] = { MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_OUTPUT };
-    for (int k = 0; k < 5; k++) {
+    const int group[6] = { MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_ATTN_Q,
+                           MOEQ_GROUP_ATTN_Q, MOEQ_GROUP_OUTPUT };
+    const int layer[6] = { 1, 2, 3, 5, 0, -1 };
+    for (int k = 0; k < 6; k++) {
         struct moeq_alloc_unit *u = &a.units[k];
         u->group = group[k];
+        u->layer = layer[k];
         u->n_cand = 2;
         u->type[0] = MOEQ_TYPE_Q2_K; u->type[1] = MOEQ_TYPE_Q4_K;
         u->err[0] = 10.0 * (k + 1); u->err[1] = 1.0;
         u->sens = 1;
     }
-    /* units 0, 1, 2 measured at Q2_K: factors 0.1, 0.3, 0.2 */
-    const double kld[3] = { 1.0, 6.0, 6.0 };
+    /* layers 1, 2 and 5 measured at Q2_K: factors 0.1, 0.3, 0.075 */
+    const int meas[3] = { 0, 1, 3 };
+    const double kld[3] = { 1.0, 6.0, 3.0 };
     for (int k = 0; k < 3; k++) {
-        a.units[k].n_meas = 1;
-        a.units[k].meas_type[0] = MOEQ_TYPE_Q2_K;
-        a.units[k].meas_kld[0] = kld[k];
+        a.units[meas[k]].n_meas = 1;
+        a.units[meas[k]].meas_type[0] = MOEQ_TYPE_Q2_K;
+        a.units[meas[k]].meas_kld[0] = kld[k];
     }
     moeq_alloc_set_factors(&a);
-    CHECK(fabs(a.units[0].sens - 0.1) < 1e-12 && fabs(a.units[1].sens - 0.3) < 1e-12 && fabs(a.units[2].sens - 0.2) < 1e-12);
-    CHECKF(fabs(a.units[3].sens - 0.2) < 1e-12, "%g", a.units[3].sens);   /* attn_q median */
-    CHECKF(fabs(a.units[4].sens - 0.2) < 1e-12, "%g", a.units[4].sens);   /* no output measured: all */
+    CHECK(fabs(a.units[0].sens - 0.1) < 1e-12 && fabs(a.units[1].sens - 0.3) < 1e-12 && fabs(a.units[3].sens - 0.075) < 1e-12);
+    /* layer 3: a third of the way from layer 2 to layer 5, in log space */
+    CHECKF(fabs(a.units[2].sens - exp(log(0.3) * 2.0 / 3.0 + log(0.075) / 3.0)) < 1e-12, "%g", a.units[2].sens);
+    CHECKF(fabs(a.units[4].sens - 0.1) < 1e-12, "%g", a.units[4].sens);   /* layer 0: the nearest, layer 1 */
+    CHECKF(fabs(a.units[5].sens - 0.1) < 1e-12, "%g", a.units[5].sens);   /* no output measured: median of all */
     moeq_alloc_free(&a);
 }
 

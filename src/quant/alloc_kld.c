@@ -149,10 +149,32 @@ static int unit_factor(const struct moeq_alloc_unit *u, double *fac)
     return 1;
 }
 
+/* An unmeasured layer unit's factor: interpolated in log space over the
+ * layer index between the nearest measured units of its group below and
+ * above it (sensitivity drifts with depth, and the first layers are often
+ * far more sensitive than the median), the nearest one where it has a
+ * measured neighbour on one side only; 0 when its group has none. */
+static double depth_factor(const struct moeq_alloc *a, const struct moeq_alloc_unit *u)
+{
+    int lo = -1, hi = -1;
+    double flo = 0, fhi = 0, fac;
+    for (int i = 0; i < a->n_units; i++) {
+        const struct moeq_alloc_unit *v = &a->units[i];
+        if (v->group != u->group || v->layer < 0 || !unit_factor(v, &fac)) continue;
+        if (v->layer <= u->layer && (lo < 0 || v->layer > lo)) { lo = v->layer; flo = fac; }
+        if (v->layer >= u->layer && (hi < 0 || v->layer < hi)) { hi = v->layer; fhi = fac; }
+    }
+    if (lo < 0 && hi < 0) return 0;
+    if (lo < 0) return fhi;
+    if (hi < 0 || hi == lo) return flo;
+    const double t = (double)(u->layer - lo) / (double)(hi - lo);
+    return exp((1 - t) * log(flo) + t * log(fhi));
+}
+
 void moeq_alloc_set_factors(struct moeq_alloc *a)
 {
-    double *all = malloc(((size_t)a->n_units + 1) * sizeof *all), *grp = malloc(((size_t)a->n_units + 1) * sizeof *grp);
-    if (!all || !grp) { free(all); free(grp); return; }
+    double *all = malloc(((size_t)a->n_units + 1) * sizeof *all);
+    if (!all) return;
     int n_all = 0;
     for (int k = 0; k < a->n_units; k++) {
         double fac;
@@ -164,14 +186,11 @@ void moeq_alloc_set_factors(struct moeq_alloc *a)
             struct moeq_alloc_unit *u = &a->units[k];
             double fac;
             if (unit_factor(u, &fac)) continue;
-            int n_grp = 0;
-            for (int i = 0; i < a->n_units; i++)
-                if (a->units[i].group == u->group && unit_factor(&a->units[i], &fac)) grp[n_grp++] = fac;
-            u->sens = n_grp ? median(grp, n_grp) : med_all;
+            fac = u->layer >= 0 ? depth_factor(a, u) : 0;
+            u->sens = fac > 0 ? fac : med_all;
         }
     }
     free(all);
-    free(grp);
 }
 
 int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struct moeq_alloc_kld_opts *o,
@@ -218,9 +237,10 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     k.s = moeq_session_new(k.e, e2, sizeof e2);
     pool = moeq_pool_new(o->n_threads);
     if (!k.base || !k.logits || !k.s || !pool) { moeq_set_err(err, errlen, "alloc: %s", k.s ? "out of memory" : e2); goto out; }
-    /* which units: all, or token_embd and output (one of a kind, no group
-     * to borrow a median from) and an even deterministic sample of the
-     * layers' units */
+    /* which units: all, or token_embd and output (one of a kind, nothing
+     * to interpolate from) and, per group, an even deterministic sample of
+     * its layers from the first to the last (the group's share of the
+     * rest), the others interpolated over depth */
     int n_meas = 0, n_layered = 0;
     pick = malloc(((size_t)a->n_units + 1) * sizeof *pick);
     if (!pick) { moeq_set_err(err, errlen, "alloc: out of memory"); goto out; }
@@ -231,9 +251,25 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     int want = o->max_units > 0 && o->max_units < a->n_units ? o->max_units - n_meas : n_layered;
     if (want < 1) want = 1;
     if (want > n_layered) want = n_layered;
-    for (int i = 0, seen = 0, next = 0; i < a->n_units && next < want; i++) {
-        if (a->units[i].layer < 0) continue;
-        if (seen++ == (int)(((double)next + 0.5) * (double)n_layered / (double)want)) pick[n_meas++] = i, next++;
+    for (int i = 0, cum = 0; i < a->n_units; i++) {
+        const struct moeq_alloc_unit *u = &a->units[i];
+        int first = 1, n_g = 0;
+        if (u->layer < 0) continue;
+        for (int j = 0; j < a->n_units; j++)
+            if (a->units[j].layer >= 0 && a->units[j].group == u->group) {
+                if (j < i) first = 0;
+                n_g++;
+            }
+        if (!first) continue;   /* the group is taken at its first unit */
+        /* its share of want, rounded so that the shares add up to want */
+        const int m = (int)floor((double)want * (double)(cum + n_g) / (double)n_layered + 0.5) -
+                      (int)floor((double)want * (double)cum / (double)n_layered + 0.5);
+        cum += n_g;
+        for (int j = i, seen = 0, next = 0; j < a->n_units && next < m; j++) {
+            if (a->units[j].layer < 0 || a->units[j].group != u->group) continue;
+            const int at = m == 1 ? (n_g - 1) / 2 : (int)floor((double)next * (double)(n_g - 1) / (double)(m - 1) + 0.5);
+            if (seen++ == at) pick[n_meas++] = j, next++;
+        }
     }
     const int per_unit = o->check ? 2 : 1;
     const double t0 = moeq_now_s();
