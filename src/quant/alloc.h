@@ -102,11 +102,11 @@ int moeq_alloc_load(struct moeq_alloc *a, const char *path, char *err, size_t er
  * change against the base is recorded (meas_*). sens = KLD / err at the
  * reference type. With o->max_units below the unit count, token_embd,
  * output and, per group (attn_q, ..., down), an even deterministic sample
- * of its layers from the first to the last are measured (the group's
- * share of o->max_units); the others interpolate their
- * group's factors over the layer index in log space (the nearest measured
- * layer past the ends; the median of all measured units where a group has
- * none, as when factors are read back for some units only). Progress with ETA through o->progress.
+ * of its layers from the first to the last are measured (the group's share
+ * of o->max_units); the others interpolate their group's factors over the
+ * layer index in log space (the nearest measured layer past the ends; the
+ * median of all measured units where a group has none, as when factors are
+ * read back for some units only). Progress with ETA through o->progress.
  */
 struct moeq_alloc_kld_opts {
     const char *model_path;

@@ -251,23 +251,21 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     int want = o->max_units > 0 && o->max_units < a->n_units ? o->max_units - n_meas : n_layered;
     if (want < 1) want = 1;
     if (want > n_layered) want = n_layered;
+    int n_in[MOEQ_GROUP_COUNT] = { 0 }, taken[MOEQ_GROUP_COUNT] = { 0 };
+    for (int i = 0; i < a->n_units; i++)
+        if (a->units[i].layer >= 0) n_in[a->units[i].group]++;
     for (int i = 0, cum = 0; i < a->n_units; i++) {
         const struct moeq_alloc_unit *u = &a->units[i];
-        int first = 1, n_g = 0;
-        if (u->layer < 0) continue;
-        for (int j = 0; j < a->n_units; j++)
-            if (a->units[j].layer >= 0 && a->units[j].group == u->group) {
-                if (j < i) first = 0;
-                n_g++;
-            }
-        if (!first) continue;   /* the group is taken at its first unit */
+        if (u->layer < 0 || taken[u->group]) continue;
+        taken[u->group] = 1;   /* the groups in the order they first appear */
+        const int n_g = n_in[u->group];
         /* its share of want, rounded so that the shares add up to want */
-        const int m = (int)floor((double)want * (double)(cum + n_g) / (double)n_layered + 0.5) -
-                      (int)floor((double)want * (double)cum / (double)n_layered + 0.5);
+        const int m = (int)lround((double)want * (double)(cum + n_g) / (double)n_layered) -
+                      (int)lround((double)want * (double)cum / (double)n_layered);
         cum += n_g;
         for (int j = i, seen = 0, next = 0; j < a->n_units && next < m; j++) {
             if (a->units[j].layer < 0 || a->units[j].group != u->group) continue;
-            const int at = m == 1 ? (n_g - 1) / 2 : (int)floor((double)next * (double)(n_g - 1) / (double)(m - 1) + 0.5);
+            const int at = m == 1 ? (n_g - 1) / 2 : (int)lround((double)next * (double)(n_g - 1) / (double)(m - 1));
             if (seen++ == at) pick[n_meas++] = j, next++;
         }
     }
