@@ -22,16 +22,7 @@ mkdir -p "$OUT"
 R=bench/out/realmodel.md
 TXT=data/calibration.txt
 [ -x "$M" ] || { echo "bench/realmodel.sh: $M not built (run make)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "bench/realmodel.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
-
-# measure NAME CMD...: appends "NAME seconds maxrss_kib" to $OUT/times
-measure() {
-  name=$1; shift
-  /usr/bin/time -f "%e %M" -o "$OUT/t.tmp" "$@" > "$OUT/$name.log" 2>&1 ||
-    { echo "bench/realmodel.sh: $name failed (see $OUT/$name.log)" >&2; exit 1; }
-  echo "$name $(cat "$OUT/t.tmp")" >> "$OUT/times"
-  echo "  $name: $(cat "$OUT/t.tmp") (s, KiB)" >&2
-}
+. bench/measure.sh
 
 : > "$OUT/times"
 for L in $L1 $L2; do

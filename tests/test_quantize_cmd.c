@@ -209,6 +209,12 @@ TEST(quantize_cmd_refusals_leave_no_output)
     CHECKF(rc == 1 && strstr(o, "blk.0.attn_q.weight") && strstr(o, "256"), "%s", o);
     free(o);
     CHECK(!exists(out));
+    /* a mix that keeps every tensor as it is quantizes none, so no imatrix
+     * can match one: that is not an error (an allocation's plan can be so) */
+    rc = test_run(&o, "%s quantize --allow-requantize --imatrix %s %s %s Q8_0", test_moeq_bin(), im1, in, out);
+    CHECKF(rc == 0 && exists(out), "rc %d: %s", rc, o);
+    free(o);
+    unlink(out);
 }
 
 /* The acceptance runs: the recipe via --recipe and spelled out, and

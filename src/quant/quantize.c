@@ -219,10 +219,11 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
                          char *err, size_t errlen)
 {
     const int n = r->n_tensors;
-    int im_matched = 0, requant_noted = 0;
+    int im_matched = 0, n_quantized = 0, requant_noted = 0;
     for (int i = 0; i < n; i++) {
         struct moeq_quantize_tensor *q = &r->tensors[i];
         if (!q->quantized) continue;
+        n_quantized++;
         const gguf_tensor *t = &f->tensors[i];
         if (im) {
             struct moeq_imatrix_entry *e = moeq_imatrix_find_weight(im, q->name);
@@ -264,7 +265,8 @@ static int match_imatrix(const struct moeq_quantize_opts *o, const gguf_file *f,
             return moeq_fail(err, errlen, "quantize: cannot convert %s from %s to %s", q->name,
                         moeq_type_name(q->src_type), moeq_type_name(q->type));
     }
-    if (im && im_matched == 0)
+    /* (a plan that keeps every tensor as it is quantizes none: nothing to match) */
+    if (im && n_quantized > 0 && im_matched == 0)
         return moeq_fail(err, errlen, "quantize: imatrix %s matches no tensor of %s (computed for a different model?)",
                     o->imatrix_path, o->in_path);
     /* report experts without calibration data */
