@@ -11,8 +11,10 @@
 # the "fullshape" section of bench/RESULTS.md.
 #
 #   sh bench/fullshape.sh [THREADS] [IMATRIX_CHUNKS]   (default: all cores, 8)
-#   FROM=STEP resumes at a step (FROM=report: only the report);
-#   QUANTIZE=0 writes neither quantized file
+#   FROM=STEP resumes at a step (FROM=report: only the report), UNTIL=STEP
+#   stops after one; QUANTIZE=0 writes neither quantized file; KLD=0 skips
+#   the engine-measured factors; SECTION=NAME records the report under
+#   another section name, keeping an earlier run's
 #   needs about 45 GB of disk; the source is removed at the end
 set -e
 cd "$(dirname "$0")/.."
@@ -27,53 +29,66 @@ R=bench/out/fullshape.md
 TXT=${TXT:-data/calibration.txt}   # any text; data/calibration.txt holds 4 chunks of 512
 PORT=${PORT:-18089}
 [ -x "$M" ] || { echo "bench/fullshape.sh: $M not built (run make)" >&2; exit 1; }
-. bench/measure.sh
-Q="--allow-requantize --ignore-imatrix-rules --imatrix $d/imatrix.gguf"
+. bench/steps.sh
 FIT="--fit 16G -c 16384"
 
 echo "bench/fullshape.sh: $LAYERS layers of the Qwen3-30B-A3B shape, $T threads" >&2
 # FROM=STEP resumes at STEP with the earlier steps' files and times kept;
 # QUANTIZE=0 leaves out writing the two quantized files (half an hour to
 # an hour each here) and has synth write the asym-2bitexp file for the rest
+# UNTIL=STEP stops after STEP (keeping the source); KLD=0 measures the
+# allocation without engine-measured factors (the sampled-row errors alone,
+# about 24 minutes less)
 FROM=${FROM:-synth}
+UNTIL=${UNTIL:-}
 QUANTIZE=${QUANTIZE:-1}
+KLD=${KLD:-2}
+SECTION=${SECTION:-fullshape}   # the section of bench/RESULTS.md (another keeps an earlier run's)
+CMD="$(env | grep -E '^(FROM|UNTIL|KLD|SECTION)=' | sort | tr '\n' ' ')QUANTIZE=$QUANTIZE sh bench/fullshape.sh $T $NC"
+if [ "$KLD" = 0 ]; then MKLD=; else MKLD="--measure-kld $KLD --measure-units 12 --calib $TXT"; fi
 on=0
-want() { [ "$1" = "$FROM" ] && on=1; [ "$on" = 1 ]; }
+past=0
+want() {
+  [ "$1" = "$FROM" ] && on=1
+  [ "$on" = 1 ] && [ "$past" = 0 ] || return 1
+  [ "$1" = "$UNTIL" ] && past=1
+  return 0
+}
 [ "$FROM" = synth ] && : > "$OUT/times"
 if want synth; then
-  measure synth $M synth -o "$d/q8.gguf" --preset qwen3-30b-a3b --layers "$LAYERS" --recipe Q8_0
+  step_synth synth "$d/q8.gguf" "$LAYERS" Q8_0
 fi
 if want imatrix; then
-  measure imatrix $M imatrix -m "$d/q8.gguf" -f "$TXT" -c 512 --chunks "$NC" -t "$T" -o "$d/imatrix.gguf"
+  step_imatrix imatrix "$d/q8.gguf" "$NC" "$d/imatrix.gguf"
 fi
 if want measure; then
   rm -f "$d/sens.dat"
-  measure measure $M quantize $Q $FIT --measure-kld 2 --measure-units 12 --calib "$TXT" \
+  step_quantize measure "$d/imatrix.gguf" $FIT $MKLD \
       --sensitivity "$d/sens.dat" --dry-run "$d/q8.gguf" "$d/fit16.gguf" "$T"
 fi
 if want quantize_fit && [ "$QUANTIZE" = 1 ]; then
-  measure quantize_fit $M quantize $Q $FIT --sensitivity "$d/sens.dat" "$d/q8.gguf" "$d/fit16.gguf" "$T"
+  step_quantize quantize_fit "$d/imatrix.gguf" $FIT --sensitivity "$d/sens.dat" "$d/q8.gguf" "$d/fit16.gguf" "$T"
 fi
 if want fit_fit16 && [ "$QUANTIZE" = 1 ]; then
-  measure fit_fit16 sh -c "$M fit -m $d/fit16.gguf -c 16384 --budget 16G; echo exit status \$?"
+  step_fit fit_fit16 "$d/fit16.gguf"
 fi
 if want quantize_asym && [ "$QUANTIZE" = 1 ]; then
-  measure quantize_asym $M quantize -q $Q --recipe asym-2bitexp "$d/q8.gguf" "$d/asym.gguf" "$T"
+  step_quantize quantize_asym "$d/imatrix.gguf" -q --recipe asym-2bitexp "$d/q8.gguf" "$d/asym.gguf" "$T"
 fi
-rm -f "$d/q8.gguf" "$d/fit16.gguf"
+[ "$past" = 1 ] || rm -f "$d/q8.gguf" "$d/fit16.gguf"
 # the rest runs the asym-2bitexp file; with QUANTIZE=0 synth writes it (the
 # same tensors, types and sizes as quantize's, random weights: the same work)
 if want synth_asym && [ "$QUANTIZE" = 0 ]; then
-  measure synth_asym $M synth -o "$d/asym.gguf" --preset qwen3-30b-a3b --layers "$LAYERS" --recipe asym-2bitexp
+  step_synth synth_asym "$d/asym.gguf" "$LAYERS" asym-2bitexp
 fi
 if want fit_asym; then
-  measure fit_asym sh -c "$M fit -m $d/asym.gguf -c 16384 --budget 16G; echo exit status \$?"
+  step_fit fit_asym "$d/asym.gguf"
 fi
 if want perplexity; then
-  measure perplexity $M perplexity -m "$d/asym.gguf" -f "$TXT" -c 512 --chunks 2 -t "$T"
+  step_perplexity perplexity "$d/asym.gguf"
 fi
 if want run; then
-  measure run $M run -m "$d/asym.gguf" -p "The sea" -n 32 --temp 0 -t "$T"
+  step_run run "$d/asym.gguf"
 fi
 # serve: load, /health, one chat request of 16 tokens, SIGTERM
 if want serve; then
@@ -92,8 +107,9 @@ plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
 {
   echo "### The pipeline on all $LAYERS layers of the Qwen3-30B-A3B shape ($T threads)"
   echo
-  echo "Measured on the $LAYERS-layer file, not extrapolated (\`QUANTIZE=$QUANTIZE sh bench/fullshape.sh $T $NC\`): imatrix over"
-  echo "$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix.log" | head -1 | awk -F. '{ print $NF + 1 }') chunks of 512 tokens, the allocation's measurement with factors from 12 units over 2 chunks, then perplexity over 2"
+  echo "Measured on the $LAYERS-layer file, not extrapolated (\`$CMD\`): imatrix over"
+  if [ "$KLD" = 0 ]; then f="sampled-row errors alone (KLD=0)"; else f="factors from 12 units over $KLD chunks"; fi
+  echo "$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix.log" | head -1 | awk -F. '{ print $NF + 1 }') chunks of 512 tokens, the allocation's measurement with $f, then perplexity over 2"
   echo "chunks, 32 generated tokens and one served request of 16 tokens on the asym-2bitexp file (written by synth when QUANTIZE=0). Peak anon is the memory the step allocated itself"
   echo "(RssAnon sampled each second); peak RSS adds the resident pages of the mapped model."
   echo
@@ -110,10 +126,12 @@ plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
     echo "- the written --fit file: $(plan quantize_fit);"
     echo "  \`moeq fit -m fit16.gguf -c 16384 --budget 16G\`: $(tail -3 "$OUT/fit_fit16.log" | tr '\n' ' ')"
   fi
-  echo "- \`moeq fit -m asym.gguf -c 16384 --budget 16G\`: $(tail -3 "$OUT/fit_asym.log" | tr '\n' ' ')"
-  echo "- serve: $(awk '/^ready/ { r = $2 } /^answered/ { printf "answered %.1f s after /health", $2 - r }' "$OUT/serve.log")"
+  [ -z "$(val fit_asym 2)" ] ||
+    echo "- \`moeq fit -m asym.gguf -c 16384 --budget 16G\`: $(tail -3 "$OUT/fit_asym.log" | tr '\n' ' ')"
+  [ -z "$(val serve 2)" ] ||
+    echo "- serve: $(awk '/^ready/ { r = $2 } /^answered/ { printf "answered %.1f s after /health", $2 - r }' "$OUT/serve.log")"
   echo
-  echo "Run on $(date -u +%Y-%m-%d) with \`QUANTIZE=$QUANTIZE sh bench/fullshape.sh $T $NC\`."
+  echo "Run on $(date -u +%Y-%m-%d) with \`$CMD\`."
 } > "$R"
 cat "$R"
-sh bench/section.sh fullshape "$R"
+sh bench/section.sh "$SECTION" "$R"

@@ -22,28 +22,22 @@ mkdir -p "$OUT"
 R=bench/out/realmodel.md
 TXT=data/calibration.txt
 [ -x "$M" ] || { echo "bench/realmodel.sh: $M not built (run make)" >&2; exit 1; }
-. bench/measure.sh
+. bench/steps.sh
 
 : > "$OUT/times"
 for L in $L1 $L2; do
   d=$OUT/L$L
   mkdir -p "$d"
   echo "bench/realmodel.sh: $L layers of the Qwen3-30B-A3B shape" >&2
-  measure synth_$L $M synth -o "$d/q8.gguf" --preset qwen3-30b-a3b --layers "$L" --recipe Q8_0
-  measure imatrix_$L $M imatrix -m "$d/q8.gguf" -f "$TXT" -c 512 --chunks 2 -t "$T" -o "$d/imatrix.gguf"
-  # synth's router sends few tokens to its cold experts, so 2 chunks leave
-  # some without data: --ignore-imatrix-rules quantizes those without it
-  # (the time is the same)
-  measure quantize_asym_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
-      --recipe asym-2bitexp "$d/q8.gguf" "$d/asym.gguf" "$T"
-  measure quantize_q4km_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
-      "$d/q8.gguf" "$d/q4km.gguf" Q4_K_M "$T"
+  step_synth synth_$L "$d/q8.gguf" "$L" Q8_0
+  step_imatrix imatrix_$L "$d/q8.gguf" 2 "$d/imatrix.gguf"
+  step_quantize quantize_asym_$L "$d/imatrix.gguf" -q --recipe asym-2bitexp "$d/q8.gguf" "$d/asym.gguf" "$T"
+  step_quantize quantize_q4km_$L "$d/imatrix.gguf" -q "$d/q8.gguf" "$d/q4km.gguf" Q4_K_M "$T"
   # the allocation at the recipe's rate (--fit 16G -c 16384 gives about this at 48 layers)
-  measure quantize_alloc_$L $M quantize -q --allow-requantize --ignore-imatrix-rules --imatrix "$d/imatrix.gguf" \
-      --target-bpw 2.99 "$d/q8.gguf" "$d/alloc.gguf" "$T"
-  measure fit_$L $M fit -m "$d/asym.gguf" -c 16384 --budget 16G
-  measure perplexity_$L $M perplexity -m "$d/asym.gguf" -f "$TXT" -c 512 --chunks 2 -t "$T"
-  measure run_$L $M run -m "$d/asym.gguf" -p "The sea" -n 32 --temp 0 -t "$T"
+  step_quantize quantize_alloc_$L "$d/imatrix.gguf" -q --target-bpw 2.99 "$d/q8.gguf" "$d/alloc.gguf" "$T"
+  step_fit fit_$L "$d/asym.gguf"
+  step_perplexity perplexity_$L "$d/asym.gguf"
+  step_run run_$L "$d/asym.gguf"
   rm -f "$d/q8.gguf" "$d/q4km.gguf" "$d/alloc.gguf"
 done
 
