@@ -54,6 +54,12 @@ static void usage(FILE *out)
         "  --hessian FILE            full input second moments (moeq imatrix --hessian):\n"
         "                            Hessian-aware rounding (GPTQ inside each format's\n"
         "                            blocks) for every tensor the file covers\n"
+        "  --calibration-text FILE   Hessian-aware rounding with the statistics collected\n"
+        "                            layer by layer in this run: each weight's from the\n"
+        "                            model with every weight before it already quantized\n"
+        "                            (four passes over the text per layer)\n"
+        "  --calibration-ctx N       tokens per calibration chunk (default 512)\n"
+        "  --calibration-chunks N    use at most N chunks (default: all of the text)\n"
         "  --gptq-damp X             damping added to H's diagonal, a fraction of its mean\n"
         "                            (default " MOEQ_STR(MOEQ_GPTQ_DAMP) ")\n"
         "  --include-weights NAME    use the imatrix only for these tensors (repeatable)\n"
@@ -219,7 +225,10 @@ static json_t *report_json(const struct moeq_quantize_report *r, const char *in,
 
 int cmd_quantize(int argc, char **argv)
 {
-    const char *imatrix_path = NULL, *recipe_name = NULL, *hessian_path = NULL;
+    const char *imatrix_path = NULL, *recipe_name = NULL, *hessian_path = NULL, *calib_path = NULL;
+    int64_t calib_ctx = 512, calib_chunks = 0;
+    char *calib_text = NULL;
+    size_t calib_len = 0;
     double gptq_damp = 0;
     int allow_requant = 0, pure = 0, leave_output = 0, dry_run = 0, json = 0, ignore_rules = 0, logopt = 0, keep_split = 0;
     uint64_t split_max_size = 0;
@@ -272,6 +281,17 @@ int cmd_quantize(int argc, char **argv)
         else if ((logopt = cli_log_option("quantize", argc, argv, &i)) != 0) { if (logopt == 2) goto out_rules; }
         else if (!strcmp(a, "--imatrix")) { NEED_ARG(); imatrix_path = argv[++i]; }
         else if (!strcmp(a, "--hessian")) { NEED_ARG(); hessian_path = argv[++i]; }
+        else if (!strcmp(a, "--calibration-text")) { NEED_ARG(); calib_path = argv[++i]; }
+        else if (!strcmp(a, "--calibration-ctx") || !strcmp(a, "--calibration-chunks")) {
+            NEED_ARG();
+            const int is_ctx = !strcmp(a, "--calibration-ctx");
+            int64_t v;
+            if (cli_parse_i64(argv[++i], &v) || v < (is_ctx ? 8 : 1) || v > 1 << 20) {
+                rc = cli_usage_error("quantize", "%s needs a count of at least %d, not '%s'", a, is_ctx ? 8 : 1, argv[i]);
+                goto out_rules;
+            }
+            if (is_ctx) calib_ctx = v; else calib_chunks = v;
+        }
         else if (!strcmp(a, "--gptq-damp")) {
             NEED_ARG();
             if (cli_parse_f64(argv[++i], &gptq_damp) || !(gptq_damp > 0) || gptq_damp > 100)
@@ -309,6 +329,10 @@ int cmd_quantize(int argc, char **argv)
 #undef NEED_ARG
     }
 
+    if (calib_path && hessian_path) {
+        rc = cli_usage_error("quantize", "--calibration-text and --hessian are two sources of the same statistics: give one");
+        goto out_rules;
+    }
     const struct moeq_recipe *rec = NULL;
     if (recipe_name && !(rec = moeq_recipe_find(recipe_name))) {
         char known[256];
@@ -354,6 +378,18 @@ int cmd_quantize(int argc, char **argv)
     qo.imatrix_path = imatrix_path;
     qo.hessian_path = hessian_path;
     qo.gptq_damp = gptq_damp;
+    if (calib_path && !dry_run) {
+        if (!(calib_text = cli_read_file(calib_path, &calib_len, err, sizeof err))) {
+            cli_error("quantize: %s", err);
+            rc = 1;
+            goto out_rules;
+        }
+        qo.calib_text = calib_text;
+        qo.calib_len = calib_len;
+        qo.calib_path = calib_path;
+        qo.calib_ctx = (int)calib_ctx;
+        qo.calib_chunks = (int)calib_chunks;
+    }
     qo.include = include; qo.n_include = n_include;
     qo.exclude = exclude; qo.n_exclude = n_exclude;
     qo.allow_requantize = allow_requant;
@@ -406,6 +442,7 @@ int cmd_quantize(int argc, char **argv)
     rc = 0;
 
 out_rules:
+    free(calib_text);
     free(plan_types);
     free(plan_meta);
     for (int r = 0; r < n_rules; r++) moeq_type_rule_free(&rules[r]);

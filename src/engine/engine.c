@@ -840,7 +840,8 @@ static void forward(moeq_engine *e, int n)
         rope_table(hp, e->bpos[t], e->rope + (size_t)t * HD);
     }
 
-    for (int il = 0; il < hp->n_layer; il++) {
+    const int n_layer = e->layer_limit > 0 && e->layer_limit < hp->n_layer ? e->layer_limit : hp->n_layer;
+    for (int il = 0; il < n_layer; il++) {
         const struct moeq_layer *l = &m->layers[il];
         norm_rows(e, l->attn_norm, n);
         const struct moeq_weight *qkv[3] = { &l->wq, &l->wk, &l->wv };
@@ -1078,6 +1079,8 @@ void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud)
     e->hook = fn;
     e->hook_ud = ud;
 }
+
+void moeq_engine_set_layer_limit(moeq_engine *e, int n_layer) { e->layer_limit = n_layer > 0 ? n_layer : 0; }
 
 const moeq_model *moeq_engine_model(const moeq_engine *e) { return e->m; }
 

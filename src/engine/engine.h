@@ -211,6 +211,12 @@ typedef void (*moeq_act_hook)(void *ud, const char *tensor, int expert,
                               const float *x, int n_rows, int n_cols);
 void moeq_engine_set_act_hook(moeq_engine *e, moeq_act_hook fn, void *ud);
 
+/* For statistics passes that need only the early layers' inputs: eval and
+ * decode run the first n_layer layers only (<= 0: all of them) until the
+ * next call. Their logits are then meaningless and the later layers' KV
+ * cells stale: start from position 0 after lifting the limit. */
+void moeq_engine_set_layer_limit(moeq_engine *e, int n_layer);
+
 /* ---- one weight computed from other bytes (measurement tools) ----
  * Until the next call for the same weight, the engine computes with
  * `data` in `type` instead of the file's bytes for weight `tensor` (all

@@ -23,6 +23,7 @@ struct moeq_engine {
     struct moeq_tokenizer *tok;        /* NULL when the file has no vocabulary */
     moeq_act_hook          hook;
     void                  *hook_ud;
+    int                    layer_limit;   /* > 0: forward only the first layer_limit layers */
 
     /* KV cache geometry (per session: n_layer x n_ctx rows; the row and
      * head sizes and the attention shape are mem's) */

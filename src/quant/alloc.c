@@ -18,11 +18,6 @@
 
 static uint64_t pad(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
-static int tensor_layer(const char *name)
-{
-    return strncmp(name, "blk.", 4) == 0 ? atoi(name + 4) : -1;
-}
-
 void moeq_alloc_free(struct moeq_alloc *a)
 {
     if (!a) return;
@@ -61,7 +56,7 @@ int moeq_alloc_init(struct moeq_alloc *a, const gguf_file *f, const int *allow, 
         if (group == MOEQ_GROUP_FFN_UP_EXPS) {
             /* tie to the layer's gate, when it has one */
             char gate[128];
-            snprintf(gate, sizeof gate, "blk.%d.ffn_gate_up_exps", tensor_layer(name));
+            snprintf(gate, sizeof gate, "blk.%d.ffn_gate_up_exps", moeq_tensor_layer(name));
             for (int k = 0; k < a->n_units; k++)
                 if (!strcmp(a->units[k].name, gate)) u = &a->units[k];
         }
@@ -70,9 +65,9 @@ int moeq_alloc_init(struct moeq_alloc *a, const gguf_file *f, const int *allow, 
             u->nelem += nel;
         } else {
             u = &a->units[a->n_units++];
-            if (group == MOEQ_GROUP_FFN_GATE_EXPS) snprintf(u->name, sizeof u->name, "blk.%d.ffn_gate_up_exps", tensor_layer(name));
+            if (group == MOEQ_GROUP_FFN_GATE_EXPS) snprintf(u->name, sizeof u->name, "blk.%d.ffn_gate_up_exps", moeq_tensor_layer(name));
             else snprintf(u->name, sizeof u->name, "%s", name);
-            u->layer = tensor_layer(name);
+            u->layer = moeq_tensor_layer(name);
             u->group = group;
             u->n_tensors = 1;
             u->tensor[0] = i;

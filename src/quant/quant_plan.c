@@ -12,6 +12,7 @@
  */
 #include "quant/quant_plan.h"
 #include "quant/quants.h"
+#include "quant/tensor_groups.h"
 #include "util/util.h"
 
 #include <ctype.h>
@@ -148,9 +149,8 @@ static int use_more_bits(int i, int n)
 
 static int layer_of(const char *name, int fallback)
 {
-    int il;
-    if (sscanf(name, "blk.%d.", &il) == 1) return il;
-    return fallback;
+    int il = moeq_tensor_layer(name);
+    return il >= 0 ? il : fallback;
 }
 
 struct counters { int i_attn_v, n_attn_v, i_ffn_down; };

@@ -16,6 +16,7 @@
 #include "quant/finite.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
+#include "quant/hessian_seq.h"
 #include "quant/imatrix.h"
 #include "model/model.h"
 #include "util/outfile.h"
@@ -464,6 +465,15 @@ static int sink_mem(void *ctx, const void *p, size_t n)
     return 0;
 }
 
+/* the file's writer, and a copy of the tensor's blocks (hessian_seq) */
+struct tee_sink { gguf_writer *w; struct mem_sink copy; };
+
+static int sink_tee(void *ctx, const void *p, size_t n)
+{
+    struct tee_sink *t = ctx;
+    return gguf_writer_write(t->w, p, n) == 0 && sink_mem(&t->copy, p, n) == 0 ? 0 : -1;
+}
+
 int moeq_quantize_tensor_mem(const gguf_tensor *t, int type, const struct moeq_imatrix_entry *ie,
                              const struct moeq_quant_params *qp, moeq_pool *pool, void *dst, size_t nbytes,
                              char *err, size_t errlen)
@@ -527,16 +537,42 @@ int moeq_kv_override_parse(const char *spec, struct moeq_kv_override *kv, char *
 
 /* ------------------------------------------------------------- the job */
 
+/* One tensor with its statistics from the layer-by-layer pass, its blocks
+ * written and handed to the engine for the passes after it. */
+static int write_tensor_seq(const struct moeq_quantize_opts *o, const gguf_tensor *t, struct moeq_quantize_tensor *q,
+                            const struct moeq_imatrix_entry *ie, moeq_hseq *seq, moeq_pool *pool, double *acc,
+                            gguf_writer *w, char *err, size_t errlen)
+{
+    const struct moeq_hessian_entry *he = NULL;
+    /* (a source already in the target type is re-encoded as it is) */
+    if (q->src_type != q->type && moeq_type_traits(q->type)->quantize &&
+        moeq_hseq_get(seq, q->name, &he, err, errlen) != 0)
+        return -1;
+    uint8_t *copy = malloc(q->nbytes ? (size_t)q->nbytes : 1);
+    if (!copy) return moeq_fail(err, errlen, "out of memory");
+    struct tee_sink tee = { w, { copy, (size_t)q->nbytes } };
+    if (write_tensor(o, t, q, ie, he, pool, acc, sink_tee, &tee, err, errlen) != 0) {
+        const char *we = gguf_writer_error(w);
+        if (we && *we) moeq_fail(err, errlen, "%s", we);
+        free(copy);
+        return -1;
+    }
+    return moeq_hseq_quantized(seq, q->name, q->type, copy, (size_t)q->nbytes, err, errlen);
+}
+
 int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_report *r,
                        char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
     if (!o->mix || !o->in_path || !o->out_path) return moeq_fail(err, errlen, "quantize: no mix, input or output given");
     /* every file the job reads; the output may be none of them */
-    const char *inputs[3] = { o->in_path };
+    const char *inputs[4] = { o->in_path };
     int n_inputs = 1;
     if (o->imatrix_path) inputs[n_inputs++] = o->imatrix_path;
     if (o->hessian_path) inputs[n_inputs++] = o->hessian_path;
+    if (o->calib_text && o->calib_path) inputs[n_inputs++] = o->calib_path;
+    if (o->calib_text && o->hessian_path)
+        return moeq_fail(err, errlen, "quantize: Hessian statistics from a file and from calibration text are exclusive");
     char oerr[512];
     if (moeq_outfile_check(o->out_path, inputs, n_inputs, oerr, sizeof oerr) != 0)
         return moeq_fail(err, errlen, "quantize: %s", oerr);
@@ -590,6 +626,13 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
         gguf_writer_abort(w);
         goto out;
     }
+    moeq_hseq *seq = NULL;
+    if (o->calib_text) {
+        /* (a line per pass: progress, so only when progress is shown) */
+        struct moeq_hseq_opts so = { o->in_path, o->calib_text, o->calib_len, o->calib_path, o->calib_ctx,
+                                     o->calib_chunks, o->n_threads, o->progress ? log : NULL };
+        if (!(seq = moeq_hseq_open(&so, err, errlen))) { gguf_writer_abort(w); goto out; }
+    }
     moeq_pool *pool = moeq_pool_new(o->n_threads);
     const int nth = moeq_pool_size(pool);
     r->n_threads = nth;
@@ -610,6 +653,8 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
         if (!r->tensors[i].quantized) {
             ok = gguf_writer_write(w, t->data, (size_t)t->nbytes) == 0;
             if (!ok) moeq_fail(err, errlen, "%s", gguf_writer_error(w));
+        } else if (seq) {
+            ok = write_tensor_seq(o, t, &r->tensors[i], ie[i], seq, pool, acc, w, err, errlen) == 0;
         } else if (write_tensor(o, t, &r->tensors[i], ie[i], he ? he[i] : NULL, pool, acc, sink_writer, w, err, errlen) != 0) {
             const char *we = gguf_writer_error(w);
             if (we && *we) moeq_fail(err, errlen, "%s", we);
@@ -623,6 +668,14 @@ int moeq_quantize_file(const struct moeq_quantize_opts *o, struct moeq_quantize_
     }
     free(acc);
     moeq_pool_free(pool);
+    if (seq) {
+        int passes;
+        double secs;
+        moeq_hseq_stats(seq, &passes, &secs);
+        if (ok && o->progress) fprintf(log, "moeq: Hessian statistics layer by layer: %d passes over %s in %.1f s\n", passes,
+                        o->calib_path ? o->calib_path : "the calibration text", secs);
+        moeq_hseq_close(seq);
+    }
     if (!ok) { gguf_writer_abort(w); goto out; }
     if (gguf_writer_finish(w) != 0) { moeq_fail(err, errlen, "quantize: %s", gguf_writer_error(NULL)); goto out; }
     r->seconds = moeq_now_s() - t0;

@@ -96,6 +96,15 @@ struct moeq_quantize_opts {
                                                  (hessian.h): Hessian-aware rounding (gptq.h)
                                                  for every tensor they cover */
     double gptq_damp;                         /* damping, a fraction of H's mean diagonal (0: MOEQ_GPTQ_DAMP) */
+    /* NULL, or calibration text (calib_len bytes, read from calib_path):
+     * Hessian-aware rounding with H collected layer by layer as the file
+     * is written, each weight's from the model with every weight before
+     * it already quantized (hessian_seq.h); not with hessian_path */
+    const char *calib_text;
+    size_t calib_len;
+    const char *calib_path;
+    int calib_ctx;                            /* tokens per chunk (<= 0: 512) */
+    int calib_chunks;                         /* <= 0: every chunk of the text */
     const char *const *include;               /* use the imatrix only for these */
     int n_include;
     const char *const *exclude;               /* never for these */

@@ -3,7 +3,8 @@
  * group -> type -> count summary with its totals. Names follow llama.cpp's
  * GGUF conventions ("blk.N.attn_q.weight", "token_embd.weight",
  * "blk.N.ffn_gate_exps.weight"); matching is on whole dot-separated parts,
- * so "attn_q_norm" is a norm, not attention q. Also which weight shares
+ * so "attn_q_norm" is a norm, not attention q. Also a tensor's layer and
+ * the stage of the layer its input comes from, and which weight shares
  * another's input (gate and up), for the statistics readers.
  */
 #include "quant/tensor_groups.h"
@@ -70,6 +71,31 @@ int moeq_tensor_group_n(const char *s, size_t n)
 }
 
 int moeq_tensor_group(const char *name) { return moeq_tensor_group_n(name, name ? strlen(name) : 0); }
+
+int moeq_tensor_layer(const char *name)
+{
+    if (!name || strncmp(name, "blk.", 4) != 0 || name[4] < '0' || name[4] > '9') return -1;
+    long il = strtol(name + 4, NULL, 10);
+    return il <= 1 << 20 ? (int)il : -1;
+}
+
+int moeq_tensor_input_stage(const char *name)
+{
+    if (moeq_tensor_layer(name) < 0) return -1;
+    size_t n = strlen(name);
+    switch (moeq_tensor_group_n(name, n)) {
+    case MOEQ_GROUP_ATTN_Q: case MOEQ_GROUP_ATTN_K: case MOEQ_GROUP_ATTN_V: return 0;
+    case MOEQ_GROUP_ATTN_OUTPUT: return 1;
+    case MOEQ_GROUP_FFN_GATE_EXPS: case MOEQ_GROUP_FFN_UP_EXPS: case MOEQ_GROUP_ROUTER: return 2;
+    case MOEQ_GROUP_FFN_DOWN_EXPS: return 3;
+    case MOEQ_GROUP_OTHER:
+        /* dense and shared-expert FFNs */
+        if (strstr(name, "ffn_down")) return 3;
+        if (strstr(name, "ffn_gate") || strstr(name, "ffn_up")) return 2;
+        return -1;
+    default: return -1;
+    }
+}
 
 int moeq_shared_input_sibling(const char *name, char *out, size_t outlen)
 {

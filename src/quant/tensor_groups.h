@@ -40,6 +40,15 @@ int moeq_tensor_group_n(const char *name, size_t len);
 /* Same for a NUL-terminated name. */
 int moeq_tensor_group(const char *name);
 
+/* N of "blk.N.*", or -1 for a tensor outside the layers. */
+int moeq_tensor_layer(const char *name);
+
+/* Where a layer weight's input arises in its layer: 0 the attention input
+ * (q, k, v), 1 attn_output's, 2 the FFN input (router, gate, up), 3 down's;
+ * -1 for anything else (norms, token_embd, output). A stage's inputs
+ * depend on the weights of every earlier stage and layer. */
+int moeq_tensor_input_stage(const char *name);
+
 /* The weight that multiplies the same input as name: ffn_gate and ffn_up,
  * routed or dense (tools that fuse them store statistics for only one).
  * 1 with its name in out (truncated to outlen), or 0 when name has none. */
