@@ -109,8 +109,10 @@ plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
   echo
   echo "Measured on the $LAYERS-layer file, not extrapolated (\`$CMD\`): imatrix over"
   if [ "$KLD" = 0 ]; then f="sampled-row errors alone (KLD=0)"; else f="factors from 12 units over $KLD chunks"; fi
-  echo "$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix.log" | head -1 | awk -F. '{ print $NF + 1 }') chunks of 512 tokens, the allocation's measurement with $f, then perplexity over 2"
-  echo "chunks, 32 generated tokens and one served request of 16 tokens on the asym-2bitexp file (written by synth when QUANTIZE=0). Peak anon is the memory the step allocated itself"
+  if [ -n "$UNTIL" ]; then rest="then the steps up to $UNTIL (the table's rows)"
+  else rest="then perplexity over 2 chunks, 32 generated tokens and one served request of 16 tokens on the asym-2bitexp file (written by synth when QUANTIZE=0)"; fi
+  echo "$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix.log" | head -1 | awk -F. '{ print $NF + 1 }') chunks of 512 tokens, the allocation's measurement with $f,"
+  echo "$rest. Peak anon is the memory the step allocated itself"
   echo "(RssAnon sampled each second); peak RSS adds the resident pages of the mapped model."
   echo
   echo "| step | wall time | peak RSS | peak anon |"
