@@ -102,7 +102,6 @@ if want serve; then
 fi
 
 
-val() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$OUT/times"; }
 plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
 {
   echo "### The pipeline on all $LAYERS layers of the Qwen3-30B-A3B shape ($T threads)"

@@ -6,7 +6,8 @@
 # and peak RSS come from /usr/bin/time; peak RSS counts the pages of every
 # mapped file as well, so the anonymous part (RssAnon, what the command
 # allocated itself, beyond the mapped model) is sampled once a second from
-# /proc and reported beside it.
+# /proc and reported beside it. val NAME FIELD reads a row back (2 seconds,
+# 3 peak RSS, 4 peak anon).
 [ -x /usr/bin/time ] || { echo "bench: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 
 # anon_peak PID: the largest RssAnon (KiB) of one of PID's children or
@@ -35,3 +36,5 @@ measure() {
   echo "$name $(cat "$OUT/t.tmp") $anon" >> "$OUT/times"
   echo "  $name: $(cat "$OUT/t.tmp") $anon (s, peak RSS KiB, peak anon KiB)" >&2
 }
+
+val() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$OUT/times"; }

@@ -47,8 +47,6 @@ for L in $L1 $L2; do
   rm -f "$d/q8.gguf"
 done
 
-at48() { awk -v a="$1" -v b="$2" -v l1="$L1" -v l2="$L2" 'BEGIN { s = (b - a) / (l2 - l1); printf "%.0f", a + (48 - l1) * s }'; }
-val() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$OUT/times"; }
 mib() { awk '{ printf "%.0f", $1 / 1024 }'; }
 chunks=$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix_$L1.log" | head -1 | awk -F. '{ print $NF + 1 }')
 i1=$(val imatrix_$L1 2); i2=$(val imatrix_$L2 2); m1=$(val measure_$L1 2); m2=$(val measure_$L2 2)

@@ -41,9 +41,6 @@ for L in $L1 $L2; do
   rm -f "$d/q8.gguf" "$d/q4km.gguf" "$d/alloc.gguf"
 done
 
-# the line through (L1, v1) and (L2, v2) at 48 layers
-at48() { awk -v a="$1" -v b="$2" -v l1="$L1" -v l2="$L2" 'BEGIN { s = (b - a) / (l2 - l1); printf "%.0f", a + (48 - l1) * s }'; }
-val() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$OUT/times"; }
 {
   echo "### The pipeline at the Qwen3-30B-A3B shape ($T threads)"
   echo

@@ -12,6 +12,8 @@
 #   step_fit NAME MODEL                        moeq fit at -c 16384 on 16G
 #   step_perplexity NAME MODEL                 2 chunks of 512 of TXT
 #   step_run NAME MODEL                        32 greedy tokens
+#   at48 V1 V2                                 the line through (L1, V1) and
+#                                              (L2, V2) at 48 layers
 . bench/measure.sh
 
 step_synth() {
@@ -37,4 +39,7 @@ step_perplexity() {
 }
 step_run() {
   measure "$1" $M run -m "$2" -p "The sea" -n 32 --temp 0 -t "$T"
+}
+at48() {
+  awk -v a="$1" -v b="$2" -v l1="$L1" -v l2="$L2" 'BEGIN { s = (b - a) / (l2 - l1); printf "%.0f", a + (48 - l1) * s }'
 }

@@ -111,9 +111,6 @@ static void sha_of(const char *path, char out[65])
 
 static int n_checked, n_missing;
 
-static void check_sum_opt(const char *what, const char *path, int optional);
-static void check_sum(const char *what, const char *path) { check_sum_opt(what, path, 0); }
-
 /* optional: a sum the table may lack (another ISA's) is a note, not a failure */
 static void check_sum_opt(const char *what, const char *path, int optional)
 {
@@ -131,6 +128,8 @@ static void check_sum_opt(const char *what, const char *path, int optional)
     if (optional) printf("  golden: note: %s has no recorded sum on this ISA (sha256 %s)\n", what, sha);
     else test_fail(__FILE__, __LINE__, "%s: no recorded sum (sha256 %s)", what, sha);
 }
+
+static void check_sum(const char *what, const char *path) { check_sum_opt(what, path, 0); }
 
 /* Every command runs inside the test's folder on plain names, so no path
  * that differs between runs (the folder has the pid) lands in a file. */

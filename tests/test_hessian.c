@@ -63,14 +63,22 @@ TEST(hessian_sums_and_file_round_trip)
     moeq_hessian_free(hs);
 }
 
+/* the calibration text the end-to-end tests share */
+static const char *calib_text(void)
+{
+    const char *txt = test_tmp("calib.txt");
+    FILE *f = fopen(txt, "w");
+    if (!f) return NULL;
+    for (int i = 0; i < 120; i++) fprintf(f, "the river town wakes before the sun %d, and the bakers open. ", i);
+    fclose(f);
+    return txt;
+}
+
 TEST(hessian_imatrix_and_quantize_end_to_end)
 {
     const char *m = test_synth_model("hm.gguf", "--recipe f16");
-    const char *txt = test_tmp("calib.txt");
-    FILE *f = fopen(txt, "w");
-    REQUIRE(f);
-    for (int i = 0; i < 120; i++) fprintf(f, "the river town wakes before the sun %d, and the bakers open. ", i);
-    fclose(f);
+    const char *txt = calib_text();
+    REQUIRE(txt);
     char *o = NULL;
     const char *im = test_tmp("im.gguf"), *h = test_tmp("h.gguf"), *q = test_tmp("q.gguf"), *q0 = test_tmp("q0.gguf");
     CHECKF(test_run(&o, "%s imatrix -m %s -f %s -c 64 --chunks 4 --no-ppl -o %s --hessian %s -t 2", test_moeq_bin(),
@@ -104,16 +112,6 @@ TEST(hessian_imatrix_and_quantize_end_to_end)
                    test_moeq_bin(), h, other, test_tmp("bad.gguf")) == 1);
     CHECKF(o && strstr(o, "hessian"), "%s", o ? o : "");
     free(o);
-}
-
-static const char *calib_text(void)
-{
-    const char *txt = test_tmp("calib.txt");
-    FILE *f = fopen(txt, "w");
-    if (!f) return NULL;
-    for (int i = 0; i < 120; i++) fprintf(f, "the river town wakes before the sun %d, and the bakers open. ", i);
-    fclose(f);
-    return txt;
 }
 
 /* Largest relative difference between the matrices of two entries. */

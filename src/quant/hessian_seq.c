@@ -40,8 +40,9 @@ struct moeq_hseq {
  * (token_embd), INT_MAX after them (output), -2 for no input (norms). */
 static int position(const char *name)
 {
-    if (moeq_tensor_group(name) == MOEQ_GROUP_TOKEN_EMBD) return -1;
-    if (moeq_tensor_group(name) == MOEQ_GROUP_OUTPUT) return INT_MAX;
+    const int g = moeq_tensor_group(name);
+    if (g == MOEQ_GROUP_TOKEN_EMBD) return -1;
+    if (g == MOEQ_GROUP_OUTPUT) return INT_MAX;
     int l = moeq_tensor_layer(name), st = moeq_tensor_input_stage(name);
     return l >= 0 && st >= 0 ? l * STAGES + st : -2;
 }
@@ -150,9 +151,9 @@ static int run_pass(moeq_hseq *h, int layer, int stage, char *err, size_t errlen
 int moeq_hseq_get(moeq_hseq *h, const char *name, const struct moeq_hessian_entry **e, char *err, size_t errlen)
 {
     *e = NULL;
-    const int l = moeq_tensor_layer(name), st = moeq_tensor_input_stage(name);
-    if (l < 0 || st < 0) return 0;
-    const int pos = l * STAGES + st;
+    const int pos = position(name);
+    if (pos < 0 || pos == INT_MAX) return 0;   /* no layer input: no statistics */
+    const int l = pos / STAGES, st = pos % STAGES;
     /* the last pass covers it unless something upstream changed since */
     if (!(h->layer == l && h->stage == st && h->dirty >= pos) && run_pass(h, l, st, err, errlen) != 0) return -1;
     *e = moeq_hessian_find(h->hs, name);
