@@ -411,3 +411,67 @@ TEST(kernels_gemm_bit_identical_for_any_column_count)
         free(x); free(ref); free(out); free(w); free(a);
     }
 }
+
+/* Q8_0 K scores from int8 dot products (kernels.h scores_q8): every ISA
+ * the CPU has gives the scalar reference's bits, for row counts that fill
+ * eight-row groups or not, odd position counts, and the rows a stride
+ * apart as in the cache; and each score is the integer dot product of the
+ * quantized rows times their scales, within float rounding. */
+TEST(kernels_attn_scores_q8_same_bits_every_isa)
+{
+    const int ds[2] = { 64, 128 };
+    for (int di = 0; di < 2; di++) {
+        const int d = ds[di], nb = d / QK8_0, np = 37, maxr = 17;
+        const size_t head = (size_t)nb * sizeof(block_q8_0), stride = 3 * head + 6;
+        uint8_t *k = calloc((size_t)np, stride);
+        uint8_t *qq = malloc((size_t)maxr * head);
+        float *x = malloc((size_t)d * sizeof *x), *ref = malloc((size_t)maxr * np * sizeof *ref);
+        float *got = malloc((size_t)maxr * np * sizeof *got);
+        REQUIRE(k && qq && x && ref && got);
+        uint32_t seed = 7;
+        for (int p = 0; p < np; p++) {
+            for (int i = 0; i < d; i++) { seed = seed * 1664525u + 1013904223u; x[i] = (float)(int)(seed >> 16 & 1023) / 64.0f - 8.0f; }
+            moeq_attn_quantize_q8_0(x, k + (size_t)p * stride + head, d);   /* the second head of the row */
+        }
+        const void *q[17];
+        for (int r = 0; r < maxr; r++) {
+            for (int i = 0; i < d; i++) { seed = seed * 1664525u + 1013904223u; x[i] = (float)(int)(seed >> 16 & 2047) / 100.0f - 10.0f; }
+            moeq_attn_quantize_q8_0(x, qq + (size_t)r * head, d);
+            q[r] = qq + (size_t)r * head;
+        }
+        const int nrs[5] = { 1, 3, 8, 12, 17 };
+        for (int ni = 0; ni < 5; ni++) {
+            const int nr = nrs[ni];
+            struct moeq_attn_ops o;
+            moeq_attn_pick(MOEQ_ISA_SCALAR, MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0, d, &o);
+            REQUIRE(o.scores_q8);
+            o.scores_q8(q, nr, k + head, stride, np, d, 0.125f, ref, (size_t)np);
+            for (int r = 0; r < nr; r++)
+                for (int p = 0; p < np; p++) {
+                    const block_q8_0 *a = q[r], *b = (const block_q8_0 *)(k + (size_t)p * stride + head);
+                    double want = 0;
+                    for (int j = 0; j < nb; j++) {
+                        long s = 0;
+                        for (int i = 0; i < QK8_0; i++) s += (long)a[j].qs[i] * b[j].qs[i];
+                        want += (double)s * moeq_f16_to_f32(a[j].d) * moeq_f16_to_f32(b[j].d);
+                    }
+                    want *= 0.125;
+                    CHECKF(fabs(ref[(size_t)r * np + p] - want) <= 1e-5 * (fabs(want) + 1),
+                           "d %d row %d pos %d: %g, want %g", d, r, p, ref[(size_t)r * np + p], want);
+                }
+            for (int isa = MOEQ_ISA_AVX2; isa <= moeq_isa_best(); isa++) {
+                moeq_attn_pick(isa, MOEQ_TYPE_Q8_0, MOEQ_TYPE_Q8_0, d, &o);
+                REQUIRE(o.scores_q8);
+                memset(got, 0, (size_t)maxr * np * sizeof *got);
+                o.scores_q8(q, nr, k + head, stride, np, d, 0.125f, got, (size_t)np);
+                CHECKF(memcmp(got, ref, (size_t)nr * np * sizeof *got) == 0, "d %d, %d rows, isa %s: not the scalar bits",
+                       d, nr, moeq_isa_name(isa));
+            }
+        }
+        /* F16 K has no integer path */
+        struct moeq_attn_ops o;
+        moeq_attn_pick(MOEQ_ISA_COUNT, MOEQ_TYPE_F16, MOEQ_TYPE_F16, d, &o);
+        CHECK(o.scores_q8 == NULL);
+        free(k); free(qq); free(x); free(ref); free(got);
+    }
+}

@@ -91,6 +91,27 @@ TEST(perplexity_kld_self_is_zero_and_quantized_is_not)
     free(o);
 }
 
+/* -ctk/-ctv as llama-perplexity spells them: a Q8_0 cache scores close to
+ * the F16 one but not the same; a bad type is a usage error. */
+TEST(perplexity_kv_cache_types)
+{
+    const char *m = test_synth_model("s.gguf", NULL);
+    char *o = NULL;
+    double ppl[3];
+    const char *kv[3] = { "", "-ctk q8_0 -ctv q8_0", "--cache-type-k q8_0" };
+    for (int i = 0; i < 3; i++) {
+        int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -c 64 --chunks 2 -t 2 %s", test_moeq_bin(), m, kv[i]);
+        REQUIREF(rc == 0, "%s", o);
+        ppl[i] = final_ppl(o);
+        free(o);
+    }
+    CHECKF(ppl[0] > 0 && ppl[1] != ppl[0] && fabs(ppl[1] - ppl[0]) < 0.05 * ppl[0], "f16 %g, q8_0 %g", ppl[0], ppl[1]);
+    CHECKF(ppl[2] != ppl[0] && fabs(ppl[2] - ppl[0]) < 0.05 * ppl[0], "f16 %g, q8_0 K %g", ppl[0], ppl[2]);
+    int rc = test_run(&o, "%s perplexity -m %s -f data/calibration.txt -ctk q4_0", test_moeq_bin(), m);
+    CHECKF(rc == 2 && strstr(o, "q4_0"), "%s", o);
+    free(o);
+}
+
 TEST(perplexity_bad_inputs)
 {
     const char *m = test_synth_model("s.gguf", NULL);

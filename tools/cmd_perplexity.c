@@ -38,6 +38,8 @@ static void usage(FILE *out)
         "  --chunks N              evaluate at most N chunks\n"
         "  -b N                    tokens per forward batch, default min(512, n_ctx)\n"
         "  -t N                    threads (default: all cores)\n"
+        "  -ctk, --cache-type-k T  KV cache type of K: f16 (default) or q8_0\n"
+        "  -ctv, --cache-type-v T  KV cache type of V: f16 (default) or q8_0\n"
         "  --kl-divergence-base F  store the model's log-probabilities in F (llama.cpp format)\n"
         "  --kl-divergence         with --kl-divergence-base F: compare against F's model\n"
         "  --json                  print only one JSON object with the final statistics\n"
@@ -257,7 +259,7 @@ int cmd_perplexity(int argc, char **argv)
 {
     const char *model = NULL, *text_path = NULL, *kld_path = NULL;
     int64_t n_ctx = 512, max_chunks = -1, n_batch = 0, n_threads = 0;
-    int kld_mode = 0, json = 0;
+    int kld_mode = 0, json = 0, tk = MOEQ_KV_F16, tv = MOEQ_KV_F16, kv;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { usage(stdout); return 0; }
@@ -273,6 +275,10 @@ int cmd_perplexity(int argc, char **argv)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!has) return cli_usage_error("perplexity", "-m needs a file"); model = argv[++i]; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!has) return cli_usage_error("perplexity", "-f needs a file"); text_path = argv[++i]; }
         else if (!strcmp(a, "--kl-divergence-base")) { if (!has) return cli_usage_error("perplexity", "%s needs a file", a); kld_path = argv[++i]; }
+        else if ((kv = cli_kv_option(a, has ? argv[i + 1] : "", &tk, &tv)) != 0) {
+            if (kv < 0) return cli_usage_error("perplexity", "%s must be f16 or q8_0, not '%s'", a, has ? argv[i + 1] : "");
+            i++;
+        }
         else if (!strcmp(a, "--kl-divergence")) kld_mode = 1;
         else if (!strcmp(a, "--json")) json = 1;
         else return cli_usage_error("perplexity", "unknown argument '%s'", a);
@@ -296,7 +302,7 @@ int cmd_perplexity(int argc, char **argv)
         cli_error("perplexity: %s", err);
         return 1;
     }
-    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, MOEQ_KV_F16, MOEQ_KV_F16, (int)n_batch };
+    struct moeq_engine_params ep = { model, (int)n_threads, (int)n_ctx, 1, tk, tv, (int)n_batch };
     moeq_engine *e = moeq_engine_open(&ep, err, sizeof err);
     if (!e) { cli_error("%s", err); return 1; }
     const struct moeq_model_info *mi = moeq_engine_info(e);

@@ -101,17 +101,6 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 
 /* Q8_0 row quantization of the KV cache (ggml's block layout: a half
  * scale amax/127 and 32 rounded int8). */
-static void kv_quantize_q8_0(const float *x, block_q8_0 *y, int n)
-{
-    for (int b = 0; b < n / QK8_0; b++) {
-        const float *xb = x + b * QK8_0;
-        float amax = 0;
-        for (int i = 0; i < QK8_0; i++) amax = fmaxf(amax, fabsf(xb[i]));
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        y[b].d = moeq_f32_to_f16(d);
-        for (int i = 0; i < QK8_0; i++) y[b].qs[i] = (int8_t)roundf(xb[i] * id);
-    }
-}
 
 /* ------------------------------------------------------------ matmul */
 
@@ -422,7 +411,8 @@ static void softmax_rows(const moeq_engine *e, float *w, size_t ld, int nr, int 
 /*
  * One item: tile tl, KV head g, query heads h0 .. h0+nh. Rows are token
  * major (r = k * nh + head). buf is this thread's scratch: attn_rows x
- * attn_ld scores, then ATT_POS converted rows and their block scales.
+ * attn_ld scores, then ATT_POS converted rows and their block scales,
+ * then (Q8_0 K) the item's query rows quantized.
  */
 static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl, int g, int h0,
                       int nh, float *buf)
@@ -446,8 +436,19 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
     const uint8_t *vbase = s->v + (size_t)layer * e->kv_layer_bytes_v + e->mem.v_head * g;
 
     /* scores of every row against positions 0 .. P-1; a row's entries past
-     * its own position are computed but never read */
-    for (int pb = 0; pb < P; pb += ATT_POS) {
+     * its own position are computed but never read. Q8_0 K: the rows
+     * quantized as K is, then integer dot products straight from the
+     * cache, all positions in one call */
+    if (e->attn.scores_q8) {
+        uint8_t *qq = (uint8_t *)(kvs + ATT_POS * (HD / QK8_0 + 1));
+        const void *qrow[ATT_ROWS];
+        for (int r = 0; r < R; r++) {
+            qrow[r] = qq + (size_t)r * e->mem.k_head;
+            moeq_attn_quantize_q8_0(qr[r], qq + (size_t)r * e->mem.k_head, HD);
+        }
+        e->attn.scores_q8(qrow, R, kbase, e->mem.k_row, P, HD, scale, sc, ld);
+    }
+    for (int pb = 0; pb < P && !e->attn.scores_q8; pb += ATT_POS) {
         int np = P - pb < ATT_POS ? P - pb : ATT_POS;
         e->attn.cvt_k(kbase + (size_t)pb * e->mem.k_row, e->mem.k_row, np, HD, kv, kvs);
         e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
@@ -524,7 +525,7 @@ static void kv_store(int type, uint8_t *dst, const float *x, int n)
         uint16_t *h = (uint16_t *)dst;
         for (int i = 0; i < n; i++) h[i] = moeq_f32_to_f16(x[i]);
     } else {
-        kv_quantize_q8_0(x, (block_q8_0 *)dst, n);
+        moeq_attn_quantize_q8_0(x, dst, n);
     }
 }
 

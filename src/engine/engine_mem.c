@@ -113,11 +113,16 @@ int moeq_mem_estimate(const struct moeq_mem_shape *s, const struct moeq_mem_opts
     L->logits = n_vocab * sizeof(float);
 
     /* attention: per thread, the score rows of an item over the padded
-     * context, then ATT_POS converted K/V rows and their block scales */
+     * context, then ATT_POS converted K/V rows and their block scales
+     * (and for Q8_0 K the quantized query rows) */
     attn_shape((size_t)(s->n_head / s->n_head_kv), cap, n_ctx, &L->attn_nh, &L->attn_tile);
     L->attn_ld = attn_ld(n_ctx);
     L->attn_buf_len = (size_t)L->attn_nh * (size_t)L->attn_tile * L->attn_ld + ATT_POS * HD +
                       ATT_POS * (HD / QK8_0 + 1);
+    /* Q8_0 K: an item's query rows quantized as K rows are */
+    if (L->kq_type == MOEQ_TYPE_Q8_0)
+        L->attn_buf_len += ((size_t)L->attn_nh * (size_t)L->attn_tile * L->k_head + sizeof(float) - 1) /
+                           sizeof(float);
 
     size_t *b = L->buf;
     b[MEM_BTOK] = cap * sizeof(int32_t);

@@ -68,6 +68,14 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
  * nr rows and np positions. Accumulation: out[r] += sum over p < np of
  * w[r * ld + p] * v[p], in position order. exp_shift: x = exp(x - m), in
  * place.
+ *
+ * scores_q8 (Q8_0 K only; NULL for F16 K) replaces cvt_k and scores: the
+ * query rows come quantized to Q8_0 blocks (moeq_attn_quantize_q8_0, as
+ * the cache's K rows are) and each score is computed straight from the np
+ * cached rows stride bytes apart, the block dot products in exact integers
+ * (int8 dot products) and then, over the blocks in order, acc =
+ * fma((float)S_j, dq_j * dk_j, acc), score = acc * scale: the same bits on
+ * every ISA, the scalar one included.
  */
 struct moeq_attn_ops {
     void (*cvt_k)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);
@@ -76,8 +84,15 @@ struct moeq_attn_ops {
                    int d, float scale, float *sc, size_t ld);
     void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
                   const float *vscales, int np, int d);
+    void (*scores_q8)(const void *const *q, int nr, const uint8_t *k, size_t stride, int np, int d,
+                      float scale, float *sc, size_t ld);
     void (*exp_shift)(float *x, int n, float m);
 };
+
+/* x[0..n) as n / 32 Q8_0 blocks (scale amax / 127 stored as f16, values
+ * rounded to nearest): the KV cache's K and V rows and, for Q8_0 K, the
+ * query rows scores_q8 takes. */
+void moeq_attn_quantize_q8_0(const float *x, void *dst, int n);
 
 /* The attention kernels for cache types type_k and type_v (MOEQ_TYPE_F16
  * or _Q8_0) and head size d, at isa or the CPU's best if that is lower. */

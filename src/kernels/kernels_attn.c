@@ -1,6 +1,7 @@
 /*
  * kernels_attn.c: the attention kernels the engine runs over its KV cache
- * (row conversion, scores, weighted V sums, exp), the SwiGLU product
+ * (row conversion, scores, weighted V sums, exp; for Q8_0 K the rows'
+ * quantizer and the integer scores), the SwiGLU product
  * silu(g) * u, and the choice of their ISA. Public through kernels.h;
  * the SIMD twins are written once in kernels_attn_simd.h and compiled
  * into each ISA file (kernels_avx2.c, kernels_avx512.c), whose tables
@@ -49,6 +50,40 @@ static void cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float *dst
         for (int j = 0; j < nb; j++) {
             ds[p * nb + j] = moeq_f16_to_f32(b[j].d);
             for (int i = 0; i < QK8_0; i++) dst[(size_t)p * d + j * QK8_0 + i] = (float)b[j].qs[i];
+        }
+    }
+}
+
+void moeq_attn_quantize_q8_0(const float *x, void *dst, int n)
+{
+    block_q8_0 *y = dst;
+    for (int b = 0; b < n / QK8_0; b++) {
+        const float *xb = x + b * QK8_0;
+        float amax = 0;
+        for (int i = 0; i < QK8_0; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        y[b].d = moeq_f32_to_f16(d);
+        for (int i = 0; i < QK8_0; i++) y[b].qs[i] = (int8_t)roundf(xb[i] * id);
+    }
+}
+
+/* Q8_0 K against Q8_0 query rows (kernels.h): exact integer block sums,
+ * then the float steps every ISA's twin performs in the same order. */
+static void scores_q8(const void *const *q, int nr, const uint8_t *k, size_t stride, int np, int d,
+                      float scale, float *sc, size_t ld)
+{
+    const int nb = d / QK8_0;
+    for (int r = 0; r < nr; r++) {
+        const block_q8_0 *qr = q[r];
+        for (int p = 0; p < np; p++) {
+            const block_q8_0 *kp = (const block_q8_0 *)(k + (size_t)p * stride);
+            float acc = 0;
+            for (int j = 0; j < nb; j++) {
+                int32_t s = 0;
+                for (int i = 0; i < QK8_0; i++) s += (int32_t)qr[j].qs[i] * kp[j].qs[i];
+                acc = fmaf((float)s, moeq_f16_to_f32(qr[j].d) * moeq_f16_to_f32(kp[j].d), acc);
+            }
+            sc[(size_t)r * ld + p] = acc * scale;
         }
     }
 }
@@ -141,6 +176,7 @@ void moeq_attn_pick(int isa, int type_k, int type_v, int d, struct moeq_attn_ops
         o->cvt_v = v16 ? s->f16.cvt : s->q8_0.cvt;
         o->scores = k16 ? s->f16.scores : s->q8_0.scores;
         o->accum = v16 ? s->f16.accum : s->q8_0.accum;
+        o->scores_q8 = k16 ? NULL : d / QK8_0 <= ATTN_Q8_MAXB ? s->scores_q8 : scores_q8;
         o->exp_shift = s->exp_shift;
         return;
     }
@@ -148,6 +184,7 @@ void moeq_attn_pick(int isa, int type_k, int type_v, int d, struct moeq_attn_ops
     o->cvt_v = v16 ? cvt_f16 : cvt_q8_0;
     o->scores = k16 ? scores_f16 : scores_q8_0;
     o->accum = v16 ? accum_f16 : accum_q8_0;
+    o->scores_q8 = k16 ? NULL : scores_q8;
     o->exp_shift = exp_shift;
 }
 

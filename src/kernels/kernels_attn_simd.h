@@ -9,7 +9,10 @@
  *
  * Both compilations run the very same 256-bit operations in the same order
  * (AVX-512 only brings 32 registers, so more rows share each load), so they
- * give the same bits; the scalar reference is kernels_attn.c.
+ * give the same bits; the scalar reference is kernels_attn.c. The one
+ * exception, the integer scores of Q8_0 K (attn_scores_q8), forms exact
+ * integer sums by other instructions with VNNI, so its bits are the same
+ * too, and equal the scalar reference's.
  */
 #ifndef ATTN_RB_SCORES
 #error "define ATTN_RB_SCORES and ATTN_RB_ACCUM before including kernels_attn_simd.h"
@@ -293,6 +296,20 @@ static void attn_silu_mul(float *g, const float *u, size_t n)
     }
 }
 
+/* A cached Q8_0 row ATTN_PF_ROWS positions ahead is asked for while this
+ * one is read (one head's rows lie a whole cache row, every KV head of a
+ * position, apart): 14% less time in attention for
+ * one token over 4096 cached positions out of memory, measured when K
+ * rows went through the conversion too (8 query heads per
+ * KV head, AMD EPYC Zen 4; 8, 16 and 32 rows ahead measured alike). F16
+ * rows showed no gain and are not prefetched. A prefetch past the cache's
+ * end is harmless: prefetches do not fault. */
+#define ATTN_PF_ROWS 16
+static inline void attn_prefetch_row(const uint8_t *p, size_t len)
+{
+    for (size_t o = 0; o < len + 63; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+}
+
 /* Cached rows to f32: deliberate ISA twins of the scalar cvt_f16 and
  * cvt_q8_0 in kernels_attn.c, eight values per store. */
 static void attn_cvt_f16(const uint8_t *src, size_t stride, int n, int d, float *dst, float *ds)
@@ -310,6 +327,7 @@ static void attn_cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float
 {
     const int nb = d / QK8_0;
     for (int p = 0; p < n; p++) {
+        attn_prefetch_row(src + (size_t)(p + ATTN_PF_ROWS) * stride, (size_t)nb * sizeof(block_q8_0));
         const block_q8_0 *b = (const block_q8_0 *)(src + (size_t)p * stride);
         for (int j = 0; j < nb; j++) {
             ds[p * nb + j] = moeq_f16_to_f32(b[j].d);
@@ -322,9 +340,84 @@ static void attn_cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float
     }
 }
 
+/*
+ * Q8_0 K against query rows quantized to Q8_0 (kernels.h scores_q8), eight
+ * rows at a time with a row per lane for the float steps; a missing row
+ * repeats the last one and is not stored. The block sums are exact
+ * integers however they are formed: with AVX-512 VNNI one dpbusd per row
+ * on K + 128 (unsigned) against the query (signed), less 128 times the
+ * query block's sum; with AVX2 the sign trick (|k| times q with k's signs,
+ * maddubs then madd; no pair of products exceeds 16 bits). So both
+ * compilations, and the scalar reference, give the same bits.
+ */
+
+/* Lane i: the sum of the eight lanes of v[i]. */
+static inline __m256i attn_hsum8x8_epi32(const __m256i v[8])
+{
+    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+static void attn_scores_q8(const void *const *q, int nr, const uint8_t *k, size_t stride, int np, int d,
+                           float scale, float *sc, size_t ld)
+{
+    const int nb = d / QK8_0;   /* at most ATTN_Q8_MAXB (moeq_attn_pick) */
+    const size_t rowlen = (size_t)nb * sizeof(block_q8_0);
+    for (int r = 0; r < nr; r += 8) {
+        const block_q8_0 *qr[8];
+        for (int rr = 0; rr < 8; rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1];
+        __m256 dq[ATTN_Q8_MAXB];
+        __m256i corr[ATTN_Q8_MAXB];
+        for (int j = 0; j < nb; j++) {
+            float t[8];
+            int32_t u[8];
+            for (int rr = 0; rr < 8; rr++) {
+                t[rr] = _cvtsh_ss(qr[rr][j].d);
+                int32_t sum = 0;
+                for (int i = 0; i < QK8_0; i++) sum += qr[rr][j].qs[i];
+                u[rr] = 128 * sum;
+            }
+            dq[j] = _mm256_loadu_ps(t);
+            corr[j] = _mm256_loadu_si256((const __m256i *)u);
+        }
+        for (int p = 0; p < np; p++) {
+            const block_q8_0 *kp = (const block_q8_0 *)(k + (size_t)p * stride);
+            attn_prefetch_row((const uint8_t *)kp + ATTN_PF_ROWS * stride, rowlen);
+            __m256 acc = _mm256_setzero_ps();
+            for (int j = 0; j < nb; j++) {
+                const __m256i kv = _mm256_loadu_si256((const __m256i *)kp[j].qs);
+                __m256i s8[8];
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+                const __m256i ku = _mm256_xor_si256(kv, _mm256_set1_epi8((char)0x80));
+                _Pragma("GCC unroll 8") for (int rr = 0; rr < 8; rr++)
+                    s8[rr] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ku,
+                                                 _mm256_loadu_si256((const __m256i *)qr[rr][j].qs));
+                const __m256i S = _mm256_sub_epi32(attn_hsum8x8_epi32(s8), corr[j]);
+#else
+                const __m256i ka = _mm256_sign_epi8(kv, kv), ones = _mm256_set1_epi16(1);
+                _Pragma("GCC unroll 8") for (int rr = 0; rr < 8; rr++) {
+                    __m256i qs = _mm256_loadu_si256((const __m256i *)qr[rr][j].qs);
+                    s8[rr] = _mm256_madd_epi16(_mm256_maddubs_epi16(ka, _mm256_sign_epi8(qs, kv)), ones);
+                }
+                const __m256i S = attn_hsum8x8_epi32(s8);
+                (void)corr;
+#endif
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S), _mm256_mul_ps(dq[j], _mm256_set1_ps(_cvtsh_ss(kp[j].d))),
+                                      acc);
+            }
+            float t[8];
+            _mm256_storeu_ps(t, _mm256_mul_ps(acc, _mm256_set1_ps(scale)));
+            for (int rr = 0; rr < 8 && r + rr < nr; rr++) sc[(size_t)(r + rr) * ld + p] = t[rr];
+        }
+    }
+}
+
 static const struct moeq_attn_simd attn_simd = {
     .f16       = { attn_cvt_f16, attn_scores_f16, attn_accum_f16 },
     .q8_0      = { attn_cvt_q8_0, attn_scores_q8_0, attn_accum_q8_0 },
+    .scores_q8 = attn_scores_q8,
     .exp_shift = attn_exp_shift,
     .silu_mul  = attn_silu_mul,
 };

@@ -57,6 +57,10 @@ struct moeq_type_kernels {
     moeq_tile_fn    tile;   /* many rows, many columns (prompt batches) */
 };
 
+/* The most Q8_0 blocks per head the SIMD scores_q8 takes (d up to 512);
+ * longer heads take the scalar one, which gives the same bits. */
+#define ATTN_Q8_MAXB 16
+
 /* An ISA's attention kernels for one KV cache type (struct moeq_attn_ops
  * in kernels.h has the signatures), and its exp and SwiGLU product. */
 struct moeq_attn_simd {
@@ -67,6 +71,9 @@ struct moeq_attn_simd {
         void (*accum)(float *const *out, int nr, const float *w, size_t ld, const float *v,
                       const float *vscales, int np, int d);
     } f16, q8_0;
+    /* for heads of up to ATTN_Q8_MAXB Q8_0 blocks */
+    void (*scores_q8)(const void *const *q, int nr, const uint8_t *k, size_t stride, int np, int d,
+                      float scale, float *sc, size_t ld);
     void (*exp_shift)(float *x, int n, float m);
     void (*silu_mul)(float *g, const float *u, size_t n);
 };
