@@ -62,7 +62,13 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 # The mean of a llama-bench / moeq bench row "| ... | TEST | 123.45 ± 1.23 |".
 tps() { sed -n "s/.*| *$1 *| *\([0-9.]*\) ± .*/\1/p" | head -n 1; }
 
-# Read a file once so that every engine starts from the page cache.
+# Read a file so that the engine about to run starts from the page cache.
+# Before every run, not once per file: the reference's -rtr 1 holds a
+# repacked copy of the weights in its own memory, which on a machine with
+# little more RAM than two copies pushes the file out of the page cache,
+# and the run after it would then read from disk (seen at full size with
+# 24 GiB: moeq tg128 with a Q8_0 cache read 4.84 ± 1.17 t/s at a peak RSS
+# of 5.5 GiB, against 7.25 ± 0.20 t/s and 7.8 GiB with F16 just before).
 warm_file() { cat "$1" > /dev/null 2>&1 || true; }
 
 # mean ± sd of the numbers in a file, then the bare mean
@@ -79,6 +85,7 @@ one_test() {
   : > "$tmp/m"; : > "$tmp/r0"; : > "$tmp/r1"
   i=0 rss=""
   while [ "$i" -lt "$rounds" ]; do
+    warm_file "$file"
     # shellcheck disable=SC2086
     out=$("$bin" bench -m "$file" $margs $mwarm -ctk "$kv" -ctv "$kv" -r 1 -t "$threads" 2>&1) || {
       echo "| $name | $kv | $label | failed: $(echo "$out" | tail -n 1) |"; return; }
@@ -86,6 +93,7 @@ one_test() {
     echo "$out" | tps "$mtest" >> "$tmp/m"
     if [ -n "${LLAMA_BENCH:-}" ]; then
       for rtr in 0 1; do
+        warm_file "$file"
         # shellcheck disable=SC2086
         "$LLAMA_BENCH" -m "$file" $rargs $rwarm -ctk "$kv" -ctv "$kv" -rtr "$rtr" -r 1 -t "$threads" 2>/dev/null |
           tps "$rtest" >> "$tmp/r$rtr" || true
@@ -107,7 +115,6 @@ one_test() {
 
 bench_file() {
   f=$1
-  warm_file "$f"
   for kv in $kvs; do
     for t in $tests; do
       case $t in
