@@ -99,9 +99,6 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
     for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
 }
 
-/* Q8_0 row quantization of the KV cache (ggml's block layout: a half
- * scale amax/127 and 32 rounded int8). */
-
 /* ------------------------------------------------------------ matmul */
 
 /*

@@ -114,23 +114,6 @@ static void scores_f16(const float *const *q, int nr, const float *k, const floa
         }
 }
 
-static void scores_q8_0(const float *const *q, int nr, const float *k, const float *ks, int np,
-                        int d, float scale, float *sc, size_t ld)
-{
-    const int nb = d / QK8_0;
-    for (int r = 0; r < nr; r++)
-        for (int p = 0; p < np; p++) {
-            const float *kp = k + (size_t)p * d;
-            float s = 0;
-            for (int j = 0; j < nb; j++) {
-                float t = 0;
-                for (int i = 0; i < QK8_0; i++) t += q[r][j * QK8_0 + i] * kp[j * QK8_0 + i];
-                s += t * ks[p * nb + j];
-            }
-            sc[(size_t)r * ld + p] = s * scale;
-        }
-}
-
 static void accum_f16(float *const *out, int nr, const float *w, size_t ld, const float *v,
                       const float *vs, int np, int d)
 {
@@ -174,7 +157,7 @@ void moeq_attn_pick(int isa, int type_k, int type_v, int d, struct moeq_attn_ops
     if (s) {
         o->cvt_k = k16 ? s->f16.cvt : s->q8_0.cvt;
         o->cvt_v = v16 ? s->f16.cvt : s->q8_0.cvt;
-        o->scores = k16 ? s->f16.scores : s->q8_0.scores;
+        o->scores = k16 ? s->f16.scores : NULL;
         o->accum = v16 ? s->f16.accum : s->q8_0.accum;
         o->scores_q8 = k16 ? NULL : d / QK8_0 <= ATTN_Q8_MAXB ? s->scores_q8 : scores_q8;
         o->exp_shift = s->exp_shift;
@@ -182,7 +165,7 @@ void moeq_attn_pick(int isa, int type_k, int type_v, int d, struct moeq_attn_ops
     }
     o->cvt_k = k16 ? cvt_f16 : cvt_q8_0;
     o->cvt_v = v16 ? cvt_f16 : cvt_q8_0;
-    o->scores = k16 ? scores_f16 : scores_q8_0;
+    o->scores = k16 ? scores_f16 : NULL;
     o->accum = v16 ? accum_f16 : accum_q8_0;
     o->scores_q8 = k16 ? NULL : scores_q8;
     o->exp_shift = exp_shift;

@@ -107,58 +107,6 @@ static void attn_scores_f16(const float *const *q, int nr, const float *k, const
     }
 }
 
-/* Q8_0 K: per 32-block an 8-lane product sum t (mul, then three FMAs),
- * then acc += block scale * t; one accumulator per dot product. */
-static void attn_scores_q8_0(const float *const *q, int nr, const float *k, const float *ks,
-                             int np, int d, float scale, float *sc, size_t ld)
-{
-    const int nb = d / QK8_0;
-    for (int r = 0; r < nr; r += (ATTN_RB_SCORES)) {
-        const float *qr[ATTN_RB_SCORES];
-        UNROLL for (int rr = 0; rr < (ATTN_RB_SCORES); rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1];
-        for (int p = 0; p < np; p += 2) {
-            const int p1 = p + 1 < np ? p + 1 : p;
-            const float *ka = k + (size_t)p * d, *kb = k + (size_t)p1 * d;
-            const float *sa = ks + (size_t)p * nb, *sb = ks + (size_t)p1 * nb;
-            __m256 acc[ATTN_RB_SCORES][2];
-            UNROLL for (int rr = 0; rr < (ATTN_RB_SCORES); rr++)
-                acc[rr][0] = acc[rr][1] = _mm256_setzero_ps();
-            for (int j = 0; j < nb; j++) {
-                const int o = j * QK8_0;
-                __m256 t[ATTN_RB_SCORES][2];
-                __m256 u = _mm256_loadu_ps(ka + o), v = _mm256_loadu_ps(kb + o);
-                UNROLL for (int rr = 0; rr < (ATTN_RB_SCORES); rr++) {
-                    __m256 x = _mm256_loadu_ps(qr[rr] + o);
-                    IN_REG(x);
-                    t[rr][0] = _mm256_mul_ps(x, u);
-                    t[rr][1] = _mm256_mul_ps(x, v);
-                }
-                UNROLL for (int c = 8; c < QK8_0; c += 8) {
-                    u = _mm256_loadu_ps(ka + o + c);
-                    v = _mm256_loadu_ps(kb + o + c);
-                    UNROLL for (int rr = 0; rr < (ATTN_RB_SCORES); rr++) {
-                        __m256 x = _mm256_loadu_ps(qr[rr] + o + c);
-                        IN_REG(x);
-                        t[rr][0] = _mm256_fmadd_ps(x, u, t[rr][0]);
-                        t[rr][1] = _mm256_fmadd_ps(x, v, t[rr][1]);
-                    }
-                }
-                __m256 da = _mm256_set1_ps(sa[j]), db = _mm256_set1_ps(sb[j]);
-                UNROLL for (int rr = 0; rr < (ATTN_RB_SCORES); rr++) {
-                    acc[rr][0] = _mm256_fmadd_ps(da, t[rr][0], acc[rr][0]);
-                    acc[rr][1] = _mm256_fmadd_ps(db, t[rr][1], acc[rr][1]);
-                }
-            }
-            UNROLL for (int rr = 0; rr < (ATTN_RB_SCORES); rr += 2) {
-                if (r + rr >= nr) break;
-                __m256 s = attn_hsum8x4(acc[rr][0], acc[rr][1], acc[rr + 1][0], acc[rr + 1][1]);
-                attn_store4(s, scale, sc + (size_t)(r + rr) * ld + p, ld, r + rr + 1 < nr,
-                       p + 1 < np);
-            }
-        }
-    }
-}
-
 /* out[r + rr][i .. i + 8 NC) += weight(r + rr, p) * v[p][i ..) for p in
  * order, R rows at a time, the outputs held in registers across positions. */
 #define ACC_BLOCK(R, NC, WEIGHT)                                                           \
@@ -416,7 +364,7 @@ static void attn_scores_q8(const void *const *q, int nr, const uint8_t *k, size_
 
 static const struct moeq_attn_simd attn_simd = {
     .f16       = { attn_cvt_f16, attn_scores_f16, attn_accum_f16 },
-    .q8_0      = { attn_cvt_q8_0, attn_scores_q8_0, attn_accum_q8_0 },
+    .q8_0      = { attn_cvt_q8_0, NULL, attn_accum_q8_0 },   /* K: scores_q8 */
     .scores_q8 = attn_scores_q8,
     .exp_shift = attn_exp_shift,
     .silu_mul  = attn_silu_mul,
