@@ -440,15 +440,17 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
         uint8_t *qq = (uint8_t *)(kvs + ATT_POS * (HD / QK8_0 + 1));
         const void *qrow[ATT_ROWS];
         for (int r = 0; r < R; r++) {
-            qrow[r] = qq + (size_t)r * e->mem.k_head;
-            moeq_attn_quantize_q8_0(qr[r], qq + (size_t)r * e->mem.k_head, HD);
+            uint8_t *row = qq + (size_t)r * e->mem.k_head;
+            moeq_attn_quantize_q8_0(qr[r], row, HD);
+            qrow[r] = row;
         }
         e->attn.scores_q8(qrow, R, kbase, e->mem.k_row, P, HD, scale, sc, ld);
-    }
-    for (int pb = 0; pb < P && !e->attn.scores_q8; pb += ATT_POS) {
-        int np = P - pb < ATT_POS ? P - pb : ATT_POS;
-        e->attn.cvt_k(kbase + (size_t)pb * e->mem.k_row, e->mem.k_row, np, HD, kv, kvs);
-        e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
+    } else {
+        for (int pb = 0; pb < P; pb += ATT_POS) {
+            int np = P - pb < ATT_POS ? P - pb : ATT_POS;
+            e->attn.cvt_k(kbase + (size_t)pb * e->mem.k_row, e->mem.k_row, np, HD, kv, kvs);
+            e->attn.scores(qr, R, kv, kvs, np, HD, scale, sc + pb, ld);
+        }
     }
     /* softmax of each row over the positions its token sees */
     for (int k = 0; k < nt; k++) softmax_rows(e, sc + (size_t)k * nh * ld, ld, nh, p0 + k + 1);

@@ -72,11 +72,10 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
  * scores_q8 (Q8_0 K only; NULL for F16 K, and scores is NULL for Q8_0 K)
  * replaces cvt_k and scores: the query rows come quantized to Q8_0 blocks
  * (moeq_attn_quantize_q8_0, as the cache's K rows are) and each score is
- * computed straight from the np
- * cached rows stride bytes apart, the block dot products in exact integers
- * (int8 dot products) and then, over the blocks in order, acc =
- * fma((float)S_j, dq_j * dk_j, acc), score = acc * scale: the same bits on
- * every ISA, the scalar one included.
+ * computed straight from the np cached rows stride bytes apart, the block
+ * dot products in exact integers (int8 dot products) and then, over the
+ * blocks in order, acc = fma((float)S_j, dq_j * dk_j, acc), score = acc *
+ * scale: the same bits on every ISA, the scalar one included.
  */
 struct moeq_attn_ops {
     void (*cvt_k)(const uint8_t *src, size_t stride, int n, int d, float *dst, float *scales);

@@ -246,12 +246,12 @@ static void attn_silu_mul(float *g, const float *u, size_t n)
 
 /* A cached Q8_0 row ATTN_PF_ROWS positions ahead is asked for while this
  * one is read (one head's rows lie a whole cache row, every KV head of a
- * position, apart): 14% less time in attention for
- * one token over 4096 cached positions out of memory, measured when K
- * rows went through the conversion too (8 query heads per
- * KV head, AMD EPYC Zen 4; 8, 16 and 32 rows ahead measured alike). F16
- * rows showed no gain and are not prefetched. A prefetch past the cache's
- * end is harmless: prefetches do not fault. */
+ * position, apart): 14% less time in attention for one token over 4096
+ * cached positions out of memory, measured when K rows went through the
+ * conversion too (8 query heads per KV head, AMD EPYC Zen 4; 8, 16 and 32
+ * rows ahead measured alike). F16 rows showed no gain and are not
+ * prefetched. A prefetch past the cache's end is harmless: prefetches do
+ * not fault. */
 #define ATTN_PF_ROWS 16
 static inline void attn_prefetch_row(const uint8_t *p, size_t len)
 {
@@ -317,19 +317,24 @@ static void attn_scores_q8(const void *const *q, int nr, const uint8_t *k, size_
         const block_q8_0 *qr[8];
         for (int rr = 0; rr < 8; rr++) qr[rr] = q[r + rr < nr ? r + rr : nr - 1];
         __m256 dq[ATTN_Q8_MAXB];
-        __m256i corr[ATTN_Q8_MAXB];
         for (int j = 0; j < nb; j++) {
             float t[8];
+            for (int rr = 0; rr < 8; rr++) t[rr] = _cvtsh_ss(qr[rr][j].d);
+            dq[j] = _mm256_loadu_ps(t);
+        }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        /* 128 times each query block's sum, taken back off K + 128's */
+        __m256i corr[ATTN_Q8_MAXB];
+        for (int j = 0; j < nb; j++) {
             int32_t u[8];
             for (int rr = 0; rr < 8; rr++) {
-                t[rr] = _cvtsh_ss(qr[rr][j].d);
                 int32_t sum = 0;
                 for (int i = 0; i < QK8_0; i++) sum += qr[rr][j].qs[i];
                 u[rr] = 128 * sum;
             }
-            dq[j] = _mm256_loadu_ps(t);
             corr[j] = _mm256_loadu_si256((const __m256i *)u);
         }
+#endif
         for (int p = 0; p < np; p++) {
             const block_q8_0 *kp = (const block_q8_0 *)(k + (size_t)p * stride);
             attn_prefetch_row((const uint8_t *)kp + ATTN_PF_ROWS * stride, rowlen);
@@ -350,7 +355,6 @@ static void attn_scores_q8(const void *const *q, int nr, const uint8_t *k, size_
                     s8[rr] = _mm256_madd_epi16(_mm256_maddubs_epi16(ka, _mm256_sign_epi8(qs, kv)), ones);
                 }
                 const __m256i S = attn_hsum8x8_epi32(s8);
-                (void)corr;
 #endif
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S), _mm256_mul_ps(dq[j], _mm256_set1_ps(_cvtsh_ss(kp[j].d))),
                                       acc);
