@@ -287,11 +287,10 @@ int cmd_imatrix(int argc, char **argv)
     char *text = cli_read_file(text_path, &tlen, err, sizeof err);
     if (!text) { cli_error("imatrix: %s", err); goto out; }
     if (tlen == 0) { free(text); cli_error("imatrix: %s is empty", text_path); goto out; }
-    int cap = (int)(tlen + 16 > (size_t)(1 << 30) ? (1 << 30) : tlen + 16);
-    tokens = malloc((size_t)cap * sizeof *tokens);
-    int got = tokens ? moeq_tokenize(e, text, tlen, 0, tokens, cap) : -1;
+    int got;
+    tokens = moeq_tokenize_text(e, text, tlen, 0, &got, err, sizeof err);
     free(text);
-    if (got < 0 || got > cap) { cli_error("imatrix: cannot tokenize %s", text_path); goto out; }
+    if (!tokens) { cli_error("imatrix: cannot tokenize %s: %s", text_path, err); goto out; }
     int n_chunk = got / (int)n_ctx;
     if (n_chunk - skip < 1) {
         cli_error("imatrix: %s tokenizes to %d tokens: not enough for one chunk of %lld after skipping %lld",

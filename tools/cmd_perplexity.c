@@ -356,14 +356,9 @@ int cmd_perplexity(int argc, char **argv)
         char *text = cli_read_file(text_path, &tlen, err, sizeof err);
         if (!text) { cli_error("perplexity: %s", err); goto out; }
         if (tlen == 0) { free(text); cli_error("perplexity: %s is empty", text_path); goto out; }
-        int cap = (int)(tlen + 16 > (size_t)(1 << 30) ? (1 << 30) : tlen + 16);
-        tokens = malloc((size_t)cap * sizeof *tokens);
-        int off = 0;
-        if (mi->add_bos && tokens) tokens[off++] = mi->bos;
-        int got = tokens ? moeq_tokenize(e, text, tlen, 0, tokens + off, cap - off) : -1;
+        tokens = moeq_tokenize_text(e, text, tlen, 1, &n_tok, err, sizeof err);
         free(text);
-        if (got < 0 || got > cap - off) { cli_error("perplexity: cannot tokenize %s", text_path); goto out; }
-        n_tok = off + got;
+        if (!tokens) { cli_error("perplexity: cannot tokenize %s: %s", text_path, err); goto out; }
         if (n_tok < 2 * n_ctx) {
             cli_error("perplexity: %s tokenizes to %d tokens; at least %lld (2 x n_ctx) are needed",
                       text_path, n_tok, (long long)(2 * n_ctx));

@@ -1287,6 +1287,29 @@ int moeq_tokenize(const moeq_engine *e, const char *text, size_t len, int parse_
     return moeq_tokenizer_encode(e->tok, text, len, parse_special, out, max);
 }
 
+int32_t *moeq_tokenize_text(const moeq_engine *e, const char *text, size_t len, int with_bos, int *n,
+                            char *err, size_t errlen)
+{
+    const size_t lim = (size_t)1 << 30;
+    if (!e->tok) { moeq_set_err(err, errlen, "the model has no vocabulary"); return NULL; }
+    const int off = with_bos && e->info.add_bos ? 1 : 0;
+    /* byte-level BPE gives at most one token per byte: one pass suffices
+     * unless the vocabulary says otherwise, and then a second one does */
+    int cap = (int)(len + 16 < lim ? len + 16 : lim);
+    for (int pass = 0; pass < 2; pass++) {
+        int32_t *t = malloc((size_t)cap * sizeof *t);
+        if (!t) { moeq_set_err(err, errlen, "out of memory for %d tokens", cap); return NULL; }
+        if (off) t[0] = e->info.bos;
+        int got = moeq_tokenizer_encode(e->tok, text, len, 0, t + off, cap - off);
+        if (got >= 0 && got <= cap - off) { *n = off + got; return t; }
+        free(t);
+        if (got < 0 || (size_t)got + (size_t)off > lim) break;
+        cap = got + off;
+    }
+    moeq_set_err(err, errlen, "the text does not tokenize into at most 2^30 tokens");
+    return NULL;
+}
+
 int moeq_token_piece(const moeq_engine *e, int32_t tok, char *buf, int cap)
 {
     if (!e->tok) return -1;

@@ -65,6 +65,12 @@ int moeq_engine_n_threads(const moeq_engine *e);
  * when the model has no vocabulary. */
 int  moeq_tokenize(const moeq_engine *e, const char *text, size_t len,
                    int parse_special, int32_t *out, int max);
+/* A whole text (a calibration or evaluation file) as tokens, control
+ * tokens not parsed: a malloc'd array of *n tokens, led by the model's BOS
+ * when with_bos is set and the model adds one. NULL with err set when the
+ * model has no vocabulary, the text is over 2^30 tokens or memory runs out. */
+int32_t *moeq_tokenize_text(const moeq_engine *e, const char *text, size_t len, int with_bos, int *n,
+                            char *err, size_t errlen);
 /* Bytes of a token's text (not NUL-terminated); returns length or -1. */
 int  moeq_token_piece(const moeq_engine *e, int32_t tok, char *buf, int cap);
 /* End-of-generation token (eos, eot, im_end)? */

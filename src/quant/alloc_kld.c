@@ -210,20 +210,19 @@ int moeq_alloc_measure_kld(struct moeq_alloc *a, const gguf_file *f, const struc
     if (!(k.e = moeq_engine_open(&ep, e2, sizeof e2))) { moeq_set_err(err, errlen, "alloc: %s", e2); return -1; }
     const struct moeq_model_info *mi = moeq_engine_info(k.e);
     k.n_vocab = mi->n_vocab;
-    const int cap = (int)(o->text_len + 16 < (size_t)1 << 30 ? o->text_len + 16 : (size_t)1 << 30);
-    if (!(tok = malloc((size_t)cap * sizeof *tok))) { moeq_set_err(err, errlen, "alloc: out of memory"); goto out; }
-    int off = 0;
-    if (mi->add_bos) tok[off++] = mi->bos;
-    int got = moeq_tokenize(k.e, o->text, o->text_len, 0, tok + off, cap - off);
-    if (got < 0 || got > cap - off) { moeq_set_err(err, errlen, "alloc: %s: cannot tokenize the calibration text", o->model_path); goto out; }
-    if ((off + got) / n_ctx < n_chunks) {
-        if ((off + got) / n_ctx < 1) {
-            moeq_set_err(err, errlen, "alloc: the calibration text has %d tokens, under one chunk of %d", off + got, n_ctx);
+    int n_tok;
+    if (!(tok = moeq_tokenize_text(k.e, o->text, o->text_len, 1, &n_tok, e2, sizeof e2))) {
+        moeq_set_err(err, errlen, "alloc: %s: cannot tokenize the calibration text: %s", o->model_path, e2);
+        goto out;
+    }
+    if (n_tok / n_ctx < n_chunks) {
+        if (n_tok / n_ctx < 1) {
+            moeq_set_err(err, errlen, "alloc: the calibration text has %d tokens, under one chunk of %d", n_tok, n_ctx);
             goto out;
         }
         if (o->log) fprintf(o->log, "moeq: kld: the calibration text holds %d chunks of %d tokens, not %d; using %d\n",
-                            (off + got) / n_ctx, n_ctx, n_chunks, (off + got) / n_ctx);
-        n_chunks = (off + got) / n_ctx;
+                            n_tok / n_ctx, n_ctx, n_chunks, n_tok / n_ctx);
+        n_chunks = n_tok / n_ctx;
     }
     k.tok = tok;
     k.n_chunks = n_chunks;

@@ -76,12 +76,9 @@ moeq_hseq *moeq_hseq_open(const struct moeq_hseq_opts *o, char *err, size_t errl
     h->n_expert = mi->n_expert > 0 ? mi->n_expert : 1;
     h->add_bos = mi->add_bos;
     h->bos = mi->bos;
-    const int cap = (int)(o->text_len + 16 < (size_t)1 << 30 ? o->text_len + 16 : (size_t)1 << 30);
-    if (!(h->tok = malloc((size_t)cap * sizeof *h->tok))) { moeq_set_err(err, errlen, "out of memory"); goto fail; }
-    int got = moeq_tokenize(h->e, o->text, o->text_len, 0, h->tok, cap);
-    if (got < 0 || got > cap) {
-        moeq_set_err(err, errlen, "quantize: %s: cannot tokenize %s with this model's vocabulary", o->model_path,
-                     h->text_name);
+    int got;
+    if (!(h->tok = moeq_tokenize_text(h->e, o->text, o->text_len, 0, &got, e2, sizeof e2))) {
+        moeq_set_err(err, errlen, "quantize: %s: cannot tokenize %s: %s", o->model_path, h->text_name, e2);
         goto fail;
     }
     h->n_chunks = got / h->n_ctx;
