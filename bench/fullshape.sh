@@ -44,7 +44,7 @@ UNTIL=${UNTIL:-}
 QUANTIZE=${QUANTIZE:-1}
 KLD=${KLD:-2}
 SECTION=${SECTION:-fullshape}   # the section of bench/RESULTS.md (another keeps an earlier run's)
-CMD="$(env | grep -E '^(FROM|UNTIL|KLD|SECTION)=' | sort | tr '\n' ' ')QUANTIZE=$QUANTIZE sh bench/fullshape.sh $T $NC"
+CMD="$(env | grep -E '^(FROM|UNTIL|KLD|SECTION|TXT)=' | sort | tr '\n' ' ')QUANTIZE=$QUANTIZE sh bench/fullshape.sh $T $NC"
 if [ "$KLD" = 0 ]; then MKLD=; else MKLD="--measure-kld $KLD --measure-units 12 --calib $TXT"; fi
 on=0
 past=0
@@ -106,7 +106,7 @@ plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
 {
   echo "### The pipeline on all $LAYERS layers of the Qwen3-30B-A3B shape ($T threads)"
   echo
-  echo "Measured on the $LAYERS-layer file, not extrapolated (\`$CMD\`): imatrix over"
+  echo "Measured on the $LAYERS-layer file, not extrapolated (\`$CMD\`): imatrix over $(basename "$TXT"),"
   if [ "$KLD" = 0 ]; then f="sampled-row errors alone (KLD=0)"; else f="factors from 12 units over $KLD chunks"; fi
   if [ -n "$UNTIL" ]; then rest="then the steps up to $UNTIL (the table's rows)"
   else rest="then perplexity over 2 chunks, 32 generated tokens and one served request of 16 tokens on the asym-2bitexp file (written by synth when QUANTIZE=0)"; fi
