@@ -431,12 +431,12 @@ TEST(kernels_attn_scores_q8_same_bits_every_isa)
         uint32_t seed = 7;
         for (int p = 0; p < np; p++) {
             for (int i = 0; i < d; i++) { seed = seed * 1664525u + 1013904223u; x[i] = (float)(int)(seed >> 16 & 1023) / 64.0f - 8.0f; }
-            moeq_attn_quantize_q8_0(x, k + (size_t)p * stride + head, d);   /* the second head of the row */
+            moeq_quantize_act(MOEQ_TYPE_Q8_0, x, k + (size_t)p * stride + head, d);   /* the second head of the row */
         }
         const void *q[17];
         for (int r = 0; r < maxr; r++) {
             for (int i = 0; i < d; i++) { seed = seed * 1664525u + 1013904223u; x[i] = (float)(int)(seed >> 16 & 2047) / 100.0f - 10.0f; }
-            moeq_attn_quantize_q8_0(x, qq + (size_t)r * head, d);
+            moeq_quantize_act(MOEQ_TYPE_Q8_0, x, qq + (size_t)r * head, d);
             q[r] = qq + (size_t)r * head;
         }
         const int nrs[5] = { 1, 3, 8, 12, 17 };

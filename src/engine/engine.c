@@ -441,7 +441,7 @@ static void attn_item(moeq_engine *e, int layer, const struct moeq_attn_tile *tl
         const void *qrow[ATT_ROWS];
         for (int r = 0; r < R; r++) {
             uint8_t *row = qq + (size_t)r * e->mem.k_head;
-            moeq_attn_quantize_q8_0(qr[r], row, HD);
+            moeq_quantize_act(MOEQ_TYPE_Q8_0, qr[r], row, HD);
             qrow[r] = row;
         }
         e->attn.scores_q8(qrow, R, kbase, e->mem.k_row, P, HD, scale, sc, ld);
@@ -524,7 +524,7 @@ static void kv_store(int type, uint8_t *dst, const float *x, int n)
         uint16_t *h = (uint16_t *)dst;
         for (int i = 0; i < n; i++) h[i] = moeq_f32_to_f16(x[i]);
     } else {
-        moeq_attn_quantize_q8_0(x, dst, n);
+        moeq_quantize_act(MOEQ_TYPE_Q8_0, x, dst, n);   /* the activations' Q8_0 */
     }
 }
 

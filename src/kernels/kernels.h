@@ -26,7 +26,9 @@ const char *moeq_isa_name(int isa);
 int    moeq_act_type(int wtype);
 /* Bytes of one activation row of n elements for wtype. */
 size_t moeq_act_row_size(int wtype, int64_t n);
-/* Quantize n floats into wtype's activation format (same bytes at every ISA). */
+/* Quantize n floats into wtype's activation format (same bytes at every ISA);
+ * MOEQ_TYPE_Q8_0's is also the KV cache's Q8_0 and the query rows' for
+ * scores_q8. */
 void   moeq_quantize_act(int wtype, const float *x, void *y, int64_t n);
 /* The same with a given ISA's code (scalar where it has none): for tests. */
 void   moeq_quantize_act_isa(int isa, int wtype, const float *x, void *y, int64_t n);
@@ -71,7 +73,7 @@ void moeq_gemm_isa(int isa, int wtype, int64_t K,
  *
  * scores_q8 (Q8_0 K only; NULL for F16 K, and scores is NULL for Q8_0 K)
  * replaces cvt_k and scores: the query rows come quantized to Q8_0 blocks
- * (moeq_attn_quantize_q8_0, as the cache's K rows are) and each score is
+ * (moeq_quantize_act's Q8_0, as the cache's K rows are) and each score is
  * computed straight from the np cached rows stride bytes apart, the block
  * dot products in exact integers (int8 dot products) and then, over the
  * blocks in order, acc = fma((float)S_j, dq_j * dk_j, acc), score = acc *
@@ -89,10 +91,6 @@ struct moeq_attn_ops {
     void (*exp_shift)(float *x, int n, float m);
 };
 
-/* x[0..n) as n / 32 Q8_0 blocks (scale amax / 127 stored as f16, values
- * rounded to nearest): the KV cache's K and V rows and, for Q8_0 K, the
- * query rows scores_q8 takes. */
-void moeq_attn_quantize_q8_0(const float *x, void *dst, int n);
 
 /* The attention kernels for cache types type_k and type_v (MOEQ_TYPE_F16
  * or _Q8_0) and head size d, at isa or the CPU's best if that is lower. */

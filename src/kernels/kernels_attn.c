@@ -1,7 +1,7 @@
 /*
  * kernels_attn.c: the attention kernels the engine runs over its KV cache
- * (row conversion, scores, weighted V sums, exp; for Q8_0 K the rows'
- * quantizer and the integer scores), the SwiGLU product
+ * (row conversion, scores, weighted V sums, exp; for Q8_0 K the integer
+ * scores over rows moeq_quantize_act quantized), the SwiGLU product
  * silu(g) * u, and the choice of their ISA. Public through kernels.h;
  * the SIMD twins are written once in kernels_attn_simd.h and compiled
  * into each ISA file (kernels_avx2.c, kernels_avx512.c), whose tables
@@ -51,19 +51,6 @@ static void cvt_q8_0(const uint8_t *src, size_t stride, int n, int d, float *dst
             ds[p * nb + j] = moeq_f16_to_f32(b[j].d);
             for (int i = 0; i < QK8_0; i++) dst[(size_t)p * d + j * QK8_0 + i] = (float)b[j].qs[i];
         }
-    }
-}
-
-void moeq_attn_quantize_q8_0(const float *x, void *dst, int n)
-{
-    block_q8_0 *y = dst;
-    for (int b = 0; b < n / QK8_0; b++) {
-        const float *xb = x + b * QK8_0;
-        float amax = 0;
-        for (int i = 0; i < QK8_0; i++) amax = fmaxf(amax, fabsf(xb[i]));
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        y[b].d = moeq_f32_to_f16(d);
-        for (int i = 0; i < QK8_0; i++) y[b].qs[i] = (int8_t)roundf(xb[i] * id);
     }
 }
 
