@@ -21,7 +21,7 @@ OUT=bench/out/sequential
 IM=$TA/imatrix.dat
 [ -x /usr/bin/time ] || { echo "bench/sequential.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 st=$(date +%s)
-"$M" imatrix -q -m "$Q8" -f "$C" -c 512 --chunks 128 --no-ppl -o "$OUT/im.gguf" --hessian "$OUT/hessian.gguf" -t "$T"
+"$M" imatrix -q -m "$Q8" -f "$C" -c 512 --chunks 128 --no-ppl --process-output -o "$OUT/im.gguf" --hessian "$OUT/hessian.gguf" -t "$T"
 imatrix_s=$(( $(date +%s) - st ))
 kld_base
 tab=$OUT/table.md

@@ -138,8 +138,8 @@ TEST(hessian_layer_by_layer_follows_the_quantized_weights)
     REQUIRE(txt);
     const char *im = test_tmp("hs-im.gguf"), *h = test_tmp("hs-h.gguf");
     char *o = NULL;
-    CHECKF(test_run(&o, "%s imatrix -m %s -f %s -c 64 --chunks 4 --no-ppl -o %s --hessian %s -t 2", test_moeq_bin(),
-                    m, txt, im, h) == 0, "%s", o ? o : "");
+    CHECKF(test_run(&o, "%s imatrix -m %s -f %s -c 64 --chunks 4 --no-ppl --process-output -o %s --hessian %s -t 2",
+                    test_moeq_bin(), m, txt, im, h) == 0, "%s", o ? o : "");
     free(o);
     struct moeq_hessian *ref = moeq_hessian_new();
     char err[512];
@@ -189,13 +189,37 @@ TEST(hessian_layer_by_layer_follows_the_quantized_weights)
     CHECK(entry_diff(e, moeq_hessian_find(ref, "blk.1.attn_q.weight")) > 1e-3);
     moeq_hseq_stats(seq, &passes, &secs);
     CHECK(passes == 5);
-    /* outside the layers: no statistics, no pass */
+    /* output.weight: a pass of the whole model, every position counted (as
+     * imatrix --process-output counts them), after blk.0.attn_q changed */
     REQUIRE(moeq_hseq_get(seq, "output.weight", &e, err, sizeof err) == 0);
+    REQUIRE(e);
+    CHECKF(e->counts[0] == 4 * 64, "%g", e->counts[0]);
+    CHECK(entry_diff(e, moeq_hessian_find(ref, "output.weight")) > 1e-3);
+    moeq_hseq_stats(seq, &passes, &secs);
+    CHECK(passes == 6);
+    /* token_embd and the norms: no statistics, no pass */
+    REQUIRE(moeq_hseq_get(seq, "token_embd.weight", &e, err, sizeof err) == 0);
     CHECK(e == NULL);
+    REQUIRE(moeq_hseq_get(seq, "blk.0.attn_norm.weight", &e, err, sizeof err) == 0);
+    CHECK(e == NULL);
+    moeq_hseq_stats(seq, &passes, &secs);
+    CHECK(passes == 6);
     /* bytes the engine cannot compute with are an error naming the weight */
     void *junk = calloc(1, 16);
     CHECK(moeq_hseq_quantized(seq, "blk.0.attn_k.weight", MOEQ_TYPE_F32, junk, 16, err, sizeof err) == -1);
     CHECKF(strstr(err, "blk.0.attn_k.weight"), "%s", err);
+    moeq_hseq_close(seq);
+    /* with nothing quantized, output.weight's sums are imatrix's */
+    seq = moeq_hseq_open(&so, err, sizeof err);
+    REQUIREF(seq, "%s", err);
+    REQUIRE(moeq_hseq_get(seq, "output.weight", &e, err, sizeof err) == 0);
+    REQUIRE(e && moeq_hessian_find(ref, "output.weight"));
+    /* (imatrix computes every position's logits for output.weight even
+     * with --no-ppl) */
+    CHECKF(moeq_hessian_find(ref, "output.weight")->counts[0] == 4 * 64, "%g",
+           moeq_hessian_find(ref, "output.weight")->counts[0]);
+    CHECKF(entry_diff(e, moeq_hessian_find(ref, "output.weight")) < 1e-6, "%g",
+           entry_diff(e, moeq_hessian_find(ref, "output.weight")));
     moeq_hseq_close(seq);
     free(text);
     moeq_hessian_free(ref);
@@ -212,9 +236,10 @@ TEST(quantize_calibration_text_in_one_run)
                      im) == 0);
     CHECKF(test_run(&o, "%s quantize --imatrix %s --calibration-text %s --calibration-ctx 64 --calibration-chunks 4 "
                     "--recipe asym-2bitexp %s %s 2", test_moeq_bin(), im, txt, m, q) == 0, "%s", o ? o : "");
-    /* 2 layers, 4 stages each, the chunks asked for */
-    CHECKF(o && strstr(o, "Hessian statistics layer by layer: 8 passes"), "%s", o ? o : "");
+    /* 2 layers, 4 stages each, then output.weight's; the chunks asked for */
+    CHECKF(o && strstr(o, "Hessian statistics layer by layer: 9 passes"), "%s", o ? o : "");
     CHECK(o && strstr(o, "Hessian statistics of blk.1 stage 3: 4 chunks of 64 tokens"));
+    CHECK(o && strstr(o, "Hessian statistics of output.weight: 4 chunks of 64 tokens"));
     free(o);
     /* -q: the passes are progress, silenced with the rest; the same bytes */
     const char *qq = test_tmp("hq.qq.gguf");

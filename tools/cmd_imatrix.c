@@ -317,7 +317,10 @@ int cmd_imatrix(int argc, char **argv)
         moeq_session_sync(s, NULL, 0);
         int32_t saved = ct[0];
         if (mi->add_bos) ct[0] = mi->bos;
-        int erc = moeq_session_eval(s, ct, (int)n_ctx, no_ppl ? NULL : logits, err, sizeof err);
+        /* every position's logits for the perplexity, and for output.weight's
+         * statistics to count every position's input (without them only the
+         * last token reaches the output matmul) */
+        int erc = moeq_session_eval(s, ct, (int)n_ctx, no_ppl && !process_output ? NULL : logits, err, sizeof err);
         ct[0] = saved;
         if (erc != 0) { cli_error("imatrix: %s", err); goto out; }
         if (col.failed) {

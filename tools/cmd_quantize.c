@@ -62,6 +62,10 @@ static void usage(FILE *out)
         "  --calibration-chunks N    use at most N chunks (default: all of the text)\n"
         "  --gptq-damp X             damping added to H's diagonal, a fraction of its mean\n"
         "                            (default " MOEQ_STR(MOEQ_GPTQ_DAMP) ")\n"
+        "  --gptq-passes N           tries per block: each after the first fits the scales\n"
+        "                            to the targets the last one's error feedback left, and\n"
+        "                            the block with the lowest output error is kept\n"
+        "                            (default " MOEQ_STR(MOEQ_GPTQ_PASSES) ")\n"
         "  --include-weights NAME    use the imatrix only for these tensors (repeatable)\n"
         "  --exclude-weights NAME    do not use the imatrix for these tensors (repeatable)\n"
         "  --tensor-type REGEX=TYPE  type for tensors whose name matches (POSIX ERE,\n"
@@ -291,6 +295,13 @@ int cmd_quantize(int argc, char **argv)
                 goto out_rules;
             }
             if (is_ctx) calib_ctx = v; else calib_chunks = v;
+        }
+        else if (!strcmp(a, "--gptq-passes")) {
+            NEED_ARG();
+            int64_t v;
+            if (cli_parse_i64(argv[++i], &v) || v < 1 || v > 16)
+                return cli_usage_error("quantize", "--gptq-passes needs a count from 1 to 16, not '%s'", argv[i]);
+            qp.gptq_passes = (int)v;
         }
         else if (!strcmp(a, "--gptq-damp")) {
             NEED_ARG();

@@ -179,11 +179,14 @@ int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, 
     if (!tt) return -1;
     const int64_t B = tt->blck_size, nb = n / B;
     const size_t row_bytes = moeq_row_size(type, n);
+    const int passes = qp && qp->gptq_passes > 0 ? qp->gptq_passes : MOEQ_GPTQ_PASSES;
     float *w = malloc((size_t)n * sizeof *w), *q = malloc((size_t)B * sizeof *q);
-    double *e = malloc((size_t)B * sizeof *e);
+    float *xt = malloc((size_t)B * sizeof *xt), *fit = malloc((size_t)B * sizeof *fit);
+    double *e = malloc((size_t)B * sizeof *e), *eb = malloc((size_t)B * sizeof *eb);
+    uint8_t *cand = malloc(tt->type_size);
     int *has_imp = malloc((size_t)nb * sizeof *has_imp);
-    if (!w || !q || !e || !has_imp) {
-        free(w); free(q); free(e); free(has_imp);
+    if (!w || !q || !xt || !fit || !e || !eb || !cand || !has_imp) {
+        free(w); free(q); free(xt); free(fit); free(e); free(eb); free(cand); free(has_imp);
         moeq_set_err(err, errlen, "gptq: out of memory");
         return -1;
     }
@@ -195,7 +198,7 @@ int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, 
      * (where it supports it); the propagation below then uses the values
      * that decode */
     struct fb_ctx fc = { g, 0, B };
-    struct moeq_quant_feedback fb = { feedback, &fc };
+    struct moeq_quant_feedback fb = { feedback, &fc, NULL };
     struct moeq_quant_params p = { 0 };
     if (qp) p = *qp;
     p.fb = &fb;
@@ -206,18 +209,35 @@ int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, 
             const int64_t b = ib * B;
             uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)ib * tt->type_size;
             fc.c0 = b;
-            tt->quantize(w + b, blk, 1, B, has_imp[ib] ? g->imp + b : NULL, &p);
-            tt->to_float(blk, q, B);
-            push_columns(g, b, B, 0, (int)B, q, w + b, e);
+            /* pass k > 0 fits the scales to the targets pass k - 1's
+             * feedback left; the block with the lowest output error
+             * (the sum of the scaled errors' squares) is kept */
+            double best = INFINITY;
+            fb.fit = NULL;
+            for (int pass = 0; pass < passes; pass++) {
+                tt->quantize(w + b, cand, 1, B, has_imp[ib] ? g->imp + b : NULL, &p);
+                tt->to_float(cand, q, B);
+                memcpy(xt, w + b, (size_t)B * sizeof *xt);
+                push_columns(g, b, B, 0, (int)B, q, xt, e);
+                double err2 = 0;
+                for (int64_t j = 0; j < B; j++) err2 += e[j] * e[j];
+                if (err2 < best || pass == 0) {
+                    best = err2;
+                    memcpy(blk, cand, tt->type_size);
+                    memcpy(eb, e, (size_t)B * sizeof *eb);
+                }
+                memcpy(fit, xt, (size_t)B * sizeof *fit);
+                fb.fit = fit;
+            }
             /* later blocks: w[b+B:] -= e U[b:b+B, b+B:] */
             for (int64_t j = 0; j < B && b + B < n; j++) {
-                if (e[j] == 0) continue;
+                if (eb[j] == 0) continue;
                 const double *uc = g->u + (b + j) * n;
-                for (int64_t c = b + B; c < n; c++) w[c] -= (float)(e[j] * uc[c]);
+                for (int64_t c = b + B; c < n; c++) w[c] -= (float)(eb[j] * uc[c]);
             }
         }
     }
-    free(w); free(q); free(e); free(has_imp);
+    free(w); free(q); free(xt); free(fit); free(e); free(eb); free(cand); free(has_imp);
     return 0;
 }
 

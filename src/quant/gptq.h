@@ -40,6 +40,20 @@
  */
 #define MOEQ_GPTQ_DAMP 0.3
 
+/*
+ * Tries per block (struct moeq_quant_params' gptq_passes). The first
+ * chooses the scales for the block's values as today's quantizer does, the
+ * codes with the error feedback; each later one chooses them for the targets
+ * the previous try's feedback left (what its codes approximated), the codes
+ * again from the block's values, and the try with the lowest output error
+ * (the sum of its scaled errors' squares) is kept, so a try never adds
+ * error. On tiny-a (H from the unquantized model, 100 chunks of
+ * wiki.test.raw) mean KLD for 1, 2, 3, 4 and 6 tries: Q4_K_M 0.002310,
+ * 0.002303, 0.002217, 0.002210, 0.002224; asym-2bitexp 0.004666,
+ * 0.004529, 0.004342 at 1, 2 and 3.
+ */
+#define MOEQ_GPTQ_PASSES 4
+
 /* The factorisation of one matrix's Hessian, shared by every row (rows are
  * independent in GPTQ, so threads may quantize row ranges concurrently). */
 typedef struct moeq_gptq moeq_gptq;

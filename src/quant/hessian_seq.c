@@ -16,11 +16,13 @@
 #include <string.h>
 
 #define STAGES 4   /* moeq_tensor_input_stage's values per layer */
+#define OUTPUT_LAYER INT_MAX   /* h->layer of the pass that collects output.weight's input */
 
 struct moeq_hseq {
     moeq_engine *e;
     moeq_session *s;
     int32_t *tok;
+    float *logits;             /* n_ctx x n_vocab: the output pass asks for every position's */
     int n_chunks, n_ctx, n_expert;
     int add_bos, bos;
     struct moeq_hessian *hs;   /* the last pass's statistics */
@@ -50,8 +52,12 @@ static int position(const char *name)
 static void hook(void *ud, const char *tensor, int expert, const float *x, int n_rows, int n_cols)
 {
     moeq_hseq *h = ud;
-    if (h->failed || n_rows <= 0 || moeq_tensor_layer(tensor) != h->layer) return;
-    if (moeq_tensor_input_stage(tensor) != h->stage) return;
+    if (h->failed || n_rows <= 0) return;
+    if (h->layer == OUTPUT_LAYER) {
+        if (moeq_tensor_group(tensor) != MOEQ_GROUP_OUTPUT) return;
+    } else if (moeq_tensor_layer(tensor) != h->layer || moeq_tensor_input_stage(tensor) != h->stage) {
+        return;
+    }
     int64_t n_mat = expert >= 0 ? h->n_expert : 1;
     if (moeq_hessian_add(h->hs, tensor, n_mat, expert >= 0 ? expert : 0, x, n_rows, n_cols, h->herr,
                          sizeof h->herr) != 0)
@@ -105,12 +111,22 @@ void moeq_hseq_close(moeq_hseq *h)
     free(h->bufs);
     moeq_hessian_free(h->hs);
     free(h->tok);
+    free(h->logits);
     free(h);
 }
 
-/* Statistics of one stage of layer, over every chunk. */
+/* Statistics of one stage of layer, over every chunk; layer OUTPUT_LAYER:
+ * output.weight's input, every layer run and every position's logits
+ * computed (the buffer allocated for the one pass that needs it). */
 static int run_pass(moeq_hseq *h, int layer, int stage, char *err, size_t errlen)
 {
+    float *logits = NULL;
+    if (layer == OUTPUT_LAYER) {
+        const size_t n = (size_t)h->n_ctx * (size_t)moeq_engine_info(h->e)->n_vocab;
+        if (!h->logits && !(h->logits = malloc(n * sizeof *h->logits)))
+            return moeq_fail(err, errlen, "out of memory for %d positions' logits", h->n_ctx);
+        logits = h->logits;
+    }
     moeq_hessian_free(h->hs);
     h->layer = -1;
     if (!(h->hs = moeq_hessian_new())) return moeq_fail(err, errlen, "out of memory");
@@ -119,14 +135,14 @@ static int run_pass(moeq_hseq *h, int layer, int stage, char *err, size_t errlen
     h->dirty = INT_MAX;
     h->failed = 0;
     const double t0 = moeq_now_s();
-    moeq_engine_set_layer_limit(h->e, layer + 1);   /* nothing after the layer matters */
+    moeq_engine_set_layer_limit(h->e, logits ? 0 : layer + 1);   /* nothing after the layer matters */
     for (int c = 0; c < h->n_chunks; c++) {
         int32_t *ct = h->tok + (size_t)c * (size_t)h->n_ctx;
         int32_t saved = ct[0];
         if (h->add_bos) ct[0] = h->bos;
         moeq_session_sync(h->s, NULL, 0);
         char e2[512];
-        int rc = moeq_session_eval(h->s, ct, h->n_ctx, NULL, e2, sizeof e2);
+        int rc = moeq_session_eval(h->s, ct, h->n_ctx, logits, e2, sizeof e2);
         ct[0] = saved;
         if (rc != 0 || h->failed) {
             moeq_engine_set_layer_limit(h->e, 0);
@@ -139,7 +155,10 @@ static int run_pass(moeq_hseq *h, int layer, int stage, char *err, size_t errlen
     const double dt = moeq_now_s() - t0;
     h->passes++;
     h->seconds += dt;
-    if (h->log)
+    if (h->log && logits)
+        fprintf(h->log, "moeq: Hessian statistics of output.weight: %d chunks of %d tokens of %s in %.1f s\n",
+                h->n_chunks, h->n_ctx, h->text_name, dt);
+    else if (h->log)
         fprintf(h->log, "moeq: Hessian statistics of blk.%d stage %d: %d chunks of %d tokens of %s in %.1f s\n",
                 layer, stage, h->n_chunks, h->n_ctx, h->text_name, dt);
     return 0;
@@ -149,7 +168,13 @@ int moeq_hseq_get(moeq_hseq *h, const char *name, const struct moeq_hessian_entr
 {
     *e = NULL;
     const int pos = position(name);
-    if (pos < 0 || pos == INT_MAX) return 0;   /* no layer input: no statistics */
+    if (pos == INT_MAX) {
+        /* output.weight: the whole model with every weight so far quantized */
+        if (run_pass(h, OUTPUT_LAYER, 0, err, errlen) != 0) return -1;
+        *e = moeq_hessian_find(h->hs, name);
+        return 0;
+    }
+    if (pos < 0) return 0;   /* token_embd and the norms: no statistics */
     const int l = pos / STAGES, st = pos % STAGES;
     /* the last pass covers it unless something upstream changed since */
     if (!(h->layer == l && h->stage == st && h->dirty >= pos) && run_pass(h, l, st, err, errlen) != 0) return -1;

@@ -15,6 +15,9 @@
  * new pass over the chunks collects that stage. With the usual tensor
  * order that is one pass per stage, 4 per layer, each a forward pass over
  * the chunks of the layers up to the weight's (moeq_engine_set_layer_limit).
+ * output.weight's statistics come from a pass of the whole model (every
+ * position's logits computed, so every position's input counted) with every
+ * weight quantized before it in the file, all of them in the usual order.
  */
 #ifndef MOEQ_HESSIAN_SEQ_H
 #define MOEQ_HESSIAN_SEQ_H
@@ -42,8 +45,8 @@ void moeq_hseq_close(moeq_hseq *h);
 
 /* The statistics of weight name (its own or its gate/up sibling's) with
  * every weight handed to moeq_hseq_quantized so far computed quantized,
- * running a pass when needed; *e NULL for a weight outside the layers or
- * one the chunks never reached. 0, or -1 with err set. The entry stays
+ * running a pass when needed; *e NULL for token_embd, a norm, or a weight
+ * the chunks never reached. 0, or -1 with err set. The entry stays
  * valid until the next call. */
 int moeq_hseq_get(moeq_hseq *h, const char *name, const struct moeq_hessian_entry **e, char *err, size_t errlen);
 

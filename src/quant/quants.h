@@ -55,11 +55,15 @@ enum moeq_fit { MOEQ_FIT_UNBIASED = 0, MOEQ_FIT_MIN_ERROR = 1 };
  * codes group by group in column order from its own copy x of the block's
  * targets, and after each group [j0, j0 + n) calls fn with the group's
  * decoded values q; fn moves the targets x[j0 + n ..] of the block's later
- * columns (the group's error pushed through H^-1). Others ignore it.
+ * columns (the group's error pushed through H^-1). Others ignore it. With
+ * fit set, the scales are chosen for those values instead of the block's
+ * (a second pass fits them to the targets the first pass's feedback left);
+ * the codes still start from the block's own values.
  */
 struct moeq_quant_feedback {
     void (*fn)(void *ctx, int j0, int n, const float *q, float *x);
     void *ctx;
+    const float *fit;   /* NULL: fit the scales to the block's values */
 };
 
 /* How a quantizer searches, given with every call (NULL: the defaults,
@@ -67,6 +71,7 @@ struct moeq_quant_feedback {
 struct moeq_quant_params {
     int fit;   /* enum moeq_fit */
     const struct moeq_quant_feedback *fb;   /* NULL: none */
+    int gptq_passes;   /* Hessian-aware rounding's tries per block (gptq.h; 0: MOEQ_GPTQ_PASSES) */
 };
 
 /*

@@ -436,9 +436,12 @@ static void feedback_codes(const struct lattice *L, const struct iq_spec *sp, co
     }
 }
 
-static void quant_superblock(const struct iq_spec *sp, const float *x, const float *qw,
+static void quant_superblock(const struct iq_spec *sp, const float *x0, const float *qw,
                              const struct moeq_quant_feedback *fb, struct sb_out *out)
 {
+    /* the scales are searched on x (fb->fit when given), the feedback's
+     * codes start from x0 */
+    const float *x = fb && fb->fit ? fb->fit : x0;
     const struct lattice *L = lattice_get(sp->lat);
     const int sub = sp->sub, nsub = QK_K / sub, ngs = sub / L->ndim;
     float w[QK_K], a[QK_K];
@@ -587,7 +590,7 @@ static void quant_superblock(const struct iq_spec *sp, const float *x, const flo
         if (!last && den > 0 && num > 0) D = num / den;
     }
 
-    if (fb) feedback_codes(L, sp, x, w, D, fb, out);
+    if (fb) feedback_codes(L, sp, x0, w, D, fb, out);
     else if (sp->even) repick_flips(L, sp, x, w, a, flipped, D, out);
 }
 

@@ -896,15 +896,16 @@ static void enc_asym(const struct asym_shape *sh, const float *x, const float *q
 {
     uint8_t L[QK_K], ls[16], lm[16];
     float d, dmin;
-    quant_asym_block(sh, x, qw, &d, &dmin, ls, lm, L);
+    quant_asym_block(sh, fb && fb->fit ? fb->fit : x, qw, &d, &dmin, ls, lm, L);
     if (fb) {
         /* Hessian-aware codes: the scales stay, each column's code is
          * re-picked against the target the earlier columns' errors moved */
+        const float dh = fp16_round(d), mh = fp16_round(dmin);   /* what decodes */
         float xt[QK_K];
         memcpy(xt, x, sizeof xt);
         for (int i = 0; i < QK_K; i++) {
             const int j = i / sh->sublen;
-            const float s = d * ls[j], m = dmin * lm[j];
+            const float s = dh * ls[j], m = mh * lm[j];
             if (s > 0) L[i] = (uint8_t)clampi(iround((xt[i] + m) / s), 0, sh->nmax);
             const float q = s * L[i] - m;
             fb->fn(fb->ctx, i, 1, &q, xt);
@@ -1204,7 +1205,7 @@ static void enc_sym(const struct sym_shape *sh, const float *x, const float *qw,
 {
     int8_t L[QK_K], ls[16];
     float d;
-    quant_sym_block(sh, x, qw, &d, ls, L);
+    quant_sym_block(sh, fb && fb->fit ? fb->fit : x, qw, &d, ls, L);
     if (fb) {
         /* Hessian-aware codes, as enc_asym's */
         const float dh = fp16_round(d);
