@@ -209,7 +209,7 @@ int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, 
             const int64_t b = ib * B;
             uint8_t *blk = (uint8_t *)dst + (size_t)r * row_bytes + (size_t)ib * tt->type_size;
             fc.c0 = b;
-            /* pass k > 0 fits the scales to the targets pass k - 1's
+            /* try k > 0 fits the scales to the targets try k - 1's
              * feedback left; the block with the lowest output error
              * (the sum of the scaled errors' squares) is kept */
             double best = INFINITY;
@@ -226,6 +226,9 @@ int moeq_gptq_rows(const moeq_gptq *g, int type, const float *W, int64_t nrows, 
                     memcpy(blk, cand, tt->type_size);
                     memcpy(eb, e, (size_t)B * sizeof *eb);
                 }
+                /* the same targets again would give the same try (the
+                 * 32-weight formats take no feedback: always) */
+                if (pass > 0 && !memcmp(fit, xt, (size_t)B * sizeof *fit)) break;
                 memcpy(fit, xt, (size_t)B * sizeof *fit);
                 fb.fit = fit;
             }

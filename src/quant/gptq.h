@@ -12,10 +12,14 @@
  * diagonal over the block) from the weights as updated so far. Inside a
  * block the i-quants choose their scales as usual and then the codes of
  * each 8-weight group in order, the feedback hook (quants.h) moving the
- * later groups' targets; the other formats quantize the block at once.
- * The block's decoded values are then taken as fixed and the error is
- * propagated column by column, within the block and then, in one matrix
- * product, to every later column. The bytes
+ * later groups' targets; the K-quants and IQ4_XS re-pick each column's
+ * code that way at their scales, and the 32-weight formats (Q8_0, Q4_0,
+ * IQ4_NL) quantize the block at once.
+ * A block is tried a few times (MOEQ_GPTQ_PASSES), its scales refitted to
+ * where the last try's feedback moved the targets, and the try with the
+ * lowest output error is kept. Its decoded values are then taken as fixed
+ * and the error is propagated column by column, within the block and then,
+ * in one matrix product, to every later column. The bytes
  * are the type's ordinary blocks, so files stay readable by llama.cpp.
  *
  * Pure computation on caller memory; no threads, no I/O.
