@@ -22,7 +22,7 @@ T=${2:-$(nproc)}
 OUT=bench/out/pareto
 . bench/tiny-a.sh
 IM=$TA/imatrix.dat
-[ -f "$OUT/hessian.gguf" ] || "$M" imatrix -q -m "$Q8" -f "$C" -c 512 --chunks 128 --no-ppl -o "$OUT/im.gguf" --hessian "$OUT/hessian.gguf" -t "$T"
+[ -f "$OUT/hessian.gguf" ] || "$M" imatrix -q -m "$Q8" -f "$C" -c 512 --chunks 128 --no-ppl --process-output -o "$OUT/im.gguf" --hessian "$OUT/hessian.gguf" -t "$T"
 kld_base
 pts=$OUT/points.tsv
 : > "$pts"
