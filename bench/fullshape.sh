@@ -110,7 +110,8 @@ plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
   if [ "$KLD" = 0 ]; then f="sampled-row errors alone (KLD=0)"; else f="factors from 12 units over $KLD chunks"; fi
   if [ -n "$UNTIL" ]; then rest="then the steps up to $UNTIL (the table's rows)"
   else rest="then perplexity over 2 chunks, 32 generated tokens and one served request of 16 tokens on the asym-2bitexp file (written by synth when QUANTIZE=0)"; fi
-  echo "$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix.log" | head -1 | awk -F. '{ print $NF + 1 }') chunks of 512 tokens, the allocation's measurement with $f,"
+  if [ -n "$(val measure 2)" ]; then m=" the allocation's measurement with $f,"; else m=; fi
+  echo "$(grep -o "chunks 0\.\.[0-9]*" "$OUT/imatrix.log" | head -1 | awk -F. '{ print $NF + 1 }') chunks of 512 tokens,$m"
   echo "$rest. Peak anon is the memory the step allocated itself"
   echo "(RssAnon sampled each second); peak RSS adds the resident pages of the mapped model."
   echo
@@ -122,7 +123,7 @@ plan() { grep -o "plan: .*" "$OUT/$1.log" | head -1; }
       "$(val $s 4 | awk '{ print $1 / 1024 }')"
   done
   echo
-  echo "- measurement: $(plan measure)"
+  [ -z "$(val measure 2)" ] || echo "- measurement: $(plan measure)"
   if [ -n "$(val quantize_fit 2)" ]; then
     echo "- the written --fit file: $(plan quantize_fit);"
     echo "  \`moeq fit -m fit16.gguf -c 16384 --budget 16G\`: $(tail -3 "$OUT/fit_fit16.log" | tr '\n' ' ')"
